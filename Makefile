@@ -1,0 +1,51 @@
+# pykvm: the two commands a new user needs are `make boot` and `make test`.
+# Everything is built from this source tree into .venv/ and the guests' folders;
+# nothing is installed from PyPI under the name "pykvm" (that name is another project's).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYKVM  := $(VENV)/bin/pykvm
+PYTEST_ARGS ?=
+
+.PHONY: all venv guests boot test test-unit bench clean distclean help
+
+all: venv guests
+
+help:
+	@echo "make boot    build everything and boot the bundled guest (Ctrl-A x quits)"
+	@echo "make test    build everything and run the test suite"
+	@echo "make bench   run the benchmarks in tests/bench/ side by side with their peers"
+	@echo "make clean   remove build products (keeps .venv/)"
+
+# --- the Python side: a venv with pykvm installed editable (compiles the cffi bindings)
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard pykvm/*/_build.py)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# --- the guests: built with the system gcc/binutils, nothing downloaded
+guests:
+	$(MAKE) -C guests
+
+boot: venv guests
+	$(PYKVM) boot
+
+test: venv guests
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -m "not kvm and not root and not slow and not linux" $(PYTEST_ARGS)
+
+bench: venv guests
+	$(PY) tests/bench/run.py
+
+clean:
+	$(MAKE) -C guests clean
+	rm -rf build pykvm/*/_*_cffi.c pykvm/*/_*_cffi*.so .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) .cache

@@ -1,0 +1,1 @@
+"""One module per `pykvm` subcommand, imported lazily by pykvm.cli."""

@@ -1,0 +1,68 @@
+"""Test tiers, as pytest markers (see pyproject.toml and docs/contributing.md).
+
+    (no marker)  unit: pure Python, no KVM, no root
+    kvm          needs a usable /dev/kvm
+    root         needs root: namespaces, mounts, cgroups
+    slow         takes more than a few seconds
+    linux        needs hardware-style KVM and a Linux guest: the L1 lane (make test-hw)
+
+A test whose capability is missing is skipped with the reason named, never
+silently passed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kvm_problem() -> str | None:
+    """Why /dev/kvm cannot be used here, or None when it can."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return f"/dev/kvm unusable: {e.strerror}"
+    os.close(fd)
+    return None
+
+
+def kvm_flavour() -> str:
+    """'pvm' (software KVM, as on the project's dev machines), 'svm', 'vmx' or 'none'."""
+    if kvm_problem():
+        return "none"
+    if Path("/sys/module/kvm_pvm").exists():
+        return "pvm"
+    if Path("/sys/module/kvm_amd").exists():
+        return "svm"
+    if Path("/sys/module/kvm_intel").exists():
+        return "vmx"
+    return "unknown"
+
+
+def linux_problem() -> str | None:
+    """Why the `linux` tier cannot run here, or None when it can."""
+    flavour = kvm_flavour()
+    if flavour == "none":
+        return kvm_problem()
+    if flavour == "pvm":
+        return "stock Linux cannot finish booting on PVM-backed KVM; run `make test-hw` (the L1 lane)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reasons = {
+        "kvm": kvm_problem(),
+        "root": None if os.geteuid() == 0 else "needs root (namespaces, mounts, cgroups)",
+        "linux": linux_problem(),
+    }
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_report_header(config):
+    return f"pykvm: kvm={kvm_flavour()} euid={os.geteuid()}"
