@@ -1,0 +1,1 @@
+"""Architecture-specific vCPU boot state."""

@@ -1,0 +1,27 @@
+"""`pykvm container ...`: Docker's habits, lazily imported.
+
+The run-side commands (run, ps, logs, stop, kill, rm, oci) live in
+pykvm.container.run_cli; the image-side commands (build, images, inspect, rmi,
+tag, save, load, push, pull) in pykvm.container.image_cli.
+"""
+from __future__ import annotations
+
+import click
+
+from pykvm.cli import LazyGroup
+
+__all__ = ["container"]
+
+RUN_SIDE = "pykvm.container.run_cli"
+IMAGE_SIDE = "pykvm.container.image_cli"
+
+CONTAINER_COMMANDS = {
+    **{name: f"{RUN_SIDE}:{name}_cmd" for name in ("run", "ps", "logs", "stop", "kill", "rm", "oci")},
+    **{name: f"{IMAGE_SIDE}:{name}_cmd" for name in
+       ("build", "images", "inspect", "rmi", "tag", "save", "load", "push", "pull")},
+}
+
+
+@click.group(cls=LazyGroup, lazy=CONTAINER_COMMANDS)
+def container():
+    """Describe, package, share and run containers (Dockerfile -> OCI image -> registry -> run)."""

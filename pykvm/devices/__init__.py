@@ -1,0 +1,1 @@
+"""Emulated devices: the PIO/MMIO buses and one module per device."""
