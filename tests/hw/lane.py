@@ -1,0 +1,348 @@
+"""`make test-hw`: pykvm's VM tests on hardware-style KVM, on any x86-64 Linux host.
+
+Where /dev/kvm is hardware KVM (kvm_amd or kvm_intel loaded), the lane runs the
+VM tests directly.  Everywhere else (PVM-backed /dev/kvm, or no KVM at all) it
+boots an "L1" Linux in QEMU's software CPU (TCG) with AMD SVM and nested paging,
+loads kvm_amd there, and runs the same tests inside L1, where /dev/kvm behaves
+like hardware SVM (AMD64 APM vol. 2, ch. 15 "Secure Virtual Machine").
+
+    host                                    L1: qemu -accel tcg -cpu EPYC,+svm,+npt
+    ----                                    ----------------------------------------
+    1. fetch linux-image-cloud-amd64        (kernel from .cache/hw/, never installed)
+    2. write the initramfs                  /init: busybox, insmod virtio-fs + KVM
+    3. one virtiofsd per shared tree  <-->  mounted at the same paths: /usr, the
+                                            checkout (with .venv), the venv's Python
+    4. qemu; serial console on a pipe <---  "@@lane <event>" progress lines
+    5. summary from junit.xml         <---  pytest -m "kvm or linux" --junitxml=...
+
+Each stage has a timeout; a failure names the stage and keeps the serial log
+(.cache/hw/serial.log).  Usage:
+
+    python tests/hw/lane.py [--force-l1] [--boot-timeout S] ... [-- PYTEST_ARGS]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import initramfs
+import kernel_package
+from lane_error import LaneError
+
+__all__ = ["LANE_MARKERS", "main"]
+
+ROOT = Path(__file__).resolve().parents[2]      # the checkout
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import kvm_flavour  # noqa: E402  (one definition of "which KVM")
+
+LANE_MARKERS = "kvm or linux"       # the tests that need a VM: -m selects them
+DEFAULT_CACHE = ROOT / ".cache" / "hw"
+QEMU = "qemu-system-x86_64"
+L1_CPU = "EPYC,+svm,+npt"           # TCG implements SVM with nested paging
+L1_MEM_MIB = 2048                   # guest RAM; shared memfd, as vhost-user needs
+L1_MODULES = ["virtio_pci", "virtiofs", "kvm_amd"]   # + dependencies, in load order
+BUSYBOX = Path("/bin/busybox")      # Debian's busybox-static
+VIRTIOFSD = [Path("/usr/lib/qemu/virtiofsd"),        # C, shipped with QEMU <= 7.2
+             Path("/usr/libexec/virtiofsd")]         # Rust, Debian's virtiofsd package
+L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
+ETC_FILES = {"passwd": b"root:x:0:0:root:/root:/bin/sh\n", "group": b"root:x:0:\n"}
+
+
+@dataclass
+class Stage:
+    """One step of the L1 run: it ends when the L1 prints `@@lane <event>`."""
+    name: str
+    event: str
+    timeout: float
+    seconds: float = field(default=0.0)
+
+
+def stages(args: argparse.Namespace) -> list[Stage]:
+    return [Stage("L1 boot", "init", args.boot_timeout),
+            Stage("module load", "modules-loaded", args.stage_timeout),
+            Stage("virtio-fs mounts", "shares-mounted", args.stage_timeout),
+            Stage("tests", "tests-done", args.tests_timeout)]
+
+
+# --- running the tests (in L1, or directly on hardware KVM) ------------------
+
+def run_tests(junit: Path, pytest_args: list[str]) -> int:
+    """pytest on the VM tiers; prints which KVM it ran on first."""
+    print(f"{initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
+    command = [sys.executable, "-m", "pytest", "-m", LANE_MARKERS, "-p", "no:cacheprovider",
+               f"--junitxml={junit}", *pytest_args]
+    return subprocess.call(command, cwd=ROOT)
+
+
+def junit_summary(junit: Path) -> str:
+    """'N passed, F failed, E errors, S skipped' from pytest's junit XML."""
+    try:
+        root = ET.parse(junit).getroot()
+    except (OSError, ET.ParseError) as e:
+        return f"no junit results ({e})"
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    count = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    passed = count["tests"] - count["failures"] - count["errors"] - count["skipped"]
+    return (f"{passed} passed, {count['failures']} failed, {count['errors']} errors, "
+            f"{count['skipped']} skipped")
+
+
+# --- the shares: which host trees L1 needs, one virtiofsd each ---------------
+
+def shared_trees(cache: Path) -> list[Path]:
+    """/usr, the checkout, the venv and its base Python, the cache: no tree inside another."""
+    wanted = {Path("/usr"), ROOT, Path(sys.prefix), Path(sys.base_prefix), cache}
+    wanted = {p.resolve() for p in wanted}
+    return sorted(p for p in wanted if not any(q != p and p.is_relative_to(q) for q in wanted))
+
+
+def find_virtiofsd() -> Path:
+    for path in VIRTIOFSD:
+        if path.exists():
+            return path
+    raise LaneError("no virtiofsd: install qemu-system-x86 (Debian 12) or virtiofsd (later)")
+
+
+def virtiofsd_command(binary: Path, socket: Path, source: Path) -> list[str]:
+    if binary.parent.name == "qemu":                     # the C daemon's -o syntax
+        return [str(binary), f"--socket-path={socket}", "-o", f"source={source}",
+                "-o", "sandbox=namespace", "-o", "cache=auto"]
+    return [str(binary), f"--socket-path={socket}", f"--shared-dir={source}",
+            "--sandbox=namespace", "--cache=auto"]
+
+
+def start_virtiofsd(stack: ExitStack, binary: Path, socket: Path, source: Path,
+                    log: Path) -> None:
+    """Start one daemon; return when its vhost-user socket exists."""
+    out = stack.enter_context(open(log, "ab"))
+    proc = subprocess.Popen(virtiofsd_command(binary, socket, source),
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    stack.callback(_stop, proc)
+    deadline = time.monotonic() + 10
+    while not socket.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LaneError(f"stage 'virtiofsd' failed for {source}: see {log}")
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the initramfs -----------------------------------------------------------
+
+def write_initramfs(kernel: kernel_package.Kernel, trees: list[Path], junit: Path,
+                    pytest_args: list[str], path: Path) -> list[str]:
+    """Write the L1's initramfs to `path`; return the modules it loads, in order."""
+    files = kernel.module_files()
+    images: dict[str, bytes] = {}
+
+    def depends_of(name: str) -> list[str]:
+        images[name] = kernel_package.module_bytes(files[name])
+        return kernel_package.modinfo_depends(images[name])
+
+    order = kernel_package.load_order(L1_MODULES, depends_of)
+    shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
+    inside = [sys.executable, str(Path(__file__).resolve()), "--inside",
+              f"--junit={junit}", "--", *pytest_args]
+    init = initramfs.init_script(order, shares, str(ROOT), shlex.join(inside))
+    etc = dict(ETC_FILES, **{"ld.so.cache": Path("/etc/ld.so.cache").read_bytes()})
+    archive = initramfs.build(BUSYBOX.read_bytes(), {m: images[m] for m in order}, init,
+                              [str(t) for t in trees], etc)
+    path.write_bytes(archive)
+    return order
+
+
+# --- QEMU and its serial console ---------------------------------------------
+
+def qemu_command(kernel: kernel_package.Kernel, initrd: Path, sockets: list[Path],
+                 args: argparse.Namespace) -> list[str]:
+    command = [QEMU, "-accel", "tcg", "-cpu", args.cpu, "-smp", str(args.smp),
+               "-m", f"{L1_MEM_MIB}M", "-nodefaults", "-display", "none", "-no-reboot",
+               "-object", f"memory-backend-memfd,id=mem,size={L1_MEM_MIB}M,share=on",
+               "-numa", "node,memdev=mem",
+               "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+               "-append", L1_CMDLINE, "-serial", "stdio"]
+    for i, socket in enumerate(sockets):
+        command += ["-chardev", f"socket,id=vfs{i},path={socket}",
+                    "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag=share{i}"]
+    return command
+
+
+class SerialConsole:
+    """QEMU's serial output, line by line, copied to the log as it arrives."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.tail: list[str] = []
+        self._log = open(log, "w", encoding="utf-8", errors="replace")
+        self._thread = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self._log.write(line + "\n")
+            self._log.flush()
+            self.lines.put(line)
+        self.lines.put(None)        # EOF: QEMU exited
+
+    def next_line(self, deadline: float) -> str | None:
+        """The next line, None at EOF; raises TimeoutError at `deadline`."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            line = self.lines.get(timeout=remaining)
+        except queue.Empty:
+            raise TimeoutError from None
+        if line is not None:
+            self.tail = (self.tail + [line])[-25:]
+        return line
+
+    def close(self) -> None:
+        self._thread.join(5)
+        self._log.close()
+
+
+def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict) -> None:
+    """Read the console until `stage` ends; raise LaneError naming it if it does not."""
+    start = time.monotonic()
+    deadline = start + stage.timeout
+    prefix = initramfs.PROGRESS + " "
+    while True:
+        try:
+            line = console.next_line(deadline)
+        except TimeoutError:
+            raise LaneError(f"stage '{stage.name}' timed out after {stage.timeout:.0f} s") from None
+        if line is None:
+            raise LaneError(f"stage '{stage.name}' failed: QEMU exited")
+        if not line.startswith(prefix):
+            if echo:
+                print(line, flush=True)
+            continue
+        event, _, detail = line[len(prefix):].partition(" ")
+        if event == "failed":
+            raise LaneError(f"stage '{stage.name}' failed in L1: {detail}")
+        if event.startswith("kvm="):
+            result["kvm"] = event.removeprefix("kvm=")
+        if event == stage.event:
+            result.update(kv.split("=", 1) for kv in detail.split() if "=" in kv)
+            stage.seconds = time.monotonic() - start
+            return
+
+
+def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
+    """Stages 1-5 of the module docstring; the tests' exit status."""
+    cache = args.cache
+    cache.mkdir(parents=True, exist_ok=True)
+    serial_log, junit = cache / "serial.log", cache / "junit.xml"
+    junit.unlink(missing_ok=True)
+    progress("fetch kernel", "")
+    kernel = kernel_package.fetch_kernel(cache / "kernel")
+    trees = shared_trees(cache)
+    order = write_initramfs(kernel, trees, junit, pytest_args, cache / "initramfs.cpio")
+    progress("initramfs", f"kernel {kernel.version}; modules {' '.join(order)}")
+    progress("shares", " ".join(map(str, trees)))
+    result: dict[str, str] = {}
+    with ExitStack() as stack:
+        sockets_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pykvm-lane-")))
+        virtiofsd = find_virtiofsd()
+        sockets = [sockets_dir / f"share{i}.sock" for i in range(len(trees))]
+        for socket, tree in zip(sockets, trees):
+            start_virtiofsd(stack, virtiofsd, socket, tree, cache / "virtiofsd.log")
+        proc = subprocess.Popen(qemu_command(kernel, cache / "initramfs.cpio", sockets, args),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        stack.callback(_stop, proc)
+        console = SerialConsole(proc, serial_log)
+        stack.callback(console.close)
+        try:
+            for stage in stages(args):
+                progress(stage.name, "...")
+                follow(console, stage, echo=stage.event == "tests-done", result=result)
+                progress(stage.name, f"done in {stage.seconds:.1f} s")
+            proc.wait(args.stage_timeout)
+        except (LaneError, subprocess.TimeoutExpired) as e:
+            tail = "\n".join("    " + line for line in console.tail)
+            raise LaneError(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
+    status = int(result.get("status", 1))
+    print(f"lane: kvm={result.get('kvm', '?')} in L1 (qemu TCG -cpu {args.cpu}, "
+          f"kernel {kernel.version}): {junit_summary(junit)}; pytest status {status}")
+    return status
+
+
+def run_direct(args: argparse.Namespace, pytest_args: list[str]) -> int:
+    args.cache.mkdir(parents=True, exist_ok=True)
+    junit = args.cache / "junit.xml"
+    status = run_tests(junit, pytest_args)
+    print(f"lane: kvm={kvm_flavour()} directly on this host: {junit_summary(junit)}; "
+          f"pytest status {status}")
+    return status
+
+
+def progress(stage: str, message: str) -> None:
+    print(f"lane: [{time.strftime('%H:%M:%S')}] {stage}: {message}", flush=True)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1:]
+    else:
+        pytest_args = []
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--force-l1", action="store_true",
+                        help="boot the L1 even where /dev/kvm is hardware KVM")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help="kernel, initramfs, serial log and junit.xml (default: .cache/hw)")
+    parser.add_argument("--cpu", default=L1_CPU, help=f"QEMU CPU model (default: {L1_CPU})")
+    parser.add_argument("--smp", type=int, default=2, help="L1 vCPUs (default: 2)")
+    parser.add_argument("--boot-timeout", type=float, default=180)
+    parser.add_argument("--stage-timeout", type=float, default=120,
+                        help="module load, mounts, power off (default: 120 s each)")
+    parser.add_argument("--tests-timeout", type=float, default=1500)
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--junit", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.cache = args.cache.resolve()
+    return args, pytest_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.inside:                                  # we are /init's command in L1
+        return run_tests(args.junit, pytest_args)
+    try:
+        if kvm_flavour() in ("svm", "vmx") and not args.force_l1:
+            return run_direct(args, pytest_args)
+        if os.geteuid() != 0:
+            raise LaneError("the L1 lane needs root (virtiofsd mounts namespaces)")
+        if shutil.which(QEMU) is None:
+            raise LaneError(f"{QEMU} not found: apt-get install qemu-system-x86")
+        return run_l1(args, pytest_args)
+    except LaneError as e:
+        print(f"lane: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
