@@ -102,9 +102,13 @@ def junit_summary(junit: Path) -> str:
 # --- the shares: which host trees L1 needs, one virtiofsd each ---------------
 
 def shared_trees(cache: Path) -> list[Path]:
-    """/usr, the checkout, the venv and its base Python, the cache: no tree inside another."""
-    wanted = {Path("/usr"), ROOT, Path(sys.prefix), Path(sys.base_prefix), cache}
-    wanted = {p.resolve() for p in wanted}
+    """What L1 needs from the host: /usr, the checkout, the venv, its base Python, the cache."""
+    return outermost([Path("/usr"), ROOT, Path(sys.prefix), Path(sys.base_prefix), cache])
+
+
+def outermost(paths: list[Path]) -> list[Path]:
+    """`paths` resolved, without those inside another one (a share shows its subtrees)."""
+    wanted = {p.resolve() for p in paths}
     return sorted(p for p in wanted if not any(q != p and p.is_relative_to(q) for q in wanted))
 
 
@@ -194,7 +198,8 @@ class SerialConsole:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.tail: list[str] = []
         self._log = open(log, "w", encoding="utf-8", errors="replace")
-        self._thread = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
+        self._stream = proc.stdout
+        self._thread = threading.Thread(target=self._pump, args=(self._stream,), daemon=True)
         self._thread.start()
 
     def _pump(self, stream) -> None:
@@ -219,7 +224,9 @@ class SerialConsole:
         return line
 
     def close(self) -> None:
+        """Call once QEMU has exited: the reader sees EOF, then the files close."""
         self._thread.join(5)
+        self._stream.close()
         self._log.close()
 
 
@@ -272,9 +279,9 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
         proc = subprocess.Popen(qemu_command(kernel, cache / "initramfs.cpio", sockets, args),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
-        stack.callback(_stop, proc)
         console = SerialConsole(proc, serial_log)
-        stack.callback(console.close)
+        stack.callback(console.close)           # runs after _stop: QEMU first
+        stack.callback(_stop, proc)
         try:
             for stage in stages(args):
                 progress(stage.name, "...")
