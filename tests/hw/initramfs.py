@@ -98,6 +98,7 @@ for m in {modules}; do
 done
 [ -c /dev/kvm ] || fail "no /dev/kvm after loading the KVM modules"
 echo "{progress} modules-loaded"
+dmesg -n 1      # keep kernel messages off the console while pytest prints there
 {mounts}
 echo "{progress} shares-mounted"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/{lane}/bin
@@ -105,6 +106,7 @@ export HOME=/root USER=root LOGNAME=root PYTHONDONTWRITEBYTECODE=1 TERM=dumb
 cd {workdir} || fail "cd {workdir}"
 {command}
 echo "{progress} tests-done status=$?"
+dmesg           # for the serial log only: the host stops echoing at tests-done
 sync
 poweroff -f
 """

@@ -18,7 +18,8 @@ from typing import Callable
 
 from lane_error import LaneError
 
-__all__ = ["META_PACKAGE", "Kernel", "fetch_kernel", "modinfo_depends", "load_order"]
+__all__ = ["META_PACKAGE", "Kernel", "fetch_kernel", "unpacked", "module_bytes",
+           "modinfo_depends", "load_order"]
 
 META_PACKAGE = "linux-image-cloud-amd64"   # Debian's "latest cloud kernel" package
 
@@ -59,7 +60,7 @@ def image_package(meta: str = META_PACKAGE) -> str:
     raise LaneError(f"apt-cache knows no image package for {meta}; run `apt-get update`")
 
 
-def _unpacked(cache: Path) -> list[Kernel]:
+def unpacked(cache: Path) -> list[Kernel]:
     kernels = []
     for vmlinuz in sorted(cache.glob("*/boot/vmlinuz-*")):
         version = vmlinuz.name.removeprefix("vmlinuz-")
@@ -78,7 +79,7 @@ def fetch_kernel(cache: Path) -> Kernel:
     try:
         package = image_package()
     except (LaneError, FileNotFoundError):
-        found = _unpacked(cache)
+        found = unpacked(cache)
         if found:
             return found[-1]
         raise
@@ -88,7 +89,7 @@ def fetch_kernel(cache: Path) -> Kernel:
         deb = max(cache.glob(f"{package}_*.deb"), key=lambda p: p.stat().st_mtime)
         _run(["dpkg-deb", "-x", str(deb), str(tree)])
         deb.unlink()
-    kernels = _unpacked(tree.parent)
+    kernels = unpacked(tree.parent)
     for kernel in kernels:
         if kernel.vmlinuz.is_relative_to(tree):
             return kernel
