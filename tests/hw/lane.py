@@ -264,7 +264,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     serial_log, junit = cache / "serial.log", cache / "junit.xml"
     junit.unlink(missing_ok=True)
-    progress("fetch kernel", "")
+    progress("fetch kernel", f"{kernel_package.META_PACKAGE} into {cache / 'kernel'}")
     kernel = kernel_package.fetch_kernel(cache / "kernel")
     trees = shared_trees(cache)
     order = write_initramfs(kernel, trees, junit, pytest_args, cache / "initramfs.cpio")

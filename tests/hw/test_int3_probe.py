@@ -125,7 +125,8 @@ class RawVm:
         for name in ("cs", "ds", "es", "fs", "gs", "ss"):
             seg = getattr(sregs, name)
             code = name == "cs"
-            seg.base, seg.limit, seg.g, seg.db, seg.s, seg.present, seg.dpl = 0, 0xFFFFFFFF, 1, 1, 1, 1, 0
+            seg.base, seg.limit, seg.g, seg.db = 0, 0xFFFFFFFF, 1, 1   # flat, 4 KiB units, 32-bit
+            seg.s, seg.present, seg.dpl = 1, 1, 0                     # code/data, present, ring 0
             seg.selector = CODE_SELECTOR if code else DATA_SELECTOR
             seg.type = 0xB if code else 0x3   # execute/read accessed; read/write accessed
         self._ioctl(self.vcpu, "KVM_SET_SREGS", sregs)
