@@ -18,6 +18,7 @@ by lane.py.  Python, pytest and the checkout arrive later over virtio-fs.
 """
 from __future__ import annotations
 
+import shlex
 import stat
 
 __all__ = ["NEWC_MAGIC", "TRAILER", "PROGRESS", "Newc", "init_script", "build"]
@@ -103,7 +104,7 @@ dmesg -n 1      # keep kernel messages off the console while pytest prints there
 echo "{progress} shares-mounted"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/{lane}/bin
 export HOME=/root USER=root LOGNAME=root PYTHONDONTWRITEBYTECODE=1 TERM=dumb
-cd {workdir} || fail "cd {workdir}"
+cd {workdir} || fail cd {workdir}
 {command}
 echo "{progress} tests-done status=$?"
 dmesg           # for the serial log only: the host stops echoing at tests-done
@@ -115,12 +116,13 @@ poweroff -f
 def init_script(modules: list[str], shares: list[tuple[str, str, bool]],
                 workdir: str, command: str) -> str:
     """/init for the L1: `shares` are (virtio-fs tag, mount point, read-only)."""
+    q = shlex.quote
     mounts = "\n".join(
-        f"mount -t virtiofs {'-o ro ' if ro else ''}{tag} {path} || fail \"mount {tag} on {path}\""
+        f"mount -t virtiofs {'-o ro ' if ro else ''}{tag} {q(path)} || fail mount {tag} on {q(path)}"
         for tag, path, ro in shares)
     return INIT_TEMPLATE.format(busybox=BUSYBOX, lane=LANE_DIR, progress=PROGRESS,
                                 modules=" ".join(modules), mounts=mounts,
-                                workdir=workdir, command=command)
+                                workdir=q(workdir), command=command)
 
 
 def _add_parents(archive: Newc, path: str, made: set[str]) -> None:

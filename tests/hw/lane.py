@@ -57,6 +57,7 @@ BUSYBOX = Path("/bin/busybox")      # Debian's busybox-static
 VIRTIOFSD = [Path("/usr/lib/qemu/virtiofsd"),        # C, shipped with QEMU <= 7.2
              Path("/usr/libexec/virtiofsd")]         # Rust, Debian's virtiofsd package
 L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
+LD_SO_CACHE = Path("/etc/ld.so.cache")
 ETC_FILES = {"passwd": b"root:x:0:0:root:/root:/bin/sh\n", "group": b"root:x:0:\n"}
 
 
@@ -79,8 +80,7 @@ def stages(args: argparse.Namespace) -> list[Stage]:
 # --- running the tests (in L1, or directly on hardware KVM) ------------------
 
 def run_tests(junit: Path, pytest_args: list[str]) -> int:
-    """pytest on the VM tiers; prints which KVM it ran on first."""
-    print(f"{initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
+    """pytest on the VM tiers, junit XML to `junit`; pytest's exit status."""
     import pytest        # in-process: one interpreter start less, seconds under TCG
     os.chdir(ROOT)
     return int(pytest.main(["-m", LANE_MARKERS, "-p", "no:cacheprovider",
@@ -165,11 +165,17 @@ def write_initramfs(kernel: kernel_package.Kernel, trees: list[Path], junit: Pat
         return kernel_package.modinfo_depends(images[name])
 
     order = kernel_package.load_order(L1_MODULES, depends_of)
+    for link in initramfs.MERGED_USR:
+        if Path("/", link).exists() and not Path("/", link).is_symlink():
+            raise LaneError(f"/{link} is not a link into /usr: the lane shares only /usr, "
+                            "so it needs a merged-/usr host (Debian 12, Ubuntu 22.04 and later)")
     shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
     inside = [sys.executable, str(Path(__file__).resolve()), "--inside",
               f"--junit={junit}", "--", *pytest_args]
     init = initramfs.init_script(order, shares, str(ROOT), shlex.join(inside))
-    etc = dict(ETC_FILES, **{"ld.so.cache": Path("/etc/ld.so.cache").read_bytes()})
+    etc = dict(ETC_FILES)
+    if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
+        etc[LD_SO_CACHE.name] = LD_SO_CACHE.read_bytes()
     archive = initramfs.build(BUSYBOX.read_bytes(), {m: images[m] for m in order}, init,
                               [str(t) for t in trees], etc)
     path.write_bytes(archive)
@@ -289,6 +295,9 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
                 follow(console, stage, echo=stage.event == "tests-done", result=result)
                 progress(stage.name, f"done in {stage.seconds:.1f} s")
             proc.wait(args.stage_timeout)
+            if not junit.exists():
+                raise LaneError(f"stage 'tests' failed: pytest in L1 wrote no {junit.name} "
+                                f"(status {result.get('status')})")
         except (LaneError, subprocess.TimeoutExpired) as e:
             tail = "\n".join("    " + line for line in console.tail)
             raise LaneError(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
@@ -343,6 +352,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.inside:                                  # we are /init's command in L1
+        print(f"{initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
         return run_tests(args.junit, pytest_args)
     try:
         if kvm_flavour() in ("svm", "vmx") and not args.force_l1:
