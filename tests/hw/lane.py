@@ -37,8 +37,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import initramfs
-import kernel_package
+import lane_initramfs
+import lane_kernel
 from lane_error import LaneError
 
 __all__ = ["LANE_MARKERS", "main"]
@@ -154,29 +154,29 @@ def _stop(proc: subprocess.Popen) -> None:
 
 # --- the initramfs -----------------------------------------------------------
 
-def write_initramfs(kernel: kernel_package.Kernel, trees: list[Path], junit: Path,
+def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], junit: Path,
                     pytest_args: list[str], path: Path) -> list[str]:
     """Write the L1's initramfs to `path`; return the modules it loads, in order."""
     files = kernel.module_files()
     images: dict[str, bytes] = {}
 
     def depends_of(name: str) -> list[str]:
-        images[name] = kernel_package.module_bytes(files[name])
-        return kernel_package.modinfo_depends(images[name])
+        images[name] = lane_kernel.module_bytes(files[name])
+        return lane_kernel.modinfo_depends(images[name])
 
-    order = kernel_package.load_order(L1_MODULES, depends_of)
-    for link in initramfs.MERGED_USR:
+    order = lane_kernel.load_order(L1_MODULES, depends_of)
+    for link in lane_initramfs.MERGED_USR:
         if Path("/", link).exists() and not Path("/", link).is_symlink():
             raise LaneError(f"/{link} is not a link into /usr: the lane shares only /usr, "
                             "so it needs a merged-/usr host (Debian 12, Ubuntu 22.04 and later)")
     shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
     inside = [sys.executable, str(Path(__file__).resolve()), "--inside",
               f"--junit={junit}", "--", *pytest_args]
-    init = initramfs.init_script(order, shares, str(ROOT), shlex.join(inside))
+    init = lane_initramfs.init_script(order, shares, str(ROOT), shlex.join(inside))
     etc = dict(ETC_FILES)
     if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
         etc[LD_SO_CACHE.name] = LD_SO_CACHE.read_bytes()
-    archive = initramfs.build(BUSYBOX.read_bytes(), {m: images[m] for m in order}, init,
+    archive = lane_initramfs.build(BUSYBOX.read_bytes(), {m: images[m] for m in order}, init,
                               [str(t) for t in trees], etc)
     path.write_bytes(archive)
     return order
@@ -184,7 +184,7 @@ def write_initramfs(kernel: kernel_package.Kernel, trees: list[Path], junit: Pat
 
 # --- QEMU and its serial console ---------------------------------------------
 
-def qemu_command(kernel: kernel_package.Kernel, initrd: Path, sockets: list[Path],
+def qemu_command(kernel: lane_kernel.Kernel, initrd: Path, sockets: list[Path],
                  args: argparse.Namespace) -> list[str]:
     command = [QEMU, "-accel", "tcg", "-cpu", args.cpu, "-smp", str(args.smp),
                "-m", f"{L1_MEM_MIB}M", "-nodefaults", "-display", "none", "-no-reboot",
@@ -241,7 +241,7 @@ def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict) -> No
     """Read the console until `stage` ends; raise LaneError naming it if it does not."""
     start = time.monotonic()
     deadline = start + stage.timeout
-    prefix = initramfs.PROGRESS + " "
+    prefix = lane_initramfs.PROGRESS + " "
     while True:
         try:
             line = console.next_line(deadline)
@@ -270,10 +270,10 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     serial_log, junit = cache / "serial.log", cache / "junit.xml"
     junit.unlink(missing_ok=True)
-    progress("fetch kernel", f"{kernel_package.META_PACKAGE} into {cache / 'kernel'}")
-    kernel = kernel_package.fetch_kernel(cache / "kernel")
+    progress("fetch kernel", f"{lane_kernel.META_PACKAGE} into {cache / 'kernel'}")
+    kernel = lane_kernel.fetch_kernel(cache / "kernel")
     trees = shared_trees(cache)
-    order = write_initramfs(kernel, trees, junit, pytest_args, cache / "initramfs.cpio")
+    order = write_initramfs(kernel, trees, junit, pytest_args, cache / "lane_initramfs.cpio")
     progress("initramfs", f"kernel {kernel.version}; modules {' '.join(order)}")
     progress("shares", " ".join(map(str, trees)))
     result: dict[str, str] = {}
@@ -283,7 +283,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
         sockets = [sockets_dir / f"share{i}.sock" for i in range(len(trees))]
         for socket, tree in zip(sockets, trees):
             start_virtiofsd(stack, virtiofsd, socket, tree, cache / "virtiofsd.log")
-        proc = subprocess.Popen(qemu_command(kernel, cache / "initramfs.cpio", sockets, args),
+        proc = subprocess.Popen(qemu_command(kernel, cache / "lane_initramfs.cpio", sockets, args),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         console = SerialConsole(proc, serial_log)
@@ -312,7 +312,7 @@ def run_direct(args: argparse.Namespace, pytest_args: list[str]) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     junit = args.cache / "junit.xml"
     try:
-        kernel_package.fetch_kernel(args.cache / "kernel")
+        lane_kernel.fetch_kernel(args.cache / "kernel")
     except (LaneError, OSError) as e:
         progress("fetch kernel", f"none ({e}); tests that boot it will skip")
     status = run_tests(junit, pytest_args)
@@ -352,7 +352,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.inside:                                  # we are /init's command in L1
-        print(f"{initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
+        print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
         return run_tests(args.junit, pytest_args)
     try:
         if kvm_flavour() in ("svm", "vmx") and not args.force_l1:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import initramfs
-import kernel_package
+import lane_initramfs
+import lane_kernel
 import lane
 from lane_error import LaneError
 
@@ -22,7 +22,7 @@ from lane_error import LaneError
 def test_newc_archive_extracts_with_system_cpio(tmp_path):
     if shutil.which("cpio") is None:
         pytest.skip("no cpio(1) to cross-check with: apt-get install cpio")
-    archive = initramfs.Newc()
+    archive = lane_initramfs.Newc()
     archive.add_dir("etc")
     archive.add_file("etc/motd", b"odd length!", 0o600)     # 11 bytes: exercises padding
     archive.add_file("init", b"#!/bin/sh\n", 0o755)
@@ -35,16 +35,16 @@ def test_newc_archive_extracts_with_system_cpio(tmp_path):
 
 
 def test_newc_members_are_4_byte_aligned():
-    archive = initramfs.Newc()
+    archive = lane_initramfs.Newc()
     archive.add_file("a", b"xyz")
     data = archive.finish()
-    second = data.index(initramfs.NEWC_MAGIC, 1)
+    second = data.index(lane_initramfs.NEWC_MAGIC, 1)
     assert second % 4 == 0, f"trailer header at offset {second}"
     assert data.endswith(b"\0") and len(data) % 4 == 0, f"archive length {len(data)}"
 
 
 def test_newc_refuses_a_name_twice():
-    archive = initramfs.Newc()
+    archive = lane_initramfs.Newc()
     archive.add_dir("usr")
     with pytest.raises(ValueError, match="usr"):
         archive.add_file("/usr", b"")
@@ -52,24 +52,24 @@ def test_newc_refuses_a_name_twice():
 
 def test_modinfo_depends_reads_the_depends_field():
     image = b"\x7fELF...\0license=GPL\0depends=fuse,virtio,virtio_ring\0vermagic=6.1\0"
-    assert kernel_package.modinfo_depends(image) == ["fuse", "virtio", "virtio_ring"]
-    assert kernel_package.modinfo_depends(b"license=GPL\0depends=\0intree=Y\0") == []
+    assert lane_kernel.modinfo_depends(image) == ["fuse", "virtio", "virtio_ring"]
+    assert lane_kernel.modinfo_depends(b"license=GPL\0depends=\0intree=Y\0") == []
 
 
 def test_load_order_puts_dependencies_first_once():
     deps = {"kvm_amd": ["kvm"], "kvm": ["irqbypass"], "irqbypass": [],
             "virtiofs": ["fuse", "virtio"], "fuse": [], "virtio": ["virtio_ring"],
             "virtio_ring": [], "virtio_pci": ["virtio_ring", "virtio"]}
-    order = kernel_package.load_order(["virtio_pci", "virtiofs", "kvm_amd"], deps.__getitem__)
+    order = lane_kernel.load_order(["virtio_pci", "virtiofs", "kvm_amd"], deps.__getitem__)
     assert order == ["virtio_ring", "virtio", "virtio_pci", "fuse", "virtiofs",
                      "irqbypass", "kvm", "kvm_amd"]
 
 
 def test_load_order_names_missing_modules_and_cycles():
     with pytest.raises(LaneError, match="module nope is not in the kernel package"):
-        kernel_package.load_order(["a"], {"a": ["nope"]}.__getitem__)
+        lane_kernel.load_order(["a"], {"a": ["nope"]}.__getitem__)
     with pytest.raises(LaneError, match="a -> b -> a"):
-        kernel_package.load_order(["a"], {"a": ["b"], "b": ["a"]}.__getitem__)
+        lane_kernel.load_order(["a"], {"a": ["b"], "b": ["a"]}.__getitem__)
 
 
 def test_outermost_drops_trees_inside_others(tmp_path):
@@ -80,7 +80,7 @@ def test_outermost_drops_trees_inside_others(tmp_path):
 
 
 def test_init_script_loads_modules_in_order_and_mounts_shares():
-    script = initramfs.init_script(["kvm", "kvm_amd"], [("share0", "/usr", True),
+    script = lane_initramfs.init_script(["kvm", "kvm_amd"], [("share0", "/usr", True),
                                                         ("share1", "/work/x", False)],
                                    "/work/x", "python -m pytest")
     assert "for m in kvm kvm_amd; do" in script

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import initramfs
-import kernel_package
+import lane_initramfs
+import lane_kernel
 import lane
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
@@ -33,8 +33,8 @@ echo "{MARKER} release=$(/busybox uname -r)"
 """
 
 
-def unpacked_kernel() -> kernel_package.Kernel:
-    kernels = kernel_package.unpacked(lane.DEFAULT_CACHE / "kernel")
+def unpacked_kernel() -> lane_kernel.Kernel:
+    kernels = lane_kernel.unpacked(lane.DEFAULT_CACHE / "kernel")
     if not kernels:
         pytest.skip(f"no kernel package unpacked in {lane.DEFAULT_CACHE}/kernel: "
                     "`make test-hw` fetches it")
@@ -42,7 +42,7 @@ def unpacked_kernel() -> kernel_package.Kernel:
 
 
 def l2_initramfs(path: Path) -> Path:
-    archive = initramfs.Newc()
+    archive = lane_initramfs.Newc()
     archive.add_dir("proc")
     archive.add_file("busybox", lane.BUSYBOX.read_bytes(), 0o755)
     archive.add_file("init", L2_INIT.encode(), 0o755)
