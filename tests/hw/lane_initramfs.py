@@ -118,7 +118,7 @@ def init_script(modules: list[str], shares: list[tuple[str, str, bool]],
     """/init for the L1: `shares` are (virtio-fs tag, mount point, read-only)."""
     q = shlex.quote
     mounts = "\n".join(
-        f"mount -t virtiofs {'-o ro ' if ro else ''}{tag} {q(path)} || fail mount {tag} on {q(path)}"
+        f"mount -t virtiofs {'-o ro ' if ro else ''}{tag} {q(path)} || fail mount {q(path)}"
         for tag, path, ro in shares)
     return INIT_TEMPLATE.format(busybox=BUSYBOX, lane=LANE_DIR, progress=PROGRESS,
                                 modules=" ".join(modules), mounts=mounts,
