@@ -56,6 +56,7 @@ L1_MODULES = ["virtio_pci", "virtiofs", "kvm_amd"]   # + dependencies, in load o
 BUSYBOX = Path("/bin/busybox")      # Debian's busybox-static
 VIRTIOFSD = [Path("/usr/lib/qemu/virtiofsd"),        # C, shipped with QEMU <= 7.2
              Path("/usr/libexec/virtiofsd")]         # Rust, Debian's virtiofsd package
+HEARTBEAT_POLL = 2.0                # seconds between looks at the heartbeat file
 L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
 LD_SO_CACHE = Path("/etc/ld.so.cache")
 ETC_FILES = {"passwd": b"root:x:0:0:root:/root:/bin/sh\n", "group": b"root:x:0:\n"}
@@ -191,7 +192,9 @@ def qemu_command(kernel: lane_kernel.Kernel, initrd: Path, sockets: list[Path],
                "-object", f"memory-backend-memfd,id=mem,size={L1_MEM_MIB}M,share=on",
                "-numa", "node,memdev=mem",
                "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-               "-append", L1_CMDLINE, "-serial", "stdio"]
+               "-append", L1_CMDLINE, "-serial", "stdio",              # COM1: console
+               "-chardev", f"file,id=heartbeat,path={args.cache / 'heartbeat'}",
+               "-serial", "chardev:heartbeat"]                          # COM2: heartbeat
     for i, socket in enumerate(sockets):
         command += ["-chardev", f"socket,id=vfs{i},path={socket}",
                     "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag=share{i}"]
@@ -237,15 +240,43 @@ class SerialConsole:
         self._log.close()
 
 
-def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict) -> None:
+class Heartbeat:
+    """L1's second serial port (ttyS1), where /init writes a dot every few seconds.
+
+    The console cannot tell a slow test from a hung L1, and when L1 hangs no
+    timer fires in it, so no timeout inside L1 ends the run either; a
+    heartbeat that stops does.  (Seen here once in ~15 runs, with -smp 1.)
+    """
+
+    def __init__(self, path: Path, limit: float) -> None:
+        self.path, self.limit = path, limit
+        path.write_bytes(b"")
+        self._size, self._seen = 0, time.monotonic()
+
+    def check(self, stage: str) -> None:
+        """Raise LaneError when the beat started and then stopped for `limit` seconds."""
+        size, now = self.path.stat().st_size, time.monotonic()
+        if size != self._size:
+            self._size, self._seen = size, now
+        elif size and now - self._seen > self.limit:
+            raise LaneError(f"stage '{stage}' failed: L1 stopped responding "
+                            f"(no heartbeat on ttyS1 for {self.limit:.0f} s)")
+
+
+def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict,
+           heartbeat: Heartbeat | None = None) -> None:
     """Read the console until `stage` ends; raise LaneError naming it if it does not."""
     start = time.monotonic()
     deadline = start + stage.timeout
     prefix = lane_initramfs.PROGRESS + " "
     while True:
+        if heartbeat:
+            heartbeat.check(stage.name)
         try:
-            line = console.next_line(deadline)
+            line = console.next_line(min(deadline, time.monotonic() + HEARTBEAT_POLL))
         except TimeoutError:
+            if time.monotonic() < deadline:
+                continue
             raise LaneError(f"stage '{stage.name}' timed out after {stage.timeout:.0f} s") from None
         if line is None:
             raise LaneError(f"stage '{stage.name}' failed: QEMU exited")
@@ -273,7 +304,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     progress("fetch kernel", f"{lane_kernel.META_PACKAGE} into {cache / 'kernel'}")
     kernel = lane_kernel.fetch_kernel(cache / "kernel")
     trees = shared_trees(cache)
-    order = write_initramfs(kernel, trees, junit, pytest_args, cache / "lane_initramfs.cpio")
+    order = write_initramfs(kernel, trees, junit, pytest_args, cache / "initramfs.cpio")
     progress("initramfs", f"kernel {kernel.version}; modules {' '.join(order)}")
     progress("shares", " ".join(map(str, trees)))
     result: dict[str, str] = {}
@@ -283,16 +314,17 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
         sockets = [sockets_dir / f"share{i}.sock" for i in range(len(trees))]
         for socket, tree in zip(sockets, trees):
             start_virtiofsd(stack, virtiofsd, socket, tree, cache / "virtiofsd.log")
-        proc = subprocess.Popen(qemu_command(kernel, cache / "lane_initramfs.cpio", sockets, args),
+        proc = subprocess.Popen(qemu_command(kernel, cache / "initramfs.cpio", sockets, args),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         console = SerialConsole(proc, serial_log)
+        heartbeat = Heartbeat(cache / "heartbeat", args.heartbeat_timeout)
         stack.callback(console.close)           # runs after _stop: QEMU first
         stack.callback(_stop, proc)
         try:
             for stage in stages(args):
                 progress(stage.name, "...")
-                follow(console, stage, echo=stage.event == "tests-done", result=result)
+                follow(console, stage, stage.event == "tests-done", result, heartbeat)
                 progress(stage.name, f"done in {stage.seconds:.1f} s")
             proc.wait(args.stage_timeout)
             if not junit.exists():
@@ -341,7 +373,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--boot-timeout", type=float, default=180)
     parser.add_argument("--stage-timeout", type=float, default=120,
                         help="module load, mounts, power off (default: 120 s each)")
-    parser.add_argument("--tests-timeout", type=float, default=1500)
+    parser.add_argument("--tests-timeout", type=float, default=900)
+    parser.add_argument("--heartbeat-timeout", type=float, default=60,
+                        help="fail when L1 stops beating on ttyS1 this long (default: 60 s)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--junit", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -83,6 +83,7 @@ class Newc:
 PROGRESS = "@@lane"
 LANE_DIR = "lane"                  # /lane: busybox, its applet links, modules
 BUSYBOX = f"/{LANE_DIR}/busybox"
+BEAT = 5                           # seconds between heartbeat dots on ttyS1
 MERGED_USR = ("bin", "sbin", "lib", "lib64")   # symlinks into /usr on Debian 12
 
 INIT_TEMPLATE = """#!{busybox} sh
@@ -94,6 +95,8 @@ echo "{progress} init"
 # The initramfs root is itself a writable tmpfs: /tmp and /root need no mount.
 mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev \\
     && mkdir /dev/shm && mount -t tmpfs tmpfs /dev/shm || fail "mounting /proc /sys /dev"
+# Heartbeat on COM2: the host fails the run when it stops (L1 hung).
+(while :; do echo -n .; sleep {beat}; done) >/dev/ttyS1 2>/dev/null &
 for m in {modules}; do
     insmod /{lane}/modules/$m.ko || fail "insmod $m"
 done
@@ -120,7 +123,7 @@ def init_script(modules: list[str], shares: list[tuple[str, str, bool]],
     mounts = "\n".join(
         f"mount -t virtiofs {'-o ro ' if ro else ''}{tag} {q(path)} || fail mount {q(path)}"
         for tag, path, ro in shares)
-    return INIT_TEMPLATE.format(busybox=BUSYBOX, lane=LANE_DIR, progress=PROGRESS,
+    return INIT_TEMPLATE.format(busybox=BUSYBOX, lane=LANE_DIR, progress=PROGRESS, beat=BEAT,
                                 modules=" ".join(modules), mounts=mounts,
                                 workdir=q(workdir), command=command)
 

@@ -142,3 +142,14 @@ def test_follow_reports_qemu_exiting_early(console_of):
     console = console_of("echo Kernel panic")
     with pytest.raises(LaneError, match="stage 'L1 boot' failed: QEMU exited"):
         lane.follow(console, lane.Stage("L1 boot", "init", 10), False, {})
+
+
+def test_heartbeat_fails_only_after_it_started_and_stopped(tmp_path):
+    beat = lane.Heartbeat(tmp_path / "heartbeat", limit=0.1)
+    time.sleep(0.2)
+    beat.check("L1 boot")                       # not started yet: boot has its own timeout
+    beat.path.write_bytes(b".")
+    beat.check("tests")                         # a new dot
+    time.sleep(0.2)
+    with pytest.raises(LaneError, match="stage 'tests' failed: L1 stopped responding"):
+        beat.check("tests")
