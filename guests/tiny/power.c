@@ -26,9 +26,18 @@ static void __attribute__((noreturn)) halt_forever(void)
     }
 }
 
+/* Some VMMs act on a power-off request a little later (QEMU: from its main
+ * loop); give them a few timer ticks before complaining. */
+static void wait_ticks(int n)
+{
+    for (uint64_t end = ticks + n; ticks < end;)
+        sti_hlt();
+}
+
 void poweroff(void)
 {
     outw(ACPI_PM1A_CNT, PM1_SLP_EN);
+    wait_ticks(10);
     kprintf("poweroff: no ACPI PM1a control port at %x; halting\n", ACPI_PM1A_CNT);
     halt_forever();
 }
@@ -36,6 +45,7 @@ void poweroff(void)
 void debug_exit(uint8_t value)
 {
     outb(DEBUG_EXIT_PORT, value);
+    wait_ticks(10);
     kprintf("exit: no debug-exit device at port %x; halting\n", DEBUG_EXIT_PORT);
     halt_forever();
 }

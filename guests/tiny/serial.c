@@ -16,13 +16,12 @@
 #define UART_DLL  0        /* divisor latch, low byte (DLAB=1)           */
 #define UART_IER  1        /* interrupt enable (DLAB=0)                  */
 #define UART_DLM  1        /* divisor latch, high byte (DLAB=1)          */
-#define UART_FCR  2        /* FIFO control (write)                       */
+#define UART_FCR  2        /* FIFO control (write): left at reset value  */
 #define UART_LCR  3        /* line control                               */
 #define UART_MCR  4        /* modem control                              */
 #define UART_LSR  5        /* line status                                */
 
 #define IER_RDA   0x01     /* interrupt when received data is available  */
-#define FCR_FIFO  0x07     /* enable FIFOs, clear RX and TX FIFOs        */
 #define LCR_8N1   0x03     /* 8 data bits, no parity, 1 stop bit         */
 #define LCR_DLAB  0x80     /* divisor latch access                       */
 #define MCR_DTR   0x01
@@ -47,7 +46,10 @@ void serial_init(void)
     outb(COM1 + UART_DLL, BAUD_DIVISOR & 0xff);
     outb(COM1 + UART_DLM, BAUD_DIVISOR >> 8);
     outb(COM1 + UART_LCR, LCR_8N1);
-    outb(COM1 + UART_FCR, FCR_FIFO);
+    /* FCR is left alone: switching the FIFOs on or off empties them
+     * (16550D datasheet, FCR bit 0), and bytes piped into the VMM before
+     * this point would be lost.  Without FIFOs the UART holds one byte in
+     * RBR, plenty for an interrupt-driven reader. */
     outb(COM1 + UART_MCR, MCR_DTR | MCR_RTS | MCR_OUT2);
     outb(COM1 + UART_IER, IER_RDA);
     pic_unmask(IRQ_COM1);
