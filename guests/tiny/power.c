@@ -44,8 +44,7 @@ void poweroff(void)
 
 void debug_exit(uint8_t value)
 {
-    outb(DEBUG_EXIT_PORT, value);
-    wait_ticks(10);
+    outb(DEBUG_EXIT_PORT, value);  /* QEMU and pykvm exit at once */
     kprintf("exit: no debug-exit device at port %x; halting\n", DEBUG_EXIT_PORT);
     halt_forever();
 }
