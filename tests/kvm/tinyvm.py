@@ -2,9 +2,11 @@
 
 Two VMMs run the very same ELF with the very same kernel command line:
 
-    qemu    qemu-system-x86_64 -M pc (PVH through -kernel), with the
-            isa-debug-exit device and the PIIX4 ACPI power-off port
-    pykvm   `pykvm boot --kernel ELF --cmdline ...`
+    qemu      qemu-system-x86_64 -M pc -accel kvm (PVH through -kernel), with the
+              isa-debug-exit device and the PIIX4 ACPI power-off port
+    qemu-tcg  the same with -accel tcg: a software CPU with hardware semantics
+              (`int 0x80` arrives through IDT gate 0x80, not as #UD as on PVM)
+    pykvm     `pykvm boot --kernel ELF --cmdline ...`
 
 Used by tests/kvm/test_tiny_kernel.py and tests/bench/bench_tiny_boot.py.
 """
@@ -52,7 +54,7 @@ def build_tiny() -> Path:
 
 def vmm_problem(vmm: str) -> str | None:
     """Why `vmm` cannot run here, or None."""
-    if vmm == "qemu" and shutil.which(QEMU) is None:
+    if vmm.startswith("qemu") and shutil.which(QEMU) is None:
         return f"{QEMU} is not installed (.ci/run installs qemu-system-x86)"
     if vmm == "pykvm" and importlib.util.find_spec("pykvm.commands.boot") is None:
         return "`pykvm boot` is not in this checkout yet (the VMM core issue)"
@@ -74,7 +76,10 @@ def pykvm_command(elf: Path, cmdline: str) -> list[str]:
 
 
 def command(vmm: str, elf: Path, cmdline: str) -> list[str]:
-    return qemu_command(elf, cmdline) if vmm == "qemu" else pykvm_command(elf, cmdline)
+    """The command line that boots `elf` under `vmm` ("qemu", "qemu-tcg" or "pykvm")."""
+    if vmm == "pykvm":
+        return pykvm_command(elf, cmdline)
+    return qemu_command(elf, cmdline, accel="tcg" if vmm == "qemu-tcg" else "kvm")
 
 
 def console_from_banner(raw: bytes) -> str:
