@@ -24,16 +24,10 @@ struct command {
     void (*run)(int argc, char **argv);
 };
 
-static const struct command commands[];
-static const int ncommands;
+static void cmd_help(int argc, char **argv);   /* it lists commands[], defined below */
 
-static void cmd_help(int argc, char **argv)
-{
-    (void)argc, (void)argv;
-    for (int i = 0; i < ncommands; i++)
-        kprintf("  %8s %10s %s\n", commands[i].name, commands[i].args, commands[i].help);
-}
-
+/* CPUID returns strings as 4 bytes per register; b, c, d say where in the
+ * string ebx, ecx and edx go (0 = first 4 bytes). */
 static void cpuid_string(uint32_t leaf, char out[13], int b, int c, int d)
 {
     uint32_t r[4];
@@ -50,7 +44,7 @@ static void cmd_info(int argc, char **argv)
     char vendor[13], hypervisor[13] = "none";
     uint32_t r[4];
 
-    cpuid_string(CPUID_VENDOR, vendor, 0, 2, 1);           /* order: ebx edx ecx */
+    cpuid_string(CPUID_VENDOR, vendor, 0, 2, 1);           /* "Genu" "ineI" "ntel": ebx edx ecx */
     cpuid(CPUID_FEATURES, r);
     if (r[2] & CPUID_ECX_HYPERVISOR)
         cpuid_string(CPUID_HV_SIGNATURE, hypervisor, 0, 1, 2);   /* ebx ecx edx */
@@ -187,6 +181,13 @@ static const struct command commands[] = {
     { "exit", "N", "debug-exit port: the VMM exits with status 2N+1", cmd_exit },
 };
 static const int ncommands = ARRAY_SIZE(commands);
+
+static void cmd_help(int argc, char **argv)
+{
+    (void)argc, (void)argv;
+    for (int i = 0; i < ncommands; i++)
+        kprintf("  %8s %10s %s\n", commands[i].name, commands[i].args, commands[i].help);
+}
 
 /* Split line in place into words; returns their number. */
 static int split(char *line, char **argv)
