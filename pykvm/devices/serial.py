@@ -163,6 +163,7 @@ class Serial16550:
         self._timer: threading.Timer | None = None     # the character-timeout timer thread, if running
         self._timeout_deadline: float | None = None    # monotonic time the character timeout is due
         self._reset_registers()
+        self._register_table()
 
     def _reset_registers(self) -> None:
         """Master reset values (Table 3)."""
@@ -187,61 +188,58 @@ class Serial16550:
         """Guest read.  The UART's registers are bytes; a wider access reads consecutive registers."""
         with self._lock:
             if size == 1:
-                return self._read_register(offset)
+                return self._readers[offset]()
             return sum(self._read_register(offset + i) << (8 * i) for i in range(size))
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Guest write.  A wider access writes consecutive registers, low byte first."""
-        sent = []
-        with self._lock:
-            for i in range(size):
-                byte = self._write_register(offset + i, (value >> (8 * i)) & 0xFF)
-                if byte is not None:
-                    sent.append(byte)
-        for byte in sent:
-            self._out(_BYTE[byte])
+        if size == 1:
+            with self._lock:
+                sent = self._writers[offset](value & 0xFF)
+            if sent is not None:
+                self._out(_BYTE[sent])
+            return
+        for i in range(size):
+            self.write(offset + i, 1, (value >> (8 * i)) & 0xFF)
 
     def _read_register(self, offset: int) -> int:
-        if offset == RBR:
-            return self._divisor & 0xFF if self._lcr & LCR_DLAB else self._read_rbr()
-        if offset == IER:
-            return self._divisor >> 8 if self._lcr & LCR_DLAB else self._ier
-        if offset == IIR:
-            return self._read_iir()
-        if offset == LCR:
-            return self._lcr
-        if offset == MCR:
-            return self._mcr
-        if offset == LSR:
-            return self._read_lsr()
-        if offset == MSR:
-            return self._read_msr()
-        if offset == SCR:
-            return self._scr
-        return 0xFF                     # past the eight registers: nothing drives the bus
+        """One register; past the eighth nothing drives the bus."""
+        return self._readers[offset]() if offset < COM1_LENGTH else 0xFF
 
-    def _write_register(self, offset: int, value: int) -> int | None:
-        """Apply one register write; return a byte to transmit to the host, if any."""
-        if offset == THR:
-            if self._lcr & LCR_DLAB:
-                self._divisor = (self._divisor & 0xFF00) | value
-                return None
-            return self._write_thr(value)
-        if offset == IER:
-            if self._lcr & LCR_DLAB:
-                self._divisor = (self._divisor & 0x00FF) | (value << 8)
-            else:
-                self._write_ier(value)
-        elif offset == FCR:
-            self._write_fcr(value)
-        elif offset == LCR:
-            self._lcr = value
-        elif offset == MCR:
-            self._write_mcr(value)
-        elif offset == SCR:
-            self._scr = value
-        # LSR and MSR writes are factory-test only (8.9); ignored.
-        return None
+    def _register_table(self) -> None:
+        """Per-offset handlers (Table 2): one indexed call per access on the VM-exit path."""
+        self._readers = (self._read_rbr_dll, self._read_ier_dlm, self._read_iir, lambda: self._lcr,
+                         lambda: self._mcr, self._read_lsr, self._read_msr, lambda: self._scr)
+        self._writers = (self._write_thr_dll, self._write_ier_dlm, self._write_fcr, self._write_lcr,
+                         self._write_mcr, self._write_ignored, self._write_ignored, self._write_scr)
+
+    def _read_rbr_dll(self) -> int:
+        return self._divisor & 0xFF if self._lcr & LCR_DLAB else self._read_rbr()
+
+    def _read_ier_dlm(self) -> int:
+        return self._divisor >> 8 if self._lcr & LCR_DLAB else self._ier
+
+    def _write_thr_dll(self, value: int) -> int | None:
+        """THR, or DLL when DLAB is set; returns the byte to send to the host, if any."""
+        if self._lcr & LCR_DLAB:
+            self._divisor = (self._divisor & 0xFF00) | value
+            return None
+        return self._write_thr(value)
+
+    def _write_ier_dlm(self, value: int) -> None:
+        if self._lcr & LCR_DLAB:
+            self._divisor = (self._divisor & 0x00FF) | (value << 8)
+        else:
+            self._write_ier(value)
+
+    def _write_lcr(self, value: int) -> None:
+        self._lcr = value
+
+    def _write_scr(self, value: int) -> None:
+        self._scr = value
+
+    def _write_ignored(self, value: int) -> None:
+        """LSR and MSR writes are for factory testing only (8.9); ignored."""
 
     # --- receiver (8.3, 8.5)
 
@@ -299,16 +297,17 @@ class Serial16550:
 
     def _write_thr(self, value: int) -> int | None:
         """Send one byte.  It leaves at once, so THR is empty again before the guest can look."""
-        if self._ier & IER_ETBEI:
-            self._thr_pending = False
-            self._update_interrupt()                # INTR drops: the next THRE is a fresh edge
         sent = None
         if self._mcr & MCR_LOOP:
             self._receive_byte(value)               # loopback: TSR feeds RSR (8.8, bit 4)
         else:
             sent = value
+        if self._ier & IER_ETBEI:
+            self._thr_pending = False
+            self._update_interrupt()                # INTR drops: the next THRE is a fresh edge
         self._thr_pending = True
-        self._update_interrupt()
+        if self._ier or sent is None:               # nothing else can have changed INTR
+            self._update_interrupt()
         return sent
 
     # --- control registers
