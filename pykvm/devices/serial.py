@@ -3,8 +3,10 @@
 Reference: Texas Instruments (formerly National Semiconductor) "PC16550D
 Universal Asynchronous Receiver/Transmitter with FIFOs", datasheet SNLS378,
 https://www.ti.com/lit/ds/symlink/pc16550d.pdf .  Section numbers below are
-that datasheet's ("8.x" = section 8, Registers; Table 2 is the register map,
-Table 4 the interrupt identification table).
+that datasheet's: 8.1 LCR, 8.3 baud generator, 8.4 LSR, 8.5 IIR, 8.6 IER,
+8.7 MCR, 8.8 MSR, 8.9 FCR, 8.10 FIFO interrupt mode;
+Table II is the register summary, Table III the reset values, Table IV the
+interrupt control functions.
 
 The register map (offsets from the base port; DLAB is LCR bit 7):
 
@@ -30,7 +32,7 @@ What is emulated and what is simplified:
     and enter the 16-byte receiver FIFO (or, with FIFOs off, the 1-byte RBR)
     as the guest drains it.  The character-timeout interrupt fires after four
     character times (at the programmed baud rate) with no FIFO activity, as
-    section 8.5 says, using a host timer thread.
+    section 8.10 says, using a host timer thread.
   * Loopback (MCR bit 4) works: THR feeds the receiver, MCR's outputs feed
     MSR's inputs, and the host is cut off (section 8.7).
   * The interrupt output INTR is a level: `irq(True)` when it rises,
@@ -59,7 +61,7 @@ COM1_BASE = 0x3F8               # first of COM1's eight ports
 COM1_LENGTH = 8                 # registers at offsets 0..7
 COM1_IRQ = 4                    # ISA IRQ line of COM1
 
-# --- register offsets (Table 2)
+# --- register offsets (Table II)
 RBR = 0                         # receiver buffer (read, DLAB=0)
 THR = 0                         # transmitter holding (write, DLAB=0)
 DLL = 0                         # divisor latch low byte (DLAB=1)
@@ -73,14 +75,14 @@ LSR = 5                         # line status
 MSR = 6                         # modem status
 SCR = 7                         # scratch
 
-# --- IER bits (8.4)
+# --- IER bits (8.6)
 IER_ERBFI = 0x01                # enable received data available (and character timeout) interrupt
 IER_ETBEI = 0x02                # enable transmitter holding register empty interrupt
 IER_ELSI = 0x04                 # enable receiver line status interrupt
 IER_EDSSI = 0x08                # enable modem status interrupt
 IER_MASK = 0x0F                 # bits 4-7 are always 0
 
-# --- IIR values (8.5, Table 4), highest priority first
+# --- IIR values (8.5, Table IV), highest priority first
 IIR_NO_INT = 0x01               # bit 0 = 1: no interrupt pending
 IIR_RLS = 0x06                  # priority 1: receiver line status (OE, PE, FE, BI); cleared by reading LSR
 IIR_RDA = 0x04                  # priority 2: received data available (at trigger level); cleared by draining below it
@@ -89,7 +91,7 @@ IIR_THRE = 0x02                 # priority 3: THR empty; cleared by reading IIR 
 IIR_MSR = 0x00                  # priority 4: modem status; cleared by reading MSR
 IIR_FIFOS_ENABLED = 0xC0        # bits 6-7: both set when FCR bit 0 is set
 
-# --- FCR bits (8.6)
+# --- FCR bits (8.9)
 FCR_ENABLE = 0x01               # enable both FIFOs; changing it clears them
 FCR_RX_RESET = 0x02             # clear the receiver FIFO (self-clearing)
 FCR_TX_RESET = 0x04             # clear the transmitter FIFO (self-clearing)
@@ -97,7 +99,7 @@ FCR_DMA_MODE = 0x08             # RXRDY/TXRDY pin mode: no pins here, kept for r
 FCR_TRIGGER_SHIFT = 6           # bits 6-7: receiver FIFO interrupt trigger level
 RX_TRIGGER_LEVELS = (1, 4, 8, 14)   # bytes, for FCR bits 7:6 = 00, 01, 10, 11
 
-# --- LCR bits (8.7)
+# --- LCR bits (8.1)
 LCR_WORD_LENGTH = 0x03          # data bits - 5
 LCR_STOP_BITS = 0x04            # 0: 1 stop bit; 1: 1.5 or 2
 LCR_PARITY_ENABLE = 0x08        # PEN: a parity bit is sent
@@ -106,7 +108,7 @@ LCR_STICK_PARITY = 0x20         # stick parity
 LCR_BREAK = 0x40                # set break: force the line low
 LCR_DLAB = 0x80                 # divisor latch access bit: offsets 0/1 become DLL/DLM
 
-# --- MCR bits (8.8)
+# --- MCR bits (8.7)
 MCR_DTR = 0x01                  # data terminal ready  (loopback: -> MSR DSR)
 MCR_RTS = 0x02                  # request to send      (loopback: -> MSR CTS)
 MCR_OUT1 = 0x04                 # user output 1        (loopback: -> MSR RI)
@@ -114,7 +116,7 @@ MCR_OUT2 = 0x08                 # user output 2        (loopback: -> MSR DCD; ga
 MCR_LOOP = 0x10                 # loopback mode
 MCR_MASK = 0x1F                 # bits 5-7 are always 0
 
-# --- LSR bits (8.9)
+# --- LSR bits (8.4)
 LSR_DR = 0x01                   # data ready: at least one byte in RBR / the receiver FIFO
 LSR_OE = 0x02                   # overrun error: a byte arrived with nowhere to go (cleared by reading LSR)
 LSR_PE = 0x04                   # parity error (never on a virtual wire)
@@ -125,7 +127,7 @@ LSR_TEMT = 0x40                 # THR and the transmitter shift register are bot
 LSR_RX_FIFO_ERROR = 0x80        # a PE/FE/BI byte is in the FIFO (never here)
 LSR_ERRORS = LSR_OE | LSR_PE | LSR_FE | LSR_BI   # the receiver line status interrupt sources
 
-# --- MSR bits (8.10)
+# --- MSR bits (8.8)
 MSR_DCTS = 0x01                 # delta CTS since the last MSR read
 MSR_DDSR = 0x02                 # delta DSR
 MSR_TERI = 0x04                 # trailing edge of RI: RI went from 1 to 0
@@ -166,7 +168,7 @@ class Serial16550:
         self._register_table()
 
     def _reset_registers(self) -> None:
-        """Master reset values (Table 3)."""
+        """Master reset values (Table III)."""
         self._ier = 0
         self._lcr = 0
         self._mcr = 0
@@ -199,7 +201,7 @@ class Serial16550:
             if sent is not None:
                 self._out(_BYTE[sent])
             return
-        for i in range(size):
+        for i in range(min(size, COM1_LENGTH - offset)):     # bytes past the eighth register fall away
             self.write(offset + i, 1, (value >> (8 * i)) & 0xFF)
 
     def _read_register(self, offset: int) -> int:
@@ -207,7 +209,7 @@ class Serial16550:
         return self._readers[offset]() if offset < COM1_LENGTH else 0xFF
 
     def _register_table(self) -> None:
-        """Per-offset handlers (Table 2): one indexed call per access on the VM-exit path."""
+        """Per-offset handlers (Table II): one indexed call per access on the VM-exit path."""
         self._readers = (self._read_rbr_dll, self._read_ier_dlm, self._read_iir, lambda: self._lcr,
                          lambda: self._mcr, self._read_lsr, self._read_msr, lambda: self._scr)
         self._writers = (self._write_thr_dll, self._write_ier_dlm, self._write_fcr, self._write_lcr,
@@ -239,9 +241,9 @@ class Serial16550:
         self._scr = value
 
     def _write_ignored(self, value: int) -> None:
-        """LSR and MSR writes are for factory testing only (8.9); ignored."""
+        """LSR and MSR writes are for factory testing only (8.4); ignored."""
 
-    # --- receiver (8.3, 8.5)
+    # --- receiver (8.4, 8.10)
 
     def _read_rbr(self) -> int:
         """Take the oldest received byte; refill from the host; re-arm the character timeout."""
@@ -281,7 +283,7 @@ class Serial16550:
         if len(self._rx) < self._rx_capacity():
             self._rx.append(byte)
         elif self._fcr & FCR_ENABLE:
-            self._lsr_errors |= LSR_OE              # FIFO full: the new byte is lost (8.9, bit 1)
+            self._lsr_errors |= LSR_OE              # FIFO full: the new byte is lost (8.4, bit 1)
         else:
             self._rx[0] = byte                      # 16450 mode: RBR is overwritten
             self._lsr_errors |= LSR_OE
@@ -293,13 +295,13 @@ class Serial16550:
         self._timeout_pending = False
         self._disarm_timeout()
 
-    # --- transmitter (8.3)
+    # --- transmitter (8.4: THRE, TEMT)
 
     def _write_thr(self, value: int) -> int | None:
         """Send one byte.  It leaves at once, so THR is empty again before the guest can look."""
         sent = None
         if self._mcr & MCR_LOOP:
-            self._receive_byte(value)               # loopback: TSR feeds RSR (8.8, bit 4)
+            self._receive_byte(value)               # loopback: TSR feeds RSR (8.7, bit 4)
         else:
             sent = value
         if self._ier & IER_ETBEI:
@@ -321,7 +323,7 @@ class Serial16550:
         self._update_interrupt()
 
     def _write_fcr(self, value: int) -> None:
-        """FIFO control (8.6): bit 0 must be set for the other bits to take effect."""
+        """FIFO control (8.9): bit 0 must be set for the other bits to take effect."""
         enabled = bool(self._fcr & FCR_ENABLE)
         if not value & FCR_ENABLE:
             if enabled:
@@ -338,14 +340,14 @@ class Serial16550:
         self._update_interrupt()
 
     def _write_mcr(self, value: int) -> None:
-        """Modem control (8.8).  Leaving loopback reconnects the host input."""
+        """Modem control (8.7).  Leaving loopback reconnects the host input."""
         self._mcr = value & MCR_MASK
         self._set_modem_lines(self._loopback_lines() if self._mcr & MCR_LOOP else HOST_MODEM_LINES)
         self._refill_rx()
         self._update_interrupt()
 
     def _loopback_lines(self) -> int:
-        """In loopback, MCR's four outputs drive MSR's four inputs (8.8, bit 4)."""
+        """In loopback, MCR's four outputs drive MSR's four inputs (8.7, bit 4)."""
         lines = 0
         if self._mcr & MCR_RTS:
             lines |= MSR_CTS
@@ -358,7 +360,7 @@ class Serial16550:
         return lines
 
     def _set_modem_lines(self, lines: int) -> None:
-        """New modem input levels; latch the delta bits of MSR (8.10)."""
+        """New modem input levels; latch the delta bits of MSR (8.8)."""
         changed = (lines ^ self._msr_lines) >> 4
         if self._msr_lines & MSR_RI and not lines & MSR_RI:
             changed |= MSR_TERI
@@ -384,7 +386,7 @@ class Serial16550:
         return lsr
 
     def _read_lsr(self) -> int:
-        """Reading LSR clears the error bits and with them a line status interrupt (8.9)."""
+        """Reading LSR clears the error bits and with them a line status interrupt (8.4)."""
         lsr = self._lsr()
         if self._lsr_errors:
             self._lsr_errors = 0
@@ -392,14 +394,14 @@ class Serial16550:
         return lsr
 
     def _read_msr(self) -> int:
-        """Reading MSR clears the delta bits and with them a modem status interrupt (8.10)."""
+        """Reading MSR clears the delta bits and with them a modem status interrupt (8.8)."""
         msr = self._msr_lines | self._msr_deltas
         if self._msr_deltas:
             self._msr_deltas = 0
             self._update_interrupt()
         return msr
 
-    # --- the interrupt logic (8.5, Table 4)
+    # --- the interrupt logic (8.5, Table IV)
 
     def _pending_interrupt(self) -> int:
         """The highest-priority enabled interrupt condition, as an IIR ID."""
@@ -425,7 +427,7 @@ class Serial16550:
             self._intr = level
             self._irq(level)
 
-    # --- the character timeout (8.5: "no characters in or out of the FIFO for 4 character times")
+    # --- the character timeout (8.10): a byte waits and nothing went in or out for 4 character times
 
     def char_time(self) -> float:
         """Seconds one character takes on the wire: start + data + parity + stop bits at the baud rate."""

@@ -9,7 +9,7 @@ import pytest
 from pykvm.devices import serial as uart
 from pykvm.devices.serial import HOST_QUEUE_BYTES, Serial16550
 
-# Register offsets, spelled out here so the tests read like the datasheet's Table 2.
+# Register offsets, spelled out here so the tests read like the datasheet's Table II.
 RBR = THR = DLL = 0
 IER = DLM = 1
 IIR = FCR = 2
@@ -207,7 +207,7 @@ def test_irq_callback_only_on_changes(u):
 
 
 def test_iir_priorities(u):
-    """Table 4: line status > data available > THR empty > modem status."""
+    """Table IV: line status > data available > THR empty > modem status."""
     u.wr(MCR, 0x10)                      # loopback makes every source reachable
     u.wr(THR, 1)
     u.wr(THR, 2)                         # overrun in 16450 mode: OE + DR
@@ -332,3 +332,5 @@ def test_receive_from_another_thread_loses_nothing(u):
 def test_registers_past_the_eighth_read_all_ones(u):
     assert uart.COM1_LENGTH == 8
     assert u.dev.read(6, 4) >> 16 == 0xFFFF
+    u.dev.write(7, 4, 0x11223344)        # SCR takes the low byte, the rest has no register
+    assert u.rd(SCR) == 0x44
