@@ -152,6 +152,9 @@ class Serial16550:
     """A 16550A UART.  `out(data)` receives transmitted bytes; `irq(level)` follows the INTR pin.
 
     Mapped on a bus with length 8; `read`/`write` take the register offset.
+    `irq` is called with the UART's lock held (so level changes stay in order)
+    and from any of the three threads: it must be quick, thread-safe, and must
+    not call back into the UART.  KVM_IRQ_LINE is all three.
     """
 
     def __init__(self, out: Callable[[bytes], None], irq: Callable[[bool], None]):
