@@ -61,6 +61,14 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _wait_writable(fd: int) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
@@ -191,6 +199,8 @@ class Console:
             self._terminal.enter()
         if self._handle_signals:
             self._install_signal_handlers()
+        if not _is_open(self._stdin_fd):
+            return                              # stdin closed (`<&-`): end of file from the start
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._read_loop, name="pykvm-console", daemon=True)
         self._thread.start()

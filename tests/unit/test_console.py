@@ -213,6 +213,45 @@ def test_large_piped_input_is_not_lost_when_the_guest_is_slow(uart):
         os.close(read_end)
 
 
+def test_closed_stdin_is_end_of_file(uart):
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)                                # a closed fd, as fd 0 is after `<&-`
+    quit_called = []
+    with Console(uart, lambda: quit_called.append(1), stdin_fd=closed) as console:
+        assert not console.reading
+        assert uart.receive(b"still works") == 11
+    assert quit_called == []
+
+
+def test_echo_guest_through_a_real_terminal(pty):
+    """Keys typed on a pty reach a polling "guest" through the UART, and its echo comes back."""
+    master, slave = pty
+    uart = Serial16550(ConsoleOutput(slave).write, lambda level: None)
+    stop = threading.Event()
+
+    def echo_guest():                               # what a guest's polled echo loop does
+        while not stop.is_set():
+            if uart.read(LSR, 1) & 0x01:
+                uart.write(0, 1, uart.read(RBR, 1))
+            else:
+                time.sleep(0.001)
+
+    guest = threading.Thread(target=echo_guest)
+    guest.start()
+    try:
+        with Console(uart, lambda: None, stdin_fd=slave, stdout_fd=slave):
+            os.write(master, b"hello")
+            echoed = b""
+            deadline = time.monotonic() + 5
+            while len(echoed) < 5 and time.monotonic() < deadline:
+                echoed += os.read(master, 100)
+            assert echoed == b"hello", "raw mode: no line buffering, no local echo, only the guest's"
+    finally:
+        stop.set()
+        guest.join()
+        uart.close()
+
+
 # --- output
 
 
