@@ -122,7 +122,7 @@ class Bus:
         if hit is None:
             hit = self._lookup(address)
         device, offset, room = hit
-        if device is not None and size <= room:
+        if size <= room:                        # room is 0 where nothing is mapped
             return device.read(offset, size)
         self._unmapped("read", address, size)
         return (1 << (8 * size)) - 1
@@ -133,7 +133,7 @@ class Bus:
         if hit is None:
             hit = self._lookup(address)
         device, offset, room = hit
-        if device is not None and size <= room:
+        if size <= room:                        # room is 0 where nothing is mapped
             device.write(offset, size, value)
         else:
             self._unmapped("write", address, size, value)
