@@ -105,3 +105,88 @@ def pykvm_hello():
     from pykvm.guests import GUESTS
 
     return GUESTS["hello"].kernel
+
+
+ECHO_FOREVER = """
+poll:
+    mov $0x3fd, %dx
+    in %dx, %al
+    test $1, %al
+    jz poll
+    mov $0x3f8, %dx
+    in %dx, %al
+    out %al, %dx
+    jmp poll
+"""
+
+
+def start_on_a_terminal(kernel):
+    """`pykvm boot --kernel KERNEL` on a new pty; returns (proc, master, slave, settings before)."""
+    import sys
+    import termios
+    import time
+
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(kernel)],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    deadline = time.monotonic() + 30
+    while termios.tcgetattr(slave)[3] & termios.ICANON:   # wait for raw mode
+        assert time.monotonic() < deadline, "pykvm never put the terminal in raw mode"
+        time.sleep(0.05)
+    return proc, master, slave, before
+
+
+def test_interactive_terminal_ctrl_a_x_quits_and_restores_it(tmp_path):
+    """On a real terminal: raw mode while the guest runs, Ctrl-A x quits, the terminal is restored."""
+    import select
+    import termios
+
+    proc, master, slave, before = start_on_a_terminal(pvh_elf(ECHO_FOREVER, tmp_path / "echo.elf"))
+    try:
+        os.write(master, b"ping")
+        seen = b""
+        while b"ping" not in seen:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, f"no echo from the guest; saw {seen!r}"
+            seen += os.read(master, 100)
+        os.write(master, b"\x01x")                            # Ctrl-A x
+        assert proc.wait(timeout=30) == 0
+        assert termios.tcgetattr(slave) == before, "terminal settings not restored"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+def test_ctrl_a_x_stops_a_guest_that_never_exits(tmp_path):
+    """A guest spinning without VM exits is stopped too: immediate_exit plus a signal to the vCPU thread."""
+    import termios
+
+    proc, master, slave, before = start_on_a_terminal(pvh_elf("1: jmp 1b", tmp_path / "spin.elf"))
+    try:
+        os.write(master, b"\x01x")
+        assert proc.wait(timeout=30) == 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+def test_sigterm_restores_the_terminal(tmp_path):
+    import signal
+    import termios
+
+    proc, master, slave, before = start_on_a_terminal(pvh_elf("1: jmp 1b", tmp_path / "spin.elf"))
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) != 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
