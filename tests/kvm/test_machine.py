@@ -128,3 +128,15 @@ def test_triple_fault_stops_the_vm_with_a_register_dump(tmp_path):
     message = str(info.value)
     assert "triple fault" in message
     assert "rip=" in message and "cr0=" in message, message
+
+
+def test_unmapped_port_reads_all_ones_and_the_guest_goes_on(tmp_path, caplog):
+    status, _ = run_guest(tmp_path, """
+        in $0x80, %al             # nothing at port 0x80
+        out %al, $0x80            # same address: not logged again
+        out %al, $0x80
+        out %al, $0xf4            # debug-exit with what we read
+    """)
+    assert status == (0xFF << 1) | 1
+    unmapped = [r for r in caplog.records if "unmapped" in r.getMessage()]
+    assert len(unmapped) == 1, [r.getMessage() for r in unmapped]  # once per address
