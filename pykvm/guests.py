@@ -28,6 +28,8 @@ class Guest:
 GUESTS = {
     "hello": Guest("hello", GUESTS_DIR / "hello" / "hello.elf",
                    "the smallest PVH guest: prints a greeting and powers off"),
+    "tiny": Guest("tiny", GUESTS_DIR / "tiny" / "tiny.elf",
+                  "the teaching kernel: a shell on the serial console (docs/04-tiny-kernel.md)"),
 }
 DEFAULT_GUEST = "hello"
 

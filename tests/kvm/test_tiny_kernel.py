@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,6 +222,16 @@ def test_system_calls_through_the_idt_gate_on_tcg():
     assert len(output_of(run, "run ping pong")) == 12
     assert output_of(run, "fault")[-1] == "[5 fault] killed: #PF page fault"
     assert run.status == 0
+
+
+def test_pykvm_knows_tiny_as_a_bundled_guest():
+    if problem := vmm_problem("pykvm"):
+        pytest.skip(problem)
+    build_tiny()
+    result = subprocess.run([sys.executable, "-m", "pykvm", "boot", "tiny", "--cmdline",
+                             "run=echo bundled;poweroff"], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"tiny$ echo bundled\r\nbundled\r\n" in result.stdout, result.stdout
 
 
 # --- cross-check: pykvm and QEMU print the same session -------------------------------------
