@@ -55,8 +55,9 @@ static void read_memmap(const struct hvm_start_info *si)
     }
 }
 
-/* The part of a RAM region kalloc may use: above the kernel image, and
- * (for now) inside what the boot page tables map. */
+/* The part of a RAM region kalloc may use: whole pages above the kernel
+ * image (which also skips the first MiB, where the VMM's boot data lives)
+ * and inside the kernel's map (PML4 entry 0: the first 512 GiB). */
 static void usable_range(const struct memregion *r, uint64_t *lo, uint64_t *hi)
 {
     *lo = align_up(r->addr, PAGE_SIZE);
