@@ -206,10 +206,14 @@ def test_reboot_resets(vmm):
 
 
 def test_piped_stdin_reaches_the_shell(vmm):
-    """No command line: the commands arrive through the UART's receive interrupt."""
-    run = run_session(vmm, "", b"echo typed in\nrun hello\npoweroff\n")
+    """No command line: the commands arrive through the UART's receive interrupt, with the
+    line endings and the backspace (DEL) a terminal sends."""
+    run = run_session(vmm, "", b"echo typed inn\x7f\r\nrun hello\rpoweroff\n")
+    erased = re.sub(r"[^\n]\x08 \x08", "", run.console)    # the shell's echo of DEL: "\b \b"
+    run = Run(run.status, erased)
     assert output_of(run, "echo typed in") == ["typed in"], run.console
     assert output_of(run, "run hello")[0] == "hello from user mode, pid 1"
+    assert run.lines[-1] == "tiny$ poweroff"
     assert run.status == 0
 
 
