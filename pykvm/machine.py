@@ -164,9 +164,9 @@ class Machine:
                 counts[exit.reason] += 1
                 _trace(exit)
             match exit:
-                case IoOut(port=port, size=size, data=data):
-                    if len(data) == size:
-                        pio.write(port, size, int.from_bytes(data, "little"))
+                case IoOut(port=port, size=size, value=value):
+                    if exit.count == 1:
+                        pio.write(port, size, value)
                     else:
                         for value in exit.values():                  # rep outs
                             pio.write(port, size, value)

@@ -38,6 +38,7 @@ IO = struct.Struct("<BBHIQ")        # kvm_run.io: direction, size, port, count, 
 # exit_reason and the io union member in one read: the hot path's common case.
 REASON_AND_IO = struct.Struct(f"<{RUN_EXIT_REASON}xI{RUN_IO - RUN_EXIT_REASON - 4}xBBHIQ")
 MMIO = struct.Struct("<Q8sIB")      # kvm_run.mmio: phys_addr, data[8], len, is_write
+IO_VALUE = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}  # by size
 TWO_U32 = struct.Struct("<II")      # ex, internal and system_event heads
 FAIL_ENTRY = struct.Struct("<QI")   # fail_entry: hardware_entry_failure_reason, cpu
 
@@ -92,7 +93,7 @@ class Vcpu(FdObject):
         size = vm.kvm.vcpu_mmap_size()
         self._run_map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._run = memoryview(self._run_map)
-        self._io_out = exits.IoOut(0, 0, 0, b"")
+        self._io_out = exits.IoOut(0, 0, 0, 0)
         self._decoders = {
             lib.KVM_EXIT_HLT: lambda: HLT,
             lib.KVM_EXIT_SHUTDOWN: lambda: SHUTDOWN,
@@ -122,7 +123,12 @@ class Vcpu(FdObject):
             end = offset + size * count
             if direction == EXIT_IO_OUT:
                 io = self._io_out           # reused: valid until the next run()
-                io.port, io.size, io.count, io.data = port, size, count, self._run_map[offset:end]
+                io.port, io.size, io.count = port, size, count
+                if count == 1:
+                    io.value, io._data = IO_VALUE[size].unpack_from(run, offset)[0], None
+                else:                       # rep outs: keep every byte
+                    io._data = self._run_map[offset:end]
+                    io.value = int.from_bytes(io._data[:size], "little")
                 return io
             return exits.IoIn(port, size, count, run[offset:end])
         if reason == EXIT_MMIO:
