@@ -31,7 +31,7 @@ GUESTS = {
     "tiny": Guest("tiny", GUESTS_DIR / "tiny" / "tiny.elf",
                   "the teaching kernel: a shell on the serial console (docs/04-tiny-kernel.md)"),
 }
-DEFAULT_GUEST = "hello"
+DEFAULT_GUEST = "tiny"
 
 
 def find_guest(name: str) -> Guest:

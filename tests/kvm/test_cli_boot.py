@@ -11,8 +11,14 @@ from guestasm import pvh_elf
 pytestmark = pytest.mark.kvm
 
 
-def test_boot_default_guest():
-    result = pykvm("boot")
+def test_boot_default_guest_is_the_tiny_kernel():
+    result = pykvm("boot", input=b"info\npoweroff\n")
+    assert result.returncode == 0, result.stderr
+    assert b"kernel:     tiny" in result.stdout, result.stdout
+
+
+def test_boot_hello():
+    result = pykvm("boot", "hello")
     assert result.returncode == 0, result.stderr
     assert b"Hello from a PVH guest" in result.stdout
 
@@ -83,7 +89,7 @@ def test_segment_outside_guest_memory(tmp_path):
 
 
 def test_no_dev_kvm():
-    line = one_error_line(pykvm("boot", env={"PYKVM_KVM_DEVICE": "/nonexistent/kvm"}))
+    line = one_error_line(pykvm("boot", "hello", env={"PYKVM_KVM_DEVICE": "/nonexistent/kvm"}))
     assert "modprobe" in line, line
 
 
@@ -97,7 +103,7 @@ def test_permission_denied_on_dev_kvm(tmp_path):
     os.chown(node, 65534, 65534)
     tmp_path.chmod(0o755)
     drop = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search")
-    line = one_error_line(pykvm("boot", env={"PYKVM_KVM_DEVICE": str(node)}, prefix=drop))
+    line = one_error_line(pykvm("boot", "hello", env={"PYKVM_KVM_DEVICE": str(node)}, prefix=drop))
     assert "kvm group" in line, line
 
 
