@@ -94,7 +94,9 @@ fail() {{ echo "{progress} failed $*"; sync; poweroff -f; }}
 echo "{progress} init"
 # The initramfs root is itself a writable tmpfs: /tmp and /root need no mount.
 mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev \\
-    && mkdir /dev/shm && mount -t tmpfs tmpfs /dev/shm || fail "mounting /proc /sys /dev"
+    && mkdir /dev/shm && mount -t tmpfs tmpfs /dev/shm \\
+    && mkdir /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts \\
+    || fail "mounting /proc /sys /dev"
 # Heartbeat on COM2: the host fails the run when it stops (L1 hung).
 (while :; do echo -n .; sleep {beat}; done) >/dev/ttyS1 2>/dev/null &
 for m in {modules}; do
