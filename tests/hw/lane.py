@@ -80,11 +80,11 @@ def stages(args: argparse.Namespace) -> list[Stage]:
 
 # --- running the tests (in L1, or directly on hardware KVM) ------------------
 
-def run_tests(junit: Path, pytest_args: list[str]) -> int:
-    """pytest on the VM tiers, junit XML to `junit`; pytest's exit status."""
+def run_tests(markers: str, junit: Path, pytest_args: list[str]) -> int:
+    """pytest on the tests `markers` selects, junit XML to `junit`; pytest's exit status."""
     import pytest        # in-process: one interpreter start less, seconds under TCG
     os.chdir(ROOT)
-    return int(pytest.main(["-m", LANE_MARKERS, "-p", "no:cacheprovider",
+    return int(pytest.main(["-m", markers, "-p", "no:cacheprovider",
                             f"--junitxml={junit}", *pytest_args]))
 
 
@@ -155,7 +155,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 # --- the initramfs -----------------------------------------------------------
 
-def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], junit: Path,
+def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str, junit: Path,
                     pytest_args: list[str], path: Path) -> list[str]:
     """Write the L1's initramfs to `path`; return the modules it loads, in order."""
     files = kernel.module_files()
@@ -171,8 +171,8 @@ def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], junit: Path,
             raise LaneError(f"/{link} is not a link into /usr: the lane shares only /usr, "
                             "so it needs a merged-/usr host (Debian 12, Ubuntu 22.04 and later)")
     shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
-    inside = [sys.executable, str(Path(__file__).resolve()), "--inside",
-              f"--junit={junit}", "--", *pytest_args]
+    inside = [sys.executable, str(Path(__file__).resolve()), "--inside", f"--junit={junit}",
+              f"--markers={markers}", "--", *pytest_args]
     init = lane_initramfs.init_script(order, shares, str(ROOT), shlex.join(inside))
     etc = dict(ETC_FILES)
     if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
@@ -304,7 +304,8 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     progress("fetch kernel", f"{lane_kernel.META_PACKAGE} into {cache / 'kernel'}")
     kernel = lane_kernel.fetch_kernel(cache / "kernel")
     trees = shared_trees(cache)
-    order = write_initramfs(kernel, trees, junit, pytest_args, cache / "initramfs.cpio")
+    order = write_initramfs(kernel, trees, args.markers, junit, pytest_args,
+                            cache / "initramfs.cpio")
     progress("initramfs", f"kernel {kernel.version}; modules {' '.join(order)}")
     progress("shares", " ".join(map(str, trees)))
     result: dict[str, str] = {}
@@ -347,7 +348,7 @@ def run_direct(args: argparse.Namespace, pytest_args: list[str]) -> int:
         lane_kernel.fetch_kernel(args.cache / "kernel")
     except (LaneError, OSError) as e:
         progress("fetch kernel", f"none ({e}); tests that boot it will skip")
-    status = run_tests(junit, pytest_args)
+    status = run_tests(args.markers, junit, pytest_args)
     print(f"lane: kvm={kvm_flavour()} directly on this host: {junit_summary(junit)}; "
           f"pytest status {status}")
     return status
@@ -368,6 +369,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="boot the L1 even where /dev/kvm is hardware KVM")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help="kernel, initramfs, serial log and junit.xml (default: .cache/hw)")
+    parser.add_argument("--markers", default=LANE_MARKERS,
+                        help=f"pytest -m expression of the tests to run (default: {LANE_MARKERS})")
     parser.add_argument("--cpu", default=L1_CPU, help=f"QEMU CPU model (default: {L1_CPU})")
     parser.add_argument("--smp", type=int, default=2, help="L1 vCPUs (default: 2)")
     parser.add_argument("--boot-timeout", type=float, default=180)
@@ -387,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.inside:                                  # we are /init's command in L1
         print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
-        return run_tests(args.junit, pytest_args)
+        return run_tests(args.markers, args.junit, pytest_args)
     try:
         if kvm_flavour() in ("svm", "vmx") and not args.force_l1:
             return run_direct(args, pytest_args)
