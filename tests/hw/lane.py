@@ -177,7 +177,11 @@ def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str,
     etc = dict(ETC_FILES)
     if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
         etc[LD_SO_CACHE.name] = LD_SO_CACHE.read_bytes()
-    archive = lane_initramfs.build(BUSYBOX.read_bytes(), {m: images[m] for m in order}, init,
+    busybox = BUSYBOX.read_bytes() if BUSYBOX.exists() else b""
+    if not lane_initramfs.is_static_elf(busybox):
+        raise LaneError(f"{BUSYBOX} is missing or dynamically linked (it must run before /usr "
+                        "is mounted): apt-get install busybox-static")
+    archive = lane_initramfs.build(busybox, {m: images[m] for m in order}, init,
                               [str(t) for t in trees], etc)
     path.write_bytes(archive)
     return order

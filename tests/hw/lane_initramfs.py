@@ -20,12 +20,32 @@ from __future__ import annotations
 
 import shlex
 import stat
+import struct
 
-__all__ = ["NEWC_MAGIC", "TRAILER", "PROGRESS", "Newc", "init_script", "build"]
+__all__ = ["NEWC_MAGIC", "TRAILER", "PROGRESS", "Newc", "is_static_elf", "init_script", "build"]
 
 NEWC_MAGIC = b"070701"          # cpio "new ASCII" format, no checksum
 TRAILER = "TRAILER!!!"          # name of the member that ends the archive
 ALIGN = 4                       # header+name and data are each padded to 4 bytes
+
+
+# ELF64 (System V gABI, "ELF Header" and "Program Header"): where the program
+# headers are, and the segment type that names a dynamic loader.
+ELF_MAGIC = b"\x7fELF"
+E_PHOFF = 0x20                  # u64: file offset of the program header table
+E_PHENTSIZE = 0x36              # u16: size of one program header
+E_PHNUM = 0x38                  # u16: number of program headers
+PT_INTERP = 3                   # segment naming the interpreter (ld.so): dynamic
+
+
+def is_static_elf(image: bytes) -> bool:
+    """True for an ELF64 executable with no PT_INTERP, i.e. one that runs without ld.so."""
+    if image[:4] != ELF_MAGIC:
+        return False
+    (phoff,) = struct.unpack_from("<Q", image, E_PHOFF)
+    phentsize, phnum = struct.unpack_from("<HH", image, E_PHENTSIZE)
+    types = (struct.unpack_from("<I", image, phoff + i * phentsize)[0] for i in range(phnum))
+    return PT_INTERP not in types
 
 
 def _pad(length: int) -> bytes:

@@ -50,6 +50,14 @@ def test_newc_refuses_a_name_twice():
         archive.add_file("/usr", b"")
 
 
+def test_static_elf_check_tells_busybox_static_from_a_dynamic_program():
+    if not lane.BUSYBOX.exists():
+        pytest.skip(f"no {lane.BUSYBOX}: apt-get install busybox-static")
+    assert lane_initramfs.is_static_elf(lane.BUSYBOX.read_bytes())
+    assert not lane_initramfs.is_static_elf(Path("/usr/bin/env").read_bytes())
+    assert not lane_initramfs.is_static_elf(b"#!/bin/sh\n")
+
+
 def test_modinfo_depends_reads_the_depends_field():
     image = b"\x7fELF...\0license=GPL\0depends=fuse,virtio,virtio_ring\0vermagic=6.1\0"
     assert lane_kernel.modinfo_depends(image) == ["fuse", "virtio", "virtio_ring"]
