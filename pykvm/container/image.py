@@ -336,36 +336,32 @@ class ImageStore:
         return Image(normalize_name(name), digest, manifest, config)
 
     # --- garbage collection
-    def referenced_blobs(self) -> set[str]:
-        """Every blob reachable from index.json (manifests, nested indexes, configs, layers)."""
-        seen: set[str] = set()
+    def referenced(self) -> tuple[set[str], set[str]]:
+        """(blobs, diff_ids) reachable from index.json: manifests, nested indexes, configs, layers."""
+        blobs: set[str] = set()
+        diff_ids: set[str] = set()
         pending = [m["digest"] for m in self.index()["manifests"]]
         while pending:
             digest = pending.pop()
-            if digest in seen or not self.has_blob(digest):
+            if digest in blobs or not self.has_blob(digest):
                 continue
-            seen.add(digest)
-            doc = self.read_json(digest)
+            blobs.add(digest)
+            doc = self.read_json(digest)                 # an image index or an image manifest
             pending += [m["digest"] for m in doc.get("manifests", [])]
-            if "config" in doc:
-                pending.append(doc["config"]["digest"])
-            seen.update(layer["digest"] for layer in doc.get("layers", []))
-        return seen
+            if "layers" in doc:
+                config = doc["config"]["digest"]
+                blobs.add(config)
+                blobs.update(layer["digest"] for layer in doc["layers"])
+                if self.has_blob(config):
+                    diff_ids.update(self.read_json(config).get("rootfs", {}).get("diff_ids", []))
+        return blobs, diff_ids
 
-    def gc(self, keep: set[str] = frozenset()) -> list[str]:
-        """Delete blobs and unpacked layers no tag reaches (nor `keep`); returns the digests deleted."""
+    def gc(self) -> list[str]:
+        """Delete blobs and unpacked layers that no tag reaches; returns the digests deleted."""
         with self.locked():
-            live = self.referenced_blobs() | set(keep)
-            live_diff_ids = set()
-            for digest in live:
-                path = self.blob_path(digest)
-                if path.stat().st_size < (1 << 20):
-                    with contextlib.suppress(ValueError, UnicodeDecodeError):
-                        doc = json.loads(path.read_bytes())
-                        if isinstance(doc, dict):
-                            live_diff_ids.update(doc.get("rootfs", {}).get("diff_ids", []))
+            live, live_diff_ids = self.referenced()
             removed = []
-            for path in self.blobs.iterdir():
+            for path in sorted(self.blobs.iterdir()):
                 if f"sha256:{path.name}" not in live:
                     path.unlink()
                     removed.append(f"sha256:{path.name}")
