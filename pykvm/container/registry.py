@@ -203,6 +203,10 @@ class Registry:
             except (OSError, ssl.SSLError) as e:
                 conn.close()
                 raise ContainerError(f"cannot reach registry {parts.netloc}: {e}") from None
+            except http.client.HTTPException as e:
+                conn.close()
+                raise ContainerError(f"registry {parts.netloc} sent a malformed response to "
+                                     f"{method} {parts.path}: {e!r}") from None
         if stream and raw.status in (200, 206):
             return _Response(raw, None)
         return _Response(raw, raw.read())
