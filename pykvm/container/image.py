@@ -236,9 +236,13 @@ class ImageStore:
         if size is not None and actual != size:
             os.unlink(path)
             raise ContainerError(f"size mismatch for {digest}: expected {size} bytes, got {actual}")
+        self.adopt(path, digest)
+        return digest
+
+    def adopt(self, path: str, digest: str) -> None:
+        """Move a file the caller has already verified against `digest` into blobs/ (no second hash)."""
         os.chmod(path, 0o644)
         os.replace(path, self.blob_path(digest))
-        return digest
 
     def read_blob(self, digest: str) -> bytes:
         """A blob's bytes, checked against its digest (a blob changed on disk is an error)."""

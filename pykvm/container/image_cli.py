@@ -227,7 +227,7 @@ def load_archive(store, path: str) -> list[str]:
                 if file_digest(tmp)[0] != digest:
                     raise ContainerError(f"{path}: blob {digest} does not match its digest: nothing loaded")
             for tmp, digest in staged:
-                store.put_file(tmp, digest)
+                store.adopt(tmp, digest)
         finally:
             for tmp, _ in staged:
                 if os.path.exists(tmp):

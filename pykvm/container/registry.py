@@ -155,9 +155,9 @@ class Registry:
         if key not in self.connections:
             if scheme == "https":
                 self.connections[key] = http.client.HTTPSConnection(
-                    netloc, timeout=TIMEOUT, context=ssl.create_default_context())
+                    netloc, timeout=TIMEOUT, context=ssl.create_default_context(), blocksize=IO_CHUNK)
             else:
-                self.connections[key] = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
+                self.connections[key] = http.client.HTTPConnection(netloc, timeout=TIMEOUT, blocksize=IO_CHUNK)
         return self.connections[key]
 
     def url(self, path: str) -> str:
@@ -438,7 +438,7 @@ def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials:
                 os.unlink(path)
         raise
     for path, descriptor in staged:
-        store.put_file(path, descriptor["digest"], descriptor["size"])
+        store.adopt(path, descriptor["digest"])            # verified while downloading
     digest = store.put_bytes(manifest_bytes)
     local = name or normalize_name(str(ref) if ref.host != DOCKER_HUB else remote)
     store.tag(local, {"mediaType": media_type, "digest": digest, "size": len(manifest_bytes)})

@@ -54,14 +54,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def registry(tmp_path):
-    """A real OCI registry (docker/distribution 2.x from Debian) for one test."""
-    if not os.path.exists(REGISTRY_BIN):
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+def start_registry(workdir: Path) -> tuple[subprocess.Popen, RegistryServer]:
+    """Start docker-registry on 127.0.0.1:<free port> with storage under workdir; wait until it answers."""
     port = free_port()
-    storage = tmp_path / "registry"
-    config = tmp_path / "registry.yml"
+    storage = workdir / "registry"
+    config = workdir / "registry.yml"
     config.write_text(f"""version: 0.1
 log:
   level: error
@@ -77,14 +74,31 @@ http:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for(f"http://127.0.0.1:{port}/v2/", proc)
-        yield RegistryServer(f"127.0.0.1:{port}", storage)
+    except BaseException:
+        stop_registry(proc)
+        raise
+    return proc, RegistryServer(f"127.0.0.1:{port}", storage)
+
+
+def stop_registry(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A real OCI registry (docker/distribution 2.x from Debian) for one test."""
+    if not os.path.exists(REGISTRY_BIN):
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    proc, server = start_registry(tmp_path)
+    try:
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_registry(proc)
 
 
 def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 15.0) -> None:
