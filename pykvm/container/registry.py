@@ -23,7 +23,7 @@ Auth (distribution's token spec, docs/spec/auth/token.md): a 401 carries
 `Bearer realm=R,service=S,scope=C` (GET R?service=S&scope=C, with the
 password if there is one, and send the token it returns).  Anonymous access
 is the same dance without a password.  HTTP for localhost, HTTPS otherwise
-unless --insecure.
+unless --insecure.  PYKVM_TRACE_HTTP=1 prints every request and its status.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ TIMEOUT = 120                                   # seconds, per socket operation
 MAX_REDIRECTS = 5
 MAX_MANIFEST = 4 << 20                          # distribution caps manifests at 4 MiB
 MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_LIST])
+TRACE_ENV = "PYKVM_TRACE_HTTP"                  # set to print each request and its status on stderr
 CHALLENGE_PARAM_RE = re.compile(r'(\w+)="([^"]*)"|(\w+)=([^,\s]*)')
 
 
@@ -137,6 +138,7 @@ class Registry:
         self.basic = False
         self.connections: dict[tuple[str, str], http.client.HTTPConnection] = {}
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.trace = bool(os.environ.get(TRACE_ENV))
 
     def close(self) -> None:
         for conn in self.connections.values():
@@ -207,6 +209,11 @@ class Registry:
                 conn.close()
                 raise ContainerError(f"registry {parts.netloc} sent a malformed response to "
                                      f"{method} {parts.path}: {e!r}") from None
+        if self.trace:
+            query = f"?{parts.query}" if parts.query else ""
+            print(f"{method} {parts.path}{query[:40]}{'...' if len(query) > 40 else ''} -> {raw.status}"
+                  + (f" ({len(body)} bytes sent)" if isinstance(body, bytes) and body else ""),
+                  file=sys.stderr)
         if stream and raw.status in (200, 206):
             return _Response(raw, None)
         return _Response(raw, raw.read())
