@@ -275,3 +275,59 @@ def test_cli_save_load_and_tag(store, tmp_path):
     status, _, err = pykvm("container", "load", "-i", str(tampered))
     assert status == 1 and "does not match its digest" in err
     assert os.listdir(ImageStore().blobs) == [] and pykvm("container", "images", "-q")[1] == ""
+
+
+# --- RUN: a real container of the build state (the runtime, issue 6) ---------------------------
+
+def runtime_or_skip():
+    return pytest.importorskip("pykvm.container.runtime", reason="the container runtime (issue 6) is not merged")
+
+
+def flat_root(store: ImageStore, image, dest):
+    from pykvm.container.layer import apply_layer
+    dest.mkdir()
+    for descriptor in image.layers:
+        with open(store.blob_path(descriptor["digest"]), "rb") as blob:
+            apply_layer(blob, str(dest))
+    return dest
+
+
+@pytest.mark.root
+def test_run_changes_become_a_layer_with_whiteouts(store, tmp_path):
+    runtime_or_skip()
+    build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    image, log = build(store, ctx, """FROM busybox
+ARG WHO=world
+ENV GREETING=hello
+WORKDIR /work
+RUN echo "$GREETING $WHO from $(pwd)" > out.txt && rm /bin/vi && rm -r /etc && mkdir /etc
+RUN ["/bin/sh", "-c", "id -u > /tmp/uid"]
+USER nobody
+RUN id -u > /tmp/uid-nobody
+""", build_args={"WHO": "pykvm"})
+    run_layer = layer_members(store, image.layers[1])
+    assert "bin/.wh.vi" in run_layer, sorted(run_layer)
+    assert "work/out.txt" in run_layer
+    assert "etc/.wh..wh..opq" in run_layer or "etc/.wh.passwd" in run_layer, sorted(run_layer)
+    assert not any(n.startswith(("proc/", "sys/", "dev/")) for n in run_layer), "kernel mounts stay out"
+    root = flat_root(store, image, tmp_path / "flat")
+    assert (root / "work/out.txt").read_text() == "hello pykvm from /work\n"
+    assert not (root / "bin/vi").exists() and (root / "bin/sh").exists()
+    assert os.listdir(root / "etc") == []
+    assert (root / "tmp/uid").read_text() == "0\n"
+    assert (root / "tmp/uid-nobody").read_text() == "65534\n"
+    again, log2 = build(store, ctx, build_args={"WHO": "pykvm"})
+    assert again.manifest_digest == image.manifest_digest
+    assert sum("using cache" in line for line in log2) == 4, log2   # COPY of busybox + 3 RUNs
+
+
+@pytest.mark.root
+def test_failing_run_names_file_line_and_status(store, tmp_path):
+    runtime_or_skip()
+    build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    with pytest.raises(BuildFileError, match=r"^Dockerfile:3: RUN: `/bin/sh -c exit 3` exited with status 3$"):
+        build(store, ctx, "FROM busybox\n\nRUN exit 3\n")
