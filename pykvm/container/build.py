@@ -413,10 +413,14 @@ class Builder:
             raise self.file.error(ins, f"forbidden path outside the build context: {source}")
         if GLOB_CHARS & set(clean):
             matches = sorted(glob.glob(clean, root_dir=self.context, recursive=False))
-            matches = [m for m in matches if not self.ignore.ignored(m)]
         else:
-            matches = [clean] if os.path.lexists(os.path.join(self.context, clean)) \
-                and (clean == "." or not self.ignore.ignored(clean)) else []
+            matches = [clean]
+        matches = [m for m in matches if m == "." or not self.ignore.ignored(m)]
+        # A source is looked up inside the context as if it were "/": a symlink in the
+        # context that points at /etc reads the context's etc, never the host's.
+        matches = [os.path.relpath(secure_join(self.context, m), self.context) for m in matches]
+        matches = [m for m in matches if os.path.lexists(os.path.join(self.context, m))
+                   and (m == "." or not self.ignore.ignored(m))]
         if not matches:
             raise self.file.error(ins, f"no such file: {source}")
         out: list[tuple[str, str]] = []
