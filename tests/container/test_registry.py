@@ -353,3 +353,29 @@ def test_runc_runs_the_hello_image_we_pushed(store, registry, tmp_path):
         subprocess.run([RUNC, "delete", "--force", name], capture_output=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("Hello from pykvm!\n"), run.stdout
+
+
+def test_from_a_registry_image_pulls_it(store, registry, tmp_path):
+    base = small_image(store, tmp_path, tag="base:1", payload=b"base layer\n")
+    push(store, "base:1", f"{registry.host}/lib/base:1")
+    store.untag("base:1")
+    store.gc()
+    ctx = tmp_path / "child"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {registry.host}/lib/base:1\nLABEL child=yes\n")
+    log: list[str] = []
+    child = build_image(store, BuildOptions(str(ctx), "child:1", log=log.append))
+    assert any(line.startswith("pulling ") for line in log), log
+    assert child.layers == base.layers and child.config["config"]["Labels"] == {"child": "yes"}
+
+
+def test_progress_bar_on_a_terminal(capsys):
+    bar = reg_mod._Bar("push 0123456789ab", 2_000_000, enabled=True)
+    for done in (0, 1_000_000, 1_000_000, 2_000_000):
+        bar(done)
+    err = capsys.readouterr().err
+    assert err.count("\r") == 3, repr(err)                 # the repeated 50% is not redrawn
+    assert err.endswith("\rpush 0123456789ab      2.0/2.0 MB 100%\n")
+    quiet = reg_mod._Bar("x", 10, enabled=False)
+    quiet(10)
+    assert capsys.readouterr().err == ""
