@@ -43,6 +43,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 
 from pykvm.errors import ContainerError
@@ -170,10 +171,10 @@ def apply_layer(fileobj, root: str, *, overlay: bool = False, allow_devices: boo
         with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
             for member in tar:
                 _apply_member(state, tar, member)
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as e:
-        if isinstance(e, OSError) and e.errno not in (None, 0) and not isinstance(e, gzip.BadGzipFile):
-            raise ContainerError(f"cannot apply layer to {root}: {e}") from None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise ContainerError(f"corrupt layer archive: {e}") from None
+    except OSError as e:
+        raise ContainerError(f"cannot apply layer to {root}: {e}") from None
     for path, mtime in reversed(state.dir_times):
         os.utime(path, (mtime, mtime), follow_symlinks=False)
 
@@ -424,6 +425,8 @@ def _write_change(tar, root, change: Change, mtime: int, owners, seen_inodes) ->
         return
     path = os.path.join(root, change.path)
     st = os.lstat(path)
+    if stat.S_ISSOCK(st.st_mode):
+        return                      # a socket left by a RUN step is not content (docker skips them too)
     info = tarfile.TarInfo(change.path)
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = owners.get(path, (st.st_uid, st.st_gid))
@@ -456,7 +459,7 @@ def _describe_special(info: tarfile.TarInfo, path: str, st: os.stat_result) -> N
     elif stat.S_ISFIFO(mode):
         info.type = tarfile.FIFOTYPE
     else:
-        raise ContainerError(f"cannot put {path} in a layer: sockets and unknown file types are not archivable")
+        raise ContainerError(f"cannot put {path} in a layer: unknown file type {stat.S_IFMT(mode):o}")
 
 
 def _marker(name: str, mtime: int) -> tarfile.TarInfo:
