@@ -144,14 +144,7 @@ class Builder:
         try:
             for number, ins in enumerate(steps, 1):
                 self.log(f"STEP {number}/{len(steps)}: {ins.keyword} {ins.args}")
-                if ins.keyword == "ARG" and self.state is None:
-                    self._arg(ins, global_args)
-                elif ins.keyword == "FROM":
-                    self._from(ins, global_args)
-                elif self.state is None:
-                    raise self.file.error(ins, "the first instruction must be FROM (or ARG before FROM)")
-                else:
-                    getattr(self, "_" + ins.keyword.lower())(ins)
+                self._step(ins, global_args)
             unused = set(self.options.build_args) - self.used_args
             for name in sorted(unused):
                 self.log(f"warning: build argument {name} was not consumed by any ARG")
@@ -159,6 +152,22 @@ class Builder:
         finally:
             self._drop_rootfs()
             self._save_cache()
+
+    def _step(self, ins: Instruction, global_args: dict[str, str]) -> None:
+        """One instruction; any error is reported as FILE:LINE: KEYWORD: message."""
+        try:
+            if ins.keyword == "ARG" and self.state is None:
+                self._arg(ins, global_args)
+            elif ins.keyword == "FROM":
+                self._from(ins, global_args)
+            elif self.state is None:
+                raise self.file.error(ins, "the first instruction must be FROM (or ARG before FROM)")
+            else:
+                getattr(self, "_" + ins.keyword.lower())(ins)
+        except BuildFileError:
+            raise
+        except ContainerError as e:
+            raise self.file.error(ins, str(e)) from None
 
     def _commit(self) -> Image:
         state = self.state
@@ -176,9 +185,7 @@ class Builder:
             self.state = BuildState(_empty_config(), [], _key("scratch"))
         else:
             image = self._base_image(ins, words[0])
-            config = json.loads(json.dumps(image.config))
-            config.pop("history", None)
-            config["history"] = list(image.config.get("history", []))
+            config = json.loads(json.dumps(image.config))        # a deep copy we may change
             self.state = BuildState(config, [dict(d) for d in image.layers], _key("from", image.manifest_digest))
             self.state.cfg.setdefault("Env", [DEFAULT_PATH])
         self.state.args = {k: v for k, v in global_args.items()}

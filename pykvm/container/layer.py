@@ -113,7 +113,7 @@ def secure_join(root: str, unsafe: str, follow_last: bool = True) -> str:
             break
         try:
             st = os.lstat(here)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             resolved.append(part)
             continue
         if not stat.S_ISLNK(st.st_mode):

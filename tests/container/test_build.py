@@ -349,3 +349,13 @@ def test_copy_sources_stay_inside_the_context(store, tmp_path):
     os.symlink("/etc", ctx / "hostetc")
     image, _ = build(store, ctx, "FROM scratch\nCOPY hostetc/secret /a\n")
     assert layer_file(store, image.layers[0], "a") == b"context copy"
+
+
+def test_every_step_error_carries_file_and_line(store, tmp_path):
+    (tmp_path / "f").write_text("f")
+    with pytest.raises(BuildFileError, match=r"^Dockerfile:2: ENV: unterminated double quote"):
+        build(store, tmp_path, 'FROM scratch\nENV A="open\n')
+    with pytest.raises(BuildFileError, match=r"^Dockerfile:3: COPY: f exists in the image and is not a directory"):
+        build(store, tmp_path, "FROM scratch\nCOPY f /f\nCOPY f /f/g/\n")
+    with pytest.raises(BuildFileError, match=r"^Dockerfile:1: FROM: cannot reach registry 127.0.0.1:1"):
+        build(store, tmp_path, "FROM 127.0.0.1:1/x:1\n")
