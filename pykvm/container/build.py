@@ -60,6 +60,15 @@ class BuildOptions:
 
 
 @dataclass
+class Source:
+    """Where COPY reads: the build context (with .dockerignore), or an earlier stage's files (--from)."""
+
+    base: str                         # a directory; sources are resolved inside it
+    ignore: DockerIgnore
+    key: str | None = None            # a stage's cache key stands for its content (no hashing)
+
+
+@dataclass
 class BuildState:
     """The image being built: config, layers so far, cache key, and (maybe) an unpacked rootfs."""
 
@@ -69,6 +78,7 @@ class BuildState:
     rootfs: str | None = None
     owners: dict = field(default_factory=dict)     # path -> (uid, gid) we could not chown (not root)
     cmd_set: bool = False                          # CMD given in this stage (ENTRYPOINT keeps it)
+    name: str | None = None                        # FROM ... AS name
     args: dict[str, str] = field(default_factory=dict)
     shell: list[str] = field(default_factory=lambda: list(DEFAULT_SHELL))
 
@@ -116,6 +126,7 @@ class Builder:
         self.cache = self._load_cache()
         self.used_args: set[str] = set()
         self.state: BuildState | None = None
+        self.stages: dict[str, BuildState] = {}     # finished stages by index ("0") and by AS name
 
     def log(self, text: str) -> None:
         if self.options.log:
@@ -177,18 +188,33 @@ class Builder:
 
     # --- FROM and ARG
     def _from(self, ins: Instruction, global_args: dict[str, str]) -> None:
+        """Start a stage: from scratch, an earlier stage, a local image, or a registry's."""
         self._drop_rootfs()
+        if self.state is not None:
+            self._finish_stage()
         words = shell_words(ins.args, global_args, self.file.escape)
         if len(words) not in (1, 3) or (len(words) == 3 and words[1].lower() != "as"):
             raise self.file.error(ins, "want FROM IMAGE [AS NAME]")
-        if words[0] == "scratch":
+        base = words[0]
+        if base == "scratch":
             self.state = BuildState(_empty_config(), [], _key("scratch"))
+        elif base.lower() in self.stages:
+            stage = self.stages[base.lower()]
+            self.state = BuildState(json.loads(json.dumps(stage.config)), list(stage.layers), stage.cache_key)
         else:
-            image = self._base_image(ins, words[0])
+            image = self._base_image(ins, base)
             config = json.loads(json.dumps(image.config))        # a deep copy we may change
             self.state = BuildState(config, [dict(d) for d in image.layers], _key("from", image.manifest_digest))
             self.state.cfg.setdefault("Env", [DEFAULT_PATH])
         self.state.args = {k: v for k, v in global_args.items()}
+        self.state.name = words[2].lower() if len(words) == 3 else None
+
+    def _finish_stage(self) -> None:
+        """Keep the stage that just ended for COPY --from (by index and by its AS name)."""
+        index = str(sum(1 for k in self.stages if k.isdigit()))
+        self.stages[index] = self.state
+        if self.state.name:
+            self.stages[self.state.name] = self.state
 
     def _base_image(self, ins: Instruction, name: str) -> Image:
         try:
@@ -358,7 +384,10 @@ class Builder:
 
     def _rootfs(self) -> str:
         """The build state's files, unpacked on first need."""
-        state = self.state
+        return self._materialize(self.state)
+
+    def _materialize(self, state: BuildState) -> str:
+        """A state's files in a scratch directory under the store's tmp/ (made once per state)."""
         if state.rootfs is None:
             state.rootfs = self.store.temp_dir(prefix="build-")
             os.chmod(state.rootfs, 0o755)
@@ -368,9 +397,11 @@ class Builder:
         return state.rootfs
 
     def _drop_rootfs(self) -> None:
-        if self.state is not None and self.state.rootfs is not None:
-            shutil.rmtree(self.state.rootfs, ignore_errors=True)
-            self.state.rootfs = None
+        """Remove every unpacked state (the current one and those of earlier stages)."""
+        for state in [self.state, *self.stages.values()]:
+            if state is not None and state.rootfs is not None:
+                shutil.rmtree(state.rootfs, ignore_errors=True)
+                state.rootfs = None
 
     # --- COPY and ADD
     def _copy(self, ins: Instruction) -> None:
@@ -380,9 +411,7 @@ class Builder:
         self._copy_or_add(ins, unpack=True)
 
     def _copy_or_add(self, ins: Instruction, unpack: bool) -> None:
-        unknown = set(ins.flags) - {"chown", "chmod", "link"}
-        if "from" in ins.flags:
-            raise self.file.error(ins, "--from (multi-stage builds) is not supported by pykvm")
+        unknown = set(ins.flags) - {"chown", "chmod", "link", "from"}
         if unknown:
             raise self.file.error(ins, f"unknown flag --{sorted(unknown)[0]}")
         env = self._expand_env()
@@ -394,7 +423,8 @@ class Builder:
         for s in sources:
             if "://" in s:
                 raise self.file.error(ins, f"remote sources are not supported (pykvm builds offline): {s}")
-        files = [(s, self._context_files(ins, s)) for s in sources]
+        source = self._source(ins) if "from" in ins.flags else Source(self.context, self.ignore)
+        files = [(s, self._context_files(ins, source, s)) for s in sources]
         chown = expand(ins.flags.get("chown", ""), env)
         chmod = ins.flags.get("chmod")
         workdir = self.state.cfg.get("WorkingDir") or "/"
@@ -404,68 +434,83 @@ class Builder:
         multiple = len(sources) > 1 or any(GLOB_CHARS & set(s) for s in sources)
         if multiple and not dest_path.endswith("/"):
             raise self.file.error(ins, "with several sources (or a wildcard) the destination must end in /")
-        key = json.dumps([ins.keyword, dest_path, chown, chmod, unpack, self._content_key(files)])
+        key = json.dumps([ins.keyword, dest_path, chown, chmod, unpack, self._content_key(source, files)])
 
         def mutate(root: str) -> None:
             owner = self._owner(ins, root, chown) if chown else (0, 0)
             for _, entries in files:
-                self._copy_into(root, entries, dest_path, owner, chmod, unpack)
+                self._copy_into(root, source, entries, dest_path, owner, chmod, unpack)
         self._layer_step(ins, key, mutate, ins.text)
 
-    def _context_files(self, ins: Instruction, source: str) -> list[tuple[str, str]]:
-        """[(context path, path below the source)] for one COPY source, after .dockerignore."""
+    def _source(self, ins: Instruction) -> Source:
+        """COPY --from=STAGE (a name or index of an earlier FROM) or --from=IMAGE: its files, unpacked."""
+        ref = expand(ins.flags["from"], self._expand_env())
+        state = self.stages.get(ref.lower())
+        if state is None:
+            image = self._base_image(ins, ref)
+            state = BuildState(image.config, list(image.layers), _key("from", image.manifest_digest))
+            self.stages[ref.lower()] = state
+        return Source(self._materialize(state), DockerIgnore(""), state.cache_key)
+
+    def _context_files(self, ins: Instruction, src: Source, source: str) -> list[tuple[str, str]]:
+        """[(path in src.base, path below the source)] for one COPY source, after .dockerignore."""
         import glob
         clean = posixpath.normpath(source.lstrip("/") or ".")
         if clean == ".." or clean.startswith("../"):
             raise self.file.error(ins, f"forbidden path outside the build context: {source}")
         if GLOB_CHARS & set(clean):
-            matches = sorted(glob.glob(clean, root_dir=self.context, recursive=False))
+            matches = sorted(glob.glob(clean, root_dir=src.base, recursive=False))
         else:
             matches = [clean]
-        matches = [m for m in matches if m == "." or not self.ignore.ignored(m)]
+        matches = [m for m in matches if m == "." or not src.ignore.ignored(m)]
         # A source is looked up inside the context as if it were "/": a symlink in the
         # context that points at /etc reads the context's etc, never the host's.
-        matches = [os.path.relpath(secure_join(self.context, m), self.context) for m in matches]
-        matches = [m for m in matches if os.path.lexists(os.path.join(self.context, m))
-                   and (m == "." or not self.ignore.ignored(m))]
+        matches = [os.path.relpath(secure_join(src.base, m), src.base) for m in matches]
+        matches = [m for m in matches if os.path.lexists(os.path.join(src.base, m))
+                   and (m == "." or not src.ignore.ignored(m))]
         if not matches:
             raise self.file.error(ins, f"no such file: {source}")
         out: list[tuple[str, str]] = []
         for m in matches:
-            top = os.path.join(self.context, m)
+            top = os.path.join(src.base, m)
             if os.path.isdir(top) and not os.path.islink(top):
-                out += self._walk_context(m)
+                out += self._walk_context(src, m)
             else:
                 out.append((m, posixpath.basename(m)))
         return out
 
-    def _walk_context(self, top: str) -> list[tuple[str, str]]:
+    def _walk_context(self, src: Source, top: str) -> list[tuple[str, str]]:
         """A context directory and every non-ignored entry below it, as (context path, path below top).
 
         The directory itself comes first with an empty "below": COPY copies a
         directory's contents, not the directory, but makes the destination.
         """
         out = [(top, "")]
-        base = os.path.join(self.context, top)
-        may_reinclude = any(not exclude for exclude, _ in self.ignore.rules)
+        base = os.path.join(src.base, top)
+        may_reinclude = any(not exclude for exclude, _ in src.ignore.rules)
         for dirpath, dirnames, filenames in os.walk(base):
-            rel_dir = os.path.relpath(dirpath, self.context)
+            rel_dir = os.path.relpath(dirpath, src.base)
             for name in dirnames + filenames:
                 rel = posixpath.normpath(posixpath.join(rel_dir, name))
-                if not self.ignore.ignored(rel):
+                if not src.ignore.ignored(rel):
                     out.append((rel, os.path.relpath(os.path.join(dirpath, name), base)))
             if not may_reinclude:   # an ignored directory hides everything below it
                 dirnames[:] = [d for d in dirnames
-                               if not self.ignore.ignored(posixpath.normpath(posixpath.join(rel_dir, d)))]
+                               if not src.ignore.ignored(posixpath.normpath(posixpath.join(rel_dir, d)))]
         return sorted(out, key=lambda e: e[1])
 
-    def _content_key(self, files: list[tuple[str, list[tuple[str, str]]]]) -> str:
+    def _content_key(self, src: Source, files: list[tuple[str, list[tuple[str, str]]]]) -> str:
         """sha256 over every source's path, type, mode and content: the COPY part of a cache key."""
         h = hashlib.sha256()
+        if src.key:                                   # an earlier stage: its key already names its content
+            h.update(src.key.encode())
         for source, entries in files:
             h.update(source.encode() + b"\0")
             for ctx_path, below in entries:
-                path = os.path.join(self.context, ctx_path)
+                h.update(f"{ctx_path}\0".encode())
+                if src.key:
+                    continue
+                path = os.path.join(src.base, ctx_path)
                 st = os.lstat(path)
                 h.update(f"{below}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0".encode())
                 if stat.S_ISLNK(st.st_mode):
@@ -476,10 +521,10 @@ class Builder:
                             h.update(chunk)
         return h.hexdigest()
 
-    def _copy_into(self, root: str, entries, dest: str, owner, chmod, unpack: bool) -> None:
+    def _copy_into(self, root: str, source: Source, entries, dest: str, owner, chmod, unpack: bool) -> None:
         single_file = len(entries) == 1 and entries[0][1] != ""
         for ctx_path, below in entries:
-            src = os.path.join(self.context, ctx_path)
+            src = os.path.join(source.base, ctx_path)
             if below == "":
                 _make_dirs(root, secure_join(root, dest), self.state.owners)
                 continue

@@ -359,3 +359,27 @@ def test_every_step_error_carries_file_and_line(store, tmp_path):
         build(store, tmp_path, "FROM scratch\nCOPY f /f\nCOPY f /f/g/\n")
     with pytest.raises(BuildFileError, match=r"^Dockerfile:1: FROM: cannot reach registry 127.0.0.1:1"):
         build(store, tmp_path, "FROM 127.0.0.1:1/x:1\n")
+
+
+def test_multi_stage_copy_from(store, tmp_path):
+    (tmp_path / "src.txt").write_text("built in stage one\n")
+    (tmp_path / "Dockerfile").write_text("""FROM scratch AS builder
+COPY src.txt /out/result.txt
+COPY src.txt /out/extra.txt
+
+FROM scratch
+COPY --from=builder /out/result.txt /final.txt
+COPY --from=0 /out/ /all/
+""")
+    image, _ = build(store, tmp_path)
+    assert len(image.layers) == 2, "only the last stage's layers are in the image"
+    assert layer_file(store, image.layers[0], "final.txt") == b"built in stage one\n"
+    assert sorted(layer_members(store, image.layers[1])) == ["all", "all/extra.txt", "all/result.txt"]
+    again, log = build(store, tmp_path)
+    assert again.manifest_digest == image.manifest_digest
+    assert sum("using cache" in line for line in log) == 4
+    (tmp_path / "src.txt").write_text("changed\n")
+    changed, _ = build(store, tmp_path)
+    assert layer_file(store, changed.layers[0], "final.txt") == b"changed\n", "a changed stage is not a cache hit"
+    with pytest.raises(BuildFileError, match="Dockerfile:2: COPY: no such image: nostage"):
+        build(store, tmp_path, "FROM scratch\nCOPY --from=nostage /x /x\n")
