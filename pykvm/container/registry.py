@@ -103,8 +103,9 @@ class Credentials:
             return cls(os.environ["PYKVM_REGISTRY_USER"], os.environ.get("PYKVM_REGISTRY_PASSWORD", ""))
         path = os.path.expanduser("~/.docker/config.json")
         try:
-            auths = json.load(open(path)).get("auths", {})
-        except (OSError, ValueError):
+            with open(path) as f:
+                auths = json.load(f).get("auths", {})
+        except (OSError, ValueError, AttributeError):
             return cls()
         for key in (host, f"https://{host}", f"https://{host}/v1/"):
             if key in auths and auths[key].get("auth"):
@@ -415,18 +416,19 @@ def push(store: ImageStore, local: str, remote: str | None = None, *, insecure: 
 
 def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials: Credentials | None = None,
          log=None, name: str | None = None) -> Image:
-    """Pull `remote` into the store (verified, all or nothing) and tag it; returns the image."""
+    """Pull `remote` into the store (verified, all or nothing) and tag it; returns the image.
+
+    1. GET the manifest (an index: pick linux/amd64, GET that manifest by digest)
+    2. GET every blob the store lacks into tmp/, checking size and sha256
+    3. check the config agrees with the manifest
+    4. only then move the blobs into blobs/, store the manifest, write the tag
+    """
     ref = parse_remote(remote)
     scope = f"repository:{ref.repository}:pull"
     staged: list[tuple[str, dict]] = []
     try:
         with Registry(ref.host, insecure=insecure, credentials=credentials) as reg:
-            manifest_bytes, media_type = reg.get_manifest(ref.repository, ref.reference, scope)
-            if media_type in INDEX_TYPES:
-                chosen = pick_platform(json.loads(manifest_bytes))
-                manifest_bytes, media_type = reg.get_manifest(ref.repository, chosen["digest"], scope)
-                if media_type not in MANIFEST_TYPES:
-                    raise ContainerError(f"{ref}: the linux/amd64 entry is not an image manifest")
+            manifest_bytes, media_type = _fetch_image_manifest(reg, ref, scope)
             manifest = json.loads(manifest_bytes)
             _check_manifest(manifest, ref)
             for descriptor in [manifest["config"]] + manifest["layers"]:
@@ -435,10 +437,7 @@ def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials:
                     continue
                 staged.append((_stage_blob(store, reg, ref.repository, descriptor, scope), descriptor))
                 _say(log, f"{descriptor['digest'][7:19]}: pulled {descriptor['size']} bytes")
-        config = json.loads(open(staged_path(staged, manifest["config"]["digest"], store), "rb").read())
-        if len(config.get("rootfs", {}).get("diff_ids", [])) != len(manifest["layers"]):
-            raise ContainerError(f"{ref}: the config lists {len(config['rootfs']['diff_ids'])} layers, "
-                                 f"the manifest {len(manifest['layers'])}")
+        _check_config(staged_path(staged, manifest["config"]["digest"], store), manifest, ref)
     except BaseException:
         for path, _ in staged:
             if os.path.exists(path):
@@ -451,6 +450,28 @@ def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials:
     store.tag(local, {"mediaType": media_type, "digest": digest, "size": len(manifest_bytes)})
     _say(log, f"{ref}: digest: {digest}")
     return store.get(local)
+
+
+def _fetch_image_manifest(reg: Registry, ref: RemoteRef, scope: str) -> tuple[bytes, str]:
+    """The image manifest for ref; through an index (image-index.md) when the registry sends one."""
+    body, media_type = reg.get_manifest(ref.repository, ref.reference, scope)
+    if media_type in INDEX_TYPES:
+        chosen = pick_platform(json.loads(body))
+        body, media_type = reg.get_manifest(ref.repository, chosen["digest"], scope)
+        if media_type not in MANIFEST_TYPES:
+            raise ContainerError(f"{ref}: the linux/amd64 entry is not an image manifest")
+    return body, media_type
+
+
+def _check_config(path: str, manifest: dict, ref: RemoteRef) -> None:
+    """config.md: one diff_id per layer of the manifest."""
+    try:
+        with open(path, "rb") as f:
+            diff_ids = json.load(f)["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        raise ContainerError(f"{ref}: the image config is malformed (no rootfs.diff_ids)") from None
+    if len(diff_ids) != len(manifest["layers"]):
+        raise ContainerError(f"{ref}: the config lists {len(diff_ids)} layers, the manifest {len(manifest['layers'])}")
 
 
 def staged_path(staged: list[tuple[str, dict]], digest: str, store: ImageStore) -> str:
