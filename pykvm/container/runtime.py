@@ -77,6 +77,7 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
 EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
+OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
 
 # The launcher's three modes.
 FOREGROUND = "foreground"         # `run`: wait for the container, stdio passed through
@@ -393,11 +394,11 @@ class Container:
             os.setsid()
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
             signal.signal(sig, signal.SIG_IGN)              # the launcher forwards these
+        stdio = _install_stdio(stdio)                       # the launcher's own stdio stays out
         self._join_user_and_pid(pipe)
         pid = os.fork()
         if pid == 0:
             _child_main(lambda: self._init(pipe, stdio), pipe)
-        self._close_stdio(stdio)
         pipe.send(pid=pid)
         os.close(pipe.events_w)
         os.close(pipe.ack_r)
@@ -443,6 +444,7 @@ class Container:
         if not self.cfg.init:                                # the command itself is PID 1 (runc)
             return _exec_command(self.cfg, pipe, stdio)
         prctl(lib.PR_SET_NAME, _c_string("pykvm-init"))
+        _set_oom_score_adj(OOM_SCORE_INIT)                  # the OOM killer picks the command, not us
         child = os.fork()
         if child == 0:
             _child_main(lambda: _exec_command(self.cfg, pipe, stdio), pipe)
@@ -506,6 +508,7 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
     for target, fd in enumerate((stdio["in"], stdio["out"], stdio["err"])):
         if fd != target:
             os.dup2(fd, target)
+    _set_oom_score_adj(0)
     os.setsid()
     if cfg.tty:
         fcntl.ioctl(0, lib.TIOCSCTTY, 0)
@@ -596,6 +599,17 @@ def _report(pipe: _Pipe | None, message: str, code: int) -> None:
         os.write(2, f"pykvm: error: {message}\n".encode())
 
 
+def _install_stdio(stdio: dict) -> dict:
+    """Make the container's stdio our 0, 1, 2 (so no child inherits the launcher's)."""
+    for target, fd in enumerate((stdio["in"], stdio["out"], stdio["err"])):
+        if fd != target:
+            os.dup2(fd, target)
+    for fd in stdio["close"]:
+        if fd > 2:
+            os.close(fd)
+    return {"in": 0, "out": 1, "err": 2, "close": []}
+
+
 def _detach_stdio() -> None:
     """The monitor keeps no terminal or pipe open: the command's output ends with the command."""
     null = os.open(os.devnull, os.O_RDWR)
@@ -642,6 +656,15 @@ def _reap(child: int) -> int:
                 code = _exit_code(status)
         if code is not None:
             return code
+
+
+def _set_oom_score_adj(value: int) -> None:
+    """proc(5) /proc/self/oom_score_adj; lowering it needs CAP_SYS_RESOURCE (not rootless)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(f"{value}\n")
+    except OSError:
+        pass
 
 
 def _set_rlimits(rlimits) -> None:
@@ -772,9 +795,9 @@ def _lookup(name: str, rootfs: str | None, db: str) -> tuple[int, int]:
         try:
             with open(path) as f:
                 for line in f:
-                    fields = line.strip().split(":")
-                    if len(fields) >= 4 and fields[0] == name:
-                        return int(fields[2]), int(fields[3])
+                    fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
+                    if len(fields) >= 3 and fields[0] == name:
+                        return int(fields[2]), int(fields[3] if db == "passwd" else fields[2])
         except OSError:
             pass
     raise ConfigError(f"unknown {'user' if db == 'passwd' else 'group'} {name!r} "

@@ -32,7 +32,12 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def state_root() -> Path:
-    """/run/pykvm/containers for root; a private per-user directory for everyone else."""
+    """/run/pykvm/containers for root; a private per-user directory for everyone else.
+
+    $PYKVM_STATE_ROOT overrides both (tests use it to keep to themselves).
+    """
+    if os.environ.get("PYKVM_STATE_ROOT"):
+        return Path(os.environ["PYKVM_STATE_ROOT"])
     if os.geteuid() == 0:
         return Path("/run/pykvm/containers")
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
