@@ -2,7 +2,8 @@
 
 Dockerfile with a RUN step -> `pykvm container build` -> `push` to a real
 registry -> `rmi` -> `pull` -> `run` -> the expected output.  All through the
-CLI, as a user would type it.  Needs the runtime (issue 6) for RUN and run.
+CLI, as a user would type it.  Needs the runtime (issue 6) for RUN and run;
+`state_root` (the runtime's conftest) keeps its container state private.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def runtime_or_skip():
     return pytest.importorskip("pykvm.container.runtime", reason="the container runtime (issue 6) is not merged")
 
 
-def test_build_push_rmi_pull_run(store, registry, tmp_path):
+def test_build_push_rmi_pull_run(store, registry, tmp_path, state_root):
     runtime_or_skip()
     assert pykvm("container", "build", "-q", "-t", "busybox", str(bundled_context(tmp_path, "busybox")))[0] == 0
     ctx = tmp_path / "app"
@@ -47,7 +48,7 @@ CMD ["/bin/sh", "/app/greet.sh"]
 
 
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
-def test_we_run_an_image_skopeo_pushed(store, registry, tmp_path):
+def test_we_run_an_image_skopeo_pushed(store, registry, tmp_path, state_root):
     runtime_or_skip()
     assert pykvm("container", "build", "-q", "-t", "hello", str(bundled_context(tmp_path, "hello")))[0] == 0
     remote = f"{registry.host}/sk/hello:v1"
