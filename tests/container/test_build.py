@@ -355,7 +355,7 @@ def test_every_step_error_carries_file_and_line(store, tmp_path):
     (tmp_path / "f").write_text("f")
     with pytest.raises(BuildFileError, match=r"^Dockerfile:2: ENV: unterminated double quote"):
         build(store, tmp_path, 'FROM scratch\nENV A="open\n')
-    with pytest.raises(BuildFileError, match=r"^Dockerfile:3: COPY: f exists in the image and is not a directory"):
+    with pytest.raises(BuildFileError, match=r"^Dockerfile:3: COPY: /f/g: a component of this path is not a directory$"):
         build(store, tmp_path, "FROM scratch\nCOPY f /f\nCOPY f /f/g/\n")
     with pytest.raises(BuildFileError, match=r"^Dockerfile:1: FROM: cannot reach registry 127.0.0.1:1"):
         build(store, tmp_path, "FROM 127.0.0.1:1/x:1\n")
