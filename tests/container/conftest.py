@@ -43,6 +43,14 @@ def fresh_rootfs(tmp_path) -> Path:
 
 
 @pytest.fixture
+def rootfs_factory():
+    """make_busybox_rootfs, for tests that need a rootfs in a place of their choosing."""
+    if not BUSYBOX.exists():
+        pytest.skip("needs /bin/busybox (Debian package busybox-static)")
+    return make_busybox_rootfs
+
+
+@pytest.fixture
 def state_root(tmp_path, monkeypatch) -> Path:
     """A private state directory for this test (PYKVM_STATE_ROOT)."""
     root = tmp_path / "state"
@@ -54,7 +62,8 @@ def state_root(tmp_path, monkeypatch) -> Path:
 def pykvm(state_root):
     """Run `python -m pykvm ARGS...`; returns the CompletedProcess (text mode)."""
     def run(*args, timeout=60, **kw):
-        kw.setdefault("capture_output", True)
+        if "stdout" not in kw and "stderr" not in kw:
+            kw.setdefault("capture_output", True)
         return subprocess.run([sys.executable, "-m", "pykvm", *map(str, args)], text=True,
                               timeout=timeout, env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)},
                               **kw)
