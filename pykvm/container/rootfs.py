@@ -30,7 +30,8 @@ from pykvm.errors import ContainerError, SyscallError
 
 __all__ = ["Mount", "DEFAULT_MOUNTS", "MASKED_PATHS", "READONLY_PATHS", "DEVICES", "DEV_LINKS",
            "secure_join", "make_private", "mount_root", "mount_all", "mask_paths",
-           "readonly_paths", "pivot_into", "remount_root_readonly", "parse_options"]
+           "readonly_paths", "pivot_into", "remount_root_readonly", "parse_options",
+           "make_busybox_rootfs"]
 
 MAX_SYMLINKS = 40          # path_resolution(7): the kernel's own limit
 
@@ -347,3 +348,29 @@ def remount_root_readonly() -> None:
     except OSError as e:
         if e.errno != errno.EINVAL:
             raise
+
+
+def make_busybox_rootfs(root, busybox: str = "/bin/busybox"):
+    """A minimal userland to experiment with: busybox-static and its applet links.
+
+    The same as `cp /bin/busybox ROOT/bin/ && chroot ROOT /bin/busybox --install -s /bin`,
+    plus empty /proc /sys /dev /tmp and an /etc/passwd with root and `user` (1000).
+    """
+    import shutil
+    import subprocess
+    from pathlib import Path
+    root = Path(root)
+    if not os.path.exists(busybox):
+        raise ContainerError(f"{busybox} not found: install busybox-static (apt-get install busybox-static)")
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout
+    for applet in applets.split():
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    for d in ("proc", "sys", "dev", "etc", "tmp"):
+        (root / d).mkdir()
+    (root / "tmp").chmod(0o1777)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n")
+    return root

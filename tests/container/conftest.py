@@ -2,29 +2,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pykvm.container.rootfs import make_busybox_rootfs
+
 BUSYBOX = Path("/bin/busybox")
-
-
-def make_busybox_rootfs(root: Path) -> Path:
-    """A minimal userland: busybox-static plus its applet links (`busybox --install -s`)."""
-    (root / "bin").mkdir(parents=True)
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    for applet in subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
-                                 check=True).stdout.split():
-        if applet != "busybox":
-            (root / "bin" / applet).symlink_to("busybox")
-    for d in ("proc", "sys", "dev", "etc", "tmp"):
-        (root / d).mkdir()
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n")
-    return root
 
 
 @pytest.fixture(scope="session")
