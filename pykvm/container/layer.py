@@ -196,7 +196,11 @@ def _whiteout(state: _Extraction, dir_name: str, victim: str) -> None:
     if state.overlay:
         os.makedirs(parent, exist_ok=True)
         _remove(path)
-        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        except PermissionError:
+            raise ContainerError("unpacking an image for overlayfs needs root "
+                                 "(its whiteouts are 0:0 character devices)") from None
         return
     _remove(path)
 

@@ -20,7 +20,7 @@ import threading
 import urllib.parse
 
 import pytest
-from image_fixtures import bundled_context, pykvm, registry, store  # noqa: F401  (fixtures)
+from image_fixtures import bundled_context, registry, run_pykvm, store  # noqa: F401  (fixtures)
 
 from pykvm.container import registry as reg_mod
 from pykvm.container.build import BuildOptions, build_image
@@ -140,13 +140,13 @@ def test_unreachable_registry_is_one_line(store, tmp_path):
 
 def test_cli_push_pull(store, registry, tmp_path):
     small_image(store, tmp_path, tag="cli:1")
-    status, _, err = pykvm("container", "push", "cli:1", f"{registry.host}/cli:1")
+    status, _, err = run_pykvm("container", "push", "cli:1", f"{registry.host}/cli:1")
     assert status == 0, err
     assert "digest: sha256:" in err
-    assert pykvm("container", "rmi", "cli:1")[0] == 0
-    status, out, err = pykvm("container", "pull", f"{registry.host}/cli:1")
+    assert run_pykvm("container", "rmi", "cli:1")[0] == 0
+    status, out, err = run_pykvm("container", "pull", f"{registry.host}/cli:1")
     assert status == 0 and out.strip() == f"{registry.host}/cli:1", err
-    status, _, err = pykvm("container", "push", "cli:1")
+    status, _, err = run_pykvm("container", "push", "cli:1")
     assert status != 0 and err.startswith("pykvm: error:") and err.count("\n") == 1
 
 
