@@ -423,6 +423,9 @@ class Container:
                 continue
             ns.unshare(ns.CLONE_FLAGS[kind])
             if kind == "user":
+                # /proc/PID/uid_map belongs to root when we are not dumpable (as after a
+                # setuid()); the launcher, maybe not root, must be able to write it.
+                prctl(lib.PR_SET_DUMPABLE, 1)
                 pipe.send(user=1)
                 pipe.wait_ack()
                 os.setresgid(0, 0, 0)
