@@ -146,7 +146,7 @@ def test_emulation_failure_names_the_instruction(tmp_path):
     """int3 in guest kernel mode: PVM's instruction emulator cannot run it (DEVELOPERS.md);
     hardware KVM delivers #BP, which with no IDT becomes a triple fault.  Either way the VM
     stops with the reason and the registers, and on PVM with the instruction's bytes."""
-    from conftest import kvm_flavour
+    from tiers import kvm_flavour
 
     kernel = pvh_elf("""
         lidt idt
