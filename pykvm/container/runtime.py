@@ -436,8 +436,9 @@ class Container:
         prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)          # monitor gone -> container gone
         prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
-        pipe.wait_ack()                                      # the launcher put us in the cgroup
-        self._enter_namespaces()
+        self._enter_namespaces(("network", "ipc", "uts", "mount"))
+        pipe.wait_ack()                                      # the launcher put us in the cgroup ...
+        self._enter_namespaces(("cgroup",))                  # ... which becomes our cgroup ns's "/"
         fifo = self._open_fifo()
         self._build_root()
         _set_rlimits(self.cfg.rlimits)
@@ -456,10 +457,11 @@ class Container:
         os.close(pipe.ack_r)
         return _reap(child)
 
-    def _enter_namespaces(self) -> None:
+    def _enter_namespaces(self, kinds: tuple[str, ...]) -> None:
+        """Join (setns) or create (unshare) these namespaces; set up lo and the hostname."""
         new = 0
         for kind in ns.ORDER:
-            if kind in ("user", "pid") or kind not in self.cfg.namespaces:
+            if kind not in kinds or kind not in self.cfg.namespaces:
                 continue
             if self.cfg.namespaces[kind]:
                 ns.setns(self.cfg.namespaces[kind], kind)
@@ -469,7 +471,7 @@ class Container:
         if new & ns.CLONE_FLAGS["network"]:
             ns.loopback_up()
         hostname = self.cfg.hostname_for(self.id)
-        if hostname:
+        if hostname and "uts" in kinds:
             sethostname(hostname)
 
     def _open_fifo(self) -> int | None:
