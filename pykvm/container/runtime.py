@@ -495,6 +495,7 @@ class Container:
         fs.mask_paths(root, cfg.masked_paths)
         fs.readonly_paths(root, cfg.readonly_paths)
         fs.pivot_into(root)
+        _make_cwd(cfg.cwd)
         if cfg.readonly:
             fs.remount_root_readonly()
 
@@ -663,6 +664,14 @@ def _reap(child: int) -> int:
             return code
 
 
+def _make_cwd(cwd: str) -> None:
+    """Create a missing working directory (image WORKDIRs, as Docker and runc do)."""
+    try:
+        os.makedirs(cwd, mode=0o755, exist_ok=True)
+    except OSError:
+        pass                              # chdir() will say what is wrong, as the command's error
+
+
 def _set_oom_score_adj(value: int) -> None:
     """proc(5) /proc/self/oom_score_adj; lowering it needs CAP_SYS_RESOURCE (not rootless)."""
     try:
@@ -781,30 +790,32 @@ def run_container(config: RunConfig, store: StateStore | None = None) -> int:
     return container.wait().exit_code
 
 
-def parse_user(spec: str, rootfs: str | None = None) -> tuple[int, int]:
-    """`UID[:GID]` or `NAME[:GROUP]` (names looked up in the rootfs's /etc/passwd, /etc/group)."""
+def parse_user(spec: str, rootfs: str | list[str] | None = None) -> tuple[int, int]:
+    """`UID[:GID]` or `NAME[:GROUP]`, names looked up in /etc/passwd and /etc/group of the
+    rootfs (or of a list of image layers, top first: the first layer that has the file wins)."""
     if not spec:
         return 0, 0
+    roots = [rootfs] if isinstance(rootfs, str) else list(rootfs or [])
     user, _, group = spec.partition(":")
-    uid, gid = _lookup(user, rootfs, "passwd")
+    uid, gid = _lookup(user, roots, "passwd")
     if group:
-        gid = _lookup(group, rootfs, "group")[0]
+        gid = _lookup(group, roots, "group")[0]
     return uid, gid
 
 
-def _lookup(name: str, rootfs: str | None, db: str) -> tuple[int, int]:
+def _lookup(name: str, roots: list[str], db: str) -> tuple[int, int]:
     if name.isdigit():
         return int(name), (int(name) if db == "group" else 0)
-    if rootfs:
-        path = fs.secure_join(rootfs, f"/etc/{db}")
-        try:
-            with open(path) as f:
-                for line in f:
-                    fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
-                    if len(fields) >= 3 and fields[0] == name:
-                        return int(fields[2]), int(fields[3] if db == "passwd" else fields[2])
-        except OSError:
-            pass
+    for root in roots:
+        path = fs.secure_join(root, f"/etc/{db}")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
+                if len(fields) >= 3 and fields[0] == name:
+                    return int(fields[2]), int(fields[3] if db == "passwd" else fields[2])
+        break                                           # the top-most file hides the ones below
     raise ConfigError(f"unknown {'user' if db == 'passwd' else 'group'} {name!r} "
                       f"(not a number and not in the rootfs's /etc/{db})")
 
@@ -813,7 +824,7 @@ def config_from_image(image, args: list[str] | None = None, **overrides) -> RunC
     """A RunConfig for an image from the store (see the contract in this module's docstring)."""
     argv = list(image.entrypoint) + (list(args) if args else list(image.cmd))
     top_first = list(reversed(image.layers))
-    uid, gid = parse_user(image.user, image.layers[-1] if image.layers else None) if image.user else (0, 0)
+    uid, gid = parse_user(image.user, top_first)
     env = list(image.env) or list(DEFAULT_ENV)
     cfg = RunConfig(args=argv, lower_dirs=top_first, env=env, cwd=image.working_dir or "/",
                     uid=uid, gid=gid)

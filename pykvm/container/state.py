@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,6 +166,7 @@ class StateStore:
 
     def remove(self, cid: str) -> None:
         """Delete a container's state directory (its mounts died with its mount namespace)."""
+        import shutil                   # lazily: shutil imports bz2 and lzma, CLI startup pays for them
         shutil.rmtree(self.dir(cid), ignore_errors=True)
 
 
