@@ -77,6 +77,7 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
 EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
+LAUNCHER_GONE = signal.SIGUSR2    # PR_SET_PDEATHSIG: what the monitor gets when the launcher dies
 OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
 
 # The launcher's three modes.
@@ -388,8 +389,16 @@ class Container:
     # --- monitor (child of the launcher) ----------------------------------------
     def _monitor(self, pipe: _Pipe, stdio: dict) -> int:
         pipe.child_side()
+        launcher_gone = []
         if self.mode == FOREGROUND:
-            prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)     # launcher killed -> container killed
+            # Launcher killed -> kill the container, then clean up as the launcher would have.
+            def on_launcher_gone(*_):
+                launcher_gone.append(True)
+                _kill_quietly(self.init_pid)
+            signal.signal(LAUNCHER_GONE, on_launcher_gone)
+            prctl(lib.PR_SET_PDEATHSIG, LAUNCHER_GONE)
+            if os.getppid() == 1:                           # it died before prctl() took effect
+                os._exit(EXIT_SETUP_FAILED)
         else:
             os.setsid()
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
@@ -399,6 +408,7 @@ class Container:
         pid = os.fork()
         if pid == 0:
             _child_main(lambda: self._init(pipe, stdio), pipe)
+        self.init_pid = pid
         pipe.send(pid=pid)
         os.close(pipe.events_w)
         os.close(pipe.ack_r)
@@ -408,7 +418,7 @@ class Container:
         oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
         os.write(self._exit_fd, json.dumps({"exit_code": code, "oom_killed": oom,
                                             "finished": time.time()}).encode())
-        if self.mode == DETACHED:
+        if self.mode == DETACHED or launcher_gone:
             self._cleanup(remove_state=self.cfg.remove)
         return code
 
@@ -622,6 +632,14 @@ def _detach_stdio() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+
+
+def _kill_quietly(pid: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _exit_code(status: int) -> int:
