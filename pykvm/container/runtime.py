@@ -757,6 +757,8 @@ def _relay_tty(master: int, monitor_pid: int, interactive: bool) -> None:
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     if saved:
         tty.setraw(stdin)
+    # Our terminal resized -> resize the container's; the kernel sends it SIGWINCH (tty_ioctl(4)).
+    old_winch = signal.signal(signal.SIGWINCH, lambda *_: _copy_winsize(stdin, master))
     pidfd = os.pidfd_open(monitor_pid)
     watch = [master, pidfd] + ([stdin] if interactive else [])
     try:
@@ -780,6 +782,7 @@ def _relay_tty(master: int, monitor_pid: int, interactive: bool) -> None:
                 return
     finally:
         os.close(pidfd)
+        signal.signal(signal.SIGWINCH, old_winch)
         if saved:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
