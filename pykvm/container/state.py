@@ -75,7 +75,11 @@ class StateStore:
         self.root = Path(root) if root else state_root()
 
     def ensure(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise ContainerError(f"cannot create the state directory {self.root}: {e.strerror} "
+                                 f"(choose another with PYKVM_STATE_ROOT)") from None
         return self.root
 
     def dir(self, cid: str) -> Path:
