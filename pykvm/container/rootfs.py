@@ -260,8 +260,8 @@ def mount_cgroupfs(root: str, dest: str, flags: int) -> None:
         try:
             _mount_on(root, f"{dest}/{name}", "cgroup", "cgroup", base | ro, options)
         except SyscallError as e:
-            if e.errno != errno.EPERM:        # in a user namespace v1 hierarchies cannot be mounted:
-                raise                         # the tree stays empty, honestly
+            if e.errno not in (errno.EPERM, errno.EBUSY):   # where a user namespace may not mount
+                raise                                        # a v1 hierarchy, the tree stays empty
             break
     if ro:
         _remount(root, dest, lib.MS_RDONLY | base)

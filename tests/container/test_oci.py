@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,32 @@ def _wait(predicate, timeout=10.0):
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_user_namespace_mappings_same_as_runc(pykvm, bundle, tmp_path):
+    """config.json uidMappings/gidMappings: container root is host uid 100000, as under runc."""
+    import os
+    import tempfile
+    public = Path(tempfile.mkdtemp(prefix="pykvm-userns-", dir="/tmp"))   # uid 100000 must reach it
+    public.chmod(0o755)
+    bundle = Path(shutil.copytree(bundle, public / "bundle", symlinks=True))
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["linux"]["namespaces"].append({"type": "user"})
+    for key in ("uidMappings", "gidMappings"):
+        spec["linux"][key] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    spec["root"]["readonly"] = False
+    spec["process"]["args"] = ["sh", "-c", "id -u; cat /proc/self/uid_map; touch /tmp/w && ls -ln /tmp/w"]
+    (bundle / "config.json").write_text(json.dumps(spec))
+    for dirpath, dirnames, filenames in os.walk(bundle / "rootfs"):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, 100000, 100000)
+    ours = pykvm("container", "oci", "run", "--bundle", bundle, "userns-pykvm")
+    theirs = subprocess.run([RUNC, "--root", str(tmp_path / "runc-state"), "run", "--bundle",
+                             str(bundle), "userns-runc"], capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
+    assert ours.stdout == theirs.stdout
+    lines = ours.stdout.splitlines()
+    assert lines[0] == "0" and lines[1].split() == ["0", "100000", "65536"]
+    assert lines[2].split()[2:4] == ["0", "0"], "the file is root's inside ..."
+    assert os.stat(bundle / "rootfs" / "tmp" / "w").st_uid == 100000, "... and uid 100000's outside"
+    shutil.rmtree(public)

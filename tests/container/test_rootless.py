@@ -90,3 +90,20 @@ def test_rootless_cannot_become_another_user(as_nobody, rootless_rootfs):
     r = as_nobody("run", "--rm", "-u", "1000", "--rootfs", rootless_rootfs, "id")
     assert r.returncode == 2
     assert "only uid/gid 0 exists inside" in r.stderr
+
+
+def test_rootless_host_network_binds_the_hosts_sys(as_nobody, rootless_rootfs):
+    """sysfs cannot be mounted for a network namespace we do not own: /sys is bound instead."""
+    r = as_nobody("run", "--rm", "--network", "host", "--rootfs", rootless_rootfs, "ls", "/sys/class/net")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_rootless_state_dir_problem_is_one_line(as_nobody, rootless_rootfs):
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        "/usr/bin/python3.11", "-m", "pykvm", "container", "run", "--rootfs",
+                        str(rootless_rootfs), "true"], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "PYKVM_STATE_ROOT": "/root/forbidden",
+                            "PYTHONPATH": os.pathsep.join([str(ROOT), *[p for p in sys.path if p.endswith("site-packages")]])})
+    assert r.returncode == 1
+    assert r.stderr.startswith("pykvm: error: cannot create the state directory /root/forbidden")
