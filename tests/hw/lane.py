@@ -45,7 +45,7 @@ __all__ = ["LANE_MARKERS", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]      # the checkout
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import kvm_flavour  # noqa: E402  (one definition of "which KVM")
+from tiers import kvm_flavour  # noqa: E402  (one definition of "which KVM")
 
 LANE_MARKERS = "kvm or linux"       # the tests that need a VM: -m selects them
 DEFAULT_CACHE = ROOT / ".cache" / "hw"

@@ -16,7 +16,7 @@ shows the probe tells the two apart (docs/contributing-test-lanes.md).
 """
 import pytest
 
-from conftest import kvm_flavour
+from tiers import kvm_flavour
 from pykvm.arch.x86 import gdt
 from pykvm.kvm import Hlt, InternalError, IoOut
 from vmkit import bare_vm
