@@ -95,6 +95,8 @@ def junit_summary(junit: Path) -> str:
     except (OSError, ET.ParseError) as e:
         return f"no junit results ({e})"
     suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return f"no testsuite in {junit}"
     count = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     passed = count["tests"] - count["failures"] - count["errors"] - count["skipped"]
     return (f"{passed} passed, {count['failures']} failed, {count['errors']} errors, "
@@ -158,6 +160,34 @@ def _stop(proc: subprocess.Popen) -> None:
 def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str, junit: Path,
                     pytest_args: list[str], path: Path) -> list[str]:
     """Write the L1's initramfs to `path`; return the modules it loads, in order."""
+    busybox = static_busybox()
+    modules = l1_modules(kernel)
+    shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
+    inside = [sys.executable, str(Path(__file__).resolve()), "--inside", f"--junit={junit}",
+              f"--markers={markers}", "--", *pytest_args]
+    init = lane_initramfs.init_script(list(modules), shares, str(ROOT), shlex.join(inside))
+    etc = dict(ETC_FILES)
+    if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
+        etc[LD_SO_CACHE.name] = LD_SO_CACHE.read_bytes()
+    path.write_bytes(lane_initramfs.build(busybox, modules, init, [str(t) for t in trees], etc))
+    return list(modules)
+
+
+def static_busybox() -> bytes:
+    """busybox-static's binary, after checking that L1 can run it and, later, /usr's programs."""
+    for link in lane_initramfs.MERGED_USR:
+        if Path("/", link).exists() and not Path("/", link).is_symlink():
+            raise LaneError(f"/{link} is not a link into /usr: the lane shares only /usr, "
+                            "so it needs a merged-/usr host (Debian 12, Ubuntu 22.04 and later)")
+    busybox = BUSYBOX.read_bytes() if BUSYBOX.exists() else b""
+    if not lane_initramfs.is_static_elf(busybox):
+        raise LaneError(f"{BUSYBOX} is missing or dynamically linked (it must run before /usr "
+                        "is mounted): apt-get install busybox-static")
+    return busybox
+
+
+def l1_modules(kernel: lane_kernel.Kernel) -> dict[str, bytes]:
+    """L1_MODULES and their dependencies, name -> ELF image, in load order."""
     files = kernel.module_files()
     images: dict[str, bytes] = {}
 
@@ -165,26 +195,7 @@ def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str,
         images[name] = lane_kernel.module_bytes(files[name])
         return lane_kernel.modinfo_depends(images[name])
 
-    order = lane_kernel.load_order(L1_MODULES, depends_of)
-    for link in lane_initramfs.MERGED_USR:
-        if Path("/", link).exists() and not Path("/", link).is_symlink():
-            raise LaneError(f"/{link} is not a link into /usr: the lane shares only /usr, "
-                            "so it needs a merged-/usr host (Debian 12, Ubuntu 22.04 and later)")
-    shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
-    inside = [sys.executable, str(Path(__file__).resolve()), "--inside", f"--junit={junit}",
-              f"--markers={markers}", "--", *pytest_args]
-    init = lane_initramfs.init_script(order, shares, str(ROOT), shlex.join(inside))
-    etc = dict(ETC_FILES)
-    if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
-        etc[LD_SO_CACHE.name] = LD_SO_CACHE.read_bytes()
-    busybox = BUSYBOX.read_bytes() if BUSYBOX.exists() else b""
-    if not lane_initramfs.is_static_elf(busybox):
-        raise LaneError(f"{BUSYBOX} is missing or dynamically linked (it must run before /usr "
-                        "is mounted): apt-get install busybox-static")
-    archive = lane_initramfs.build(busybox, {m: images[m] for m in order}, init,
-                              [str(t) for t in trees], etc)
-    path.write_bytes(archive)
-    return order
+    return {name: images[name] for name in lane_kernel.load_order(L1_MODULES, depends_of)}
 
 
 # --- QEMU and its serial console ---------------------------------------------
@@ -316,6 +327,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     with ExitStack() as stack:
         sockets_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pykvm-lane-")))
         virtiofsd = find_virtiofsd()
+        (cache / "virtiofsd.log").write_bytes(b"")      # this run's daemons only
         sockets = [sockets_dir / f"share{i}.sock" for i in range(len(trees))]
         for socket, tree in zip(sockets, trees):
             start_virtiofsd(stack, virtiofsd, socket, tree, cache / "virtiofsd.log")

@@ -36,8 +36,8 @@ echo "{MARKER} release=$(/busybox uname -r)"
 def unpacked_kernel() -> lane_kernel.Kernel:
     kernels = lane_kernel.unpacked(lane.DEFAULT_CACHE / "kernel")
     if not kernels:
-        pytest.skip(f"no kernel package unpacked in {lane.DEFAULT_CACHE}/kernel: "
-                    "`make test-hw` fetches it")
+        pytest.skip(f"no Debian cloud kernel unpacked in {lane.DEFAULT_CACHE / 'kernel'}: "
+                    "`make test-hw` fetches it where apt knows linux-image-cloud-amd64")
     return kernels[-1]
 
 
