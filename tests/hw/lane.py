@@ -124,11 +124,14 @@ def find_virtiofsd() -> Path:
 
 
 def virtiofsd_command(binary: Path, socket: Path, source: Path) -> list[str]:
+    """The daemon's command line.  cache=always lets L1 keep what it looked up:
+    nothing on the host changes the shared trees during a run, and a Python
+    start in L1 then takes about half as long (1.0 s instead of 2.3 s here)."""
     if binary.parent.name == "qemu":                     # the C daemon's -o syntax
         return [str(binary), f"--socket-path={socket}", "-o", f"source={source}",
-                "-o", "sandbox=namespace", "-o", "cache=auto"]
+                "-o", "sandbox=namespace", "-o", "cache=always"]
     return [str(binary), f"--socket-path={socket}", f"--shared-dir={source}",
-            "--sandbox=namespace", "--cache=auto"]
+            "--sandbox=namespace", "--cache=always"]
 
 
 def start_virtiofsd(stack: ExitStack, binary: Path, socket: Path, source: Path,
