@@ -24,6 +24,7 @@ NET_DEV_HEADER_LINES = 2           # /proc/net/dev: two header lines, then "name
 TINY_KERNEL_RE = re.compile(r"^kernel:\s+(.*?)\s*(\(.*\))?$")      # shell.c cmd_info
 TINY_MEMORY_RE = re.compile(r"^memory:\s+(\d+) MiB$")              # shell.c cmd_info
 TINY_HYPERVISOR_RE = re.compile(r"^hypervisor:\s+(\S+)$")          # shell.c cmd_info: CPUID 0x40000000
+BOOT_ID = "/proc/sys/kernel/random/boot_id"     # random(4): a new UUID each time a kernel boots
 MEMTOTAL_RE = re.compile(r"^MemTotal:\s+(\d+) kB$")                # proc(5): /proc/meminfo
 
 
@@ -35,6 +36,7 @@ def host_facts() -> dict:
     return {
         "kernel": f"{uname.sysname} {uname.release}",
         "hostname": uname.nodename,
+        "boot_id": Path(BOOT_ID).read_text().strip(),
         "processes": sum(1 for entry in os.listdir("/proc") if entry.isdigit()),
         "interfaces": net_dev_names(Path("/proc/net/dev").read_text().splitlines()),
         "mounts": mount_table(Path("/proc/self/mounts").read_text().splitlines()),
@@ -72,15 +74,25 @@ def _sections(workload: Workload, lines: list[str]) -> dict[str, list[str]]:
 # --- OS requirement ----------------------------------------------------------------------------
 
 def os_requirement(workload: Workload, lines: list[str], host: dict) -> dict:
-    """The kernel the inside reports, and whether it is the host's."""
+    """The kernel the inside reports, and whether it is the very kernel the host runs.
+
+    Same version is not same kernel: a VM may boot the host's own kernel
+    package.  The boot_id (random(4)) tells running kernels apart; where the
+    inside cannot read one (tiny), name and version decide.
+    """
     if "kernel" in workload.unobserved:
         why = workload.unobserved["kernel"].reason
         return {"kernel": None, "same_as_host": None, "measured": False, "how": why}
-    kernel = kernel_seen(_sections(workload, lines).get("kernel", []))
-    return {"kernel": kernel, "host_kernel": host["kernel"],
-            "same_as_host": None if kernel is None else kernel == host["kernel"], "measured": True,
-            "how": "the workload's own report from inside: tiny's `info`, or `uname -sr`; "
-                   "the host's is uname(2) in this process"}
+    sections = _sections(workload, lines)
+    kernel = kernel_seen(sections.get("kernel", []))
+    boot_id = next((line.strip() for line in sections.get("boot_id", [])), None)
+    same_version = None if kernel is None else kernel == host["kernel"]
+    return {"kernel": kernel, "host_kernel": host["kernel"], "same_version_as_host": same_version,
+            "boot_id": boot_id, "host_boot_id": host["boot_id"],
+            "same_as_host": boot_id == host["boot_id"] if boot_id else same_version, "measured": True,
+            "how": "the workload's own report from inside: tiny's `info`, or `uname -sr` and "
+                   f"{BOOT_ID}; the host's are uname(2) and the same file here.  Same kernel = "
+                   "same boot_id (one running kernel); without a boot_id, same name and version"}
 
 
 def kernel_seen(lines: list[str]) -> str | None:

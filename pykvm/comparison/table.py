@@ -34,8 +34,12 @@ def _kernel(side: dict) -> str:
 
 
 def _same(side: dict) -> str:
-    same = side["os"]["same_as_host"]
-    return _mark(side["os"], {True: "yes", False: "no", None: "?"}[same])
+    os_row = side["os"]
+    same = os_row["same_as_host"]
+    if same is None:
+        return _mark(os_row, "?")
+    basis = "boot_id" if os_row.get("boot_id") else "name and version"
+    return f"{'yes' if same else 'no'} ({'same' if same else 'other'} {basis})"
 
 
 def _size(side: dict) -> str:
@@ -80,7 +84,7 @@ def _boundary(side: dict) -> str:
 
 ROWS = [
     ("OS requirement: kernel seen inside", _kernel),
-    ("  same as the host's?", _same),
+    ("  the host's running kernel?", _same),
     ("Size: bytes needed to start", _size),
     ("  memory", _memory),
     ("Startup: launch -> first line", lambda s: seconds(s["startup"]["first_line_s"])),

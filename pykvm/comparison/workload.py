@@ -30,6 +30,7 @@ END = "end"                          # the last section: everything before it wa
 # Look-around steps for a busybox (or any POSIX) userland: section name -> shell command.
 PROBES = {
     "kernel": "uname -sr",
+    "boot_id": "cat /proc/sys/kernel/random/boot_id",
     "memory": "grep MemTotal /proc/meminfo",
     "processes": "ps",
     "interfaces": "cat /proc/net/dev",
@@ -124,7 +125,7 @@ def plain_container(image: str) -> Workload:
     """An image without a shell (hello): it runs its own command, and cannot look around."""
     why = f"the {image} image has no shell or tools to look with (use --image busybox)"
     unobserved = {name: Unobserved(None, why, False)
-                  for name in ("kernel", "memory", "processes", "interfaces", "mounts", "hostname",
+                  for name in ("kernel", "boot_id", "memory", "processes", "interfaces", "mounts", "hostname",
                                "namespaces")}
     return Workload("container", image, pykvm_argv("container", "run", "--rm", image),
                     unobserved=unobserved, marker=None)
