@@ -229,7 +229,8 @@ def namespace_boundary(workload: Workload, sections: dict, host: dict) -> dict:
     """A container: namespaces of the one host kernel; which of them differ from the host's."""
     if "namespaces" in workload.unobserved:
         return {"kind": "namespaces on the shared host kernel", "backend": host["kernel"],
-                "evidence": None, "measured": False, "how": workload.unobserved["namespaces"].reason}
+                "evidence": None, "measured": False, "structural": False,
+                "how": workload.unobserved["namespaces"].reason}
     inside = dict(line.split() for line in sections.get("namespaces", []) if len(line.split()) == 2)
     differ = sorted(name for name, link in inside.items() if host["namespaces"].get(name) != link)
     shared = sorted(name for name in inside if name not in differ)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pykvm.sizes import format_size
 
-__all__ = ["rows", "text_table", "markdown_table", "explain", "header_lines", "NOT_MEASURED"]
+__all__ = ["rows", "text_table", "markdown_table", "explain", "header_lines", "NOT_MEASURED", "NOT_OBSERVED"]
 
 NOT_MEASURED = "*"      # marks a cell that holds by construction, not by looking (see --explain)
+NOTE = f"{NOT_MEASURED} holds by construction, not measured inside"
 
 
 def seconds(stats: dict) -> str:
@@ -22,22 +23,28 @@ def megabytes(stats: dict) -> str:
     return f"{stats['median'] / 2**20:.1f} MiB ({stats['min'] / 2**20:.1f}-{stats['max'] / 2**20:.1f})"
 
 
+NOT_OBSERVED = "not observed"
+
+
 def _mark(item: dict, text: str) -> str:
     return text if item.get("measured", True) else text + NOT_MEASURED
 
 
+def _observed(item: dict) -> bool:
+    """False for what the workload could not look at (the hello image has no tools)."""
+    return item.get("measured", True) or item.get("structural", True)
+
+
 def _kernel(side: dict) -> str:
     os_row = side["os"]
-    if os_row["kernel"] is None:
-        return _mark(os_row, "not reported")
-    return os_row["kernel"]
+    return NOT_OBSERVED if os_row["kernel"] is None else os_row["kernel"]
 
 
 def _same(side: dict) -> str:
     os_row = side["os"]
     same = os_row["same_as_host"]
     if same is None:
-        return _mark(os_row, "?")
+        return NOT_OBSERVED
     basis = "boot_id" if os_row.get("boot_id") else "name and version"
     return f"{'yes' if same else 'no'} ({'same' if same else 'other'} {basis})"
 
@@ -53,9 +60,9 @@ def _size(side: dict) -> str:
 
 def _memory(side: dict) -> str:
     size = side["size"]
-    seen = "?" if size["memory_seen_bytes"] is None else format_size(size["memory_seen_bytes"])
+    seen = NOT_OBSERVED if size["memory_seen_bytes"] is None else format_size(size["memory_seen_bytes"])
     if size["memory_given_bytes"] is None:
-        return f"no limit: sees {seen} (the host's {format_size(size['host_memory_bytes'])})"
+        return f"no limit; sees: {seen} (the host has {format_size(size['host_memory_bytes'])})"
     return f"given {format_size(size['memory_given_bytes'])}, sees {seen}"
 
 
@@ -70,11 +77,14 @@ def _items(item: dict, host: bool = False) -> str:
 
 def _isolation(side: dict, name: str) -> str:
     item = side["isolation"][name]
-    return _mark(item, f"{_items(item)} (host: {_items(item, host=True)})")
+    host = f"(host: {_items(item, host=True)})"
+    return _mark(item, f"{_items(item)} {host}") if _observed(item) else f"{NOT_OBSERVED} {host}"
 
 
 def _boundary(side: dict) -> str:
     b = side["isolation"]["boundary"]
+    if not _observed(b):
+        return f"{b['kind']} ({NOT_OBSERVED})"
     if "namespaces_own" in b:
         return f"namespaces of the host's kernel: {len(b['namespaces_own'])} of " \
                f"{len(b['namespaces_own']) + len(b['namespaces_shared'])} its own"
@@ -131,7 +141,7 @@ def text_table(report: dict) -> str:
         lines.append(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip())
         if n == 0:
             lines.append("-" * (widths[0] + widths[1] + 4 + max(len(r[2]) for r in table)))
-    lines += ["", f"{NOT_MEASURED} holds by construction, not measured inside (--explain says why)"]
+    lines += ["", f"{NOTE} (--explain says why)"]
     return "\n".join(lines)
 
 
@@ -140,7 +150,7 @@ def markdown_table(report: dict) -> str:
         return "| " + " | ".join(_md(c.strip()) for c in r) + " |"
     lines = [f"> {line.strip()}" + "  " for line in header_lines(report)] + [""]
     lines += [cells(_titles(report)), "|---|---|---|"] + [cells(r) for r in rows(report)]
-    lines += ["", _md(f"{NOT_MEASURED} holds by construction, not measured inside") + " (`--explain` says why)"]
+    lines += ["", _md(NOTE) + " (`--explain` says why)"]
     return "\n".join(lines)
 
 
