@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import selectors
 import signal
 import statistics
@@ -36,6 +37,9 @@ __all__ = ["Sample", "Stats", "run_once", "RunFailed", "KIB"]
 
 KIB = 1024              # getrusage(2): ru_maxrss is in kilobytes (KiB) on Linux
 READ_CHUNK = 65536      # bytes per read(2) from the child's pipes
+# ECMA-48 control sequences (CSI: ESC [ params letter), which a shell's line editor sends to
+# its terminal (busybox ash asks for the cursor position); they are not part of any line.
+CSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # Forks and execs argv[2:], waits, and writes to fd argv[1]: fork time, reap time, exit
 # status, the command's ru_maxrss and CPU seconds, and its own VmHWM just before the fork (the
@@ -123,7 +127,7 @@ def run_once(argv: list[str], *, first_line=None, reply_after: str | None = None
         for stream in (child.stdin, child.stdout, child.stderr):
             if stream is not None and not stream.closed:
                 stream.close()
-    lines = out.decode(errors="replace").replace("\r", "").split("\n")
+    lines = [_clean(line) for line in out.decode(errors="replace").split("\n")]
     if first is None:
         raise RunFailed(f"`{_short(argv)}` printed no first line (exit status {status}): "
                         f"{_last_line(err)}")
@@ -166,12 +170,17 @@ def _read_until_eof(child, awaited, reply_after, reply, deadline):
                 out += data
                 *complete, pending = (pending + data).split(b"\n")
                 for raw in complete:
-                    line = raw.decode(errors="replace").rstrip("\r")
+                    line = _clean(raw.decode(errors="replace"))
                     if first is None and awaited(line):
                         first = now
                     if reply_after and line.startswith(reply_after):
                         _send(child, reply)
     return bytes(out), bytes(err), first
+
+
+def _clean(line: str) -> str:
+    """A line as a reader sees it: no carriage returns (the UART sends CR LF), no control sequences."""
+    return CSI_RE.sub("", line).replace("\r", "")
 
 
 def _send(child, data: bytes) -> None:
