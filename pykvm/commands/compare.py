@@ -36,7 +36,12 @@ def compare(runs, guest, image, mem, as_json, markdown, plot, explain):
         raise ConfigError("--json and --markdown: choose one")
     runs = _count(runs)
     check_options(runs, guest, plot)
-    report = measure(runs, guest, image, mem, log=_progress if sys.stderr.isatty() else None)
+    progress = sys.stderr.isatty()
+    try:
+        report = measure(runs, guest, image, mem, log=_progress if progress else None)
+    finally:
+        if progress:
+            click.echo("\r\033[K", err=True, nl=False)     # ECMA-48 EL: erase the progress line
     if plot:
         from pykvm.comparison.plot import write_plot
         write_plot(report, plot)

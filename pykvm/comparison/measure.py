@@ -101,14 +101,16 @@ class Stats:
 
 
 def run_once(argv: list[str], *, first_line=None, reply_after: str | None = None,
-             reply: bytes = b"", timeout: float = 120.0, env: dict | None = None) -> Sample:
-    """Run argv to completion and measure it.
+             reply: bytes = b"", timeout: float = 120.0, env: dict | None = None,
+             label: str | None = None) -> Sample:
+    """Run argv to completion and measure it; `label` names the run in errors.
 
     first_line: a predicate on a stdout line (None: the first non-empty line).
     reply_after / reply: when a line starting with reply_after appears, write
     `reply` to the child's stdin (the Linux guest's shell reads its console).
     """
     awaited = first_line or (lambda line: line.strip() != "")
+    label = label or f"`{_short(argv)}`"
     report_r, report_w = os.pipe()
     child = subprocess.Popen([sys.executable, "-I", "-S", "-c", SPAWNER, str(report_w), *argv],
                              stdin=subprocess.PIPE if reply_after else subprocess.DEVNULL,
@@ -116,7 +118,8 @@ def run_once(argv: list[str], *, first_line=None, reply_after: str | None = None
                              pass_fds=(report_w,), start_new_session=True)
     os.close(report_w)
     try:
-        out, err, first = _read_until_eof(child, awaited, reply_after, reply, time.monotonic() + timeout)
+        out, err, first = _read_until_eof(child, awaited, reply_after, reply, time.monotonic() + timeout,
+                                          label)
         child.wait()
         start, end, status, maxrss_kib, cpu_s, floor_kib = _read_report(report_r, child, err)
     except BaseException:
@@ -129,10 +132,9 @@ def run_once(argv: list[str], *, first_line=None, reply_after: str | None = None
                 stream.close()
     lines = [_clean(line) for line in out.decode(errors="replace").split("\n")]
     if first is None:
-        raise RunFailed(f"`{_short(argv)}` printed no first line (exit status {status}): "
-                        f"{_last_line(err)}")
+        raise RunFailed(f"{label} printed no first line (exit status {status}): {_last_line(err)}")
     if status != 0:
-        raise RunFailed(f"`{_short(argv)}` exited with status {status}: {_last_line(err)}")
+        raise RunFailed(f"{label} exited with status {status}: {_last_line(err)}")
     return Sample(first_line_s=first - start, exit_s=end - start, peak_rss_bytes=maxrss_kib * KIB,
                   cpu_s=cpu_s, floor_rss_bytes=floor_kib * KIB, status=status, lines=lines,
                   stderr=err.decode(errors="replace"))
@@ -148,7 +150,7 @@ def _read_report(fd: int, child, err: bytes) -> tuple:
     return ast.literal_eval(data.decode())
 
 
-def _read_until_eof(child, awaited, reply_after, reply, deadline):
+def _read_until_eof(child, awaited, reply_after, reply, deadline, label):
     """Drain stdout and stderr until both close; note when the awaited line completed."""
     out, err, pending, first = bytearray(), bytearray(), b"", None
     with selectors.DefaultSelector() as sel:
@@ -157,7 +159,7 @@ def _read_until_eof(child, awaited, reply_after, reply, deadline):
         while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RunFailed(f"`{_short(child.args)}` did not finish in time; stopped it")
+                raise RunFailed(f"{label} did not finish in time; stopped it")
             for key, _ in sel.select(left):
                 data = os.read(key.fileobj.fileno(), READ_CHUNK)
                 if not data:

@@ -123,7 +123,8 @@ def _run_rounds(workloads: list[wl.Workload], runs: int, log) -> list[list]:
             if log:
                 log(f"run {round_no}/{runs}: {work.side} ({work.name})")
             bucket.append(run_once(work.argv, first_line=work.first_line, reply_after=work.reply_after,
-                                   reply=work.reply, timeout=RUN_TIMEOUT_S))
+                                   reply=work.reply, timeout=RUN_TIMEOUT_S,
+                                   label=f"the {work.side} run (`{wl.display_command(work.argv)[:50]}...`)"))
     return samples
 
 

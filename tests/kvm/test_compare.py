@@ -240,6 +240,15 @@ def test_bad_mem_and_unknown_image_are_one_line(store):
     assert "no-such-image" in line, line
 
 
+@pytest.mark.kvm
+@pytest.mark.root
+@needs_containers
+def test_a_failing_run_is_one_line_naming_the_side(store):
+    # More RAM than the host has: compare accepts the size, `pykvm boot` refuses it.
+    line = one_error_line(pykvm("compare", "--runs", "1", "--mem", "100000G", env=store))
+    assert "the vm run" in line and "more than this host's" in line, line
+
+
 @pytest.mark.skipif(not Path("/sys/module/kvm_pvm").exists(), reason="only PVM refuses a Linux guest")
 def test_linux_guest_on_pvm_says_why_not():
     line = one_error_line(pykvm("compare", "--guest", "linux"))
