@@ -24,6 +24,7 @@ NET_DEV_HEADER_LINES = 2           # /proc/net/dev: two header lines, then "name
 TINY_KERNEL_RE = re.compile(r"^kernel:\s+(.*?)\s*(\(.*\))?$")      # shell.c cmd_info
 TINY_MEMORY_RE = re.compile(r"^memory:\s+(\d+) MiB$")              # shell.c cmd_info
 TINY_HYPERVISOR_RE = re.compile(r"^hypervisor:\s+(\S+)$")          # shell.c cmd_info: CPUID 0x40000000
+LINUX_HYPERVISOR_RE = re.compile(r"Hypervisor detected: (\S+)")    # arch/x86/kernel/cpu/hypervisor.c
 BOOT_ID = "/proc/sys/kernel/random/boot_id"     # random(4): a new UUID each time a kernel boots
 MEMTOTAL_RE = re.compile(r"^MemTotal:\s+(\d+) kB$")                # proc(5): /proc/meminfo
 
@@ -213,16 +214,27 @@ SEEN = {"processes": _processes, "interfaces": _interfaces, "mounts": _mounts, "
 
 
 def vm_boundary(sections: dict, host: dict) -> dict:
-    """A VM: its own kernel on virtual CPUs; the guest's CPUID names the hypervisor when it says."""
-    hypervisor = next((m.group(1) for line in sections.get("kernel", [])
-                       if (m := TINY_HYPERVISOR_RE.match(line.strip()))), None)
+    """A VM: its own kernel on virtual CPUs; the guest names the hypervisor it found, when it says."""
+    hypervisor = hypervisor_seen(sections)
     return {"kind": "virtualization: its own kernel on virtual CPUs",
             "backend": f"KVM ({host['kvm']})",
             "hypervisor": hypervisor,
-            "evidence": f"CPUID hypervisor leaf seen inside: {hypervisor}" if hypervisor else None,
+            "evidence": f"hypervisor seen inside: {hypervisor}" if hypervisor else None,
             "measured": hypervisor is not None,
             "how": "structural: the guest only has what the VMM emulates; measured: the hypervisor "
-                   "signature the guest reads with CPUID 0x40000000 (tiny `info`)"}
+                   "the guest finds through CPUID leaf 0x40000000 (tiny `info`; Linux logs "
+                   "'Hypervisor detected')"}
+
+
+def hypervisor_seen(sections: dict) -> str | None:
+    """'KVMKVMKVM' from tiny's `info`, 'KVM' from a Linux guest's boot log, or None."""
+    for line in sections.get("kernel", []):
+        if match := TINY_HYPERVISOR_RE.match(line.strip()):
+            return match.group(1)
+    for line in sections.get("hypervisor", []):
+        if match := LINUX_HYPERVISOR_RE.search(line):
+            return match.group(1)
+    return None
 
 
 def namespace_boundary(workload: Workload, sections: dict, host: dict) -> dict:

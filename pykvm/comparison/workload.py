@@ -43,6 +43,11 @@ PROBES = {
 TINY_PROBES = {"kernel": "info", "processes": "ps"}
 
 LINUX_READY = "pykvm-guest: userspace up"   # guests/linux/init prints it before starting the shell
+# A Linux guest's kernel logs to the same console: `dmesg -n 1` (console loglevel 1, syslog(2))
+# keeps its messages out of the workload's lines.  Its boot log names the hypervisor it found
+# (arch/x86/kernel/cpu/hypervisor.c: "Hypervisor detected: KVM").
+LINUX_QUIET = "dmesg -n 1"
+LINUX_PROBES = {**PROBES, "hypervisor": "dmesg | grep -m1 -o 'Hypervisor detected: .*'"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def tiny_vm(memory: str) -> Workload:
 
 def linux_vm(memory: str) -> Workload:
     """A Linux guest: the script is typed into the shell its /init starts on the console."""
-    line = _script(PROBES, "; ") + "; poweroff -f\n"
+    line = f"{LINUX_QUIET}; {_script(LINUX_PROBES, '; ')}; poweroff -f\n"
     return Workload("vm", "linux", pykvm_argv("boot", "linux", "--mem", memory), prompt="guest# ",
                     reply_after=LINUX_READY, reply=line.encode(),
                     unobserved={"namespaces": TINY_UNOBSERVED["namespaces"]})

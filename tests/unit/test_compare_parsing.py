@@ -72,10 +72,21 @@ def test_the_first_line_is_the_marker_not_the_echoed_command():
     assert wl.plain_container("hello").first_line("Hello from pykvm!")
 
 
-def test_scripts_are_the_same_on_linux_and_in_the_container():
+def test_the_linux_guest_runs_the_containers_script_and_more():
     line = wl.linux_vm("256M").reply.decode()
     script = wl.shell_container("busybox").argv[-1]
-    assert line == script + "; poweroff -f\n"
+    container_steps = script.split("; ")
+    linux_steps = line.rstrip("\n").split("; ")
+    assert linux_steps[0] == wl.LINUX_QUIET and linux_steps[-1] == "poweroff -f"
+    # Every step of the container's script, in order, then the Linux-only ones before @@end.
+    assert linux_steps[1:len(container_steps)] == container_steps[:-1]
+    assert linux_steps[-2] == container_steps[-1] == "echo @@end"
+
+
+def test_hypervisor_from_tiny_and_from_a_linux_boot_log():
+    assert prop.hypervisor_seen({"kernel": ["hypervisor: KVMKVMKVM"]}) == "KVMKVMKVM"
+    assert prop.hypervisor_seen({"hypervisor": ["Hypervisor detected: KVM"]}) == "KVM"
+    assert prop.hypervisor_seen({}) is None
     assert wl.display_command(wl.tiny_vm("64M").argv).startswith("pykvm boot tiny --mem 64M")
 
 
