@@ -23,18 +23,22 @@ SVG_NS = "{http://www.w3.org/2000/svg}"
 
 
 def container_problem() -> str | None:
-    """Why images cannot run as containers here (no overlayfs), or None.
+    """Why images cannot run as containers here (no overlayfs, no cgroup filesystem), or None.
 
     Everything runs on the project's machines; the L1 lane (`make test-hw`) boots
-    a bare kernel that loads no overlay module, so there the container half of
-    `pykvm compare` cannot start, and its tests say so.
+    a bare kernel with neither, so there the container half of `pykvm compare`
+    cannot start, and its tests say so.
     """
+    from pykvm.container.cgroups import detect
+
     def listed():
         return "overlay" in Path("/proc/filesystems").read_text().split()
-    if listed() or (subprocess.run(["modprobe", "-q", "overlay"], capture_output=True).returncode == 0
-                    and listed()):
-        return None
-    return "no overlayfs in this kernel (modprobe overlay failed): images cannot be mounted"
+    if not (listed() or (subprocess.run(["modprobe", "-q", "overlay"], capture_output=True).returncode == 0
+                         and listed())):
+        return "no overlayfs in this kernel (modprobe overlay failed): images cannot be mounted"
+    if detect() is None:
+        return "no cgroup filesystem at /sys/fs/cgroup: containers cannot be started"
+    return None
 
 
 CONTAINER_PROBLEM = container_problem()
