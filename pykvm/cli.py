@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     from pykvm.errors import PyKvmError
 
     try:
-        cli.main(args=argv, prog_name="pykvm", standalone_mode=False)
+        # standalone_mode=False lets us format errors ourselves; click then returns the
+        # code of a ctx.exit(code) instead of exiting, so we exit with it.
+        code = cli.main(args=argv, prog_name="pykvm", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PyKvmError as e:
         click.echo(f"pykvm: error: {e}", err=True)
         sys.exit(e.exit_code)

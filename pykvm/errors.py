@@ -90,7 +90,9 @@ class GuestMemoryError(PyKvmError):
 
 
 class LoaderError(PyKvmError):
-    """A kernel image, ELF or initrd that cannot be loaded."""
+    """A kernel image, ELF or initrd that cannot be loaded: bad input, exit status 2."""
+
+    exit_code = 2
 
 
 class ConfigError(PyKvmError):

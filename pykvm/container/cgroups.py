@@ -311,7 +311,7 @@ def _keyed(path: Path, key: str) -> int:
     return 0
 
 
-def _rmdir_retry(path: Path, tries: int = 200) -> None:
+def _rmdir_retry(path: Path, tries: int = 1000) -> None:
     """rmdir a cgroup; EBUSY while its last tasks are still exiting, so retry briefly."""
     for _ in range(tries):
         try:

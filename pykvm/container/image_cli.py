@@ -180,7 +180,7 @@ def pull_cmd(insecure, username, password, reference):
 
 def save_archive(store, names, output: str) -> None:
     """A tar of an image layout holding just these images (oci-layout, index.json, their blobs)."""
-    from pykvm.container.image import REF_NAME, canonical_json
+    from pykvm.container.image import MEDIA_OCI_INDEX, REF_NAME, canonical_json
     entries, blobs = [], set()
     for name in names:
         ref, entry = store.find(name)
@@ -188,7 +188,7 @@ def save_archive(store, names, output: str) -> None:
         blobs.add(entry["digest"])
         image = store.load(ref, entry)
         blobs |= {image.manifest_digest, image.config_digest} | {d["digest"] for d in image.layers}
-    index = {"schemaVersion": 2, "manifests": entries}
+    index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": entries}
     tmp = output + ".tmp"
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         _add_bytes(tar, "oci-layout", (store.layout / "oci-layout").read_bytes())

@@ -66,7 +66,6 @@ WHITEOUT_PREFIX = ".wh."               # layer.md "Whiteouts": .wh.NAME deletes 
 WHITEOUT_META_PREFIX = ".wh..wh."      # reserved names (aufs), never real files
 OPAQUE_WHITEOUT = ".wh..wh..opq"       # layer.md "Opaque Whiteout"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"  # overlayfs(5): opaque directory marker
-MAX_SYMLINK_HOPS = 255                  # Linux's own limit is 40; umoci/securejoin use 255
 COPY_CHUNK = 1 << 20                    # bytes per read when copying file data
 GZIP_LEVEL = 6                          # gzip's default; fixed so digests are reproducible
 
@@ -90,43 +89,21 @@ def clean_member_name(name: str) -> str:
 def secure_join(root: str, unsafe: str, follow_last: bool = True) -> str:
     """`root/unsafe`, resolving symlinks as if `root` were `/` (a chroot), never leaving it.
 
-    Like filepath-securejoin (used by runc and umoci): each component is looked
-    up with lstat; a symlink is expanded in place, absolute targets restart at
-    the root, and `..` never climbs above it.  Components that do not exist
-    are kept as they are.  With follow_last=False the final component is not
+    The runtime's resolver (pykvm.container.rootfs.secure_join, after runc's
+    and umoci's filepath-securejoin): a symlink is expanded in place, an
+    absolute target restarts at the root, `..` never climbs above it, missing
+    components are kept.  With follow_last=False the final component is not
     expanded (to create, replace or delete that entry itself).
     """
-    pending = [p for p in unsafe.split("/")]
-    resolved: list[str] = []
-    hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        here = os.path.join(root, *resolved, part)
-        if not pending and not follow_last:
-            resolved.append(part)
-            break
-        try:
-            st = os.lstat(here)
-        except (FileNotFoundError, NotADirectoryError):
-            resolved.append(part)
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            resolved.append(part)
-            continue
-        hops += 1
-        if hops > MAX_SYMLINK_HOPS:
-            raise ContainerError(f"too many levels of symbolic links in {unsafe!r}")
-        target = os.readlink(here)
-        if target.startswith("/"):
-            resolved = []
-        pending = target.split("/") + pending
-    return os.path.join(root, *resolved)
+    from pykvm.container.rootfs import secure_join as resolve
+
+    try:
+        if follow_last:
+            return resolve(root, unsafe)
+        parent, base = posixpath.split(posixpath.normpath("/" + unsafe))
+        return os.path.join(resolve(root, parent), base) if base else resolve(root, parent)
+    except NotADirectoryError:
+        raise ContainerError(f"{unsafe}: a component of this path is not a directory") from None
 
 
 def _remove(path: str) -> None:
@@ -219,7 +196,11 @@ def _whiteout(state: _Extraction, dir_name: str, victim: str) -> None:
     if state.overlay:
         os.makedirs(parent, exist_ok=True)
         _remove(path)
-        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        except PermissionError:
+            raise ContainerError("unpacking an image for overlayfs needs root "
+                                 "(its whiteouts are 0:0 character devices)") from None
         return
     _remove(path)
 

@@ -436,7 +436,7 @@ def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials:
                     _say(log, f"{descriptor['digest'][7:19]}: already in the store")
                     continue
                 staged.append((_stage_blob(store, reg, ref.repository, descriptor, scope), descriptor))
-                _say(log, f"{descriptor['digest'][7:19]}: pulled {descriptor['size']} bytes")
+                _say(log, f"{descriptor['digest'][7:19]}: downloaded {descriptor['size']} bytes, verified")
         _check_config(staged_path(staged, manifest["config"]["digest"], store), manifest, ref)
     except BaseException:
         for path, _ in staged:

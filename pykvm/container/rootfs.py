@@ -26,11 +26,12 @@ import stat
 from dataclasses import dataclass, field
 
 from pykvm.container.syscalls import lib, mount, pivot_root, umount
-from pykvm.errors import ContainerError
+from pykvm.errors import ContainerError, SyscallError
 
 __all__ = ["Mount", "DEFAULT_MOUNTS", "MASKED_PATHS", "READONLY_PATHS", "DEVICES", "DEV_LINKS",
            "secure_join", "make_private", "mount_root", "mount_all", "mask_paths",
-           "readonly_paths", "pivot_into", "remount_root_readonly", "parse_options"]
+           "readonly_paths", "pivot_into", "remount_root_readonly", "parse_options",
+           "make_busybox_rootfs"]
 
 MAX_SYMLINKS = 40          # path_resolution(7): the kernel's own limit
 
@@ -90,6 +91,7 @@ DEFAULT_MOUNTS = [
     Mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
     Mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
     Mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
+    Mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", "ro"]),
 ]
 
 
@@ -241,26 +243,61 @@ def mount_one(root: str, m: Mount) -> None:
 
 
 def mount_cgroupfs(root: str, dest: str, flags: int) -> None:
-    """A cgroup mount: cgroup2 when the host is unified, else a read-only tmpfs.
+    """A cgroup mount, as runc makes it; inside our cgroup namespace each shows our own cgroup as "/".
 
-    Inside our cgroup namespace a cgroup2 mount shows the container's own
-    cgroup as its root (cgroup_namespaces(7)).  For v1 we give an empty
-    read-only tmpfs: an honest "no cgroup tree here" rather than the host's.
+    cgroup v2: one cgroup2 mount.  v1: a tmpfs with one cgroup mount per
+    host hierarchy (memory, pids, cpu, name=systemd ...), then the tmpfs
+    remounted read-only (cgroup_namespaces(7), runc's libcontainer/rootfs_linux.go).
     """
     from pykvm.container.cgroups import detect
+    ro = flags & lib.MS_RDONLY
+    base = lib.MS_NOSUID | lib.MS_NODEV | lib.MS_NOEXEC
     if detect() == "v2":
-        _mount_on(root, dest, "cgroup", "cgroup2", flags & ~PROPAGATION, None)
-    else:
-        _mount_on(root, dest, "tmpfs", "tmpfs", lib.MS_RDONLY | lib.MS_NOSUID | lib.MS_NODEV
-                  | lib.MS_NOEXEC, "mode=755")
+        _mount_on(root, dest, "cgroup", "cgroup2", base | ro, None)
+        return
+    _mount_on(root, dest, "tmpfs", "tmpfs", base, "mode=755")
+    for name, options in host_cgroup_v1_hierarchies():
+        try:
+            _mount_on(root, f"{dest}/{name}", "cgroup", "cgroup", base | ro, options)
+        except SyscallError as e:
+            if e.errno not in (errno.EPERM, errno.EBUSY):   # where a user namespace may not mount
+                raise                                        # a v1 hierarchy, the tree stays empty
+            break
+    if ro:
+        _remount(root, dest, lib.MS_RDONLY | base)
+
+
+def host_cgroup_v1_hierarchies() -> list[tuple[str, str]]:
+    """(directory name, mount options) of each v1 hierarchy in this mount namespace."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] != "cgroup":
+                continue
+            opts = [o for o in fields[sep + 3].split(",") if o not in ("rw", "ro")]
+            out.append((os.path.basename(fields[4]), ",".join(opts)))
+    return out
 
 
 def populate_dev(root: str) -> None:
-    """The minimal /dev: bind the host's device nodes, add the usual symlinks."""
+    """The minimal /dev: device nodes like the host's, plus the usual symlinks.
+
+    As root we mknod(2) them, as runc does; in a user namespace mknod is not
+    allowed, so we bind-mount the host's nodes instead.
+    """
+    dev = secure_join(root, "/dev")           # our fresh tmpfs: nothing in it can be a link yet
     for name in DEVICES:
-        _mount_on(root, f"/dev/{name}", f"/dev/{name}", None, lib.MS_BIND, None, directory=False)
-    dev = secure_join(root, "/dev")
+        host = os.stat(f"/dev/{name}")
+        try:
+            os.mknod(os.path.join(dev, name), stat.S_IMODE(host.st_mode) | stat.S_IFCHR, host.st_rdev)
+            os.chown(os.path.join(dev, name), host.st_uid, host.st_gid)
+        except PermissionError:
+            _mount_on(root, f"/dev/{name}", f"/dev/{name}", None, lib.MS_BIND, None, directory=False)
     for name, target in DEV_LINKS.items():
+        if name == "core" and not os.path.exists("/proc/kcore"):
+            continue
         try:
             os.symlink(target, os.path.join(dev, name))
         except FileExistsError:
@@ -311,3 +348,29 @@ def remount_root_readonly() -> None:
     except OSError as e:
         if e.errno != errno.EINVAL:
             raise
+
+
+def make_busybox_rootfs(root, busybox: str = "/bin/busybox"):
+    """A minimal userland to experiment with: busybox-static and its applet links.
+
+    The same as `cp /bin/busybox ROOT/bin/ && chroot ROOT /bin/busybox --install -s /bin`,
+    plus empty /proc /sys /dev /tmp and an /etc/passwd with root and `user` (1000).
+    """
+    import shutil
+    import subprocess
+    from pathlib import Path
+    root = Path(root)
+    if not os.path.exists(busybox):
+        raise ContainerError(f"{busybox} not found: install busybox-static (apt-get install busybox-static)")
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout
+    for applet in applets.split():
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    for d in ("proc", "sys", "dev", "etc", "tmp"):
+        (root / d).mkdir()
+    (root / "tmp").chmod(0o1777)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n")
+    return root

@@ -102,8 +102,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     namespaces = dict(cfg.namespaces)
     if network == "host":
         namespaces.pop("network", None)
-    uid, gid = (runtime.parse_user(user, rootfs or (cfg.lower_dirs[0] if cfg.lower_dirs else None))
-                if user else (cfg.uid, cfg.gid))
+    uid, gid = runtime.parse_user(user, rootfs or cfg.lower_dirs) if user else (cfg.uid, cfg.gid)
     extra_env = _parse_env(env) + (["TERM=xterm"] if tty else [])
     cfg = replace(cfg, remove=remove, name=name, hostname=hostname, env=_merge_env(cfg.env, extra_env),
                   cwd=workdir or cfg.cwd, uid=uid, gid=gid, limits=limits, namespaces=namespaces,

@@ -77,6 +77,7 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
 EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
+LAUNCHER_GONE = signal.SIGUSR2    # PR_SET_PDEATHSIG: what the monitor gets when the launcher dies
 OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
 
 # The launcher's three modes.
@@ -388,8 +389,16 @@ class Container:
     # --- monitor (child of the launcher) ----------------------------------------
     def _monitor(self, pipe: _Pipe, stdio: dict) -> int:
         pipe.child_side()
+        launcher_gone = []
         if self.mode == FOREGROUND:
-            prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)     # launcher killed -> container killed
+            # Launcher killed -> kill the container, then clean up as the launcher would have.
+            def on_launcher_gone(*_):
+                launcher_gone.append(True)
+                _kill_quietly(self.init_pid)
+            signal.signal(LAUNCHER_GONE, on_launcher_gone)
+            prctl(lib.PR_SET_PDEATHSIG, LAUNCHER_GONE)
+            if os.getppid() == 1:                           # it died before prctl() took effect
+                os._exit(EXIT_SETUP_FAILED)
         else:
             os.setsid()
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
@@ -399,6 +408,7 @@ class Container:
         pid = os.fork()
         if pid == 0:
             _child_main(lambda: self._init(pipe, stdio), pipe)
+        self.init_pid = pid
         pipe.send(pid=pid)
         os.close(pipe.events_w)
         os.close(pipe.ack_r)
@@ -408,7 +418,7 @@ class Container:
         oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
         os.write(self._exit_fd, json.dumps({"exit_code": code, "oom_killed": oom,
                                             "finished": time.time()}).encode())
-        if self.mode == DETACHED:
+        if self.mode == DETACHED or launcher_gone:
             self._cleanup(remove_state=self.cfg.remove)
         return code
 
@@ -423,6 +433,9 @@ class Container:
                 continue
             ns.unshare(ns.CLONE_FLAGS[kind])
             if kind == "user":
+                # /proc/PID/uid_map belongs to root when we are not dumpable (as after a
+                # setuid()); the launcher, maybe not root, must be able to write it.
+                prctl(lib.PR_SET_DUMPABLE, 1)
                 pipe.send(user=1)
                 pipe.wait_ack()
                 os.setresgid(0, 0, 0)
@@ -433,8 +446,9 @@ class Container:
         prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)          # monitor gone -> container gone
         prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
-        pipe.wait_ack()                                      # the launcher put us in the cgroup
-        self._enter_namespaces()
+        self._enter_namespaces(("network", "ipc", "uts", "mount"))
+        pipe.wait_ack()                                      # the launcher put us in the cgroup ...
+        self._enter_namespaces(("cgroup",))                  # ... which becomes our cgroup ns's "/"
         fifo = self._open_fifo()
         self._build_root()
         _set_rlimits(self.cfg.rlimits)
@@ -453,10 +467,11 @@ class Container:
         os.close(pipe.ack_r)
         return _reap(child)
 
-    def _enter_namespaces(self) -> None:
+    def _enter_namespaces(self, kinds: tuple[str, ...]) -> None:
+        """Join (setns) or create (unshare) these namespaces; set up lo and the hostname."""
         new = 0
         for kind in ns.ORDER:
-            if kind in ("user", "pid") or kind not in self.cfg.namespaces:
+            if kind not in kinds or kind not in self.cfg.namespaces:
                 continue
             if self.cfg.namespaces[kind]:
                 ns.setns(self.cfg.namespaces[kind], kind)
@@ -466,7 +481,7 @@ class Container:
         if new & ns.CLONE_FLAGS["network"]:
             ns.loopback_up()
         hostname = self.cfg.hostname_for(self.id)
-        if hostname:
+        if hostname and "uts" in kinds:
             sethostname(hostname)
 
     def _open_fifo(self) -> int | None:
@@ -490,6 +505,7 @@ class Container:
         fs.mask_paths(root, cfg.masked_paths)
         fs.readonly_paths(root, cfg.readonly_paths)
         fs.pivot_into(root)
+        _make_cwd(cfg.cwd)
         if cfg.readonly:
             fs.remount_root_readonly()
 
@@ -618,6 +634,14 @@ def _detach_stdio() -> None:
     os.close(null)
 
 
+def _kill_quietly(pid: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _exit_code(status: int) -> int:
     """A wait status as a shell shows it: the exit code, or 128 + the signal number."""
     if os.WIFSIGNALED(status):
@@ -656,6 +680,14 @@ def _reap(child: int) -> int:
                 code = _exit_code(status)
         if code is not None:
             return code
+
+
+def _make_cwd(cwd: str) -> None:
+    """Create a missing working directory (image WORKDIRs, as Docker and runc do)."""
+    try:
+        os.makedirs(cwd, mode=0o755, exist_ok=True)
+    except OSError:
+        pass                              # chdir() will say what is wrong, as the command's error
 
 
 def _set_oom_score_adj(value: int) -> None:
@@ -725,6 +757,8 @@ def _relay_tty(master: int, monitor_pid: int, interactive: bool) -> None:
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
     if saved:
         tty.setraw(stdin)
+    # Our terminal resized -> resize the container's; the kernel sends it SIGWINCH (tty_ioctl(4)).
+    old_winch = signal.signal(signal.SIGWINCH, lambda *_: _copy_winsize(stdin, master))
     pidfd = os.pidfd_open(monitor_pid)
     watch = [master, pidfd] + ([stdin] if interactive else [])
     try:
@@ -748,6 +782,7 @@ def _relay_tty(master: int, monitor_pid: int, interactive: bool) -> None:
                 return
     finally:
         os.close(pidfd)
+        signal.signal(signal.SIGWINCH, old_winch)
         if saved:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
@@ -776,30 +811,32 @@ def run_container(config: RunConfig, store: StateStore | None = None) -> int:
     return container.wait().exit_code
 
 
-def parse_user(spec: str, rootfs: str | None = None) -> tuple[int, int]:
-    """`UID[:GID]` or `NAME[:GROUP]` (names looked up in the rootfs's /etc/passwd, /etc/group)."""
+def parse_user(spec: str, rootfs: str | list[str] | None = None) -> tuple[int, int]:
+    """`UID[:GID]` or `NAME[:GROUP]`, names looked up in /etc/passwd and /etc/group of the
+    rootfs (or of a list of image layers, top first: the first layer that has the file wins)."""
     if not spec:
         return 0, 0
+    roots = [rootfs] if isinstance(rootfs, str) else list(rootfs or [])
     user, _, group = spec.partition(":")
-    uid, gid = _lookup(user, rootfs, "passwd")
+    uid, gid = _lookup(user, roots, "passwd")
     if group:
-        gid = _lookup(group, rootfs, "group")[0]
+        gid = _lookup(group, roots, "group")[0]
     return uid, gid
 
 
-def _lookup(name: str, rootfs: str | None, db: str) -> tuple[int, int]:
+def _lookup(name: str, roots: list[str], db: str) -> tuple[int, int]:
     if name.isdigit():
         return int(name), (int(name) if db == "group" else 0)
-    if rootfs:
-        path = fs.secure_join(rootfs, f"/etc/{db}")
-        try:
-            with open(path) as f:
-                for line in f:
-                    fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
-                    if len(fields) >= 3 and fields[0] == name:
-                        return int(fields[2]), int(fields[3] if db == "passwd" else fields[2])
-        except OSError:
-            pass
+    for root in roots:
+        path = fs.secure_join(root, f"/etc/{db}")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
+                if len(fields) >= 3 and fields[0] == name:
+                    return int(fields[2]), int(fields[3] if db == "passwd" else fields[2])
+        break                                           # the top-most file hides the ones below
     raise ConfigError(f"unknown {'user' if db == 'passwd' else 'group'} {name!r} "
                       f"(not a number and not in the rootfs's /etc/{db})")
 
@@ -808,7 +845,7 @@ def config_from_image(image, args: list[str] | None = None, **overrides) -> RunC
     """A RunConfig for an image from the store (see the contract in this module's docstring)."""
     argv = list(image.entrypoint) + (list(args) if args else list(image.cmd))
     top_first = list(reversed(image.layers))
-    uid, gid = parse_user(image.user, image.layers[-1] if image.layers else None) if image.user else (0, 0)
+    uid, gid = parse_user(image.user, top_first)
     env = list(image.env) or list(DEFAULT_ENV)
     cfg = RunConfig(args=argv, lower_dirs=top_first, env=env, cwd=image.working_dir or "/",
                     uid=uid, gid=gid)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +46,7 @@ def state_root() -> Path:
 
 def new_id() -> str:
     """A fresh 12-hex-digit container id, like Docker's short ids."""
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()          # not `secrets`: its hashlib import costs ~20 ms of CLI startup
 
 
 @dataclass
@@ -77,7 +75,11 @@ class StateStore:
         self.root = Path(root) if root else state_root()
 
     def ensure(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise ContainerError(f"cannot create the state directory {self.root}: {e.strerror} "
+                                 f"(choose another with PYKVM_STATE_ROOT)") from None
         return self.root
 
     def dir(self, cid: str) -> Path:
@@ -168,6 +170,7 @@ class StateStore:
 
     def remove(self, cid: str) -> None:
         """Delete a container's state directory (its mounts died with its mount namespace)."""
+        import shutil                   # lazily: shutil imports bz2 and lzma, CLI startup pays for them
         shutil.rmtree(self.dir(cid), ignore_errors=True)
 
 

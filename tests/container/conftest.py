@@ -2,29 +2,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pykvm.container.rootfs import make_busybox_rootfs
+
 BUSYBOX = Path("/bin/busybox")
-
-
-def make_busybox_rootfs(root: Path) -> Path:
-    """A minimal userland: busybox-static plus its applet links (`busybox --install -s`)."""
-    (root / "bin").mkdir(parents=True)
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    for applet in subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
-                                 check=True).stdout.split():
-        if applet != "busybox":
-            (root / "bin" / applet).symlink_to("busybox")
-    for d in ("proc", "sys", "dev", "etc", "tmp"):
-        (root / d).mkdir()
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\n")
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +29,14 @@ def fresh_rootfs(tmp_path) -> Path:
 
 
 @pytest.fixture
+def rootfs_factory():
+    """make_busybox_rootfs, for tests that need a rootfs in a place of their choosing."""
+    if not BUSYBOX.exists():
+        pytest.skip("needs /bin/busybox (Debian package busybox-static)")
+    return make_busybox_rootfs
+
+
+@pytest.fixture
 def state_root(tmp_path, monkeypatch) -> Path:
     """A private state directory for this test (PYKVM_STATE_ROOT)."""
     root = tmp_path / "state"
@@ -54,7 +48,8 @@ def state_root(tmp_path, monkeypatch) -> Path:
 def pykvm(state_root):
     """Run `python -m pykvm ARGS...`; returns the CompletedProcess (text mode)."""
     def run(*args, timeout=60, **kw):
-        kw.setdefault("capture_output", True)
+        if "stdout" not in kw and "stderr" not in kw:
+            kw.setdefault("capture_output", True)
         return subprocess.run([sys.executable, "-m", "pykvm", *map(str, args)], text=True,
                               timeout=timeout, env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)},
                               **kw)

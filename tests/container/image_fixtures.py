@@ -6,7 +6,7 @@ runtime's tests keep their own).
     store      an empty ImageStore in a temp dir, also exported as $PYKVM_STORE for the CLI
     registry   Debian's docker-registry on 127.0.0.1:<free port>, storage in a temp dir
     make_tar   a tar archive (bytes) from a list of entries, for layer tests
-    pykvm      run the CLI in a subprocess: (exit status, stdout, stderr)
+    run_pykvm  run the CLI in a subprocess: (exit status, stdout, stderr)
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def make_tar(entries, gz: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def pykvm(*args, env: dict | None = None, input: bytes | None = None, timeout: float = 120):
+def run_pykvm(*args, env: dict | None = None, input: bytes | None = None, timeout: float = 120):
     """Run `python -m pykvm ARGS` as a user would; returns (status, stdout, stderr) as text."""
     full_env = {**os.environ, **(env or {})}
     p = subprocess.run([sys.executable, "-m", "pykvm", *args], capture_output=True, env=full_env,

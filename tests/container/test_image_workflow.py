@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from image_fixtures import bundled_context, pykvm, registry, store  # noqa: F401  (fixtures)
+from image_fixtures import bundled_context, registry, run_pykvm, store  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.root
 
@@ -22,7 +22,7 @@ def runtime_or_skip():
 
 def test_build_push_rmi_pull_run(store, registry, tmp_path, state_root):
     runtime_or_skip()
-    assert pykvm("container", "build", "-q", "-t", "busybox", str(bundled_context(tmp_path, "busybox")))[0] == 0
+    assert run_pykvm("container", "build", "-q", "-t", "busybox", str(bundled_context(tmp_path, "busybox")))[0] == 0
     ctx = tmp_path / "app"
     ctx.mkdir()
     (ctx / "greet.sh").write_text('echo "$GREETING from $(cat /etc/built-by), cwd $(pwd)"\n')
@@ -33,16 +33,16 @@ RUN echo "a RUN step" > /etc/built-by && chmod +x /app/greet.sh
 WORKDIR /app
 CMD ["/bin/sh", "/app/greet.sh"]
 """)
-    status, _, err = pykvm("container", "build", "-t", "seed:1", str(ctx))
+    status, _, err = run_pykvm("container", "build", "-t", "seed:1", str(ctx))
     assert status == 0, err
     remote = f"{registry.host}/seed/app:1"
-    status, _, err = pykvm("container", "push", "seed:1", remote)
+    status, _, err = run_pykvm("container", "push", "seed:1", remote)
     assert status == 0, err
-    assert pykvm("container", "rmi", "seed:1", "busybox")[0] == 0
-    assert pykvm("container", "images", "-q")[1] == "", "nothing left locally"
-    status, out, err = pykvm("container", "pull", remote)
+    assert run_pykvm("container", "rmi", "seed:1", "busybox")[0] == 0
+    assert run_pykvm("container", "images", "-q")[1] == "", "nothing left locally"
+    status, out, err = run_pykvm("container", "pull", remote)
     assert status == 0, err
-    status, out, err = pykvm("container", "run", "--rm", remote)
+    status, out, err = run_pykvm("container", "run", "--rm", remote)
     assert status == 0, err
     assert out == "Hello, seed from a RUN step, cwd /app\n"
 
@@ -50,14 +50,14 @@ CMD ["/bin/sh", "/app/greet.sh"]
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
 def test_we_run_an_image_skopeo_pushed(store, registry, tmp_path, state_root):
     runtime_or_skip()
-    assert pykvm("container", "build", "-q", "-t", "hello", str(bundled_context(tmp_path, "hello")))[0] == 0
+    assert run_pykvm("container", "build", "-q", "-t", "hello", str(bundled_context(tmp_path, "hello")))[0] == 0
     remote = f"{registry.host}/sk/hello:v1"
     copy = subprocess.run(["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false", "--format", "v2s2",
                            f"oci:{store.layout}:hello:latest", f"docker://{remote}"], capture_output=True, text=True)
     assert copy.returncode == 0, copy.stderr
-    assert pykvm("container", "rmi", "hello")[0] == 0
-    status, _, err = pykvm("container", "pull", remote)
+    assert run_pykvm("container", "rmi", "hello")[0] == 0
+    status, _, err = run_pykvm("container", "pull", remote)
     assert status == 0, err
-    status, out, err = pykvm("container", "run", "--rm", remote)
+    status, out, err = run_pykvm("container", "run", "--rm", remote)
     assert status == 0, err
     assert out.startswith("Hello from pykvm!\n")

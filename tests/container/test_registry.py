@@ -20,7 +20,7 @@ import threading
 import urllib.parse
 
 import pytest
-from image_fixtures import bundled_context, pykvm, registry, store  # noqa: F401  (fixtures)
+from image_fixtures import bundled_context, registry, run_pykvm, store  # noqa: F401  (fixtures)
 
 from pykvm.container import registry as reg_mod
 from pykvm.container.build import BuildOptions, build_image
@@ -140,13 +140,13 @@ def test_unreachable_registry_is_one_line(store, tmp_path):
 
 def test_cli_push_pull(store, registry, tmp_path):
     small_image(store, tmp_path, tag="cli:1")
-    status, _, err = pykvm("container", "push", "cli:1", f"{registry.host}/cli:1")
+    status, _, err = run_pykvm("container", "push", "cli:1", f"{registry.host}/cli:1")
     assert status == 0, err
     assert "digest: sha256:" in err
-    assert pykvm("container", "rmi", "cli:1")[0] == 0
-    status, out, err = pykvm("container", "pull", f"{registry.host}/cli:1")
+    assert run_pykvm("container", "rmi", "cli:1")[0] == 0
+    status, out, err = run_pykvm("container", "pull", f"{registry.host}/cli:1")
     assert status == 0 and out.strip() == f"{registry.host}/cli:1", err
-    status, _, err = pykvm("container", "push", "cli:1")
+    status, _, err = run_pykvm("container", "push", "cli:1")
     assert status != 0 and err.startswith("pykvm: error:") and err.count("\n") == 1
 
 
@@ -379,3 +379,24 @@ def test_progress_bar_on_a_terminal(capsys):
     quiet = reg_mod._Bar("x", 10, enabled=False)
     quiet(10)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(UMOCI is None, reason="umoci is not installed (apt-get install umoci)")
+def test_umoci_unpacks_our_layout_and_honours_our_whiteouts(store, tmp_path):
+    pytest.importorskip("pykvm.container.runtime", reason="RUN needs the container runtime (issue 6)")
+    build_image(store, BuildOptions(str(bundled_context(tmp_path, "busybox")), "busybox"))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN mkdir -p /d/sub && touch /d/sub/f\n"
+                                    "RUN rm /bin/vi && rm -r /d && mkdir /d && echo new > /d/g\n")
+    build_image(store, BuildOptions(str(ctx), "wh:1"))
+    bundle = tmp_path / "bundle"
+    unpack = subprocess.run([UMOCI, "unpack", "--image", f"{store.layout}:wh:1", str(bundle)],
+                            capture_output=True, text=True)
+    assert unpack.returncode == 0, unpack.stderr
+    rootfs = bundle / "rootfs"
+    assert (rootfs / "bin" / "sh").is_symlink() and not (rootfs / "bin" / "vi").exists()
+    assert sorted(os.listdir(rootfs / "d")) == ["g"], "the old /d/sub is hidden"
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["process"]["args"] == ["/bin/sh"]

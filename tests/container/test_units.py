@@ -223,6 +223,9 @@ def test_parse_user(tmp_path):
     assert runtime.parse_user("web:staff", str(tmp_path)) == (33, 50)
     with pytest.raises(ConfigError, match="unknown user"):
         runtime.parse_user("nobody-here", str(tmp_path))
+    top = tmp_path / "top-layer"
+    top.mkdir()                                   # a layer without /etc/passwd: look below it
+    assert runtime.parse_user("web", [str(top), str(tmp_path)]) == (33, 44)
 
 
 def test_config_from_image_orders_layers_top_first(tmp_path):
