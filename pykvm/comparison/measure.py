@@ -186,7 +186,9 @@ def _clean(line: str) -> str:
 
 
 def _send(child, data: bytes) -> None:
-    """Write the reply and close stdin (end of input, as when a user types it and leaves)."""
+    """Write the reply and close stdin (end of input, as when a user types it and leaves); once."""
+    if child.stdin.closed:
+        return
     try:
         child.stdin.write(data)
         child.stdin.close()

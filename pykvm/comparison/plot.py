@@ -24,11 +24,11 @@ MIB = 1 << 20
 
 
 def _nice_max(value: float) -> float:
-    """A round axis maximum at or above value: 1, 2 or 5 times a power of ten."""
+    """A round axis maximum at or above value: 1, 2, 2.5 or 5 times a power of ten."""
     if value <= 0:
         return 1.0
     power = 10.0 ** math.floor(math.log10(value))
-    return next(power * f for f in (1, 2, 5, 10) if power * f >= value)
+    return next(power * f for f in (1, 2, 2.5, 5, 10) if power * f >= value)
 
 
 def _panel(x0: int, title: str, unit: str, groups: list[tuple[str, list[tuple[str, dict]]]],
@@ -55,7 +55,9 @@ def _panel(x0: int, title: str, unit: str, groups: list[tuple[str, list[tuple[st
                     f'height="{PANEL_H - MARGIN_B - y(stats["median"]):.1f}" fill="{COLORS[side]}">'
                     f'<title>{escape(side)}: median {stats["median"] / scale:.3g} {unit}</title></rect>',
                     f'<line x1="{cx:.1f}" y1="{y(stats["min"]):.1f}" x2="{cx:.1f}" y2="{y(stats["max"]):.1f}" '
-                    f'stroke="black"/>']
+                    f'stroke="black"/>',
+                    f'<text x="{cx:.1f}" y="{y(stats["max"]) - 4:.1f}" font-size="10" text-anchor="middle">'
+                    f'{stats["median"] / scale:.3g}</text>']
         out.append(f'<text x="{gx + len(bars) * (BAR_W + 4) / 2:.1f}" y="{PANEL_H - MARGIN_B + 16}" '
                    f'font-size="12" text-anchor="middle">{escape(label)}</text>')
     out.append("</g>")

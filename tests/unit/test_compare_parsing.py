@@ -95,7 +95,7 @@ def test_stats():
     assert (s.median, s.min, s.max) == (2.5, 1.0, 10.0)
 
 
-@pytest.mark.parametrize("value, axis", [(0.37, 0.5), (0.9, 1), (17.4, 20), (23.0, 50), (100, 100)])
+@pytest.mark.parametrize("value, axis", [(0.37, 0.5), (0.9, 1), (17.4, 20), (23.0, 25), (26, 50), (100, 100)])
 def test_plot_axis_is_round(value, axis):
     assert _nice_max(value) == pytest.approx(axis)
 
