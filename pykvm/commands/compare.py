@@ -19,13 +19,17 @@ __all__ = ["compare"]
               help="The VM's guest: the tiny teaching kernel, or a Linux guest (needs hardware KVM).")
 @click.option("--image", default="busybox", show_default=True, metavar="hello|busybox",
               help="The container's image (a bundled one is built if missing).")
-@click.option("--mem", default="128M", show_default=True, help="The VM's RAM, as for `pykvm boot --mem`.")
+@click.option("--mem", default="128M", show_default=True, metavar="SIZE", help="The VM's RAM, as for `pykvm boot --mem`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown (for course material).")
 @click.option("--plot", metavar="FILE.svg", help="Also draw startup time and memory side by side.")
 @click.option("--explain", is_flag=True, help="Also print how each number was measured.")
 def compare(runs, guest, image, mem, as_json, markdown, plot, explain):
-    """Run the same small workload as a VM and as a container, N times each, and compare them."""
+    """Run the same small workload as a VM and as a container, N times each, and compare them.
+
+    Needs /dev/kvm (the VM) and root (the container).  docs/30-vm-vs-container.md explains
+    every row.
+    """
     import json
 
     from pykvm.comparison import table
