@@ -63,7 +63,7 @@ class Unobserved:
 class Workload:
     """One side of the comparison: the command to run and how to read its output."""
 
-    side: str                       # "vm" or "container"
+    side: str                       # "vm", "container" or "baseline"
     name: str                       # the guest's or the image's name
     argv: list[str]
     prompt: str = ""                # a shell prompt that prefixes echoed commands, dropped when parsing
