@@ -113,6 +113,7 @@ HEAP_END_PTR = 0xFE00            # end of the setup heap, relative to the real-m
 
 # --- struct boot_params, the zero page (zero-page.rst) ------------------------
 BOOT_PARAMS_SIZE = 0x1000
+BP_ACPI_RSDP_ADDR = 0x070        # u64: physical address of the ACPI RSDP (protocol 2.14+)
 BP_EXT_RAMDISK_IMAGE = 0x0C0     # u32: high 32 bits of ramdisk_image
 BP_EXT_RAMDISK_SIZE = 0x0C4      # u32: high 32 bits of ramdisk_size
 BP_EXT_CMD_LINE_PTR = 0x0C8      # u32: high 32 bits of cmd_line_ptr
@@ -368,7 +369,7 @@ def _check_cmdline(hdr: SetupHeader, cmdline: bytes) -> None:
 
 
 def pack_boot_params(hdr: SetupHeader, cmdline_addr: int, initrd_addr: int, initrd_size: int,
-                     e820: list[E820Entry]) -> bytes:
+                     e820: list[E820Entry], acpi_rsdp: int = 0) -> bytes:
     """The zero page a 32/64-bit boot loader hands the kernel, as 4096 bytes.
 
     boot.rst (64-bit BOOT PROTOCOL): allocate boot_params zeroed, copy in the
@@ -388,6 +389,7 @@ def pack_boot_params(hdr: SetupHeader, cmdline_addr: int, initrd_addr: int, init
     _put(bp, "ramdisk_image", initrd_addr & 0xFFFFFFFF)
     _put(bp, "ramdisk_size", initrd_size & 0xFFFFFFFF)
     struct.pack_into("<II", bp, BP_EXT_RAMDISK_IMAGE, initrd_addr >> 32, initrd_size >> 32)
+    struct.pack_into("<Q", bp, BP_ACPI_RSDP_ADDR, acpi_rsdp)
     bp[BP_E820_ENTRIES] = len(e820)
     table = pack_e820_table(e820)
     bp[BP_E820_TABLE:BP_E820_TABLE + len(table)] = table
@@ -404,7 +406,7 @@ def _put(bp: bytearray, name: str, value: int) -> None:
 
 
 def load_bzimage(image: bytes, mem_size: int, cmdline: str | bytes = b"",
-                 initrd: bytes | None = None) -> BootPlan:
+                 initrd: bytes | None = None, acpi_rsdp: int = 0) -> BootPlan:
     """Everything a boot loader does for a bzImage, as a BootPlan (pure, no KVM).
 
     The plan writes the protected-mode kernel at 1 MiB, the command line, the
@@ -426,7 +428,8 @@ def load_bzimage(image: bytes, mem_size: int, cmdline: str | bytes = b"",
     if initrd:
         initrd_addr = place_initrd(hdr, len(initrd), mem_size, end)
         writes.append((initrd_addr, bytes(initrd)))
-    params = pack_boot_params(hdr, CMDLINE_ADDR, initrd_addr, len(initrd or b""), e820_map(mem_size))
+    params = pack_boot_params(hdr, CMDLINE_ADDR, initrd_addr, len(initrd or b""), e820_map(mem_size),
+                              acpi_rsdp)
     writes.append((ZERO_PAGE_ADDR, params))
     if hdr.has_64bit_entry:
         return BootPlan(KERNEL_LOAD_ADDR + STARTUP_64_OFFSET, EntryMode.LONG_64,

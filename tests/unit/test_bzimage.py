@@ -146,6 +146,11 @@ def test_boot_params_copies_only_the_header():
     assert struct.unpack_from("<I", bp, 0x228)[0] == CMDLINE_ADDR
 
 
+def test_acpi_rsdp_pointer():
+    plan = load_bzimage(make_bzimage(), 64 * MiB, acpi_rsdp=0xE0000)
+    assert struct.unpack_from("<Q", writes_at(plan, ZERO_PAGE_ADDR), 0x70)[0] == 0xE0000
+
+
 def test_e820_table_in_zero_page():
     entries = e820_map(128 * MiB)
     assert entries == [E820Entry(0, 0x9FC00, 1), E820Entry(0x9FC00, 0x60400, 2),
