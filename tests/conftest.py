@@ -12,11 +12,17 @@ silently passed.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Test helpers (guestasm, vmkit) are imported by name from tests/ and tests/kvm/.
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "kvm")]
+
+TEST_TIMEOUT = int(os.environ.get("PYKVM_TEST_TIMEOUT", "300"))  # seconds, per test
 
 
 def kvm_problem() -> str | None:
@@ -66,3 +72,22 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     return f"pykvm: kvm={kvm_flavour()} euid={os.geteuid()}"
+
+
+class TestTimeout(Exception):
+    """A test ran past TEST_TIMEOUT: a hung guest must fail its test, not hang the suite."""
+
+
+@pytest.fixture(autouse=True)
+def _per_test_timeout():
+    """SIGALRM after TEST_TIMEOUT seconds; KVM_RUN returns EINTR and the handler raises."""
+    def expired(signum, frame):
+        raise TestTimeout(f"test exceeded {TEST_TIMEOUT}s (PYKVM_TEST_TIMEOUT)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -1,0 +1,76 @@
+"""Where everything lives in guest-physical memory: one named constant per address.
+
+pykvm's x86-64 guests see this memory map (Firecracker's arch/x86_64/layout.rs
+and xv6's memlayout.h are the models):
+
+    0x0000_0000  +--------------------------------------+
+                 | real-mode IVT and BIOS data (unused) |
+    0x0000_0500  | BOOT_GDT: the GDT the vCPU starts on |
+    0x0000_1000  | FLAT_LOAD: raw binaries, real mode   |
+    0x0000_6000  | PVH_START_INFO: struct hvm_start_info|
+    0x0000_6040  | PVH_MODLIST: hvm_modlist_entry[]     |
+    0x0000_7000  | ZERO_PAGE (Linux) / PVH_MEMMAP       |
+    0x0000_8ff0  | BOOT_STACK (grows down)              |
+    0x0000_9000  | PML4 .. PD: boot page tables (Linux) |
+    0x0002_0000  | CMDLINE: kernel command line         |
+    0x0009_fc00  +--------------------------------------+
+                 | EBDA, VGA, BIOS ROM: reserved        |
+    0x0010_0000  +--------------------------------------+
+                 | HIMEM_START: the kernel is loaded    |
+                 | here, then free RAM ...              |
+    MMIO_GAP_START (3 GiB) ------------------------------+
+                 | MMIO gap: no RAM (TSS and identity   |
+                 | map pages for Intel VMX live here)   |
+    4 GiB        +--------------------------------------+
+                 | RAM above 4 GiB, if --mem > 3 GiB    |
+"""
+from __future__ import annotations
+
+__all__ = [
+    "BOOT_GDT", "FLAT_LOAD", "PVH_START_INFO", "PVH_MODLIST", "PVH_MEMMAP", "ZERO_PAGE",
+    "BOOT_STACK", "PML4_START", "PDPTE_START", "PDE_START", "CMDLINE_START", "CMDLINE_MAX",
+    "EBDA_START", "HIMEM_START", "MMIO_GAP_START", "MMIO_GAP_END", "KVM_TSS_ADDRESS",
+    "KVM_IDENTITY_MAP_ADDRESS", "E820_RAM", "E820_RESERVED", "memory_map",
+]
+
+BOOT_GDT = 0x500             # GDT written by pykvm for the vCPU's first instruction
+FLAT_LOAD = 0x1000           # raw flat binaries load here and start in real mode
+PVH_START_INFO = 0x6000      # struct hvm_start_info (PVH boot), pointed to by %ebx
+PVH_MODLIST = 0x6040         # struct hvm_modlist_entry[] (PVH initrd)
+PVH_MEMMAP = 0x7000          # struct hvm_memmap_table_entry[] (PVH memory map)
+ZERO_PAGE = 0x7000           # struct boot_params (Linux boot protocol); never both at once
+BOOT_STACK = 0x8ff0          # initial stack pointer for 64-bit Linux entry
+PML4_START = 0x9000          # page map level 4 for the Linux 64-bit entry identity map
+PDPTE_START = 0xA000         # page directory pointer table
+PDE_START = 0xB000           # page directory (2 MiB pages)
+CMDLINE_START = 0x20000      # kernel command line, NUL-terminated
+CMDLINE_MAX = 0x10000        # bytes reserved for it
+EBDA_START = 0x9FC00         # Extended BIOS Data Area: from here to 1 MiB is reserved
+HIMEM_START = 0x100000       # 1 MiB: kernels are loaded here
+MMIO_GAP_START = 0xC0000000  # 3 GiB: RAM stops here below 4 GiB
+MMIO_GAP_END = 0x100000000   # 4 GiB: RAM resumes here
+KVM_TSS_ADDRESS = 0xFFFBD000           # 3 pages for KVM_SET_TSS_ADDR (as QEMU and Firecracker)
+KVM_IDENTITY_MAP_ADDRESS = 0xFFFBC000  # 1 page for KVM_SET_IDENTITY_MAP_ADDR, just below
+
+# E820 / PVH memory map entry types (ACPI spec 6.5, table 15.4 "Address Range Types").
+E820_RAM = 1                 # usable RAM
+E820_RESERVED = 2            # reserved, do not use
+
+
+def memory_map(ram: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """The E820-style map a guest is given: (address, size, type) for RAM regions `ram`.
+
+    The legacy area from EBDA_START to 1 MiB is carved out as reserved, as a PC
+    firmware would report it.
+    """
+    entries = []
+    for base, size in ram:
+        end = base + size
+        if base < EBDA_START < end:
+            entries.append((base, EBDA_START - base, E820_RAM))
+            entries.append((EBDA_START, min(end, HIMEM_START) - EBDA_START, E820_RESERVED))
+            if end > HIMEM_START:
+                entries.append((HIMEM_START, end - HIMEM_START, E820_RAM))
+        else:
+            entries.append((base, size, E820_RAM))
+    return entries

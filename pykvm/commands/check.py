@@ -1,0 +1,55 @@
+"""`pykvm check`: can this machine run pykvm's VMs?  Each failure comes with its fix."""
+from __future__ import annotations
+
+import click
+
+__all__ = ["check"]
+
+
+@click.command()
+def check():
+    """Check /dev/kvm, the KVM API version and the capabilities pykvm needs."""
+    from pykvm.errors import KvmError
+    from pykvm.kvm.bindings import lib
+    from pykvm.kvm.system import REQUIRED_CAPABILITIES, Kvm
+
+    failures = 0
+
+    def report(ok: bool, what: str, detail: str = "") -> None:
+        nonlocal failures
+        failures += not ok
+        mark = "ok  " if ok else "FAIL"
+        click.echo(f"[{mark}] {what}" + (f": {detail}" if detail else ""))
+
+    try:
+        kvm = Kvm()
+    except KvmError as e:
+        report(False, "open /dev/kvm", str(e))
+        raise SystemExit(1)
+    with kvm:
+        report(True, f"open {kvm.path}")
+        report(True, f"KVM API version {kvm.api_version()}")
+        for capability, why in REQUIRED_CAPABILITIES.items():
+            ok = kvm.check_extension(capability) > 0
+            report(ok, capability, why if ok else f"missing: needed for {why}; try a newer kernel")
+        click.echo(f"       vCPU mmap size {kvm.vcpu_mmap_size()} bytes; "
+                   f"{len(kvm.supported_cpuid())} CPUID leaves; KVM_API_VERSION {lib.KVM_API_VERSION}")
+        click.echo(f"       kvm flavour: {kvm_flavour()}")
+    if failures:
+        click.echo(f"{failures} check(s) failed", err=True)
+        raise SystemExit(1)
+    click.echo("pykvm can run VMs here")
+
+
+def kvm_flavour() -> str:
+    """Which KVM backs /dev/kvm: hardware VMX or SVM, or PVM (software, with its limits)."""
+    from pathlib import Path
+
+    if Path("/sys/module/kvm_pvm").exists():
+        return ("PVM (software virtualization: guest kernel mode is emulated, "
+                "stock Linux guests boot very slowly)")
+    if Path("/sys/module/kvm_intel").exists():
+        return "Intel VMX (hardware)"
+    if Path("/sys/module/kvm_amd").exists():
+        return "AMD SVM (hardware)"
+    return "unknown"

@@ -1,0 +1,188 @@
+"""Typed VM exits: what `Vcpu.run()` returns.
+
+KVM reports why the vCPU stopped in `struct kvm_run` (exit_reason plus a union
+of per-reason data; Documentation/virt/kvm/api.rst, "The kvm_run structure").
+pykvm turns each reason into a small class, so the run loop is one `match`:
+
+    match vcpu.run():
+        case IoOut(port=port, size=size, data=data): ...
+        case IoIn(port=port, size=size) as io: io.reply(value)
+        case Hlt(): ...
+
+Exits that need an answer (IoIn, MmioRead) carry `reply()`, which writes the
+value back into kvm_run where KVM picks it up on the next KVM_RUN.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "VmExit", "IoIn", "IoOut", "MmioRead", "MmioWrite", "Hlt", "Shutdown",
+    "InternalError", "FailEntry", "SystemEvent", "Interrupted", "Unknown",
+    "Exception_", "IrqWindowOpen",
+]
+
+
+class VmExit:
+    """Base of every exit; `reason` is the KVM_EXIT_* name, for traces and summaries."""
+
+    __slots__ = ()
+    reason = "UNKNOWN"
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={_fmt(getattr(self, name))}" for name in self.__match_args__)
+        return f"{type(self).__name__}({fields})"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return hex(value)
+    return repr(value)
+
+
+class IoOut(VmExit):
+    """KVM_EXIT_IO, direction out: the guest wrote `data` (size*count bytes) to `port`."""
+
+    __slots__ = ("port", "size", "count", "data")
+    __match_args__ = ("port", "size", "data")
+    reason = "IO_OUT"
+
+    def __init__(self, port: int, size: int, count: int, data: bytes):
+        self.port, self.size, self.count, self.data = port, size, count, data
+
+    def values(self) -> list[int]:
+        """The written values, one per repetition (`rep outs` writes `count` of them)."""
+        s = self.size
+        return [int.from_bytes(self.data[i:i + s], "little") for i in range(0, len(self.data), s)]
+
+
+class IoIn(VmExit):
+    """KVM_EXIT_IO, direction in: the guest reads `size` bytes from `port`, `count` times."""
+
+    __slots__ = ("port", "size", "count", "_buffer")
+    __match_args__ = ("port", "size")
+    reason = "IO_IN"
+
+    def __init__(self, port: int, size: int, count: int, buffer: memoryview):
+        self.port, self.size, self.count, self._buffer = port, size, count, buffer
+
+    def reply(self, value: int, index: int = 0) -> None:
+        """Give the guest `value` for repetition `index` (0 unless it used `rep ins`)."""
+        start = index * self.size
+        self._buffer[start:start + self.size] = (value & ((1 << (8 * self.size)) - 1)).to_bytes(
+            self.size, "little")
+
+
+class MmioWrite(VmExit):
+    """KVM_EXIT_MMIO, is_write: the guest stored `size` bytes (`data`, little-endian) at `address`."""
+
+    __slots__ = ("address", "size", "data")
+    __match_args__ = ("address", "size", "data")
+    reason = "MMIO_WRITE"
+
+    def __init__(self, address: int, size: int, data: int):
+        self.address, self.size, self.data = address, size, data
+
+
+class MmioRead(VmExit):
+    """KVM_EXIT_MMIO, read: the guest loads `size` bytes from `address`; answer with reply()."""
+
+    __slots__ = ("address", "size", "_buffer")
+    __match_args__ = ("address", "size")
+    reason = "MMIO_READ"
+
+    def __init__(self, address: int, size: int, buffer: memoryview):
+        self.address, self.size, self._buffer = address, size, buffer
+
+    def reply(self, value: int) -> None:
+        self._buffer[:self.size] = (value & ((1 << (8 * self.size)) - 1)).to_bytes(self.size, "little")
+
+
+class Hlt(VmExit):
+    """KVM_EXIT_HLT: the guest executed HLT (only seen without an in-kernel irqchip)."""
+
+    __slots__ = ()
+    __match_args__ = ()
+    reason = "HLT"
+
+
+class Shutdown(VmExit):
+    """KVM_EXIT_SHUTDOWN: a triple fault (or an explicit shutdown) reset the vCPU."""
+
+    __slots__ = ()
+    __match_args__ = ()
+    reason = "SHUTDOWN"
+
+
+class InternalError(VmExit):
+    """KVM_EXIT_INTERNAL_ERROR: KVM could not go on; `suberror` is a KVM_INTERNAL_ERROR_*.
+
+    For emulation failures, `insn_bytes` holds the instruction KVM could not
+    emulate, when the kernel reports it (KVM_CAP_INTERNAL_ERROR_DATA).
+    """
+
+    __slots__ = ("suberror", "description", "insn_bytes", "data")
+    __match_args__ = ("suberror", "description")
+    reason = "INTERNAL_ERROR"
+
+    def __init__(self, suberror: int, description: str, insn_bytes: bytes, data: tuple[int, ...]):
+        self.suberror, self.description, self.insn_bytes, self.data = (
+            suberror, description, insn_bytes, data)
+
+
+class FailEntry(VmExit):
+    """KVM_EXIT_FAIL_ENTRY: the CPU refused to enter the guest (bad vCPU state)."""
+
+    __slots__ = ("hardware_reason", "cpu")
+    __match_args__ = ("hardware_reason", "cpu")
+    reason = "FAIL_ENTRY"
+
+    def __init__(self, hardware_reason: int, cpu: int):
+        self.hardware_reason, self.cpu = hardware_reason, cpu
+
+
+class SystemEvent(VmExit):
+    """KVM_EXIT_SYSTEM_EVENT: `kind` is 'shutdown', 'reset', 'crash' or a number."""
+
+    __slots__ = ("kind",)
+    __match_args__ = ("kind",)
+    reason = "SYSTEM_EVENT"
+
+    def __init__(self, kind):
+        self.kind = kind
+
+
+class Exception_(VmExit):
+    """KVM_EXIT_EXCEPTION: an exception KVM hands to user space (rare on x86)."""
+
+    __slots__ = ("vector", "error_code")
+    __match_args__ = ("vector", "error_code")
+    reason = "EXCEPTION"
+
+    def __init__(self, vector: int, error_code: int):
+        self.vector, self.error_code = vector, error_code
+
+
+class IrqWindowOpen(VmExit):
+    """KVM_EXIT_IRQ_WINDOW_OPEN: the guest can take an interrupt now (user-space irqchip only)."""
+
+    __slots__ = ()
+    __match_args__ = ()
+    reason = "IRQ_WINDOW_OPEN"
+
+
+class Interrupted(VmExit):
+    """KVM_RUN returned EINTR (a signal, or immediate_exit): not a guest event."""
+
+    __slots__ = ()
+    __match_args__ = ()
+    reason = "INTR"
+
+
+class Unknown(VmExit):
+    """Any exit reason pykvm does not decode; `code` is the raw KVM_EXIT_* number."""
+
+    __slots__ = ("code", "hardware_reason")
+    __match_args__ = ("code", "hardware_reason")
+    reason = "UNKNOWN"
+
+    def __init__(self, code: int, hardware_reason: int = 0):
+        self.code, self.hardware_reason = code, hardware_reason
