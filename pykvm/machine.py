@@ -27,11 +27,9 @@ from pathlib import Path
 
 from pykvm.arch.x86 import boot_state, cpuid
 from pykvm.boot import layout
-from pykvm.devices.acpi_pm import AcpiPm
+from pykvm.console import ConsoleOutput
+from pykvm.devices import acpi_pm, debug_exit, i8042, serial
 from pykvm.devices.bus import Bus
-from pykvm.devices.debug_exit import DebugExit
-from pykvm.devices.i8042 import I8042
-from pykvm.devices.serial import Serial16550
 from pykvm.errors import GuestError
 from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                        MmioWrite, Shutdown, SystemEvent)
@@ -43,16 +41,12 @@ log = logging.getLogger("pykvm.machine")
 
 DEFAULT_MEMORY = 128 << 20
 
-# The port-I/O map: (base, length, IRQ) of each device, as on a PC.
-COM1_BASE, COM1_LEN, COM1_IRQ = 0x3F8, 8, 4  # 16550A UART, ISA IRQ 4
-I8042_BASE, I8042_LEN = 0x60, 5              # keyboard controller: data 0x60, command/status 0x64
-DEBUG_EXIT_BASE, DEBUG_EXIT_LEN = 0xF4, 4    # QEMU isa-debug-exit,iobase=0xf4,iosize=4
-ACPI_PM1A_CNT_BASE, ACPI_PM1A_CNT_LEN = 0x604, 2  # ACPI PM1a control, as on QEMU pc/q35
+# The port-I/O map, as on a PC (each device module names its own base and length).
 PORTS = {
-    "serial": (COM1_BASE, COM1_LEN),
-    "i8042": (I8042_BASE, I8042_LEN),
-    "debug-exit": (DEBUG_EXIT_BASE, DEBUG_EXIT_LEN),
-    "acpi-pm": (ACPI_PM1A_CNT_BASE, ACPI_PM1A_CNT_LEN),
+    "serial": (serial.COM1_BASE, serial.COM1_LENGTH),          # 16550A UART on COM1, IRQ 4
+    "i8042": (i8042.I8042_BASE, i8042.I8042_LENGTH),            # keyboard controller (reset line)
+    "debug-exit": (debug_exit.DEBUG_EXIT_BASE, debug_exit.DEBUG_EXIT_LENGTH),  # QEMU isa-debug-exit
+    "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off)
 }
 
 
@@ -110,18 +104,23 @@ class Machine:
         return load_kernel(self.memory, self.vcpu, self.config)
 
     def _add_devices(self) -> None:
-        output = self.config.output or _stdout_writer
-        self.pio = Bus()
-        self.mmio = Bus()
-        self.serial = Serial16550(out=output, irq=self._serial_irq)
-        self.pio.insert(self.serial, COM1_BASE, COM1_LEN)
-        self.pio.insert(I8042(reset=self._guest_reset), I8042_BASE, I8042_LEN)
-        self.pio.insert(DebugExit(stop=self.stop), DEBUG_EXIT_BASE, DEBUG_EXIT_LEN)
-        self.pio.insert(AcpiPm(stop=self.stop), ACPI_PM1A_CNT_BASE, ACPI_PM1A_CNT_LEN)
+        output = self.config.output or ConsoleOutput(1, on_broken=lambda: None).write
+        self.pio = Bus("pio")
+        self.mmio = Bus("mmio")
+        self.serial = serial.Serial16550(out=output, irq=self._serial_irq)
+        devices = {
+            "serial": self.serial,
+            "i8042": i8042.I8042(reset=self._guest_reset),
+            "debug-exit": debug_exit.DebugExit(stop=self.stop),
+            "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop),
+        }
+        for name, device in devices.items():
+            base, length = PORTS[name]
+            self.pio.insert(device, base, length)
 
     def _serial_irq(self, level: bool) -> None:
         """The UART's INTR output drives ISA IRQ 4 (PIC and IOAPIC pin 4)."""
-        self.vm.irq_line(COM1_IRQ, 1 if level else 0)
+        self.vm.irq_line(serial.COM1_IRQ, 1 if level else 0)
 
     # --- stopping --------------------------------------------------------------
     def stop(self, status: int) -> None:
@@ -165,9 +164,9 @@ class Machine:
                 counts[exit.reason] += 1
                 _trace(exit)
             match exit:
-                case IoOut(port=port, size=size, data=data):
-                    if len(data) == size:
-                        pio.write(port, size, int.from_bytes(data, "little"))
+                case IoOut(port=port, size=size, value=value):
+                    if exit.count == 1:
+                        pio.write(port, size, value)
                     else:
                         for value in exit.values():                  # rep outs
                             pio.write(port, size, value)
@@ -203,6 +202,8 @@ class Machine:
 
     # --- tearing down ----------------------------------------------------------
     def close(self) -> None:
+        if getattr(self, "serial", None) is not None:
+            self.serial.close()
         for name in ("vm", "kvm", "memory"):
             obj = getattr(self, name, None)
             if obj is not None:
@@ -220,19 +221,6 @@ def _describe_internal_error(exit: InternalError) -> str:
     if exit.insn_bytes:
         text += f"; instruction bytes {exit.insn_bytes.hex(' ')}"
     return text
-
-
-def _stdout_writer(data: bytes) -> None:
-    """Guest serial output to our stdout, unbuffered."""
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(1, view)
-        except BlockingIOError:
-            continue
-        except BrokenPipeError:
-            return
-        view = view[written:]
 
 
 def _trace(exit) -> None:

@@ -27,10 +27,11 @@ def parse_size(text: str, *, what: str = "size", default_unit: str = "") -> int:
 
 
 def format_size(n: int) -> str:
-    """The largest exact binary unit: 134217728 -> '128 MiB'."""
+    """Binary units, exact where possible: 134217728 -> '128 MiB', 25276502016 -> '23.5 GiB'."""
     for suffix, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor} {suffix}"
+        if n >= factor:
+            value = n / factor
+            return f"{n // factor} {suffix}" if n % factor == 0 else f"{value:.1f} {suffix}"
     return f"{n} bytes"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pykvm.boot import layout
 
-__all__ = ["assemble"]
+__all__ = ["assemble", "pvh_elf"]
 
 
 def assemble(source: str, bits: int = 16, origin: int = layout.FLAT_LOAD) -> bytes:
@@ -28,3 +28,34 @@ def assemble(source: str, bits: int = 16, origin: int = layout.FLAT_LOAD) -> byt
                        stderr=subprocess.DEVNULL)
         subprocess.run(["objcopy", "-O", "binary", "-j", ".text", linked, out], check=True)
         return out.read_bytes()
+
+
+PVH_NOTE = """
+    .pushsection .note.Xen, "a"
+    .balign 4
+    .long 4, 4, 18                   /* namesz, descsz, XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .long _start
+    .popsection
+"""
+
+PVH_LINKER_SCRIPT = """
+ENTRY(_start)
+PHDRS { text PT_LOAD FLAGS(7); note PT_NOTE FLAGS(4); }
+SECTIONS {
+    . = 0x100000;
+    .text : { *(.text) *(.data) *(.rodata*) } :text
+    .note.Xen : { *(.note.Xen) } :text :note
+}
+"""
+
+
+def pvh_elf(source: str, path: Path) -> Path:
+    """Assemble 32-bit `source` into a PVH ELF at `path` (entry `_start`, loaded at 1 MiB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        asm, script = Path(tmp, "g.S"), Path(tmp, "g.ld")
+        asm.write_text(f".code32\n.text\n.globl _start\n_start:\n{source}\n{PVH_NOTE}\n")
+        script.write_text(PVH_LINKER_SCRIPT)
+        subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-Wl,--build-id=none",
+                        "-Wl,-m,elf_i386", "-T", script, "-o", path, asm], check=True)
+    return path

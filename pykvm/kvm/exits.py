@@ -28,7 +28,8 @@ class VmExit:
     reason = "UNKNOWN"
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={_fmt(getattr(self, name))}" for name in self.__match_args__)
+        names = getattr(self, "_repr_fields", self.__match_args__)
+        fields = ", ".join(f"{name}={_fmt(getattr(self, name))}" for name in names)
         return f"{type(self).__name__}({fields})"
 
 
@@ -39,19 +40,33 @@ def _fmt(value) -> str:
 
 
 class IoOut(VmExit):
-    """KVM_EXIT_IO, direction out: the guest wrote `data` (size*count bytes) to `port`."""
+    """KVM_EXIT_IO, direction out: the guest wrote `value` (`size` bytes) to `port`.
 
-    __slots__ = ("port", "size", "count", "data")
-    __match_args__ = ("port", "size", "data")
+    A `rep outs` writes `count` values at once: `data` holds all of them
+    (size * count bytes) and values() splits them; `value` is the first.
+    """
+
+    __slots__ = ("port", "size", "count", "value", "_data")
+    __match_args__ = ("port", "size", "value")
     reason = "IO_OUT"
+    _repr_fields = ("port", "size", "data")
 
-    def __init__(self, port: int, size: int, count: int, data: bytes):
-        self.port, self.size, self.count, self.data = port, size, count, data
+    def __init__(self, port: int, size: int, count: int, value: int, data: bytes | None = None):
+        self.port, self.size, self.count, self.value, self._data = port, size, count, value, data
+
+    @property
+    def data(self) -> bytes:
+        """The bytes written, little-endian: size * count of them."""
+        if self._data is None:
+            return self.value.to_bytes(self.size, "little")
+        return self._data
 
     def values(self) -> list[int]:
-        """The written values, one per repetition (`rep outs` writes `count` of them)."""
-        s = self.size
-        return [int.from_bytes(self.data[i:i + s], "little") for i in range(0, len(self.data), s)]
+        """The written values, one per repetition."""
+        if self.count == 1:
+            return [self.value]
+        s, data = self.size, self.data
+        return [int.from_bytes(data[i:i + s], "little") for i in range(0, len(data), s)]
 
 
 class IoIn(VmExit):

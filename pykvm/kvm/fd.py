@@ -18,6 +18,8 @@ __all__ = ["FdObject"]
 class FdObject:
     """Owns one fd; closeable and usable as a context manager."""
 
+    fd = -1  # until __init__ has an fd: close() and __del__ are safe on a half-built object
+
     def __init__(self, fd: int):
         self.fd = fd
 

@@ -35,7 +35,10 @@ RUN_SYSTEM_EVENT = ffi.offsetof("struct kvm_run", "system_event")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 IO = struct.Struct("<BBHIQ")        # kvm_run.io: direction, size, port, count, data_offset
+# exit_reason and the io union member in one read: the hot path's common case.
+REASON_AND_IO = struct.Struct(f"<{RUN_EXIT_REASON}xI{RUN_IO - RUN_EXIT_REASON - 4}xBBHIQ")
 MMIO = struct.Struct("<Q8sIB")      # kvm_run.mmio: phys_addr, data[8], len, is_write
+IO_VALUE = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}  # by size
 TWO_U32 = struct.Struct("<II")      # ex, internal and system_event heads
 FAIL_ENTRY = struct.Struct("<QI")   # fail_entry: hardware_entry_failure_reason, cpu
 
@@ -52,6 +55,7 @@ def _check_layouts() -> None:
     assert offsets("kvm_run_emulation_failure_t", ["flags", "insn_size", "insn_bytes"]) == [8, 16, 17]
     assert offsets("kvm_run_system_event_t", ["type", "ndata", "data"]) == [0, 4, 8]
     assert U32.size == ffi.sizeof("__u32") and IO.size == ffi.sizeof("kvm_run_io_t")
+    assert REASON_AND_IO.size == RUN_IO + IO.size
 
 
 _check_layouts()
@@ -89,6 +93,7 @@ class Vcpu(FdObject):
         size = vm.kvm.vcpu_mmap_size()
         self._run_map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._run = memoryview(self._run_map)
+        self._io_out = exits.IoOut(0, 0, 0, 0)
         self._decoders = {
             lib.KVM_EXIT_HLT: lambda: HLT,
             lib.KVM_EXIT_SHUTDOWN: lambda: SHUTDOWN,
@@ -102,19 +107,29 @@ class Vcpu(FdObject):
 
     # --- KVM_RUN and the exit decoders ---------------------------------------
     def run(self) -> exits.VmExit:
-        """Wraps KVM_RUN: run the guest until its next exit, and return that exit, typed."""
+        """Wraps KVM_RUN: run the guest until its next exit, and return that exit, typed.
+
+        Like kvm-ioctls' VcpuExit, which borrows kvm_run, an exit object is only
+        valid until the next run(): the IoOut of the hot path is reused.
+        """
         if _kvm_run(self.fd) < 0:
             err = ffi.errno
             if err in (errno.EINTR, errno.EAGAIN):
                 return INTERRUPTED
             raise KvmIoctlError("KVM_RUN", err)
         run = self._run
-        reason = U32.unpack_from(run, RUN_EXIT_REASON)[0]
+        reason, direction, size, port, count, offset = REASON_AND_IO.unpack_from(run)
         if reason == EXIT_IO:
-            direction, size, port, count, offset = IO.unpack_from(run, RUN_IO)
             end = offset + size * count
             if direction == EXIT_IO_OUT:
-                return exits.IoOut(port, size, count, bytes(run[offset:end]))
+                io = self._io_out           # reused: valid until the next run()
+                io.port, io.size, io.count = port, size, count
+                if count == 1:
+                    io.value, io._data = IO_VALUE[size].unpack_from(run, offset)[0], None
+                else:                       # rep outs: keep every byte
+                    io._data = self._run_map[offset:end]
+                    io.value = int.from_bytes(io._data[:size], "little")
+                return io
             return exits.IoIn(port, size, count, run[offset:end])
         if reason == EXIT_MMIO:
             address, data, length, is_write = MMIO.unpack_from(run, RUN_MMIO)

@@ -1,0 +1,27 @@
+"""Run the `pykvm` CLI as a user would: a separate process, stdin piped."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pykvm(*args: str, input: bytes = b"", env: dict | None = None, timeout: float = 120,
+          prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python -m pykvm ARGS`; returns the CompletedProcess (stdout/stderr as bytes)."""
+    return subprocess.run([*prefix, sys.executable, "-m", "pykvm", *args], input=input,
+                          capture_output=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def one_error_line(result) -> str:
+    """Assert the CLI failed the way bad input should: non-zero, one line, no traceback."""
+    err = result.stderr.decode()
+    assert result.returncode != 0, f"exit 0 for bad input; stderr: {err!r}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got: {err!r}"
+    return lines[0]

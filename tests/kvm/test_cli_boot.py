@@ -1,0 +1,192 @@
+"""`pykvm boot` and `pykvm check` end to end, as separate processes with stdin piped."""
+import os
+import stat
+import subprocess
+
+import pytest
+
+from clitools import pykvm, one_error_line
+from guestasm import pvh_elf
+
+pytestmark = pytest.mark.kvm
+
+
+def test_boot_default_guest():
+    result = pykvm("boot")
+    assert result.returncode == 0, result.stderr
+    assert b"Hello from a PVH guest" in result.stdout
+
+
+def test_boot_trace_prints_exits_and_a_summary():
+    result = pykvm("boot", "hello", "--trace")
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert "IO_OUT" in err and "port=0x3f8" in err
+    assert "VM exits" in err and "IO_IN" in err
+
+
+def test_boot_echo_guest_with_piped_stdin(tmp_path):
+    # A PVH guest that polls the UART and echoes until it reads '!', then powers off.
+    kernel = pvh_elf("""
+    poll:
+        mov $0x3fd, %dx
+        in %dx, %al
+        test $1, %al
+        jz poll
+        mov $0x3f8, %dx
+        in %dx, %al
+        out %al, %dx
+        cmp $'!', %al
+        jne poll
+        mov $0x604, %dx
+        mov $0x2000, %ax
+        out %ax, %dx
+    """, tmp_path / "echo.elf")
+    result = pykvm("boot", "--kernel", str(kernel), input=b"typed on stdin!")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"typed on stdin!"
+
+
+def test_check_reports_capabilities():
+    result = pykvm("check")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "KVM API version 12" in out and "KVM_CAP_IRQCHIP" in out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--kernel", "/nonexistent/kernel"], "no such file"),
+    (["--kernel", "README.md"], "not an ELF"),
+    (["--mem", "0"], "too small"),
+    (["--mem", "1T"], "more than this host"),
+    (["--mem", "banana"], "not a size"),
+    (["no-such-guest"], "unknown guest"),
+])
+def test_bad_input_is_one_line(args, expected):
+    line = one_error_line(pykvm("boot", *args))
+    assert expected in line, line
+
+
+def test_truncated_elf(tmp_path):
+    elf = pykvm_hello().read_bytes()
+    (tmp_path / "cut.elf").write_bytes(elf[:100])
+    assert "truncated" in one_error_line(pykvm("boot", "--kernel", str(tmp_path / "cut.elf")))
+
+
+def test_segment_outside_guest_memory(tmp_path):
+    kernel = pvh_elf("""
+        hlt
+        .fill 3 * 1024 * 1024, 1, 0     # 3 MiB of code: past the end of a 2 MiB guest
+    """, tmp_path / "big.elf")
+    line = one_error_line(pykvm("boot", "--kernel", str(kernel), "--mem", "2M"))
+    assert "outside guest memory" in line, line
+
+
+def test_no_dev_kvm():
+    line = one_error_line(pykvm("boot", env={"PYKVM_KVM_DEVICE": "/nonexistent/kvm"}))
+    assert "modprobe" in line, line
+
+
+@pytest.mark.root
+def test_permission_denied_on_dev_kvm(tmp_path):
+    # A copy of the /dev/kvm node owned by nobody, mode 0600, opened by root without
+    # CAP_DAC_OVERRIDE: the same EACCES a user outside the kvm group gets.
+    node = tmp_path / "kvm"
+    st = os.stat("/dev/kvm")
+    os.mknod(node, stat.S_IFCHR | 0o600, st.st_rdev)
+    os.chown(node, 65534, 65534)
+    tmp_path.chmod(0o755)
+    drop = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search")
+    line = one_error_line(pykvm("boot", env={"PYKVM_KVM_DEVICE": str(node)}, prefix=drop))
+    assert "kvm group" in line, line
+
+
+def pykvm_hello():
+    from pykvm.guests import GUESTS
+
+    return GUESTS["hello"].kernel
+
+
+ECHO_FOREVER = """
+poll:
+    mov $0x3fd, %dx
+    in %dx, %al
+    test $1, %al
+    jz poll
+    mov $0x3f8, %dx
+    in %dx, %al
+    out %al, %dx
+    jmp poll
+"""
+
+
+def start_on_a_terminal(kernel):
+    """`pykvm boot --kernel KERNEL` on a new pty; returns (proc, master, slave, settings before)."""
+    import sys
+    import termios
+    import time
+
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(kernel)],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    deadline = time.monotonic() + 30
+    while termios.tcgetattr(slave)[3] & termios.ICANON:   # wait for raw mode
+        assert time.monotonic() < deadline, "pykvm never put the terminal in raw mode"
+        time.sleep(0.05)
+    return proc, master, slave, before
+
+
+def test_interactive_terminal_ctrl_a_x_quits_and_restores_it(tmp_path):
+    """On a real terminal: raw mode while the guest runs, Ctrl-A x quits, the terminal is restored."""
+    import select
+    import termios
+
+    proc, master, slave, before = start_on_a_terminal(pvh_elf(ECHO_FOREVER, tmp_path / "echo.elf"))
+    try:
+        os.write(master, b"ping")
+        seen = b""
+        while b"ping" not in seen:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, f"no echo from the guest; saw {seen!r}"
+            seen += os.read(master, 100)
+        os.write(master, b"\x01x")                            # Ctrl-A x
+        assert proc.wait(timeout=30) == 0
+        assert termios.tcgetattr(slave) == before, "terminal settings not restored"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+def test_ctrl_a_x_stops_a_guest_that_never_exits(tmp_path):
+    """A guest spinning without VM exits is stopped too: immediate_exit plus a signal to the vCPU thread."""
+    import termios
+
+    proc, master, slave, before = start_on_a_terminal(pvh_elf("1: jmp 1b", tmp_path / "spin.elf"))
+    try:
+        os.write(master, b"\x01x")
+        assert proc.wait(timeout=30) == 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+def test_sigterm_restores_the_terminal(tmp_path):
+    import signal
+    import termios
+
+    proc, master, slave, before = start_on_a_terminal(pvh_elf("1: jmp 1b", tmp_path / "spin.elf"))
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) != 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
