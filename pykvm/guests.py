@@ -13,6 +13,7 @@ from pykvm.errors import ConfigError
 __all__ = ["Guest", "GUESTS", "DEFAULT_GUEST", "find_guest", "GUESTS_DIR"]
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
+LINUX_CACHE = GUESTS_DIR.parent / ".cache" / "linux"   # what `make linux-guest` produces
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Guest:
 GUESTS = {
     "hello": Guest("hello", GUESTS_DIR / "hello" / "hello.elf",
                    "the smallest PVH guest: prints a greeting and powers off"),
+    "linux": Guest("linux", LINUX_CACHE / "vmlinuz",
+                   "Debian's cloud kernel (bzImage) with a busybox initramfs: a shell on the console",
+                   initrd=LINUX_CACHE / "initramfs.cpio", build="make linux-guest"),
 }
 DEFAULT_GUEST = "hello"
 

@@ -26,60 +26,47 @@ The recipe (each step one function below):
   2. protected_mode_kernel: the bytes after the setup sectors, loaded at 1 MiB.
   3. kernel_end: how far the kernel reaches once it decompresses itself.
   4. place_initrd: the initrd as high as allowed (below initrd_addr_max).
-  5. e820_map / pack_e820_table: the guest's RAM map.
+  5. pack_e820_table: the guest's RAM map (layout.memory_map) as zero-page rows.
   6. pack_boot_params: the "zero page" as bytes: zeros, the header copied
      from the image, our loader fields, the command line pointer, the e820 table.
-  7. load_bzimage: all of the above, returning a BootPlan (what to write
-     where, and where the vCPU starts) for the machine to carry out.
-
-Everything here is pure: bytes in, bytes and addresses out, no KVM needed.
+  7. plan_bzimage: all of the above, returning a BzImagePlan (what to write
+     where, and the Entry where the vCPU starts).  Pure: bytes in, bytes and
+     addresses out, no KVM needed, so every rule is unit-tested.
+  8. load_bzimage: the plan carried out on a real VM: ACPI tables, the
+     writes, and the vCPU state a PC firmware leaves (MSRs, LAPIC LINT pins).
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
 
-from pykvm.boot.plan import BootPlan, EntryMode
+from pykvm.arch.x86 import acpi, lapic, msrs
+from pykvm.arch.x86.boot_state import CpuMode, Entry
+from pykvm.boot import layout
 from pykvm.errors import LoaderError
 
 __all__ = [
     "SetupHeader",
-    "E820Entry",
+    "BzImagePlan",
     "read_setup_header",
     "protected_mode_kernel",
     "compressed_payload",
     "kernel_end",
     "place_initrd",
-    "e820_map",
     "pack_e820_table",
     "pack_boot_params",
+    "plan_bzimage",
     "load_bzimage",
-    "ZERO_PAGE_ADDR",
-    "CMDLINE_ADDR",
-    "KERNEL_LOAD_ADDR",
+    "DEFAULT_CMDLINE",
     "MIN_PROTOCOL",
 ]
 
-# --- Guest-physical addresses this loader uses (boot.rst "THE MEMORY LAYOUT",
-# 64-bit protocol: boot_params and the command line may be anywhere in RAM the
-# kernel is told about; Firecracker's layout.rs uses the same spots).
-#
-#   0x0000_0000  +----------------------+
-#                | real-mode IVT/BDA    |  left zero
-#   0x0000_7000  | boot_params          |  ZERO_PAGE_ADDR (one 4 KiB page)
-#   0x0002_0000  | kernel command line  |  CMDLINE_ADDR (up to cmdline_size + 1 bytes)
-#   0x0009_fc00  +----------------------+  EBDA: e820 "reserved" up to 1 MiB
-#   0x0010_0000  | protected-mode kernel|  KERNEL_LOAD_ADDR
-#                | ... decompressed at pref_address, needs init_size bytes
-#                |                      |
-#                | initrd               |  top of RAM, page aligned, below initrd_addr_max
-#   mem_end      +----------------------+
-ZERO_PAGE_ADDR = 0x7000          # struct boot_params, %rsi/%esi at entry
-CMDLINE_ADDR = 0x20000           # NUL-terminated kernel command line
-KERNEL_LOAD_ADDR = 0x100000      # 1 MiB: where boot.rst says the protected-mode kernel goes
-EBDA_START = 0x9FC00             # top of conventional RAM on a PC (640 KiB - 1 KiB)
+# Where things go in guest memory: pykvm.boot.layout (ZERO_PAGE, CMDLINE_START,
+# HIMEM_START), the same spots Firecracker's layout.rs uses.  The 64-bit
+# protocol lets boot_params and the command line sit anywhere in RAM the
+# kernel is told about; the protected-mode kernel goes to 1 MiB; the initrd
+# goes to the top of low RAM, below initrd_addr_max.
 PAGE_SIZE = 0x1000
-CMDLINE_MAX = EBDA_START - CMDLINE_ADDR  # room for the command line and its NUL
 
 # --- Setup header (boot.rst "THE REAL-MODE KERNEL HEADER") --------------------
 SETUP_HEADER_OFFSET = 0x1F1      # first byte of the header in the image and in boot_params
@@ -107,6 +94,11 @@ XLF_EFI_KEXEC = 1 << 4
 XLF_5LEVEL = 1 << 5
 XLF_5LEVEL_ENABLED = 1 << 6
 
+# The command line when the user gives none: one UART, a fast boot (Firecracker's
+# and kvmtool's defaults are the models; docs/05-booting-linux.md explains each).
+DEFAULT_CMDLINE = ("console=ttyS0 earlyprintk=serial reboot=k,panic_warm panic=-1 pci=off "
+                   "8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd")
+
 TYPE_OF_LOADER_UNDEFINED = 0xFF  # "boot loader not assigned an ID": what QEMU and Firecracker also write
 STARTUP_64_OFFSET = 0x200        # 64-bit entry is startup_32 + 0x200 (boot.rst "64-bit BOOT PROTOCOL")
 HEAP_END_PTR = 0xFE00            # end of the setup heap, relative to the real-mode code (0x10000 - 0x200)
@@ -123,9 +115,6 @@ BP_E820_TABLE = 0x2D0            # struct boot_e820_entry[E820_MAX_ENTRIES_ZEROP
 E820_MAX_ENTRIES_ZEROPAGE = 128
 E820_ENTRY = struct.Struct("<QQI")  # addr, size, type: 20 bytes, packed
 
-# e820 types (ACPI spec 6.5, 15.1 "INT 15H, E820H - Query System Address Map")
-E820_RAM = 1                     # usable RAM
-E820_RESERVED = 2                # reserved: BIOS, EBDA, VGA hole
 
 # (offset in image and boot_params, struct format, field name): boot.rst's table.
 _HEADER_LAYOUT = (
@@ -325,35 +314,11 @@ def place_initrd(hdr: SetupHeader, initrd_size: int, mem_end: int, lowest: int) 
     return addr
 
 
-@dataclass(frozen=True)
-class E820Entry:
-    """One row of the BIOS memory map (INT 15h, AX=E820h)."""
-
-    addr: int
-    size: int
-    type: int
-
-
-def e820_map(mem_size: int) -> list[E820Entry]:
-    """The memory map of a guest with `mem_size` bytes of RAM from address 0.
-
-    Conventional memory up to the EBDA, the legacy hole (EBDA, VGA, BIOS ROM)
-    reserved, and everything from 1 MiB to the end of RAM usable.
-    """
-    if mem_size <= KERNEL_LOAD_ADDR:
-        raise LoaderError(f"guest memory of {mem_size} bytes ends below 1 MiB; Linux needs more")
-    return [
-        E820Entry(0, EBDA_START, E820_RAM),
-        E820Entry(EBDA_START, KERNEL_LOAD_ADDR - EBDA_START, E820_RESERVED),
-        E820Entry(KERNEL_LOAD_ADDR, mem_size - KERNEL_LOAD_ADDR, E820_RAM),
-    ]
-
-
-def pack_e820_table(entries: list[E820Entry]) -> bytes:
-    """The e820 entries as zero-page bytes: 20 packed bytes each (struct boot_e820_entry)."""
+def pack_e820_table(entries: list[tuple[int, int, int]]) -> bytes:
+    """(address, size, type) rows as zero-page bytes: 20 packed bytes each (struct boot_e820_entry)."""
     if len(entries) > E820_MAX_ENTRIES_ZEROPAGE:
         raise LoaderError(f"{len(entries)} e820 entries; the zero page holds {E820_MAX_ENTRIES_ZEROPAGE}")
-    return b"".join(E820_ENTRY.pack(e.addr, e.size, e.type) for e in entries)
+    return b"".join(E820_ENTRY.pack(addr, size, kind) for addr, size, kind in entries)
 
 
 def _check_cmdline(hdr: SetupHeader, cmdline: bytes) -> None:
@@ -363,13 +328,13 @@ def _check_cmdline(hdr: SetupHeader, cmdline: bytes) -> None:
     if len(cmdline) > hdr.cmdline_size:
         raise LoaderError(f"kernel command line is {len(cmdline)} bytes; this kernel accepts at most "
                           f"{hdr.cmdline_size} (cmdline_size)")
-    if len(cmdline) >= CMDLINE_MAX:
+    if len(cmdline) >= layout.CMDLINE_MAX:
         raise LoaderError(f"kernel command line is {len(cmdline)} bytes; pykvm has room for "
-                          f"{CMDLINE_MAX - 1}")
+                          f"{layout.CMDLINE_MAX - 1}")
 
 
 def pack_boot_params(hdr: SetupHeader, cmdline_addr: int, initrd_addr: int, initrd_size: int,
-                     e820: list[E820Entry], acpi_rsdp: int = 0) -> bytes:
+                     e820: list[tuple[int, int, int]], acpi_rsdp: int = 0) -> bytes:
     """The zero page a 32/64-bit boot loader hands the kernel, as 4096 bytes.
 
     boot.rst (64-bit BOOT PROTOCOL): allocate boot_params zeroed, copy in the
@@ -405,37 +370,74 @@ def _put(bp: bytearray, name: str, value: int) -> None:
     raise AssertionError(f"no setup header field {name}")
 
 
-def load_bzimage(image: bytes, mem_size: int, cmdline: str | bytes = b"",
-                 initrd: bytes | None = None, acpi_rsdp: int = 0) -> BootPlan:
-    """Everything a boot loader does for a bzImage, as a BootPlan (pure, no KVM).
+@dataclass(frozen=True)
+class BzImagePlan:
+    """What loading a bzImage means: bytes to write where, and the vCPU's entry."""
 
-    The plan writes the protected-mode kernel at 1 MiB, the command line, the
-    initrd and boot_params into guest memory and starts the vCPU at
-    startup_64 (64-bit, when the kernel has one) or startup_32, with %rsi or
-    %esi pointing at boot_params.
+    entry: Entry
+    writes: tuple[tuple[int, bytes], ...]   # (guest-physical address, bytes), in order
+
+
+def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes = b"",
+                 initrd: bytes | None = None, acpi_rsdp: int = 0) -> BzImagePlan:
+    """Everything a boot loader decides for a bzImage, without touching a VM.
+
+    `ram` is the guest's RAM as (base, size) ranges, the first one starting
+    at 0 (GuestMemory.ram_ranges()).  The plan writes the protected-mode
+    kernel at 1 MiB, the command line, the initrd and boot_params, and
+    starts the vCPU at startup_64 (64-bit, when the kernel has one) or
+    startup_32, with %rsi (%esi) pointing at boot_params.
     """
     hdr = read_setup_header(image)
     cmd = cmdline.encode() if isinstance(cmdline, str) else bytes(cmdline)
     _check_cmdline(hdr, cmd)
     kernel = protected_mode_kernel(image, hdr)
-    end = kernel_end(hdr, KERNEL_LOAD_ADDR, len(kernel))
-    if end > mem_size:
+    low_end = ram[0][0] + ram[0][1]
+    end = kernel_end(hdr, layout.HIMEM_START, len(kernel))
+    if end > low_end:
         raise LoaderError(f"kernel needs {_mib(end)} of guest memory to decompress and start "
                           f"(init_size {hdr.init_size:#x} from {hdr.pref_address:#x}); "
-                          f"the guest has {_mib(mem_size)}: raise --mem")
-    writes = [(KERNEL_LOAD_ADDR, kernel), (CMDLINE_ADDR, cmd + b"\0")]
+                          f"the guest has {_mib(low_end)} below 3 GiB: raise --mem")
+    writes = [(layout.HIMEM_START, kernel), (layout.CMDLINE_START, cmd + b"\0")]
     initrd_addr = 0
     if initrd:
-        initrd_addr = place_initrd(hdr, len(initrd), mem_size, end)
+        initrd_addr = place_initrd(hdr, len(initrd), low_end, end)
         writes.append((initrd_addr, bytes(initrd)))
-    params = pack_boot_params(hdr, CMDLINE_ADDR, initrd_addr, len(initrd or b""), e820_map(mem_size),
-                              acpi_rsdp)
-    writes.append((ZERO_PAGE_ADDR, params))
+    params = pack_boot_params(hdr, layout.CMDLINE_START, initrd_addr, len(initrd or b""),
+                              layout.memory_map(ram), acpi_rsdp)
+    writes.append((layout.ZERO_PAGE, params))
+    protocol = f"Linux boot protocol {hdr.version_string}"
     if hdr.has_64bit_entry:
-        return BootPlan(KERNEL_LOAD_ADDR + STARTUP_64_OFFSET, EntryMode.LONG_64,
-                        {"rsi": ZERO_PAGE_ADDR}, tuple(writes))
-    return BootPlan(KERNEL_LOAD_ADDR, EntryMode.PROTECTED_32,
-                    {"rsi": ZERO_PAGE_ADDR, "rbp": 0, "rdi": 0, "rbx": 0}, tuple(writes))
+        entry = Entry(CpuMode.LONG, layout.HIMEM_START + STARTUP_64_OFFSET,
+                      {"rsi": layout.ZERO_PAGE}, protocol=protocol + ", 64-bit entry")
+    else:
+        entry = Entry(CpuMode.PROTECTED, layout.HIMEM_START,
+                      {"rsi": layout.ZERO_PAGE, "rbp": 0, "rdi": 0, "rbx": 0},
+                      protocol=protocol + ", 32-bit entry")
+    return BzImagePlan(entry, tuple(writes))
+
+
+def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | None = None,
+                 name: str = "kernel") -> Entry:
+    """Boot a bzImage on a real VM: pykvm.boot.loader calls this for "HdrS" images.
+
+    1. ACPI tables at layout.ACPI_TABLES (so `poweroff` can reach PM1a_CNT);
+    2. the plan's writes into guest memory;
+    3. the vCPU state firmware leaves: boot MSRs (after CPUID, which the
+       machine set in its step 5), LAPIC LINT0 = ExtINT and LINT1 = NMI.
+    An empty command line means DEFAULT_CMDLINE.
+    """
+    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES))
+    try:
+        plan = plan_bzimage(image, memory.ram_ranges(), cmdline or DEFAULT_CMDLINE, initrd,
+                            acpi_rsdp=layout.ACPI_TABLES)
+    except LoaderError as e:
+        raise LoaderError(f"{name}: {e}") from None
+    for address, data in plan.writes:
+        memory.write(address, data)
+    vcpu.set_msrs(msrs.boot_msrs())
+    vcpu.set_lapic(lapic.virtual_wire(vcpu.get_lapic()))
+    return plan.entry
 
 
 def _mib(n: int) -> str:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["Cmos", "CMOS_BASE", "CMOS_LEN"]
+__all__ = ["Cmos", "CMOS_BASE", "CMOS_LENGTH"]
 
 CMOS_BASE = 0x70     # index port; the data port follows
-CMOS_LEN = 2
+CMOS_LENGTH = 2
 
 INDEX_PORT = 0       # offsets from CMOS_BASE
 DATA_PORT = 1

@@ -20,10 +20,10 @@ not CONFIG_ADDRESS: they read all-ones and are dropped.
 """
 from __future__ import annotations
 
-__all__ = ["PciConfigSpace", "PCI_CONFIG_BASE", "PCI_CONFIG_LEN"]
+__all__ = ["PciConfigSpace", "PCI_CONFIG_BASE", "PCI_CONFIG_LENGTH"]
 
 PCI_CONFIG_BASE = 0xCF8   # CONFIG_ADDRESS; CONFIG_DATA follows at 0xCFC
-PCI_CONFIG_LEN = 8
+PCI_CONFIG_LENGTH = 8
 
 CONFIG_ADDRESS = 0        # offsets from PCI_CONFIG_BASE
 CONFIG_DATA = 4
