@@ -218,3 +218,22 @@ def test_writes_do_not_overlap():
     spans = sorted((a, a + len(d)) for a, d in plan.writes)
     assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:])), spans
     assert spans[-1][1] <= 64 * MiB
+
+
+def test_debian_kernel_payload_is_lz4_and_unpacks_to_a_pvh_elf(debian_bzimage):
+    hdr = read_setup_header(debian_bzimage)
+    payload = bzimage.compressed_payload(debian_bzimage, hdr)
+    assert payload[:4] == b"\x02\x21\x4c\x18", payload[:4].hex()     # lz4 legacy frame
+    assert len(payload) == hdr.payload_length
+    vmlinux = guest_file("vmlinux", "kernel").read_bytes()          # made by extract-vmlinux.py
+    assert vmlinux[:4] == b"\x7fELF"
+    from pykvm.boot.elf import parse_elf
+    from pykvm.boot.pvh import pvh_entry_point
+    assert pvh_entry_point(parse_elf(vmlinux, "vmlinux"), "vmlinux") >= layout.HIMEM_START
+
+
+def test_payload_outside_the_image():
+    image = bytearray(make_bzimage())
+    struct.pack_into("<II", image, 0x248, 0x100, 0x100000)            # payload_offset, _length
+    with pytest.raises(LoaderError, match="no payload"):
+        bzimage.compressed_payload(bytes(image), read_setup_header(bytes(image)))
