@@ -56,3 +56,8 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) .cache
+
+# --- the Linux guest (issue 5): Debian's cloud kernel + a busybox initramfs in .cache/linux/
+.PHONY: linux-guest
+linux-guest: venv
+	$(MAKE) -C guests/linux guest PYTHON=$(abspath $(PY))

@@ -82,8 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("pykvm: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        # One line, like every other error; the command's --help has the rest.
+        where = e.ctx.command_path if e.ctx else "pykvm"
+        click.echo(f"pykvm: error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"pykvm: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -13,6 +13,7 @@ from pykvm.errors import ConfigError
 __all__ = ["Guest", "GUESTS", "DEFAULT_GUEST", "find_guest", "GUESTS_DIR"]
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
+LINUX_CACHE = GUESTS_DIR.parent / ".cache" / "linux"   # what `make linux-guest` produces
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ GUESTS = {
                    "the smallest PVH guest: prints a greeting and powers off"),
     "tiny": Guest("tiny", GUESTS_DIR / "tiny" / "tiny.elf",
                   "the teaching kernel: a shell on the serial console (docs/04-tiny-kernel.md)"),
+    "linux": Guest("linux", LINUX_CACHE / "vmlinuz",
+                   "Debian's cloud kernel (bzImage) with a busybox initramfs: a shell on the console",
+                   initrd=LINUX_CACHE / "initramfs.cpio", build="make linux-guest"),
 }
 DEFAULT_GUEST = "tiny"
 

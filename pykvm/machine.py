@@ -28,7 +28,7 @@ from pathlib import Path
 from pykvm.arch.x86 import boot_state, cpuid
 from pykvm.boot import layout
 from pykvm.console import ConsoleOutput
-from pykvm.devices import acpi_pm, debug_exit, i8042, serial
+from pykvm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.devices.bus import Bus
 from pykvm.errors import GuestError
 from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
@@ -47,7 +47,10 @@ PORTS = {
     "i8042": (i8042.I8042_BASE, i8042.I8042_LENGTH),            # keyboard controller (reset line)
     "debug-exit": (debug_exit.DEBUG_EXIT_BASE, debug_exit.DEBUG_EXIT_LENGTH),  # QEMU isa-debug-exit
     "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off)
+    "cmos": (cmos.CMOS_BASE, cmos.CMOS_LENGTH),                  # RTC + CMOS RAM (Linux reads the time)
+    "pci-config": (pci.PCI_CONFIG_BASE, pci.PCI_CONFIG_LENGTH),  # PCI config mechanism #1, empty bus
 }
+WARM_RESET = 0x1234   # BDA reset flag for a warm boot; pykvm's Linux command line sets it on panic only
 
 
 @dataclass
@@ -113,6 +116,8 @@ class Machine:
             "i8042": i8042.I8042(reset=self._guest_reset),
             "debug-exit": debug_exit.DebugExit(stop=self.stop),
             "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop),
+            "cmos": cmos.Cmos(),
+            "pci-config": pci.PciConfigSpace(),
         }
         for name, device in devices.items():
             base, length = PORTS[name]
@@ -132,7 +137,16 @@ class Machine:
             self._kick_vcpu()
 
     def _guest_reset(self) -> None:
-        """A guest-requested reset (i8042 pulse): like Firecracker, pykvm ends the VM, status 0."""
+        """A guest-requested reset (i8042 pulse): like Firecracker, pykvm ends the VM, status 0.
+
+        Except after a kernel panic: before a reset the OS leaves the firmware
+        a word at BIOS Data Area 0x472 (0x1234 = warm boot).  pykvm's Linux
+        command line asks for warm resets on panic only (reboot=k,panic_warm),
+        so a warm reset means "the kernel panicked" and pykvm fails.
+        """
+        flag = int.from_bytes(self.memory.read(layout.BDA_RESET_FLAG, 2), "little")
+        if flag == WARM_RESET:
+            raise GuestError("the guest kernel panicked and reset itself (its log is above)")
         log.info("guest requested a reset; stopping the VM")
         self.stop(0)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's and Docker's default
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
-SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 @dataclass
@@ -61,11 +59,10 @@ class Limits:
 
 
 def parse_size(text: str) -> int:
-    """Docker's sizes: `64M`, `1g`, `512k`, `100` (bytes); powers of 1024."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise ConfigError(f"bad size {text!r}: use a number with an optional unit b, k, m, g (e.g. 64M)")
-    value = int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+    """Docker's sizes: `64M`, `1g`, `512k`, `100` (bytes); powers of 1024 (pykvm.sizes)."""
+    from pykvm.sizes import parse_size as parse
+
+    value = parse(text, what="--memory")
     if value <= 0:
         raise ConfigError(f"bad size {text!r}: must be more than 0 bytes")
     return value

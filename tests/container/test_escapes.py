@@ -87,7 +87,7 @@ def test_host_fd_not_visible(pykvm, busybox_rootfs, tmp_path):
 @pytest.mark.parametrize("args,code,message", [
     (["run", "--rm", "--rootfs", "/no/such/dir", "sh"], 1, "rootfs /no/such/dir does not exist"),
     (["run", "--rm", "no-such-image"], 1, "no-such-image"),
-    (["run", "--rm", "--memory", "12Q", "--rootfs", "/", "sh"], 2, "bad size '12Q'"),
+    (["run", "--rm", "--memory", "12Q", "--rootfs", "/", "sh"], 2, "--memory '12Q' is not a size"),
     (["run", "--rm", "--cpus", "lots", "--rootfs", "/", "sh"], 2, "bad --cpus 'lots'"),
     (["run", "--rm", "--pids-limit", "0", "--rootfs", "/", "sh"], 2, "bad --pids-limit 0"),
     (["run", "--rm"], 2, "give an IMAGE or --rootfs DIR"),

@@ -1,0 +1,26 @@
+"""`pykvm initramfs DIR -o FILE`: pack a directory into an initramfs (newc cpio)."""
+from __future__ import annotations
+
+import click
+
+__all__ = ["initramfs"]
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Archive to write (an uncompressed newc cpio; Linux unpacks it before /init).")
+@click.option("--no-console", is_flag=True,
+              help="Do not add dev/console (c 5 1) when DIRECTORY lacks it.")
+def initramfs(directory: str, output: str, no_console: bool) -> None:
+    """Pack DIRECTORY into an initramfs for `pykvm boot --initrd`.
+
+    Members are owned by root and keep their permission bits; the kernel runs
+    /init from it (make it executable).
+    """
+    from pykvm.boot.cpio import archive_tree
+
+    data = archive_tree(directory, console=not no_console)
+    with open(output, "wb") as f:
+        f.write(data)
+    click.echo(f"{output}: {len(data)} bytes", err=True)
