@@ -44,7 +44,9 @@ test-unit: venv
 # The VM tiers (kvm, linux) on hardware-style KVM: directly where /dev/kvm is
 # kvm_amd/kvm_intel, else in an L1 Linux under QEMU TCG with SVM (tests/hw/lane.py,
 # docs/contributing-test-lanes.md). Kernel, serial log and junit.xml: .cache/hw/
+# The `linux` tier's guest is built first (it needs apt); if it cannot be, those tests skip, saying why.
 test-hw: venv guests
+	-$(MAKE) linux-guest
 	$(PY) tests/hw/lane.py -- $(PYTEST_ARGS)
 
 bench: venv guests

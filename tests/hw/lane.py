@@ -52,7 +52,9 @@ DEFAULT_CACHE = ROOT / ".cache" / "hw"
 QEMU = "qemu-system-x86_64"
 L1_CPU = "EPYC,+svm,+npt"           # TCG implements SVM with nested paging
 L1_MEM_MIB = 2048                   # guest RAM; shared memfd, as vhost-user needs
-L1_MODULES = ["virtio_pci", "virtiofs", "kvm_amd"]   # + dependencies, in load order
+L1_MODULES = ["virtio_pci", "virtiofs", "kvm_amd",   # the shares and /dev/kvm
+              "overlay"]        # container images, for `pykvm compare` beside a VM
+# ... and their dependencies, in load order (lane_kernel.load_order)
 BUSYBOX = Path("/bin/busybox")      # Debian's busybox-static
 VIRTIOFSD = [Path("/usr/lib/qemu/virtiofsd"),        # C, shipped with QEMU <= 7.2
              Path("/usr/libexec/virtiofsd")]         # Rust, Debian's virtiofsd package

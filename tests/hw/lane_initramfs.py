@@ -103,19 +103,30 @@ class Newc:
 PROGRESS = "@@lane"
 LANE_DIR = "lane"                  # /lane: busybox, its applet links, modules
 BUSYBOX = f"/{LANE_DIR}/busybox"
+NEWROOT = "newroot"                # the tmpfs that becomes / (switch_root)
+SWITCHED = ".switched"             # present once / is that tmpfs
 BEAT = 5                           # seconds between heartbeat dots on ttyS1
 MERGED_USR = ("bin", "sbin", "lib", "lib64")   # symlinks into /usr on Debian 12
 
 INIT_TEMPLATE = """#!{busybox} sh
 # pykvm L1 lane: mount, load modules, mount the shares, run the tests, power off.
+if [ ! -e /{switched} ]; then
+    # pivot_root(2) refuses the initramfs (rootfs) as the old root, and container
+    # runtimes in L1 need it: copy the few files to a tmpfs and switch_root there.
+    {busybox} mount -t tmpfs -o mode=0755 root /{newroot} || exit 1
+    for entry in /*; do [ "$entry" = /{newroot} ] || {busybox} cp -a "$entry" /{newroot}/; done
+    {busybox} touch /{newroot}/{switched}
+    exec {busybox} switch_root /{newroot} /init
+fi
 {busybox} mkdir -p /{lane}/bin && {busybox} --install -s /{lane}/bin
 export PATH=/{lane}/bin
 fail() {{ echo "{progress} failed $*"; sync; poweroff -f; }}
 echo "{progress} init"
-# The initramfs root is itself a writable tmpfs: /tmp and /root need no mount.
+# / is a writable tmpfs: /tmp and /root need no mount.
 mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev \\
     && mkdir /dev/shm && mount -t tmpfs tmpfs /dev/shm \\
     && mkdir /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts \\
+    && mount -t cgroup2 cgroup2 /sys/fs/cgroup \\
     || fail "mounting /proc /sys /dev"
 # Heartbeat on COM2: the host fails the run when it stops (L1 hung).
 (while :; do echo -n .; sleep {beat}; done) >/dev/ttyS1 2>/dev/null &
@@ -146,6 +157,7 @@ def init_script(modules: list[str], shares: list[tuple[str, str, bool]],
         f"mount -t virtiofs {'-o ro ' if ro else ''}{tag} {q(path)} || fail mount {q(path)}"
         for tag, path, ro in shares)
     return INIT_TEMPLATE.format(busybox=BUSYBOX, lane=LANE_DIR, progress=PROGRESS, beat=BEAT,
+                                newroot=NEWROOT, switched=SWITCHED,
                                 modules=" ".join(modules), mounts=mounts,
                                 workdir=q(workdir), command=command)
 
@@ -169,7 +181,7 @@ def build(busybox: bytes, modules: dict[str, bytes], init: str,
     """
     archive = Newc()
     made: set[str] = set()
-    for directory in ("proc", "sys", "dev", "tmp", "root", "usr", "etc",
+    for directory in ("proc", "sys", "dev", "tmp", "root", "usr", "etc", NEWROOT,
                       f"{LANE_DIR}/modules", *mount_points):
         _add_parents(archive, directory, made)
     for link in MERGED_USR:
