@@ -37,23 +37,31 @@ def test_boot_trace_prints_exits_and_a_summary():
     assert "VM exits" in err and "IO_IN" in err
 
 
+# A PVH guest that polls the UART and echoes each byte; {after} runs after each echo.
+ECHO_GUEST = """
+poll:
+    mov $0x3fd, %dx           # LSR
+    in %dx, %al
+    test $1, %al              # DR: a byte is waiting
+    jz poll
+    mov $0x3f8, %dx           # RBR, then THR
+    in %dx, %al
+    out %al, %dx
+    {after}
+    jmp poll
+"""
+ECHO_FOREVER = ECHO_GUEST.format(after="")
+ECHO_UNTIL_BANG = ECHO_GUEST.format(after="""
+    cmp $'!', %al
+    jne poll
+    mov $0x604, %dx           # ACPI power off
+    mov $0x2000, %ax
+    out %ax, %dx
+""")
+
+
 def test_boot_echo_guest_with_piped_stdin(tmp_path):
-    # A PVH guest that polls the UART and echoes until it reads '!', then powers off.
-    kernel = pvh_elf("""
-    poll:
-        mov $0x3fd, %dx
-        in %dx, %al
-        test $1, %al
-        jz poll
-        mov $0x3f8, %dx
-        in %dx, %al
-        out %al, %dx
-        cmp $'!', %al
-        jne poll
-        mov $0x604, %dx
-        mov $0x2000, %ax
-        out %ax, %dx
-    """, tmp_path / "echo.elf")
+    kernel = pvh_elf(ECHO_UNTIL_BANG, tmp_path / "echo.elf")
     result = pykvm("boot", "--kernel", str(kernel), input=b"typed on stdin!")
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"typed on stdin!"
@@ -117,19 +125,6 @@ def pykvm_hello():
     from pykvm.guests import GUESTS
 
     return GUESTS["hello"].kernel
-
-
-ECHO_FOREVER = """
-poll:
-    mov $0x3fd, %dx
-    in %dx, %al
-    test $1, %al
-    jz poll
-    mov $0x3f8, %dx
-    in %dx, %al
-    out %al, %dx
-    jmp poll
-"""
 
 
 @contextmanager
