@@ -8,13 +8,14 @@ PY     := $(VENV)/bin/python
 PYKVM  := $(VENV)/bin/pykvm
 PYTEST_ARGS ?=
 
-.PHONY: all venv guests boot test test-unit bench clean distclean help
+.PHONY: all venv guests boot test test-unit test-hw bench clean distclean help
 
 all: venv guests
 
 help:
 	@echo "make boot    build everything and boot the bundled guest (Ctrl-A x quits)"
 	@echo "make test    build everything and run the test suite"
+	@echo "make test-hw run the VM tests on hardware-style KVM (an L1 under QEMU TCG if needed)"
 	@echo "make bench   run the benchmarks in tests/bench/ side by side with their peers"
 	@echo "make linux-guest  fetch Debian's kernel and build a busybox initramfs (pykvm boot linux)"
 	@echo "make clean   remove build products (keeps .venv/)"
@@ -40,6 +41,12 @@ test: venv guests
 
 test-unit: venv
 	$(PY) -m pytest -m "not kvm and not root and not slow and not linux" $(PYTEST_ARGS)
+
+# The VM tiers (kvm, linux) on hardware-style KVM: directly where /dev/kvm is
+# kvm_amd/kvm_intel, else in an L1 Linux under QEMU TCG with SVM (tests/hw/lane.py,
+# docs/contributing-test-lanes.md). Kernel, serial log and junit.xml: .cache/hw/
+test-hw: venv guests
+	$(PY) tests/hw/lane.py -- $(PYTEST_ARGS)
 
 bench: venv guests
 	$(PY) tests/bench/run.py

@@ -8,5 +8,6 @@ from setuptools import setup
 setup(
     cffi_modules=[
         "pykvm/kvm/_build.py:ffibuilder",
+        "pykvm/container/_build.py:ffibuilder",
     ],
 )

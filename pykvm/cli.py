@@ -71,15 +71,24 @@ def main(argv: list[str] | None = None) -> None:
     from pykvm.errors import PyKvmError
 
     try:
-        cli.main(args=argv, prog_name="pykvm", standalone_mode=False)
+        # standalone_mode=False lets us format errors ourselves; click then returns the
+        # code of a ctx.exit(code) instead of exiting, so we exit with it.
+        code = cli.main(args=argv, prog_name="pykvm", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PyKvmError as e:
         click.echo(f"pykvm: error: {e}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("pykvm: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        # One line, like every other error; the command's --help has the rest.
+        where = e.ctx.command_path if e.ctx else "pykvm"
+        click.echo(f"pykvm: error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"pykvm: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

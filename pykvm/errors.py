@@ -11,6 +11,7 @@ went wrong and, where there is one, what to do about it.
      +-- ConfigError          bad user input: sizes, names, options
      +-- GuestError           the guest misbehaved and the VM was stopped
      +-- ContainerError       namespaces, mounts, cgroups, images, registries
+          +-- SyscallError    a container system call (mount, unshare, ...) failed
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "GuestError",
     "ContainerError",
+    "SyscallError",
 ]
 
 
@@ -88,7 +90,9 @@ class GuestMemoryError(PyKvmError):
 
 
 class LoaderError(PyKvmError):
-    """A kernel image, ELF or initrd that cannot be loaded."""
+    """A kernel image, ELF or initrd that cannot be loaded: bad input, exit status 2."""
+
+    exit_code = 2
 
 
 class ConfigError(PyKvmError):
@@ -103,3 +107,14 @@ class GuestError(PyKvmError):
 
 class ContainerError(PyKvmError):
     """A container, image or registry operation failed."""
+
+
+class SyscallError(ContainerError):
+    """A system call of the container launcher failed.  Keeps its name and errno."""
+
+    def __init__(self, syscall: str, err: int, detail: str = ""):
+        self.syscall = syscall
+        self.errno = err
+        name = _errno.errorcode.get(err, str(err))
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"{syscall} failed: {name}: {os.strerror(err)}{extra}")

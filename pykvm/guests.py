@@ -29,11 +29,13 @@ class Guest:
 GUESTS = {
     "hello": Guest("hello", GUESTS_DIR / "hello" / "hello.elf",
                    "the smallest PVH guest: prints a greeting and powers off"),
+    "tiny": Guest("tiny", GUESTS_DIR / "tiny" / "tiny.elf",
+                  "the teaching kernel: a shell on the serial console (docs/04-tiny-kernel.md)"),
     "linux": Guest("linux", LINUX_CACHE / "vmlinuz",
                    "Debian's cloud kernel (bzImage) with a busybox initramfs: a shell on the console",
                    initrd=LINUX_CACHE / "initramfs.cpio", build="make linux-guest"),
 }
-DEFAULT_GUEST = "hello"
+DEFAULT_GUEST = "tiny"
 
 
 def find_guest(name: str) -> Guest:

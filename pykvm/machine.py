@@ -201,7 +201,8 @@ class Machine:
                     raise GuestError(self._stopped_because(
                         "triple fault: the guest hit an exception it could not handle"))
                 case InternalError():
-                    raise GuestError(self._stopped_because(_describe_internal_error(exit)))
+                    raise GuestError(self._stopped_because(
+                        _describe_internal_error(exit, self.vcpu.get_regs().rip)))
                 case FailEntry():
                     raise GuestError(self._stopped_because(
                         f"KVM could not enter the guest (hardware reason {exit.hardware_reason:#x})"))
@@ -230,8 +231,8 @@ class Machine:
         self.close()
 
 
-def _describe_internal_error(exit: InternalError) -> str:
-    text = f"KVM internal error: {exit.description}"
+def _describe_internal_error(exit: InternalError, rip: int) -> str:
+    text = f"KVM internal error: {exit.description} at rip {rip:#x}"
     if exit.insn_bytes:
         text += f"; instruction bytes {exit.insn_bytes.hex(' ')}"
     return text

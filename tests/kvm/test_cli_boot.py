@@ -1,7 +1,13 @@
 """`pykvm boot` and `pykvm check` end to end, as separate processes with stdin piped."""
 import os
+import select
+import signal
 import stat
 import subprocess
+import sys
+import termios
+import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -11,8 +17,14 @@ from guestasm import pvh_elf
 pytestmark = pytest.mark.kvm
 
 
-def test_boot_default_guest():
-    result = pykvm("boot")
+def test_boot_default_guest_is_the_tiny_kernel():
+    result = pykvm("boot", input=b"info\npoweroff\n")
+    assert result.returncode == 0, result.stderr
+    assert b"kernel:     tiny" in result.stdout, result.stdout
+
+
+def test_boot_hello():
+    result = pykvm("boot", "hello")
     assert result.returncode == 0, result.stderr
     assert b"Hello from a PVH guest" in result.stdout
 
@@ -83,7 +95,7 @@ def test_segment_outside_guest_memory(tmp_path):
 
 
 def test_no_dev_kvm():
-    line = one_error_line(pykvm("boot", env={"PYKVM_KVM_DEVICE": "/nonexistent/kvm"}))
+    line = one_error_line(pykvm("boot", "hello", env={"PYKVM_KVM_DEVICE": "/nonexistent/kvm"}))
     assert "modprobe" in line, line
 
 
@@ -97,7 +109,7 @@ def test_permission_denied_on_dev_kvm(tmp_path):
     os.chown(node, 65534, 65534)
     tmp_path.chmod(0o755)
     drop = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search")
-    line = one_error_line(pykvm("boot", env={"PYKVM_KVM_DEVICE": str(node)}, prefix=drop))
+    line = one_error_line(pykvm("boot", "hello", env={"PYKVM_KVM_DEVICE": str(node)}, prefix=drop))
     assert "kvm group" in line, line
 
 
@@ -120,30 +132,32 @@ poll:
 """
 
 
-def start_on_a_terminal(kernel):
-    """`pykvm boot --kernel KERNEL` on a new pty; returns (proc, master, slave, settings before)."""
-    import sys
-    import termios
-    import time
+@contextmanager
+def on_a_terminal(kernel):
+    """`pykvm boot --kernel KERNEL` on a new pty, in raw mode; yields (proc, master, settings before).
 
+    On the way out, the process is killed if it still runs and the pty is closed.
+    """
     master, slave = os.openpty()
     before = termios.tcgetattr(slave)
     proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(kernel)],
                             stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    deadline = time.monotonic() + 30
-    while termios.tcgetattr(slave)[3] & termios.ICANON:   # wait for raw mode
-        assert time.monotonic() < deadline, "pykvm never put the terminal in raw mode"
-        time.sleep(0.05)
-    return proc, master, slave, before
+    try:
+        deadline = time.monotonic() + 30
+        while termios.tcgetattr(slave)[3] & termios.ICANON:   # wait for raw mode
+            assert time.monotonic() < deadline, "pykvm never put the terminal in raw mode"
+            time.sleep(0.05)
+        yield proc, master, lambda: termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
 
 
 def test_interactive_terminal_ctrl_a_x_quits_and_restores_it(tmp_path):
     """On a real terminal: raw mode while the guest runs, Ctrl-A x quits, the terminal is restored."""
-    import select
-    import termios
-
-    proc, master, slave, before = start_on_a_terminal(pvh_elf(ECHO_FOREVER, tmp_path / "echo.elf"))
-    try:
+    with on_a_terminal(pvh_elf(ECHO_FOREVER, tmp_path / "echo.elf")) as (proc, master, restored):
         os.write(master, b"ping")
         seen = b""
         while b"ping" not in seen:
@@ -152,41 +166,19 @@ def test_interactive_terminal_ctrl_a_x_quits_and_restores_it(tmp_path):
             seen += os.read(master, 100)
         os.write(master, b"\x01x")                            # Ctrl-A x
         assert proc.wait(timeout=30) == 0
-        assert termios.tcgetattr(slave) == before, "terminal settings not restored"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-        os.close(slave)
+        assert restored(), "terminal settings not restored"
 
 
 def test_ctrl_a_x_stops_a_guest_that_never_exits(tmp_path):
     """A guest spinning without VM exits is stopped too: immediate_exit plus a signal to the vCPU thread."""
-    import termios
-
-    proc, master, slave, before = start_on_a_terminal(pvh_elf("1: jmp 1b", tmp_path / "spin.elf"))
-    try:
+    with on_a_terminal(pvh_elf("1: jmp 1b", tmp_path / "spin.elf")) as (proc, master, restored):
         os.write(master, b"\x01x")
         assert proc.wait(timeout=30) == 0
-        assert termios.tcgetattr(slave) == before
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-        os.close(slave)
+        assert restored()
 
 
 def test_sigterm_restores_the_terminal(tmp_path):
-    import signal
-    import termios
-
-    proc, master, slave, before = start_on_a_terminal(pvh_elf("1: jmp 1b", tmp_path / "spin.elf"))
-    try:
+    with on_a_terminal(pvh_elf("1: jmp 1b", tmp_path / "spin.elf")) as (proc, master, restored):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) != 0
-        assert termios.tcgetattr(slave) == before
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-        os.close(slave)
+        assert restored()

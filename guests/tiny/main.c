@@ -1,0 +1,52 @@
+/*
+ * main.c: kmain, the kernel's table of contents.  entry.S calls it in long
+ * mode on the boot stack with interrupts off.  Each step needs the ones
+ * before it.
+ */
+#include "defs.h"
+#include "memlayout.h"
+#include "pvh.h"
+#include "x86.h"
+
+#define CMDLINE_MAX 256
+
+char boot_cmdline[CMDLINE_MAX];
+
+/* Copy the command line out of VMM-owned memory (kalloc may reuse it). */
+static void read_cmdline(const struct hvm_start_info *si)
+{
+    if (!si->cmdline_paddr || si->cmdline_paddr >= BOOT_MAP_END - CMDLINE_MAX)
+        return;
+    const char *s = (const char *)si->cmdline_paddr;
+    for (int i = 0; i < CMDLINE_MAX - 1 && s[i]; i++)
+        boot_cmdline[i] = s[i];
+}
+
+/* The commands after "run=" (to the end of the line, so they may contain
+ * spaces): "console=ttyS0 run=echo hi;poweroff" -> "echo hi;poweroff". */
+static const char *boot_script(void)
+{
+    for (const char *p = boot_cmdline; *p; p++)
+        if ((p == boot_cmdline || p[-1] == ' ') && strncmp(p, "run=", 4) == 0)
+            return p + 4;
+    return "";
+}
+
+void kmain(const struct hvm_start_info *si)
+{
+    gdt_init();         /* ring 0 and ring 3 segments, the TSS         */
+    idt_init();         /* exception and interrupt gates                */
+    pic_init();         /* IRQs to vectors 32-47, all masked            */
+    serial_init();      /* the console; unmasks IRQ 4                   */
+    kprintf("\n%s %s: booting\n", KERNEL_NAME, KERNEL_VERSION);
+    if (si->magic != XEN_HVM_START_MAGIC_VALUE)
+        panic("not started through PVH: start info magic %x", si->magic);
+    read_cmdline(si);
+    mm_init(si);        /* memory map, page allocator, own page tables  */
+    proc_init();        /* this thread becomes process 0, the shell     */
+    pit_init();         /* 100 Hz timer on IRQ 0                        */
+    sti();
+    kprintf("%s %s: %lu MiB RAM, timer %d Hz, %d user programs. Type 'help'.\n",
+            KERNEL_NAME, KERNEL_VERSION, ram_bytes >> 20, TIMER_HZ, userprog_count);
+    shell_run(boot_script());
+}

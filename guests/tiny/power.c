@@ -1,0 +1,61 @@
+/*
+ * power.c: leaving the machine.  Three ways, all the same on QEMU -M pc
+ * and on pykvm:
+ *
+ *  poweroff   ACPI: write SLP_TYP=0 (S5 on QEMU's PIIX4) | SLP_EN to the
+ *             PM1a control register (ACPI 6.4, 4.8.3.2.1 and 16.1.4).  The
+ *             VMM exits with status 0.  We do not use the debug-exit device
+ *             for this: QEMU's isa-debug-exit turns a written value V into
+ *             exit status (V << 1) | 1, which is always odd, so status 0 is
+ *             unreachable through it.
+ *  debug_exit the isa-debug-exit port: exit status (V << 1) | 1, handy
+ *             for tests that want a specific non-zero status (shell: exit N).
+ *  reboot     the 8042 keyboard controller's "pulse reset line" command;
+ *             if nothing happens, a triple fault (an exception with an
+ *             empty IDT) resets any x86 machine.
+ */
+#include "defs.h"
+#include "memlayout.h"
+#include "x86.h"
+
+static void __attribute__((noreturn)) halt_forever(void)
+{
+    for (;;) {
+        cli();
+        hlt();
+    }
+}
+
+/* Some VMMs act on a power-off request a little later (QEMU: from its main
+ * loop); give them a few timer ticks before complaining. */
+static void wait_ticks(int n)
+{
+    for (uint64_t end = ticks + n; ticks < end;)
+        sti_hlt();
+}
+
+void poweroff(void)
+{
+    outw(ACPI_PM1A_CNT, PM1_SLP_EN);
+    wait_ticks(10);
+    kprintf("poweroff: no ACPI PM1a control port at %x; halting\n", ACPI_PM1A_CNT);
+    halt_forever();
+}
+
+void debug_exit(uint8_t value)
+{
+    outb(DEBUG_EXIT_PORT, value);  /* QEMU and pykvm exit at once */
+    kprintf("exit: no debug-exit device at port %x; halting\n", DEBUG_EXIT_PORT);
+    halt_forever();
+}
+
+void reboot(void)
+{
+    struct dtr empty = { 0, 0 };
+
+    outb(I8042_CMD, I8042_RESET);
+    cli();
+    lidt(&empty);
+    __asm__ volatile("ud2");       /* #UD -> no IDT -> #DF -> triple fault -> reset */
+    halt_forever();
+}

@@ -1,0 +1,39 @@
+/*
+ * proc.h: a process, and the trap frame every interrupt leaves on its
+ * kernel stack.
+ */
+#ifndef TINY_PROC_H
+#define TINY_PROC_H
+#include <stdint.h>
+
+/* The registers as vectors.S saves them: lowest address first. */
+struct trapframe {
+    uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
+    uint64_t rdi, rsi, rbp, rdx, rcx, rbx, rax;
+    uint64_t vector, error;        /* pushed by the stub (error: by the CPU for some) */
+    uint64_t rip, cs, rflags, rsp, ss;   /* pushed by the CPU */
+};
+
+/* What swtch.S saves: callee-saved registers and the return address. */
+struct context {
+    uint64_t r15, r14, r13, r12, rbx, rbp, rip;
+};
+
+enum procstate { UNUSED, RUNNABLE, RUNNING, SLEEPING, ZOMBIE };
+
+#define NPROC 8
+
+struct proc {
+    int pid;
+    enum procstate state;
+    char name[16];
+    uint64_t *pml4;                /* this process's page tables */
+    uint8_t *kstack;               /* one page; TSS.rsp0 points at its top */
+    struct context *context;       /* saved by swtch when not running */
+    uint64_t image_size;           /* bytes mapped at USER_BASE */
+    uint64_t wake_tick;            /* SLEEPING until ticks >= wake_tick */
+    uint64_t start_tick;
+    int exit_status;
+};
+
+#endif

@@ -1,0 +1,157 @@
+"""The workload both sides run, and how to read what it printed.
+
+The same three steps on each side: print a line, report the kernel it sees,
+look around (processes, network interfaces, mounts, hostname, namespaces),
+exit.  Each look-around step first prints a section line `@@name`, so the
+output splits into sections the properties module reads.
+
+    VM, tiny guest     pykvm boot tiny --cmdline "run=echo ...;echo @@kernel;info;..."
+                       (tiny's shell runs the commands on its command line, guests/tiny/shell.c)
+    VM, Linux guest    pykvm boot linux; the SCRIPT is typed into its console shell
+    container          pykvm container run --rm busybox sh -c SCRIPT
+                       (an image without /bin/sh, like hello, just runs its own command)
+
+A user would type these commands; we run them as child processes, exactly so.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["MARKER", "PROBES", "Workload", "Unobserved", "tiny_vm", "linux_vm", "shell_container",
+           "plain_container", "baseline", "split_sections", "display_command", "pykvm_argv"]
+
+MARKER = "pykvm-compare: hello"      # the workload's first line, the same on every side
+SECTION = "@@"                       # a line "@@name" starts section `name` of the output
+END = "end"                          # the last section: everything before it was printed
+
+# Look-around steps for a busybox (or any POSIX) userland: section name -> shell command.
+PROBES = {
+    "kernel": "uname -sr",
+    "boot_id": "cat /proc/sys/kernel/random/boot_id",
+    "memory": "grep MemTotal /proc/meminfo",
+    "processes": "ps",
+    "interfaces": "cat /proc/net/dev",
+    "mounts": "cat /proc/mounts",
+    "hostname": "hostname",
+    "namespaces": "for n in /proc/self/ns/*; do echo ${n##*/} $(readlink $n); done",
+}
+# The tiny kernel's shell has no pipes or files: `info` tells kernel, memory and
+# hypervisor; `ps` lists its process table (guests/tiny/shell.c).
+TINY_PROBES = {"kernel": "info", "processes": "ps"}
+
+LINUX_READY = "pykvm-guest: userspace up"   # guests/linux/init prints it before starting the shell
+# A Linux guest's kernel logs to the same console: `dmesg -n 1` (console loglevel 1, syslog(2))
+# keeps its messages out of the workload's lines.  Its boot log names the hypervisor it found
+# (arch/x86/kernel/cpu/hypervisor.c: "Hypervisor detected: KVM").
+LINUX_QUIET = "dmesg -n 1"
+LINUX_PROBES = {**PROBES, "hypervisor": "dmesg | grep -m1 -o 'Hypervisor detected: .*'"}
+
+
+@dataclass(frozen=True)
+class Unobserved:
+    """An isolation property this workload cannot look at; `value` is what holds by construction."""
+
+    value: object
+    reason: str
+    structural: bool     # True: follows from how the thing is built; False: simply not looked at
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One side of the comparison: the command to run and how to read its output."""
+
+    side: str                       # "vm", "container" or "baseline"
+    name: str                       # the guest's or the image's name
+    argv: list[str]
+    prompt: str = ""                # a shell prompt that prefixes echoed commands, dropped when parsing
+    reply_after: str | None = None  # when a line starts with this, type `reply` on stdin
+    reply: bytes = b""
+    unobserved: dict[str, Unobserved] = field(default_factory=dict)
+    marker: str | None = MARKER     # the workload's first line; None: whatever it prints first
+
+    def first_line(self, line: str) -> bool:
+        """The line whose arrival counts as 'first output' of the workload."""
+        return line.strip() == self.marker if self.marker else line.strip() != ""
+
+
+def pykvm_argv(*args: str) -> list[str]:
+    """The pykvm command line, run with this same Python (as the installed `pykvm` script does)."""
+    return [sys.executable, "-m", "pykvm", *args]
+
+
+def display_command(argv: list[str]) -> str:
+    """argv as a user would type it: `pykvm ...` instead of `python -m pykvm ...`."""
+    return shlex.join(["pykvm", *argv[3:]])
+
+
+def _script(probes: dict[str, str], separator: str) -> str:
+    steps = [f"echo {MARKER}"]
+    for name, command in probes.items():
+        steps += [f"echo {SECTION}{name}", command]
+    steps.append(f"echo {SECTION}{END}")
+    return separator.join(steps)
+
+
+TINY_UNOBSERVED = {
+    "interfaces": Unobserved([], "the tiny kernel has no network stack, and pykvm emulates no network "
+                             "card: only a UART, the debug-exit port, ACPI PM1a and the i8042", True),
+    "mounts": Unobserved({"count": 0, "root": None, "root_type": None}, "the tiny kernel has no file system: its user programs are linked into "
+                         "the kernel image (guests/tiny/userbins.S)", True),
+    "hostname": Unobserved(None, "the tiny kernel has no hostname; nothing of the host's is passed in", True),
+    "namespaces": Unobserved(None, "a VM has no namespaces of the host's kernel: it runs its own kernel", True),
+}
+
+
+def tiny_vm(memory: str) -> Workload:
+    """The tiny teaching kernel, its shell running the workload from the kernel command line."""
+    cmdline = "run=" + _script(TINY_PROBES, ";") + ";poweroff"
+    return Workload("vm", "tiny", pykvm_argv("boot", "tiny", "--mem", memory, "--cmdline", cmdline),
+                    prompt="tiny$ ", unobserved=TINY_UNOBSERVED)
+
+
+def linux_vm(memory: str) -> Workload:
+    """A Linux guest: the script is typed into the shell its /init starts on the console."""
+    line = f"{LINUX_QUIET}; {_script(LINUX_PROBES, '; ')}; poweroff -f\n"
+    return Workload("vm", "linux", pykvm_argv("boot", "linux", "--mem", memory), prompt="guest# ",
+                    reply_after=LINUX_READY, reply=line.encode(),
+                    unobserved={"namespaces": TINY_UNOBSERVED["namespaces"]})
+
+
+def shell_container(image: str) -> Workload:
+    """An image with /bin/sh: the same script as the Linux guest's, through `sh -c`."""
+    return Workload("container", image,
+                    pykvm_argv("container", "run", "--rm", image, "sh", "-c", _script(PROBES, "; ")))
+
+
+def plain_container(image: str) -> Workload:
+    """An image without a shell (hello): it runs its own command, and cannot look around."""
+    why = f"the {image} image has no shell or tools to look with (use --image busybox)"
+    unobserved = {name: Unobserved(None, why, False)
+                  for name in ("kernel", "boot_id", "memory", "processes", "interfaces", "mounts", "hostname",
+                               "namespaces")}
+    return Workload("container", image, pykvm_argv("container", "run", "--rm", image),
+                    unobserved=unobserved, marker=None)
+
+
+def baseline() -> Workload:
+    """The Python front-end alone (`pykvm --version`): what both sides pay before doing anything."""
+    return Workload("baseline", "pykvm", pykvm_argv("--version"), marker=None)
+
+
+def split_sections(lines: list[str], prompt: str = "") -> dict[str, list[str]]:
+    """Output lines -> {section: its lines}; echoed commands (lines starting with the prompt) dropped."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in lines:
+        text = line.strip()
+        if prompt and line.startswith(prompt):
+            continue
+        if text.startswith(SECTION) and text[len(SECTION):].isidentifier():
+            current = text[len(SECTION):]
+            sections[current] = []
+        elif current is not None and text:
+            sections[current].append(line)
+    return sections

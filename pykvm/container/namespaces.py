@@ -1,0 +1,111 @@
+"""Linux namespaces: what a container's processes can see.
+
+namespaces(7): each namespace wraps one global resource so that the
+processes inside have their own copy of it.
+
+    OCI type   clone flag         what is private inside
+    pid        CLONE_NEWPID       process IDs: the first child is PID 1
+    mount      CLONE_NEWNS        the mount table (so pivot_root moves only us)
+    uts        CLONE_NEWUTS       hostname and NIS domain name
+    ipc        CLONE_NEWIPC       System V IPC, POSIX message queues
+    network    CLONE_NEWNET       interfaces, routes, ports: a new one has only `lo`, down
+    cgroup     CLONE_NEWCGROUP    the view of /proc/self/cgroup: our cgroup becomes "/"
+    user       CLONE_NEWUSER      UIDs/GIDs and capabilities: root inside, nobody special outside
+
+unshare(2) moves the caller into new namespaces (for pid: its *next child*);
+setns(2) joins an existing one through a /proc/PID/ns/* file.  The OCI runtime
+spec names them in config.json's linux.namespaces (runtime-spec config-linux.md
+"Namespaces").
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from pykvm.container.syscalls import check, ffi, lib
+from pykvm.errors import ConfigError
+
+__all__ = ["CLONE_FLAGS", "ORDER", "IdMap", "flags_for", "unshare", "setns",
+           "write_id_maps", "loopback_up"]
+
+# OCI namespace type -> clone(2) flag (runtime-spec config-linux.md "Namespaces").
+CLONE_FLAGS = {
+    "pid": lib.CLONE_NEWPID,
+    "network": lib.CLONE_NEWNET,
+    "mount": lib.CLONE_NEWNS,
+    "ipc": lib.CLONE_NEWIPC,
+    "uts": lib.CLONE_NEWUTS,
+    "user": lib.CLONE_NEWUSER,
+    "cgroup": lib.CLONE_NEWCGROUP,
+}
+
+# The order namespaces must be entered in: user first, since it owns the
+# others (creating them needs CAP_SYS_ADMIN *in* the owning user namespace).
+ORDER = ("user", "pid", "network", "ipc", "uts", "cgroup", "mount")
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """One line of /proc/PID/uid_map: `inside outside count` (user_namespaces(7))."""
+
+    inside: int
+    outside: int
+    count: int = 1
+
+    def line(self) -> str:
+        return f"{self.inside} {self.outside} {self.count}\n"
+
+
+def flags_for(kinds) -> int:
+    """The clone(2) flags for a list of OCI namespace types; an unknown type is a ConfigError."""
+    flags = 0
+    for kind in kinds:
+        if kind not in CLONE_FLAGS:
+            raise ConfigError(f"unknown namespace type {kind!r} (known: {', '.join(CLONE_FLAGS)})")
+        flags |= CLONE_FLAGS[kind]
+    return flags
+
+
+def unshare(flags: int) -> None:
+    """Wraps unshare(2): move this process into new namespaces."""
+    if flags:
+        check(lib.unshare(flags), "unshare", f"flags {flags:#x}")
+
+
+def setns(path: str, kind: str) -> None:
+    """Wraps setns(2): join the namespace behind a /proc/PID/ns/* file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        check(lib.setns(fd, CLONE_FLAGS[kind]), "setns", path)
+    finally:
+        os.close(fd)
+
+
+def write_id_maps(pid: int | str, uid_maps: list[IdMap], gid_maps: list[IdMap]) -> None:
+    """Write uid_map and gid_map of a process in a new user namespace.
+
+    user_namespaces(7): an unprivileged writer may map only its own IDs, and
+    must first write "deny" to setgroups (else it could drop supplementary
+    groups that were denying it access: CVE-2014-8989).
+    """
+    proc = f"/proc/{pid}"
+    if os.geteuid() != 0:
+        _write(f"{proc}/setgroups", "deny")
+    _write(f"{proc}/uid_map", "".join(m.line() for m in uid_maps))
+    _write(f"{proc}/gid_map", "".join(m.line() for m in gid_maps))
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in this (new) network namespace: SIOCSIFFLAGS with IFF_UP (netdevice(7))."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifr = ffi.new("struct ifreq *")
+        ifr.ifr_name = b"lo"
+        check(lib.ioctl_ptr(sock.fileno(), lib.SIOCGIFFLAGS, ifr), "ioctl", "SIOCGIFFLAGS lo")
+        lib.ifreq_set_flags(ifr, lib.ifreq_get_flags(ifr) | lib.IFF_UP | lib.IFF_RUNNING)
+        check(lib.ioctl_ptr(sock.fileno(), lib.SIOCSIFFLAGS, ifr), "ioctl", "SIOCSIFFLAGS lo")

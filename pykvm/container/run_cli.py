@@ -1,0 +1,262 @@
+"""`pykvm container run | ps | logs | stop | kill | rm | oci ...`: the run side of the CLI.
+
+Docker's habits for the everyday commands, runc's for `oci` (the OCI runtime
+spec's operations on a bundle).  Imported lazily by pykvm/container/cli.py.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import click
+
+__all__ = ["run_cmd", "ps_cmd", "logs_cmd", "stop_cmd", "kill_cmd", "rm_cmd", "oci_cmd",
+           "parse_signal"]
+
+
+def parse_signal(text: str) -> int:
+    """"TERM", "SIGTERM", "15" -> 15; anything else is a ConfigError."""
+    from pykvm.errors import ConfigError
+    name = text.upper()
+    if name.isdigit() and 0 < int(name) < signal.NSIG:
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    if isinstance(getattr(signal.Signals, name, None), signal.Signals):
+        return int(signal.Signals[name])
+    raise ConfigError(f"unknown signal {text!r} (use a name like TERM or KILL, or a number)")
+
+
+def _parse_env(items: tuple[str, ...]) -> list[str]:
+    """-e K=V sets; -e K copies K from our own environment (Docker's rule)."""
+    import os
+    out = []
+    for item in items:
+        if "=" in item:
+            out.append(item)
+        elif item in os.environ:
+            out.append(f"{item}={os.environ[item]}")
+    return out
+
+
+def _merge_env(base: list[str], extra: list[str]) -> list[str]:
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in base)
+    env.update(e.split("=", 1) for e in extra)
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def _image_config(image: str, args: list[str]):
+    """The IMAGE path: ask the image store (issue 7) for layers and config."""
+    from pykvm.errors import ContainerError
+    try:
+        from pykvm.container.image import resolve_for_run
+    except ImportError:
+        raise ContainerError(f"no image store yet: cannot run image {image!r}; "
+                             f"run a directory with --rootfs DIR instead") from None
+    from pykvm.container.runtime import config_from_image
+    return config_from_image(resolve_for_run(image), args)
+
+
+@click.command("run", context_settings={"ignore_unknown_options": False,
+                                        "allow_interspersed_args": False})
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; print the container id.")
+@click.option("--name", help="A name to refer to the container by.")
+@click.option("--hostname", help="Hostname inside (default: the container id).")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", metavar="UID[:GID]", help="User (and group) to run as.")
+@click.option("--memory", "-m", metavar="SIZE", help="Memory limit, e.g. 64M (OOM kill -> exit 137).")
+@click.option("--pids-limit", type=int, metavar="N", help="Maximum number of processes.")
+@click.option("--cpus", metavar="N", help="CPU quota in CPUs, e.g. 0.5.")
+@click.option("--network", type=click.Choice(["none", "host"]), default="none", show_default=True,
+              help="none: own network namespace with only lo; host: the host's network.")
+@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Give the container a terminal.")
+@click.option("--rootfs", type=click.Path(file_okay=False), help="Run this directory instead of an image.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
+            network, read_only, interactive, tty, rootfs, args):
+    """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
+    from dataclasses import replace
+
+    from pykvm.container import runtime
+    from pykvm.container.cgroups import Limits, parse_cpus, parse_size
+    from pykvm.errors import ConfigError
+
+    args = list(args)
+    if rootfs:
+        cfg = runtime.RunConfig(args=args, rootfs=rootfs)
+    elif args:
+        cfg = _image_config(args[0], args[1:])
+    else:
+        raise ConfigError("give an IMAGE or --rootfs DIR, then the command to run")
+    if pids_limit is not None and pids_limit <= 0:
+        raise ConfigError(f"bad --pids-limit {pids_limit}: must be at least 1")
+    limits = Limits(memory=parse_size(memory) if memory else None, pids=pids_limit,
+                    cpu_quota=parse_cpus(cpus) if cpus else None)
+    namespaces = dict(cfg.namespaces)
+    if network == "host":
+        namespaces.pop("network", None)
+    uid, gid = runtime.parse_user(user, rootfs or cfg.lower_dirs) if user else (cfg.uid, cfg.gid)
+    extra_env = _parse_env(env) + (["TERM=xterm"] if tty else [])
+    cfg = replace(cfg, remove=remove, name=name, hostname=hostname, env=_merge_env(cfg.env, extra_env),
+                  cwd=workdir or cfg.cwd, uid=uid, gid=gid, limits=limits, namespaces=namespaces,
+                  readonly=read_only, interactive=interactive, tty=tty)
+    container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)
+    if detach:
+        click.echo(container.id)
+        return
+    result = container.wait()
+    if result.oom_killed:
+        click.echo(f"pykvm: container {result.id} was killed by the OOM killer "
+                   f"(memory limit {memory})", err=True)
+    sys.exit(result.exit_code)
+
+
+def _status_line(store, state) -> str:
+    status = store.status(state)
+    if status == "stopped":
+        info = store.exit_info(state.id)
+        status = f"exited ({info['exit_code']})" if info else "stopped"
+        if info and info.get("oom_killed"):
+            status += " OOM"
+    return status
+
+
+@click.command("ps")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Also show stopped containers.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
+def ps_cmd(show_all, quiet):
+    """List containers (running ones; -a for all)."""
+    from pykvm.container.state import StateStore
+    store = StateStore()
+    rows = [s for s in store.list() if show_all or store.status(s) != "stopped"]
+    if quiet:
+        for s in rows:
+            click.echo(s.id)
+        return
+    click.echo(f"{'CONTAINER ID':<14}{'NAME':<20}{'STATUS':<16}{'PID':>8}  COMMAND")
+    for s in rows:
+        age = time.strftime("%H:%M:%S", time.localtime(s.created))
+        click.echo(f"{s.id:<14}{s.name[:19]:<20}{_status_line(store, s):<16}{s.pid:>8}  "
+                   f"{' '.join(s.command)[:40]}  (created {age})")
+
+
+@click.command("logs")
+@click.argument("container")
+def logs_cmd(container):
+    """Print the output of a detached container."""
+    from pykvm.container.state import StateStore
+    from pykvm.errors import ContainerError
+    store = StateStore()
+    state = store.resolve(container)
+    log = store.dir(state.id) / "container.log"
+    if not log.exists():
+        raise ContainerError(f"container {state.id} has no log: only detached (-d) containers keep one")
+    with open(log, "rb") as f:
+        while chunk := f.read(65536):
+            sys.stdout.buffer.write(chunk)
+    sys.stdout.flush()
+
+
+@click.command("stop")
+@click.option("-t", "--time", "timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.argument("containers", nargs=-1, required=True)
+def stop_cmd(timeout, containers):
+    """Stop containers: SIGTERM, then SIGKILL after a grace period."""
+    from pykvm.container.runtime import stop_container
+    for ref in containers:
+        click.echo(stop_container(ref, timeout).id)
+
+
+@click.command("kill")
+@click.option("-s", "--signal", "sig", default="KILL", show_default=True, help="Signal to send.")
+@click.argument("containers", nargs=-1, required=True)
+def kill_cmd(sig, containers):
+    """Send a signal to containers (default SIGKILL, like Docker)."""
+    from pykvm.container.runtime import kill_container
+    signo = parse_signal(sig)
+    for ref in containers:
+        click.echo(kill_container(ref, signo).id)
+
+
+@click.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Kill the container first if it is running.")
+@click.argument("containers", nargs=-1, required=True)
+def rm_cmd(force, containers):
+    """Remove stopped containers (their state and cgroups)."""
+    from pykvm.container.runtime import remove_container
+    for ref in containers:
+        click.echo(remove_container(ref, force).id)
+
+
+# --- OCI runtime operations (runtime-spec runtime.md "Operations"), runc's spelling -------
+
+@click.group("oci")
+def oci_cmd():
+    """OCI runtime operations on a bundle: create, start, state, kill, delete (and run)."""
+
+
+_bundle_option = click.option("-b", "--bundle", default=".", show_default=True,
+                              type=click.Path(file_okay=False, exists=True),
+                              help="Bundle directory (config.json + rootfs).")
+
+
+@oci_cmd.command("create")
+@_bundle_option
+@click.argument("container_id")
+def oci_create_cmd(bundle, container_id):
+    """Create a container from a bundle; it waits for `start`."""
+    from pykvm.container.runtime import oci_create
+    oci_create(container_id, bundle)
+
+
+@oci_cmd.command("start")
+@click.argument("container_id")
+def oci_start_cmd(container_id):
+    """Run the user process of a created container."""
+    from pykvm.container.runtime import oci_start
+    oci_start(container_id)
+
+
+@oci_cmd.command("state")
+@click.argument("container_id")
+def oci_state_cmd(container_id):
+    """Print the container's state JSON (runtime.md "State")."""
+    from pykvm.container.state import StateStore
+    store = StateStore()
+    click.echo(json.dumps(store.oci_state(store.resolve(container_id)), indent=2))
+
+
+@oci_cmd.command("kill")
+@click.argument("container_id")
+@click.argument("sig", default="TERM")
+def oci_kill_cmd(container_id, sig):
+    """Send a signal (default TERM) to the container's process."""
+    from pykvm.container.runtime import kill_container
+    kill_container(container_id, parse_signal(sig))
+
+
+@oci_cmd.command("delete")
+@click.option("-f", "--force", is_flag=True, help="Kill the container first if it is running.")
+@click.argument("container_id")
+def oci_delete_cmd(force, container_id):
+    """Delete a stopped container's resources."""
+    from pykvm.container.runtime import remove_container
+    remove_container(container_id, force)
+
+
+@oci_cmd.command("run")
+@_bundle_option
+@click.argument("container_id")
+@click.pass_context
+def oci_run_cmd(ctx, bundle, container_id):
+    """Create, start and wait for a container, then delete it (like `runc run`)."""
+    from pykvm.container.runtime import oci_run
+    sys.exit(oci_run(container_id, bundle).exit_code)

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Benchmark: boot guests/tiny to power-off, `pykvm boot` vs QEMU.
+
+Whole processes, as a user would run them: each run starts the VMM, the
+kernel boots, runs the command line's script and powers off (exit status 0);
+we time from spawn to exit.  Same ELF, same command line, same memory size.
+Prints min/median/max per VMM and the ratio of medians (goal: pykvm <= 0.5x
+QEMU).
+
+    .venv/bin/python tests/bench/bench_tiny_boot.py [--runs 10] [--cmdline 'run=info;poweroff'] [--tcg]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kvm"))
+import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
+
+DEFAULT_CMDLINE = "run=info;poweroff"
+
+
+def time_boot(argv: list[str]) -> float:
+    """Seconds from spawning the VMM to its exit; a non-zero status aborts the benchmark."""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=tinyvm.TIMEOUT_S)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = proc.stdout.decode(errors="replace")[-500:] + proc.stderr.decode(errors="replace")[-500:]
+        raise SystemExit(f"{argv[0]} exited with {proc.returncode}:\n{tail}")
+    return elapsed
+
+
+def measure(argv: list[str], runs: int) -> list[float]:
+    time_boot(argv)                        # warm-up: page cache, Python bytecode
+    return [time_boot(argv) for _ in range(runs)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--cmdline", default=DEFAULT_CMDLINE)
+    parser.add_argument("--tcg", action="store_true", help="also time QEMU with -accel tcg")
+    args = parser.parse_args()
+
+    elf = tinyvm.build_tiny()
+    peers = {"qemu (-accel kvm)": tinyvm.qemu_command(elf, args.cmdline)}
+    if args.tcg:
+        peers["qemu (-accel tcg)"] = tinyvm.qemu_command(elf, args.cmdline, accel="tcg")
+    candidates = {}
+    problem = tinyvm.vmm_problem("pykvm")
+    if problem:
+        print(f"pykvm: not measured: {problem}")
+    else:
+        candidates["pykvm boot"] = tinyvm.pykvm_command(elf, args.cmdline)
+
+    print(f"tiny boot to poweroff, cmdline {args.cmdline!r}, {args.runs} runs each, seconds")
+    print(f"{'vmm':<20} {'min':>7} {'median':>7} {'max':>7}")
+    medians = {}
+    for name, argv in {**candidates, **peers}.items():
+        times = measure(argv, args.runs)
+        medians[name] = statistics.median(times)
+        print(f"{name:<20} {min(times):7.3f} {medians[name]:7.3f} {max(times):7.3f}")
+    for peer in peers if "pykvm boot" in medians else ():
+        ratio = medians["pykvm boot"] / medians[peer]
+        goal = " (goal <= 0.5x)" if peer == "qemu (-accel kvm)" else ""
+        print(f"median ratio pykvm / {peer}: {ratio:.2f}x{goal}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Fixtures for the container tests: a busybox rootfs, a private state directory, the CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pykvm.container.rootfs import make_busybox_rootfs
+
+BUSYBOX = Path("/bin/busybox")
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory) -> Path:
+    """A read-mostly busybox rootfs shared by the tests (tests that write use `fresh_rootfs`)."""
+    if not BUSYBOX.exists():
+        pytest.skip("needs /bin/busybox (Debian package busybox-static)")
+    return make_busybox_rootfs(tmp_path_factory.mktemp("bb") / "rootfs")
+
+
+@pytest.fixture
+def fresh_rootfs(tmp_path) -> Path:
+    if not BUSYBOX.exists():
+        pytest.skip("needs /bin/busybox (Debian package busybox-static)")
+    return make_busybox_rootfs(tmp_path / "rootfs")
+
+
+@pytest.fixture
+def rootfs_factory():
+    """make_busybox_rootfs, for tests that need a rootfs in a place of their choosing."""
+    if not BUSYBOX.exists():
+        pytest.skip("needs /bin/busybox (Debian package busybox-static)")
+    return make_busybox_rootfs
+
+
+@pytest.fixture
+def state_root(tmp_path, monkeypatch) -> Path:
+    """A private state directory for this test (PYKVM_STATE_ROOT)."""
+    root = tmp_path / "state"
+    monkeypatch.setenv("PYKVM_STATE_ROOT", str(root))
+    return root
+
+
+@pytest.fixture
+def pykvm(state_root):
+    """Run `python -m pykvm ARGS...`; returns the CompletedProcess (text mode)."""
+    def run(*args, timeout=60, **kw):
+        if "stdout" not in kw and "stderr" not in kw:
+            kw.setdefault("capture_output", True)
+        return subprocess.run([sys.executable, "-m", "pykvm", *map(str, args)], text=True,
+                              timeout=timeout, env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)},
+                              **kw)
+    return run

@@ -1,0 +1,146 @@
+"""Limits enforced by real cgroups, and nothing left behind afterwards (marker `root`)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pykvm.container import cgroups
+from pykvm.container.cgroups import CgroupV2, Limits
+
+pytestmark = pytest.mark.root
+
+
+def mountinfo() -> list[str]:
+    return Path("/proc/self/mountinfo").read_text().splitlines()
+
+
+def our_cgroup_dirs(cid: str) -> list[Path]:
+    cg = cgroups.open_cgroup(cid)
+    return [d for d in cg.dirs() if d.exists()]
+
+
+def test_oom_kill_is_reported_as_137(pykvm, busybox_rootfs, state_root):
+    # sh keeps the command substitution's output in memory: ~64 MiB against a 16 MiB limit.
+    r = pykvm("container", "run", "--rm", "--memory", "16M", "--rootfs", busybox_rootfs,
+              "sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived")
+    assert r.returncode == 137, (r.returncode, r.stdout, r.stderr)
+    assert "survived" not in r.stdout
+    assert "killed by the OOM killer (memory limit 16M)" in r.stderr
+    assert list(state_root.iterdir()) == []
+
+
+def test_within_memory_limit_runs(pykvm, busybox_rootfs):
+    r = pykvm("container", "run", "--rm", "--memory", "64M", "--rootfs", busybox_rootfs,
+              "sh", "-c", "x=$(head -c 1048576 /dev/zero | tr '\\0' a); echo ${#x}")
+    assert r.stdout == "1048576\n", r.stderr
+
+
+def test_fork_bomb_is_contained(pykvm, busybox_rootfs):
+    # 60 background sleepers against a limit of 16 tasks: fork fails, the host is fine.
+    # Counted with shell built-ins only (a glob and echo).  Without the limit all 60 start.
+    script = ("i=0; while [ $i -lt 60 ]; do sleep 30 & i=$((i+1)); done; "
+              "set -- /proc/[0-9]*; echo $#")
+    free = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "sh", "-c", script)
+    assert int(free.stdout) >= 61, free.stdout
+    r = pykvm("container", "run", "--rm", "--pids-limit", "16", "--rootfs", busybox_rootfs,
+              "sh", "-c", script)
+    assert r.returncode != 0 and "can't fork" in r.stderr, (r.returncode, r.stdout, r.stderr)
+
+
+def test_limits_are_written_to_the_cgroup(pykvm, busybox_rootfs, state_root):
+    cid = pykvm("container", "run", "-d", "--memory", "32M", "--pids-limit", "20", "--cpus", "0.5",
+                "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
+    try:
+        state = json.loads((state_root / cid / "state.json").read_text())
+        dirs = {Path(d).parts[4]: Path(d) for d in state["cgroup"]["dirs"]}   # /sys/fs/cgroup/<controller>/...
+        assert (dirs["memory"] / "memory.limit_in_bytes").read_text().strip() == str(32 << 20)
+        assert (dirs["pids"] / "pids.max").read_text().strip() == "20"
+        assert (dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert str(state["pid"]) in (dirs["pids"] / "cgroup.procs").read_text().split()
+        inside = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "cat", "/proc/self/cgroup")
+        assert "pykvm" not in inside.stdout, "the cgroup namespace hides the host's cgroup paths"
+    finally:
+        pykvm("container", "rm", "-f", cid)
+    assert not any(d.exists() for d in dirs.values())
+
+
+@pytest.mark.parametrize("how", ["normal", "error", "not-found"])
+def test_cleanup_after_exit(pykvm, busybox_rootfs, state_root, how):
+    before = mountinfo()
+    cmd = {"normal": ["true"], "error": ["sh", "-c", "exit 9"], "not-found": ["nope"]}[how]
+    r = pykvm("container", "run", "--rm", "--name", f"c-{how}", "--memory", "32M",
+              "--rootfs", busybox_rootfs, *cmd)
+    assert r.returncode == {"normal": 0, "error": 9, "not-found": 127}[how]
+    assert list(state_root.iterdir()) == []
+    assert mountinfo() == before
+    leftovers = [p for p in Path("/sys/fs/cgroup/memory").rglob("c-*") if "pykvm" in str(p)]
+    assert leftovers == []
+
+
+def test_cleanup_after_kill_9_of_the_container(pykvm, busybox_rootfs, state_root):
+    before = mountinfo()
+    cid = pykvm("container", "run", "-d", "--rm", "--memory", "32M", "--rootfs", busybox_rootfs,
+                "sleep", "1000").stdout.strip()
+    state = json.loads((state_root / cid / "state.json").read_text())
+    dirs = [Path(d) for d in state["cgroup"]["dirs"]]
+    assert all(d.exists() for d in dirs)
+    os.kill(state["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while (state_root / cid).exists() or any(d.exists() for d in dirs):
+        assert time.monotonic() < deadline, "state or cgroup left behind"
+        time.sleep(0.05)
+    assert mountinfo() == before
+    assert not Path(f"/proc/{state['pid']}").exists()
+
+
+def test_cleanup_after_kill_9_of_the_launcher(busybox_rootfs, state_root):
+    """The launcher dies: its monitor kills the container and cleans up (PR_SET_PDEATHSIG)."""
+    before = mountinfo()
+    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "container", "run", "--rm", "--memory", "32M",
+                             "--rootfs", str(busybox_rootfs), "sleep", "1000"],
+                            env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)})
+    deadline = time.monotonic() + 10
+    while not list(state_root.glob("*/state.json")) or \
+            not json.loads(next(state_root.glob("*/state.json")).read_text())["pid"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    state = json.loads(next(state_root.glob("*/state.json")).read_text())
+    dirs = [Path(d) for d in state["cgroup"]["dirs"]]
+    proc.kill()
+    proc.wait()
+    while Path(f"/proc/{state['pid']}").exists() or list(state_root.iterdir()) or \
+            any(d.exists() for d in dirs):
+        assert time.monotonic() < deadline + 10, "container, state or cgroup outlived the launcher"
+        time.sleep(0.02)
+    assert mountinfo() == before
+
+
+def test_v2_backend_on_a_real_cgroup2_hierarchy():
+    """The unified hierarchy here has no controllers (they are bound to v1), but
+    creating, joining, listing, killing and removing a cgroup are real."""
+    root = Path("/sys/fs/cgroup/unified")
+    if cgroups.detect(root) != "v2":
+        pytest.skip("no cgroup2 hierarchy mounted at /sys/fs/cgroup/unified")
+    cg = CgroupV2("pykvm-test/c1", root)
+    cg.create(Limits())
+    child = subprocess.Popen(["sleep", "1000"])
+    try:
+        cg.add(child.pid)
+        assert cg.pids() == [child.pid]
+        assert f"0::/pykvm-test/c1" in Path(f"/proc/{child.pid}/cgroup").read_text()
+        cg.destroy()
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        assert not (root / "pykvm-test" / "c1").exists()
+    finally:
+        child.kill()
+        child.wait()
+        for d in (root / "pykvm-test" / "c1", root / "pykvm-test"):
+            if d.exists():
+                d.rmdir()

@@ -1,0 +1,113 @@
+"""Escape attempts, as runc's CVEs taught them, and bad input (marker `root` where it runs).
+
+CVE-2019-5736: the container overwrote the host's runtime binary through /proc/self/exe.
+CVE-2021-30465 and friends: a rootfs whose mount targets are symlinks to host paths.
+CVE-2024-21626: a host fd leaked into the container ("Leaky Vessels").
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def mountinfo() -> list[str]:
+    return Path("/proc/self/mountinfo").read_text().splitlines()
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("entry", ["proc", "dev", "sys"])
+def test_symlinked_mount_target_stays_inside(pykvm, fresh_rootfs, tmp_path, entry):
+    """rootfs/<entry> -> a host directory: whatever happens, the host directory is untouched."""
+    host_dir = tmp_path / "host-target"
+    host_dir.mkdir()
+    (host_dir / "marker").write_text("host")
+    os.rmdir(fresh_rootfs / entry)
+    (fresh_rootfs / entry).symlink_to(host_dir)           # absolute link to a host path
+    before = mountinfo()
+    pykvm("container", "run", "--rm", "--rootfs", fresh_rootfs, "true")
+    assert mountinfo() == before
+    assert sorted(os.listdir(host_dir)) == ["marker"], "nothing was created or mounted on the host path"
+    # The link was resolved inside the rootfs: a directory with the host path's name appeared there.
+    assert (fresh_rootfs / str(host_dir).lstrip("/")).is_dir()
+
+
+@pytest.mark.root
+def test_symlink_to_host_root_is_contained(pykvm, fresh_rootfs):
+    os.rmdir(fresh_rootfs / "proc")
+    (fresh_rootfs / "proc").symlink_to("/")
+    before = mountinfo()
+    pykvm("container", "run", "--rm", "--rootfs", fresh_rootfs, "true")
+    assert mountinfo() == before
+    assert Path("/proc/self/status").exists() and Path("/etc/os-release").exists()
+
+
+@pytest.mark.root
+def test_proc_self_exe_cannot_reach_host_binaries(pykvm, busybox_rootfs):
+    interpreter = os.path.realpath(sys.executable)
+    before = sha(interpreter)
+    script = ("echo pwned > /proc/1/exe 2>/dev/null && echo WROTE-INIT-EXE; "
+              "cat /proc/1/exe > /dev/null 2>&1 && echo READ-INIT-EXE; "
+              "readlink /proc/1/fd/1 > /dev/null 2>&1 && echo READLINK-INIT-FD; "
+              "cat /proc/1/environ > /dev/null 2>&1 && echo READ-INIT-ENVIRON; "
+              "ls /proc/1/root/ > /dev/null 2>&1 && echo SAW-INIT-ROOT; "
+              "echo pwned > /proc/self/exe 2>/dev/null && echo WROTE-SELF-EXE; echo done")
+    r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "sh", "-c", script)
+    assert r.stdout == "done\n", r.stdout
+    assert sha(interpreter) == before
+    pykvm_files = Path(__file__).resolve().parents[2] / "pykvm"
+    r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "ls", str(pykvm_files))
+    assert r.returncode != 0, "pykvm's own files are not visible inside"
+
+
+@pytest.mark.root
+def test_host_fd_not_visible(pykvm, busybox_rootfs, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    fd = os.open(secret, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    try:
+        r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "sh", "-c",
+                  f"cat /proc/self/fd/{fd} 2>/dev/null; cat /dev/fd/{fd} 2>/dev/null; echo end",
+                  pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert r.stdout == "end\n"
+
+
+# --- bad input: one line, a non-zero status, no traceback ---------------------------------------
+
+@pytest.mark.parametrize("args,code,message", [
+    (["run", "--rm", "--rootfs", "/no/such/dir", "sh"], 1, "rootfs /no/such/dir does not exist"),
+    (["run", "--rm", "no-such-image"], 1, "no-such-image"),
+    (["run", "--rm", "--memory", "12Q", "--rootfs", "/", "sh"], 2, "--memory '12Q' is not a size"),
+    (["run", "--rm", "--cpus", "lots", "--rootfs", "/", "sh"], 2, "bad --cpus 'lots'"),
+    (["run", "--rm", "--pids-limit", "0", "--rootfs", "/", "sh"], 2, "bad --pids-limit 0"),
+    (["run", "--rm"], 2, "give an IMAGE or --rootfs DIR"),
+    (["run", "--rm", "--rootfs", "/"], 2, "no command to run"),
+    (["kill", "-s", "SIGFOO", "x"], 2, "unknown signal 'SIGFOO'"),
+    (["stop", "nonexistent"], 1, "no such container: nonexistent"),
+    (["logs", "nonexistent"], 1, "no such container: nonexistent"),
+    (["oci", "state", "nonexistent"], 1, "no such container: nonexistent"),
+])
+def test_bad_input_is_one_clear_line(pykvm, args, code, message):
+    r = pykvm("container", *args)
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_invalid_config_json_names_the_field(pykvm, tmp_path):
+    (tmp_path / "config.json").write_text('{"ociVersion": "1.0.2", "process": {"args": "sh"}, '
+                                          '"root": {"path": "rootfs"}}')
+    r = pykvm("container", "oci", "create", "--bundle", tmp_path, "c1")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "pykvm: error: config.json: process.args must be a non-empty list of strings"

@@ -1,0 +1,109 @@
+"""Rootless: an ordinary user runs a container in a user namespace (marker `root`:
+root is needed only to become that ordinary user, with setpriv(1)).
+
+Inside, uid 0 is the caller outside; cgroups work only where delegated, and
+where they are not the launcher says which limits it could not apply.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+ROOT = Path(__file__).resolve().parents[2]
+NOBODY = 65534
+
+
+def rootless_problem() -> str | None:
+    if not shutil.which("setpriv"):
+        return "needs setpriv (util-linux)"
+    if int(Path("/proc/sys/user/max_user_namespaces").read_text()) == 0:
+        return "user namespaces are disabled (user.max_user_namespaces = 0)"
+    return None
+
+
+@pytest.fixture
+def public_dir():
+    """A directory nobody can reach (pytest's tmp_path is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="pykvm-rootless-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def rootless_rootfs(public_dir, rootfs_factory):
+    return rootfs_factory(public_dir / "rootfs")
+
+
+@pytest.fixture
+def as_nobody(public_dir):
+    """Run the CLI as uid/gid 65534 with an interpreter and packages that user can read."""
+    if problem := rootless_problem():
+        pytest.skip(problem)
+    python = Path("/usr/bin/python3.11")
+    if not python.exists():
+        pytest.skip("needs /usr/bin/python3.11 (the venv's interpreter may be unreadable for nobody)")
+    site = next(Path(p) for p in sys.path if p.endswith("site-packages"))
+    home = public_dir / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+
+    def run(*args):
+        env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{site}",
+               "XDG_RUNTIME_DIR": str(home)}
+        return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                               str(python), "-m", "pykvm", "container", *map(str, args)],
+                              capture_output=True, text=True, env=env, timeout=60)
+    run.home = home
+    return run
+
+
+def test_rootless_run_maps_root_to_the_caller(as_nobody, rootless_rootfs):
+    r = as_nobody("run", "--rm", "--hostname", "rl", "--rootfs", rootless_rootfs, "sh", "-c",
+                  "id -u; hostname; echo $$; cat /proc/self/uid_map; ls /sys/class/net; "
+                  "touch /bin/x 2>&1 | grep -c 'Permission denied'")
+    assert r.returncode == 0, r.stderr
+    uid, host, pid, *uid_map_and_rest = r.stdout.split("\n")
+    assert (uid, host, pid) == ("0", "rl", "2")
+    assert uid_map_and_rest[0].split() == ["0", str(NOBODY), "1"]
+    assert uid_map_and_rest[1] == "lo"
+    assert uid_map_and_rest[2] == "1", "root inside cannot write the host's root-owned files"
+    assert (as_nobody.home / "pykvm" / "containers").is_dir()
+    assert list((as_nobody.home / "pykvm" / "containers").iterdir()) == []
+
+
+def test_rootless_says_which_limits_it_cannot_apply(as_nobody, rootless_rootfs):
+    r = as_nobody("run", "--rm", "--memory", "64M", "--pids-limit", "10", "--rootfs", rootless_rootfs, "true")
+    assert r.returncode == 0
+    assert "rootless: memory, pids limits NOT applied" in r.stderr, r.stderr
+
+
+def test_rootless_cannot_become_another_user(as_nobody, rootless_rootfs):
+    r = as_nobody("run", "--rm", "-u", "1000", "--rootfs", rootless_rootfs, "id")
+    assert r.returncode == 2
+    assert "only uid/gid 0 exists inside" in r.stderr
+
+
+def test_rootless_host_network_binds_the_hosts_sys(as_nobody, rootless_rootfs):
+    """sysfs cannot be mounted for a network namespace we do not own: /sys is bound instead."""
+    r = as_nobody("run", "--rm", "--network", "host", "--rootfs", rootless_rootfs, "ls", "/sys/class/net")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_rootless_state_dir_problem_is_one_line(as_nobody, rootless_rootfs):
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        "/usr/bin/python3.11", "-m", "pykvm", "container", "run", "--rootfs",
+                        str(rootless_rootfs), "true"], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "PYKVM_STATE_ROOT": "/root/forbidden",
+                            "PYTHONPATH": os.pathsep.join([str(ROOT), *[p for p in sys.path if p.endswith("site-packages")]])})
+    assert r.returncode == 1
+    assert r.stderr.startswith("pykvm: error: cannot create the state directory /root/forbidden")

@@ -1,0 +1,201 @@
+"""`pykvm container run --rootfs`: each isolation property checked from inside the container.
+
+Real namespaces, real mounts, real cgroups: these run as root (marker `root`).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def sh(pykvm, rootfs, script, *opts, **kw):
+    return pykvm("container", "run", "--rm", *opts, "--rootfs", rootfs, "sh", "-c", script, **kw)
+
+
+def test_own_pid_1_is_our_init(pykvm, busybox_rootfs):
+    r = sh(pykvm, busybox_rootfs, "echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'")
+    pid, comm, nprocs = r.stdout.split()
+    assert r.returncode == 0, r.stderr
+    assert pid == "2", "the command is PID 2, under our init"
+    assert comm == "pykvm-init"
+    assert int(nprocs) <= 4, f"only the container's processes are visible, saw {nprocs}"
+
+
+def test_hostname(pykvm, busybox_rootfs):
+    assert sh(pykvm, busybox_rootfs, "hostname", "--hostname", "box").stdout == "box\n"
+    default = sh(pykvm, busybox_rootfs, "hostname").stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{12}", default), default
+    assert default != os.uname().nodename
+
+
+def test_only_loopback_and_it_is_up(pykvm, busybox_rootfs):
+    r = sh(pykvm, busybox_rootfs, "ls /sys/class/net; ip -o link show lo")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "lo", r.stdout
+    assert "UP" in lines[1].split("<")[1].split(">")[0], lines[1]
+    host = sh(pykvm, busybox_rootfs, "ls /sys/class/net", "--network", "host").stdout.split()
+    assert sorted(host) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_host_mounts_invisible(pykvm, busybox_rootfs):
+    r = sh(pykvm, busybox_rootfs, "cat /proc/self/mountinfo")
+    points = [line.split()[4] for line in r.stdout.splitlines()]
+    assert points[0] == "/"
+    assert not [p for p in points if p.startswith(("/run", "/work", "/home"))], points
+    assert len(points) < 40
+
+
+def test_dev_is_minimal(pykvm, busybox_rootfs):
+    r = sh(pykvm, busybox_rootfs, "ls /dev; echo x > /dev/null && head -c 4 /dev/zero | wc -c")
+    names = set(r.stdout.split()[:-1])
+    assert names == {"fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm",
+                     "stderr", "stdin", "stdout", "tty", "urandom", "zero"}, names
+    assert r.stdout.split()[-1] == "4"
+
+
+def test_proc_and_sys_protections(pykvm, busybox_rootfs):
+    script = ("cat /proc/keys | wc -c; ls /proc/acpi 2>/dev/null | wc -l; "
+              "echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo WROTE-PROC-SYS; "
+              "touch /sys/x 2>/dev/null && echo WROTE-SYS; echo done")
+    r = sh(pykvm, busybox_rootfs, script)
+    assert r.stdout.split() == ["0", "0", "done"], r.stdout
+
+
+def test_read_only_root(pykvm, fresh_rootfs):
+    assert sh(pykvm, fresh_rootfs, "touch /f && echo ok").stdout == "ok\n"
+    r = sh(pykvm, fresh_rootfs, "touch /g 2>&1; touch /tmp/h 2>&1", "--read-only")
+    assert "Read-only file system" in r.stdout
+    assert not (fresh_rootfs / "g").exists()
+
+
+def test_env_cwd_user(pykvm, busybox_rootfs):
+    r = sh(pykvm, busybox_rootfs, 'echo "$FOO|$(pwd)|$(id -u):$(id -g)"',
+           "-e", "FOO=bar baz", "-w", "/tmp", "-u", "1000:1000")
+    assert r.stdout == "bar baz|/tmp|1000:1000\n", r.stderr
+    assert sh(pykvm, busybox_rootfs, "id -u", "-u", "user").stdout == "1000\n"
+
+
+def test_capabilities_no_new_privs(pykvm, busybox_rootfs):
+    from pykvm.container.capabilities import DEFAULT_CAPS, cap_numbers
+    default = sum(1 << c for c in cap_numbers(DEFAULT_CAPS))
+    r = sh(pykvm, busybox_rootfs, "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status")
+    status = dict(line.split(":\t") for line in r.stdout.splitlines())
+    assert int(status["CapEff"], 16) == default
+    assert int(status["CapBnd"], 16) == default
+    assert status["NoNewPrivs"] == "1"
+    r = sh(pykvm, busybox_rootfs, "grep ^CapEff /proc/self/status", "-u", "1000")
+    assert int(r.stdout.split()[1], 16) == 0, "a non-root user has no effective capabilities"
+
+
+def test_only_stdio_is_passed_in(pykvm, busybox_rootfs, tmp_path):
+    leaked = os.open(tmp_path / "secret", os.O_CREAT | os.O_RDWR)
+    os.set_inheritable(leaked, True)
+    try:
+        r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "ls", "/proc/self/fd",
+                  pass_fds=(leaked,))
+    finally:
+        os.close(leaked)
+    # 3 is ls's own handle on /proc/self/fd
+    assert set(r.stdout.split()) <= {"0", "1", "2", "3"}, r.stdout
+
+
+@pytest.mark.parametrize("script,code", [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137),
+                                         ("kill -TERM $$", 143)])
+def test_exit_status_propagates(pykvm, busybox_rootfs, script, code):
+    assert sh(pykvm, busybox_rootfs, script).returncode == code
+
+
+def test_command_not_found_is_127_with_a_message(pykvm, busybox_rootfs, state_root):
+    r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "no-such-command")
+    assert r.returncode == 127
+    assert r.stderr.strip() == ("pykvm: error: no-such-command: command not found in the container "
+                                "(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)")
+    assert list(state_root.iterdir()) == []
+
+
+def test_stdin_interactive(pykvm, busybox_rootfs):
+    r = pykvm("container", "run", "--rm", "-i", "--rootfs", busybox_rootfs, "cat", input="piped\n")
+    assert r.stdout == "piped\n"
+    r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "cat", input="piped\n")
+    assert r.stdout == "", "without -i stdin is /dev/null"
+
+
+def test_tty(pykvm, busybox_rootfs, state_root):
+    import pty
+    import subprocess
+    import sys
+    main, sub = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "container", "run", "--rm", "-it",
+                             "--rootfs", str(busybox_rootfs), "sh", "-c",
+                             "test -t 0 && test -t 1 && echo TTY-OK"],
+                            stdin=sub, stdout=sub, stderr=sub,
+                            env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)})
+    os.close(sub)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=30) == 0
+    os.close(main)
+    assert b"TTY-OK" in out, out
+
+
+def test_pid1_forwards_sigterm_and_reaps(pykvm, busybox_rootfs):
+    # The command orphans a child (reaped by init) and traps TERM sent to init from outside.
+    script = ("(sleep 0.1 &) ; trap 'echo got-TERM; exit 5' TERM; "
+              "kill -TERM 1; sleep 5 & wait; echo not-reached")
+    r = sh(pykvm, busybox_rootfs, script)
+    assert r.stdout == "got-TERM\n" and r.returncode == 5, (r.stdout, r.returncode)
+
+
+def test_detached_logs_stop_rm(pykvm, busybox_rootfs, state_root):
+    r = pykvm("container", "run", "-d", "--name", "web", "--rootfs", busybox_rootfs,
+              "sh", "-c", "echo hello-log; trap 'echo bye; exit 0' TERM; while :; do sleep 1; done")
+    cid = r.stdout.strip()
+    assert r.returncode == 0 and re.fullmatch(r"[0-9a-f]{12}", cid), r.stderr
+    ps = pykvm("container", "ps").stdout
+    assert cid in ps and "web" in ps and "running" in ps, ps
+    _wait_for(lambda: "hello-log" in pykvm("container", "logs", "web").stdout)
+    assert pykvm("container", "stop", "-t", "5", "web").stdout.strip() == cid
+    assert "exited (0)" in pykvm("container", "ps", "-a").stdout
+    assert pykvm("container", "logs", cid).stdout == "hello-log\nbye\n"
+    assert pykvm("container", "rm", "web").returncode == 0
+    assert pykvm("container", "ps", "-a", "-q").stdout == ""
+    assert list(state_root.iterdir()) == []
+
+
+def test_kill_and_rm_force(pykvm, busybox_rootfs, state_root):
+    cid = pykvm("container", "run", "-d", "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
+    r = pykvm("container", "rm", cid)
+    assert r.returncode == 1 and "stop it first or use --force" in r.stderr
+    assert pykvm("container", "kill", "-s", "KILL", cid).returncode == 0
+    _wait_for(lambda: "exited (137)" in pykvm("container", "ps", "-a").stdout)
+    cid2 = pykvm("container", "run", "-d", "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
+    assert pykvm("container", "rm", "-f", cid, cid2).returncode == 0
+    assert list(state_root.iterdir()) == []
+
+
+def test_name_in_use(pykvm, busybox_rootfs):
+    cid = pykvm("container", "run", "-d", "--name", "dup", "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
+    try:
+        r = pykvm("container", "run", "--name", "dup", "--rootfs", busybox_rootfs, "true")
+        assert r.returncode == 2 and "already in use" in r.stderr
+    finally:
+        pykvm("container", "rm", "-f", cid)
+
+
+def _wait_for(predicate, timeout=10.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

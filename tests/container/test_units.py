@@ -1,0 +1,258 @@
+"""Unit tests (no root): cgroup backends on a fake tree, config.json parsing, path resolution."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pykvm.container import bundle, cgroups, rootfs, runtime
+from pykvm.container.cgroups import CgroupV1, CgroupV2, Limits
+from pykvm.errors import ConfigError, ContainerError
+
+
+# --- cgroups -------------------------------------------------------------------------------
+
+def fake_v2(root):
+    """A directory that looks like a cgroup2 mount with memory, pids and cpu available."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    return root
+
+
+def test_detect_v2_v1_none(tmp_path):
+    assert cgroups.detect(fake_v2(tmp_path / "v2")) == "v2"
+    (tmp_path / "v1" / "memory").mkdir(parents=True)
+    assert cgroups.detect(tmp_path / "v1") == "v1"
+    (tmp_path / "empty").mkdir()
+    assert cgroups.detect(tmp_path / "empty") is None
+
+
+def test_v2_create_writes_limits_and_enables_controllers(tmp_path):
+    root = fake_v2(tmp_path / "cg")
+    (root / "pykvm").mkdir()
+    (root / "pykvm" / "cgroup.controllers").write_text("cpu memory pids\n")
+    cg = CgroupV2("pykvm/c1", root)
+    cg.create(Limits(memory=64 << 20, pids=64, cpu_quota=50_000))
+    d = root / "pykvm" / "c1"
+    assert (d / "memory.max").read_text() == f"{64 << 20}\n"
+    assert (d / "pids.max").read_text() == "64\n"
+    assert (d / "cpu.max").read_text() == "50000 100000\n"
+    assert (root / "cgroup.subtree_control").read_text().split() == ["+memory", "+pids", "+cpu"]
+    assert (root / "pykvm" / "cgroup.subtree_control").read_text().split() == ["+memory", "+pids", "+cpu"]
+
+
+def test_v2_missing_controller_is_reported(tmp_path):
+    root = tmp_path / "cg"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpu\n")              # memory not delegated
+    with pytest.raises(ContainerError, match="memory"):
+        CgroupV2("pykvm/c1", root).create(Limits(memory=1 << 20))
+
+
+def test_v2_oom_kills_read_from_memory_events(tmp_path):
+    root = fake_v2(tmp_path / "cg")
+    cg = CgroupV2("c1", root)
+    cg.create(Limits())
+    (root / "c1" / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 2\noom_kill 1\n")
+    assert cg.oom_kills() == 1
+
+
+def test_v1_create_per_controller(tmp_path):
+    for c in ("memory", "pids", "cpu"):
+        (tmp_path / c).mkdir()
+    cg = CgroupV1({"memory": "a/pykvm/c1", "pids": "pykvm/c1", "cpu": "pykvm/c1"}, tmp_path)
+    cg.create(Limits(memory=1 << 20, pids=10, cpu_quota=25_000))
+    assert (tmp_path / "memory/a/pykvm/c1/memory.limit_in_bytes").read_text() == f"{1 << 20}\n"
+    assert (tmp_path / "pids/pykvm/c1/pids.max").read_text() == "10\n"
+    assert (tmp_path / "cpu/pykvm/c1/cpu.cfs_quota_us").read_text() == "25000\n"
+    assert (tmp_path / "cpu/pykvm/c1/cpu.cfs_period_us").read_text() == "100000\n"
+    (tmp_path / "memory/a/pykvm/c1/memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
+    assert cg.oom_kills() == 3
+
+
+def test_open_cgroup_nests_under_own_cgroup(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text("8:pids:/\n4:memory:/session/x\n1:cpu:/\n0::/user.slice/me\n")
+    for c in ("memory", "pids", "cpu"):
+        (tmp_path / c).mkdir()
+    v1 = cgroups.open_cgroup("c9", root=tmp_path, version="v1", proc_self_cgroup=str(proc))
+    assert sorted(map(str, v1.dirs())) == sorted(str(tmp_path / p) for p in
+                                                  ("memory/session/x/pykvm/c9", "pids/pykvm/c9", "cpu/pykvm/c9"))
+    v2 = cgroups.open_cgroup("c9", root=tmp_path, version="v2", proc_self_cgroup=str(proc))
+    assert v2.dirs() == [tmp_path / "user.slice/me/pykvm/c9"]
+
+
+@pytest.mark.parametrize("text,value", [("64M", 64 << 20), ("1g", 1 << 30), ("512k", 512 << 10),
+                                        ("100", 100), ("1.5m", 3 << 19), ("64MB", 64 << 20)])
+def test_parse_size(text, value):
+    assert cgroups.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "12Q", "-1M", "M", "0", "lots"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ConfigError):
+        cgroups.parse_size(text)
+
+
+def test_parse_cpus():
+    assert cgroups.parse_cpus("0.5") == 50_000
+    for bad in ("zero", "0", "-1", "1000"):
+        with pytest.raises(ConfigError):
+            cgroups.parse_cpus(bad)
+
+
+# --- rootfs path resolution ------------------------------------------------------------------
+
+def test_secure_join_keeps_symlinks_inside(tmp_path):
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (root / "abs").symlink_to("/")                     # absolute: restarts at root, not the host's /
+    (root / "up").symlink_to("../../../..")            # climbs: clamped at root
+    (root / "proc").symlink_to("/etc/../real")
+    r = str(root)
+    assert rootfs.secure_join(r, "/abs/etc") == f"{r}/etc"
+    assert rootfs.secure_join(r, "/up/etc/passwd") == f"{r}/etc/passwd"
+    assert rootfs.secure_join(r, "/proc/x") == f"{r}/real/x"
+    assert rootfs.secure_join(r, "../../x") == f"{r}/x"
+
+
+def test_secure_join_symlink_loop(tmp_path):
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(ContainerError, match="too many symbolic links"):
+        rootfs.secure_join(str(tmp_path), "/a")
+
+
+def test_parse_options():
+    from pykvm.container.syscalls import lib
+    flags, data = rootfs.parse_options(["nosuid", "ro", "mode=755", "size=1k", "rw"])
+    assert flags == lib.MS_NOSUID
+    assert data == "mode=755,size=1k"
+
+
+# --- config.json ------------------------------------------------------------------------------
+
+def runc_like_spec() -> dict:
+    return {
+        "ociVersion": "1.0.2-dev",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+                    "env": ["PATH=/bin"], "cwd": "/",
+                    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+                                     "permitted": ["CAP_KILL"]},
+                    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                    "noNewPrivileges": True},
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "runc",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind", "ro"]}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}],
+                  "resources": {"memory": {"limit": 1 << 24}, "pids": {"limit": 32},
+                                "cpu": {"quota": 20000, "period": 100000}},
+                  "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"],
+                  "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]},
+    }
+
+
+def test_config_from_spec_reads_the_fields(tmp_path):
+    cfg = bundle.config_from_spec(runc_like_spec(), str(tmp_path))
+    assert cfg.args == ["sh"] and cfg.env == ["PATH=/bin"] and cfg.hostname == "runc"
+    assert cfg.rootfs == str(tmp_path / "rootfs") and cfg.readonly
+    assert cfg.namespaces == {"pid": None, "mount": None, "network": None}
+    assert cfg.limits == Limits(memory=1 << 24, pids=32, cpu_quota=20000, cpu_period=100000)
+    assert cfg.mounts[1].source == str(tmp_path / "data") and cfg.mounts[1].is_bind
+    assert cfg.uid_mappings[0].line() == "0 100000 65536\n"
+    assert cfg.rlimits == [("RLIMIT_NOFILE", 1024, 1024)]
+    assert cfg.init is False                            # the process is PID 1, as with runc
+
+
+@pytest.mark.parametrize("path,value,field", [
+    (("process", "args"), [], "process.args"),
+    (("process", "args"), "sh", "process.args"),
+    (("process", "cwd"), "tmp", "process.cwd"),
+    (("process", "user", "uid"), "root", "process.user.uid"),
+    (("root", "path"), 7, "root.path"),
+    (("linux", "namespaces"), [{"type": "time-travel"}], "linux.namespaces[0].type"),
+    (("linux", "resources", "memory", "limit"), -5, "linux.resources.memory.limit"),
+    (("process", "capabilities", "bounding"), ["CAP_FLY"], "process.capabilities.bounding"),
+    (("process", "rlimits"), [{"type": "RLIMIT_NOPE", "soft": 1, "hard": 1}], "process.rlimits[0].type"),
+    (("mounts",), [{"destination": "relative"}], "mounts[0].destination"),
+])
+def test_invalid_config_names_the_field(tmp_path, path, value, field):
+    spec = runc_like_spec()
+    node = spec
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as e:
+        bundle.config_from_spec(spec, str(tmp_path))
+    assert field in str(e.value), str(e.value)
+
+
+def test_load_bundle_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        bundle.load_bundle(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        bundle.load_bundle(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"ociVersion": "1.0.2"}))
+    with pytest.raises(ConfigError, match="process must be an object"):
+        bundle.load_bundle(str(tmp_path))
+
+
+# --- RunConfig -------------------------------------------------------------------------------
+
+def test_run_config_validation(tmp_path):
+    with pytest.raises(ConfigError, match="no command"):
+        runtime.RunConfig(args=[], rootfs=str(tmp_path)).finalized()
+    with pytest.raises(ContainerError, match="does not exist"):
+        runtime.RunConfig(args=["sh"], rootfs=str(tmp_path / "missing")).finalized()
+    with pytest.raises(ConfigError, match="absolute"):
+        runtime.RunConfig(args=["sh"], rootfs=str(tmp_path), cwd="tmp").finalized()
+    with pytest.raises(ConfigError, match="mount namespace"):
+        runtime.RunConfig(args=["sh"], rootfs=str(tmp_path), namespaces={"pid": None}).finalized()
+
+
+def test_parse_user(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\nweb:x:33:44::/:/bin/sh\n")
+    (tmp_path / "etc" / "group").write_text("root:x:0:\nstaff:x:50:\n")
+    assert runtime.parse_user("1000:1000") == (1000, 1000)
+    assert runtime.parse_user("web", str(tmp_path)) == (33, 44)
+    assert runtime.parse_user("web:staff", str(tmp_path)) == (33, 50)
+    with pytest.raises(ConfigError, match="unknown user"):
+        runtime.parse_user("nobody-here", str(tmp_path))
+    top = tmp_path / "top-layer"
+    top.mkdir()                                   # a layer without /etc/passwd: look below it
+    assert runtime.parse_user("web", [str(top), str(tmp_path)]) == (33, 44)
+
+
+def test_config_from_image_orders_layers_top_first(tmp_path):
+    class Image:
+        layers = ["/l/base", "/l/mid", "/l/top"]
+        entrypoint = ["/bin/ep"]
+        cmd = ["default"]
+        env = ["PATH=/bin", "A=1"]
+        working_dir = "/srv"
+        user = "7:8"
+    cfg = runtime.config_from_image(Image(), ["given"])
+    assert cfg.lower_dirs == ["/l/top", "/l/mid", "/l/base"]
+    assert cfg.args == ["/bin/ep", "given"]
+    assert (cfg.cwd, cfg.uid, cfg.gid, cfg.env) == ("/srv", 7, 8, ["PATH=/bin", "A=1"])
+    assert runtime.config_from_image(Image()).args == ["/bin/ep", "default"]
+
+
+def test_state_root_override(monkeypatch, tmp_path):
+    from pykvm.container.state import state_root
+    monkeypatch.setenv("PYKVM_STATE_ROOT", str(tmp_path))
+    assert state_root() == tmp_path
+    monkeypatch.delenv("PYKVM_STATE_ROOT")
+    assert str(state_root()).startswith("/run/pykvm" if os.geteuid() == 0 else "/")
+
+
+def test_parse_signal():
+    from pykvm.container.run_cli import parse_signal
+    assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
+    with pytest.raises(ConfigError):
+        parse_signal("SIGFOO")

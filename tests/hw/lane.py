@@ -1,0 +1,427 @@
+"""`make test-hw`: pykvm's VM tests on hardware-style KVM, on any x86-64 Linux host.
+
+Where /dev/kvm is hardware KVM (kvm_amd or kvm_intel loaded), the lane runs the
+VM tests directly.  Everywhere else (PVM-backed /dev/kvm, or no KVM at all) it
+boots an "L1" Linux in QEMU's software CPU (TCG) with AMD SVM and nested paging,
+loads kvm_amd there, and runs the same tests inside L1, where /dev/kvm behaves
+like hardware SVM (AMD64 APM vol. 2, ch. 15 "Secure Virtual Machine").
+
+    host                                    L1: qemu -accel tcg -cpu EPYC,+svm,+npt
+    ----                                    ----------------------------------------
+    1. fetch linux-image-cloud-amd64        (kernel from .cache/hw/, never installed)
+    2. write the initramfs                  /init: busybox, insmod virtio-fs + KVM
+    3. one virtiofsd per shared tree  <-->  mounted at the same paths: /usr, the
+                                            checkout (with .venv), the venv's Python
+    4. qemu; serial console on a pipe <---  "@@lane <event>" progress lines
+    5. summary from junit.xml         <---  pytest -m "kvm or linux" --junitxml=...
+
+Each stage has a timeout; a failure names the stage and keeps the serial log
+(.cache/hw/serial.log).  Usage:
+
+    python tests/hw/lane.py [--force-l1] [--boot-timeout S] ... [-- PYTEST_ARGS]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lane_initramfs
+import lane_kernel
+from lane_error import LaneError
+
+__all__ = ["LANE_MARKERS", "main"]
+
+ROOT = Path(__file__).resolve().parents[2]      # the checkout
+sys.path.insert(0, str(ROOT / "tests"))
+from tiers import kvm_flavour  # noqa: E402  (one definition of "which KVM")
+
+LANE_MARKERS = "kvm or linux"       # the tests that need a VM: -m selects them
+DEFAULT_CACHE = ROOT / ".cache" / "hw"
+QEMU = "qemu-system-x86_64"
+L1_CPU = "EPYC,+svm,+npt"           # TCG implements SVM with nested paging
+L1_MEM_MIB = 2048                   # guest RAM; shared memfd, as vhost-user needs
+L1_MODULES = ["virtio_pci", "virtiofs", "kvm_amd"]   # + dependencies, in load order
+BUSYBOX = Path("/bin/busybox")      # Debian's busybox-static
+VIRTIOFSD = [Path("/usr/lib/qemu/virtiofsd"),        # C, shipped with QEMU <= 7.2
+             Path("/usr/libexec/virtiofsd")]         # Rust, Debian's virtiofsd package
+HEARTBEAT_POLL = 2.0                # seconds between looks at the heartbeat file
+L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
+LD_SO_CACHE = Path("/etc/ld.so.cache")
+ETC_FILES = {"passwd": b"root:x:0:0:root:/root:/bin/sh\n", "group": b"root:x:0:\n"}
+
+
+@dataclass
+class Stage:
+    """One step of the L1 run: it ends when the L1 prints `@@lane <event>`."""
+    name: str
+    event: str
+    timeout: float
+    seconds: float = field(default=0.0)
+
+
+def stages(args: argparse.Namespace) -> list[Stage]:
+    return [Stage("L1 boot", "init", args.boot_timeout),
+            Stage("module load", "modules-loaded", args.stage_timeout),
+            Stage("virtio-fs mounts", "shares-mounted", args.stage_timeout),
+            Stage("tests", "tests-done", args.tests_timeout)]
+
+
+# --- running the tests (in L1, or directly on hardware KVM) ------------------
+
+def run_tests(markers: str, junit: Path, pytest_args: list[str]) -> int:
+    """pytest on the tests `markers` selects, junit XML to `junit`; pytest's exit status."""
+    import pytest        # in-process: one interpreter start less, seconds under TCG
+    os.chdir(ROOT)
+    return int(pytest.main(["-m", markers, "-p", "no:cacheprovider",
+                            f"--junitxml={junit}", *pytest_args]))
+
+
+def junit_summary(junit: Path) -> str:
+    """'N passed, F failed, E errors, S skipped' from pytest's junit XML."""
+    try:
+        root = ET.parse(junit).getroot()
+    except (OSError, ET.ParseError) as e:
+        return f"no junit results ({e})"
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return f"no testsuite in {junit}"
+    count = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    passed = count["tests"] - count["failures"] - count["errors"] - count["skipped"]
+    return (f"{passed} passed, {count['failures']} failed, {count['errors']} errors, "
+            f"{count['skipped']} skipped")
+
+
+# --- the shares: which host trees L1 needs, one virtiofsd each ---------------
+
+def shared_trees(cache: Path) -> list[Path]:
+    """What L1 needs from the host: /usr, the checkout, the venv, its base Python, the cache."""
+    return outermost([Path("/usr"), ROOT, Path(sys.prefix), Path(sys.base_prefix), cache])
+
+
+def outermost(paths: list[Path]) -> list[Path]:
+    """`paths` resolved, without those inside another one (a share shows its subtrees)."""
+    wanted = {p.resolve() for p in paths}
+    return sorted(p for p in wanted if not any(q != p and p.is_relative_to(q) for q in wanted))
+
+
+def find_virtiofsd() -> Path:
+    for path in VIRTIOFSD:
+        if path.exists():
+            return path
+    raise LaneError("no virtiofsd: install qemu-system-x86 (Debian 12) or virtiofsd (later)")
+
+
+def virtiofsd_command(binary: Path, socket: Path, source: Path) -> list[str]:
+    """The daemon's command line.  cache=always lets L1 keep what it looked up:
+    nothing on the host changes the shared trees during a run, and a Python
+    start in L1 then takes about half as long (1.0 s instead of 2.3 s here)."""
+    if binary.parent.name == "qemu":                     # the C daemon's -o syntax
+        return [str(binary), f"--socket-path={socket}", "-o", f"source={source}",
+                "-o", "sandbox=namespace", "-o", "cache=always"]
+    return [str(binary), f"--socket-path={socket}", f"--shared-dir={source}",
+            "--sandbox=namespace", "--cache=always"]
+
+
+def start_virtiofsd(stack: ExitStack, binary: Path, socket: Path, source: Path,
+                    log: Path) -> None:
+    """Start one daemon; return when its vhost-user socket exists."""
+    out = stack.enter_context(open(log, "ab"))
+    proc = subprocess.Popen(virtiofsd_command(binary, socket, source),
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    stack.callback(_stop, proc)
+    deadline = time.monotonic() + 10
+    while not socket.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LaneError(f"stage 'virtiofsd' failed for {source}: see {log}")
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the initramfs -----------------------------------------------------------
+
+def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str, junit: Path,
+                    pytest_args: list[str], path: Path) -> list[str]:
+    """Write the L1's initramfs to `path`; return the modules it loads, in order."""
+    busybox = static_busybox()
+    modules = l1_modules(kernel)
+    shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
+    inside = [sys.executable, str(Path(__file__).resolve()), "--inside", f"--junit={junit}",
+              f"--markers={markers}", "--", *pytest_args]
+    init = lane_initramfs.init_script(list(modules), shares, str(ROOT), shlex.join(inside))
+    etc = dict(ETC_FILES)
+    if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
+        etc[LD_SO_CACHE.name] = LD_SO_CACHE.read_bytes()
+    path.write_bytes(lane_initramfs.build(busybox, modules, init, [str(t) for t in trees], etc))
+    return list(modules)
+
+
+def static_busybox() -> bytes:
+    """busybox-static's binary, after checking that L1 can run it and, later, /usr's programs."""
+    for link in lane_initramfs.MERGED_USR:
+        if Path("/", link).exists() and not Path("/", link).is_symlink():
+            raise LaneError(f"/{link} is not a link into /usr: the lane shares only /usr, "
+                            "so it needs a merged-/usr host (Debian 12, Ubuntu 22.04 and later)")
+    busybox = BUSYBOX.read_bytes() if BUSYBOX.exists() else b""
+    if not lane_initramfs.is_static_elf(busybox):
+        raise LaneError(f"{BUSYBOX} is missing or dynamically linked (it must run before /usr "
+                        "is mounted): apt-get install busybox-static")
+    return busybox
+
+
+def l1_modules(kernel: lane_kernel.Kernel) -> dict[str, bytes]:
+    """L1_MODULES and their dependencies, name -> ELF image, in load order."""
+    files = kernel.module_files()
+    images: dict[str, bytes] = {}
+
+    def depends_of(name: str) -> list[str]:
+        images[name] = lane_kernel.module_bytes(files[name])
+        return lane_kernel.modinfo_depends(images[name])
+
+    return {name: images[name] for name in lane_kernel.load_order(L1_MODULES, depends_of)}
+
+
+# --- QEMU and its serial console ---------------------------------------------
+
+def qemu_command(kernel: lane_kernel.Kernel, initrd: Path, sockets: list[Path],
+                 args: argparse.Namespace) -> list[str]:
+    command = [QEMU, "-accel", "tcg", "-cpu", args.cpu, "-smp", str(args.smp),
+               "-m", f"{L1_MEM_MIB}M", "-nodefaults", "-display", "none", "-no-reboot",
+               "-object", f"memory-backend-memfd,id=mem,size={L1_MEM_MIB}M,share=on",
+               "-numa", "node,memdev=mem",
+               "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+               "-append", L1_CMDLINE, "-serial", "stdio",              # COM1: console
+               "-chardev", f"file,id=heartbeat,path={args.cache / 'heartbeat'}",
+               "-serial", "chardev:heartbeat"]                          # COM2: heartbeat
+    for i, socket in enumerate(sockets):
+        command += ["-chardev", f"socket,id=vfs{i},path={socket}",
+                    "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag=share{i}"]
+    return command
+
+
+class SerialConsole:
+    """QEMU's serial output, line by line, copied to the log as it arrives."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.tail: list[str] = []
+        self._log = open(log, "w", encoding="utf-8", errors="replace")
+        self._stream = proc.stdout
+        self._thread = threading.Thread(target=self._pump, args=(self._stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self._log.write(line + "\n")
+            self._log.flush()
+            self.lines.put(line)
+        self.lines.put(None)        # EOF: QEMU exited
+
+    def next_line(self, deadline: float) -> str | None:
+        """The next line, None at EOF; raises TimeoutError at `deadline`."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            line = self.lines.get(timeout=remaining)
+        except queue.Empty:
+            raise TimeoutError from None
+        if line is not None:
+            self.tail = (self.tail + [line])[-25:]
+        return line
+
+    def close(self) -> None:
+        """Call once QEMU has exited: the reader sees EOF, then the files close."""
+        self._thread.join(5)
+        self._stream.close()
+        self._log.close()
+
+
+class Heartbeat:
+    """L1's second serial port (ttyS1), where /init writes a dot every few seconds.
+
+    The console cannot tell a slow test from a hung L1, and when L1 hangs no
+    timer fires in it, so no timeout inside L1 ends the run either; a
+    heartbeat that stops does.  (Seen here once in ~15 runs, with -smp 1.)
+    """
+
+    def __init__(self, path: Path, limit: float) -> None:
+        self.path, self.limit = path, limit
+        path.write_bytes(b"")
+        self._size, self._seen = 0, time.monotonic()
+
+    def check(self, stage: str) -> None:
+        """Raise LaneError when the beat started and then stopped for `limit` seconds."""
+        size, now = self.path.stat().st_size, time.monotonic()
+        if size != self._size:
+            self._size, self._seen = size, now
+        elif size and now - self._seen > self.limit:
+            raise LaneError(f"stage '{stage}' failed: L1 stopped responding "
+                            f"(no heartbeat on ttyS1 for {self.limit:.0f} s)")
+
+
+def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict,
+           heartbeat: Heartbeat | None = None) -> None:
+    """Read the console until `stage` ends; raise LaneError naming it if it does not."""
+    start = time.monotonic()
+    deadline = start + stage.timeout
+    prefix = lane_initramfs.PROGRESS + " "
+    while True:
+        if heartbeat:
+            heartbeat.check(stage.name)
+        try:
+            line = console.next_line(min(deadline, time.monotonic() + HEARTBEAT_POLL))
+        except TimeoutError:
+            if time.monotonic() < deadline:
+                continue
+            raise LaneError(f"stage '{stage.name}' timed out after {stage.timeout:.0f} s") from None
+        if line is None:
+            raise LaneError(f"stage '{stage.name}' failed: QEMU exited")
+        if not line.startswith(prefix):
+            if echo:
+                print(line, flush=True)
+            continue
+        event, _, detail = line[len(prefix):].partition(" ")
+        if event == "failed":
+            raise LaneError(f"stage '{stage.name}' failed in L1: {detail}")
+        if event.startswith("kvm="):
+            result["kvm"] = event.removeprefix("kvm=")
+        if event == stage.event:
+            result.update(kv.split("=", 1) for kv in detail.split() if "=" in kv)
+            stage.seconds = time.monotonic() - start
+            return
+
+
+def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
+    """Stages 1-5 of the module docstring; the tests' exit status."""
+    cache = args.cache
+    cache.mkdir(parents=True, exist_ok=True)
+    serial_log, junit = cache / "serial.log", cache / "junit.xml"
+    junit.unlink(missing_ok=True)
+    progress("fetch kernel", f"{lane_kernel.META_PACKAGE} into {cache / 'kernel'}")
+    kernel = lane_kernel.fetch_kernel(cache / "kernel")
+    trees = shared_trees(cache)
+    order = write_initramfs(kernel, trees, args.markers, junit, pytest_args,
+                            cache / "initramfs.cpio")
+    progress("initramfs", f"kernel {kernel.version}; modules {' '.join(order)}")
+    progress("shares", " ".join(map(str, trees)))
+    result: dict[str, str] = {}
+    with ExitStack() as stack:
+        sockets_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pykvm-lane-")))
+        virtiofsd = find_virtiofsd()
+        (cache / "virtiofsd.log").write_bytes(b"")      # this run's daemons only
+        sockets = [sockets_dir / f"share{i}.sock" for i in range(len(trees))]
+        for socket, tree in zip(sockets, trees):
+            start_virtiofsd(stack, virtiofsd, socket, tree, cache / "virtiofsd.log")
+        proc = subprocess.Popen(qemu_command(kernel, cache / "initramfs.cpio", sockets, args),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        console = SerialConsole(proc, serial_log)
+        heartbeat = Heartbeat(cache / "heartbeat", args.heartbeat_timeout)
+        stack.callback(console.close)           # runs after _stop: QEMU first
+        stack.callback(_stop, proc)
+        try:
+            for stage in stages(args):
+                progress(stage.name, "...")
+                follow(console, stage, stage.event == "tests-done", result, heartbeat)
+                progress(stage.name, f"done in {stage.seconds:.1f} s")
+            proc.wait(args.stage_timeout)
+            if not junit.exists():
+                raise LaneError(f"stage 'tests' failed: pytest in L1 wrote no {junit.name} "
+                                f"(status {result.get('status')})")
+        except (LaneError, subprocess.TimeoutExpired) as e:
+            tail = "\n".join("    " + line for line in console.tail)
+            raise LaneError(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
+    status = int(result.get("status", 1))
+    print(f"lane: kvm={result.get('kvm', '?')} in L1 (qemu TCG -cpu {args.cpu}, "
+          f"kernel {kernel.version}): {junit_summary(junit)}; pytest status {status}")
+    return status
+
+
+def run_direct(args: argparse.Namespace, pytest_args: list[str]) -> int:
+    """Hardware KVM: no L1; the kernel package is still fetched for the `linux` tests."""
+    args.cache.mkdir(parents=True, exist_ok=True)
+    junit = args.cache / "junit.xml"
+    try:
+        lane_kernel.fetch_kernel(args.cache / "kernel")
+    except (LaneError, OSError) as e:
+        progress("fetch kernel", f"none ({e}); tests that boot it will skip")
+    status = run_tests(args.markers, junit, pytest_args)
+    print(f"lane: kvm={kvm_flavour()} directly on this host: {junit_summary(junit)}; "
+          f"pytest status {status}")
+    return status
+
+
+def progress(stage: str, message: str) -> None:
+    print(f"lane: [{time.strftime('%H:%M:%S')}] {stage}: {message}", flush=True)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1:]
+    else:
+        pytest_args = []
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--force-l1", action="store_true",
+                        help="boot the L1 even where /dev/kvm is hardware KVM")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help="kernel, initramfs, serial log and junit.xml (default: .cache/hw)")
+    parser.add_argument("--markers", default=LANE_MARKERS,
+                        help=f"pytest -m expression of the tests to run (default: {LANE_MARKERS})")
+    parser.add_argument("--cpu", default=L1_CPU, help=f"QEMU CPU model (default: {L1_CPU})")
+    parser.add_argument("--smp", type=int, default=2, help="L1 vCPUs (default: 2)")
+    parser.add_argument("--boot-timeout", type=float, default=180)
+    parser.add_argument("--stage-timeout", type=float, default=120,
+                        help="module load, mounts, power off (default: 120 s each)")
+    parser.add_argument("--tests-timeout", type=float, default=900)
+    parser.add_argument("--heartbeat-timeout", type=float, default=60,
+                        help="fail when L1 stops beating on ttyS1 this long (default: 60 s)")
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--junit", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.cache = args.cache.resolve()
+    return args, pytest_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.inside:                                  # we are /init's command in L1
+        print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
+        return run_tests(args.markers, args.junit, pytest_args)
+    try:
+        if kvm_flavour() in ("svm", "vmx") and not args.force_l1:
+            return run_direct(args, pytest_args)
+        if os.geteuid() != 0:
+            raise LaneError("the L1 lane needs root (virtiofsd mounts namespaces)")
+        if shutil.which(QEMU) is None:
+            raise LaneError(f"{QEMU} not found: apt-get install qemu-system-x86")
+        return run_l1(args, pytest_args)
+    except LaneError as e:
+        print(f"lane: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

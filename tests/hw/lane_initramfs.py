@@ -1,0 +1,183 @@
+"""The L1's initramfs: a cpio "newc" archive with busybox, kernel modules and /init.
+
+The Linux kernel unpacks an initramfs from the "new ASCII" (newc) cpio format
+(Documentation/driver-api/early-userspace/buffer-format.rst).  Each member is
+
+    header  "070701" + 13 fields of 8 hex digits (ino, mode, uid, gid, nlink,
+            mtime, filesize, devmajor, devminor, rdevmajor, rdevminor,
+            namesize including the NUL, check = 0)
+    name    NUL-terminated, padded with NULs so header + name is a multiple of 4
+    data    filesize bytes, padded with NULs to a multiple of 4
+
+and the archive ends with a member named "TRAILER!!!".  An uncompressed archive
+is accepted as is, so the lane needs no compressor.
+
+The archive holds only what runs before the shares are mounted: a static
+busybox, the modules that give virtio-fs and KVM, and the /init script written
+by lane.py.  Python, pytest and the checkout arrive later over virtio-fs.
+"""
+from __future__ import annotations
+
+import shlex
+import stat
+import struct
+
+__all__ = ["NEWC_MAGIC", "TRAILER", "PROGRESS", "Newc", "is_static_elf", "init_script", "build"]
+
+NEWC_MAGIC = b"070701"          # cpio "new ASCII" format, no checksum
+TRAILER = "TRAILER!!!"          # name of the member that ends the archive
+ALIGN = 4                       # header+name and data are each padded to 4 bytes
+
+
+# ELF64 (System V gABI, "ELF Header" and "Program Header"): where the program
+# headers are, and the segment type that names a dynamic loader.
+ELF_MAGIC = b"\x7fELF"
+E_PHOFF = 0x20                  # u64: file offset of the program header table
+E_PHENTSIZE = 0x36              # u16: size of one program header
+E_PHNUM = 0x38                  # u16: number of program headers
+PT_INTERP = 3                   # segment naming the interpreter (ld.so): dynamic
+
+
+def is_static_elf(image: bytes) -> bool:
+    """True for an ELF64 executable with no PT_INTERP, i.e. one that runs without ld.so."""
+    if image[:4] != ELF_MAGIC:
+        return False
+    (phoff,) = struct.unpack_from("<Q", image, E_PHOFF)
+    phentsize, phnum = struct.unpack_from("<HH", image, E_PHENTSIZE)
+    types = (struct.unpack_from("<I", image, phoff + i * phentsize)[0] for i in range(phnum))
+    return PT_INTERP not in types
+
+
+def _pad(length: int) -> bytes:
+    """NUL bytes that bring `length` up to the next multiple of ALIGN."""
+    return b"\0" * (-length % ALIGN)
+
+
+class Newc:
+    """Build a newc cpio archive in memory, member by member.
+
+    Parent directories must be added before their children (the kernel
+    creates members in archive order and does not invent directories).
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._names: set[str] = set()
+        self._next_ino = 1
+
+    def add_dir(self, name: str, mode: int = 0o755) -> None:
+        """A directory; `name` has no leading slash ("usr/lib")."""
+        self._member(name, stat.S_IFDIR | mode, b"", nlink=2)
+
+    def add_file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        """A regular file with contents `data`."""
+        self._member(name, stat.S_IFREG | mode, data)
+
+    def add_symlink(self, name: str, target: str) -> None:
+        """A symbolic link: the member's data is the link target."""
+        self._member(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def finish(self) -> bytes:
+        """The archive, with its trailer; the builder must not be used after."""
+        self._member(TRAILER, 0, b"", ino=0, nlink=1)
+        return b"".join(self._parts)
+
+    def _member(self, name: str, mode: int, data: bytes, *, nlink: int = 1,
+                ino: int | None = None) -> None:
+        name = name.strip("/")
+        if name in self._names:
+            raise ValueError(f"cpio member {name!r} added twice")
+        self._names.add(name)
+        if ino is None:
+            ino, self._next_ino = self._next_ino, self._next_ino + 1
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        header = NEWC_MAGIC + b"".join(b"%08x" % f for f in fields)
+        self._parts += [header, encoded, _pad(len(header) + len(encoded)), data, _pad(len(data))]
+
+
+# --- the L1's /init ---------------------------------------------------------
+#
+# Progress goes to the serial console as lines "@@lane <event>", which the
+# host reads to time each stage and to name the one that failed.
+PROGRESS = "@@lane"
+LANE_DIR = "lane"                  # /lane: busybox, its applet links, modules
+BUSYBOX = f"/{LANE_DIR}/busybox"
+BEAT = 5                           # seconds between heartbeat dots on ttyS1
+MERGED_USR = ("bin", "sbin", "lib", "lib64")   # symlinks into /usr on Debian 12
+
+INIT_TEMPLATE = """#!{busybox} sh
+# pykvm L1 lane: mount, load modules, mount the shares, run the tests, power off.
+{busybox} mkdir -p /{lane}/bin && {busybox} --install -s /{lane}/bin
+export PATH=/{lane}/bin
+fail() {{ echo "{progress} failed $*"; sync; poweroff -f; }}
+echo "{progress} init"
+# The initramfs root is itself a writable tmpfs: /tmp and /root need no mount.
+mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev \\
+    && mkdir /dev/shm && mount -t tmpfs tmpfs /dev/shm \\
+    && mkdir /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts \\
+    || fail "mounting /proc /sys /dev"
+# Heartbeat on COM2: the host fails the run when it stops (L1 hung).
+(while :; do echo -n .; sleep {beat}; done) >/dev/ttyS1 2>/dev/null &
+for m in {modules}; do
+    insmod /{lane}/modules/$m.ko || fail "insmod $m"
+done
+[ -c /dev/kvm ] || fail "no /dev/kvm after loading the KVM modules"
+echo "{progress} modules-loaded"
+dmesg -n 1      # keep kernel messages off the console while pytest prints there
+{mounts}
+echo "{progress} shares-mounted"
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/{lane}/bin
+export HOME=/root USER=root LOGNAME=root PYTHONDONTWRITEBYTECODE=1 TERM=dumb
+cd {workdir} || fail cd {workdir}
+{command}
+echo "{progress} tests-done status=$?"
+dmesg           # for the serial log only: the host stops echoing at tests-done
+sync
+poweroff -f
+"""
+
+
+def init_script(modules: list[str], shares: list[tuple[str, str, bool]],
+                workdir: str, command: str) -> str:
+    """/init for the L1: `shares` are (virtio-fs tag, mount point, read-only)."""
+    q = shlex.quote
+    mounts = "\n".join(
+        f"mount -t virtiofs {'-o ro ' if ro else ''}{tag} {q(path)} || fail mount {q(path)}"
+        for tag, path, ro in shares)
+    return INIT_TEMPLATE.format(busybox=BUSYBOX, lane=LANE_DIR, progress=PROGRESS, beat=BEAT,
+                                modules=" ".join(modules), mounts=mounts,
+                                workdir=q(workdir), command=command)
+
+
+def _add_parents(archive: Newc, path: str, made: set[str]) -> None:
+    """Add every directory on the way to `path` (itself included) once."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        directory = "/".join(parts[:i])
+        if directory not in made:
+            archive.add_dir(directory)
+            made.add(directory)
+
+
+def build(busybox: bytes, modules: dict[str, bytes], init: str,
+          mount_points: list[str], etc: dict[str, bytes]) -> bytes:
+    """The initramfs: /init, /lane/busybox, /lane/modules/*.ko, mount points, /etc.
+
+    /bin, /sbin, /lib and /lib64 point into /usr, as on the host (merged /usr),
+    so that once the host's /usr is mounted its programs find their loader.
+    """
+    archive = Newc()
+    made: set[str] = set()
+    for directory in ("proc", "sys", "dev", "tmp", "root", "usr", "etc",
+                      f"{LANE_DIR}/modules", *mount_points):
+        _add_parents(archive, directory, made)
+    for link in MERGED_USR:
+        archive.add_symlink(link, f"usr/{link}")
+    archive.add_file("init", init.encode(), 0o755)
+    archive.add_file(BUSYBOX, busybox, 0o755)
+    for name, image in modules.items():
+        archive.add_file(f"{LANE_DIR}/modules/{name}.ko", image)
+    for name, data in etc.items():
+        archive.add_file(f"etc/{name}", data)
+    return archive.finish()
