@@ -17,6 +17,7 @@ help:
 	@echo "make test    build everything and run the test suite"
 	@echo "make test-hw run the VM tests on hardware-style KVM (an L1 under QEMU TCG if needed)"
 	@echo "make bench   run the benchmarks in tests/bench/ side by side with their peers"
+	@echo "make linux-guest  fetch Debian's kernel and build a busybox initramfs (pykvm boot linux)"
 	@echo "make clean   remove build products (keeps .venv/)"
 
 # --- the Python side: a venv with pykvm installed editable (compiles the cffi bindings)
@@ -60,6 +61,10 @@ distclean: clean
 	rm -rf $(VENV) .cache
 
 # --- the Linux guest (issue 5): Debian's cloud kernel + a busybox initramfs in .cache/linux/
-.PHONY: linux-guest
+.PHONY: linux-guest linux-tiny
 linux-guest: venv
 	$(MAKE) -C guests/linux guest PYTHON=$(abspath $(PY))
+
+# optional: a tiny kernel from Debian's linux-source (.cache/linux/bzImage-tiny)
+linux-tiny:
+	$(MAKE) -C guests/linux tiny

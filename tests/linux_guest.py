@@ -52,7 +52,8 @@ class SerialSession:
         self.master = master
         self.output = b""
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                     start_new_session=True, close_fds=True)
+                                     start_new_session=True, close_fds=True,
+                                     preexec_fn=_die_with_parent)
         os.close(slave)
 
     @staticmethod
@@ -123,6 +124,18 @@ class SerialSession:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies, even if it is killed without cleanup.
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL), as `unshare --kill-child` does.
+    """
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1                  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def pykvm_argv(*args: str) -> list[str]:

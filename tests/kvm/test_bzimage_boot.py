@@ -15,6 +15,7 @@ import pytest
 from fake_bzimage import make_bzimage
 from guestasm import assemble
 from pykvm.boot import layout
+from pykvm.errors import LoaderError
 
 pytestmark = pytest.mark.kvm
 
@@ -64,7 +65,7 @@ def test_32bit_entry_when_no_64bit_one(tmp_path):
 
 def test_bad_bzimage_is_one_line(tmp_path):
     proc = boot(tmp_path, make_bzimage(version=0x0205), "x")
-    assert proc.returncode == 2  # a kernel that cannot be loaded is bad input
+    assert proc.returncode == LoaderError.exit_code == 2, proc.returncode  # bad input
     assert proc.stderr.decode().startswith("pykvm: error: ") and b"2.10" in proc.stderr, proc.stderr
     assert b"Traceback" not in proc.stderr
 
