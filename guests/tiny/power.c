@@ -27,7 +27,8 @@ static void __attribute__((noreturn)) halt_forever(void)
 }
 
 /* Some VMMs act on a power-off request a little later (QEMU: from its main
- * loop); give them a few timer ticks before complaining. */
+ * loop, which under a slow emulator such as nested TCG can take longer than
+ * 100 ms of guest time); give them a second of timer ticks before complaining. */
 static void wait_ticks(int n)
 {
     for (uint64_t end = ticks + n; ticks < end;)
@@ -37,7 +38,7 @@ static void wait_ticks(int n)
 void poweroff(void)
 {
     outw(ACPI_PM1A_CNT, PM1_SLP_EN);
-    wait_ticks(10);
+    wait_ticks(TIMER_HZ);
     kprintf("poweroff: no ACPI PM1a control port at %x; halting\n", ACPI_PM1A_CNT);
     halt_forever();
 }
