@@ -161,3 +161,45 @@ def test_heartbeat_fails_only_after_it_started_and_stopped(tmp_path):
     time.sleep(0.2)
     with pytest.raises(LaneError, match="stage 'tests' failed: L1 stopped responding"):
         beat.check("tests")
+
+
+def test_a_hung_l1_is_booted_afresh_once(tmp_path, capsys):
+    import argparse
+
+    from lane_error import L1Hung
+
+    args = argparse.Namespace(cache=tmp_path)
+    calls = []
+
+    def hangs_then_passes(args, pytest_args):
+        calls.append(pytest_args)
+        (tmp_path / "serial.log").write_text("first boot")
+        if len(calls) == 1:
+            raise L1Hung("stage 'tests' failed: L1 stopped responding")
+        return 0
+
+    assert lane.run_l1_retrying_a_hang(args, ["-x"], run=hangs_then_passes) == 0
+    assert calls == [["-x"], ["-x"]]
+    assert (tmp_path / "serial.hung-1.log").read_text() == "first boot"
+    assert "booting a fresh L1" in capsys.readouterr().err
+
+
+def test_a_second_hang_or_another_failure_fails_the_lane(tmp_path):
+    import argparse
+
+    from lane_error import L1Hung
+
+    args = argparse.Namespace(cache=tmp_path)
+
+    def always_hangs(args, pytest_args):
+        raise L1Hung("hung")
+
+    def fails(args, pytest_args):
+        raise LaneError("stage 'module load' failed")
+
+    with pytest.raises(L1Hung):
+        lane.run_l1_retrying_a_hang(args, [], run=always_hangs)
+    calls = []
+    with pytest.raises(LaneError, match="module load"):
+        lane.run_l1_retrying_a_hang(args, [], run=lambda a, p: calls.append(1) or fails(a, p))
+    assert calls == [1]
