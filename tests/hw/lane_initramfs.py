@@ -10,7 +10,8 @@ The Linux kernel unpacks an initramfs from the "new ASCII" (newc) cpio format
     data    filesize bytes, padded with NULs to a multiple of 4
 
 and the archive ends with a member named "TRAILER!!!".  An uncompressed archive
-is accepted as is, so the lane needs no compressor.
+is accepted as is, so the lane needs no compressor.  The writer is pykvm's own
+(pykvm/boot/cpio.py, the one `pykvm initramfs` uses).
 
 The archive holds only what runs before the shares are mounted: a static
 busybox, the modules that give virtio-fs and KVM, and the /init script written
@@ -19,15 +20,11 @@ by lane.py.  Python, pytest and the checkout arrive later over virtio-fs.
 from __future__ import annotations
 
 import shlex
-import stat
 import struct
 
-__all__ = ["NEWC_MAGIC", "TRAILER", "PROGRESS", "Newc", "is_static_elf", "init_script", "build"]
+from pykvm.boot.cpio import CpioWriter
 
-NEWC_MAGIC = b"070701"          # cpio "new ASCII" format, no checksum
-TRAILER = "TRAILER!!!"          # name of the member that ends the archive
-ALIGN = 4                       # header+name and data are each padded to 4 bytes
-
+__all__ = ["PROGRESS", "is_static_elf", "init_script", "build"]
 
 # ELF64 (System V gABI, "ELF Header" and "Program Header"): where the program
 # headers are, and the segment type that names a dynamic loader.
@@ -46,54 +43,6 @@ def is_static_elf(image: bytes) -> bool:
     phentsize, phnum = struct.unpack_from("<HH", image, E_PHENTSIZE)
     types = (struct.unpack_from("<I", image, phoff + i * phentsize)[0] for i in range(phnum))
     return PT_INTERP not in types
-
-
-def _pad(length: int) -> bytes:
-    """NUL bytes that bring `length` up to the next multiple of ALIGN."""
-    return b"\0" * (-length % ALIGN)
-
-
-class Newc:
-    """Build a newc cpio archive in memory, member by member.
-
-    Parent directories must be added before their children (the kernel
-    creates members in archive order and does not invent directories).
-    """
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._names: set[str] = set()
-        self._next_ino = 1
-
-    def add_dir(self, name: str, mode: int = 0o755) -> None:
-        """A directory; `name` has no leading slash ("usr/lib")."""
-        self._member(name, stat.S_IFDIR | mode, b"", nlink=2)
-
-    def add_file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        """A regular file with contents `data`."""
-        self._member(name, stat.S_IFREG | mode, data)
-
-    def add_symlink(self, name: str, target: str) -> None:
-        """A symbolic link: the member's data is the link target."""
-        self._member(name, stat.S_IFLNK | 0o777, target.encode())
-
-    def finish(self) -> bytes:
-        """The archive, with its trailer; the builder must not be used after."""
-        self._member(TRAILER, 0, b"", ino=0, nlink=1)
-        return b"".join(self._parts)
-
-    def _member(self, name: str, mode: int, data: bytes, *, nlink: int = 1,
-                ino: int | None = None) -> None:
-        name = name.strip("/")
-        if name in self._names:
-            raise ValueError(f"cpio member {name!r} added twice")
-        self._names.add(name)
-        if ino is None:
-            ino, self._next_ino = self._next_ino, self._next_ino + 1
-        encoded = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
-        header = NEWC_MAGIC + b"".join(b"%08x" % f for f in fields)
-        self._parts += [header, encoded, _pad(len(header) + len(encoded)), data, _pad(len(data))]
 
 
 # --- the L1's /init ---------------------------------------------------------
@@ -162,13 +111,13 @@ def init_script(modules: list[str], shares: list[tuple[str, str, bool]],
                                 workdir=q(workdir), command=command)
 
 
-def _add_parents(archive: Newc, path: str, made: set[str]) -> None:
+def _add_parents(archive: CpioWriter, path: str, made: set[str]) -> None:
     """Add every directory on the way to `path` (itself included) once."""
     parts = path.strip("/").split("/")
     for i in range(1, len(parts) + 1):
         directory = "/".join(parts[:i])
         if directory not in made:
-            archive.add_dir(directory)
+            archive.directory(directory)
             made.add(directory)
 
 
@@ -179,17 +128,17 @@ def build(busybox: bytes, modules: dict[str, bytes], init: str,
     /bin, /sbin, /lib and /lib64 point into /usr, as on the host (merged /usr),
     so that once the host's /usr is mounted its programs find their loader.
     """
-    archive = Newc()
+    archive = CpioWriter()
     made: set[str] = set()
     for directory in ("proc", "sys", "dev", "tmp", "root", "usr", "etc", NEWROOT,
                       f"{LANE_DIR}/modules", *mount_points):
         _add_parents(archive, directory, made)
     for link in MERGED_USR:
-        archive.add_symlink(link, f"usr/{link}")
-    archive.add_file("init", init.encode(), 0o755)
-    archive.add_file(BUSYBOX, busybox, 0o755)
+        archive.symlink(link, f"usr/{link}")
+    archive.file("init", init.encode(), 0o755)
+    archive.file(BUSYBOX, busybox, 0o755)
     for name, image in modules.items():
-        archive.add_file(f"{LANE_DIR}/modules/{name}.ko", image)
+        archive.file(f"{LANE_DIR}/modules/{name}.ko", image)
     for name, data in etc.items():
-        archive.add_file(f"etc/{name}", data)
+        archive.file(f"etc/{name}", data)
     return archive.finish()

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import lane_initramfs
-import lane_kernel
 import lane
+import lane_kernel
+from pykvm.boot.cpio import CpioWriter
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
 
@@ -42,10 +42,10 @@ def unpacked_kernel() -> lane_kernel.Kernel:
 
 
 def l2_initramfs(path: Path) -> Path:
-    archive = lane_initramfs.Newc()
-    archive.add_dir("proc")
-    archive.add_file("busybox", lane.BUSYBOX.read_bytes(), 0o755)
-    archive.add_file("init", L2_INIT.encode(), 0o755)
+    archive = CpioWriter()
+    archive.directory("proc")
+    archive.file("busybox", lane.BUSYBOX.read_bytes(), 0o755)
+    archive.file("init", L2_INIT.encode(), 0o755)
     path.write_bytes(archive.finish())
     return path
 
