@@ -235,13 +235,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 continue
             out.append((k, v.replace(self.server.upstream, self.server.host)))
         conn.close()
-        self.send_response(r.status)
-        for k, v in out:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self._reply(r.status, data, out)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
