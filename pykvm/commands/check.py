@@ -11,7 +11,7 @@ def check():
     """Check /dev/kvm, the KVM API version and the capabilities pykvm needs."""
     from pykvm.errors import KvmError
     from pykvm.kvm.bindings import lib
-    from pykvm.kvm.system import REQUIRED_CAPABILITIES, Kvm
+    from pykvm.kvm.system import REQUIRED_CAPABILITIES, Kvm, kvm_backend
 
     failures = 0
 
@@ -34,22 +34,15 @@ def check():
             report(ok, capability, why if ok else f"missing: needed for {why}; try a newer kernel")
         click.echo(f"       vCPU mmap size {kvm.vcpu_mmap_size()} bytes; "
                    f"{len(kvm.supported_cpuid())} CPUID leaves; KVM_API_VERSION {lib.KVM_API_VERSION}")
-        click.echo(f"       kvm flavour: {kvm_flavour()}")
+        click.echo(f"       kvm flavour: {describe_backend(kvm_backend())}")
     if failures:
         click.echo(f"{failures} check(s) failed", err=True)
         raise SystemExit(1)
     click.echo("pykvm can run VMs here")
 
 
-def kvm_flavour() -> str:
-    """Which KVM backs /dev/kvm: hardware VMX or SVM, or PVM (software, with its limits)."""
-    from pathlib import Path
-
-    if Path("/sys/module/kvm_pvm").exists():
-        return ("PVM (software virtualization: guest kernel mode is emulated, "
-                "stock Linux guests boot very slowly)")
-    if Path("/sys/module/kvm_intel").exists():
-        return "Intel VMX (hardware)"
-    if Path("/sys/module/kvm_amd").exists():
-        return "AMD SVM (hardware)"
-    return "unknown"
+def describe_backend(backend: str) -> str:
+    """kvm_backend(), with what PVM means for the guests a user can boot."""
+    if backend.startswith("PVM"):
+        return f"{backend} (guest kernel mode is emulated: stock Linux guests boot very slowly)"
+    return backend

@@ -15,7 +15,7 @@ from pykvm.comparison.measure import Stats
 from pykvm.comparison.workload import Workload, split_sections
 
 __all__ = ["host_facts", "os_requirement", "vm_size", "image_size", "startup", "isolation",
-           "resources", "kvm_backend", "ISOLATION_ITEMS"]
+           "resources", "ISOLATION_ITEMS"]
 
 ISOLATION_ITEMS = ("processes", "interfaces", "mounts", "hostname")
 KIB = 1024
@@ -33,6 +33,8 @@ MEMTOTAL_RE = re.compile(r"^MemTotal:\s+(\d+) kB$")                # proc(5): /p
 
 def host_facts() -> dict:
     """What the host has, to set against what the inside sees."""
+    from pykvm.kvm.system import kvm_backend
+
     uname = os.uname()
     return {
         "kernel": f"{uname.sysname} {uname.release}",
@@ -45,15 +47,6 @@ def host_facts() -> dict:
         "namespaces": {name: os.readlink(f"/proc/self/ns/{name}") for name in sorted(os.listdir("/proc/self/ns"))},
         "kvm": kvm_backend(),
     }
-
-
-def kvm_backend() -> str:
-    """Which KVM module backs /dev/kvm: PVM is software virtualization, VMX and SVM are hardware."""
-    for module, name in (("kvm_pvm", "PVM, software"), ("kvm_intel", "Intel VMX, hardware"),
-                         ("kvm_amd", "AMD SVM, hardware")):
-        if Path("/sys/module", module).exists():
-            return name
-    return "unknown"
 
 
 def net_dev_names(lines: list[str]) -> list[str]:
@@ -148,7 +141,7 @@ def startup(samples) -> dict:
     return {"first_line_s": Stats.of([s.first_line_s for s in samples]).as_dict(),
             "exit_s": Stats.of([s.exit_s for s in samples]).as_dict(),
             "how": "monotonic clock from just before fork+exec of the command to the moment the "
-                   f"workload's first line was complete on its stdout pipe, and to wait4(2) returning"}
+                   "workload's first line was complete on its stdout pipe, and to wait4(2) returning"}
 
 
 def resources(samples) -> dict:

@@ -14,7 +14,7 @@ from pykvm.errors import CapabilityMissing, KvmError, KvmUnavailable
 from pykvm.kvm.bindings import ffi, lib
 from pykvm.kvm.fd import FdObject
 
-__all__ = ["Kvm", "CpuidEntry", "REQUIRED_CAPABILITIES", "DEFAULT_DEVICE"]
+__all__ = ["Kvm", "CpuidEntry", "REQUIRED_CAPABILITIES", "DEFAULT_DEVICE", "kvm_backend"]
 
 DEFAULT_DEVICE = "/dev/kvm"
 DEVICE_ENV = "PYKVM_KVM_DEVICE"   # overrides the device path (other KVM nodes, and tests)
@@ -32,6 +32,21 @@ REQUIRED_CAPABILITIES = {
 
 # Upper bound on CPUID leaves we ask for; KVM answers E2BIG if it has more.
 MAX_CPUID_ENTRIES = 256
+
+
+# The kernel module behind /dev/kvm, and what it is (checked in this order).
+KVM_BACKENDS = (("kvm_pvm", "PVM, software"), ("kvm_intel", "Intel VMX, hardware"),
+                ("kvm_amd", "AMD SVM, hardware"))
+
+
+def kvm_backend() -> str:
+    """Which KVM module backs /dev/kvm: PVM is software virtualization, VMX and SVM are hardware."""
+    from pathlib import Path
+
+    for module, name in KVM_BACKENDS:
+        if Path("/sys/module", module).exists():
+            return name
+    return "unknown"
 
 
 class CpuidEntry(NamedTuple):
