@@ -18,7 +18,6 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = ["MARKER", "PROBES", "Workload", "Unobserved", "tiny_vm", "linux_vm", "shell_container",
            "plain_container", "baseline", "split_sections", "display_command", "pykvm_argv"]

@@ -12,7 +12,6 @@ from image_fixtures import bundled_context, make_tar, run_pykvm, store  # noqa: 
 from pykvm.container.build import BuildOptions, build_image
 from pykvm.container.dockerfile import BuildFileError, DockerIgnore, expand, parse_dockerfile, shell_words
 from pykvm.container.image import ImageStore
-from pykvm.errors import ContainerError
 
 
 def build(store: ImageStore, context, dockerfile: str | None = None, tag: str = "t:1", **kw):

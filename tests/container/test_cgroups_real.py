@@ -134,7 +134,7 @@ def test_v2_backend_on_a_real_cgroup2_hierarchy():
     try:
         cg.add(child.pid)
         assert cg.pids() == [child.pid]
-        assert f"0::/pykvm-test/c1" in Path(f"/proc/{child.pid}/cgroup").read_text()
+        assert "0::/pykvm-test/c1" in Path(f"/proc/{child.pid}/cgroup").read_text()
         cg.destroy()
         assert child.wait(timeout=10) == -signal.SIGKILL
         assert not (root / "pykvm-test" / "c1").exists()

@@ -2,7 +2,7 @@
 import pytest
 
 from pykvm.kvm import Hlt, IoIn, IoOut, MmioRead, MmioWrite, Shutdown
-from vmkit import MEMORY, bare_vm
+from vmkit import bare_vm
 
 pytestmark = pytest.mark.kvm
 
