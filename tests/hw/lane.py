@@ -59,6 +59,9 @@ BUSYBOX = Path("/bin/busybox")      # Debian's busybox-static
 VIRTIOFSD = [Path("/usr/lib/qemu/virtiofsd"),        # C, shipped with QEMU <= 7.2
              Path("/usr/libexec/virtiofsd")]         # Rust, Debian's virtiofsd package
 HEARTBEAT_POLL = 2.0                # seconds between looks at the heartbeat file
+SERIAL_LOG = "serial.log"           # these four in the cache directory (.cache/hw)
+TEST_LOG = "tests.log"              # TestLog: each test's start and outcome, from L1
+HUNG_REGISTERS = "registers.hung.txt"   # QEMU's `info registers -a` when L1 hung
 L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
 LD_SO_CACHE = Path("/etc/ld.so.cache")
 ETC_FILES = {"passwd": b"root:x:0:0:root:/root:/bin/sh\n", "group": b"root:x:0:\n"}
@@ -82,12 +85,88 @@ def stages(args: argparse.Namespace) -> list[Stage]:
 
 # --- running the tests (in L1, or directly on hardware KVM) ------------------
 
-def run_tests(markers: str, junit: Path, pytest_args: list[str]) -> int:
-    """pytest on the tests `markers` selects, junit XML to `junit`; pytest's exit status."""
+def run_tests(markers: str, junit: Path, pytest_args: list[str],
+              progress: Path | None = None) -> int:
+    """pytest on the tests `markers` selects, junit XML to `junit`; pytest's exit status.
+
+    With `progress`, tests already finished there (by an L1 that then hung) are
+    left out, and each test's start and outcome are added to it (TestLog)."""
     import pytest        # in-process: one interpreter start less, seconds under TCG
     os.chdir(ROOT)
+    plugins = [TestLog(progress)] if progress else []
     return int(pytest.main(["-m", markers, "-p", "no:cacheprovider",
-                            f"--junitxml={junit}", *pytest_args]))
+                            f"--junitxml={junit}", *pytest_args], plugins=plugins))
+
+
+class TestLog:
+    """A pytest plugin for L1: a line per test as it starts and as it ends, in a
+    file on the checkout's share, each synced before the test goes on.
+
+    When L1 hangs, pytest dies with it and writes no junit XML; this log is
+    what survives.  The host reads it to name the test that was running, to
+    count what finished, and to give a fresh L1 only the tests still to run.
+    Lines are "start<TAB>NODEID" and "passed|failed|skipped<TAB>NODEID".
+    """
+    __test__ = False                    # a plugin, not a test class
+
+    OUTCOMES = ("passed", "failed", "skipped")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.finished = finished_tests(read_test_log(path))
+        self._outcome: dict[str, str] = {}
+
+    def pytest_collection_modifyitems(self, config, items) -> None:
+        done = [item for item in items if item.nodeid in self.finished]
+        if done:
+            config.hook.pytest_deselected(items=done)
+            items[:] = [item for item in items if item.nodeid not in self.finished]
+
+    def pytest_runtest_logstart(self, nodeid: str, location) -> None:
+        self._write("start", nodeid)
+
+    def pytest_runtest_logreport(self, report) -> None:
+        before = self._outcome.get(report.nodeid, "passed")
+        if report.failed or before == "failed":     # an error in setup or teardown too
+            self._outcome[report.nodeid] = "failed"
+        elif report.skipped:
+            self._outcome[report.nodeid] = "skipped"
+
+    def pytest_runtest_logfinish(self, nodeid: str, location) -> None:
+        self._write(self._outcome.pop(nodeid, "passed"), nodeid)
+
+    def _write(self, event: str, nodeid: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as log:
+            log.write(f"{event}\t{nodeid}\n")
+            log.flush()
+            os.fsync(log.fileno())
+
+
+def read_test_log(path: Path) -> dict[str, str]:
+    """TestLog's file as {nodeid: outcome} for finished tests, plus
+    {nodeid: "running"} for one that started and never finished."""
+    state: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return state
+    for line in lines:
+        event, tab, nodeid = line.partition("\t")
+        if tab and event in ("start", *TestLog.OUTCOMES):
+            state[nodeid] = "running" if event == "start" else event
+    return state
+
+
+def finished_tests(state: dict[str, str]) -> dict[str, str]:
+    return {nodeid: outcome for nodeid, outcome in state.items() if outcome != "running"}
+
+
+def log_summary(state: dict[str, str]) -> str:
+    """'N passed, F failed, S skipped' over every L1 boot of this run."""
+    counts = {outcome: 0 for outcome in TestLog.OUTCOMES}
+    for outcome in finished_tests(state).values():
+        counts[outcome] += 1
+    return ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
 
 
 def junit_summary(junit: Path) -> str:
@@ -163,13 +242,13 @@ def _stop(proc: subprocess.Popen) -> None:
 # --- the initramfs -----------------------------------------------------------
 
 def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str, junit: Path,
-                    pytest_args: list[str], path: Path) -> list[str]:
+                    test_log: Path, pytest_args: list[str], path: Path) -> list[str]:
     """Write the L1's initramfs to `path`; return the modules it loads, in order."""
     busybox = static_busybox()
     modules = l1_modules(kernel)
     shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
     inside = [sys.executable, str(Path(__file__).resolve()), "--inside", f"--junit={junit}",
-              f"--markers={markers}", "--", *pytest_args]
+              f"--test-log={test_log}", f"--markers={markers}", "--", *pytest_args]
     init = lane_initramfs.init_script(list(modules), shares, str(ROOT), shlex.join(inside))
     etc = dict(ETC_FILES)
     if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
@@ -219,6 +298,30 @@ def qemu_command(kernel: lane_kernel.Kernel, initrd: Path, sockets: list[Path],
         command += ["-chardev", f"socket,id=vfs{i},path={socket}",
                     "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag=share{i}"]
     return command
+
+
+def qemu_monitor(socket: Path, command: str, timeout: float = 10.0) -> str:
+    """One command on QEMU's human monitor (HMP) socket; its output, or why there is none."""
+    import socket as sockets
+    prompt = b"(qemu) "
+    try:
+        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(socket))
+            reply = b""
+            for message in (None, command):        # the banner's prompt, then the command's
+                if message:
+                    conn.sendall(message.encode() + b"\n")
+                    reply = b""
+                while not reply.endswith(prompt):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+    except OSError as e:
+        return f"(no answer from QEMU's monitor at {socket}: {e})\n"
+    output = reply.partition(b"\n")[2]          # after HMP's echo of the command
+    return output.removesuffix(prompt).decode(errors="replace").replace("\r", "")
 
 
 class SerialConsole:
@@ -319,12 +422,12 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     """Stages 1-5 of the module docstring; the tests' exit status."""
     cache = args.cache
     cache.mkdir(parents=True, exist_ok=True)
-    serial_log, junit = cache / "serial.log", cache / "junit.xml"
+    serial_log, junit = cache / SERIAL_LOG, cache / "junit.xml"
     junit.unlink(missing_ok=True)
     progress("fetch kernel", f"{lane_kernel.META_PACKAGE} into {cache / 'kernel'}")
     kernel = lane_kernel.fetch_kernel(cache / "kernel")
     trees = shared_trees(cache)
-    order = write_initramfs(kernel, trees, args.markers, junit, pytest_args,
+    order = write_initramfs(kernel, trees, args.markers, junit, cache / TEST_LOG, pytest_args,
                             cache / "initramfs.cpio")
     progress("initramfs", f"kernel {kernel.version}; modules {' '.join(order)}")
     progress("shares", " ".join(map(str, trees)))
@@ -336,7 +439,9 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
         sockets = [sockets_dir / f"share{i}.sock" for i in range(len(trees))]
         for socket, tree in zip(sockets, trees):
             start_virtiofsd(stack, virtiofsd, socket, tree, cache / "virtiofsd.log")
-        proc = subprocess.Popen(qemu_command(kernel, cache / "initramfs.cpio", sockets, args),
+        monitor = sockets_dir / "monitor.sock"
+        proc = subprocess.Popen(qemu_command(kernel, cache / "initramfs.cpio", sockets, args)
+                                + ["-monitor", f"unix:{monitor},server=on,wait=off"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         console = SerialConsole(proc, serial_log)
@@ -354,40 +459,66 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
                                 f"(status {result.get('status')})")
         except (LaneError, subprocess.TimeoutExpired) as e:
             tail = "\n".join("    " + line for line in console.tail)
-            kind = L1Hung if isinstance(e, L1Hung) else LaneError
-            raise kind(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
+            if isinstance(e, L1Hung):
+                dump = cache / HUNG_REGISTERS
+                first = qemu_monitor(monitor, "info registers -a")
+                time.sleep(2)                 # a second look: does anything still move?
+                dump.write_text(f"{first}\n--- 2 s later ---\n"
+                                f"{qemu_monitor(monitor, 'info registers -a')}")
+                running = [t for t, outcome in read_test_log(cache / TEST_LOG).items()
+                           if outcome == "running"]
+                raise L1Hung(f"{e}{' while running ' + running[0] if running else ''}"
+                             f"\n  L1's vCPU registers: {dump}"
+                             f"\n  serial log: {serial_log}; its last lines:\n{tail}") from None
+            raise LaneError(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
     status = int(result.get("status", 1))
     print(f"lane: kvm={result.get('kvm', '?')} in L1 (qemu TCG -cpu {args.cpu}, "
           f"kernel {kernel.version}): {junit_summary(junit)}; pytest status {status}")
     return status
 
 
-L1_ATTEMPTS = 2  # a hung L1 (silent heartbeat) is booted afresh once
+L1_ATTEMPTS = 3  # a hung L1 (silent heartbeat) is booted afresh, twice at most
 
 
 def run_l1_retrying_a_hang(args: argparse.Namespace, pytest_args: list[str],
                            run=None) -> int:
-    """run_l1, booting a fresh L1 once more if the first one hangs.
+    """run_l1, and after a hang a fresh L1 for the tests that had not finished.
 
-    Nested SVM under TCG occasionally freezes the whole L1 (seen about once in 15
-    runs here, at different tests each time): that is the emulator failing, not a
-    test, so the lane says so, keeps the hung run's serial log, and starts over.
-    Any other failure, and a second hang, fail the lane.
+    Nested SVM under TCG sometimes freezes the whole L1 (a few runs in 15 here,
+    at different tests each time): that is the emulator failing, not a test, so
+    the lane says so, keeps the hung run's serial log and registers, and boots a
+    fresh L1 that runs only the tests the hung one did not finish (TestLog),
+    the one it hung in included.  Any other failure, and a third hang, fail
+    the lane.  The status is non-zero if a test failed in any of the L1s.
     """
     run = run or run_l1
+    test_log = args.cache / TEST_LOG
+    test_log.unlink(missing_ok=True)
     for attempt in range(1, L1_ATTEMPTS + 1):
         try:
-            return run(args, pytest_args)
+            status = run(args, pytest_args)
+            break
         except L1Hung as e:
             if attempt == L1_ATTEMPTS:
                 raise
-            kept = args.cache / f"serial.hung-{attempt}.log"
-            if (args.cache / "serial.log").exists():
-                (args.cache / "serial.log").replace(kept)
+            for name, kept_name in ((SERIAL_LOG, f"serial.hung-{attempt}.log"),
+                                    (HUNG_REGISTERS, f"registers.hung-{attempt}.txt")):
+                if (args.cache / name).exists():
+                    (args.cache / name).replace(args.cache / kept_name)
+            done = finished_tests(read_test_log(test_log))
             print(f"lane: warning: {str(e).splitlines()[0]}\n"
-                  f"lane: the hung L1's log is {kept}; booting a fresh L1 "
+                  f"lane: the hung L1's log is {args.cache / f'serial.hung-{attempt}.log'}; "
+                  f"booting a fresh L1 for the tests after the {len(done)} that finished "
                   f"(attempt {attempt + 1} of {L1_ATTEMPTS})", file=sys.stderr, flush=True)
-    raise AssertionError("unreachable")
+    if attempt == 1:
+        return status
+    state = read_test_log(test_log)
+    if "failed" in state.values():
+        status = status or 1
+    elif status == 5 and finished_tests(state):   # "no tests": all had finished before
+        status = 0
+    print(f"lane: over {attempt} L1 boots: {log_summary(state)}; status {status}")
+    return status
 
 
 def run_direct(args: argparse.Namespace, pytest_args: list[str]) -> int:
@@ -431,6 +562,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="fail when L1 stops beating on ttyS1 this long (default: 60 s)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--junit", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--test-log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.cache = args.cache.resolve()
     return args, pytest_args
@@ -440,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.inside:                                  # we are /init's command in L1
         print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
-        return run_tests(args.markers, args.junit, pytest_args)
+        return run_tests(args.markers, args.junit, pytest_args, args.test_log)
     try:
         if kvm_flavour() in ("svm", "vmx") and not args.force_l1:
             return run_direct(args, pytest_args)

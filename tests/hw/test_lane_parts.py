@@ -130,7 +130,62 @@ def test_heartbeat_fails_only_after_it_started_and_stopped(tmp_path):
         beat.check("tests")
 
 
-def test_a_hung_l1_is_booted_afresh_once(tmp_path, capsys):
+def _hung_l1(cache: Path, lines: str, serial: str):
+    """What run_l1 leaves behind when L1 hangs: its test log, serial log, registers."""
+    from lane_error import L1Hung
+    with open(cache / lane.TEST_LOG, "a") as log:
+        log.write(lines)
+    (cache / lane.SERIAL_LOG).write_text(serial)
+    (cache / lane.HUNG_REGISTERS).write_text("RIP=...")
+    return L1Hung("stage 'tests' failed: L1 stopped responding (no heartbeat)")
+
+
+def test_a_hung_l1_is_followed_by_a_fresh_one_for_the_unfinished_tests(tmp_path, capsys):
+    import argparse
+
+    args = argparse.Namespace(cache=tmp_path)
+    (tmp_path / lane.TEST_LOG).write_text("passed\tstale::from_an_earlier_run\n")
+    calls = []
+
+    def hangs_then_passes(args, pytest_args):
+        calls.append(pytest_args)
+        if len(calls) == 1:
+            raise _hung_l1(tmp_path, "start\ta::one\npassed\ta::one\nstart\ta::two\n",
+                           "first boot")
+        # the fresh L1 sees what the hung one finished (TestLog leaves those out)
+        assert lane.finished_tests(lane.read_test_log(tmp_path / lane.TEST_LOG)) == \
+            {"a::one": "passed"}
+        with open(tmp_path / lane.TEST_LOG, "a") as log:
+            log.write("start\ta::two\nskipped\ta::two\nstart\ta::three\npassed\ta::three\n")
+        return 0
+
+    assert lane.run_l1_retrying_a_hang(args, ["-x"], run=hangs_then_passes) == 0
+    assert calls == [["-x"], ["-x"]]
+    assert (tmp_path / "serial.hung-1.log").read_text() == "first boot"
+    assert (tmp_path / "registers.hung-1.txt").read_text() == "RIP=..."
+    out, err = capsys.readouterr()
+    assert "booting a fresh L1 for the tests after the 1 that finished (attempt 2 of 3)" in err
+    assert "lane: over 2 L1 boots: 2 passed, 0 failed, 1 skipped; status 0" in out
+
+
+def test_a_test_that_failed_before_the_hang_fails_the_lane(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(cache=tmp_path)
+    calls = []
+
+    def fails_a_test_then_hangs(args, pytest_args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise _hung_l1(tmp_path, "start\ta::one\nfailed\ta::one\nstart\ta::two\n", "")
+        with open(tmp_path / lane.TEST_LOG, "a") as log:
+            log.write("start\ta::two\npassed\ta::two\n")
+        return 0
+
+    assert lane.run_l1_retrying_a_hang(args, [], run=fails_a_test_then_hangs) == 1
+
+
+def test_a_third_hang_or_another_failure_fails_the_lane(tmp_path):
     import argparse
 
     from lane_error import L1Hung
@@ -138,35 +193,79 @@ def test_a_hung_l1_is_booted_afresh_once(tmp_path, capsys):
     args = argparse.Namespace(cache=tmp_path)
     calls = []
 
-    def hangs_then_passes(args, pytest_args):
-        calls.append(pytest_args)
-        (tmp_path / "serial.log").write_text("first boot")
-        if len(calls) == 1:
-            raise L1Hung("stage 'tests' failed: L1 stopped responding")
-        return 0
-
-    assert lane.run_l1_retrying_a_hang(args, ["-x"], run=hangs_then_passes) == 0
-    assert calls == [["-x"], ["-x"]]
-    assert (tmp_path / "serial.hung-1.log").read_text() == "first boot"
-    assert "booting a fresh L1" in capsys.readouterr().err
-
-
-def test_a_second_hang_or_another_failure_fails_the_lane(tmp_path):
-    import argparse
-
-    from lane_error import L1Hung
-
-    args = argparse.Namespace(cache=tmp_path)
-
     def always_hangs(args, pytest_args):
-        raise L1Hung("hung")
+        calls.append(1)
+        raise _hung_l1(tmp_path, "", "")
 
     def fails(args, pytest_args):
         raise LaneError("stage 'module load' failed")
 
     with pytest.raises(L1Hung):
         lane.run_l1_retrying_a_hang(args, [], run=always_hangs)
+    assert len(calls) == lane.L1_ATTEMPTS == 3
     calls = []
     with pytest.raises(LaneError, match="module load"):
         lane.run_l1_retrying_a_hang(args, [], run=lambda a, p: calls.append(1) or fails(a, p))
     assert calls == [1]
+
+
+def test_the_test_log_records_outcomes_and_a_second_run_skips_what_finished(tmp_path):
+    """TestLog in a real pytest run: a passing, a failing, a skipped test, and an
+    error in setup; then a run with the same log runs only what had not finished."""
+    import sys
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n"
+        "@pytest.fixture\n"
+        "def broken():\n    raise RuntimeError('setup')\n"
+        "def test_ok(): pass\n"
+        "def test_bad(): assert False\n"
+        "def test_skip(): pytest.skip('why')\n"
+        "def test_error(broken): pass\n"
+        "def test_later(): pass\n")
+    log = tmp_path / "tests.log"
+    log.write_text("start\ttest_sample.py::test_later\n"      # began in a hung L1
+                   "passed\ttest_sample.py::test_ok\n")       # finished in it
+    script = ("import sys, pytest; sys.path.insert(0, sys.argv[1]); import lane; "
+              "from pathlib import Path; "
+              "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-c', '/dev/null', "
+              "'--rootdir', sys.argv[2], sys.argv[2]], plugins=[lane.TestLog(Path(sys.argv[3]))]))")
+    run = subprocess.run([sys.executable, "-c", script, str(Path(lane.__file__).parent),
+                          str(tmp_path), str(log)], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 deselected" in run.stdout, run.stdout
+    state = lane.read_test_log(log)
+    assert state == {"test_sample.py::test_ok": "passed", "test_sample.py::test_bad": "failed",
+                     "test_sample.py::test_skip": "skipped", "test_sample.py::test_error": "failed",
+                     "test_sample.py::test_later": "passed"}
+    assert lane.log_summary(state) == "2 passed, 2 failed, 1 skipped"
+    assert log.read_text().count("start\ttest_sample.py::test_ok") == 0
+
+
+def test_a_test_that_started_and_never_finished_reads_as_running(tmp_path):
+    log = tmp_path / "tests.log"
+    log.write_text("start\ta::b[x y]\npassed\ta::b[x y]\nstart\ta::c\ngarbage line\n")
+    assert lane.read_test_log(log) == {"a::b[x y]": "passed", "a::c": "running"}
+    assert lane.finished_tests(lane.read_test_log(log)) == {"a::b[x y]": "passed"}
+    assert lane.read_test_log(tmp_path / "missing") == {}
+
+
+def test_the_qemu_monitor_answers_with_the_vcpu_registers(tmp_path):
+    """qemu_monitor against a real QEMU, stopped before its first instruction (-S)."""
+    import shutil
+    if shutil.which(lane.QEMU) is None:
+        pytest.skip(f"{lane.QEMU} not installed: apt-get install qemu-system-x86")
+    socket = tmp_path / "monitor.sock"
+    qemu = subprocess.Popen([lane.QEMU, "-accel", "tcg", "-display", "none", "-nodefaults",
+                             "-S", "-monitor", f"unix:{socket},server=on,wait=off"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = lane.qemu_monitor(socket, "info registers -a")
+    finally:
+        qemu.kill()
+        qemu.wait()
+    assert "CPU#0" in out and "EIP=0000fff0" in out, out[:500]   # the reset vector
+    assert "\x1b" not in out                                     # no echo of the command
+    assert lane.qemu_monitor(tmp_path / "gone.sock", "info registers").startswith("(no answer")
