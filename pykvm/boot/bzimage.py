@@ -32,15 +32,15 @@ The recipe (each step one function below):
   7. plan_bzimage: all of the above, returning a BzImagePlan (what to write
      where, and the Entry where the vCPU starts).  Pure: bytes in, bytes and
      addresses out, no KVM needed, so every rule is unit-tested.
-  8. load_bzimage: the plan carried out on a real VM: ACPI tables, the
-     writes, and the vCPU state a PC firmware leaves (MSRs, LAPIC LINT pins).
+  8. load_bzimage: the plan carried out on a real VM: the state a PC firmware
+     leaves (pykvm.boot.firmware: ACPI tables, MSRs, LAPIC LINT pins), then
+     the writes.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
 
-from pykvm.arch.x86 import acpi, lapic, msrs
 from pykvm.arch.x86.boot_state import CpuMode, Entry
 from pykvm.boot import layout
 from pykvm.errors import LoaderError
@@ -421,22 +421,23 @@ def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | 
                  name: str = "kernel") -> Entry:
     """Boot a bzImage on a real VM: pykvm.boot.loader calls this for "HdrS" images.
 
-    1. ACPI tables at layout.ACPI_TABLES (so `poweroff` can reach PM1a_CNT);
-    2. the plan's writes into guest memory;
-    3. the vCPU state firmware leaves: boot MSRs (after CPUID, which the
-       machine set in its step 5), LAPIC LINT0 = ExtINT and LINT1 = NMI.
+    1. the state a PC firmware leaves (pykvm.boot.firmware): ACPI tables, so
+       that `poweroff` can reach PM1a_CNT; boot MSRs (after CPUID, which the
+       machine set in its step 5); LAPIC LINT0 = ExtINT and LINT1 = NMI;
+    2. the plan's writes into guest memory, boot_params.acpi_rsdp_addr
+       pointing at the tables.
     An empty command line means DEFAULT_CMDLINE.
     """
-    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES))
+    from pykvm.boot.firmware import leave_firmware_state
+
+    rsdp = leave_firmware_state(memory, vcpu)
     try:
         plan = plan_bzimage(image, memory.ram_ranges(), cmdline or DEFAULT_CMDLINE, initrd,
-                            acpi_rsdp=layout.ACPI_TABLES)
+                            acpi_rsdp=rsdp)
     except LoaderError as e:
         raise LoaderError(f"{name}: {e}") from None
     for address, data in plan.writes:
         memory.write(address, data)
-    vcpu.set_msrs(msrs.boot_msrs())
-    vcpu.set_lapic(lapic.virtual_wire(vcpu.get_lapic()))
     return plan.entry
 
 

@@ -54,9 +54,11 @@ def load_kernel(memory, vcpu, config) -> Entry:
             raise LoaderError(f"{name}: not an ELF or bzImage kernel "
                               "(for a raw flat binary, add --format raw)")
     if fmt == "pvh":
+        from pykvm.boot.firmware import leave_firmware_state
         from pykvm.boot.pvh import load_pvh
 
-        return load_pvh(memory, data, config.cmdline, initrd, name)
+        rsdp = leave_firmware_state(memory, vcpu)
+        return load_pvh(memory, data, config.cmdline, initrd, name, acpi_rsdp=rsdp)
     if fmt == "bzimage":
         try:
             from pykvm.boot.bzimage import load_bzimage

@@ -9,7 +9,8 @@ xen docs/misc/pvh.pandoc):
    (18), whose descriptor is the physical entry address.
 2. The VMM copies the PT_LOAD segments to their physical addresses.
 3. It writes a `struct hvm_start_info` (magic 0x336ec578) that points to the
-   command line, the modules (an initrd) and, from version 1, a memory map.
+   command line, the modules (an initrd), the ACPI RSDP and, from version 1,
+   a memory map.
 4. It starts the vCPU at the entry in 32-bit protected mode, paging off,
    with %ebx = the start info's physical address.
 """
@@ -53,10 +54,11 @@ def pvh_entry_point(elf: ElfFile, name: str = "kernel") -> int:
 
 
 def pack_start_info(cmdline_paddr: int, memmap_entries: int, nr_modules: int = 0,
-                    modlist_paddr: int = 0, memmap_paddr: int = layout.PVH_MEMMAP) -> bytes:
-    """struct hvm_start_info, version 1."""
+                    modlist_paddr: int = 0, memmap_paddr: int = layout.PVH_MEMMAP,
+                    rsdp_paddr: int = 0) -> bytes:
+    """struct hvm_start_info, version 1 (rsdp_paddr 0: "find the RSDP yourself")."""
     return START_INFO.pack(HVM_START_MAGIC, HVM_START_VERSION, 0, nr_modules, modlist_paddr,
-                           cmdline_paddr, 0, memmap_paddr, memmap_entries, 0)
+                           cmdline_paddr, rsdp_paddr, memmap_paddr, memmap_entries, 0)
 
 
 def pack_memmap(entries: list[tuple[int, int, int]]) -> bytes:
@@ -70,8 +72,11 @@ def pack_modlist(modules: list[tuple[int, int]]) -> bytes:
 
 
 def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None,
-             name: str = "kernel") -> Entry:
-    """Load ELF `data` into `memory` and return its PVH entry.  Steps as in the module docstring."""
+             name: str = "kernel", acpi_rsdp: int = 0) -> Entry:
+    """Load ELF `data` into `memory` and return its PVH entry.  Steps as in the module docstring.
+
+    `acpi_rsdp`: where the caller put the ACPI tables (pykvm.boot.firmware), for
+    start_info.rsdp_paddr; Linux reads it in arch/x86/platform/pvh/enlighten.c."""
     elf = parse_elf(data, name)
     entry = pvh_entry_point(elf, name)
     kernel_end = load_segments(memory, elf, name)
@@ -85,7 +90,8 @@ def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None
         raise LoaderError(f"memory map has {len(memmap)} entries, room for {MAX_MEMMAP_ENTRIES}")
     memory.write(layout.PVH_MEMMAP, pack_memmap(memmap))
     memory.write(layout.PVH_START_INFO, pack_start_info(
-        layout.CMDLINE_START, len(memmap), len(modules), layout.PVH_MODLIST if modules else 0))
+        layout.CMDLINE_START, len(memmap), len(modules), layout.PVH_MODLIST if modules else 0,
+        rsdp_paddr=acpi_rsdp))
     return Entry(CpuMode.PROTECTED, entry, {"rbx": layout.PVH_START_INFO}, protocol="PVH")
 
 

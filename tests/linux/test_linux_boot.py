@@ -64,7 +64,9 @@ def test_pvh_vmlinux_prints_linux_banner(vmlinux):
     release = guest_file("release", "kernel").read_text().strip()
     with SerialSession(pykvm_argv("boot", "--kernel", vmlinux, "--mem", "256M",
                                   "--cmdline", FAST_CMDLINE)) as vm:
-        vm.expect("Linux version " + release, timeout=300)
+        end = vm.expect("Linux version " + release, timeout=300)
+        # the ACPI tables pykvm.boot.firmware wrote, found through start_info.rsdp_paddr
+        vm.expect("ACPI: RSDP 0x00000000000E0000", timeout=120, start=end)
 
 
 # --- in the hardware-KVM lane: all the way --------------------------------------------------
@@ -90,6 +92,22 @@ def test_boot_to_shell_uname_and_poweroff(bzimage, initramfs):
         vm.expect(f"cmdline={DEFAULT_CMDLINE}", timeout=30, start=at)
         vm.send("poweroff -f")
         assert vm.wait(timeout=60) == 0, vm.output[-2000:].decode(errors="replace")
+
+
+@pytest.mark.linux
+@pytest.mark.slow
+def test_pvh_vmlinux_boots_to_shell_and_powers_off(vmlinux, initramfs):
+    """PVH to userspace: the initrd comes as a start_info module, and `poweroff`
+    reaches pykvm's ACPI PM1a port through the tables that start_info points to."""
+    with SerialSession(pykvm_argv("boot", "--kernel", vmlinux, "--initrd", initramfs,
+                                  "--mem", "256M", "--cmdline", FAST_CMDLINE)) as vm:
+        at = vm.expect(MARKER, timeout=120)
+        at = vm.expect(PROMPT, timeout=30, start=at)
+        vm.send("echo sum=$((40 + 2))")
+        vm.expect("sum=42", timeout=30, start=at)
+        vm.send("poweroff -f")
+        assert vm.wait(timeout=60) == 0, vm.output[-2000:].decode(errors="replace")
+    assert b"ACPI: RSDP 0x00000000000E0000" in vm.output
 
 
 @pytest.mark.linux

@@ -75,10 +75,12 @@ def test_memmap_entries():
 
 def test_load_pvh_writes_everything_the_guest_reads():
     with GuestMemory(4 << 20) as mem:
-        entry = load_pvh(mem, hello_bytes(), cmdline="console=ttyS0", initrd=b"RAMDISK!")
+        entry = load_pvh(mem, hello_bytes(), cmdline="console=ttyS0", initrd=b"RAMDISK!",
+                         acpi_rsdp=layout.ACPI_TABLES)
         assert entry.rip == 0x100000 and entry.registers == {"rbx": layout.PVH_START_INFO}
         info = START_INFO.unpack(mem.read(layout.PVH_START_INFO, START_INFO.size))
         assert info[0] == HVM_START_MAGIC
+        assert info[6] == layout.ACPI_TABLES  # rsdp_paddr
         assert mem.read_cstring(info[5], 100) == b"console=ttyS0"
         assert info[3] == 1  # one module: the initrd
         paddr, size = struct.unpack_from("<QQ", mem.read(info[4], 16))
