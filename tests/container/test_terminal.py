@@ -238,3 +238,11 @@ def test_oci_create_console_socket_without_terminal(pykvm, tty_bundle, state_roo
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "only used with a terminal" in r.stderr
     assert list(state_root.iterdir()) == []
+
+
+def test_oci_create_console_socket_nobody_listens(pykvm, tty_bundle, state_root, tmp_path):
+    r = pykvm("container", "oci", "create", "--bundle", tty_bundle, "--console-socket",
+              tmp_path / "absent.sock", "no-listener")
+    assert r.returncode == 1 and r.stderr == (f"pykvm: error: cannot connect to the console socket "
+                                              f"{tmp_path / 'absent.sock'}: No such file or directory\n")
+    assert not state_root.exists(), "refused before any state was written"
