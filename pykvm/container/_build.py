@@ -205,10 +205,18 @@ short ifreq_get_flags(struct ifreq *ifr);
 void ifreq_set_flags(struct ifreq *ifr, short f);
 int ioctl_ptr(int fd, unsigned long request, void *arg);
 
-/* --- terminals ------------------------------------------------------------ */
+/* --- terminals, tty_ioctl(4) and pty(7), <sys/ioctl.h> -------------------- */
 #define TIOCSCTTY ...
 #define TIOCGWINSZ ...
 #define TIOCSWINSZ ...
+#define TIOCGPTN ...
+#define TIOCSPTLCK ...
+#define TIOCGPTPEER ...
+struct winsize {
+    unsigned short ws_row;
+    unsigned short ws_col;
+    ...;
+};
 """
 
 ffibuilder.cdef(CDEF)

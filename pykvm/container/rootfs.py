@@ -10,6 +10,7 @@ to unmount on the host afterwards.  The recipe, top-down:
     4. mask_paths()          runc's default masked paths: /dev/null over files, empty ro tmpfs over dirs
        readonly_paths()      runc's default read-only paths: bind onto itself, remount ro
     5. pivot_into()          pivot_root(2) ("." ".") then detach the old root: the host is gone
+       mount_console()       with a terminal (terminal.py): its pty slave bound onto /dev/console
     6. remount_root_readonly()  for `--read-only` / root.readonly
 
 Mount targets are resolved *inside* the rootfs, with symlinks followed as if
@@ -30,7 +31,7 @@ from pykvm.errors import ContainerError, SyscallError
 
 __all__ = ["Mount", "DEFAULT_MOUNTS", "MASKED_PATHS", "READONLY_PATHS", "DEVICES", "DEV_LINKS",
            "secure_join", "make_private", "mount_root", "mount_all", "mask_paths",
-           "readonly_paths", "pivot_into", "remount_root_readonly", "parse_options",
+           "readonly_paths", "pivot_into", "mount_console", "remount_root_readonly", "parse_options",
            "make_busybox_rootfs"]
 
 MAX_SYMLINKS = 40          # path_resolution(7): the kernel's own limit
@@ -338,6 +339,13 @@ def pivot_into(root: str) -> None:
     pivot_root(".", ".")
     umount(".", lib.MNT_DETACH)
     os.chdir("/")
+
+
+def mount_console(slave: int) -> None:
+    """Step 5b (with a terminal): bind the container's pty slave onto /dev/console, as runc
+    does, so programs that write to the console reach the container's terminal."""
+    _mount_on("/", "/dev/console", f"/proc/self/fd/{slave}", None, lib.MS_BIND, None,
+              directory=False)
 
 
 def remount_root_readonly() -> None:

@@ -210,11 +210,13 @@ _bundle_option = click.option("-b", "--bundle", default=".", show_default=True,
 
 @oci_cmd.command("create")
 @_bundle_option
+@click.option("--console-socket", type=click.Path(dir_okay=False), metavar="PATH",
+              help="With process.terminal: send the pty master to this unix socket (as runc).")
 @click.argument("container_id")
-def oci_create_cmd(bundle, container_id):
+def oci_create_cmd(bundle, console_socket, container_id):
     """Create a container from a bundle; it waits for `start`."""
     from pykvm.container.runtime import oci_create
-    oci_create(container_id, bundle)
+    oci_create(container_id, bundle, console_socket=console_socket)
 
 
 @oci_cmd.command("start")

@@ -14,6 +14,7 @@ Four processes, each with one job (the arrows are fork(2)):
     init      (PID 1 inside; Python)
       |  unshare mount/uts/ipc/net/cgroup namespaces, bring `lo` up, set the
       |  hostname, build the root filesystem and pivot_root into it (rootfs.py),
+      |  with -t make the pty from the container's own devpts (terminal.py),
       |  then forwards SIGINT/SIGTERM/... to the command and reaps every zombie
       v
     command   (PID 2 inside)
@@ -24,7 +25,10 @@ A pipe from the children to the launcher carries one JSON line per event
 ({"user": 1} "please write my id maps", {"pid": N}, {"ready": 1},
 {"error": msg, "code": N}); it is close-on-exec, so when the command's execve
 succeeds the launcher reads end-of-file.  A second pipe carries the launcher's
-one-byte acknowledgements back.
+one-byte acknowledgements back.  With -t a unix socketpair carries the pty
+master (SCM_RIGHTS) from init out to the launcher, which connects it to your
+terminal; with -d -t to the monitor, which copies it to container.log; for
+`oci create` to the --console-socket the caller listens on.
 
 The contract with the image store (pykvm.container.image)
 ---------------------------------------------------------
@@ -52,6 +56,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -59,6 +64,7 @@ from dataclasses import dataclass, field, replace
 from pykvm.container import capabilities as caps
 from pykvm.container import namespaces as ns
 from pykvm.container import rootfs as fs
+from pykvm.container import terminal
 from pykvm.container.cgroups import Cgroup, Limits, open_cgroup
 from pykvm.container.state import ContainerState, StateStore, new_id, process_start_time
 from pykvm.container.syscalls import lib, prctl, sethostname
@@ -220,7 +226,7 @@ class Container:
     """One container being launched, and then waited for."""
 
     def __init__(self, config: RunConfig, mode: str = FOREGROUND, store: StateStore | None = None,
-                 warn=None):
+                 warn=None, console: socket.socket | None = None):
         self.cfg = config.finalized()
         self.mode = mode
         self.store = store or StateStore()
@@ -235,8 +241,11 @@ class Container:
         self.cgroup: Cgroup | None = None
         self.monitor_pid = 0
         self.init_pid = 0
-        self.pty_master = None
         self._exit_fd = -1
+        # -t: init sends the pty master over _tty_inside to _tty_host (terminal.py).  `oci
+        # create` has no host end of ours: `console` is the connected --console-socket.
+        self._tty_host, self._tty_inside = None, console
+        self.winsize = None
 
     # --- launcher side ---------------------------------------------------------
     def start(self) -> Container:
@@ -256,6 +265,7 @@ class Container:
         self._exit_fd = os.open(os.path.join(self.dir, "exit.json"),
                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         stdio = self._stdio()
+        self._make_console_socket()
         pipe = _Pipe()
         pid = os.fork()
         if pid == 0:
@@ -264,6 +274,7 @@ class Container:
         pipe.launcher_side()
         os.close(self._exit_fd)
         self._close_stdio(stdio)
+        self._close_console_sockets(keep_host=self.mode == FOREGROUND)
         self._follow_setup(pipe)
 
     def _make_cgroup(self) -> Cgroup | None:
@@ -285,15 +296,12 @@ class Container:
         return cg
 
     def _stdio(self) -> dict:
-        """The fds that become the container's 0, 1, 2."""
+        """The fds that become the container's 0, 1, 2 (with -t: init's, until its pty exists)."""
         if self.cfg.tty:
-            master, slave = os.openpty()
-            self.pty_master = master
-            _copy_winsize(sys.stdin.fileno(), master)
-            return {"in": slave, "out": slave, "err": slave, "close": [slave]}
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            return {"in": null, "out": null, "err": null, "close": [null]}
         if self.mode == DETACHED:
-            log = os.open(os.path.join(self.dir, "container.log"),
-                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            log = self._open_log()
             null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             return {"in": null, "out": log, "err": log, "close": [log, null]}
         if self.cfg.interactive or self.mode == CREATED:
@@ -305,6 +313,36 @@ class Container:
     def _close_stdio(stdio: dict) -> None:
         for fd in stdio["close"]:
             os.close(fd)
+
+    def _open_log(self) -> int:
+        """container.log: a detached container's output (`pykvm container logs`)."""
+        return os.open(os.path.join(self.dir, "container.log"),
+                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+    def _make_console_socket(self) -> None:
+        """-t: the socket the pty master comes out by, and the size to give the pty."""
+        if not self.cfg.tty:
+            if self._tty_inside is not None:
+                raise ConfigError("a console socket is only used with a terminal "
+                                  "(process.terminal: true in config.json)")
+            return
+        ours = sys.stdin.fileno() if os.isatty(sys.stdin.fileno()) else sys.stdout.fileno()
+        self.winsize = terminal.get_winsize(ours)
+        if self.mode == CREATED:
+            if self._tty_inside is None:
+                raise ConfigError("process.terminal is true: `oci create` needs --console-socket "
+                                  "PATH, a unix socket to send the terminal's master to (as runc)")
+            return
+        self._tty_host, self._tty_inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def _close_console_sockets(self, keep_host: bool = False, keep_inside: bool = False) -> None:
+        """Each process closes the ends it has no use for (so EOF means "no master is coming")."""
+        if self._tty_host is not None and not keep_host:
+            self._tty_host.close()
+            self._tty_host = None
+        if self._tty_inside is not None and not keep_inside:
+            self._tty_inside.close()
+            self._tty_inside = None
 
     def _follow_setup(self, pipe: _Pipe) -> None:
         """Serve the children's requests until the command is exec'd (EOF) or ready."""
@@ -373,18 +411,34 @@ class Container:
         """Foreground: forward signals (and the TTY) until the monitor exits; clean up."""
         forward = _SignalForwarder(lambda: self.init_pid)
         try:
-            if self.pty_master is not None:
-                _relay_tty(self.pty_master, self.monitor_pid, self.cfg.interactive)
+            self._attach_terminal()
             _, status = _waitpid_retry(self.monitor_pid)
         finally:
             forward.restore()
-            if self.pty_master is not None:
-                os.close(self.pty_master)
+            self._close_console_sockets()
         info = self.store.exit_info(self.id) or {"exit_code": _exit_code(status)}
         code = info["exit_code"]
         result = RunResult(self.id, code, bool(info.get("oom_killed")))
         self._cleanup(remove_state=self.cfg.remove)
         return result
+
+    def _attach_terminal(self) -> None:
+        """-t: our terminal (raw) <-> the container's pty master, until the container ends."""
+        if self._tty_host is None:
+            return
+        received = terminal.receive_master(self._tty_host)   # sent before the command ran
+        self._close_console_sockets()
+        if received is None:
+            return                                            # init died before it made a pty
+        master = received[0]
+        stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+        ours = stdin if os.isatty(stdin) else stdout
+        try:
+            with terminal.raw_mode(ours, keys=self.cfg.interactive):
+                terminal.relay(master, stdout, self.monitor_pid,
+                               stdin=stdin if self.cfg.interactive else None, terminal=ours)
+        finally:
+            os.close(master)            # if our output went away first: the container gets SIGHUP
 
     # --- monitor (child of the launcher) ----------------------------------------
     def _monitor(self, pipe: _Pipe, stdio: dict) -> int:
@@ -404,6 +458,7 @@ class Container:
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
             signal.signal(sig, signal.SIG_IGN)              # the launcher forwards these
         stdio = _install_stdio(stdio)                       # the launcher's own stdio stays out
+        self._close_console_sockets(keep_host=self.mode == DETACHED, keep_inside=True)
         self._join_user_and_pid(pipe)
         pid = os.fork()
         if pid == 0:
@@ -413,6 +468,9 @@ class Container:
         os.close(pipe.events_w)
         os.close(pipe.ack_r)
         _detach_stdio()
+        self._close_console_sockets(keep_host=True)
+        if self._tty_host is not None:
+            self._log_terminal(pid)
         _, status = _waitpid_retry(pid)
         code = _exit_code(status)
         oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
@@ -421,6 +479,20 @@ class Container:
         if self.mode == DETACHED or launcher_gone:
             self._cleanup(remove_state=self.cfg.remove)
         return code
+
+    def _log_terminal(self, init_pid: int) -> None:
+        """-d -t: the monitor holds the pty master and copies what the container writes to
+        container.log (Docker keeps a detached terminal's output the same way)."""
+        received = terminal.receive_master(self._tty_host)
+        self._close_console_sockets()
+        if received is None:
+            return
+        log = self._open_log()
+        try:
+            terminal.relay(received[0], log, init_pid)
+        finally:
+            os.close(log)
+            os.close(received[0])
 
     def _join_user_and_pid(self, pipe: _Pipe) -> None:
         """The user namespace first (it owns the rest), then the PID namespace for our child."""
@@ -449,8 +521,14 @@ class Container:
         self._enter_namespaces(("network", "ipc", "uts", "mount"))
         pipe.wait_ack()                                      # the launcher put us in the cgroup ...
         self._enter_namespaces(("cgroup",))                  # ... which becomes our cgroup ns's "/"
+        self._close_console_sockets(keep_inside=True)
+        os.close(self._exit_fd)                              # the monitor's, not the container's
         fifo = self._open_fifo()
         self._build_root()
+        if self.cfg.tty:
+            stdio = self._open_terminal()
+        if self.cfg.readonly:
+            fs.remount_root_readonly()
         _set_rlimits(self.cfg.rlimits)
         if fifo is not None:
             pipe.send(ready=1)
@@ -490,7 +568,7 @@ class Container:
         return os.open(os.path.join(self.dir, "exec.fifo"), os.O_PATH | os.O_CLOEXEC)
 
     def _build_root(self) -> None:
-        """rootfs.py's recipe, steps 1-6."""
+        """rootfs.py's recipe, steps 1-5 (step 6, read-only, comes after the terminal)."""
         cfg = self.cfg
         fs.make_private()
         if cfg.lower_dirs:
@@ -506,8 +584,23 @@ class Container:
         fs.readonly_paths(root, cfg.readonly_paths)
         fs.pivot_into(root)
         _make_cwd(cfg.cwd)
-        if cfg.readonly:
-            fs.remount_root_readonly()
+
+    def _open_terminal(self) -> dict:
+        """runc's setupConsole, after pivot_root: a pty from the container's own devpts;
+        the master goes out over the console socket, the slave becomes the command's stdio."""
+        master, slave = terminal.open_pty()
+        try:
+            if self.winsize:
+                terminal.set_winsize(master, self.winsize)
+            fs.mount_console(slave)
+            terminal.send_master(self._tty_inside, master, terminal.ptsname(master))
+        except BaseException:
+            os.close(slave)
+            raise
+        finally:
+            os.close(master)                                 # the master never stays inside
+            self._close_console_sockets()
+        return {"in": slave, "out": slave, "err": slave, "close": [slave]}
 
 
 # --- the command (PID 2 in the container) ------------------------------------
@@ -527,7 +620,8 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
     _set_oom_score_adj(0)
     os.setsid()
     if cfg.tty:
-        fcntl.ioctl(0, lib.TIOCSCTTY, 0)
+        fcntl.ioctl(0, lib.TIOCSCTTY, 0)                # tty_ioctl(4): our controlling terminal
+        terminal.give_to_user(0, cfg.uid)
     try:
         os.chdir(cfg.cwd)
     except OSError as e:
@@ -714,14 +808,6 @@ def _wait_for_start(fifo_path_fd: int) -> None:
     os.close(fifo_path_fd)
 
 
-def _copy_winsize(src: int, dst: int) -> None:
-    try:
-        size = fcntl.ioctl(src, lib.TIOCGWINSZ, b"\0" * 8)
-        fcntl.ioctl(dst, lib.TIOCSWINSZ, size)
-    except OSError:
-        pass
-
-
 class _SignalForwarder:
     """While the launcher waits: SIGINT/SIGTERM/SIGHUP go to the container's init instead."""
 
@@ -749,50 +835,15 @@ class _SignalForwarder:
             signal.signal(sig, handler)
 
 
-def _relay_tty(master: int, monitor_pid: int, interactive: bool) -> None:
-    """`-it`: our terminal in raw mode, bytes copied both ways until the container ends."""
-    import tty
-    import termios
-    stdin = sys.stdin.fileno()
-    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
-    if saved:
-        tty.setraw(stdin)
-    # Our terminal resized -> resize the container's; the kernel sends it SIGWINCH (tty_ioctl(4)).
-    old_winch = signal.signal(signal.SIGWINCH, lambda *_: _copy_winsize(stdin, master))
-    pidfd = os.pidfd_open(monitor_pid)
-    watch = [master, pidfd] + ([stdin] if interactive else [])
-    try:
-        while True:
-            ready, _, _ = select.select(watch, [], [])
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    return
-                os.write(sys.stdout.fileno(), data)
-            if stdin in ready:
-                data = os.read(stdin, 65536)
-                if data:
-                    os.write(master, data)
-                else:
-                    watch.remove(stdin)
-            if pidfd in ready and master not in ready:
-                return
-    finally:
-        os.close(pidfd)
-        signal.signal(signal.SIGWINCH, old_winch)
-        if saved:
-            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
-
-
 # --- entry points -------------------------------------------------------------------
 
 def launch(config: RunConfig, mode: str = FOREGROUND, store: StateStore | None = None,
-           warn=None) -> Container:
-    """Start a container in one of FOREGROUND, DETACHED or CREATED mode; returns it running."""
-    return Container(config, mode, store, warn).start()
+           warn=None, console: socket.socket | None = None) -> Container:
+    """Start a container in one of FOREGROUND, DETACHED or CREATED mode; returns it running.
+
+    `console`: for CREATED with a terminal, the connected socket its pty master is sent to.
+    """
+    return Container(config, mode, store, warn, console).start()
 
 
 def run_container(config: RunConfig, store: StateStore | None = None) -> int:
@@ -865,11 +916,31 @@ def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, c
 
 # --- the lifecycle: OCI (runtime.md "Operations") and Docker's ps/stop/kill/rm ----------
 
-def oci_create(cid: str, bundle: str, store: StateStore | None = None) -> Container:
-    """`create`: everything set up, the process waiting on exec.fifo; status "created"."""
+def oci_create(cid: str, bundle: str, store: StateStore | None = None,
+               console_socket: str | None = None) -> Container:
+    """`create`: everything set up, the process waiting on exec.fifo; status "created".
+
+    With process.terminal, the pty master is sent (SCM_RIGHTS) to the unix socket at
+    `console_socket`, as runc's --console-socket does; whoever listens there owns the terminal.
+    """
     from pykvm.container.bundle import load_bundle
     cfg = replace(load_bundle(bundle), id=cid, name=cid)
-    return launch(cfg, CREATED, store)
+    console = _connect_console(console_socket) if console_socket else None
+    try:
+        return launch(cfg, CREATED, store, console=console)
+    finally:
+        if console is not None:
+            console.close()
+
+
+def _connect_console(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise ContainerError(f"cannot connect to the console socket {path}: {e.strerror}") from None
+    return sock
 
 
 def oci_run(cid: str, bundle: str, store: StateStore | None = None) -> RunResult:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from pykvm.container.rootfs import make_busybox_rootfs
 
 BUSYBOX = Path("/bin/busybox")
+RUNC = shutil.which("runc")
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,15 @@ def pykvm(state_root):
                               timeout=timeout, env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)},
                               **kw)
     return run
+
+
+@pytest.fixture
+def runc_bundle(tmp_path, busybox_rootfs) -> Path:
+    """An OCI bundle: the config.json `runc spec` writes, and a copy of the busybox rootfs."""
+    if not RUNC:
+        pytest.skip("needs runc (Debian package runc) to write the reference config.json")
+    d = tmp_path / "bundle"
+    d.mkdir()
+    subprocess.run([RUNC, "spec"], cwd=d, check=True)
+    shutil.copytree(busybox_rootfs, d / "rootfs", symlinks=True)
+    return d

@@ -21,14 +21,9 @@ PROBE = ('hostname; id -u; echo $$; pwd; echo "$FOO"; cut -d" " -f5 /proc/self/m
 
 
 @pytest.fixture
-def bundle(tmp_path, busybox_rootfs):
-    """`runc spec` + a busybox rootfs; terminal off (no console socket in tests)."""
-    if not RUNC:
-        pytest.skip("needs runc (Debian package runc) to write the reference config.json")
-    d = tmp_path / "bundle"
-    d.mkdir()
-    subprocess.run([RUNC, "spec"], cwd=d, check=True)
-    shutil.copytree(busybox_rootfs, d / "rootfs", symlinks=True)
+def bundle(runc_bundle):
+    """`runc spec` + a busybox rootfs; terminal off (test_terminal.py covers terminal: true)."""
+    d = runc_bundle
     spec = json.loads((d / "config.json").read_text())
     spec["process"]["terminal"] = False
     spec["process"]["env"].append("FOO=bar")

@@ -56,13 +56,17 @@ def as_nobody(public_dir):
     home.mkdir()
     os.chown(home, NOBODY, NOBODY)
 
-    def run(*args):
+    def command(*args) -> tuple[list[str], dict]:
         env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{site}",
                "XDG_RUNTIME_DIR": str(home)}
-        return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                               str(python), "-m", "pykvm", "container", *map(str, args)],
-                              capture_output=True, text=True, env=env, timeout=60)
+        return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                str(python), "-m", "pykvm", "container", *map(str, args)], env
+
+    def run(*args):
+        argv, env = command(*args)
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
     run.home = home
+    run.command = command
     return run
 
 
@@ -107,3 +111,14 @@ def test_rootless_state_dir_problem_is_one_line(as_nobody, rootless_rootfs):
                             "PYTHONPATH": os.pathsep.join([str(ROOT), *[p for p in sys.path if p.endswith("site-packages")]])})
     assert r.returncode == 1
     assert r.stderr.startswith("pykvm: error: cannot create the state directory /root/forbidden")
+
+
+def test_rootless_terminal_is_pts_0_of_its_own_devpts(as_nobody, rootless_rootfs):
+    """-it in a user namespace: devpts, ptmx and the console socket need no privilege."""
+    from ptyrun import lines, run_on_pty
+    argv, env = as_nobody.command("run", "--rm", "-it", "--rootfs", rootless_rootfs, "sh", "-c",
+                                  "tty; stty size; id -u; ls /proc/self/fd; exit 2")
+    r = run_on_pty(argv, env, size=(30, 90))
+    assert lines(r.output)[:4] == ["/dev/pts/0", "30 90", "0", "0  1  2  3"], r.output
+    assert r.status == 2
+    assert r.mode_after == r.mode_before

@@ -256,3 +256,77 @@ def test_parse_signal():
     assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
     with pytest.raises(ConfigError):
         parse_signal("SIGFOO")
+
+
+# --- the container's terminal (terminal.py), on the host's own ptys --------------------------
+
+def test_check_ptmx_refuses_a_ptmx_that_is_not_on_the_devpts():
+    from pykvm.container import terminal
+    fd = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)       # devtmpfs's node, not devpts's inode 2
+    try:
+        with pytest.raises(ContainerError, match="not the ptmx of the devpts mounted at /dev/pts"):
+            terminal.check_ptmx(fd, "/dev/ptmx", "/dev/pts")
+    finally:
+        os.close(fd)
+
+
+def test_master_travels_over_a_unix_socket_with_its_size():
+    import socket
+    from pykvm.container import terminal
+    master, slave = os.openpty()
+    here, there = socket.socketpair()
+    try:
+        assert terminal.ptsname(master) == os.ttyname(slave)
+        terminal.set_winsize(master, (12, 34))
+        terminal.send_master(here, master, terminal.ptsname(master))
+        received, name = terminal.receive_master(there)
+        assert received != master and name == os.ttyname(slave)
+        assert not os.get_inheritable(received), "a received master must be close-on-exec"
+        assert terminal.get_winsize(received) == (12, 34)
+        os.write(slave, b"x")
+        assert os.read(received, 1) == b"x", "the same pty"
+        os.close(received)
+        here.close()
+        assert terminal.receive_master(there) is None, "sender gone without a master"
+    finally:
+        for fd in (master, slave):
+            os.close(fd)
+        there.close()
+
+
+def test_raw_mode_restores_the_terminal_on_the_way_out():
+    import termios
+    from pykvm.container import terminal
+    master, slave = os.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        with pytest.raises(RuntimeError):
+            with terminal.raw_mode(slave):
+                attrs = termios.tcgetattr(slave)
+                assert not attrs[3] & termios.ICANON and not attrs[1] & termios.OPOST
+                raise RuntimeError("an exception is a way out too")
+        assert termios.tcgetattr(slave) == before
+        with terminal.raw_mode(slave, keys=False):
+            attrs = termios.tcgetattr(slave)
+            assert attrs[3] & termios.ISIG and not attrs[1] & termios.OPOST
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_relay_copies_the_master_until_the_process_ends():
+    import subprocess
+    from pykvm.container import terminal
+    master, slave = os.openpty()
+    out_r, out_w = os.pipe()
+    proc = subprocess.Popen(["sh", "-c", "echo one; sleep 0.2; echo two"], stdout=slave)
+    os.close(slave)
+    try:
+        terminal.relay(master, out_w, proc.pid)
+        os.close(out_w)
+        assert os.read(out_r, 100) == b"one\r\ntwo\r\n"
+    finally:
+        proc.wait()
+        os.close(master)
+        os.close(out_r)
