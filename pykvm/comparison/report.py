@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from pykvm.comparison import properties as prop
@@ -88,6 +89,16 @@ def _build_bundled(store, name: str, log):
         raise ContainerError(f"--image {name}: cannot build it ({e}); run `make guests` first") from None
 
 
+def container_workload(name: str, image, layer_dirs: list[str]) -> wl.Workload:
+    """The script through the image's shell; else the probe its label names; else its own command."""
+    if _has_shell(layer_dirs):
+        return wl.shell_container(name)
+    labels = image.config.get("config", {}).get("Labels") or {}
+    if probe := labels.get(wl.PROBE_LABEL):
+        return wl.probe_container(name, shlex.split(probe))
+    return wl.plain_container(name)
+
+
 def _has_shell(layer_dirs: list[str]) -> bool:
     return any(os.path.lexists(os.path.join(d, "bin", "sh")) for d in layer_dirs)
 
@@ -101,7 +112,7 @@ def compare(runs: int, guest: str, image: str, memory: str = "128M", log=None) -
     host = prop.host_facts()
     vm, vm_files = vm_workload(guest, memory)
     image_obj, layers = prepare_image(image, log)
-    box = wl.shell_container(image) if _has_shell(layers) else wl.plain_container(image)
+    box = container_workload(image, image_obj, layers)
     baseline = wl.baseline()
     samples = _run_rounds([vm, box, baseline], runs, log)
     return {

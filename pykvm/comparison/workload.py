@@ -9,7 +9,8 @@ output splits into sections the properties module reads.
                        (tiny's shell runs the commands on its command line, guests/tiny/shell.c)
     VM, Linux guest    pykvm boot linux; the SCRIPT is typed into its console shell
     container          pykvm container run --rm busybox sh -c SCRIPT
-                       (an image without /bin/sh, like hello, just runs its own command)
+                       (an image without /bin/sh runs the command its label PROBE_LABEL
+                       names, as hello does: `/hello --probe`; or else just its own command)
 
 A user would type these commands; we run them as child processes, exactly so.
 """
@@ -20,10 +21,12 @@ import sys
 from dataclasses import dataclass, field
 
 __all__ = ["MARKER", "PROBES", "Workload", "Unobserved", "tiny_vm", "linux_vm", "shell_container",
-           "plain_container", "baseline", "split_sections", "display_command", "pykvm_argv"]
+           "probe_container", "plain_container", "baseline", "split_sections", "display_command",
+           "pykvm_argv", "PROBE_LABEL"]
 
 MARKER = "pykvm-compare: hello"      # the workload's first line, the same on every side
 SECTION = "@@"                       # a line "@@name" starts section `name` of the output
+PROBE_LABEL = "pykvm.compare.probe"  # image label: a command that prints MARKER and sections itself
 END = "end"                          # the last section: everything before it was printed
 
 # Look-around steps for a busybox (or any POSIX) userland: section name -> shell command.
@@ -123,6 +126,17 @@ def shell_container(image: str) -> Workload:
     """An image with /bin/sh: the same script as the Linux guest's, through `sh -c`."""
     return Workload("container", image,
                     pykvm_argv("container", "run", "--rm", image, "sh", "-c", _script(PROBES, "; ")))
+
+
+def probe_container(image: str, command: list[str]) -> Workload:
+    """An image without a shell whose own program reports what it can (its PROBE_LABEL)."""
+    probe = shlex.join(command)
+    why = (f"the {image} image has no shell or tools; its `{probe}` reports only the kernel, "
+           "boot_id and hostname (use --image busybox to see more)")
+    unobserved = {name: Unobserved(None, why, False) for name in PROBES
+                  if name not in ("kernel", "boot_id", "hostname")}
+    return Workload("container", image, pykvm_argv("container", "run", "--rm", image, *command),
+                    unobserved=unobserved)
 
 
 def plain_container(image: str) -> Workload:

@@ -215,11 +215,20 @@ def test_markdown_table(store):
 @pytest.mark.kvm
 @pytest.mark.root
 @needs_containers
-def test_hello_image_cannot_look_around_and_says_so(store):
+def test_hello_image_reports_only_what_its_probe_can_and_says_so(store):
+    """No shell: `/hello --probe` (its label) gives the kernel, boot_id and hostname, no more."""
     report = _compare(store, "--runs", "1", "--image", "hello")
-    box = report["container"]
-    assert box["os"]["kernel"] is None and box["os"]["measured"] is False
-    assert all(item["measured"] is False for item in box["isolation"].values())
+    box, host = report["container"], report["host"]
+    assert box["command"].endswith("container run --rm hello /hello --probe"), box["command"]
+    assert box["os"]["measured"] is True
+    assert box["os"]["kernel"] == host["kernel"] and box["os"]["boot_id"] == host["boot_id"]
+    assert box["os"]["same_as_host"] is True
+    assert box["isolation"]["hostname"]["measured"] is True
+    assert box["isolation"]["hostname"]["inside"] not in (None, host["hostname"])
+    unseen = [name for name, item in box["isolation"].items()
+              if name != "boundary" and item["measured"] is False]
+    assert sorted(unseen) == ["interfaces", "mounts", "processes"], unseen
+    assert all("--probe" in box["isolation"][name]["how"] for name in unseen)
     assert box["startup"]["first_line_s"]["median"] > 0
 
 
