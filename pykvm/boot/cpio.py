@@ -144,7 +144,10 @@ def archive_tree(root: str | os.PathLike, console: bool = True) -> bytes:
         raise ConfigError(f"{base} is not a directory")
     writer = CpioWriter()
     for path in _walk(base):
-        _add_path(writer, path, path.relative_to(base).as_posix())
+        try:
+            _add_path(writer, path, path.relative_to(base).as_posix())
+        except OSError as e:            # unreadable, or a /proc file that refuses read()
+            raise ConfigError(f"{path}: cannot archive: {e.strerror or e}") from None
     if console:
         if "dev" not in writer:
             writer.directory("dev")

@@ -23,9 +23,10 @@ from pykvm.boot import layout
 from pykvm.boot.elf import ElfFile, parse_elf
 from pykvm.errors import LoaderError
 
-__all__ = ["load_pvh", "pvh_entry_point", "pack_start_info", "pack_memmap", "pack_modlist",
+__all__ = ["load_pvh", "pvh_entry_point", "is_linux", "pack_start_info", "pack_memmap", "pack_modlist",
            "XEN_ELFNOTE_PHYS32_ENTRY", "HVM_START_MAGIC"]
 
+XEN_ELFNOTE_GUEST_OS = 6       # elfnote.h: the guest OS's name, "linux" for Linux
 XEN_ELFNOTE_PHYS32_ENTRY = 18  # elfnote.h: physical 32-bit entry point
 HVM_START_MAGIC = 0x336EC578   # start_info.h: hvm_start_info.magic
 HVM_START_VERSION = 1          # version 1 adds memmap_paddr/memmap_entries
@@ -53,6 +54,14 @@ def pvh_entry_point(elf: ElfFile, name: str = "kernel") -> int:
                       "pykvm boots ELF kernels through PVH")
 
 
+def is_linux(elf: ElfFile) -> bool:
+    """A Linux vmlinux: its notes say so (Xen GUEST_OS "linux", or any note owned by "Linux")."""
+    return any(note.name == b"Linux"
+               or (note.name == b"Xen" and note.type == XEN_ELFNOTE_GUEST_OS
+                   and note.desc.rstrip(b"\0") == b"linux")
+               for note in elf.notes())
+
+
 def pack_start_info(cmdline_paddr: int, memmap_entries: int, nr_modules: int = 0,
                     modlist_paddr: int = 0, memmap_paddr: int = layout.PVH_MEMMAP,
                     rsdp_paddr: int = 0) -> bytes:
@@ -76,9 +85,15 @@ def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None
     """Load ELF `data` into `memory` and return its PVH entry.  Steps as in the module docstring.
 
     `acpi_rsdp`: where the caller put the ACPI tables (pykvm.boot.firmware), for
-    start_info.rsdp_paddr; Linux reads it in arch/x86/platform/pvh/enlighten.c."""
+    start_info.rsdp_paddr; Linux reads it in arch/x86/platform/pvh/enlighten.c.
+    A Linux kernel given no command line gets the bzImage loader's
+    DEFAULT_CMDLINE (without console=ttyS0 it would print nothing at all).
+    """
     elf = parse_elf(data, name)
     entry = pvh_entry_point(elf, name)
+    if not cmdline and is_linux(elf):
+        from pykvm.boot.bzimage import DEFAULT_CMDLINE
+        cmdline = DEFAULT_CMDLINE
     kernel_end = load_segments(memory, elf, name)
     write_cmdline(memory, cmdline)
     modules = []

@@ -18,9 +18,20 @@ def initramfs(directory: str, output: str, no_console: bool) -> None:
     Members are owned by root and keep their permission bits; the kernel runs
     /init from it (make it executable).
     """
+    import os
+
     from pykvm.boot.cpio import archive_tree
+    from pykvm.errors import ConfigError
 
     data = archive_tree(directory, console=not no_console)
-    with open(output, "wb") as f:
-        f.write(data)
+    # Written beside OUTPUT, then renamed over it: a failed write leaves an old archive whole.
+    tmp = f"{output}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, output)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ConfigError(f"-o {output}: {e.strerror or e}") from None
     click.echo(f"{output}: {len(data)} bytes", err=True)

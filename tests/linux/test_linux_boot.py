@@ -16,7 +16,7 @@ from linux_guest import SerialSession, guest_file, pykvm_argv
 
 MARKER = "pykvm-guest: userspace up"
 PROMPT = "guest# "
-FAST_CMDLINE = "console=ttyS0 earlyprintk=serial reboot=k panic=-1 pci=off"
+FAST_CMDLINE = "console=ttyS0 earlyprintk=serial reboot=k,panic_warm panic=-1 pci=off"
 
 
 @pytest.fixture(scope="module")

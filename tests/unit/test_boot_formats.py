@@ -154,3 +154,30 @@ def test_boot_selectors_follow_the_linux_boot_protocol():
     entries = gdt.boot_gdt(long_mode=True)
     assert entries[gdt.BOOT_CS // 8][0] == gdt.CODE64_FLAGS
     assert entries[gdt.BOOT_DS // 8][0] == gdt.DATA_FLAGS
+
+
+GUEST_OS_LINUX_NOTE = """
+    .pushsection .note.Xen, "a"
+    .balign 4
+    .long 4, 6, 6                    /* namesz, descsz, XEN_ELFNOTE_GUEST_OS */
+    .asciz "Xen"
+    .asciz "linux"
+    .balign 4
+    .popsection
+"""
+
+
+def test_a_linux_pvh_kernel_without_a_command_line_gets_the_default_one(tmp_path):
+    """Without console=ttyS0 a vmlinux would boot silently; other PVH guests keep an empty line."""
+    from guestasm import pvh_elf
+    from pykvm.boot.bzimage import DEFAULT_CMDLINE
+    from pykvm.boot.pvh import is_linux
+
+    linux = pvh_elf("hlt\n" + GUEST_OS_LINUX_NOTE, tmp_path / "vmlinux").read_bytes()
+    assert is_linux(parse_elf(linux)) and not is_linux(parse_elf(hello_bytes()))
+    for data, expected in ((linux, DEFAULT_CMDLINE), (hello_bytes(), "")):
+        for given, wanted in (("", expected), ("console=ttyS0 quiet", "console=ttyS0 quiet")):
+            with GuestMemory(4 << 20) as mem:
+                load_pvh(mem, data, cmdline=given)
+                info = START_INFO.unpack(mem.read(layout.PVH_START_INFO, START_INFO.size))
+                assert mem.read_cstring(info[5], layout.CMDLINE_MAX).decode() == wanted

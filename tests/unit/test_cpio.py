@@ -132,3 +132,23 @@ def test_cli_bad_directory_is_one_line(tmp_path):
 def _venv_path() -> str:
     import sys
     return os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+@pytest.mark.parametrize("tree, output, words", [
+    # writing: the folder of -o does not exist
+    ("{tmp}/tree", "{tmp}/missing/x.cpio", "No such file or directory"),
+    # reading: a member that refuses read() (EINVAL), as some /proc files do
+    ("/proc/self", "{tmp}/old.cpio", "cannot archive"),
+])
+def test_cli_write_and_read_errors_are_one_line_and_lose_nothing(tmp_path, tree, output, words):
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_text("x")
+    (tmp_path / "old.cpio").write_bytes(b"the old archive")
+    proc = subprocess.run(["pykvm", "initramfs", tree.format(tmp=tmp_path), "-o",
+                           output.format(tmp=tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "PATH": _venv_path()})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pykvm: error:") and words in lines[0], proc.stderr
+    assert (tmp_path / "old.cpio").read_bytes() == b"the old archive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.cpio", "tree"]
