@@ -105,8 +105,11 @@ def main() -> None:
         for _ in range(args.runs):  # interleaved, so both sides see the same machine noise
             py_rates.append(exits / python_exits(guest)[1])
             c_rates.append(exits / c_exits(peer, guest))
-        py_create = python_create_to_hlt(args.creates)
-        c_create = c_create_to_hlt(peer, args.creates)
+        py_create, c_create = [], []
+        per_round = max(1, args.creates // args.runs)
+        for _ in range(args.runs):  # interleaved too, in rounds
+            py_create += python_create_to_hlt(per_round)
+            c_create += c_create_to_hlt(peer, per_round)
 
     print(f"VM exits per second ({exits} exits per run, {args.runs} runs each)")
     print(f"  pykvm (Python) {summary(py_rates, 1e-3, 'k exits/s')}")

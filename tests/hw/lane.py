@@ -19,6 +19,7 @@ Each stage has a timeout; a failure names the stage and keeps the serial log
 (.cache/hw/serial.log).  Usage:
 
     python tests/hw/lane.py [--force-l1] [--boot-timeout S] ... [-- PYTEST_ARGS]
+    python tests/hw/lane.py --bench NAME     (tests/bench/run.py NAME in L1, no tests)
 """
 from __future__ import annotations
 
@@ -169,6 +170,12 @@ def log_summary(state: dict[str, str]) -> str:
     return ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
 
 
+def run_bench(name: str) -> int:
+    """`make bench` for the scripts whose name contains `name`: pykvm and its peer, side by side."""
+    os.chdir(ROOT)
+    return subprocess.call([sys.executable, str(ROOT / "tests" / "bench" / "run.py"), name])
+
+
 def junit_summary(junit: Path) -> str:
     """'N passed, F failed, E errors, S skipped' from pytest's junit XML."""
     try:
@@ -242,13 +249,15 @@ def _stop(proc: subprocess.Popen) -> None:
 # --- the initramfs -----------------------------------------------------------
 
 def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str, junit: Path,
-                    test_log: Path, pytest_args: list[str], path: Path) -> list[str]:
+                    test_log: Path, pytest_args: list[str], path: Path,
+                    bench: str | None = None) -> list[str]:
     """Write the L1's initramfs to `path`; return the modules it loads, in order."""
     busybox = static_busybox()
     modules = l1_modules(kernel)
     shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
     inside = [sys.executable, str(Path(__file__).resolve()), "--inside", f"--junit={junit}",
-              f"--test-log={test_log}", f"--markers={markers}", "--", *pytest_args]
+              f"--test-log={test_log}", f"--markers={markers}",
+              *(["--bench", bench] if bench else []), "--", *pytest_args]
     init = lane_initramfs.init_script(list(modules), shares, str(ROOT), shlex.join(inside))
     etc = dict(ETC_FILES)
     if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
@@ -428,7 +437,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     kernel = lane_kernel.fetch_kernel(cache / "kernel")
     trees = shared_trees(cache)
     order = write_initramfs(kernel, trees, args.markers, junit, cache / TEST_LOG, pytest_args,
-                            cache / "initramfs.cpio")
+                            cache / "initramfs.cpio", args.bench)
     progress("initramfs", f"kernel {kernel.version}; modules {' '.join(order)}")
     progress("shares", " ".join(map(str, trees)))
     result: dict[str, str] = {}
@@ -454,7 +463,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
                 follow(console, stage, stage.event == "tests-done", result, heartbeat)
                 progress(stage.name, f"done in {stage.seconds:.1f} s")
             proc.wait(args.stage_timeout)
-            if not junit.exists():
+            if not args.bench and not junit.exists():
                 raise LaneError(f"stage 'tests' failed: pytest in L1 wrote no {junit.name} "
                                 f"(status {result.get('status')})")
         except (LaneError, subprocess.TimeoutExpired) as e:
@@ -472,8 +481,10 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
                              f"\n  serial log: {serial_log}; its last lines:\n{tail}") from None
             raise LaneError(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
     status = int(result.get("status", 1))
+    outcome = f"bench {args.bench}" if args.bench else junit_summary(junit)
     print(f"lane: kvm={result.get('kvm', '?')} in L1 (qemu TCG -cpu {args.cpu}, "
-          f"kernel {kernel.version}): {junit_summary(junit)}; pytest status {status}")
+          f"kernel {kernel.version}): {outcome}; {'status' if args.bench else 'pytest status'} "
+          f"{status}")
     return status
 
 
@@ -529,6 +540,8 @@ def run_direct(args: argparse.Namespace, pytest_args: list[str]) -> int:
         lane_kernel.fetch_kernel(args.cache / "kernel")
     except (LaneError, OSError) as e:
         progress("fetch kernel", f"none ({e}); tests that boot it will skip")
+    if args.bench:
+        return run_bench(args.bench)
     status = run_tests(args.markers, junit, pytest_args)
     print(f"lane: kvm={kvm_flavour()} directly on this host: {junit_summary(junit)}; "
           f"pytest status {status}")
@@ -561,6 +574,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--heartbeat-timeout", type=float, default=60,
                         help="fail when L1 stops beating on ttyS1 this long (default: 60 s)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bench", metavar="NAME",
+                        help="run the benchmarks tests/bench/run.py NAME selects instead of the "
+                             "tests (e.g. linux_boot: pykvm vs QEMU, both inside the same L1)")
     parser.add_argument("--junit", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--test-log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -572,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.inside:                                  # we are /init's command in L1
         print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
+        if args.bench:
+            return run_bench(args.bench)
         return run_tests(args.markers, args.junit, pytest_args, args.test_log)
     try:
         if kvm_flavour() in ("svm", "vmx") and not args.force_l1:

@@ -22,6 +22,8 @@ __all__ = ["META_PACKAGE", "Kernel", "fetch_kernel", "unpacked", "module_bytes",
            "modinfo_depends", "load_order"]
 
 META_PACKAGE = "linux-image-cloud-amd64"   # Debian's "latest cloud kernel" package
+# ... or, where apt has no such package, Ubuntu's flavours for VMs (kvm, then virtual)
+OTHER_META_PACKAGES = ("linux-image-kvm", "linux-image-virtual")
 
 # .modinfo is a run of NUL-terminated "key=value" strings.
 _DEPENDS = re.compile(rb"(?:^|\0)depends=([^\0]*)\0")
@@ -50,14 +52,19 @@ def _run(args: list[str], cwd: Path | None = None) -> str:
     return done.stdout
 
 
-def image_package(meta: str = META_PACKAGE) -> str:
-    """The versioned image package the meta package depends on, from the local apt lists."""
-    out = _run(["apt-cache", "depends", "--important", meta])
-    for line in out.splitlines():
-        key, _, value = line.strip().partition(": ")
-        if key == "Depends" and value.startswith("linux-image-"):
-            return value
-    raise LaneError(f"apt-cache knows no image package for {meta}; run `apt-get update`")
+def image_package(metas: tuple[str, ...] = (META_PACKAGE, *OTHER_META_PACKAGES)) -> str:
+    """The versioned image package the first meta package apt knows depends on."""
+    for meta in metas:
+        try:
+            out = _run(["apt-cache", "depends", "--important", meta])
+        except LaneError:                  # apt-cache: no such package here
+            continue
+        for line in out.splitlines():
+            key, _, value = line.strip().partition(": ")
+            if key == "Depends" and value.startswith("linux-image-"):
+                return value
+    raise LaneError(f"apt-cache knows no image package for {' or '.join(metas)}; "
+                    "run `apt-get update`")
 
 
 def unpacked(cache: Path) -> list[Kernel]:
