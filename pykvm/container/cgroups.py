@@ -35,7 +35,7 @@ from pathlib import Path
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["CGROUP_ROOT", "Limits", "Cgroup", "CgroupV1", "CgroupV2", "detect",
-           "open_cgroup", "parse_size", "parse_cpus", "own_cgroup"]
+           "open_cgroup", "join", "close_all", "parse_size", "parse_cpus", "own_cgroup"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's and Docker's default
@@ -113,6 +113,25 @@ class Cgroup:
         """Move a process (0 = the caller) into this cgroup."""
         for d in self.dirs():
             (d / "cgroup.procs").write_text(f"{pid}\n")
+
+    # The file a process writes "0" to in order to move itself here (see join_files).
+    JOIN_FILE = "cgroup.procs"
+
+    def join_files(self) -> list[int]:
+        """Open (as the launcher, with its rights) the files through which a child joins.
+
+        The container's init then calls `join(fds)` itself, before it unshares
+        its cgroup namespace.  Why not simply write init's PID to cgroup.procs
+        from the launcher?  Moving a whole process takes the kernel's global
+        cgroup_threadgroup_rwsem for writing, which waits for an RCU grace
+        period: 5-15 ms per container here, the biggest single cost of a
+        launch.  cgroup v1 lets a single-threaded caller move *itself* through
+        `tasks` without that lock (CgroupV1.JOIN_FILE).  The kernel checks the
+        rights of whoever *opened* the file (kernel/cgroup/cgroup-v1.c, "check
+        permissions using the credentials from file open"), so init may already
+        be in a user namespace that could not open it.
+        """
+        return [os.open(d / self.JOIN_FILE, os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs()]
 
     def pids(self) -> list[int]:
         """The processes in this cgroup."""
@@ -248,6 +267,11 @@ class CgroupV1(Cgroup):
             _write(self.dir("cpu") / "cpu.cfs_period_us", limits.cpu_period)
             _write(self.dir("cpu") / "cpu.cfs_quota_us", limits.cpu_quota)
 
+    # kernel/cgroup/cgroup.c, cgroup_procs_write_start(): moving one thread that
+    # is the caller itself "can skip the global lock".  Our caller is a freshly
+    # forked, single-threaded process: its one thread is the whole process.
+    JOIN_FILE = "tasks"
+
     def oom_kills(self) -> int:
         if "memory" not in self.paths:
             return 0
@@ -264,6 +288,20 @@ class _RecordedCgroup(Cgroup):
 
     def dirs(self) -> list[Path]:
         return self._dirs
+
+
+def join(fds: list[int]) -> None:
+    """Move the calling process into a cgroup through files its launcher opened (join_files)."""
+    try:
+        for fd in fds:
+            os.write(fd, b"0\n")                  # "0": the writer itself
+    finally:
+        close_all(fds)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def open_cgroup(container_id: str, path: str | None = None, root: Path = CGROUP_ROOT,

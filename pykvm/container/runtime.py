@@ -3,8 +3,8 @@
 Four processes, each with one job (the arrows are fork(2)):
 
     launcher  (the pykvm command or your Python program; host namespaces)
-      |  creates the state dir and the cgroup, writes uid/gid maps, moves init
-      |  into the cgroup, forwards Ctrl-C, reports the exit status
+      |  creates the state dir and the cgroup, writes uid/gid maps, records
+      |  init's PID, forwards Ctrl-C, reports the exit status
       v
     monitor   (outside the container, except its user+PID namespaces)
       |  unshare(CLONE_NEWUSER) if asked, unshare(CLONE_NEWPID): its *next*
@@ -12,6 +12,7 @@ Four processes, each with one job (the arrows are fork(2)):
       |  records the exit status (exit.json), removes the cgroup
       v
     init      (PID 1 inside; Python)
+      |  join the cgroup (cgroups.py: Cgroup.join_files says why init moves itself),
       |  unshare mount/uts/ipc/net/cgroup namespaces, bring `lo` up, set the
       |  hostname, build the root filesystem and pivot_root into it (rootfs.py),
       |  then forwards SIGINT/SIGTERM/... to the command and reaps every zombie
@@ -59,7 +60,7 @@ from dataclasses import dataclass, field, replace
 from pykvm.container import capabilities as caps
 from pykvm.container import namespaces as ns
 from pykvm.container import rootfs as fs
-from pykvm.container.cgroups import Cgroup, Limits, open_cgroup
+from pykvm.container.cgroups import Cgroup, Limits, close_all, join, open_cgroup
 from pykvm.container.state import ContainerState, StateStore, new_id, process_start_time
 from pykvm.container.syscalls import lib, prctl, sethostname
 from pykvm.errors import ConfigError, ContainerError, PyKvmError
@@ -237,6 +238,7 @@ class Container:
         self.init_pid = 0
         self.pty_master = None
         self._exit_fd = -1
+        self._join_fds: list[int] = []         # init joins its cgroup through these (cgroups.join)
 
     # --- launcher side ---------------------------------------------------------
     def start(self) -> Container:
@@ -263,6 +265,8 @@ class Container:
         self.monitor_pid = pid
         pipe.launcher_side()
         os.close(self._exit_fd)
+        close_all(self._join_fds)
+        self._join_fds = []
         self._close_stdio(stdio)
         self._follow_setup(pipe)
 
@@ -274,6 +278,7 @@ class Container:
             if cg is None:
                 raise ContainerError("no cgroup filesystem at /sys/fs/cgroup")
             cg.create(limits)
+            self._join_fds = cg.join_files()
         except (ContainerError, OSError) as e:
             if not self.cfg.rootless:
                 raise
@@ -316,7 +321,6 @@ class Container:
                     pipe.ack()
                 elif "pid" in event:
                     self._adopt_init(event["pid"])
-                    pipe.ack()
                 elif "ready" in event:
                     break
                 elif "error" in event:
@@ -329,10 +333,8 @@ class Container:
             self._fail(error)
 
     def _adopt_init(self, pid: int) -> None:
-        """Move init into the cgroup (before it unshares its cgroup namespace) and record it."""
+        """Record init's PID (init moves itself into the cgroup: see Container._init)."""
         self.init_pid = pid
-        if self.cgroup is not None:
-            self.cgroup.add(pid)
         self.state.pid = pid
         self.state.pid_start = process_start_time(pid)
         self.state.monitor_pid = self.monitor_pid
@@ -352,6 +354,8 @@ class Container:
 
     def _abort(self) -> None:
         """Undo a half-made container (launcher-side failure)."""
+        close_all(self._join_fds)
+        self._join_fds = []
         if self.monitor_pid:
             try:
                 os.kill(self.monitor_pid, signal.SIGKILL)
@@ -412,6 +416,7 @@ class Container:
         pipe.send(pid=pid)
         os.close(pipe.events_w)
         os.close(pipe.ack_r)
+        close_all(self._join_fds)
         _detach_stdio()
         _, status = _waitpid_retry(pid)
         code = _exit_code(status)
@@ -446,9 +451,8 @@ class Container:
         prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)          # monitor gone -> container gone
         prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
-        self._enter_namespaces(("network", "ipc", "uts", "mount"))
-        pipe.wait_ack()                                      # the launcher put us in the cgroup ...
-        self._enter_namespaces(("cgroup",))                  # ... which becomes our cgroup ns's "/"
+        join(self._join_fds)                                 # our cgroup, before ...
+        self._enter_namespaces(("network", "ipc", "uts", "mount", "cgroup"))   # ... it becomes the ns's "/"
         fifo = self._open_fifo()
         self._build_root()
         _set_rlimits(self.cfg.rlimits)
