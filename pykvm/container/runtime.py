@@ -243,6 +243,7 @@ class Container:
     # --- launcher side ---------------------------------------------------------
     def start(self) -> Container:
         """Create everything, fork the monitor, wait until the command runs (or is ready)."""
+        self.cgroup = self._find_cgroup()         # recorded in the first state.json, made next
         self.dir = str(self.store.create(self.state))
         try:
             self._start()
@@ -252,7 +253,7 @@ class Container:
         return self
 
     def _start(self) -> None:
-        self.cgroup = self._make_cgroup()
+        self._make_cgroup()
         if self.mode == CREATED:
             os.mkfifo(os.path.join(self.dir, "exec.fifo"), 0o600)
         self._exit_fd = os.open(os.path.join(self.dir, "exit.json"),
@@ -270,24 +271,42 @@ class Container:
         self._close_stdio(stdio)
         self._follow_setup(pipe)
 
-    def _make_cgroup(self) -> Cgroup | None:
-        """The container's cgroup, or None (with a warning) when we may not have one."""
-        limits = self.cfg.limits
+    def _find_cgroup(self) -> Cgroup | None:
+        """Where the container's cgroup will be (nothing is created yet), noted in self.state.
+
+        Noting it before StateStore.create writes state.json saves a second write
+        (a launch is ~12 ms; each state.json write is ~0.3 ms): `rm` finds the
+        directories even if the launcher dies half-way.
+        """
         try:
             cg = open_cgroup(self.id, self.cfg.cgroups_path)
             if cg is None:
                 raise ContainerError("no cgroup filesystem at /sys/fs/cgroup")
-            cg.create(limits)
-            self._join_fds = cg.join_files()
         except (ContainerError, OSError) as e:
-            if not self.cfg.rootless:
-                raise
-            if limits.wanted():
-                self.warn(f"rootless: {', '.join(limits.wanted())} limits NOT applied: {e}")
-            return None
+            return self._without_cgroup(e)
         self.state.cgroup = {"version": cg.version, "dirs": [str(d) for d in cg.dirs()]}
-        self.store.save(self.state)
         return cg
+
+    def _make_cgroup(self) -> None:
+        """Create the cgroup with its limits, and open the files init joins it through."""
+        if self.cgroup is None:
+            return
+        try:
+            self.cgroup.create(self.cfg.limits)
+            self._join_fds = self.cgroup.join_files()
+        except (ContainerError, OSError) as e:
+            self.cgroup = self._without_cgroup(e)
+            self.state.cgroup = {}
+            self.store.save(self.state)
+
+    def _without_cgroup(self, error: Exception) -> None:
+        """Root must have a cgroup; rootless goes on without one, warning if limits were asked for."""
+        if not self.cfg.rootless:
+            raise error
+        limits = self.cfg.limits
+        if limits.wanted():
+            self.warn(f"rootless: {', '.join(limits.wanted())} limits NOT applied: {error}")
+        return None
 
     def _stdio(self) -> dict:
         """The fds that become the container's 0, 1, 2."""
