@@ -20,30 +20,48 @@ Fair play:
   * Both runtimes clean up before they return: `runc run` deletes its cgroup and state, and
     oci_run() removes the cgroup and the state directory (the CLI rows do too).
   * pykvm's modules are byte-compiled first, as `pip install` does: if PYTHONDONTWRITEBYTECODE
-    is set, every CLI run would otherwise compile pykvm from source (~40 ms here).
+    is set, every CLI run would otherwise compile pykvm from source (~18 ms here).
   * runc does a little more: it also sets up the devices cgroup that `runc spec` asks for,
     which pykvm ignores (its /dev only has the default devices; see bundle.py).
 
-Where the milliseconds go (measured on this 2-core shared machine, 2026-11-28, with other
-jobs running; `tests/bench/profile_container_launch.py` prints the same breakdown):
+Where the milliseconds go (measured 2026-11-28 on this 2-core machine, shared with QEMU
+jobs; `tests/bench/profile_container_launch.py 30` prints the same table):
 
-  (a) in-process, fastest runs ~11-13 ms (runc's fastest ~20 ms):
-      launcher before fork: config.json, state dir, cgroup dirs, open files   ~2 ms
-      fork the monitor (a Python process: fork + copy-on-write faults)        ~1-1.5 ms
-      fork init, join the cgroup (cgroup v1 `tasks`, no RCU wait)             ~1.5 ms
-      unshare mount/uts/ipc/net/cgroup + bring up lo + hostname               ~1 ms
-      root filesystem: 7 mounts + 9 cgroup v1 hierarchies, 10 masked and
-        5 read-only paths, pivot_root                                         ~4 ms
-      no_new_privs, bounding set (41 prctl), capset, execve `true`            ~1 ms
-      init exits (its mount namespace torn down), monitor records exit.json   ~1 ms
-      launcher: remove the cgroup and the state directory                     ~1 ms
-  (b) CLI, on top of the in-process launch and Python's startup:
-      import click (inspect, typing, enum, datetime ...)                      ~18-20 ms
-      pykvm's own modules (runtime, rootfs, cgroups, state, bundle, oci_cli),
-        json, dataclasses, the cffi extension                                  ~7 ms
-  Goal (b) leaves 15 ms for imports *and* the launch; the launch alone is ~12 ms and click's
-  import alone is ~19 ms, so (b) cannot be met while the CLI parses with click.  Before this
-  benchmark was made fair (pyc files) and the launch sped up, the CLI paid ~98 ms on top.
+  Results, 30 interleaved runs (min / median / max):
+      runc run              22.3 / 33.3 / 49.8 ms
+      pykvm in-process      11.7 / 13.5 / 20.1 ms    (a) 0.40x   met
+      pykvm CLI (-m)        63.7 / 67.5 / 89.0 ms    (b) +43.5 ms NOT met
+      python -c pass        22.4 / 24.0 / 37.3 ms
+
+  (a) oci_run(), median run 14.2 ms, by when each step starts:
+       0.0 -  2.7  launcher: config.json (0.35), state dir + state.json (0.7), cgroup dirs
+                   in 3 v1 hierarchies (0.25), the files init joins through, pipes
+       2.7 -  3.8  fork the monitor (a Python fork: page tables, copy-on-write faults)
+       3.8 -  5.3  monitor: unshare(CLONE_NEWPID), fork init
+       5.3 -  6.4  init: join the cgroup (0.1: v1 `tasks`, no RCU wait), unshare
+                   net/ipc/uts/mount/cgroup (0.6), `lo` up (0.2), hostname
+       6.4 -  9.5  root filesystem (3.05): 7 mounts + /dev nodes (0.8), 9 cgroup v1
+                   hierarchies (1.15), 10 masked + 5 read-only paths (0.65), pivot_root
+       9.5 - 11.3  rlimits, setsid, no_new_privs, 41 PR_CAPBSET_DROP, capset, execve(true)
+      11.3 - 13.3  `true` runs, init exits (mount namespace torn down), the monitor reads
+                   the OOM counter (0.33), writes exit.json and exits
+      13.3 - 14.1  launcher: remove the cgroup (0.34) and the state directory (0.42)
+      Before this work the launcher wrote init's PID to cgroup.procs, which waits for an
+      RCU grace period: +2.5 ms on a quiet machine, +8 ms and more under load
+      (cgroups.py, Cgroup.join_files).
+  (b) the CLI, on top of Python's own startup (~23 ms):
+      import click (inspect, typing, enum, datetime, uuid ...)               ~19.5 ms
+      pykvm's modules for `oci run` (runtime + rootfs, cgroups, state,
+        namespaces, capabilities, the cffi extension, 6 dataclasses), json      ~10 ms
+      click parsing `oci run -b` (its NoSuchOption detour imports difflib),
+        container/cli.py, oci_cli.py, bundle.py                                  ~2.5 ms
+      the launch itself, as in (a)                                            ~13 ms
+      Goal (b) gives 15 ms to imports *and* launch: click's import alone is 19.5 ms and the
+      launch 13 ms, so (b) cannot be met while the CLI parses with click.  Before this work
+      the CLI added +84 ms (+102 ms without .pyc files, as this benchmark used to run).
+  The venv's editable-install finder (site.py imports pathlib for it) costs `python -c pass`
+  ~12 ms; a plain .pth install makes `python -c pass` 12 ms faster but not the CLI (which
+  imports pathlib anyway), so it would widen (b), not close it.
 """
 from __future__ import annotations
 
