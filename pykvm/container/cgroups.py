@@ -35,7 +35,8 @@ from pathlib import Path
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["CGROUP_ROOT", "Limits", "Cgroup", "CgroupV1", "CgroupV2", "detect",
-           "open_cgroup", "join", "close_all", "parse_size", "parse_cpus", "own_cgroup"]
+           "open_cgroup", "join", "close_all", "parse_size", "parse_cpus", "own_cgroup",
+           "own_cgroups"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's and Docker's default
@@ -90,11 +91,17 @@ def detect(root: Path = CGROUP_ROOT) -> str | None:
 
 def own_cgroup(controller: str | None, proc_self_cgroup: str = "/proc/self/cgroup") -> str:
     """This process's cgroup path for a v1 controller (or v2 when controller is None)."""
+    return own_cgroups(proc_self_cgroup).get(controller or "", "/")
+
+
+def own_cgroups(proc_self_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
+    """Every line of /proc/self/cgroup at once: v1 controller -> path, "" -> the v2 path."""
+    found: dict[str, str] = {}
     for line in Path(proc_self_cgroup).read_text().splitlines():
         _, names, path = line.split(":", 2)
-        if (controller is None and names == "") or (controller in names.split(",")):
-            return path
-    return "/"
+        for name in names.split(","):               # "cpu,cpuacct"; "" for cgroup v2
+            found.setdefault(name, path)
+    return found
 
 
 class Cgroup:
@@ -314,7 +321,8 @@ def open_cgroup(container_id: str, path: str | None = None, root: Path = CGROUP_
     if version == "v2":
         return CgroupV2(path or _join(own_cgroup(None, proc_self_cgroup), "pykvm", container_id), root)
     if version == "v1":
-        return CgroupV1({c: path or _join(own_cgroup(c, proc_self_cgroup), "pykvm", container_id)
+        own = own_cgroups(proc_self_cgroup)
+        return CgroupV1({c: path or _join(own.get(c, "/"), "pykvm", container_id)
                          for c in V1_CONTROLLERS}, root)
     return None
 
