@@ -1,8 +1,9 @@
 """Where a container launch spends its time: each step of oci_run(), timed in every process.
 
-    python tests/bench/profile_container_launch.py [RUNS]      (root; default 25 runs)
+    python tests/bench/profile_container_launch.py [RUNS [BUNDLE]]   (root; default 25 runs)
 
-The companion of bench_container_launch.py (same bundle: `runc spec`, busybox, `true`).
+The companion of bench_container_launch.py (same bundle: `runc spec`, busybox, `true`;
+or give your own BUNDLE directory).
 Wraps the runtime's steps with a timer (launcher, monitor and init each write their
 own lines to one inherited file descriptor, so the timer survives pivot_root), runs
 RUNS launches, and prints for every step its median duration and its median start,
@@ -66,7 +67,8 @@ def main() -> None:
         sys.exit("needs root")
     with tempfile.TemporaryDirectory(prefix="pykvm-profile-") as tmp:
         tmp = Path(tmp)
-        bundle, store = str(make_bundle(tmp)), StateStore(tmp / "state")
+        bundle = sys.argv[2] if len(sys.argv) > 2 else str(make_bundle(tmp))
+        store = StateStore(tmp / "state")
         log_path = tmp / "steps.log"
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         instrument(log_fd)
