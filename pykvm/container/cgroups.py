@@ -35,7 +35,8 @@ from pathlib import Path
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["CGROUP_ROOT", "Limits", "Cgroup", "CgroupV1", "CgroupV2", "detect",
-           "open_cgroup", "parse_size", "parse_cpus", "own_cgroup"]
+           "open_cgroup", "join", "close_all", "parse_size", "parse_cpus", "own_cgroup",
+           "own_cgroups"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's and Docker's default
@@ -90,11 +91,17 @@ def detect(root: Path = CGROUP_ROOT) -> str | None:
 
 def own_cgroup(controller: str | None, proc_self_cgroup: str = "/proc/self/cgroup") -> str:
     """This process's cgroup path for a v1 controller (or v2 when controller is None)."""
+    return own_cgroups(proc_self_cgroup).get(controller or "", "/")
+
+
+def own_cgroups(proc_self_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
+    """Every line of /proc/self/cgroup at once: v1 controller -> path, "" -> the v2 path."""
+    found: dict[str, str] = {}
     for line in Path(proc_self_cgroup).read_text().splitlines():
         _, names, path = line.split(":", 2)
-        if (controller is None and names == "") or (controller in names.split(",")):
-            return path
-    return "/"
+        for name in names.split(","):               # "cpu,cpuacct"; "" for cgroup v2
+            found.setdefault(name, path)
+    return found
 
 
 class Cgroup:
@@ -113,6 +120,25 @@ class Cgroup:
         """Move a process (0 = the caller) into this cgroup."""
         for d in self.dirs():
             (d / "cgroup.procs").write_text(f"{pid}\n")
+
+    # The file a process writes "0" to in order to move itself here (see join_files).
+    JOIN_FILE = "cgroup.procs"
+
+    def join_files(self) -> list[int]:
+        """Open (as the launcher, with its rights) the files through which a child joins.
+
+        The container's init then calls `join(fds)` itself, before it unshares
+        its cgroup namespace.  Why not simply write init's PID to cgroup.procs
+        from the launcher?  Moving a whole process takes the kernel's global
+        cgroup_threadgroup_rwsem for writing, which waits for an RCU grace
+        period: 5-15 ms per container here, the biggest single cost of a
+        launch.  cgroup v1 lets a single-threaded caller move *itself* through
+        `tasks` without that lock (CgroupV1.JOIN_FILE).  The kernel checks the
+        rights of whoever *opened* the file (kernel/cgroup/cgroup-v1.c, "check
+        permissions using the credentials from file open"), so init may already
+        be in a user namespace that could not open it.
+        """
+        return [os.open(d / self.JOIN_FILE, os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs()]
 
     def pids(self) -> list[int]:
         """The processes in this cgroup."""
@@ -248,6 +274,11 @@ class CgroupV1(Cgroup):
             _write(self.dir("cpu") / "cpu.cfs_period_us", limits.cpu_period)
             _write(self.dir("cpu") / "cpu.cfs_quota_us", limits.cpu_quota)
 
+    # kernel/cgroup/cgroup.c, cgroup_procs_write_start(): moving one thread that
+    # is the caller itself "can skip the global lock".  Our caller is a freshly
+    # forked, single-threaded process: its one thread is the whole process.
+    JOIN_FILE = "tasks"
+
     def oom_kills(self) -> int:
         if "memory" not in self.paths:
             return 0
@@ -266,6 +297,20 @@ class _RecordedCgroup(Cgroup):
         return self._dirs
 
 
+def join(fds: list[int]) -> None:
+    """Move the calling process into a cgroup through files its launcher opened (join_files)."""
+    try:
+        for fd in fds:
+            os.write(fd, b"0\n")                  # "0": the writer itself
+    finally:
+        close_all(fds)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def open_cgroup(container_id: str, path: str | None = None, root: Path = CGROUP_ROOT,
                 version: str | None = None, proc_self_cgroup: str = "/proc/self/cgroup") -> Cgroup | None:
     """The cgroup for a container: at `path` (OCI cgroupsPath) or `<own cgroup>/pykvm/<id>`.
@@ -276,7 +321,8 @@ def open_cgroup(container_id: str, path: str | None = None, root: Path = CGROUP_
     if version == "v2":
         return CgroupV2(path or _join(own_cgroup(None, proc_self_cgroup), "pykvm", container_id), root)
     if version == "v1":
-        return CgroupV1({c: path or _join(own_cgroup(c, proc_self_cgroup), "pykvm", container_id)
+        own = own_cgroups(proc_self_cgroup)
+        return CgroupV1({c: path or _join(own.get(c, "/"), "pykvm", container_id)
                          for c in V1_CONTROLLERS}, root)
     return None
 

@@ -1,8 +1,9 @@
 """`pykvm container ...`: Docker's habits, lazily imported.
 
-The run-side commands (run, ps, logs, stop, kill, rm, oci) live in
-pykvm.container.run_cli; the image-side commands (build, images, inspect, rmi,
-tag, save, load, push, pull) in pykvm.container.image_cli.
+The run-side commands (run, ps, logs, stop, kill, rm) live in
+pykvm.container.run_cli, runc's `oci` operations in pykvm.container.oci_cli,
+the image-side commands (build, images, inspect, rmi, tag, save, load, push,
+pull) in pykvm.container.image_cli.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ RUN_SIDE = "pykvm.container.run_cli"
 IMAGE_SIDE = "pykvm.container.image_cli"
 
 CONTAINER_COMMANDS = {
-    **{name: f"{RUN_SIDE}:{name}_cmd" for name in ("run", "ps", "logs", "stop", "kill", "rm", "oci")},
+    **{name: f"{RUN_SIDE}:{name}_cmd" for name in ("run", "ps", "logs", "stop", "kill", "rm")},
+    "oci": "pykvm.container.oci_cli:oci_cmd",
     **{name: f"{IMAGE_SIDE}:{name}_cmd" for name in
        ("build", "images", "inspect", "rmi", "tag", "save", "load", "push", "pull")},
 }

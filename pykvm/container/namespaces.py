@@ -20,7 +20,6 @@ spec names them in config.json's linux.namespaces (runtime-spec config-linux.md
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 from pykvm.container.syscalls import check, ffi, lib
@@ -103,9 +102,12 @@ def _write(path: str, text: str) -> None:
 
 def loopback_up() -> None:
     """Bring `lo` up in this (new) network namespace: SIOCSIFFLAGS with IFF_UP (netdevice(7))."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock = check(lib.socket(lib.AF_INET, lib.SOCK_DGRAM | lib.SOCK_CLOEXEC, 0), "socket")
+    try:
         ifr = ffi.new("struct ifreq *")
         ifr.ifr_name = b"lo"
-        check(lib.ioctl_ptr(sock.fileno(), lib.SIOCGIFFLAGS, ifr), "ioctl", "SIOCGIFFLAGS lo")
+        check(lib.ioctl_ptr(sock, lib.SIOCGIFFLAGS, ifr), "ioctl", "SIOCGIFFLAGS lo")
         lib.ifreq_set_flags(ifr, lib.ifreq_get_flags(ifr) | lib.IFF_UP | lib.IFF_RUNNING)
-        check(lib.ioctl_ptr(sock.fileno(), lib.SIOCSIFFLAGS, ifr), "ioctl", "SIOCSIFFLAGS lo")
+        check(lib.ioctl_ptr(sock, lib.SIOCSIFFLAGS, ifr), "ioctl", "SIOCSIFFLAGS lo")
+    finally:
+        os.close(sock)

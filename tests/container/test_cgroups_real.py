@@ -144,3 +144,56 @@ def test_v2_backend_on_a_real_cgroup2_hierarchy():
         for d in (root / "pykvm-test" / "c1", root / "pykvm-test"):
             if d.exists():
                 d.rmdir()
+
+
+def _join_as_nobody(cg) -> int:
+    """Fork a child that drops root, then joins `cg` through files opened before the fork."""
+    fds = cg.join_files()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setresuid(65534, 65534, 65534)
+            try:
+                os.close(os.open(cg.dirs()[0] / cg.JOIN_FILE, os.O_WRONLY))
+                os._exit(2)                           # nobody must not be able to open it
+            except PermissionError:
+                pass
+            cgroups.join(fds)
+            os.kill(os.getpid(), signal.SIGSTOP)      # stay alive to be looked at
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    cgroups.close_all(fds)
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the child failed to join: wait status {status:#x}"
+    return pid
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_child_joins_through_files_its_launcher_opened(version):
+    """What the container's init does (Cgroup.join_files): v1 through `tasks`, v2 cgroup.procs."""
+    if version == "v1":
+        if cgroups.detect() != "v1":
+            pytest.skip("the host's controllers are not on cgroup v1")
+        cg = cgroups.open_cgroup("join-test", "pykvm-test/join", version="v1")
+    else:
+        root = Path("/sys/fs/cgroup/unified")
+        if cgroups.detect(root) != "v2":
+            pytest.skip("no cgroup2 hierarchy mounted at /sys/fs/cgroup/unified")
+        cg = CgroupV2("pykvm-test/join", root)
+    cg.create(Limits())
+    pid = 0
+    try:
+        pid = _join_as_nobody(cg)
+        assert cg.pids() == [pid]
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        joined = [line for line in lines if line.endswith("/pykvm-test/join")]
+        assert len(joined) == len(cg.dirs()), lines
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        cg.destroy()
+        for d in cg.dirs():
+            if d.parent.name == "pykvm-test" and d.parent.exists():
+                d.parent.rmdir()

@@ -330,3 +330,23 @@ def test_relay_copies_the_master_until_the_process_ends():
         proc.wait()
         os.close(master)
         os.close(out_r)
+
+
+@pytest.mark.parametrize("with_layer", [False, True])
+def test_state_remove_deletes_the_directory_but_follows_no_symlink(tmp_path, with_layer):
+    """A bundle run leaves only files (removed without shutil); an image run's upper/
+    layer, written by the container, may hold symlinks out: they are removed, not followed."""
+    from pykvm.container.state import ContainerState, StateStore
+    store = StateStore(tmp_path / "state")
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    state_dir = store.create(ContainerState(id="c1", name="c1"))
+    (state_dir / "exit.json").write_text("{}")
+    (state_dir / "escape").symlink_to(outside)
+    if with_layer:
+        (state_dir / "upper" / "etc").mkdir(parents=True)
+        (state_dir / "upper" / "etc" / "escape").symlink_to(outside)
+    store.remove("c1")
+    assert not state_dir.exists()
+    assert (outside / "precious").read_text() == "keep me"
