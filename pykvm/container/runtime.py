@@ -57,19 +57,21 @@ import os
 import resource
 import select
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from pykvm.container import capabilities as caps
 from pykvm.container import namespaces as ns
 from pykvm.container import rootfs as fs
-from pykvm.container import terminal
 from pykvm.container.cgroups import Cgroup, Limits, close_all, join, open_cgroup
 from pykvm.container.state import ContainerState, StateStore, new_id, process_start_time
 from pykvm.container.syscalls import lib, prctl, sethostname
 from pykvm.errors import ConfigError, ContainerError, PyKvmError
+
+if TYPE_CHECKING:
+    import socket  # annotations only: the -t code imports it (and terminal.py) when used
 
 __all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "config_from_image",
            "run_build_step", "parse_user", "DEFAULT_ENV", "FOREGROUND", "DETACHED", "CREATED",
@@ -350,6 +352,7 @@ class Container:
                 raise ConfigError("a console socket is only used with a terminal "
                                   "(process.terminal: true in config.json)")
             return
+        from pykvm.container import terminal     # only with -t: it and socket cost ~4 ms to import
         ours = sys.stdin.fileno() if os.isatty(sys.stdin.fileno()) else sys.stdout.fileno()
         self.winsize = terminal.get_winsize(ours)
         if self.mode == CREATED:
@@ -357,6 +360,7 @@ class Container:
                 raise ConfigError("process.terminal is true: `oci create` needs --console-socket "
                                   "PATH, a unix socket to send the terminal's master to (as runc)")
             return
+        import socket
         self._tty_host, self._tty_inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
     def _close_console_sockets(self, keep_host: bool = False, keep_inside: bool = False) -> None:
@@ -449,6 +453,7 @@ class Container:
         """-t: our terminal (raw) <-> the container's pty master, until the container ends."""
         if self._tty_host is None:
             return
+        from pykvm.container import terminal
         received = terminal.receive_master(self._tty_host)   # sent before the command ran
         self._close_console_sockets()
         if received is None:
@@ -507,6 +512,7 @@ class Container:
     def _log_terminal(self, init_pid: int) -> None:
         """-d -t: the monitor holds the pty master and copies what the container writes to
         container.log (Docker keeps a detached terminal's output the same way)."""
+        from pykvm.container import terminal
         received = terminal.receive_master(self._tty_host)
         self._close_console_sockets()
         if received is None:
@@ -611,6 +617,7 @@ class Container:
     def _open_terminal(self) -> dict:
         """runc's setupConsole, after pivot_root: a pty from the container's own devpts;
         the master goes out over the console socket, the slave becomes the command's stdio."""
+        from pykvm.container import terminal
         master, slave = terminal.open_pty()
         try:
             if self.winsize:
@@ -643,6 +650,7 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
     _set_oom_score_adj(0)
     os.setsid()
     if cfg.tty:
+        from pykvm.container import terminal
         fcntl.ioctl(0, lib.TIOCSCTTY, 0)                # tty_ioctl(4): our controlling terminal
         terminal.give_to_user(0, cfg.uid)
     try:
@@ -957,6 +965,7 @@ def oci_create(cid: str, bundle: str, store: StateStore | None = None,
 
 
 def _connect_console(path: str) -> socket.socket:
+    import socket
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
