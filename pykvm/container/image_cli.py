@@ -111,12 +111,13 @@ def inspect_cmd(names):
 
 
 @click.command("rmi")
+@click.option("-f", "--force", is_flag=True, help="Untag even an image a container was made from.")
 @click.argument("names", nargs=-1, required=True)
-def rmi_cmd(names):
-    """Remove image tags, and the blobs no tag needs any more."""
+def rmi_cmd(force, names):
+    """Remove image tags, and the blobs no tag (and no container) needs any more."""
     store = _store()
-    for name in names:
-        _echo(f"Untagged: {store.untag(name)}")
+    for ref in store.remove(list(names), force):
+        _echo(f"Untagged: {ref}")
     for digest in store.gc():
         _echo(f"Deleted: {digest}")
 

@@ -131,6 +131,7 @@ class RunConfig:
     remove: bool = False                       # --rm: forget the container once it exits
     bundle: str = ""
     annotations: dict = field(default_factory=dict)
+    image: str = ""                            # the image ID (config_from_image), kept in state.json
 
     @property
     def rootless(self) -> bool:
@@ -236,7 +237,7 @@ class Container:
             id=self.id, name=self.cfg.name or self.id, bundle=self.cfg.bundle,
             rootfs=self.cfg.rootfs or "", command=list(self.cfg.args), created=time.time(),
             auto_remove=self.cfg.remove, detached=mode != FOREGROUND,
-            annotations=self.cfg.annotations)
+            annotations=self.cfg.annotations, image=self.cfg.image, layers=list(self.cfg.lower_dirs))
         self.dir = None
         self.cgroup: Cgroup | None = None
         self.monitor_pid = 0
@@ -899,7 +900,7 @@ def config_from_image(image, args: list[str] | None = None, **overrides) -> RunC
     uid, gid = parse_user(image.user, top_first)
     env = list(image.env) or list(DEFAULT_ENV)
     cfg = RunConfig(args=argv, lower_dirs=top_first, env=env, cwd=image.working_dir or "/",
-                    uid=uid, gid=gid)
+                    uid=uid, gid=gid, image=getattr(image, "id", ""))
     return replace(cfg, **overrides)
 
 
