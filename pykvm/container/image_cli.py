@@ -191,12 +191,18 @@ def save_archive(store, names, output: str) -> None:
         blobs |= {image.manifest_digest, image.config_digest} | {d["digest"] for d in image.layers}
     index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": entries}
     tmp = output + ".tmp"
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, "oci-layout", (store.layout / "oci-layout").read_bytes())
-        _add_bytes(tar, "index.json", canonical_json(index))
-        for digest in sorted(blobs):
-            tar.add(store.blob_path(digest), f"blobs/sha256/{digest[7:]}")
-    os.replace(tmp, output)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, "oci-layout", (store.layout / "oci-layout").read_bytes())
+            _add_bytes(tar, "index.json", canonical_json(index))
+            for digest in sorted(blobs):
+                tar.add(store.blob_path(digest), f"blobs/sha256/{digest[7:]}")
+        os.replace(tmp, output)
+    except OSError as e:
+        from pykvm.errors import ContainerError
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ContainerError(f"cannot write archive {output}: {e.strerror}") from None
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -212,8 +218,11 @@ def load_archive(store, path: str) -> list[str]:
     from pykvm.errors import ContainerError
     try:
         tar = tarfile.open(path, "r:*")
-    except (OSError, tarfile.TarError) as e:
-        raise ContainerError(f"cannot read archive {path}: {e}") from None
+    except OSError as e:
+        raise ContainerError(f"cannot read archive {path}: {e.strerror}") from None
+    except tarfile.TarError:                    # its message lists every compression it tried
+        raise ContainerError(f"cannot read archive {path}: not a tar file "
+                             f"(plain, gzip, bzip2 or xz)") from None
     with tar:
         try:
             index = json.load(tar.extractfile("index.json"))

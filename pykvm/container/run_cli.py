@@ -89,6 +89,9 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     from pykvm.errors import ConfigError
 
     args = list(args)
+    if hostname is not None:
+        from pykvm.container.namespaces import check_hostname
+        check_hostname(hostname)
     if rootfs:
         cfg = runtime.RunConfig(args=args, rootfs=rootfs)
     elif args:

@@ -149,6 +149,10 @@ class RunConfig:
         for d in self.lower_dirs:
             if not os.path.isdir(d):
                 raise ContainerError(f"image layer {d} does not exist")
+        for entry in self.env:
+            _check_env(entry)
+        if self.hostname is not None:
+            ns.check_hostname(self.hostname, rfc1123=False)      # runc's rule: the kernel's length
         if not os.path.isabs(self.cwd):
             raise ConfigError(f"working directory {self.cwd!r} must be absolute")
         if "mount" not in self.namespaces:
@@ -170,6 +174,14 @@ class RunConfig:
         if "uts" not in self.namespaces:
             return None
         return self.hostname or cid[:12]
+
+
+def _check_env(entry: str) -> None:
+    """execve(2)'s environment: NAME=VALUE strings, NAME not empty, no NUL anywhere."""
+    name = entry.partition("=")[0]
+    if not name or "\0" in entry:
+        raise ConfigError(f"bad environment variable {entry!r}: want NAME=VALUE with a non-empty "
+                          f"NAME and no NUL byte (-e, image Env, config.json process.env)")
 
 
 def _mapped(cfg: RunConfig) -> bool:
@@ -212,7 +224,10 @@ class _Pipe:
             raise ContainerError("the launcher went away during setup")
 
     def ack(self) -> None:
-        os.write(self.ack_w, b"1")
+        try:
+            os.write(self.ack_w, b"1")
+        except BrokenPipeError:
+            pass                          # the child died: its error, if any, is next in the event pipe
 
     def child_side(self) -> None:
         os.close(self.events_r)
@@ -354,8 +369,8 @@ class Container:
                     ns.write_id_maps(self.monitor_pid, self.cfg.uid_mappings, self.cfg.gid_mappings)
                     pipe.ack()
                 elif "pid" in event:
-                    self._adopt_init(event["pid"])
-                    pipe.ack()
+                    if self._adopt_init(event["pid"]):
+                        pipe.ack()
                 elif "ready" in event:
                     break
                 elif "error" in event:
@@ -367,15 +382,22 @@ class Container:
         if error:
             self._fail(error)
 
-    def _adopt_init(self, pid: int) -> None:
-        """Move init into the cgroup (before it unshares its cgroup namespace) and record it."""
+    def _adopt_init(self, pid: int) -> bool:
+        """Move init into the cgroup (before it unshares its cgroup namespace) and record it.
+
+        False if init already died (an early setup error): what it said comes next in the pipe.
+        """
         self.init_pid = pid
         if self.cgroup is not None:
-            self.cgroup.add(pid)
+            try:
+                self.cgroup.add(pid)
+            except ProcessLookupError:
+                return False
         self.state.pid = pid
         self.state.pid_start = process_start_time(pid)
         self.state.monitor_pid = self.monitor_pid
         self.store.save(self.state)
+        return True
 
     def _fail(self, error: dict) -> None:
         """A child reported an error: wait for the container to end, clean up, raise."""

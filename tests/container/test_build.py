@@ -250,6 +250,20 @@ def test_cli_build_images_and_errors(store, tmp_path):
     assert status == 1 and err.strip() == "pykvm: error: no such image: nope:1 (see `pykvm container images`)"
 
 
+def test_cli_save_and_load_errors_are_one_line(store, tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nLABEL a=b\n")
+    assert run_pykvm("container", "build", "-q", "-t", "s:1", str(tmp_path))[0] == 0
+    status, _, err = run_pykvm("container", "save", "-o", str(tmp_path / "no/dir/x.tar"), "s:1")
+    assert (status, err) == (1, f"pykvm: error: cannot write archive {tmp_path}/no/dir/x.tar: "
+                                "No such file or directory\n")
+    status, _, err = run_pykvm("container", "load", "-i", "/etc/passwd")
+    assert (status, err) == (1, "pykvm: error: cannot read archive /etc/passwd: "
+                                "not a tar file (plain, gzip, bzip2 or xz)\n")
+    status, _, err = run_pykvm("container", "load", "-i", str(tmp_path / "missing.tar"))
+    assert (status, err) == (1, f"pykvm: error: cannot read archive {tmp_path}/missing.tar: "
+                                "No such file or directory\n")
+
+
 def test_cli_save_load_and_tag(store, tmp_path):
     (tmp_path / "f").write_text("f")
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY f /f\n")

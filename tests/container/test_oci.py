@@ -103,6 +103,16 @@ def test_duplicate_id_refused(pykvm, bundle):
         pykvm("container", "oci", "delete", "--force", "twice")
 
 
+def test_bad_env_in_config_json_is_a_usage_error(pykvm, bundle, state_root):
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["env"].append("=x")
+    (bundle / "config.json").write_text(json.dumps(spec))
+    r = pykvm("container", "oci", "run", "--bundle", bundle, "badenv")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "bad environment variable '=x'" in r.stderr, r.stderr
+    assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -32,6 +32,42 @@ def test_hostname(pykvm, busybox_rootfs):
     assert default != os.uname().nodename
 
 
+@pytest.mark.parametrize("name, why", [
+    ("bad host name with spaces and way too long " + "a" * 48, "at most 64 (HOST_NAME_MAX)"),
+    ("-box", "RFC 1123"), ("a..b", "RFC 1123"), ("a" * 64 + ".b", "at most 64")])
+def test_bad_hostname_is_one_line_before_anything_starts(pykvm, busybox_rootfs, state_root, name, why):
+    r = sh(pykvm, busybox_rootfs, "hostname", "--hostname", name)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("pykvm: error: ") and why in r.stderr, r.stderr
+    assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
+
+
+@pytest.mark.parametrize("var", ["=x", "=", "A\0B=1"])
+def test_bad_environment_variable_is_a_usage_error(pykvm, busybox_rootfs, state_root, var):
+    if "\0" in var:                                     # argv cannot carry a NUL: the library
+        from pykvm.container.runtime import RunConfig
+        from pykvm.errors import ConfigError
+        with pytest.raises(ConfigError, match="bad environment variable 'A.x00B=1'"):
+            RunConfig(args=["env"], rootfs=str(busybox_rootfs), env=[var]).finalized()
+        return
+    r = sh(pykvm, busybox_rootfs, "env", "-e", var)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"pykvm: error: bad environment variable {var!r}: "), r.stderr
+    assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
+
+
+def test_early_init_failure_is_init_s_own_message(busybox_rootfs, state_root):
+    """init dies before the launcher moved it into its cgroup (here: setns into a UTS namespace
+    through a network namespace's file): the launcher reports init's error, never ESRCH."""
+    from pykvm.container.runtime import RunConfig, run_container
+    from pykvm.errors import ContainerError
+    for _ in range(15):                                  # it was a race: lose it often enough
+        namespaces = dict(RunConfig(args=["true"]).namespaces, uts="/proc/self/ns/net")
+        with pytest.raises(ContainerError, match=r"^setns failed: EINVAL.*/proc/self/ns/net"):
+            run_container(RunConfig(args=["true"], rootfs=str(busybox_rootfs), namespaces=namespaces))
+    assert not any(state_root.iterdir()), "nothing left behind"
+
+
 def test_only_loopback_and_it_is_up(pykvm, busybox_rootfs):
     r = sh(pykvm, busybox_rootfs, "ls /sys/class/net; ip -o link show lo")
     lines = r.stdout.splitlines()
