@@ -84,6 +84,7 @@ EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
 EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
 LAUNCHER_GONE = signal.SIGUSR2    # PR_SET_PDEATHSIG: what the monitor gets when the launcher dies
+MAX_FD = 1 << 20                  # fs.nr_open's default: no fd number is above it
 OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
 
 # The launcher's three modes.
@@ -351,6 +352,9 @@ class Container:
             return
         self._tty_host, self._tty_inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
+    def _console_fds(self) -> list[int]:
+        return [sock.fileno() for sock in (self._tty_host, self._tty_inside) if sock is not None]
+
     def _close_console_sockets(self, keep_host: bool = False, keep_inside: bool = False) -> None:
         """Each process closes the ends it has no use for (so EOF means "no master is coming")."""
         if self._tty_host is not None and not keep_host:
@@ -539,6 +543,7 @@ class Container:
     # --- init (PID 1 in the container) -----------------------------------------
     def _init(self, pipe: _Pipe, stdio: dict) -> int:
         prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)          # monitor gone -> container gone
+        _close_other_fds({pipe.events_w, pipe.ack_r, self._exit_fd, *self._console_fds()})
         prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
         self._enter_namespaces(("network", "ipc", "uts", "mount"))
@@ -563,9 +568,8 @@ class Container:
         child = os.fork()
         if child == 0:
             _child_main(lambda: _exec_command(self.cfg, pipe, stdio), pipe)
-        self._close_stdio(stdio)
-        os.close(pipe.events_w)
-        os.close(pipe.ack_r)
+        _stdio_to_null()                                     # init keeps no host fd (CVE-2024-21626)
+        _close_other_fds(set())
         return _reap(child)
 
     def _enter_namespaces(self, kinds: tuple[str, ...]) -> None:
@@ -650,8 +654,7 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
     except OSError as e:
         raise _ExecFailed(EXIT_SETUP_FAILED, f"cannot enter working directory {cfg.cwd}: {e.strerror}")
     _drop_privileges(cfg)
-    os.closerange(3, pipe.events_w)
-    os.closerange(pipe.events_w + 1, 1 << 20)
+    _close_other_fds({pipe.events_w})
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env)
     try:
         os.execvpe(cfg.args[0], cfg.args, env)
@@ -741,6 +744,31 @@ def _install_stdio(stdio: dict) -> dict:
         if fd > 2:
             os.close(fd)
     return {"in": 0, "out": 1, "err": 2, "close": []}
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    """Close every fd above 2 except `keep`: a host fd left open in the container is a way
+    out (CVE-2024-21626, runc's leaked cgroup directory fd)."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
+def _stdio_to_null() -> None:
+    """Init's own 0, 1, 2 once the command has its copies: the container's /dev/null."""
+    try:
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        null = -1
+    for fd in (0, 1, 2):
+        if null < 0:
+            os.close(fd)
+        else:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 def _detach_stdio() -> None:
