@@ -653,9 +653,10 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
         os.chdir(cfg.cwd)
     except OSError as e:
         raise _ExecFailed(EXIT_SETUP_FAILED, f"cannot enter working directory {cfg.cwd}: {e.strerror}")
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env)
+    env.setdefault("HOME", _home_dir(cfg.uid))      # runc's rule: HOME when the config has none
     _drop_privileges(cfg)
     _close_other_fds({pipe.events_w})
-    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env)
     try:
         os.execvpe(cfg.args[0], cfg.args, env)
     except FileNotFoundError:
@@ -665,6 +666,19 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
         raise _ExecFailed(EXIT_CANNOT_EXEC, f"{cfg.args[0]}: permission denied") from None
     except OSError as e:
         raise _ExecFailed(EXIT_CANNOT_EXEC, f"{cfg.args[0]}: cannot execute: {e.strerror}") from None
+
+
+def _home_dir(uid: int) -> str:
+    """The user's home from the container's /etc/passwd (field 6), else "/" (as runc)."""
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")       # name:x:uid:gid:gecos:home:shell
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
 
 
 def _drop_privileges(cfg: RunConfig) -> None:

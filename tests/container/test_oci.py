@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.root
 
 RUNC = shutil.which("runc")
-PROBE = ('hostname; id -u; echo $$; pwd; echo "$FOO"; cut -d" " -f5 /proc/self/mountinfo | sort; '
+PROBE = ('hostname; id -u; echo $$; pwd; echo "$FOO"; env | sort; cut -d" " -f5 /proc/self/mountinfo | sort; '
          'ls /dev; grep -E "^(Cap|NoNewPrivs)" /proc/self/status; ulimit -n; exit 7')
 
 
@@ -47,6 +47,8 @@ def test_same_bundle_same_results_as_runc(pykvm, bundle, tmp_path):
     assert ours.stdout == theirs.stdout, f"pykvm:\n{ours.stdout}\nrunc:\n{theirs.stdout}"
     first = ours.stdout.splitlines()[:5]
     assert first == ["runc", "0", "1", "/tmp", "bar"]          # hostname, uid, pid 1, cwd, env
+    env = ours.stdout.splitlines()[5:9]
+    assert env[:2] == ["FOO=bar", "HOME=/root"], env           # runc adds HOME, nothing else
 
 
 def test_lifecycle_create_start_state_kill_delete(pykvm, bundle, tmp_path, state_root):

@@ -115,6 +115,23 @@ def test_env_cwd_user(pykvm, busybox_rootfs):
     assert sh(pykvm, busybox_rootfs, "id -u", "-u", "user").stdout == "1000\n"
 
 
+def test_environment_as_docker_gives_it(pykvm, busybox_rootfs):
+    """PATH, HOSTNAME (the container's hostname), HOME (from the container's /etc/passwd,
+    "/" for a user it lacks), in Docker's order; -e overrides each."""
+    def env(*opts):
+        r = pykvm("container", "run", "--rm", *opts, "--rootfs", busybox_rootfs, "env")
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+    lines = env()
+    assert [line.split("=")[0] for line in lines] == ["PATH", "HOSTNAME", "HOME"], lines
+    assert re.fullmatch(r"HOSTNAME=[0-9a-f]{12}", lines[1]) and lines[2] == "HOME=/root", lines
+    hostname = sh(pykvm, busybox_rootfs, 'echo "$HOSTNAME $(hostname)"').stdout.split()
+    assert hostname[0] == hostname[1], "HOSTNAME is the container's hostname"
+    assert env("--hostname", "box", "-u", "1000")[1:] == ["HOSTNAME=box", "HOME=/tmp"]
+    assert env("-u", "4242", "-e", "HOSTNAME=x")[1:] == ["HOSTNAME=x", "HOME=/"]
+    assert env("-e", "HOME=/mine")[2] == "HOME=/mine"
+
+
 def test_capabilities_no_new_privs(pykvm, busybox_rootfs):
     from pykvm.container.capabilities import DEFAULT_CAPS, cap_numbers
     default = sum(1 << c for c in cap_numbers(DEFAULT_CAPS))
