@@ -93,8 +93,8 @@ DETACHED = "detached"             # `run -d`: output to container.log, return at
 CREATED = "created"               # `oci create`: set up, then wait for `oci start`
 
 
-def _default_caps() -> dict[str, list[str]]:
-    return {k: list(caps.DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")} | \
+def _default_caps(names: list[str] = caps.DEFAULT_CAPS) -> dict[str, list[str]]:
+    return {k: list(names) for k in ("bounding", "effective", "permitted")} | \
         {"inheritable": [], "ambient": []}
 
 
@@ -970,12 +970,14 @@ def config_from_image(image, args: list[str] | None = None, **overrides) -> RunC
 
 def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, cwd: str = "/",
                    user: str = "") -> int:
-    """One Dockerfile RUN: `argv` in a container whose root is `rootfs` (kept writable), host network."""
+    """One Dockerfile RUN: `argv` in a container whose root is `rootfs` (kept writable), host
+    network, Docker's default capabilities (a Dockerfile may chown, mknod, switch users)."""
     uid, gid = parse_user(user, rootfs)
     namespaces = dict.fromkeys(DEFAULT_NAMESPACES)
     namespaces.pop("network")
     cfg = RunConfig(args=argv, rootfs=rootfs, env=env or list(DEFAULT_ENV), cwd=cwd, uid=uid,
-                    gid=gid, namespaces=namespaces, remove=True)
+                    gid=gid, namespaces=namespaces, remove=True,
+                    capabilities=_default_caps(caps.DOCKER_CAPS))
     return run_container(cfg)
 
 

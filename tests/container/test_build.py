@@ -338,6 +338,25 @@ RUN id -u > /tmp/uid-nobody
 
 
 @pytest.mark.root
+def test_run_steps_have_docker_s_default_capabilities(store, tmp_path):
+    """RUN chown/mknod work as under `docker build` (its 14 default capabilities), not runc's 3."""
+    runtime_or_skip()
+    from pykvm.container.capabilities import DOCKER_CAPS, cap_numbers
+    build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    image, _ = build(store, ctx, """FROM busybox
+RUN touch /f && chown 65534:65534 /f && mknod /dev-null-copy c 1 3
+RUN grep ^CapEff /proc/self/status > /caps
+""")
+    members = layer_members(store, image.layers[1])
+    assert (members["f"].uid, members["f"].gid) == (65534, 65534)
+    assert members["dev-null-copy"].ischr()
+    root = flat_root(store, image, tmp_path / "flat")
+    assert int((root / "caps").read_text().split()[1], 16) == sum(1 << c for c in cap_numbers(DOCKER_CAPS))
+
+
+@pytest.mark.root
 def test_failing_run_names_file_line_and_status(store, tmp_path):
     runtime_or_skip()
     build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
