@@ -115,6 +115,17 @@ def test_bad_env_in_config_json_is_a_usage_error(pykvm, bundle, state_root):
     assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
 
 
+def test_unlimited_resources_run_as_under_runc(pykvm, bundle, tmp_path):
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["linux"]["resources"] = {"memory": {"limit": -1}, "pids": {"limit": -1}}
+    spec["process"]["args"] = ["sh", "-c", "echo ok; exit 3"]
+    (bundle / "config.json").write_text(json.dumps(spec))
+    ours = pykvm("container", "oci", "run", "--bundle", bundle, "unlimited")
+    theirs = subprocess.run([RUNC, "--root", str(tmp_path / "runc-state"), "run", "--bundle",
+                             str(bundle), "unlimited-runc"], capture_output=True, text=True, timeout=60)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (3, "ok\n"), ours.stderr
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -167,6 +167,16 @@ def test_config_from_spec_reads_the_fields(tmp_path):
     assert cfg.init is False                            # the process is PID 1, as with runc
 
 
+def test_minus_one_means_no_limit(tmp_path):
+    """config-linux.md "Memory": -1 is unlimited; runc treats pids.limit -1 the same."""
+    spec = runc_like_spec()
+    spec["linux"]["resources"] = {"memory": {"limit": -1}, "pids": {"limit": -1}, "cpu": {"quota": -1}}
+    assert bundle.config_from_spec(spec, str(tmp_path)).limits == Limits()
+    spec["linux"]["resources"] = {"pids": {"limit": -2}}
+    with pytest.raises(ConfigError, match="linux.resources.pids.limit must be positive, not -2"):
+        bundle.config_from_spec(spec, str(tmp_path))
+
+
 @pytest.mark.parametrize("path,value,field", [
     (("process", "args"), [], "process.args"),
     (("process", "args"), "sh", "process.args"),
