@@ -114,7 +114,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     cfg = replace(cfg, id=cid, remove=remove, name=name, hostname=hostname,
                   env=_merge_env(_merge_env(daemon_env, cfg.env), _parse_env(env)),
                   cwd=workdir or cfg.cwd, uid=uid, gid=gid, limits=limits, namespaces=namespaces,
-                  readonly=read_only, interactive=interactive, tty=tty)
+                  readonly=read_only, interactive=interactive, tty=tty, etc_files=True)
     container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)
     if detach:
         click.echo(container.id)

@@ -133,6 +133,7 @@ class RunConfig:
     bundle: str = ""
     annotations: dict = field(default_factory=dict)
     image: str = ""                            # the image ID (config_from_image), kept in state.json
+    etc_files: bool = False                    # Docker's own /etc/hostname, hosts, resolv.conf (etcfiles.py)
 
     @property
     def rootless(self) -> bool:
@@ -277,6 +278,8 @@ class Container:
 
     def _start(self) -> None:
         self.cgroup = self._make_cgroup()
+        if self.cfg.etc_files:
+            self._add_etc_files()
         if self.mode == CREATED:
             os.mkfifo(os.path.join(self.dir, "exec.fifo"), 0o600)
         self._exit_fd = os.open(os.path.join(self.dir, "exit.json"),
@@ -293,6 +296,13 @@ class Container:
         self._close_stdio(stdio)
         self._close_console_sockets(keep_host=self.mode == FOREGROUND)
         self._follow_setup(pipe)
+
+    def _add_etc_files(self) -> None:
+        """Write the container's hostname, hosts and resolv.conf; init binds them over /etc's."""
+        from pykvm.container.etcfiles import write_etc_files
+        mounts = write_etc_files(self.dir, self.cfg.hostname_for(self.id), "network" not in self.cfg.namespaces,
+                                 None if self.cfg.lower_dirs else self.cfg.rootfs)
+        self.cfg = replace(self.cfg, mounts=self.cfg.mounts + mounts)
 
     def _make_cgroup(self) -> Cgroup | None:
         """The container's cgroup, or None (with a warning) when we may not have one."""

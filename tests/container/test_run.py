@@ -132,6 +132,22 @@ def test_environment_as_docker_gives_it(pykvm, busybox_rootfs):
     assert env("-e", "HOME=/mine")[2] == "HOME=/mine"
 
 
+def test_etc_hostname_hosts_resolv_conf_as_docker_writes_them(pykvm, fresh_rootfs):
+    from pykvm.container.etcfiles import LOCALHOST_HOSTS
+    (fresh_rootfs / "etc/hosts").write_text("10.0.0.1 image-says\n")          # the image's is hidden
+    cat = "cat /etc/hostname; echo --; cat /etc/hosts; echo --; cat /etc/resolv.conf"
+    host_resolv = open("/etc/resolv.conf").read() if os.path.exists("/etc/resolv.conf") else ""
+    own_net = "".join(line for line in host_resolv.splitlines(keepends=True)
+                      if not re.match(r"nameserver\s+(127\.|::1\b)", line))
+    r = sh(pykvm, fresh_rootfs, cat, "--hostname", "box")
+    assert r.stdout == f"box\n--\n{LOCALHOST_HOSTS}--\n{own_net}", r.stdout + r.stderr
+    r = sh(pykvm, fresh_rootfs, cat + "; echo 1.2.3.4 x >> /etc/hosts && echo writable; touch /f",
+           "--hostname", "box", "--network", "host", "--read-only")
+    assert r.stdout == f"box\n--\n{open('/etc/hosts').read()}--\n{host_resolv}writable\n", r.stdout
+    assert "Read-only file system" in r.stderr, "--read-only still holds for the rest"
+    assert (fresh_rootfs / "etc/hosts").read_text() == "10.0.0.1 image-says\n", "the rootfs's copy is untouched"
+
+
 def test_capabilities_no_new_privs(pykvm, busybox_rootfs):
     from pykvm.container.capabilities import DEFAULT_CAPS, cap_numbers
     default = sum(1 << c for c in cap_numbers(DEFAULT_CAPS))

@@ -340,3 +340,15 @@ def test_relay_copies_the_master_until_the_process_ends():
         proc.wait()
         os.close(master)
         os.close(out_r)
+
+
+def test_resolv_conf_drops_loopback_nameservers_in_an_own_network(tmp_path):
+    from pykvm.container.etcfiles import LOCALHOST_HOSTS, hosts_file, resolv_conf
+    host = tmp_path / "resolv.conf"
+    host.write_text("# generated\nnameserver 127.0.0.53\nnameserver ::1\nnameserver 10.0.0.2\nsearch lan\n")
+    assert resolv_conf(False, str(host)) == "# generated\nnameserver 10.0.0.2\nsearch lan\n"
+    assert resolv_conf(True, str(host)) == host.read_text()
+    assert resolv_conf(False, str(tmp_path / "none")) == ""
+    (tmp_path / "hosts").write_text("1.2.3.4 h\n")
+    assert hosts_file(True, str(tmp_path / "hosts")) == "1.2.3.4 h\n"
+    assert hosts_file(False, str(tmp_path / "hosts")) == LOCALHOST_HOSTS
