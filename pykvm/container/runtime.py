@@ -578,7 +578,7 @@ class Container:
         child = os.fork()
         if child == 0:
             _child_main(lambda: _exec_command(self.cfg, pipe, stdio), pipe)
-        _stdio_to_null()                                     # init keeps no host fd (CVE-2024-21626)
+        _detach_stdio()                                      # init keeps no host fd (CVE-2024-21626)
         _close_other_fds(set())
         return _reap(child)
 
@@ -780,27 +780,18 @@ def _close_other_fds(keep: set[int]) -> None:
     os.closerange(low, MAX_FD)
 
 
-def _stdio_to_null() -> None:
-    """Init's own 0, 1, 2 once the command has its copies: the container's /dev/null."""
-    try:
-        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        null = -1
-    for fd in (0, 1, 2):
-        if null < 0:
-            os.close(fd)
-        else:
-            os.dup2(null, fd)
-    if null > 2:
-        os.close(null)
-
-
 def _detach_stdio() -> None:
-    """The monitor keeps no terminal or pipe open: the command's output ends with the command."""
-    null = os.open(os.devnull, os.O_RDWR)
+    """0, 1, 2 to /dev/null.  The monitor keeps no terminal or pipe open (the command's output
+    ends with the command); nor does init once the command has its copies."""
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:                                      # a container without /dev/null
+        os.closerange(0, 3)
+        return
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    os.close(null)
+    if null > 2:
+        os.close(null)
 
 
 def _kill_quietly(pid: int) -> None:
