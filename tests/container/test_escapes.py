@@ -109,12 +109,27 @@ def test_init_keeps_no_host_fd(pykvm, busybox_rootfs, tmp_path, state_root, deta
                 break                                    # init has forked the command
             assert time.monotonic() < deadline, "the container did not start"
             time.sleep(0.05)
-        time.sleep(0.2)                                  # init closes what it does not need after the fork
-        fds = {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+        settle = time.monotonic() + 5                    # init closes what it does not need after the fork
+        while True:
+            fds = _open_fds(pid)
+            if fds == {0: "/dev/null", 1: "/dev/null", 2: "/dev/null"} or time.monotonic() > settle:
+                break
+            time.sleep(0.05)
     finally:
         pykvm("container", "rm", "-f", "fds")
         proc.wait(timeout=20)
     assert fds == {0: "/dev/null", 1: "/dev/null", 2: "/dev/null"}, fds
+
+
+def _open_fds(pid: int) -> dict[int, str]:
+    """fd number -> what it points at, for another process (fds closing meanwhile are skipped)."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            pass
+    return out
 
 
 # --- bad input: one line, a non-zero status, no traceback ---------------------------------------
