@@ -30,6 +30,8 @@ from pykvm.errors import ConfigError
 
 __all__ = ["load_bundle", "config_from_spec"]
 
+UNLIMITED = -1                    # config-linux.md: a memory (and cpu.quota) value of -1 means no limit
+
 
 def load_bundle(bundle: str) -> RunConfig:
     """Read BUNDLE/config.json into a RunConfig (root.path relative to the bundle)."""
@@ -142,14 +144,21 @@ def _limits(resources) -> Limits:
     pids = _expect(resources.get("pids", {}), dict, "linux.resources.pids")
     cpu = _expect(resources.get("cpu", {}), dict, "linux.resources.cpu")
     limits = Limits()
-    if memory.get("limit") is not None:
-        limits.memory = _positive(memory["limit"], "linux.resources.memory.limit")
-    if pids.get("limit") is not None:
-        limits.pids = _positive(pids["limit"], "linux.resources.pids.limit")
-    if cpu.get("quota") is not None and cpu["quota"] != -1:
+    # config-linux.md "Memory": "the limit in bytes, or -1 for unlimited memory".  "PIDs" does
+    # not say; runc writes "max" for any limit below 0, and podman documents -1: the same here.
+    limits.memory = _limit_or_unlimited(memory.get("limit"), "linux.resources.memory.limit")
+    limits.pids = _limit_or_unlimited(pids.get("limit"), "linux.resources.pids.limit")
+    if cpu.get("quota") is not None and cpu["quota"] != UNLIMITED:
         limits.cpu_quota = _positive(cpu["quota"], "linux.resources.cpu.quota")
         limits.cpu_period = _positive(cpu.get("period", CPU_PERIOD_US), "linux.resources.cpu.period")
     return limits
+
+
+def _limit_or_unlimited(value, field: str) -> int | None:
+    """A positive limit, or None (no limit) for an absent field or UNLIMITED."""
+    if value is None or value == UNLIMITED:
+        return None
+    return _positive(value, field)
 
 
 def _positive(value, field: str) -> int:

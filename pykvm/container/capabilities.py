@@ -19,11 +19,16 @@ from __future__ import annotations
 from pykvm.container.syscalls import check, ffi, lib, prctl
 from pykvm.errors import ConfigError
 
-__all__ = ["DEFAULT_CAPS", "ALL_CAPS", "cap_numbers", "drop_bounding", "set_caps", "read_caps"]
+__all__ = ["DEFAULT_CAPS", "DOCKER_CAPS", "ALL_CAPS", "cap_numbers", "drop_bounding", "set_caps", "read_caps"]
 
 ALL_CAPS = {name: getattr(lib, name) for name in dir(lib)
             if name.startswith("CAP_") and name != "CAP_LAST_CAP"}
 DEFAULT_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+# Docker's default set (moby oci/caps/defaults.go), what `docker build` RUN steps get:
+# enough for package managers and Dockerfiles to chown, mknod and switch users.
+DOCKER_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+               "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+               "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
 
 
 def cap_numbers(names) -> set[int]:

@@ -165,6 +165,7 @@ class RunImage:
     working_dir: str
     user: str
     config: dict
+    id: str = ""                   # the image ID, recorded in the container's state (rmi's conflict check)
 
 
 class ImageStore:
@@ -314,6 +315,28 @@ class ImageStore:
     def images(self) -> list[Image]:
         return [self.load(ref, entry) for ref, entry in self.tags()]
 
+    def remove(self, names: list[str], force: bool = False) -> list[str]:
+        """`rmi`: untag each name; returns the tags removed.  Blobs go with `gc`.
+
+        Docker's rule: the last tag of an image that a container (running or
+        stopped) was made from is refused unless `force`; all names are checked
+        before any is removed.
+        """
+        if not force:
+            for name in names:
+                self._check_unused(name)
+        return [self.untag(name) for name in names]
+
+    def _check_unused(self, name: str) -> None:
+        ref, entry = self.find(name)
+        image = self.load(ref, entry)
+        if any(r != ref and self.load(r, e).id == image.id for r, e in self.tags()):
+            return                                       # another tag keeps the image
+        users = [s.id for s in _containers() if s.image == image.id]
+        if users:
+            raise ContainerError(f'conflict: unable to remove repository reference "{name}" (must force) '
+                                 f"- container {users[0]} is using its referenced image {image.id[7:19]}")
+
     def untag(self, name: str) -> str:
         """Remove one tag; returns the tag removed.  Blobs go with `gc`."""
         ref, _ = self.find(name)
@@ -361,9 +384,15 @@ class ImageStore:
         return blobs, diff_ids
 
     def gc(self) -> list[str]:
-        """Delete blobs and unpacked layers that no tag reaches; returns the digests deleted."""
+        """Delete blobs and unpacked layers that no tag reaches; returns the digests deleted.
+
+        An unpacked layer that an existing container's overlay uses (its lowerdir)
+        is kept even when no tag reaches it any more (`rmi --force`).
+        """
         with self.locked():
             live, live_diff_ids = self.referenced()
+            live_diff_ids |= {f"sha256:{os.path.basename(d)}" for s in _containers() for d in s.layers
+                              if os.path.dirname(os.path.abspath(d)) == str(self.layers_dir.absolute())}
             removed = []
             for path in sorted(self.blobs.iterdir()):
                 if f"sha256:{path.name}" not in live:
@@ -400,6 +429,12 @@ class ImageStore:
         except OSError:
             shutil.rmtree(work)                      # another process won the race
         return str(final)
+
+
+def _containers() -> list:
+    """The containers the runtime knows (running or stopped): their state names image and layers."""
+    from pykvm.container.state import StateStore
+    return StateStore().list()
 
 
 def _ref_name(entry: dict) -> str | None:
@@ -469,4 +504,5 @@ def resolve_for_run(name: str, store: ImageStore | None = None) -> RunImage:
         working_dir=cfg.get("WorkingDir") or "/",
         user=cfg.get("User") or "",
         config=image.config,
+        id=image.id,
     )

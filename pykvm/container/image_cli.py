@@ -111,12 +111,13 @@ def inspect_cmd(names):
 
 
 @click.command("rmi")
+@click.option("-f", "--force", is_flag=True, help="Untag even an image a container was made from.")
 @click.argument("names", nargs=-1, required=True)
-def rmi_cmd(names):
-    """Remove image tags, and the blobs no tag needs any more."""
+def rmi_cmd(force, names):
+    """Remove image tags, and the blobs no tag (and no container) needs any more."""
     store = _store()
-    for name in names:
-        _echo(f"Untagged: {store.untag(name)}")
+    for ref in store.remove(list(names), force):
+        _echo(f"Untagged: {ref}")
     for digest in store.gc():
         _echo(f"Deleted: {digest}")
 
@@ -190,12 +191,18 @@ def save_archive(store, names, output: str) -> None:
         blobs |= {image.manifest_digest, image.config_digest} | {d["digest"] for d in image.layers}
     index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": entries}
     tmp = output + ".tmp"
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, "oci-layout", (store.layout / "oci-layout").read_bytes())
-        _add_bytes(tar, "index.json", canonical_json(index))
-        for digest in sorted(blobs):
-            tar.add(store.blob_path(digest), f"blobs/sha256/{digest[7:]}")
-    os.replace(tmp, output)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, "oci-layout", (store.layout / "oci-layout").read_bytes())
+            _add_bytes(tar, "index.json", canonical_json(index))
+            for digest in sorted(blobs):
+                tar.add(store.blob_path(digest), f"blobs/sha256/{digest[7:]}")
+        os.replace(tmp, output)
+    except OSError as e:
+        from pykvm.errors import ContainerError
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ContainerError(f"cannot write archive {output}: {e.strerror}") from None
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -211,8 +218,11 @@ def load_archive(store, path: str) -> list[str]:
     from pykvm.errors import ContainerError
     try:
         tar = tarfile.open(path, "r:*")
-    except (OSError, tarfile.TarError) as e:
-        raise ContainerError(f"cannot read archive {path}: {e}") from None
+    except OSError as e:
+        raise ContainerError(f"cannot read archive {path}: {e.strerror}") from None
+    except tarfile.TarError:                    # its message lists every compression it tried
+        raise ContainerError(f"cannot read archive {path}: not a tar file "
+                             f"(plain, gzip, bzip2 or xz)") from None
     with tar:
         try:
             index = json.load(tar.extractfile("index.json"))

@@ -20,13 +20,14 @@ spec names them in config.json's linux.namespaces (runtime-spec config-linux.md
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from pykvm.container.syscalls import check, ffi, lib
 from pykvm.errors import ConfigError
 
 __all__ = ["CLONE_FLAGS", "ORDER", "IdMap", "flags_for", "unshare", "setns",
-           "write_id_maps", "loopback_up"]
+           "write_id_maps", "loopback_up", "check_hostname", "HOST_NAME_MAX"]
 
 # OCI namespace type -> clone(2) flag (runtime-spec config-linux.md "Namespaces").
 CLONE_FLAGS = {
@@ -43,6 +44,9 @@ CLONE_FLAGS = {
 # others (creating them needs CAP_SYS_ADMIN *in* the owning user namespace).
 ORDER = ("user", "pid", "network", "ipc", "uts", "cgroup", "mount")
 
+HOST_NAME_MAX = 64                # limits.h, sethostname(2): a longer name is EINVAL
+LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")   # RFC 1123 2.1: one label
+
 
 @dataclass(frozen=True)
 class IdMap:
@@ -54,6 +58,22 @@ class IdMap:
 
     def line(self) -> str:
         return f"{self.inside} {self.outside} {self.count}\n"
+
+
+def check_hostname(name: str, rfc1123: bool = True) -> str:
+    """A hostname sethostname(2) takes: at most HOST_NAME_MAX bytes; with `rfc1123`, also
+    dot-separated labels of letters, digits and inner hyphens, 1-63 each (RFC 1123 2.1).
+
+    The kernel checks only the length; `pykvm container run --hostname` checks the
+    labels too, while config.json (whose runc takes any bytes) gets the length check.
+    """
+    size = len(name.encode())
+    if size > HOST_NAME_MAX:
+        raise ConfigError(f"hostname {name[:20]!r}... is {size} bytes: at most {HOST_NAME_MAX} (HOST_NAME_MAX)")
+    if rfc1123 and not all(LABEL_RE.match(label) for label in name.split(".")):
+        raise ConfigError(f"bad hostname {name!r}: use labels of letters, digits and hyphens "
+                          f"(not at either end), separated by dots (RFC 1123)")
+    return name
 
 
 def flags_for(kinds) -> int:

@@ -84,9 +84,13 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
 
     from pykvm.container import runtime
     from pykvm.container.cgroups import Limits, parse_cpus, parse_size
+    from pykvm.container.state import new_id
     from pykvm.errors import ConfigError
 
     args = list(args)
+    if hostname is not None:
+        from pykvm.container.namespaces import check_hostname
+        check_hostname(hostname)
     if rootfs:
         cfg = runtime.RunConfig(args=args, rootfs=rootfs)
     elif args:
@@ -101,10 +105,14 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     if network == "host":
         namespaces.pop("network", None)
     uid, gid = runtime.parse_user(user, rootfs or cfg.lower_dirs) if user else (cfg.uid, cfg.gid)
-    extra_env = _parse_env(env) + (["TERM=xterm"] if tty else [])
-    cfg = replace(cfg, remove=remove, name=name, hostname=hostname, env=_merge_env(cfg.env, extra_env),
+    cid = new_id()
+    # Docker's order: its own PATH, HOSTNAME (and TERM), then the image's Env, then -e.
+    # HOME comes from the runtime (runc's rule): the user's home in the container's /etc/passwd.
+    daemon_env = [runtime.DEFAULT_PATH, f"HOSTNAME={hostname or cid[:12]}"] + (["TERM=xterm"] if tty else [])
+    cfg = replace(cfg, id=cid, remove=remove, name=name, hostname=hostname,
+                  env=_merge_env(_merge_env(daemon_env, cfg.env), _parse_env(env)),
                   cwd=workdir or cfg.cwd, uid=uid, gid=gid, limits=limits, namespaces=namespaces,
-                  readonly=read_only, interactive=interactive, tty=tty)
+                  readonly=read_only, interactive=interactive, tty=tty, etc_files=True)
     container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)
     if detach:
         click.echo(container.id)

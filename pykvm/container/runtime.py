@@ -87,6 +87,7 @@ EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
 EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
 LAUNCHER_GONE = signal.SIGUSR2    # PR_SET_PDEATHSIG: what the monitor gets when the launcher dies
+MAX_FD = 1 << 20                  # fs.nr_open's default: no fd number is above it
 OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
 
 # The launcher's three modes.
@@ -95,8 +96,8 @@ DETACHED = "detached"             # `run -d`: output to container.log, return at
 CREATED = "created"               # `oci create`: set up, then wait for `oci start`
 
 
-def _default_caps() -> dict[str, list[str]]:
-    return {k: list(caps.DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")} | \
+def _default_caps(names: list[str] = caps.DEFAULT_CAPS) -> dict[str, list[str]]:
+    return {k: list(names) for k in ("bounding", "effective", "permitted")} | \
         {"inheritable": [], "ambient": []}
 
 
@@ -134,6 +135,8 @@ class RunConfig:
     remove: bool = False                       # --rm: forget the container once it exits
     bundle: str = ""
     annotations: dict = field(default_factory=dict)
+    image: str = ""                            # the image ID (config_from_image), kept in state.json
+    etc_files: bool = False                    # Docker's own /etc/hostname, hosts, resolv.conf (etcfiles.py)
 
     @property
     def rootless(self) -> bool:
@@ -151,6 +154,10 @@ class RunConfig:
         for d in self.lower_dirs:
             if not os.path.isdir(d):
                 raise ContainerError(f"image layer {d} does not exist")
+        for entry in self.env:
+            _check_env(entry)
+        if self.hostname is not None:
+            ns.check_hostname(self.hostname, rfc1123=False)      # runc's rule: the kernel's length
         if not os.path.isabs(self.cwd):
             raise ConfigError(f"working directory {self.cwd!r} must be absolute")
         if "mount" not in self.namespaces:
@@ -172,6 +179,14 @@ class RunConfig:
         if "uts" not in self.namespaces:
             return None
         return self.hostname or cid[:12]
+
+
+def _check_env(entry: str) -> None:
+    """execve(2)'s environment: NAME=VALUE strings, NAME not empty, no NUL anywhere."""
+    name = entry.partition("=")[0]
+    if not name or "\0" in entry:
+        raise ConfigError(f"bad environment variable {entry!r}: want NAME=VALUE with a non-empty "
+                          f"NAME and no NUL byte (-e, image Env, config.json process.env)")
 
 
 def _mapped(cfg: RunConfig) -> bool:
@@ -214,7 +229,10 @@ class _Pipe:
             raise ContainerError("the launcher went away during setup")
 
     def ack(self) -> None:
-        os.write(self.ack_w, b"1")
+        try:
+            os.write(self.ack_w, b"1")
+        except BrokenPipeError:
+            pass                          # the child died: its error, if any, is next in the event pipe
 
     def child_side(self) -> None:
         os.close(self.events_r)
@@ -239,7 +257,7 @@ class Container:
             id=self.id, name=self.cfg.name or self.id, bundle=self.cfg.bundle,
             rootfs=self.cfg.rootfs or "", command=list(self.cfg.args), created=time.time(),
             auto_remove=self.cfg.remove, detached=mode != FOREGROUND,
-            annotations=self.cfg.annotations)
+            annotations=self.cfg.annotations, image=self.cfg.image, layers=list(self.cfg.lower_dirs))
         self.dir = None
         self.cgroup: Cgroup | None = None
         self.monitor_pid = 0
@@ -265,6 +283,8 @@ class Container:
 
     def _start(self) -> None:
         self._make_cgroup()
+        if self.cfg.etc_files:
+            self._add_etc_files()
         if self.mode == CREATED:
             os.mkfifo(os.path.join(self.dir, "exec.fifo"), 0o600)
         self._exit_fd = os.open(os.path.join(self.dir, "exit.json"),
@@ -283,6 +303,13 @@ class Container:
         self._close_stdio(stdio)
         self._close_console_sockets(keep_host=self.mode == FOREGROUND)
         self._follow_setup(pipe)
+
+    def _add_etc_files(self) -> None:
+        """Write the container's hostname, hosts and resolv.conf; init binds them over /etc's."""
+        from pykvm.container.etcfiles import write_etc_files
+        mounts = write_etc_files(self.dir, self.cfg.hostname_for(self.id), "network" not in self.cfg.namespaces,
+                                 None if self.cfg.lower_dirs else self.cfg.rootfs)
+        self.cfg = replace(self.cfg, mounts=self.cfg.mounts + mounts)
 
     def _find_cgroup(self) -> Cgroup | None:
         """Where the container's cgroup will be (nothing is created yet), noted in self.state.
@@ -362,6 +389,9 @@ class Container:
             return
         import socket
         self._tty_host, self._tty_inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def _console_fds(self) -> list[int]:
+        return [sock.fileno() for sock in (self._tty_host, self._tty_inside) if sock is not None]
 
     def _close_console_sockets(self, keep_host: bool = False, keep_inside: bool = False) -> None:
         """Each process closes the ends it has no use for (so EOF means "no master is coming")."""
@@ -546,6 +576,8 @@ class Container:
     # --- init (PID 1 in the container) -----------------------------------------
     def _init(self, pipe: _Pipe, stdio: dict) -> int:
         prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)          # monitor gone -> container gone
+        _close_other_fds({pipe.events_w, pipe.ack_r, self._exit_fd, *self._join_fds,
+                          *self._console_fds()})
         prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
         join(self._join_fds)                                 # our cgroup, before ...
@@ -569,9 +601,8 @@ class Container:
         child = os.fork()
         if child == 0:
             _child_main(lambda: _exec_command(self.cfg, pipe, stdio), pipe)
-        self._close_stdio(stdio)
-        os.close(pipe.events_w)
-        os.close(pipe.ack_r)
+        _detach_stdio()                                      # init keeps no host fd (CVE-2024-21626)
+        _close_other_fds(set())
         return _reap(child)
 
     def _enter_namespaces(self, kinds: tuple[str, ...]) -> None:
@@ -657,10 +688,10 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
         os.chdir(cfg.cwd)
     except OSError as e:
         raise _ExecFailed(EXIT_SETUP_FAILED, f"cannot enter working directory {cfg.cwd}: {e.strerror}")
-    _drop_privileges(cfg)
-    os.closerange(3, pipe.events_w)
-    os.closerange(pipe.events_w + 1, 1 << 20)
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env)
+    env.setdefault("HOME", _home_dir(cfg.uid))      # runc's rule: HOME when the config has none
+    _drop_privileges(cfg)
+    _close_other_fds({pipe.events_w})
     try:
         os.execvpe(cfg.args[0], cfg.args, env)
     except FileNotFoundError:
@@ -670,6 +701,19 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
         raise _ExecFailed(EXIT_CANNOT_EXEC, f"{cfg.args[0]}: permission denied") from None
     except OSError as e:
         raise _ExecFailed(EXIT_CANNOT_EXEC, f"{cfg.args[0]}: cannot execute: {e.strerror}") from None
+
+
+def _home_dir(uid: int) -> str:
+    """The user's home from the container's /etc/passwd (field 6), else "/" (as runc)."""
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")       # name:x:uid:gid:gecos:home:shell
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
 
 
 def _drop_privileges(cfg: RunConfig) -> None:
@@ -751,12 +795,28 @@ def _install_stdio(stdio: dict) -> dict:
     return {"in": 0, "out": 1, "err": 2, "close": []}
 
 
+def _close_other_fds(keep: set[int]) -> None:
+    """Close every fd above 2 except `keep`: a host fd left open in the container is a way
+    out (CVE-2024-21626, runc's leaked cgroup directory fd)."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
 def _detach_stdio() -> None:
-    """The monitor keeps no terminal or pipe open: the command's output ends with the command."""
-    null = os.open(os.devnull, os.O_RDWR)
+    """0, 1, 2 to /dev/null.  The monitor keeps no terminal or pipe open (the command's output
+    ends with the command); nor does init once the command has its copies."""
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:                                      # a container without /dev/null
+        os.closerange(0, 3)
+        return
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    os.close(null)
+    if null > 2:
+        os.close(null)
 
 
 def _kill_quietly(pid: int) -> None:
@@ -930,18 +990,20 @@ def config_from_image(image, args: list[str] | None = None, **overrides) -> RunC
     uid, gid = parse_user(image.user, top_first)
     env = list(image.env) or list(DEFAULT_ENV)
     cfg = RunConfig(args=argv, lower_dirs=top_first, env=env, cwd=image.working_dir or "/",
-                    uid=uid, gid=gid)
+                    uid=uid, gid=gid, image=getattr(image, "id", ""))
     return replace(cfg, **overrides)
 
 
 def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, cwd: str = "/",
                    user: str = "") -> int:
-    """One Dockerfile RUN: `argv` in a container whose root is `rootfs` (kept writable), host network."""
+    """One Dockerfile RUN: `argv` in a container whose root is `rootfs` (kept writable), host
+    network, Docker's default capabilities (a Dockerfile may chown, mknod, switch users)."""
     uid, gid = parse_user(user, rootfs)
     namespaces = dict.fromkeys(DEFAULT_NAMESPACES)
     namespaces.pop("network")
     cfg = RunConfig(args=argv, rootfs=rootfs, env=env or list(DEFAULT_ENV), cwd=cwd, uid=uid,
-                    gid=gid, namespaces=namespaces, remove=True)
+                    gid=gid, namespaces=namespaces, remove=True,
+                    capabilities=_default_caps(caps.DOCKER_CAPS))
     return run_container(cfg)
 
 

@@ -66,6 +66,8 @@ class ContainerState:
     auto_remove: bool = False
     detached: bool = False
     annotations: dict = field(default_factory=dict)
+    image: str = ""                # the image ID it was made from (`rmi` refuses to remove it)
+    layers: list[str] = field(default_factory=list)   # its overlay's lower dirs (`gc` keeps them)
 
 
 class StateStore:

@@ -250,6 +250,20 @@ def test_cli_build_images_and_errors(store, tmp_path):
     assert status == 1 and err.strip() == "pykvm: error: no such image: nope:1 (see `pykvm container images`)"
 
 
+def test_cli_save_and_load_errors_are_one_line(store, tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nLABEL a=b\n")
+    assert run_pykvm("container", "build", "-q", "-t", "s:1", str(tmp_path))[0] == 0
+    status, _, err = run_pykvm("container", "save", "-o", str(tmp_path / "no/dir/x.tar"), "s:1")
+    assert (status, err) == (1, f"pykvm: error: cannot write archive {tmp_path}/no/dir/x.tar: "
+                                "No such file or directory\n")
+    status, _, err = run_pykvm("container", "load", "-i", "/etc/passwd")
+    assert (status, err) == (1, "pykvm: error: cannot read archive /etc/passwd: "
+                                "not a tar file (plain, gzip, bzip2 or xz)\n")
+    status, _, err = run_pykvm("container", "load", "-i", str(tmp_path / "missing.tar"))
+    assert (status, err) == (1, f"pykvm: error: cannot read archive {tmp_path}/missing.tar: "
+                                "No such file or directory\n")
+
+
 def test_cli_save_load_and_tag(store, tmp_path):
     (tmp_path / "f").write_text("f")
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY f /f\n")
@@ -321,6 +335,25 @@ RUN id -u > /tmp/uid-nobody
     again, log2 = build(store, ctx, build_args={"WHO": "pykvm"})
     assert again.manifest_digest == image.manifest_digest
     assert sum("using cache" in line for line in log2) == 4, log2   # the 4 RUNs
+
+
+@pytest.mark.root
+def test_run_steps_have_docker_s_default_capabilities(store, tmp_path):
+    """RUN chown/mknod work as under `docker build` (its 14 default capabilities), not runc's 3."""
+    runtime_or_skip()
+    from pykvm.container.capabilities import DOCKER_CAPS, cap_numbers
+    build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    image, _ = build(store, ctx, """FROM busybox
+RUN touch /f && chown 65534:65534 /f && mknod /dev-null-copy c 1 3
+RUN grep ^CapEff /proc/self/status > /caps
+""")
+    members = layer_members(store, image.layers[1])
+    assert (members["f"].uid, members["f"].gid) == (65534, 65534)
+    assert members["dev-null-copy"].ischr()
+    root = flat_root(store, image, tmp_path / "flat")
+    assert int((root / "caps").read_text().split()[1], 16) == sum(1 << c for c in cap_numbers(DOCKER_CAPS))
 
 
 @pytest.mark.root

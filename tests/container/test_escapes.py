@@ -82,6 +82,56 @@ def test_host_fd_not_visible(pykvm, busybox_rootfs, tmp_path):
     assert r.stdout == "end\n"
 
 
+@pytest.mark.root
+@pytest.mark.parametrize("detach", [False, True])
+def test_init_keeps_no_host_fd(pykvm, busybox_rootfs, tmp_path, state_root, detach):
+    """PID 1 (our Python init) holds nothing of the host's: looked at from the host, through
+    /proc/<init>/fd, while the command runs.  Only /dev/null as 0-1-2."""
+    import json
+    import subprocess
+    import sys
+    import time
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    fd = os.open(secret, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    argv = [sys.executable, "-m", "pykvm", "container", "run", "--rm", *(["-d"] if detach else []),
+            "--name", "fds", "--rootfs", str(busybox_rootfs), "sleep", "30"]
+    env = {**os.environ, "PYKVM_STATE_ROOT": str(state_root)}
+    proc = subprocess.Popen(argv, pass_fds=(fd,), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(fd)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            states = list(state_root.glob("*/state.json")) if state_root.exists() else []
+            pid = json.loads(states[0].read_text())["pid"] if states else 0
+            if pid and Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                break                                    # init has forked the command
+            assert time.monotonic() < deadline, "the container did not start"
+            time.sleep(0.05)
+        settle = time.monotonic() + 5                    # init closes what it does not need after the fork
+        while True:
+            fds = _open_fds(pid)
+            if fds == {0: "/dev/null", 1: "/dev/null", 2: "/dev/null"} or time.monotonic() > settle:
+                break
+            time.sleep(0.05)
+    finally:
+        pykvm("container", "rm", "-f", "fds")
+        proc.wait(timeout=20)
+    assert fds == {0: "/dev/null", 1: "/dev/null", 2: "/dev/null"}, fds
+
+
+def _open_fds(pid: int) -> dict[int, str]:
+    """fd number -> what it points at, for another process (fds closing meanwhile are skipped)."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            pass
+    return out
+
+
 # --- bad input: one line, a non-zero status, no traceback ---------------------------------------
 
 @pytest.mark.parametrize("args,code,message", [

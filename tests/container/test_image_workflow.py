@@ -61,3 +61,35 @@ def test_we_run_an_image_skopeo_pushed(store, registry, tmp_path, state_root):
     status, out, err = run_pykvm("container", "run", "--rm", remote)
     assert status == 0, err
     assert out.startswith("Hello from pykvm!\n")
+
+
+def test_rmi_refuses_an_image_a_container_uses(store, tmp_path, state_root):
+    """Docker's conflict: the last tag of a container's image stays unless --force, and even
+    then gc keeps the unpacked layers the container's overlay is standing on."""
+    runtime_or_skip()
+    assert run_pykvm("container", "build", "-q", "-t", "busybox", str(bundled_context(tmp_path, "busybox")))[0] == 0
+    status, cid, err = run_pykvm("container", "run", "-d", "busybox", "sleep", "30")
+    assert status == 0, err
+    cid = cid.strip()
+    layers = sorted(p.name for p in store.layers_dir.iterdir())
+    try:
+        status, out, err = run_pykvm("container", "rmi", "busybox")
+        assert status == 1 and err.count("\n") == 1, err
+        assert err.startswith('pykvm: error: conflict: unable to remove repository reference "busybox" '
+                              f"(must force) - container {cid} is using its referenced image"), err
+        assert run_pykvm("container", "images", "-q")[1] != "", "the tag is still there"
+        assert run_pykvm("container", "tag", "busybox", "bb:2")[0] == 0
+        assert run_pykvm("container", "rmi", "bb:2")[0] == 0, "another tag: only untagged"
+        assert run_pykvm("container", "stop", "-t", "0", cid)[0] == 0
+        status, _, err = run_pykvm("container", "rmi", "busybox")
+        assert status == 1 and "conflict" in err, "a stopped container counts too (Docker)"
+        status, out, err = run_pykvm("container", "rmi", "-f", "busybox")
+        assert status == 0 and out.startswith("Untagged: busybox:latest"), err
+        assert sorted(p.name for p in store.layers_dir.iterdir()) == layers, "gc kept the container's layers"
+    finally:
+        run_pykvm("container", "rm", "-f", cid)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "Dockerfile").write_text("FROM scratch\nLABEL a=b\n")
+    assert run_pykvm("container", "build", "-q", "-t", "x", str(tmp_path / "x"))[0] == 0
+    assert run_pykvm("container", "rmi", "x")[0] == 0
+    assert list(store.layers_dir.iterdir()) == [], "once the container is gone, gc frees its layers"

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.root
 
 RUNC = shutil.which("runc")
-PROBE = ('hostname; id -u; echo $$; pwd; echo "$FOO"; cut -d" " -f5 /proc/self/mountinfo | sort; '
+PROBE = ('hostname; id -u; echo $$; pwd; echo "$FOO"; env | sort; cut -d" " -f5 /proc/self/mountinfo | sort; '
          'ls /dev; grep -E "^(Cap|NoNewPrivs)" /proc/self/status; ulimit -n; exit 7')
 
 
@@ -47,6 +47,8 @@ def test_same_bundle_same_results_as_runc(pykvm, bundle, tmp_path):
     assert ours.stdout == theirs.stdout, f"pykvm:\n{ours.stdout}\nrunc:\n{theirs.stdout}"
     first = ours.stdout.splitlines()[:5]
     assert first == ["runc", "0", "1", "/tmp", "bar"]          # hostname, uid, pid 1, cwd, env
+    env = ours.stdout.splitlines()[5:9]
+    assert env[:2] == ["FOO=bar", "HOME=/root"], env           # runc adds HOME, nothing else
 
 
 def test_lifecycle_create_start_state_kill_delete(pykvm, bundle, tmp_path, state_root):
@@ -101,6 +103,27 @@ def test_duplicate_id_refused(pykvm, bundle):
         assert r.returncode == 2 and "already in use" in r.stderr
     finally:
         pykvm("container", "oci", "delete", "--force", "twice")
+
+
+def test_bad_env_in_config_json_is_a_usage_error(pykvm, bundle, state_root):
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["env"].append("=x")
+    (bundle / "config.json").write_text(json.dumps(spec))
+    r = pykvm("container", "oci", "run", "--bundle", bundle, "badenv")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "bad environment variable '=x'" in r.stderr, r.stderr
+    assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
+
+
+def test_unlimited_resources_run_as_under_runc(pykvm, bundle, tmp_path):
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["linux"]["resources"] = {"memory": {"limit": -1}, "pids": {"limit": -1}}
+    spec["process"]["args"] = ["sh", "-c", "echo ok; exit 3"]
+    (bundle / "config.json").write_text(json.dumps(spec))
+    ours = pykvm("container", "oci", "run", "--bundle", bundle, "unlimited")
+    theirs = subprocess.run([RUNC, "--root", str(tmp_path / "runc-state"), "run", "--bundle",
+                             str(bundle), "unlimited-runc"], capture_output=True, text=True, timeout=60)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (3, "ok\n"), ours.stderr
 
 
 def _alive(pid: int) -> bool:

@@ -32,6 +32,42 @@ def test_hostname(pykvm, busybox_rootfs):
     assert default != os.uname().nodename
 
 
+@pytest.mark.parametrize("name, why", [
+    ("bad host name with spaces and way too long " + "a" * 48, "at most 64 (HOST_NAME_MAX)"),
+    ("-box", "RFC 1123"), ("a..b", "RFC 1123"), ("a" * 64 + ".b", "at most 64")])
+def test_bad_hostname_is_one_line_before_anything_starts(pykvm, busybox_rootfs, state_root, name, why):
+    r = sh(pykvm, busybox_rootfs, "hostname", "--hostname", name)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("pykvm: error: ") and why in r.stderr, r.stderr
+    assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
+
+
+@pytest.mark.parametrize("var", ["=x", "=", "A\0B=1"])
+def test_bad_environment_variable_is_a_usage_error(pykvm, busybox_rootfs, state_root, var):
+    if "\0" in var:                                     # argv cannot carry a NUL: the library
+        from pykvm.container.runtime import RunConfig
+        from pykvm.errors import ConfigError
+        with pytest.raises(ConfigError, match="bad environment variable 'A.x00B=1'"):
+            RunConfig(args=["env"], rootfs=str(busybox_rootfs), env=[var]).finalized()
+        return
+    r = sh(pykvm, busybox_rootfs, "env", "-e", var)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"pykvm: error: bad environment variable {var!r}: "), r.stderr
+    assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
+
+
+def test_early_init_failure_is_init_s_own_message(busybox_rootfs, state_root):
+    """init dies before the launcher moved it into its cgroup (here: setns into a UTS namespace
+    through a network namespace's file): the launcher reports init's error, never ESRCH."""
+    from pykvm.container.runtime import RunConfig, run_container
+    from pykvm.errors import ContainerError
+    for _ in range(15):                                  # it was a race: lose it often enough
+        namespaces = dict(RunConfig(args=["true"]).namespaces, uts="/proc/self/ns/net")
+        with pytest.raises(ContainerError, match=r"^setns failed: EINVAL.*/proc/self/ns/net"):
+            run_container(RunConfig(args=["true"], rootfs=str(busybox_rootfs), namespaces=namespaces))
+    assert not any(state_root.iterdir()), "nothing left behind"
+
+
 def test_only_loopback_and_it_is_up(pykvm, busybox_rootfs):
     r = sh(pykvm, busybox_rootfs, "ls /sys/class/net; ip -o link show lo")
     lines = r.stdout.splitlines()
@@ -77,6 +113,39 @@ def test_env_cwd_user(pykvm, busybox_rootfs):
            "-e", "FOO=bar baz", "-w", "/tmp", "-u", "1000:1000")
     assert r.stdout == "bar baz|/tmp|1000:1000\n", r.stderr
     assert sh(pykvm, busybox_rootfs, "id -u", "-u", "user").stdout == "1000\n"
+
+
+def test_environment_as_docker_gives_it(pykvm, busybox_rootfs):
+    """PATH, HOSTNAME (the container's hostname), HOME (from the container's /etc/passwd,
+    "/" for a user it lacks), in Docker's order; -e overrides each."""
+    def env(*opts):
+        r = pykvm("container", "run", "--rm", *opts, "--rootfs", busybox_rootfs, "env")
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+    lines = env()
+    assert [line.split("=")[0] for line in lines] == ["PATH", "HOSTNAME", "HOME"], lines
+    assert re.fullmatch(r"HOSTNAME=[0-9a-f]{12}", lines[1]) and lines[2] == "HOME=/root", lines
+    hostname = sh(pykvm, busybox_rootfs, 'echo "$HOSTNAME $(hostname)"').stdout.split()
+    assert hostname[0] == hostname[1], "HOSTNAME is the container's hostname"
+    assert env("--hostname", "box", "-u", "1000")[1:] == ["HOSTNAME=box", "HOME=/tmp"]
+    assert env("-u", "4242", "-e", "HOSTNAME=x")[1:] == ["HOSTNAME=x", "HOME=/"]
+    assert env("-e", "HOME=/mine")[2] == "HOME=/mine"
+
+
+def test_etc_hostname_hosts_resolv_conf_as_docker_writes_them(pykvm, fresh_rootfs):
+    from pykvm.container.etcfiles import LOCALHOST_HOSTS
+    (fresh_rootfs / "etc/hosts").write_text("10.0.0.1 image-says\n")          # the image's is hidden
+    cat = "cat /etc/hostname; echo --; cat /etc/hosts; echo --; cat /etc/resolv.conf"
+    host_resolv = open("/etc/resolv.conf").read() if os.path.exists("/etc/resolv.conf") else ""
+    own_net = "".join(line for line in host_resolv.splitlines(keepends=True)
+                      if not re.match(r"nameserver\s+(127\.|::1\b)", line))
+    r = sh(pykvm, fresh_rootfs, cat, "--hostname", "box")
+    assert r.stdout == f"box\n--\n{LOCALHOST_HOSTS}--\n{own_net}", r.stdout + r.stderr
+    r = sh(pykvm, fresh_rootfs, cat + "; echo 1.2.3.4 x >> /etc/hosts && echo writable; touch /f",
+           "--hostname", "box", "--network", "host", "--read-only")
+    assert r.stdout == f"box\n--\n{open('/etc/hosts').read()}--\n{host_resolv}writable\n", r.stdout
+    assert "Read-only file system" in r.stderr, "--read-only still holds for the rest"
+    assert (fresh_rootfs / "etc/hosts").read_text() == "10.0.0.1 image-says\n", "the rootfs's copy is untouched"
 
 
 def test_capabilities_no_new_privs(pykvm, busybox_rootfs):

@@ -167,6 +167,16 @@ def test_config_from_spec_reads_the_fields(tmp_path):
     assert cfg.init is False                            # the process is PID 1, as with runc
 
 
+def test_minus_one_means_no_limit(tmp_path):
+    """config-linux.md "Memory": -1 is unlimited; runc treats pids.limit -1 the same."""
+    spec = runc_like_spec()
+    spec["linux"]["resources"] = {"memory": {"limit": -1}, "pids": {"limit": -1}, "cpu": {"quota": -1}}
+    assert bundle.config_from_spec(spec, str(tmp_path)).limits == Limits()
+    spec["linux"]["resources"] = {"pids": {"limit": -2}}
+    with pytest.raises(ConfigError, match="linux.resources.pids.limit must be positive, not -2"):
+        bundle.config_from_spec(spec, str(tmp_path))
+
+
 @pytest.mark.parametrize("path,value,field", [
     (("process", "args"), [], "process.args"),
     (("process", "args"), "sh", "process.args"),
@@ -350,3 +360,15 @@ def test_state_remove_deletes_the_directory_but_follows_no_symlink(tmp_path, wit
     store.remove("c1")
     assert not state_dir.exists()
     assert (outside / "precious").read_text() == "keep me"
+
+
+def test_resolv_conf_drops_loopback_nameservers_in_an_own_network(tmp_path):
+    from pykvm.container.etcfiles import LOCALHOST_HOSTS, hosts_file, resolv_conf
+    host = tmp_path / "resolv.conf"
+    host.write_text("# generated\nnameserver 127.0.0.53\nnameserver ::1\nnameserver 10.0.0.2\nsearch lan\n")
+    assert resolv_conf(False, str(host)) == "# generated\nnameserver 10.0.0.2\nsearch lan\n"
+    assert resolv_conf(True, str(host)) == host.read_text()
+    assert resolv_conf(False, str(tmp_path / "none")) == ""
+    (tmp_path / "hosts").write_text("1.2.3.4 h\n")
+    assert hosts_file(True, str(tmp_path / "hosts")) == "1.2.3.4 h\n"
+    assert hosts_file(False, str(tmp_path / "hosts")) == LOCALHOST_HOSTS
