@@ -8,17 +8,23 @@ PY     := $(VENV)/bin/python
 PYKVM  := $(VENV)/bin/pykvm
 PYTEST_ARGS ?=
 
-.PHONY: all venv guests boot test test-unit test-hw bench clean distclean help
+.PHONY: all deps venv guests boot test test-unit test-hw bench clean distclean help
 
 all: venv guests
 
 help:
 	@echo "make boot    build everything and boot the bundled guest (Ctrl-A x quits)"
+	@echo "make deps    (root) install the Debian/Ubuntu packages the tests use (.ci/packages)"
 	@echo "make test    build everything and run the test suite"
 	@echo "make test-hw run the VM tests on hardware-style KVM (an L1 under QEMU TCG if needed)"
 	@echo "make bench   run the benchmarks in tests/bench/ side by side with their peers"
 	@echo "make linux-guest  fetch Debian's kernel and build a busybox initramfs (pykvm boot linux)"
 	@echo "make clean   remove build products (keeps .venv/)"
+
+# The packages the tests use: QEMU, runc, a registry, skopeo, umoci, busybox... (apt-get,
+# so root).  The README's test command is `sudo make deps test`.
+deps:
+	bash .ci/packages
 
 # --- the Python side: a venv with pykvm installed editable (compiles the cffi bindings)
 venv: $(VENV)/.installed
