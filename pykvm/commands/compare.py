@@ -22,7 +22,7 @@ __all__ = ["compare"]
 @click.option("--mem", default="128M", show_default=True, metavar="SIZE", help="The VM's RAM, as for `pykvm boot --mem`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown (for course material).")
-@click.option("--plot", metavar="FILE.svg", help="Also draw startup time and memory side by side.")
+@click.option("--plot", metavar="FILE.svg|.png", help="Also draw startup time and memory side by side (PNG through rsvg-convert).")
 @click.option("--explain", is_flag=True, help="Also print how each number was measured.")
 def compare(runs, guest, image, mem, as_json, markdown, plot, explain):
     """Run the same small workload as a VM and as a container, N times each, and compare them.

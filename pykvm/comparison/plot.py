@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+from pykvm.errors import ConfigError
+
 __all__ = ["svg", "write_plot"]
 
 PANEL_W, PANEL_H = 360, 260          # one panel, in SVG user units (px)
@@ -91,6 +93,30 @@ def svg(report: dict) -> str:
                       f'<rect width="{width}" height="{height}" fill="white"/>', *body, "</svg>", ""])
 
 
+RASTERIZER = "rsvg-convert"      # librsvg's command-line tool (Debian: librsvg2-bin)
+
+
+def find_rasterizer(path: str) -> str:
+    """The program that turns our SVG into a PNG; one clear line if it is missing."""
+    import shutil
+    program = shutil.which(RASTERIZER)
+    if program is None:
+        raise ConfigError(f"--plot {path}: a PNG needs {RASTERIZER} (apt-get install librsvg2-bin); "
+                          "or write an .svg, which any browser shows")
+    return program
+
+
 def write_plot(report: dict, path: str) -> None:
-    with open(path, "w") as f:
-        f.write(svg(report))
+    """The plot as SVG, or for FILE.png that SVG rasterized by rsvg-convert: pykvm draws
+    the picture itself, and leaves pixels and fonts to a library made for them."""
+    drawing = svg(report)
+    if not path.lower().endswith(".png"):
+        with open(path, "w") as f:
+            f.write(drawing)
+        return
+    import subprocess
+    done = subprocess.run([find_rasterizer(path), "--format", "png", "--output", path],
+                          input=drawing.encode(), capture_output=True)
+    if done.returncode != 0:
+        raise ConfigError(f"--plot {path}: {RASTERIZER} failed: "
+                          f"{done.stderr.decode(errors='replace').strip()[-200:]}")
