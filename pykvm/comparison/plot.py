@@ -1,4 +1,5 @@
-"""Startup time and memory side by side, as an SVG written by hand (SVG 1.1, no dependency).
+"""Startup time and memory side by side, as an SVG written by hand (SVG 1.1, no dependency);
+FILE.png is that SVG rasterized by rsvg-convert (write_plot).
 
     +-------------------------------+  +-------------------------------+
     | startup (s)                   |  | peak RSS (MiB)                |
