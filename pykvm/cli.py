@@ -90,14 +90,15 @@ def _exit_now(code) -> None:
     (tests/bench/bench_container_launch.py).  The process is ending, so the
     kernel reclaims it all anyway.  What exit must still do happens here:
     atexit callbacks, then flushing stdout and stderr.  With other threads
-    still running, the normal exit (which waits for them) is kept.
+    still running, or a profiler or debugger watching, the normal exit is kept.
     """
     import atexit
     import os
     import threading
 
-    if threading.active_count() > 1:
-        sys.exit(code)
+    if threading.active_count() > 1 or sys.getprofile() or sys.gettrace():
+        sys.exit(code)      # threads to wait for; or `python -m cProfile/pdb ...`, which write
+                            # their results after the module returns: the normal exit
     if code is not None and not isinstance(code, int):      # sys.exit("message")
         print(code, file=sys.stderr)
         code = 1
