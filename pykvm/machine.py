@@ -107,7 +107,8 @@ class Machine:
         return load_kernel(self.memory, self.vcpu, self.config)
 
     def _add_devices(self) -> None:
-        output = self.config.output or ConsoleOutput(1, on_broken=lambda: None).write
+        self._console_output = None if self.config.output else ConsoleOutput(1, on_broken=lambda: None)
+        output = self.config.output or self._console_output.write
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self.serial = serial.Serial16550(out=output, irq=self._serial_irq)
@@ -168,6 +169,8 @@ class Machine:
         finally:
             signal.signal(signal.SIGUSR1, previous)
             self._vcpu_thread = None
+            if self._console_output is not None:
+                self._console_output.flush()     # the guest's last words before pykvm's own
         return self.exit_status
 
     def _run_loop(self, trace: bool) -> None:
@@ -216,9 +219,13 @@ class Machine:
         return f"VM stopped: {reason}\n{register_dump(self.vcpu, self.memory)}"
 
     # --- tearing down ----------------------------------------------------------
+    _console_output: ConsoleOutput | None = None
+
     def close(self) -> None:
         if getattr(self, "serial", None) is not None:
             self.serial.close()
+        if self._console_output is not None:
+            self._console_output.close()
         for name in ("vm", "kvm", "memory"):
             obj = getattr(self, name, None)
             if obj is not None:

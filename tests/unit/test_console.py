@@ -255,11 +255,49 @@ def test_echo_guest_through_a_real_terminal(pty):
 # --- output
 
 
-def test_output_is_written_unbuffered():
+def _readable_within(fd: int, seconds: float) -> bool:
+    import select
+    return bool(select.select([fd], [], [], seconds)[0])
+
+
+def test_output_goes_out_a_line_at_a_time():
+    """Byte by byte in (as a guest's THR writes come), one write(2) per line out."""
     r, w = os.pipe()
     out = ConsoleOutput(w)
-    out.write(b"$ ")
+    for byte in b"Linux version 6.1\r":
+        out.write(bytes([byte]))
+    out.write(b"\n")                                  # the newline writes the line, synchronously
+    assert os.read(r, 100) == b"Linux version 6.1\r\n"
+    out.close()
+    os.close(r)
+    os.close(w)
+
+
+def test_a_prompt_without_a_newline_still_shows_at_once():
+    """A human must not wait for `$ `: the flusher thread writes it FLUSH_SECONDS later."""
+    from pykvm.console import FLUSH_SECONDS
+    r, w = os.pipe()
+    out = ConsoleOutput(w)
+    out.write(b"$")
+    out.write(b" ")
+    assert _readable_within(r, 1.0), "a prompt stayed in the buffer"
     assert os.read(r, 100) == b"$ "
+    out.write(b"x")                                    # a second burst gets its own flush
+    start = time.monotonic()
+    assert _readable_within(r, 1.0) and os.read(r, 100) == b"x"
+    assert time.monotonic() - start < 0.5 + FLUSH_SECONDS
+    out.close()
+    os.close(r)
+    os.close(w)
+
+
+def test_close_writes_what_is_still_queued():
+    r, w = os.pipe()
+    out = ConsoleOutput(w)
+    out.write(b"last words")
+    out.close()
+    assert os.read(r, 100) == b"last words"
+    out.close()                                        # idempotent
     os.close(r)
     os.close(w)
 
@@ -269,8 +307,10 @@ def test_output_to_a_closed_pipe_stops_quietly_and_reports_once():
     os.close(r)
     broken = []
     out = ConsoleOutput(w, on_broken=lambda: broken.append(1))
-    out.write(b"hello")
-    out.write(b"again")
+    out.write(b"hello\n")
+    out.write(b"again\n")
+    out.write(b"and a prompt")
+    out.close()
     assert out.broken and broken == [1]
     os.close(w)
 
