@@ -11,7 +11,7 @@ import time
 
 import click
 
-__all__ = ["run_cmd", "ps_cmd", "logs_cmd", "stop_cmd", "kill_cmd", "rm_cmd", "parse_signal"]
+__all__ = ["run_cmd", "exec_cmd", "ps_cmd", "logs_cmd", "stop_cmd", "kill_cmd", "rm_cmd", "parse_signal"]
 
 
 def parse_signal(text: str) -> int:
@@ -37,12 +37,6 @@ def _parse_env(items: tuple[str, ...]) -> list[str]:
         elif item in os.environ:
             out.append(f"{item}={os.environ[item]}")
     return out
-
-
-def _merge_env(base: list[str], extra: list[str]) -> list[str]:
-    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in base)
-    env.update(e.split("=", 1) for e in extra)
-    return [f"{k}={v}" for k, v in env.items()]
 
 
 def _image_config(image: str, args: list[str]):
@@ -110,7 +104,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     # HOME comes from the runtime (runc's rule): the user's home in the container's /etc/passwd.
     daemon_env = [runtime.DEFAULT_PATH, f"HOSTNAME={hostname or cid[:12]}"] + (["TERM=xterm"] if tty else [])
     cfg = replace(cfg, id=cid, remove=remove, name=name, hostname=hostname,
-                  env=_merge_env(_merge_env(daemon_env, cfg.env), _parse_env(env)),
+                  env=runtime.merge_env(runtime.merge_env(daemon_env, cfg.env), _parse_env(env)),
                   cwd=workdir or cfg.cwd, uid=uid, gid=gid, limits=limits, namespaces=namespaces,
                   readonly=read_only, interactive=interactive, tty=tty, etc_files=True)
     container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)
@@ -122,6 +116,24 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         click.echo(f"pykvm: container {result.id} was killed by the OOM killer "
                    f"(memory limit {memory})", err=True)
     sys.exit(result.exit_code)
+
+
+@click.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty from the container's devpts).")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", metavar="UID[:GID]", help="User (and group) to run as.")
+@click.argument("container")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(interactive, tty, env, workdir, user, container, args):
+    """Run a command in a running container (its namespaces, cgroups and settings)."""
+    from pykvm.container.exec import exec_config, exec_in
+    from pykvm.container.state import StateStore
+    store = StateStore()
+    state = store.resolve(container)
+    cfg = exec_config(state, list(args), _parse_env(env), workdir, user, tty, interactive)
+    sys.exit(exec_in(state.id, cfg, store))
 
 
 def _status_line(store, state) -> str:
