@@ -39,7 +39,7 @@ def _parse_env(items: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _image_config(image: str, args: list[str]):
+def _image_config(image: str, args: list[str], entrypoint: str | None = None):
     """The IMAGE path: ask the image store (issue 7) for layers and config."""
     from pykvm.errors import ContainerError
     try:
@@ -48,7 +48,7 @@ def _image_config(image: str, args: list[str]):
         raise ContainerError(f"no image store yet: cannot run image {image!r}; "
                              f"run a directory with --rootfs DIR instead") from None
     from pykvm.container.runtime import config_from_image
-    return config_from_image(resolve_for_run(image), args)
+    return config_from_image(resolve_for_run(image), args, entrypoint)
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False,
@@ -68,11 +68,13 @@ def _image_config(image: str, args: list[str]):
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal.")
+@click.option("--entrypoint", metavar="PROG", help="Run PROG instead of the image's ENTRYPOINT (and "
+              "without its CMD); \"\" clears the ENTRYPOINT.")
 @click.option("--rootfs", type=click.Path(file_okay=False), help="Run this directory instead of an image.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
-            network, read_only, interactive, tty, rootfs, args):
+            network, read_only, interactive, tty, entrypoint, rootfs, args):
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
     from dataclasses import replace
 
@@ -86,9 +88,9 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         from pykvm.container.namespaces import check_hostname
         check_hostname(hostname)
     if rootfs:
-        cfg = runtime.RunConfig(args=args, rootfs=rootfs)
+        cfg = runtime.RunConfig(args=runtime.command_line([], [], args, entrypoint), rootfs=rootfs)
     elif args:
-        cfg = _image_config(args[0], args[1:])
+        cfg = _image_config(args[0], args[1:], entrypoint)
     else:
         raise ConfigError("give an IMAGE or --rootfs DIR, then the command to run")
     if pids_limit is not None and pids_limit <= 0:

@@ -77,7 +77,7 @@ __all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "co
            "run_build_step", "parse_user", "DEFAULT_ENV", "FOREGROUND", "DETACHED", "CREATED",
            "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
            "remove_container", "wait_stopped", "process_defaults",
-           "merge_env", "check_env"]
+           "merge_env", "check_env", "command_line"]
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = [DEFAULT_PATH]
@@ -990,9 +990,28 @@ def _lookup(name: str, roots: list[str], db: str) -> tuple[int, int]:
                       f"(not a number and not in the rootfs's /etc/{db})")
 
 
-def config_from_image(image, args: list[str] | None = None, **overrides) -> RunConfig:
-    """A RunConfig for an image from the store (see the contract in this module's docstring)."""
-    argv = list(image.entrypoint) + (list(args) if args else list(image.cmd))
+def command_line(entrypoint: list[str], cmd: list[str], args: list[str] | None = None,
+                 new_entrypoint: str | None = None) -> list[str]:
+    """The argv a container runs: Docker's rules for ENTRYPOINT, CMD, `run --entrypoint`
+    and the arguments after the image (moby daemon's merge of user and image config):
+
+        no --entrypoint        ENTRYPOINT + (args or CMD)
+        --entrypoint PROG      PROG + args              (the image's CMD is dropped too)
+        --entrypoint ""        args or CMD              (no ENTRYPOINT at all)
+    """
+    args = list(args or [])
+    if new_entrypoint is None:
+        return list(entrypoint) + (args or list(cmd))
+    if new_entrypoint == "":
+        return args or list(cmd)
+    return [new_entrypoint] + args
+
+
+def config_from_image(image, args: list[str] | None = None, entrypoint: str | None = None,
+                      **overrides) -> RunConfig:
+    """A RunConfig for an image from the store (see the contract in this module's docstring);
+    `entrypoint`: `run --entrypoint` (command_line says what it replaces)."""
+    argv = command_line(image.entrypoint, image.cmd, args, entrypoint)
     top_first = list(reversed(image.layers))
     uid, gid = parse_user(image.user, top_first)
     env = list(image.env) or list(DEFAULT_ENV)

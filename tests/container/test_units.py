@@ -394,3 +394,14 @@ def test_join_files_of_opens_each_hierarchy_the_process_is_in_and_we_are_not(tmp
             [f"{fs}/memory/box/tasks", f"{fs}/unified/box/cgroup.procs"]
     finally:
         cgroups.close_all(fds)
+
+
+@pytest.mark.parametrize("args, new, argv", [
+    ([], None, ["/bin/ep", "-x", "default"]),                 # ENTRYPOINT + CMD
+    (["given"], None, ["/bin/ep", "-x", "given"]),            # args replace CMD only
+    ([], "/bin/other", ["/bin/other"]),                       # --entrypoint drops CMD too
+    (["a", "b"], "/bin/other", ["/bin/other", "a", "b"]),
+    ([], "", ["default"]),                                    # "" clears ENTRYPOINT, CMD stays
+    (["given"], "", ["given"])])
+def test_command_line_follows_docker_s_entrypoint_rules(args, new, argv):
+    assert runtime.command_line(["/bin/ep", "-x"], ["default"], args, new) == argv
