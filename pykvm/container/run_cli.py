@@ -168,20 +168,17 @@ def ps_cmd(show_all, quiet):
 
 
 @click.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the container exits.")
+@click.option("-n", "--tail", "tail", default="all", show_default=True, metavar="N",
+              help="Only the last N lines.")
 @click.argument("container")
-def logs_cmd(container):
+def logs_cmd(follow, tail, container):
     """Print the output of a detached container."""
+    from pykvm.container.logs import copy_log, parse_tail
     from pykvm.container.state import StateStore
-    from pykvm.errors import ContainerError
+    lines = parse_tail(tail)
     store = StateStore()
-    state = store.resolve(container)
-    log = store.dir(state.id) / "container.log"
-    if not log.exists():
-        raise ContainerError(f"container {state.id} has no log: only detached (-d) containers keep one")
-    with open(log, "rb") as f:
-        while chunk := f.read(65536):
-            sys.stdout.buffer.write(chunk)
-    sys.stdout.flush()
+    copy_log(store, store.resolve(container), sys.stdout.fileno(), lines, follow)
 
 
 @click.command("stop")

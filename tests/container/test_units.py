@@ -405,3 +405,18 @@ def test_join_files_of_opens_each_hierarchy_the_process_is_in_and_we_are_not(tmp
     (["given"], "", ["given"])])
 def test_command_line_follows_docker_s_entrypoint_rules(args, new, argv):
     assert runtime.command_line(["/bin/ep", "-x"], ["default"], args, new) == argv
+
+
+@pytest.mark.parametrize("text, lines, expected", [
+    (b"a\nb\nc\n", 2, b"b\nc\n"), (b"a\nb\nc", 2, b"b\nc"), (b"a\nb\nc\n", 5, b"a\nb\nc\n"),
+    (b"a\nb\nc\n", 0, b""), (b"a\nb\nc\n", None, b"a\nb\nc\n"), (b"", 3, b""), (b"\n\n", 1, b"\n"),
+    (b"x" * 100_000 + b"\n" + b"y" * 70_000 + b"\n", 1, b"y" * 70_000 + b"\n")])   # across chunks
+def test_tail_offset(tmp_path, text, lines, expected):
+    from pykvm.container.logs import tail_offset
+    path = tmp_path / "log"
+    path.write_bytes(text)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert text[tail_offset(fd, lines):] == expected
+    finally:
+        os.close(fd)
