@@ -92,6 +92,15 @@ def _check_running(store: StateStore, state) -> None:
         raise ContainerError(f"container {state.id} is {status}, not running: cannot exec in it")
 
 
+def _parent(pid: int) -> int:
+    """Field 4 of /proc/PID/stat (ppid); 0 if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except OSError:
+        return 0
+
+
 class _Exec:
     """One `exec`: the launcher's side and (after fork) the joiner's."""
 
@@ -194,7 +203,7 @@ class _Exec:
         """The container's namespaces and cgroups, opened while we still see the host's /proc."""
         pid = self.state.pid
         try:
-            spaces = ns.open_other(pid)
+            spaces = self._open_namespaces(pid)
             cgroup_fds = join_files_of(pid)
         except FileNotFoundError:
             raise ContainerError(f"container {self.state.id} is not running (its init is gone)") from None
@@ -207,6 +216,37 @@ class _Exec:
             raise ContainerError(f"container {self.state.id} shares our mount namespace: "
                                  f"nothing to exec into")
         return spaces, cgroup_fds
+
+    @staticmethod
+    def _open_namespaces(init: int) -> list[tuple[str, int]]:
+        """init's namespaces; rootless, its first child's (the command's).
+
+        /proc/PID/ns of a non-dumpable process (our init) opens only with
+        CAP_SYS_PTRACE in the user namespace its memory belongs to (ptrace(2),
+        "Ptrace access mode checking").  pykvm-init never execve()s, so its memory
+        is still the host's, where a rootless user has no such capability.  The
+        command execve()d inside, so its memory belongs to the container's user
+        namespace, which that user owns: its namespaces (the same ones) open.
+        """
+        try:
+            return ns.open_other(init)
+        except PermissionError:
+            if os.geteuid() == 0:
+                raise
+        try:
+            with open(f"/proc/{init}/task/{init}/children") as f:      # proc(5), Linux 3.5
+                children = f.read().split()
+        except FileNotFoundError:
+            children = []
+        if not children:
+            raise ContainerError(f"cannot open the namespaces of init (PID {init}) and it has no "
+                                 f"child to open them through")
+        child = int(children[0])
+        spaces = ns.open_other(child)
+        if _parent(child) != init:                       # it exited and its PID went elsewhere
+            close_all([fd for _, fd in spaces])
+            raise ContainerError(f"the container's command (PID {child}) exited while we looked")
+        return spaces
 
     def _enter(self, spaces: list[tuple[str, int]]) -> None:
         """setns(2) into each, in namespaces.ORDER; then stand at the container's "/"."""

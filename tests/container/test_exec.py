@@ -172,3 +172,31 @@ def test_ctrl_c_reaches_the_command(pykvm, running, state_root):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 9
     assert re.fullmatch(r"got-INT\n", proc.stdout.read())
+
+
+def test_host_network_container(pykvm, busybox_rootfs):
+    """exec into a `--network host` container: its network namespace is ours, the rest its own."""
+    cid = pykvm("container", "run", "-d", "--network", "host", "--rootfs", busybox_rootfs,
+                "sleep", "1000").stdout.strip()
+    try:
+        r = pykvm("container", "exec", cid, "sh", "-c", "readlink /proc/self/ns/net; readlink /proc/self/ns/uts")
+        assert r.returncode == 0, r.stderr
+        net, uts = r.stdout.split()
+        assert net == os.readlink("/proc/self/ns/net") and uts != os.readlink("/proc/self/ns/uts")
+    finally:
+        pykvm("container", "rm", "-f", cid)
+
+
+def test_exec_into_an_oci_container_whose_pid_1_is_the_command(pykvm, runc_bundle, tmp_path):
+    import json
+    spec = json.loads((runc_bundle / "config.json").read_text())
+    spec["process"].update(terminal=False, args=["sleep", "1000"], env=["PATH=/bin", "FROM_SPEC=yes"], cwd="/tmp")
+    (runc_bundle / "config.json").write_text(json.dumps(spec))
+    with open(tmp_path / "out", "w") as out:
+        assert pykvm("container", "oci", "create", "--bundle", runc_bundle, "o1", stdout=out).returncode == 0
+    try:
+        assert pykvm("container", "oci", "start", "o1").returncode == 0
+        r = pykvm("container", "exec", "o1", "sh", "-c", 'cat /proc/1/comm; echo "$FROM_SPEC $(pwd) $(hostname)"')
+        assert r.stdout == "sleep\nyes /tmp runc\n", r.stdout + r.stderr
+    finally:
+        pykvm("container", "oci", "delete", "--force", "o1")
