@@ -62,7 +62,11 @@ def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = N
     base = rt.RunConfig(args=list(args))
     uid, gid = p.get("uid", 0), p.get("gid", 0)
     if user:
-        uid, gid = rt.parse_user(user, f"/proc/{state.pid}/root")
+        try:
+            uid, gid = rt.parse_user(user, f"/proc/{state.pid}/root")
+        except OSError as e:
+            raise ContainerError(f"cannot look up user {user!r} in container {state.id}: {e.strerror} "
+                                 f"(give a number: -u UID[:GID])") from None
     cfg = replace(base, env=rt.merge_env(rt.merge_env(p.get("env") or base.env,
                                                       ["TERM=xterm"] if tty else []), list(env)),
                   cwd=cwd or p.get("cwd", "/"), uid=uid, gid=gid,
@@ -116,7 +120,7 @@ class _Exec:
         stdio = self._stdio()
         self._make_console_socket()
         pipe = rt._Pipe()
-        joiner = 0
+        joiner, error = 0, None
         forward = rt._SignalForwarder(lambda: joiner)
         try:
             joiner = os.fork()
@@ -196,6 +200,7 @@ class _Exec:
         if child == 0:
             rt._child_main(lambda: rt._exec_command(self.cfg, pipe, stdio), pipe)
         os.close(pipe.events_w)
+        close_all(stdio["close"])                          # the pty's slave is the command's alone
         rt._detach_stdio()                                 # the container's /dev/null now
         return rt._reap(child, kill_on=(LAUNCHER_GONE,))
 

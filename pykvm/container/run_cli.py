@@ -127,7 +127,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("-u", "--user", metavar="UID[:GID]", help="User (and group) to run as.")
 @click.argument("container")
-@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED, metavar="COMMAND...")
 def exec_cmd(interactive, tty, env, workdir, user, container, args):
     """Run a command in a running container (its namespaces, cgroups and settings)."""
     from pykvm.container.exec import exec_config, exec_in

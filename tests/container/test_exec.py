@@ -110,6 +110,17 @@ def test_stdin_only_with_i(pykvm, running):
     assert pykvm("container", "exec", "box", "cat", input="piped\n").stdout == ""
 
 
+def test_only_stdio_is_passed_in(pykvm, running, tmp_path):
+    """A host fd left open by exec's caller does not reach the container (CVE-2024-21626's lesson)."""
+    leaked = os.open(tmp_path / "secret", os.O_CREAT | os.O_RDWR)
+    os.set_inheritable(leaked, True)
+    try:
+        r = pykvm("container", "exec", "box", "ls", "/proc/self/fd", pass_fds=(leaked,))
+    finally:
+        os.close(leaked)
+    assert r.returncode == 0 and set(r.stdout.split()) == {"0", "1", "2", "3"}, r.stdout + r.stderr
+
+
 def test_command_not_found_is_127(pykvm, running):
     r = pykvm("container", "exec", "box", "no-such-command")
     assert r.returncode == 127 and r.stderr.count("\n") == 1, r.stderr
