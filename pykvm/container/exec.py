@@ -82,12 +82,18 @@ def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = N
     return cfg
 
 
-def exec_in(ref: str, cfg: rt.RunConfig, store: StateStore | None = None) -> int:
-    """Run cfg.args in running container `ref`; return its exit status (128+N for signal N)."""
+def exec_in(ref: str, cfg: rt.RunConfig, store: StateStore | None = None, detach: bool = False) -> int:
+    """Run cfg.args in running container `ref`; return its exit status (128+N for signal N).
+
+    `detach` (exec -d): return 0 as soon as the command runs; it lives on in the
+    background, its output discarded, until it ends or the container stops.
+    """
+    if detach and (cfg.tty or cfg.interactive):
+        raise ConfigError("exec -d runs the command in the background: it cannot have -i or -t")
     store = store or StateStore()
     state = store.resolve(ref)
     _check_running(store, state)
-    return _Exec(state, cfg).run()
+    return _Exec(state, cfg, detach).run()
 
 
 def _check_running(store: StateStore, state) -> None:
@@ -108,9 +114,10 @@ def _parent(pid: int) -> int:
 class _Exec:
     """One `exec`: the launcher's side and (after fork) the joiner's."""
 
-    def __init__(self, state, cfg: rt.RunConfig):
+    def __init__(self, state, cfg: rt.RunConfig, detach: bool = False):
         self.state = state
         self.cfg = cfg
+        self.detach = detach
         self.launcher_pid = os.getpid()
         self.tty_host = self.tty_inside = None
         self.winsize = None
@@ -125,7 +132,7 @@ class _Exec:
         try:
             joiner = os.fork()
             if joiner == 0:
-                rt._child_main(lambda: self._joiner(pipe, stdio), pipe)
+                rt._child_main(lambda: self._start_joiner(pipe, stdio), pipe)
             pipe.launcher_side()
             close_all(stdio["close"])
             self._close_inside()
@@ -142,10 +149,14 @@ class _Exec:
             exc = ContainerError(error["error"])
             exc.exit_code = error.get("code", rt.EXIT_SETUP_FAILED)
             raise exc
-        return rt._exit_code(status)
+        return 0 if self.detach else rt._exit_code(status)
 
     def _stdio(self) -> dict:
-        """The command's 0, 1, 2: ours (stdin only with -i); with -t the pty, made later."""
+        """The command's 0, 1, 2: ours (stdin only with -i); with -t the pty, made later;
+        with -d nothing of ours."""
+        if self.detach:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            return {"in": null, "out": null, "err": null, "close": [null]}
         if self.cfg.interactive and not self.cfg.tty:
             return {"in": 0, "out": 1, "err": 2, "close": []}
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -178,11 +189,22 @@ class _Exec:
             os.close(pipe.ack_w)
 
     # --- the joiner (child of the launcher) -------------------------------------
+    def _start_joiner(self, pipe: rt._Pipe, stdio: dict) -> int:
+        """Be the joiner; with -d, fork it off in a session of its own and return at once
+        (its parent gone, the host's init or a subreaper reaps it: a daemon's double fork)."""
+        if not self.detach:
+            return self._joiner(pipe, stdio)
+        os.setsid()                                  # Ctrl-C and hangups of our terminal are not for it
+        if os.fork() == 0:
+            rt._child_main(lambda: self._joiner(pipe, stdio), pipe)
+        return 0
+
     def _joiner(self, pipe: rt._Pipe, stdio: dict) -> int:
-        prctl(lib.PR_SET_PDEATHSIG, LAUNCHER_GONE)
         signal.pthread_sigmask(signal.SIG_BLOCK, rt.FORWARDED_SIGNALS + (signal.SIGCHLD, LAUNCHER_GONE))
-        if os.getppid() != self.launcher_pid:               # it died before prctl() took effect
-            return rt.EXIT_SETUP_FAILED
+        if not self.detach:
+            prctl(lib.PR_SET_PDEATHSIG, LAUNCHER_GONE)
+            if os.getppid() != self.launcher_pid:           # it died before prctl() took effect
+                return rt.EXIT_SETUP_FAILED
         prctl(lib.PR_SET_DUMPABLE, 0)       # no /proc/<us>/fd for the container while we hold host fds
         pipe.child_side()
         stdio = rt._install_stdio(stdio)
@@ -202,7 +224,7 @@ class _Exec:
         os.close(pipe.events_w)
         close_all(stdio["close"])                          # the pty's slave is the command's alone
         rt._detach_stdio()                                 # the container's /dev/null now
-        return rt._reap(child, kill_on=(LAUNCHER_GONE,))
+        return rt._reap(child, kill_on=() if self.detach else (LAUNCHER_GONE,))
 
     def _open_container(self) -> tuple[list[tuple[str, int]], list[int]]:
         """The container's namespaces and cgroups, opened while we still see the host's /proc."""

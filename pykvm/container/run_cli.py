@@ -121,6 +121,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
 
 
 @click.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run the command in the background (output discarded).")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty from the container's devpts).")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
@@ -128,14 +129,14 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
 @click.option("-u", "--user", metavar="UID[:GID]", help="User (and group) to run as.")
 @click.argument("container")
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED, metavar="COMMAND...")
-def exec_cmd(interactive, tty, env, workdir, user, container, args):
+def exec_cmd(detach, interactive, tty, env, workdir, user, container, args):
     """Run a command in a running container (its namespaces, cgroups and settings)."""
     from pykvm.container.exec import exec_config, exec_in
     from pykvm.container.state import StateStore
     store = StateStore()
     state = store.resolve(container)
     cfg = exec_config(state, list(args), _parse_env(env), workdir, user, tty, interactive)
-    sys.exit(exec_in(state.id, cfg, store))
+    sys.exit(exec_in(state.id, cfg, store, detach))
 
 
 def _status_line(store, state) -> str:

@@ -164,6 +164,31 @@ def test_launcher_killed_takes_the_command_with_it(pykvm, running, state_root):
     assert "sleep 300" not in pykvm("container", "exec", "box", "ps", "-o", "args").stdout
 
 
+def test_detached_exec_runs_on_in_the_background(pykvm, running, fresh_rootfs, state_root):
+    before = _cgroup_pids(state_root, running)
+    r = pykvm("container", "exec", "-d", "box", "sh", "-c",
+              "while [ ! -e /go ]; do sleep 0.05; done; echo done > /tmp/detached; echo lost")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), "returns at once, output discarded"
+    added = _cgroup_pids(state_root, running) - before            # its joiner, sh (and sh's sleep)
+    comms = [_comm(p) for p in added]
+    assert "sh" in comms and len(added) >= 2, comms
+    (fresh_rootfs / "go").touch()
+    _wait_for(lambda: (fresh_rootfs / "tmp/detached").exists())
+    _wait_for(lambda: _cgroup_pids(state_root, running) == before)
+    r = pykvm("container", "exec", "-d", "-t", "box", "true")
+    assert r.returncode == 2 and r.stderr == \
+        "pykvm: error: exec -d runs the command in the background: it cannot have -i or -t\n"
+    r = pykvm("container", "exec", "-d", "box", "no-such-command")
+    assert r.returncode == 127 and "command not found" in r.stderr, "a failed start is still reported"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""                                            # it has just exited
+
+
 def _wait_for(predicate, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not predicate():
