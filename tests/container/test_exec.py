@@ -63,6 +63,21 @@ def test_files_are_shared_both_ways(pykvm, running, fresh_rootfs):
     assert pykvm("container", "exec", "box", "cat", "/seen").stdout == (fresh_rootfs / "seen").read_text()
 
 
+def test_the_container_s_command_sees_what_exec_writes(pykvm, busybox_rootfs):
+    """/dev/shm is a tmpfs mounted in the container's own mount namespace: only a process in
+    that namespace can leave a file there for the command to find."""
+    script = "while [ ! -e /dev/shm/from-exec ]; do sleep 0.05; done; cat /dev/shm/from-exec"
+    cid = pykvm("container", "run", "-d", "--rootfs", busybox_rootfs, "sh", "-c", script).stdout.strip()
+    try:
+        r = pykvm("container", "exec", cid, "sh", "-c", "echo written-by-exec > /dev/shm/from-exec")
+        assert r.returncode == 0, r.stderr
+        r = pykvm("container", "logs", "-f", cid)
+        assert r.stdout == "written-by-exec\n", r.stdout + r.stderr
+        assert "exited (0)" in pykvm("container", "ps", "-a").stdout
+    finally:
+        pykvm("container", "rm", "-f", cid)
+
+
 def test_exec_process_is_in_the_container_s_cgroup(pykvm, running, state_root):
     """Seen from the host: while exec runs, its process is in the container's (limited) cgroup."""
     import subprocess
