@@ -1,6 +1,6 @@
 """`pykvm container ...`: Docker's habits, lazily imported.
 
-The run-side commands (run, ps, logs, stop, kill, rm) live in
+The run-side commands (run, exec, ps, logs, stop, kill, rm) live in
 pykvm.container.run_cli, runc's `oci` operations in pykvm.container.oci_cli,
 the image-side commands (build, images, inspect, rmi, tag, save, load, push,
 pull) in pykvm.container.image_cli.
@@ -17,7 +17,7 @@ RUN_SIDE = "pykvm.container.run_cli"
 IMAGE_SIDE = "pykvm.container.image_cli"
 
 CONTAINER_COMMANDS = {
-    **{name: f"{RUN_SIDE}:{name}_cmd" for name in ("run", "ps", "logs", "stop", "kill", "rm")},
+    **{name: f"{RUN_SIDE}:{name}_cmd" for name in ("run", "exec", "ps", "logs", "stop", "kill", "rm")},
     "oci": "pykvm.container.oci_cli:oci_cmd",
     **{name: f"{IMAGE_SIDE}:{name}_cmd" for name in
        ("build", "images", "inspect", "rmi", "tag", "save", "load", "push", "pull")},

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pykvm.container.syscalls import check, ffi, lib
 from pykvm.errors import ConfigError
 
-__all__ = ["CLONE_FLAGS", "ORDER", "IdMap", "flags_for", "unshare", "setns",
+__all__ = ["CLONE_FLAGS", "ORDER", "PROC_NAMES", "IdMap", "flags_for", "unshare", "setns", "open_other",
            "write_id_maps", "loopback_up", "check_hostname", "HOST_NAME_MAX"]
 
 # OCI namespace type -> clone(2) flag (runtime-spec config-linux.md "Namespaces").
@@ -43,6 +43,10 @@ CLONE_FLAGS = {
 # The order namespaces must be entered in: user first, since it owns the
 # others (creating them needs CAP_SYS_ADMIN *in* the owning user namespace).
 ORDER = ("user", "pid", "network", "ipc", "uts", "cgroup", "mount")
+
+# OCI namespace type -> its file in /proc/PID/ns/ (namespaces(7) "The /proc/[pid]/ns/ directory").
+PROC_NAMES = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts",
+              "user": "user", "cgroup": "cgroup"}
 
 HOST_NAME_MAX = 64                # limits.h, sethostname(2): a longer name is EINVAL
 LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")   # RFC 1123 2.1: one label
@@ -92,13 +96,41 @@ def unshare(flags: int) -> None:
         check(lib.unshare(flags), "unshare", f"flags {flags:#x}")
 
 
-def setns(path: str, kind: str) -> None:
-    """Wraps setns(2): join the namespace behind a /proc/PID/ns/* file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def setns(target: str | int, kind: str) -> None:
+    """Wraps setns(2): join the namespace behind a /proc/PID/ns/* file (a path or an open fd)."""
+    if isinstance(target, int):
+        check(lib.setns(target, CLONE_FLAGS[kind]), "setns", f"{kind} namespace")
+        return
+    fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        check(lib.setns(fd, CLONE_FLAGS[kind]), "setns", path)
+        check(lib.setns(fd, CLONE_FLAGS[kind]), "setns", target)
     finally:
         os.close(fd)
+
+
+def open_other(pid: int) -> list[tuple[str, int]]:
+    """(type, fd) for each namespace of process `pid` that is not also ours, in ORDER.
+
+    All are opened before any is joined: after setns(mount) the host's /proc
+    is out of sight.  Ours are skipped, as nsenter(1) does: a `--network host`
+    container shares our network namespace, and setns(2) into our own user
+    namespace is EINVAL.  Two ns files are the same namespace when their
+    device and inode numbers are (namespaces(7)).
+    """
+    found = []
+    try:
+        for kind in ORDER:
+            fd = os.open(f"/proc/{pid}/ns/{PROC_NAMES[kind]}", os.O_RDONLY | os.O_CLOEXEC)
+            theirs, ours = os.fstat(fd), os.stat(f"/proc/self/ns/{PROC_NAMES[kind]}")
+            if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                os.close(fd)
+            else:
+                found.append((kind, fd))
+    except BaseException:
+        for _, fd in found:
+            os.close(fd)
+        raise
+    return found
 
 
 def write_id_maps(pid: int | str, uid_maps: list[IdMap], gid_maps: list[IdMap]) -> None:

@@ -11,7 +11,7 @@ import time
 
 import click
 
-__all__ = ["run_cmd", "ps_cmd", "logs_cmd", "stop_cmd", "kill_cmd", "rm_cmd", "parse_signal"]
+__all__ = ["run_cmd", "exec_cmd", "ps_cmd", "logs_cmd", "stop_cmd", "kill_cmd", "rm_cmd", "parse_signal"]
 
 
 def parse_signal(text: str) -> int:
@@ -39,13 +39,7 @@ def _parse_env(items: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _merge_env(base: list[str], extra: list[str]) -> list[str]:
-    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in base)
-    env.update(e.split("=", 1) for e in extra)
-    return [f"{k}={v}" for k, v in env.items()]
-
-
-def _image_config(image: str, args: list[str]):
+def _image_config(image: str, args: list[str], entrypoint: str | None = None):
     """The IMAGE path: ask the image store (issue 7) for layers and config."""
     from pykvm.errors import ContainerError
     try:
@@ -54,7 +48,7 @@ def _image_config(image: str, args: list[str]):
         raise ContainerError(f"no image store yet: cannot run image {image!r}; "
                              f"run a directory with --rootfs DIR instead") from None
     from pykvm.container.runtime import config_from_image
-    return config_from_image(resolve_for_run(image), args)
+    return config_from_image(resolve_for_run(image), args, entrypoint)
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False,
@@ -74,11 +68,13 @@ def _image_config(image: str, args: list[str]):
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal.")
+@click.option("--entrypoint", metavar="PROG", help="Run PROG instead of the image's ENTRYPOINT (and "
+              "without its CMD); \"\" clears the ENTRYPOINT.")
 @click.option("--rootfs", type=click.Path(file_okay=False), help="Run this directory instead of an image.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
-            network, read_only, interactive, tty, rootfs, args):
+            network, read_only, interactive, tty, entrypoint, rootfs, args):
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
     from dataclasses import replace
 
@@ -92,9 +88,9 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         from pykvm.container.namespaces import check_hostname
         check_hostname(hostname)
     if rootfs:
-        cfg = runtime.RunConfig(args=args, rootfs=rootfs)
+        cfg = runtime.RunConfig(args=runtime.command_line([], [], args, entrypoint), rootfs=rootfs)
     elif args:
-        cfg = _image_config(args[0], args[1:])
+        cfg = _image_config(args[0], args[1:], entrypoint)
     else:
         raise ConfigError("give an IMAGE or --rootfs DIR, then the command to run")
     if pids_limit is not None and pids_limit <= 0:
@@ -110,7 +106,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     # HOME comes from the runtime (runc's rule): the user's home in the container's /etc/passwd.
     daemon_env = [runtime.DEFAULT_PATH, f"HOSTNAME={hostname or cid[:12]}"] + (["TERM=xterm"] if tty else [])
     cfg = replace(cfg, id=cid, remove=remove, name=name, hostname=hostname,
-                  env=_merge_env(_merge_env(daemon_env, cfg.env), _parse_env(env)),
+                  env=runtime.merge_env(runtime.merge_env(daemon_env, cfg.env), _parse_env(env)),
                   cwd=workdir or cfg.cwd, uid=uid, gid=gid, limits=limits, namespaces=namespaces,
                   readonly=read_only, interactive=interactive, tty=tty, etc_files=True)
     container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)
@@ -122,6 +118,25 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         click.echo(f"pykvm: container {result.id} was killed by the OOM killer "
                    f"(memory limit {memory})", err=True)
     sys.exit(result.exit_code)
+
+
+@click.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run the command in the background (output discarded).")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty from the container's devpts).")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("-u", "--user", metavar="UID[:GID]", help="User (and group) to run as.")
+@click.argument("container")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED, metavar="COMMAND...")
+def exec_cmd(detach, interactive, tty, env, workdir, user, container, args):
+    """Run a command in a running container (its namespaces, cgroups and settings)."""
+    from pykvm.container.exec import exec_config, exec_in
+    from pykvm.container.state import StateStore
+    store = StateStore()
+    state = store.resolve(container)
+    cfg = exec_config(state, list(args), _parse_env(env), workdir, user, tty, interactive)
+    sys.exit(exec_in(state.id, cfg, store, detach))
 
 
 def _status_line(store, state) -> str:
@@ -154,20 +169,17 @@ def ps_cmd(show_all, quiet):
 
 
 @click.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the container exits.")
+@click.option("-n", "--tail", "tail", default="all", show_default=True, metavar="N",
+              help="Only the last N lines.")
 @click.argument("container")
-def logs_cmd(container):
+def logs_cmd(follow, tail, container):
     """Print the output of a detached container."""
+    from pykvm.container.logs import copy_log, parse_tail
     from pykvm.container.state import StateStore
-    from pykvm.errors import ContainerError
+    lines = parse_tail(tail)
     store = StateStore()
-    state = store.resolve(container)
-    log = store.dir(state.id) / "container.log"
-    if not log.exists():
-        raise ContainerError(f"container {state.id} has no log: only detached (-d) containers keep one")
-    with open(log, "rb") as f:
-        while chunk := f.read(65536):
-            sys.stdout.buffer.write(chunk)
-    sys.stdout.flush()
+    copy_log(store, store.resolve(container), sys.stdout.fileno(), lines, follow)
 
 
 @click.command("stop")

@@ -76,7 +76,8 @@ if TYPE_CHECKING:
 __all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "config_from_image",
            "run_build_step", "parse_user", "DEFAULT_ENV", "FOREGROUND", "DETACHED", "CREATED",
            "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
-           "remove_container", "wait_stopped"]
+           "remove_container", "wait_stopped", "process_defaults",
+           "merge_env", "check_env", "command_line"]
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = [DEFAULT_PATH]
@@ -155,7 +156,7 @@ class RunConfig:
             if not os.path.isdir(d):
                 raise ContainerError(f"image layer {d} does not exist")
         for entry in self.env:
-            _check_env(entry)
+            check_env(entry)
         if self.hostname is not None:
             ns.check_hostname(self.hostname, rfc1123=False)      # runc's rule: the kernel's length
         if not os.path.isabs(self.cwd):
@@ -181,7 +182,23 @@ class RunConfig:
         return self.hostname or cid[:12]
 
 
-def _check_env(entry: str) -> None:
+def process_defaults(cfg: RunConfig) -> dict:
+    """What `exec` starts from (state.json "process"), as runc exec copies config.json's
+    process: environment, working directory, user, capabilities, no_new_privs, rlimits."""
+    return {"env": list(cfg.env), "cwd": cfg.cwd, "uid": cfg.uid, "gid": cfg.gid,
+            "additional_gids": list(cfg.additional_gids), "capabilities": dict(cfg.capabilities),
+            "no_new_privileges": cfg.no_new_privileges, "rlimits": [list(r) for r in cfg.rlimits]}
+
+
+def merge_env(base: list[str], extra: list[str]) -> list[str]:
+    """`base` with `extra`'s NAME=VALUE entries put in: a later one replaces an earlier
+    of the same name, keeping its place (Docker's rule for image Env, -e ...)."""
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in base)
+    env.update(e.split("=", 1) for e in extra)
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def check_env(entry: str) -> None:
     """execve(2)'s environment: NAME=VALUE strings, NAME not empty, no NUL anywhere."""
     name = entry.partition("=")[0]
     if not name or "\0" in entry:
@@ -257,7 +274,8 @@ class Container:
             id=self.id, name=self.cfg.name or self.id, bundle=self.cfg.bundle,
             rootfs=self.cfg.rootfs or "", command=list(self.cfg.args), created=time.time(),
             auto_remove=self.cfg.remove, detached=mode != FOREGROUND,
-            annotations=self.cfg.annotations, image=self.cfg.image, layers=list(self.cfg.lower_dirs))
+            annotations=self.cfg.annotations, image=self.cfg.image, layers=list(self.cfg.lower_dirs),
+            process=process_defaults(self.cfg))
         self.dir = None
         self.cgroup: Cgroup | None = None
         self.monitor_pid = 0
@@ -380,8 +398,7 @@ class Container:
                                   "(process.terminal: true in config.json)")
             return
         from pykvm.container import terminal     # only with -t: it and socket cost ~4 ms to import
-        ours = sys.stdin.fileno() if os.isatty(sys.stdin.fileno()) else sys.stdout.fileno()
-        self.winsize = terminal.get_winsize(ours)
+        self.winsize = terminal.get_winsize(terminal.our_terminal())
         if self.mode == CREATED:
             if self._tty_inside is None:
                 raise ConfigError("process.terminal is true: `oci create` needs --console-socket "
@@ -484,19 +501,10 @@ class Container:
         if self._tty_host is None:
             return
         from pykvm.container import terminal
-        received = terminal.receive_master(self._tty_host)   # sent before the command ran
-        self._close_console_sockets()
-        if received is None:
-            return                                            # init died before it made a pty
-        master = received[0]
-        stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-        ours = stdin if os.isatty(stdin) else stdout
         try:
-            with terminal.raw_mode(ours, keys=self.cfg.interactive):
-                terminal.relay(master, stdout, self.monitor_pid,
-                               stdin=stdin if self.cfg.interactive else None, terminal=ours)
+            terminal.attach(self._tty_host, self.monitor_pid, self.cfg.interactive)
         finally:
-            os.close(master)            # if our output went away first: the container gets SIGHUP
+            self._close_console_sockets()
 
     # --- monitor (child of the launcher) ----------------------------------------
     def _monitor(self, pipe: _Pipe, stdio: dict) -> int:
@@ -647,19 +655,12 @@ class Container:
 
     def _open_terminal(self) -> dict:
         """runc's setupConsole, after pivot_root: a pty from the container's own devpts;
-        the master goes out over the console socket, the slave becomes the command's stdio."""
+        the master goes out over the console socket, the slave becomes the command's stdio
+        and /dev/console."""
         from pykvm.container import terminal
-        master, slave = terminal.open_pty()
         try:
-            if self.winsize:
-                terminal.set_winsize(master, self.winsize)
-            fs.mount_console(slave)
-            terminal.send_master(self._tty_inside, master, terminal.ptsname(master))
-        except BaseException:
-            os.close(slave)
-            raise
+            slave = terminal.new_console(self._tty_inside, self.winsize, fs.mount_console)
         finally:
-            os.close(master)                                 # the master never stays inside
             self._close_console_sockets()
         return {"in": slave, "out": slave, "err": slave, "close": [slave]}
 
@@ -842,12 +843,18 @@ def _waitpid_retry(pid: int) -> tuple[int, int]:
             continue
 
 
-def _reap(child: int) -> int:
-    """PID 1's loop: forward signals to the command, reap every zombie, exit with the command."""
-    wanted = set(FORWARDED_SIGNALS) | {signal.SIGCHLD}
+def _reap(child: int, kill_on: tuple[int, ...] = ()) -> int:
+    """PID 1's loop: forward signals to the command, reap every zombie, exit with the command.
+
+    A signal in `kill_on` (blocked by the caller, like the others) SIGKILLs the command.
+    """
+    wanted = set(FORWARDED_SIGNALS) | {signal.SIGCHLD} | set(kill_on)
     code = None
     while True:
         info = signal.sigwaitinfo(wanted)
+        if info.si_signo in kill_on:
+            _kill_quietly(child)
+            continue
         if info.si_signo != signal.SIGCHLD:
             try:
                 os.kill(child, info.si_signo)
@@ -983,9 +990,28 @@ def _lookup(name: str, roots: list[str], db: str) -> tuple[int, int]:
                       f"(not a number and not in the rootfs's /etc/{db})")
 
 
-def config_from_image(image, args: list[str] | None = None, **overrides) -> RunConfig:
-    """A RunConfig for an image from the store (see the contract in this module's docstring)."""
-    argv = list(image.entrypoint) + (list(args) if args else list(image.cmd))
+def command_line(entrypoint: list[str], cmd: list[str], args: list[str] | None = None,
+                 new_entrypoint: str | None = None) -> list[str]:
+    """The argv a container runs: Docker's rules for ENTRYPOINT, CMD, `run --entrypoint`
+    and the arguments after the image (moby daemon's merge of user and image config):
+
+        no --entrypoint        ENTRYPOINT + (args or CMD)
+        --entrypoint PROG      PROG + args              (the image's CMD is dropped too)
+        --entrypoint ""        args or CMD              (no ENTRYPOINT at all)
+    """
+    args = list(args or [])
+    if new_entrypoint is None:
+        return list(entrypoint) + (args or list(cmd))
+    if new_entrypoint == "":
+        return args or list(cmd)
+    return [new_entrypoint] + args
+
+
+def config_from_image(image, args: list[str] | None = None, entrypoint: str | None = None,
+                      **overrides) -> RunConfig:
+    """A RunConfig for an image from the store (see the contract in this module's docstring);
+    `entrypoint`: `run --entrypoint` (command_line says what it replaces)."""
+    argv = command_line(image.entrypoint, image.cmd, args, entrypoint)
     top_first = list(reversed(image.layers))
     uid, gid = parse_user(image.user, top_first)
     env = list(image.env) or list(DEFAULT_ENV)

@@ -68,6 +68,7 @@ class ContainerState:
     annotations: dict = field(default_factory=dict)
     image: str = ""                # the image ID it was made from (`rmi` refuses to remove it)
     layers: list[str] = field(default_factory=list)   # its overlay's lower dirs (`gc` keeps them)
+    process: dict = field(default_factory=dict)   # env, cwd, user, capabilities ... (`exec` starts from them)
 
 
 class StateStore:

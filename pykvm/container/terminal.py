@@ -45,7 +45,7 @@ from pykvm.errors import ContainerError
 
 __all__ = ["PTMX", "PTS_DIR", "open_pty", "check_ptmx", "ptsname", "get_winsize",
            "set_winsize", "copy_winsize", "send_master", "receive_master", "give_to_user",
-           "raw_mode", "relay"]
+           "raw_mode", "relay", "new_console", "our_terminal", "attach"]
 
 PTMX = "/dev/ptmx"                # runc makes it a symlink to pts/ptmx (rootfs.py DEV_LINKS)
 PTS_DIR = "/dev/pts"              # the container's devpts instance (newinstance)
@@ -68,6 +68,25 @@ def open_pty(ptmx: str = PTMX, pts: str = PTS_DIR) -> tuple[int, int]:
     except BaseException:
         os.close(master)
         raise
+
+
+def new_console(sock: socket.socket, winsize: tuple[int, int] | None, prepare=None) -> int:
+    """runc's setupConsole, run inside the container: a pty sized like the host's terminal;
+    `prepare(slave)` (e.g. bind it onto /dev/console); the master sent out over `sock` and
+    closed here.  Returns the slave, to become the command's stdio."""
+    master, slave = open_pty()
+    try:
+        if winsize:
+            set_winsize(master, winsize)
+        if prepare is not None:
+            prepare(slave)
+        send_master(sock, master, ptsname(master))
+    except BaseException:
+        os.close(slave)
+        raise
+    finally:
+        os.close(master)                                 # the master never stays inside
+    return slave
 
 
 def check_ptmx(fd: int, ptmx: str = PTMX, pts: str = PTS_DIR) -> None:
@@ -164,6 +183,27 @@ def receive_master(sock: socket.socket) -> tuple[int, str] | None:
 
 
 # --- the host end: our terminal <-> the master -------------------------------------
+
+def our_terminal() -> int:
+    """The fd of the terminal we run in: stdin if it is one, else stdout."""
+    stdin = 0
+    return stdin if os.isatty(stdin) else 1
+
+
+def attach(sock: socket.socket, pid: int, interactive: bool) -> None:
+    """Receive the container's pty master on `sock` and connect it to our terminal (raw)
+    until process `pid` has ended; with `interactive`, our keys go in too."""
+    received = receive_master(sock)        # sent before the command ran
+    if received is None:
+        return                             # the container ended before it made a pty
+    master = received[0]
+    ours = our_terminal()
+    try:
+        with raw_mode(ours, keys=interactive):
+            relay(master, 1, pid, stdin=0 if interactive else None, terminal=ours)
+    finally:
+        os.close(master)                   # if our output went away first: the container gets SIGHUP
+
 
 @contextlib.contextmanager
 def raw_mode(fd: int, keys: bool = True):

@@ -122,3 +122,20 @@ def test_rootless_terminal_is_pts_0_of_its_own_devpts(as_nobody, rootless_rootfs
     assert lines(r.output)[:4] == ["/dev/pts/0", "30 90", "0", "0  1  2  3"], r.output
     assert r.status == 2
     assert r.mode_after == r.mode_before
+
+
+def test_rootless_exec_joins_the_user_namespace_first(as_nobody, rootless_rootfs):
+    """exec as the same ordinary user: setns(user) first gives the rights to join the rest."""
+    r = as_nobody("run", "-d", "--hostname", "rl", "--rootfs", rootless_rootfs, "sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    try:
+        r = as_nobody("exec", cid, "sh", "-c", "id -u; hostname; cat /proc/self/uid_map; cat /proc/1/comm; "
+                      "touch /tmp/by-exec && echo wrote")
+        assert r.returncode == 0, r.stderr
+        uid, host, uid_map, comm, wrote = r.stdout.splitlines()
+        assert (uid, host, comm, wrote) == ("0", "rl", "pykvm-init", "wrote")
+        assert uid_map.split() == ["0", str(NOBODY), "1"]
+        assert (rootless_rootfs / "tmp" / "by-exec").stat().st_uid == NOBODY
+    finally:
+        assert as_nobody("rm", "-f", cid).returncode == 0

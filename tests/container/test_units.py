@@ -372,3 +372,51 @@ def test_resolv_conf_drops_loopback_nameservers_in_an_own_network(tmp_path):
     (tmp_path / "hosts").write_text("1.2.3.4 h\n")
     assert hosts_file(True, str(tmp_path / "hosts")) == "1.2.3.4 h\n"
     assert hosts_file(False, str(tmp_path / "hosts")) == LOCALHOST_HOSTS
+
+
+def test_join_files_of_opens_each_hierarchy_the_process_is_in_and_we_are_not(tmp_path):
+    """/proc/PID/cgroup and mountinfo -> the v1 `tasks` / v2 `cgroup.procs` files to join."""
+    proc, fs = tmp_path / "proc", tmp_path / "cg"
+    for pid, lines in (("self", ["2:memory:/", "1:cpu,cpuacct:/", "0::/"]),
+                       ("42", ["2:memory:/box", "1:cpu,cpuacct:/", "0::/sub/box"])):
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "cgroup").write_text("\n".join(lines) + "\n")
+    (proc / "self" / "mountinfo").write_text(
+        f"30 20 0:1 / {fs}/memory rw - cgroup cgroup rw,memory\n"
+        f"31 20 0:2 / {fs}/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+        f"32 20 0:3 /sub {fs}/unified rw - cgroup2 cgroup2 rw\n")
+    for d in ("memory/box/tasks", "unified/box/cgroup.procs"):
+        (fs / d).parent.mkdir(parents=True)
+        (fs / d).touch()
+    fds = cgroups.join_files_of(42, proc=str(proc))
+    try:
+        assert sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in fds) == \
+            [f"{fs}/memory/box/tasks", f"{fs}/unified/box/cgroup.procs"]
+    finally:
+        cgroups.close_all(fds)
+
+
+@pytest.mark.parametrize("args, new, argv", [
+    ([], None, ["/bin/ep", "-x", "default"]),                 # ENTRYPOINT + CMD
+    (["given"], None, ["/bin/ep", "-x", "given"]),            # args replace CMD only
+    ([], "/bin/other", ["/bin/other"]),                       # --entrypoint drops CMD too
+    (["a", "b"], "/bin/other", ["/bin/other", "a", "b"]),
+    ([], "", ["default"]),                                    # "" clears ENTRYPOINT, CMD stays
+    (["given"], "", ["given"])])
+def test_command_line_follows_docker_s_entrypoint_rules(args, new, argv):
+    assert runtime.command_line(["/bin/ep", "-x"], ["default"], args, new) == argv
+
+
+@pytest.mark.parametrize("text, lines, expected", [
+    (b"a\nb\nc\n", 2, b"b\nc\n"), (b"a\nb\nc", 2, b"b\nc"), (b"a\nb\nc\n", 5, b"a\nb\nc\n"),
+    (b"a\nb\nc\n", 0, b""), (b"a\nb\nc\n", None, b"a\nb\nc\n"), (b"", 3, b""), (b"\n\n", 1, b"\n"),
+    (b"x" * 100_000 + b"\n" + b"y" * 70_000 + b"\n", 1, b"y" * 70_000 + b"\n")])   # across chunks
+def test_tail_offset(tmp_path, text, lines, expected):
+    from pykvm.container.logs import tail_offset
+    path = tmp_path / "log"
+    path.write_bytes(text)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert text[tail_offset(fd, lines):] == expected
+    finally:
+        os.close(fd)
