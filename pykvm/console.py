@@ -87,9 +87,11 @@ class ConsoleOutput:
     """Guest output to a host fd, a line per write(2).  Pass `write` as the UART's `out`;
     call flush() before anything else is printed (pykvm's own messages), close() at the end."""
 
-    def __init__(self, fd: int = 1, on_broken: Callable[[], None] | None = None):
+    def __init__(self, fd: int = 1, on_broken: Callable[[], None] | None = None,
+                 flush_bytes: int = FLUSH_BYTES):
         self.fd = fd
         self._on_broken = on_broken
+        self._flush_bytes = flush_bytes     # 1: every byte at once (pykvm boot --trace)
         self.broken = False             # the reading end went away; output is dropped from now on
         self._pending = bytearray()
         self._lock = threading.Lock()
@@ -106,7 +108,7 @@ class ConsoleOutput:
         with self._lock:
             pending = self._pending
             pending += data
-            if b"\n" in data or len(pending) >= FLUSH_BYTES:
+            if b"\n" in data or len(pending) >= self._flush_bytes:
                 self._write_pending()
                 return
             if self._scheduled:
@@ -137,7 +139,7 @@ class ConsoleOutput:
         data, self._pending = bytes(self._pending), bytearray()
         try:
             write_all(self.fd, data)
-        except BrokenPipeError:
+        except OSError:         # EPIPE (reader gone), EIO (terminal hung up), EBADF: no output any more
             self.broken = True
             if self._on_broken is not None:
                 self._on_broken()

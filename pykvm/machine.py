@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pykvm.arch.x86 import boot_state, cpuid
 from pykvm.boot import layout
-from pykvm.console import ConsoleOutput
+from pykvm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.devices.bus import Bus
 from pykvm.errors import GuestError
@@ -107,7 +107,10 @@ class Machine:
         return load_kernel(self.memory, self.vcpu, self.config)
 
     def _add_devices(self) -> None:
-        self._console_output = None if self.config.output else ConsoleOutput(1, on_broken=lambda: None)
+        # `pykvm boot | head -1`: once nobody reads, the VM ends (as `yes | head -1` ends yes).
+        # With --trace each byte goes out at once, in order with the exit lines on stderr.
+        self._console_output = None if self.config.output else ConsoleOutput(
+            1, on_broken=lambda: self.stop(0), flush_bytes=1 if self.config.trace else FLUSH_BYTES)
         output = self.config.output or self._console_output.write
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")

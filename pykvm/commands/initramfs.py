@@ -24,14 +24,18 @@ def initramfs(directory: str, output: str, no_console: bool) -> None:
     from pykvm.errors import ConfigError
 
     data = archive_tree(directory, console=not no_console)
-    # Written beside OUTPUT, then renamed over it: a failed write leaves an old archive whole.
-    tmp = f"{output}.{os.getpid()}.tmp"
+    # A regular file (or a new one) is written beside OUTPUT and renamed over it, so a failed
+    # write leaves an old archive whole; anything else (-o /dev/stdout, a symlink) is written
+    # through, as before.
+    in_place = os.path.lexists(output) and (os.path.islink(output) or not os.path.isfile(output))
+    tmp = output if in_place else f"{output}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, output)
+        if not in_place:
+            os.replace(tmp, output)
     except OSError as e:
-        if os.path.exists(tmp):
+        if not in_place and os.path.exists(tmp):
             os.unlink(tmp)
         raise ConfigError(f"-o {output}: {e.strerror or e}") from None
     click.echo(f"{output}: {len(data)} bytes", err=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["CGROUP_ROOT", "Limits", "Cgroup", "CgroupV1", "CgroupV2", "detect",
-           "open_cgroup", "join", "join_files_of", "close_all", "parse_size", "parse_cpus", "own_cgroup",
+           "open_cgroup", "join", "close_all", "parse_size", "parse_cpus", "own_cgroup",
            "own_cgroups"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -294,6 +294,8 @@ class _RecordedCgroup(Cgroup):
         super().__init__(dirs[0] if dirs else "", Path("/"))
         self.version = version
         self._dirs = [Path(d) for d in dirs]
+        if version == "v1":
+            self.JOIN_FILE = CgroupV1.JOIN_FILE     # `exec` joins through `tasks`, as init does
 
     def dirs(self) -> list[Path]:
         return self._dirs
@@ -306,56 +308,6 @@ def join(fds: list[int]) -> None:
             os.write(fd, b"0\n")                  # "0": the writer itself
     finally:
         close_all(fds)
-
-
-def join_files_of(pid: int, proc: str = "/proc") -> list[int]:
-    """Open the files through which a child joins every cgroup process `pid` is in and we
-    are not: one per hierarchy (`exec` joins the container's cgroups as runc exec does).
-
-    /proc/PID/cgroup names each hierarchy by its controllers ("4:memory:/a/b",
-    "0::/a/b" for v2); /proc/self/mountinfo says where each is mounted.  v1 uses
-    `tasks` (no global lock for a single-threaded caller, see Cgroup.join_files).
-    """
-    mine = _memberships(f"{proc}/self/cgroup")
-    mounts = _cgroup_mounts(f"{proc}/self/mountinfo")
-    fds = []
-    try:
-        for key, path in _memberships(f"{proc}/{pid}/cgroup").items():
-            if mine.get(key) == path or key not in mounts:
-                continue                                    # already there, or not mounted here
-            mountpoint, root = mounts[key]
-            rel = os.path.relpath(path, root) if path.startswith(root) else path
-            name = "cgroup.procs" if key == frozenset() else CgroupV1.JOIN_FILE
-            fds.append(os.open(os.path.normpath(os.path.join(mountpoint, rel, name)),
-                               os.O_WRONLY | os.O_CLOEXEC))
-    except BaseException:
-        close_all(fds)
-        raise
-    return fds
-
-
-def _memberships(proc_cgroup: str) -> dict[frozenset, str]:
-    """/proc/PID/cgroup as {frozenset of controllers (empty for v2): path}."""
-    found = {}
-    for line in Path(proc_cgroup).read_text().splitlines():
-        _, names, path = line.split(":", 2)
-        found[frozenset(n for n in names.split(",") if n)] = path
-    return found
-
-
-def _cgroup_mounts(mountinfo: str) -> dict[frozenset, tuple[str, str]]:
-    """Each cgroup hierarchy mounted here (proc(5) mountinfo): key -> (mount point, root)."""
-    found = {}
-    for line in Path(mountinfo).read_text().splitlines():
-        fields, _, tail = line.partition(" - ")
-        fstype, _, options = tail.split(" ", 2)
-        root, point = fields.split()[3:5]
-        if fstype == "cgroup2":
-            found.setdefault(frozenset(), (point, root))
-        elif fstype == "cgroup":
-            names = frozenset(o for o in options.split(",") if o in V1_KNOWN or o.startswith("name="))
-            found.setdefault(names, (point, root))
-    return found
 
 
 def close_all(fds: list[int]) -> None:

@@ -38,7 +38,7 @@ from dataclasses import replace
 
 from pykvm.container import namespaces as ns
 from pykvm.container import runtime as rt
-from pykvm.container.cgroups import close_all, join, join_files_of
+from pykvm.container.cgroups import Cgroup, close_all, join
 from pykvm.container.state import StateStore, pid_alive
 from pykvm.container.syscalls import lib, prctl
 from pykvm.errors import ConfigError, ContainerError, SyscallError
@@ -226,12 +226,21 @@ class _Exec:
         rt._detach_stdio()                                 # the container's /dev/null now
         return rt._reap(child, kill_on=() if self.detach else (LAUNCHER_GONE,))
 
+    def _open_cgroup_files(self) -> list[int]:
+        """The files through which the command joins the container's own cgroup (the
+        directories its state.json recorded), as runc exec does; none for a container
+        without one (rootless).  Never any other cgroup init happens to be in."""
+        recorded = self.state.cgroup or {}
+        if not recorded.get("dirs"):
+            return []
+        return Cgroup.from_dirs(recorded["version"], recorded["dirs"]).join_files()
+
     def _open_container(self) -> tuple[list[tuple[str, int]], list[int]]:
         """The container's namespaces and cgroups, opened while we still see the host's /proc."""
         pid = self.state.pid
         try:
             spaces = self._open_namespaces(pid)
-            cgroup_fds = join_files_of(pid)
+            cgroup_fds = self._open_cgroup_files()
         except FileNotFoundError:
             raise ContainerError(f"container {self.state.id} is not running (its init is gone)") from None
         except OSError as e:

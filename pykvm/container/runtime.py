@@ -980,11 +980,16 @@ def _lookup(name: str, roots: list[str], db: str) -> tuple[int, int]:
         path = fs.secure_join(root, f"/etc/{db}")
         if not os.path.isfile(path):
             continue
-        with open(path) as f:
-            for line in f:
+        with open(path, errors="replace") as f:
+            for number, line in enumerate(f, 1):
                 fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
-                if len(fields) >= 3 and fields[0] == name:
-                    return int(fields[2]), int(fields[3] if db == "passwd" else fields[2])
+                if fields[0] != name:
+                    continue
+                ids = fields[2:4] if db == "passwd" else fields[2:3] * 2
+                if len(ids) == 2 and all(i.isdigit() for i in ids):
+                    return int(ids[0]), int(ids[1])
+                # the image's file, so any text at all: a bad entry is bad input, not a crash
+                raise ConfigError(f"/etc/{db} line {number}: bad entry for {name!r}: {line.strip()!r}")
         break                                           # the top-most file hides the ones below
     raise ConfigError(f"unknown {'user' if db == 'passwd' else 'group'} {name!r} "
                       f"(not a number and not in the rootfs's /etc/{db})")

@@ -238,6 +238,15 @@ def test_parse_user(tmp_path):
     assert runtime.parse_user("web", [str(top), str(tmp_path)]) == (33, 44)
 
 
+@pytest.mark.parametrize("line", ["web:x:33\n", "web:x:abc:44::/:/bin/sh\n", "web\n"])
+def test_parse_user_refuses_a_bad_passwd_entry_with_one_line(tmp_path, line):
+    """The image's own /etc/passwd may hold anything: a bad entry is a ConfigError naming it."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\n" + line)
+    with pytest.raises(ConfigError, match=r"/etc/passwd line 2: bad entry for 'web'"):
+        runtime.parse_user("web", str(tmp_path))
+
+
 def test_config_from_image_orders_layers_top_first(tmp_path):
     class Image:
         layers = ["/l/base", "/l/mid", "/l/top"]
@@ -374,26 +383,19 @@ def test_resolv_conf_drops_loopback_nameservers_in_an_own_network(tmp_path):
     assert hosts_file(False, str(tmp_path / "hosts")) == LOCALHOST_HOSTS
 
 
-def test_join_files_of_opens_each_hierarchy_the_process_is_in_and_we_are_not(tmp_path):
-    """/proc/PID/cgroup and mountinfo -> the v1 `tasks` / v2 `cgroup.procs` files to join."""
-    proc, fs = tmp_path / "proc", tmp_path / "cg"
-    for pid, lines in (("self", ["2:memory:/", "1:cpu,cpuacct:/", "0::/"]),
-                       ("42", ["2:memory:/box", "1:cpu,cpuacct:/", "0::/sub/box"])):
-        (proc / pid).mkdir(parents=True)
-        (proc / pid / "cgroup").write_text("\n".join(lines) + "\n")
-    (proc / "self" / "mountinfo").write_text(
-        f"30 20 0:1 / {fs}/memory rw - cgroup cgroup rw,memory\n"
-        f"31 20 0:2 / {fs}/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
-        f"32 20 0:3 /sub {fs}/unified rw - cgroup2 cgroup2 rw\n")
-    for d in ("memory/box/tasks", "unified/box/cgroup.procs"):
-        (fs / d).parent.mkdir(parents=True)
-        (fs / d).touch()
-    fds = cgroups.join_files_of(42, proc=str(proc))
-    try:
-        assert sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in fds) == \
-            [f"{fs}/memory/box/tasks", f"{fs}/unified/box/cgroup.procs"]
-    finally:
-        cgroups.close_all(fds)
+def test_recorded_cgroup_join_files_are_the_containers_own(tmp_path):
+    """`exec` joins the directories state.json recorded: v1 through `tasks`, v2 `cgroup.procs`."""
+    for version, name in (("v1", "tasks"), ("v2", "cgroup.procs")):
+        dirs = [tmp_path / version / "memory" / "box", tmp_path / version / "pids" / "box"]
+        for d in dirs:
+            d.mkdir(parents=True)
+            (d / name).touch()
+        fds = cgroups.Cgroup.from_dirs(version, [str(d) for d in dirs]).join_files()
+        try:
+            assert sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in fds) == \
+                sorted(str(d / name) for d in dirs)
+        finally:
+            cgroups.close_all(fds)
 
 
 @pytest.mark.parametrize("args, new, argv", [

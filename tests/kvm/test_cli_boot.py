@@ -177,3 +177,20 @@ def test_sigterm_restores_the_terminal(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) != 0
         assert restored()
+
+
+def test_a_guest_talking_to_a_closed_pipe_is_stopped(tmp_path):
+    """`pykvm boot ... | head -c 20`: once nobody reads the console, the VM ends (status 0),
+    as `yes | head -1` ends yes, instead of running on with its output dropped."""
+    guest = pvh_elf("mov $0x3f8, %dx\n1: mov $'y', %al\nout %al, %dx\nmov $'\\n', %al\n"
+                    "out %al, %dx\njmp 1b", tmp_path / "yes.elf")
+    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(guest)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(20) == b"y\n" * 10
+    proc.stdout.close()
+    try:
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert b"Traceback" not in proc.stderr.read()
