@@ -152,3 +152,21 @@ def test_cli_write_and_read_errors_are_one_line_and_lose_nothing(tmp_path, tree,
     assert len(lines) == 1 and lines[0].startswith("pykvm: error:") and words in lines[0], proc.stderr
     assert (tmp_path / "old.cpio").read_bytes() == b"the old archive"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.cpio", "tree"]
+
+
+def test_cli_writes_through_a_non_regular_output(tmp_path):
+    """-o /dev/stdout (or any symlink or device) is written through, never replaced by a file."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_text("x")
+    link = tmp_path / "out.cpio"
+    target = tmp_path / "real.cpio"
+    target.write_bytes(b"")
+    link.symlink_to(target)
+    for output in ("/dev/stdout", str(link)):
+        proc = subprocess.run(["pykvm", "initramfs", str(tmp_path / "tree"), "-o", output],
+                              capture_output=True, env={**os.environ, "PATH": _venv_path()})
+        assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"" and target.read_bytes()[:6] == b"070701" and link.is_symlink()
+    first = subprocess.run(["pykvm", "initramfs", str(tmp_path / "tree"), "-o", "/dev/stdout"],
+                           capture_output=True, env={**os.environ, "PATH": _venv_path()})
+    assert first.stdout[:6] == b"070701" and os.path.exists("/dev/stdout")
