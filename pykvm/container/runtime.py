@@ -89,6 +89,7 @@ EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
 LAUNCHER_GONE = signal.SIGUSR2    # PR_SET_PDEATHSIG: what the monitor gets when the launcher dies
 MAX_FD = 1 << 20                  # fs.nr_open's default: no fd number is above it
+INIT_NAME = "pykvm-init"          # init's name in ps, /proc/1/comm and /proc/1/cmdline inside
 OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
 
 # The launcher's three modes.
@@ -604,7 +605,8 @@ class Container:
             _wait_for_start(fifo)
         if not self.cfg.init:                                # the command itself is PID 1 (runc)
             return _exec_command(self.cfg, pipe, stdio)
-        prctl(lib.PR_SET_NAME, _c_string("pykvm-init"))
+        prctl(lib.PR_SET_NAME, _c_string(INIT_NAME))
+        _set_command_line(INIT_NAME)
         _set_oom_score_adj(OOM_SCORE_INIT)                  # the OOM killer picks the command, not us
         child = os.fork()
         if child == 0:
@@ -731,6 +733,30 @@ def _drop_privileges(cfg: RunConfig) -> None:
     os.setresuid(cfg.uid, cfg.uid, cfg.uid)
     caps.set_caps(caps.cap_numbers(c.get("effective")), caps.cap_numbers(c.get("permitted")),
                   caps.cap_numbers(c.get("inheritable")), caps.cap_numbers(c.get("ambient")))
+
+
+def _set_command_line(name: str) -> None:
+    """Make /proc/self/cmdline say `name`, as setproctitle(3) does: inside the container,
+    /proc/1/cmdline would otherwise show the launcher's own command line (the host's
+    Python, its paths, the arguments of `pykvm container run`).
+
+    The kernel reads a process's arguments from its own memory, between arg_start and
+    arg_end (proc(5) /proc/PID/stat fields 48 and 49): the strings execve(2) put on the
+    stack, which CPython copied at startup and no longer uses.  We overwrite them with
+    `name` and a NUL, and fill the rest with a non-NUL byte: a last byte that is not NUL
+    tells the kernel the arguments were rewritten, and it then reads only up to the
+    first NUL (fs/proc/base.c, get_mm_cmdline).  No privilege needed, unlike prctl's
+    PR_SET_MM_ARG_START, which wants CAP_SYS_RESOURCE on the host.
+    """
+    from pykvm.container.syscalls import ffi
+    with open("/proc/self/stat") as f:
+        fields = f.read().rpartition(")")[2].split()      # fields[0] is field 3, "state"
+    arg_start, arg_end = int(fields[48 - 3]), int(fields[49 - 3])
+    size = arg_end - arg_start
+    if size < 2:
+        return
+    text = name.encode()[:size - 1] + b"\0"
+    ffi.memmove(ffi.cast("char *", arg_start), text + b"\x01" * (size - len(text)), size)
 
 
 def _c_string(text: str) -> int:

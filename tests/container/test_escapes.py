@@ -68,6 +68,18 @@ def test_proc_self_exe_cannot_reach_host_binaries(pykvm, busybox_rootfs):
 
 
 @pytest.mark.root
+def test_init_command_line_shows_no_host_path(pykvm, busybox_rootfs):
+    """/proc/1/cmdline inside was the launcher's: the host's Python, its paths, our argv."""
+    r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "sh", "-c",
+              "cat /proc/1/cmdline; echo; ps -o pid,args")
+    assert r.returncode == 0, r.stderr
+    cmdline, _, ps = r.stdout.partition("\n")
+    assert cmdline == "pykvm-init\0", repr(cmdline)
+    assert sys.executable not in r.stdout and str(busybox_rootfs) not in r.stdout, r.stdout
+    assert any(line.split() == ["1", "pykvm-init"] for line in ps.splitlines()), ps
+
+
+@pytest.mark.root
 def test_host_fd_not_visible(pykvm, busybox_rootfs, tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("host secret")
