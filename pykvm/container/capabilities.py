@@ -19,7 +19,8 @@ from __future__ import annotations
 from pykvm.container.syscalls import check, ffi, lib, prctl
 from pykvm.errors import ConfigError
 
-__all__ = ["DEFAULT_CAPS", "DOCKER_CAPS", "ALL_CAPS", "cap_numbers", "drop_bounding", "set_caps", "read_caps"]
+__all__ = ["DEFAULT_CAPS", "DOCKER_CAPS", "ALL_CAPS", "cap_numbers", "adjust", "bounding_set", "drop_bounding",
+           "set_caps", "read_caps"]
 
 ALL_CAPS = {name: getattr(lib, name) for name in dir(lib)
             if name.startswith("CAP_") and name != "CAP_LAST_CAP"}
@@ -40,6 +41,36 @@ def cap_numbers(names) -> set[int]:
             raise ConfigError(f"unknown capability {name!r}")
         out.add(ALL_CAPS[key])
     return out
+
+
+def adjust(base: list[str], add=(), drop=()) -> list[str]:
+    """`--cap-add` / `--cap-drop` on a set of names, as Docker applies them (moby
+    oci/caps TweakCapabilities): ALL in add means every capability we can hand on
+    (those in our own bounding set: a sandbox's root may lack some), ALL in drop
+    means none of `base`; then the other drops, then the other adds.  Names may omit
+    CAP_ and be any case; an unknown one is a ConfigError naming its option."""
+    def normal(names, option):
+        out = []
+        for name in names:
+            key = name.upper() if name.upper().startswith("CAP_") else "CAP_" + name.upper()
+            if key != "CAP_ALL" and key not in ALL_CAPS:
+                raise ConfigError(f"{option} {name}: unknown capability (capabilities(7) names "
+                                  "them, e.g. CHOWN, NET_ADMIN, SYS_PTRACE)")
+            out.append(key)
+        return out
+    add, drop = normal(add, "--cap-add"), normal(drop, "--cap-drop")
+    if "CAP_ALL" in add:
+        ours = bounding_set()
+        return sorted(name for name, number in ALL_CAPS.items() if number in ours and name not in drop)
+    kept = [] if "CAP_ALL" in drop else [c for c in base if c not in drop]
+    return kept + [c for c in add if c not in kept]
+
+
+def bounding_set() -> set[int]:
+    """This process's bounding set (CapBnd in /proc/self/status, proc(5))."""
+    with open("/proc/self/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    return {cap for cap in range(64) if mask >> cap & 1}
 
 
 def drop_bounding(keep: set[int]) -> None:

@@ -66,6 +66,8 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
 @click.option("--network", type=click.Choice(["none", "host"]), default="none", show_default=True,
               help="none: own network namespace with only lo; host: the host's network.")
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
+@click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (e.g. NET_ADMIN; ALL: every one).")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (ALL: start from none).")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal.")
 @click.option("--entrypoint", metavar="PROG", help="Run PROG instead of the image's ENTRYPOINT (and "
@@ -74,7 +76,7 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
-            network, read_only, interactive, tty, entrypoint, rootfs, args):
+            network, read_only, cap_add, cap_drop, interactive, tty, entrypoint, rootfs, args):
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
     from dataclasses import replace
 
@@ -84,6 +86,10 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     from pykvm.errors import ConfigError
 
     args = list(args)
+    cfg_caps = None
+    if cap_add or cap_drop:                  # checked before anything is created
+        from pykvm.container import capabilities as caps
+        cfg_caps = runtime._default_caps(caps.adjust(caps.DEFAULT_CAPS, cap_add, cap_drop))
     if hostname is not None:
         from pykvm.container.namespaces import check_hostname
         check_hostname(hostname)
@@ -108,7 +114,8 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     cfg = replace(cfg, id=cid, remove=remove, name=name, hostname=hostname,
                   env=runtime.merge_env(runtime.merge_env(daemon_env, cfg.env), _parse_env(env)),
                   cwd=workdir or cfg.cwd, uid=uid, gid=gid, limits=limits, namespaces=namespaces,
-                  readonly=read_only, interactive=interactive, tty=tty, etc_files=True)
+                  readonly=read_only, interactive=interactive, tty=tty, etc_files=True,
+                  capabilities=cfg_caps or cfg.capabilities)
     container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)
     if detach:
         click.echo(container.id)

@@ -268,3 +268,32 @@ def _wait_for(predicate, timeout=10.0):
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def _cap_eff(pykvm, rootfs, *options) -> int:
+    r = pykvm("container", "run", "--rm", *options, "--rootfs", rootfs, "grep", "CapEff", "/proc/self/status")
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[1], 16)
+
+
+@pytest.mark.root
+def test_cap_add_and_cap_drop_as_docker_applies_them(pykvm, busybox_rootfs):
+    from pykvm.container.capabilities import ALL_CAPS, DEFAULT_CAPS, bounding_set
+    bit = {name: 1 << number for name, number in ALL_CAPS.items()}
+    default = sum(bit[name] for name in DEFAULT_CAPS)
+    assert _cap_eff(pykvm, busybox_rootfs) == default
+    assert _cap_eff(pykvm, busybox_rootfs, "--cap-drop", "ALL", "--cap-add", "chown") == bit["CAP_CHOWN"]
+    assert _cap_eff(pykvm, busybox_rootfs, "--cap-add", "SYS_ADMIN", "--cap-drop", "CAP_KILL") == \
+        default - bit["CAP_KILL"] + bit["CAP_SYS_ADMIN"]
+    ours = sum(1 << cap for cap in bounding_set() if 1 << cap in bit.values())
+    assert _cap_eff(pykvm, busybox_rootfs, "--cap-add", "ALL", "--cap-drop", "NET_RAW") == \
+        ours - bit["CAP_NET_RAW"]
+
+
+@pytest.mark.root
+def test_an_unknown_capability_is_one_line_and_nothing_is_created(pykvm, busybox_rootfs):
+    before = pykvm("container", "ps", "-a").stdout
+    r = pykvm("container", "run", "--cap-add", "BOGUS", "--rootfs", busybox_rootfs, "true")
+    assert r.returncode == 2 and r.stderr.startswith("pykvm: error: --cap-add BOGUS: unknown capability")
+    assert r.stderr.count("\n") == 1
+    assert pykvm("container", "ps", "-a").stdout == before
