@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
+from clitools import wait_for
 from ptyrun import lines, run_on_pty
 
 pytestmark = pytest.mark.root
@@ -28,7 +28,7 @@ def running(pykvm, fresh_rootfs):
               "sh", "-c", f"({PROBE}) > /seen.tmp; mv /seen.tmp /seen; exec sleep 1000")
     assert r.returncode == 0, r.stderr
     cid = r.stdout.strip()
-    _wait_for(lambda: (fresh_rootfs / "seen").exists())
+    wait_for(lambda: (fresh_rootfs / "seen").exists())
     yield cid
     assert pykvm("container", "rm", "-f", cid).returncode == 0
 
@@ -146,7 +146,7 @@ def test_bad_container_is_one_line(pykvm, busybox_rootfs, state_root):
     r = pykvm("container", "exec", "nothing-here", "true")
     assert r.returncode == 1 and r.stderr == "pykvm: error: no such container: nothing-here\n"
     cid = pykvm("container", "run", "-d", "--rootfs", busybox_rootfs, "true").stdout.strip()
-    _wait_for(lambda: "exited (0)" in pykvm("container", "ps", "-a").stdout)
+    wait_for(lambda: "exited (0)" in pykvm("container", "ps", "-a").stdout)
     r = pykvm("container", "exec", cid, "true")
     assert r.returncode == 1 and r.stderr == \
         f"pykvm: error: container {cid} is stopped, not running: cannot exec in it\n", r.stderr
@@ -171,11 +171,11 @@ def test_launcher_killed_takes_the_command_with_it(pykvm, running, state_root):
     import sys
     proc = subprocess.Popen([sys.executable, "-m", "pykvm", "container", "exec", "box", "sleep", "300"],
                             env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)})
-    _wait_for(lambda: "sleep 300" in pykvm("container", "exec", "box", "ps", "-o", "args").stdout)
+    wait_for(lambda: "sleep 300" in pykvm("container", "exec", "box", "ps", "-o", "args").stdout)
     before = _cgroup_pids(state_root, running)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    _wait_for(lambda: len(_cgroup_pids(state_root, running)) == len(before) - 2)   # joiner, sleep
+    wait_for(lambda: len(_cgroup_pids(state_root, running)) == len(before) - 2)   # joiner, sleep
     assert "sleep 300" not in pykvm("container", "exec", "box", "ps", "-o", "args").stdout
 
 
@@ -188,8 +188,8 @@ def test_detached_exec_runs_on_in_the_background(pykvm, running, fresh_rootfs, s
     comms = [_comm(p) for p in added]
     assert "sh" in comms and len(added) >= 2, comms
     (fresh_rootfs / "go").touch()
-    _wait_for(lambda: (fresh_rootfs / "tmp/detached").exists())
-    _wait_for(lambda: _cgroup_pids(state_root, running) == before)
+    wait_for(lambda: (fresh_rootfs / "tmp/detached").exists())
+    wait_for(lambda: _cgroup_pids(state_root, running) == before)
     r = pykvm("container", "exec", "-d", "-t", "box", "true")
     assert r.returncode == 2 and r.stderr == \
         "pykvm: error: exec -d runs the command in the background: it cannot have -i or -t\n"
@@ -202,13 +202,6 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except FileNotFoundError:
         return ""                                            # it has just exited
-
-
-def _wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_ctrl_c_reaches_the_command(pykvm, running, state_root):

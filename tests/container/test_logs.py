@@ -7,15 +7,9 @@ import sys
 import time
 
 import pytest
+from clitools import wait_for
 
 pytestmark = pytest.mark.root
-
-
-def _wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _logs_process(state_root, *args):
@@ -49,7 +43,7 @@ def test_follow_streams_until_the_container_exits(pykvm, fresh_rootfs, state_roo
 def test_tail(pykvm, busybox_rootfs, state_root):
     cid = pykvm("container", "run", "-d", "--rootfs", busybox_rootfs, "seq", "10").stdout.strip()
     try:
-        _wait_for(lambda: "exited (0)" in pykvm("container", "ps", "-a").stdout)
+        wait_for(lambda: "exited (0)" in pykvm("container", "ps", "-a").stdout)
         def logs(*opts):
             r = pykvm("container", "logs", *opts, cid)
             return r.returncode, r.stdout

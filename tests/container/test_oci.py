@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from clitools import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -73,13 +73,13 @@ def test_lifecycle_create_start_state_kill_delete(pykvm, bundle, tmp_path, state
     assert out.read_text() == "", "the process does not run before start"
     assert pykvm("container", "oci", "start", "life").returncode == 0
     assert state()["status"] == "running"
-    _wait(lambda: out.read_text() == "started\n")
+    wait_for(lambda: out.read_text() == "started\n")
     r = pykvm("container", "oci", "start", "life")
     assert r.returncode == 1 and "not created" in r.stderr
     r = pykvm("container", "oci", "delete", "life")
     assert r.returncode == 1 and "running" in r.stderr
     assert pykvm("container", "oci", "kill", "life", "TERM").returncode == 0
-    _wait(lambda: state()["status"] == "stopped")
+    wait_for(lambda: state()["status"] == "stopped")
     assert out.read_text() == "started\nterm\n"
     assert pykvm("container", "oci", "delete", "life").returncode == 0
     assert pykvm("container", "oci", "state", "life").returncode == 1
@@ -91,7 +91,7 @@ def test_delete_force_a_created_container(pykvm, bundle, state_root):
                  stdout=subprocess.DEVNULL).returncode == 0
     pid = json.loads(pykvm("container", "oci", "state", "doomed").stdout)["pid"]
     assert pykvm("container", "oci", "delete", "--force", "doomed").returncode == 0
-    _wait(lambda: not _alive(pid))
+    wait_for(lambda: not _alive(pid))
     assert list(state_root.iterdir()) == []
 
 
@@ -132,13 +132,6 @@ def _alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def _wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_user_namespace_mappings_same_as_runc(pykvm, bundle, tmp_path):

@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+from clitools import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -233,7 +234,7 @@ def test_detached_logs_stop_rm(pykvm, busybox_rootfs, state_root):
     assert r.returncode == 0 and re.fullmatch(r"[0-9a-f]{12}", cid), r.stderr
     ps = pykvm("container", "ps").stdout
     assert cid in ps and "web" in ps and "running" in ps, ps
-    _wait_for(lambda: "hello-log" in pykvm("container", "logs", "web").stdout)
+    wait_for(lambda: "hello-log" in pykvm("container", "logs", "web").stdout)
     assert pykvm("container", "stop", "-t", "5", "web").stdout.strip() == cid
     assert "exited (0)" in pykvm("container", "ps", "-a").stdout
     assert pykvm("container", "logs", cid).stdout == "hello-log\nbye\n"
@@ -247,7 +248,7 @@ def test_kill_and_rm_force(pykvm, busybox_rootfs, state_root):
     r = pykvm("container", "rm", cid)
     assert r.returncode == 1 and "stop it first or use --force" in r.stderr
     assert pykvm("container", "kill", "-s", "KILL", cid).returncode == 0
-    _wait_for(lambda: "exited (137)" in pykvm("container", "ps", "-a").stdout)
+    wait_for(lambda: "exited (137)" in pykvm("container", "ps", "-a").stdout)
     cid2 = pykvm("container", "run", "-d", "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
     assert pykvm("container", "rm", "-f", cid, cid2).returncode == 0
     assert list(state_root.iterdir()) == []
@@ -260,14 +261,6 @@ def test_name_in_use(pykvm, busybox_rootfs):
         assert r.returncode == 2 and "already in use" in r.stderr
     finally:
         pykvm("container", "rm", "-f", cid)
-
-
-def _wait_for(predicate, timeout=10.0):
-    import time
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _cap_eff(pykvm, rootfs, *options) -> int:
