@@ -5,6 +5,7 @@ import gzip
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import pytest
 from image_fixtures import bundled_context, make_tar, run_pykvm, store  # noqa: F401  (fixture)
@@ -292,8 +293,12 @@ def test_cli_save_load_and_tag(store, tmp_path):
 
 # --- RUN: a real container of the build state (the runtime, issue 6) ---------------------------
 
-def runtime_or_skip():
-    return pytest.importorskip("pykvm.container.runtime", reason="the container runtime (issue 6) is not merged")
+def busybox_and_a_context(store: ImageStore, tmp_path) -> Path:
+    """The bundled busybox image, built into `store`, and an empty build context beside it."""
+    build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    return ctx
 
 
 def flat_root(store: ImageStore, image, dest):
@@ -307,10 +312,7 @@ def flat_root(store: ImageStore, image, dest):
 
 @pytest.mark.root
 def test_run_changes_become_a_layer_with_whiteouts(store, tmp_path):
-    runtime_or_skip()
-    build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
+    ctx = busybox_and_a_context(store, tmp_path)
     image, log = build(store, ctx, """FROM busybox
 ARG WHO=world
 ENV GREETING=hello
@@ -340,11 +342,8 @@ RUN id -u > /tmp/uid-nobody
 @pytest.mark.root
 def test_run_steps_have_docker_s_default_capabilities(store, tmp_path):
     """RUN chown/mknod work as under `docker build` (its 14 default capabilities), not runc's 3."""
-    runtime_or_skip()
     from pykvm.container.capabilities import DOCKER_CAPS, cap_numbers
-    build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
+    ctx = busybox_and_a_context(store, tmp_path)
     image, _ = build(store, ctx, """FROM busybox
 RUN touch /f && chown 65534:65534 /f && mknod /dev-null-copy c 1 3
 RUN grep ^CapEff /proc/self/status > /caps
@@ -358,10 +357,7 @@ RUN grep ^CapEff /proc/self/status > /caps
 
 @pytest.mark.root
 def test_failing_run_names_file_line_and_status(store, tmp_path):
-    runtime_or_skip()
-    build(store, bundled_context(tmp_path, "busybox"), tag="busybox")
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
+    ctx = busybox_and_a_context(store, tmp_path)
     with pytest.raises(BuildFileError, match=r"^Dockerfile:3: RUN: `/bin/sh -c exit 3` exited with status 3$"):
         build(store, ctx, "FROM busybox\n\nRUN exit 3\n")
 

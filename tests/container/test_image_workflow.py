@@ -16,12 +16,7 @@ from image_fixtures import bundled_context, registry, run_pykvm, store  # noqa: 
 pytestmark = pytest.mark.root
 
 
-def runtime_or_skip():
-    return pytest.importorskip("pykvm.container.runtime", reason="the container runtime (issue 6) is not merged")
-
-
 def test_build_push_rmi_pull_run(store, registry, tmp_path, state_root):
-    runtime_or_skip()
     assert run_pykvm("container", "build", "-q", "-t", "busybox", str(bundled_context(tmp_path, "busybox")))[0] == 0
     ctx = tmp_path / "app"
     ctx.mkdir()
@@ -49,7 +44,6 @@ CMD ["/bin/sh", "/app/greet.sh"]
 
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
 def test_we_run_an_image_skopeo_pushed(store, registry, tmp_path, state_root):
-    runtime_or_skip()
     assert run_pykvm("container", "build", "-q", "-t", "hello", str(bundled_context(tmp_path, "hello")))[0] == 0
     remote = f"{registry.host}/sk/hello:v1"
     copy = subprocess.run(["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false", "--format", "v2s2",
@@ -66,7 +60,6 @@ def test_we_run_an_image_skopeo_pushed(store, registry, tmp_path, state_root):
 def test_rmi_refuses_an_image_a_container_uses(store, tmp_path, state_root):
     """Docker's conflict: the last tag of a container's image stays unless --force, and even
     then gc keeps the unpacked layers the container's overlay is standing on."""
-    runtime_or_skip()
     assert run_pykvm("container", "build", "-q", "-t", "busybox", str(bundled_context(tmp_path, "busybox")))[0] == 0
     status, cid, err = run_pykvm("container", "run", "-d", "busybox", "sleep", "30")
     assert status == 0, err
