@@ -39,7 +39,7 @@ from dataclasses import replace
 from pykvm.container import namespaces as ns
 from pykvm.container import runtime as rt
 from pykvm.container.cgroups import Cgroup, close_all, join
-from pykvm.container.state import StateStore, pid_alive
+from pykvm.container.state import StateStore, pid_alive, stat_field, stat_fields
 from pykvm.container.syscalls import lib, prctl
 from pykvm.errors import ConfigError, ContainerError, SyscallError
 
@@ -105,8 +105,7 @@ def _check_running(store: StateStore, state) -> None:
 def _parent(pid: int) -> int:
     """Field 4 of /proc/PID/stat (ppid); 0 if there is no such process."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rpartition(")")[2].split()[1])
+        return int(stat_field(stat_fields(pid), 4))
     except OSError:
         return 0
 

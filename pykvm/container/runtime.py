@@ -66,7 +66,8 @@ from pykvm.container import capabilities as caps
 from pykvm.container import namespaces as ns
 from pykvm.container import rootfs as fs
 from pykvm.container.cgroups import Cgroup, Limits, close_all, join, open_cgroup
-from pykvm.container.state import ContainerState, StateStore, new_id, process_start_time
+from pykvm.container.state import (ContainerState, StateStore, new_id, process_start_time,
+                                   stat_field, stat_fields)
 from pykvm.container.syscalls import lib, prctl, sethostname
 from pykvm.errors import ConfigError, ContainerError, PyKvmError
 
@@ -749,9 +750,8 @@ def _set_command_line(name: str) -> None:
     PR_SET_MM_ARG_START, which wants CAP_SYS_RESOURCE on the host.
     """
     from pykvm.container.syscalls import ffi
-    with open("/proc/self/stat") as f:
-        fields = f.read().rpartition(")")[2].split()      # fields[0] is field 3, "state"
-    arg_start, arg_end = int(fields[48 - 3]), int(fields[49 - 3])
+    fields = stat_fields()
+    arg_start, arg_end = int(stat_field(fields, 48)), int(stat_field(fields, 49))
     size = arg_end - arg_start
     if size < 2:
         return

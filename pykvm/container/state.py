@@ -23,7 +23,8 @@ from pathlib import Path
 
 from pykvm.errors import ConfigError, ContainerError
 
-__all__ = ["ContainerState", "StateStore", "state_root", "new_id", "OCI_VERSION"]
+__all__ = ["ContainerState", "StateStore", "state_root", "new_id", "OCI_VERSION", "stat_fields",
+           "stat_field", "process_start_time", "pid_alive"]
 
 OCI_VERSION = "1.0.2"                       # runtime-spec version whose state JSON we emit
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -193,14 +194,25 @@ class StateStore:
             pass
 
 
+def stat_field(fields: list[str], number: int) -> str:
+    """Field `number` of /proc/PID/stat as proc(5) numbers them, from stat_fields()."""
+    return fields[number - 3]
+
+
+def stat_fields(pid: int | str = "self") -> list[str]:
+    """/proc/PID/stat from field 3 (state) on: what follows the command name, which is in
+    parentheses and may itself hold spaces or ")", hence the split at the last ")".
+    OSError if there is no such process."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
 def process_start_time(pid: int) -> int:
     """Field 22 of /proc/PID/stat (starttime, in clock ticks since boot); 0 if no such process."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
+        return int(stat_field(stat_fields(pid), 22))
     except OSError:
         return 0
-    return int(text.rpartition(")")[2].split()[19])
 
 
 def pid_alive(pid: int, start_time: int = 0) -> bool:
@@ -208,13 +220,12 @@ def pid_alive(pid: int, start_time: int = 0) -> bool:
     if pid <= 0:
         return False
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
+        fields = stat_fields(pid)
     except OSError:
         return False
-    if fields[0] == "Z":
+    if stat_field(fields, 3) == "Z":
         return False
-    return not start_time or int(fields[19]) == start_time
+    return not start_time or int(stat_field(fields, 22)) == start_time
 
 
 def _unlink_quietly(path: str) -> None:
