@@ -29,7 +29,7 @@ deps:
 # --- the Python side: a venv with pykvm installed editable (compiles the cffi bindings)
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard pykvm/*/_build.py)
+$(VENV)/.installed: pyproject.toml setup.py pykvm/vm/kvm/_build.py pykvm/container/runtime/_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -61,7 +61,7 @@ bench: venv guests
 
 clean:
 	$(MAKE) -C guests clean
-	rm -rf build pykvm/*/_*_cffi.c pykvm/*/_*_cffi*.so .pytest_cache
+	rm -rf build pykvm/*/*/_*_cffi.c pykvm/*/*/_*_cffi*.so .pytest_cache
 
 distclean: clean
 	rm -rf $(VENV) .cache

@@ -1,4 +1,8 @@
-"""The container half of pykvm: namespaces, cgroups, root filesystems, OCI images and registries.
+"""The container half of pykvm.
 
-See docs/ (chapters on containers) and DESIGN.md for the map.
+image/    the image side: Describe (dockerfile), Package (build, layer, store), Share (registry)
+runtime/  the runtime side (Run): the launcher -> monitor -> init -> command process tree
+          and what it sets up (namespaces, rootfs, cgroups, capabilities, terminal, state...)
+
+Its commands live in pykvm.commands.container.
 """
