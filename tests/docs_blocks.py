@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = ["Block", "Command", "code_blocks", "shell_blocks", "transcript", "output_pattern"]
 
-SHELL_LANGUAGES = {"console", "sh", "bash", "shell"}
-PROMPT = "$ "
-FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
+SHELL_LANGUAGES = {"console", "sh", "bash", "shell"}      # fenced blocks that are shell
+PROMPT = "$ "                                             # a transcript's typed line
+FENCE = re.compile(r"^(\s*)```(\w*)\s*$")                 # opens or closes a fenced block
 MARKER = re.compile(r"^\s*<!-- (example|not-run): (.+?) -->\s*$")
-HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
+HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")            # cat > f <<'EOF' ... EOF
 PLACEHOLDERS = {"<hex>": "[0-9a-f]+", "<n>": "[0-9]+", "<any>": "[^\n]*"}
 
 
@@ -40,8 +39,8 @@ class Block:
 
     @property
     def is_shell(self) -> bool:
-        return self.language in SHELL_LANGUAGES or bool(self.lines) and \
-            self.lines[0].startswith(PROMPT)
+        return self.language in SHELL_LANGUAGES or (bool(self.lines) and
+                                                    self.lines[0].startswith(PROMPT))
 
 
 @dataclass
@@ -124,7 +123,3 @@ def output_pattern(expected: list[str]) -> re.Pattern:
             pattern = pattern.replace(re.escape(placeholder), regex)
         parts.append(pattern + "\n")
     return re.compile("".join(parts))
-
-
-def page_blocks(docs: Path) -> dict[str, list[Block]]:
-    return {page.name: code_blocks(page.read_text()) for page in sorted(docs.glob("*.md"))}
