@@ -13,13 +13,13 @@ Used by tests/kvm/test_tiny_kernel.py and tests/bench/bench_tiny_boot.py.
 from __future__ import annotations
 
 import importlib.util
-import os
-import selectors
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from clitools import output_until_exit
 
 __all__ = [
     "TINY_ELF", "MEM_MIB", "BANNER", "Run", "build_tiny", "vmm_problem",
@@ -92,10 +92,8 @@ def console_from_banner(raw: bytes) -> str:
 
 
 def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF) -> Run:
-    """Boot under `vmm`, feed `stdin` to the serial port, wait for the VMM to exit.
-
-    The bound is on silence, not on the whole boot: under nested virtualization on a
-    loaded host a session may take minutes while it prints all the way."""
+    """Boot under `vmm`, feed `stdin` to the serial port, wait for the VMM to exit
+    (or for TIMEOUT_S of silence)."""
     proc = subprocess.Popen(command(vmm, elf, cmdline), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     with proc:
@@ -104,23 +102,3 @@ def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF) -> Ru
         console = output_until_exit(proc, TIMEOUT_S)
     return Run(proc.returncode, console_from_banner(console))
 
-
-def output_until_exit(proc: subprocess.Popen, silence: float) -> bytes:
-    """proc's stdout (its stderr drained) until it exits; stops it after `silence` s of quiet."""
-    streams = {proc.stdout: bytearray(), proc.stderr: bytearray()}
-    with selectors.DefaultSelector() as sel:
-        for stream in streams:
-            sel.register(stream, selectors.EVENT_READ)
-        while sel.get_map():
-            ready = sel.select(silence)
-            if not ready:
-                proc.kill()
-                raise AssertionError(f"{proc.args[0]} printed nothing for {silence:.0f} s; stopped it. "
-                                     f"Its console so far:\n{streams[proc.stdout].decode(errors='replace')}")
-            for key, _ in ready:
-                data = os.read(key.fileobj.fileno(), 65536)
-                streams[key.fileobj] += data
-                if not data:
-                    sel.unregister(key.fileobj)
-    proc.wait()
-    return bytes(streams[proc.stdout])

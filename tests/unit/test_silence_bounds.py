@@ -1,7 +1,8 @@
 """Guest runs are bounded by their silence, not their length: a guest that keeps printing
 may take as long as a loaded host makes it take (nested virtualization in the L1 lane);
 one that goes quiet is stopped.  The same rule in the three places that wait for a guest:
-`pykvm compare`'s runs, the tiny-kernel sessions of the tests, the Linux serial console.
+`pykvm compare`'s runs, the VMM sessions of the tests (tiny, the lane's L2), the Linux
+serial console.
 
 Real child processes (sh), no KVM.  `slow`: each live run outlasts its bound (a few s).
 """
@@ -11,9 +12,9 @@ import subprocess
 
 import pytest
 
+from clitools import output_until_exit
 from linux_guest import SerialSession
 from pykvm.comparison.measure import RunFailed, run_once
-from tinyvm import output_until_exit
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +57,12 @@ def test_the_serial_console_waits_while_the_guest_prints():
             quiet.expect("login:", timeout=SILENCE_S)
     finally:
         quiet.close()
+
+
+def test_a_vmm_with_stderr_on_stdout_is_read_the_same_way():
+    """The lane's L2 QEMU: its console and its warnings on one pipe."""
+    both = subprocess.Popen(["sh", "-c", "echo console; echo warning >&2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    with both:
+        assert sorted(output_until_exit(both, SILENCE_S).split()) == [b"console", b"warning"]
+    assert both.returncode == 0
