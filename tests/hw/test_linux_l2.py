@@ -20,7 +20,7 @@ import pytest
 import lane
 import lane_kernel
 from clitools import output_until_exit
-from pykvm.boot.cpio import CpioWriter
+from pykvm.vm.boot.cpio import CpioWriter
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
 
