@@ -7,13 +7,17 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYKVM  := $(VENV)/bin/pykvm
 PYTEST_ARGS ?=
+BOOT_ARGS ?=
+# What `make boot` builds: the VM guests, which need only gcc and binutils (the README's
+# set-up line).  `make guests` also builds the container images (busybox-static, `make deps`).
+BOOT_GUESTS := guests/tiny guests/hello
 
-.PHONY: all deps venv guests boot test test-unit test-hw bench clean distclean help
+.PHONY: all deps venv guests boot-guests boot test test-unit test-hw bench clean distclean help
 
 all: venv guests
 
 help:
-	@echo "make boot    build everything and boot the bundled guest (Ctrl-A x quits)"
+	@echo "make boot    build the venv and the VM guests, boot the bundled guest (Ctrl-A x quits)"
 	@echo "make deps    (root) install the Debian/Ubuntu packages the tests use (.ci/packages)"
 	@echo "make test    build everything and run the test suite"
 	@echo "make test-hw run the VM tests on hardware-style KVM (an L1 under QEMU TCG if needed)"
@@ -39,8 +43,12 @@ $(VENV)/.installed: pyproject.toml setup.py pykvm/vm/kvm/_build.py pykvm/contain
 guests:
 	$(MAKE) -C guests
 
-boot: venv guests
-	$(PYKVM) boot
+boot-guests:
+	for d in $(BOOT_GUESTS); do $(MAKE) -C $$d || exit 1; done
+
+# BOOT_ARGS for a boot without a terminal: make boot BOOT_ARGS='--cmdline "run=info;poweroff"'
+boot: venv boot-guests
+	$(PYKVM) boot $(BOOT_ARGS)
 
 test: venv guests
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 import subprocess
 import sys
 import time
@@ -34,3 +35,27 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def output_until_exit(proc: subprocess.Popen, silence: float) -> bytes:
+    """proc's stdout (its stderr drained) until it exits; stops it after `silence` s of quiet.
+
+    A bound on silence, not on the run: under nested virtualization on a loaded host a
+    guest may take minutes while it prints all the way."""
+    streams = {stream: bytearray() for stream in (proc.stdout, proc.stderr) if stream is not None}
+    with selectors.DefaultSelector() as sel:
+        for stream in streams:
+            sel.register(stream, selectors.EVENT_READ)
+        while sel.get_map():
+            ready = sel.select(silence)
+            if not ready:
+                proc.kill()
+                raise AssertionError(f"{proc.args[0]} printed nothing for {silence:.0f} s; stopped it. "
+                                     f"Its console so far:\n{streams[proc.stdout].decode(errors='replace')}")
+            for key, _ in ready:
+                data = os.read(key.fileobj.fileno(), 65536)
+                streams[key.fileobj] += data
+                if not data:
+                    sel.unregister(key.fileobj)
+    proc.wait()
+    return bytes(streams[proc.stdout])

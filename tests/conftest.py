@@ -1,4 +1,4 @@
-"""Test tiers, as pytest markers (see pyproject.toml and docs/contributing.md).
+"""Test tiers, as pytest markers (see pyproject.toml and docs/contributing-test-lanes.md).
 
     (no marker)  unit: pure Python, no KVM, no root
     kvm          needs a usable /dev/kvm

@@ -78,17 +78,22 @@ class SerialSession:
         return bool(chunk)
 
     def expect(self, text: bytes | str, timeout: float, start: int = 0) -> int:
-        """Wait until `text` appears in the console output after `start`; returns its end offset."""
+        """Wait until `text` appears in the console output after `start`; returns its end offset.
+
+        `timeout` bounds the console's silence, not the wait: a guest that keeps printing
+        (a kernel booting, however slowly a loaded host runs it) is given more time."""
         import time
 
         needle = text.encode() if isinstance(text, str) else text
-        deadline = time.monotonic() + timeout
+        deadline, seen = time.monotonic() + timeout, len(self.output)
         while (at := self.output.find(needle, start)) < 0:
+            if len(self.output) > seen:
+                deadline, seen = time.monotonic() + timeout, len(self.output)
             left = deadline - time.monotonic()
             if left <= 0 or (not self._pump(min(left, 0.5)) and self.proc.poll() is not None):
                 tail = self.output[-2000:].decode(errors="replace")
-                raise AssertionError(f"{needle!r} not seen within {timeout} s on the console of "
-                                     f"{' '.join(self.argv[:3])}...; last output:\n{tail}")
+                raise AssertionError(f"{needle!r} not seen on the console of {' '.join(self.argv[:3])}... "
+                                     f"(nothing new for {timeout} s); last output:\n{tail}")
         return at + len(needle)
 
     def send(self, line: str) -> None:

@@ -108,6 +108,8 @@ def run_once(argv: list[str], *, first_line=None, reply_after: str | None = None
     first_line: a predicate on a stdout line (None: the first non-empty line).
     reply_after / reply: when a line starting with reply_after appears, write
     `reply` to the child's stdin (the Linux guest's shell reads its console).
+    timeout: seconds without any output after which the run is stopped; a bound on
+    silence, not on the whole run, so a slow or loaded host only makes a live run longer.
     """
     awaited = first_line or (lambda line: line.strip() != "")
     label = label or f"`{_short(argv)}`"
@@ -118,8 +120,7 @@ def run_once(argv: list[str], *, first_line=None, reply_after: str | None = None
                              pass_fds=(report_w,), start_new_session=True)
     os.close(report_w)
     try:
-        out, err, first = _read_until_eof(child, awaited, reply_after, reply, time.monotonic() + timeout,
-                                          label)
+        out, err, first = _read_until_eof(child, awaited, reply_after, reply, timeout, label)
         child.wait()
         start, end, status, maxrss_kib, cpu_s, floor_kib = _read_report(report_r, child, err)
     except BaseException:
@@ -150,21 +151,24 @@ def _read_report(fd: int, child, err: bytes) -> tuple:
     return ast.literal_eval(data.decode())
 
 
-def _read_until_eof(child, awaited, reply_after, reply, deadline, label):
-    """Drain stdout and stderr until both close; note when the awaited line completed."""
+def _read_until_eof(child, awaited, reply_after, reply, silence, label):
+    """Drain stdout and stderr until both close; note when the awaited line completed.
+    Give up when neither has said anything for `silence` seconds."""
     out, err, pending, first = bytearray(), bytearray(), b"", None
+    deadline = time.monotonic() + silence
     with selectors.DefaultSelector() as sel:
         sel.register(child.stdout, selectors.EVENT_READ, "out")
         sel.register(child.stderr, selectors.EVENT_READ, "err")
         while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RunFailed(f"{label} did not finish in time; stopped it")
+                raise RunFailed(f"{label} printed nothing for {silence:.0f} s; stopped it")
             for key, _ in sel.select(left):
                 data = os.read(key.fileobj.fileno(), READ_CHUNK)
                 if not data:
                     sel.unregister(key.fileobj)
                     continue
+                deadline = time.monotonic() + silence
                 if key.data == "err":
                     err += data
                     continue

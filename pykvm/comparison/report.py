@@ -24,7 +24,7 @@ __all__ = ["GUEST_CHOICES", "PLOT_FORMATS", "REPORT_VERSION", "check_options", "
 GUEST_CHOICES = ("tiny", "linux")
 PLOT_FORMATS = (".svg", ".png")   # PNG: the SVG rasterized by rsvg-convert (plot.py)
 REPORT_VERSION = 1                  # bumped when a field of the --json output changes meaning
-RUN_TIMEOUT_S = 120.0               # per run: tiny exits in well under a second, Linux in seconds
+RUN_TIMEOUT_S = 120.0               # per run, of silence: a booting guest prints as it goes
 
 
 def check_options(runs: int, guest: str, plot: str | None) -> None:

@@ -6,6 +6,7 @@ where they are not the launcher says which limits it could not apply.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -29,6 +30,52 @@ def rootless_problem() -> str | None:
     return None
 
 
+# What `python -m pykvm container` imports: pykvm itself (with its compiled cffi modules) and
+# the distributions it depends on.
+DEPENDENCIES = ("click", "cffi", "pycparser")
+
+
+def public_copy(src: Path, dst: Path) -> None:
+    """Copy a file or tree so that every user can read it (and run what was executable)."""
+    if src.is_dir():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    for path in [dst, *dst.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() or path.stat().st_mode & 0o100 else 0o644)
+
+
+@pytest.fixture(scope="session")
+def nobody_pythonpath():
+    """A copy of pykvm and its dependencies that uid 65534 can read, wherever the checkout is.
+
+    A clone under /root, in a `mktemp -d` folder or in a 0750 home cannot be traversed by an
+    ordinary user, so neither the source tree nor the venv inside it can be imported from.
+    """
+    lib = Path(tempfile.mkdtemp(prefix="pykvm-rootless-lib-", dir="/tmp"))
+    public_copy(ROOT / "pykvm", lib / "pykvm")
+    for name in DEPENDENCIES:
+        for file in importlib.metadata.distribution(name).files:
+            source = Path(file.locate())
+            if source.is_file() and ".." not in file.parts:
+                public_copy(source, lib / file)
+    lib.chmod(0o755)
+    yield lib
+    shutil.rmtree(lib, ignore_errors=True)
+
+
+def nobody_interpreter() -> Path | None:
+    """This Python's interpreter, if uid 65534 may run it (a venv's may sit under /root)."""
+    for python in (Path(sys.executable).resolve(), Path(f"/usr/bin/python3.{sys.version_info.minor}")):
+        probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                                str(python), "-c", "import sys; print(sys.version_info[:2])"],
+                               capture_output=True, text=True, cwd="/")
+        if probe.returncode == 0 and probe.stdout.strip() == str(tuple(sys.version_info[:2])):
+            return python
+    return None
+
+
 @pytest.fixture
 def public_dir():
     """A directory nobody can reach (pytest's tmp_path is private to root)."""
@@ -44,30 +91,42 @@ def rootless_rootfs(public_dir, rootfs_factory):
 
 
 @pytest.fixture
-def as_nobody(public_dir):
+def as_nobody(public_dir, nobody_pythonpath):
     """Run the CLI as uid/gid 65534 with an interpreter and packages that user can read."""
     if problem := rootless_problem():
         pytest.skip(problem)
-    python = Path("/usr/bin/python3.11")
-    if not python.exists():
-        pytest.skip("needs /usr/bin/python3.11 (the venv's interpreter may be unreadable for nobody)")
-    site = next(Path(p) for p in sys.path if p.endswith("site-packages"))
+    python = nobody_interpreter()
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that uid {NOBODY} "
+                    f"may run (this one is {sys.executable})")
     home = public_dir / "home"
     home.mkdir()
     os.chown(home, NOBODY, NOBODY)
 
     def command(*args) -> tuple[list[str], dict]:
-        env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{site}",
+        """argv and environment; -P: never import from the working directory (the checkout)."""
+        env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(nobody_pythonpath),
                "XDG_RUNTIME_DIR": str(home)}
         return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                str(python), "-m", "pykvm", "container", *map(str, args)], env
+                str(python), "-P", "-m", "pykvm", "container", *map(str, args)], env
 
-    def run(*args):
-        argv, env = command(*args)
-        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    def run(*args, **env):
+        argv, base = command(*args)
+        return subprocess.run(argv, capture_output=True, text=True, env={**base, **env}, cwd=home,
+                              timeout=60)
     run.home = home
     run.command = command
     return run
+
+
+def test_nobody_imports_the_public_copy(as_nobody):
+    """The rootless tests run pykvm from the copy, never from the checkout."""
+    r = as_nobody("--help")
+    assert r.returncode == 0, r.stderr
+    argv, env = as_nobody.command()
+    probe = subprocess.run([*argv[:argv.index("-m")], "-c", "import pykvm; print(pykvm.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=as_nobody.home)
+    assert probe.stdout.startswith(env["PYTHONPATH"]), probe.stdout + probe.stderr
 
 
 def test_rootless_run_maps_root_to_the_caller(as_nobody, rootless_rootfs):
@@ -104,11 +163,7 @@ def test_rootless_host_network_binds_the_hosts_sys(as_nobody, rootless_rootfs):
 
 
 def test_rootless_state_dir_problem_is_one_line(as_nobody, rootless_rootfs):
-    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                        "/usr/bin/python3.11", "-m", "pykvm", "container", "run", "--rootfs",
-                        str(rootless_rootfs), "true"], capture_output=True, text=True, timeout=60,
-                       env={"PATH": "/usr/bin:/bin", "PYKVM_STATE_ROOT": "/root/forbidden",
-                            "PYTHONPATH": os.pathsep.join([str(ROOT), *[p for p in sys.path if p.endswith("site-packages")]])})
+    r = as_nobody("run", "--rootfs", rootless_rootfs, "true", PYKVM_STATE_ROOT="/root/forbidden")
     assert r.returncode == 1
     assert r.stderr.startswith("pykvm: error: cannot create the state directory /root/forbidden")
 

@@ -24,6 +24,7 @@ Each stage has a timeout; a failure names the stage and keeps the serial log
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import shlex
@@ -106,7 +107,10 @@ class TestLog:
     When L1 hangs, pytest dies with it and writes no junit XML; this log is
     what survives.  The host reads it to name the test that was running, to
     count what finished, and to give a fresh L1 only the tests still to run.
-    Lines are "start<TAB>NODEID" and "passed|failed|skipped<TAB>NODEID".
+    Lines are "start<TAB>NODEID" and "passed|failed|skipped<TAB>NODEID"; a failed
+    setup, call or teardown adds "report<TAB>NODEID<TAB>TEXT", TEXT being pytest's
+    traceback as a JSON string (one line), so no L1 takes a failure's reason with it.
+    The host adds "boot<TAB>N" before each L1 and "hung<TAB>NODEID" after a hang.
     """
     __test__ = False                    # a plugin, not a test class
 
@@ -128,6 +132,8 @@ class TestLog:
 
     def pytest_runtest_logreport(self, report) -> None:
         before = self._outcome.get(report.nodeid, "passed")
+        if report.failed:
+            self._write("report", report.nodeid, f"{report.when}: {report.longreprtext}")
         if report.failed or before == "failed":     # an error in setup or teardown too
             self._outcome[report.nodeid] = "failed"
         elif report.skipped:
@@ -136,26 +142,73 @@ class TestLog:
     def pytest_runtest_logfinish(self, nodeid: str, location) -> None:
         self._write(self._outcome.pop(nodeid, "passed"), nodeid)
 
-    def _write(self, event: str, nodeid: str) -> None:
-        with open(self.path, "a", encoding="utf-8") as log:
-            log.write(f"{event}\t{nodeid}\n")
-            log.flush()
-            os.fsync(log.fileno())
+    def _write(self, event: str, nodeid: str, text: str | None = None) -> None:
+        append_test_log(self.path, event, nodeid, text)
+
+
+def append_test_log(path: Path, event: str, subject: str, text: str | None = None) -> None:
+    """One line of TestLog's file, on disk before this returns (L1 may hang next)."""
+    line = f"{event}\t{subject}" + ("" if text is None else f"\t{json.dumps(text)}")
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(line + "\n")
+        log.flush()
+        os.fsync(log.fileno())
 
 
 def read_test_log(path: Path) -> dict[str, str]:
     """TestLog's file as {nodeid: outcome} for finished tests, plus
     {nodeid: "running"} for one that started and never finished."""
     state: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return state
-    for line in lines:
+    for line in _log_lines(path):
         event, tab, nodeid = line.partition("\t")
         if tab and event in ("start", *TestLog.OUTCOMES):
             state[nodeid] = "running" if event == "start" else event
     return state
+
+
+def _log_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+@dataclass
+class FailureReport:
+    """A failed test, or the test an L1 hung in, and in which L1 boot (1, 2, ...)."""
+    boot: int
+    nodeid: str
+    text: str
+
+
+def failure_reports(path: Path) -> list[FailureReport]:
+    """Every failure TestLog's file records, over every L1 boot, in order."""
+    reports, boot = [], 1
+    for line in _log_lines(path):
+        event, _, rest = line.partition("\t")
+        if event == "boot" and rest.isdigit():
+            boot = int(rest)
+        elif event == "hung":
+            reports.append(FailureReport(boot, rest, "L1 hung while this test ran (the lane's "
+                                         "warning above names its serial log and registers)"))
+        elif event == "report":
+            nodeid, _, text = rest.rpartition("\t")
+            try:
+                reports.append(FailureReport(boot, nodeid, json.loads(text)))
+            except ValueError:
+                reports.append(FailureReport(boot, rest, "(report cut short: L1 stopped while writing it)"))
+    return reports
+
+
+def print_failure_reports(path: Path) -> None:
+    """The failure reports of this lane run, at its end, whichever L1 they came from."""
+    reports = failure_reports(path)
+    if not reports:
+        return
+    print(f"lane: {len(reports)} failure report(s) of this run (from {path}):")
+    for report in reports:
+        print(f"---- L1 boot {report.boot}: {report.nodeid} ----\n{report.text.rstrip()}")
+    sys.stdout.flush()
 
 
 def finished_tests(state: dict[str, str]) -> dict[str, str]:
@@ -506,15 +559,29 @@ def run_l1_retrying_a_hang(args: argparse.Namespace, pytest_args: list[str],
     run = run or run_l1
     test_log = args.cache / TEST_LOG
     test_log.unlink(missing_ok=True)
+    try:
+        return _boot_l1s_until_one_finishes(args, pytest_args, run, test_log)
+    finally:
+        print_failure_reports(test_log)
+
+
+def _boot_l1s_until_one_finishes(args: argparse.Namespace, pytest_args: list[str], run,
+                                 test_log: Path) -> int:
+    """Up to L1_ATTEMPTS boots of `run`, each marked in the test log; the lane's status."""
     for attempt in range(1, L1_ATTEMPTS + 1):
+        append_test_log(test_log, "boot", str(attempt))
         try:
             status = run(args, pytest_args)
             break
         except L1Hung as e:
+            for nodeid, outcome in read_test_log(test_log).items():
+                if outcome == "running":
+                    append_test_log(test_log, "hung", nodeid)
             if attempt == L1_ATTEMPTS:
                 raise
             for name, kept_name in ((SERIAL_LOG, f"serial.hung-{attempt}.log"),
-                                    (HUNG_REGISTERS, f"registers.hung-{attempt}.txt")):
+                                    (HUNG_REGISTERS, f"registers.hung-{attempt}.txt"),
+                                    ("junit.xml", f"junit.hung-{attempt}.xml")):
                 if (args.cache / name).exists():
                     (args.cache / name).replace(args.cache / kept_name)
             done = finished_tests(read_test_log(test_log))

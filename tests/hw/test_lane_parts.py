@@ -238,6 +238,12 @@ def test_the_test_log_records_outcomes_and_a_second_run_skips_what_finished(tmp_
                      "test_sample.py::test_skip": "skipped", "test_sample.py::test_error": "failed",
                      "test_sample.py::test_later": "passed"}
     assert lane.log_summary(state) == "2 passed, 2 failed, 1 skipped"
+    reports = {r.nodeid: r.text for r in lane.failure_reports(log)}
+    assert sorted(reports) == ["test_sample.py::test_bad", "test_sample.py::test_error"], reports
+    assert reports["test_sample.py::test_bad"].startswith("call: ") and \
+        "assert False" in reports["test_sample.py::test_bad"], reports
+    assert reports["test_sample.py::test_error"].startswith("setup: ") and \
+        "RuntimeError: setup" in reports["test_sample.py::test_error"], reports
     assert log.read_text().count("start\ttest_sample.py::test_ok") == 0
 
 
@@ -269,3 +275,62 @@ def test_the_qemu_monitor_answers_with_the_vcpu_registers(tmp_path):
     assert "CPU#0" in out and "EIP=0000fff0" in out, out[:500]   # the reset vector
     assert "\x1b" not in out                                     # no echo of the command
     assert lane.qemu_monitor(tmp_path / "gone.sock", "info registers").startswith("(no answer")
+
+
+def test_every_l1s_failure_reports_are_kept_and_printed_at_the_end(tmp_path, capsys):
+    """A test fails in the first L1, which then hangs in another; the second L1 fails a third.
+    Both tracebacks and the hang are printed after the lane's summary, and the first L1's
+    junit XML is kept beside the second's."""
+    import argparse
+
+    args = argparse.Namespace(cache=tmp_path)
+    calls = []
+
+    def fails_hangs_then_fails(args, pytest_args):
+        calls.append(1)
+        log = tmp_path / lane.TEST_LOG
+        if len(calls) == 1:
+            lane.append_test_log(log, "start", "a::one")
+            lane.append_test_log(log, "report", "a::one", "call: AssertionError: first L1\n  line 2")
+            (tmp_path / "junit.xml").write_text("<first/>")
+            raise _hung_l1(tmp_path, "failed\ta::one\nstart\ta::two\n", "first boot")
+        lane.append_test_log(log, "start", "a::two")
+        lane.append_test_log(log, "passed", "a::two")
+        lane.append_test_log(log, "start", "a::three[x\ty]")
+        lane.append_test_log(log, "report", "a::three[x\ty]", "setup: OSError: second L1")
+        lane.append_test_log(log, "failed", "a::three[x\ty]")
+        (tmp_path / "junit.xml").write_text("<second/>")
+        return 1
+
+    assert lane.run_l1_retrying_a_hang(args, [], run=fails_hangs_then_fails) == 1
+    assert (tmp_path / "junit.hung-1.xml").read_text() == "<first/>"
+    assert (tmp_path / "junit.xml").read_text() == "<second/>"
+    reports = lane.failure_reports(tmp_path / lane.TEST_LOG)
+    assert [(r.boot, r.nodeid) for r in reports] == [(1, "a::one"), (1, "a::two"), (2, "a::three[x\ty]")]
+    assert reports[0].text == "call: AssertionError: first L1\n  line 2"
+    out = capsys.readouterr().out
+    summary = out.index("lane: over 2 L1 boots: 1 passed, 2 failed, 0 skipped; status 1")
+    assert out.index("lane: 3 failure report(s) of this run") > summary, out
+    assert "---- L1 boot 1: a::one ----\ncall: AssertionError: first L1\n  line 2\n" in out
+    assert "---- L1 boot 1: a::two ----\nL1 hung while this test ran" in out
+    assert "---- L1 boot 2: a::three[x\ty] ----\nsetup: OSError: second L1\n" in out
+
+
+def test_a_fifth_hang_still_prints_the_reports(tmp_path, capsys):
+    import argparse
+
+    from lane_error import L1Hung
+
+    def hangs(args, pytest_args):
+        raise _hung_l1(tmp_path, "start\ta::slow\n", "")
+
+    with pytest.raises(L1Hung):
+        lane.run_l1_retrying_a_hang(argparse.Namespace(cache=tmp_path), [], run=hangs)
+    reports = lane.failure_reports(tmp_path / lane.TEST_LOG)
+    assert [(r.boot, r.nodeid) for r in reports] == [(n, "a::slow") for n in range(1, 6)]
+    assert "lane: 5 failure report(s)" in capsys.readouterr().out
+
+
+def test_a_report_cut_short_by_a_hang_still_names_its_test(tmp_path):
+    (tmp_path / "tests.log").write_text('report\ta::b\t"call: Trace\n')
+    assert lane.failure_reports(tmp_path / "tests.log")[0].nodeid.startswith("a::b")

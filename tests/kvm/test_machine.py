@@ -151,9 +151,10 @@ def test_unmapped_port_reads_all_ones_and_the_guest_goes_on(tmp_path, caplog):
 
 
 def test_emulation_failure_names_the_instruction(tmp_path):
-    """int3 in guest kernel mode: PVM's instruction emulator cannot run it (DEVELOPERS.md);
-    hardware KVM delivers #BP, which with no IDT becomes a triple fault.  Either way the VM
-    stops with the reason and the registers, and on PVM with the instruction's bytes."""
+    """int3 in guest kernel mode: PVM's instruction emulator cannot run it
+    (docs/contributing-test-lanes.md); hardware KVM delivers #BP, which with no IDT
+    becomes a triple fault.  Either way the VM stops with the reason and the registers,
+    and on PVM with the instruction's bytes."""
     from tiers import kvm_flavour
 
     message = stopped_with_error(FAULTING_GUEST.format(instruction="int3"), tmp_path)

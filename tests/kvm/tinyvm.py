@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from clitools import output_until_exit
+
 __all__ = [
     "TINY_ELF", "MEM_MIB", "BANNER", "Run", "build_tiny", "vmm_problem",
     "qemu_command", "pykvm_command", "command", "boot",
@@ -31,7 +33,7 @@ MEM_MIB = 128
 BANNER = "tiny 1.0: booting"          # the kernel's first line (main.c)
 QEMU = "qemu-system-x86_64"
 DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=0x04"   # what pykvm emulates too
-TIMEOUT_S = 120
+TIMEOUT_S = 120                       # of silence: a boot that prints nothing this long is stopped
 
 
 @dataclass
@@ -90,7 +92,13 @@ def console_from_banner(raw: bytes) -> str:
 
 
 def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF) -> Run:
-    """Boot under `vmm`, feed `stdin` to the serial port, wait for the VMM to exit."""
-    proc = subprocess.run(command(vmm, elf, cmdline), input=stdin, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=TIMEOUT_S)
-    return Run(proc.returncode, console_from_banner(proc.stdout))
+    """Boot under `vmm`, feed `stdin` to the serial port, wait for the VMM to exit
+    (or for TIMEOUT_S of silence)."""
+    proc = subprocess.Popen(command(vmm, elf, cmdline), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with proc:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+        console = output_until_exit(proc, TIMEOUT_S)
+    return Run(proc.returncode, console_from_banner(console))
+

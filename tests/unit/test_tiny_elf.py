@@ -1,5 +1,5 @@
 """The built guests/tiny/tiny.elf: a PVH entry note, and no instruction the
-PVM emulator cannot run in kernel mode (DEVELOPERS.md / the brief: int3,
+PVM emulator cannot run in kernel mode (the table in docs/contributing-test-lanes.md: int3,
 int N, cmpxchg16b, SSE and the xsave family, clac/stac)."""
 from __future__ import annotations
 
