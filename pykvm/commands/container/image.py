@@ -177,6 +177,52 @@ def pull_cmd(insecure, username, password, reference):
     _echo(image.name)
 
 
+@click.command("login")
+@click.option("-u", "--username", help="User name (asked for on a terminal if not given).")
+@click.option("-p", "--password", help="Password (prefer --password-stdin: a command line is visible in ps).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure", is_flag=True, help="Plain HTTP even for a registry that is not on localhost.")
+@click.argument("server", required=False)
+def login_cmd(username, password, password_stdin, insecure, server):
+    """Log in to a registry (default Docker Hub) and keep the credentials where docker does."""
+    import sys
+
+    from pykvm.container.image.credentials import Credentials, store_credentials
+    from pykvm.container.image.registry import login, registry_host
+    from pykvm.errors import ConfigError
+    host = registry_host(server)
+    if password is not None and password_stdin:
+        raise ConfigError("--password and --password-stdin exclude each other")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if username is None:
+        if not sys.stdin.isatty():
+            raise ConfigError("no user name: give -u USER (standard input is not a terminal)")
+        username = click.prompt("Username")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise ConfigError("no password: give --password-stdin (standard input is not a terminal)")
+        password = click.prompt("Password", hide_input=True)
+    creds = Credentials(username, password)
+    login(host, creds, insecure=insecure)
+    where = store_credentials(host, creds)
+    _echo_err(f"credentials for {host} kept in {where}")
+    _echo("Login Succeeded")
+
+
+@click.command("logout")
+@click.argument("server", required=False)
+def logout_cmd(server):
+    """Forget the credentials kept for a registry (default Docker Hub)."""
+    from pykvm.container.image.credentials import erase_credentials
+    from pykvm.container.image.registry import registry_host
+    host = registry_host(server)
+    if erase_credentials(host):
+        _echo(f"Removing login credentials for {host}")
+    else:
+        _echo(f"Not logged in to {host}")
+
+
 # --- OCI archives (save/load) --------------------------------------------------------
 
 def save_archive(store, names, output: str) -> None:
