@@ -44,13 +44,14 @@ def _build_arg(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("-f", "--file", "dockerfile", type=click.Path(dir_okay=False), help="The Dockerfile (default CONTEXT/Dockerfile).")
 @click.option("--build-arg", multiple=True, metavar="KEY=VALUE", help="Set an ARG.")
 @click.option("--no-cache", is_flag=True, help="Ignore the build cache.")
+@click.option("--target", help="Build up to this stage (FROM ... AS NAME) and stop.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
 @click.argument("context", type=click.Path(file_okay=False))
-def build_cmd(tag, dockerfile, build_arg, no_cache, quiet, context):
+def build_cmd(tag, dockerfile, build_arg, no_cache, target, quiet, context):
     """Build an image from a Dockerfile."""
     from pykvm.container.image.build import BuildOptions, build_image
     options = BuildOptions(context, tag, dockerfile, _build_arg(build_arg), no_cache,
-                           log=None if quiet else _echo)
+                           log=None if quiet else _echo, target=target)
     image = build_image(_store(), options)
     if quiet:
         _echo(image.id)
