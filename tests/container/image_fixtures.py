@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_registry(workdir: Path) -> tuple[subprocess.Popen, RegistryServer]:
-    """Start docker-registry on 127.0.0.1:<free port> with storage under workdir; wait until it answers."""
+def start_registry(workdir: Path, auth: str = "") -> tuple[subprocess.Popen, RegistryServer]:
+    """Start docker-registry on 127.0.0.1:<free port> with storage under workdir; wait until it answers.
+
+    `auth`: the config's `auth:` section (YAML, indented by two), e.g. token auth."""
     port = free_port()
     storage = workdir / "registry"
     config = workdir / "registry.yml"
@@ -69,7 +72,7 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
-""")
+{auth}""")
     proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -110,6 +113,10 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 15.0) -> None:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return
+        except urllib.error.HTTPError as e:
+            if e.code == 401:                   # up, and asking for auth
+                return
+            time.sleep(0.05)
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"docker-registry did not answer on {url}")

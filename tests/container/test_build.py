@@ -49,14 +49,14 @@ def test_parser_joins_continuations_and_skips_comments():
                           'CMD ["/bin/echo", "hi"]\n')
     assert df.directives == {"syntax": "docker/dockerfile:1"}
     assert [(i.keyword, i.line) for i in df.instructions] == [("FROM", 2), ("ENV", 5), ("COPY", 8), ("CMD", 9)]
-    assert df.instructions[1].args == "A=1 B=2"
+    assert df.instructions[1].args == "A=1     B=2"      # BuildKit keeps the indentation
     assert df.instructions[2].flags == {"chown": "1:2"} and df.instructions[2].args == "a b"
     assert df.instructions[3].exec_form == ["/bin/echo", "hi"]
 
 
 def test_escape_directive_switches_to_backtick():
     df = parse_dockerfile("# escape=`\nFROM scratch\nENV A=1 `\n  B=2\n")
-    assert df.escape == "`" and df.instructions[1].args == "A=1 B=2"
+    assert df.escape == "`" and df.instructions[1].args == "A=1   B=2"
 
 
 def test_unknown_instruction_names_file_and_line():
@@ -106,12 +106,13 @@ CMD ["-c", "echo $MSG"]
     assert cfg["Labels"] == {"maintainer": "x", "version": "hello"}
     assert cfg["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}}
     assert cfg["Entrypoint"] == ["/bin/sh"] and cfg["Cmd"] == ["-c", "echo $MSG"]
-    assert len(image.layers) == 2 == len(image.diff_ids)
-    first = layer_members(store, image.layers[0])
+    assert len(image.layers) == 3 == len(image.diff_ids)
+    assert sorted(layer_members(store, image.layers[0])) == ["srv"]       # WORKDIR makes its directory
+    first = layer_members(store, image.layers[1])
     assert sorted(first) == ["srv", "srv/app", "srv/app/data", "srv/app/data/x", "srv/app/main.sh"]
     assert first["srv/app/main.sh"].mode == 0o755 and first["srv/app/main.sh"].uid == 0
     assert all(m.mtime == 0 for m in first.values())
-    second = layer_members(store, image.layers[1])
+    second = layer_members(store, image.layers[2])
     assert "usr/local/bin/main.sh" in second
 
 
@@ -323,7 +324,7 @@ RUN ["/bin/sh", "-c", "id -u > /tmp/uid"]
 USER nobody
 RUN id -u > /tmp/uid-nobody
 """, build_args={"WHO": "pykvm"})
-    run_layer = layer_members(store, image.layers[2])
+    run_layer = layer_members(store, image.layers[3])     # busybox's, WORKDIR's, then the RUNs
     assert "bin/.wh.vi" in run_layer, sorted(run_layer)
     assert "work/out.txt" in run_layer
     assert "data/.wh..wh..opq" in run_layer or "data/.wh.a" in run_layer, sorted(run_layer)
@@ -336,7 +337,7 @@ RUN id -u > /tmp/uid-nobody
     assert (root / "tmp/uid-nobody").read_text() == "65534\n"
     again, log2 = build(store, ctx, build_args={"WHO": "pykvm"})
     assert again.manifest_digest == image.manifest_digest
-    assert sum("using cache" in line for line in log2) == 4, log2   # the 4 RUNs
+    assert sum("using cache" in line for line in log2) == 5, log2   # WORKDIR's directory and the 4 RUNs
 
 
 @pytest.mark.root

@@ -155,11 +155,15 @@ def test_cli_push_pull(store, registry, tmp_path):
 class AuthProxy(http.server.ThreadingHTTPServer):
     """Requires Basic or Bearer auth, then forwards to the registry (test code, not pykvm)."""
 
-    def __init__(self, upstream: str, scheme: str, user="alice", password="s3cret", anonymous_pull=False):
+    def __init__(self, upstream: str, scheme: str, user="alice", password="s3cret", anonymous_pull=False,
+                 expire_after: int | None = None):
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream, self.scheme = upstream, scheme
         self.user, self.password, self.anonymous_pull = user, password, anonymous_pull
+        self.expire_after = expire_after                   # a token expires after this many uses
         self.tokens: dict[str, str] = {}                   # token -> scope
+        self.uses: dict[str, int] = {}                     # token -> requests it authorized
+        self.expired = 0
         self.token_requests = 0
         self.host = f"127.0.0.1:{self.server_address[1]}"
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -192,7 +196,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     def _token(self):
         srv = self.server
         srv.token_requests += 1
-        scope = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("scope", [""])[0]
+        scopes = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("scope", [""])
+        scope = max(scopes, key=len)                       # the widest asked for: ours, not the challenge's
         if not self._basic_ok() and not (srv.anonymous_pull and scope.endswith(":pull")):
             return self._reply(401, b'{"details":"bad credentials"}')
         token = secrets.token_hex(8)
@@ -200,10 +205,25 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self._reply(200, json.dumps({"token": token}).encode(), [("Content-Type", "application/json")])
 
     def _authorized(self) -> bool:
+        """Basic: the password. Bearer: a live token whose scope allows this request's action."""
+        srv = self.server
         auth = self.headers.get("Authorization", "")
-        if self.server.scheme == "basic":
+        if srv.scheme == "basic":
             return self._basic_ok()
-        return auth.startswith("Bearer ") and auth[7:] in self.server.tokens
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        if token not in srv.tokens:
+            return False
+        granted = srv.tokens[token].rpartition(":")[2].split(",")
+        if self._action() not in granted:
+            return False
+        srv.uses[token] = srv.uses.get(token, 0) + 1
+        if srv.expire_after is not None and srv.uses[token] > srv.expire_after:
+            srv.expired += 1
+            return False
+        return True
+
+    def _action(self) -> str:
+        return "pull" if self.command in ("GET", "HEAD") else "push"
 
     def _challenge(self):
         if self.server.scheme == "basic":
@@ -211,7 +231,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         else:
             m = re.match(r"^/v2/(.+?)/(?:blobs|manifests)/", self.path)
             repo = m.group(1) if m else ""
-            action = "pull" if self.command in ("GET", "HEAD") else "pull,push"
+            action = "pull" if self._action() == "pull" else "pull,push"
             value = (f'Bearer realm="http://{self.server.host}/token",service="test",'
                      f'scope="repository:{repo}:{action}"')
         self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
@@ -394,3 +414,25 @@ def test_umoci_unpacks_our_layout_and_honours_our_whiteouts(store, tmp_path):
     assert sorted(os.listdir(rootfs / "d")) == ["g"], "the old /d/sub is hidden"
     config = json.loads((bundle / "config.json").read_text())
     assert config["process"]["args"] == ["/bin/sh"]
+
+
+def test_an_expired_token_is_renewed_mid_pull(store, tmp_path, auth_proxy, registry):
+    """A token that expires between the manifest and the blobs: ask for a new one, go on."""
+    image = small_image(store, tmp_path)
+    push(store, "demo:1", f"{registry.host}/public/app:1")
+    proxy = auth_proxy("bearer", anonymous_pull=True, expire_after=1)
+    store.untag("demo:1")
+    store.gc()
+    pulled = pull(store, f"{proxy.host}/public/app:1", credentials=Credentials())
+    assert pulled.manifest_digest == image.manifest_digest
+    assert proxy.expired >= 1 and proxy.token_requests >= 2, (proxy.expired, proxy.token_requests)
+
+
+def test_a_refused_fresh_token_is_one_error(store, tmp_path, auth_proxy, registry):
+    """A registry that refuses even the token it just gave: an error, not a loop."""
+    small_image(store, tmp_path)
+    push(store, "demo:1", f"{registry.host}/public/app:1")
+    proxy = auth_proxy("bearer", anonymous_pull=True, expire_after=0)
+    with pytest.raises(ContainerError, match="refused the token"):
+        pull(store, f"{proxy.host}/public/app:1", credentials=Credentials())
+    assert proxy.token_requests <= 3

@@ -44,13 +44,14 @@ def _build_arg(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("-f", "--file", "dockerfile", type=click.Path(dir_okay=False), help="The Dockerfile (default CONTEXT/Dockerfile).")
 @click.option("--build-arg", multiple=True, metavar="KEY=VALUE", help="Set an ARG.")
 @click.option("--no-cache", is_flag=True, help="Ignore the build cache.")
+@click.option("--target", help="Build up to this stage (FROM ... AS NAME) and stop.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
 @click.argument("context", type=click.Path(file_okay=False))
-def build_cmd(tag, dockerfile, build_arg, no_cache, quiet, context):
+def build_cmd(tag, dockerfile, build_arg, no_cache, target, quiet, context):
     """Build an image from a Dockerfile."""
     from pykvm.container.image.build import BuildOptions, build_image
     options = BuildOptions(context, tag, dockerfile, _build_arg(build_arg), no_cache,
-                           log=None if quiet else _echo)
+                           log=None if quiet else _echo, target=target)
     image = build_image(_store(), options)
     if quiet:
         _echo(image.id)
@@ -175,6 +176,52 @@ def pull_cmd(insecure, username, password, reference):
     image = pull(_store(), reference, insecure=insecure,
                  credentials=Credentials.lookup(host, username, password), log=_echo_err)
     _echo(image.name)
+
+
+@click.command("login")
+@click.option("-u", "--username", help="User name (asked for on a terminal if not given).")
+@click.option("-p", "--password", help="Password (prefer --password-stdin: a command line is visible in ps).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure", is_flag=True, help="Plain HTTP even for a registry that is not on localhost.")
+@click.argument("server", required=False)
+def login_cmd(username, password, password_stdin, insecure, server):
+    """Log in to a registry (default Docker Hub) and keep the credentials where docker does."""
+    import sys
+
+    from pykvm.container.image.credentials import Credentials, store_credentials
+    from pykvm.container.image.registry import login, registry_host
+    from pykvm.errors import ConfigError
+    host = registry_host(server)
+    if password is not None and password_stdin:
+        raise ConfigError("--password and --password-stdin exclude each other")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if username is None:
+        if not sys.stdin.isatty():
+            raise ConfigError("no user name: give -u USER (standard input is not a terminal)")
+        username = click.prompt("Username")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise ConfigError("no password: give --password-stdin (standard input is not a terminal)")
+        password = click.prompt("Password", hide_input=True)
+    creds = Credentials(username, password)
+    login(host, creds, insecure=insecure)
+    where = store_credentials(host, creds)
+    _echo_err(f"credentials for {host} kept in {where}")
+    _echo("Login Succeeded")
+
+
+@click.command("logout")
+@click.argument("server", required=False)
+def logout_cmd(server):
+    """Forget the credentials kept for a registry (default Docker Hub)."""
+    from pykvm.container.image.credentials import erase_credentials
+    from pykvm.container.image.registry import registry_host
+    host = registry_host(server)
+    if erase_credentials(host):
+        _echo(f"Removing login credentials for {host}")
+    else:
+        _echo(f"Not logged in to {host}")
 
 
 # --- OCI archives (save/load) --------------------------------------------------------

@@ -26,14 +26,16 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pykvm.container.image.dockerfile import (BuildFileError, Dockerfile, DockerIgnore, Instruction,
-                                        expand, parse_dockerfile, shell_words)
+from pykvm.container.image.dockerfile import (HEREDOC_RE, BuildFileError, Dockerfile, DockerIgnore,
+                                              Instruction, parse_exec_form, expand, parse_dockerfile,
+                                              shell_words)
 from pykvm.container.image.store import (MEDIA_OCI_LAYER_GZIP, Image, ImageStore, normalize_name)
 from pykvm.container.image.layer import apply_layer, changes_since, secure_join, snapshot, write_layer
 from pykvm.errors import ContainerError
@@ -47,6 +49,9 @@ CACHE_FILE = "build-cache.json"
 RUN_SKIP = frozenset({"proc", "sys", "dev"})
 COPY_FILE_MODE_MASK = 0o7777
 GLOB_CHARS = set("*?[")
+HEALTHCHECK_DURATIONS = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod",
+                         "start-interval": "StartInterval"}
+DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 
 
 @dataclass
@@ -57,6 +62,7 @@ class BuildOptions:
     build_args: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False
     log: object = None                      # callable(str) for step lines; None = silent
+    target: str | None = None               # --target: the stage to build (default: the last)
 
 
 @dataclass
@@ -81,6 +87,7 @@ class BuildState:
     name: str | None = None                        # FROM ... AS name
     args: dict[str, str] = field(default_factory=dict)
     shell: list[str] = field(default_factory=lambda: list(DEFAULT_SHELL))
+    index: int = 0                                 # its place among the Dockerfile's stages
 
     @property
     def cfg(self) -> dict:
@@ -88,6 +95,18 @@ class BuildState:
 
     def env(self) -> dict[str, str]:
         return dict(e.split("=", 1) for e in self.cfg.get("Env") or [] if "=" in e)
+
+
+def platform_args() -> dict[str, str]:
+    """BuildKit's automatic platform ARGs (Dockerfile reference, "Automatic platform ARGs in
+    the global scope"): pykvm builds for the machine it runs on, so target = build."""
+    import platform
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
+        platform.machine(), platform.machine())
+    variant = "v7" if arch == "arm" else ""
+    plat = f"linux/{arch}" + (f"/{variant}" if variant else "")
+    return {f"{side}{key}": value for side in ("TARGET", "BUILD") for key, value in
+            (("PLATFORM", plat), ("OS", "linux"), ("ARCH", arch), ("VARIANT", variant))}
 
 
 def _key(*parts: str) -> str:
@@ -127,6 +146,10 @@ class Builder:
         self.used_args: set[str] = set()
         self.state: BuildState | None = None
         self.stages: dict[str, BuildState] = {}     # finished stages by index ("0") and by AS name
+        self.scratch: list[str] = []                # temporary folders (here-documents) to remove
+        self.stage_index = 0                        # the next FROM's stage number (COPY --from=N)
+        self.stage_ends: dict[int, Instruction] = {}
+        self.global_args: dict[str, str] = {}
 
     def log(self, text: str) -> None:
         if self.options.log:
@@ -150,12 +173,19 @@ class Builder:
 
     # --- the walk
     def run(self) -> Image:
-        global_args: dict[str, str] = {}
+        global_args = platform_args()
         steps = self.file.instructions
+        needed = self._needed_stages(dict(global_args))
+        stage = -1
         try:
             for number, ins in enumerate(steps, 1):
+                stage += ins.keyword == "FROM"
+                if stage >= 0 and stage not in needed:
+                    continue                            # a stage the target does not need
                 self.log(f"STEP {number}/{len(steps)}: {ins.keyword} {ins.args}")
                 self._step(ins, global_args)
+                if stage == max(needed) and ins is self.stage_ends[stage]:
+                    break                               # the target stage is done
             unused = set(self.options.build_args) - self.used_args
             for name in sorted(unused):
                 self.log(f"warning: build argument {name} was not consumed by any ARG")
@@ -163,6 +193,57 @@ class Builder:
         finally:
             self._drop_rootfs()
             self._save_cache()
+
+    def _needed_stages(self, global_args: dict[str, str]) -> set[int]:
+        """The stages the target needs: itself, and every stage a FROM or COPY --from of a
+        needed stage names (BuildKit builds only those; a broken unused stage cannot fail
+        the build)."""
+        stages: list[list[Instruction]] = []
+        names: dict[str, int] = {}
+        for ins in self.file.instructions:
+            if ins.keyword == "FROM":
+                stages.append([])
+                words = shell_words(ins.args, global_args, self.file.escape)
+                if len(words) == 3 and words[1].lower() == "as":
+                    names[words[2].lower()] = len(stages) - 1
+            elif not stages:
+                if ins.keyword == "ARG":
+                    self._arg(ins, global_args, count_use=False)
+                continue
+            stages[-1].append(ins)
+        if not stages:
+            raise BuildFileError(self.file.filename, 1, "the Dockerfile has no FROM")
+        self.stage_ends = {i: (st[-1] if st else None) for i, st in enumerate(stages)}
+        firsts = [i for i in self.file.instructions if i.keyword == "FROM"]
+        for i, ins in enumerate(firsts):
+            if self.stage_ends[i] is None:
+                self.stage_ends[i] = ins
+        target = len(stages) - 1
+        if self.options.target:
+            if self.options.target.lower() not in names:
+                raise ContainerError(f"--target {self.options.target}: no stage has that name "
+                                     f"(stages: {', '.join(sorted(names)) or 'none named'})")
+            target = names[self.options.target.lower()]
+
+        def refs(index: int) -> set[int]:
+            found = set()
+            words = shell_words(firsts[index].args, global_args, self.file.escape)
+            candidates = [words[0].lower()] if words else []
+            candidates += [i.flags["from"].lower() for i in stages[index]
+                           if i.keyword in ("COPY", "ADD") and "from" in i.flags]
+            for ref in candidates:
+                if ref in names and names[ref] < index:
+                    found.add(names[ref])
+                elif ref.isdigit() and int(ref) < index:
+                    found.add(int(ref))
+            return found
+        needed, todo = set(), [target]
+        while todo:
+            index = todo.pop()
+            if index not in needed:
+                needed.add(index)
+                todo += refs(index)
+        return needed
 
     def _step(self, ins: Instruction, global_args: dict[str, str]) -> None:
         """One instruction; any error is reported as FILE:LINE: KEYWORD: message."""
@@ -206,13 +287,27 @@ class Builder:
             config = json.loads(json.dumps(image.config))        # a deep copy we may change
             self.state = BuildState(config, [dict(d) for d in image.layers], _key("from", image.manifest_digest))
             self.state.cfg.setdefault("Env", [DEFAULT_PATH])
-        self.state.args = {k: v for k, v in global_args.items()}
+        self.global_args = global_args              # a stage sees them only through `ARG NAME`
+        self.state.args = {}
         self.state.name = words[2].lower() if len(words) == 3 else None
+        self.state.index = self.stage_index
+        self.stage_index += 1
+        self._run_triggers(ins)
+
+    def _run_triggers(self, ins: Instruction) -> None:
+        """ONBUILD: the base image's triggers run first, in the child's build and context,
+        and are not passed on to the child's own image (Dockerfile reference, ONBUILD)."""
+        for text in self.state.cfg.pop("OnBuild", None) or []:
+            self.log(f" ---> ONBUILD {text}")
+            for trigger in parse_dockerfile(text, self.file.filename).instructions:
+                trigger.line = ins.line
+                if trigger.keyword in ("FROM", "ONBUILD", "MAINTAINER"):
+                    raise self.file.error(ins, f"the base image's ONBUILD {trigger.keyword} is not allowed")
+                self._step(trigger, self.global_args)
 
     def _finish_stage(self) -> None:
         """Keep the stage that just ended for COPY --from (by index and by its AS name)."""
-        index = str(sum(1 for k in self.stages if k.isdigit()))
-        self.stages[index] = self.state
+        self.stages[str(self.state.index)] = self.state
         if self.state.name:
             self.stages[self.state.name] = self.state
 
@@ -229,18 +324,21 @@ class Builder:
         self.log(f"pulling {name}")
         return pull(self.store, name)
 
-    def _arg(self, ins: Instruction, scope: dict[str, str] | None = None) -> None:
+    def _arg(self, ins: Instruction, scope: dict[str, str] | None = None, count_use: bool = True) -> None:
+        """ARG NAME[=DEFAULT]: --build-arg wins, then the default; in a stage, a bare `ARG NAME`
+        brings in the value of a global ARG (one declared before the first FROM) of that name."""
         target = scope if scope is not None else self.state.args
         env = target if scope is not None else {**self.state.args, **self.state.env()}
         for word in shell_words(ins.args, env, self.file.escape):
             name, eq, default = word.partition("=")
             if name in self.options.build_args:
                 target[name] = self.options.build_args[name]
-                self.used_args.add(name)
+                if count_use:
+                    self.used_args.add(name)
             elif eq:
                 target[name] = default
-            elif scope is None and name in self.state.args:
-                pass                                  # a global ARG redeclared: keep its value
+            elif scope is None and name in self.global_args:
+                target[name] = self.global_args[name]     # a global ARG redeclared: its value
             else:
                 target.setdefault(name, "")
 
@@ -293,10 +391,14 @@ class Builder:
     def _expose(self, ins: Instruction) -> None:
         ports = self.state.cfg.setdefault("ExposedPorts", {})
         for word in self._words(ins):
-            port, _, proto = word.partition("/")
-            if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("", "tcp", "udp", "sctp"):
-                raise self.file.error(ins, f"invalid port {word!r} (want PORT[/tcp|udp|sctp])")
-            ports[f"{int(port)}/{proto or 'tcp'}"] = {}
+            spec, _, proto = word.partition("/")
+            first, dash, last = spec.partition("-")
+            numbers = [first, last] if dash else [first]
+            if (not all(n.isdigit() and 0 < int(n) < 65536 for n in numbers)
+                    or int(numbers[0]) > int(numbers[-1]) or proto not in ("", "tcp", "udp", "sctp")):
+                raise self.file.error(ins, f"invalid port {word!r} (want PORT[-PORT][/tcp|udp|sctp])")
+            for port in range(int(numbers[0]), int(numbers[-1]) + 1):    # a range: each port (docker's rule)
+                ports[f"{port}/{proto or 'tcp'}"] = {}
         self._note(ins)
 
     def _volume(self, ins: Instruction) -> None:
@@ -316,8 +418,26 @@ class Builder:
         if not path:
             raise self.file.error(ins, "want WORKDIR PATH")
         base = self.state.cfg.get("WorkingDir") or "/"
-        self.state.cfg["WorkingDir"] = posixpath.normpath(posixpath.join(base, path))
-        self._note(ins)
+        workdir = posixpath.normpath(posixpath.join(base, path))
+        self.state.cfg["WorkingDir"] = workdir
+        self._make_workdir(ins, workdir)
+
+    def _make_workdir(self, ins: Instruction, workdir: str) -> None:
+        """WORKDIR makes its directory in the image, owned by USER (as BuildKit does): a layer
+        when it is new, a config-only step when the image has it already."""
+        user = self.state.cfg.get("User") or ""
+        material = json.dumps(["WORKDIR", workdir, user])
+        cached = self.cache.get(_key(self.state.cache_key, material))
+        if not (cached and not self.options.no_cache and "digest" in cached):
+            exists = cached == {"exists": True} and not self.options.no_cache
+            if exists or os.path.isdir(secure_join(self._rootfs(), workdir)):
+                self.cache[_key(self.state.cache_key, material)] = {"exists": True}
+                return self._note(ins)
+
+        def mutate(root: str) -> None:
+            owner = self._owner(ins, root, user) if user else (0, 0)
+            _make_dirs(root, secure_join(root, workdir), self.state.owners, owner)
+        self._layer_step(ins, material, mutate, ins.text)
 
     def _stopsignal(self, ins: Instruction) -> None:
         self.state.cfg["StopSignal"] = self._words(ins)[0]
@@ -344,9 +464,34 @@ class Builder:
         self._note(ins)
 
     def _healthcheck(self, ins: Instruction) -> None:
-        self._note(ins)                               # recorded, not acted on: pykvm has no health checks
+        """HEALTHCHECK [--interval=D --timeout=D --start-period=D --start-interval=D --retries=N]
+        CMD command | NONE: kept in the config as docker keeps it (durations in nanoseconds)."""
+        unknown = set(ins.flags) - set(HEALTHCHECK_DURATIONS) - {"retries"}
+        if unknown:
+            raise self.file.error(ins, f"unknown flag --{sorted(unknown)[0]}")
+        keyword, _, rest = ins.args.partition(" ")
+        if keyword.upper() == "NONE" and not rest.strip():
+            self.state.cfg["Healthcheck"] = {"Test": ["NONE"]}
+            return self._note(ins)
+        if keyword.upper() != "CMD" or not rest.strip():
+            raise self.file.error(ins, "want HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE")
+        form = parse_exec_form(rest.strip())
+        check = {"Test": ["CMD", *form] if form is not None else ["CMD-SHELL", rest.strip()]}
+        for flag, field_name in HEALTHCHECK_DURATIONS.items():
+            if flag in ins.flags:
+                check[field_name] = _duration_ns(ins.flags[flag], self.file, ins)
+        if "retries" in ins.flags:
+            if not ins.flags["retries"].isdigit():
+                raise self.file.error(ins, f"--retries={ins.flags['retries']}: want a number")
+            check["Retries"] = int(ins.flags["retries"])
+        self.state.cfg["Healthcheck"] = check
+        self._note(ins)
 
     def _onbuild(self, ins: Instruction) -> None:
+        keyword = ins.args.split(None, 1)[0].upper() if ins.args.strip() else ""
+        if keyword in ("", "FROM", "ONBUILD", "MAINTAINER"):
+            raise self.file.error(ins, f"ONBUILD {keyword or 'needs an instruction'}"
+                                       + (" is not allowed" if keyword else ""))
         self.state.cfg.setdefault("OnBuild", []).append(ins.args)
         self._note(ins)
 
@@ -398,6 +543,9 @@ class Builder:
 
     def _drop_rootfs(self) -> None:
         """Remove every unpacked state (the current one and those of earlier stages)."""
+        for folder in self.scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.scratch.clear()
         for state in [self.state, *self.stages.values()]:
             if state is not None and state.rootfs is not None:
                 shutil.rmtree(state.rootfs, ignore_errors=True)
@@ -423,7 +571,12 @@ class Builder:
         for s in sources:
             if "://" in s:
                 raise self.file.error(ins, f"remote sources are not supported (pykvm builds offline): {s}")
-        source = self._source(ins) if "from" in ins.flags else Source(self.context, self.ignore)
+        if ins.heredocs:
+            source, sources = self._heredoc_source(ins, sources, env)
+        elif "from" in ins.flags:
+            source = self._source(ins)
+        else:
+            source = Source(self.context, self.ignore)
         files = [(s, self._context_files(ins, source, s)) for s in sources]
         chown = expand(ins.flags.get("chown", ""), env)
         chmod = ins.flags.get("chmod")
@@ -441,6 +594,24 @@ class Builder:
             for _, entries in files:
                 self._copy_into(root, source, entries, dest_path, owner, chmod, unpack)
         self._layer_step(ins, key, mutate, ins.text)
+
+    def _heredoc_source(self, ins: Instruction, sources: list[str], env: dict) -> tuple[Source, list[str]]:
+        """COPY <<NAME DEST: each here-document becomes a file NAME (mode 0644) in a scratch
+        directory; an unquoted NAME's body has its variables expanded first."""
+        names = []
+        for word in sources:
+            m = HEREDOC_RE.fullmatch(word)
+            if not m:
+                raise self.file.error(ins, f"{word!r}: here-documents and files cannot be mixed")
+            names.append(m.group("name"))
+        folder = self.store.temp_dir(prefix="heredoc-")
+        self.scratch.append(folder)
+        for doc in ins.heredocs:
+            body = expand(doc.content, env, self.file.escape) if doc.expand else doc.content
+            path = os.path.join(folder, doc.name)
+            Path(path).write_text(body)
+            os.chmod(path, 0o644)
+        return Source(folder, DockerIgnore("")), names
 
     def _source(self, ins: Instruction) -> Source:
         """COPY --from=STAGE (a name or index of an earlier FROM) or --from=IMAGE: its files, unpacked."""
@@ -526,7 +697,7 @@ class Builder:
         for ctx_path, below in entries:
             src = os.path.join(source.base, ctx_path)
             if below == "":
-                _make_dirs(root, secure_join(root, dest), self.state.owners)
+                _make_dirs(root, secure_join(root, dest), self.state.owners, owner)
                 continue
             if single_file and not dest.endswith("/") and not os.path.isdir(secure_join(root, dest)):
                 target = dest
@@ -539,7 +710,7 @@ class Builder:
 
     def _copy_entry(self, root: str, src: str, target: str, owner, chmod) -> None:
         parent = secure_join(root, posixpath.dirname(target))
-        _make_dirs(root, parent, self.state.owners)
+        _make_dirs(root, parent, self.state.owners, owner)
         path = os.path.join(parent, posixpath.basename(target))
         st = os.lstat(src)
         if stat.S_ISDIR(st.st_mode):
@@ -592,7 +763,7 @@ class Builder:
         unknown = set(ins.flags) - {"network"}
         if unknown:
             raise self.file.error(ins, f"unsupported flag --{sorted(unknown)[0]}")
-        argv = self._command(ins)
+        argv = self._run_argv(ins)
         env = {**self.state.args, **self.state.env()}
         cfg = self.state.cfg
         workdir = cfg.get("WorkingDir") or "/"
@@ -608,6 +779,29 @@ class Builder:
         self._layer_step(ins, key, mutate, ins.text)
 
 
+    def _run_argv(self, ins: Instruction) -> list[str]:
+        """RUN's command; with here-documents, BuildKit's three cases (Dockerfile reference,
+        "Here-Documents"): `RUN <<EOF` alone runs the body as the shell's script, or, when it
+        starts with #!, as a program of its own; a command that reads here-documents gets
+        them back in its text, for the shell to feed."""
+        if not ins.heredocs:
+            return self._command(ins)
+        if ins.exec_form is not None:
+            raise self.file.error(ins, "here-documents need the shell form of RUN")
+        only = ins.heredocs[0]
+        if len(ins.heredocs) == 1 and HEREDOC_RE.fullmatch(ins.args.strip()):
+            if only.content.startswith("#!"):
+                # BuildKit mounts the body as an executable file; the shell writes it
+                # into the container's /dev (a tmpfs no layer records), then runs it.
+                script = f"/dev/pipes/{only.name}"
+                writer = (f'mkdir -p /dev/pipes && printf %s "$0" > {script} && chmod 755 {script}'
+                          f' && exec {script}')
+                return self.state.shell + [writer, only.content]
+            return self.state.shell + [only.content]
+        text = ins.args + "".join(f"\n{h.content}{h.name}" for h in ins.heredocs)
+        return self.state.shell + [text]
+
+
 def run_step(rootfs: str, argv: list[str], env: list[str], cwd: str, user: str) -> int:
     """Run one RUN command in a container whose root is `rootfs`; returns its exit status."""
     try:
@@ -616,6 +810,15 @@ def run_step(rootfs: str, argv: list[str], env: list[str], cwd: str, user: str) 
         raise ContainerError("RUN needs the container runtime (pykvm.container.runtime.container), "
                              "which this checkout does not have yet") from None
     return runtime.run_build_step(rootfs, argv, env=env, cwd=cwd, user=user)
+
+
+def _duration_ns(text: str, file: Dockerfile, ins: Instruction) -> int:
+    """A Go duration ("30s", "1m30s", "500ms") in nanoseconds."""
+    units = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    parts = DURATION_RE.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise file.error(ins, f"{text!r} is not a duration (e.g. 30s, 1m30s)")
+    return int(sum(float(n) * units[u] for n, u in parts))
 
 
 def _empty_config() -> dict:
@@ -636,8 +839,9 @@ def _is_archive(path: str) -> bool:
         return False
 
 
-def _make_dirs(root: str, path: str, owners: dict) -> None:
-    """mkdir -p for a path already resolved inside root (mode 0755, owner 0:0)."""
+def _make_dirs(root: str, path: str, owners: dict, owner: tuple[int, int] = (0, 0)) -> None:
+    """mkdir -p for a path already resolved inside root (mode 0755; the directories it makes
+    belong to `owner`: COPY --chown's user, as BuildKit's copy makes them)."""
     rel = os.path.relpath(path, root)
     if rel == ".":
         return
@@ -646,7 +850,7 @@ def _make_dirs(root: str, path: str, owners: dict) -> None:
         here = os.path.join(here, part)
         if not os.path.lexists(here):
             os.mkdir(here, 0o755)
-            _chown(here, (0, 0), owners)
+            _chown(here, owner, owners)
         elif not os.path.isdir(here):
             raise ContainerError(f"{os.path.relpath(here, root)} exists in the image and is not a directory")
 

@@ -5,8 +5,9 @@ Dockerfile reference (docs.docker.com/reference/dockerfile):
     # syntax=...            parser directives: `# key=value` lines before anything else;
     # escape=`              `escape` picks the line-continuation/escape character (\\ or `)
     FROM base AS stage      one instruction per logical line; a line ending in the escape
-    RUN a \\                character continues on the next; `#` lines are comments,
-        && b                also inside a continued instruction
+    RUN a \\                character continues on the next (joined as is: no space added);
+        && b                `#` lines and blank lines inside a continued instruction are skipped
+    RUN <<EOF               a here-document: the lines up to EOF (RUN, COPY and ADD)
     COPY --chown=1:1 a b    flags come first, as --name=value
     CMD ["exec", "form"]    a JSON array is the exec form, anything else the shell form
 
@@ -28,12 +29,15 @@ from dataclasses import dataclass, field
 
 from pykvm.errors import ContainerError
 
-__all__ = ["Instruction", "Dockerfile", "parse_dockerfile", "shell_words", "expand", "DockerIgnore",
+__all__ = ["Instruction", "Heredoc", "Dockerfile", "parse_exec_form", "parse_dockerfile", "shell_words", "expand", "DockerIgnore",
            "BuildFileError"]
 
 DIRECTIVE_RE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=\s*(.*?)\s*$")
 FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]*)(?:=(\S*))?$")
 KNOWN_DIRECTIVES = ("syntax", "escape", "check")
+HEREDOC_INSTRUCTIONS = ("RUN", "COPY", "ADD")
+# <<EOF, <<-EOF, <<"EOF", <<'EOF' (Dockerfile reference, "Here-Documents")
+HEREDOC_RE = re.compile(r"<<(?P<dash>-?)(?P<quote>[\"']?)(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)")
 INSTRUCTIONS = ("FROM", "RUN", "CMD", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "ADD", "COPY",
                 "ENTRYPOINT", "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL",
                 "HEALTHCHECK", "SHELL")
@@ -51,6 +55,16 @@ class BuildFileError(ContainerError):
 
 
 @dataclass
+class Heredoc:
+    """A here-document (`<<EOF` ... `EOF`) after RUN, COPY or ADD."""
+
+    name: str                        # the terminator word, also COPY's file name
+    content: str                     # the lines between, each ending in a newline
+    expand: bool = True              # unquoted word: variables expand (COPY); "EOF" or 'EOF': not
+    chomp: bool = False              # <<-EOF: leading tabs were stripped
+
+
+@dataclass
 class Instruction:
     """One logical line of a Dockerfile."""
 
@@ -59,6 +73,7 @@ class Instruction:
     line: int                        # the line it starts on (1-based)
     flags: dict[str, str] = field(default_factory=dict)
     exec_form: list[str] | None = None   # the JSON array form, when the args are one
+    heredocs: list[Heredoc] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -79,34 +94,68 @@ class Dockerfile:
 
 
 def parse_dockerfile(text: str, filename: str = "Dockerfile") -> Dockerfile:
-    """Split a Dockerfile into instructions, joining continued lines and dropping comments."""
+    """Split a Dockerfile into instructions, as BuildKit's parser does.
+
+    A line ending in the escape character (trailing blanks allowed) continues on the next;
+    the pieces are joined as they are, with no space added and indentation kept, so
+    `ENV P=/a:\\` + `/b` is P=/a:/b. Comment lines and blank lines inside a continued
+    instruction are skipped. RUN, COPY and ADD may end with here-documents (`<<EOF`):
+    the lines up to the terminator are their bodies (Instruction.heredocs).
+    """
     lines = text.splitlines()
     directives, first = _directives(lines)
     escape = directives.get("escape", "\\")
     if escape not in ("\\", "`"):
         raise BuildFileError(filename, 1, f"invalid escape directive {escape!r} (want \\ or `)")
+    continued = re.compile(re.escape(escape) + r"[ \t]*$")
     instructions: list[Instruction] = []
-    pending: list[str] = []
-    start = 0
-    for number, raw in enumerate(lines[first:], start=first + 1):
-        stripped = raw.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
+    number = first
+    while number < len(lines):
+        start, raw = number + 1, lines[number].lstrip()
+        number += 1
+        if not raw.strip() or raw.startswith("#"):
             continue
-        if pending and stripped.startswith("#"):
-            continue                                   # a comment inside a continued instruction
-        if not pending:
-            start = number
-        if stripped.endswith(escape) and not stripped.endswith(escape * 2):
-            pending.append(raw.rstrip()[:-1])
-            continue
-        pending.append(raw)
-        instructions.append(_instruction(filename, start, " ".join(p.strip() for p in pending if p.strip())))
-        pending = []
-    if pending:
-        instructions.append(_instruction(filename, start, " ".join(p.strip() for p in pending if p.strip())))
+        logical = raw
+        while continued.search(logical):
+            logical = continued.sub("", logical)
+            while number < len(lines) and _skipped_inside(lines[number]):
+                number += 1
+            if number == len(lines):
+                break
+            logical += lines[number]
+            number += 1
+        ins = _instruction(filename, start, logical.strip())
+        if ins.keyword in HEREDOC_INSTRUCTIONS:
+            ins.heredocs, number = _read_heredocs(filename, start, ins.args, lines, number)
+        instructions.append(ins)
     if not instructions:
         raise BuildFileError(filename, 1, "the Dockerfile has no instructions")
     return Dockerfile(filename, instructions, directives, escape)
+
+
+def _skipped_inside(line: str) -> bool:
+    """Blank and comment lines inside a continued instruction are left out."""
+    return not line.strip() or line.lstrip().startswith("#")
+
+
+def _read_heredocs(filename: str, line: int, args: str, lines: list[str], number: int):
+    """The bodies of the here-documents `args` names, read from lines[number:]."""
+    heredocs = []
+    for m in HEREDOC_RE.finditer(args):
+        strip_tabs, quote, name = m.group("dash") == "-", m.group("quote"), m.group("name")
+        body: list[str] = []
+        while True:
+            if number >= len(lines):
+                raise BuildFileError(filename, line, f"here-document <<{name} has no closing line {name!r}")
+            text = lines[number]
+            number += 1
+            if strip_tabs:
+                text = text.lstrip("\t")
+            if text == name:
+                break
+            body.append(text + "\n")
+        heredocs.append(Heredoc(name, "".join(body), expand=not quote, chomp=strip_tabs))
+    return heredocs, number
 
 
 def _directives(lines: list[str]) -> tuple[dict[str, str], int]:
@@ -134,10 +183,10 @@ def _instruction(filename: str, line: int, text: str) -> Instruction:
             raise BuildFileError(filename, line, f"{keyword}: bad flag {token!r}")
         flags[m.group(1)] = m.group(2) if m.group(2) is not None else "true"
         rest = remainder.strip()
-    return Instruction(keyword, rest, line, flags, _exec_form(rest))
+    return Instruction(keyword, rest, line, flags, parse_exec_form(rest))
 
 
-def _exec_form(args: str) -> list[str] | None:
+def parse_exec_form(args: str) -> list[str] | None:
     """A JSON array of strings is the exec form; anything else (even broken JSON) is the shell form."""
     if not args.startswith("["):
         return None

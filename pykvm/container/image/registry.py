@@ -20,9 +20,14 @@ nothing behind.
 
 Auth (distribution's token spec, docs/spec/auth/token.md): a 401 carries
 `WWW-Authenticate: Basic realm=...` (send the user's password) or
-`Bearer realm=R,service=S,scope=C` (GET R?service=S&scope=C, with the
-password if there is one, and send the token it returns).  Anonymous access
-is the same dance without a password.  HTTP for localhost, HTTPS otherwise
+`Bearer realm=R,service=S,scope=C` (GET R?service=S&scope=OURS, with the
+password if there is one, and send the token it returns).  OURS is the scope
+the whole operation needs (`repository:NAME:pull,push` for a push), not the
+challenge's, which names only what the refused request needed.  A token is
+good for a while (its `expires_in`): a 401 for a token we hold means it has
+expired or was revoked, so we ask once for a new one before giving up.
+Anonymous access is the same dance without a password.  Where the password
+comes from: credentials.py (docker's config.json and credential helpers).  HTTP for localhost, HTTPS otherwise
 unless --insecure.  PYKVM_TRACE_HTTP=1 prints every request and its status.
 """
 from __future__ import annotations
@@ -41,9 +46,10 @@ from dataclasses import dataclass, field
 from pykvm.container.image.store import (INDEX_TYPES, MANIFEST_TYPES, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
                                    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Image, ImageStore, check_digest,
                                    normalize_name, pick_platform, sha256_digest, split_reference)
+from pykvm.container.image.credentials import Credentials
 from pykvm.errors import ConfigError, ContainerError
 
-__all__ = ["RemoteRef", "parse_remote", "Registry", "push", "pull", "Credentials"]
+__all__ = ["RemoteRef", "parse_remote", "Registry", "push", "pull", "login", "Credentials"]
 
 DOCKER_HUB = "docker.io"                        # what an unqualified name means (docker's rule)
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -87,31 +93,6 @@ def parse_remote(text: str, require_host: bool = False) -> RemoteRef:
         if "/" not in path:
             path = "library/" + path
     return RemoteRef(host, path, tag, digest)
-
-
-@dataclass
-class Credentials:
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def lookup(cls, host: str, username: str | None = None, password: str | None = None) -> "Credentials":
-        """Explicit values, else $PYKVM_REGISTRY_USER/PASSWORD, else ~/.docker/config.json "auths"."""
-        if username:
-            return cls(username, password or "")
-        if os.environ.get("PYKVM_REGISTRY_USER"):
-            return cls(os.environ["PYKVM_REGISTRY_USER"], os.environ.get("PYKVM_REGISTRY_PASSWORD", ""))
-        path = os.path.expanduser("~/.docker/config.json")
-        try:
-            with open(path) as f:
-                auths = json.load(f).get("auths", {})
-        except (OSError, ValueError, AttributeError):
-            return cls()
-        for key in (host, f"https://{host}", f"https://{host}/v1/"):
-            if key in auths and auths[key].get("auth"):
-                user, _, pw = base64.b64decode(auths[key]["auth"]).decode().partition(":")
-                return cls(user, pw)
-        return cls()
 
 
 class _Response:
@@ -172,7 +153,9 @@ class Registry:
         url = urllib.parse.urljoin(self.url("/"), url)
         for _ in range(MAX_REDIRECTS + 2):
             response = self._send(method, url, headers or {}, body, stream, auth=self._auth_header(scope, url))
-            if response.status == 401 and self._answer_challenge(response, scope):
+            answered = False                       # a fresh token (or the password) sent already
+            while response.status == 401 and self._answer_challenge(response, scope, answered):
+                answered = True
                 response = self._send(method, url, headers or {}, body, stream,
                                       auth=self._auth_header(scope, url))
             if response.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
@@ -226,29 +209,36 @@ class Registry:
             return _basic(self.credentials)
         return None
 
-    def _answer_challenge(self, response: _Response, scope: str) -> bool:
-        """Handle a 401's WWW-Authenticate; True when we now hold something to retry with."""
+    def _answer_challenge(self, response: _Response, scope: str, answered: bool) -> bool:
+        """Handle a 401's WWW-Authenticate; True when we now hold something to retry with.
+
+        `answered`: this request was already retried with a fresh token or the password,
+        so a second 401 is a refusal, not an expired token."""
         challenge = response.headers.get("WWW-Authenticate", "")
         scheme, _, params_text = challenge.partition(" ")
         params = {m[0] or m[2]: m[1] or m[3] for m in CHALLENGE_PARAM_RE.findall(params_text)}
         if scheme.lower() == "basic":
-            if self.basic or not self.credentials.username:
-                raise ContainerError(f"registry {self.host} wants a user name and password "
-                                     "(--username, or PYKVM_REGISTRY_USER and PYKVM_REGISTRY_PASSWORD)")
+            if not self.credentials.username:
+                raise ContainerError(f"registry {self.host} wants a user name and password: "
+                                     f"`pykvm container login {self.host}` (or --username)")
+            if self.basic:                        # the request carried the password already
+                raise ContainerError(f"registry {self.host} refused the password of "
+                                     f"{self.credentials.username!r}: check it with "
+                                     f"`pykvm container login {self.host}`")
             self.basic = True
             return True
         if scheme.lower() == "bearer" and "realm" in params:
-            if scope in self.tokens:
-                raise ContainerError(f"registry {self.host} refused our token for {scope or 'access'}")
-            self.tokens[scope] = self._fetch_token(params, scope)
+            if answered:
+                raise ContainerError(f"registry {self.host} refused the token its token server gave "
+                                     f"for {scope or 'access'} ({params.get('error', 'unauthorized')})")
+            self.tokens[scope] = self._fetch_token(params, scope)   # the first, or one for an expired token
             return True
         return False
 
     def _fetch_token(self, params: dict, scope: str) -> str:
         """token.md: GET realm?service=..&scope=.. (with basic auth when we have a password)."""
-        query = {"service": params.get("service", "")}
-        if params.get("scope") or scope:
-            query["scope"] = params.get("scope") or scope
+        query = [("service", params.get("service", ""))]
+        query += [("scope", s) for s in dict.fromkeys([scope, params.get("scope", "")]) if s]
         url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
         headers = {}
         if self.credentials.username:
@@ -257,9 +247,14 @@ class Registry:
         if parts.scheme not in ("http", "https"):
             raise ContainerError(f"registry {self.host} names a bad token realm {params['realm']!r}")
         response = self._send("GET", url, headers, None, False, auth=None)
+        if response.status in (401, 403):
+            who = f"user {self.credentials.username!r}" if self.credentials.username else "anonymous access"
+            raise ContainerError(f"registry {self.host} refused {who} ({response.status} "
+                                 f"{response.raw.reason} from its token server): "
+                                 + ("check the password" if self.credentials.username else
+                                    f"`pykvm container login {self.host}`"))
         if response.status != 200:
-            raise ContainerError(f"token server {parts.netloc} said {response.status} "
-                                 f"{response.raw.reason}: check the user name and password")
+            raise ContainerError(f"token server {parts.netloc} said {response.status} {response.raw.reason}")
         try:
             data = json.loads(response.body)
             return data.get("token") or data["access_token"]
@@ -389,7 +384,31 @@ class _Bar:
               end=end, file=sys.stderr, flush=True)
 
 
-# --- push and pull ---------------------------------------------------------------------
+# --- login, push and pull -------------------------------------------------------------
+
+def registry_host(server: str | None) -> str:
+    """`login`'s SERVER as a registry host: none is Docker Hub; a URL's scheme and path go."""
+    if not server:
+        return DOCKER_HUB
+    if "://" in server:
+        server = urllib.parse.urlsplit(server).netloc
+    host = server.rstrip("/")
+    if not host or "/" in host or any(c.isspace() for c in host):
+        raise ConfigError(f"{server!r} is not a registry host (want HOST[:PORT])")
+    return DOCKER_HUB if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def login(host: str, credentials: Credentials, *, insecure: bool = False) -> None:
+    """Check `credentials` against `host` as docker login does: GET /v2/ with them.
+
+    A Basic registry must accept the password; a token registry's token server must
+    give a token for them (docker asks without a scope, and so do we). A registry that
+    asks for nothing accepts any login, as under docker."""
+    if not credentials.username:
+        raise ConfigError("login needs a user name (-u USER)")
+    with Registry(host, insecure=insecure, credentials=credentials) as reg:
+        reg.request("GET", "/v2/", scope="")
+
 
 def push(store: ImageStore, local: str, remote: str | None = None, *, insecure: bool = False,
          credentials: Credentials | None = None, log=None) -> str:
