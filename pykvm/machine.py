@@ -6,8 +6,9 @@ the model).  Machine.__init__ reads as its table of contents:
     1. open /dev/kvm and check the capabilities pykvm needs
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
     3. guest memory, registered with KVM as memory slots
-    4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT:
-       before any vCPU exists, so each vCPU gets its LAPIC
+    4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT
+       (with port 0x61, channel 2's gate and output): before any vCPU
+       exists, so each vCPU gets its LAPIC
     5. the vCPU, with CPUID set (CPUID before MSRs: KVM checks MSRs against it)
     6. the kernel loaded into memory, giving an entry point and CPU mode
     7. the devices, each inserted on the port-I/O bus at its base
@@ -33,6 +34,7 @@ from pykvm.devices.bus import Bus
 from pykvm.errors import GuestError
 from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                        MmioWrite, Shutdown, SystemEvent)
+from pykvm.kvm.vm import PIT_SPEAKER_DUMMY
 from pykvm.memory import GuestMemory
 
 __all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "PORTS"]
@@ -94,7 +96,7 @@ class Machine:
         self.memory = GuestMemory(config.memory)                           # 3
         self.memory.register(self.vm)
         self.vm.create_irqchip()                                           # 4
-        self.vm.create_pit2()
+        self.vm.create_pit2(PIT_SPEAKER_DUMMY)                             # port 0x61 too, as Firecracker
         self.vcpu = self.vm.create_vcpu(0)                                 # 5
         self.vcpu.set_cpuid(cpuid.guest_cpuid(self.kvm.supported_cpuid(), self.vcpu.id))
         self.entry = self._load_kernel()                                   # 6

@@ -1,39 +1,12 @@
 """The whole machine: in-kernel irqchip, UART, debug-exit, ACPI power-off, run loop."""
-import threading
-
 import pytest
 
-from guestasm import assemble, pvh_elf
+from guestasm import pvh_elf
 from pykvm.errors import GuestError
 from pykvm.machine import Machine, MachineConfig
+from vmkit import POWER_OFF, run_guest
 
 pytestmark = pytest.mark.kvm
-
-POWER_OFF = """
-    mov $0x604, %dx           # ACPI PM1a control
-    mov $0x2000, %ax          # SLP_EN, sleep type 0 (S5: off)
-    out %ax, %dx
-"""
-
-
-def run_guest(tmp_path, source: str, feed: list[bytes] = (), bits: int = 16):
-    """Boot `source` as a raw binary; feed host input in chunks; return (status, output)."""
-    kernel = tmp_path / "guest.bin"
-    kernel.write_bytes(assemble(source, bits=bits))
-    output = bytearray()
-    config = MachineConfig(kernel=kernel, kernel_format="raw", output=output.extend)
-    with Machine(config) as machine:
-        if feed:
-            machine.serial.receive(feed[0])
-
-            def later():
-                for chunk in feed[1:]:
-                    machine.serial.wait_for_room(1.0)
-                    machine.serial.receive(chunk)
-            threading.Timer(0.2, later).start()
-        status = machine.run()
-    return status, bytes(output)
-
 
 def test_debug_exit_sets_the_exit_status(tmp_path):
     status, _ = run_guest(tmp_path, """
