@@ -15,6 +15,8 @@ the model).  Machine.__init__ reads as its table of contents:
     8. the vCPU's registers for that entry point
 
 Machine.run() is the run loop: KVM_RUN, then one `match` over the typed exit.
+A watchdog (pykvm.watchdog) looks at a vCPU that has gone quiet: halted with
+interrupts off, or spinning without exits.
 """
 from __future__ import annotations
 
@@ -32,10 +34,11 @@ from pykvm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.devices.bus import Bus
 from pykvm.errors import GuestError
-from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
-                       MmioWrite, Shutdown, SystemEvent)
+from pykvm.kvm import (FailEntry, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead, MmioWrite,
+                       Shutdown, SystemEvent)
 from pykvm.kvm.vm import PIT_SPEAKER_DUMMY
 from pykvm.memory import GuestMemory
+from pykvm.watchdog import Watchdog
 
 __all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "PORTS"]
 
@@ -65,6 +68,7 @@ class MachineConfig:
     initrd: Path | None = None
     kernel_format: str = "auto"      # auto, pvh, raw (bzImage: see pykvm.boot.bzimage)
     trace: bool = False
+    stall_timeout: float | None = None   # stop after this many seconds without a VM exit (watchdog.py)
     output: object = None            # callable(bytes) for guest serial output; default stdout
     extra: dict = field(default_factory=dict)
 
@@ -164,24 +168,29 @@ class Machine:
 
     # --- running ---------------------------------------------------------------
     _vcpu_thread: int | None = None
+    watchdog: Watchdog | None = None
 
     def run(self) -> int:
         """Run the guest until it stops itself (or is stopped); return pykvm's exit status."""
         self._vcpu_thread = threading.get_ident()
         previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+        self.watchdog = watchdog = Watchdog(self._kick_vcpu, self.config.stall_timeout)
+        watchdog.start()
         try:
-            self._run_loop(self.config.trace)
+            self._run_loop(self.config.trace, watchdog)
         finally:
+            watchdog.stop()
             signal.signal(signal.SIGUSR1, previous)
             self._vcpu_thread = None
             if self._console_output is not None:
                 self._console_output.flush()     # the guest's last words before pykvm's own
         return self.exit_status
 
-    def _run_loop(self, trace: bool) -> None:
+    def _run_loop(self, trace: bool, watchdog: Watchdog) -> None:
         vcpu_run, pio, mmio, counts = self.vcpu.run, self.pio, self.mmio, self.exit_counts
         while self.exit_status is None:
             exit = vcpu_run()
+            watchdog.exits += 1
             if trace:
                 counts[exit.reason] += 1
                 _trace(exit)
@@ -199,12 +208,11 @@ class Machine:
                     mmio.write(address, size, data)
                 case MmioRead(address=address, size=size):
                     exit.reply(mmio.read(address, size))
-                case Interrupted():
-                    pass                                             # a signal; loop re-checks
+                case Interrupted():                                  # a signal; loop re-checks
+                    if reason := watchdog.look(self.vcpu, self.memory):
+                        raise GuestError(self._stopped_because(reason))
                 case SystemEvent(kind="shutdown" | "reset"):
                     self.stop(0)
-                case Hlt():
-                    raise GuestError(self._stopped_because("the guest halted (HLT exit)"))
                 case Shutdown():
                     raise GuestError(self._stopped_because(
                         "triple fault: the guest hit an exception it could not handle"))

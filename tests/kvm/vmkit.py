@@ -21,6 +21,7 @@ from pykvm.machine import Machine, MachineConfig
 from pykvm.memory import GuestMemory
 
 MEMORY = 2 << 20
+DEADLINE_STATUS = 99       # run_guest's status when the host had to stop the guest
 POWER_OFF = """
     mov $0x604, %dx           # ACPI PM1a control
     mov $0x2000, %ax          # SLP_EN, sleep type 0 (S5: off)
@@ -41,10 +42,13 @@ def bare_vm(source: str, bits: int = 16, memory: int = MEMORY):
         yield vm, vcpu, mem
 
 
-def run_guest(tmp_path, source: str, feed: list[bytes] = (), bits: int = 16, **config):
+def run_guest(tmp_path, source: str, feed: list[bytes] = (), bits: int = 16,
+              deadline: float | None = None, **config):
     """Boot `source` as a raw binary; feed host input in chunks; return (status, output).
 
-    `config` sets further MachineConfig fields.
+    `deadline`: after that many seconds the host stops the VM with status
+    DEADLINE_STATUS, so a guest that never stops fails its test instead of
+    hanging it.  `config` sets further MachineConfig fields.
     """
     kernel = tmp_path / "guest.bin"
     kernel.write_bytes(assemble(source, bits=bits))
@@ -59,5 +63,12 @@ def run_guest(tmp_path, source: str, feed: list[bytes] = (), bits: int = 16, **c
                     machine.serial.wait_for_room(1.0)
                     machine.serial.receive(chunk)
             threading.Timer(0.2, later).start()
-        status = machine.run()
+        timer = threading.Timer(deadline, machine.stop, (DEADLINE_STATUS,)) if deadline else None
+        if timer:
+            timer.start()
+        try:
+            status = machine.run()
+        finally:
+            if timer:
+                timer.cancel()
     return status, bytes(output)
