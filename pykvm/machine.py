@@ -51,6 +51,7 @@ PORTS = {
     "serial": (serial.COM1_BASE, serial.COM1_LENGTH),          # 16550A UART on COM1, IRQ 4
     "i8042": (i8042.I8042_BASE, i8042.I8042_LENGTH),            # keyboard controller (reset line)
     "debug-exit": (debug_exit.DEBUG_EXIT_BASE, debug_exit.DEBUG_EXIT_LENGTH),  # QEMU isa-debug-exit
+    "acpi-pm-event": (acpi_pm.PM1A_EVT_BASE, acpi_pm.PM1A_EVT_LENGTH),  # ACPI PM1a status + enable
     "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off)
     "cmos": (cmos.CMOS_BASE, cmos.CMOS_LENGTH),                  # RTC + CMOS RAM (Linux reads the time)
     "pci-config": (pci.PCI_CONFIG_BASE, pci.PCI_CONFIG_LENGTH),  # PCI config mechanism #1, empty bus
@@ -125,6 +126,7 @@ class Machine:
             "serial": self.serial,
             "i8042": i8042.I8042(reset=self._guest_reset),
             "debug-exit": debug_exit.DebugExit(stop=self.stop),
+            "acpi-pm-event": acpi_pm.AcpiPmEvent(),
             "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop),
             "cmos": cmos.Cmos(),
             "pci-config": pci.PciConfigSpace(),

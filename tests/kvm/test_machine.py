@@ -21,6 +21,30 @@ def test_acpi_power_off_is_status_zero(tmp_path):
     assert status == 0
 
 
+def test_acpi_pm1_event_block_answers(tmp_path, caplog):
+    """The FADT names PM1a_EVT_BLK at 0x600: PM1_STS reads 0, PM1_EN reads back."""
+    status, output = run_guest(tmp_path, """
+        mov $0x3f8, %bx
+        mov $0x600, %dx           # PM1_STS
+        in %dx, %ax
+        xchg %bx, %dx
+        out %al, %dx
+        mov %ah, %al
+        out %al, %dx
+        xchg %bx, %dx
+        mov $0x602, %dx           # PM1_EN: power button and global lock enables
+        mov $0x0120, %ax
+        out %ax, %dx
+        in %dx, %ax
+        xchg %bx, %dx
+        out %al, %dx
+        mov %ah, %al
+        out %al, %dx
+    """ + POWER_OFF)
+    assert (status, output.hex(" ")) == (0, "00 00 20 01")
+    assert not [r for r in caplog.records if "unmapped" in r.getMessage()]
+
+
 def test_polled_serial_output(tmp_path):
     status, output = run_guest(tmp_path, """
         mov $msg, %si
