@@ -5,10 +5,12 @@ from pathlib import Path
 
 import click
 
+from pykvm.guests import guest_list
+
 __all__ = ["boot"]
 
 
-@click.command()
+@click.command(epilog="\b\nBundled guests (GUEST):\n" + guest_list())
 @click.argument("guest", required=False)
 @click.option("--kernel", "-k", type=click.Path(path_type=Path, dir_okay=False),
               help="Kernel to boot: a PVH ELF, a Linux bzImage, or (with --format raw) a flat binary.")
