@@ -17,21 +17,27 @@ PORT_B_OUT2 = 0x20         # bit 5: PIT channel 2 output (read only)
 
 # Writes three readings of port 0x61 to the UART's THR:
 #   1. after setting the gate and the speaker bit;
-#   2. right after starting a 0x1000-tick mode 0 count on channel 2 (OUT2 low);
-#   3. once bit 5 is set, or after 1M polls (the count lasts 3.4 ms).
+#   2. right after starting a 0x8000-tick (27 ms) mode 0 count on channel 2, when OUT2 is low
+#      until the count runs out.  A host this loaded may preempt the guest for longer than
+#      the count between two instructions, so the guest tries up to 8 times for a low reading;
+#   3. once bit 5 is set, or after 1M polls.
 CHANNEL2_GUEST = """
     mov $0x3f8, %dx
     mov $0x03, %al            # gate channel 2 on, speaker data on
     out %al, $0x61
     in $0x61, %al
     out %al, %dx              # reading 1
+    mov $8, %cx
+start:
     mov $0xb0, %al            # PIT control word: channel 2, lobyte/hibyte, mode 0, binary
     out %al, $0x43
     mov $0x00, %al
     out %al, $0x42            # count low byte
-    mov $0x10, %al
-    out %al, $0x42            # count high byte: 0x1000 ticks of 1.193182 MHz
+    mov $0x80, %al
+    out %al, $0x42            # count high byte: 0x8000 ticks of 1.193182 MHz
     in $0x61, %al
+    test $0x20, %al
+    loopnz start              # OUT2 already high: preempted too long; start again
     out %al, %dx              # reading 2
     mov $0x100000, %ecx
 poll:
