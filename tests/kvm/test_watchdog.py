@@ -60,8 +60,8 @@ def test_chapter3_triple_fault_exercise_gives_feedback(tmp_path):
          .long 0
     """, stall_timeout=1)
     assert "rip=" in message, message
-    if kvm_flavour() == "pvm":
-        assert "no VM exit for" in message and "zeroed memory" in message, message
+    if kvm_flavour() == "pvm":      # where it is when looked at varies; mostly zeroed memory
+        assert "no VM exit for" in message and "runs in real mode at 0000:" in message, message
     else:
         assert "triple fault" in message, message
 
