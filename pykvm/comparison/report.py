@@ -48,7 +48,7 @@ def check_options(runs: int, guest: str, plot: str | None) -> None:
 
 def vm_workload(guest: str, memory: str) -> tuple[wl.Workload, dict[str, Path]]:
     """The VM side and the files it boots; a Linux guest only where one can boot."""
-    from pykvm.guests import find_guest, hardware_kvm_problem
+    from pykvm.vm.guests import find_guest, hardware_kvm_problem
 
     if guest == "linux":
         if problem := hardware_kvm_problem():
@@ -61,7 +61,7 @@ def vm_workload(guest: str, memory: str) -> tuple[wl.Workload, dict[str, Path]]:
 
 def prepare_image(name: str, log=None):
     """(image, unpacked layer dirs) for `name`, building a bundled image (guests/containers/) if missing."""
-    from pykvm.container.image import ImageStore, resolve_for_run
+    from pykvm.container.image.store import ImageStore, resolve_for_run
 
     store = ImageStore()
     try:
@@ -72,8 +72,8 @@ def prepare_image(name: str, log=None):
 
 
 def _build_bundled(store, name: str, log):
-    from pykvm.container.build import BuildOptions, build_image
-    from pykvm.guests import GUESTS_DIR
+    from pykvm.container.image.build import BuildOptions, build_image
+    from pykvm.vm.guests import GUESTS_DIR
 
     context = GUESTS_DIR / "containers" / name
     if not (context / "Dockerfile").is_file():

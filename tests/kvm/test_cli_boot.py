@@ -75,7 +75,7 @@ def test_check_reports_capabilities():
 
 
 def test_check_says_what_pvm_means_for_linux_once():
-    from pykvm.guests import LINUX_ON_PVM
+    from pykvm.vm.guests import LINUX_ON_PVM
     from tiers import kvm_flavour
 
     out = pykvm("check").stdout.decode()
@@ -151,7 +151,7 @@ def test_permission_denied_on_dev_kvm(tmp_path):
 
 
 def pykvm_hello():
-    from pykvm.guests import GUESTS
+    from pykvm.vm.guests import GUESTS
 
     return GUESTS["hello"].kernel
 

@@ -3,7 +3,7 @@ import pytest
 
 from guestasm import pvh_elf
 from pykvm.errors import GuestError
-from pykvm.machine import Machine, MachineConfig
+from pykvm.vm.machine import Machine, MachineConfig
 from vmkit import POWER_OFF, run_guest
 
 pytestmark = pytest.mark.kvm

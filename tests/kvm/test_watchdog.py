@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from pykvm.errors import GuestError
-from pykvm.machine import Machine, MachineConfig
+from pykvm.vm.machine import Machine, MachineConfig
 from guestasm import assemble
 from vmkit import DEADLINE_STATUS, run_guest
 
@@ -87,7 +87,7 @@ def test_spinning_guest_is_reported_while_it_runs(tmp_path, caplog):
     """Without a stall timeout a spinning guest keeps running, with a report on stderr."""
     kernel = tmp_path / "spin.bin"
     kernel.write_bytes(assemble("jmp ."))
-    caplog.set_level(logging.WARNING, logger="pykvm.watchdog")
+    caplog.set_level(logging.WARNING, logger="pykvm.vm.watchdog")
     with Machine(MachineConfig(kernel=kernel, kernel_format="raw", output=lambda data: None)) as machine:
         def stop_after_a_report():
             for _ in range(DEADLINE * 10):

@@ -14,11 +14,11 @@ import threading
 from contextlib import contextmanager
 
 from guestasm import assemble
-from pykvm.arch.x86.boot_state import CpuMode, Entry, configure_vcpu
-from pykvm.boot import layout
-from pykvm.kvm import Kvm
-from pykvm.machine import Machine, MachineConfig
-from pykvm.memory import GuestMemory
+from pykvm.vm.arch.x86.boot_state import CpuMode, Entry, configure_vcpu
+from pykvm.vm import layout
+from pykvm.vm.kvm import Kvm
+from pykvm.vm.machine import Machine, MachineConfig
+from pykvm.vm.memory import GuestMemory
 
 MEMORY = 2 << 20
 DEADLINE_STATUS = 99       # run_guest's status when the host had to stop the guest

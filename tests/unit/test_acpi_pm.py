@@ -1,5 +1,5 @@
 """ACPI PM1a event block (ACPI 6.5, 4.8.3.1): PM1_STS reads 0, PM1_EN reads back its defined bits."""
-from pykvm.devices.acpi_pm import (PM1_EN, PM1_EN_BITS, PM1_GBL_EN, PM1_PWRBTN_EN, PM1_STS,
+from pykvm.vm.devices.acpi_pm import (PM1_EN, PM1_EN_BITS, PM1_GBL_EN, PM1_PWRBTN_EN, PM1_STS,
                                    AcpiPmEvent)
 
 

@@ -7,9 +7,9 @@ through that struct.
 import pytest
 
 from fake_bzimage import make_bzimage
-from pykvm.boot import layout
-from pykvm.boot.bzimage import pack_boot_params, read_setup_header
-from pykvm.kvm.bindings import ffi
+from pykvm.vm import layout
+from pykvm.vm.boot.bzimage import pack_boot_params, read_setup_header
+from pykvm.vm.kvm.bindings import ffi
 
 # zero-page.rst: offset of each boot_params field pykvm writes
 ZERO_PAGE_OFFSETS = {

@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 from click.testing import CliRunner
 
-from pykvm import guests
+from pykvm.vm import guests
 from pykvm.errors import ConfigError
-from pykvm.kvm import system
+from pykvm.vm.kvm import system
 
 
 def test_boot_help_lists_every_bundled_guest():

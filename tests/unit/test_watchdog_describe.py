@@ -1,4 +1,4 @@
-"""What the watchdog says about a vCPU that runs without exits (pykvm/watchdog.py describe_vcpu).
+"""What the watchdog says about a vCPU that runs without exits (pykvm/vm/watchdog.py describe_vcpu).
 
 The registers are plain values here; tests/kvm/test_watchdog.py reads them from real vCPUs.
 """
@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pykvm.memory import MIN_MEMORY, GuestMemory
-from pykvm.watchdog import SELF_JUMP_HINT, ZEROS_HINT, describe_vcpu
+from pykvm.vm.memory import MIN_MEMORY, GuestMemory
+from pykvm.vm.watchdog import SELF_JUMP_HINT, ZEROS_HINT, describe_vcpu
 
 
 def vcpu(cr0=0, efer=0, cs_long=0, selector=0, base=0):
