@@ -5,10 +5,12 @@ from pathlib import Path
 
 import click
 
+from pykvm.vm.guests import guest_list
+
 __all__ = ["boot"]
 
 
-@click.command()
+@click.command(epilog="\b\nBundled guests (GUEST):\n" + guest_list())
 @click.argument("guest", required=False)
 @click.option("--kernel", "-k", type=click.Path(path_type=Path, dir_okay=False),
               help="Kernel to boot: a PVH ELF, a Linux bzImage, or (with --format raw) a flat binary.")
@@ -19,7 +21,10 @@ __all__ = ["boot"]
 @click.option("--format", "kernel_format", default="auto", show_default=True,
               type=click.Choice(["auto", "pvh", "bzimage", "raw"]), help="Kernel file format.")
 @click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop the VM when its vCPU runs this long without a VM exit "
+                   "(default: report on stderr and keep running).")
+def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeout):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -39,7 +44,7 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
     if memory > host_memory():
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
-                           kernel_format=kernel_format, trace=trace)
+                           kernel_format=kernel_format, trace=trace, stall_timeout=stall_timeout)
     raise SystemExit(run_machine(config))
 
 

@@ -10,6 +10,7 @@ __all__ = ["check"]
 def check():
     """Check /dev/kvm, the KVM API version and the capabilities pykvm needs."""
     from pykvm.errors import KvmError
+    from pykvm.vm.guests import hardware_kvm_problem
     from pykvm.vm.kvm.bindings import lib
     from pykvm.vm.kvm.system import REQUIRED_CAPABILITIES, Kvm, kvm_backend
 
@@ -34,15 +35,10 @@ def check():
             report(ok, capability, why if ok else f"missing: needed for {why}; try a newer kernel")
         click.echo(f"       vCPU mmap size {kvm.vcpu_mmap_size()} bytes; "
                    f"{len(kvm.supported_cpuid())} CPUID leaves; KVM_API_VERSION {lib.KVM_API_VERSION}")
-        click.echo(f"       kvm flavour: {describe_backend(kvm_backend())}")
+        click.echo(f"       kvm flavour: {kvm_backend()}")
+        if problem := hardware_kvm_problem():
+            click.echo(f"       note: {problem}")
     if failures:
         click.echo(f"{failures} check(s) failed", err=True)
         raise SystemExit(1)
     click.echo("pykvm can run VMs here")
-
-
-def describe_backend(backend: str) -> str:
-    """kvm_backend(), with what PVM means for the guests a user can boot."""
-    if backend.startswith("PVM"):
-        return f"{backend} (guest kernel mode is emulated: stock Linux guests boot very slowly)"
-    return backend

@@ -6,6 +6,7 @@ and prints the report in the form asked for.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -49,6 +50,7 @@ def compare(runs, guest, image, mem, as_json, markdown, plot, explain):
     if plot:
         from pykvm.comparison.plot import write_plot
         write_plot(report, plot)
+        click.echo(f"pykvm compare: plot written to {Path(plot).resolve()}", err=True)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -48,14 +48,11 @@ def check_options(runs: int, guest: str, plot: str | None) -> None:
 
 def vm_workload(guest: str, memory: str) -> tuple[wl.Workload, dict[str, Path]]:
     """The VM side and the files it boots; a Linux guest only where one can boot."""
-    from pykvm.vm.guests import find_guest
-    from pykvm.vm.kvm.system import kvm_backend
+    from pykvm.vm.guests import find_guest, hardware_kvm_problem
 
     if guest == "linux":
-        if kvm_backend().startswith("PVM"):
-            raise ConfigError("--guest linux: /dev/kvm here is PVM (software virtualization), on which a "
-                              "stock Linux kernel cannot finish booting; use --guest tiny, or run on "
-                              "hardware KVM (VMX/SVM)")
+        if problem := hardware_kvm_problem():
+            raise ConfigError(f"--guest linux: {problem}; here, use --guest tiny")
         bundled = find_guest("linux")
         return wl.linux_vm(memory), {"kernel": bundled.kernel, "initrd": bundled.initrd}
     bundled = find_guest(guest)

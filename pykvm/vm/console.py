@@ -26,8 +26,8 @@ FLUSH_BYTES have gathered, or FLUSH_SECONDS after the first byte of a burst
 human.  A write(2) per byte would double what a console byte costs: in the
 L1 lane a Linux boot prints ~22,000 bytes, each write ~90 us there.  A full
 non-blocking stdout (EAGAIN) is waited out; a closed one (EPIPE, as in
-`pykvm boot | head -1`) ends the VM through `on_quit`, as `yes | head -1`
-ends `yes`.
+`pykvm boot | head -1`) ends the VM through ConsoleOutput's `on_broken`, as
+`yes | head -1` ends `yes`.
 """
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ and xv6's memlayout.h are the models):
     0x0000_6000  | PVH_START_INFO: struct hvm_start_info|
     0x0000_6040  | PVH_MODLIST: hvm_modlist_entry[]     |
     0x0000_7000  | ZERO_PAGE (Linux) / PVH_MEMMAP       |
-    0x0000_8ff0  | BOOT_STACK (grows down)              |
     0x0000_9000  | PML4 .. PD: boot page tables (Linux) |
     0x0002_0000  | CMDLINE: kernel command line         |
     0x0009_fc00  +--------------------------------------+
@@ -30,7 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "BDA_RESET_FLAG", "BOOT_GDT", "FLAT_LOAD", "PVH_START_INFO", "PVH_MODLIST", "PVH_MEMMAP", "ZERO_PAGE",
-    "BOOT_STACK", "PML4_START", "PDPTE_START", "PDE_START", "CMDLINE_START", "CMDLINE_MAX",
+    "PML4_START", "PDPTE_START", "PDE_START", "CMDLINE_START", "CMDLINE_MAX",
     "EBDA_START", "ACPI_TABLES", "HIMEM_START", "MMIO_GAP_START", "MMIO_GAP_END", "KVM_TSS_ADDRESS",
     "KVM_IDENTITY_MAP_ADDRESS", "E820_RAM", "E820_RESERVED", "memory_map",
 ]
@@ -42,7 +41,6 @@ PVH_START_INFO = 0x6000      # struct hvm_start_info (PVH boot), pointed to by %
 PVH_MODLIST = 0x6040         # struct hvm_modlist_entry[] (PVH initrd)
 PVH_MEMMAP = 0x7000          # struct hvm_memmap_table_entry[] (PVH memory map)
 ZERO_PAGE = 0x7000           # struct boot_params (Linux boot protocol); never both at once
-BOOT_STACK = 0x8ff0          # initial stack pointer for 64-bit Linux entry
 PML4_START = 0x9000          # page map level 4 for the Linux 64-bit entry identity map
 PDPTE_START = 0xA000         # page directory pointer table
 PDE_START = 0xB000           # page directory (2 MiB pages)

@@ -6,14 +6,17 @@ the model).  Machine.__init__ reads as its table of contents:
     1. open /dev/kvm and check the capabilities pykvm needs
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
     3. guest memory, registered with KVM as memory slots
-    4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT:
-       before any vCPU exists, so each vCPU gets its LAPIC
+    4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT
+       (with port 0x61, channel 2's gate and output): before any vCPU
+       exists, so each vCPU gets its LAPIC
     5. the vCPU, with CPUID set (CPUID before MSRs: KVM checks MSRs against it)
     6. the kernel loaded into memory, giving an entry point and CPU mode
     7. the devices, each inserted on the port-I/O bus at its base
     8. the vCPU's registers for that entry point
 
 Machine.run() is the run loop: KVM_RUN, then one `match` over the typed exit.
+A watchdog (pykvm.vm.watchdog) looks at a vCPU that has gone quiet: halted with
+interrupts off, or spinning without exits.
 """
 from __future__ import annotations
 
@@ -31,9 +34,11 @@ from pykvm.vm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.vm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.vm.devices.bus import Bus
 from pykvm.errors import GuestError
-from pykvm.vm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
-                       MmioWrite, Shutdown, SystemEvent)
+from pykvm.vm.kvm import (FailEntry, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead, MmioWrite,
+                       Shutdown, SystemEvent)
+from pykvm.vm.kvm.vm import PIT_SPEAKER_DUMMY
 from pykvm.vm.memory import GuestMemory
+from pykvm.vm.watchdog import Watchdog
 
 __all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "PORTS"]
 
@@ -46,6 +51,7 @@ PORTS = {
     "serial": (serial.COM1_BASE, serial.COM1_LENGTH),          # 16550A UART on COM1, IRQ 4
     "i8042": (i8042.I8042_BASE, i8042.I8042_LENGTH),            # keyboard controller (reset line)
     "debug-exit": (debug_exit.DEBUG_EXIT_BASE, debug_exit.DEBUG_EXIT_LENGTH),  # QEMU isa-debug-exit
+    "acpi-pm-event": (acpi_pm.PM1A_EVT_BASE, acpi_pm.PM1A_EVT_LENGTH),  # ACPI PM1a status + enable
     "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off)
     "cmos": (cmos.CMOS_BASE, cmos.CMOS_LENGTH),                  # RTC + CMOS RAM (Linux reads the time)
     "pci-config": (pci.PCI_CONFIG_BASE, pci.PCI_CONFIG_LENGTH),  # PCI config mechanism #1, empty bus
@@ -63,6 +69,7 @@ class MachineConfig:
     initrd: Path | None = None
     kernel_format: str = "auto"      # auto, pvh, raw (bzImage: see pykvm.vm.boot.bzimage)
     trace: bool = False
+    stall_timeout: float | None = None   # stop after this many seconds without a VM exit (watchdog.py)
     output: object = None            # callable(bytes) for guest serial output; default stdout
     extra: dict = field(default_factory=dict)
 
@@ -94,7 +101,7 @@ class Machine:
         self.memory = GuestMemory(config.memory)                           # 3
         self.memory.register(self.vm)
         self.vm.create_irqchip()                                           # 4
-        self.vm.create_pit2()
+        self.vm.create_pit2(PIT_SPEAKER_DUMMY)                             # port 0x61 too, as Firecracker
         self.vcpu = self.vm.create_vcpu(0)                                 # 5
         self.vcpu.set_cpuid(cpuid.guest_cpuid(self.kvm.supported_cpuid(), self.vcpu.id))
         self.entry = self._load_kernel()                                   # 6
@@ -119,6 +126,7 @@ class Machine:
             "serial": self.serial,
             "i8042": i8042.I8042(reset=self._guest_reset),
             "debug-exit": debug_exit.DebugExit(stop=self.stop),
+            "acpi-pm-event": acpi_pm.AcpiPmEvent(),
             "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop),
             "cmos": cmos.Cmos(),
             "pci-config": pci.PciConfigSpace(),
@@ -162,24 +170,29 @@ class Machine:
 
     # --- running ---------------------------------------------------------------
     _vcpu_thread: int | None = None
+    watchdog: Watchdog | None = None
 
     def run(self) -> int:
         """Run the guest until it stops itself (or is stopped); return pykvm's exit status."""
         self._vcpu_thread = threading.get_ident()
         previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+        self.watchdog = watchdog = Watchdog(self._kick_vcpu, self.config.stall_timeout)
+        watchdog.start()
         try:
-            self._run_loop(self.config.trace)
+            self._run_loop(self.config.trace, watchdog)
         finally:
+            watchdog.stop()
             signal.signal(signal.SIGUSR1, previous)
             self._vcpu_thread = None
             if self._console_output is not None:
                 self._console_output.flush()     # the guest's last words before pykvm's own
         return self.exit_status
 
-    def _run_loop(self, trace: bool) -> None:
+    def _run_loop(self, trace: bool, watchdog: Watchdog) -> None:
         vcpu_run, pio, mmio, counts = self.vcpu.run, self.pio, self.mmio, self.exit_counts
         while self.exit_status is None:
             exit = vcpu_run()
+            watchdog.exits += 1
             if trace:
                 counts[exit.reason] += 1
                 _trace(exit)
@@ -197,12 +210,11 @@ class Machine:
                     mmio.write(address, size, data)
                 case MmioRead(address=address, size=size):
                     exit.reply(mmio.read(address, size))
-                case Interrupted():
-                    pass                                             # a signal; loop re-checks
+                case Interrupted():                                  # a signal; loop re-checks
+                    if reason := watchdog.look(self.vcpu, self.memory):
+                        raise GuestError(self._stopped_because(reason))
                 case SystemEvent(kind="shutdown" | "reset"):
                     self.stop(0)
-                case Hlt():
-                    raise GuestError(self._stopped_because("the guest halted (HLT exit)"))
                 case Shutdown():
                     raise GuestError(self._stopped_because(
                         "triple fault: the guest hit an exception it could not handle"))

@@ -74,6 +74,35 @@ def test_check_reports_capabilities():
     assert "KVM API version 12" in out and "KVM_CAP_IRQCHIP" in out
 
 
+def test_check_says_what_pvm_means_for_linux_once():
+    from pykvm.vm.guests import LINUX_ON_PVM
+    from tiers import kvm_flavour
+
+    out = pykvm("check").stdout.decode()
+    assert "very slowly" not in out, out
+    assert out.count(LINUX_ON_PVM) == (1 if kvm_flavour() == "pvm" else 0), out
+
+
+def test_boot_linux_on_pvm_says_where_linux_can_boot():
+    from tiers import kvm_flavour
+
+    if kvm_flavour() != "pvm":
+        pytest.skip(f"/dev/kvm here is {kvm_flavour()}: Linux boots (the linux tier checks it)")
+    line = one_error_line(pykvm("boot", "linux"))
+    assert "stock Linux cannot finish booting on this /dev/kvm" in line, line
+    assert "hardware KVM" in line and "make test-hw" in line, line
+    assert "make linux-guest" not in line, line
+
+
+def test_boot_help_lists_the_bundled_guests():
+    result = pykvm("boot", "--help")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "Bundled guests (GUEST):" in out, out
+    for name in ("hello", "tiny", "linux"):
+        assert f"\n    {name} " in out, out
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--kernel", "/nonexistent/kernel"], "no such file"),
     (["--kernel", "README.md"], "not an ELF"),

@@ -200,6 +200,7 @@ def test_plot_as_png_is_the_svg_rasterized(store, tmp_path, two_runs):
     png = tmp_path / "compare.png"
     result = pykvm("compare", "--runs", "1", "--plot", str(png), env=store, timeout=600)
     assert result.returncode == 0, result.stderr.decode()
+    assert f"pykvm compare: plot written to {png}\n" in result.stderr.decode(), result.stderr
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", data[:16]
     width, height = struct.unpack(">II", data[16:24])

@@ -1,39 +1,12 @@
 """The whole machine: in-kernel irqchip, UART, debug-exit, ACPI power-off, run loop."""
-import threading
-
 import pytest
 
-from guestasm import assemble, pvh_elf
+from guestasm import pvh_elf
 from pykvm.errors import GuestError
 from pykvm.vm.machine import Machine, MachineConfig
+from vmkit import POWER_OFF, run_guest
 
 pytestmark = pytest.mark.kvm
-
-POWER_OFF = """
-    mov $0x604, %dx           # ACPI PM1a control
-    mov $0x2000, %ax          # SLP_EN, sleep type 0 (S5: off)
-    out %ax, %dx
-"""
-
-
-def run_guest(tmp_path, source: str, feed: list[bytes] = (), bits: int = 16):
-    """Boot `source` as a raw binary; feed host input in chunks; return (status, output)."""
-    kernel = tmp_path / "guest.bin"
-    kernel.write_bytes(assemble(source, bits=bits))
-    output = bytearray()
-    config = MachineConfig(kernel=kernel, kernel_format="raw", output=output.extend)
-    with Machine(config) as machine:
-        if feed:
-            machine.serial.receive(feed[0])
-
-            def later():
-                for chunk in feed[1:]:
-                    machine.serial.wait_for_room(1.0)
-                    machine.serial.receive(chunk)
-            threading.Timer(0.2, later).start()
-        status = machine.run()
-    return status, bytes(output)
-
 
 def test_debug_exit_sets_the_exit_status(tmp_path):
     status, _ = run_guest(tmp_path, """
@@ -46,6 +19,30 @@ def test_debug_exit_sets_the_exit_status(tmp_path):
 def test_acpi_power_off_is_status_zero(tmp_path):
     status, _ = run_guest(tmp_path, POWER_OFF)
     assert status == 0
+
+
+def test_acpi_pm1_event_block_answers(tmp_path, caplog):
+    """The FADT names PM1a_EVT_BLK at 0x600: PM1_STS reads 0, PM1_EN reads back."""
+    status, output = run_guest(tmp_path, """
+        mov $0x3f8, %bx
+        mov $0x600, %dx           # PM1_STS
+        in %dx, %ax
+        xchg %bx, %dx
+        out %al, %dx
+        mov %ah, %al
+        out %al, %dx
+        xchg %bx, %dx
+        mov $0x602, %dx           # PM1_EN: power button and global lock enables
+        mov $0x0120, %ax
+        out %ax, %dx
+        in %dx, %ax
+        xchg %bx, %dx
+        out %al, %dx
+        mov %ah, %al
+        out %al, %dx
+    """ + POWER_OFF)
+    assert (status, output.hex(" ")) == (0, "00 00 20 01")
+    assert not [r for r in caplog.records if "unmapped" in r.getMessage()]
 
 
 def test_polled_serial_output(tmp_path):

@@ -28,6 +28,7 @@ def ioctl_size(request: int) -> int:
     ("KVM_CREATE_PIT2", "struct kvm_pit_config"),
     ("KVM_IRQ_LINE", "struct kvm_irq_level"),
     ("KVM_GET_LAPIC", "struct kvm_lapic_state"),
+    ("KVM_GET_MP_STATE", "struct kvm_mp_state"),
     ("KVM_ENABLE_CAP", "struct kvm_enable_cap"),
 ])
 def test_struct_size_matches_ioctl_number(ioctl, ctype):

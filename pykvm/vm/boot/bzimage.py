@@ -38,12 +38,12 @@ The recipe (each step one function below):
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, fields
 
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
 from pykvm.vm import layout
 from pykvm.errors import LoaderError
+from pykvm.vm.kvm.bindings import ffi, lib
 
 __all__ = [
     "SetupHeader",
@@ -68,31 +68,29 @@ __all__ = [
 # goes to the top of low RAM, below initrd_addr_max.
 PAGE_SIZE = 0x1000
 
-# --- Setup header (boot.rst "THE REAL-MODE KERNEL HEADER") --------------------
-SETUP_HEADER_OFFSET = 0x1F1      # first byte of the header in the image and in boot_params
-SETUP_HEADER_END_BYTE = 0x201    # header ends at 0x202 + the byte found here (the jump's offset)
+# --- struct boot_params and struct setup_header, from <asm/bootparam.h> ---------
+# The compiler gives every offset (pykvm/vm/kvm/_build.py declares the structs with
+# `...;`); boot.rst's and zero-page.rst's tables say what each field means.
+BOOT_PARAMS = "struct boot_params"
+SETUP_HEADER = "struct setup_header"
+BOOT_PARAMS_SIZE = ffi.sizeof(BOOT_PARAMS)                   # 4096: "the zero page"
+SETUP_HEADER_OFFSET = ffi.offsetof(BOOT_PARAMS, "hdr")        # 0x1f1, in the image and in boot_params
+SETUP_HEADER_SIZE = ffi.sizeof(SETUP_HEADER)                 # as far as this header file knows
+HEADER_FIELDS = tuple(name for name, _ in ffi.typeof(SETUP_HEADER).fields)   # in the header's order
+HDRS_OFFSET = SETUP_HEADER_OFFSET + ffi.offsetof(SETUP_HEADER, "header")       # 0x202
+SETUP_HEADER_END_BYTE = SETUP_HEADER_OFFSET + ffi.offsetof(SETUP_HEADER, "jump") + 1  # 0x201
 HDRS_MAGIC = b"HdrS"             # at 0x202: "this image speaks the boot protocol"
-BOOT_FLAG_MAGIC = 0xAA55         # at 0x1fe: the old boot-sector signature
 SECTOR_SIZE = 512
 DEFAULT_SETUP_SECTS = 4          # "If this field is 0, the real value is 4."
 MIN_PROTOCOL = 0x020A            # 2.10: kernel_alignment, pref_address, init_size, 64-bit entry rules
-PROTOCOL_INITRD_MAX_DEFAULT = 0x37FFFFFF  # initrd_addr_max before protocol 2.03
+E820_MAX_ENTRIES_ZEROPAGE = lib.E820_MAX_ENTRIES_ZEROPAGE   # 128 rows of struct boot_e820_entry
 
-# loadflags (0x211)
-LOADED_HIGH = 1 << 0             # protected-mode code loaded at 0x100000 (a bzImage)
-KASLR_FLAG = 1 << 1              # set by the kernel itself, internal
-QUIET_FLAG = 1 << 5              # suppress early messages
-KEEP_SEGMENTS = 1 << 6           # obsolete
-CAN_USE_HEAP = 1 << 7            # heap_end_ptr is valid
-
-# xloadflags (0x236)
-XLF_KERNEL_64 = 1 << 0           # has the legacy 64-bit entry point at +0x200
-XLF_CAN_BE_LOADED_ABOVE_4G = 1 << 1  # kernel/boot_params/cmdline/initrd may sit above 4 GiB
-XLF_EFI_HANDOVER_32 = 1 << 2
-XLF_EFI_HANDOVER_64 = 1 << 3
-XLF_EFI_KEXEC = 1 << 4
-XLF_5LEVEL = 1 << 5
-XLF_5LEVEL_ENABLED = 1 << 6
+# loadflags and xloadflags bits (boot.rst), values from the header
+LOADED_HIGH = lib.LOADED_HIGH    # protected-mode code loaded at 0x100000 (a bzImage)
+QUIET_FLAG = lib.QUIET_FLAG      # suppress early messages
+KEEP_SEGMENTS = lib.KEEP_SEGMENTS  # obsolete
+CAN_USE_HEAP = lib.CAN_USE_HEAP  # heap_end_ptr is valid
+XLF_KERNEL_64 = lib.XLF_KERNEL_64  # has the legacy 64-bit entry point at +0x200
 
 # The command line when the user gives none: one UART, a fast boot (Firecracker's
 # and kvmtool's defaults are the models; docs/05-booting-linux.md explains each).
@@ -103,110 +101,54 @@ TYPE_OF_LOADER_UNDEFINED = 0xFF  # "boot loader not assigned an ID": what QEMU a
 STARTUP_64_OFFSET = 0x200        # 64-bit entry is startup_32 + 0x200 (boot.rst "64-bit BOOT PROTOCOL")
 HEAP_END_PTR = 0xFE00            # end of the setup heap, relative to the real-mode code (0x10000 - 0x200)
 
-# --- struct boot_params, the zero page (zero-page.rst) ------------------------
-BOOT_PARAMS_SIZE = 0x1000
-BP_ACPI_RSDP_ADDR = 0x070        # u64: physical address of the ACPI RSDP (protocol 2.14+)
-BP_EXT_RAMDISK_IMAGE = 0x0C0     # u32: high 32 bits of ramdisk_image
-BP_EXT_RAMDISK_SIZE = 0x0C4      # u32: high 32 bits of ramdisk_size
-BP_EXT_CMD_LINE_PTR = 0x0C8      # u32: high 32 bits of cmd_line_ptr
-BP_E820_ENTRIES = 0x1E8          # u8: number of entries in e820_table
-BP_SENTINEL = 0x1EF              # u8: non-zero means "a loader copied a whole sector" (kernel then wipes fields)
-BP_E820_TABLE = 0x2D0            # struct boot_e820_entry[E820_MAX_ENTRIES_ZEROPAGE]
-E820_MAX_ENTRIES_ZEROPAGE = 128
-E820_ENTRY = struct.Struct("<QQI")  # addr, size, type: 20 bytes, packed
-
-
-# (offset in image and boot_params, struct format, field name): boot.rst's table.
-_HEADER_LAYOUT = (
-    (0x1F1, "B", "setup_sects"),        # size of the setup in 512-byte sectors
-    (0x1F2, "H", "root_flags"),         # if set, the root is mounted readonly (obsolete)
-    (0x1F4, "I", "syssize"),            # size of the 32-bit code in 16-byte paras
-    (0x1F8, "H", "ram_size"),           # obsolete
-    (0x1FA, "H", "vid_mode"),           # video mode control
-    (0x1FC, "H", "root_dev"),           # default root device number
-    (0x1FE, "H", "boot_flag"),          # 0xAA55 magic number
-    (0x200, "H", "jump"),               # jump instruction; its second byte gives the header's end
-    (0x202, "4s", "header"),            # magic signature "HdrS"
-    (0x206, "H", "version"),            # boot protocol version supported, 0x020f = 2.15
-    (0x208, "I", "realmode_swtch"),     # boot loader hook
-    (0x20C, "H", "start_sys_seg"),      # obsolete
-    (0x20E, "H", "kernel_version"),     # pointer to kernel version string (real-mode offset - 0x200)
-    (0x210, "B", "type_of_loader"),     # boot loader identifier (written by us)
-    (0x211, "B", "loadflags"),          # boot protocol option flags
-    (0x212, "H", "setup_move_size"),    # move to high memory size (used with hooks)
-    (0x214, "I", "code32_start"),       # boot loader hook; the 32-bit entry address
-    (0x218, "I", "ramdisk_image"),      # initrd load address (written by us)
-    (0x21C, "I", "ramdisk_size"),       # initrd size (written by us)
-    (0x220, "I", "bootsect_kludge"),    # obsolete
-    (0x224, "H", "heap_end_ptr"),       # free memory after setup end (written by us)
-    (0x226, "B", "ext_loader_ver"),     # extended boot loader version
-    (0x227, "B", "ext_loader_type"),    # extended boot loader ID
-    (0x228, "I", "cmd_line_ptr"),       # 32-bit pointer to the kernel command line (written by us)
-    (0x22C, "I", "initrd_addr_max"),    # highest legal initrd address (last byte)
-    (0x230, "I", "kernel_alignment"),   # physical address alignment required for the kernel
-    (0x234, "B", "relocatable_kernel"), # whether the kernel is relocatable or not
-    (0x235, "B", "min_alignment"),      # minimum alignment, as a power of two
-    (0x236, "H", "xloadflags"),         # boot protocol option flags (XLF_*)
-    (0x238, "I", "cmdline_size"),       # maximum size of the kernel command line, without the NUL
-    (0x23C, "I", "hardware_subarch"),   # hardware subarchitecture (0 = normal PC)
-    (0x240, "Q", "hardware_subarch_data"),
-    (0x248, "I", "payload_offset"),     # offset of the compressed kernel payload (from the PM kernel)
-    (0x24C, "I", "payload_length"),     # length of that payload
-    (0x250, "Q", "setup_data"),         # 64-bit pointer to a linked list of struct setup_data
-    (0x258, "Q", "pref_address"),       # preferred loading address
-    (0x260, "I", "init_size"),          # linear memory required during initialization
-    (0x264, "I", "handover_offset"),    # offset of the EFI handover entry point
-    (0x268, "I", "kernel_info_offset"), # offset of the kernel_info (2.15+)
-)
-
 
 @dataclass(frozen=True)
 class SetupHeader:
-    """The setup header of a bzImage, one attribute per field of boot.rst's table.
+    """The setup header of a bzImage: struct setup_header's fields, in its order.
 
     `raw` keeps the header's exact bytes (0x1f1 up to its end) for copying into
     boot_params; fields past the end a kernel declares read as 0.
     """
 
-    setup_sects: int
-    root_flags: int
-    syssize: int
-    ram_size: int
-    vid_mode: int
-    root_dev: int
-    boot_flag: int
-    jump: int
-    header: bytes
-    version: int
-    realmode_swtch: int
-    start_sys_seg: int
-    kernel_version: int
-    type_of_loader: int
-    loadflags: int
-    setup_move_size: int
-    code32_start: int
-    ramdisk_image: int
-    ramdisk_size: int
-    bootsect_kludge: int
-    heap_end_ptr: int
-    ext_loader_ver: int
-    ext_loader_type: int
-    cmd_line_ptr: int
-    initrd_addr_max: int
-    kernel_alignment: int
-    relocatable_kernel: int
-    min_alignment: int
-    xloadflags: int
-    cmdline_size: int
-    hardware_subarch: int
-    hardware_subarch_data: int
-    payload_offset: int
-    payload_length: int
-    setup_data: int
-    pref_address: int
-    init_size: int
-    handover_offset: int
-    kernel_info_offset: int
+    setup_sects: int                  # size of the setup in 512-byte sectors
+    root_flags: int                   # if set, the root is mounted readonly (obsolete)
+    syssize: int                      # size of the 32-bit code in 16-byte paras
+    ram_size: int                     # obsolete
+    vid_mode: int                     # video mode control
+    root_dev: int                     # default root device number
+    boot_flag: int                    # 0xAA55 magic number
+    jump: int                         # jump instruction; its second byte gives the header's end
+    header: bytes                     # magic signature "HdrS" (kept as 4 bytes)
+    version: int                      # boot protocol version supported, 0x020f = 2.15
+    realmode_swtch: int               # boot loader hook
+    start_sys_seg: int                # obsolete
+    kernel_version: int               # pointer to kernel version string (real-mode offset - 0x200)
+    type_of_loader: int               # boot loader identifier (written by us)
+    loadflags: int                    # boot protocol option flags
+    setup_move_size: int              # move to high memory size (used with hooks)
+    code32_start: int                 # boot loader hook; the 32-bit entry address
+    ramdisk_image: int                # initrd load address (written by us)
+    ramdisk_size: int                 # initrd size (written by us)
+    bootsect_kludge: int              # obsolete
+    heap_end_ptr: int                 # free memory after setup end (written by us)
+    ext_loader_ver: int               # extended boot loader version
+    ext_loader_type: int              # extended boot loader ID
+    cmd_line_ptr: int                 # 32-bit pointer to the kernel command line (written by us)
+    initrd_addr_max: int              # highest legal initrd address (last byte)
+    kernel_alignment: int             # physical address alignment required for the kernel
+    relocatable_kernel: int           # whether the kernel is relocatable or not
+    min_alignment: int                # minimum alignment, as a power of two
+    xloadflags: int                   # boot protocol option flags (XLF_*)
+    cmdline_size: int                 # maximum size of the kernel command line, without the NUL
+    hardware_subarch: int             # hardware subarchitecture (0 = normal PC)
+    hardware_subarch_data: int        # subarchitecture-specific data
+    payload_offset: int               # offset of the compressed kernel payload (from the PM kernel)
+    payload_length: int               # length of that payload
+    setup_data: int                   # 64-bit pointer to a linked list of struct setup_data
+    pref_address: int                 # preferred loading address
+    init_size: int                    # linear memory required during initialization
+    handover_offset: int              # offset of the EFI handover entry point
+    kernel_info_offset: int           # offset of the kernel_info (2.15+)
     raw: bytes
 
     @property
@@ -239,17 +181,22 @@ def read_setup_header(image: bytes) -> SetupHeader:
     """
     if len(image) < SECTOR_SIZE * 2:
         raise LoaderError(f"kernel image is only {len(image)} bytes: not a bzImage")
-    if image[0x202:0x206] != HDRS_MAGIC:
+    if image[HDRS_OFFSET:HDRS_OFFSET + len(HDRS_MAGIC)] != HDRS_MAGIC:
         raise LoaderError('kernel image has no "HdrS" signature at 0x202: not a Linux bzImage '
                           "(for an ELF vmlinux, boot it through its PVH entry)")
     end = min(_header_end(image), BOOT_PARAMS_SIZE)
-    padded = image[:end] + bytes(max(0, 0x270 - end))
-    values = {name: struct.unpack_from("<" + fmt, padded, off)[0] for off, fmt, name in _HEADER_LAYOUT
-              if off < end}
-    values.update({name: 0 for off, _, name in _HEADER_LAYOUT if off >= end})
-    hdr = SetupHeader(**values, raw=bytes(image[SETUP_HEADER_OFFSET:end]))
+    raw = bytes(image[SETUP_HEADER_OFFSET:end])
+    hdr = SetupHeader(**_header_fields(raw), raw=raw)
     _check_header(hdr, len(image))
     return hdr
+
+
+def _header_fields(raw: bytes) -> dict:
+    """struct setup_header's fields read from `raw`, zero past its end (the compiler's layout)."""
+    c_header = ffi.from_buffer(f"{SETUP_HEADER} *", raw[:SETUP_HEADER_SIZE].ljust(SETUP_HEADER_SIZE, b"\0"))
+    values = {name: getattr(c_header, name) for name in HEADER_FIELDS}
+    values["header"] = values["header"].to_bytes(len(HDRS_MAGIC), "little")
+    return values
 
 
 def _check_header(hdr: SetupHeader, image_size: int) -> None:
@@ -315,10 +262,13 @@ def place_initrd(hdr: SetupHeader, initrd_size: int, mem_end: int, lowest: int) 
 
 
 def pack_e820_table(entries: list[tuple[int, int, int]]) -> bytes:
-    """(address, size, type) rows as zero-page bytes: 20 packed bytes each (struct boot_e820_entry)."""
+    """(address, size, type) rows as zero-page bytes: struct boot_e820_entry[], 20 packed bytes each."""
     if len(entries) > E820_MAX_ENTRIES_ZEROPAGE:
         raise LoaderError(f"{len(entries)} e820 entries; the zero page holds {E820_MAX_ENTRIES_ZEROPAGE}")
-    return b"".join(E820_ENTRY.pack(addr, size, kind) for addr, size, kind in entries)
+    table = ffi.new("struct boot_e820_entry[]", max(len(entries), 1))
+    for row, (addr, size, kind) in zip(table, entries):
+        row.addr, row.size, row.type = addr, size, kind
+    return bytes(ffi.buffer(table))[:len(entries) * ffi.sizeof("struct boot_e820_entry")]
 
 
 def _check_cmdline(hdr: SetupHeader, cmdline: bytes) -> None:
@@ -343,31 +293,25 @@ def pack_boot_params(hdr: SetupHeader, cmdline_addr: int, initrd_addr: int, init
     padding (kernels >= 6.1.88) and the sentinel at 0x1ef, and the kernel
     would take us for a broken loader and wipe fields we set.
     """
-    bp = bytearray(BOOT_PARAMS_SIZE)
-    bp[SETUP_HEADER_OFFSET:SETUP_HEADER_OFFSET + len(hdr.raw)] = hdr.raw
-    assert bp[BP_SENTINEL] == 0
-    _put(bp, "type_of_loader", TYPE_OF_LOADER_UNDEFINED)
-    _put(bp, "loadflags", (hdr.loadflags | CAN_USE_HEAP) & ~(QUIET_FLAG | KEEP_SEGMENTS))
-    _put(bp, "heap_end_ptr", HEAP_END_PTR)
-    _put(bp, "cmd_line_ptr", cmdline_addr & 0xFFFFFFFF)
-    struct.pack_into("<I", bp, BP_EXT_CMD_LINE_PTR, cmdline_addr >> 32)
-    _put(bp, "ramdisk_image", initrd_addr & 0xFFFFFFFF)
-    _put(bp, "ramdisk_size", initrd_size & 0xFFFFFFFF)
-    struct.pack_into("<II", bp, BP_EXT_RAMDISK_IMAGE, initrd_addr >> 32, initrd_size >> 32)
-    struct.pack_into("<Q", bp, BP_ACPI_RSDP_ADDR, acpi_rsdp)
-    bp[BP_E820_ENTRIES] = len(e820)
+    bp = ffi.new(f"{BOOT_PARAMS} *")
+    ffi.buffer(bp)[SETUP_HEADER_OFFSET:SETUP_HEADER_OFFSET + len(hdr.raw)] = hdr.raw
+    assert bp.sentinel == 0
+    bp.hdr.type_of_loader = TYPE_OF_LOADER_UNDEFINED
+    bp.hdr.loadflags = (hdr.loadflags | CAN_USE_HEAP) & ~(QUIET_FLAG | KEEP_SEGMENTS)
+    bp.hdr.heap_end_ptr = HEAP_END_PTR
+    bp.hdr.cmd_line_ptr, bp.ext_cmd_line_ptr = _split64(cmdline_addr)
+    bp.hdr.ramdisk_image, bp.ext_ramdisk_image = _split64(initrd_addr)
+    bp.hdr.ramdisk_size, bp.ext_ramdisk_size = _split64(initrd_size)
+    bp.acpi_rsdp_addr = acpi_rsdp
     table = pack_e820_table(e820)
-    bp[BP_E820_TABLE:BP_E820_TABLE + len(table)] = table
-    return bytes(bp)
+    bp.e820_entries = len(e820)
+    ffi.memmove(bp.e820_table, table, len(table))
+    return bytes(ffi.buffer(bp))
 
 
-def _put(bp: bytearray, name: str, value: int) -> None:
-    """Write one setup-header field into boot_params at its boot.rst offset."""
-    for off, fmt, field_name in _HEADER_LAYOUT:
-        if field_name == name:
-            struct.pack_into("<" + fmt, bp, off, value)
-            return
-    raise AssertionError(f"no setup header field {name}")
+def _split64(value: int) -> tuple[int, int]:
+    """A 64-bit value as (low 32 bits, high 32 bits): a setup header field and its ext_ twin."""
+    return value & 0xFFFFFFFF, value >> 32
 
 
 @dataclass(frozen=True)
@@ -445,4 +389,4 @@ def _mib(n: int) -> str:
     return f"{-(-n // (1 << 20))} MiB"
 
 
-assert [f.name for f in fields(SetupHeader)][:-1] == [name for _, _, name in _HEADER_LAYOUT]
+assert [f.name for f in fields(SetupHeader)] == [*HEADER_FIELDS, "raw"], "SetupHeader != <asm/bootparam.h>"

@@ -60,10 +60,8 @@ def load_kernel(memory, vcpu, config) -> Entry:
         rsdp = leave_firmware_state(memory, vcpu)
         return load_pvh(memory, data, config.cmdline, initrd, name, acpi_rsdp=rsdp)
     if fmt == "bzimage":
-        try:
-            from pykvm.vm.boot.bzimage import load_bzimage
-        except ModuleNotFoundError:
-            raise LoaderError(f"{name}: a Linux bzImage; this pykvm cannot boot bzImages yet") from None
+        from pykvm.vm.boot.bzimage import load_bzimage
+
         return load_bzimage(memory, vcpu, data, config.cmdline, initrd, name)
     from pykvm.vm.boot.flat import load_flat
 

@@ -39,7 +39,7 @@ MEMMAP_ENTRY = struct.Struct("<QQII")
 # struct hvm_modlist_entry: paddr, size, cmdline_paddr, reserved (32 bytes)
 MODLIST_ENTRY = struct.Struct("<QQQQ")
 
-MAX_MEMMAP_ENTRIES = (layout.BOOT_STACK - layout.PVH_MEMMAP) // MEMMAP_ENTRY.size
+MAX_MEMMAP_ENTRIES = (layout.PML4_START - layout.PVH_MEMMAP) // MEMMAP_ENTRY.size
 PAGE = 4096
 
 

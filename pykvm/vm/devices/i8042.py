@@ -9,9 +9,12 @@ ports matter:
     port 0x64  read: status register; write: a controller command
 
 The bus maps the controller at 0x60 with length 5, as Firecracker does, so the
-device sees offset 0 (data) and offset 4 (command/status); ports 0x61-0x63
-inside that window belong to other chips (0x61 is the PIT/speaker port, which
-KVM's in-kernel PIT answers before we see it) and read as all-ones here.
+device sees offset 0 (data) and offset 4 (command/status).  Ports 0x61-0x63
+inside that window belong to other chips.  Port 0x61 is system control port B
+(PIT channel 2 gate, speaker enable, OUT2): KVM's in-kernel PIT answers it,
+because pykvm.vm.machine creates the PIT with KVM_PIT_SPEAKER_DUMMY (as
+Firecracker does), so those accesses never leave the kernel.  0x62 and 0x63
+read as all-ones here.
 
 What is here: the status register (no data pending unless a command produced
 a reply), the command byte (0x20/0x60), the self tests (0xAA, 0xAB, 0xA9),

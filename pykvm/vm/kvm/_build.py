@@ -2,7 +2,8 @@
 
 Why API mode: cffi's ABI mode trusts our declarations blindly, and a slightly
 misdeclared struct corrupts memory.  In API mode the C compiler reads
-<linux/kvm.h> itself: every `...;` below asks it for the real offsets, every
+<linux/kvm.h> and <asm/bootparam.h> (the Linux boot protocol's zero page)
+itself: every `...;` below asks it for the real offsets, every
 `#define NAME ...` asks it for the real value.  So no struct layout and no
 ioctl number in pykvm is typed by hand; if the header and this file ever
 disagree, the build fails instead of the VM.
@@ -24,6 +25,7 @@ SOURCE = r"""
 #include <stddef.h>
 #include <sys/ioctl.h>
 #include <linux/kvm.h>
+#include <asm/bootparam.h>
 
 typedef __typeof__(((struct kvm_run *)0)->io)        kvm_run_io_t;
 typedef __typeof__(((struct kvm_run *)0)->mmio)      kvm_run_mmio_t;
@@ -45,8 +47,8 @@ static int ioctl_int(int fd, unsigned long request, unsigned long arg)
     return ioctl(fd, request, arg);
 }
 
-/* KVM_RUN, retried on EINTR only when asked: the run loop wants EINTR
- * (a signal, e.g. Ctrl-C) so it can stop cleanly. */
+/* KVM_RUN, never retried here: EINTR (a signal, or immediate_exit) goes back
+ * to the run loop, which then decides whether the VM stops. */
 static int kvm_run(int vcpu_fd)
 {
     return ioctl(vcpu_fd, KVM_RUN, 0);
@@ -94,10 +96,10 @@ typedef signed int     __s32;
 #define KVM_SET_LAPIC ...
 #define KVM_GET_FPU ...
 #define KVM_SET_FPU ...
+#define KVM_GET_MP_STATE ...
 
 /* capabilities */
 #define KVM_CAP_IRQCHIP ...
-#define KVM_CAP_HLT ...
 #define KVM_CAP_USER_MEMORY ...
 #define KVM_CAP_SET_TSS_ADDR ...
 #define KVM_CAP_EXT_CPUID ...
@@ -107,6 +109,7 @@ typedef signed int     __s32;
 #define KVM_CAP_NR_MEMSLOTS ...
 #define KVM_CAP_NR_VCPUS ...
 #define KVM_CAP_INTERNAL_ERROR_DATA ...
+#define KVM_CAP_MP_STATE ...
 
 /* exit reasons */
 #define KVM_EXIT_UNKNOWN ...
@@ -134,6 +137,12 @@ typedef signed int     __s32;
 #define KVM_SYSTEM_EVENT_RESET ...
 #define KVM_SYSTEM_EVENT_CRASH ...
 #define KVM_MEM_READONLY ...
+#define KVM_PIT_SPEAKER_DUMMY ...
+#define KVM_MP_STATE_RUNNABLE ...
+#define KVM_MP_STATE_UNINITIALIZED ...
+#define KVM_MP_STATE_INIT_RECEIVED ...
+#define KVM_MP_STATE_HALTED ...
+#define KVM_MP_STATE_SIPI_RECEIVED ...
 #define KVM_APIC_REG_SIZE ...
 
 /* --- structures: `...;` = "compiler, fill in the real layout" ------------- */
@@ -227,6 +236,11 @@ struct kvm_pit_config {
     ...;
 };
 
+struct kvm_mp_state {
+    __u32 mp_state;
+    ...;
+};
+
 struct kvm_irq_level {
     __u32 irq;
     __u32 level;
@@ -278,6 +292,76 @@ struct kvm_run {
     kvm_run_internal_t internal;
     kvm_run_emulation_failure_t emulation_failure;
     kvm_run_system_event_t system_event;
+    ...;
+};
+
+/* --- <asm/bootparam.h>: the Linux boot protocol's zero page ------------- */
+#define LOADED_HIGH ...
+#define QUIET_FLAG ...
+#define KEEP_SEGMENTS ...
+#define CAN_USE_HEAP ...
+#define XLF_KERNEL_64 ...
+#define E820_MAX_ENTRIES_ZEROPAGE ...
+
+struct setup_header {
+    __u8  setup_sects;
+    __u16 root_flags;
+    __u32 syssize;
+    __u16 ram_size;
+    __u16 vid_mode;
+    __u16 root_dev;
+    __u16 boot_flag;
+    __u16 jump;
+    __u32 header;
+    __u16 version;
+    __u32 realmode_swtch;
+    __u16 start_sys_seg;
+    __u16 kernel_version;
+    __u8  type_of_loader;
+    __u8  loadflags;
+    __u16 setup_move_size;
+    __u32 code32_start;
+    __u32 ramdisk_image;
+    __u32 ramdisk_size;
+    __u32 bootsect_kludge;
+    __u16 heap_end_ptr;
+    __u8  ext_loader_ver;
+    __u8  ext_loader_type;
+    __u32 cmd_line_ptr;
+    __u32 initrd_addr_max;
+    __u32 kernel_alignment;
+    __u8  relocatable_kernel;
+    __u8  min_alignment;
+    __u16 xloadflags;
+    __u32 cmdline_size;
+    __u32 hardware_subarch;
+    __u64 hardware_subarch_data;
+    __u32 payload_offset;
+    __u32 payload_length;
+    __u64 setup_data;
+    __u64 pref_address;
+    __u32 init_size;
+    __u32 handover_offset;
+    __u32 kernel_info_offset;
+    ...;
+};
+
+struct boot_e820_entry {
+    __u64 addr;
+    __u64 size;
+    __u32 type;
+    ...;
+};
+
+struct boot_params {
+    __u64 acpi_rsdp_addr;
+    __u32 ext_ramdisk_image;
+    __u32 ext_ramdisk_size;
+    __u32 ext_cmd_line_ptr;
+    __u8  e820_entries;
+    __u8  sentinel;
+    struct setup_header hdr;
+    struct boot_e820_entry e820_table[...];
     ...;
 };
 

@@ -24,7 +24,7 @@ REQUIRED_CAPABILITIES = {
     "KVM_CAP_USER_MEMORY": "guest memory from our own mmap (KVM_SET_USER_MEMORY_REGION)",
     "KVM_CAP_IRQCHIP": "the in-kernel PIC, IOAPIC and LAPIC",
     "KVM_CAP_PIT2": "the in-kernel 8254 timer (KVM_CREATE_PIT2)",
-    "KVM_CAP_HLT": "HLT exits",
+    "KVM_CAP_MP_STATE": "seeing a halted vCPU (KVM_GET_MP_STATE): a guest stopped in `cli; hlt`",
     "KVM_CAP_SET_TSS_ADDR": "KVM_SET_TSS_ADDR (Intel VMX needs a TSS page)",
     "KVM_CAP_EXT_CPUID": "KVM_GET_SUPPORTED_CPUID / KVM_SET_CPUID2",
     "KVM_CAP_IMMEDIATE_EXIT": "stopping a running vCPU cleanly (Ctrl-A x)",

@@ -235,6 +235,16 @@ class Vcpu(FdObject):
             bad = list(values)[done]
             raise KvmIoctlError("KVM_SET_MSRS", errno.EINVAL, f"MSR {bad:#x} refused")
 
+    def get_mp_state(self) -> int:
+        """Wraps KVM_GET_MP_STATE (KVM_CAP_MP_STATE): KVM_MP_STATE_RUNNABLE, _HALTED, ...
+
+        With an in-kernel irqchip, HLT is handled by KVM: the vCPU sleeps in
+        the kernel and this is where user space can see it (api.rst 4.38).
+        """
+        state = ffi.new("struct kvm_mp_state *")
+        self._ioctl("KVM_GET_MP_STATE", state)
+        return state.mp_state
+
     def get_lapic(self) -> bytearray:
         """Wraps KVM_GET_LAPIC: the local APIC's 1 KiB register page."""
         state = ffi.new("struct kvm_lapic_state *")

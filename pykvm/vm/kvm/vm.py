@@ -9,7 +9,9 @@ from __future__ import annotations
 from pykvm.vm.kvm.bindings import ffi, lib
 from pykvm.vm.kvm.fd import FdObject
 
-__all__ = ["Vm"]
+__all__ = ["Vm", "PIT_SPEAKER_DUMMY"]
+
+PIT_SPEAKER_DUMMY = lib.KVM_PIT_SPEAKER_DUMMY   # create_pit2 flag: the kernel answers port 0x61 too
 
 
 class Vm(FdObject):
@@ -50,7 +52,12 @@ class Vm(FdObject):
         self._ioctl_int("KVM_CREATE_IRQCHIP")
 
     def create_pit2(self, flags: int = 0) -> None:
-        """Wraps KVM_CREATE_PIT2 (KVM_CAP_PIT2): an in-kernel 8254 timer on ports 0x40-0x43, IRQ 0."""
+        """Wraps KVM_CREATE_PIT2 (KVM_CAP_PIT2): an in-kernel 8254 timer on ports 0x40-0x43, IRQ 0.
+
+        With `flags` = PIT_SPEAKER_DUMMY the kernel also answers port 0x61, the
+        PC's "system control port B": bit 0 gates PIT channel 2, bit 1 enables
+        the speaker (a dummy: no sound), bit 5 reads channel 2's output.
+        """
         config = ffi.new("struct kvm_pit_config *", {"flags": flags})
         self._ioctl("KVM_CREATE_PIT2", config)
 

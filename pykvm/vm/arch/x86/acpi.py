@@ -158,7 +158,8 @@ def xsdt(tables: list[int]) -> bytes:
 def fadt(dsdt_addr: int, facs_addr: int) -> bytes:
     """Fixed ACPI Description Table: where the DSDT, FACS and PM1 registers are."""
     body = bytearray(FADT_LENGTH)
-    struct.pack_into("<II", body, FADT_FIRMWARE_CTRL, facs_addr, dsdt_addr)
+    struct.pack_into("<I", body, FADT_FIRMWARE_CTRL, facs_addr)
+    struct.pack_into("<I", body, FADT_DSDT, dsdt_addr)
     struct.pack_into("<H", body, FADT_SCI_INT, SCI_IRQ)
     struct.pack_into("<I", body, FADT_PM1A_EVT_BLK, PM1A_EVT_PORT)
     struct.pack_into("<I", body, FADT_PM1A_CNT_BLK, PM1A_CNT_PORT)
@@ -167,7 +168,8 @@ def fadt(dsdt_addr: int, facs_addr: int) -> bytes:
     struct.pack_into("<H", body, FADT_IAPC_BOOT_ARCH, IAPC_BOOT_ARCH_VALUE)
     struct.pack_into("<I", body, FADT_FLAGS, FADT_FLAGS_VALUE)
     body[FADT_MINOR_VERSION] = FADT_MINOR_REVISION
-    struct.pack_into("<QQ", body, FADT_X_FIRMWARE_CTRL, facs_addr, dsdt_addr)
+    struct.pack_into("<Q", body, FADT_X_FIRMWARE_CTRL, facs_addr)
+    struct.pack_into("<Q", body, FADT_X_DSDT, dsdt_addr)
     GAS.pack_into(body, FADT_X_PM1A_EVT_BLK, GAS_SYSTEM_IO, PM1_EVT_LEN * 8, 0, GAS_ACCESS_WORD,
                   PM1A_EVT_PORT)
     GAS.pack_into(body, FADT_X_PM1A_CNT_BLK, GAS_SYSTEM_IO, PM1_CNT_LEN * 8, 0, GAS_ACCESS_WORD,
