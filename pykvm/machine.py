@@ -12,6 +12,7 @@ the model).  Machine.__init__ reads as its table of contents:
     6. the kernel loaded into memory, giving an entry point and CPU mode
     7. the devices, each inserted on the port-I/O bus at its base
     8. the vCPU's registers for that entry point
+    9. with --gdb, the gdb stub listening (pykvm.gdb)
 
 Machine.run() is the run loop: KVM_RUN, then one `match` over the typed exit.
 """
@@ -31,7 +32,7 @@ from pykvm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.devices.bus import Bus
 from pykvm.errors import GuestError
-from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
+from pykvm.kvm import (Debug, FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                        MmioWrite, Shutdown, SystemEvent)
 from pykvm.memory import GuestMemory
 
@@ -64,6 +65,8 @@ class MachineConfig:
     kernel_format: str = "auto"      # auto, pvh, raw (bzImage: see pykvm.boot.bzimage)
     trace: bool = False
     output: object = None            # callable(bytes) for guest serial output; default stdout
+    gdb: str | None = None           # [HOST:]PORT for the gdb stub (pykvm.gdb); None: no stub
+    gdb_wait: bool = False           # stop before the first instruction until gdb attaches
     extra: dict = field(default_factory=dict)
 
 
@@ -100,6 +103,16 @@ class Machine:
         self.entry = self._load_kernel()                                   # 6
         self._add_devices()                                                # 7
         boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
+        self.gdb = self._gdb_stub()                                        # 9
+
+    def _gdb_stub(self):
+        if self.config.gdb is None:
+            return None
+        from pykvm.gdb import GdbStub
+
+        return GdbStub.for_vm(self.config.gdb, self.kvm, [self.vcpu], self.memory, wait=self.config.gdb_wait,
+                              kick=self._kick_vcpu, stop=self.stop,
+                              exit_requested=lambda: self.exit_status is not None)
 
     def _load_kernel(self) -> boot_state.Entry:
         from pykvm.boot.loader import load_kernel
@@ -168,8 +181,12 @@ class Machine:
         self._vcpu_thread = threading.get_ident()
         previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         try:
+            if self.gdb is not None:
+                self.gdb.vcpu_started(self.vcpu)
             self._run_loop(self.config.trace)
         finally:
+            if self.gdb is not None:
+                self.gdb.guest_exited(self.exit_status)
             signal.signal(signal.SIGUSR1, previous)
             self._vcpu_thread = None
             if self._console_output is not None:
@@ -198,7 +215,10 @@ class Machine:
                 case MmioRead(address=address, size=size):
                     exit.reply(mmio.read(address, size))
                 case Interrupted():
-                    pass                                             # a signal; loop re-checks
+                    if self.gdb is not None:                         # gdb's Ctrl-C, or a new client
+                        self.gdb.vcpu_interrupted(self.vcpu)
+                case Debug() if self.gdb is not None:
+                    self.gdb.vcpu_debug_exit(self.vcpu, exit)
                 case SystemEvent(kind="shutdown" | "reset"):
                     self.stop(0)
                 case Hlt():
@@ -223,8 +243,11 @@ class Machine:
 
     # --- tearing down ----------------------------------------------------------
     _console_output: ConsoleOutput | None = None
+    gdb = None
 
     def close(self) -> None:
+        if self.gdb is not None:
+            self.gdb.close()
         if getattr(self, "serial", None) is not None:
             self.serial.close()
         if self._console_output is not None:

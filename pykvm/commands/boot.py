@@ -19,7 +19,12 @@ __all__ = ["boot"]
 @click.option("--format", "kernel_format", default="auto", show_default=True,
               type=click.Choice(["auto", "pvh", "bzimage", "raw"]), help="Kernel file format.")
 @click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
+@click.option("--gdb", "gdb", is_flag=False, flag_value="localhost:1234", default=None,
+              metavar="[HOST:]PORT", help="Serve gdb's remote protocol on HOST:PORT (alone: localhost:1234, "
+              "as QEMU's -s); in gdb: target remote :1234.")
+@click.option("--gdb-wait", is_flag=True,
+              help="Stop before the first guest instruction until gdb attaches (QEMU's -S); implies --gdb.")
+def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, gdb, gdb_wait):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -38,8 +43,10 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
     memory = parse_size(mem, what="--mem", default_unit="M")
     if memory > host_memory():
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
+    if gdb_wait and gdb is None:
+        gdb = "localhost:1234"
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
-                           kernel_format=kernel_format, trace=trace)
+                           kernel_format=kernel_format, trace=trace, gdb=gdb, gdb_wait=gdb_wait)
     raise SystemExit(run_machine(config))
 
 

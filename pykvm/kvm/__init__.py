@@ -4,11 +4,12 @@ One method per ioctl, no boot policy.  The bindings are compiled against
 <linux/kvm.h> (pykvm/kvm/_build.py).  Import is lazy-friendly: nothing here
 opens /dev/kvm until you create a Kvm.
 """
-from pykvm.kvm.exits import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead,
+from pykvm.kvm.exits import (Debug, FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead,
                              MmioWrite, Shutdown, SystemEvent, Unknown, VmExit)
 from pykvm.kvm.system import CpuidEntry, Kvm
 from pykvm.kvm.vcpu import Vcpu
 from pykvm.kvm.vm import Vm
 
 __all__ = ["Kvm", "Vm", "Vcpu", "CpuidEntry", "VmExit", "IoIn", "IoOut", "MmioRead", "MmioWrite",
-           "Hlt", "Shutdown", "InternalError", "FailEntry", "SystemEvent", "Interrupted", "Unknown"]
+           "Hlt", "Shutdown", "InternalError", "FailEntry", "SystemEvent", "Interrupted", "Unknown",
+           "Debug"]
