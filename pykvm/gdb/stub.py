@@ -63,14 +63,17 @@ GUESTDBG_USE_HW_BP, GUESTDBG_BLOCKIRQ = lib.KVM_GUESTDBG_USE_HW_BP, lib.KVM_GUES
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """`[HOST:]PORT` -> (host, port); an empty host means localhost (never every interface)."""
+    """`[HOST:]PORT` -> (host, port); an empty host means localhost (never every interface).
+
+    Port 0 asks the kernel for a free port (the stub says which when it starts).
+    """
     host, _, port = text.rpartition(":")
     try:
         number = int(port)
     except ValueError:
         raise ConfigError(f"--gdb {text}: the port must be a number, as in localhost:1234") from None
-    if not 0 < number < 65536:
-        raise ConfigError(f"--gdb {text}: port {number} is not between 1 and 65535")
+    if not 0 <= number < 65536:
+        raise ConfigError(f"--gdb {text}: port {number} is not between 0 and 65535")
     return host or DEFAULT_HOST, number
 
 
@@ -141,6 +144,11 @@ class GdbStub:
         return cls(listen(address), vcpus, memory, kick=kick, stop=stop, exit_requested=exit_requested,
                    wait=wait, watch_by_stepping=kvm_backend().startswith("PVM"),
                    block_irq=bool(supported & GUESTDBG_BLOCKIRQ))
+
+    @property
+    def client_connected(self) -> bool:
+        """A debugger is connected and the vCPUs were asked to stop for it."""
+        return self._connected.is_set()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -243,6 +251,7 @@ class GdbStub:
     def vcpu_started(self, vcpu) -> None:
         """Before the first KVM_RUN: with --gdb-wait, wait for gdb and serve it."""
         if not self.wait:
+            log.warning("gdb: listening on %s:%d", *self.address)
             return
         log.warning("gdb: waiting for a debugger on %s:%d", *self.address)
         while not self._connected.wait(POLL_SECONDS):
