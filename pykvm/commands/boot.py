@@ -45,6 +45,10 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, gdb, gdb_wai
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
     if gdb_wait and gdb is None:
         gdb = "localhost:1234"
+    if gdb is not None:
+        from pykvm.gdb import parse_address
+
+        parse_address(gdb)                  # a bad --gdb is reported before the VM is built
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
                            kernel_format=kernel_format, trace=trace, gdb=gdb, gdb_wait=gdb_wait)
     raise SystemExit(run_machine(config))

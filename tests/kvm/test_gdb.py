@@ -16,6 +16,7 @@ import pytest
 from clitools import one_error_line, pykvm
 from gdbsession import Reader, gdb_argv, gdb_problem, sections, start_pykvm, start_qemu
 from pykvm.gdb import KILL_STATUS
+from pykvm.gdb.packets import frame
 from test_gdb_paging import symbol
 from tinyvm import TINY_ELF, build_tiny, vmm_problem
 
@@ -119,6 +120,29 @@ def test_ctrl_c_stops_the_guest_continue_resumes_it_and_detach_lets_it_power_off
     assert ticks2 > ticks1, f"the guest did not run between the two Ctrl-Cs: {ticks1} then {ticks2}"
     assert "detached" in out["detach"], out["detach"]
     assert status == 0, f"pykvm exited {status} after detach and poweroff"
+
+
+def test_garbage_a_huge_request_and_a_vanished_client_leave_pykvm_serving(elf):
+    proc, port = start_pykvm("run=uptime")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            replies = Reader(raw)
+            raw.sendall(b"\x00noise\xff$g#00")                        # noise, then a bad checksum
+            replies.until(b"-", 30)
+            raw.sendall(b"$" + b"m" * 20000 + b"#00")                  # longer than PacketSize
+            replies.until(b"--", 30)
+            raw.sendall(frame(b"m100000,ffffffff"))                    # 4 GiB: one packet's worth back
+            found = replies.until(re.compile(rb"\$([0-9a-f]*)#[0-9a-f]{2}"), 30)
+            assert len(found.group(1)) == 0x4000, len(found.group(1))
+            raw.sendall(b"$m1000")                                     # half a packet, and gone
+        Reader(proc.stdout).until(b"tiny$ uptime\r\nup ", GDB_TIMEOUT)  # the guest ran on
+        out = run_gdb(port, [("ticks", ["p ticks"]), ("kill", ["kill"])])
+        status, _ = finish_vmm(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert re.search(r"\$1 = \d+", out["ticks"]), f"a second gdb was not served:\n{out}"
+    assert status == KILL_STATUS
 
 
 def test_a_port_in_use_is_one_error_line():

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from clitools import wait_for
+from clitools import one_error_line, pykvm, wait_for
 from pykvm.gdb import KILL_STATUS, GdbStub, listen
 from pykvm.gdb.packets import Framer, Packet, frame
 from pykvm.gdb.paging import (CR0_PG, CR4_PAE, EFER_LMA, PagingState, UnmappedAddress, read_virtual,
@@ -303,3 +303,10 @@ def test_page_tables_outside_memory_are_an_error_not_a_crash(memory):
     broken = PagingState(cr0=CR0_PG, cr3=1 << 40, cr4=CR4_PAE, efer=EFER_LMA)
     with pytest.raises(UnmappedAddress, match="outside guest memory"):
         translate(memory, broken, CODE)
+
+
+@pytest.mark.parametrize("address", ["localhost:http", "localhost:70000", "nonsense"])
+def test_a_bad_gdb_address_is_one_error_line_before_any_vm(address):
+    result = pykvm("boot", "--gdb", address, timeout=60)
+    assert "--gdb" in one_error_line(result)
+    assert result.returncode == 2
