@@ -319,10 +319,21 @@ class GdbStub:
         return None
 
     def _stop(self, vcpu, reply: bytes) -> None:
-        """All-stop: this vCPU serves gdb until it resumes; the others park (vcpu_interrupted)."""
+        """All-stop: this vCPU serves gdb until it resumes; the others park (vcpu_interrupted).
+
+        One stop at a time: a vCPU that stops while another serves parks
+        too, and its event is dropped (a breakpoint hits again on resume).
+        """
         if self.connection is None or self.connection.closed:
             return
-        self._serving.set()
+        with self._lock:
+            serving_elsewhere = self._serving.is_set()
+            if not serving_elsewhere:
+                self._serving.set()
+                self._pause = None                      # this stop answers any pending request
+        if serving_elsewhere:
+            self._park_while_serving()
+            return
         if len(self.vcpus) > 1:
             self._kick()
         self.current_thread = self.vcpus.index(vcpu) + 1
@@ -384,6 +395,10 @@ class GdbStub:
         self._stepping = {n for n in range(len(self.vcpus))
                           if resume.actions.get(n + 1, resume.default) == STEP}
         self._awaiting_stop = True
+        with self._lock:
+            self._pause = None                          # a Ctrl-C that raced with the stop is void
+        for vcpu in self.vcpus:
+            vcpu.immediate_exit = False
         self._arm()
 
     def _arm(self) -> None:
