@@ -110,8 +110,8 @@ class Machine:
             return None
         from pykvm.gdb import GdbStub
 
-        return GdbStub.for_vm(self.config.gdb, self.kvm, [self.vcpu], self.memory, wait=self.config.gdb_wait,
-                              kick=self._kick_vcpu, stop=self.stop,
+        return GdbStub.for_vm(self.config.gdb, self.kvm, [self.vcpu], self.memory,
+                              wait=self.config.gdb_wait, kick=self._kick_vcpu, stop=self.stop,
                               exit_requested=lambda: self.exit_status is not None)
 
     def _load_kernel(self) -> boot_state.Entry:

@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from pykvm.errors import ConfigError
 from pykvm.gdb import debugregs
 from pykvm.gdb.connection import DISCONNECTED, Connection
-from pykvm.gdb.handlers import (ALL_THREADS, ANY_THREAD, CONTINUE, E_INVALID, E_NO_SPACE, EMPTY, OK,
-                                STEP, WATCH_KINDS, Z_ACCESS, Z_HARDWARE, Z_READ, Z_SOFTWARE, Z_WRITE,
-                                Detach, Handlers, Kill, Resume)
+from pykvm.gdb.handlers import (ANY_THREAD, E_INVALID, E_NO_SPACE, EMPTY, OK, STEP, WATCH_KINDS, Z_ACCESS,
+                                Z_HARDWARE, Z_READ, Z_SOFTWARE, Z_WRITE, Detach, Handlers, Kill, Resume)
 from pykvm.gdb.paging import PagingState, UnmappedAddress, read_virtual, write_virtual
 from pykvm.gdb.tdesc import RegisterFile
 from pykvm.kvm.bindings import lib

@@ -49,7 +49,7 @@ REGISTERS: list[Register] = (
     + [Register(n, 32, "int32", "sregs", CORE) for n in _SELECTORS]
     + [Register(f"st{i}", 80, "i387_ext", "fpu", CORE) for i in range(8)]
     + [Register(n, 32, "int", "fpu", CORE) for n in _X87_CONTROL]
-    + [Register("fs_base", 64, "int64", "sregs", SEGMENTS), Register("gs_base", 64, "int64", "sregs", SEGMENTS)]
+    + [Register(n, 64, "int64", "sregs", SEGMENTS) for n in ("fs_base", "gs_base")]
     + [Register(n, 64, "int64", "sregs", CONTROL) for n in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")]
 )
 INDEX = {r.name: i for i, r in enumerate(REGISTERS)}

@@ -47,8 +47,8 @@ def free_port() -> int:
 def start_qemu(cmdline: str) -> tuple[subprocess.Popen, int]:
     """QEMU TCG booting the same ELF, stopped (-S), its gdbstub on a free port."""
     port = free_port()
-    proc = subprocess.Popen(qemu_command(TINY_ELF, cmdline, accel="tcg") + ["-gdb", f"tcp:127.0.0.1:{port}", "-S"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    argv = qemu_command(TINY_ELF, cmdline, accel="tcg") + ["-gdb", f"tcp:127.0.0.1:{port}", "-S"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return proc, port
 
 
