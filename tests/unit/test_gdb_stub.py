@@ -17,6 +17,7 @@ from pykvm.gdb.paging import (CR0_PG, CR4_PAE, EFER_LMA, PagingState, UnmappedAd
                               translate)
 from pykvm.gdb.stub import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP
 from pykvm.gdb.tdesc import REGISTERS, TARGET_XML
+from pykvm.kvm import Debug
 from pykvm.kvm.bindings import ffi
 from pykvm.memory import GuestMemory
 
@@ -279,6 +280,38 @@ def test_a_client_vanishing_mid_session_lets_the_guest_run_on(session):
     serving.join(timeout=5)
     assert not serving.is_alive() and not stopped
     assert vcpu.guest_debug[-1][0] == 0
+
+
+@pytest.mark.parametrize("z, dr6, expected", [
+    (b"Z0,%x,1" % CODE, 0b1, b"T05swbreak:;thread:01;"),            # B0: the breakpoint in DR0
+    (b"Z1,%x,1" % CODE, 0b1, b"T05hwbreak:;thread:01;"),
+    (b"Z2,5000,8", 0b1, b"T05watch:5000;thread:01;"),                # a data write in DR0
+    (b"Z4,5000,4", 0b1, b"T05awatch:5000;thread:01;"),
+])
+def test_a_debug_exit_becomes_the_stop_reply_gdb_waits_for(session, z, dr6, expected):
+    stub, vcpu, client, serving, _ = session
+    assert client.ask(z) == b"OK"
+    client.send(b"vCont;c")
+    serving.join(timeout=5)
+    exit = Debug(exception=1, pc=CODE, dr6=0xFFFF0FF0 | dr6, dr7=0)
+    again = threading.Thread(target=stub.vcpu_debug_exit, args=(vcpu, exit), daemon=True)
+    again.start()                                           # the vCPU thread, back from KVM_RUN
+    assert client.reply() == expected
+    assert client.ask(b"?") == expected
+    client.send(b"c")
+    again.join(timeout=5)
+
+
+def test_a_client_vanishing_while_the_guest_runs_disarms_debugging(session):
+    stub, vcpu, client, serving, stopped = session
+    assert client.ask(b"Z0,%x,1" % CODE) == b"OK"
+    client.send(b"c")
+    serving.join(timeout=5)
+    assert vcpu.guest_debug[-1][0] & GUESTDBG_USE_HW_BP, "continue must arm DR0"
+    client.sock.close()                                     # gdb killed while the guest runs
+    wait_for(lambda: not stub.client_connected, timeout=5)
+    stub.vcpu_interrupted(vcpu)                            # the vCPU thread, kicked out of KVM_RUN
+    assert vcpu.guest_debug[-1][0] == 0 and not stopped
 
 
 def test_walk_finds_4k_2m_and_1g_pages(memory):
