@@ -17,7 +17,7 @@ import time
 
 from tinyvm import ROOT, TINY_ELF, qemu_command
 
-__all__ = ["GDB", "gdb_problem", "start_pykvm", "start_qemu", "gdb_argv", "sections", "Reader"]
+__all__ = ["GDB", "gdb_problem", "start_pykvm", "start_qemu", "gdb_argv", "sections", "symbol", "Reader"]
 
 GDB = "gdb"
 STARTUP_TIMEOUT = 60
@@ -36,6 +36,16 @@ def start_pykvm(cmdline: str, *extra: str) -> tuple[subprocess.Popen, int]:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     found = Reader(proc.stderr).until(LISTENING, STARTUP_TIMEOUT)
     return proc, int(found.group(1))
+
+
+def symbol(elf, name: str) -> int:
+    """The address of `name` in the ELF's symbol table (binutils' nm)."""
+    table = subprocess.run(["nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    for line in table.splitlines():
+        address, _, found = line.split()
+        if found == name:
+            return int(address, 16)
+    raise AssertionError(f"{name} not in {elf}")
 
 
 def free_port() -> int:

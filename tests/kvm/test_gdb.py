@@ -14,10 +14,9 @@ import subprocess
 import pytest
 
 from clitools import one_error_line, pykvm
-from gdbsession import Reader, gdb_argv, gdb_problem, sections, start_pykvm, start_qemu
+from gdbsession import Reader, gdb_argv, gdb_problem, sections, start_pykvm, start_qemu, symbol
 from pykvm.gdb import KILL_STATUS
 from pykvm.gdb.packets import frame
-from test_gdb_paging import symbol
 from tinyvm import TINY_ELF, build_tiny, vmm_problem
 
 pytestmark = [pytest.mark.kvm,

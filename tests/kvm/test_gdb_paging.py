@@ -8,8 +8,6 @@ For each address both walks must agree on whether it is mapped and where.
 (KVM_TRANSLATE's writeable and usermode fields are constants on x86, 1 and
 0, so only `valid` and the physical address are compared.)
 """
-import subprocess
-
 import pytest
 
 from pykvm.gdb.debugregs import EXEC, DebugRegisters
@@ -17,21 +15,13 @@ from pykvm.gdb.paging import PagingState, UnmappedAddress, translate
 from pykvm.kvm import Debug, IoIn, IoOut
 from pykvm.kvm.bindings import lib
 from pykvm.machine import Machine, MachineConfig
+from gdbsession import symbol
 from tinyvm import build_tiny
 
 pytestmark = pytest.mark.kvm
 
 USER_BASE = 0x0000_0080_0000_0000        # guests/tiny/memlayout.h
 MAX_EXITS = 2_000_000
-
-
-def symbol(elf, name: str) -> int:
-    table = subprocess.run(["nm", str(elf)], capture_output=True, text=True, check=True).stdout
-    for line in table.splitlines():
-        address, _, found = line.split()
-        if found == name:
-            return int(address, 16)
-    raise AssertionError(f"{name} not in {elf}")
 
 
 def stop_at(machine: Machine, address: int) -> None:
