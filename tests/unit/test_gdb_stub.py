@@ -343,3 +343,26 @@ def test_a_bad_gdb_address_is_one_error_line_before_any_vm(address):
     result = pykvm("boot", "--gdb", address, timeout=60)
     assert "--gdb" in one_error_line(result)
     assert result.returncode == 2
+
+
+def test_each_vcpu_is_a_thread_and_hg_picks_whose_registers(memory):
+    paging = build_page_tables(memory)
+    vcpus = [StandInVcpu(paging), StandInVcpu(paging)]
+    vcpus[1].regs.rip = CODE + 0x40
+    stub = GdbStub(listen("127.0.0.1:0"), vcpus, memory, kick=lambda: None, stop=lambda status: None,
+                   exit_requested=lambda: False, wait=False, watch_by_stepping=False, block_irq=True)
+    client = Client(stub.address)
+    wait_for(lambda: stub.client_connected, timeout=5)
+    serving = threading.Thread(target=stub.vcpu_interrupted, args=(vcpus[0],), daemon=True)
+    serving.start()
+    try:
+        assert_replies(client, [(b"qfThreadInfo", b"m01,02"), (b"T02", b"OK"), (b"Hg2", b"OK")])
+        rip = int.from_bytes(bytes.fromhex(client.ask(b"p10").decode()), "little")
+        assert rip == CODE + 0x40, "Hg2 must select vCPU 1's registers"
+        client.send(b"vCont;s:2;c")
+        serving.join(timeout=5)
+        controls = [vcpu.guest_debug[-1][0] for vcpu in vcpus]
+        assert controls[1] & GUESTDBG_SINGLESTEP and not controls[0] & GUESTDBG_SINGLESTEP, controls
+    finally:
+        client.sock.close()
+        stub.close()
