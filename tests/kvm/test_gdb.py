@@ -2,7 +2,7 @@
 watch, Ctrl-C, continue, detach, kill; and the same session against QEMU's gdbstub.
 
 GDB manual, "Remote Protocol"; KVM api.rst, KVM_SET_GUEST_DEBUG.  On PVM the
-watchpoint is kept by single-stepping (pykvm.gdb.stub says why); on hardware
+watchpoint is kept by single-stepping (pykvm.vm.gdb.stub says why); on hardware
 KVM it is a debug register.  Both paths answer gdb the same way, so one test
 serves both hosts.
 """
@@ -15,8 +15,8 @@ import pytest
 
 from clitools import one_error_line, pykvm
 from gdbsession import Reader, gdb_argv, gdb_problem, sections, start_pykvm, start_qemu, symbol
-from pykvm.gdb import KILL_STATUS
-from pykvm.gdb.packets import frame
+from pykvm.vm.gdb import KILL_STATUS
+from pykvm.vm.gdb.packets import frame
 from tinyvm import TINY_ELF, build_tiny, vmm_problem
 
 pytestmark = [pytest.mark.kvm,

@@ -1,4 +1,4 @@
-"""pykvm's page-table walk (pykvm.gdb.paging) against KVM's own, KVM_TRANSLATE.
+"""pykvm's page-table walk (pykvm.vm.gdb.paging) against KVM's own, KVM_TRANSLATE.
 
 The tiny kernel is stopped by a hardware breakpoint (DR0, KVM_SET_GUEST_DEBUG)
 in its syscall handler while a user program runs, so CR3 holds that
@@ -10,11 +10,11 @@ For each address both walks must agree on whether it is mapped and where.
 """
 import pytest
 
-from pykvm.gdb.debugregs import EXEC, DebugRegisters
-from pykvm.gdb.paging import PagingState, UnmappedAddress, translate
-from pykvm.kvm import Debug, IoIn, IoOut
-from pykvm.kvm.bindings import lib
-from pykvm.machine import Machine, MachineConfig
+from pykvm.vm.gdb.debugregs import EXEC, DebugRegisters
+from pykvm.vm.gdb.paging import PagingState, UnmappedAddress, translate
+from pykvm.vm.kvm import Debug, IoIn, IoOut
+from pykvm.vm.kvm.bindings import lib
+from pykvm.vm.machine import Machine, MachineConfig
 from gdbsession import symbol
 from tinyvm import build_tiny
 

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from clitools import wait_for
-from pykvm.gdb.connection import DISCONNECTED, Connection
-from pykvm.gdb.packets import (MAX_PACKET, Ack, Corrupt, Framer, Interrupt, Nak, Packet, checksum,
+from pykvm.vm.gdb.connection import DISCONNECTED, Connection
+from pykvm.vm.gdb.packets import (MAX_PACKET, Ack, Corrupt, Framer, Interrupt, Nak, Packet, checksum,
                                escape, frame, unescape)
 
 

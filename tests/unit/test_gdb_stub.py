@@ -11,15 +11,15 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from clitools import one_error_line, pykvm, wait_for
-from pykvm.gdb import KILL_STATUS, GdbStub, listen
-from pykvm.gdb.packets import Framer, Packet, frame
-from pykvm.gdb.paging import (CR0_PG, CR4_PAE, EFER_LMA, PagingState, UnmappedAddress, read_virtual,
+from pykvm.vm.gdb import KILL_STATUS, GdbStub, listen
+from pykvm.vm.gdb.packets import Framer, Packet, frame
+from pykvm.vm.gdb.paging import (CR0_PG, CR4_PAE, EFER_LMA, PagingState, UnmappedAddress, read_virtual,
                               translate)
-from pykvm.gdb.stub import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP
-from pykvm.gdb.tdesc import REGISTERS, TARGET_XML
-from pykvm.kvm import Debug
-from pykvm.kvm.bindings import ffi
-from pykvm.memory import GuestMemory
+from pykvm.vm.gdb.stub import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP
+from pykvm.vm.gdb.tdesc import REGISTERS, TARGET_XML
+from pykvm.vm.kvm import Debug
+from pykvm.vm.kvm.bindings import ffi
+from pykvm.vm.memory import GuestMemory
 
 MIB = 1 << 20
 PML4, PDPT, PD, PT = 0x10000, 0x11000, 0x12000, 0x13000     # the test's page tables
