@@ -12,12 +12,13 @@ BOOT_ARGS ?=
 # set-up line).  `make guests` also builds the container images (busybox-static, `make deps`).
 BOOT_GUESTS := guests/tiny guests/hello
 
-.PHONY: all deps venv guests boot-guests boot test test-unit test-hw bench clean distclean help
+.PHONY: all deps venv guests boot-guests boot gdb test test-unit test-hw bench clean distclean help
 
 all: venv guests
 
 help:
 	@echo "make boot    build the venv and the VM guests, boot the bundled guest (Ctrl-A x quits)"
+	@echo "make gdb     boot it stopped, with gdb attached and the kernel's symbols loaded"
 	@echo "make deps    (root) install the Debian/Ubuntu packages the tests use (.ci/packages)"
 	@echo "make test    build everything and run the test suite"
 	@echo "make test-hw run the VM tests on hardware-style KVM (an L1 under QEMU TCG if needed)"
@@ -49,6 +50,14 @@ boot-guests:
 # BOOT_ARGS for a boot without a terminal: make boot BOOT_ARGS='--cmdline "run=info;poweroff"'
 boot: venv boot-guests
 	$(PYKVM) boot $(BOOT_ARGS)
+
+# pykvm waits for gdb on localhost:1234 in its own session (so gdb's Ctrl-C reaches gdb only;
+# its console prints on this terminal), and gdb connects with the tiny kernel's symbols.
+# gdb's `kill` ends both; after `detach` or `quit` the VM is stopped here.
+gdb: venv boot-guests
+	@setsid $(PYKVM) boot --gdb-wait </dev/null & pykvm=$$!; \
+	trap 'kill $$pykvm 2>/dev/null' EXIT INT TERM; \
+	gdb -q -ex 'target remote localhost:1234' guests/tiny/tiny.elf
 
 test: venv guests
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -72,7 +72,13 @@ pvh_start:
     ljmp $SEL_KCODE, $long_mode
 
     .code64
+/* For debuggers: long_mode is the outermost frame, there is no caller to
+ * unwind to (DWARF CFI, rip undefined).  The CFI goes to .debug_frame,
+ * outside the loaded image. */
+    .cfi_sections .debug_frame
 long_mode:
+    .cfi_startproc
+    .cfi_undefined rip
     mov $SEL_KDATA, %ax
     mov %ax, %ds
     mov %ax, %es
@@ -85,6 +91,7 @@ long_mode:
     call kmain
 1:  hlt                           /* kmain never returns */
     jmp 1b
+    .cfi_endproc
 
 /* The boot GDT: just enough segments to reach long mode.  gdt.c installs the
  * full one (user segments, TSS) with the same kernel selectors.

@@ -24,7 +24,12 @@ __all__ = ["boot"]
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop the VM when its vCPU runs this long without a VM exit "
                    "(default: report on stderr and keep running).")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeout):
+@click.option("--gdb", "gdb", is_flag=False, flag_value="localhost:1234", default=None,
+              metavar="[HOST:]PORT", help="Serve gdb's remote protocol on HOST:PORT (alone: localhost:1234, "
+              "as QEMU's -s); in gdb: target remote :1234.")
+@click.option("--gdb-wait", is_flag=True,
+              help="Stop before the first guest instruction until gdb attaches (QEMU's -S); implies --gdb.")
+def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeout, gdb, gdb_wait):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -43,8 +48,15 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeou
     memory = parse_size(mem, what="--mem", default_unit="M")
     if memory > host_memory():
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
+    if gdb_wait and gdb is None:
+        gdb = "localhost:1234"
+    if gdb is not None:
+        from pykvm.vm.gdb import parse_address
+
+        parse_address(gdb)                  # a bad --gdb is reported before the VM is built
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
-                           kernel_format=kernel_format, trace=trace, stall_timeout=stall_timeout)
+                           kernel_format=kernel_format, trace=trace, stall_timeout=stall_timeout,
+                           gdb=gdb, gdb_wait=gdb_wait)
     raise SystemExit(run_machine(config))
 
 

@@ -13,6 +13,7 @@ the model).  Machine.__init__ reads as its table of contents:
     6. the kernel loaded into memory, giving an entry point and CPU mode
     7. the devices, each inserted on the port-I/O bus at its base
     8. the vCPU's registers for that entry point
+    9. with --gdb, the gdb stub listening (pykvm.vm.gdb)
 
 Machine.run() is the run loop: KVM_RUN, then one `match` over the typed exit.
 A watchdog (pykvm.vm.watchdog) looks at a vCPU that has gone quiet: halted with
@@ -34,8 +35,8 @@ from pykvm.vm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.vm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.vm.devices.bus import Bus
 from pykvm.errors import GuestError
-from pykvm.vm.kvm import (FailEntry, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead, MmioWrite,
-                       Shutdown, SystemEvent)
+from pykvm.vm.kvm import (Debug, FailEntry, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
+                          MmioWrite, Shutdown, SystemEvent)
 from pykvm.vm.kvm.vm import PIT_SPEAKER_DUMMY
 from pykvm.vm.memory import GuestMemory
 from pykvm.vm.watchdog import Watchdog
@@ -71,6 +72,8 @@ class MachineConfig:
     trace: bool = False
     stall_timeout: float | None = None   # stop after this many seconds without a VM exit (watchdog.py)
     output: object = None            # callable(bytes) for guest serial output; default stdout
+    gdb: str | None = None           # [HOST:]PORT for the gdb stub (pykvm.vm.gdb); None: no stub
+    gdb_wait: bool = False           # stop before the first instruction until gdb attaches
     extra: dict = field(default_factory=dict)
 
 
@@ -107,6 +110,16 @@ class Machine:
         self.entry = self._load_kernel()                                   # 6
         self._add_devices()                                                # 7
         boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
+        self.gdb = self._gdb_stub()                                        # 9
+
+    def _gdb_stub(self):
+        if self.config.gdb is None:
+            return None
+        from pykvm.vm.gdb import GdbStub
+
+        return GdbStub.for_vm(self.config.gdb, self.kvm, [self.vcpu], self.memory,
+                              wait=self.config.gdb_wait, kick=self._kick_vcpu, stop=self.stop,
+                              exit_requested=lambda: self.exit_status is not None)
 
     def _load_kernel(self) -> boot_state.Entry:
         from pykvm.vm.boot.loader import load_kernel
@@ -177,11 +190,15 @@ class Machine:
         self._vcpu_thread = threading.get_ident()
         previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         self.watchdog = watchdog = Watchdog(self._kick_vcpu, self.config.stall_timeout)
-        watchdog.start()
         try:
+            if self.gdb is not None:
+                self.gdb.vcpu_started(self.vcpu)             # --gdb-wait: until gdb continues
+            watchdog.start()
             self._run_loop(self.config.trace, watchdog)
         finally:
             watchdog.stop()
+            if self.gdb is not None:
+                self.gdb.guest_exited(self.exit_status)
             signal.signal(signal.SIGUSR1, previous)
             self._vcpu_thread = None
             if self._console_output is not None:
@@ -213,6 +230,12 @@ class Machine:
                 case Interrupted():                                  # a signal; loop re-checks
                     if reason := watchdog.look(self.vcpu, self.memory):
                         raise GuestError(self._stopped_because(reason))
+                    if self.gdb is not None:                         # gdb's Ctrl-C, or a new client
+                        self.gdb.vcpu_interrupted(self.vcpu)
+                        watchdog.exits += 1                          # gdb's stop is not the guest's silence
+                case Debug() if self.gdb is not None:
+                    self.gdb.vcpu_debug_exit(self.vcpu, exit)
+                    watchdog.exits += 1
                 case SystemEvent(kind="shutdown" | "reset"):
                     self.stop(0)
                 case Shutdown():
@@ -235,8 +258,11 @@ class Machine:
 
     # --- tearing down ----------------------------------------------------------
     _console_output: ConsoleOutput | None = None
+    gdb = None
 
     def close(self) -> None:
+        if self.gdb is not None:
+            self.gdb.close()
         if getattr(self, "serial", None) is not None:
             self.serial.close()
         if self._console_output is not None:

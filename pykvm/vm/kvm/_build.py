@@ -35,6 +35,7 @@ typedef __typeof__(((struct kvm_run *)0)->ex)        kvm_run_ex_t;
 typedef __typeof__(((struct kvm_run *)0)->internal)  kvm_run_internal_t;
 typedef __typeof__(((struct kvm_run *)0)->emulation_failure) kvm_run_emulation_failure_t;
 typedef __typeof__(((struct kvm_run *)0)->system_event) kvm_run_system_event_t;
+typedef __typeof__(((struct kvm_run *)0)->debug)     kvm_run_debug_t;
 
 /* ioctl(2) is variadic; these give cffi fixed signatures to call. */
 static int ioctl_ptr(int fd, unsigned long request, void *arg)
@@ -97,6 +98,8 @@ typedef signed int     __s32;
 #define KVM_GET_FPU ...
 #define KVM_SET_FPU ...
 #define KVM_GET_MP_STATE ...
+#define KVM_SET_GUEST_DEBUG ...
+#define KVM_TRANSLATE ...
 
 /* capabilities */
 #define KVM_CAP_IRQCHIP ...
@@ -110,6 +113,8 @@ typedef signed int     __s32;
 #define KVM_CAP_NR_VCPUS ...
 #define KVM_CAP_INTERNAL_ERROR_DATA ...
 #define KVM_CAP_MP_STATE ...
+#define KVM_CAP_SET_GUEST_DEBUG ...
+#define KVM_CAP_SET_GUEST_DEBUG2 ...
 
 /* exit reasons */
 #define KVM_EXIT_UNKNOWN ...
@@ -144,6 +149,13 @@ typedef signed int     __s32;
 #define KVM_MP_STATE_HALTED ...
 #define KVM_MP_STATE_SIPI_RECEIVED ...
 #define KVM_APIC_REG_SIZE ...
+
+/* guest debugging (KVM_SET_GUEST_DEBUG control bits; x86 ones from <asm/kvm.h>) */
+#define KVM_GUESTDBG_ENABLE ...
+#define KVM_GUESTDBG_SINGLESTEP ...
+#define KVM_GUESTDBG_USE_SW_BP ...
+#define KVM_GUESTDBG_USE_HW_BP ...
+#define KVM_GUESTDBG_BLOCKIRQ ...
 
 /* --- structures: `...;` = "compiler, fill in the real layout" ------------- */
 struct kvm_userspace_memory_region {
@@ -191,7 +203,13 @@ struct kvm_sregs {
 };
 
 struct kvm_fpu {
+    __u8  fpr[8][16];
     __u16 fcw;
+    __u16 fsw;
+    __u8  ftwx;
+    __u16 last_opcode;
+    __u64 last_ip;
+    __u64 last_dp;
     __u32 mxcsr;
     ...;
 };
@@ -254,6 +272,34 @@ struct kvm_enable_cap {
     ...;
 };
 
+struct kvm_guest_debug_arch {
+    __u64 debugreg[8];
+    ...;
+};
+
+struct kvm_guest_debug {
+    __u32 control;
+    struct kvm_guest_debug_arch arch;
+    ...;
+};
+
+struct kvm_debug_exit_arch {
+    __u32 exception;
+    __u64 pc;
+    __u64 dr6;
+    __u64 dr7;
+    ...;
+};
+
+struct kvm_translation {
+    __u64 linear_address;
+    __u64 physical_address;
+    __u8  valid;
+    __u8  writeable;
+    __u8  usermode;
+    ...;
+};
+
 struct kvm_lapic_state {
     char regs[...];
 };
@@ -273,6 +319,7 @@ typedef struct { __u32 suberror; __u32 ndata; __u64 flags;
         kvm_run_emulation_failure_t;
 typedef struct { __u32 type; __u32 ndata; __u64 data[16]; ...; }
         kvm_run_system_event_t;
+typedef struct { struct kvm_debug_exit_arch arch; ...; } kvm_run_debug_t;
 
 /* The fields below named after union members overlap, as in the header. */
 struct kvm_run {
@@ -287,6 +334,7 @@ struct kvm_run {
     kvm_run_hw_t hw;
     kvm_run_fail_entry_t fail_entry;
     kvm_run_ex_t ex;
+    kvm_run_debug_t debug;
     kvm_run_io_t io;
     kvm_run_mmio_t mmio;
     kvm_run_internal_t internal;

@@ -17,7 +17,7 @@ from __future__ import annotations
 __all__ = [
     "VmExit", "IoIn", "IoOut", "MmioRead", "MmioWrite", "Hlt", "Shutdown",
     "InternalError", "FailEntry", "SystemEvent", "Interrupted", "Unknown",
-    "Exception_", "IrqWindowOpen",
+    "Exception_", "IrqWindowOpen", "Debug",
 ]
 
 
@@ -174,6 +174,22 @@ class Exception_(VmExit):
 
     def __init__(self, vector: int, error_code: int):
         self.vector, self.error_code = vector, error_code
+
+
+class Debug(VmExit):
+    """KVM_EXIT_DEBUG: a debug event under KVM_SET_GUEST_DEBUG.
+
+    `exception` is the vector (1 = #DB for single-step and debug-register
+    hits, 3 = #BP for int3), `pc` the guest rip, `dr6` says which event:
+    B0..B3 (bits 0-3) a debug register matched, BS (bit 14) a single step.
+    """
+
+    __slots__ = ("exception", "pc", "dr6", "dr7")
+    __match_args__ = ("exception", "pc", "dr6", "dr7")
+    reason = "DEBUG"
+
+    def __init__(self, exception: int, pc: int, dr6: int, dr7: int):
+        self.exception, self.pc, self.dr6, self.dr7 = exception, pc, dr6, dr7
 
 
 class IrqWindowOpen(VmExit):

@@ -31,6 +31,7 @@ RUN_EX = ffi.offsetof("struct kvm_run", "ex")
 RUN_INTERNAL = ffi.offsetof("struct kvm_run", "internal")
 RUN_EMULATION = ffi.offsetof("struct kvm_run", "emulation_failure")
 RUN_SYSTEM_EVENT = ffi.offsetof("struct kvm_run", "system_event")
+RUN_DEBUG = ffi.offsetof("struct kvm_run", "debug")
 
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
@@ -41,6 +42,7 @@ MMIO = struct.Struct("<Q8sIB")      # kvm_run.mmio: phys_addr, data[8], len, is_
 IO_VALUE = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}  # by size
 TWO_U32 = struct.Struct("<II")      # ex, internal and system_event heads
 FAIL_ENTRY = struct.Struct("<QI")   # fail_entry: hardware_entry_failure_reason, cpu
+DEBUG = struct.Struct("<I4xQQQ")    # debug.arch: exception, pc, dr6, dr7
 
 
 def _check_layouts() -> None:
@@ -54,6 +56,7 @@ def _check_layouts() -> None:
     assert offsets("kvm_run_internal_t", ["suberror", "ndata", "data"]) == [0, 4, 8]
     assert offsets("kvm_run_emulation_failure_t", ["flags", "insn_size", "insn_bytes"]) == [8, 16, 17]
     assert offsets("kvm_run_system_event_t", ["type", "ndata", "data"]) == [0, 4, 8]
+    assert offsets("struct kvm_debug_exit_arch", ["exception", "pc", "dr6", "dr7"]) == [0, 8, 16, 24]
     assert U32.size == ffi.sizeof("__u32") and IO.size == ffi.sizeof("kvm_run_io_t")
     assert REASON_AND_IO.size == RUN_IO + IO.size
 
@@ -103,6 +106,7 @@ class Vcpu(FdObject):
             lib.KVM_EXIT_FAIL_ENTRY: self._fail_entry,
             lib.KVM_EXIT_SYSTEM_EVENT: self._system_event,
             lib.KVM_EXIT_EXCEPTION: self._exception,
+            lib.KVM_EXIT_DEBUG: self._debug,
         }
 
     # --- KVM_RUN and the exit decoders ---------------------------------------
@@ -164,6 +168,9 @@ class Vcpu(FdObject):
 
     def _exception(self) -> exits.Exception_:
         return exits.Exception_(*TWO_U32.unpack_from(self._run, RUN_EX))
+
+    def _debug(self) -> exits.Debug:
+        return exits.Debug(*DEBUG.unpack_from(self._run, RUN_DEBUG))
 
     @property
     def immediate_exit(self) -> bool:
@@ -256,6 +263,32 @@ class Vcpu(FdObject):
         state = ffi.new("struct kvm_lapic_state *")
         ffi.buffer(state.regs)[:] = bytes(regs)
         self._ioctl("KVM_SET_LAPIC", state)
+
+    # --- debugging -----------------------------------------------------------
+    def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
+        """Wraps KVM_SET_GUEST_DEBUG (KVM_CAP_SET_GUEST_DEBUG): how KVM stops this vCPU for a debugger.
+
+        `control` is KVM_GUESTDBG_* bits (ENABLE, SINGLESTEP, USE_HW_BP, ...);
+        `debugreg` the eight values DR0..DR7 that KVM loads while the guest
+        runs under USE_HW_BP (DR4 and DR5 unused).  Control 0 gives the guest
+        its own debug registers back.
+        """
+        debug = ffi.new("struct kvm_guest_debug *")
+        debug.control = control
+        for i, value in enumerate(debugreg or ()):
+            debug.arch.debugreg[i] = value
+        self._ioctl("KVM_SET_GUEST_DEBUG", debug)
+
+    def translate(self, linear_address: int):
+        """Wraps KVM_TRANSLATE: guest-virtual to guest-physical through the vCPU's current paging.
+
+        Returns the `struct kvm_translation *` (physical_address, valid,
+        writeable, usermode).
+        """
+        translation = ffi.new("struct kvm_translation *")
+        translation.linear_address = linear_address
+        self._ioctl("KVM_TRANSLATE", translation)
+        return translation
 
     def close(self) -> None:
         if getattr(self, "_run", None) is not None:
