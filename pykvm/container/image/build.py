@@ -264,8 +264,7 @@ class Builder:
     def _commit(self) -> Image:
         state = self.state
         state.config["created"] = _created()
-        name = self.options.tag or "build-" + state.cache_key.split(":")[1][:12]   # untagged builds
-        return self.store.add_image(name, state.config, state.layers)
+        return self.store.add_image(self.options.tag, state.config, state.layers)   # no tag: <none>
 
     # --- FROM and ARG
     def _from(self, ins: Instruction, global_args: dict[str, str]) -> None:

@@ -34,6 +34,7 @@ the same files give the same digests on every build.
 """
 from __future__ import annotations
 
+import bz2
 import errno
 import gzip
 import hashlib
@@ -42,6 +43,7 @@ import os
 import posixpath
 import shutil
 import stat
+import lzma
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ __all__ = [
     "clean_member_name",
     "secure_join",
     "apply_layer",
+    "decompressed",
     "Change",
     "snapshot",
     "changes_since",
@@ -118,6 +121,47 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+# --- compression ------------------------------------------------------------------
+
+GZIP_MAGIC = b"\x1f\x8b"                 # RFC 1952 section 2.3.1: ID1 ID2
+BZIP2_MAGIC = b"BZh"                      # bzip2's stream header (ADD's local archives)
+XZ_MAGIC = b"\xfd7zXZ\x00"                # xz file format 2.1.1.1: header magic bytes
+MAGIC_PEEK = 6                            # bytes enough to tell the formats apart
+
+
+class _Peeked(io.RawIOBase):
+    """A stream whose first bytes were read to sniff its format: gives them back first."""
+
+    def __init__(self, head: bytes, rest):
+        self.head, self.rest = head, rest
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.rest.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def decompressed(fileobj):
+    """The uncompressed bytes of a layer blob, by its magic number: gzip (the OCI
+    media type `tar+gzip`), plain tar, or bzip2/xz (ADD's local archives)."""
+    head = fileobj.read(MAGIC_PEEK)
+    stream = io.BufferedReader(_Peeked(head, fileobj), COPY_CHUNK)
+    if head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if head.startswith(BZIP2_MAGIC):
+        return bz2.BZ2File(stream)
+    if head.startswith(XZ_MAGIC):
+        return lzma.LZMAFile(stream)
+    return stream
+
+
 # --- applying a layer ---------------------------------------------------------
 
 @dataclass
@@ -134,7 +178,7 @@ class _Extraction:
 
 def apply_layer(fileobj, root: str, *, overlay: bool = False, allow_devices: bool | None = None,
                 owners: dict[str, tuple[int, int]] | None = None) -> None:
-    """Apply the layer tar (plain or gzip, detected) read from `fileobj` to directory `root`.
+    """Apply the layer tar (plain or compressed, see `decompressed`) read from `fileobj` to `root`.
 
     overlay=False applies whiteouts by deleting; overlay=True writes overlayfs
     whiteouts (needs root).  Device nodes are refused unless allow_devices
@@ -145,10 +189,10 @@ def apply_layer(fileobj, root: str, *, overlay: bool = False, allow_devices: boo
         allow_devices = os.geteuid() == 0
     state = _Extraction(os.path.realpath(root), overlay, allow_devices, owners=owners)
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=decompressed(fileobj), mode="r|") as tar:
             for member in tar:
                 _apply_member(state, tar, member)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
         raise ContainerError(f"corrupt layer archive: {e}") from None
     except OSError as e:
         raise ContainerError(f"cannot apply layer to {root}: {e}") from None
