@@ -220,12 +220,14 @@ def push_cmd(insecure, username, password, name, destination):
 @click.option("--insecure", is_flag=True, help="Plain HTTP even for a registry that is not on localhost.")
 @click.option("-u", "--username", help="Registry user name (or $PYKVM_REGISTRY_USER).")
 @click.option("-p", "--password", help="Registry password (or $PYKVM_REGISTRY_PASSWORD).")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="From a multi-platform image, this platform's "
+              "(default: this machine's).")
 @click.argument("reference")
-def pull_cmd(insecure, username, password, reference):
+def pull_cmd(insecure, username, password, platform, reference):
     """Pull an image from a registry: [REGISTRY/]REPO[:TAG|@DIGEST]."""
     from pykvm.container.image.registry import Credentials, parse_remote, pull
     host = parse_remote(reference).host
-    image = pull(_store(), reference, insecure=insecure,
+    image = pull(_store(), reference, insecure=insecure, platform=platform,
                  credentials=Credentials.lookup(host, username, password), log=_echo_err)
     _echo(image.name)
 

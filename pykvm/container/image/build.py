@@ -36,7 +36,8 @@ from pathlib import Path
 from pykvm.container.image.dockerfile import (HEREDOC_RE, BuildFileError, Dockerfile, DockerIgnore,
                                               Instruction, parse_exec_form, expand, parse_dockerfile,
                                               shell_words)
-from pykvm.container.image.store import (MEDIA_OCI_LAYER_GZIP, Image, ImageStore, normalize_name)
+from pykvm.container.image.store import (MEDIA_OCI_LAYER_GZIP, Image, ImageStore, host_platform,
+                                         normalize_name)
 from pykvm.container.image.layer import apply_layer, changes_since, secure_join, snapshot, write_layer
 from pykvm.errors import ContainerError
 
@@ -100,10 +101,8 @@ class BuildState:
 def platform_args() -> dict[str, str]:
     """BuildKit's automatic platform ARGs (Dockerfile reference, "Automatic platform ARGs in
     the global scope"): pykvm builds for the machine it runs on, so target = build."""
-    import platform
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        platform.machine(), platform.machine())
-    variant = "v7" if arch == "arm" else ""
+    _, arch, variant = host_platform()
+    variant = variant if arch == "arm" else ""         # BuildKit names arm's variant only
     plat = f"linux/{arch}" + (f"/{variant}" if variant else "")
     return {f"{side}{key}": value for side in ("TARGET", "BUILD") for key, value in
             (("PLATFORM", plat), ("OS", "linux"), ("ARCH", arch), ("VARIANT", variant))}

@@ -37,7 +37,8 @@ from pykvm.errors import ConfigError, ContainerError
 __all__ = [
     "MEDIA_OCI_MANIFEST", "MEDIA_OCI_INDEX", "MEDIA_OCI_CONFIG", "MEDIA_OCI_LAYER_GZIP",
     "MEDIA_OCI_LAYER_TAR", "MEDIA_OCI_LAYER_ZSTD", "MEDIA_DOCKER_MANIFEST", "MEDIA_DOCKER_LIST", "MEDIA_DOCKER_CONFIG",
-    "MEDIA_DOCKER_LAYER_GZIP", "MANIFEST_TYPES", "INDEX_TYPES", "REF_NAME",
+    "MEDIA_DOCKER_LAYER_GZIP", "MEDIA_DOCKER_LAYER_TAR", "MANIFEST_TYPES", "REPO_DIGEST",
+    "pick_platform", "parse_platform", "host_platform", "INDEX_TYPES", "REF_NAME",
     "canonical_json", "sha256_digest", "check_digest", "normalize_name", "local_name", "NONE",
     "layer_media_type",
     "store_root", "Image", "ImageStore", "resolve_for_run", "RunImage",
@@ -54,6 +55,7 @@ MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MEDIA_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+MEDIA_DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
 
@@ -368,7 +370,7 @@ class ImageStore:
     def _present_platform(self, index: dict) -> dict:
         """image-index.md: this machine's manifest, else the first whose blob the store has."""
         with contextlib.suppress(ContainerError):
-            chosen = pick_platform(index)
+            chosen = pick_platform(index, *host_platform())
             if self.has_blob(chosen["digest"]):
                 return chosen
         for m in index.get("manifests", []):
@@ -567,13 +569,37 @@ def _kept_annotations(descriptor: dict) -> dict:
     return {REPO_DIGEST: annotations[REPO_DIGEST]} if REPO_DIGEST in annotations else {}
 
 
-def pick_platform(index: dict, os_name: str = "linux", arch: str = "amd64") -> dict:
-    """image-index.md: the manifest descriptor for our platform."""
+# image-index.md "platform": GOARCH names for the machines Python reports (uname -m).
+MACHINE_ARCH = {"x86_64": ("amd64", ""), "aarch64": ("arm64", "v8"), "armv7l": ("arm", "v7"), "i686": ("386", "")}
+
+
+def host_platform() -> tuple[str, str, str]:
+    """(os, architecture, variant) of this machine, as an image index names it."""
+    import platform
+    arch, variant = MACHINE_ARCH.get(platform.machine(), (platform.machine(), ""))
+    return "linux", arch, variant
+
+
+def parse_platform(text: str) -> tuple[str, str, str]:
+    """--platform OS/ARCH[/VARIANT] (docker's syntax): "linux/arm64" -> ("linux", "arm64", "")."""
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        raise ConfigError(f"--platform {text!r}: want OS/ARCH[/VARIANT], as in linux/arm64")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+
+
+def pick_platform(index: dict, os_name: str = "linux", arch: str = "amd64", variant: str = "") -> dict:
+    """image-index.md: the manifest descriptor for a platform; a variant, when asked for,
+    must match unless the index gives none (arm64's v8 is usually left out)."""
     for m in index.get("manifests", []):
         p = m.get("platform", {})
-        if p.get("os") == os_name and p.get("architecture") == arch:
+        if p.get("os") == os_name and p.get("architecture") == arch \
+                and (not variant or p.get("variant", variant) == variant):
             return m
-    raise ContainerError(f"the image index has no {os_name}/{arch} manifest")
+    offered = sorted("/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+                     for p in (m.get("platform", {}) for m in index.get("manifests", [])))
+    want = "/".join(x for x in (os_name, arch, variant) if x)
+    raise ContainerError(f"the image index has no {want} manifest (it has: {', '.join(offered) or 'none'})")
 
 
 def file_digest(path: str) -> tuple[str, int]:
