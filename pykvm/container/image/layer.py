@@ -28,6 +28,12 @@ but clamps them to the root, so a symlink `evil -> /etc` made by one layer
 and a file `evil/passwd` in the next land in `<root>/etc/passwd`.  Hard links
 may only name files inside the root; device nodes need `allow_devices`.
 
+Extended attributes travel as PAX records `SCHILY.xattr.NAME` (pax(1) extended
+header records; the names GNU tar, Docker, containerd and umoci read and write), so a
+file capability set with `setcap cap_net_raw+ep` (the xattr security.capability)
+survives a build, a push and an unpack.  They are set after the owner: chown(2)
+clears security.capability.
+
 Layers written here are deterministic: entries sorted, mtimes fixed
 (SOURCE_DATE_EPOCH or 0), no user/group names, gzip without a timestamp, so
 the same files give the same digests on every build.
@@ -35,6 +41,7 @@ the same files give the same digests on every build.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -63,6 +70,7 @@ __all__ = [
     "changes_since",
     "write_layer",
     "LayerDigests",
+    "copy_xattrs",
 ]
 
 WHITEOUT_PREFIX = ".wh."               # layer.md "Whiteouts": .wh.NAME deletes NAME
@@ -71,6 +79,10 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"       # layer.md "Opaque Whiteout"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"  # overlayfs(5): opaque directory marker
 COPY_CHUNK = 1 << 20                    # bytes per read when copying file data
 GZIP_LEVEL = 6                          # gzip's default; fixed so digests are reproducible
+XATTR_PAX_PREFIX = "SCHILY.xattr."      # the PAX record of one extended attribute (star's; GNU tar,
+                                        # Docker, containerd and umoci use it too)
+HOST_ONLY_XATTRS = ("trusted.overlay.", "security.selinux")   # overlayfs's own, the host's label:
+                                                               # never image content
 
 
 def layer_mtime() -> int:
@@ -160,6 +172,54 @@ def decompressed(fileobj):
     if head.startswith(XZ_MAGIC):
         return lzma.LZMAFile(stream)
     return stream
+
+
+# --- extended attributes (file capabilities: security.capability) -----------------
+
+def _image_xattr(name: str) -> bool:
+    return not name.startswith(HOST_ONLY_XATTRS)
+
+
+def read_xattrs(path: str) -> dict[str, bytes]:
+    """A file's extended attributes that belong in an image, by name (sorted: reproducible)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return {}
+        raise
+    out = {}
+    for name in sorted(n for n in names if _image_xattr(n)):
+        with contextlib.suppress(FileNotFoundError, OSError):
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+    return out
+
+
+def write_xattrs(path: str, xattrs: dict[str, bytes]) -> None:
+    """Set extended attributes after the owner (a chown clears security.capability).
+    Without root (or on a filesystem without them) what cannot be set is left out, as
+    umoci's rootless unpack does; as root a refusal is an error."""
+    for name, value in xattrs.items():
+        if not _image_xattr(name):
+            continue
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.ENOTSUP) and (os.geteuid() != 0 or os.path.islink(path)):
+                continue
+            raise ContainerError(f"cannot set extended attribute {name} on {path}: {e.strerror}") from None
+
+
+def copy_xattrs(src: str, dst: str) -> None:
+    """COPY's part: the source file's extended attributes onto its copy."""
+    write_xattrs(dst, read_xattrs(src))
+
+
+def _pax_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    """The SCHILY.xattr.NAME records of a tar member; values back to their bytes (tarfile
+    decodes binary ones with surrogateescape)."""
+    return {key[len(XATTR_PAX_PREFIX):]: value.encode("utf-8", "surrogateescape")
+            for key, value in member.pax_headers.items() if key.startswith(XATTR_PAX_PREFIX)}
 
 
 # --- applying a layer ---------------------------------------------------------
@@ -320,6 +380,7 @@ def _set_attributes(state: _Extraction, member: tarfile.TarInfo, path: str) -> N
             state.owners[path] = (member.uid, member.gid)
     if not member.issym():
         os.chmod(path, member.mode & 0o7777)
+    write_xattrs(path, _pax_xattrs(member))
     if member.isdir():
         state.dir_times.append((path, int(member.mtime)))
     else:
@@ -457,6 +518,8 @@ def _write_change(tar, root, change: Change, mtime: int, owners, seen_inodes) ->
     info.uid, info.gid = owners.get(path, (st.st_uid, st.st_gid))
     info.uname = info.gname = ""
     info.mtime = mtime
+    info.pax_headers = {XATTR_PAX_PREFIX + name: value.decode("utf-8", "surrogateescape")
+                        for name, value in read_xattrs(path).items()}
     key = (st.st_dev, st.st_ino)
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in seen_inodes:
         info.type, info.linkname = tarfile.LNKTYPE, seen_inodes[key]
