@@ -24,7 +24,8 @@ from image_fixtures import bundled_context, registry, run_pykvm, store  # noqa: 
 
 from pykvm.container.image import registry as reg_mod
 from pykvm.container.image.build import BuildOptions, build_image
-from pykvm.container.image.store import MEDIA_OCI_INDEX, ImageStore, canonical_json, sha256_digest
+from pykvm.container.image.store import (MEDIA_OCI_INDEX, ImageStore, canonical_json, resolve_for_run,
+                                         sha256_digest)
 from pykvm.container.image.layer import apply_layer
 from pykvm.container.image.registry import Credentials, Registry, pull, push
 from pykvm.errors import ContainerError
@@ -345,6 +346,25 @@ def test_we_pull_what_skopeo_pushes(store, registry, tmp_path, fmt):
     assert pulled.repo_digest == f"{registry.host}/fromskopeo@{sha256_digest(remote_bytes)}"
     flatten(store, pulled.name, tmp_path / "root")
     assert (tmp_path / "root" / "data.bin").read_bytes() == b"from skopeo\n"
+
+
+@needs_skopeo
+def test_we_pull_and_unpack_zstd_layers(store, registry, tmp_path):
+    small_image(store, tmp_path, payload=b"zstd layer\n" * 100)
+    copy = skopeo("copy", "--dest-tls-verify=false", "--dest-compress-format", "zstd",
+                  f"oci:{store.layout}:demo:1", f"docker://{registry.host}/zstd:1")
+    assert copy.returncode == 0, copy.stderr
+    store.untag("demo:1")
+    store.gc()
+    pulled = pull(store, f"{registry.host}/zstd:1")
+    assert [d["mediaType"] for d in pulled.layers] == ["application/vnd.oci.image.layer.v1.tar+zstd"]
+    assert store.blob_path(pulled.layers[0]["digest"]).read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    flatten(store, pulled.name, tmp_path / "root")
+    assert (tmp_path / "root" / "data.bin").read_bytes() == b"zstd layer\n" * 100
+    (layer,) = resolve_for_run(pulled.name, store).layers      # unpacked for overlayfs, diff_id checked
+    assert open(os.path.join(layer, "data.bin"), "rb").read() == b"zstd layer\n" * 100
+    status, out, _ = run_pykvm("container", "images")
+    assert status == 0 and out.splitlines()[1].split()[-1] == "1.1kB"
 
 
 @needs_skopeo

@@ -136,6 +136,7 @@ def _remove(path: str) -> None:
 # --- compression ------------------------------------------------------------------
 
 GZIP_MAGIC = b"\x1f\x8b"                 # RFC 1952 section 2.3.1: ID1 ID2
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"         # RFC 8878 section 3.1.1: a Zstandard frame
 BZIP2_MAGIC = b"BZh"                      # bzip2's stream header (ADD's local archives)
 XZ_MAGIC = b"\xfd7zXZ\x00"                # xz file format 2.1.1.1: header magic bytes
 MAGIC_PEEK = 6                            # bytes enough to tell the formats apart
@@ -160,13 +161,36 @@ class _Peeked(io.RawIOBase):
         return len(data)
 
 
+class _Zstd(io.RawIOBase):
+    """A Zstandard stream, decompressed by python-zstandard (the bindings to the reference
+    library, libzstd); a corrupt frame is a ContainerError."""
+
+    def __init__(self, stream):
+        import zstandard
+        self.errors = zstandard.ZstdError
+        self.reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self.reader.read(len(buffer))
+        except self.errors as e:
+            raise ContainerError(f"corrupt zstd layer: {e}") from None
+        buffer[:len(data)] = data
+        return len(data)
+
+
 def decompressed(fileobj):
-    """The uncompressed bytes of a layer blob, by its magic number: gzip (the OCI
-    media type `tar+gzip`), plain tar, or bzip2/xz (ADD's local archives)."""
+    """The uncompressed bytes of a layer blob, by its magic number: gzip or zstd (the OCI
+    media types `tar+gzip` and `tar+zstd`), plain tar, or bzip2/xz (ADD's local archives)."""
     head = fileobj.read(MAGIC_PEEK)
     stream = io.BufferedReader(_Peeked(head, fileobj), COPY_CHUNK)
     if head.startswith(GZIP_MAGIC):
         return gzip.GzipFile(fileobj=stream, mode="rb")
+    if head.startswith(ZSTD_MAGIC):
+        return io.BufferedReader(_Zstd(stream), COPY_CHUNK)
     if head.startswith(BZIP2_MAGIC):
         return bz2.BZ2File(stream)
     if head.startswith(XZ_MAGIC):

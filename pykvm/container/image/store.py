@@ -67,7 +67,6 @@ DEFAULT_TAG = "latest"
 SIZES_FILE = "layer-sizes.json"                   # diff_id -> bytes of its files, unpacked (SIZE)
 NONE = "<none>:<none>"                            # how docker shows an image without a tag
 DOCKER_HUB_PREFIXES = ("docker.io/library/", "docker.io/")   # docker's own spelling of short names
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"                 # RFC 8878 section 3.1.1: a zstd frame
 
 # descriptor.md "Digests": algorithm ":" encoded; we produce and accept sha256 only.
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -135,7 +134,8 @@ def local_name(text: str) -> str:
 
 def layer_media_type(head: bytes) -> str:
     """media-types.md: a layer's media type from its first bytes (gzip, zstd, or a plain tar)."""
-    if head.startswith(b"\x1f\x8b"):
+    from pykvm.container.image.layer import GZIP_MAGIC, ZSTD_MAGIC
+    if head.startswith(GZIP_MAGIC):
         return MEDIA_OCI_LAYER_GZIP
     if head.startswith(ZSTD_MAGIC):
         return MEDIA_OCI_LAYER_ZSTD
