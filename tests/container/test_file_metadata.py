@@ -74,17 +74,42 @@ def test_a_file_capability_umoci_wrote_survives_our_unpack(store, tmp_path):
                  ["unpack", "--image", f"{layout}:t", str(bundle)]):
         subprocess.run([UMOCI, *argv], check=True, capture_output=True)
     capped_file(bundle / "rootfs" / "ping")
+    os.link(bundle / "rootfs" / "ping", bundle / "rootfs" / "ping6")     # a hard link entry after it
     subprocess.run([UMOCI, "repack", "--image", f"{layout}:t", str(bundle)], check=True, capture_output=True)
     subprocess.run([SKOPEO, "--insecure-policy", "copy", f"oci:{layout}:t", f"oci:{store.layout}:umoci:1"],
                    check=True, capture_output=True)
     (layer,) = resolve_for_run("umoci:1", store).layers            # unpacked for overlayfs
     assert "cap_net_raw=ep" in getcap(os.path.join(layer, "ping"))
+    assert os.path.samefile(os.path.join(layer, "ping"), os.path.join(layer, "ping6"))
     # and a build on top keeps it in its own copy of the file
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM umoci:1 AS base\nFROM scratch\nCOPY --from=base /ping /ping\n")
     image = build_image(store, BuildOptions(str(ctx), "copied:1"))
     assert CAP_XATTR in members(store, image.layers[0])["ping"].pax_headers
+
+
+@pytest.mark.root
+@root
+@needs_caps
+def test_a_hard_link_entry_does_not_strip_the_capability(tmp_path):
+    """A hard link entry names an inode already made: chowning it again would clear
+    security.capability (chown(2)), so its attributes are left alone."""
+    from pykvm.container.image.layer import apply_layer
+    value = capped_file(tmp_path / "ping")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tar.gettarinfo(str(tmp_path / "ping"), "bin/ping")
+        info.pax_headers = {CAP_XATTR: value.decode("utf-8", "surrogateescape")}
+        with open(tmp_path / "ping", "rb") as f:
+            tar.addfile(info, f)
+        link = tarfile.TarInfo("bin/ping6")
+        link.type, link.linkname = tarfile.LNKTYPE, "bin/ping"
+        tar.addfile(link)
+    root_dir = tmp_path / "root"
+    root_dir.mkdir()
+    apply_layer(io.BytesIO(buf.getvalue()), str(root_dir))
+    assert "cap_net_raw=ep" in getcap(root_dir / "bin" / "ping6")
 
 
 # --- COPY --from: owners, devices, hard links ---------------------------------------------

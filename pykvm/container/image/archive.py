@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pykvm.container.image.store import (INDEX_TYPES, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX,
                                          MEDIA_OCI_MANIFEST, REF_NAME, ImageStore, UncompressedHasher,
                                          canonical_json, check_digest, layer_media_type, local_name)
-from pykvm.errors import ContainerError
+from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["save_archive", "load_archive"]
 
@@ -204,7 +204,7 @@ def _load_oci(tar, members, staging: _Staging) -> list[tuple[list[str], dict]]:
     images = []
     for entry in entries:
         _check_complete(staging, entry, "image " + (_ref(entry) or str(entry.get("digest"))))
-        images.append(([_ref(entry)] if _ref(entry) else [], entry))
+        images.append(([_tag(staging, _ref(entry))] if _ref(entry) else [], entry))
     if not images:
         raise staging.error("the archive's index.json lists no image")
     return images
@@ -212,6 +212,14 @@ def _load_oci(tar, members, staging: _Staging) -> list[tuple[list[str], dict]]:
 
 def _ref(entry: dict) -> str | None:
     return (entry.get("annotations") or {}).get(REF_NAME)
+
+
+def _tag(staging: _Staging, name: str) -> str:
+    """A name from the archive as a local tag, refused before anything is stored."""
+    try:
+        return local_name(name)
+    except ConfigError:
+        raise staging.error(f"{name!r} is not an image name") from None
 
 
 def _check_complete(staging: _Staging, descriptor: dict, what: str, document: bool = True) -> None:
@@ -284,7 +292,7 @@ def _docker_image(tar, members, staging: _Staging, entry: dict) -> tuple[list[st
                 "layers": layers}
     body = canonical_json(manifest)
     digest = staging.add(io.BytesIO(body))
-    tags = [local_name(t) for t in entry.get("RepoTags") or []]
+    tags = [_tag(staging, t) for t in entry.get("RepoTags") or []]
     return tags, {"mediaType": MEDIA_OCI_MANIFEST, "digest": digest, "size": len(body)}
 
 

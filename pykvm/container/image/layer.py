@@ -397,6 +397,12 @@ def _hardlink(state: _Extraction, member: tarfile.TarInfo, path: str) -> None:
 
 
 def _set_attributes(state: _Extraction, member: tarfile.TarInfo, path: str) -> None:
+    if member.islnk():
+        # The inode its target made, attributes set: a chown now would clear its
+        # security.capability (chown(2)).  Without root, remember whose it is meant to be.
+        if state.owners is not None and os.geteuid() != 0:
+            state.owners[path] = (member.uid, member.gid)
+        return
     try:
         os.lchown(path, member.uid, member.gid)
     except PermissionError:
