@@ -61,8 +61,9 @@ def test_load_a_docker_archive(store, tmp_path):
     with tarfile.open(archive) as t:
         assert {"manifest.json", "repositories"} <= set(t.getnames()), "skopeo wrote docker save's format"
     forget(store, "arc:1")
-    status, out, err = run_pykvm("container", "load", "-i", str(archive))
+    status, out, err = run_pykvm("container", "load", input=archive.read_bytes())    # docker load < FILE
     assert (status, out) == (0, "Loaded image: arc:1\n"), err
+    assert os.listdir(store.tmp) == []
     loaded = ImageStore(store.root).get("arc:1")
     assert loaded.id == image.id and loaded.diff_ids == image.diff_ids
     assert loaded.config["config"]["Cmd"] == ["/a"]
@@ -94,6 +95,9 @@ def test_an_archive_missing_a_blob_loads_nothing(store, tmp_path):
     status, out, err = run_pykvm("container", "load", "-i", str(broken))
     assert status == 1 and err == (f"pykvm: error: {broken}: image arc:1: blob sha256:{layer} "
                                    "is missing from the archive: nothing loaded\n")
+    assert list(store.blobs.iterdir()) == [] and os.listdir(store.tmp) == []
+    status, _, err = run_pykvm("container", "load", input=broken.read_bytes())
+    assert status == 1 and err.startswith("pykvm: error: standard input: image arc:1: blob"), err
     assert list(store.blobs.iterdir()) == [] and os.listdir(store.tmp) == []
     status, _, err = run_pykvm("container", "run", "arc:1", "/a")
     assert status != 0 and "Traceback" not in err and err.startswith("pykvm: error: no such image")

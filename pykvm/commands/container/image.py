@@ -192,12 +192,23 @@ def save_cmd(output, names):
 
 
 @click.command("load")
-@click.option("-i", "--input", "input_", required=True, type=click.Path(dir_okay=False), help="The archive to read.")
+@click.option("-i", "--input", "input_", type=click.Path(dir_okay=False),
+              help="The archive to read (default: standard input, as `docker load < FILE`).")
 def load_cmd(input_):
     """Read images from an archive: an OCI archive (`save`, skopeo's oci-archive:, a tar of an
     image layout) or a docker archive (`docker save`, skopeo's docker-archive:)."""
-    from pykvm.container.image.archive import load_archive
-    for name in load_archive(_store(), input_):
+    import sys
+
+    from pykvm.container.image.archive import load_archive, load_stream
+    from pykvm.errors import ConfigError
+    store = _store()
+    if input_ is not None:
+        names = load_archive(store, input_)
+    elif sys.stdin.isatty():
+        raise ConfigError("load: give -i ARCHIVE, or send the archive on standard input")
+    else:
+        names = load_stream(store, sys.stdin.buffer)
+    for name in names:
         _echo(f"Loaded image ID: {name}" if name.startswith("sha256:") else f"Loaded image: {name}")
 
 

@@ -32,7 +32,7 @@ from pykvm.container.image.store import (INDEX_TYPES, MEDIA_OCI_CONFIG, MEDIA_OC
                                          canonical_json, check_digest, layer_media_type, local_name)
 from pykvm.errors import ConfigError, ContainerError
 
-__all__ = ["save_archive", "load_archive"]
+__all__ = ["save_archive", "load_archive", "load_stream"]
 
 COPY_CHUNK = 1 << 20
 BLOBS_DIR = "blobs/sha256/"                # image-layout.md: blobs/<alg>/<encoded>
@@ -127,11 +127,12 @@ class _Staging:
                 os.unlink(path)
 
 
-def load_archive(store: ImageStore, path: str) -> list[str]:
+def load_archive(store: ImageStore, path: str, label: str | None = None) -> list[str]:
     """Import every image of an archive, all verified first; returns the names loaded
-    (`sha256:...` for an image without a tag)."""
-    tar = _open(path)
-    staging = _Staging(store, path)
+    (`sha256:...` for an image without a tag).  `label`: the archive's name in errors."""
+    label = label or path
+    tar = _open(path, label)
+    staging = _Staging(store, label)
     with tar:
         members = _members(tar)
         try:
@@ -140,7 +141,7 @@ def load_archive(store: ImageStore, path: str) -> list[str]:
             elif "index.json" in members:
                 images = _load_oci(tar, members, staging)
             else:
-                raise ContainerError(f"{path} is neither an OCI archive (index.json) "
+                raise ContainerError(f"{label} is neither an OCI archive (index.json) "
                                      f"nor a docker archive (manifest.json)")
             staging.commit()
         finally:
@@ -155,13 +156,26 @@ def load_archive(store: ImageStore, path: str) -> list[str]:
     return names
 
 
-def _open(path: str) -> tarfile.TarFile:
+def load_stream(store: ImageStore, stream) -> list[str]:
+    """load_archive for an archive read from a stream (standard input): kept in the store's
+    tmp/ first, since a tar is read out of order (index.json or manifest.json may come last)."""
+    fd, path = store.temp_file(".tar")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(COPY_CHUNK):
+                out.write(chunk)
+        return load_archive(store, path, "standard input")
+    finally:
+        os.unlink(path)
+
+
+def _open(path: str, label: str) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
     except OSError as e:
-        raise ContainerError(f"cannot read archive {path}: {e.strerror}") from None
+        raise ContainerError(f"cannot read archive {label}: {e.strerror}") from None
     except tarfile.TarError:                    # its message lists every compression it tried
-        raise ContainerError(f"cannot read archive {path}: not a tar file "
+        raise ContainerError(f"cannot read archive {label}: not a tar file "
                              f"(plain, gzip, bzip2 or xz)") from None
 
 
