@@ -63,6 +63,9 @@ def test_an_untagged_build_is_none(store, tmp_path):
     assert [m.get("annotations") for m in index["manifests"]] == [None]
     assert run_pykvm("container", "tag", image_id[7:19], "named:1")[0] == 0
     assert [r[:2] for r in image_rows()] == [["named", "1"]], "a tag makes it no longer <none>"
+    other = build(context(tmp_path, "FROM scratch\nCOPY f /f\n", {"f": b"z"}))
+    assert ImageStore(store.root).untag(other[7:19]) == "<none>:<none>"
+    assert [r[:2] for r in image_rows()] == [["named", "1"]], "untag of an ID touches that image only"
     run_pykvm("container", "rmi", "named:1")
     build(context(tmp_path, "FROM scratch\nCOPY f /f\n", {"f": b"y"}))
     status, out, _ = run_pykvm("container", "rmi", image_rows()[0][2])

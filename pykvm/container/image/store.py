@@ -36,11 +36,11 @@ from pykvm.errors import ConfigError, ContainerError
 
 __all__ = [
     "MEDIA_OCI_MANIFEST", "MEDIA_OCI_INDEX", "MEDIA_OCI_CONFIG", "MEDIA_OCI_LAYER_GZIP",
-    "MEDIA_OCI_LAYER_TAR", "MEDIA_OCI_LAYER_ZSTD", "MEDIA_DOCKER_MANIFEST", "MEDIA_DOCKER_LIST", "MEDIA_DOCKER_CONFIG",
-    "MEDIA_DOCKER_LAYER_GZIP", "MEDIA_DOCKER_LAYER_TAR", "MANIFEST_TYPES", "REPO_DIGEST",
-    "pick_platform", "parse_platform", "host_platform", "INDEX_TYPES", "REF_NAME",
-    "canonical_json", "sha256_digest", "check_digest", "normalize_name", "local_name", "NONE",
-    "layer_media_type",
+    "MEDIA_OCI_LAYER_TAR", "MEDIA_OCI_LAYER_ZSTD", "MEDIA_DOCKER_MANIFEST", "MEDIA_DOCKER_LIST",
+    "MEDIA_DOCKER_CONFIG", "MEDIA_DOCKER_LAYER_GZIP", "MEDIA_DOCKER_LAYER_TAR", "MANIFEST_TYPES",
+    "INDEX_TYPES", "REF_NAME", "REPO_DIGEST", "NONE",
+    "canonical_json", "sha256_digest", "check_digest", "normalize_name", "local_name",
+    "layer_media_type", "pick_platform", "parse_platform", "host_platform",
     "store_root", "Image", "ImageStore", "resolve_for_run", "RunImage",
 ]
 
@@ -413,8 +413,11 @@ class ImageStore:
         return refs, entry["digest"]
 
     def untag(self, name: str) -> str:
-        """Remove one tag; returns the tag removed.  Blobs go with `gc`."""
-        ref, _ = self.find(name)
+        """Remove one tag (or an untagged image's entry); returns what was removed.  Blobs go with `gc`."""
+        ref, entry = self.find(name)
+        if ref is None:
+            self._drop_untagged(entry["digest"])
+            return NONE
         with self.locked():
             index = self.index()
             index["manifests"] = [m for m in index["manifests"] if _ref_name(m) != ref]
