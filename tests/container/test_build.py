@@ -5,6 +5,7 @@ import gzip
 import io
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -240,8 +241,11 @@ def test_cli_build_images_and_errors(store, tmp_path):
     assert status == 0, err
     assert "Successfully built" in out and "cli:1" in out
     status, out, _ = run_pykvm("container", "images")
-    assert out.splitlines()[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "SIZE"]
-    assert out.splitlines()[1].split()[:2] == ["cli", "1"]
+    assert out.splitlines()[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    row = out.splitlines()[1].split()
+    # created at SOURCE_DATE_EPOCH (default 0), one 1-byte file: as docker shows them
+    years = (time.time() // 86400 // 365)
+    assert row[:2] == ["cli", "1"] and row[3:] == [str(int(years)), "years", "ago", "1B"], row
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY missing /m\n")
     status, out, err = run_pykvm("container", "build", "-t", "cli:2", str(tmp_path))
     assert status != 0

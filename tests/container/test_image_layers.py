@@ -148,6 +148,20 @@ def test_corrupt_archive_is_one_clear_error(tmp_path):
         apply(b"\x1f\x8b" + os.urandom(300), tmp_path)
 
 
+def test_zstd_layers_apply_and_a_corrupt_one_is_one_error(tmp_path):
+    zstandard = pytest.importorskip("zstandard", reason="zstandard is a dependency: pip install -e .")
+    payload = os.urandom(50000)
+    data = zstandard.ZstdCompressor().compress(make_tar([("file", "a", payload)]))
+    for name in ("ok", "half", "noise"):
+        (tmp_path / name).mkdir()
+    apply(data, tmp_path / "ok")
+    assert (tmp_path / "ok" / "a").read_bytes() == payload
+    with pytest.raises(ContainerError, match="corrupt"):
+        apply(data[:len(data) // 2], tmp_path / "half")
+    with pytest.raises(ContainerError, match="corrupt zstd layer"):
+        apply(data[:4] + os.urandom(300), tmp_path / "noise")
+
+
 # --- whiteouts ----------------------------------------------------------------------------
 
 def base_layer() -> bytes:

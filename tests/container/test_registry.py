@@ -24,7 +24,8 @@ from image_fixtures import bundled_context, registry, run_pykvm, store  # noqa: 
 
 from pykvm.container.image import registry as reg_mod
 from pykvm.container.image.build import BuildOptions, build_image
-from pykvm.container.image.store import MEDIA_OCI_INDEX, ImageStore, canonical_json, sha256_digest
+from pykvm.container.image.store import (MEDIA_OCI_INDEX, ImageStore, canonical_json, resolve_for_run,
+                                         sha256_digest)
 from pykvm.container.image.layer import apply_layer
 from pykvm.container.image.registry import Credentials, Registry, pull, push
 from pykvm.errors import ContainerError
@@ -335,11 +336,83 @@ def test_we_pull_what_skopeo_pushes(store, registry, tmp_path, fmt):
     store.untag("demo:1")
     store.gc()
     pulled = pull(store, f"{registry.host}/fromskopeo:{fmt}")
-    expected = {"oci": "application/vnd.oci.image.manifest.v1+json",
-                "v2s2": "application/vnd.docker.distribution.manifest.v2+json"}[fmt]
-    assert pulled.manifest["mediaType"] == expected
+    # stored as skopeo stores either kind in an OCI layout: OCI media types, the same config
+    assert pulled.manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert pulled.manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    assert {d["mediaType"] for d in pulled.layers} == {"application/vnd.oci.image.layer.v1.tar+gzip"}
+    with Registry(registry.host) as r:
+        remote_bytes, _ = r.get_manifest("fromskopeo", fmt, "repository:fromskopeo:pull")
+    assert pulled.config_digest == json.loads(remote_bytes)["config"]["digest"]
+    assert pulled.repo_digest == f"{registry.host}/fromskopeo@{sha256_digest(remote_bytes)}"
     flatten(store, pulled.name, tmp_path / "root")
     assert (tmp_path / "root" / "data.bin").read_bytes() == b"from skopeo\n"
+
+
+@needs_skopeo
+def test_we_pull_and_unpack_zstd_layers(store, registry, tmp_path):
+    small_image(store, tmp_path, payload=b"zstd layer\n" * 100)
+    copy = skopeo("copy", "--dest-tls-verify=false", "--dest-compress-format", "zstd",
+                  f"oci:{store.layout}:demo:1", f"docker://{registry.host}/zstd:1")
+    assert copy.returncode == 0, copy.stderr
+    store.untag("demo:1")
+    store.gc()
+    pulled = pull(store, f"{registry.host}/zstd:1")
+    assert [d["mediaType"] for d in pulled.layers] == ["application/vnd.oci.image.layer.v1.tar+zstd"]
+    assert store.blob_path(pulled.layers[0]["digest"]).read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    flatten(store, pulled.name, tmp_path / "root")
+    assert (tmp_path / "root" / "data.bin").read_bytes() == b"zstd layer\n" * 100
+    (layer,) = resolve_for_run(pulled.name, store).layers      # unpacked for overlayfs, diff_id checked
+    assert open(os.path.join(layer, "data.bin"), "rb").read() == b"zstd layer\n" * 100
+    status, out, _ = run_pykvm("container", "images")
+    assert status == 0 and out.splitlines()[1].split()[-1] == "1.1kB"
+
+
+@needs_skopeo
+@pytest.mark.root
+@pytest.mark.skipif(UMOCI is None, reason="umoci is not installed (apt-get install umoci)")
+def test_umoci_unpacks_a_docker_format_image_we_pulled(store, registry, tmp_path):
+    small_image(store, tmp_path, payload=b"docker format\n")
+    copy = skopeo("copy", "--dest-tls-verify=false", "--format", "v2s2",
+                  f"oci:{store.layout}:demo:1", f"docker://{registry.host}/dock:1")
+    assert copy.returncode == 0, copy.stderr
+    store.untag("demo:1")
+    store.gc()
+    pull(store, f"{registry.host}/dock:1", name="dock:1")
+    bundle = tmp_path / "bundle"
+    unpack = subprocess.run([UMOCI, "unpack", "--image", f"{store.layout}:dock:1", str(bundle)],
+                            capture_output=True, text=True)
+    assert unpack.returncode == 0, unpack.stderr
+    assert (bundle / "rootfs" / "data.bin").read_bytes() == b"docker format\n"
+
+
+def test_pull_records_the_index_digest_and_takes_a_platform(store, registry, tmp_path):
+    amd = small_image(store, tmp_path, tag="amd:1", payload=b"amd64\n")
+    arm = small_image(store, tmp_path, tag="arm:1", payload=b"arm64\n")
+    manifests = []
+    for image, arch in ((amd, "amd64"), (arm, "arm64")):
+        push(store, image.name, f"{registry.host}/multi:{arch}")
+        manifests.append({"mediaType": image.manifest["mediaType"], "digest": image.manifest_digest,
+                          "size": store.blob_path(image.manifest_digest).stat().st_size,
+                          "platform": {"os": "linux", "architecture": arch}})
+    index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": manifests})
+    with Registry(registry.host) as r:
+        r.put_manifest("multi", "latest", index, MEDIA_OCI_INDEX, "repository:multi:pull,push")
+    store.remove(["amd:1", "arm:1"], force=True)
+    store.gc()
+    status, out, err = run_pykvm("container", "pull", f"{registry.host}/multi")
+    assert status == 0, err
+    status, out, err = run_pykvm("container", "inspect", f"{registry.host}/multi")
+    assert json.loads(out)[0]["RepoDigests"] == [f"{registry.host}/multi@{sha256_digest(index)}"]
+    assert json.loads(out)[0]["Id"] == amd.id
+    status, _, err = run_pykvm("container", "pull", "--platform", "linux/arm64", f"{registry.host}/multi")
+    assert status == 0, err
+    pulled = ImageStore(store.root).get(f"{registry.host}/multi")
+    assert pulled.id == arm.id and pulled.repo_digest.endswith(sha256_digest(index))
+    flatten(store, pulled.name, tmp_path / "root")
+    assert (tmp_path / "root" / "data.bin").read_bytes() == b"arm64\n"
+    status, _, err = run_pykvm("container", "pull", "--platform", "linux/s390x", f"{registry.host}/multi")
+    assert (status, err) == (1, "pykvm: error: the image index has no linux/s390x manifest "
+                                "(it has: linux/amd64, linux/arm64)\n")
 
 
 @needs_skopeo

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 
 import click
 
 __all__ = ["build_cmd", "images_cmd", "inspect_cmd", "rmi_cmd", "tag_cmd", "save_cmd", "load_cmd",
-           "push_cmd", "pull_cmd", "save_archive", "load_archive"]
+           "push_cmd", "pull_cmd", "login_cmd", "logout_cmd"]
 
 
 def _store():
@@ -63,59 +62,109 @@ def build_cmd(tag, dockerfile, build_arg, no_cache, target, quiet, context):
 @click.option("-q", "--quiet", is_flag=True, help="Only image IDs.")
 @click.option("--digests", is_flag=True, help="Show manifest digests.")
 def images_cmd(quiet, digests):
-    """List images in the store."""
+    """List images in the store: CREATED and SIZE (unpacked) as docker shows them."""
+    store = _store()
     rows = []
-    for image in sorted(_store().images(), key=lambda i: i.name):
+    for image in sorted(store.images(), key=lambda i: i.name):
         repo, _, tag = image.name.rpartition(":") if "@" not in image.name else (image.name, "", "<none>")
-        rows.append((repo, tag, image.id[7:19], image.manifest_digest, _size(image.size)))
+        rows.append((repo, tag, image.id[7:19], image.manifest_digest, _created_ago(image.config.get("created")),
+                     _size(store.unpacked_size(image))))
     if quiet:
         for row in rows:
             _echo(row[2])
         return
-    head = ("REPOSITORY", "TAG", "IMAGE ID") + (("DIGEST",) if digests else ()) + ("SIZE",)
-    table = [head] + [r[:3] + ((r[3],) if digests else ()) + (r[4],) for r in rows]
+    head = ("REPOSITORY", "TAG", "IMAGE ID") + (("DIGEST",) if digests else ()) + ("CREATED", "SIZE")
+    table = [head] + [r[:3] + ((r[3],) if digests else ()) + r[4:] for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     for r in table:
         _echo("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+def _size(n: float) -> str:
+    """docker's sizes (go-units HumanSize): decimal units, three significant digits, "4.26MB"."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB")
+    i = 0
+    while n >= 1000 and i < len(units) - 1:
         n /= 1000
-    return f"{n}"
+        i += 1
+    return f"{n:.3g}{units[i]}"
+
+
+def _created_ago(created: str | None, now: float | None = None) -> str:
+    """docker's CREATED column (go-units HumanDuration + " ago"): "3 minutes ago", "2 weeks ago"."""
+    import datetime
+    import time
+    if not created:
+        return "N/A"
+    try:
+        when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return "N/A"
+    seconds = int((now if now is not None else time.time()) - when)
+    minutes, hours = seconds // 60, round(seconds / 3600)
+    if seconds < 1:
+        text = "Less than a second"
+    elif seconds < 60:
+        text = "1 second" if seconds == 1 else f"{seconds} seconds"
+    elif minutes < 60:
+        text = "About a minute" if minutes == 1 else f"{minutes} minutes"
+    elif hours == 1:
+        text = "About an hour"
+    elif hours < 48:
+        text = f"{hours} hours"
+    elif hours < 24 * 7 * 2:
+        text = f"{hours // 24} days"
+    elif hours < 24 * 30 * 2:
+        text = f"{hours // 24 // 7} weeks"
+    elif hours < 24 * 365 * 2:
+        text = f"{hours // 24 // 30} months"
+    else:
+        text = f"{seconds // 3600 // 24 // 365} years"
+    return text + " ago"
 
 
 @click.command("inspect")
 @click.argument("names", nargs=-1, required=True)
 def inspect_cmd(names):
-    """Show images' manifest and config as JSON."""
+    """Show images as JSON, with the fields docker's inspect has (Id, RepoTags, RepoDigests,
+    Created, Config, RootFS, Architecture, Os, Size); a missing name fails after the rest."""
+    from pykvm.errors import ContainerError
     store = _store()
-    out = []
+    out, missing = [], []
     for name in names:
-        image = store.get(name)
+        try:
+            image = store.get(name)
+        except ContainerError:
+            missing.append(name)
+            continue
+        same = [(ref, store.load(ref, entry)) for ref, entry in store.tags()]
+        same = [(ref, other) for ref, other in same if other.id == image.id]
         out.append({
             "Id": image.id,
-            "RepoTags": [ref for ref, entry in store.tags() if store.load(ref, entry).id == image.id],
-            "Digest": image.manifest_digest,
-            "Size": image.size,
+            "RepoTags": [ref for ref, _ in same],
+            "RepoDigests": sorted({other.repo_digest for _, other in same if other.repo_digest}
+                                  | ({image.repo_digest} if image.repo_digest else set())),
+            "Created": image.config.get("created"),
             "Architecture": image.config.get("architecture"),
             "Os": image.config.get("os"),
-            "Created": image.config.get("created"),
+            "Size": store.unpacked_size(image),
             "Config": image.config.get("config", {}),
             "RootFS": image.config.get("rootfs", {}),
             "History": image.config.get("history", []),
+            "Digest": image.manifest_digest,
             "Manifest": image.manifest,
         })
     _echo(json.dumps(out, indent=2))
+    if missing:
+        raise ContainerError(f"no such image: {', '.join(missing)}")
 
 
 @click.command("rmi")
-@click.option("-f", "--force", is_flag=True, help="Untag even an image a container was made from.")
+@click.option("-f", "--force", is_flag=True, help="Remove an image with several tags by ID, or one a container was made from.")
 @click.argument("names", nargs=-1, required=True)
 def rmi_cmd(force, names):
-    """Remove image tags, and the blobs no tag (and no container) needs any more."""
+    """Remove images: a tag untags it; an ID removes the image (several tags need -f).
+    Blobs no tag (and no container) needs any more are deleted."""
     store = _store()
     for ref in store.remove(list(names), force):
         _echo(f"Untagged: {ref}")
@@ -138,15 +187,29 @@ def tag_cmd(source, target):
 @click.argument("names", nargs=-1, required=True)
 def save_cmd(output, names):
     """Write images to an OCI archive (an image layout in a tar; skopeo's oci-archive:)."""
+    from pykvm.container.image.archive import save_archive
     save_archive(_store(), names, output)
 
 
 @click.command("load")
-@click.option("-i", "--input", "input_", required=True, type=click.Path(dir_okay=False), help="The archive to read.")
+@click.option("-i", "--input", "input_", type=click.Path(dir_okay=False),
+              help="The archive to read (default: standard input, as `docker load < FILE`).")
 def load_cmd(input_):
-    """Read images from an OCI archive made by `save` (or skopeo copy ... oci-archive:FILE)."""
-    for name in load_archive(_store(), input_):
-        _echo(f"Loaded image: {name}")
+    """Read images from an archive: an OCI archive (`save`, skopeo's oci-archive:, a tar of an
+    image layout) or a docker archive (`docker save`, skopeo's docker-archive:)."""
+    import sys
+
+    from pykvm.container.image.archive import load_archive, load_stream
+    from pykvm.errors import ConfigError
+    store = _store()
+    if input_ is not None:
+        names = load_archive(store, input_)
+    elif sys.stdin.isatty():
+        raise ConfigError("load: give -i ARCHIVE, or send the archive on standard input")
+    else:
+        names = load_stream(store, sys.stdin.buffer)
+    for name in names:
+        _echo(f"Loaded image ID: {name}" if name.startswith("sha256:") else f"Loaded image: {name}")
 
 
 @click.command("push")
@@ -168,12 +231,14 @@ def push_cmd(insecure, username, password, name, destination):
 @click.option("--insecure", is_flag=True, help="Plain HTTP even for a registry that is not on localhost.")
 @click.option("-u", "--username", help="Registry user name (or $PYKVM_REGISTRY_USER).")
 @click.option("-p", "--password", help="Registry password (or $PYKVM_REGISTRY_PASSWORD).")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="From a multi-platform image, this platform's "
+              "(default: this machine's).")
 @click.argument("reference")
-def pull_cmd(insecure, username, password, reference):
+def pull_cmd(insecure, username, password, platform, reference):
     """Pull an image from a registry: [REGISTRY/]REPO[:TAG|@DIGEST]."""
     from pykvm.container.image.registry import Credentials, parse_remote, pull
     host = parse_remote(reference).host
-    image = pull(_store(), reference, insecure=insecure,
+    image = pull(_store(), reference, insecure=insecure, platform=platform,
                  credentials=Credentials.lookup(host, username, password), log=_echo_err)
     _echo(image.name)
 
@@ -222,94 +287,3 @@ def logout_cmd(server):
         _echo(f"Removing login credentials for {host}")
     else:
         _echo(f"Not logged in to {host}")
-
-
-# --- OCI archives (save/load) --------------------------------------------------------
-
-def save_archive(store, names, output: str) -> None:
-    """A tar of an image layout holding just these images (oci-layout, index.json, their blobs)."""
-    from pykvm.container.image.store import MEDIA_OCI_INDEX, REF_NAME, canonical_json
-    entries, blobs = [], set()
-    for name in names:
-        ref, entry = store.find(name)
-        entries.append({**entry, "annotations": {REF_NAME: ref}})
-        blobs.add(entry["digest"])
-        image = store.load(ref, entry)
-        blobs |= {image.manifest_digest, image.config_digest} | {d["digest"] for d in image.layers}
-    index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": entries}
-    tmp = output + ".tmp"
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, "oci-layout", (store.layout / "oci-layout").read_bytes())
-            _add_bytes(tar, "index.json", canonical_json(index))
-            for digest in sorted(blobs):
-                tar.add(store.blob_path(digest), f"blobs/sha256/{digest[7:]}")
-        os.replace(tmp, output)
-    except OSError as e:
-        from pykvm.errors import ContainerError
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise ContainerError(f"cannot write archive {output}: {e.strerror}") from None
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def load_archive(store, path: str) -> list[str]:
-    """Import every tagged image of an OCI archive; each blob verified before it is stored."""
-    from pykvm.container.image.store import REF_NAME, file_digest
-    from pykvm.errors import ContainerError
-    try:
-        tar = tarfile.open(path, "r:*")
-    except OSError as e:
-        raise ContainerError(f"cannot read archive {path}: {e.strerror}") from None
-    except tarfile.TarError:                    # its message lists every compression it tried
-        raise ContainerError(f"cannot read archive {path}: not a tar file "
-                             f"(plain, gzip, bzip2 or xz)") from None
-    with tar:
-        try:
-            index = json.load(tar.extractfile("index.json"))
-        except (KeyError, ValueError, AttributeError):
-            raise ContainerError(f"{path} is not an OCI archive (no index.json)") from None
-        staged = []
-        try:
-            for member in tar.getmembers():
-                if member.isfile() and member.name.lstrip("./").startswith("blobs/sha256/"):
-                    staged.append(_stage_member(store, tar, member))
-            for tmp, digest in staged:                  # verify everything before storing anything
-                if file_digest(tmp)[0] != digest:
-                    raise ContainerError(f"{path}: blob {digest} does not match its digest: nothing loaded")
-            for tmp, digest in staged:
-                store.adopt(tmp, digest)
-        finally:
-            for tmp, _ in staged:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-    names = []
-    for entry in index.get("manifests", []):
-        name = entry.get("annotations", {}).get(REF_NAME)
-        if not name:
-            continue
-        if not store.has_blob(entry["digest"]):
-            raise ContainerError(f"{path}: image {name} refers to a blob the archive lacks")
-        store.tag(name, entry)
-        names.append(name)
-    if not names:
-        raise ContainerError(f"{path}: no tagged images (org.opencontainers.image.ref.name) in the archive")
-    return names
-
-
-def _stage_member(store, tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[str, str]:
-    """Copy one blobs/sha256/HEX member into the store's tmp/; returns (path, digest it claims)."""
-    import shutil
-
-    from pykvm.container.image.store import check_digest
-    digest = check_digest("sha256:" + member.name.rsplit("/", 1)[1])
-    fd, tmp = store.temp_file(".blob")
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(tar.extractfile(member), out, 1 << 20)
-    return tmp, digest

@@ -36,8 +36,10 @@ from pathlib import Path
 from pykvm.container.image.dockerfile import (HEREDOC_RE, BuildFileError, Dockerfile, DockerIgnore,
                                               Instruction, parse_exec_form, expand, parse_dockerfile,
                                               shell_words)
-from pykvm.container.image.store import (MEDIA_OCI_LAYER_GZIP, Image, ImageStore, normalize_name)
-from pykvm.container.image.layer import apply_layer, changes_since, secure_join, snapshot, write_layer
+from pykvm.container.image.store import (MEDIA_OCI_LAYER_GZIP, Image, ImageStore, host_platform,
+                                         normalize_name)
+from pykvm.container.image.layer import (apply_layer, changes_since, copy_xattrs, secure_join, snapshot,
+                                         write_layer)
 from pykvm.errors import ContainerError
 
 __all__ = ["BuildOptions", "build_image", "BuildState", "RUN_SKIP"]
@@ -72,6 +74,7 @@ class Source:
     base: str                         # a directory; sources are resolved inside it
     ignore: DockerIgnore
     key: str | None = None            # a stage's cache key stands for its content (no hashing)
+    owners: dict | None = None        # a stage's files keep their owners (this: those we could not set)
 
 
 @dataclass
@@ -100,10 +103,8 @@ class BuildState:
 def platform_args() -> dict[str, str]:
     """BuildKit's automatic platform ARGs (Dockerfile reference, "Automatic platform ARGs in
     the global scope"): pykvm builds for the machine it runs on, so target = build."""
-    import platform
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        platform.machine(), platform.machine())
-    variant = "v7" if arch == "arm" else ""
+    _, arch, variant = host_platform()
+    variant = variant if arch == "arm" else ""         # BuildKit names arm's variant only
     plat = f"linux/{arch}" + (f"/{variant}" if variant else "")
     return {f"{side}{key}": value for side in ("TARGET", "BUILD") for key, value in
             (("PLATFORM", plat), ("OS", "linux"), ("ARCH", arch), ("VARIANT", variant))}
@@ -264,8 +265,7 @@ class Builder:
     def _commit(self) -> Image:
         state = self.state
         state.config["created"] = _created()
-        name = self.options.tag or "build-" + state.cache_key.split(":")[1][:12]   # untagged builds
-        return self.store.add_image(name, state.config, state.layers)
+        return self.store.add_image(self.options.tag, state.config, state.layers)   # no tag: <none>
 
     # --- FROM and ARG
     def _from(self, ins: Instruction, global_args: dict[str, str]) -> None:
@@ -590,9 +590,10 @@ class Builder:
         key = json.dumps([ins.keyword, dest_path, chown, chmod, unpack, self._content_key(source, files)])
 
         def mutate(root: str) -> None:
-            owner = self._owner(ins, root, chown) if chown else (0, 0)
+            owner = self._owner(ins, root, chown) if chown else None
+            copied: dict[tuple[int, int], str] = {}       # (dev, inode) -> where it went: hard links
             for _, entries in files:
-                self._copy_into(root, source, entries, dest_path, owner, chmod, unpack)
+                self._copy_into(root, source, entries, dest_path, owner, chmod, unpack, copied)
         self._layer_step(ins, key, mutate, ins.text)
 
     def _heredoc_source(self, ins: Instruction, sources: list[str], env: dict) -> tuple[Source, list[str]]:
@@ -621,7 +622,7 @@ class Builder:
             image = self._base_image(ins, ref)
             state = BuildState(image.config, list(image.layers), _key("from", image.manifest_digest))
             self.stages[ref.lower()] = state
-        return Source(self._materialize(state), DockerIgnore(""), state.cache_key)
+        return Source(self._materialize(state), DockerIgnore(""), state.cache_key, state.owners)
 
     def _context_files(self, ins: Instruction, src: Source, source: str) -> list[tuple[str, str]]:
         """[(path in src.base, path below the source)] for one COPY source, after .dockerignore."""
@@ -692,40 +693,51 @@ class Builder:
                             h.update(chunk)
         return h.hexdigest()
 
-    def _copy_into(self, root: str, source: Source, entries, dest: str, owner, chmod, unpack: bool) -> None:
+    def _copy_into(self, root: str, source: Source, entries, dest: str, owner, chmod, unpack: bool,
+                   copied: dict) -> None:
         single_file = len(entries) == 1 and entries[0][1] != ""
         for ctx_path, below in entries:
             src = os.path.join(source.base, ctx_path)
             if below == "":
-                _make_dirs(root, secure_join(root, dest), self.state.owners, owner)
+                _make_dirs(root, secure_join(root, dest), self.state.owners, owner or (0, 0))
                 continue
             if single_file and not dest.endswith("/") and not os.path.isdir(secure_join(root, dest)):
                 target = dest
             else:
                 target = posixpath.join(dest, below)
             if unpack and single_file and _is_archive(src):
-                self._unpack(root, src, dest.rstrip("/") or "/", owner if owner != (0, 0) else None)
+                self._unpack(root, src, dest.rstrip("/") or "/", owner)
                 continue
-            self._copy_entry(root, src, target, owner, chmod)
+            self._copy_entry(root, source, src, target, owner, chmod, copied)
 
-    def _copy_entry(self, root: str, src: str, target: str, owner, chmod) -> None:
-        parent = secure_join(root, posixpath.dirname(target))
-        _make_dirs(root, parent, self.state.owners, owner)
-        path = os.path.join(parent, posixpath.basename(target))
+    def _copy_entry(self, root: str, source: Source, src: str, target: str, owner, chmod, copied: dict) -> None:
+        """One file as BuildKit's copy makes it (fsutil's copy): a directory, a regular file (a
+        second name of an inode already copied becomes a hard link to it), a symlink, or a
+        device node; its owner is --chown's, else the stage's file's (COPY --from), else 0:0
+        (the build context); extended attributes (file capabilities) come along. BuildKit
+        refuses FIFOs and sockets ("unsupported mode"), and so do we."""
         st = os.lstat(src)
-        if stat.S_ISDIR(st.st_mode):
+        kind = _copy_kind(src, st)
+        parent = secure_join(root, posixpath.dirname(target))
+        _make_dirs(root, parent, self.state.owners, owner or (0, 0))
+        path = os.path.join(parent, posixpath.basename(target))
+        if kind == "dir":
             if not os.path.isdir(path):
                 _remove_entry(path)
                 os.mkdir(path)
         else:
             _remove_entry(path)
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(src), path)
-            else:
-                shutil.copyfile(src, path, follow_symlinks=False)
+            if kind == "file" and st.st_nlink > 1 and (st.st_dev, st.st_ino) in copied:
+                os.link(copied[(st.st_dev, st.st_ino)], path)
+                return                                   # one inode: its owner and mode are set
+            _create_copy(kind, src, path, st)
+            copied[(st.st_dev, st.st_ino)] = path
+        if owner is None:
+            owner = (source.owners.get(src, (st.st_uid, st.st_gid)) if source.owners is not None else (0, 0))
         _chown(path, owner, self.state.owners)
-        if not stat.S_ISLNK(st.st_mode):
+        if kind != "symlink":
             os.chmod(path, int(chmod, 8) if chmod else stat.S_IMODE(st.st_mode))
+        copy_xattrs(src, path)
 
     def _unpack(self, root: str, archive: str, dest: str, owner) -> None:
         target = secure_join(root, dest)
@@ -853,6 +865,31 @@ def _make_dirs(root: str, path: str, owners: dict, owner: tuple[int, int] = (0, 
             _chown(here, owner, owners)
         elif not os.path.isdir(here):
             raise ContainerError(f"{os.path.relpath(here, root)} exists in the image and is not a directory")
+
+
+def _copy_kind(src: str, st: os.stat_result) -> str:
+    """What COPY makes of a source entry: dir, file, symlink or device; a FIFO or a socket is
+    refused in one line."""
+    mode = st.st_mode
+    for test, kind in ((stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device")):
+        if test(mode):
+            return kind
+    what = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "special"
+    raise ContainerError(f"{os.path.basename(src)} is {what}: COPY copies files, directories, symlinks "
+                         "and device nodes only")
+
+
+def _create_copy(kind: str, src: str, path: str, st: os.stat_result) -> None:
+    if kind == "symlink":
+        os.symlink(os.readlink(src), path)
+    elif kind == "device":
+        try:
+            os.mknod(path, st.st_mode, st.st_rdev)
+        except PermissionError:
+            raise ContainerError(f"copying device node {os.path.basename(src)} needs root") from None
+    else:
+        shutil.copyfile(src, path, follow_symlinks=False)
 
 
 def _remove_entry(path: str) -> None:

@@ -28,12 +28,20 @@ but clamps them to the root, so a symlink `evil -> /etc` made by one layer
 and a file `evil/passwd` in the next land in `<root>/etc/passwd`.  Hard links
 may only name files inside the root; device nodes need `allow_devices`.
 
+Extended attributes travel as PAX records `SCHILY.xattr.NAME` (pax(1) extended
+header records; the names GNU tar, Docker, containerd and umoci read and write), so a
+file capability set with `setcap cap_net_raw+ep` (the xattr security.capability)
+survives a build, a push and an unpack.  They are set after the owner: chown(2)
+clears security.capability.
+
 Layers written here are deterministic: entries sorted, mtimes fixed
 (SOURCE_DATE_EPOCH or 0), no user/group names, gzip without a timestamp, so
 the same files give the same digests on every build.
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -42,6 +50,7 @@ import os
 import posixpath
 import shutil
 import stat
+import lzma
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -55,11 +64,13 @@ __all__ = [
     "clean_member_name",
     "secure_join",
     "apply_layer",
+    "decompressed",
     "Change",
     "snapshot",
     "changes_since",
     "write_layer",
     "LayerDigests",
+    "copy_xattrs",
 ]
 
 WHITEOUT_PREFIX = ".wh."               # layer.md "Whiteouts": .wh.NAME deletes NAME
@@ -68,6 +79,10 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"       # layer.md "Opaque Whiteout"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"  # overlayfs(5): opaque directory marker
 COPY_CHUNK = 1 << 20                    # bytes per read when copying file data
 GZIP_LEVEL = 6                          # gzip's default; fixed so digests are reproducible
+XATTR_PAX_PREFIX = "SCHILY.xattr."      # the PAX record of one extended attribute (star's; GNU tar,
+                                        # Docker, containerd and umoci use it too)
+HOST_ONLY_XATTRS = ("trusted.overlay.", "security.selinux")   # overlayfs's own, the host's label:
+                                                               # never image content
 
 
 def layer_mtime() -> int:
@@ -118,6 +133,119 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+# --- compression ------------------------------------------------------------------
+
+GZIP_MAGIC = b"\x1f\x8b"                 # RFC 1952 section 2.3.1: ID1 ID2
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"         # RFC 8878 section 3.1.1: a Zstandard frame
+BZIP2_MAGIC = b"BZh"                      # bzip2's stream header (ADD's local archives)
+XZ_MAGIC = b"\xfd7zXZ\x00"                # xz file format 2.1.1.1: header magic bytes
+MAGIC_PEEK = 6                            # bytes enough to tell the formats apart
+
+
+class _Peeked(io.RawIOBase):
+    """A stream whose first bytes were read to sniff its format: gives them back first."""
+
+    def __init__(self, head: bytes, rest):
+        self.head, self.rest = head, rest
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.rest.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class _Zstd(io.RawIOBase):
+    """A Zstandard stream, decompressed by python-zstandard (the bindings to the reference
+    library, libzstd); a corrupt frame is a ContainerError."""
+
+    def __init__(self, stream):
+        import zstandard
+        self.errors = zstandard.ZstdError
+        self.reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self.reader.read(len(buffer))
+        except self.errors as e:
+            raise ContainerError(f"corrupt zstd layer: {e}") from None
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def decompressed(fileobj):
+    """The uncompressed bytes of a layer blob, by its magic number: gzip or zstd (the OCI
+    media types `tar+gzip` and `tar+zstd`), plain tar, or bzip2/xz (ADD's local archives)."""
+    head = fileobj.read(MAGIC_PEEK)
+    stream = io.BufferedReader(_Peeked(head, fileobj), COPY_CHUNK)
+    if head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if head.startswith(ZSTD_MAGIC):
+        return io.BufferedReader(_Zstd(stream), COPY_CHUNK)
+    if head.startswith(BZIP2_MAGIC):
+        return bz2.BZ2File(stream)
+    if head.startswith(XZ_MAGIC):
+        return lzma.LZMAFile(stream)
+    return stream
+
+
+# --- extended attributes (file capabilities: security.capability) -----------------
+
+def _image_xattr(name: str) -> bool:
+    return not name.startswith(HOST_ONLY_XATTRS)
+
+
+def read_xattrs(path: str) -> dict[str, bytes]:
+    """A file's extended attributes that belong in an image, by name (sorted: reproducible)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return {}
+        raise
+    out = {}
+    for name in sorted(n for n in names if _image_xattr(n)):
+        with contextlib.suppress(FileNotFoundError, OSError):
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+    return out
+
+
+def write_xattrs(path: str, xattrs: dict[str, bytes]) -> None:
+    """Set extended attributes after the owner (a chown clears security.capability).
+    Without root (or on a filesystem without them) what cannot be set is left out, as
+    umoci's rootless unpack does; as root a refusal is an error."""
+    for name, value in xattrs.items():
+        if not _image_xattr(name):
+            continue
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.ENOTSUP) and (os.geteuid() != 0 or os.path.islink(path)):
+                continue
+            raise ContainerError(f"cannot set extended attribute {name} on {path}: {e.strerror}") from None
+
+
+def copy_xattrs(src: str, dst: str) -> None:
+    """COPY's part: the source file's extended attributes onto its copy."""
+    write_xattrs(dst, read_xattrs(src))
+
+
+def _pax_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    """The SCHILY.xattr.NAME records of a tar member; values back to their bytes (tarfile
+    decodes binary ones with surrogateescape)."""
+    return {key[len(XATTR_PAX_PREFIX):]: value.encode("utf-8", "surrogateescape")
+            for key, value in member.pax_headers.items() if key.startswith(XATTR_PAX_PREFIX)}
+
+
 # --- applying a layer ---------------------------------------------------------
 
 @dataclass
@@ -134,7 +262,7 @@ class _Extraction:
 
 def apply_layer(fileobj, root: str, *, overlay: bool = False, allow_devices: bool | None = None,
                 owners: dict[str, tuple[int, int]] | None = None) -> None:
-    """Apply the layer tar (plain or gzip, detected) read from `fileobj` to directory `root`.
+    """Apply the layer tar (plain or compressed, see `decompressed`) read from `fileobj` to `root`.
 
     overlay=False applies whiteouts by deleting; overlay=True writes overlayfs
     whiteouts (needs root).  Device nodes are refused unless allow_devices
@@ -145,10 +273,10 @@ def apply_layer(fileobj, root: str, *, overlay: bool = False, allow_devices: boo
         allow_devices = os.geteuid() == 0
     state = _Extraction(os.path.realpath(root), overlay, allow_devices, owners=owners)
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=decompressed(fileobj), mode="r|") as tar:
             for member in tar:
                 _apply_member(state, tar, member)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
         raise ContainerError(f"corrupt layer archive: {e}") from None
     except OSError as e:
         raise ContainerError(f"cannot apply layer to {root}: {e}") from None
@@ -269,6 +397,12 @@ def _hardlink(state: _Extraction, member: tarfile.TarInfo, path: str) -> None:
 
 
 def _set_attributes(state: _Extraction, member: tarfile.TarInfo, path: str) -> None:
+    if member.islnk():
+        # The inode its target made, attributes set: a chown now would clear its
+        # security.capability (chown(2)).  Without root, remember whose it is meant to be.
+        if state.owners is not None and os.geteuid() != 0:
+            state.owners[path] = (member.uid, member.gid)
+        return
     try:
         os.lchown(path, member.uid, member.gid)
     except PermissionError:
@@ -276,6 +410,7 @@ def _set_attributes(state: _Extraction, member: tarfile.TarInfo, path: str) -> N
             state.owners[path] = (member.uid, member.gid)
     if not member.issym():
         os.chmod(path, member.mode & 0o7777)
+    write_xattrs(path, _pax_xattrs(member))
     if member.isdir():
         state.dir_times.append((path, int(member.mtime)))
     else:
@@ -413,6 +548,8 @@ def _write_change(tar, root, change: Change, mtime: int, owners, seen_inodes) ->
     info.uid, info.gid = owners.get(path, (st.st_uid, st.st_gid))
     info.uname = info.gname = ""
     info.mtime = mtime
+    info.pax_headers = {XATTR_PAX_PREFIX + name: value.decode("utf-8", "surrogateescape")
+                        for name, value in read_xattrs(path).items()}
     key = (st.st_dev, st.st_ino)
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in seen_inodes:
         info.type, info.linkname = tarfile.LNKTYPE, seen_inodes[key]

@@ -43,9 +43,13 @@ import sys
 import urllib.parse
 from dataclasses import dataclass, field
 
-from pykvm.container.image.store import (INDEX_TYPES, MANIFEST_TYPES, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
-                                   MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Image, ImageStore, check_digest,
-                                   normalize_name, pick_platform, sha256_digest, split_reference)
+from pykvm.container.image.store import (INDEX_TYPES, MANIFEST_TYPES, MEDIA_DOCKER_CONFIG,
+                                         MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_LAYER_TAR, MEDIA_DOCKER_LIST,
+                                         MEDIA_DOCKER_MANIFEST, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX,
+                                         MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST,
+                                         REPO_DIGEST, Image, ImageStore, canonical_json, check_digest,
+                                         host_platform, normalize_name, parse_platform, pick_platform,
+                                         sha256_digest, split_reference)
 from pykvm.container.image.credentials import Credentials
 from pykvm.errors import ConfigError, ContainerError
 
@@ -434,20 +438,24 @@ def push(store: ImageStore, local: str, remote: str | None = None, *, insecure: 
 
 
 def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials: Credentials | None = None,
-         log=None, name: str | None = None) -> Image:
+         log=None, name: str | None = None, platform: str | None = None) -> Image:
     """Pull `remote` into the store (verified, all or nothing) and tag it; returns the image.
 
-    1. GET the manifest (an index: pick linux/amd64, GET that manifest by digest)
+    1. GET the manifest (an index: pick `platform`, default this machine's, GET that manifest)
     2. GET every blob the store lacks into tmp/, checking size and sha256
     3. check the config agrees with the manifest
-    4. only then move the blobs into blobs/, store the manifest, write the tag
+    4. only then move the blobs into blobs/, store the manifest (a Docker v2 schema 2 one
+       converted to OCI's media types, as `skopeo copy` to an OCI layout does) and write the
+       tag, which remembers REPO@DIGEST: the digest the registry knows it by (the index's,
+       when there was one), docker's RepoDigests
     """
     ref = parse_remote(remote)
+    wanted = parse_platform(platform) if platform else host_platform()
     scope = f"repository:{ref.repository}:pull"
     staged: list[tuple[str, dict]] = []
     try:
         with Registry(ref.host, insecure=insecure, credentials=credentials) as reg:
-            manifest_bytes, media_type = _fetch_image_manifest(reg, ref, scope)
+            repo_digest, manifest_bytes, media_type = _fetch_image_manifest(reg, ref, scope, wanted)
             manifest = json.loads(manifest_bytes)
             _check_manifest(manifest, ref)
             for descriptor in [manifest["config"]] + manifest["layers"]:
@@ -457,6 +465,8 @@ def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials:
                 staged.append((_stage_blob(store, reg, ref.repository, descriptor, scope), descriptor))
                 _say(log, f"{descriptor['digest'][7:19]}: downloaded {descriptor['size']} bytes, verified")
         _check_config(staged_path(staged, manifest["config"]["digest"], store), manifest, ref)
+        if media_type == MEDIA_DOCKER_MANIFEST:
+            manifest_bytes, media_type = to_oci_manifest(manifest, ref), MEDIA_OCI_MANIFEST
     except BaseException:
         for path, _ in staged:
             if os.path.exists(path):
@@ -466,20 +476,48 @@ def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials:
         store.adopt(path, descriptor["digest"])            # verified while downloading
     digest = store.put_bytes(manifest_bytes)
     local = name or normalize_name(str(ref) if ref.host != DOCKER_HUB else remote)
-    store.tag(local, {"mediaType": media_type, "digest": digest, "size": len(manifest_bytes)})
-    _say(log, f"{ref}: digest: {digest}")
+    repository = local.rsplit("@", 1)[0] if "@" in local else local.rsplit(":", 1)[0]
+    store.tag(local, {"mediaType": media_type, "digest": digest, "size": len(manifest_bytes),
+                      "annotations": {REPO_DIGEST: f"{repository}@{repo_digest}"}})
+    _say(log, f"{ref}: digest: {repo_digest}")
     return store.get(local)
 
 
-def _fetch_image_manifest(reg: Registry, ref: RemoteRef, scope: str) -> tuple[bytes, str]:
-    """The image manifest for ref; through an index (image-index.md) when the registry sends one."""
+# Docker v2 schema 2 -> OCI (image-spec media-types.md "Compatibility Matrix"): the same
+# blobs under OCI's names; the config's bytes (and so the image ID) do not change.
+DOCKER_TO_OCI = {
+    MEDIA_DOCKER_CONFIG: MEDIA_OCI_CONFIG,
+    MEDIA_DOCKER_LAYER_GZIP: MEDIA_OCI_LAYER_GZIP,
+    MEDIA_DOCKER_LAYER_TAR: MEDIA_OCI_LAYER_TAR,
+}
+
+
+def to_oci_manifest(manifest: dict, ref: RemoteRef) -> bytes:
+    """A Docker v2 schema 2 manifest as the OCI manifest skopeo writes into an OCI layout."""
+    def convert(descriptor: dict) -> dict:
+        media_type = descriptor.get("mediaType")
+        if media_type not in DOCKER_TO_OCI:
+            raise ContainerError(f"{ref}: cannot store a blob of type {media_type!r} in an OCI layout")
+        return {**descriptor, "mediaType": DOCKER_TO_OCI[media_type]}
+    oci = {"schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST, "config": convert(manifest["config"]),
+           "layers": [convert(d) for d in manifest["layers"]]}
+    if manifest.get("annotations"):
+        oci["annotations"] = manifest["annotations"]
+    return canonical_json(oci)
+
+
+def _fetch_image_manifest(reg: Registry, ref: RemoteRef, scope: str,
+                          wanted: tuple[str, str, str]) -> tuple[str, bytes, str]:
+    """(the digest the registry names it by, the image manifest, its media type);
+    through an index (image-index.md) when the registry sends one."""
     body, media_type = reg.get_manifest(ref.repository, ref.reference, scope)
+    top = sha256_digest(body)
     if media_type in INDEX_TYPES:
-        chosen = pick_platform(json.loads(body))
+        chosen = pick_platform(json.loads(body), *wanted)
         body, media_type = reg.get_manifest(ref.repository, chosen["digest"], scope)
         if media_type not in MANIFEST_TYPES:
-            raise ContainerError(f"{ref}: the linux/amd64 entry is not an image manifest")
-    return body, media_type
+            raise ContainerError(f"{ref}: the {'/'.join(p for p in wanted if p)} entry is not an image manifest")
+    return top, body, media_type
 
 
 def _check_config(path: str, manifest: dict, ref: RemoteRef) -> None:

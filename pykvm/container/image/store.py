@@ -4,10 +4,12 @@
     +-- oci/                      an OCI image layout, readable by skopeo and umoci
     |   +-- oci-layout            {"imageLayoutVersion": "1.0.0"}          (image-layout.md)
     |   +-- index.json            one descriptor per tag, the tag in the annotation
-    |   |                         org.opencontainers.image.ref.name      (annotations.md)
+    |   |                         org.opencontainers.image.ref.name      (annotations.md);
+    |   |                         an image without a tag (`<none>`) has none
     |   +-- blobs/sha256/<hex>    manifests, configs and gzip'd layers, named by digest
     +-- layers/<hex>/             a layer unpacked for overlayfs, named by its diff_id
     +-- build-cache.json          the build cache (pykvm.container.image.build)
+    +-- layer-sizes.json          each layer's unpacked size by diff_id (`images` SIZE)
     +-- tmp/                      downloads and builds in progress (same filesystem: rename is atomic)
 
 An image is a *manifest* (manifest.md) that names a *config* (config.md:
@@ -34,9 +36,11 @@ from pykvm.errors import ConfigError, ContainerError
 
 __all__ = [
     "MEDIA_OCI_MANIFEST", "MEDIA_OCI_INDEX", "MEDIA_OCI_CONFIG", "MEDIA_OCI_LAYER_GZIP",
-    "MEDIA_OCI_LAYER_TAR", "MEDIA_DOCKER_MANIFEST", "MEDIA_DOCKER_LIST", "MEDIA_DOCKER_CONFIG",
-    "MEDIA_DOCKER_LAYER_GZIP", "MANIFEST_TYPES", "INDEX_TYPES", "REF_NAME",
-    "canonical_json", "sha256_digest", "check_digest", "normalize_name",
+    "MEDIA_OCI_LAYER_TAR", "MEDIA_OCI_LAYER_ZSTD", "MEDIA_DOCKER_MANIFEST", "MEDIA_DOCKER_LIST",
+    "MEDIA_DOCKER_CONFIG", "MEDIA_DOCKER_LAYER_GZIP", "MEDIA_DOCKER_LAYER_TAR", "MANIFEST_TYPES",
+    "INDEX_TYPES", "REF_NAME", "REPO_DIGEST", "NONE",
+    "canonical_json", "sha256_digest", "check_digest", "normalize_name", "local_name",
+    "layer_media_type", "pick_platform", "parse_platform", "host_platform",
     "store_root", "Image", "ImageStore", "resolve_for_run", "RunImage",
 ]
 
@@ -46,17 +50,23 @@ MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MEDIA_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+MEDIA_DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
 INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
 
 REF_NAME = "org.opencontainers.image.ref.name"   # annotations.md: the tag of an index entry
+REPO_DIGEST = "io.pykvm.image.repo-digest"        # ours: REPO@DIGEST, the registry's name for it (RepoDigests)
 LAYOUT_VERSION = "1.0.0"                          # image-layout.md: oci-layout file
 STORE_ENV = "PYKVM_STORE"                         # overrides the store location (tests)
 DEFAULT_TAG = "latest"
+SIZES_FILE = "layer-sizes.json"                   # diff_id -> bytes of its files, unpacked (SIZE)
+NONE = "<none>:<none>"                            # how docker shows an image without a tag
+DOCKER_HUB_PREFIXES = ("docker.io/library/", "docker.io/")   # docker's own spelling of short names
 
 # descriptor.md "Digests": algorithm ":" encoded; we produce and accept sha256 only.
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -113,6 +123,25 @@ def normalize_name(text: str) -> str:
     return f"{name}:{tag or DEFAULT_TAG}"
 
 
+def local_name(text: str) -> str:
+    """A name as docker shows it locally: `docker.io/library/hello:1` -> `hello:1`."""
+    for prefix in DOCKER_HUB_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    return normalize_name(text)
+
+
+def layer_media_type(head: bytes) -> str:
+    """media-types.md: a layer's media type from its first bytes (gzip, zstd, or a plain tar)."""
+    from pykvm.container.image.layer import GZIP_MAGIC, ZSTD_MAGIC
+    if head.startswith(GZIP_MAGIC):
+        return MEDIA_OCI_LAYER_GZIP
+    if head.startswith(ZSTD_MAGIC):
+        return MEDIA_OCI_LAYER_ZSTD
+    return MEDIA_OCI_LAYER_TAR
+
+
 def store_root() -> Path:
     """$PYKVM_STORE, else /var/lib/pykvm for root, else $XDG_DATA_HOME/pykvm (~/.local/share/pykvm)."""
     if os.environ.get(STORE_ENV):
@@ -131,6 +160,7 @@ class Image:
     manifest_digest: str
     manifest: dict
     config: dict
+    repo_digest: str | None = None      # REPO@DIGEST: a registry's name for it (an index's digest, if pulled so)
 
     @property
     def config_digest(self) -> str:
@@ -269,86 +299,141 @@ class ImageStore:
         self._write_atomic(self.layout / "index.json", json.dumps(index, indent=2).encode() + b"\n")
 
     def tag(self, name: str, descriptor: dict) -> None:
-        """Point tag `name` at a manifest descriptor (replacing what it pointed at)."""
+        """Point tag `name` at a manifest descriptor (replacing what it pointed at); the
+        image's untagged entry, if it had one, goes (it is no longer `<none>`)."""
         name = normalize_name(name)
         entry = {k: descriptor[k] for k in ("mediaType", "digest", "size")}
-        entry["annotations"] = {REF_NAME: name}
+        entry["annotations"] = {**_kept_annotations(descriptor), REF_NAME: name}
         with self.locked():
             index = self.index()
-            index["manifests"] = [m for m in index["manifests"] if _ref_name(m) != name] + [entry]
+            index["manifests"] = [m for m in index["manifests"] if _ref_name(m) != name
+                                  and (_ref_name(m) or m["digest"] != entry["digest"])] + [entry]
             self._save_index(index)
 
-    def tags(self) -> list[tuple[str, dict]]:
-        return [(_ref_name(m), m) for m in self.index()["manifests"] if _ref_name(m)]
+    def keep_untagged(self, descriptor: dict) -> None:
+        """Keep an image without a tag (docker's `<none>`): an index.json entry with no ref.name."""
+        entry = {k: descriptor[k] for k in ("mediaType", "digest", "size")}
+        with self.locked():
+            index = self.index()
+            if not any(m["digest"] == entry["digest"] for m in index["manifests"]):
+                index["manifests"].append(entry)
+                self._save_index(index)
 
-    def find(self, name: str) -> tuple[str, dict]:
-        """(tag, index entry) for a name, a manifest digest, or an image ID (prefix)."""
-        tags = self.tags()
+    def entries(self) -> list[tuple[str | None, dict]]:
+        """Every image of index.json: (its tag, or None for `<none>`, the entry)."""
+        return [(_ref_name(m), m) for m in self.index()["manifests"]]
+
+    def tags(self) -> list[tuple[str, dict]]:
+        return [(ref, m) for ref, m in self.entries() if ref]
+
+    def find(self, name: str) -> tuple[str | None, dict]:
+        """(tag or None, index entry) for a name, a manifest digest, or an image ID (prefix)."""
+        ref, entry, _ = self._match(name)
+        return ref, entry
+
+    def _match(self, name: str) -> tuple[str | None, dict, bool]:
+        """find(), and whether `name` was a tag (not an ID or a digest)."""
+        entries = self.entries()
         wanted = None
         with contextlib.suppress(ConfigError):
             wanted = normalize_name(name)
-        for ref, entry in tags:
-            if ref == wanted or entry["digest"] == name:
-                return ref, entry
+        for ref, entry in entries:
+            if ref is not None and ref == wanted:
+                return ref, entry, True
+        for ref, entry in entries:
+            repo_digest = (entry.get("annotations") or {}).get(REPO_DIGEST)
+            if name == entry["digest"] or (repo_digest and repo_digest in (name, wanted)):
+                return ref, entry, False
         if re.fullmatch(r"(sha256:)?[a-f0-9]{6,64}", name):
             hexpart = name.split(":")[-1]
-            for ref, entry in tags:
+            for ref, entry in entries:
                 image = self.load(ref, entry)
                 if image.id.split(":")[1].startswith(hexpart) or entry["digest"].split(":")[1].startswith(hexpart):
-                    return ref, entry
+                    return ref, entry, False
         raise ContainerError(f"no such image: {name} (see `pykvm container images`)")
 
     def get(self, name: str) -> Image:
         ref, entry = self.find(name)
         return self.load(ref, entry)
 
-    def load(self, ref: str, entry: dict) -> Image:
+    def load(self, ref: str | None, entry: dict) -> Image:
         manifest = self.read_json(entry["digest"])
         if manifest.get("mediaType", entry.get("mediaType")) in INDEX_TYPES:
-            manifest_digest = pick_platform(manifest)["digest"]
+            manifest_digest = self._present_platform(manifest)["digest"]
             manifest = self.read_json(manifest_digest)
         else:
             manifest_digest = entry["digest"]
         config = self.read_json(manifest["config"]["digest"])
-        return Image(ref, manifest_digest, manifest, config)
+        return Image(ref or NONE, manifest_digest, manifest, config,
+                     (entry.get("annotations") or {}).get(REPO_DIGEST))
+
+    def _present_platform(self, index: dict) -> dict:
+        """image-index.md: this machine's manifest, else the first whose blob the store has."""
+        with contextlib.suppress(ContainerError):
+            chosen = pick_platform(index, *host_platform())
+            if self.has_blob(chosen["digest"]):
+                return chosen
+        for m in index.get("manifests", []):
+            if self.has_blob(m["digest"]):
+                return m
+        raise ContainerError("the image index has none of its manifests in the store")
 
     def images(self) -> list[Image]:
-        return [self.load(ref, entry) for ref, entry in self.tags()]
+        return [self.load(ref, entry) for ref, entry in self.entries()]
 
     def remove(self, names: list[str], force: bool = False) -> list[str]:
         """`rmi`: untag each name; returns the tags removed.  Blobs go with `gc`.
 
-        Docker's rule: the last tag of an image that a container (running or
-        stopped) was made from is refused unless `force`; all names are checked
-        before any is removed.
+        Docker's rules: a tag removes that tag; an image ID removes every tag of
+        the image, and is refused (unless `force`) when there are several; the last
+        tag of an image a container (running or stopped) was made from is refused
+        unless `force`.  All names are checked before any is removed.
         """
-        if not force:
-            for name in names:
-                self._check_unused(name)
-        return [self.untag(name) for name in names]
+        plans = [self._removal(name, force) for name in names]
+        removed = []
+        for refs, digest in plans:
+            removed += [self.untag(ref) for ref in refs]
+            self._drop_untagged(digest)
+        return removed
 
-    def _check_unused(self, name: str) -> None:
-        ref, entry = self.find(name)
+    def _removal(self, name: str, force: bool) -> tuple[list[str], str]:
+        """(the tags rmi NAME removes, the manifest digest): checked, nothing changed yet."""
+        ref, entry, by_tag = self._match(name)
         image = self.load(ref, entry)
-        if any(r != ref and self.load(r, e).id == image.id for r, e in self.tags()):
-            return                                       # another tag keeps the image
-        users = [s.id for s in _containers() if s.image == image.id]
-        if users:
-            raise ContainerError(f'conflict: unable to remove repository reference "{name}" (must force) '
-                                 f"- container {users[0]} is using its referenced image {image.id[7:19]}")
+        same = [r for r, e in self.tags() if self.load(r, e).id == image.id]
+        refs = [ref] if by_tag else same
+        if not by_tag and len(same) > 1 and not force:
+            raise ContainerError(f"conflict: unable to delete {image.id[7:19]} (must be forced) "
+                                 f"- image is referenced in multiple repositories")
+        if not force and not set(same) - set(refs):          # no other tag keeps the image
+            users = [s.id for s in _containers() if s.image == image.id]
+            if users:
+                raise ContainerError(f'conflict: unable to remove repository reference "{name}" (must force) '
+                                     f"- container {users[0]} is using its referenced image {image.id[7:19]}")
+        return refs, entry["digest"]
 
     def untag(self, name: str) -> str:
-        """Remove one tag; returns the tag removed.  Blobs go with `gc`."""
-        ref, _ = self.find(name)
+        """Remove one tag (or an untagged image's entry); returns what was removed.  Blobs go with `gc`."""
+        ref, entry = self.find(name)
+        if ref is None:
+            self._drop_untagged(entry["digest"])
+            return NONE
         with self.locked():
             index = self.index()
             index["manifests"] = [m for m in index["manifests"] if _ref_name(m) != ref]
             self._save_index(index)
         return ref
 
+    def _drop_untagged(self, digest: str) -> None:
+        with self.locked():
+            index = self.index()
+            index["manifests"] = [m for m in index["manifests"] if _ref_name(m) or m["digest"] != digest]
+            self._save_index(index)
+
     # --- storing a new image
-    def add_image(self, name: str, config: dict, layers: list[dict], media_type: str = MEDIA_OCI_MANIFEST) -> Image:
-        """Write config and manifest blobs for already-stored layers and tag the result."""
+    def add_image(self, name: str | None, config: dict, layers: list[dict], media_type: str = MEDIA_OCI_MANIFEST) -> Image:
+        """Write config and manifest blobs for already-stored layers and tag the result
+        (name None: keep it untagged)."""
         config_bytes = canonical_json(config)
         config_digest = self.put_bytes(config_bytes)
         manifest = {
@@ -359,7 +444,11 @@ class ImageStore:
         }
         manifest_bytes = canonical_json(manifest)
         digest = self.put_bytes(manifest_bytes)
-        self.tag(name, {"mediaType": media_type, "digest": digest, "size": len(manifest_bytes)})
+        descriptor = {"mediaType": media_type, "digest": digest, "size": len(manifest_bytes)}
+        if name is None:
+            self.keep_untagged(descriptor)
+            return Image(NONE, digest, manifest, config)
+        self.tag(name, descriptor)
         return Image(normalize_name(name), digest, manifest, config)
 
     # --- garbage collection
@@ -403,6 +492,39 @@ class ImageStore:
                     shutil.rmtree(path)
         return removed
 
+    # --- sizes
+    def unpacked_size(self, image: Image) -> int:
+        """Docker's image SIZE: the bytes of every regular file in every layer, unpacked
+        (the sum of each layer's content; a hard link is not counted twice).  Each layer's
+        sum is kept in layer-sizes.json by diff_id, so it is read from the blob only once."""
+        path = self.root / SIZES_FILE
+        try:
+            sizes = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            sizes = {}
+        missing = [(d, diff_id) for d, diff_id in zip(image.layers, image.diff_ids) if diff_id not in sizes]
+        for descriptor, diff_id in missing:
+            sizes[diff_id] = self._content_size(descriptor)
+        if missing:
+            with self.locked():
+                self._write_atomic(path, json.dumps(sizes, sort_keys=True).encode())
+        return sum(sizes[diff_id] for diff_id in image.diff_ids if diff_id in sizes)
+
+    def _content_size(self, descriptor: dict) -> int:
+        import tarfile
+
+        from pykvm.container.image.layer import decompressed
+        total = 0
+        try:
+            with open(self.blob_path(descriptor["digest"]), "rb") as blob, \
+                    tarfile.open(fileobj=decompressed(blob), mode="r|") as tar:
+                total = sum(member.size for member in tar if member.isreg())
+        except FileNotFoundError:
+            raise ContainerError(f"blob {descriptor['digest']} is missing from the store {self.layout}") from None
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ContainerError(f"layer {descriptor['digest']} is corrupt: {e}") from None
+        return total
+
     # --- unpacked layers
     def unpacked_layer(self, descriptor: dict, diff_id: str) -> str:
         """The directory holding this layer unpacked in overlayfs form; unpacks it on first use.
@@ -414,9 +536,12 @@ class ImageStore:
         final = self.layers_dir / check_digest(diff_id).split(":", 1)[1]
         if final.exists():
             return str(final)
+        if not self.has_blob(descriptor["digest"]):
+            raise ContainerError(f"layer {descriptor['digest']} is missing from the store {self.layout} "
+                                 "(pull or load the image again)")
         work = self.temp_dir(prefix="unpack-")
         with open(self.blob_path(descriptor["digest"]), "rb") as blob:
-            reader = _UncompressedHasher(blob)
+            reader = UncompressedHasher(blob)
             apply_layer(reader, work, overlay=True)
             reader.drain()
         if reader.diff_id() != diff_id:
@@ -438,16 +563,46 @@ def _containers() -> list:
 
 
 def _ref_name(entry: dict) -> str | None:
-    return entry.get("annotations", {}).get(REF_NAME)
+    return (entry.get("annotations") or {}).get(REF_NAME)
 
 
-def pick_platform(index: dict, os_name: str = "linux", arch: str = "amd64") -> dict:
-    """image-index.md: the manifest descriptor for our platform."""
+def _kept_annotations(descriptor: dict) -> dict:
+    """The annotations a new tag of this descriptor keeps: where a registry knows it from."""
+    annotations = descriptor.get("annotations") or {}
+    return {REPO_DIGEST: annotations[REPO_DIGEST]} if REPO_DIGEST in annotations else {}
+
+
+# image-index.md "platform": GOARCH names for the machines Python reports (uname -m).
+MACHINE_ARCH = {"x86_64": ("amd64", ""), "aarch64": ("arm64", "v8"), "armv7l": ("arm", "v7"), "i686": ("386", "")}
+
+
+def host_platform() -> tuple[str, str, str]:
+    """(os, architecture, variant) of this machine, as an image index names it."""
+    import platform
+    arch, variant = MACHINE_ARCH.get(platform.machine(), (platform.machine(), ""))
+    return "linux", arch, variant
+
+
+def parse_platform(text: str) -> tuple[str, str, str]:
+    """--platform OS/ARCH[/VARIANT] (docker's syntax): "linux/arm64" -> ("linux", "arm64", "")."""
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        raise ConfigError(f"--platform {text!r}: want OS/ARCH[/VARIANT], as in linux/arm64")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+
+
+def pick_platform(index: dict, os_name: str = "linux", arch: str = "amd64", variant: str = "") -> dict:
+    """image-index.md: the manifest descriptor for a platform; a variant, when asked for,
+    must match unless the index gives none (arm64's v8 is usually left out)."""
     for m in index.get("manifests", []):
         p = m.get("platform", {})
-        if p.get("os") == os_name and p.get("architecture") == arch:
+        if p.get("os") == os_name and p.get("architecture") == arch \
+                and (not variant or p.get("variant", variant) == variant):
             return m
-    raise ContainerError(f"the image index has no {os_name}/{arch} manifest")
+    offered = sorted("/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+                     for p in (m.get("platform", {}) for m in index.get("manifests", [])))
+    want = "/".join(x for x in (os_name, arch, variant) if x)
+    raise ContainerError(f"the image index has no {want} manifest (it has: {', '.join(offered) or 'none'})")
 
 
 def file_digest(path: str) -> tuple[str, int]:
@@ -461,14 +616,12 @@ def file_digest(path: str) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
-class _UncompressedHasher:
-    """A file-like over a (possibly gzip'd) layer blob that hashes the uncompressed bytes read."""
+class UncompressedHasher:
+    """A file-like over a (possibly compressed) layer blob that hashes the uncompressed bytes read."""
 
     def __init__(self, blob):
-        import gzip
-        magic = blob.read(2)
-        blob.seek(0)
-        self.stream = gzip.GzipFile(fileobj=blob, mode="rb") if magic == b"\x1f\x8b" else blob
+        from pykvm.container.image.layer import decompressed
+        self.stream = decompressed(blob)
         self.hash = hashlib.sha256()
 
     def read(self, n=-1):
