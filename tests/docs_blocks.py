@@ -24,7 +24,7 @@ __all__ = ["Block", "Command", "code_blocks", "shell_blocks", "transcript", "out
 SHELL_LANGUAGES = {"console", "sh", "bash", "shell"}      # fenced blocks that are shell
 PROMPT = "$ "                                             # a transcript's typed line
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")                 # opens or closes a fenced block
-MARKER = re.compile(r"^\s*<!-- (example|not-run): (.+?) -->\s*$")
+MARKER = re.compile(r"^\s*<!-- (example|not-run|expected): (.+?) -->\s*$")
 HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")            # cat > f <<'EOF' ... EOF
 PLACEHOLDERS = {"<hex>": "[0-9a-f]+", "<n>": "[0-9]+", "<any>": "[^\n]*"}
 
@@ -39,6 +39,9 @@ class Block:
 
     @property
     def is_shell(self) -> bool:
+        """Shell to run or mark; a Python example's expected output is never shell."""
+        if self.marker and self.marker[0] == "expected":
+            return False
         return self.language in SHELL_LANGUAGES or (bool(self.lines) and
                                                     self.lines[0].startswith(PROMPT))
 
