@@ -1,8 +1,8 @@
 """cffi build script for the container system calls (API mode).
 
 Python 3.11's `os` module has fork, exec and chdir, but not unshare(2),
-setns(2), mount(2), umount2(2), pivot_root(2), capset(2) or most prctl(2)
-options.  We call them through cffi in API mode: the C compiler reads
+setns(2), mount(2), umount2(2), pivot_root(2), capset(2), keyctl(2) or most
+prctl(2) options.  We call them through cffi in API mode: the C compiler reads
 <sched.h>, <sys/mount.h>, <linux/capability.h> ... itself, so every
 `#define NAME ...` below gets its value from the real header and every `...;`
 in a struct gets its real layout.  No flag value is typed by hand.
@@ -29,6 +29,7 @@ SOURCE = r"""
 #include <net/if.h>
 #include <linux/capability.h>
 #include <linux/securebits.h>
+#include <linux/keyctl.h>
 
 /* glibc 2.36 has no wrapper for these two: call the system call itself. */
 static int sys_pivot_root(const char *new_root, const char *put_old)
@@ -46,6 +47,13 @@ static int sys_capget(struct __user_cap_header_struct *hdr,
                       struct __user_cap_data_struct *data)
 {
     return syscall(SYS_capget, hdr, data);
+}
+
+/* keyctl(2) has no glibc wrapper (libkeyutils has one): the system call itself. */
+static long sys_keyctl(int operation, unsigned long arg2, unsigned long arg3,
+                       unsigned long arg4)
+{
+    return syscall(SYS_keyctl, operation, arg2, arg3, arg4, 0);
 }
 
 /* prctl(2) and ioctl(2) are variadic: give cffi fixed signatures. */
@@ -190,6 +198,13 @@ typedef struct __user_cap_data_struct {
 
 int sys_capset(struct __user_cap_header_struct *hdr, struct __user_cap_data_struct *data);
 int sys_capget(struct __user_cap_header_struct *hdr, struct __user_cap_data_struct *data);
+
+/* --- keyrings, keyctl(2), <linux/keyctl.h> ------------------------------ */
+#define KEYCTL_JOIN_SESSION_KEYRING ...
+#define KEYCTL_SETPERM ...
+#define KEYCTL_DESCRIBE ...
+#define KEY_SPEC_SESSION_KEYRING ...
+long sys_keyctl(int operation, unsigned long arg2, unsigned long arg3, unsigned long arg4);
 
 /* --- the network interface ioctls, <net/if.h>, <sys/ioctl.h> ------------ */
 /* socket(2) here rather than Python's socket module: one descriptor for the

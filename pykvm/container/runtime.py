@@ -51,6 +51,7 @@ upper layer in the container's state directory.  Image builds call
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -68,14 +69,17 @@ from pykvm.container import rootfs as fs
 from pykvm.container.cgroups import Cgroup, Limits, close_all, join, open_cgroup
 from pykvm.container.state import (ContainerState, StateStore, new_id, process_start_time,
                                    stat_field, stat_fields)
-from pykvm.container.syscalls import lib, prctl, sethostname
-from pykvm.errors import ConfigError, ContainerError, PyKvmError
+from pykvm.container.syscalls import (join_session_keyring, key_permissions, lib, prctl, set_key_permissions,
+                                     sethostname)
+from pykvm.container.users import ExecUser, parse_user, resolve_user
+from pykvm.container.validate import RLIM_INFINITY, validate
+from pykvm.errors import ConfigError, ContainerError, PyKvmError, SyscallError
 
 if TYPE_CHECKING:
     import socket  # annotations only: the -t code imports it (and terminal.py) when used
 
 __all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "config_from_image",
-           "run_build_step", "parse_user", "DEFAULT_ENV", "FOREGROUND", "DETACHED", "CREATED",
+           "run_build_step", "parse_user", "resolve_user", "ExecUser", "DEFAULT_ENV", "FOREGROUND", "DETACHED", "CREATED",
            "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
            "remove_container", "wait_stopped", "process_defaults",
            "merge_env", "check_env", "command_line"]
@@ -83,8 +87,9 @@ __all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "co
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = [DEFAULT_PATH]
 DEFAULT_NAMESPACES = ("pid", "mount", "uts", "ipc", "network", "cgroup")
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+# What pykvm-init passes on to the command: every signal a process can catch (SIGCHLD
+# is init's own), real-time ones too, as tini and Docker's --init do.
+FORWARDED_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}))
 EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
 EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
@@ -92,6 +97,8 @@ LAUNCHER_GONE = signal.SIGUSR2    # PR_SET_PDEATHSIG: what the monitor gets when
 MAX_FD = 1 << 20                  # fs.nr_open's default: no fd number is above it
 INIT_NAME = "pykvm-init"          # init's name in ps, /proc/1/comm and /proc/1/cmdline inside
 OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
+DEFAULT_UMASK = 0o022             # runc's (and Docker's) umask for the container's process
+KEY_USR_SEARCH = 0x00080000       # keyctl(2) KEYCTL_SETPERM: the owner may search (and join) it
 
 # The launcher's three modes.
 FOREGROUND = "foreground"         # `run`: wait for the container, stdio passed through
@@ -140,6 +147,10 @@ class RunConfig:
     annotations: dict = field(default_factory=dict)
     image: str = ""                            # the image ID (config_from_image), kept in state.json
     etc_files: bool = False                    # Docker's own /etc/hostname, hosts, resolv.conf (etcfiles.py)
+    umask: int = DEFAULT_UMASK                 # process.user.umask (runc's default when absent)
+    sysctl: dict[str, str] = field(default_factory=dict)   # linux.sysctl: namespaced kernel parameters
+    oom_score_adj: int | None = None           # process.oomScoreAdj; None: 0, like any new process
+    new_keyring: bool = True                   # a session keyring of its own (runc; --no-new-keyring)
 
     @property
     def rootless(self) -> bool:
@@ -161,8 +172,7 @@ class RunConfig:
             check_env(entry)
         if self.hostname is not None:
             ns.check_hostname(self.hostname, rfc1123=False)      # runc's rule: the kernel's length
-        if not os.path.isabs(self.cwd):
-            raise ConfigError(f"working directory {self.cwd!r} must be absolute")
+        validate(self)
         if "mount" not in self.namespaces:
             raise ConfigError("a mount namespace is required (linux.namespaces must include 'mount')")
         ns.flags_for(self.namespaces)                       # unknown types -> ConfigError
@@ -189,7 +199,8 @@ def process_defaults(cfg: RunConfig) -> dict:
     process: environment, working directory, user, capabilities, no_new_privs, rlimits."""
     return {"env": list(cfg.env), "cwd": cfg.cwd, "uid": cfg.uid, "gid": cfg.gid,
             "additional_gids": list(cfg.additional_gids), "capabilities": dict(cfg.capabilities),
-            "no_new_privileges": cfg.no_new_privileges, "rlimits": [list(r) for r in cfg.rlimits]}
+            "no_new_privileges": cfg.no_new_privileges, "rlimits": [list(r) for r in cfg.rlimits],
+            "umask": cfg.umask, "new_keyring": cfg.new_keyring}
 
 
 def merge_env(base: list[str], extra: list[str]) -> list[str]:
@@ -202,8 +213,8 @@ def merge_env(base: list[str], extra: list[str]) -> list[str]:
 
 def check_env(entry: str) -> None:
     """execve(2)'s environment: NAME=VALUE strings, NAME not empty, no NUL anywhere."""
-    name = entry.partition("=")[0]
-    if not name or "\0" in entry:
+    name, equals, _ = entry.partition("=")
+    if not name or not equals or "\0" in entry:
         raise ConfigError(f"bad environment variable {entry!r}: want NAME=VALUE with a non-empty "
                           f"NAME and no NUL byte (-e, image Env, config.json process.env)")
 
@@ -288,11 +299,14 @@ class Container:
         self._tty_host, self._tty_inside = None, console
         self.winsize = None
         self._join_fds: list[int] = []         # init joins its cgroup through these (cgroups.join)
+        self.pid_namespace: tuple[int, int] | None = None   # init's: whose processes are ours
 
     # --- launcher side ---------------------------------------------------------
     def start(self) -> Container:
         """Create everything, fork the monitor, wait until the command runs (or is ready)."""
         self.cgroup = self._find_cgroup()         # recorded in the first state.json, made next
+        if self.cgroup is not None and self.cgroup.version == "v2":
+            self._without_device_controller()
         self.dir = str(self.store.create(self.state))
         try:
             self._start()
@@ -347,17 +361,57 @@ class Container:
         self.state.cgroup = {"version": cg.version, "dirs": [str(d) for d in cg.dirs()]}
         return cg
 
+    def _without_device_controller(self) -> None:
+        """cgroup v2 has no devices file: runc attaches a BPF device program, which pykvm
+        does not load.  So no device can be allowed beyond the default /dev, and none may
+        be made: rules that allow more are refused, CAP_MKNOD goes (with a warning)."""
+        for i, rule in enumerate(self.cfg.limits.devices):
+            if rule.allow:
+                raise ConfigError(f"linux.resources.devices[{i}] allows {rule.line()!r}, but on cgroup v2 "
+                                  f"pykvm loads no BPF device program to enforce device rules: refused")
+        names = self.cfg.capabilities
+        if any("CAP_MKNOD" in names.get(k, []) for k in names):
+            self.warn("cgroup v2: no device program (BPF) is loaded, so CAP_MKNOD is removed: "
+                      "the container cannot make device nodes")
+            self.cfg = replace(self.cfg, capabilities={k: [c for c in v if c != "CAP_MKNOD"]
+                                                       for k, v in names.items()})
+            self.state.process = process_defaults(self.cfg)
+
     def _make_cgroup(self) -> None:
         """Create the cgroup with its limits, and open the files init joins it through."""
         if self.cgroup is None:
             return
         try:
+            self._check_shared_cgroup()
             self.cgroup.create(self.cfg.limits)
             self._join_fds = self.cgroup.join_files()
-        except (ContainerError, OSError) as e:
-            self.cgroup = self._without_cgroup(e)
-            self.state.cgroup = {}
-            self.store.save(self.state)
+        except OSError as e:
+            self._cgroup_failed(ContainerError(f"cannot set up {self.cgroup.describe()}: {e.strerror}"))
+        except ContainerError as e:
+            self._cgroup_failed(e)
+
+    def _cgroup_failed(self, error: ContainerError) -> None:
+        self.cgroup = self._without_cgroup(error)
+        self.state.cgroup = {}
+        self.store.save(self.state)
+
+    def _check_shared_cgroup(self) -> None:
+        """A cgroupsPath that already holds processes: shared, with runc 1.1's warning, when
+        the container's own PID namespace tells its processes from the others'; refused when
+        it has none (destroying the container would then kill the others too)."""
+        others = self.cgroup.pids()
+        if not others:
+            return
+        if "pid" not in self.cfg.namespaces or self.cfg.namespaces["pid"]:
+            raise ContainerError(f"{self.cgroup.describe()} already holds {len(others)} process(es) and the "
+                                 f"container has no PID namespace of its own to tell its processes "
+                                 f"from theirs: give it its own cgroupsPath")
+        self.warn(f"{self.cgroup.describe()} is not empty: {len(others)} process(es) found; the "
+                  f"container shares it (and its limits) with them")
+
+    def _mine(self, pid: int) -> bool:
+        """A process in the cgroup that belongs to this container: in its PID namespace."""
+        return self.pid_namespace is not None and ns.in_pid_namespace(pid, self.pid_namespace)
 
     def _without_cgroup(self, error: Exception) -> None:
         """Root must have a cgroup; rootless goes on without one, warning if limits were asked for."""
@@ -448,6 +502,8 @@ class Container:
         self.state.pid = pid
         self.state.pid_start = process_start_time(pid)
         self.state.monitor_pid = self.monitor_pid
+        self.pid_namespace = ns.namespace_id(pid)
+        self.state.pid_namespace = list(self.pid_namespace or [])
         self.store.save(self.state)
 
     def _fail(self, error: dict) -> None:
@@ -477,7 +533,7 @@ class Container:
     def _cleanup(self, remove_state: bool) -> None:
         if self.cgroup is not None:
             try:
-                self.cgroup.destroy()
+                self.cgroup.destroy(self._mine)
             except ContainerError as e:
                 self.warn(str(e))
         if remove_state:
@@ -532,6 +588,7 @@ class Container:
         if pid == 0:
             _child_main(lambda: self._init(pipe, stdio), pipe)
         self.init_pid = pid
+        self.pid_namespace = ns.namespace_id(pid)
         pipe.send(pid=pid)
         os.close(pipe.events_w)
         os.close(pipe.ack_r)
@@ -589,9 +646,12 @@ class Container:
         _close_other_fds({pipe.events_w, pipe.ack_r, self._exit_fd, *self._join_fds,
                           *self._console_fds()})
         prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
+        os.umask(DEFAULT_UMASK)                              # not the caller's: /dev and mount targets
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
         join(self._join_fds)                                 # our cgroup, before ...
         self._enter_namespaces(("network", "ipc", "uts", "mount", "cgroup"))   # ... it becomes the ns's "/"
+        if self.cfg.new_keyring:
+            new_session_keyring(self.id)
         self._close_console_sockets(keep_inside=True)
         os.close(self._exit_fd)                              # the monitor's, not the container's
         fifo = self._open_fifo()
@@ -609,11 +669,12 @@ class Container:
         prctl(lib.PR_SET_NAME, _c_string(INIT_NAME))
         _set_command_line(INIT_NAME)
         _set_oom_score_adj(OOM_SCORE_INIT)                  # the OOM killer picks the command, not us
-        child = os.fork()
+        child = fork_command(self.cfg)
         if child == 0:
             _child_main(lambda: _exec_command(self.cfg, pipe, stdio), pipe)
         _detach_stdio()                                      # init keeps no host fd (CVE-2024-21626)
         _close_other_fds(set())
+        become_container_process(self.cfg)                   # ... nor any host privilege (tini's way)
         return _reap(child)
 
     def _enter_namespaces(self, kinds: tuple[str, ...]) -> None:
@@ -650,7 +711,9 @@ class Container:
         else:
             root = fs.mount_root(None, rootfs=cfg.rootfs)
         host_sys = "network" not in cfg.namespaces and "user" in cfg.namespaces
-        fs.mount_all(root, cfg.mounts, host_sys=host_sys)
+        fs.mount_all(root, cfg.mounts, host_sys=host_sys,
+                     cgroupns="cgroup" in cfg.namespaces and not cfg.namespaces["cgroup"])
+        _write_sysctls(root, cfg.sysctl)                     # through the container's /proc, before it is ro
         fs.mask_paths(root, cfg.masked_paths)
         fs.readonly_paths(root, cfg.readonly_paths)
         fs.pivot_into(root)
@@ -682,7 +745,8 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
     for target, fd in enumerate((stdio["in"], stdio["out"], stdio["err"])):
         if fd != target:
             os.dup2(fd, target)
-    _set_oom_score_adj(0)
+    _set_oom_score_adj(cfg.oom_score_adj or 0, required=cfg.oom_score_adj is not None)
+    os.umask(cfg.umask)
     os.setsid()
     if cfg.tty:
         from pykvm.container import terminal
@@ -734,6 +798,48 @@ def _drop_privileges(cfg: RunConfig) -> None:
     os.setresuid(cfg.uid, cfg.uid, cfg.uid)
     caps.set_caps(caps.cap_numbers(c.get("effective")), caps.cap_numbers(c.get("permitted")),
                   caps.cap_numbers(c.get("inheritable")), caps.cap_numbers(c.get("ambient")))
+
+
+def become_container_process(cfg: RunConfig) -> None:
+    """pykvm-init, once the command runs, keeps no more than the command has: its user,
+    groups, capability sets and no_new_privs (Docker's --init, tini, is the container's
+    process too).  Signalling the command needs no privilege then: it is the same user."""
+    _drop_privileges(replace(cfg, capabilities=caps.after_execve(cfg.capabilities, cfg.uid)))
+    prctl(lib.PR_SET_DUMPABLE, 0)                     # a uid change resets it to suid_dumpable
+
+
+def fork_command(cfg: RunConfig) -> int:
+    """fork(2) the command, with a clear word when the pids limit leaves no room for it."""
+    try:
+        return os.fork()
+    except BlockingIOError:
+        raise ContainerError(f"cannot start the command: fork() failed with EAGAIN (pids limit "
+                             f"{cfg.limits.pids}, or RLIMIT_NPROC, reached)") from None
+
+
+def new_session_keyring(cid: str) -> None:
+    """A session keyring of the container's own (runc's "_ses.<id>"), so that no key of the
+    caller's session is in reach; made searchable for its user so `exec` can join it.
+    keyrings(7), session-keyring(7).  Without keyrings (ENOSYS) or where a seccomp filter
+    forbids keyctl (EPERM) there is nothing to leak, as runc reasons."""
+    try:
+        key = join_session_keyring(f"_ses.{cid}")
+        set_key_permissions(key, key_permissions(key) | KEY_USR_SEARCH)
+    except SyscallError as e:
+        if e.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
+
+
+def _write_sysctls(root: str, sysctl: dict[str, str]) -> None:
+    """linux.sysctl: write each (validated, namespaced) parameter to /proc/sys/a/b/c of the
+    container's own /proc; sysctl(8) spells it a.b.c."""
+    for key, value in sysctl.items():
+        path = fs.secure_join(root, "/proc/sys/" + key.replace(".", "/"))
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise ContainerError(f"linux.sysctl {key}={value!r}: cannot write {path}: {e.strerror}") from None
 
 
 def _set_command_line(name: str) -> None:
@@ -908,20 +1014,27 @@ def _make_cwd(cwd: str) -> None:
         pass                              # chdir() will say what is wrong, as the command's error
 
 
-def _set_oom_score_adj(value: int) -> None:
-    """proc(5) /proc/self/oom_score_adj; lowering it needs CAP_SYS_RESOURCE (not rootless)."""
+def _set_oom_score_adj(value: int, required: bool = False) -> None:
+    """proc(5) /proc/self/oom_score_adj; lowering it needs CAP_SYS_RESOURCE (not rootless).
+    `required` (process.oomScoreAdj): failing is an error, not something to skip quietly."""
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(f"{value}\n")
-    except OSError:
-        pass
+    except OSError as e:
+        if required:
+            raise ContainerError(f"process.oomScoreAdj {value}: {e.strerror}") from None
 
 
 def _set_rlimits(rlimits) -> None:
     for name, soft, hard in rlimits:
         if not hasattr(resource, name):
             raise ConfigError(f"unknown rlimit {name}")
-        resource.setrlimit(getattr(resource, name), (soft, hard))
+        # Python spells the C RLIM_INFINITY (2**64 - 1) as -1
+        soft, hard = (resource.RLIM_INFINITY if v == RLIM_INFINITY else v for v in (soft, hard))
+        try:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        except (ValueError, OSError) as e:
+            raise ContainerError(f"rlimit {name} ({soft}, {hard}): {e}") from None
 
 
 def _wait_for_start(fifo_path_fd: int) -> None:
@@ -986,41 +1099,6 @@ def run_container(config: RunConfig, store: StateStore | None = None) -> int:
     return container.wait().exit_code
 
 
-def parse_user(spec: str, rootfs: str | list[str] | None = None) -> tuple[int, int]:
-    """`UID[:GID]` or `NAME[:GROUP]`, names looked up in /etc/passwd and /etc/group of the
-    rootfs (or of a list of image layers, top first: the first layer that has the file wins)."""
-    if not spec:
-        return 0, 0
-    roots = [rootfs] if isinstance(rootfs, str) else list(rootfs or [])
-    user, _, group = spec.partition(":")
-    uid, gid = _lookup(user, roots, "passwd")
-    if group:
-        gid = _lookup(group, roots, "group")[0]
-    return uid, gid
-
-
-def _lookup(name: str, roots: list[str], db: str) -> tuple[int, int]:
-    if name.isdigit():
-        return int(name), (int(name) if db == "group" else 0)
-    for root in roots:
-        path = fs.secure_join(root, f"/etc/{db}")
-        if not os.path.isfile(path):
-            continue
-        with open(path, errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
-                if fields[0] != name:
-                    continue
-                ids = fields[2:4] if db == "passwd" else fields[2:3] * 2
-                if len(ids) == 2 and all(i.isdigit() for i in ids):
-                    return int(ids[0]), int(ids[1])
-                # the image's file, so any text at all: a bad entry is bad input, not a crash
-                raise ConfigError(f"/etc/{db} line {number}: bad entry for {name!r}: {line.strip()!r}")
-        break                                           # the top-most file hides the ones below
-    raise ConfigError(f"unknown {'user' if db == 'passwd' else 'group'} {name!r} "
-                      f"(not a number and not in the rootfs's /etc/{db})")
-
-
 def command_line(entrypoint: list[str], cmd: list[str], args: list[str] | None = None,
                  new_entrypoint: str | None = None) -> list[str]:
     """The argv a container runs: Docker's rules for ENTRYPOINT, CMD, `run --entrypoint`
@@ -1044,10 +1122,10 @@ def config_from_image(image, args: list[str] | None = None, entrypoint: str | No
     `entrypoint`: `run --entrypoint` (command_line says what it replaces)."""
     argv = command_line(image.entrypoint, image.cmd, args, entrypoint)
     top_first = list(reversed(image.layers))
-    uid, gid = parse_user(image.user, top_first)
+    user = resolve_user(image.user, top_first)
     env = list(image.env) or list(DEFAULT_ENV)
     cfg = RunConfig(args=argv, lower_dirs=top_first, env=env, cwd=image.working_dir or "/",
-                    uid=uid, gid=gid, image=getattr(image, "id", ""))
+                    uid=user.uid, gid=user.gid, additional_gids=user.groups, image=getattr(image, "id", ""))
     return replace(cfg, **overrides)
 
 
@@ -1055,11 +1133,11 @@ def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, c
                    user: str = "") -> int:
     """One Dockerfile RUN: `argv` in a container whose root is `rootfs` (kept writable), host
     network, Docker's default capabilities (a Dockerfile may chown, mknod, switch users)."""
-    uid, gid = parse_user(user, rootfs)
+    who = resolve_user(user, rootfs)
     namespaces = dict.fromkeys(DEFAULT_NAMESPACES)
     namespaces.pop("network")
-    cfg = RunConfig(args=argv, rootfs=rootfs, env=env or list(DEFAULT_ENV), cwd=cwd, uid=uid,
-                    gid=gid, namespaces=namespaces, remove=True,
+    cfg = RunConfig(args=argv, rootfs=rootfs, env=env or list(DEFAULT_ENV), cwd=cwd, uid=who.uid,
+                    gid=who.gid, additional_gids=who.groups, namespaces=namespaces, remove=True,
                     capabilities=_default_caps(caps.DOCKER_CAPS))
     return run_container(cfg)
 
@@ -1067,14 +1145,14 @@ def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, c
 # --- the lifecycle: OCI (runtime.md "Operations") and Docker's ps/stop/kill/rm ----------
 
 def oci_create(cid: str, bundle: str, store: StateStore | None = None,
-               console_socket: str | None = None) -> Container:
+               console_socket: str | None = None, new_keyring: bool = True) -> Container:
     """`create`: everything set up, the process waiting on exec.fifo; status "created".
 
     With process.terminal, the pty master is sent (SCM_RIGHTS) to the unix socket at
     `console_socket`, as runc's --console-socket does; whoever listens there owns the terminal.
     """
     from pykvm.container.bundle import load_bundle
-    cfg = replace(load_bundle(bundle), id=cid, name=cid)
+    cfg = replace(load_bundle(bundle), id=cid, name=cid, new_keyring=new_keyring)
     console = _connect_console(console_socket) if console_socket else None
     try:
         return launch(cfg, CREATED, store, console=console)
@@ -1094,10 +1172,11 @@ def _connect_console(path: str) -> socket.socket:
     return sock
 
 
-def oci_run(cid: str, bundle: str, store: StateStore | None = None) -> RunResult:
+def oci_run(cid: str, bundle: str, store: StateStore | None = None, new_keyring: bool = True) -> RunResult:
     """`runc run`'s equivalent: create + start + wait, in the foreground, then delete."""
     from pykvm.container.bundle import load_bundle
-    cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True)
+    cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True,
+                  new_keyring=new_keyring)
     return launch(cfg, FOREGROUND, store).wait()
 
 
@@ -1165,6 +1244,8 @@ def remove_container(ref: str, force: bool = False, store: StateStore | None = N
         if not wait_stopped(state, store, 5.0):
             raise ContainerError(f"container {state.id} did not die after SIGKILL")
     if state.cgroup:
-        Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy()
+        pidns = tuple(state.pid_namespace)
+        Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy(
+            lambda pid: bool(pidns) and ns.in_pid_namespace(pid, pidns))
     store.remove(state.id)
     return state

@@ -64,6 +64,7 @@ class ContainerState:
     command: list[str] = field(default_factory=list)
     created: float = 0.0
     cgroup: dict = field(default_factory=dict)      # {"version": "v1", "paths": {...}} or {}
+    pid_namespace: list[int] = field(default_factory=list)   # [dev, inode] of init's: what is "ours" to kill
     auto_remove: bool = False
     detached: bool = False
     annotations: dict = field(default_factory=dict)
@@ -129,7 +130,10 @@ class StateStore:
         return sorted(out, key=lambda s: s.created)
 
     def resolve(self, ref: str) -> ContainerState:
-        """A container by id, name, or unique id prefix."""
+        """A container by id, name, or unique id prefix (never the empty one: it would
+        match every container)."""
+        if not ref:
+            raise ContainerError("no such container: '' (give an id, a name or an id prefix)")
         states = self.list()
         for s in states:
             if ref in (s.id, s.name):

@@ -1,0 +1,209 @@
+"""Escapes through cgroups: a cgroupsPath that climbs out, a cgroup shared with someone
+else's processes, host devices reached through mknod.  runc 1.1 is the oracle.
+
+Each test here failed before the runtime confined cgroupsPath to the hierarchy, killed
+only the container's own processes (its PID namespace) and applied the devices cgroup.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from clitools import wait_for
+
+from pykvm.container import cgroups
+
+pytestmark = pytest.mark.root
+
+RUNC_DEVICES = ["b *:* m", "c *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                "c 5:0 rwm", "c 5:2 rwm", "c 10:200 rwm", "c 136:* rwm"]   # runc 1.1's devices.list
+OPEN_HOST_DEVICES = ("mknod /tmp/l b 7 0 && (exec 3</tmp/l) && echo OPENED-BLOCK-7:0; "
+                     "mknod /tmp/f c 10 229 && (exec 3</tmp/f) && echo OPENED-CHAR-10:229; "
+                     "echo x > /dev/null && echo null-ok")
+
+
+def v1_only():
+    if cgroups.detect() != "v1":
+        pytest.skip("the devices controller file interface is cgroup v1's (this host is not v1)")
+
+
+def edit(bundle: Path, **changes) -> Path:
+    """Set config.json fields: process.args=..., linux.cgroupsPath=... (dots for nesting)."""
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = spec
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    (bundle / "config.json").write_text(json.dumps(spec))
+    return bundle
+
+
+def one_line_error(r, code: int = 2) -> str:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return r.stderr
+
+
+@pytest.fixture
+def unique() -> str:
+    return f"pykvm-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def cleanup_cgroups(unique):
+    """Remove what a test left at /sys/fs/cgroup/*/<unique> (and kill what is in it)."""
+    yield
+    for d in cgroups.CGROUP_ROOT.glob(f"*/{unique}"):
+        for pid in (d / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: not (d / "cgroup.procs").read_text().split())
+        d.rmdir()
+
+
+# --- cgroupsPath confinement ------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["absolute", "relative", "inside"])
+def test_cgroups_path_cannot_climb_out_of_the_hierarchy(pykvm, runc_bundle, tmp_path, how):
+    target = tmp_path / "escape"
+    path = {"absolute": f"/../../../../..{target}", "relative": f"../../../../../../..{target}",
+            "inside": f"a/../../../../../..{target}"}[how]
+    edit(runc_bundle, process__args=["true"], linux__cgroupsPath=path)
+    r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "climb")
+    assert "cgroupsPath" in one_line_error(r) and "'..'" in r.stderr, r.stderr
+    assert not target.exists(), "a directory was made outside /sys/fs/cgroup"
+    assert pykvm("container", "ps", "-a", "-q").stdout == ""
+
+
+@pytest.mark.parametrize("path", ["/", "/./", "//"])
+def test_cgroups_path_of_the_hierarchy_root_is_refused(pykvm, runc_bundle, path):
+    """Reading the old code: "/" would have made every host process "the container's"."""
+    edit(runc_bundle, process__args=["true"], linux__cgroupsPath=path)
+    r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "root-cg")
+    assert "root of the cgroup hierarchy" in one_line_error(r), r.stderr
+
+
+def test_cgroups_path_above_our_own_cgroup_is_refused(pykvm, runc_bundle):
+    own = {h: p for _, h, p in (line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().split())}
+    deep = [p for h, p in own.items() if p.count("/") >= 2 and h]
+    if not deep:
+        pytest.skip("the tests run in a top-level cgroup: no ancestor of it to try")
+    parent = deep[0].rsplit("/", 1)[0]
+    edit(runc_bundle, process__args=["true"], linux__cgroupsPath=parent)
+    r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "above")
+    assert "pykvm's own cgroup or one above it" in one_line_error(r), r.stderr
+
+
+def test_a_foreign_process_in_the_cgroup_survives_the_container(pykvm, runc_bundle, unique,
+                                                                 cleanup_cgroups):
+    """A host process sits in the cgroup the bundle names; the container comes and goes."""
+    v1_only()
+    pids_dir = cgroups.CGROUP_ROOT / "pids" / unique
+    pids_dir.mkdir()
+    host = subprocess.Popen(["sleep", "300"])
+    try:
+        (pids_dir / "cgroup.procs").write_text(f"{host.pid}\n")
+        edit(runc_bundle, process__args=["true"], linux__cgroupsPath=f"/{unique}")
+        r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "guest")
+        assert r.returncode == 0, r.stderr
+        assert "is not empty: 1 process(es) found" in r.stderr           # runc 1.1 warns too
+        assert host.poll() is None, "the container's end killed a host process in its cgroup"
+        assert (pids_dir / "cgroup.procs").read_text().split() == [str(host.pid)]
+        assert not (cgroups.CGROUP_ROOT / "memory" / unique).exists(), "the container's own dirs stay"
+    finally:
+        host.kill()
+        host.wait()
+
+
+def test_two_containers_sharing_a_cgroups_path_as_runc_does(pykvm, runc_bundle, unique, cleanup_cgroups,
+                                                            tmp_path):
+    """runc 1.1: the second warns, and deleting the first leaves the second running."""
+    edit(runc_bundle, process__args=["sleep", "300"], linux__cgroupsPath=f"/{unique}")
+    for name in ("first", "second"):
+        with open(tmp_path / f"{name}.err", "w") as err:
+            r = pykvm("container", "oci", "create", "--bundle", runc_bundle, name,
+                      stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, (tmp_path / f"{name}.err").read_text()
+        assert pykvm("container", "oci", "start", name).returncode == 0
+    assert "is not empty" in (tmp_path / "second.err").read_text()
+    second = json.loads(pykvm("container", "oci", "state", "second").stdout)
+    assert pykvm("container", "oci", "delete", "-f", "first").returncode == 0
+    assert json.loads(pykvm("container", "oci", "state", "second").stdout)["status"] == "running"
+    assert Path(f"/proc/{second['pid']}").exists(), "deleting one container killed the other"
+    assert (cgroups.CGROUP_ROOT / "pids" / unique).is_dir()
+    assert pykvm("container", "oci", "delete", "-f", "second").returncode == 0
+    assert not list(cgroups.CGROUP_ROOT.glob(f"*/{unique}")), "the last one out removes the cgroup"
+
+
+def test_pids_limit_one_is_one_clear_line(pykvm, busybox_rootfs):
+    r = pykvm("container", "run", "--rm", "--pids-limit", "1", "--rootfs", busybox_rootfs, "true")
+    assert "pids limit 1 leaves no room" in one_line_error(r), r.stderr
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+def test_mknod_cannot_reach_host_devices(pykvm, fresh_rootfs):
+    """CAP_MKNOD makes the node; the devices cgroup refuses to open it (host loop0, fuse)."""
+    v1_only()
+    r = pykvm("container", "run", "--rm", "--cap-add", "MKNOD", "--rootfs", fresh_rootfs,
+              "sh", "-c", OPEN_HOST_DEVICES)
+    assert r.stdout == "null-ok\n", r.stdout
+    assert r.stderr.count("Operation not permitted") == 2, r.stderr
+
+
+def test_build_run_step_cannot_reach_host_devices(fresh_rootfs):
+    """A Dockerfile RUN has Docker's default capabilities, MKNOD among them."""
+    v1_only()
+    rootfs = fresh_rootfs
+    code = ("import sys; from pykvm.container.runtime import run_build_step; "
+            f"sys.exit(run_build_step({str(rootfs)!r}, ['sh', '-c', {OPEN_HOST_DEVICES!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout == "null-ok\n", (r.stdout, r.stderr)
+    assert r.stderr.count("Operation not permitted") == 2, r.stderr
+
+
+@pytest.mark.parametrize("extra", [[], [{"allow": True, "type": "c", "major": 1, "minor": 11, "access": "r"}]])
+def test_device_rules_match_runc(pykvm, runc_bundle, tmp_path, extra):
+    """The same bundle's devices.list, seen from inside, under runc and under pykvm."""
+    v1_only()
+    spec = json.loads((runc_bundle / "config.json").read_text())
+    edit(runc_bundle, process__args=["cat", "/sys/fs/cgroup/devices/devices.list"],
+         linux__resources__devices=spec["linux"]["resources"]["devices"] + extra)
+    ours = pykvm("container", "oci", "run", "--bundle", runc_bundle, "dev-pykvm")
+    theirs = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle", str(runc_bundle),
+                             "dev-runc"], capture_output=True, text=True, timeout=60)
+    assert theirs.returncode == ours.returncode == 0, (ours.stderr, theirs.stderr)
+    assert sorted(ours.stdout.split("\n")) == sorted(theirs.stdout.split("\n")), (ours.stdout, theirs.stdout)
+    assert sorted(filter(None, ours.stdout.split("\n"))) == sorted(RUNC_DEVICES + (["c 1:11 r"] if extra else []))
+
+
+def test_cgroup_v2_refuses_device_rules_and_mknod(tmp_path):
+    """No BPF device program on cgroup v2: allow rules are refused, CAP_MKNOD goes (loudly)."""
+    from pykvm.container.cgroups import CgroupV2, DeviceRule, Limits
+    from pykvm.container.runtime import Container, RunConfig, _default_caps
+    from pykvm.container.state import StateStore
+    from pykvm.errors import ConfigError
+    warnings = []
+    cfg = RunConfig(args=["true"], rootfs=str(tmp_path), capabilities=_default_caps(["CAP_MKNOD", "CAP_KILL"]))
+    c = Container(cfg, store=StateStore(tmp_path / "state"), warn=warnings.append)
+    c.cgroup = CgroupV2("x", tmp_path)
+    c._without_device_controller()
+    assert all("CAP_MKNOD" not in names for names in c.cfg.capabilities.values())
+    assert "CAP_MKNOD" not in c.state.process["capabilities"]["bounding"]
+    assert warnings and "CAP_MKNOD is removed" in warnings[0]
+    cfg.limits = Limits(devices=[DeviceRule(True, "b", 8, 0, "rw")])
+    c = Container(cfg, store=StateStore(tmp_path / "state"), warn=warnings.append)
+    c.cgroup = CgroupV2("x", tmp_path)
+    with pytest.raises(ConfigError, match=r"devices\[0\] allows 'b 8:0 rw'"):
+        c._without_device_controller()
