@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from clitools import wait_for
+from escape_tools import edit, refused, runc_run
 
 from pykvm.container import cgroups
 
@@ -33,24 +34,8 @@ def v1_only():
         pytest.skip("the devices controller file interface is cgroup v1's (this host is not v1)")
 
 
-def edit(bundle: Path, **changes) -> Path:
-    """Set config.json fields: process.args=..., linux.cgroupsPath=... (dots for nesting)."""
-    spec = json.loads((bundle / "config.json").read_text())
-    spec["process"]["terminal"] = False
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = spec
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    (bundle / "config.json").write_text(json.dumps(spec))
-    return bundle
 
 
-def one_line_error(r, code: int = 2) -> str:
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    return r.stderr
 
 
 @pytest.fixture
@@ -81,7 +66,7 @@ def test_cgroups_path_cannot_climb_out_of_the_hierarchy(pykvm, runc_bundle, tmp_
             "inside": f"a/../../../../../..{target}"}[how]
     edit(runc_bundle, process__args=["true"], linux__cgroupsPath=path)
     r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "climb")
-    assert "cgroupsPath" in one_line_error(r) and "'..'" in r.stderr, r.stderr
+    assert "cgroupsPath" in refused(r) and "'..'" in r.stderr, r.stderr
     assert not target.exists(), "a directory was made outside /sys/fs/cgroup"
     assert pykvm("container", "ps", "-a", "-q").stdout == ""
 
@@ -91,7 +76,7 @@ def test_cgroups_path_of_the_hierarchy_root_is_refused(pykvm, runc_bundle, path)
     """Reading the old code: "/" would have made every host process "the container's"."""
     edit(runc_bundle, process__args=["true"], linux__cgroupsPath=path)
     r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "root-cg")
-    assert "root of the cgroup hierarchy" in one_line_error(r), r.stderr
+    assert "root of the cgroup hierarchy" in refused(r), r.stderr
 
 
 def test_cgroups_path_above_our_own_cgroup_is_refused(pykvm, runc_bundle):
@@ -102,7 +87,7 @@ def test_cgroups_path_above_our_own_cgroup_is_refused(pykvm, runc_bundle):
     parent = deep[0].rsplit("/", 1)[0]
     edit(runc_bundle, process__args=["true"], linux__cgroupsPath=parent)
     r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "above")
-    assert "pykvm's own cgroup or one above it" in one_line_error(r), r.stderr
+    assert "pykvm's own cgroup or one above it" in refused(r), r.stderr
 
 
 def test_a_foreign_process_in_the_cgroup_survives_the_container(pykvm, runc_bundle, unique,
@@ -148,7 +133,7 @@ def test_two_containers_sharing_a_cgroups_path_as_runc_does(pykvm, runc_bundle, 
 
 def test_pids_limit_one_is_one_clear_line(pykvm, busybox_rootfs):
     r = pykvm("container", "run", "--rm", "--pids-limit", "1", "--rootfs", busybox_rootfs, "true")
-    assert "pids limit 1 leaves no room" in one_line_error(r), r.stderr
+    assert "pids limit 1 leaves no room" in refused(r), r.stderr
 
 
 # --- devices ----------------------------------------------------------------------------------
@@ -181,8 +166,7 @@ def test_device_rules_match_runc(pykvm, runc_bundle, tmp_path, extra):
     edit(runc_bundle, process__args=["cat", "/sys/fs/cgroup/devices/devices.list"],
          linux__resources__devices=spec["linux"]["resources"]["devices"] + extra)
     ours = pykvm("container", "oci", "run", "--bundle", runc_bundle, "dev-pykvm")
-    theirs = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "run", "--bundle", str(runc_bundle),
-                             "dev-runc"], capture_output=True, text=True, timeout=60)
+    theirs = runc_run(runc_bundle, tmp_path / "runc")
     assert theirs.returncode == ours.returncode == 0, (ours.stderr, theirs.stderr)
     assert sorted(ours.stdout.split("\n")) == sorted(theirs.stdout.split("\n")), (ours.stdout, theirs.stdout)
     assert sorted(filter(None, ours.stdout.split("\n"))) == sorted(RUNC_DEVICES + (["c 1:11 r"] if extra else []))
