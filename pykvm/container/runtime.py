@@ -14,13 +14,17 @@ Four processes, each with one job (the arrows are fork(2)):
     init      (PID 1 inside; Python)
       |  join the cgroup (cgroups.py: Cgroup.join_files says why init moves itself),
       |  unshare mount/uts/ipc/net/cgroup namespaces, bring `lo` up, set the
-      |  hostname, build the root filesystem and pivot_root into it (rootfs.py),
-      |  with -t make the pty from the container's own devpts (terminal.py),
-      |  then forwards SIGINT/SIGTERM/... to the command and reaps every zombie
+      |  hostname, join a session keyring of its own, build the root filesystem
+      |  (with linux.sysctl) and pivot_root into it (rootfs.py), with -t make the
+      |  pty from the container's own devpts (terminal.py), fork the command, drop
+      |  to the command's credentials, then forward every signal to it and reap
+      |  every zombie
       v
     command   (PID 2 inside)
-         setsid, chdir, no_new_privs, capabilities, uid/gid, only fds 0-2,
-         execve(2)
+         oom_score_adj, umask, setsid, chdir, no_new_privs, capabilities, uid/gid,
+         only fds 0-2, execve(2)
+
+Nothing of this starts before the whole config is checked (validate.py).
 
 A pipe from the children to the launcher carries one JSON line per event
 ({"user": 1} "please write my id maps", {"pid": N}, {"ready": 1},
