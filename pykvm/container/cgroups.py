@@ -31,8 +31,9 @@ What a container may touch (runc's libcontainer/configs/validate and cgroups/fs)
     - kill and destroy touch only the container's own processes (a `mine`
       predicate, its PID namespace), so two containers may share one cgroupsPath:
       the first to go leaves the cgroup to the other, as runc 1.1 does;
-    - the devices controller (cgroup-v1/devices.rst) denies every device but
-      runc's default list and the bundle's linux.resources.devices rules.
+    - the devices controller (cgroup-v1/devices.rst; on v2 an eBPF program,
+      bpf_devices.py) denies every device but runc's default list and the
+      bundle's linux.resources.devices rules.
 """
 from __future__ import annotations
 
@@ -257,6 +258,11 @@ class CgroupV2(Cgroup):
         path = self.root / self.name
         self._enable_controllers(path.parent, limits.wanted())
         path.mkdir(parents=True, exist_ok=True)
+        # Rootless: no bpf(2) for us, and no device the user cannot open anyway.  A tree that
+        # is not cgroupfs (the unit tests' stand-in) has nothing to attach a program to.
+        if os.geteuid() == 0 and _filesystem(path) == "cgroup2":
+            from pykvm.container import bpf_devices       # v2 has no devices file: an eBPF program
+            bpf_devices.attach(path, limits.device_rules())
         if limits.memory is not None:
             _write(path / "memory.max", limits.memory)
             if (path / "memory.swap.max").exists():
@@ -454,6 +460,18 @@ def _own_in(own: dict[str, str], hierarchy: str) -> str:
 
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def _filesystem(path: Path) -> str:
+    """The type of the filesystem `path` is on: its deepest mount point in /proc/self/mountinfo."""
+    best, kind = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4]
+            if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best):
+                best, kind = point, fields[fields.index("-") + 1]
+    return kind
 
 
 def _write(path: Path, value) -> None:

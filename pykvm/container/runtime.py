@@ -309,8 +309,6 @@ class Container:
     def start(self) -> Container:
         """Create everything, fork the monitor, wait until the command runs (or is ready)."""
         self.cgroup = self._find_cgroup()         # recorded in the first state.json, made next
-        if self.cgroup is not None and self.cgroup.version == "v2":
-            self._without_device_controller()
         self.dir = str(self.store.create(self.state))
         try:
             self._start()
@@ -364,22 +362,6 @@ class Container:
             return self._without_cgroup(e)
         self.state.cgroup = {"version": cg.version, "dirs": [str(d) for d in cg.dirs()]}
         return cg
-
-    def _without_device_controller(self) -> None:
-        """cgroup v2 has no devices file: runc attaches a BPF device program, which pykvm
-        does not load.  So no device can be allowed beyond the default /dev, and none may
-        be made: rules that allow more are refused, CAP_MKNOD goes (with a warning)."""
-        for i, rule in enumerate(self.cfg.limits.devices):
-            if rule.allow:
-                raise ConfigError(f"linux.resources.devices[{i}] allows {rule.line()!r}, but on cgroup v2 "
-                                  f"pykvm loads no BPF device program to enforce device rules: refused")
-        names = self.cfg.capabilities
-        if any("CAP_MKNOD" in names.get(k, []) for k in names):
-            self.warn("cgroup v2: no device program (BPF) is loaded, so CAP_MKNOD is removed: "
-                      "the container cannot make device nodes")
-            self.cfg = replace(self.cfg, capabilities={k: [c for c in v if c != "CAP_MKNOD"]
-                                                       for k, v in names.items()})
-            self.state.process = process_defaults(self.cfg)
 
     def _make_cgroup(self) -> None:
         """Create the cgroup with its limits, and open the files init joins it through."""

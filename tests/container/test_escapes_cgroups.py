@@ -172,22 +172,50 @@ def test_device_rules_match_runc(pykvm, runc_bundle, tmp_path, extra):
     assert sorted(filter(None, ours.stdout.split("\n"))) == sorted(RUNC_DEVICES + (["c 1:11 r"] if extra else []))
 
 
-def test_cgroup_v2_refuses_device_rules_and_mknod(tmp_path):
-    """No BPF device program on cgroup v2: allow rules are refused, CAP_MKNOD goes (loudly)."""
+def _cgroup2_root() -> Path:
+    """A real cgroup2 hierarchy: /sys/fs/cgroup (pure v2) or /sys/fs/cgroup/unified (hybrid)."""
+    for root in (cgroups.CGROUP_ROOT, cgroups.CGROUP_ROOT / "unified"):
+        if cgroups.detect(root) == "v2":
+            return root
+    pytest.skip("no cgroup2 hierarchy mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+
+
+DEVICE_PROBES = [("/dev/null", os.O_RDONLY), ("/dev/null", os.O_WRONLY), ("/dev/zero", os.O_RDONLY),
+                 ("/dev/loop0", os.O_RDONLY), ("/dev/fuse", os.O_RDWR), ("/dev/kmsg", os.O_RDONLY),
+                 ("/dev/kmsg", os.O_WRONLY)]
+
+
+def test_cgroup_v2_device_program_is_enforced(unique, tmp_path):
+    """cgroup v2 has no devices file; the eBPF program (bpf_devices.py) must say the same
+    as v1's rules: deny all, the config's (kmsg, then not for writing), runc's defaults."""
     from pykvm.container.cgroups import CgroupV2, DeviceRule, Limits
-    from pykvm.container.runtime import Container, RunConfig, _default_caps
-    from pykvm.container.state import StateStore
-    from pykvm.errors import ConfigError
-    warnings = []
-    cfg = RunConfig(args=["true"], rootfs=str(tmp_path), capabilities=_default_caps(["CAP_MKNOD", "CAP_KILL"]))
-    c = Container(cfg, store=StateStore(tmp_path / "state"), warn=warnings.append)
-    c.cgroup = CgroupV2("x", tmp_path)
-    c._without_device_controller()
-    assert all("CAP_MKNOD" not in names for names in c.cfg.capabilities.values())
-    assert "CAP_MKNOD" not in c.state.process["capabilities"]["bounding"]
-    assert warnings and "CAP_MKNOD is removed" in warnings[0]
-    cfg.limits = Limits(devices=[DeviceRule(True, "b", 8, 0, "rw")])
-    c = Container(cfg, store=StateStore(tmp_path / "state"), warn=warnings.append)
-    c.cgroup = CgroupV2("x", tmp_path)
-    with pytest.raises(ConfigError, match=r"devices\[0\] allows 'b 8:0 rw'"):
-        c._without_device_controller()
+    root = _cgroup2_root()
+    for dev, _ in DEVICE_PROBES:
+        if not os.path.exists(dev):
+            pytest.skip(f"needs {dev} on the host to probe")
+    cg = CgroupV2(unique, root)
+    cg.create(Limits(devices=[DeviceRule(True, "c", 1, 11, "rwm"), DeviceRule(False, "c", 1, 11, "w")]))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                          # join, probe, report one word per probe
+        try:
+            (root / unique / "cgroup.procs").write_text("0\n")
+            words = []
+            for dev, flags in DEVICE_PROBES:
+                try:
+                    os.close(os.open(dev, flags))
+                    words.append("ok")
+                except PermissionError:
+                    words.append("EPERM")
+            os.mknod(tmp_path / "node", 0o600 | 0o060000, os.makedev(7, 0))   # b *:* m: making is fine
+            words.append("mknod-ok")
+            os.write(write_end, " ".join(words).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    result = os.read(read_end, 4096).decode().split()
+    os.close(read_end)
+    cg.destroy()
+    assert result == ["ok", "ok", "ok", "EPERM", "EPERM", "ok", "EPERM", "mknod-ok"], result
+    assert not (root / unique).exists()
