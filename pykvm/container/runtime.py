@@ -396,8 +396,12 @@ class Container:
                   f"container shares it (and its limits) with them")
 
     def _mine(self, pid: int) -> bool:
-        """A process in the cgroup that belongs to this container: in its PID namespace."""
-        return self.pid_namespace is not None and ns.in_pid_namespace(pid, self.pid_namespace)
+        """A process in the cgroup that belongs to this container: in its PID namespace.
+        When that is unknown (rootless: init's /proc/PID/ns is closed to us), everything in
+        a cgroup pykvm made for this container alone, and nothing in one a config named."""
+        if self.pid_namespace is None:
+            return self.cfg.cgroups_path is None
+        return ns.in_pid_namespace(pid, self.pid_namespace)
 
     def _without_cgroup(self, error: Exception) -> None:
         """Root must have a cgroup; rootless goes on without one, warning if limits were asked for."""
