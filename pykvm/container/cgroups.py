@@ -78,8 +78,8 @@ class DeviceRule:
         """What devices.allow / devices.deny take: "c 1:3 rwm", or "a" for every device."""
         if self.type == "a":
             return "a"
-        number = lambda n: "*" if n is None else str(n)          # noqa: E731
-        return f"{self.type} {number(self.major)}:{number(self.minor)} {self.access}"
+        major, minor = ("*" if n is None else str(n) for n in (self.major, self.minor))
+        return f"{self.type} {major}:{minor} {self.access}"
 
 
 # runc's default rules (libcontainer/specconv AllowedDevices), after a first "deny all":
