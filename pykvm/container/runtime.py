@@ -824,12 +824,12 @@ def _write_sysctls(root: str, sysctl: dict[str, str]) -> None:
     """linux.sysctl: write each (validated, namespaced) parameter to /proc/sys/a/b/c of the
     container's own /proc; sysctl(8) spells it a.b.c."""
     for key, value in sysctl.items():
-        path = fs.secure_join(root, "/proc/sys/" + key.replace(".", "/"))
+        inside = "/proc/sys/" + key.replace(".", "/")
         try:
-            with open(path, "w") as f:
+            with open(fs.secure_join(root, inside), "w") as f:
                 f.write(value)
         except OSError as e:
-            raise ContainerError(f"linux.sysctl {key}={value!r}: cannot write {path}: {e.strerror}") from None
+            raise ContainerError(f"linux.sysctl {key}={value!r}: cannot write {inside}: {e.strerror}") from None
 
 
 def _set_command_line(name: str) -> None:
