@@ -106,3 +106,11 @@ def test_config_error_leaves_no_cgroup(pykvm, runc_bundle, state_root):
     refused(pykvm("container", "oci", "run", "--bundle", runc_bundle, "nocg"), "UTS")
     assert set(Path("/sys/fs/cgroup").glob("*/*")) - before == set()
     assert os.path.exists("/proc/self")
+
+
+def test_sysctl_the_kernel_refuses_is_one_line(pykvm, runc_bundle, state_root):
+    """Checked, namespaced, but not a parameter this kernel has: init's error, then clean-up."""
+    edit(runc_bundle, process__args=["true"], linux__sysctl={"net.ipv4.no_such_parameter": "1"})
+    r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "nosuch")
+    refused(r, "cannot write /proc/sys/net/ipv4/no_such_parameter: No such file or directory", code=125)
+    nothing_left(pykvm, state_root)
