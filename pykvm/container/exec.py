@@ -19,9 +19,11 @@ no_new_privs, rlimits.
       |     moves a process only within the mover's cgroup-namespace root)
       |  3. setns(2) in namespaces.ORDER: user first (it owns the others), mount
       |     last; setns(mnt) also moves root and cwd to the container's "/"
-      |  4. -t: a pty from the container's devpts; its master goes out over a socketpair
-      |  5. fork(): setns(pid) applies to children only (pid_namespaces(7))
-      v  then forwards signals and reaps, exiting with the command's status
+      |  4. joins the container's session keyring (runc exec's "_ses.<id>")
+      |  5. -t: a pty from the container's devpts; its master goes out over a socketpair
+      |  6. fork(): setns(pid) applies to children only (pid_namespaces(7))
+      v  then drops to the command's credentials, forwards signals and reaps,
+         exiting with the command's status
     command   (a new PID inside the container)
          setsid, cwd, no_new_privs, bounding set, uid/gid, only fds 0-2, execve(2)
 
