@@ -360,7 +360,8 @@ class Container:
                 raise ContainerError("no cgroup filesystem at /sys/fs/cgroup")
         except (ContainerError, OSError) as e:
             return self._without_cgroup(e)
-        self.state.cgroup = {"version": cg.version, "dirs": [str(d) for d in cg.dirs()]}
+        self.state.cgroup = {"version": cg.version, "dirs": [str(d) for d in cg.dirs()],
+                             "named": self.cfg.cgroups_path is not None}
         return cg
 
     def _make_cgroup(self) -> None:
@@ -396,12 +397,7 @@ class Container:
                   f"container shares it (and its limits) with them")
 
     def _mine(self, pid: int) -> bool:
-        """A process in the cgroup that belongs to this container: in its PID namespace.
-        When that is unknown (rootless: init's /proc/PID/ns is closed to us), everything in
-        a cgroup pykvm made for this container alone, and nothing in one a config named."""
-        if self.pid_namespace is None:
-            return self.cfg.cgroups_path is None
-        return ns.in_pid_namespace(pid, self.pid_namespace)
+        return owned_by(self.pid_namespace, self.cfg.cgroups_path is not None)(pid)
 
     def _without_cgroup(self, error: Exception) -> None:
         """Root must have a cgroup; rootless goes on without one, warning if limits were asked for."""
@@ -788,6 +784,16 @@ def _drop_privileges(cfg: RunConfig) -> None:
     os.setresuid(cfg.uid, cfg.uid, cfg.uid)
     caps.set_caps(caps.cap_numbers(c.get("effective")), caps.cap_numbers(c.get("permitted")),
                   caps.cap_numbers(c.get("inheritable")), caps.cap_numbers(c.get("ambient")))
+
+
+def owned_by(pid_namespace, named: bool):
+    """Which processes in a container's cgroup are the container's: those in its PID
+    namespace.  When that is unknown (rootless: init's /proc/PID/ns is closed to us),
+    everything in a cgroup pykvm made for this container alone, nothing in one a
+    config named (cgroupsPath), where others may be."""
+    if not pid_namespace:
+        return lambda pid: not named
+    return lambda pid: ns.in_pid_namespace(pid, tuple(pid_namespace))
 
 
 def become_container_process(cfg: RunConfig) -> None:
@@ -1234,8 +1240,7 @@ def remove_container(ref: str, force: bool = False, store: StateStore | None = N
         if not wait_stopped(state, store, 5.0):
             raise ContainerError(f"container {state.id} did not die after SIGKILL")
     if state.cgroup:
-        pidns = tuple(state.pid_namespace)
         Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy(
-            lambda pid: bool(pidns) and ns.in_pid_namespace(pid, pidns))
+            owned_by(state.pid_namespace, state.cgroup.get("named", True)))
     store.remove(state.id)
     return state
