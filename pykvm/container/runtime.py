@@ -83,8 +83,9 @@ if TYPE_CHECKING:
     import socket  # annotations only: the -t code imports it (and terminal.py) when used
 
 __all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "config_from_image",
-           "run_build_step", "parse_user", "resolve_user", "ExecUser", "DEFAULT_ENV", "FOREGROUND", "DETACHED", "CREATED",
-           "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
+           "run_build_step", "parse_user", "resolve_user", "ExecUser", "DEFAULT_ENV", "FOREGROUND",
+           "DETACHED", "CREATED", "become_container_process", "fork_command", "new_session_keyring",
+           "owned_by", "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
            "remove_container", "wait_stopped", "process_defaults",
            "merge_env", "check_env", "command_line"]
 
