@@ -370,7 +370,8 @@ class Container:
         if self.cgroup is None:
             return
         try:
-            self._check_shared_cgroup()
+            if self.cfg.cgroups_path is not None:       # pykvm/<id> is new: no one else's
+                self._check_shared_cgroup()
             self.cgroup.create(self.cfg.limits)
             self._join_fds = self.cgroup.join_files()
         except OSError as e:
