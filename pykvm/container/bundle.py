@@ -14,8 +14,9 @@ Read here:
            resources.{memory.limit, pids.limit, cpu.quota, cpu.period, devices[]},
            maskedPaths[], readonlyPaths[]},
     annotations
+    hooks.{prestart, createRuntime, createContainer, startContainer, poststart, poststop}
 Refused, naming the field (pykvm cannot enforce them, and a security setting
-must never be dropped silently): hooks, linux.seccomp, process.apparmorProfile,
+must never be dropped silently): linux.seccomp, process.apparmorProfile,
 process.selinuxLabel, linux.mountLabel, linux.intelRdt.  Then validate.py
 checks the whole RunConfig (ids, paths, limits) before anything is created.
 """
@@ -25,6 +26,7 @@ import json
 import os
 
 from pykvm.container.cgroups import CPU_PERIOD_US, DeviceRule, Limits
+from pykvm.container.hooks import parse_hooks
 from pykvm.container.namespaces import CLONE_FLAGS, IdMap
 from pykvm.container.rootfs import Mount
 from pykvm.container.runtime import DEFAULT_UMASK, RunConfig
@@ -37,7 +39,6 @@ DEVICE_TYPES = ("a", "c", "b")    # config-linux.md "Allowed Device Cgroup": all
 # Fields whose whole point is a security or lifecycle guarantee that pykvm does not
 # implement: a config that sets one is refused (runc would apply them).
 UNSUPPORTED = {
-    ("hooks",): "pykvm runs no hooks",
     ("linux", "seccomp"): "pykvm loads no seccomp filter",
     ("process", "apparmorProfile"): "pykvm applies no AppArmor profile",
     ("process", "selinuxLabel"): "pykvm applies no SELinux label",
@@ -102,6 +103,7 @@ def config_from_spec(spec: dict, bundle: str) -> RunConfig:
         init=False,                      # the process is PID 1, as with runc
         bundle=bundle,
         annotations=_expect(spec.get("annotations", {}), dict, "annotations"),
+        hooks=parse_hooks(spec.get("hooks", {})),
     )
 
 

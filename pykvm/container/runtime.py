@@ -27,7 +27,8 @@ Four processes, each with one job (the arrows are fork(2)):
 Nothing of this starts before the whole config is checked (validate.py).
 
 A pipe from the children to the launcher carries one JSON line per event
-({"user": 1} "please write my id maps", {"pid": N}, {"ready": 1},
+({"user": 1} "please write my id maps", {"pid": N}, {"hooks": 1} "my mounts
+are made: run the prestart and createRuntime hooks", {"ready": 1},
 {"error": msg, "code": N}); it is close-on-exec, so when the command's execve
 succeeds the launcher reads end-of-file.  A second pipe carries the launcher's
 one-byte acknowledgements back.  With -t a unix socketpair carries the pty
@@ -65,13 +66,15 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from pykvm.container import capabilities as caps
 from pykvm.container import namespaces as ns
 from pykvm.container import rootfs as fs
 from pykvm.container.cgroups import Cgroup, Limits, close_all, join, open_cgroup
-from pykvm.container.state import (ContainerState, StateStore, new_id, process_start_time,
+from pykvm.container.hooks import Hook, hooks_from_json, hooks_to_json, run_hooks
+from pykvm.container.state import (ContainerState, StateStore, new_id, oci_state_json, process_start_time,
                                    stat_field, stat_fields)
 from pykvm.container.syscalls import (join_session_keyring, key_permissions, lib, prctl, set_key_permissions,
                                      sethostname)
@@ -156,6 +159,7 @@ class RunConfig:
     sysctl: dict[str, str] = field(default_factory=dict)   # linux.sysctl: namespaced kernel parameters
     oom_score_adj: int | None = None           # process.oomScoreAdj; None: 0, like any new process
     new_keyring: bool = True                   # a session keyring of its own (runc; --no-new-keyring)
+    hooks: dict[str, list[Hook]] = field(default_factory=dict)   # config.json hooks (hooks.py)
 
     @property
     def rootless(self) -> bool:
@@ -259,8 +263,12 @@ class _Pipe:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return json.loads(line)
 
-    def wait_ack(self) -> None:
+    def wait_ack(self, launcher_reports: bool = False) -> None:
+        """Wait for the launcher's go-ahead.  `launcher_reports`: no go-ahead means the
+        launcher failed at something it reports itself (a hook): leave without a word."""
         if os.read(self.ack_r, 1) != b"1":
+            if launcher_reports:
+                os._exit(EXIT_SETUP_FAILED)
             raise ContainerError("the launcher went away during setup")
 
     def ack(self) -> None:
@@ -293,7 +301,7 @@ class Container:
             rootfs=self.cfg.rootfs or "", command=list(self.cfg.args), created=time.time(),
             auto_remove=self.cfg.remove, detached=mode != FOREGROUND,
             annotations=self.cfg.annotations, image=self.cfg.image, layers=list(self.cfg.lower_dirs),
-            process=process_defaults(self.cfg))
+            process=process_defaults(self.cfg), hooks=hooks_to_json(self.cfg.hooks))
         self.dir = None
         self.cgroup: Cgroup | None = None
         self.monitor_pid = 0
@@ -473,6 +481,10 @@ class Container:
                     pipe.ack()
                 elif "pid" in event:
                     self._adopt_init(event["pid"])
+                elif "hooks" in event:                   # init's mounts are made: runtime-side hooks
+                    run_hooks(self.cfg.hooks, ("prestart", "createRuntime"),
+                              oci_state_json(self.state, "creating", self.init_pid))
+                    pipe.ack()
                 elif "ready" in event:
                     break
                 elif "error" in event:
@@ -643,15 +655,19 @@ class Container:
         self._close_console_sockets(keep_inside=True)
         os.close(self._exit_fd)                              # the monitor's, not the container's
         fifo = self._open_fifo()
-        self._build_root()
+        self._build_root(pipe)
         if self.cfg.tty:
             stdio = self._open_terminal()
         if self.cfg.readonly:
             fs.remount_root_readonly()
         _set_rlimits(self.cfg.rlimits)
+        start_hooks = partial(run_hooks, self.cfg.hooks, ("startContainer",),
+                              oci_state_json(self.state, "created", os.getpid()))
         if fifo is not None:
             pipe.send(ready=1)
-            _wait_for_start(fifo)
+            _wait_for_start(fifo, start_hooks)
+        else:
+            start_hooks()
         if not self.cfg.init:                                # the command itself is PID 1 (runc)
             return _exec_command(self.cfg, pipe, stdio)
         prctl(lib.PR_SET_NAME, _c_string(INIT_NAME))
@@ -687,8 +703,9 @@ class Container:
             return None
         return os.open(os.path.join(self.dir, "exec.fifo"), os.O_PATH | os.O_CLOEXEC)
 
-    def _build_root(self) -> None:
-        """rootfs.py's recipe, steps 1-5 (step 6, read-only, comes after the terminal)."""
+    def _build_root(self, pipe: _Pipe) -> None:
+        """rootfs.py's recipe, steps 1-5 (step 6, read-only, comes after the terminal);
+        before pivot_root, the hooks of the runtime's and then the container's namespaces."""
         cfg = self.cfg
         fs.make_private()
         if cfg.lower_dirs:
@@ -704,8 +721,18 @@ class Container:
         _write_sysctls(root, cfg.sysctl)                     # through the container's /proc, before it is ro
         fs.mask_paths(root, cfg.masked_paths)
         fs.readonly_paths(root, cfg.readonly_paths)
+        self._create_hooks(pipe)
         fs.pivot_into(root)
         _make_cwd(cfg.cwd)
+
+    def _create_hooks(self, pipe: _Pipe) -> None:
+        """prestart and createRuntime run in the launcher while we wait (runtime namespaces);
+        createContainer runs here, in the container's namespaces, still on the host's root."""
+        hooks = self.cfg.hooks
+        if hooks.get("prestart") or hooks.get("createRuntime"):
+            pipe.send(hooks=1)
+            pipe.wait_ack(launcher_reports=True)
+        run_hooks(hooks, ("createContainer",), oci_state_json(self.state, "creating", os.getpid()))
 
     def _open_terminal(self) -> dict:
         """runc's setupConsole, after pivot_root: a pty from the container's own devpts;
@@ -1035,9 +1062,12 @@ def _set_rlimits(rlimits) -> None:
             raise ContainerError(f"rlimit {name} ({soft}, {hard}): {e}") from None
 
 
-def _wait_for_start(fifo_path_fd: int) -> None:
-    """`oci start` opens exec.fifo for reading; our open for writing blocks until then (runc's trick)."""
+def _wait_for_start(fifo_path_fd: int, then) -> None:
+    """`oci start` opens exec.fifo for reading; our open for writing blocks until then (runc's
+    trick).  `then` (the startContainer hooks) runs before our byte tells `start` to go on,
+    so that its poststart hooks come after them."""
     fd = os.open(f"/proc/self/fd/{fifo_path_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    then()
     os.write(fd, b"0")
     os.close(fd)
     os.close(fifo_path_fd)
@@ -1175,7 +1205,19 @@ def oci_run(cid: str, bundle: str, store: StateStore | None = None, new_keyring:
     from pykvm.container.bundle import load_bundle
     cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True,
                   new_keyring=new_keyring)
-    return launch(cfg, FOREGROUND, store).wait()
+    container = launch(cfg, FOREGROUND, store)
+    _warn_if_fails(cfg.hooks, "poststart", oci_state_json(container.state, "running", container.init_pid))
+    result = container.wait()
+    _warn_if_fails(cfg.hooks, "poststop", oci_state_json(container.state, "stopped", None))
+    return result
+
+
+def _warn_if_fails(hooks: dict, kind: str, state: dict) -> None:
+    """poststart and poststop: a failure is logged, and the lifecycle goes on (config.md)."""
+    try:
+        run_hooks(hooks, (kind,), state)
+    except ContainerError as e:
+        print(f"pykvm: warning: {e}", file=sys.stderr)
 
 
 def oci_start(ref: str, store: StateStore | None = None, timeout: float = 10.0) -> None:
@@ -1185,14 +1227,20 @@ def oci_start(ref: str, store: StateStore | None = None, timeout: float = 10.0) 
     fifo = store.dir(state.id) / "exec.fifo"
     if store.status(state) != "created":
         raise ContainerError(f"container {state.id} is {store.status(state)}, not created: cannot start it")
+    hooks = hooks_from_json(state.hooks)
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready or os.read(fd, 1) != b"0":
+        # startContainer hooks run before init's byte comes: they have timeouts of their own
+        ready, _, _ = select.select([fd], [], [], None if hooks.get("startContainer") else timeout)
+        if not ready:
             raise ContainerError(f"container {state.id} did not start within {timeout} s")
+        if os.read(fd, 1) != b"0":
+            raise ContainerError(f"container {state.id} failed to start (a startContainer hook or "
+                                 f"its set-up failed: its stderr says which)")
     finally:
         os.close(fd)
         fifo.unlink(missing_ok=True)
+    _warn_if_fails(hooks, "poststart", oci_state_json(state, "running", state.pid))
 
 
 def kill_container(ref: str, sig: int = signal.SIGTERM, store: StateStore | None = None) -> ContainerState:
@@ -1245,4 +1293,5 @@ def remove_container(ref: str, force: bool = False, store: StateStore | None = N
         Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy(
             owned_by(state.pid_namespace, state.cgroup.get("named", True)))
     store.remove(state.id)
+    _warn_if_fails(hooks_from_json(state.hooks), "poststop", oci_state_json(state, "stopped", None))
     return state

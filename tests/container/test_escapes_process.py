@@ -195,7 +195,6 @@ def test_sysctl_outside_the_containers_namespaces_is_refused(pykvm, runc_bundle,
 
 
 @pytest.mark.parametrize("field,value", [
-    ("hooks", {"prestart": [{"path": "/bin/true"}]}),
     ("linux__seccomp", {"defaultAction": "SCMP_ACT_ERRNO"}),
     ("process__apparmorProfile", "docker-default"),
     ("process__selinuxLabel", "system_u:system_r:container_t:s0"),
@@ -205,6 +204,98 @@ def test_what_pykvm_cannot_apply_is_refused_by_name(pykvm, runc_bundle, field, v
     edit(runc_bundle, process__args=["true"], **{field: value})
     r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "unsupported")
     assert f"config.json: {field.replace('__', '.')} is set" in refused(r), r.stderr
+
+
+# --- hooks ----------------------------------------------------------------------------------------
+
+HOOK_KINDS = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"]
+
+
+def with_hooks(bundle: Path, log_dir: Path, fail: str | None = None) -> Path:
+    """Every hook kind appends `KIND <state JSON> <argv[1]> <$FOO>` to log_dir/log (seen as
+    /hooklog/log from the new root, where startContainer runs); `fail` exits 3 instead."""
+    (bundle / "rootfs" / "hooklog").mkdir(exist_ok=True)
+
+    def hook(kind):
+        log = "/hooklog/log" if kind == "startContainer" else f"{log_dir}/log"
+        script = "exit 3" if kind == fail else f'read s; echo {kind} "$s" "$0" "$FOO" >> {log}'
+        return [{"path": "/bin/sh", "args": ["sh", "-c", script, "argzero"], "env": ["FOO=bar"]}]
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["mounts"].append({"destination": "/hooklog", "type": "bind", "source": str(log_dir),
+                           "options": ["rbind"]})
+    (bundle / "config.json").write_text(json.dumps(spec))
+    return edit(bundle, process__args=["true"], hooks={k: hook(k) for k in HOOK_KINDS})
+
+
+def hook_log(log_dir: Path) -> list[tuple[str, dict, str, str]]:
+    out = []
+    for line in (log_dir / "log").read_text().splitlines():
+        kind, rest = line.split(" ", 1)
+        state, _, words = rest.rpartition("}")
+        out.append((kind, json.loads(state + "}"), *words.split()))
+    (log_dir / "log").unlink()
+    return out
+
+
+def test_hooks_run_where_and_when_runc_runs_them(pykvm, runc_bundle, tmp_path):
+    """Each kind once, with its argv, env and the state JSON on stdin, in the spec's order."""
+    log_dir = tmp_path / "hooklog"
+    log_dir.mkdir()
+    with_hooks(runc_bundle, log_dir)
+    assert pykvm("container", "oci", "run", "--bundle", runc_bundle, "hooked").returncode == 0
+    ours = hook_log(log_dir)
+    assert runc_run(runc_bundle, tmp_path / "runc", "hooked").returncode == 0
+    theirs = hook_log(log_dir)
+    assert [k for k, *_ in ours] == HOOK_KINDS, ours
+    assert sorted(k for k, *_ in theirs) == sorted(HOOK_KINDS), theirs
+    runc_says = {kind: (state["status"], state.get("pid"), rest) for kind, state, *rest in theirs}
+    for kind, state, *rest in ours:
+        status, pid, runc_rest = runc_says[kind]
+        assert rest == runc_rest == ["argzero", "bar"], (kind, rest, runc_rest)
+        assert state["id"] == "hooked" and state["bundle"] == str(runc_bundle)
+        if kind != "poststart":               # runc 1.1 runs it racing the exec.fifo: "created"
+            assert state["status"] == status, (kind, state, status)
+        assert (state.get("pid") == 1) == (pid == 1) and ("pid" in state) == (pid is not None), (kind, state)
+    assert dict((k, s["status"]) for k, s, *_ in ours)["poststart"] == "running"
+
+
+def test_hooks_across_create_start_delete(pykvm, runc_bundle, tmp_path):
+    """poststart comes from `oci start`, poststop from `oci delete` (state.json keeps the hooks)."""
+    log_dir = tmp_path / "hooklog"
+    log_dir.mkdir()
+    with_hooks(runc_bundle, log_dir)
+    assert pykvm("container", "oci", "create", "--bundle", runc_bundle, "life", stdin=subprocess.DEVNULL,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    assert [k for k, *_ in hook_log(log_dir)] == HOOK_KINDS[:3]
+    assert pykvm("container", "oci", "start", "life").returncode == 0
+    wait_for(lambda: json.loads(pykvm("container", "oci", "state", "life").stdout)["status"] == "stopped")
+    assert pykvm("container", "oci", "delete", "life").returncode == 0
+    assert [k for k, *_ in hook_log(log_dir)] == HOOK_KINDS[3:]
+
+
+@pytest.mark.parametrize("kind,code", [("createRuntime", 1), ("createContainer", 125), ("startContainer", 125),
+                                       ("poststart", 0), ("poststop", 0)])
+def test_a_failing_hook_stops_or_warns_as_the_spec_says(pykvm, runc_bundle, tmp_path, state_root, kind, code):
+    log_dir = tmp_path / "hooklog"
+    log_dir.mkdir()
+    with_hooks(runc_bundle, log_dir, fail=kind)
+    r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "failing")
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert f"hooks.{kind}[0] /bin/sh failed with status 3" in r.stderr, r.stderr
+    assert r.stderr.startswith("pykvm: warning: " if code == 0 else "pykvm: error: "), r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert pykvm("container", "ps", "-a", "-q").stdout == ""
+
+
+@pytest.mark.parametrize("hooks,message", [
+    ({"prestart": [{"path": "bin/sh"}]}, "hooks.prestart[0].path must be an absolute path"),
+    ({"onBoot": []}, "hooks.onBoot is not a hook kind"),
+    ({"poststop": [{"path": "/bin/sh", "timeout": 0}]}, "timeout must be a positive number"),
+    ({"poststop": [{"path": "/bin/sh", "env": ["NOEQUALS"]}]}, "env entries must be NAME=VALUE"),
+])
+def test_bad_hooks_are_refused_by_name(pykvm, runc_bundle, hooks, message):
+    edit(runc_bundle, process__args=["true"], hooks=hooks)
+    assert message in refused(pykvm("container", "oci", "run", "--bundle", runc_bundle, "badhook"))
 
 
 # --- signals --------------------------------------------------------------------------------------
