@@ -43,11 +43,16 @@ def unique() -> str:
     return f"pykvm-test-{uuid.uuid4().hex[:8]}"
 
 
+def cgroup_dirs(name: str) -> list[Path]:
+    """/sys/fs/cgroup/<name> (v2) and /sys/fs/cgroup/*/<name> (v1 hierarchies) that exist."""
+    return [d for d in [cgroups.CGROUP_ROOT / name, *cgroups.CGROUP_ROOT.glob(f"*/{name}")] if d.is_dir()]
+
+
 @pytest.fixture
 def cleanup_cgroups(unique):
-    """Remove what a test left at /sys/fs/cgroup/*/<unique> (and kill what is in it)."""
+    """Remove what a test left at /sys/fs/cgroup/[*/]<unique> (and kill what is in it)."""
     yield
-    for d in cgroups.CGROUP_ROOT.glob(f"*/{unique}"):
+    for d in cgroup_dirs(unique):
         for pid in (d / "cgroup.procs").read_text().split():
             try:
                 os.kill(int(pid), signal.SIGKILL)
@@ -126,9 +131,9 @@ def test_two_containers_sharing_a_cgroups_path_as_runc_does(pykvm, runc_bundle, 
     assert pykvm("container", "oci", "delete", "-f", "first").returncode == 0
     assert json.loads(pykvm("container", "oci", "state", "second").stdout)["status"] == "running"
     assert Path(f"/proc/{second['pid']}").exists(), "deleting one container killed the other"
-    assert (cgroups.CGROUP_ROOT / "pids" / unique).is_dir()
+    assert cgroup_dirs(unique), "the cgroup stays while the second container uses it"
     assert pykvm("container", "oci", "delete", "-f", "second").returncode == 0
-    assert not list(cgroups.CGROUP_ROOT.glob(f"*/{unique}")), "the last one out removes the cgroup"
+    assert not cgroup_dirs(unique), "the last one out removes the cgroup"
 
 
 def test_pids_limit_one_is_one_clear_line(pykvm, busybox_rootfs):
