@@ -9,7 +9,8 @@ the first field that is wrong:
 
     ids          uid, gid, additional gids, id mappings: 0-2147483647 (runc's range;
                  (uid_t)-1 means "unchanged" to setresuid(2): it must never get there)
-    strings      args, cwd, env: no NUL byte (execve(2) would cut them short)
+    strings      args, cwd, mounts, masked and read-only paths: no NUL byte (the
+                 kernel would cut them short); those paths absolute
     rlimits      0 <= soft <= hard <= RLIM_INFINITY (setrlimit(2))
     namespaces   a path to join exists; a hostname needs a UTS namespace of its own
     cgroups      cgroupsPath stays inside the hierarchy (cgroups.check_path);
@@ -86,6 +87,13 @@ def _check_strings(cfg: RunConfig) -> None:
         raise ConfigError("process.cwd contains a NUL byte")
     if not os.path.isabs(cfg.cwd):
         raise ConfigError(f"working directory {cfg.cwd!r} must be absolute")
+    for i, m in enumerate(cfg.mounts):
+        if any("\0" in text for text in (m.destination, m.source, m.type, *m.options)):
+            raise ConfigError(f"mounts[{i}] ({m.destination!r}) contains a NUL byte")
+    for field, paths in (("linux.maskedPaths", cfg.masked_paths), ("linux.readonlyPaths", cfg.readonly_paths)):
+        for path in paths:
+            if "\0" in path or not os.path.isabs(path):
+                raise ConfigError(f"{field}: {path!r} must be an absolute path without a NUL byte")
 
 
 def _check_umask(umask: int) -> None:

@@ -44,6 +44,9 @@ BUNDLE_CASES = {
     "hostname without uts": ({"hostname": "box", "linux__namespaces": without_uts(RUNC_NAMESPACES)},
                              "without a private UTS namespace"),
     "cgroupsPath with NUL": ({"linux__cgroupsPath": "/a\0b"}, "cgroupsPath must not contain a NUL byte"),
+    "NUL in a mount": ({"mounts": [{"destination": "/mnt\0x", "type": "tmpfs", "source": "tmpfs"}]},
+                       "mounts[0] ('/mnt\\x00x') contains a NUL byte"),
+    "relative masked path": ({"linux__maskedPaths": ["proc/kcore"]}, "linux.maskedPaths: 'proc/kcore' must be"),
     "oomScoreAdj out of range": ({"process__oomScoreAdj": 5000}, "out of range -1000..1000"),
     "device type": ({"linux__resources__devices": [{"allow": True, "type": "x"}]},
                     "linux.resources.devices[0].type must be one of a, c, b"),
@@ -56,7 +59,7 @@ def test_hostile_bundle_is_one_line(pykvm, runc_bundle, state_root, tmp_path, ca
     edit(runc_bundle, **{"process__args": ["true"], **changes})
     refused(pykvm("container", "oci", "run", "--bundle", runc_bundle, "hostile"), message)
     nothing_left(pykvm, state_root)
-    if case not in ("oomScoreAdj out of range", "cgroupsPath with NUL"):
+    if case not in ("oomScoreAdj out of range", "cgroupsPath with NUL", "relative masked path"):
         theirs = runc_run(runc_bundle, tmp_path / "runc")
         assert theirs.returncode != 0, f"runc ran it: {theirs.stdout}"
 
