@@ -18,7 +18,7 @@ import pytest
 from clitools import wait_for
 from escape_tools import edit, refused, runc_run
 
-from pykvm.container import cgroups
+from pykvm.container.runtime import cgroups
 
 pytestmark = pytest.mark.root
 
@@ -156,7 +156,7 @@ def test_build_run_step_cannot_reach_host_devices(fresh_rootfs):
     """A Dockerfile RUN has Docker's default capabilities, MKNOD among them."""
     v1_only()
     rootfs = fresh_rootfs
-    code = ("import sys; from pykvm.container.runtime import run_build_step; "
+    code = ("import sys; from pykvm.container.runtime.container import run_build_step; "
             f"sys.exit(run_build_step({str(rootfs)!r}, ['sh', '-c', {OPEN_HOST_DEVICES!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout == "null-ok\n", (r.stdout, r.stderr)
@@ -193,7 +193,7 @@ DEVICE_PROBES = [("/dev/null", os.O_RDONLY), ("/dev/null", os.O_WRONLY), ("/dev/
 def test_cgroup_v2_device_program_is_enforced(unique, tmp_path):
     """cgroup v2 has no devices file; the eBPF program (bpf_devices.py) must say the same
     as v1's rules: deny all, the config's (kmsg, then not for writing), runc's defaults."""
-    from pykvm.container.cgroups import CgroupV2, DeviceRule, Limits
+    from pykvm.container.runtime.cgroups import CgroupV2, DeviceRule, Limits
     root = _cgroup2_root()
     for dev, _ in DEVICE_PROBES:
         if not os.path.exists(dev):

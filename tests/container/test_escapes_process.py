@@ -19,7 +19,7 @@ import pytest
 from clitools import wait_for
 from escape_tools import edit, refused, runc_run
 
-from pykvm.container import cgroups
+from pykvm.container.runtime import cgroups
 
 pytestmark = pytest.mark.root
 

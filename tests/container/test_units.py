@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pykvm.container import bundle, cgroups, rootfs, runtime
-from pykvm.container.cgroups import CgroupV1, CgroupV2, Limits
+from pykvm.container.runtime import bundle, cgroups, rootfs, container as runtime
+from pykvm.container.runtime.cgroups import CgroupV1, CgroupV2, Limits
 from pykvm.errors import ConfigError, ContainerError
 
 
@@ -126,7 +126,7 @@ def test_secure_join_symlink_loop(tmp_path):
 
 
 def test_parse_options():
-    from pykvm.container.syscalls import lib
+    from pykvm.container.runtime.syscalls import lib
     flags, data = rootfs.parse_options(["nosuid", "ro", "mode=755", "size=1k", "rw"])
     assert flags == lib.MS_NOSUID
     assert data == "mode=755,size=1k"
@@ -263,7 +263,7 @@ def test_config_from_image_orders_layers_top_first(tmp_path):
 
 
 def test_state_root_override(monkeypatch, tmp_path):
-    from pykvm.container.state import state_root
+    from pykvm.container.runtime.state import state_root
     monkeypatch.setenv("PYKVM_STATE_ROOT", str(tmp_path))
     assert state_root() == tmp_path
     monkeypatch.delenv("PYKVM_STATE_ROOT")
@@ -271,7 +271,7 @@ def test_state_root_override(monkeypatch, tmp_path):
 
 
 def test_parse_signal():
-    from pykvm.container.run_cli import parse_signal
+    from pykvm.commands.container.run import parse_signal
     assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
     with pytest.raises(ConfigError):
         parse_signal("SIGFOO")
@@ -280,7 +280,7 @@ def test_parse_signal():
 # --- the container's terminal (terminal.py), on the host's own ptys --------------------------
 
 def test_check_ptmx_refuses_a_ptmx_that_is_not_on_the_devpts():
-    from pykvm.container import terminal
+    from pykvm.container.runtime import terminal
     fd = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)       # devtmpfs's node, not devpts's inode 2
     try:
         with pytest.raises(ContainerError, match="not the ptmx of the devpts mounted at /dev/pts"):
@@ -291,7 +291,7 @@ def test_check_ptmx_refuses_a_ptmx_that_is_not_on_the_devpts():
 
 def test_master_travels_over_a_unix_socket_with_its_size():
     import socket
-    from pykvm.container import terminal
+    from pykvm.container.runtime import terminal
     master, slave = os.openpty()
     here, there = socket.socketpair()
     try:
@@ -315,7 +315,7 @@ def test_master_travels_over_a_unix_socket_with_its_size():
 
 def test_raw_mode_restores_the_terminal_on_the_way_out():
     import termios
-    from pykvm.container import terminal
+    from pykvm.container.runtime import terminal
     master, slave = os.openpty()
     try:
         before = termios.tcgetattr(slave)
@@ -336,7 +336,7 @@ def test_raw_mode_restores_the_terminal_on_the_way_out():
 
 def test_relay_copies_the_master_until_the_process_ends():
     import subprocess
-    from pykvm.container import terminal
+    from pykvm.container.runtime import terminal
     master, slave = os.openpty()
     out_r, out_w = os.pipe()
     proc = subprocess.Popen(["sh", "-c", "echo one; sleep 0.2; echo two"], stdout=slave)
@@ -355,7 +355,7 @@ def test_relay_copies_the_master_until_the_process_ends():
 def test_state_remove_deletes_the_directory_but_follows_no_symlink(tmp_path, with_layer):
     """A bundle run leaves only files (removed without shutil); an image run's upper/
     layer, written by the container, may hold symlinks out: they are removed, not followed."""
-    from pykvm.container.state import ContainerState, StateStore
+    from pykvm.container.runtime.state import ContainerState, StateStore
     store = StateStore(tmp_path / "state")
     outside = tmp_path / "host"
     outside.mkdir()
@@ -372,7 +372,7 @@ def test_state_remove_deletes_the_directory_but_follows_no_symlink(tmp_path, wit
 
 
 def test_resolv_conf_drops_loopback_nameservers_in_an_own_network(tmp_path):
-    from pykvm.container.etcfiles import LOCALHOST_HOSTS, hosts_file, resolv_conf
+    from pykvm.container.runtime.etcfiles import LOCALHOST_HOSTS, hosts_file, resolv_conf
     host = tmp_path / "resolv.conf"
     host.write_text("# generated\nnameserver 127.0.0.53\nnameserver ::1\nnameserver 10.0.0.2\nsearch lan\n")
     assert resolv_conf(False, str(host)) == "# generated\nnameserver 10.0.0.2\nsearch lan\n"
@@ -414,7 +414,7 @@ def test_command_line_follows_docker_s_entrypoint_rules(args, new, argv):
     (b"a\nb\nc\n", 0, b""), (b"a\nb\nc\n", None, b"a\nb\nc\n"), (b"", 3, b""), (b"\n\n", 1, b"\n"),
     (b"x" * 100_000 + b"\n" + b"y" * 70_000 + b"\n", 1, b"y" * 70_000 + b"\n")])   # across chunks
 def test_tail_offset(tmp_path, text, lines, expected):
-    from pykvm.container.logs import tail_offset
+    from pykvm.container.runtime.logs import tail_offset
     path = tmp_path / "log"
     path.write_bytes(text)
     fd = os.open(path, os.O_RDONLY)
@@ -450,7 +450,7 @@ def test_cgroups_path_may_not_be_our_own_cgroup_or_above(tmp_path):
 
 
 def test_device_rules_in_writing_order():
-    from pykvm.container.cgroups import DeviceRule, Limits
+    from pykvm.container.runtime.cgroups import DeviceRule, Limits
     rules = Limits(devices=[DeviceRule(True, "c", 1, 11, "r")]).device_rules()
     assert [r.line() for r in rules[:3]] == ["a", "c 1:11 r", "c *:* m"]
     assert rules[0].allow is False and len(rules) == 2 + len(cgroups.DEFAULT_DEVICES)
@@ -458,8 +458,8 @@ def test_device_rules_in_writing_order():
 
 def test_device_program_stops_at_a_rule_that_matches_everything():
     """The verifier refuses unreachable instructions: nothing follows deny-all (checked last)."""
-    from pykvm.container import bpf_devices
-    from pykvm.container.cgroups import DeviceRule, Limits
+    from pykvm.container.runtime import bpf_devices
+    from pykvm.container.runtime.cgroups import DeviceRule, Limits
     code = bpf_devices.program(Limits().device_rules())
     assert len(code) % 8 == 0
     assert code[-16:] == bpf_devices.program([DeviceRule(False)])[-16:]      # r0 = 0; exit
@@ -468,7 +468,7 @@ def test_device_program_stops_at_a_rule_that_matches_everything():
 
 @pytest.mark.parametrize("value", [-1, 2**31, 2**32 - 1, True, "0"])
 def test_ids_outside_runcs_range(value):
-    from pykvm.container.validate import check_id
+    from pykvm.container.runtime.validate import check_id
     with pytest.raises(ConfigError, match="0-2147483647"):
         check_id(value, "uid")
 
@@ -481,7 +481,7 @@ def test_ids_outside_runcs_range(value):
     ("../../etc/passwd", {"network": None}, "dotted kernel parameter"),
 ])
 def test_sysctl_rules(key, namespaces, message):
-    from pykvm.container.validate import check_sysctl
+    from pykvm.container.runtime.validate import check_sysctl
     if message is None:
         check_sysctl(key, "1", namespaces)
     else:
@@ -490,7 +490,7 @@ def test_sysctl_rules(key, namespaces, message):
 
 
 def test_resolve_user_takes_gid_and_groups_as_docker(tmp_path):
-    from pykvm.container.users import resolve_user
+    from pykvm.container.runtime.users import resolve_user
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\nweb:x:33:44::/:/bin/sh\n")
     (tmp_path / "etc" / "group").write_text("root:x:0:web\nwww:x:44:\nstaff:x:50:other,web\n")
