@@ -21,8 +21,9 @@ Fair play:
     oci_run() removes the cgroup and the state directory (the CLI rows do too).
   * pykvm's modules are byte-compiled first, as `pip install` does: if PYTHONDONTWRITEBYTECODE
     is set, every CLI run would otherwise compile pykvm from source (~18 ms here).
-  * runc does a little more: it also sets up the devices cgroup that `runc spec` asks for,
-    which pykvm ignores (its /dev only has the default devices; see bundle.py).
+  * Both set up the same cgroups: a directory in every v1 hierarchy, the devices rules that
+    `runc spec` asks for, and a new session keyring (docs/21-container-security.md).  The
+    table below predates that (pykvm then joined 3 hierarchies and set no device rules).
 
 Where the milliseconds go (measured 2026-11-28 on this 2-core machine, shared with QEMU
 jobs; `tests/bench/profile_container_launch.py 30` prints the same table):

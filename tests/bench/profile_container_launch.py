@@ -57,7 +57,10 @@ def _timed(fn, name: str, log_fd: int):
         try:
             return fn(*args, **kwargs)
         finally:
-            os.write(log_fd, f"{name} {start} {time.perf_counter_ns() - start}\n".encode())
+            try:
+                os.write(log_fd, f"{name} {start} {time.perf_counter_ns() - start}\n".encode())
+            except OSError:             # a step after its process closed every fd (init's last
+                pass                    # privilege drop): not timed
     return wrapper
 
 

@@ -422,3 +422,81 @@ def test_tail_offset(tmp_path, text, lines, expected):
         assert text[tail_offset(fd, lines):] == expected
     finally:
         os.close(fd)
+
+
+# --- the escape rules, without root (tests/container/test_escapes_*.py run them for real) -----
+
+@pytest.mark.parametrize("path,ok", [("/pykvm/c1", True), ("c1", True), ("/a/b/../c", False), ("..", False),
+                                     ("/", False), ("/./", False), ("", False), ("/a\0b", False)])
+def test_cgroups_path_stays_inside_the_hierarchy(path, ok):
+    if ok:
+        assert cgroups.check_path(path) == path
+    else:
+        with pytest.raises(ConfigError, match="cgroupsPath"):
+            cgroups.check_path(path)
+
+
+def test_cgroups_path_may_not_be_our_own_cgroup_or_above(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text("4:memory:/session/x\n0::/user.slice/me\n")
+    (tmp_path / "memory").mkdir()
+    for path in ("/session", "/session/x", "/session/"):
+        with pytest.raises(ConfigError, match="own cgroup or one above it"):
+            cgroups.open_cgroup("c", path, root=tmp_path, version="v1", proc_self_cgroup=str(proc))
+    v1 = cgroups.open_cgroup("c", "/session/y", root=tmp_path, version="v1", proc_self_cgroup=str(proc))
+    assert v1.dirs() == [tmp_path / "memory/session/y"]
+    rel = cgroups.open_cgroup("c", "mine", root=tmp_path, version="v2", proc_self_cgroup=str(proc))
+    assert rel.dirs() == [tmp_path / "user.slice/me/mine"]          # relative: below our own (runc)
+
+
+def test_device_rules_in_writing_order():
+    from pykvm.container.runtime.cgroups import DeviceRule, Limits
+    rules = Limits(devices=[DeviceRule(True, "c", 1, 11, "r")]).device_rules()
+    assert [r.line() for r in rules[:3]] == ["a", "c 1:11 r", "c *:* m"]
+    assert rules[0].allow is False and len(rules) == 2 + len(cgroups.DEFAULT_DEVICES)
+
+
+def test_device_program_stops_at_a_rule_that_matches_everything():
+    """The verifier refuses unreachable instructions: nothing follows deny-all (checked last)."""
+    from pykvm.container.runtime import bpf_devices
+    from pykvm.container.runtime.cgroups import DeviceRule, Limits
+    code = bpf_devices.program(Limits().device_rules())
+    assert len(code) % 8 == 0
+    assert code[-16:] == bpf_devices.program([DeviceRule(False)])[-16:]      # r0 = 0; exit
+    assert len(bpf_devices.program([DeviceRule(False), DeviceRule(True)])) == 8 * (6 + 2)
+
+
+@pytest.mark.parametrize("value", [-1, 2**31, 2**32 - 1, True, "0"])
+def test_ids_outside_runcs_range(value):
+    from pykvm.container.runtime.validate import check_id
+    with pytest.raises(ConfigError, match="0-2147483647"):
+        check_id(value, "uid")
+
+
+@pytest.mark.parametrize("key,namespaces,message", [
+    ("kernel.shmmax", {"ipc": None}, None), ("net.ipv4.ip_forward", {"network": None}, None),
+    ("kernel.domainname", {"uts": None}, None), ("fs.mqueue.msg_max", {"ipc": None}, None),
+    ("kernel.pid_max", {"ipc": None}, "not namespaced"), ("net.core.somaxconn", {}, "network namespace"),
+    ("net.ipv4.ip_forward", {"network": "/proc/1/ns/net"}, "network namespace"),
+    ("../../etc/passwd", {"network": None}, "dotted kernel parameter"),
+])
+def test_sysctl_rules(key, namespaces, message):
+    from pykvm.container.runtime.validate import check_sysctl
+    if message is None:
+        check_sysctl(key, "1", namespaces)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            check_sysctl(key, "1", namespaces)
+
+
+def test_resolve_user_takes_gid_and_groups_as_docker(tmp_path):
+    from pykvm.container.runtime.users import resolve_user
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\nweb:x:33:44::/:/bin/sh\n")
+    (tmp_path / "etc" / "group").write_text("root:x:0:web\nwww:x:44:\nstaff:x:50:other,web\n")
+    assert resolve_user("33", str(tmp_path)) == (33, 44, [0, 50])
+    assert resolve_user("web", str(tmp_path)) == (33, 44, [0, 50])
+    assert resolve_user("web:staff", str(tmp_path)) == (33, 50, [])     # :GROUP given: no others
+    assert resolve_user("1234", str(tmp_path)) == (1234, 0, [])          # not in passwd: gid 0
+    with pytest.raises(ConfigError, match="0-2147483647"):
+        resolve_user("4294967295", str(tmp_path))

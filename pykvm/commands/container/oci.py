@@ -27,15 +27,20 @@ _bundle_option = click.option("-b", "--bundle", default=".", show_default=True,
                               help="Bundle directory (config.json + rootfs).")
 
 
+_keyring_option = click.option("--no-new-keyring", is_flag=True,
+                               help="Keep the caller's session keyring instead of a new one (as runc).")
+
+
 @oci_cmd.command("create")
 @_bundle_option
 @click.option("--console-socket", type=click.Path(dir_okay=False), metavar="PATH",
               help="With process.terminal: send the pty master to this unix socket (as runc).")
+@_keyring_option
 @click.argument("container_id")
-def oci_create_cmd(bundle, console_socket, container_id):
+def oci_create_cmd(bundle, console_socket, no_new_keyring, container_id):
     """Create a container from a bundle; it waits for `start`."""
     from pykvm.container.runtime.container import oci_create
-    oci_create(container_id, bundle, console_socket=console_socket)
+    oci_create(container_id, bundle, console_socket=console_socket, new_keyring=not no_new_keyring)
 
 
 @oci_cmd.command("start")
@@ -76,9 +81,10 @@ def oci_delete_cmd(force, container_id):
 
 @oci_cmd.command("run")
 @_bundle_option
+@_keyring_option
 @click.argument("container_id")
 @click.pass_context
-def oci_run_cmd(ctx, bundle, container_id):
+def oci_run_cmd(ctx, bundle, no_new_keyring, container_id):
     """Create, start and wait for a container, then delete it (like `runc run`)."""
     from pykvm.container.runtime.container import oci_run
-    sys.exit(oci_run(container_id, bundle).exit_code)
+    sys.exit(oci_run(container_id, bundle, new_keyring=not no_new_keyring).exit_code)

@@ -107,14 +107,16 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     namespaces = dict(cfg.namespaces)
     if network == "host":
         namespaces.pop("network", None)
-    uid, gid = runtime.parse_user(user, rootfs or cfg.lower_dirs) if user else (cfg.uid, cfg.gid)
+    who = runtime.resolve_user(user, rootfs or cfg.lower_dirs) if user else \
+        runtime.ExecUser(cfg.uid, cfg.gid, cfg.additional_gids)
     cid = new_id()
     # Docker's order: its own PATH, HOSTNAME (and TERM), then the image's Env, then -e.
     # HOME comes from the runtime (runc's rule): the user's home in the container's /etc/passwd.
     daemon_env = [DEFAULT_PATH, f"HOSTNAME={hostname or cid[:12]}"] + (["TERM=xterm"] if tty else [])
     cfg = replace(cfg, id=cid, remove=remove, name=name, hostname=hostname,
                   env=runtime.merge_env(runtime.merge_env(daemon_env, cfg.env), _parse_env(env)),
-                  cwd=workdir or cfg.cwd, uid=uid, gid=gid, limits=limits, namespaces=namespaces,
+                  cwd=workdir or cfg.cwd, uid=who.uid, gid=who.gid, additional_gids=who.groups,
+                  limits=limits, namespaces=namespaces,
                   readonly=read_only, interactive=interactive, tty=tty, etc_files=True,
                   capabilities=cfg_caps or cfg.capabilities)
     container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)

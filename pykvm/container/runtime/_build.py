@@ -1,8 +1,8 @@
 """cffi build script for the container system calls (API mode).
 
 Python 3.11's `os` module has fork, exec and chdir, but not unshare(2),
-setns(2), mount(2), umount2(2), pivot_root(2), capset(2) or most prctl(2)
-options.  We call them through cffi in API mode: the C compiler reads
+setns(2), mount(2), umount2(2), pivot_root(2), capset(2), keyctl(2) or most
+prctl(2) options.  We call them through cffi in API mode: the C compiler reads
 <sched.h>, <sys/mount.h>, <linux/capability.h> ... itself, so every
 `#define NAME ...` below gets its value from the real header and every `...;`
 in a struct gets its real layout.  No flag value is typed by hand.
@@ -29,6 +29,9 @@ SOURCE = r"""
 #include <net/if.h>
 #include <linux/capability.h>
 #include <linux/securebits.h>
+#include <linux/keyctl.h>
+#include <linux/bpf.h>
+#include <string.h>
 
 /* glibc 2.36 has no wrapper for these two: call the system call itself. */
 static int sys_pivot_root(const char *new_root, const char *put_old)
@@ -46,6 +49,41 @@ static int sys_capget(struct __user_cap_header_struct *hdr,
                       struct __user_cap_data_struct *data)
 {
     return syscall(SYS_capget, hdr, data);
+}
+
+/* keyctl(2) has no glibc wrapper (libkeyutils has one): the system call itself. */
+static long sys_keyctl(int operation, unsigned long arg2, unsigned long arg3,
+                       unsigned long arg4)
+{
+    return syscall(SYS_keyctl, operation, arg2, arg3, arg4, 0);
+}
+
+/* bpf(2), no glibc wrapper: load a cgroup device program, attach it to a cgroup v2
+   directory.  union bpf_attr is filled here, so the compiler lays it out. */
+static int bpf_load_device_program(const void *insns, unsigned int count,
+                                   char *log, unsigned int log_size)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.prog_type = BPF_PROG_TYPE_CGROUP_DEVICE;
+    attr.insns = (unsigned long)insns;
+    attr.insn_cnt = count;
+    attr.license = (unsigned long)"Apache";
+    attr.log_buf = (unsigned long)log;
+    attr.log_size = log_size;
+    attr.log_level = log_size ? 1 : 0;
+    return syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);
+}
+
+static int bpf_attach_device_program(int cgroup_fd, int program_fd)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.target_fd = cgroup_fd;
+    attr.attach_bpf_fd = program_fd;
+    attr.attach_type = BPF_CGROUP_DEVICE;
+    attr.attach_flags = BPF_F_ALLOW_MULTI;
+    return syscall(SYS_bpf, BPF_PROG_ATTACH, &attr, sizeof attr);
 }
 
 /* prctl(2) and ioctl(2) are variadic: give cffi fixed signatures. */
@@ -190,6 +228,39 @@ typedef struct __user_cap_data_struct {
 
 int sys_capset(struct __user_cap_header_struct *hdr, struct __user_cap_data_struct *data);
 int sys_capget(struct __user_cap_header_struct *hdr, struct __user_cap_data_struct *data);
+
+/* --- keyrings, keyctl(2), <linux/keyctl.h> ------------------------------ */
+#define KEYCTL_JOIN_SESSION_KEYRING ...
+#define KEYCTL_SETPERM ...
+#define KEYCTL_DESCRIBE ...
+#define KEY_SPEC_SESSION_KEYRING ...
+long sys_keyctl(int operation, unsigned long arg2, unsigned long arg3, unsigned long arg4);
+
+/* --- cgroup v2 device programs, bpf(2), <linux/bpf.h> ------------------ */
+/* instruction classes, operations and sources (linux/bpf_common.h, bpf.h) */
+#define BPF_LDX ...
+#define BPF_MEM ...
+#define BPF_W ...
+#define BPF_ALU ...
+#define BPF_ALU64 ...
+#define BPF_JMP ...
+#define BPF_AND ...
+#define BPF_RSH ...
+#define BPF_MOV ...
+#define BPF_JEQ ...
+#define BPF_JNE ...
+#define BPF_EXIT ...
+#define BPF_K ...
+#define BPF_X ...
+#define BPF_DEVCG_ACC_MKNOD ...
+#define BPF_DEVCG_ACC_READ ...
+#define BPF_DEVCG_ACC_WRITE ...
+#define BPF_DEVCG_DEV_BLOCK ...
+#define BPF_DEVCG_DEV_CHAR ...
+struct bpf_insn { uint8_t code; int16_t off; int32_t imm; ...; };
+struct bpf_cgroup_dev_ctx { uint32_t access_type; uint32_t major; uint32_t minor; ...; };
+int bpf_load_device_program(const void *insns, unsigned int count, char *log, unsigned int log_size);
+int bpf_attach_device_program(int cgroup_fd, int program_fd);
 
 /* --- the network interface ioctls, <net/if.h>, <sys/ioctl.h> ------------ */
 /* socket(2) here rather than Python's socket module: one descriptor for the

@@ -8,29 +8,43 @@ non-empty list of strings".
 
 Read here:
     ociVersion, root.path, root.readonly, hostname, mounts[],
-    process.{terminal, user.uid/gid/additionalGids, args, env, cwd,
-             capabilities.*, rlimits[], noNewPrivileges},
-    linux.{namespaces[], uidMappings[], gidMappings[], cgroupsPath,
-           resources.{memory.limit, pids.limit, cpu.quota, cpu.period},
+    process.{terminal, user.uid/gid/additionalGids/umask, args, env, cwd,
+             capabilities.*, rlimits[], noNewPrivileges, oomScoreAdj},
+    linux.{namespaces[], uidMappings[], gidMappings[], cgroupsPath, sysctl,
+           resources.{memory.limit, pids.limit, cpu.quota, cpu.period, devices[]},
            maskedPaths[], readonlyPaths[]},
     annotations
-Ignored (accepted, no effect): linux.resources.devices (our /dev has only
-the default devices), linux.seccomp, hooks, process.apparmorProfile.
+    hooks.{prestart, createRuntime, createContainer, startContainer, poststart, poststop}
+Refused, naming the field (pykvm cannot enforce them, and a security setting
+must never be dropped silently): linux.seccomp, process.apparmorProfile,
+process.selinuxLabel, linux.mountLabel, linux.intelRdt.  Then validate.py
+checks the whole RunConfig (ids, paths, limits) before anything is created.
 """
 from __future__ import annotations
 
 import json
 import os
 
-from pykvm.container.runtime.cgroups import CPU_PERIOD_US, Limits
+from pykvm.container.runtime.cgroups import CPU_PERIOD_US, DeviceRule, Limits
+from pykvm.container.runtime.hooks import parse_hooks
 from pykvm.container.runtime.namespaces import CLONE_FLAGS, IdMap
 from pykvm.container.runtime.rootfs import Mount
-from pykvm.container.runtime.config import RunConfig
+from pykvm.container.runtime.config import DEFAULT_UMASK, RunConfig
 from pykvm.errors import ConfigError
 
 __all__ = ["load_bundle", "config_from_spec"]
 
 UNLIMITED = -1                    # config-linux.md: a memory (and cpu.quota) value of -1 means no limit
+DEVICE_TYPES = ("a", "c", "b")    # config-linux.md "Allowed Device Cgroup": all, char, block
+# Fields whose whole point is a security or lifecycle guarantee that pykvm does not
+# implement: a config that sets one is refused (runc would apply them).
+UNSUPPORTED = {
+    ("linux", "seccomp"): "pykvm loads no seccomp filter",
+    ("process", "apparmorProfile"): "pykvm applies no AppArmor profile",
+    ("process", "selinuxLabel"): "pykvm applies no SELinux label",
+    ("linux", "mountLabel"): "pykvm applies no SELinux label",
+    ("linux", "intelRdt"): "pykvm has no Intel RDT support",
+}
 
 
 def load_bundle(bundle: str) -> RunConfig:
@@ -43,6 +57,10 @@ def load_bundle(bundle: str) -> RunConfig:
         raise ConfigError(f"no config.json in bundle {bundle} (make one with `runc spec`)") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a runtime config") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
     return config_from_spec(spec, os.path.abspath(bundle))
 
 
@@ -55,21 +73,26 @@ def config_from_spec(spec: dict, bundle: str) -> RunConfig:
     linux = _expect(spec.get("linux", {}), dict, "linux")
     root_path = _expect(root.get("path"), str, "root.path")
     user = _expect(process.get("user", {}), dict, "process.user")
+    _refuse_unsupported(spec)
     return RunConfig(
         args=_strings(process.get("args"), "process.args", nonempty=True),
-        rootfs=os.path.join(bundle, root_path),
+        rootfs=_root_path(bundle, root_path),
         env=_strings(process.get("env", []), "process.env"),
         cwd=_cwd(process.get("cwd", "/")),
         uid=_int(user.get("uid", 0), "process.user.uid"),
         gid=_int(user.get("gid", 0), "process.user.gid"),
-        additional_gids=[_int(g, "process.user.additionalGids[]") for g in user.get("additionalGids", [])],
+        additional_gids=[_int(g, "process.user.additionalGids[]")
+                         for g in _expect(user.get("additionalGids", []), list, "process.user.additionalGids")],
+        umask=_int(user.get("umask", DEFAULT_UMASK), "process.user.umask"),
+        oom_score_adj=_expect(process.get("oomScoreAdj"), (int, type(None)), "process.oomScoreAdj"),
+        sysctl=_expect(linux.get("sysctl", {}), dict, "linux.sysctl"),
         hostname=_expect(spec.get("hostname"), (str, type(None)), "hostname"),
         readonly=bool(root.get("readonly", False)),
         namespaces=_namespaces(linux.get("namespaces", [])),
         uid_mappings=_id_maps(linux.get("uidMappings", []), "linux.uidMappings"),
         gid_mappings=_id_maps(linux.get("gidMappings", []), "linux.gidMappings"),
         limits=_limits(linux.get("resources", {})),
-        cgroups_path=_expect(linux.get("cgroupsPath"), (str, type(None)), "linux.cgroupsPath"),
+        cgroups_path=_expect(linux.get("cgroupsPath"), (str, type(None)), "linux.cgroupsPath") or None,
         mounts=_mounts(spec.get("mounts", []), bundle),
         masked_paths=_strings(linux.get("maskedPaths", []), "linux.maskedPaths"),
         readonly_paths=_strings(linux.get("readonlyPaths", []), "linux.readonlyPaths"),
@@ -80,7 +103,31 @@ def config_from_spec(spec: dict, bundle: str) -> RunConfig:
         init=False,                      # the process is PID 1, as with runc
         bundle=bundle,
         annotations=_expect(spec.get("annotations", {}), dict, "annotations"),
+        hooks=parse_hooks(spec.get("hooks", {})),
     )
+
+
+def _refuse_unsupported(spec: dict) -> None:
+    """A set field from UNSUPPORTED is an error naming it: never silently ignored."""
+    for path, why in UNSUPPORTED.items():
+        value = spec
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value not in (None, "", {}, []):
+            raise ConfigError(f"config.json: {'.'.join(path)} is set, but {why}: remove it to run "
+                              f"without it, or use a runtime that applies it (runc)")
+
+
+def _root_path(bundle: str, root_path: str) -> str:
+    """root.path, relative to the bundle; no symlink anywhere in it (runc's validate: the
+    rootfs "is not an absolute path or is a symlink"), so the root is where it says."""
+    if "\0" in root_path:
+        raise ConfigError("config.json: root.path contains a NUL byte")
+    path = os.path.normpath(os.path.join(os.path.realpath(bundle), root_path))
+    if os.path.realpath(path) != path:
+        raise ConfigError(f"config.json: root.path {root_path!r} is (or passes through) a symlink, "
+                          f"to {os.path.realpath(path)}: give the real path")
+    return path
 
 
 def _expect(value, types, field: str):
@@ -143,7 +190,7 @@ def _limits(resources) -> Limits:
     memory = _expect(resources.get("memory", {}), dict, "linux.resources.memory")
     pids = _expect(resources.get("pids", {}), dict, "linux.resources.pids")
     cpu = _expect(resources.get("cpu", {}), dict, "linux.resources.cpu")
-    limits = Limits()
+    limits = Limits(devices=_devices(resources.get("devices", [])))
     # config-linux.md "Memory": "the limit in bytes, or -1 for unlimited memory".  "PIDs" does
     # not say; runc writes "max" for any limit below 0, and podman documents -1: the same here.
     limits.memory = _limit_or_unlimited(memory.get("limit"), "linux.resources.memory.limit")
@@ -152,6 +199,25 @@ def _limits(resources) -> Limits:
         limits.cpu_quota = _positive(cpu["quota"], "linux.resources.cpu.quota")
         limits.cpu_period = _positive(cpu.get("period", CPU_PERIOD_US), "linux.resources.cpu.period")
     return limits
+
+
+def _devices(entries) -> list[DeviceRule]:
+    """linux.resources.devices: config-linux.md "Allowed Device Cgroup", in order."""
+    _expect(entries, list, "linux.resources.devices")
+    out = []
+    for i, d in enumerate(entries):
+        field = f"linux.resources.devices[{i}]"
+        _expect(d, dict, field)
+        kind = _expect(d.get("type", "a"), str, f"{field}.type")
+        access = _expect(d.get("access", "rwm"), str, f"{field}.access")
+        if kind not in DEVICE_TYPES:
+            raise ConfigError(f"config.json: {field}.type must be one of a, c, b, not {kind!r}")
+        if not access or set(access) - set("rwm"):
+            raise ConfigError(f"config.json: {field}.access must be letters of 'rwm', not {access!r}")
+        major, minor = (None if d.get(k) in (None, -1) else _int(d.get(k), f"{field}.{k}")
+                        for k in ("major", "minor"))
+        out.append(DeviceRule(_expect(d.get("allow"), bool, f"{field}.allow"), kind, major, minor, access))
+    return out
 
 
 def _limit_or_unlimited(value, field: str) -> int | None:

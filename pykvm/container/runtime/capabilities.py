@@ -20,7 +20,7 @@ from pykvm.container.runtime.syscalls import check, ffi, lib, prctl
 from pykvm.errors import ConfigError
 
 __all__ = ["DEFAULT_CAPS", "DOCKER_CAPS", "ALL_CAPS", "cap_numbers", "adjust", "bounding_set", "drop_bounding",
-           "set_caps", "read_caps"]
+           "set_caps", "read_caps", "after_execve"]
 
 ALL_CAPS = {name: getattr(lib, name) for name in dir(lib)
             if name.startswith("CAP_") and name != "CAP_LAST_CAP"}
@@ -64,6 +64,19 @@ def adjust(base: list[str], add=(), drop=()) -> list[str]:
         return sorted(name for name, number in ALL_CAPS.items() if number in ours and name not in drop)
     kept = [] if "CAP_ALL" in drop else [c for c in base if c not in drop]
     return kept + [c for c in add if c not in kept]
+
+
+def after_execve(sets: dict[str, list[str]], uid: int) -> dict[str, list[str]]:
+    """The sets a process ends up with once it execve()s a plain file (no file
+    capabilities, no set-user-ID bit), capabilities(7) "Transformation of capabilities
+    during execve()": root (without SECBIT_NOROOT) gains its inheritable and bounding
+    sets; anyone else keeps only its ambient set.  What the container's command has,
+    and so all that a process that never execs beside it (pykvm-init) should keep."""
+    bounding, inheritable = set(sets.get("bounding", [])), set(sets.get("inheritable", []))
+    ambient = set(sets.get("ambient", [])) & set(sets.get("permitted", [])) & inheritable
+    permitted = (inheritable | bounding) if uid == 0 else ambient
+    return {"bounding": sorted(bounding), "inheritable": sorted(inheritable), "ambient": sorted(ambient),
+            "permitted": sorted(permitted), "effective": sorted(permitted)}
 
 
 def bounding_set() -> set[int]:

@@ -7,7 +7,7 @@ and cgroup-v1/*.rst in the kernel tree):
                          controllers are switched on for children through the
                          parent's cgroup.subtree_control.
                            memory.max, memory.swap.max, pids.max, cpu.max "QUOTA PERIOD",
-                           memory.events "oom_kill N", cgroup.kill
+                           memory.events "oom_kill N"
     cgroup v1            one tree per controller: /sys/fs/cgroup/memory, /pids, /cpu ...;
                          a cgroup is one directory in each.
                            memory.limit_in_bytes, memory.memsw.limit_in_bytes,
@@ -21,7 +21,19 @@ the "hybrid" layout (v1 controllers plus an empty cgroup2 at
 
 A container's cgroup is created *inside the launcher's own cgroup* (path
 `<own cgroup>/pykvm/<id>`), so a container never escapes limits that were put
-on whoever started it.
+on whoever started it.  On v1 it has a directory in every hierarchy (memory,
+pids, cpu, devices, freezer, ... and name=systemd), as runc's does, so that its
+cgroup namespace shows only its own cgroups.
+
+What a container may touch (runc's libcontainer/configs/validate and cgroups/fs):
+    - an OCI cgroupsPath stays inside each hierarchy: no `..`, not the hierarchy's
+      root, not the launcher's own cgroup or one above it (`check_path`);
+    - kill and destroy touch only the container's own processes (a `mine`
+      predicate, its PID namespace), so two containers may share one cgroupsPath:
+      the first to go leaves the cgroup to the other, as runc 1.1 does;
+    - the devices controller (cgroup-v1/devices.rst; on v2 an eBPF program,
+      bpf_devices.py) denies every device but runc's default list and the
+      bundle's linux.resources.devices rules.
 """
 from __future__ import annotations
 
@@ -29,21 +41,57 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pykvm.errors import ConfigError, ContainerError
 
-__all__ = ["CGROUP_ROOT", "Limits", "Cgroup", "CgroupV1", "CgroupV2", "detect",
-           "open_cgroup", "join", "close_all", "parse_size", "parse_cpus", "own_cgroup",
-           "own_cgroups"]
+__all__ = ["CGROUP_ROOT", "Limits", "DeviceRule", "DEFAULT_DEVICES", "Cgroup", "CgroupV1", "CgroupV2",
+           "detect", "open_cgroup", "check_path", "v1_hierarchies", "join", "close_all", "parse_size",
+           "parse_cpus", "own_cgroup", "own_cgroups", "MAX_LIMIT"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's and Docker's default
-V1_CONTROLLERS = ("memory", "pids", "cpu")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 V1_KNOWN = frozenset({"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
                       "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"})   # cgroup-v1/*.rst
+V1_NAMED = "systemd"             # the name=systemd hierarchy: no controller, only grouping
+MAX_LIMIT = (1 << 63) - 1        # the kernel parses limits as s64 (page_counter, pids): no larger value
+KILL_ROUNDS = 100                # kill(): rounds of SIGKILL while a fork races with us
+KILL_PAUSE = 0.002               # seconds between rounds
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    """One device cgroup rule: config-linux.md "Allowed Device Cgroup", cgroup-v1/devices.rst.
+
+    type "a" (all), "c" or "b"; major/minor None for "*"; access a subset of "rwm".
+    """
+
+    allow: bool
+    type: str = "a"
+    major: int | None = None
+    minor: int | None = None
+    access: str = "rwm"
+
+    def line(self) -> str:
+        """What devices.allow / devices.deny take: "c 1:3 rwm", or "a" for every device."""
+        if self.type == "a":
+            return "a"
+        major, minor = ("*" if n is None else str(n) for n in (self.major, self.minor))
+        return f"{self.type} {major}:{minor} {self.access}"
+
+
+# runc's default rules (libcontainer/specconv AllowedDevices), after a first "deny all":
+# make any node (mknod), use only these: the default /dev nodes, ptys and /dev/net/tun.
+DENY_ALL = DeviceRule(False)
+DEFAULT_DEVICES = [
+    DeviceRule(True, "c", None, None, "m"), DeviceRule(True, "b", None, None, "m"),
+    DeviceRule(True, "c", 1, 3), DeviceRule(True, "c", 1, 8), DeviceRule(True, "c", 1, 7),   # null random full
+    DeviceRule(True, "c", 5, 0), DeviceRule(True, "c", 1, 5), DeviceRule(True, "c", 1, 9),   # tty zero urandom
+    DeviceRule(True, "c", 136, None), DeviceRule(True, "c", 5, 2),                          # pts/*, ptmx
+    DeviceRule(True, "c", 10, 200),                                                          # net/tun
+]
 
 
 @dataclass
@@ -54,6 +102,11 @@ class Limits:
     pids: int | None = None            # max number of tasks
     cpu_quota: int | None = None       # microseconds of CPU per period
     cpu_period: int = CPU_PERIOD_US
+    devices: list[DeviceRule] = field(default_factory=list)   # config.json's, between deny-all and defaults
+
+    def device_rules(self) -> list[DeviceRule]:
+        """The rules in the order they are written: deny all, the config's, runc's defaults."""
+        return [DENY_ALL, *self.devices, *DEFAULT_DEVICES]
 
     def wanted(self) -> list[str]:
         """The controllers these limits need, for messages about what is missing."""
@@ -66,8 +119,8 @@ def parse_size(text: str) -> int:
     from pykvm.sizes import parse_size as parse
 
     value = parse(text, what="--memory")
-    if value <= 0:
-        raise ConfigError(f"bad size {text!r}: must be more than 0 bytes")
+    if not 0 < value <= MAX_LIMIT:
+        raise ConfigError(f"bad size {text!r}: must be more than 0 bytes and below 8 EiB")
     return value
 
 
@@ -155,10 +208,11 @@ class Cgroup:
     def oom_kills(self) -> int:
         raise NotImplementedError
 
-    def kill(self) -> None:
-        """SIGKILL every process in the cgroup, looping while a fork races with us."""
-        for _ in range(100):
-            pids = self.pids()
+    def kill(self, mine=lambda pid: True) -> None:
+        """SIGKILL every process in the cgroup for which `mine(pid)` holds, looping while a
+        fork races with us.  Another container sharing the cgroup is not `mine`."""
+        for _ in range(KILL_ROUNDS):
+            pids = [pid for pid in self.pids() if mine(pid)]
             if not pids:
                 return
             for pid in pids:
@@ -166,15 +220,16 @@ class Cgroup:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            time.sleep(0.002)
+            time.sleep(KILL_PAUSE)
 
-    def destroy(self) -> None:
-        """Kill what is left and remove the directories (rmdir waits for exiting tasks)."""
+    def destroy(self, mine=lambda pid: True) -> None:
+        """Kill what is left of ours and remove the directories; a directory still holding
+        someone else's processes (or cgroups) stays, as runc leaves a shared cgroup."""
         if not self.exists():
             return
-        self.kill()
+        self.kill(mine)
         for d in self.dirs():
-            _rmdir_retry(d)
+            _rmdir_retry(d, mine)
 
     def exists(self) -> bool:
         return any(d.is_dir() for d in self.dirs())
@@ -203,6 +258,11 @@ class CgroupV2(Cgroup):
         path = self.root / self.name
         self._enable_controllers(path.parent, limits.wanted())
         path.mkdir(parents=True, exist_ok=True)
+        # Rootless: no bpf(2) for us, and no device the user cannot open anyway.  A tree that
+        # is not cgroupfs (the unit tests' stand-in) has nothing to attach a program to.
+        if os.geteuid() == 0 and _filesystem(path) == "cgroup2":
+            from pykvm.container.runtime import bpf_devices       # v2 has no devices file: an eBPF program
+            bpf_devices.attach(path, limits.device_rules())
         if limits.memory is not None:
             _write(path / "memory.max", limits.memory)
             if (path / "memory.swap.max").exists():
@@ -230,14 +290,8 @@ class CgroupV2(Cgroup):
     def oom_kills(self) -> int:
         return _keyed(self.root / self.name / "memory.events", "oom_kill")
 
-    def kill(self) -> None:
-        kill_file = self.root / self.name / "cgroup.kill"
-        if kill_file.exists():                      # Linux 5.14+: one write kills them all
-            try:
-                kill_file.write_text("1\n")
-            except OSError:
-                pass
-        super().kill()
+    # No cgroup.kill here: it would kill a container sharing the cgroup too.  A container
+    # with its own PID namespace dies whole with its PID 1 (pid_namespaces(7)).
 
 
 class CgroupV1(Cgroup):
@@ -257,14 +311,24 @@ class CgroupV1(Cgroup):
         return [self.root / c / p for c, p in self.paths.items()]
 
     def dir(self, controller: str) -> Path:
-        return self.root / controller / self.paths[controller]
+        """The cgroup's directory in the hierarchy holding `controller` ("cpu" in "cpu,cpuacct")."""
+        hierarchy = next(h for h in self.paths if controller in h.split(","))
+        return self.root / hierarchy / self.paths[hierarchy]
+
+    def has(self, controller: str) -> bool:
+        return any(controller in h.split(",") for h in self.paths)
 
     def create(self, limits: Limits) -> None:
-        missing = [c for c in limits.wanted() if c not in self.paths]
+        missing = [c for c in limits.wanted() if not self.has(c)]
         if missing:
             raise ContainerError(f"cgroup v1 controller(s) {', '.join(missing)} not mounted under {self.root}")
-        for d in self.dirs():
+        for hierarchy, d in zip(self.paths, self.dirs()):
+            if "cpuset" in hierarchy.split(","):
+                _make_cpuset(self.root / hierarchy, self.paths[hierarchy])
             d.mkdir(parents=True, exist_ok=True)
+        if self.has("devices"):
+            for rule in limits.device_rules():
+                _write(self.dir("devices") / ("devices.allow" if rule.allow else "devices.deny"), rule.line())
         if limits.memory is not None:
             mem = self.dir("memory")
             _write(mem / "memory.limit_in_bytes", limits.memory)
@@ -282,9 +346,23 @@ class CgroupV1(Cgroup):
     JOIN_FILE = "tasks"
 
     def oom_kills(self) -> int:
-        if "memory" not in self.paths:
+        if not self.has("memory"):
             return 0
         return _keyed(self.dir("memory") / "memory.oom_control", "oom_kill")
+
+
+def _make_cpuset(hierarchy: Path, path: str) -> None:
+    """Make each missing cpuset directory down to `path`, copying its parent's cpus and mems:
+    a new cpuset starts with none, and no task may join it then (cgroup-v1/cpusets.rst)."""
+    here = hierarchy
+    for part in Path(path).parts:
+        parent, here = here, here / part
+        if here.is_dir():
+            continue
+        here.mkdir()
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if (parent / name).exists() and not _read(here / name).strip():
+                _write(here / name, _read(parent / name).strip())
 
 
 class _RecordedCgroup(Cgroup):
@@ -319,20 +397,81 @@ def open_cgroup(container_id: str, path: str | None = None, root: Path = CGROUP_
                 version: str | None = None, proc_self_cgroup: str = "/proc/self/cgroup") -> Cgroup | None:
     """The cgroup for a container: at `path` (OCI cgroupsPath) or `<own cgroup>/pykvm/<id>`.
 
-    Returns None when this machine has no usable cgroup filesystem.
+    config-linux.md "Cgroups Path": an absolute path is taken from the root of each
+    hierarchy, a relative one from our own cgroup (runc's cgroupfs driver).  Nothing is
+    created here.  Returns None when this machine has no usable cgroup filesystem.
     """
     version = version or detect(root)
+    own = own_cgroups(proc_self_cgroup)
     if version == "v2":
-        return CgroupV2(path or _join(own_cgroup(None, proc_self_cgroup), "pykvm", container_id), root)
+        return CgroupV2(_place(container_id, path, own.get("", "/")), root)
     if version == "v1":
-        own = own_cgroups(proc_self_cgroup)
-        return CgroupV1({c: path or _join(own.get(c, "/"), "pykvm", container_id)
-                         for c in V1_CONTROLLERS}, root)
+        return CgroupV1({h: _place(container_id, path, _own_in(own, h)) for h in v1_hierarchies(root)}, root)
     return None
+
+
+def _place(container_id: str, path: str | None, own: str) -> str:
+    if path is None:
+        return _join(own, "pykvm", container_id)
+    check_path(path)
+    placed = _join(path) if path.startswith("/") else _join(own, path)
+    if (own.strip("/") + "/").startswith(placed + "/"):
+        raise ConfigError(f"cgroupsPath {path!r} is /{placed}, pykvm's own cgroup or one above it: "
+                          f"limits and device rules there would confine the host's processes; "
+                          f"give the container a cgroup of its own")
+    return placed
+
+
+def check_path(path: str) -> str:
+    """An OCI cgroupsPath that stays inside each hierarchy, or a ConfigError naming the rule.
+
+    runc's cgroupfs driver cleans `..` away lexically; we refuse it, so that what a
+    config says is where the cgroup is.  The hierarchy's root is refused too: killing
+    and limiting "the container's cgroup" there would reach every process on the host.
+    """
+    if "\0" in path:
+        raise ConfigError("cgroupsPath must not contain a NUL byte")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ConfigError(f"cgroupsPath {path!r} contains '..': it must stay inside the cgroup hierarchy")
+    if not parts:
+        raise ConfigError(f"cgroupsPath {path!r} is the root of the cgroup hierarchy, where every "
+                          f"process on the host lives: give the container a cgroup of its own")
+    return path
+
+
+def v1_hierarchies(root: Path = CGROUP_ROOT) -> list[str]:
+    """The directories under `root` that are v1 hierarchies ("memory", "cpu,cpuacct",
+    "systemd" ...); links such as cpu -> cpu,cpuacct are left out, as is cgroup2's "unified"."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [n for n in names if (root / n).is_dir() and not (root / n).is_symlink()
+            and (n == V1_NAMED or set(n.split(",")) <= V1_KNOWN)]
+
+
+def _own_in(own: dict[str, str], hierarchy: str) -> str:
+    """Our cgroup in one v1 hierarchy, from own_cgroups()."""
+    if hierarchy == V1_NAMED:
+        return own.get(f"name={V1_NAMED}", "/")
+    return own.get(hierarchy.split(",")[0], "/")
 
 
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def _filesystem(path: Path) -> str:
+    """The type of the filesystem `path` is on: its deepest mount point in /proc/self/mountinfo."""
+    best, kind = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4]
+            if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best):
+                best, kind = point, fields[fields.index("-") + 1]
+    return kind
 
 
 def _write(path: Path, value) -> None:
@@ -358,8 +497,12 @@ def _keyed(path: Path, key: str) -> int:
     return 0
 
 
-def _rmdir_retry(path: Path, tries: int = 1000) -> None:
-    """rmdir a cgroup; EBUSY while its last tasks are still exiting, so retry briefly."""
+def _rmdir_retry(path: Path, mine=lambda pid: True, tries: int = 1000) -> None:
+    """rmdir a cgroup; EBUSY while its last tasks are still exiting, so retry briefly.
+
+    EBUSY with a live process or a child cgroup in it means the cgroup is shared (another
+    container's cgroupsPath, or its children): it stays for them, as runc leaves it.
+    """
     for _ in range(tries):
         try:
             path.rmdir()
@@ -369,5 +512,22 @@ def _rmdir_retry(path: Path, tries: int = 1000) -> None:
         except OSError as e:
             if e.errno != errno.EBUSY:
                 raise ContainerError(f"cannot remove cgroup {path}: {e.strerror}") from None
+            if _in_use(path, mine):
+                return
             time.sleep(0.005)
     raise ContainerError(f"cannot remove cgroup {path}: still busy")
+
+
+def _in_use(path: Path, mine) -> bool:
+    """A live (not zombie) process not `mine`, or a child cgroup, in the cgroup at `path`."""
+    if any(p.is_dir() for p in path.iterdir()):
+        return True
+    for pid in _read(path / "cgroup.procs").split():
+        if mine(int(pid)):
+            continue                                # ours, still exiting: wait for it
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                return True
+        except OSError:
+            pass
+    return False

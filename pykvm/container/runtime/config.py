@@ -14,6 +14,8 @@ from pykvm.container.runtime import capabilities as caps
 from pykvm.container.runtime import namespaces as ns
 from pykvm.container.runtime import rootfs as fs
 from pykvm.container.runtime.cgroups import Limits
+from pykvm.container.runtime.hooks import Hook
+from pykvm.container.runtime.validate import validate
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["RunConfig", "DEFAULT_ENV", "DEFAULT_PATH", "DEFAULT_NAMESPACES", "process_defaults",
@@ -22,7 +24,7 @@ __all__ = ["RunConfig", "DEFAULT_ENV", "DEFAULT_PATH", "DEFAULT_NAMESPACES", "pr
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = [DEFAULT_PATH]
 DEFAULT_NAMESPACES = ("pid", "mount", "uts", "ipc", "network", "cgroup")
-
+DEFAULT_UMASK = 0o022             # runc's (and Docker's) umask for the container's process
 
 
 def default_caps(names: list[str] = caps.DEFAULT_CAPS) -> dict[str, list[str]]:
@@ -67,6 +69,11 @@ class RunConfig:
     annotations: dict = field(default_factory=dict)
     image: str = ""                            # the image ID (config_from_image), kept in state.json
     etc_files: bool = False                    # Docker's own /etc/hostname, hosts, resolv.conf (etcfiles.py)
+    umask: int = DEFAULT_UMASK                 # process.user.umask (runc's default when absent)
+    sysctl: dict[str, str] = field(default_factory=dict)   # linux.sysctl: namespaced kernel parameters
+    oom_score_adj: int | None = None           # process.oomScoreAdj; None: 0, like any new process
+    new_keyring: bool = True                   # a session keyring of its own (runc; --no-new-keyring)
+    hooks: dict[str, list[Hook]] = field(default_factory=dict)   # config.json hooks (hooks.py)
 
     @property
     def rootless(self) -> bool:
@@ -88,8 +95,7 @@ class RunConfig:
             check_env(entry)
         if self.hostname is not None:
             ns.check_hostname(self.hostname, rfc1123=False)      # runc's rule: the kernel's length
-        if not os.path.isabs(self.cwd):
-            raise ConfigError(f"working directory {self.cwd!r} must be absolute")
+        validate(self)
         if "mount" not in self.namespaces:
             raise ConfigError("a mount namespace is required (linux.namespaces must include 'mount')")
         ns.flags_for(self.namespaces)                       # unknown types -> ConfigError
@@ -116,7 +122,8 @@ def process_defaults(cfg: RunConfig) -> dict:
     process: environment, working directory, user, capabilities, no_new_privs, rlimits."""
     return {"env": list(cfg.env), "cwd": cfg.cwd, "uid": cfg.uid, "gid": cfg.gid,
             "additional_gids": list(cfg.additional_gids), "capabilities": dict(cfg.capabilities),
-            "no_new_privileges": cfg.no_new_privileges, "rlimits": [list(r) for r in cfg.rlimits]}
+            "no_new_privileges": cfg.no_new_privileges, "rlimits": [list(r) for r in cfg.rlimits],
+            "umask": cfg.umask, "new_keyring": cfg.new_keyring}
 
 
 def merge_env(base: list[str], extra: list[str]) -> list[str]:
@@ -129,8 +136,8 @@ def merge_env(base: list[str], extra: list[str]) -> list[str]:
 
 def check_env(entry: str) -> None:
     """execve(2)'s environment: NAME=VALUE strings, NAME not empty, no NUL anywhere."""
-    name = entry.partition("=")[0]
-    if not name or "\0" in entry:
+    name, equals, _ = entry.partition("=")
+    if not name or not equals or "\0" in entry:
         raise ConfigError(f"bad environment variable {entry!r}: want NAME=VALUE with a non-empty "
                           f"NAME and no NUL byte (-e, image Env, config.json process.env)")
 

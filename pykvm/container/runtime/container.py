@@ -14,16 +14,21 @@ Four processes, each with one job (the arrows are fork(2)):
     init      (PID 1 inside; Python)
       |  join the cgroup (cgroups.py: Cgroup.join_files says why init moves itself),
       |  unshare mount/uts/ipc/net/cgroup namespaces, bring `lo` up, set the
-      |  hostname, build the root filesystem and pivot_root into it (rootfs.py),
-      |  with -t make the pty from the container's own devpts (terminal.py),
-      |  then forwards SIGINT/SIGTERM/... to the command and reaps every zombie
+      |  hostname, join a session keyring of its own, build the root filesystem
+      |  (with linux.sysctl) and pivot_root into it (rootfs.py), with -t make the
+      |  pty from the container's own devpts (terminal.py), fork the command, drop
+      |  to the command's credentials, then forward every signal to it and reap
+      |  every zombie
       v
     command   (PID 2 inside)
-         setsid, chdir, no_new_privs, capabilities, uid/gid, only fds 0-2,
-         execve(2)
+         oom_score_adj, umask, setsid, chdir, no_new_privs, capabilities, uid/gid,
+         only fds 0-2, execve(2)
+
+Nothing of this starts before the whole config is checked (validate.py).
 
 A pipe from the children to the launcher carries one JSON line per event
-({"user": 1} "please write my id maps", {"pid": N}, {"ready": 1},
+({"user": 1} "please write my id maps", {"pid": N}, {"hooks": 1} "my mounts
+are made: run the prestart and createRuntime hooks", {"ready": 1},
 {"error": msg, "code": N}); it is close-on-exec, so when the command's execve
 succeeds the launcher reads end-of-file.  A second pipe carries the launcher's
 one-byte acknowledgements back.  With -t a unix socketpair carries the pty
@@ -51,6 +56,7 @@ upper layer in the container's state directory.  Image builds call
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -60,30 +66,37 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from pykvm.container.runtime import capabilities as caps
 from pykvm.container.runtime import namespaces as ns
 from pykvm.container.runtime import rootfs as fs
 from pykvm.container.runtime.cgroups import Cgroup, close_all, join, open_cgroup
-from pykvm.container.runtime.state import (ContainerState, StateStore, new_id, process_start_time,
-                                   stat_field, stat_fields)
-from pykvm.container.runtime.config import (DEFAULT_ENV, DEFAULT_NAMESPACES, RunConfig, check_env,
-                                            default_caps, merge_env, process_defaults)
-from pykvm.container.runtime.syscalls import lib, prctl, sethostname
-from pykvm.errors import ConfigError, ContainerError, PyKvmError
+from pykvm.container.runtime.config import (DEFAULT_ENV, DEFAULT_NAMESPACES, DEFAULT_UMASK, RunConfig,
+                                            check_env, default_caps, merge_env, process_defaults)
+from pykvm.container.runtime.hooks import hooks_from_json, hooks_to_json, run_hooks
+from pykvm.container.runtime.state import (ContainerState, StateStore, new_id, oci_state_json,
+                                           process_start_time, stat_field, stat_fields)
+from pykvm.container.runtime.syscalls import (join_session_keyring, key_permissions, lib, prctl,
+                                              set_key_permissions, sethostname)
+from pykvm.container.runtime.users import ExecUser, parse_user, resolve_user
+from pykvm.container.runtime.validate import RLIM_INFINITY
+from pykvm.errors import ConfigError, ContainerError, PyKvmError, SyscallError
 
 if TYPE_CHECKING:
     import socket  # annotations only: the -t code imports it (and terminal.py) when used
 
 __all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "config_from_image",
-           "run_build_step", "parse_user", "DEFAULT_ENV", "FOREGROUND", "DETACHED", "CREATED",
-           "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
+           "run_build_step", "parse_user", "resolve_user", "ExecUser", "DEFAULT_ENV", "FOREGROUND",
+           "DETACHED", "CREATED", "become_container_process", "fork_command", "new_session_keyring",
+           "owned_by", "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
            "remove_container", "wait_stopped", "process_defaults",
            "merge_env", "check_env", "command_line"]
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+# What pykvm-init passes on to the command: every signal a process can catch (SIGCHLD
+# is init's own), real-time ones too, as tini and Docker's --init do.
+FORWARDED_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}))
 EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
 EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
@@ -91,6 +104,8 @@ LAUNCHER_GONE = signal.SIGUSR2    # PR_SET_PDEATHSIG: what the monitor gets when
 MAX_FD = 1 << 20                  # fs.nr_open's default: no fd number is above it
 INIT_NAME = "pykvm-init"          # init's name in ps, /proc/1/comm and /proc/1/cmdline inside
 OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
+KEY_USR_SEARCH = 0x00080000       # keyctl(2) KEYCTL_SETPERM: the owner may search (and join) it
+
 # The launcher's three modes.
 FOREGROUND = "foreground"         # `run`: wait for the container, stdio passed through
 DETACHED = "detached"             # `run -d`: output to container.log, return at once
@@ -126,8 +141,12 @@ class _Pipe:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return json.loads(line)
 
-    def wait_ack(self) -> None:
+    def wait_ack(self, launcher_reports: bool = False) -> None:
+        """Wait for the launcher's go-ahead.  `launcher_reports`: no go-ahead means the
+        launcher failed at something it reports itself (a hook): leave without a word."""
         if os.read(self.ack_r, 1) != b"1":
+            if launcher_reports:
+                os._exit(EXIT_SETUP_FAILED)
             raise ContainerError("the launcher went away during setup")
 
     def ack(self) -> None:
@@ -160,7 +179,7 @@ class Container:
             rootfs=self.cfg.rootfs or "", command=list(self.cfg.args), created=time.time(),
             auto_remove=self.cfg.remove, detached=mode != FOREGROUND,
             annotations=self.cfg.annotations, image=self.cfg.image, layers=list(self.cfg.lower_dirs),
-            process=process_defaults(self.cfg))
+            process=process_defaults(self.cfg), hooks=hooks_to_json(self.cfg.hooks))
         self.dir = None
         self.cgroup: Cgroup | None = None
         self.monitor_pid = 0
@@ -171,6 +190,7 @@ class Container:
         self._tty_host, self._tty_inside = None, console
         self.winsize = None
         self._join_fds: list[int] = []         # init joins its cgroup through these (cgroups.join)
+        self.pid_namespace: tuple[int, int] | None = None   # init's: whose processes are ours
 
     # --- launcher side ---------------------------------------------------------
     def start(self) -> Container:
@@ -227,7 +247,8 @@ class Container:
                 raise ContainerError("no cgroup filesystem at /sys/fs/cgroup")
         except (ContainerError, OSError) as e:
             return self._without_cgroup(e)
-        self.state.cgroup = {"version": cg.version, "dirs": [str(d) for d in cg.dirs()]}
+        self.state.cgroup = {"version": cg.version, "dirs": [str(d) for d in cg.dirs()],
+                             "named": self.cfg.cgroups_path is not None}
         return cg
 
     def _make_cgroup(self) -> None:
@@ -235,12 +256,36 @@ class Container:
         if self.cgroup is None:
             return
         try:
+            if self.cfg.cgroups_path is not None:       # pykvm/<id> is new: no one else's
+                self._check_shared_cgroup()
             self.cgroup.create(self.cfg.limits)
             self._join_fds = self.cgroup.join_files()
-        except (ContainerError, OSError) as e:
-            self.cgroup = self._without_cgroup(e)
-            self.state.cgroup = {}
-            self.store.save(self.state)
+        except OSError as e:
+            self._cgroup_failed(ContainerError(f"cannot set up {self.cgroup.describe()}: {e.strerror}"))
+        except ContainerError as e:
+            self._cgroup_failed(e)
+
+    def _cgroup_failed(self, error: ContainerError) -> None:
+        self.cgroup = self._without_cgroup(error)
+        self.state.cgroup = {}
+        self.store.save(self.state)
+
+    def _check_shared_cgroup(self) -> None:
+        """A cgroupsPath that already holds processes: shared, with runc 1.1's warning, when
+        the container's own PID namespace tells its processes from the others'; refused when
+        it has none (destroying the container would then kill the others too)."""
+        others = self.cgroup.pids()
+        if not others:
+            return
+        if "pid" not in self.cfg.namespaces or self.cfg.namespaces["pid"]:
+            raise ContainerError(f"{self.cgroup.describe()} already holds {len(others)} process(es) and the "
+                                 f"container has no PID namespace of its own to tell its processes "
+                                 f"from theirs: give it its own cgroupsPath")
+        self.warn(f"{self.cgroup.describe()} is not empty: {len(others)} process(es) found; the "
+                  f"container shares it (and its limits) with them")
+
+    def _mine(self, pid: int) -> bool:
+        return owned_by(self.pid_namespace, self.cfg.cgroups_path is not None)(pid)
 
     def _without_cgroup(self, error: Exception) -> None:
         """Root must have a cgroup; rootless goes on without one, warning if limits were asked for."""
@@ -314,6 +359,10 @@ class Container:
                     pipe.ack()
                 elif "pid" in event:
                     self._adopt_init(event["pid"])
+                elif "hooks" in event:                   # init's mounts are made: runtime-side hooks
+                    run_hooks(self.cfg.hooks, ("prestart", "createRuntime"),
+                              oci_state_json(self.state, "creating", self.init_pid))
+                    pipe.ack()
                 elif "ready" in event:
                     break
                 elif "error" in event:
@@ -331,6 +380,8 @@ class Container:
         self.state.pid = pid
         self.state.pid_start = process_start_time(pid)
         self.state.monitor_pid = self.monitor_pid
+        self.pid_namespace = ns.namespace_id(pid)
+        self.state.pid_namespace = list(self.pid_namespace or [])
         self.store.save(self.state)
 
     def _fail(self, error: dict) -> None:
@@ -360,7 +411,7 @@ class Container:
     def _cleanup(self, remove_state: bool) -> None:
         if self.cgroup is not None:
             try:
-                self.cgroup.destroy()
+                self.cgroup.destroy(self._mine)
             except ContainerError as e:
                 self.warn(str(e))
         if remove_state:
@@ -415,6 +466,7 @@ class Container:
         if pid == 0:
             _child_main(lambda: self._init(pipe, stdio), pipe)
         self.init_pid = pid
+        self.pid_namespace = ns.namespace_id(pid)
         pipe.send(pid=pid)
         os.close(pipe.events_w)
         os.close(pipe.ack_r)
@@ -472,31 +524,39 @@ class Container:
         _close_other_fds({pipe.events_w, pipe.ack_r, self._exit_fd, *self._join_fds,
                           *self._console_fds()})
         prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
+        os.umask(DEFAULT_UMASK)                              # not the caller's: /dev and mount targets
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
         join(self._join_fds)                                 # our cgroup, before ...
         self._enter_namespaces(("network", "ipc", "uts", "mount", "cgroup"))   # ... it becomes the ns's "/"
+        if self.cfg.new_keyring:
+            new_session_keyring(self.id)
         self._close_console_sockets(keep_inside=True)
         os.close(self._exit_fd)                              # the monitor's, not the container's
         fifo = self._open_fifo()
-        self._build_root()
+        self._build_root(pipe)
         if self.cfg.tty:
             stdio = self._open_terminal()
         if self.cfg.readonly:
             fs.remount_root_readonly()
         _set_rlimits(self.cfg.rlimits)
+        start_hooks = partial(run_hooks, self.cfg.hooks, ("startContainer",),
+                              oci_state_json(self.state, "created", os.getpid()))
         if fifo is not None:
             pipe.send(ready=1)
-            _wait_for_start(fifo)
+            _wait_for_start(fifo, start_hooks)
+        else:
+            start_hooks()
         if not self.cfg.init:                                # the command itself is PID 1 (runc)
             return _exec_command(self.cfg, pipe, stdio)
         prctl(lib.PR_SET_NAME, _c_string(INIT_NAME))
         _set_command_line(INIT_NAME)
         _set_oom_score_adj(OOM_SCORE_INIT)                  # the OOM killer picks the command, not us
-        child = os.fork()
+        child = fork_command(self.cfg)
         if child == 0:
             _child_main(lambda: _exec_command(self.cfg, pipe, stdio), pipe)
         _detach_stdio()                                      # init keeps no host fd (CVE-2024-21626)
         _close_other_fds(set())
+        become_container_process(self.cfg)                   # ... nor any host privilege (tini's way)
         return _reap(child)
 
     def _enter_namespaces(self, kinds: tuple[str, ...]) -> None:
@@ -521,8 +581,9 @@ class Container:
             return None
         return os.open(os.path.join(self.dir, "exec.fifo"), os.O_PATH | os.O_CLOEXEC)
 
-    def _build_root(self) -> None:
-        """rootfs.py's recipe, steps 1-5 (step 6, read-only, comes after the terminal)."""
+    def _build_root(self, pipe: _Pipe) -> None:
+        """rootfs.py's recipe, steps 1-5 (step 6, read-only, comes after the terminal);
+        before pivot_root, the hooks of the runtime's and then the container's namespaces."""
         cfg = self.cfg
         fs.make_private()
         if cfg.lower_dirs:
@@ -533,11 +594,23 @@ class Container:
         else:
             root = fs.mount_root(None, rootfs=cfg.rootfs)
         host_sys = "network" not in cfg.namespaces and "user" in cfg.namespaces
-        fs.mount_all(root, cfg.mounts, host_sys=host_sys)
+        fs.mount_all(root, cfg.mounts, host_sys=host_sys,
+                     cgroupns="cgroup" in cfg.namespaces and not cfg.namespaces["cgroup"])
+        _write_sysctls(root, cfg.sysctl)                     # through the container's /proc, before it is ro
         fs.mask_paths(root, cfg.masked_paths)
         fs.readonly_paths(root, cfg.readonly_paths)
+        self._create_hooks(pipe)
         fs.pivot_into(root)
         _make_cwd(cfg.cwd)
+
+    def _create_hooks(self, pipe: _Pipe) -> None:
+        """prestart and createRuntime run in the launcher while we wait (runtime namespaces);
+        createContainer runs here, in the container's namespaces, still on the host's root."""
+        hooks = self.cfg.hooks
+        if hooks.get("prestart") or hooks.get("createRuntime"):
+            pipe.send(hooks=1)
+            pipe.wait_ack(launcher_reports=True)
+        run_hooks(hooks, ("createContainer",), oci_state_json(self.state, "creating", os.getpid()))
 
     def _open_terminal(self) -> dict:
         """runc's setupConsole, after pivot_root: a pty from the container's own devpts;
@@ -565,7 +638,8 @@ def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
     for target, fd in enumerate((stdio["in"], stdio["out"], stdio["err"])):
         if fd != target:
             os.dup2(fd, target)
-    _set_oom_score_adj(0)
+    _set_oom_score_adj(cfg.oom_score_adj or 0, required=cfg.oom_score_adj is not None)
+    os.umask(cfg.umask)
     os.setsid()
     if cfg.tty:
         from pykvm.container.runtime import terminal
@@ -617,6 +691,58 @@ def _drop_privileges(cfg: RunConfig) -> None:
     os.setresuid(cfg.uid, cfg.uid, cfg.uid)
     caps.set_caps(caps.cap_numbers(c.get("effective")), caps.cap_numbers(c.get("permitted")),
                   caps.cap_numbers(c.get("inheritable")), caps.cap_numbers(c.get("ambient")))
+
+
+def owned_by(pid_namespace, named: bool):
+    """Which processes in a container's cgroup are the container's: those in its PID
+    namespace.  When that is unknown (rootless: init's /proc/PID/ns is closed to us),
+    everything in a cgroup pykvm made for this container alone, nothing in one a
+    config named (cgroupsPath), where others may be."""
+    if not pid_namespace:
+        return lambda pid: not named
+    return lambda pid: ns.in_pid_namespace(pid, tuple(pid_namespace))
+
+
+def become_container_process(cfg: RunConfig) -> None:
+    """pykvm-init, once the command runs, keeps no more than the command has: its user,
+    groups, capability sets and no_new_privs (Docker's --init, tini, is the container's
+    process too).  Signalling the command needs no privilege then: it is the same user."""
+    _drop_privileges(replace(cfg, capabilities=caps.after_execve(cfg.capabilities, cfg.uid)))
+    prctl(lib.PR_SET_DUMPABLE, 0)                     # a uid change resets it to suid_dumpable
+
+
+def fork_command(cfg: RunConfig) -> int:
+    """fork(2) the command, with a clear word when the pids limit leaves no room for it."""
+    try:
+        return os.fork()
+    except BlockingIOError:
+        raise ContainerError(f"cannot start the command: fork() failed with EAGAIN (pids limit "
+                             f"{cfg.limits.pids}, or RLIMIT_NPROC, reached)") from None
+
+
+def new_session_keyring(cid: str) -> None:
+    """A session keyring of the container's own (runc's "_ses.<id>"), so that no key of the
+    caller's session is in reach; made searchable for its user so `exec` can join it.
+    keyrings(7), session-keyring(7).  Without keyrings (ENOSYS) or where a seccomp filter
+    forbids keyctl (EPERM) there is nothing to leak, as runc reasons."""
+    try:
+        key = join_session_keyring(f"_ses.{cid}")
+        set_key_permissions(key, key_permissions(key) | KEY_USR_SEARCH)
+    except SyscallError as e:
+        if e.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
+
+
+def _write_sysctls(root: str, sysctl: dict[str, str]) -> None:
+    """linux.sysctl: write each (validated, namespaced) parameter to /proc/sys/a/b/c of the
+    container's own /proc; sysctl(8) spells it a.b.c."""
+    for key, value in sysctl.items():
+        inside = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(fs.secure_join(root, inside), "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise ContainerError(f"linux.sysctl {key}={value!r}: cannot write {inside}: {e.strerror}") from None
 
 
 def _set_command_line(name: str) -> None:
@@ -791,25 +917,35 @@ def _make_cwd(cwd: str) -> None:
         pass                              # chdir() will say what is wrong, as the command's error
 
 
-def _set_oom_score_adj(value: int) -> None:
-    """proc(5) /proc/self/oom_score_adj; lowering it needs CAP_SYS_RESOURCE (not rootless)."""
+def _set_oom_score_adj(value: int, required: bool = False) -> None:
+    """proc(5) /proc/self/oom_score_adj; lowering it needs CAP_SYS_RESOURCE (not rootless).
+    `required` (process.oomScoreAdj): failing is an error, not something to skip quietly."""
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(f"{value}\n")
-    except OSError:
-        pass
+    except OSError as e:
+        if required:
+            raise ContainerError(f"process.oomScoreAdj {value}: {e.strerror}") from None
 
 
 def _set_rlimits(rlimits) -> None:
     for name, soft, hard in rlimits:
         if not hasattr(resource, name):
             raise ConfigError(f"unknown rlimit {name}")
-        resource.setrlimit(getattr(resource, name), (soft, hard))
+        # Python spells the C RLIM_INFINITY (2**64 - 1) as -1
+        soft, hard = (resource.RLIM_INFINITY if v == RLIM_INFINITY else v for v in (soft, hard))
+        try:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        except (ValueError, OSError) as e:
+            raise ContainerError(f"rlimit {name} ({soft}, {hard}): {e}") from None
 
 
-def _wait_for_start(fifo_path_fd: int) -> None:
-    """`oci start` opens exec.fifo for reading; our open for writing blocks until then (runc's trick)."""
+def _wait_for_start(fifo_path_fd: int, then) -> None:
+    """`oci start` opens exec.fifo for reading; our open for writing blocks until then (runc's
+    trick).  `then` (the startContainer hooks) runs before our byte tells `start` to go on,
+    so that its poststart hooks come after them."""
     fd = os.open(f"/proc/self/fd/{fifo_path_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    then()
     os.write(fd, b"0")
     os.close(fd)
     os.close(fifo_path_fd)
@@ -869,41 +1005,6 @@ def run_container(config: RunConfig, store: StateStore | None = None) -> int:
     return container.wait().exit_code
 
 
-def parse_user(spec: str, rootfs: str | list[str] | None = None) -> tuple[int, int]:
-    """`UID[:GID]` or `NAME[:GROUP]`, names looked up in /etc/passwd and /etc/group of the
-    rootfs (or of a list of image layers, top first: the first layer that has the file wins)."""
-    if not spec:
-        return 0, 0
-    roots = [rootfs] if isinstance(rootfs, str) else list(rootfs or [])
-    user, _, group = spec.partition(":")
-    uid, gid = _lookup(user, roots, "passwd")
-    if group:
-        gid = _lookup(group, roots, "group")[0]
-    return uid, gid
-
-
-def _lookup(name: str, roots: list[str], db: str) -> tuple[int, int]:
-    if name.isdigit():
-        return int(name), (int(name) if db == "group" else 0)
-    for root in roots:
-        path = fs.secure_join(root, f"/etc/{db}")
-        if not os.path.isfile(path):
-            continue
-        with open(path, errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
-                if fields[0] != name:
-                    continue
-                ids = fields[2:4] if db == "passwd" else fields[2:3] * 2
-                if len(ids) == 2 and all(i.isdigit() for i in ids):
-                    return int(ids[0]), int(ids[1])
-                # the image's file, so any text at all: a bad entry is bad input, not a crash
-                raise ConfigError(f"/etc/{db} line {number}: bad entry for {name!r}: {line.strip()!r}")
-        break                                           # the top-most file hides the ones below
-    raise ConfigError(f"unknown {'user' if db == 'passwd' else 'group'} {name!r} "
-                      f"(not a number and not in the rootfs's /etc/{db})")
-
-
 def command_line(entrypoint: list[str], cmd: list[str], args: list[str] | None = None,
                  new_entrypoint: str | None = None) -> list[str]:
     """The argv a container runs: Docker's rules for ENTRYPOINT, CMD, `run --entrypoint`
@@ -927,10 +1028,10 @@ def config_from_image(image, args: list[str] | None = None, entrypoint: str | No
     `entrypoint`: `run --entrypoint` (command_line says what it replaces)."""
     argv = command_line(image.entrypoint, image.cmd, args, entrypoint)
     top_first = list(reversed(image.layers))
-    uid, gid = parse_user(image.user, top_first)
+    user = resolve_user(image.user, top_first)
     env = list(image.env) or list(DEFAULT_ENV)
     cfg = RunConfig(args=argv, lower_dirs=top_first, env=env, cwd=image.working_dir or "/",
-                    uid=uid, gid=gid, image=getattr(image, "id", ""))
+                    uid=user.uid, gid=user.gid, additional_gids=user.groups, image=getattr(image, "id", ""))
     return replace(cfg, **overrides)
 
 
@@ -938,11 +1039,11 @@ def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, c
                    user: str = "") -> int:
     """One Dockerfile RUN: `argv` in a container whose root is `rootfs` (kept writable), host
     network, Docker's default capabilities (a Dockerfile may chown, mknod, switch users)."""
-    uid, gid = parse_user(user, rootfs)
+    who = resolve_user(user, rootfs)
     namespaces = dict.fromkeys(DEFAULT_NAMESPACES)
     namespaces.pop("network")
-    cfg = RunConfig(args=argv, rootfs=rootfs, env=env or list(DEFAULT_ENV), cwd=cwd, uid=uid,
-                    gid=gid, namespaces=namespaces, remove=True,
+    cfg = RunConfig(args=argv, rootfs=rootfs, env=env or list(DEFAULT_ENV), cwd=cwd, uid=who.uid,
+                    gid=who.gid, additional_gids=who.groups, namespaces=namespaces, remove=True,
                     capabilities=default_caps(caps.DOCKER_CAPS))
     return run_container(cfg)
 
@@ -950,14 +1051,14 @@ def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, c
 # --- the lifecycle: OCI (runtime.md "Operations") and Docker's ps/stop/kill/rm ----------
 
 def oci_create(cid: str, bundle: str, store: StateStore | None = None,
-               console_socket: str | None = None) -> Container:
+               console_socket: str | None = None, new_keyring: bool = True) -> Container:
     """`create`: everything set up, the process waiting on exec.fifo; status "created".
 
     With process.terminal, the pty master is sent (SCM_RIGHTS) to the unix socket at
     `console_socket`, as runc's --console-socket does; whoever listens there owns the terminal.
     """
     from pykvm.container.runtime.bundle import load_bundle
-    cfg = replace(load_bundle(bundle), id=cid, name=cid)
+    cfg = replace(load_bundle(bundle), id=cid, name=cid, new_keyring=new_keyring)
     console = _connect_console(console_socket) if console_socket else None
     try:
         return launch(cfg, CREATED, store, console=console)
@@ -977,11 +1078,24 @@ def _connect_console(path: str) -> socket.socket:
     return sock
 
 
-def oci_run(cid: str, bundle: str, store: StateStore | None = None) -> RunResult:
+def oci_run(cid: str, bundle: str, store: StateStore | None = None, new_keyring: bool = True) -> RunResult:
     """`runc run`'s equivalent: create + start + wait, in the foreground, then delete."""
     from pykvm.container.runtime.bundle import load_bundle
-    cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True)
-    return launch(cfg, FOREGROUND, store).wait()
+    cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True,
+                  new_keyring=new_keyring)
+    container = launch(cfg, FOREGROUND, store)
+    _warn_if_fails(cfg.hooks, "poststart", oci_state_json(container.state, "running", container.init_pid))
+    result = container.wait()
+    _warn_if_fails(cfg.hooks, "poststop", oci_state_json(container.state, "stopped", None))
+    return result
+
+
+def _warn_if_fails(hooks: dict, kind: str, state: dict) -> None:
+    """poststart and poststop: a failure is logged, and the lifecycle goes on (config.md)."""
+    try:
+        run_hooks(hooks, (kind,), state)
+    except ContainerError as e:
+        print(f"pykvm: warning: {e}", file=sys.stderr)
 
 
 def oci_start(ref: str, store: StateStore | None = None, timeout: float = 10.0) -> None:
@@ -991,14 +1105,20 @@ def oci_start(ref: str, store: StateStore | None = None, timeout: float = 10.0) 
     fifo = store.dir(state.id) / "exec.fifo"
     if store.status(state) != "created":
         raise ContainerError(f"container {state.id} is {store.status(state)}, not created: cannot start it")
+    hooks = hooks_from_json(state.hooks)
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready or os.read(fd, 1) != b"0":
+        # startContainer hooks run before init's byte comes: they have timeouts of their own
+        ready, _, _ = select.select([fd], [], [], None if hooks.get("startContainer") else timeout)
+        if not ready:
             raise ContainerError(f"container {state.id} did not start within {timeout} s")
+        if os.read(fd, 1) != b"0":
+            raise ContainerError(f"container {state.id} failed to start (a startContainer hook or "
+                                 f"its set-up failed: its stderr says which)")
     finally:
         os.close(fd)
         fifo.unlink(missing_ok=True)
+    _warn_if_fails(hooks, "poststart", oci_state_json(state, "running", state.pid))
 
 
 def kill_container(ref: str, sig: int = signal.SIGTERM, store: StateStore | None = None) -> ContainerState:
@@ -1048,6 +1168,8 @@ def remove_container(ref: str, force: bool = False, store: StateStore | None = N
         if not wait_stopped(state, store, 5.0):
             raise ContainerError(f"container {state.id} did not die after SIGKILL")
     if state.cgroup:
-        Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy()
+        Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy(
+            owned_by(state.pid_namespace, state.cgroup.get("named", True)))
     store.remove(state.id)
+    _warn_if_fails(hooks_from_json(state.hooks), "poststop", oci_state_json(state, "stopped", None))
     return state

@@ -19,9 +19,11 @@ no_new_privs, rlimits.
       |     moves a process only within the mover's cgroup-namespace root)
       |  3. setns(2) in namespaces.ORDER: user first (it owns the others), mount
       |     last; setns(mnt) also moves root and cwd to the container's "/"
-      |  4. -t: a pty from the container's devpts; its master goes out over a socketpair
-      |  5. fork(): setns(pid) applies to children only (pid_namespaces(7))
-      v  then forwards signals and reaps, exiting with the command's status
+      |  4. joins the container's session keyring (runc exec's "_ses.<id>")
+      |  5. -t: a pty from the container's devpts; its master goes out over a socketpair
+      |  6. fork(): setns(pid) applies to children only (pid_namespaces(7))
+      v  then drops to the command's credentials, forwards signals and reaps,
+         exiting with the command's status
     command   (a new PID inside the container)
          setsid, cwd, no_new_privs, bounding set, uid/gid, only fds 0-2, execve(2)
 
@@ -41,6 +43,7 @@ from pykvm.container.runtime import container as rt
 from pykvm.container.runtime.cgroups import Cgroup, close_all, join
 from pykvm.container.runtime.state import StateStore, pid_alive, stat_field, stat_fields
 from pykvm.container.runtime.syscalls import lib, prctl
+from pykvm.container.runtime.validate import validate
 from pykvm.errors import ConfigError, ContainerError, SyscallError
 
 __all__ = ["exec_config", "exec_in", "LAUNCHER_GONE"]
@@ -60,25 +63,24 @@ def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = N
         raise ConfigError("give the command to run in the container")
     p = state.process
     base = rt.RunConfig(args=list(args))
-    uid, gid = p.get("uid", 0), p.get("gid", 0)
+    who = rt.ExecUser(p.get("uid", 0), p.get("gid", 0), p.get("additional_gids", []))
     if user:
         try:
-            uid, gid = rt.parse_user(user, f"/proc/{state.pid}/root")
+            who = rt.resolve_user(user, f"/proc/{state.pid}/root")
         except OSError as e:
             raise ContainerError(f"cannot look up user {user!r} in container {state.id}: {e.strerror} "
                                  f"(give a number: -u UID[:GID])") from None
     cfg = replace(base, env=rt.merge_env(rt.merge_env(p.get("env") or base.env,
                                                       ["TERM=xterm"] if tty else []), list(env)),
-                  cwd=cwd or p.get("cwd", "/"), uid=uid, gid=gid,
-                  additional_gids=p.get("additional_gids", []) if not user else [],
+                  cwd=cwd or p.get("cwd", "/"), uid=who.uid, gid=who.gid, additional_gids=who.groups,
                   capabilities=p.get("capabilities") or base.capabilities,
                   no_new_privileges=p.get("no_new_privileges", True),
                   rlimits=[tuple(r) for r in p.get("rlimits", base.rlimits)],
+                  umask=p.get("umask", base.umask), new_keyring=p.get("new_keyring", True),
                   tty=tty, interactive=interactive, id=state.id, namespaces={})
     for entry in cfg.env:
         rt.check_env(entry)
-    if not os.path.isabs(cfg.cwd):
-        raise ConfigError(f"working directory {cfg.cwd!r} must be absolute")
+    validate(cfg)
     return cfg
 
 
@@ -214,15 +216,18 @@ class _Exec:
                              *([self.tty_inside.fileno()] if self.tty_inside else [])})
         join(cgroup_fds)
         self._enter(spaces)
+        if self.cfg.new_keyring:
+            rt.new_session_keyring(self.state.id)         # the container's own, as runc exec joins it
         rt._set_rlimits(self.cfg.rlimits)
         if self.cfg.tty:
             stdio = self._open_terminal()
-        child = os.fork()
+        child = rt.fork_command(self.cfg)
         if child == 0:
             rt._child_main(lambda: rt._exec_command(self.cfg, pipe, stdio), pipe)
         os.close(pipe.events_w)
         close_all(stdio["close"])                          # the pty's slave is the command's alone
         rt._detach_stdio()                                 # the container's /dev/null now
+        rt.become_container_process(self.cfg)              # no more privilege than the command's
         return rt._reap(child, kill_on=() if self.detach else (LAUNCHER_GONE,))
 
     def _open_cgroup_files(self) -> list[int]:

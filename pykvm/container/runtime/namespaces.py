@@ -27,7 +27,8 @@ from pykvm.container.runtime.syscalls import check, ffi, lib
 from pykvm.errors import ConfigError
 
 __all__ = ["CLONE_FLAGS", "ORDER", "PROC_NAMES", "IdMap", "flags_for", "unshare", "setns", "open_other",
-           "write_id_maps", "loopback_up", "check_hostname", "HOST_NAME_MAX"]
+           "write_id_maps", "loopback_up", "check_hostname", "HOST_NAME_MAX", "namespace_id",
+           "in_pid_namespace"]
 
 # OCI namespace type -> clone(2) flag (runtime-spec config-linux.md "Namespaces").
 CLONE_FLAGS = {
@@ -131,6 +132,29 @@ def open_other(pid: int) -> list[tuple[str, int]]:
             os.close(fd)
         raise
     return found
+
+
+def namespace_id(pid: int, kind: str = "pid") -> tuple[int, int] | None:
+    """(device, inode) of a process's namespace, which names it (namespaces(7)); None if
+    the process is gone or its /proc/PID/ns is closed to us."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/{PROC_NAMES[kind]}")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def in_pid_namespace(pid: int, ident: tuple[int, int]) -> bool:
+    """Is process `pid` in the PID namespace `ident`, or about to put its children there
+    (`pid_for_children`: an `exec` that has joined it with setns(2))?"""
+    for name in ("pid", "pid_for_children"):
+        try:
+            st = os.stat(f"/proc/{pid}/ns/{name}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == tuple(ident):
+            return True
+    return False
 
 
 def write_id_maps(pid: int | str, uid_maps: list[IdMap], gid_maps: list[IdMap]) -> None:

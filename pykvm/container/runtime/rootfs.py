@@ -210,13 +210,19 @@ def mount_root(target: str, rootfs: str | None = None, lower: list[str] | None =
     return real
 
 
-def mount_all(root: str, mounts: list[Mount], host_sys: bool = False) -> None:
-    """Step 3: the config's mounts in order; /dev gets its nodes right after its tmpfs."""
+def mount_all(root: str, mounts: list[Mount], host_sys: bool = False, cgroupns: bool = True) -> None:
+    """Step 3: the config's mounts in order; /dev gets its nodes right after its tmpfs.
+
+    `cgroupns`: whether we are in a cgroup namespace of our own (see mount_cgroupfs).
+    """
     for m in mounts:
         if m.type == "sysfs" and host_sys:
             # sysfs can only be mounted by the owner of the network namespace;
             # with the host's network in a user namespace, bind the host's /sys.
             m = Mount(m.destination, "bind", "/sys", ["rbind", "nosuid", "noexec", "nodev", "ro"])
+        if m.type == "cgroup":
+            mount_cgroupfs(root, m.destination, parse_options(m.options)[0], cgroupns)
+            continue
         mount_one(root, m)
         if m.destination == "/dev" and m.type == "tmpfs":
             populate_dev(root)
@@ -243,18 +249,24 @@ def mount_one(root: str, m: Mount) -> None:
         _mount_on(root, m.destination, None, None, flags & (PROPAGATION | lib.MS_REC), None)
 
 
-def mount_cgroupfs(root: str, dest: str, flags: int) -> None:
-    """A cgroup mount, as runc makes it; inside our cgroup namespace each shows our own cgroup as "/".
+def mount_cgroupfs(root: str, dest: str, flags: int, cgroupns: bool = True) -> None:
+    """A cgroup mount, as runc makes it, showing only the container's own cgroups.
 
-    cgroup v2: one cgroup2 mount.  v1: a tmpfs with one cgroup mount per
-    host hierarchy (memory, pids, cpu, name=systemd ...), then the tmpfs
-    remounted read-only (cgroup_namespaces(7), runc's libcontainer/rootfs_linux.go).
+    In our own cgroup namespace a new cgroup mount shows our cgroup as "/"
+    (cgroup_namespaces(7)).  cgroup v2: one cgroup2 mount.  v1: a tmpfs with one
+    cgroup mount per host hierarchy (memory, pids, cpu, name=systemd ...), then the
+    tmpfs remounted read-only (runc's libcontainer/rootfs_linux.go).  Without a
+    cgroup namespace a new mount would show the host's whole tree, so each of our
+    cgroup directories is bound there instead, as runc binds them.
     """
     from pykvm.container.runtime.cgroups import detect
     ro = flags & lib.MS_RDONLY
     base = lib.MS_NOSUID | lib.MS_NODEV | lib.MS_NOEXEC
     if detect() == "v2":
-        _mount_on(root, dest, "cgroup", "cgroup2", base | ro, None)
+        if cgroupns:
+            _mount_on(root, dest, "cgroup", "cgroup2", base | ro, None)
+        else:
+            _bind_own_cgroup(root, dest, "/sys/fs/cgroup", "", base | ro)
         return
     _mount_on(root, dest, "tmpfs", "tmpfs", base, "mode=755")
     # Speed: the tmpfs is ours and brand new (no link in it to resolve), so each
@@ -262,12 +274,15 @@ def mount_cgroupfs(root: str, dest: str, flags: int) -> None:
     # it, not looked up from the rootfs again: ~0.5 ms of a ~13 ms launch.
     tmpfs = open_target(root, dest)
     try:
-        for name, options in host_cgroup_v1_hierarchies():
+        for name, options, mount_point in host_cgroup_v1_hierarchies():
             try:
                 os.mkdir(name, 0o755, dir_fd=tmpfs)
             except FileExistsError:         # listed twice: the host's /sys is bound in (rootless)
                 pass
             try:
+                if not cgroupns:
+                    _bind_own_cgroup(root, f"{dest}/{name}", mount_point, options, base | ro)
+                    continue
                 mount("cgroup", f"/proc/self/fd/{tmpfs}/{name}", "cgroup", base | ro, options)
             except SyscallError as e:
                 if e.errno not in (errno.EPERM, errno.EBUSY):   # where a user namespace may not mount
@@ -279,8 +294,20 @@ def mount_cgroupfs(root: str, dest: str, flags: int) -> None:
         _remount(root, dest, lib.MS_RDONLY | base)
 
 
-def host_cgroup_v1_hierarchies() -> list[tuple[str, str]]:
-    """(directory name, mount options) of each v1 hierarchy in this mount namespace."""
+def _bind_own_cgroup(root: str, dest: str, mount_point: str, options: str, flags: int) -> None:
+    """Bind our cgroup in one hierarchy (the line of /proc/self/cgroup whose controllers are
+    `options`'s; "" for v2) from its host mount point onto `dest`, then remount it with `flags`."""
+    wanted = {o for o in options.split(",") if o} - {"rw", "ro"}
+    for line in open("/proc/self/cgroup").read().splitlines():
+        _, names, path = line.split(":", 2)
+        if set(names.split(",") if names else []) == wanted:
+            _mount_on(root, dest, mount_point + path.rstrip("/"), None, lib.MS_BIND, None)
+            _remount(root, dest, flags)
+            return
+
+
+def host_cgroup_v1_hierarchies() -> list[tuple[str, str, str]]:
+    """(directory name, mount options, mount point) of each v1 hierarchy in this mount namespace."""
     out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -289,7 +316,7 @@ def host_cgroup_v1_hierarchies() -> list[tuple[str, str]]:
             if fields[sep + 1] != "cgroup":
                 continue
             opts = [o for o in fields[sep + 3].split(",") if o not in ("rw", "ro")]
-            out.append((os.path.basename(fields[4]), ",".join(opts)))
+            out.append((os.path.basename(fields[4]), ",".join(opts), fields[4]))
     return out
 
 
@@ -304,6 +331,7 @@ def populate_dev(root: str) -> None:
         host = os.stat(f"/dev/{name}")
         try:
             os.mknod(os.path.join(dev, name), stat.S_IMODE(host.st_mode) | stat.S_IFCHR, host.st_rdev)
+            os.chmod(os.path.join(dev, name), stat.S_IMODE(host.st_mode))     # not cut by the umask
             os.chown(os.path.join(dev, name), host.st_uid, host.st_gid)
         except PermissionError:
             _mount_on(root, f"/dev/{name}", f"/dev/{name}", None, lib.MS_BIND, None, directory=False)

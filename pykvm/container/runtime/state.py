@@ -23,7 +23,8 @@ from pathlib import Path
 
 from pykvm.errors import ConfigError, ContainerError
 
-__all__ = ["ContainerState", "StateStore", "state_root", "new_id", "OCI_VERSION", "stat_fields",
+__all__ = ["ContainerState", "StateStore", "state_root", "new_id", "OCI_VERSION", "oci_state_json",
+           "stat_fields",
            "stat_field", "process_start_time", "pid_alive"]
 
 OCI_VERSION = "1.0.2"                       # runtime-spec version whose state JSON we emit
@@ -64,12 +65,24 @@ class ContainerState:
     command: list[str] = field(default_factory=list)
     created: float = 0.0
     cgroup: dict = field(default_factory=dict)      # {"version": "v1", "paths": {...}} or {}
+    pid_namespace: list[int] = field(default_factory=list)   # [dev, inode] of init's: what is "ours" to kill
     auto_remove: bool = False
     detached: bool = False
     annotations: dict = field(default_factory=dict)
     image: str = ""                # the image ID it was made from (`rmi` refuses to remove it)
     layers: list[str] = field(default_factory=list)   # its overlay's lower dirs (`gc` keeps them)
     process: dict = field(default_factory=dict)   # env, cwd, user, capabilities ... (`exec` starts from them)
+    hooks: dict = field(default_factory=dict)     # config.json's hooks (`oci start` and `delete` run some)
+
+
+def oci_state_json(state: ContainerState, status: str, pid: int | None) -> dict:
+    """runtime.md "State": what `state` prints and what hooks read on stdin (pid None: none,
+    as a poststop hook gets it)."""
+    out = {"ociVersion": OCI_VERSION, "id": state.id, "status": status, "pid": pid,
+           "bundle": state.bundle, "annotations": state.annotations}
+    if pid is None:
+        del out["pid"]
+    return out
 
 
 class StateStore:
@@ -129,7 +142,10 @@ class StateStore:
         return sorted(out, key=lambda s: s.created)
 
     def resolve(self, ref: str) -> ContainerState:
-        """A container by id, name, or unique id prefix."""
+        """A container by id, name, or unique id prefix (never the empty one: it would
+        match every container)."""
+        if not ref:
+            raise ContainerError("no such container: '' (give an id, a name or an id prefix)")
         states = self.list()
         for s in states:
             if ref in (s.id, s.name):
@@ -163,14 +179,7 @@ class StateStore:
     def oci_state(self, state: ContainerState) -> dict:
         """The state JSON of runtime.md "State", as `runc state` prints it."""
         status = self.status(state)
-        return {
-            "ociVersion": OCI_VERSION,
-            "id": state.id,
-            "status": status,
-            "pid": state.pid if status != "stopped" else 0,
-            "bundle": state.bundle,
-            "annotations": state.annotations,
-        }
+        return oci_state_json(state, status, state.pid if status != "stopped" else 0)
 
     def remove(self, cid: str) -> None:
         """Delete a container's state directory (its mounts died with its mount namespace)."""

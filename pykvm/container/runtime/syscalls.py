@@ -8,6 +8,7 @@ decides what it means.
     mount(2), umount2(2), pivot_root(2)      the filesystem tree
     sethostname(2)                           the UTS namespace
     prctl(2), capset(2)                      process attributes
+    keyctl(2)                                the session keyring
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import os
 from pykvm.container.runtime._sys_cffi import ffi, lib
 from pykvm.errors import SyscallError
 
-__all__ = ["ffi", "lib", "check", "mount", "umount", "pivot_root", "sethostname", "prctl"]
+__all__ = ["ffi", "lib", "check", "mount", "umount", "pivot_root", "sethostname", "prctl",
+           "join_session_keyring", "key_permissions", "set_key_permissions"]
+
+KEY_DESCRIPTION_MAX = 4096        # "type;uid;gid;perm;description": the description is at most 4095 bytes
 
 
 def check(ret: int, syscall: str, detail: str = "") -> int:
@@ -57,3 +61,24 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """Wraps prctl(2)."""
     return check(lib.prctl5(option, arg2, arg3, arg4, arg5), "prctl", str(option))
+
+
+def join_session_keyring(name: str) -> int:
+    """Wraps keyctl(KEYCTL_JOIN_SESSION_KEYRING, name): join the keyring called `name` if we
+    may search it, else make a new one by that name; returns its serial (keyctl(2))."""
+    raw = ffi.new("char[]", name.encode())
+    return check(lib.sys_keyctl(lib.KEYCTL_JOIN_SESSION_KEYRING, int(ffi.cast("unsigned long", raw)), 0, 0),
+                 "keyctl", f"JOIN_SESSION_KEYRING {name}")
+
+
+def key_permissions(key: int) -> int:
+    """The permission mask of a key: field 4 of keyctl(KEYCTL_DESCRIBE) "type;uid;gid;perm;desc"."""
+    buf = ffi.new("char[]", KEY_DESCRIPTION_MAX)
+    size = check(lib.sys_keyctl(lib.KEYCTL_DESCRIBE, key & 0xFFFFFFFF, int(ffi.cast("unsigned long", buf)),
+                                KEY_DESCRIPTION_MAX), "keyctl", f"DESCRIBE {key}")
+    return int(ffi.string(buf, size).split(b";")[3], 16)
+
+
+def set_key_permissions(key: int, perm: int) -> None:
+    """Wraps keyctl(KEYCTL_SETPERM)."""
+    check(lib.sys_keyctl(lib.KEYCTL_SETPERM, key & 0xFFFFFFFF, perm, 0), "keyctl", f"SETPERM {key}")

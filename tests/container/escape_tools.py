@@ -1,0 +1,35 @@
+"""Helpers of the escape suites (test_escapes_*.py): edit a bundle's config.json, check a refusal."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+
+def edit(bundle: Path, **changes) -> Path:
+    """Set config.json fields, `__` separating the levels (process__user__umask=0o027);
+    the terminal goes off, as a test has none."""
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = spec
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    (bundle / "config.json").write_text(json.dumps(spec))
+    return bundle
+
+
+def refused(r: subprocess.CompletedProcess, message: str = "", code: int = 2) -> str:
+    """The CLI refused with exit `code` and one line `pykvm: error: ...` holding `message`."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("pykvm: error: ") and message in r.stderr, r.stderr
+    return r.stderr
+
+
+def runc_run(bundle: Path, state: Path, cid: str = "oracle") -> subprocess.CompletedProcess:
+    """The oracle: `runc run` of the same bundle, its state kept under `state`."""
+    return subprocess.run(["runc", "--root", str(state), "run", "--bundle", str(bundle), cid],
+                          capture_output=True, text=True, timeout=60)
