@@ -24,10 +24,23 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node, except those under `if TYPE_CHECKING:` (imports for annotations only)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
 def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
-    """The pykvm modules `path` imports (an imported name that is a module counts as one)."""
+    """The pykvm modules `path` imports when it runs (an imported name that is a module
+    counts as one); imports for type annotations only do not count."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pykvm"):
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
