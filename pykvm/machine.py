@@ -9,8 +9,10 @@ the model).  Machine.__init__ reads as its table of contents:
     4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT:
        before any vCPU exists, so each vCPU gets its LAPIC
     5. the vCPU, with CPUID set (CPUID before MSRs: KVM checks MSRs against it)
-    6. the kernel loaded into memory, giving an entry point and CPU mode
-    7. the devices, each inserted on the port-I/O bus at its base
+    6. the kernel loaded into memory, giving an entry point and CPU mode; first the
+       virtio devices are opened, so their slots reach the command line and the DSDT
+    7. the devices, each inserted on the port-I/O bus at its base; the virtio
+       transports on the MMIO bus
     8. the vCPU's registers for that entry point
 
 Machine.run() is the run loop: KVM_RUN, then one `match` over the typed exit.
@@ -30,6 +32,7 @@ from pykvm.boot import layout
 from pykvm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.devices.bus import Bus
+from pykvm.devices.virtio.attach import VirtioConfig, VirtioDevices
 from pykvm.errors import GuestError
 from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                        MmioWrite, Shutdown, SystemEvent)
@@ -64,6 +67,7 @@ class MachineConfig:
     kernel_format: str = "auto"      # auto, pvh, raw (bzImage: see pykvm.boot.bzimage)
     trace: bool = False
     output: object = None            # callable(bytes) for guest serial output; default stdout
+    virtio: VirtioConfig = field(default_factory=VirtioConfig)   # --disk, --rng, --console virtio
     extra: dict = field(default_factory=dict)
 
 
@@ -97,14 +101,15 @@ class Machine:
         self.vm.create_pit2()
         self.vcpu = self.vm.create_vcpu(0)                                 # 5
         self.vcpu.set_cpuid(cpuid.guest_cpuid(self.kvm.supported_cpuid(), self.vcpu.id))
-        self.entry = self._load_kernel()                                   # 6
+        self.virtio = VirtioDevices(config.virtio)                         # 6
+        self.entry = self._load_kernel()
         self._add_devices()                                                # 7
         boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
 
     def _load_kernel(self) -> boot_state.Entry:
         from pykvm.boot.loader import load_kernel
 
-        return load_kernel(self.memory, self.vcpu, self.config)
+        return load_kernel(self.memory, self.vcpu, self.config, self.virtio.windows())
 
     def _add_devices(self) -> None:
         # `pykvm boot | head -1`: once nobody reads, the VM ends (as `yes | head -1` ends yes).
@@ -126,6 +131,7 @@ class Machine:
         for name, device in devices.items():
             base, length = PORTS[name]
             self.pio.insert(device, base, length)
+        self.virtio.attach(self, output)
 
     def _serial_irq(self, level: bool) -> None:
         """The UART's INTR output drives ISA IRQ 4 (PIC and IOAPIC pin 4)."""
@@ -225,6 +231,8 @@ class Machine:
     _console_output: ConsoleOutput | None = None
 
     def close(self) -> None:
+        if getattr(self, "virtio", None) is not None:
+            self.virtio.close()              # its workers touch guest memory: stop them first
         if getattr(self, "serial", None) is not None:
             self.serial.close()
         if self._console_output is not None:

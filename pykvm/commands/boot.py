@@ -19,11 +19,23 @@ __all__ = ["boot"]
 @click.option("--format", "kernel_format", default="auto", show_default=True,
               type=click.Choice(["auto", "pvh", "bzimage", "raw"]), help="Kernel file format.")
 @click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
+@click.option("--disk", "disks", multiple=True, metavar="FILE[,ro]",
+              help="A raw disk image as a virtio-blk device (repeatable; ,ro: read-only).")
+@click.option("--console", "console", default="serial", show_default=True,
+              type=click.Choice(["serial", "virtio"]),
+              help="Where the terminal's input goes: the 16550A UART, or a virtio console (hvc0).")
+@click.option("--rng", is_flag=True, help="A virtio-rng device: entropy from the host.")
+@click.option("--virtio-notify", "virtio_notify", default="eventfd", show_default=True,
+              type=click.Choice(["eventfd", "exit"]),
+              help="How virtio kicks and interrupts travel: ioeventfd/irqfd and a worker "
+                   "thread, or plain MMIO exits handled on the vCPU thread.")
+def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, disks, console, rng,
+         virtio_notify):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
     """
+    from pykvm.devices.virtio.attach import VirtioConfig, parse_disk
     from pykvm.errors import ConfigError
     from pykvm.guests import DEFAULT_GUEST, find_guest
     from pykvm.machine import MachineConfig
@@ -38,8 +50,10 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
     memory = parse_size(mem, what="--mem", default_unit="M")
     if memory > host_memory():
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
+    virtio = VirtioConfig(disks=[parse_disk(d) for d in disks], console=console == "virtio",
+                          rng=rng, notify=virtio_notify)
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
-                           kernel_format=kernel_format, trace=trace)
+                           kernel_format=kernel_format, trace=trace, virtio=virtio)
     raise SystemExit(run_machine(config))
 
 
@@ -49,18 +63,22 @@ def run_machine(config) -> int:
     from pykvm.machine import Machine
 
     with Machine(config) as machine:
-        with Console(machine.serial, on_quit=lambda: machine.stop(0)):
+        terminal = machine.virtio.console or machine.serial     # --console virtio: input to hvc0
+        with Console(terminal, on_quit=lambda: machine.stop(0)):
             try:
                 status = machine.run()
             finally:
                 if config.trace:
-                    print_exit_summary(machine.exit_counts)
+                    print_exit_summary(machine.exit_counts, machine.virtio.summary())
     return status
 
 
-def print_exit_summary(counts) -> None:
-    """The --trace summary: exits by reason, most frequent first (like kvm_stat)."""
+def print_exit_summary(counts, virtio_lines=()) -> None:
+    """The --trace summary: exits by reason, most frequent first (like kvm_stat); then the
+    virtio devices' kicks, by MMIO exit and by ioeventfd."""
     total = sum(counts.values())
     click.echo(f"pykvm: {total} VM exits", err=True)
     for reason, n in counts.most_common():
         click.echo(f"  {reason:<16} {n:>10}  {100 * n / max(total, 1):5.1f}%", err=True)
+    for line in virtio_lines:
+        click.echo(f"  {line}", err=True)

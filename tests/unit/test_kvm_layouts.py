@@ -29,6 +29,8 @@ def ioctl_size(request: int) -> int:
     ("KVM_IRQ_LINE", "struct kvm_irq_level"),
     ("KVM_GET_LAPIC", "struct kvm_lapic_state"),
     ("KVM_ENABLE_CAP", "struct kvm_enable_cap"),
+    ("KVM_IOEVENTFD", "struct kvm_ioeventfd"),
+    ("KVM_IRQFD", "struct kvm_irqfd"),
 ])
 def test_struct_size_matches_ioctl_number(ioctl, ctype):
     encoded = ioctl_size(getattr(lib, ioctl))
