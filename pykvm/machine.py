@@ -3,14 +3,15 @@
 The boot path is one top-down recipe (Firecracker's build_microvm_for_boot is
 the model).  Machine.__init__ reads as its table of contents:
 
+    0. the virtio devices' host side: disk images opened (bad input fails before KVM)
     1. open /dev/kvm and check the capabilities pykvm needs
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
     3. guest memory, registered with KVM as memory slots
     4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT:
        before any vCPU exists, so each vCPU gets its LAPIC
     5. the vCPU, with CPUID set (CPUID before MSRs: KVM checks MSRs against it)
-    6. the kernel loaded into memory, giving an entry point and CPU mode; first the
-       virtio devices are opened, so their slots reach the command line and the DSDT
+    6. the kernel loaded into memory, giving an entry point and CPU mode; the virtio
+       devices' slots go on its command line and into the DSDT
     7. the devices, each inserted on the port-I/O bus at its base; the virtio
        transports on the MMIO bus
     8. the vCPU's registers for that entry point
@@ -88,6 +89,7 @@ class Machine:
     # --- building ------------------------------------------------------------
     def _build(self) -> None:
         config = self.config
+        self.virtio = VirtioDevices(config.virtio)                         # 0
         self.kvm = Kvm()                                                   # 1
         for capability in ("KVM_CAP_USER_MEMORY", "KVM_CAP_IRQCHIP", "KVM_CAP_PIT2",
                            "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT"):
@@ -101,8 +103,7 @@ class Machine:
         self.vm.create_pit2()
         self.vcpu = self.vm.create_vcpu(0)                                 # 5
         self.vcpu.set_cpuid(cpuid.guest_cpuid(self.kvm.supported_cpuid(), self.vcpu.id))
-        self.virtio = VirtioDevices(config.virtio)                         # 6
-        self.entry = self._load_kernel()
+        self.entry = self._load_kernel()                                   # 6
         self._add_devices()                                                # 7
         boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
 

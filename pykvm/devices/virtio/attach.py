@@ -37,6 +37,7 @@ log = logging.getLogger("pykvm.virtio")
 
 MAX_DEVICES = len(layout.VIRTIO_MMIO_IRQS)
 READ_ONLY_SUFFIX = "ro"
+EVENTFD_CAPABILITIES = ("KVM_CAP_IOEVENTFD", "KVM_CAP_IRQFD")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ class VirtioDevices:
         """Put each device's transport on the machine's MMIO bus and wire its kick and interrupt."""
         self._output = output
         trace = _trace_line if machine.config.trace else None
+        if self.slots and self.config.notify == "eventfd":
+            for capability in EVENTFD_CAPABILITIES:
+                machine.kvm.require(capability, "virtio kicks and interrupts without VM exits "
+                                                "(--virtio-notify exit does without)")
         for slot in self.slots:
             notifier = self._notifier(machine, slot.irq, trace)
             self.notifiers.append(notifier)
