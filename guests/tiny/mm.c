@@ -18,6 +18,8 @@
 #define PTE_P    0x001             /* present */
 #define PTE_W    0x002             /* writable */
 #define PTE_U    0x004             /* user: ring 3 may access */
+#define PTE_PWT  0x008             /* write-through */
+#define PTE_PCD  0x010             /* cache disable: with PWT, uncached (SDM Vol. 3A, 11.12.3) */
 #define PTE_PS   0x080             /* in a PD entry: maps a 2 MiB page */
 #define PTE_ADDR 0x000ffffffffff000ULL
 #define PT_INDEX(va, level) (((va) >> (12 + 9 * (level))) & 511)   /* level 3 = PML4 */
@@ -128,6 +130,8 @@ static uint64_t *walk(uint64_t *pml4, uint64_t va, int user)
     uint64_t *table = pml4;
     for (int level = 3; level > 0; level--) {
         uint64_t *entry = &table[PT_INDEX(va, level)];
+        if (*entry & PTE_PS)
+            return NULL;           /* a 2 MiB page of RAM, not a table */
         if (!(*entry & PTE_P)) {
             uint64_t *next = kalloc();
             if (!next)
@@ -174,6 +178,37 @@ void mm_init(const struct hvm_start_info *si)
     pages_init();
     map_kernel();
     write_cr3((uint64_t)kpml4);
+}
+
+static int overlaps_ram(uint64_t pa, uint64_t size)
+{
+    for (int i = 0; i < memmap_count; i++)
+        if (memmap[i].type == E820_RAM && pa < memmap[i].addr + memmap[i].size &&
+            memmap[i].addr < pa + size)
+            return 1;
+    return 0;
+}
+
+/* Map a device's registers (physical [pa, pa+size)) into the kernel's map,
+ * at the same virtual address, uncached: a device register must be read
+ * and written every time the code says so, never from a cache line.
+ * The kernel's map covers RAM only (map_kernel), so a device window, such
+ * as virtio-mmio's at 0xfeb00000 on QEMU microvm, needs its own pages.
+ * They go under PML4 entry 0, which every process shares.  Returns the
+ * address to use, or NULL (the range holds RAM or is beyond the map, or
+ * no memory for a page table). */
+void *mmio_map(uint64_t pa, uint64_t size)
+{
+    if (size == 0 || pa + size < pa || pa + size > KERNEL_MAP_MAX || overlaps_ram(pa, size))
+        return NULL;
+    for (uint64_t page = pa & ~(PAGE_SIZE - 1); page < pa + size; page += PAGE_SIZE) {
+        uint64_t *pte = walk(kpml4, page, 0);
+        if (!pte)
+            return NULL;
+        *pte = page | PTE_P | PTE_W | PTE_PCD | PTE_PWT;
+    }
+    write_cr3(read_cr3());         /* flush the TLB: no stale "not present" entries */
+    return (void *)pa;
 }
 
 uint64_t *kernel_pml4(void)
