@@ -34,3 +34,25 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def kill_9_after(argv: list[str], marker: bytes, timeout: float = 120) -> bytes:
+    """Run `argv`, wait until its stdout shows `marker`, then SIGKILL it; return its output."""
+    import signal
+
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    output = bytearray()
+    os.set_blocking(proc.stdout.fileno(), False)
+
+    def seen() -> bool:
+        output.extend(proc.stdout.read() or b"")
+        return marker in output
+
+    try:
+        wait_for(seen, timeout)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
+    return bytes(output)

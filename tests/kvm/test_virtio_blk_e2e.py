@@ -7,13 +7,11 @@ flush complete, kill -9 of pykvm loses nothing.  Both notification paths
 """
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 
 import pytest
 
-from clitools import ROOT, wait_for
+from clitools import ROOT, kill_9_after
 from tinyvm import TIMEOUT_S, Run, build_tiny, console_from_banner, pykvm_command
 
 pytestmark = pytest.mark.kvm
@@ -102,20 +100,5 @@ def test_two_disks_in_two_slots(tiny, image, tmp_path):
 
 def test_data_survives_kill_9_after_the_flush(tiny, image):
     """No poweroff: the guest waits at its prompt after the flush; pykvm dies by SIGKILL."""
-    proc = subprocess.Popen(pykvm_command(tiny, f"run=dwrite 5 {TEXT}") + ["--disk", str(image)],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    output = bytearray()
-    os.set_blocking(proc.stdout.fileno(), False)
-
-    def flushed() -> bool:
-        output.extend(proc.stdout.read() or b"")
-        return b"flushed" in output
-
-    try:
-        wait_for(flushed, timeout=120)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_after(pykvm_command(tiny, f"run=dwrite 5 {TEXT}") + ["--disk", str(image)], b"flushed")
     assert sector(image, 5) == TEXT.encode().ljust(512, b"\0")

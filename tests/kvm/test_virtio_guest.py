@@ -8,14 +8,11 @@ off, or, for the data-safety test, prints "F" and spins until it is killed.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 
 import pytest
 
-from clitools import ROOT, pykvm, wait_for
+from clitools import kill_9_after, pykvm
 from guestasm import pvh_elf
 from pykvm.boot import layout
 
@@ -172,20 +169,7 @@ def test_read_only_disk_refuses_the_write(guests, image):
 
 
 def test_data_is_in_the_image_after_kill_9_once_the_flush_completed(guests, image):
-    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(guests["spin"]),
-                             "--disk", str(image)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    output = bytearray()
-    os.set_blocking(proc.stdout.fileno(), False)
-
-    def flushed() -> bool:
-        output.extend(proc.stdout.read() or b"")
-        return b"F\n" in output
-
-    try:
-        wait_for(flushed, timeout=120)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert b"S00" in output, bytes(output)
+    output = kill_9_after([sys.executable, "-m", "pykvm", "boot", "--kernel", str(guests["spin"]),
+                           "--disk", str(image)], b"F\n")
+    assert b"S00" in output, output
     assert sector(image, SECTOR) == bytes([FILL]) * 512
