@@ -62,6 +62,7 @@ void pic_init(void);
 void pic_virtual_wire(void);
 void pic_unmask(int irq);
 void pic_eoi(int irq);
+int pic_spurious(int irq);
 
 /* pit.c: the 8254 timer */
 #define TIMER_HZ 100

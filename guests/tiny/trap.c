@@ -148,8 +148,10 @@ void trap(struct trapframe *tf)
         serial_intr();
         pic_eoi(IRQ_COM1);
         break;
-    case T_IRQ0 + 7:               /* spurious IRQ 7/15 (8259A datasheet): no EOI */
+    case T_IRQ0 + 7:               /* maybe spurious (pic.c): then no EOI */
     case T_IRQ0 + 15:
+        if (!pic_spurious(tf->vector - T_IRQ0))
+            device_irq(tf->vector - T_IRQ0);
         break;
     case T_SYSCALL:
         syscall(tf);

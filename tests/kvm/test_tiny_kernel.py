@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyvm import MEM_MIB, Run, boot, build_tiny, vmm_problem
+from tinyvm import MEM_MIB, Run, boot, build_tiny, output_of, vmm_problem
 
 pytestmark = pytest.mark.kvm
 
@@ -54,14 +54,6 @@ def shell(vmm) -> Run:
 @pytest.fixture
 def procs(vmm) -> Run:
     return run_session(vmm, "run=" + PROCESS_SESSION)
-
-
-def output_of(run: Run, command: str) -> list[str]:
-    """The lines a shell command printed: from its prompt line to the next prompt."""
-    lines = run.lines
-    start = lines.index(f"tiny$ {command}") + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("tiny$ ")), len(lines))
-    return lines[start:end]
 
 
 def host_cpu_vendor() -> str:
