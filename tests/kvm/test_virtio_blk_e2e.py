@@ -7,12 +7,10 @@ flush complete, kill -9 of pykvm loses nothing.  Both notification paths
 """
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from clitools import ROOT, kill_9_after
-from tinyvm import TIMEOUT_S, Run, build_tiny, console_from_banner, pykvm_command
+from clitools import kill_9_after
+from tinyvm import Run, build_tiny, output_of, pykvm_command, run
 
 pytestmark = pytest.mark.kvm
 
@@ -40,23 +38,13 @@ def sector(image, n: int) -> bytes:
 
 
 def boot_pykvm(tiny, script: str, *args: str) -> Run:
-    proc = subprocess.run(pykvm_command(tiny, "run=" + script) + list(args), cwd=ROOT,
-                          capture_output=True, timeout=TIMEOUT_S)
-    return Run(proc.returncode, console_from_banner(proc.stdout))
+    return run(pykvm_command(tiny, "run=" + script) + list(args))
 
 
 def dumped_bytes(lines: list[str]) -> bytes:
     """The bytes of a `dread` hex dump ("0000  70 75 ...  |pu...|")."""
     rows = [line.split("|")[0].split()[1:] for line in lines[1:] if "|" in line]
     return bytes(int(h, 16) for row in rows for h in row)
-
-
-def output_of(result: Run, command: str) -> list[str]:
-    """The lines `command` printed: from its prompt line to the next prompt."""
-    lines = result.lines
-    start = lines.index(f"tiny$ {command}") + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("tiny$ ")), len(lines))
-    return lines[start:end]
 
 
 @pytest.mark.parametrize("notify", ["eventfd", "exit"])
