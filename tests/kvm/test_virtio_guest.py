@@ -8,6 +8,7 @@ off, or, for the data-safety test, prints "F" and spins until it is killed.
 """
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -154,8 +155,8 @@ def test_guest_writes_a_sector_the_host_reads_back(guests, image, notify):
     notify_exits = err.count(f"address={layout.VIRTIO_MMIO_BASE + 0x50:#x}")
     if notify == "eventfd":
         assert notify_exits == 0, "a QueueNotify write reached pykvm as an MMIO exit"
-        assert "kicks: 0 by MMIO exit, 2 by ioeventfd" in err or \
-               "kicks: 0 by MMIO exit, 1 by ioeventfd" in err, err[-500:]
+        # two kicks; the worker may find both in one wake-up of its eventfd
+        assert re.search(r"kicks: 0 by MMIO exit, [12] by ioeventfd", err), err[-500:]
     else:
         assert notify_exits == 2, f"{notify_exits} QueueNotify exits"
         assert "kicks: 2 by MMIO exit, 0 by ioeventfd" in err, err[-500:]

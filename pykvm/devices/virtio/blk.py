@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pykvm.devices.virtio.device import VirtioDevice, VirtioDeviceError
 from pykvm.devices.virtio.queue import DescriptorChain, read_buffers, slice_buffers, write_buffers
-from pykvm.errors import ConfigError
+from pykvm.errors import ConfigError, PyKvmError
 
 __all__ = ["Block", "SECTOR_SIZE", "VIRTIO_BLK_T_IN", "VIRTIO_BLK_T_OUT", "VIRTIO_BLK_T_FLUSH",
            "VIRTIO_BLK_T_GET_ID", "VIRTIO_BLK_S_OK", "VIRTIO_BLK_S_IOERR", "VIRTIO_BLK_S_UNSUPP",
@@ -63,7 +63,7 @@ CONFIG = struct.Struct("<QII4xI")
 SEG_MAX = QUEUE_SIZE - 2               # a request's header and status take two descriptors
 
 
-class RequestError(Exception):
+class RequestError(PyKvmError):
     """A request answered with a status other than OK; `status` is the VIRTIO_BLK_S_* value."""
 
     def __init__(self, status: int, why: str):

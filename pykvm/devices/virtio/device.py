@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from pykvm.devices.virtio.queue import DescriptorChain, SplitQueue
+from pykvm.errors import PyKvmError
 
 __all__ = ["VirtioDevice", "VirtioDeviceError", "VIRTIO_F_INDIRECT_DESC", "VIRTIO_F_RING_EVENT_IDX",
            "VIRTIO_F_VERSION_1", "TRANSPORT_FEATURES", "config_read"]
@@ -22,7 +23,7 @@ VIRTIO_F_VERSION_1 = 1 << 32           # this is a virtio 1.x device, not a lega
 TRANSPORT_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX
 
 
-class VirtioDeviceError(Exception):
+class VirtioDeviceError(PyKvmError):
     """A request so malformed the device cannot even answer it: the device needs a reset (2.1.2)."""
 
 

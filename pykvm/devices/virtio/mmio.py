@@ -172,19 +172,28 @@ class VirtioMmio(BusDevice):
 
     def _read_register(self, offset: int) -> int:
         queue = self._selected()
-        match offset:
-            case _ if offset == MAGIC_VALUE: return MAGIC
-            case _ if offset == VERSION: return TRANSPORT_VERSION
-            case _ if offset == DEVICE_ID: return self.device.device_id
-            case _ if offset == VENDOR_ID: return PYKVM_VENDOR
-            case _ if offset == DEVICE_FEATURES:
-                return self._feature_half(self.offered_features, self.device_features_sel)
-            case _ if offset == QUEUE_NUM_MAX: return queue.size_max if queue else 0
-            case _ if offset == QUEUE_READY: return int(bool(queue and queue.ready))
-            case _ if offset == INTERRUPT_STATUS: return self.interrupt_status
-            case _ if offset == STATUS: return self.status
-            case _ if offset in SHM_REGISTERS: return NO_SHM
-            case _ if offset == CONFIG_GENERATION: return self.device.config_generation & 0xFFFFFFFF
+        if offset == MAGIC_VALUE:
+            return MAGIC
+        if offset == VERSION:
+            return TRANSPORT_VERSION
+        if offset == DEVICE_ID:
+            return self.device.device_id
+        if offset == VENDOR_ID:
+            return PYKVM_VENDOR
+        if offset == DEVICE_FEATURES:
+            return self._feature_half(self.offered_features, self.device_features_sel)
+        if offset == QUEUE_NUM_MAX:
+            return queue.size_max if queue else 0
+        if offset == QUEUE_READY:
+            return int(bool(queue and queue.ready))
+        if offset == INTERRUPT_STATUS:
+            return self.interrupt_status
+        if offset == STATUS:
+            return self.status
+        if offset in SHM_REGISTERS:
+            return NO_SHM
+        if offset == CONFIG_GENERATION:
+            return self.device.config_generation & 0xFFFFFFFF
         return 0                       # write-only and reserved registers read as 0
 
     @staticmethod
@@ -192,15 +201,20 @@ class VirtioMmio(BusDevice):
         return (features >> (32 * select)) & 0xFFFFFFFF if select in (0, 1) else 0
 
     def _write_register(self, offset: int, value: int) -> None:
-        match offset:
-            case _ if offset == DEVICE_FEATURES_SEL: self.device_features_sel = value
-            case _ if offset == DRIVER_FEATURES: self._write_driver_features(value)
-            case _ if offset == DRIVER_FEATURES_SEL: self.driver_features_sel = value
-            case _ if offset == QUEUE_SEL: self.queue_sel = value
-            case _ if offset == INTERRUPT_ACK: self.interrupt_status &= ~value
-            case _ if offset == STATUS: self._write_status(value)
-            case _ if offset in (QUEUE_NUM, QUEUE_READY) or offset in QUEUE_ADDRESS_REGISTERS:
-                self._write_queue_register(offset, value)
+        if offset == DEVICE_FEATURES_SEL:
+            self.device_features_sel = value
+        elif offset == DRIVER_FEATURES:
+            self._write_driver_features(value)
+        elif offset == DRIVER_FEATURES_SEL:
+            self.driver_features_sel = value
+        elif offset == QUEUE_SEL:
+            self.queue_sel = value
+        elif offset == INTERRUPT_ACK:
+            self.interrupt_status &= ~value
+        elif offset == STATUS:
+            self._write_status(value)
+        elif offset in (QUEUE_NUM, QUEUE_READY) or offset in QUEUE_ADDRESS_REGISTERS:
+            self._write_queue_register(offset, value)
 
     def _write_driver_features(self, value: int) -> None:
         """Only between DRIVER and FEATURES_OK (3.1.1 steps 4-5); later writes are ignored."""
