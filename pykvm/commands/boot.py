@@ -23,7 +23,8 @@ __all__ = ["boot"]
               help="A raw disk image as a virtio-blk device (repeatable; ,ro: read-only).")
 @click.option("--console", "console", default="serial", show_default=True,
               type=click.Choice(["serial", "virtio"]),
-              help="Where the terminal's input goes: the 16550A UART, or a virtio console (hvc0).")
+              help="Where the terminal's input goes: the 16550A UART, or a virtio console (hvc0; "
+                   "a Linux bzImage without --cmdline gets console=hvc0).")
 @click.option("--rng", is_flag=True, help="A virtio-rng device: entropy from the host.")
 @click.option("--virtio-notify", "virtio_notify", default="eventfd", show_default=True,
               type=click.Choice(["eventfd", "exit"]),
@@ -47,6 +48,8 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, disks, conso
         bundled = find_guest(guest or DEFAULT_GUEST)
         kernel, initrd = bundled.kernel, initrd or bundled.initrd
         cmdline = bundled.cmdline if cmdline is None else cmdline
+    if console == "virtio" and not cmdline and _is_bzimage(kernel):
+        cmdline = linux_hvc0_cmdline()
     memory = parse_size(mem, what="--mem", default_unit="M")
     if memory > host_memory():
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
@@ -55,6 +58,26 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, disks, conso
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
                            kernel_format=kernel_format, trace=trace, virtio=virtio)
     raise SystemExit(run_machine(config))
+
+
+def _is_bzimage(kernel: Path) -> bool:
+    from pykvm.boot.loader import BZIMAGE_MAGIC, BZIMAGE_MAGIC_OFFSET
+
+    try:
+        with open(kernel, "rb") as f:
+            head = f.read(BZIMAGE_MAGIC_OFFSET + len(BZIMAGE_MAGIC))
+    except OSError:
+        return False                    # the loader reports it, in one line
+    return head[BZIMAGE_MAGIC_OFFSET:] == BZIMAGE_MAGIC
+
+
+def linux_hvc0_cmdline() -> str:
+    """--console virtio for Linux without --cmdline: the default line, with the console on hvc0
+    (the kernel prints on ttyS0 until virtio_console is loaded; the recipe's /init then starts
+    its shell on hvc0)."""
+    from pykvm.boot.bzimage import DEFAULT_CMDLINE
+
+    return f"{DEFAULT_CMDLINE} console=hvc0"
 
 
 def run_machine(config) -> int:

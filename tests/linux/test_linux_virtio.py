@@ -80,13 +80,10 @@ def test_read_only_disk_mounts_read_only(kernel, ext4_image):
 
 
 def test_console_on_hvc0_is_interactive(kernel):
-    """--console virtio: the shell runs on hvc0 and the terminal's keys reach it."""
-    from pykvm.boot.bzimage import DEFAULT_CMDLINE
-
+    """--console virtio (pykvm adds console=hvc0): the shell runs on hvc0 and the keys reach it."""
     bzimage, initramfs = kernel
     with SerialSession(pykvm_argv("boot", "--kernel", bzimage, "--initrd", initramfs, "--mem", "256M",
-                                  "--console", "virtio", "--cmdline",
-                                  DEFAULT_CMDLINE + " console=hvc0")) as vm:
+                                  "--console", "virtio")) as vm:
         at = vm.expect(MARKER, timeout=120)
         at = vm.expect(PROMPT, timeout=60, start=at)
         vm.send("echo tty=$(tty) sum=$((6 * 7))")

@@ -66,3 +66,15 @@ def test_parse_disk(text, spec):
             parse_disk(text)
     else:
         assert parse_disk(text) == spec
+
+
+def test_console_virtio_puts_a_linux_console_on_hvc0(tmp_path):
+    from fake_bzimage import make_bzimage
+    from pykvm.boot.bzimage import DEFAULT_CMDLINE
+    from pykvm.commands.boot import _is_bzimage, linux_hvc0_cmdline
+
+    bzimage, elf = tmp_path / "vmlinuz", tmp_path / "kernel.elf"
+    bzimage.write_bytes(make_bzimage())
+    elf.write_bytes(b"\x7fELF" + bytes(0x300))
+    assert _is_bzimage(bzimage) and not _is_bzimage(elf) and not _is_bzimage(tmp_path / "none")
+    assert linux_hvc0_cmdline() == DEFAULT_CMDLINE + " console=hvc0"
