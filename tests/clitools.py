@@ -36,8 +36,11 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def kill_9_after(argv: list[str], marker: bytes, timeout: float = 120) -> bytes:
-    """Run `argv`, wait until its stdout shows `marker`, then SIGKILL it; return its output."""
+def kill_9_after(argv: list[str], marker: bytes, timeout: float = 120, before_kill=None) -> bytes:
+    """Run `argv`, wait until its stdout shows `marker`, then SIGKILL it; return its output.
+
+    `before_kill(pid)`, if given, runs between the marker and the kill (to look at the
+    process while it is still running)."""
     import signal
 
     proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -51,6 +54,8 @@ def kill_9_after(argv: list[str], marker: bytes, timeout: float = 120) -> bytes:
 
     try:
         wait_for(seen, timeout)
+        if before_kill is not None:
+            before_kill(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

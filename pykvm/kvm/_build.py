@@ -59,6 +59,7 @@ typedef unsigned short __u16;
 typedef unsigned int   __u32;
 typedef unsigned long long __u64;
 typedef signed int     __s32;
+typedef signed short   __s16;
 
 /* --- constants: values come from the header ------------------------------ */
 #define KVM_API_VERSION ...
@@ -95,6 +96,7 @@ typedef signed int     __s32;
 #define KVM_GET_LAPIC ...
 #define KVM_SET_LAPIC ...
 #define KVM_GET_FPU ...
+#define KVM_GET_STATS_FD ...
 #define KVM_SET_FPU ...
 
 /* capabilities */
@@ -111,6 +113,7 @@ typedef signed int     __s32;
 #define KVM_CAP_INTERNAL_ERROR_DATA ...
 #define KVM_CAP_IOEVENTFD ...
 #define KVM_CAP_IRQFD ...
+#define KVM_CAP_BINARY_STATS_FD ...
 
 /* ioeventfd and irqfd flags */
 #define KVM_IOEVENTFD_FLAG_DATAMATCH ...
@@ -264,6 +267,25 @@ struct kvm_irqfd {
     __u32 gsi;
     __u32 flags;
     __u32 resamplefd;
+    ...;
+};
+
+struct kvm_stats_header {
+    __u32 flags;
+    __u32 name_size;
+    __u32 num_desc;
+    __u32 id_offset;
+    __u32 desc_offset;
+    __u32 data_offset;
+    ...;
+};
+
+struct kvm_stats_desc {
+    __u32 flags;
+    __s16 exponent;
+    __u16 size;
+    __u32 offset;
+    __u32 bucket_size;
     ...;
 };
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 import struct
 
 from pykvm.errors import KvmIoctlError
@@ -234,6 +235,17 @@ class Vcpu(FdObject):
         if done != len(values):
             bad = list(values)[done]
             raise KvmIoctlError("KVM_SET_MSRS", errno.EINVAL, f"MSR {bad:#x} refused")
+
+    def stats(self) -> dict[str, int]:
+        """Wraps KVM_GET_STATS_FD (KVM_CAP_BINARY_STATS_FD): KVM's counters for this vCPU
+        (`exits`, `mmio_exits`, `io_exits`, `halt_exits`, ...; see pykvm.kvm.stats)."""
+        from pykvm.kvm.stats import read_stats
+
+        fd = self._ioctl_int("KVM_GET_STATS_FD")
+        try:
+            return read_stats(fd)
+        finally:
+            os.close(fd)
 
     def get_lapic(self) -> bytearray:
         """Wraps KVM_GET_LAPIC: the local APIC's 1 KiB register page."""
