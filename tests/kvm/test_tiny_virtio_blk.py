@@ -141,6 +141,17 @@ def test_two_disks_are_vda_and_vdb(tmp_path):
     assert first.read_bytes() == bytes([FILL]) * (SECTORS * SECTOR)
 
 
+def test_eight_disks_fill_every_microvm_transport(tmp_path):
+    """Eight device words (a command line of over 256 bytes), IRQs 5 to 12 on the 8259."""
+    images = [make_image(tmp_path / f"{i}.img", sectors=128) for i in range(8)]
+    session = microvm("dwrite vdh 7 eighth;disk;poweroff", [Disk(path) for path in images])
+    found = [line for line in session.lines if line.startswith("virtio-blk vd")]
+    assert len(found) == 8, session.console
+    irqs = sorted(int(line.split("irq ")[1]) for line in found)
+    assert irqs == list(range(5, 13)), found
+    assert sector(images[7], 7) == b"eighth".ljust(SECTOR, b"\0")
+
+
 def test_an_irq_without_an_8259_pin_is_polled(image):
     """GSI 20 exists only on an IOAPIC: the driver finds completions from the timer tick."""
     session = microvm("disk;dwrite 1 polled;dread 1;poweroff", [Disk(image)], auto_cmdline=False,
