@@ -15,13 +15,14 @@
 #define DUMP_BYTES     64
 #define DUMP_PER_LINE  16
 
+/* A decimal number that fits 64 bits; 0, or -1 if s is not one. */
 static int parse_u64(const char *s, uint64_t *v)
 {
     *v = 0;
     if (!*s)
         return -1;
     for (; *s; s++) {
-        if (*s < '0' || *s > '9')
+        if (*s < '0' || *s > '9' || *v > (UINT64_MAX - 9) / 10)
             return -1;
         *v = *v * 10 + (*s - '0');
     }
@@ -67,7 +68,8 @@ void cmd_disk(int argc, char **argv)
 {
     (void)argc, (void)argv;
     if (disk_count() == 0)
-        kprintf("no disks (the VMM names them on the command line: virtio_mmio.device=SIZE@BASE:IRQ)\n");
+        kprintf("no disks (the VMM names them on the command line: "
+                "virtio_mmio.device=SIZE@BASE:IRQ)\n");
     for (int i = 0; i < disk_count(); i++) {
         struct disk *dk = disk_get(i);
         kprintf("%s: %lu sectors (%lu KiB), %s%s, id '%s'\n", dk->name, dk->capacity,

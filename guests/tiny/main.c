@@ -8,7 +8,7 @@
 #include "pvh.h"
 #include "x86.h"
 
-#define CMDLINE_MAX 256
+#define CMDLINE_MAX 2048         /* as Linux on x86: room for a VMM's device words */
 
 char boot_cmdline[CMDLINE_MAX];
 

@@ -122,7 +122,23 @@ void mm_stats(uint64_t *total_pages, uint64_t *free_pages)
     *free_pages = pages.total - pages.used;
 }
 
-/* 3. Page tables.  walk() returns the level-0 (PT) entry for va, creating
+/* 3. Page tables.  A 2 MiB page (a PD entry with PS) becomes a page table
+ * of 512 4 KiB entries mapping the same memory, so that one of them can
+ * change: map_kernel covers everything below the end of RAM with 2 MiB
+ * pages, including the hole below 4 GiB where devices live. */
+static int split_large_page(uint64_t *pde)
+{
+    uint64_t *pt = kalloc();
+    if (!pt)
+        return -1;
+    uint64_t base = *pde & PTE_ADDR, flags = *pde & ~PTE_ADDR & ~(uint64_t)PTE_PS;
+    for (int i = 0; i < 512; i++)
+        pt[i] = (base + i * PAGE_SIZE) | flags;
+    *pde = (uint64_t)pt | PTE_P | PTE_W;
+    return 0;
+}
+
+/* walk() returns the level-0 (PT) entry for va, creating
  * the intermediate tables on the way; `user` sets U/S on them so that the
  * final entry alone decides (SDM Vol. 3A, 4.6.1). */
 static uint64_t *walk(uint64_t *pml4, uint64_t va, int user)
@@ -130,8 +146,8 @@ static uint64_t *walk(uint64_t *pml4, uint64_t va, int user)
     uint64_t *table = pml4;
     for (int level = 3; level > 0; level--) {
         uint64_t *entry = &table[PT_INDEX(va, level)];
-        if (*entry & PTE_PS)
-            return NULL;           /* a 2 MiB page of RAM, not a table */
+        if ((*entry & PTE_PS) && split_large_page(entry) != 0)
+            return NULL;
         if (!(*entry & PTE_P)) {
             uint64_t *next = kalloc();
             if (!next)

@@ -177,5 +177,6 @@ void virtio_blk_attach(struct virtio_dev *d)
     ndisks++;
     read_id(dk);
     kprintf("virtio-blk %s: %lu sectors, %s, at %lx irq %d%s\n", dk->name, dk->capacity,
-            dk->readonly ? "read-only" : "read-write", d->base, d->irq, dk->polled ? " (polled)" : "");
+            dk->readonly ? "read-only" : "read-write", d->base, d->irq,
+            dk->polled ? " (polled)" : "");
 }

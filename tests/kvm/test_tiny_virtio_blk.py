@@ -33,12 +33,13 @@ def make_image(path: Path, sectors: int = SECTORS) -> Path:
     return path
 
 
-def microvm(script: str, disks: list[Disk], auto_cmdline: bool = True, extra: str = "") -> Run:
+def microvm(script: str, disks: list[Disk], auto_cmdline: bool = True, extra: str = "",
+            mem: str = "128M") -> Run:
     problem = vmm_problem("qemu")
     if problem:
         pytest.skip(problem)
     build_tiny()
-    return run(microvm_command(TINY_ELF, f"run={script}{extra}", disks, auto_cmdline))
+    return run(microvm_command(TINY_ELF, f"run={script}{extra}", disks, auto_cmdline, mem))
 
 
 def sector(image: Path, n: int) -> bytes:
@@ -94,12 +95,15 @@ def test_dread_shows_what_the_host_wrote(image):
 
 
 def test_interrupts_complete_the_requests(image):
-    """Each request's completion raises the device's IRQ through the 8259."""
+    """Completions raise the device's IRQ through the 8259 (without it the count stays put).
+
+    Not one per request: an interrupt still pending when the next request
+    completes is acknowledged once for both, so a loaded host gives fewer."""
     session = microvm("disk;dread 1;dwrite 2 x;disk;poweroff", [Disk(image)])
     counts = [int(m.group(1)) for line in session.lines
               if (m := re.search(r"interrupts: (\d+)$", line))]
     assert len(counts) == 2, session.console
-    assert counts[1] - counts[0] >= 3, f"dread, dwrite and FLUSH gave {counts}"
+    assert counts[1] > counts[0], f"dread, dwrite and FLUSH raised no interrupt: {counts}"
 
 
 def test_read_only_disk_refuses_writes(image):
@@ -114,8 +118,8 @@ def test_read_only_disk_refuses_writes(image):
 
 def test_sectors_past_the_end_are_refused(image):
     last = SECTORS - 1
-    session = microvm(f"dwrite {last} the last one;dread {SECTORS};dwrite {SECTORS} beyond;poweroff",
-                      [Disk(image)])
+    script = f"dwrite {last} the last one;dread {SECTORS};dwrite {SECTORS} beyond;poweroff"
+    session = microvm(script, [Disk(image)])
     assert output_of(session, f"dwrite {last} the last one") == [
         f"vda: wrote sector {last} (12 bytes of text, zero-filled), flushed"]
     for command in (f"dread {SECTORS}", f"dwrite {SECTORS} beyond"):
@@ -131,9 +135,21 @@ def test_two_disks_are_vda_and_vdb(tmp_path):
     session = microvm("disk;dwrite vdb 3 second disk;poweroff", [Disk(first), Disk(second)])
     names = [line.split(":")[0] for line in output_of(session, "disk") if line.startswith("vd")]
     assert names == ["vda", "vdb"]
-    assert "vdb: 128 sectors (64 KiB), read-write, flush, id 'tinydisk1'" in output_of(session, "disk")
+    assert "vdb: 128 sectors (64 KiB), read-write, flush, id 'tinydisk1'" in output_of(session,
+                                                                                         "disk")
     assert sector(second, 3) == b"second disk".ljust(SECTOR, b"\0")
     assert first.read_bytes() == bytes([FILL]) * (SECTORS * SECTOR)
+
+
+def test_eight_disks_fill_every_microvm_transport(tmp_path):
+    """Eight device words (a command line of over 256 bytes), IRQs 5 to 12 on the 8259."""
+    images = [make_image(tmp_path / f"{i}.img", sectors=128) for i in range(8)]
+    session = microvm("dwrite vdh 7 eighth;disk;poweroff", [Disk(path) for path in images])
+    found = [line for line in session.lines if line.startswith("virtio-blk vd")]
+    assert len(found) == 8, session.console
+    irqs = sorted(int(line.split("irq ")[1]) for line in found)
+    assert irqs == list(range(5, 13)), found
+    assert sector(images[7], 7) == b"eighth".ljust(SECTOR, b"\0")
 
 
 def test_an_irq_without_an_8259_pin_is_polled(image):
@@ -141,7 +157,8 @@ def test_an_irq_without_an_8259_pin_is_polled(image):
     session = microvm("disk;dwrite 1 polled;dread 1;poweroff", [Disk(image)], auto_cmdline=False,
                       extra=" virtio_mmio.device=512@0xfeb00e00:20")
     assert "virtio-blk vda: 2048 sectors, read-write, at feb00e00 irq 20 (polled)" in session.lines
-    assert output_of(session, "disk")[1] == "     virtio-mmio at feb00e00, irq 20, polled (no 8259 pin for it)"
+    assert output_of(session, "disk")[1] == (
+        "     virtio-mmio at feb00e00, irq 20, polled (no 8259 pin for it)")
     assert output_of(session, "dread 1") == ["vda sector 1:"] + hexdump(b"polled".ljust(64, b"\0"))
 
 
@@ -151,7 +168,8 @@ def test_bad_device_words_are_reported_one_line_each():
     if problem:
         pytest.skip(problem)
     build_tiny()
-    words = " virtio_mmio.device=oops virtio_mmio.device=4K@0xfe000000:5 virtio_mmio.device=4K@0x200000:5"
+    words = (" virtio_mmio.device=oops virtio_mmio.device=4K@0xfe000000:5"
+             " virtio_mmio.device=4K@0x200000:5")
     session = run(pykvm_command(TINY_ELF, "run=disk;poweroff" + words))
     assert session.status == 0, session.console
     assert session.lines[2:5] == [
@@ -163,6 +181,13 @@ def test_bad_device_words_are_reported_one_line_each():
         "no disks (the VMM names them on the command line: virtio_mmio.device=SIZE@BASE:IRQ)"]
 
 
+def test_devices_below_4_gib_with_ram_above_it(image):
+    """With 5 GiB, the kernel's 2 MiB pages cover the hole below 4 GiB: mmio_map splits one."""
+    session = microvm("dwrite 2 high;dread 2;poweroff", [Disk(image)], mem="5G")
+    assert re.fullmatch(r"tiny 1\.0: 51\d\d MiB RAM, .*", session.lines[1]), session.lines[1]
+    assert output_of(session, "dread 2") == ["vda sector 2:"] + hexdump(b"high".ljust(64, b"\0"))
+
+
 def pykvm_has_disks() -> bool:
     help_text = subprocess.run([sys.executable, "-m", "pykvm", "boot", "--help"],
                                capture_output=True, text=True).stdout
@@ -170,7 +195,8 @@ def pykvm_has_disks() -> bool:
 
 
 # Where the device sits, its ID string and the way out differ between the two VMMs.
-VMM_DEPENDENT = re.compile(r"virtio-blk vda: .* at |vda: \d+ sectors \(|     virtio-mmio at |poweroff: ")
+VMM_DEPENDENT = re.compile(
+    r"virtio-blk vda: .* at |vda: \d+ sectors \(|     virtio-mmio at |poweroff: ")
 
 
 def test_same_disk_session_on_pykvm_and_qemu_microvm(tmp_path):

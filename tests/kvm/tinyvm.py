@@ -23,7 +23,8 @@ from pathlib import Path
 
 __all__ = [
     "TINY_ELF", "MEM_MIB", "BANNER", "Run", "build_tiny", "vmm_problem",
-    "qemu_command", "pykvm_command", "command", "boot", "Disk", "microvm_command", "run", "output_of",
+    "qemu_command", "pykvm_command", "command", "boot", "Disk", "microvm_command", "run",
+    "output_of",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +102,8 @@ class Disk:
     read_only: bool = False
 
 
-def microvm_command(elf: Path, cmdline: str, disks: list[Disk], auto_cmdline: bool = True) -> list[str]:
+def microvm_command(elf: Path, cmdline: str, disks: list[Disk], auto_cmdline: bool = True,
+                    mem: str = f"{MEM_MIB}M") -> list[str]:
     """QEMU microvm without ACPI, a virtio-blk-device per disk (serial tinydisk0, 1, ...).
 
     With acpi=off and auto-kernel-cmdline on (its default), QEMU appends
@@ -109,7 +111,7 @@ def microvm_command(elf: Path, cmdline: str, disks: list[Disk], auto_cmdline: bo
     microvm has no ACPI PM block: tiny's poweroff leaves through debug-exit, status 1.
     """
     machine = "microvm,acpi=off" + ("" if auto_cmdline else ",auto-kernel-cmdline=off")
-    command = [QEMU, "-M", machine, "-accel", "kvm", "-m", str(MEM_MIB),
+    command = [QEMU, "-M", machine, "-accel", "kvm", "-m", mem,
                "-display", "none", "-serial", "stdio", "-monitor", "none",
                "-nic", "none", "-no-reboot", "-device", DEBUG_EXIT,
                "-global", MODERN_VIRTIO_MMIO, "-kernel", str(elf), "-append", cmdline]
