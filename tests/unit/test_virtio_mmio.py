@@ -143,3 +143,12 @@ def test_kick_of_a_queue_that_does_not_exist(driver):
     driver.kick(7)
     driver.kick(0xFFFFFFFF)
     assert driver.status == LIVE
+
+
+def test_a_guest_cannot_flood_the_log(driver, caplog):
+    for _ in range(50):
+        driver.transport.read(mmio.STATUS, 1)
+        assert driver.negotiate()
+        driver.setup_queue(0, size=6)                           # needs a reset, every time
+    warnings = [r for r in caplog.records if r.name == "pykvm.virtio"]
+    assert len(warnings) == 1 + mmio.MAX_LOGGED_RESETS, [r.getMessage() for r in warnings]

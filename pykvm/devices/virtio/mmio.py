@@ -45,6 +45,7 @@ __all__ = ["VirtioMmio", "MMIO_WINDOW", "QUEUE_NOTIFY", "MAGIC_VALUE", "VERSION"
 log = logging.getLogger("pykvm.virtio")
 
 MMIO_WINDOW = 0x200                    # registers 0x000-0x0ff, device config from 0x100
+MAX_LOGGED_RESETS = 10                 # DEVICE_NEEDS_RESET warnings per device, then quiet
 
 # 4.2.2 MMIO Device Register Layout (offsets from the device's base)
 MAGIC_VALUE = 0x000                    # R: 0x74726976, "virt" little-endian
@@ -127,6 +128,8 @@ class VirtioMmio(BusDevice):
         self.device, self.memory, self._raise_interrupt = device, memory, interrupt
         self.lock = threading.Lock()
         self.exit_kicks = 0            # QueueNotify writes that came as MMIO exits (plain path)
+        self._logged: set[tuple[str, int, int]] = set()
+        self.resets_needed = 0         # times the guest broke the device (logged up to a limit)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -165,9 +168,12 @@ class VirtioMmio(BusDevice):
                 self._write_register(offset, value)
 
     def _bad_access(self, kind: str, offset: int, size: int) -> int:
-        """4.2.2.2: registers are accessed 32 bits wide and aligned; anything else is ignored."""
-        log.warning("%s: %d-byte %s at register %#x ignored (32-bit accesses only)",
-                    self.device.name, size, kind, offset)
+        """4.2.2.2: registers are accessed 32 bits wide and aligned; anything else is ignored
+        (and logged once per register, width and direction: a guest cannot flood the log)."""
+        if (kind, offset, size) not in self._logged:
+            self._logged.add((kind, offset, size))
+            log.warning("%s: %d-byte %s at register %#x ignored (32-bit accesses only)",
+                        self.device.name, size, kind, offset)
         return 0
 
     def _read_register(self, offset: int) -> int:
@@ -305,7 +311,10 @@ class VirtioMmio(BusDevice):
 
     def _needs_reset(self, why: str) -> None:
         """2.1.2: the device stops, sets DEVICE_NEEDS_RESET and, if live, tells the driver."""
-        log.warning("%s: %s; the device needs a reset", self.device.name, why)
+        self.resets_needed += 1
+        if self.resets_needed <= MAX_LOGGED_RESETS:
+            quiet = "; not logging this any more" if self.resets_needed == MAX_LOGGED_RESETS else ""
+            log.warning("%s: %s; the device needs a reset%s", self.device.name, why, quiet)
         was_live = self.status & STATUS_DRIVER_OK
         self.status |= STATUS_DEVICE_NEEDS_RESET
         if was_live:
