@@ -7,6 +7,7 @@ ACPI DSDT (LNRO0005).  The disk is an ext4 image made on the host with
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -28,21 +29,29 @@ def kernel():
     return str(guest_file("vmlinuz", "kernel")), str(guest_file("initramfs.cpio", "initramfs"))
 
 
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def e2fs_tool(name: str) -> str:
+    """mkfs.ext4 or debugfs, also where PATH leaves out sbin (as a non-root login shell does)."""
+    path = shutil.which(name, path=SBIN_PATH)
+    if path is None:
+        pytest.skip(f"needs {name} (apt-get install e2fsprogs)")
+    return path
+
+
 @pytest.fixture
 def ext4_image(tmp_path):
-    for tool in ("mkfs.ext4", "debugfs"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (apt-get install e2fsprogs)")
     content = tmp_path / "content"
     content.mkdir()
     (content / "host.txt").write_text(HOST_TEXT + "\n")
     image = tmp_path / "disk.img"
-    subprocess.run(["mkfs.ext4", "-q", "-d", str(content), str(image), "16M"], check=True)
+    subprocess.run([e2fs_tool("mkfs.ext4"), "-q", "-d", str(content), str(image), "16M"], check=True)
     return image
 
 
 def debugfs_cat(image, path: str) -> str:
-    proc = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True,
+    proc = subprocess.run([e2fs_tool("debugfs"), "-R", f"cat {path}", str(image)], capture_output=True,
                           text=True, check=True)
     return proc.stdout
 
