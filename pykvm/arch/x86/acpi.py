@@ -27,7 +27,7 @@ import struct
 
 from pykvm.arch.x86 import aml
 
-__all__ = ["acpi_tables", "checksum", "sdt_header", "ACPI_TABLES_SIZE", "RSDP_OFFSET",
+__all__ = ["acpi_tables", "checksum", "sdt_header", "table", "dsdt", "ACPI_TABLES_SIZE", "RSDP_OFFSET",
            "PM1A_EVT_PORT", "PM1A_CNT_PORT", "S5_SLEEP_TYPE", "SCI_IRQ"]
 
 # Where each table sits inside the blob (each 64-byte aligned; the FACS must be).
@@ -132,7 +132,8 @@ def sdt_header(signature: bytes, length: int, revision: int) -> bytes:
                            CREATOR_ID, CREATOR_REVISION)
 
 
-def _table(signature: bytes, revision: int, body: bytes) -> bytes:
+def table(signature: bytes, revision: int, body: bytes) -> bytes:
+    """A system description table: the header (5.2.6) with its length and checksum, then `body`."""
     length = SDT_HEADER.size + len(body)
     return _with_checksum(sdt_header(signature, length, revision) + body, SDT_CHECKSUM_OFFSET)
 
@@ -155,7 +156,7 @@ def facs() -> bytes:
 
 def xsdt(tables: list[int]) -> bytes:
     """Extended System Description Table: 64-bit addresses of the other tables."""
-    return _table(b"XSDT", 1, b"".join(struct.pack("<Q", t) for t in tables))
+    return table(b"XSDT", 1, b"".join(struct.pack("<Q", t) for t in tables))
 
 
 def fadt(dsdt_addr: int, facs_addr: int) -> bytes:
@@ -196,7 +197,7 @@ def dsdt(mmio_devices=()) -> bytes:
     if mmio_devices:
         devices = [aml.virtio_mmio_device(i, *window) for i, window in enumerate(mmio_devices)]
         body += aml.Scope("\\_SB_", devices).to_aml_bytes()
-    return _table(b"DSDT", DSDT_REVISION, body)
+    return table(b"DSDT", DSDT_REVISION, body)
 
 
 def acpi_tables(base: int, mmio_devices=()) -> bytes:
