@@ -11,7 +11,7 @@ acknowledging each interrupt status.  It ends through the isa-debug-exit port.
 Each VMM boots the guest with COUNT = 0 and with COUNT = N; the difference of
 the wall-clock times is the time of N requests, so boot cost cancels out.
 Both read from the host page cache (pykvm's buffered preadv; QEMU cache=writeback),
-warmed by a first run.  Goals (issue): >= 1.0x QEMU's throughput for 1 MiB,
+warmed by a first run.  Goals: >= 1.0x QEMU's throughput for 1 MiB,
 >= 0.7x for 4 KiB.  Prints min/median/max of the N-request times and MiB/s.
 
     .venv/bin/python tests/bench/bench_virtio_blk.py [--runs 5] [--count 200]
