@@ -119,8 +119,8 @@ RANDOM = """
     shl $3, %eax                     # ... as a sector number
 """
 PATTERNS = {   # name: (bytes per request, sector code, requests per run: enough to outweigh boot noise)
-    "sequential 1 MiB": (1 << 20, SEQUENTIAL, 400),
-    "random 4 KiB": (4096, RANDOM, 4000),
+    "sequential 1 MiB": (1 << 20, SEQUENTIAL, 2000),
+    "random 4 KiB": (4096, RANDOM, 20000),
 }
 
 
