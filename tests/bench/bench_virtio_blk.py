@@ -14,7 +14,7 @@ Both read from the host page cache (pykvm's buffered preadv; QEMU cache=writebac
 warmed by a first run.  Goals: >= 1.0x QEMU's throughput for 1 MiB,
 >= 0.7x for 4 KiB.  Prints min/median/max of the N-request times and MiB/s.
 
-    .venv/bin/python tests/bench/bench_virtio_blk.py [--runs 5] [--count 200]
+    .venv/bin/python tests/bench/bench_virtio_blk.py [--runs 5] [--count 200] [--virtio-notify exit]
 """
 from __future__ import annotations
 
@@ -133,9 +133,9 @@ def guest(path: Path, base: int, stride: int, slots: int, length: int, count: in
     return path
 
 
-def pykvm_argv(elf: Path, image: Path) -> list[str]:
+def pykvm_argv(elf: Path, image: Path, notify: str = "eventfd") -> list[str]:
     return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(elf), "--mem", "128M",
-            "--disk", str(image)]
+            "--disk", str(image), "--virtio-notify", notify]
 
 
 def qemu_argv(elf: Path, image: Path) -> list[str]:
@@ -167,14 +167,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--count", type=int, default=None,
                         help="requests per run (default: per pattern, see PATTERNS)")
+    parser.add_argument("--virtio-notify", dest="notify", default="eventfd", choices=["eventfd", "exit"],
+                        help="pykvm's notification path (pykvm boot --virtio-notify)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         image = tmp / "disk.img"
         image.write_bytes(bytes(range(256)) * (IMAGE_BYTES // 256))
         vmms = {
-            "pykvm": (pykvm_argv, layout.VIRTIO_MMIO_BASE, layout.VIRTIO_MMIO_SIZE,
-                      len(layout.VIRTIO_MMIO_IRQS)),
+            "pykvm": (lambda elf, image: pykvm_argv(elf, image, args.notify), layout.VIRTIO_MMIO_BASE,
+                      layout.VIRTIO_MMIO_SIZE, len(layout.VIRTIO_MMIO_IRQS)),
             "qemu microvm": (qemu_argv, MICROVM_MMIO_BASE, MICROVM_MMIO_STRIDE, MICROVM_SLOTS),
         }
         print(f"virtio-blk reads, {args.runs} runs; seconds for the requests alone")
