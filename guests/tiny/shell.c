@@ -179,6 +179,7 @@ static const struct command commands[] = {
     { "disk", "", "virtio disks: capacity, read-only, ID", cmd_disk },
     { "dread", "[vdX] N", "hex dump of disk sector N", cmd_dread },
     { "dwrite", "[vdX] N TEXT", "write TEXT to disk sector N", cmd_dwrite },
+    { "dbench", "seq M|rand N", "time M MiB of 1 MiB reads, or N 4 KiB reads", cmd_dbench },
     { "poweroff", "", "ACPI power off: the VMM exits with status 0", cmd_poweroff },
     { "reboot", "", "reset through the 8042 keyboard controller", cmd_reboot },
     { "exit", "N", "debug-exit port: the VMM exits with status 2N+1", cmd_exit },
