@@ -51,6 +51,8 @@ static void read_memmap(const struct hvm_start_info *si)
         panic("memory map at %lx is outside the boot mapping", si->memmap_paddr);
     const struct hvm_memmap_table_entry *e = (const void *)si->memmap_paddr;
     for (uint32_t i = 0; i < si->memmap_entries && memmap_count < MAX_MEMMAP; i++) {
+        if (e[i].size == 0)
+            continue;              /* QEMU microvm's qboot ends its map with one */
         memmap[memmap_count++] = (struct memregion){ e[i].addr, e[i].size, e[i].type };
         if (e[i].type == E820_RAM)
             ram_bytes += e[i].size;

@@ -32,12 +32,12 @@ def make_image(path: Path, sectors: int = SECTORS) -> Path:
 
 
 def microvm(script: str, disks: list[Disk], auto_cmdline: bool = True, extra: str = "",
-            mem: str = "128M") -> Run:
+            mem: str = "128M", stdin: bytes = b"") -> Run:
     problem = vmm_problem("qemu")
     if problem:
         pytest.skip(problem)
     build_tiny()
-    return run(microvm_command(TINY_ELF, f"run={script}{extra}", disks, auto_cmdline, mem))
+    return run(microvm_command(TINY_ELF, f"run={script}{extra}", disks, auto_cmdline, mem), stdin)
 
 
 def sector(image: Path, n: int) -> bytes:
@@ -57,6 +57,14 @@ def hexdump(data: bytes) -> list[str]:
 @pytest.fixture
 def image(tmp_path) -> Path:
     return make_image(tmp_path / "disk.img")
+
+
+def test_timer_and_serial_input_reach_the_cpu_on_microvm():
+    """microvm's firmware leaves LAPIC LINT0 masked; pic_virtual_wire opens it for the 8259."""
+    session = microvm("run sleeper;uptime", [], stdin=b"echo typed in\npoweroff\n")
+    up = re.fullmatch(r"up \d+\.\d\d s \((\d+) ticks at 100 Hz\)", output_of(session, "uptime")[0])
+    assert up and int(up.group(1)) >= 30, session.console      # sleeper naps 3 x 100 ms
+    assert output_of(session, "echo typed in") == ["typed in"], session.console
 
 
 def test_tiny_finds_the_disk_qemu_named_on_its_command_line(image):
