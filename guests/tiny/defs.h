@@ -77,6 +77,7 @@ struct memregion {
 };
 void mm_init(const struct hvm_start_info *si);
 void *kalloc(void);
+void *kalloc_contiguous(uint64_t npages);
 void kfree(void *page);
 uint64_t *kernel_pml4(void);
 uint64_t *uvm_create(void);
@@ -133,6 +134,7 @@ void virtio_init(const char *cmdline);
 void cmd_disk(int argc, char **argv);
 void cmd_dread(int argc, char **argv);
 void cmd_dwrite(int argc, char **argv);
+void cmd_dbench(int argc, char **argv);
 
 /* main.c */
 extern char boot_cmdline[];

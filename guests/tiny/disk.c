@@ -4,16 +4,22 @@
  *   disk                     every disk: capacity, read-only flag, ID
  *   dread [vdX] N            the first 64 bytes of sector N, in hex
  *   dwrite [vdX] N TEXT..    sector N := TEXT, zero-filled, then FLUSH
+ *   dbench [vdX] seq MIB     read MIB MiB in a row, 1 MiB per request
+ *   dbench [vdX] rand N      N reads of 4 KiB at pseudo-random 4 KiB offsets
  *
  * The disk defaults to vda.  Requests the device should refuse (a sector
  * past the end, a write to a read-only disk) are sent anyway: the device
  * checks them (5.2.6.2), and the status byte it answers is printed.
  */
 #include "defs.h"
+#include "memlayout.h"
 #include "virtio.h"
 
 #define DUMP_BYTES     64
 #define DUMP_PER_LINE  16
+#define BENCH_SEQ_SECTORS  2048                /* 1 MiB per sequential read  */
+#define BENCH_RAND_SECTORS 8                   /* 4 KiB per random read      */
+#define BENCH_SEED     0x2545f4914f6cdd1dULL   /* the same offsets every run */
 
 /* A decimal number that fits 64 bits; 0, or -1 if s is not one. */
 static int parse_u64(const char *s, uint64_t *v)
@@ -105,7 +111,7 @@ void cmd_dread(int argc, char **argv)
 
     if (!dk)
         return;
-    int status = disk_read(dk, sector, buf);
+    int status = disk_read(dk, sector, buf, 1);
     if (status != VIRTIO_BLK_S_OK) {
         report_error("dread", dk, sector, status);
         return;
@@ -142,4 +148,67 @@ void cmd_dwrite(int argc, char **argv)
     }
     kprintf("%s: wrote sector %lu (%d bytes of text, zero-filled)%s\n", dk->name, sector, n,
             dk->can_flush ? ", flushed" : "");
+}
+
+/* xorshift64 (Marsaglia, 2003): offsets that are the same on every VMM. */
+static uint64_t next_random(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return *state;
+}
+
+/* Time `n` reads of `per` sectors each: in a row (wrapping at the end of
+ * the disk) or at random request-aligned offsets.  The guest's own clock
+ * is the timer tick, 10 ms: run enough requests for a few hundred ticks. */
+static void bench(struct disk *dk, int sequential, uint64_t n, uint32_t per, uint8_t *buf)
+{
+    uint64_t slots = dk->capacity / per, state = BENCH_SEED, start = ticks;
+
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t sector = (sequential ? i % slots : next_random(&state) % slots) * per;
+        int status = disk_read(dk, sector, buf, per);
+        if (status != VIRTIO_BLK_S_OK) {
+            report_error("dbench", dk, sector, status);
+            return;
+        }
+    }
+    uint64_t elapsed = ticks - start, kib = n * per * SECTOR_SIZE >> 10;
+    kprintf("dbench: %lu reads of %u KiB from %s in %lu ticks", n, per * SECTOR_SIZE >> 10,
+            dk->name, elapsed);
+    if (elapsed)
+        kprintf(" (%lu KiB/s)", kib * TIMER_HZ / elapsed);
+    kprintf("\n");
+}
+
+void cmd_dbench(int argc, char **argv)
+{
+    static uint8_t *buf;           /* 1 MiB, physically contiguous: one descriptor */
+    struct disk *dk = disk_get(0);
+    uint64_t n;
+    int i = 1;
+
+    if (argc > 1 && argv[1][0] == 'v' && argv[1][1] == 'd')
+        dk = disk_find(argv[i++]);
+    if (!dk) {
+        kprintf("dbench: no such disk (try 'disk')\n");
+        return;
+    }
+    int sequential = i < argc && strcmp(argv[i], "seq") == 0;
+    if (i + 2 != argc || (!sequential && strcmp(argv[i], "rand") != 0) ||
+        parse_u64(argv[i + 1], &n) != 0) {
+        kprintf("dbench: want 'seq MIB' or 'rand COUNT'\n");
+        return;
+    }
+    uint32_t per = sequential ? BENCH_SEQ_SECTORS : BENCH_RAND_SECTORS;
+    if (dk->capacity < per) {
+        kprintf("dbench: %s is smaller than one %u-byte read\n", dk->name, per * SECTOR_SIZE);
+        return;
+    }
+    if (!buf && !(buf = kalloc_contiguous(BENCH_SEQ_SECTORS * SECTOR_SIZE / PAGE_SIZE))) {
+        kprintf("dbench: no 1 MiB of contiguous memory\n");
+        return;
+    }
+    bench(dk, sequential, n, per, buf);
 }

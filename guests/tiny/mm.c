@@ -51,6 +51,8 @@ static void read_memmap(const struct hvm_start_info *si)
         panic("memory map at %lx is outside the boot mapping", si->memmap_paddr);
     const struct hvm_memmap_table_entry *e = (const void *)si->memmap_paddr;
     for (uint32_t i = 0; i < si->memmap_entries && memmap_count < MAX_MEMMAP; i++) {
+        if (e[i].size == 0)
+            continue;              /* QEMU microvm's qboot ends its map with one */
         memmap[memmap_count++] = (struct memregion){ e[i].addr, e[i].size, e[i].type };
         if (e[i].type == E820_RAM)
             ram_bytes += e[i].size;
@@ -84,29 +86,48 @@ static void pages_init(void)
     pages.region = -1;
 }
 
+/* n never-used pages in a row from the bump pointer, or NULL.  A region
+ * with too few left is passed over, and its rest stays unused. */
+static void *bump(uint64_t n)
+{
+    uint64_t lo = 0, hi = 0;
+    if (pages.region >= 0)
+        usable_range(&memmap[pages.region], &lo, &hi);
+    while (pages.next < lo || pages.next + n * PAGE_SIZE > hi) {
+        if (++pages.region >= memmap_count)
+            return NULL;
+        if (memmap[pages.region].type != E820_RAM)
+            continue;
+        usable_range(&memmap[pages.region], &lo, &hi);
+        pages.next = lo;
+    }
+    void *first = (void *)pages.next;
+    pages.next += n * PAGE_SIZE;
+    return first;
+}
+
 /* 2. A zeroed 4 KiB page, or NULL when memory is exhausted. */
 void *kalloc(void)
 {
     void *page = pages.free_list;
-    if (page) {
+    if (page)
         pages.free_list = *(void **)page;
-    } else {
-        uint64_t lo = 0, hi = 0;
-        if (pages.region >= 0)
-            usable_range(&memmap[pages.region], &lo, &hi);
-        while (pages.next < lo || pages.next >= hi) {
-            if (++pages.region >= memmap_count)
-                return NULL;
-            if (memmap[pages.region].type != E820_RAM)
-                continue;
-            usable_range(&memmap[pages.region], &lo, &hi);
-            pages.next = lo;
-        }
-        page = (void *)pages.next;
-        pages.next += PAGE_SIZE;
-    }
+    else if (!(page = bump(1)))
+        return NULL;
     pages.used++;
     return memset(page, 0, PAGE_SIZE);
+}
+
+/* n physically contiguous zeroed pages, for a device that is handed one
+ * address and a length (a virtio buffer larger than a page); NULL if no
+ * region has that many left.  They are never freed. */
+void *kalloc_contiguous(uint64_t n)
+{
+    void *first = bump(n);
+    if (!first)
+        return NULL;
+    pages.used += n;
+    return memset(first, 0, n * PAGE_SIZE);
 }
 
 void kfree(void *page)

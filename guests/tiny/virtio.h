@@ -134,7 +134,7 @@ void virtio_blk_attach(struct virtio_dev *d);
 int disk_count(void);
 struct disk *disk_get(int index);
 struct disk *disk_find(const char *name);
-int disk_read(struct disk *dk, uint64_t sector, void *buf);
+int disk_read(struct disk *dk, uint64_t sector, void *buf, uint32_t count);
 int disk_write(struct disk *dk, uint64_t sector, const void *buf);
 int disk_flush(struct disk *dk);
 const char *blk_status_name(int status);

@@ -122,10 +122,11 @@ static int disk_request(struct disk *dk, uint32_t type, uint64_t sector, void *d
     return *(volatile uint8_t *)&requests[slot].status;
 }
 
-/* Read or write one 512-byte sector; returns the status byte. */
-int disk_read(struct disk *dk, uint64_t sector, void *buf)
+/* Read `count` sectors into buf (physically contiguous), or write one
+ * sector; returns the status byte. */
+int disk_read(struct disk *dk, uint64_t sector, void *buf, uint32_t count)
 {
-    return disk_request(dk, VIRTIO_BLK_T_IN, sector, buf, SECTOR_SIZE, 1);
+    return disk_request(dk, VIRTIO_BLK_T_IN, sector, buf, count * SECTOR_SIZE, 1);
 }
 
 int disk_write(struct disk *dk, uint64_t sector, const void *buf)

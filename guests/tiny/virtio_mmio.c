@@ -253,7 +253,8 @@ int virtio_ack_interrupt(const struct virtio_dev *d)
 }
 
 /* Config fields wider than 32 bits may change between the two reads;
- * ConfigGeneration tells (4.2.3.1.1: read it before and after). */
+ * ConfigGeneration tells (2.5.1: read it before and after, retry if it
+ * changed). */
 uint64_t virtio_config64(const struct virtio_dev *d, uint32_t off)
 {
     uint32_t gen, lo, hi;

@@ -9,14 +9,12 @@ pykvm's own virtio-blk (`pykvm boot --disk`) and compares the two consoles.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tinyvm import (TINY_ELF, Disk, Run, build_tiny, microvm_command, output_of, pykvm_command, run,
-                    vmm_problem)
+from tinyvm import (TINY_ELF, Disk, Run, build_tiny, microvm_command, output_of, pykvm_command,
+                    pykvm_has_disks, run, vmm_problem)
 
 pytestmark = pytest.mark.kvm
 
@@ -34,12 +32,12 @@ def make_image(path: Path, sectors: int = SECTORS) -> Path:
 
 
 def microvm(script: str, disks: list[Disk], auto_cmdline: bool = True, extra: str = "",
-            mem: str = "128M") -> Run:
+            mem: str = "128M", stdin: bytes = b"") -> Run:
     problem = vmm_problem("qemu")
     if problem:
         pytest.skip(problem)
     build_tiny()
-    return run(microvm_command(TINY_ELF, f"run={script}{extra}", disks, auto_cmdline, mem))
+    return run(microvm_command(TINY_ELF, f"run={script}{extra}", disks, auto_cmdline, mem), stdin)
 
 
 def sector(image: Path, n: int) -> bytes:
@@ -59,6 +57,14 @@ def hexdump(data: bytes) -> list[str]:
 @pytest.fixture
 def image(tmp_path) -> Path:
     return make_image(tmp_path / "disk.img")
+
+
+def test_timer_and_serial_input_reach_the_cpu_on_microvm():
+    """microvm's firmware leaves LAPIC LINT0 masked; pic_virtual_wire opens it for the 8259."""
+    session = microvm("run sleeper;uptime", [], stdin=b"echo typed in\npoweroff\n")
+    up = re.fullmatch(r"up \d+\.\d\d s \((\d+) ticks at 100 Hz\)", output_of(session, "uptime")[0])
+    assert up and int(up.group(1)) >= 30, session.console      # sleeper naps 3 x 100 ms
+    assert output_of(session, "echo typed in") == ["typed in"], session.console
 
 
 def test_tiny_finds_the_disk_qemu_named_on_its_command_line(image):
@@ -141,6 +147,20 @@ def test_two_disks_are_vda_and_vdb(tmp_path):
     assert first.read_bytes() == bytes([FILL]) * (SECTORS * SECTOR)
 
 
+def test_dbench_reads_in_a_row_and_at_random(tmp_path):
+    """The benchmark's guest side (tests/bench/bench_tiny_disk.py): 1 MiB and 4 KiB reads."""
+    big, small = make_image(tmp_path / "big.img", sectors=4096), make_image(tmp_path / "s.img", 4)
+    session = microvm("dbench seq 3;dbench rand 20;dbench vdb seq 1;dbench seq;poweroff",
+                      [Disk(big), Disk(small)])
+    assert re.fullmatch(r"dbench: 3 reads of 1024 KiB from vda in \d+ ticks( \(\d+ KiB/s\))?",
+                        output_of(session, "dbench seq 3")[0]), session.console
+    assert re.fullmatch(r"dbench: 20 reads of 4 KiB from vda in \d+ ticks( \(\d+ KiB/s\))?",
+                        output_of(session, "dbench rand 20")[0]), session.console
+    assert output_of(session, "dbench vdb seq 1") == [
+        "dbench: vdb is smaller than one 1048576-byte read"]
+    assert output_of(session, "dbench seq") == ["dbench: want 'seq MIB' or 'rand COUNT'"]
+
+
 def test_eight_disks_fill_every_microvm_transport(tmp_path):
     """Eight device words (a command line of over 256 bytes), IRQs 5 to 12 on the 8259."""
     images = [make_image(tmp_path / f"{i}.img", sectors=128) for i in range(8)]
@@ -186,12 +206,6 @@ def test_devices_below_4_gib_with_ram_above_it(image):
     session = microvm("dwrite 2 high;dread 2;poweroff", [Disk(image)], mem="5G")
     assert re.fullmatch(r"tiny 1\.0: 51\d\d MiB RAM, .*", session.lines[1]), session.lines[1]
     assert output_of(session, "dread 2") == ["vda sector 2:"] + hexdump(b"high".ljust(64, b"\0"))
-
-
-def pykvm_has_disks() -> bool:
-    help_text = subprocess.run([sys.executable, "-m", "pykvm", "boot", "--help"],
-                               capture_output=True, text=True).stdout
-    return "--disk" in help_text
 
 
 # Where the device sits, its ID string and the way out differ between the two VMMs.

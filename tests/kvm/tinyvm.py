@@ -24,7 +24,7 @@ from pathlib import Path
 __all__ = [
     "TINY_ELF", "MEM_MIB", "BANNER", "Run", "build_tiny", "vmm_problem",
     "qemu_command", "pykvm_command", "command", "boot", "Disk", "microvm_command", "run",
-    "output_of",
+    "output_of", "pykvm_has_disks",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +85,13 @@ def pykvm_command(elf: Path, cmdline: str) -> list[str]:
     """pykvm's CLI booting `elf`, run by this interpreter (the venv's)."""
     return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(elf),
             "--mem", f"{MEM_MIB}M", "--cmdline", cmdline]
+
+
+def pykvm_has_disks() -> bool:
+    """Does this checkout's `pykvm boot` take --disk (the virtio-blk device model)?"""
+    help_text = subprocess.run([sys.executable, "-m", "pykvm", "boot", "--help"],
+                               capture_output=True, text=True).stdout
+    return "--disk" in help_text
 
 
 def command(vmm: str, elf: Path, cmdline: str) -> list[str]:
