@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import struct
 
-from pykvm.devices.virtio import mmio
-from pykvm.devices.virtio.device import VIRTIO_F_VERSION_1
-from pykvm.devices.virtio.mmio import VirtioMmio
-from pykvm.devices.virtio.queue import DESC, ring_sizes
-from pykvm.memory import GuestMemory
+from pykvm.vm.devices.virtio import mmio
+from pykvm.vm.devices.virtio.device import VIRTIO_F_VERSION_1
+from pykvm.vm.devices.virtio.mmio import VirtioMmio
+from pykvm.vm.devices.virtio.queue import DESC, ring_sizes
+from pykvm.vm.memory import GuestMemory
 
 __all__ = ["ToyDriver", "RING_AREA", "DATA_AREA"]
 

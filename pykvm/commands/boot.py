@@ -36,10 +36,10 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, disks, conso
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
     """
-    from pykvm.devices.virtio.attach import VirtioConfig, parse_disk
+    from pykvm.vm.devices.virtio.attach import VirtioConfig, parse_disk
     from pykvm.errors import ConfigError
-    from pykvm.guests import DEFAULT_GUEST, find_guest
-    from pykvm.machine import MachineConfig
+    from pykvm.vm.guests import DEFAULT_GUEST, find_guest
+    from pykvm.vm.machine import MachineConfig
     from pykvm.sizes import format_size, host_memory, parse_size
 
     if guest and kernel:
@@ -61,7 +61,7 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, disks, conso
 
 
 def _is_bzimage(kernel: Path) -> bool:
-    from pykvm.boot.loader import BZIMAGE_MAGIC, BZIMAGE_MAGIC_OFFSET
+    from pykvm.vm.boot.loader import BZIMAGE_MAGIC, BZIMAGE_MAGIC_OFFSET
 
     try:
         with open(kernel, "rb") as f:
@@ -75,15 +75,15 @@ def linux_hvc0_cmdline() -> str:
     """--console virtio for Linux without --cmdline: the default line, with the console on hvc0
     (the kernel prints on ttyS0 until virtio_console is loaded; the recipe's /init then starts
     its shell on hvc0)."""
-    from pykvm.boot.bzimage import DEFAULT_CMDLINE
+    from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
 
     return f"{DEFAULT_CMDLINE} console=hvc0"
 
 
 def run_machine(config) -> int:
     """Build the machine, attach the console, run; returns the guest's exit status."""
-    from pykvm.console import Console
-    from pykvm.machine import Machine
+    from pykvm.vm.console import Console
+    from pykvm.vm.machine import Machine
 
     with Machine(config) as machine:
         terminal = machine.virtio.console or machine.serial     # --console virtio: input to hvc0

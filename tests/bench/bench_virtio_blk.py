@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
 from guestasm import pvh_elf  # noqa: E402
-from pykvm.boot import layout  # noqa: E402
+from pykvm.vm import layout  # noqa: E402
 
 QEMU = "qemu-system-x86_64"
 MICROVM_MMIO_BASE, MICROVM_MMIO_STRIDE, MICROVM_SLOTS = 0xFEB00000, 0x200, 24   # QEMU hw/i386/microvm.h

@@ -1,7 +1,7 @@
-"""KVM_GET_STATS_FD: KVM's own counters for a vCPU, read through pykvm.kvm.stats."""
+"""KVM_GET_STATS_FD: KVM's own counters for a vCPU, read through pykvm.vm.kvm.stats."""
 import pytest
 
-from pykvm.kvm import IoOut, MmioWrite
+from pykvm.vm.kvm import IoOut, MmioWrite
 from vmkit import bare_vm
 
 pytestmark = pytest.mark.kvm

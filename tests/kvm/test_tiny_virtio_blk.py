@@ -221,7 +221,7 @@ def test_same_disk_session_on_pykvm_and_qemu_microvm(tmp_path):
     images = {vmm: make_image(tmp_path / f"{vmm}.img") for vmm in ("pykvm", "qemu")}
     qemu = microvm(script, [Disk(images["qemu"])])
     pykvm = run(pykvm_command(TINY_ELF, "run=" + script) + ["--disk", str(images["pykvm"])])
-    assert pykvm.status == 0, pykvm.console
+    assert pykvm.status == 0, pykvm.vm.console
     pykvm_lines, qemu_lines = ([line for line in s.lines if not VMM_DEPENDENT.match(line)]
                                for s in (pykvm, qemu))
     assert pykvm_lines == qemu_lines

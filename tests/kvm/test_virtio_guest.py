@@ -15,7 +15,7 @@ import pytest
 
 from clitools import kill_9_after, pykvm
 from guestasm import pvh_elf
-from pykvm.boot import layout
+from pykvm.vm import layout
 
 pytestmark = pytest.mark.kvm
 

@@ -11,9 +11,9 @@ import struct
 import pytest
 
 from guestasm import pvh_elf
-from pykvm.boot import layout
-from pykvm.devices.virtio.attach import DiskSpec, VirtioConfig
-from pykvm.machine import Machine, MachineConfig
+from pykvm.vm import layout
+from pykvm.vm.devices.virtio.attach import DiskSpec, VirtioConfig
+from pykvm.vm.machine import Machine, MachineConfig
 
 pytestmark = pytest.mark.kvm
 

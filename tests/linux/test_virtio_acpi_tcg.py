@@ -13,8 +13,8 @@ import shutil
 import pytest
 
 from linux_guest import SerialSession, guest_file
-from pykvm.arch.x86 import acpi, aml
-from pykvm.boot import layout
+from pykvm.vm.arch.x86 import acpi, aml
+from pykvm.vm import layout
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from pykvm.arch.x86 import acpi, aml
-from pykvm.boot import layout
+from pykvm.vm.arch.x86 import acpi, aml
+from pykvm.vm import layout
 
 
 @pytest.mark.parametrize("payload, encoded", [

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from clitools import one_error_line, pykvm
-from pykvm.boot import layout
-from pykvm.devices.virtio.attach import DiskSpec, parse_disk
+from pykvm.vm import layout
+from pykvm.vm.devices.virtio.attach import DiskSpec, parse_disk
 from pykvm.errors import ConfigError
 
 
@@ -70,7 +70,7 @@ def test_parse_disk(text, spec):
 
 def test_console_virtio_puts_a_linux_console_on_hvc0(tmp_path):
     from fake_bzimage import make_bzimage
-    from pykvm.boot.bzimage import DEFAULT_CMDLINE
+    from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
     from pykvm.commands.boot import _is_bzimage, linux_hvc0_cmdline
 
     bzimage, elf = tmp_path / "vmlinuz", tmp_path / "kernel.elf"

@@ -13,12 +13,12 @@ import struct
 
 import pytest
 
-from pykvm.devices.virtio import mmio
-from pykvm.devices.virtio.blk import (VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+from pykvm.vm.devices.virtio import mmio
+from pykvm.vm.devices.virtio.blk import (VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
                                       VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
                                       VIRTIO_BLK_T_OUT, Block)
-from pykvm.devices.virtio.device import VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1
-from pykvm.devices.virtio.queue import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
+from pykvm.vm.devices.virtio.device import VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1
+from pykvm.vm.devices.virtio.queue import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
                                         VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)
 from virtio_driver import DATA_AREA, LIVE, ToyDriver
 

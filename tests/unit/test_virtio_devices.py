@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import threading
 
-from pykvm.devices.virtio import mmio
-from pykvm.devices.virtio.console import HOST_QUEUE_BYTES, RECEIVEQ, TRANSMITQ, VirtioConsole
-from pykvm.devices.virtio.device import VIRTIO_F_VERSION_1
-from pykvm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
-from pykvm.devices.virtio.rng import MAX_BYTES, Rng
+from pykvm.vm.devices.virtio import mmio
+from pykvm.vm.devices.virtio.console import HOST_QUEUE_BYTES, RECEIVEQ, TRANSMITQ, VirtioConsole
+from pykvm.vm.devices.virtio.device import VIRTIO_F_VERSION_1
+from pykvm.vm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+from pykvm.vm.devices.virtio.rng import MAX_BYTES, Rng
 from virtio_driver import DATA_AREA, LIVE, ToyDriver
 
 WRITE = VIRTQ_DESC_F_WRITE

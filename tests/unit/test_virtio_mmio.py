@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from pykvm.devices.virtio import mmio
-from pykvm.devices.virtio.blk import VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, Block
-from pykvm.devices.virtio.device import (VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX,
+from pykvm.vm.devices.virtio import mmio
+from pykvm.vm.devices.virtio.blk import VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, Block
+from pykvm.vm.devices.virtio.device import (VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX,
                                          VIRTIO_F_VERSION_1)
 from virtio_driver import LIVE, ToyDriver
 
