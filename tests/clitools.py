@@ -59,3 +59,28 @@ def output_until_exit(proc: subprocess.Popen, silence: float) -> bytes:
                     sel.unregister(key.fileobj)
     proc.wait()
     return bytes(streams[proc.stdout])
+def kill_9_after(argv: list[str], marker: bytes, timeout: float = 120, before_kill=None) -> bytes:
+    """Run `argv`, wait until its stdout shows `marker`, then SIGKILL it; return its output.
+
+    `before_kill(pid)`, if given, runs between the marker and the kill (to look at the
+    process while it is still running)."""
+    import signal
+
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    output = bytearray()
+    os.set_blocking(proc.stdout.fileno(), False)
+
+    def seen() -> bool:
+        output.extend(proc.stdout.read() or b"")
+        return marker in output
+
+    try:
+        wait_for(seen, timeout)
+        if before_kill is not None:
+            before_kill(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
+    return bytes(output)

@@ -52,13 +52,17 @@ int strncmp(const char *a, const char *b, size_t n);
 #define T_IRQ0     32               /* PIC IRQ 0 lands here  */
 #define T_SYSCALL  0x80             /* int 0x80              */
 void idt_init(void);
+void irq_register(int irq, void (*handler)(int irq));
 
 /* pic.c: the two 8259A interrupt controllers */
 #define IRQ_TIMER 0
 #define IRQ_COM1  4
+#define PIC_IRQS  16                /* two 8259As: IRQs 0-15 */
 void pic_init(void);
+void pic_virtual_wire(void);
 void pic_unmask(int irq);
 void pic_eoi(int irq);
+int pic_spurious(int irq);
 
 /* pit.c: the 8254 timer */
 #define TIMER_HZ 100
@@ -73,12 +77,14 @@ struct memregion {
 };
 void mm_init(const struct hvm_start_info *si);
 void *kalloc(void);
+void *kalloc_contiguous(uint64_t npages);
 void kfree(void *page);
 uint64_t *kernel_pml4(void);
 uint64_t *uvm_create(void);
 int uvm_map(uint64_t *pml4, uint64_t va, void *page);
 void uvm_free(uint64_t *pml4);
 void mm_stats(uint64_t *total_pages, uint64_t *free_pages);
+void *mmio_map(uint64_t pa, uint64_t size);
 extern struct memregion memmap[];
 extern int memmap_count;
 extern uint64_t ram_bytes;
@@ -120,6 +126,15 @@ void shell_run(const char *cmdline);
 void poweroff(void) __attribute__((noreturn));
 void reboot(void) __attribute__((noreturn));
 void debug_exit(uint8_t value) __attribute__((noreturn));
+
+/* virtio_mmio.c: virtio devices named on the command line (virtio.h has the rest) */
+void virtio_init(const char *cmdline);
+
+/* disk.c: the shell's disk commands, on virtio_blk.c */
+void cmd_disk(int argc, char **argv);
+void cmd_dread(int argc, char **argv);
+void cmd_dwrite(int argc, char **argv);
+void cmd_dbench(int argc, char **argv);
 
 /* main.c */
 extern char boot_cmdline[];

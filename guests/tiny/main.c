@@ -8,7 +8,7 @@
 #include "pvh.h"
 #include "x86.h"
 
-#define CMDLINE_MAX 256
+#define CMDLINE_MAX 2048         /* as Linux on x86: room for a VMM's device words */
 
 char boot_cmdline[CMDLINE_MAX];
 
@@ -23,13 +23,22 @@ static void read_cmdline(const struct hvm_start_info *si)
 }
 
 /* The commands after "run=" (to the end of the line, so they may contain
- * spaces): "console=ttyS0 run=echo hi;poweroff" -> "echo hi;poweroff". */
+ * spaces): "console=ttyS0 run=echo hi;poweroff" -> "echo hi;poweroff".
+ * A VMM may append words of its own (QEMU microvm: " virtio_mmio.device=");
+ * the script stops before them. */
 static const char *boot_script(void)
 {
-    for (const char *p = boot_cmdline; *p; p++)
-        if ((p == boot_cmdline || p[-1] == ' ') && strncmp(p, "run=", 4) == 0)
-            return p + 4;
-    return "";
+    static char script[CMDLINE_MAX];
+    const char *p = boot_cmdline;
+
+    while (*p && !((p == boot_cmdline || p[-1] == ' ') && strncmp(p, "run=", 4) == 0))
+        p++;
+    if (!*p)
+        return "";
+    p += 4;
+    for (int n = 0; p[n] && strncmp(p + n, " virtio_mmio.device=", 20) != 0; n++)
+        script[n] = p[n];
+    return script;
 }
 
 void kmain(const struct hvm_start_info *si)
@@ -43,10 +52,12 @@ void kmain(const struct hvm_start_info *si)
         panic("not started through PVH: start info magic %x", si->magic);
     read_cmdline(si);
     mm_init(si);        /* memory map, page allocator, own page tables  */
+    pic_virtual_wire(); /* the PIC's output to the CPU: LAPIC LINT0     */
     proc_init();        /* this thread becomes process 0, the shell     */
     pit_init();         /* 100 Hz timer on IRQ 0                        */
     sti();
     kprintf("%s %s: %lu MiB RAM, timer %d Hz, %d user programs. Type 'help'.\n",
             KERNEL_NAME, KERNEL_VERSION, ram_bytes >> 20, TIMER_HZ, userprog_count);
+    virtio_init(boot_cmdline);   /* virtio_mmio.device= words: disks   */
     shell_run(boot_script());
 }

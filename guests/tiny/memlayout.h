@@ -29,6 +29,8 @@
 #define USER_STACK_TOP  (USER_BASE + LARGE_PAGE_SIZE)
 #define USER_STACK_BOTTOM (USER_STACK_TOP - USER_STACK_PAGES * PAGE_SIZE)
 
+#define LAPIC_BASE      0xfee00000UL             /* local APIC registers (SDM Vol. 3A, 10.4.1) */
+
 /* Debug and power ports, identical on QEMU -M pc and pykvm. */
 #define DEBUG_EXIT_PORT 0xf4      /* isa-debug-exit: write V -> exit status (V<<1)|1 */
 #define ACPI_PM1A_CNT   0x604     /* PIIX4 PM1a control block as QEMU's SeaBIOS sets it up */

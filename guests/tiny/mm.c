@@ -18,6 +18,8 @@
 #define PTE_P    0x001             /* present */
 #define PTE_W    0x002             /* writable */
 #define PTE_U    0x004             /* user: ring 3 may access */
+#define PTE_PWT  0x008             /* write-through */
+#define PTE_PCD  0x010             /* cache disable: with PWT, uncached (SDM Vol. 3A, 11.12.3) */
 #define PTE_PS   0x080             /* in a PD entry: maps a 2 MiB page */
 #define PTE_ADDR 0x000ffffffffff000ULL
 #define PT_INDEX(va, level) (((va) >> (12 + 9 * (level))) & 511)   /* level 3 = PML4 */
@@ -49,6 +51,8 @@ static void read_memmap(const struct hvm_start_info *si)
         panic("memory map at %lx is outside the boot mapping", si->memmap_paddr);
     const struct hvm_memmap_table_entry *e = (const void *)si->memmap_paddr;
     for (uint32_t i = 0; i < si->memmap_entries && memmap_count < MAX_MEMMAP; i++) {
+        if (e[i].size == 0)
+            continue;              /* QEMU microvm's qboot ends its map with one */
         memmap[memmap_count++] = (struct memregion){ e[i].addr, e[i].size, e[i].type };
         if (e[i].type == E820_RAM)
             ram_bytes += e[i].size;
@@ -82,29 +86,48 @@ static void pages_init(void)
     pages.region = -1;
 }
 
+/* n never-used pages in a row from the bump pointer, or NULL.  A region
+ * with too few left is passed over, and its rest stays unused. */
+static void *bump(uint64_t n)
+{
+    uint64_t lo = 0, hi = 0;
+    if (pages.region >= 0)
+        usable_range(&memmap[pages.region], &lo, &hi);
+    while (pages.next < lo || pages.next + n * PAGE_SIZE > hi) {
+        if (++pages.region >= memmap_count)
+            return NULL;
+        if (memmap[pages.region].type != E820_RAM)
+            continue;
+        usable_range(&memmap[pages.region], &lo, &hi);
+        pages.next = lo;
+    }
+    void *first = (void *)pages.next;
+    pages.next += n * PAGE_SIZE;
+    return first;
+}
+
 /* 2. A zeroed 4 KiB page, or NULL when memory is exhausted. */
 void *kalloc(void)
 {
     void *page = pages.free_list;
-    if (page) {
+    if (page)
         pages.free_list = *(void **)page;
-    } else {
-        uint64_t lo = 0, hi = 0;
-        if (pages.region >= 0)
-            usable_range(&memmap[pages.region], &lo, &hi);
-        while (pages.next < lo || pages.next >= hi) {
-            if (++pages.region >= memmap_count)
-                return NULL;
-            if (memmap[pages.region].type != E820_RAM)
-                continue;
-            usable_range(&memmap[pages.region], &lo, &hi);
-            pages.next = lo;
-        }
-        page = (void *)pages.next;
-        pages.next += PAGE_SIZE;
-    }
+    else if (!(page = bump(1)))
+        return NULL;
     pages.used++;
     return memset(page, 0, PAGE_SIZE);
+}
+
+/* n physically contiguous zeroed pages, for a device that is handed one
+ * address and a length (a virtio buffer larger than a page); NULL if no
+ * region has that many left.  They are never freed. */
+void *kalloc_contiguous(uint64_t n)
+{
+    void *first = bump(n);
+    if (!first)
+        return NULL;
+    pages.used += n;
+    return memset(first, 0, n * PAGE_SIZE);
 }
 
 void kfree(void *page)
@@ -120,7 +143,23 @@ void mm_stats(uint64_t *total_pages, uint64_t *free_pages)
     *free_pages = pages.total - pages.used;
 }
 
-/* 3. Page tables.  walk() returns the level-0 (PT) entry for va, creating
+/* 3. Page tables.  A 2 MiB page (a PD entry with PS) becomes a page table
+ * of 512 4 KiB entries mapping the same memory, so that one of them can
+ * change: map_kernel covers everything below the end of RAM with 2 MiB
+ * pages, including the hole below 4 GiB where devices live. */
+static int split_large_page(uint64_t *pde)
+{
+    uint64_t *pt = kalloc();
+    if (!pt)
+        return -1;
+    uint64_t base = *pde & PTE_ADDR, flags = *pde & ~PTE_ADDR & ~(uint64_t)PTE_PS;
+    for (int i = 0; i < 512; i++)
+        pt[i] = (base + i * PAGE_SIZE) | flags;
+    *pde = (uint64_t)pt | PTE_P | PTE_W;
+    return 0;
+}
+
+/* walk() returns the level-0 (PT) entry for va, creating
  * the intermediate tables on the way; `user` sets U/S on them so that the
  * final entry alone decides (SDM Vol. 3A, 4.6.1). */
 static uint64_t *walk(uint64_t *pml4, uint64_t va, int user)
@@ -128,6 +167,8 @@ static uint64_t *walk(uint64_t *pml4, uint64_t va, int user)
     uint64_t *table = pml4;
     for (int level = 3; level > 0; level--) {
         uint64_t *entry = &table[PT_INDEX(va, level)];
+        if ((*entry & PTE_PS) && split_large_page(entry) != 0)
+            return NULL;
         if (!(*entry & PTE_P)) {
             uint64_t *next = kalloc();
             if (!next)
@@ -174,6 +215,37 @@ void mm_init(const struct hvm_start_info *si)
     pages_init();
     map_kernel();
     write_cr3((uint64_t)kpml4);
+}
+
+static int overlaps_ram(uint64_t pa, uint64_t size)
+{
+    for (int i = 0; i < memmap_count; i++)
+        if (memmap[i].type == E820_RAM && pa < memmap[i].addr + memmap[i].size &&
+            memmap[i].addr < pa + size)
+            return 1;
+    return 0;
+}
+
+/* Map a device's registers (physical [pa, pa+size)) into the kernel's map,
+ * at the same virtual address, uncached: a device register must be read
+ * and written every time the code says so, never from a cache line.
+ * The kernel's map covers RAM only (map_kernel), so a device window, such
+ * as virtio-mmio's at 0xfeb00000 on QEMU microvm, needs its own pages.
+ * They go under PML4 entry 0, which every process shares.  Returns the
+ * address to use, or NULL (the range holds RAM or is beyond the map, or
+ * no memory for a page table). */
+void *mmio_map(uint64_t pa, uint64_t size)
+{
+    if (size == 0 || pa + size < pa || pa + size > KERNEL_MAP_MAX || overlaps_ram(pa, size))
+        return NULL;
+    for (uint64_t page = pa & ~(PAGE_SIZE - 1); page < pa + size; page += PAGE_SIZE) {
+        uint64_t *pte = walk(kpml4, page, 0);
+        if (!pte)
+            return NULL;
+        *pte = page | PTE_P | PTE_W | PTE_PCD | PTE_PWT;
+    }
+    write_cr3(read_cr3());         /* flush the TLB: no stale "not present" entries */
+    return (void *)pa;
 }
 
 uint64_t *kernel_pml4(void)

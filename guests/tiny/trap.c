@@ -32,6 +32,7 @@ struct __attribute__((packed)) gate {
 };
 
 static struct gate idt[NUM_VECTORS];
+static void (*irq_handlers[PIC_IRQS])(int irq);   /* drivers' IRQs (irq_register) */
 extern const uint64_t trap_stubs[NUM_STUBS];
 extern const uint64_t trap_stub_syscall;
 
@@ -63,6 +64,21 @@ void idt_init(void)
         set_gate(v, trap_stubs[v], GATE_INTERRUPT);
     set_gate(T_SYSCALL, trap_stub_syscall, GATE_INTERRUPT | GATE_DPL3);
     lidt(&ptr);
+}
+
+/* A driver's handler for a PIC IRQ; unmasks the IRQ. */
+void irq_register(int irq, void (*handler)(int irq))
+{
+    irq_handlers[irq] = handler;
+    pic_unmask(irq);
+}
+
+/* An IRQ with no fixed case in trap(): its driver's handler, then EOI. */
+static void device_irq(int irq)
+{
+    if (irq < PIC_IRQS && irq_handlers[irq])
+        irq_handlers[irq](irq);
+    pic_eoi(irq);
 }
 
 static int from_user(const struct trapframe *tf)
@@ -132,8 +148,10 @@ void trap(struct trapframe *tf)
         serial_intr();
         pic_eoi(IRQ_COM1);
         break;
-    case T_IRQ0 + 7:               /* spurious IRQ 7/15 (8259A datasheet): no EOI */
+    case T_IRQ0 + 7:               /* maybe spurious (pic.c): then no EOI */
     case T_IRQ0 + 15:
+        if (!pic_spurious(tf->vector - T_IRQ0))
+            device_irq(tf->vector - T_IRQ0);
         break;
     case T_SYSCALL:
         syscall(tf);
@@ -150,6 +168,6 @@ void trap(struct trapframe *tf)
         if (tf->vector < 32)
             exception(tf);
         else
-            pic_eoi(tf->vector - T_IRQ0);   /* an IRQ nobody asked for */
+            device_irq(tf->vector - T_IRQ0);
     }
 }

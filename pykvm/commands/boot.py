@@ -29,11 +29,24 @@ __all__ = ["boot"]
               "as QEMU's -s); in gdb: target remote :1234.")
 @click.option("--gdb-wait", is_flag=True,
               help="Stop before the first guest instruction until gdb attaches (QEMU's -S); implies --gdb.")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeout, gdb, gdb_wait):
+@click.option("--disk", "disks", multiple=True, metavar="FILE[,ro]",
+              help="A raw disk image as a virtio-blk device (repeatable; ,ro: read-only).")
+@click.option("--console", "console", default="serial", show_default=True,
+              type=click.Choice(["serial", "virtio"]),
+              help="Where the terminal's input goes: the 16550A UART, or a virtio console (hvc0; "
+                   "a Linux bzImage without --cmdline gets console=hvc0).")
+@click.option("--rng", is_flag=True, help="A virtio-rng device: entropy from the host.")
+@click.option("--virtio-notify", "virtio_notify", default="eventfd", show_default=True,
+              type=click.Choice(["eventfd", "exit"]),
+              help="How virtio kicks and interrupts travel: ioeventfd/irqfd and a worker "
+                   "thread, or plain MMIO exits handled on the vCPU thread.")
+def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeout, gdb, gdb_wait,
+         disks, console, rng, virtio_notify):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
     """
+    from pykvm.vm.devices.virtio.attach import VirtioConfig, parse_disk
     from pykvm.errors import ConfigError
     from pykvm.vm.guests import DEFAULT_GUEST, find_guest
     from pykvm.vm.machine import MachineConfig
@@ -45,6 +58,8 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeou
         bundled = find_guest(guest or DEFAULT_GUEST)
         kernel, initrd = bundled.kernel, initrd or bundled.initrd
         cmdline = bundled.cmdline if cmdline is None else cmdline
+    if console == "virtio" and not cmdline and _is_bzimage(kernel):
+        cmdline = linux_hvc0_cmdline()
     memory = parse_size(mem, what="--mem", default_unit="M")
     if memory > host_memory():
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
@@ -54,10 +69,32 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeou
         from pykvm.vm.gdb import parse_address
 
         parse_address(gdb)                  # a bad --gdb is reported before the VM is built
+    virtio = VirtioConfig(disks=[parse_disk(d) for d in disks], console=console == "virtio",
+                          rng=rng, notify=virtio_notify)
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
                            kernel_format=kernel_format, trace=trace, stall_timeout=stall_timeout,
-                           gdb=gdb, gdb_wait=gdb_wait)
+                           gdb=gdb, gdb_wait=gdb_wait, virtio=virtio)
     raise SystemExit(run_machine(config))
+
+
+def _is_bzimage(kernel: Path) -> bool:
+    from pykvm.vm.boot.loader import BZIMAGE_MAGIC, BZIMAGE_MAGIC_OFFSET
+
+    try:
+        with open(kernel, "rb") as f:
+            head = f.read(BZIMAGE_MAGIC_OFFSET + len(BZIMAGE_MAGIC))
+    except OSError:
+        return False                    # the loader reports it, in one line
+    return head[BZIMAGE_MAGIC_OFFSET:] == BZIMAGE_MAGIC
+
+
+def linux_hvc0_cmdline() -> str:
+    """--console virtio for Linux without --cmdline: the default line, with the console on hvc0
+    (the kernel prints on ttyS0 until virtio_console is loaded; the recipe's /init then starts
+    its shell on hvc0)."""
+    from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
+
+    return f"{DEFAULT_CMDLINE} console=hvc0"
 
 
 def run_machine(config) -> int:
@@ -66,18 +103,38 @@ def run_machine(config) -> int:
     from pykvm.vm.machine import Machine
 
     with Machine(config) as machine:
-        with Console(machine.serial, on_quit=lambda: machine.stop(0)):
+        terminal = machine.virtio.console or machine.serial     # --console virtio: input to hvc0
+        with Console(terminal, on_quit=lambda: machine.stop(0)):
             try:
                 status = machine.run()
             finally:
                 if config.trace:
-                    print_exit_summary(machine.exit_counts)
+                    print_exit_summary(machine.exit_counts, machine.virtio.summary(),
+                                       kvm_counters(machine.vcpu))
     return status
 
 
-def print_exit_summary(counts) -> None:
-    """The --trace summary: exits by reason, most frequent first (like kvm_stat)."""
+def kvm_counters(vcpu) -> dict[str, int]:
+    """KVM's own exit counters for the vCPU (KVM_GET_STATS_FD), or {} where KVM has none."""
+    from pykvm.errors import KvmError
+
+    try:
+        return vcpu.stats()
+    except KvmError:
+        return {}
+
+
+def print_exit_summary(counts, virtio_lines=(), kvm: dict[str, int] | None = None) -> None:
+    """The --trace summary: exits by reason, most frequent first (like kvm_stat); the
+    virtio devices' kicks, by MMIO exit and by ioeventfd; and KVM's own count, which
+    includes the exits KVM handled without returning to pykvm (an ioeventfd write, ...)."""
     total = sum(counts.values())
     click.echo(f"pykvm: {total} VM exits", err=True)
     for reason, n in counts.most_common():
         click.echo(f"  {reason:<16} {n:>10}  {100 * n / max(total, 1):5.1f}%", err=True)
+    for line in virtio_lines:
+        click.echo(f"  {line}", err=True)
+    if kvm and "exits" in kvm:
+        click.echo(f"KVM counted {kvm['exits']} exits in all (KVM_GET_STATS_FD): "
+                   f"mmio_exits {kvm.get('mmio_exits', 0)}, io_exits {kvm.get('io_exits', 0)}, "
+                   f"halt_exits {kvm.get('halt_exits', 0)}", err=True)

@@ -20,8 +20,11 @@ and xv6's memlayout.h are the models):
                  | HIMEM_START: the kernel is loaded    |
                  | here, then free RAM ...              |
     MMIO_GAP_START (3 GiB) ------------------------------+
-                 | MMIO gap: no RAM (TSS and identity   |
-                 | map pages for Intel VMX live here)   |
+                 | MMIO gap: no RAM                     |
+    0xd000_0000  | VIRTIO_MMIO_BASE: virtio-mmio slots, |
+                 | 4 KiB each, IRQs VIRTIO_MMIO_IRQS    |
+                 | (TSS and identity map pages for      |
+                 | Intel VMX near the top)              |
     4 GiB        +--------------------------------------+
                  | RAM above 4 GiB, if --mem > 3 GiB    |
 """
@@ -31,7 +34,8 @@ __all__ = [
     "BDA_RESET_FLAG", "BOOT_GDT", "FLAT_LOAD", "PVH_START_INFO", "PVH_MODLIST", "PVH_MEMMAP", "ZERO_PAGE",
     "PML4_START", "PDPTE_START", "PDE_START", "CMDLINE_START", "CMDLINE_MAX",
     "EBDA_START", "ACPI_TABLES", "HIMEM_START", "MMIO_GAP_START", "MMIO_GAP_END", "KVM_TSS_ADDRESS",
-    "KVM_IDENTITY_MAP_ADDRESS", "E820_RAM", "E820_RESERVED", "memory_map",
+    "KVM_IDENTITY_MAP_ADDRESS", "VIRTIO_MMIO_BASE", "VIRTIO_MMIO_SIZE", "VIRTIO_MMIO_IRQS",
+    "virtio_mmio_slot", "E820_RAM", "E820_RESERVED", "memory_map",
 ]
 
 BDA_RESET_FLAG = 0x472       # BIOS Data Area word the OS sets before a reset (0x1234 = warm)
@@ -53,10 +57,20 @@ MMIO_GAP_START = 0xC0000000  # 3 GiB: RAM stops here below 4 GiB
 MMIO_GAP_END = 0x100000000   # 4 GiB: RAM resumes here
 KVM_TSS_ADDRESS = 0xFFFBD000           # 3 pages for KVM_SET_TSS_ADDR (as QEMU and Firecracker)
 KVM_IDENTITY_MAP_ADDRESS = 0xFFFBC000  # 1 page for KVM_SET_IDENTITY_MAP_ADDR, just below
+VIRTIO_MMIO_BASE = 0xD0000000          # first virtio-mmio device (Firecracker's MMIO_MEM_START)
+VIRTIO_MMIO_SIZE = 0x1000              # one page per device: registers at 0, config at 0x100
+# One ISA interrupt per slot: free lines of a PC (0 PIT, 1 keyboard, 2 cascade, 3-4 serial,
+# 8 RTC, 9 ACPI SCI, 12 PS/2 mouse, 13 FPU are taken), so the 8259 PIC reaches them too.
+VIRTIO_MMIO_IRQS = (5, 6, 7, 10, 11, 14, 15)
 
 # E820 / PVH memory map entry types (ACPI spec 6.5, table 15.4 "Address Range Types").
 E820_RAM = 1                 # usable RAM
 E820_RESERVED = 2            # reserved, do not use
+
+
+def virtio_mmio_slot(index: int) -> tuple[int, int]:
+    """(base address, IRQ) of virtio-mmio slot `index` (0 to len(VIRTIO_MMIO_IRQS) - 1)."""
+    return VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_SIZE, VIRTIO_MMIO_IRQS[index]
 
 
 def memory_map(ram: list[tuple[int, int]]) -> list[tuple[int, int, int]]:

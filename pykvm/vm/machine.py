@@ -3,6 +3,7 @@
 The boot path is one top-down recipe (Firecracker's build_microvm_for_boot is
 the model).  Machine.__init__ reads as its table of contents:
 
+    0. the virtio devices' host side: disk images opened (bad input fails before KVM)
     1. open /dev/kvm and check the capabilities pykvm needs
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
     3. guest memory, registered with KVM as memory slots
@@ -10,8 +11,10 @@ the model).  Machine.__init__ reads as its table of contents:
        (with port 0x61, channel 2's gate and output): before any vCPU
        exists, so each vCPU gets its LAPIC
     5. the vCPU, with CPUID set (CPUID before MSRs: KVM checks MSRs against it)
-    6. the kernel loaded into memory, giving an entry point and CPU mode
-    7. the devices, each inserted on the port-I/O bus at its base
+    6. the kernel loaded into memory, giving an entry point and CPU mode; the virtio
+       devices' slots go on its command line and into the DSDT
+    7. the devices, each inserted on the port-I/O bus at its base; the virtio
+       transports on the MMIO bus
     8. the vCPU's registers for that entry point
     9. with --gdb, the gdb stub listening (pykvm.vm.gdb)
 
@@ -35,6 +38,7 @@ from pykvm.vm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.vm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.vm.devices.bus import Bus
 from pykvm.errors import GuestError
+from pykvm.vm.devices.virtio.attach import VirtioConfig, VirtioDevices
 from pykvm.vm.kvm import (Debug, FailEntry, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                           MmioWrite, Shutdown, SystemEvent)
 from pykvm.vm.kvm.vm import PIT_SPEAKER_DUMMY
@@ -74,6 +78,7 @@ class MachineConfig:
     output: object = None            # callable(bytes) for guest serial output; default stdout
     gdb: str | None = None           # [HOST:]PORT for the gdb stub (pykvm.vm.gdb); None: no stub
     gdb_wait: bool = False           # stop before the first instruction until gdb attaches
+    virtio: VirtioConfig = field(default_factory=VirtioConfig)   # --disk, --rng, --console virtio
     extra: dict = field(default_factory=dict)
 
 
@@ -94,6 +99,7 @@ class Machine:
     # --- building ------------------------------------------------------------
     def _build(self) -> None:
         config = self.config
+        self.virtio = VirtioDevices(config.virtio)                         # 0
         self.kvm = Kvm()                                                   # 1
         for capability in ("KVM_CAP_USER_MEMORY", "KVM_CAP_IRQCHIP", "KVM_CAP_PIT2",
                            "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT"):
@@ -124,7 +130,7 @@ class Machine:
     def _load_kernel(self) -> boot_state.Entry:
         from pykvm.vm.boot.loader import load_kernel
 
-        return load_kernel(self.memory, self.vcpu, self.config)
+        return load_kernel(self.memory, self.vcpu, self.config, self.virtio.windows())
 
     def _add_devices(self) -> None:
         # `pykvm boot | head -1`: once nobody reads, the VM ends (as `yes | head -1` ends yes).
@@ -147,6 +153,7 @@ class Machine:
         for name, device in devices.items():
             base, length = PORTS[name]
             self.pio.insert(device, base, length)
+        self.virtio.attach(self, output)
 
     def _serial_irq(self, level: bool) -> None:
         """The UART's INTR output drives ISA IRQ 4 (PIC and IOAPIC pin 4)."""
@@ -261,6 +268,8 @@ class Machine:
     gdb = None
 
     def close(self) -> None:
+        if getattr(self, "virtio", None) is not None:
+            self.virtio.close()              # its workers touch guest memory: stop them first
         if self.gdb is not None:
             self.gdb.close()
         if getattr(self, "serial", None) is not None:

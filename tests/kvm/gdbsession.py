@@ -1,6 +1,6 @@
 """Drive real gdb (Debian's, batch mode) against `pykvm boot --gdb` or QEMU's gdbstub.
 
-Used by tests/kvm/test_gdb.py and the example in docs/06-stopping-a-running-kernel.md.
+Used by tests/kvm/test_gdb.py and the example in docs/07-stopping-a-running-kernel.md.
 Each gdb command list is wrapped in markers (`echo @@ NAME\\n`), so a test can
 cut gdb's output into the answer of each step.
 """

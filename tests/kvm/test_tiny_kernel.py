@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyvm import MEM_MIB, Run, boot, build_tiny, vmm_problem
+from tinyvm import MEM_MIB, Run, boot, build_tiny, output_of, vmm_problem
 
 pytestmark = pytest.mark.kvm
 
@@ -25,7 +25,8 @@ VMMS = [pytest.param("pykvm", id="pykvm"), pytest.param("qemu", id="qemu", marks
 SHELL_SESSION = ("help;info;uptime;echo hello   world;mem;run hello;mem;run;run bogus;frobnicate;"
                  "run sleeper;uptime;poweroff")
 PROCESS_SESSION = "run ping pong;fault;echo still alive;run sleeper &;ps;poweroff"
-COMMANDS = ["help", "info", "uptime", "mem", "echo", "ps", "run", "fault", "poweroff", "reboot", "exit"]
+COMMANDS = ["help", "info", "uptime", "mem", "echo", "ps", "run", "fault", "disk", "dread", "dwrite",
+            "dbench", "poweroff", "reboot", "exit"]
 DUMP_REGISTERS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
                   "r11", "r12", "r13", "r14", "r15", "rip", "rfl"]
 
@@ -53,14 +54,6 @@ def shell(vmm) -> Run:
 @pytest.fixture
 def procs(vmm) -> Run:
     return run_session(vmm, "run=" + PROCESS_SESSION)
-
-
-def output_of(run: Run, command: str) -> list[str]:
-    """The lines a shell command printed: from its prompt line to the next prompt."""
-    lines = run.lines
-    start = lines.index(f"tiny$ {command}") + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("tiny$ ")), len(lines))
-    return lines[start:end]
 
 
 def host_cpu_vendor() -> str:

@@ -8,6 +8,8 @@ Two VMMs run the very same ELF with the very same kernel command line:
               (`int 0x80` arrives through IDT gate 0x80, not as #UD as on PVM)
     pykvm     `pykvm boot --kernel ELF --cmdline ...`
 
+and, for virtio disks, QEMU's microvm machine (microvm_command).
+
 Used by tests/kvm/test_tiny_kernel.py and tests/bench/bench_tiny_boot.py.
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ from clitools import output_until_exit
 
 __all__ = [
     "TINY_ELF", "MEM_MIB", "BANNER", "Run", "build_tiny", "vmm_problem",
-    "qemu_command", "pykvm_command", "command", "boot",
+    "qemu_command", "pykvm_command", "command", "boot", "Disk", "microvm_command", "run",
+    "output_of", "pykvm_has_disks",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +36,7 @@ MEM_MIB = 128
 BANNER = "tiny 1.0: booting"          # the kernel's first line (main.c)
 QEMU = "qemu-system-x86_64"
 DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=0x04"   # what pykvm emulates too
+MODERN_VIRTIO_MMIO = "virtio-mmio.force-legacy=false"   # QEMU's default is the legacy version 1
 TIMEOUT_S = 120                       # of silence: a boot that prints nothing this long is stopped
 
 
@@ -46,6 +50,14 @@ class Run:
     @property
     def lines(self) -> list[str]:
         return self.console.splitlines()
+
+
+def output_of(run: Run, command: str) -> list[str]:
+    """The lines a shell command printed: from its prompt line to the next prompt."""
+    lines = run.lines
+    start = lines.index(f"tiny$ {command}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("tiny$ ")), len(lines))
+    return lines[start:end]
 
 
 def build_tiny() -> Path:
@@ -77,11 +89,46 @@ def pykvm_command(elf: Path, cmdline: str) -> list[str]:
             "--mem", f"{MEM_MIB}M", "--cmdline", cmdline]
 
 
+def pykvm_has_disks() -> bool:
+    """Does this checkout's `pykvm boot` take --disk (the virtio-blk device model)?"""
+    help_text = subprocess.run([sys.executable, "-m", "pykvm", "boot", "--help"],
+                               capture_output=True, text=True).stdout
+    return "--disk" in help_text
+
+
 def command(vmm: str, elf: Path, cmdline: str) -> list[str]:
     """The command line that boots `elf` under `vmm` ("qemu", "qemu-tcg" or "pykvm")."""
     if vmm == "pykvm":
         return pykvm_command(elf, cmdline)
     return qemu_command(elf, cmdline, accel="tcg" if vmm == "qemu-tcg" else "kvm")
+
+
+@dataclass
+class Disk:
+    """A raw image for a virtio-blk device."""
+
+    path: Path
+    read_only: bool = False
+
+
+def microvm_command(elf: Path, cmdline: str, disks: list[Disk], auto_cmdline: bool = True,
+                    mem: str = f"{MEM_MIB}M") -> list[str]:
+    """QEMU microvm without ACPI, a virtio-blk-device per disk (serial tinydisk0, 1, ...).
+
+    With acpi=off and auto-kernel-cmdline on (its default), QEMU appends
+    ` virtio_mmio.device=512@BASE:IRQ` for each device to the command line itself.
+    microvm has no ACPI PM block: tiny's poweroff leaves through debug-exit, status 1.
+    """
+    machine = "microvm,acpi=off" + ("" if auto_cmdline else ",auto-kernel-cmdline=off")
+    command = [QEMU, "-M", machine, "-accel", "kvm", "-m", mem,
+               "-display", "none", "-serial", "stdio", "-monitor", "none",
+               "-nic", "none", "-no-reboot", "-device", DEBUG_EXIT,
+               "-global", MODERN_VIRTIO_MMIO, "-kernel", str(elf), "-append", cmdline]
+    for i, disk in enumerate(disks):
+        drive = f"if=none,id=disk{i},file={disk.path},format=raw"
+        command += ["-drive", drive + (",readonly=on" if disk.read_only else ""),
+                    "-device", f"virtio-blk-device,drive=disk{i},serial=tinydisk{i}"]
+    return command
 
 
 def console_from_banner(raw: bytes) -> str:
@@ -91,14 +138,19 @@ def console_from_banner(raw: bytes) -> str:
     return text[start:] if start >= 0 else text
 
 
-def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF) -> Run:
-    """Boot under `vmm`, feed `stdin` to the serial port, wait for the VMM to exit
+def run(vmm_command: list[str], stdin: bytes = b"") -> Run:
+    """Run a VMM's command line, feed `stdin` to the serial port, wait for it to exit
     (or for TIMEOUT_S of silence)."""
-    proc = subprocess.Popen(command(vmm, elf, cmdline), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(vmm_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     with proc:
         proc.stdin.write(stdin)
         proc.stdin.close()
         console = output_until_exit(proc, TIMEOUT_S)
     return Run(proc.returncode, console_from_banner(console))
 
+
+def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF) -> Run:
+    """Boot under `vmm`, feed `stdin` to the serial port, wait for the VMM to exit
+    (or for TIMEOUT_S of silence)."""
+    return run(command(vmm, elf, cmdline), stdin)

@@ -30,6 +30,8 @@ def ioctl_size(request: int) -> int:
     ("KVM_GET_LAPIC", "struct kvm_lapic_state"),
     ("KVM_GET_MP_STATE", "struct kvm_mp_state"),
     ("KVM_ENABLE_CAP", "struct kvm_enable_cap"),
+    ("KVM_IOEVENTFD", "struct kvm_ioeventfd"),
+    ("KVM_IRQFD", "struct kvm_irqfd"),
 ])
 def test_struct_size_matches_ioctl_number(ioctl, ctype):
     encoded = ioctl_size(getattr(lib, ioctl))

@@ -362,7 +362,7 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
 
 
 def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | None = None,
-                 name: str = "kernel") -> Entry:
+                 name: str = "kernel", mmio_devices=()) -> Entry:
     """Boot a bzImage on a real VM: pykvm.vm.boot.loader calls this for "HdrS" images.
 
     1. the state a PC firmware leaves (pykvm.vm.boot.firmware): ACPI tables, so
@@ -370,14 +370,16 @@ def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | 
        machine set in its step 5); LAPIC LINT0 = ExtINT and LINT1 = NMI;
     2. the plan's writes into guest memory, boot_params.acpi_rsdp_addr
        pointing at the tables.
-    An empty command line means DEFAULT_CMDLINE.
+    An empty command line means DEFAULT_CMDLINE; the virtio-mmio devices
+    (`mmio_devices`: base, size, irq) are appended to it and put in the DSDT.
     """
     from pykvm.vm.boot.firmware import leave_firmware_state
+    from pykvm.vm.boot.loader import join_cmdline, virtio_mmio_arguments
 
-    rsdp = leave_firmware_state(memory, vcpu)
+    rsdp = leave_firmware_state(memory, vcpu, mmio_devices)
+    cmdline = join_cmdline(cmdline or DEFAULT_CMDLINE, virtio_mmio_arguments(mmio_devices))
     try:
-        plan = plan_bzimage(image, memory.ram_ranges(), cmdline or DEFAULT_CMDLINE, initrd,
-                            acpi_rsdp=rsdp)
+        plan = plan_bzimage(image, memory.ram_ranges(), cmdline, initrd, acpi_rsdp=rsdp)
     except LoaderError as e:
         raise LoaderError(f"{name}: {e}") from None
     for address, data in plan.writes:

@@ -9,7 +9,8 @@ kernel (bzImage and PVH); Firecracker does the same for every boot
 
   1. ACPI tables (RSDP, XSDT, FADT, FACS, DSDT) at layout.ACPI_TABLES, in the BIOS
      area where Linux also scans for "RSD PTR " (ACPI 6.5, 5.2.5.1): the FADT
-     names the PM1a control port, which is how `poweroff` reaches pykvm.
+     names the PM1a control port, which is how `poweroff` reaches pykvm; the
+     DSDT lists the virtio-mmio devices.
   2. Boot MSRs (pykvm.vm.arch.x86.msrs.boot_msrs), after CPUID is set.
   3. LAPIC LINT0 = ExtINT (the 8259's output), LINT1 = NMI: the "virtual
      wire" mode of the MultiProcessor Specification 1.4, 3.6.2.2.
@@ -24,9 +25,12 @@ from pykvm.vm import layout
 __all__ = ["leave_firmware_state"]
 
 
-def leave_firmware_state(memory, vcpu) -> int:
-    """Steps 1-3 of the module docstring; the RSDP's guest-physical address."""
-    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES))
+def leave_firmware_state(memory, vcpu, mmio_devices=()) -> int:
+    """Steps 1-3 of the module docstring; the RSDP's guest-physical address.
+
+    `mmio_devices`: (base, size, irq) of each virtio-mmio device, for the DSDT.
+    """
+    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES, mmio_devices))
     vcpu.set_msrs(msrs.boot_msrs())
     vcpu.set_lapic(lapic.virtual_wire(vcpu.get_lapic()))
     return layout.ACPI_TABLES

@@ -13,7 +13,8 @@ from pykvm.vm.arch.x86.boot_state import Entry
 from pykvm.vm.boot.elf import is_elf
 from pykvm.errors import ConfigError, LoaderError
 
-__all__ = ["load_kernel", "detect_format", "FORMATS", "read_file"]
+__all__ = ["load_kernel", "detect_format", "FORMATS", "read_file", "virtio_mmio_arguments",
+           "join_cmdline"]
 
 FORMATS = ("auto", "pvh", "bzimage", "raw")
 BZIMAGE_MAGIC_OFFSET = 0x202   # boot.rst: setup header field "header" = "HdrS"
@@ -40,8 +41,24 @@ def read_file(path: Path, what: str) -> bytes:
         raise LoaderError(f"{what} {path}: {e.strerror}") from None
 
 
-def load_kernel(memory, vcpu, config) -> Entry:
-    """Load config.kernel (and config.initrd) into `memory`; return where the vCPU starts."""
+def virtio_mmio_arguments(mmio_devices) -> str:
+    """`virtio_mmio.device=SIZE@BASE:IRQ` per (base, size, irq): the syntax of Linux's
+    virtio_mmio.c (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) that Firecracker and QEMU's microvm write."""
+    return " ".join(f"virtio_mmio.device={size // 1024}K@{base:#x}:{irq}"
+                    for base, size, irq in mmio_devices)
+
+
+def join_cmdline(cmdline: str, extra: str) -> str:
+    """`cmdline` with `extra` appended, one space between."""
+    return " ".join(part for part in (cmdline, extra) if part)
+
+
+def load_kernel(memory, vcpu, config, mmio_devices: list[tuple[int, int, int]] = ()) -> Entry:
+    """Load config.kernel (and config.initrd) into `memory`; return where the vCPU starts.
+
+    `mmio_devices`: (base, size, irq) of each virtio-mmio device, described to
+    the kernel on its command line and in the ACPI DSDT.
+    """
     name = str(config.kernel)
     data = read_file(config.kernel, "kernel")
     initrd = read_file(config.initrd, "initrd") if config.initrd else None
@@ -57,12 +74,13 @@ def load_kernel(memory, vcpu, config) -> Entry:
         from pykvm.vm.boot.firmware import leave_firmware_state
         from pykvm.vm.boot.pvh import load_pvh
 
-        rsdp = leave_firmware_state(memory, vcpu)
-        return load_pvh(memory, data, config.cmdline, initrd, name, acpi_rsdp=rsdp)
+        rsdp = leave_firmware_state(memory, vcpu, mmio_devices)
+        return load_pvh(memory, data, config.cmdline, initrd, name, acpi_rsdp=rsdp,
+                        cmdline_extra=virtio_mmio_arguments(mmio_devices))
     if fmt == "bzimage":
         from pykvm.vm.boot.bzimage import load_bzimage
 
-        return load_bzimage(memory, vcpu, data, config.cmdline, initrd, name)
+        return load_bzimage(memory, vcpu, data, config.cmdline, initrd, name, mmio_devices)
     from pykvm.vm.boot.flat import load_flat
 
     if initrd is not None or config.cmdline:

@@ -81,19 +81,22 @@ def pack_modlist(modules: list[tuple[int, int]]) -> bytes:
 
 
 def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None,
-             name: str = "kernel", acpi_rsdp: int = 0) -> Entry:
+             name: str = "kernel", acpi_rsdp: int = 0, cmdline_extra: str = "") -> Entry:
     """Load ELF `data` into `memory` and return its PVH entry.  Steps as in the module docstring.
 
     `acpi_rsdp`: where the caller put the ACPI tables (pykvm.vm.boot.firmware), for
     start_info.rsdp_paddr; Linux reads it in arch/x86/platform/pvh/enlighten.c.
     A Linux kernel given no command line gets the bzImage loader's
     DEFAULT_CMDLINE (without console=ttyS0 it would print nothing at all).
+    `cmdline_extra` (the virtio-mmio devices) is appended to either.
     """
     elf = parse_elf(data, name)
     entry = pvh_entry_point(elf, name)
     if not cmdline and is_linux(elf):
         from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
         cmdline = DEFAULT_CMDLINE
+    from pykvm.vm.boot.loader import join_cmdline
+    cmdline = join_cmdline(cmdline, cmdline_extra)
     kernel_end = load_segments(memory, elf, name)
     write_cmdline(memory, cmdline)
     modules = []

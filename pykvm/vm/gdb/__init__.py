@@ -8,7 +8,7 @@
     debugregs.py   breakpoints and watchpoints in DR0-DR7
     stub.py        GdbStub: the server, all-stop serving, KVM_SET_GUEST_DEBUG
 
-docs/06-stopping-a-running-kernel.md walks through them.
+docs/07-stopping-a-running-kernel.md walks through them.
 """
 from pykvm.vm.gdb.stub import DEFAULT_ADDRESS, KILL_STATUS, GdbStub, listen, parse_address
 

@@ -62,6 +62,7 @@ typedef unsigned short __u16;
 typedef unsigned int   __u32;
 typedef unsigned long long __u64;
 typedef signed int     __s32;
+typedef signed short   __s16;
 
 /* --- constants: values come from the header ------------------------------ */
 #define KVM_API_VERSION ...
@@ -83,6 +84,8 @@ typedef signed int     __s32;
 #define KVM_CREATE_PIT2 ...
 #define KVM_IRQ_LINE ...
 #define KVM_ENABLE_CAP ...
+#define KVM_IOEVENTFD ...
+#define KVM_IRQFD ...
 
 /* vCPU ioctls */
 #define KVM_RUN ...
@@ -96,6 +99,7 @@ typedef signed int     __s32;
 #define KVM_GET_LAPIC ...
 #define KVM_SET_LAPIC ...
 #define KVM_GET_FPU ...
+#define KVM_GET_STATS_FD ...
 #define KVM_SET_FPU ...
 #define KVM_GET_MP_STATE ...
 #define KVM_SET_GUEST_DEBUG ...
@@ -115,6 +119,15 @@ typedef signed int     __s32;
 #define KVM_CAP_MP_STATE ...
 #define KVM_CAP_SET_GUEST_DEBUG ...
 #define KVM_CAP_SET_GUEST_DEBUG2 ...
+#define KVM_CAP_IOEVENTFD ...
+#define KVM_CAP_IRQFD ...
+#define KVM_CAP_BINARY_STATS_FD ...
+
+/* ioeventfd and irqfd flags */
+#define KVM_IOEVENTFD_FLAG_DATAMATCH ...
+#define KVM_IOEVENTFD_FLAG_PIO ...
+#define KVM_IOEVENTFD_FLAG_DEASSIGN ...
+#define KVM_IRQFD_FLAG_DEASSIGN ...
 
 /* exit reasons */
 #define KVM_EXIT_UNKNOWN ...
@@ -297,6 +310,42 @@ struct kvm_translation {
     __u8  valid;
     __u8  writeable;
     __u8  usermode;
+    ...;
+};
+
+struct kvm_ioeventfd {
+    __u64 datamatch;
+    __u64 addr;
+    __u32 len;
+    __s32 fd;
+    __u32 flags;
+    ...;
+};
+
+struct kvm_irqfd {
+    __u32 fd;
+    __u32 gsi;
+    __u32 flags;
+    __u32 resamplefd;
+    ...;
+};
+
+struct kvm_stats_header {
+    __u32 flags;
+    __u32 name_size;
+    __u32 num_desc;
+    __u32 id_offset;
+    __u32 desc_offset;
+    __u32 data_offset;
+    ...;
+};
+
+struct kvm_stats_desc {
+    __u32 flags;
+    __s16 exponent;
+    __u16 size;
+    __u32 offset;
+    __u32 bucket_size;
     ...;
 };
 

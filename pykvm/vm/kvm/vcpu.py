@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 import struct
 
 from pykvm.errors import KvmIoctlError
@@ -251,6 +252,17 @@ class Vcpu(FdObject):
         state = ffi.new("struct kvm_mp_state *")
         self._ioctl("KVM_GET_MP_STATE", state)
         return state.mp_state
+
+    def stats(self) -> dict[str, int]:
+        """Wraps KVM_GET_STATS_FD (KVM_CAP_BINARY_STATS_FD): KVM's counters for this vCPU
+        (`exits`, `mmio_exits`, `io_exits`, `halt_exits`, ...; see pykvm.vm.kvm.stats)."""
+        from pykvm.vm.kvm.stats import read_stats
+
+        fd = self._ioctl_int("KVM_GET_STATS_FD")
+        try:
+            return read_stats(fd)
+        finally:
+            os.close(fd)
 
     def get_lapic(self) -> bytearray:
         """Wraps KVM_GET_LAPIC: the local APIC's 1 KiB register page."""

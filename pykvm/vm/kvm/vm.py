@@ -70,6 +70,34 @@ class Vm(FdObject):
         line = ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
         self._ioctl("KVM_IRQ_LINE", line)
 
+    def ioeventfd(self, fd: int, address: int, length: int, datamatch: int | None = None,
+                  deassign: bool = False) -> None:
+        """Wraps KVM_IOEVENTFD (KVM_CAP_IOEVENTFD): a guest MMIO write signals eventfd `fd`.
+
+        A write of `length` bytes to guest-physical `address` (and, with
+        `datamatch`, only of that value) no longer exits to user space: KVM
+        adds 1 to the eventfd's counter and resumes the guest at once.
+        `deassign` removes a registration made with the same arguments.
+        """
+        flags = 0
+        if datamatch is not None:
+            flags |= lib.KVM_IOEVENTFD_FLAG_DATAMATCH
+        if deassign:
+            flags |= lib.KVM_IOEVENTFD_FLAG_DEASSIGN
+        request = ffi.new("struct kvm_ioeventfd *", {
+            "datamatch": datamatch or 0, "addr": address, "len": length, "fd": fd, "flags": flags})
+        self._ioctl("KVM_IOEVENTFD", request)
+
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
+        """Wraps KVM_IRQFD (KVM_CAP_IRQFD): writing eventfd `fd` raises interrupt `gsi`.
+
+        Each write injects an edge on the in-kernel irqchip (needs
+        KVM_CREATE_IRQCHIP first), from any thread, without KVM_IRQ_LINE.
+        """
+        flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        request = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi, "flags": flags})
+        self._ioctl("KVM_IRQFD", request)
+
     def create_vcpu(self, vcpu_id: int = 0):
         """Wraps KVM_CREATE_VCPU: a new vCPU with the given APIC id."""
         from pykvm.vm.kvm.vcpu import Vcpu

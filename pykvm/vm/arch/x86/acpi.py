@@ -13,7 +13,8 @@ tables the kernel has no way to turn the machine off, so this module writes:
     base + 0x040  FACS  "FACS"                   (waking vector and global lock: required without HW_REDUCED)
     base + 0x080  XSDT  "XSDT"      -> FADT
     base + 0x0c0  FADT  "FACP"      -> DSDT, FACS; PM1a_EVT 0x600, PM1a_CNT 0x604
-    base + 0x200  DSDT  "DSDT"      Name (_S5_, Package () { 0, 0, 0, 0 })
+    base + 0x200  DSDT  "DSDT"      Name (_S5_, Package () { 0, 0, 0, 0 }), and in \\_SB
+                                    a Device per virtio-mmio transport (aml.py)
 
 PM1a control at 0x604 and \\_S5 = 0 are QEMU's (pc and q35), so the same
 guest powers off on both VMMs.  No MADT: Linux then runs the interrupt
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["acpi_tables", "checksum", "sdt_header", "ACPI_TABLES_SIZE", "RSDP_OFFSET",
+from pykvm.vm.arch.x86 import aml
+
+__all__ = ["acpi_tables", "checksum", "sdt_header", "table", "dsdt", "ACPI_TABLES_SIZE", "RSDP_OFFSET",
            "PM1A_EVT_PORT", "PM1A_CNT_PORT", "S5_SLEEP_TYPE", "SCI_IRQ"]
 
 # Where each table sits inside the blob (each 64-byte aligned; the FACS must be).
@@ -129,7 +132,8 @@ def sdt_header(signature: bytes, length: int, revision: int) -> bytes:
                            CREATOR_ID, CREATOR_REVISION)
 
 
-def _table(signature: bytes, revision: int, body: bytes) -> bytes:
+def table(signature: bytes, revision: int, body: bytes) -> bytes:
+    """A system description table: the header (5.2.6) with its length and checksum, then `body`."""
     length = SDT_HEADER.size + len(body)
     return _with_checksum(sdt_header(signature, length, revision) + body, SDT_CHECKSUM_OFFSET)
 
@@ -152,7 +156,7 @@ def facs() -> bytes:
 
 def xsdt(tables: list[int]) -> bytes:
     """Extended System Description Table: 64-bit addresses of the other tables."""
-    return _table(b"XSDT", 1, b"".join(struct.pack("<Q", t) for t in tables))
+    return table(b"XSDT", 1, b"".join(struct.pack("<Q", t) for t in tables))
 
 
 def fadt(dsdt_addr: int, facs_addr: int) -> bytes:
@@ -188,20 +192,27 @@ def s5_aml() -> bytes:
     return bytes([AML_NAME_OP]) + b"_S5_" + bytes([AML_PACKAGE_OP, pkg_length]) + package
 
 
-def dsdt() -> bytes:
-    """Differentiated System Description Table holding only \\_S5."""
-    return _table(b"DSDT", DSDT_REVISION, s5_aml())
+def dsdt(mmio_devices=()) -> bytes:
+    """Differentiated System Description Table: \\_S5, and a virtio-mmio device in \\_SB for
+    each (base, size, irq) of `mmio_devices` (pykvm.vm.arch.x86.aml)."""
+    body = s5_aml()
+    if mmio_devices:
+        devices = [aml.virtio_mmio_device(i, *window) for i, window in enumerate(mmio_devices)]
+        body += aml.Scope("\\_SB_", devices).to_aml_bytes()
+    return table(b"DSDT", DSDT_REVISION, body)
 
 
-def acpi_tables(base: int) -> bytes:
-    """All tables as one blob to copy to guest-physical `base`; the RSDP is at `base`."""
-    blob = bytearray(ACPI_TABLES_SIZE)
+def acpi_tables(base: int, mmio_devices=()) -> bytes:
+    """All tables as one blob to copy to guest-physical `base`; the RSDP is at `base`.
+    The DSDT comes last: it grows with the virtio-mmio devices."""
+    table = dsdt(mmio_devices)
+    blob = bytearray(max(ACPI_TABLES_SIZE, DSDT_OFFSET + len(table)))
     parts = {
         RSDP_OFFSET: rsdp(base + XSDT_OFFSET),
         FACS_OFFSET: facs(),
         XSDT_OFFSET: xsdt([base + FADT_OFFSET]),
         FADT_OFFSET: fadt(base + DSDT_OFFSET, base + FACS_OFFSET),
-        DSDT_OFFSET: dsdt(),
+        DSDT_OFFSET: table,
     }
     for offset, data in parts.items():
         blob[offset:offset + len(data)] = data

@@ -1,0 +1,243 @@
+"""Split virtqueue: the rings a driver and a device share in guest memory.
+
+Spec: virtio 1.2, section 2.7 "Split Virtqueues" (https://docs.oasis-open.org/virtio/virtio/v1.2/).
+
+    descriptor table (2.7.5)        available ring (2.7.6)        used ring (2.7.8)
+    16 bytes per entry, align 16    written by the driver         written by the device
+    +------+-----+-------+------+   +-------+-----+---------+     +-------+-----+-------------+
+    | addr | len | flags | next |   | flags | idx | ring[N] |     | flags | idx | ring[N]     |
+    +------+-----+-------+------+   +-------+-----+---------+     +-------+-----+-------------+
+    | u64  | u32 | u16   | u16  |     u16    u16   u16 each         u16    u16   {u32 id,
+      ...  N entries                  + u16 used_event (2.7.10)                  u32 len} each
+                                                                       + u16 avail_event (2.7.10)
+
+The driver puts a request in descriptors (device-readable ones first, then
+device-writable ones, linked by `next`), writes the first one's index into
+avail.ring[avail.idx % N] and bumps avail.idx.  The device takes it, does the
+work, writes {head, bytes written} into used.ring[used.idx % N] and bumps
+used.idx.  Both indexes run freely modulo 2^16.
+
+Every value here was written by the guest, so nothing is trusted: the ring
+areas are checked against guest memory once when the queue is set up, every
+descriptor's buffer is checked with GuestMemory.contains (address + length,
+in Python integers: no wrap-around), a chain is at most N descriptors long,
+indirect ones included (so a loop is caught on its (N+1)th step), and an
+indirect table (2.7.5.3) never holds another indirect descriptor.  A broken
+chain raises VirtqueueError; the transport then marks the device
+DEVICE_NEEDS_RESET (2.1.2) instead of stopping the VMM.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from pykvm.errors import PyKvmError
+
+__all__ = ["SplitQueue", "DescriptorChain", "VirtqueueError", "MAX_QUEUE_SIZE",
+           "VIRTQ_DESC_F_NEXT", "VIRTQ_DESC_F_WRITE", "VIRTQ_DESC_F_INDIRECT",
+           "VIRTQ_AVAIL_F_NO_INTERRUPT", "DESC", "vring_need_event", "ring_sizes", "slice_buffers",
+           "read_buffers", "write_buffers"]
+
+# 2.7.5 The Virtqueue Descriptor Table
+DESC = struct.Struct("<QIHH")          # addr, len, flags, next: 16 bytes
+VIRTQ_DESC_F_NEXT = 1                  # the chain continues at `next`
+VIRTQ_DESC_F_WRITE = 2                 # device-writable (otherwise device-readable)
+VIRTQ_DESC_F_INDIRECT = 4              # the buffer is a table of descriptors (2.7.5.3)
+# 2.7.6 The Virtqueue Available Ring
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1         # the driver asks for no interrupt (without EVENT_IDX)
+# 2.7.8 The Virtqueue Used Ring
+USED_ELEM = struct.Struct("<II")       # id (head index), len (bytes written into the chain)
+U16 = struct.Struct("<H")
+
+MAX_QUEUE_SIZE = 32768                 # 2.7: Queue Size is at most 32768, a power of 2
+DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN = 16, 2, 4   # 2.7 table "Virtqueue Part Alignment"
+RING_HEADER = 4                        # flags + idx, in front of either ring
+
+
+class VirtqueueError(PyKvmError):
+    """The driver broke the ring's rules; the device stops using the queue until a reset."""
+
+
+def ring_sizes(size: int) -> tuple[int, int, int]:
+    """Bytes of the descriptor table, available ring and used ring for a queue of `size`."""
+    return DESC.size * size, RING_HEADER + 2 * size + 2, RING_HEADER + USED_ELEM.size * size + 2
+
+
+def vring_need_event(event: int, new: int, old: int) -> bool:
+    """2.7.10: has the index passed `event` in the step from `old` to `new`?  (all mod 2^16)"""
+    return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+
+
+@dataclass
+class DescriptorChain:
+    """One request: its head index and its buffers, device-readable first (2.7.4.2)."""
+
+    head: int
+    readable: list[tuple[int, int]] = field(default_factory=list)   # (guest address, length)
+    writable: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def readable_length(self) -> int:
+        return sum(length for _, length in self.readable)
+
+    @property
+    def writable_length(self) -> int:
+        return sum(length for _, length in self.writable)
+
+
+class SplitQueue:
+    """One split virtqueue of `size` entries whose three parts the driver placed in `memory`.
+
+    `event_idx`: VIRTIO_F_RING_EVENT_IDX was negotiated (2.7.10);
+    `indirect`: VIRTIO_F_INDIRECT_DESC was negotiated (2.7.5.3).
+    """
+
+    def __init__(self, memory, size: int, desc: int, avail: int, used: int, *,
+                 event_idx: bool = False, indirect: bool = False):
+        if not 0 < size <= MAX_QUEUE_SIZE or size & (size - 1):
+            raise VirtqueueError(f"queue size {size} is not a power of 2 from 1 to {MAX_QUEUE_SIZE}")
+        self.memory, self.size = memory, size
+        self.event_idx, self.indirect = event_idx, indirect
+        desc_bytes, avail_bytes, used_bytes = ring_sizes(size)
+        self._desc = _ring_view(memory, "descriptor table", desc, desc_bytes, DESC_ALIGN)
+        self._avail = _ring_view(memory, "available ring", avail, avail_bytes, AVAIL_ALIGN)
+        self._used = _ring_view(memory, "used ring", used, used_bytes, USED_ALIGN)
+        self.last_avail = 0          # the next available-ring slot the device reads
+        self.used_idx = 0            # the next used-ring slot the device writes
+        self._signalled = 0          # used_idx when the driver was last considered for an interrupt
+
+    # --- the available ring: requests in
+    def avail_idx(self) -> int:
+        return U16.unpack_from(self._avail, 2)[0]
+
+    def has_available(self) -> bool:
+        return self.avail_idx() != self.last_avail
+
+    def pop(self) -> DescriptorChain | None:
+        """The next request the driver made available, or None.  VirtqueueError if it is broken."""
+        avail_idx = self.avail_idx()
+        pending = (avail_idx - self.last_avail) & 0xFFFF
+        if pending == 0:
+            return None
+        if pending > self.size:
+            raise VirtqueueError(f"avail.idx {avail_idx} is {pending} ahead of the device: "
+                                 f"more than the queue's {self.size} entries")
+        slot = RING_HEADER + 2 * (self.last_avail % self.size)
+        head = U16.unpack_from(self._avail, slot)[0]
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        return self.read_chain(head)
+
+    def read_chain(self, head: int) -> DescriptorChain:
+        """Follow the chain from descriptor `head`, checking every step (2.7.5, 2.7.5.3).
+
+        2.7.5.3.1: a chain, indirect descriptors included, is at most the
+        queue's size long; counting steps against that bound catches loops."""
+        chain = DescriptorChain(head)
+        table, entries, index = self._desc, self.size, head
+        for _ in range(self.size):
+            if index >= entries:
+                raise VirtqueueError(f"descriptor index {index} outside a table of {entries}")
+            address, length, flags, next_index = DESC.unpack_from(table, DESC.size * index)
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                table = self._indirect_table(address, length, flags, nested=table is not self._desc)
+                entries, index = len(table) // DESC.size, 0
+                continue
+            self._add_buffer(chain, address, length, bool(flags & VIRTQ_DESC_F_WRITE))
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return chain
+            index = next_index
+        raise VirtqueueError(f"descriptor chain from {head} is longer than the queue "
+                             f"({self.size} entries): a loop, or a chain too long")
+
+    def _indirect_table(self, address: int, length: int, flags: int, nested: bool) -> bytes:
+        """A copy of the indirect table a descriptor points to, after the checks of 2.7.5.3.1."""
+        if not self.indirect:
+            raise VirtqueueError("indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not negotiated")
+        if nested:
+            raise VirtqueueError("indirect descriptor inside an indirect table")
+        if flags & VIRTQ_DESC_F_NEXT:
+            raise VirtqueueError("indirect descriptor with VIRTQ_DESC_F_NEXT set")
+        if length == 0 or length % DESC.size or length // DESC.size > self.size:
+            raise VirtqueueError(f"indirect table of {length} bytes: not a whole number of "
+                                 f"1 to {self.size} descriptors")
+        if not self.memory.contains(address, length):
+            raise VirtqueueError(f"indirect table at {address:#x} (+{length:#x}) is outside guest memory")
+        return self.memory.read(address, length)
+
+    def _add_buffer(self, chain: DescriptorChain, address: int, length: int, writable: bool) -> None:
+        if length and not self.memory.contains(address, length):
+            raise VirtqueueError(f"buffer at {address:#x} (+{length:#x}) is outside guest memory")
+        if writable:
+            chain.writable.append((address, length))
+        elif chain.writable:
+            raise VirtqueueError("device-readable descriptor after a device-writable one")
+        else:
+            chain.readable.append((address, length))
+
+    # --- the used ring: answers out
+    def push(self, head: int, written: int) -> None:
+        """Return chain `head` to the driver, saying `written` bytes were written into it (2.7.8)."""
+        slot = RING_HEADER + USED_ELEM.size * (self.used_idx % self.size)
+        USED_ELEM.pack_into(self._used, slot, head, written)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        U16.pack_into(self._used, 2, self.used_idx)      # after the element: x86 keeps store order
+
+    def needs_interrupt(self) -> bool:
+        """Does the driver want an interrupt for what was pushed since the last call?  (2.7.7, 2.7.10)"""
+        old, new = self._signalled, self.used_idx
+        self._signalled = new
+        if old == new:
+            return False
+        if self.event_idx:
+            used_event = U16.unpack_from(self._avail, RING_HEADER + 2 * self.size)[0]
+            return vring_need_event(used_event, new, old)
+        return not U16.unpack_from(self._avail, 0)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+
+    def want_notifications(self) -> bool:
+        """With EVENT_IDX, ask for a kick at the next request (avail_event, 2.7.10).
+
+        True if requests arrived meanwhile (the device must look again before
+        it sleeps, or it would wait for a kick the driver will not send)."""
+        if self.event_idx:
+            U16.pack_into(self._used, RING_HEADER + USED_ELEM.size * self.size, self.last_avail)
+        return self.has_available()
+
+    def release(self) -> None:
+        """Give back the views of guest memory (at reset, and before guest memory is unmapped)."""
+        for view in (self._desc, self._avail, self._used):
+            view.release()
+
+
+def slice_buffers(buffers: list[tuple[int, int]], start: int, length: int) -> list[tuple[int, int]]:
+    """The (address, length) pieces of bytes [start, start+length) of a chain's buffers, seen as
+    one stream: 2.7.4.2 lets the driver split a request across descriptors any way it likes."""
+    pieces, position, end = [], 0, start + length
+    for address, size in buffers:
+        lo, hi = max(start, position), min(end, position + size)
+        if lo < hi:
+            pieces.append((address + lo - position, hi - lo))
+        position += size
+        if position >= end:
+            break
+    return pieces
+
+
+def read_buffers(memory, buffers: list[tuple[int, int]], start: int, length: int) -> bytes:
+    """Bytes [start, start+length) of a chain's device-readable stream."""
+    return b"".join(memory.read(a, n) for a, n in slice_buffers(buffers, start, length))
+
+
+def write_buffers(memory, buffers: list[tuple[int, int]], start: int, data: bytes) -> None:
+    """Write `data` at byte `start` of a chain's device-writable stream."""
+    done = 0
+    for address, size in slice_buffers(buffers, start, len(data)):
+        memory.write(address, data[done:done + size])
+        done += size
+
+
+def _ring_view(memory, what: str, address: int, length: int, align: int) -> memoryview:
+    if address % align:
+        raise VirtqueueError(f"{what} at {address:#x} is not {align}-byte aligned")
+    if not memory.contains(address, length):
+        raise VirtqueueError(f"{what} at {address:#x} (+{length:#x}) is outside guest memory")
+    return memory.view(address, length)
