@@ -61,7 +61,8 @@ class MachineConfig:
     memory: int = DEFAULT_MEMORY
     cmdline: str = ""
     initrd: Path | None = None
-    kernel_format: str = "auto"      # auto, pvh, raw (bzImage: see pykvm.boot.bzimage)
+    modules: list[tuple[Path, str]] = field(default_factory=list)  # Multiboot: (file, arguments)
+    kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, raw (pykvm.boot.loader)
     trace: bool = False
     output: object = None            # callable(bytes) for guest serial output; default stdout
     extra: dict = field(default_factory=dict)

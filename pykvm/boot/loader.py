@@ -1,8 +1,10 @@
-"""Pick the loader for a kernel file and load it: PVH ELF, Linux bzImage, or a raw flat binary.
+"""Pick the loader for a kernel file and load it: PVH ELF, Linux bzImage, Multiboot, or raw.
 
-Detection, as QEMU's -kernel does it, by content, never by file name:
-- "\\x7fELF" at offset 0: an ELF, booted through its PVH entry note;
+Detection, as QEMU's -kernel does it (hw/i386/x86.c, x86_load_linux), by
+content, never by file name, in this order:
 - "HdrS" at offset 0x202: a Linux bzImage (boot protocol setup header);
+- a Multiboot header in the first 8 KiB: a Multiboot kernel (ELF or not);
+- "\\x7fELF" at offset 0: an ELF, booted through its PVH entry note;
 - anything else is refused, unless the user said `--format raw`.
 """
 from __future__ import annotations
@@ -15,16 +17,23 @@ from pykvm.errors import ConfigError, LoaderError
 
 __all__ = ["load_kernel", "detect_format", "FORMATS", "read_file"]
 
-FORMATS = ("auto", "pvh", "bzimage", "raw")
+FORMATS = ("auto", "pvh", "bzimage", "multiboot", "raw")
 BZIMAGE_MAGIC_OFFSET = 0x202   # boot.rst: setup header field "header" = "HdrS"
 BZIMAGE_MAGIC = b"HdrS"
 
 
 def detect_format(data: bytes) -> str | None:
-    if is_elf(data):
-        return "pvh"
+    """The loader for `data`, in the order of the module docstring; None if nothing fits."""
+    from pykvm.boot.multiboot import find_header, is_multiboot2
+
     if data[BZIMAGE_MAGIC_OFFSET:BZIMAGE_MAGIC_OFFSET + 4] == BZIMAGE_MAGIC:
         return "bzimage"
+    if find_header(data) is not None:
+        return "multiboot"
+    if is_multiboot2(data):
+        return "multiboot2"
+    if is_elf(data):
+        return "pvh"
     return None
 
 
@@ -51,8 +60,15 @@ def load_kernel(memory, vcpu, config) -> Entry:
     if fmt == "auto":
         fmt = detect_format(data)
         if fmt is None:
-            raise LoaderError(f"{name}: not an ELF or bzImage kernel "
+            raise LoaderError(f"{name}: not an ELF, bzImage or Multiboot kernel "
                               "(for a raw flat binary, add --format raw)")
+        if fmt == "multiboot2":
+            raise LoaderError(f"{name}: a Multiboot2 kernel; pykvm (like QEMU's -kernel) boots "
+                              "Multiboot version 1 only")
+    if fmt == "multiboot":
+        return _load_multiboot(memory, vcpu, config, data, initrd, name)
+    if config.modules:
+        raise ConfigError("--module is for Multiboot kernels; this kernel is not one")
     if fmt == "pvh":
         from pykvm.boot.firmware import leave_firmware_state
         from pykvm.boot.pvh import load_pvh
@@ -67,6 +83,18 @@ def load_kernel(memory, vcpu, config) -> Entry:
         return load_bzimage(memory, vcpu, data, config.cmdline, initrd, name)
     from pykvm.boot.flat import load_flat
 
-    if initrd is not None or config.cmdline:
-        raise ConfigError("a raw flat binary takes no --initrd or --cmdline")
+    if initrd is not None or config.cmdline or config.modules:
+        raise ConfigError("a raw flat binary takes no --initrd, --module or --cmdline")
     return load_flat(memory, data, name)
+
+
+def _load_multiboot(memory, vcpu, config, data: bytes, initrd: bytes | None, name: str) -> Entry:
+    """A Multiboot kernel: --initrd is its first module, then each --module FILE[,ARGS]."""
+    from pykvm.boot.firmware import leave_firmware_state
+    from pykvm.boot.multiboot import Module, load_multiboot
+
+    modules = [Module(initrd, str(config.initrd))] if initrd is not None else []
+    for path, args in config.modules:
+        modules.append(Module(read_file(path, "module"), f"{path} {args}".rstrip()))
+    leave_firmware_state(memory, vcpu)
+    return load_multiboot(memory, data, config.cmdline, modules, name)

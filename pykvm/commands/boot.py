@@ -11,15 +11,19 @@ __all__ = ["boot"]
 @click.command()
 @click.argument("guest", required=False)
 @click.option("--kernel", "-k", type=click.Path(path_type=Path, dir_okay=False),
-              help="Kernel to boot: a PVH ELF, a Linux bzImage, or (with --format raw) a flat binary.")
-@click.option("--initrd", type=click.Path(path_type=Path, dir_okay=False), help="Initial ramdisk.")
+              help="Kernel to boot: a PVH ELF, a Linux bzImage, a Multiboot kernel, "
+                   "or (with --format raw) a flat binary.")
+@click.option("--initrd", type=click.Path(path_type=Path, dir_okay=False),
+              help="Initial ramdisk (for a Multiboot kernel: its first module).")
+@click.option("--module", "modules", multiple=True, metavar="FILE[,ARGS]",
+              help="A Multiboot module and its command line; repeatable.")
 @click.option("--mem", "-m", "mem", default="128M", show_default=True,
               help="Guest RAM (K, M, G suffixes; a bare number is MiB, as in QEMU's -m).")
 @click.option("--cmdline", "-c", default=None, help="Kernel command line.")
 @click.option("--format", "kernel_format", default="auto", show_default=True,
-              type=click.Choice(["auto", "pvh", "bzimage", "raw"]), help="Kernel file format.")
+              type=click.Choice(["auto", "pvh", "bzimage", "multiboot", "raw"]), help="Kernel file format.")
 @click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
+def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, trace):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -39,8 +43,19 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
     if memory > host_memory():
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
-                           kernel_format=kernel_format, trace=trace)
+                           modules=[parse_module(m) for m in modules], kernel_format=kernel_format,
+                           trace=trace)
     raise SystemExit(run_machine(config))
+
+
+def parse_module(option: str) -> tuple[Path, str]:
+    """--module FILE[,ARGS]: the file, and the arguments after the first comma."""
+    path, _, args = option.partition(",")
+    if not path:
+        from pykvm.errors import ConfigError
+
+        raise ConfigError(f"--module {option!r}: give a file name before the comma")
+    return Path(path), args
 
 
 def run_machine(config) -> int:
