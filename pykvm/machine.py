@@ -28,7 +28,7 @@ from pathlib import Path
 from pykvm.arch.x86 import boot_state, cpuid
 from pykvm.boot import layout
 from pykvm.console import FLUSH_BYTES, ConsoleOutput
-from pykvm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
+from pykvm.devices import acpi_pm, cmos, debug_exit, fw_cfg, i8042, pci, serial
 from pykvm.devices.bus import Bus
 from pykvm.errors import GuestError
 from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
@@ -49,6 +49,7 @@ PORTS = {
     "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off)
     "cmos": (cmos.CMOS_BASE, cmos.CMOS_LENGTH),                  # RTC + CMOS RAM (Linux reads the time)
     "pci-config": (pci.PCI_CONFIG_BASE, pci.PCI_CONFIG_LENGTH),  # PCI config mechanism #1, empty bus
+    "fw-cfg": (fw_cfg.FW_CFG_BASE, fw_cfg.FW_CFG_LENGTH),       # QEMU fw_cfg: RAM size, CPUs, files
 }
 WARM_RESET = 0x1234   # BDA reset flag for a warm boot; pykvm's Linux command line sets it on panic only
 
@@ -123,6 +124,8 @@ class Machine:
             "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop),
             "cmos": cmos.Cmos(),
             "pci-config": pci.PciConfigSpace(),
+            "fw-cfg": fw_cfg.FwCfg(self.config.memory,
+                                   files={"etc/e820": fw_cfg.e820_file(self.memory.memory_map())}),
         }
         for name, device in devices.items():
             base, length = PORTS[name]
