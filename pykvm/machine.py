@@ -28,7 +28,7 @@ from pathlib import Path
 from pykvm.arch.x86 import boot_state, cpuid
 from pykvm.boot import layout
 from pykvm.console import FLUSH_BYTES, ConsoleOutput
-from pykvm.devices import acpi_pm, cmos, debug_exit, fw_cfg, i8042, pci, serial
+from pykvm.devices import acpi_pm, cmos, debug_exit, fw_cfg, i8042, pc_testdev, pci, serial
 from pykvm.devices.bus import Bus
 from pykvm.errors import GuestError
 from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
@@ -64,6 +64,7 @@ class MachineConfig:
     initrd: Path | None = None
     modules: list[tuple[Path, str]] = field(default_factory=list)  # Multiboot: (file, arguments)
     kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, raw (pykvm.boot.loader)
+    devices: tuple[str, ...] = ()    # optional devices: "pc-testdev" (QEMU's, for kvm-unit-tests)
     trace: bool = False
     output: object = None            # callable(bytes) for guest serial output; default stdout
     extra: dict = field(default_factory=dict)
@@ -130,6 +131,16 @@ class Machine:
         for name, device in devices.items():
             base, length = PORTS[name]
             self.pio.insert(device, base, length)
+        if "pc-testdev" in self.config.devices:
+            self._add_pc_testdev()
+
+    def _add_pc_testdev(self) -> None:
+        """QEMU's -device pc-testdev: scratch and flush-page ports, IRQ lines, MMIO scratch."""
+        t = pc_testdev
+        self.pio.insert(t.ScratchPorts(lambda address: t.remap_page(self.memory, address)),
+                        t.PORTS_BASE, t.PORTS_LENGTH)
+        self.pio.insert(t.IrqLinePorts(self.vm.irq_line), t.IRQ_LINES_BASE, t.IRQ_LINES_LENGTH)
+        self.mmio.insert(t.ScratchMemory(), t.IOMEM_BASE, t.IOMEM_LENGTH)
 
     def _serial_irq(self, level: bool) -> None:
         """The UART's INTR output drives ISA IRQ 4 (PIC and IOAPIC pin 4)."""

@@ -22,8 +22,10 @@ __all__ = ["boot"]
 @click.option("--cmdline", "-c", default=None, help="Kernel command line.")
 @click.option("--format", "kernel_format", default="auto", show_default=True,
               type=click.Choice(["auto", "pvh", "bzimage", "multiboot", "raw"]), help="Kernel file format.")
+@click.option("--device", "devices", multiple=True, type=click.Choice(["pc-testdev"]),
+              help="Add an optional device: pc-testdev (QEMU's test device, for kvm-unit-tests).")
 @click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")
-def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, trace):
+def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, trace):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -44,7 +46,7 @@ def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, trace):
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
                            modules=[parse_module(m) for m in modules], kernel_format=kernel_format,
-                           trace=trace)
+                           devices=devices, trace=trace)
     raise SystemExit(run_machine(config))
 
 
