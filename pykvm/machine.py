@@ -47,6 +47,7 @@ PORTS = {
     "i8042": (i8042.I8042_BASE, i8042.I8042_LENGTH),            # keyboard controller (reset line)
     "debug-exit": (debug_exit.DEBUG_EXIT_BASE, debug_exit.DEBUG_EXIT_LENGTH),  # QEMU isa-debug-exit
     "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off)
+    "acpi-pm-event": (acpi_pm.PM1A_EVT_BASE, acpi_pm.PM1A_EVT_LENGTH),  # PM1a status/enable (S3 wake)
     "cmos": (cmos.CMOS_BASE, cmos.CMOS_LENGTH),                  # RTC + CMOS RAM (Linux reads the time)
     "pci-config": (pci.PCI_CONFIG_BASE, pci.PCI_CONFIG_LENGTH),  # PCI config mechanism #1, empty bus
     "fw-cfg": (fw_cfg.FW_CFG_BASE, fw_cfg.FW_CFG_LENGTH),       # QEMU fw_cfg: RAM size, CPUs, files
@@ -118,12 +119,14 @@ class Machine:
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self.serial = serial.Serial16550(out=output, irq=self._serial_irq)
+        self.cmos, self.pm_event = cmos.Cmos(), acpi_pm.AcpiPmEvent()
         devices = {
             "serial": self.serial,
             "i8042": i8042.I8042(reset=self._guest_reset),
             "debug-exit": debug_exit.DebugExit(stop=self.stop),
-            "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop),
-            "cmos": cmos.Cmos(),
+            "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop, suspend=self._suspend_to_ram),
+            "acpi-pm-event": self.pm_event,
+            "cmos": self.cmos,
             "pci-config": pci.PciConfigSpace(),
             "fw-cfg": fw_cfg.FwCfg(self.config.memory,
                                    files={"etc/e820": fw_cfg.e820_file(self.memory.memory_map())}),
@@ -154,6 +157,15 @@ class Machine:
                 self.exit_status = status
         if threading.current_thread() is not threading.main_thread():
             self._kick_vcpu()
+
+    def _suspend_to_ram(self) -> None:
+        """ACPI S3: asleep until the RTC alarm, then awake at the OS's waking vector (firmware.py)."""
+        from pykvm.boot.firmware import suspend_to_ram
+
+        if not suspend_to_ram(self.vcpu, self.memory, self.cmos, self.pm_event,
+                              stopped=lambda: self.exit_status is not None):
+            log.warning("guest suspended to RAM with no wake-up source armed; stopping the VM")
+            self.stop(0)
 
     def _guest_reset(self) -> None:
         """A guest-requested reset (i8042 pulse): like Firecracker, pykvm ends the VM, status 0.
