@@ -137,7 +137,7 @@ def find_header(data: bytes) -> MultibootHeader | None:
             return MultibootHeader(offset, flags)
         fields_at = offset + HEADER.size
         if fields_at + AOUT_FIELDS.size > len(data):
-            return MultibootHeader(offset, flags, *([0] * 5))   # checked (and refused) on load
+            return MultibootHeader(offset, flags)     # fields cut off: load_aout_kludge refuses it
         return MultibootHeader(offset, flags, *AOUT_FIELDS.unpack_from(data, fields_at))
     return None
 
@@ -193,6 +193,8 @@ def physical_entry(elf) -> int:
 def load_aout_kludge(memory, data: bytes, header: MultibootHeader, name: str) -> tuple[int, int]:
     """3.1.3: the file from header_addr's offset back to load_addr, copied to load_addr."""
     h = header
+    if h.offset + HEADER.size + AOUT_FIELDS.size > len(data):
+        raise LoaderError(f"{name}: Multiboot header ends before its load addresses (flags bit 16)")
     if not h.load_addr <= h.header_addr:
         raise LoaderError(f"{name}: Multiboot load_addr {h.load_addr:#x} is above "
                           f"header_addr {h.header_addr:#x}")

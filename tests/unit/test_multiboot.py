@@ -114,6 +114,7 @@ def test_student_kernel_flat_image_loads_where_its_elf_twin_was_linked():
     (b"\x7fELF" + bytes(100), "no Multiboot header"),
     (header(1 << 5), "requires flags 0x20"),
     (header(0), "not ELF and its header has no load addresses"),
+    (header(FLAG_AOUT, 0x100000), "ends before its load addresses"),
     (header(FLAG_AOUT, 0x100000, 0x100010, 0, 0, 0x100000), "load_addr 0x100010 is above"),
     (header(FLAG_AOUT, 0x100010, 0x100000, 0, 0, 0x100000), "reaches before the file"),
     (header(FLAG_AOUT, 0x100000, 0x100000, 0x100400, 0, 0x100000), "past the end of the file"),
