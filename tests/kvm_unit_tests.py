@@ -14,7 +14,8 @@ beside one of its parent folders).  Each configuration of the suite's
   * translated for pykvm's machine: `-m` becomes --mem, `test_args` the
     command line, `-cpu max`/`-cpu host` is what pykvm gives anyway (the
     CPUID KVM supports); or
-  * skipped, with the reason: more than one CPU (pykvm has one vCPU), another
+  * skipped, with the reason: more than one CPU (unless `pykvm boot` has a
+    --cpus or --smp option: then the count is passed on), another
     CPU model or CPU flags, QEMU-only devices and machine options, a host
     `check` that fails, i386 tests, the `nodefault` group;
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import functools
 import os
 import re
 import shlex
@@ -97,6 +99,8 @@ class Plan:
     kernel: Path
     skip: str = ""
     mem_mib: int = MEM_MIB
+    cpus: int = 1
+    cpus_option: str | None = None     # pykvm's option for a CPU count, when it has one
     append: str = ""
     qemu_extra: list[str] = field(default_factory=list)
 
@@ -123,14 +127,23 @@ def _unquote(value: str) -> str:
     return value.replace("`date +%s`", str(int(time.time())))   # kvmclock_test's one shell use
 
 
-def plan(config: Config, x86_dir: Path) -> Plan:
+@functools.cache
+def pykvm_cpus_option() -> str | None:
+    """`pykvm boot`'s option for a CPU count (--cpus or --smp), or None while it has one vCPU."""
+    usage = subprocess.run([sys.executable, "-m", "pykvm", "boot", "--help"], capture_output=True,
+                           text=True, timeout=60).stdout
+    return next((option for option in ("--cpus", "--smp") if re.search(rf"{option}\b", usage)), None)
+
+
+def plan(config: Config, x86_dir: Path, cpus_option: str | None = None) -> Plan:
     """Translate one configuration for both VMMs, or give the reason it is skipped."""
-    p = Plan(config, x86_dir / config.file, append=config.test_args)
-    p.skip = (_skip_reason(config, p.kernel) or _translate_params(p))
+    p = Plan(config, x86_dir / config.file, cpus=config.smp, cpus_option=cpus_option,
+             append=config.test_args)
+    p.skip = (_skip_reason(config, p.kernel, cpus_option) or _translate_params(p))
     return p
 
 
-def _skip_reason(config: Config, kernel: Path) -> str:
+def _skip_reason(config: Config, kernel: Path, cpus_option: str | None) -> str:
     if config.arch == "i386":
         return "an i386 test; this suite is built for x86_64"
     if not kernel.exists():
@@ -139,7 +152,7 @@ def _skip_reason(config: Config, kernel: Path) -> str:
         return "group nodefault: the suite runs it only when asked"
     if config.accel == "tcg":
         return "needs QEMU's TCG"
-    if config.smp > 1:
+    if config.smp > 1 and cpus_option is None:
         return f"needs {config.smp} CPUs; pykvm has one vCPU"
     return _failed_check(config.check)
 
@@ -194,13 +207,14 @@ def qemu_command(p: Plan) -> list[str]:
     return [QEMU, "--no-reboot", "-nodefaults", "-global", "kvm-pit.lost_tick_policy=discard",
             "-device", "pc-testdev", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4",
             "-display", "none", "-serial", "stdio", "-machine", "pc,accel=kvm",
-            "-smp", "1", "-m", str(p.mem_mib), *p.qemu_extra,
+            "-smp", str(p.cpus), "-m", str(p.mem_mib), *p.qemu_extra,
             "-kernel", str(p.kernel), "-append", p.append]
 
 
 def pykvm_command(p: Plan) -> list[str]:
-    return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(p.kernel),
-            "--mem", f"{p.mem_mib}M", "--device", "pc-testdev", "--cmdline", p.append]
+    cpus = [p.cpus_option, str(p.cpus)] if p.cpus > 1 else []
+    return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(p.kernel), "--mem", f"{p.mem_mib}M",
+            *cpus, "--device", "pc-testdev", "--cmdline", p.append]
 
 
 @dataclass
@@ -296,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'test':<28} {'QEMU':<9} {'pykvm':<9} note")
     results = []
     for config in configs:
-        p = plan(config, suite / "x86")
+        p = plan(config, suite / "x86", pykvm_cpus_option())
         outcomes = {} if p.skip else run_plan(p, args.vmm.split(","), args.timeout, args.logs)
         results.append((p, outcomes))
         print(report_line(p, outcomes), flush=True)

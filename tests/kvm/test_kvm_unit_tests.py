@@ -25,7 +25,7 @@ def subset_plans():
             reason=f"kvm-unit-tests not found (set {kut.ENV_DIR} or put the built suite at "
                    "shared/kvm-unit-tests beside the checkout)")) for name in kut.SUBSET]
     configs = {c.name: c for c in kut.read_configs(suite / "x86" / "unittests.cfg")}
-    return [pytest.param(kut.plan(configs[name], suite / "x86"), id=name) for name in kut.SUBSET]
+    return [pytest.param(kut.plan(configs[name], suite / "x86", kut.pykvm_cpus_option()), id=name) for name in kut.SUBSET]
 
 
 @pytest.mark.parametrize("plan", subset_plans())

@@ -88,6 +88,15 @@ def test_what_pykvm_cannot_honour_is_skipped_with_its_reason(plans, name, reason
     assert reason in plans[name].skip
 
 
+def test_a_cpu_count_is_passed_on_once_pykvm_has_an_option_for_it(tmp_path):
+    (tmp_path / "plain.flat").write_bytes(b"")
+    config = kut.Config("smp", "plain.flat", smp=3)
+    assert "needs 3 CPUs" in kut.plan(config, tmp_path).skip
+    p = kut.plan(config, tmp_path, cpus_option="--cpus")
+    assert p.skip == "" and kut.pykvm_command(p)[8:10] == ["--cpus", "3"]
+    assert kut.qemu_command(p)[kut.qemu_command(p).index("-smp") + 1] == "3"
+
+
 def test_the_shell_date_in_test_args_becomes_a_number(plans):
     first, second = plans["clock"].append.split()
     assert first == "10000000" and second.isdigit()
