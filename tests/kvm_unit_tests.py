@@ -60,6 +60,7 @@ NO_OP_PARAMS = {"-enable-kvm"}           # pykvm always uses KVM
 SUBSET = ("setjmp", "idt_test", "s3", "vmexit_cpuid")
 
 PYKVM_ERROR = "pykvm: error:"
+REASON_CHARS = 90              # how much of a VMM's error line the report shows
 # isa-debug-exit statuses: (code << 1) | 1
 STATUS = {1: "PASS", 3: "FAIL", 77: "SKIP"}
 
@@ -222,6 +223,15 @@ class Outcome:
     result: str          # PASS, FAIL, SKIP, TIMEOUT, ERROR n
     seconds: float
     log: str
+    why: str = ""        # for an ERROR: the VMM's own first error line
+
+
+def first_error(stderr: str) -> str:
+    """The VMM's first line saying what went wrong, shortened for the report."""
+    for line in stderr.splitlines():
+        if "error" in line.lower():
+            return line.replace(PYKVM_ERROR, "pykvm:").strip()[:REASON_CHARS]
+    return ""
 
 
 def result_of(status: int | None, stderr: str = "") -> str:
@@ -250,8 +260,9 @@ def run(command: list[str], timeout_s: float) -> Outcome:
         out, err = proc.communicate()
         status = None
     stderr = err.decode("utf-8", "replace")
-    return Outcome(result_of(status, stderr), time.monotonic() - start,
-                   out.decode("utf-8", "replace") + stderr)
+    result = result_of(status, stderr)
+    return Outcome(result, time.monotonic() - start, out.decode("utf-8", "replace") + stderr,
+                   first_error(stderr) if result.startswith("ERROR") else "")
 
 
 def run_plan(p: Plan, vmms: list[str], timeout_s: float, logs: Path | None) -> dict[str, Outcome]:
@@ -271,9 +282,11 @@ def run_plan(p: Plan, vmms: list[str], timeout_s: float, logs: Path | None) -> d
 def report_line(p: Plan, outcomes: dict[str, Outcome]) -> str:
     if p.skip:
         return f"{p.config.name:<28} {'SKIP':<9} {'SKIP':<9} {p.skip}"
+    both = (outcomes.get("qemu"), outcomes.get("pykvm"))
     cells = ["-" if o is None else f"{o.result} {o.seconds:.0f}s" if o.result in ("PASS", "FAIL")
-             else o.result for o in (outcomes.get("qemu"), outcomes.get("pykvm"))]
-    return f"{p.config.name:<28} " + " ".join(f"{c:<9}" for c in cells)
+             else o.result for o in both]
+    why = "; ".join(o.why for o in both if o is not None and o.why)
+    return (f"{p.config.name:<28} " + " ".join(f"{c:<9}" for c in cells) + f" {why}").rstrip()
 
 
 def summary(results: list[tuple[Plan, dict[str, Outcome]]]) -> tuple[str, list[str]]:

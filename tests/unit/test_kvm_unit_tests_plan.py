@@ -124,3 +124,11 @@ def test_the_suite_folder_comes_from_the_environment(monkeypatch, tmp_path):
     assert kut.suite_dir() is None                          # no x86/ inside
     (tmp_path / "x86").mkdir()
     assert kut.suite_dir() == tmp_path
+
+
+def test_an_error_line_says_why():
+    p = kut.Plan(kut.Config("t", "t.flat"), None)
+    qemu = kut.Outcome("ERROR -6", 1, "", kut.first_error("warning: x\nqemu: error: failed to set MSR 0x10a\n"))
+    ours = kut.Outcome("ERROR", 1, "", kut.first_error("pykvm: error: VM stopped: KVM internal error\n"))
+    line = kut.report_line(p, {"qemu": qemu, "pykvm": ours})
+    assert line.endswith("qemu: error: failed to set MSR 0x10a; pykvm: VM stopped: KVM internal error")
