@@ -4,7 +4,8 @@
  * over the serial port what the loader told it, and powers the machine off.
  *
  * Multiboot Specification 0.6.96: 3.2 (machine state at entry), 3.3 (the
- * information structure).  16550 UART: National Semiconductor PC16550D
+ * information structure); built with a Multiboot2 header instead (kernel2.elf)
+ * it reads the Multiboot2 Specification's tagged boot information.  16550 UART: National Semiconductor PC16550D
  * datasheet.  Power off: QEMU's ACPI PM1a control register at 0x604.
  *
  * The command line may hold the word "mmap": then every memory map entry is
@@ -15,6 +16,12 @@
 #include <stdint.h>
 
 #define BOOTLOADER_MAGIC 0x2BADB002u   /* 3.2: EAX at entry */
+#define BOOTLOADER2_MAGIC 0x36D76289u  /* Multiboot2 "I386 machine state": EAX at entry */
+#define MB2_TAG_END      0             /* Multiboot2 boot information tag types */
+#define MB2_TAG_CMDLINE  1
+#define MB2_TAG_MODULE   3
+#define MB2_TAG_BASIC_MEMINFO 4
+#define MB2_TAG_MMAP     6
 #define INFO_MEMORY      (1u << 0)     /* 3.3 flags: mem_lower/mem_upper valid */
 #define INFO_CMDLINE     (1u << 2)     /* cmdline valid */
 #define INFO_MODS        (1u << 3)     /* mods_count/mods_addr valid */
@@ -111,25 +118,100 @@ static int contains_word(const char *s, const char *word)
     return 0;
 }
 
-static void show_memory_map(const struct multiboot_info *info, int verbose)
+/* What the loader told us, from either protocol's structure. */
+#define MAX_RANGES  32
+#define MAX_MODULES 8
+struct boot_facts {
+    const char *cmdline;
+    int has_memory;
+    uint32_t mem_lower, mem_upper;          /* KiB */
+    uint32_t nranges, nmodules;
+    struct { uint64_t base, length; uint32_t type; } ranges[MAX_RANGES];
+    struct { uint32_t start, end; const char *string; } modules[MAX_MODULES];
+};
+
+static void add_range(struct boot_facts *f, uint64_t base, uint64_t length, uint32_t type)
+{
+    if (f->nranges < MAX_RANGES) {
+        f->ranges[f->nranges].base = base;
+        f->ranges[f->nranges].length = length;
+        f->ranges[f->nranges++].type = type;
+    }
+}
+
+static void add_module(struct boot_facts *f, uint32_t start, uint32_t end, const char *string)
+{
+    if (f->nmodules < MAX_MODULES) {
+        f->modules[f->nmodules].start = start;
+        f->modules[f->nmodules].end = end;
+        f->modules[f->nmodules++].string = string;
+    }
+}
+
+/* Multiboot 3.3: one structure whose flags say which fields are valid. */
+static void read_multiboot1(struct boot_facts *f, const struct multiboot_info *info)
+{
+    f->cmdline = info->flags & INFO_CMDLINE ? (const char *)info->cmdline : "";
+    if (info->flags & INFO_MEMORY) {
+        f->has_memory = 1;
+        f->mem_lower = info->mem_lower;
+        f->mem_upper = info->mem_upper;
+    }
+    if (info->flags & INFO_MMAP) {
+        for (uint32_t addr = info->mmap_addr; addr < info->mmap_addr + info->mmap_length;) {
+            const struct multiboot_mmap_entry *e = (const void *)addr;
+            add_range(f, e->base, e->length, e->type);
+            addr += e->size + sizeof(e->size);
+        }
+    }
+    const struct multiboot_module *mod = (const void *)info->mods_addr;
+    for (uint32_t i = 0; info->flags & INFO_MODS && i < info->mods_count; i++, mod++)
+        add_module(f, mod->start, mod->end, (const char *)mod->string);
+}
+
+/* Multiboot2 "Boot information format": total size, reserved, then 8-byte aligned tags. */
+static void read_multiboot2(struct boot_facts *f, const uint8_t *info)
+{
+    const uint8_t *end = info + *(const uint32_t *)info;
+    f->cmdline = "";
+    for (const uint8_t *tag = info + 8; tag < end;) {
+        const uint32_t *t = (const uint32_t *)tag;      /* type, size, then the body */
+        if (t[0] == MB2_TAG_END)
+            break;
+        if (t[0] == MB2_TAG_CMDLINE)
+            f->cmdline = (const char *)&t[2];
+        else if (t[0] == MB2_TAG_MODULE)
+            add_module(f, t[2], t[3], (const char *)&t[4]);
+        else if (t[0] == MB2_TAG_BASIC_MEMINFO) {
+            f->has_memory = 1;
+            f->mem_lower = t[2];
+            f->mem_upper = t[3];
+        } else if (t[0] == MB2_TAG_MMAP) {
+            for (const uint8_t *e = tag + 16; e < tag + t[1]; e += t[2]) {
+                const uint64_t *range = (const uint64_t *)e;
+                add_range(f, range[0], range[1], *(const uint32_t *)(e + 16));
+            }
+        }
+        tag += (t[1] + 7) & ~7u;
+    }
+}
+
+static void show_memory_map(const struct boot_facts *f, int verbose)
 {
     uint64_t usable = 0;
     uint32_t regions = 0;
-    uint32_t addr = info->mmap_addr, end = info->mmap_addr + info->mmap_length;
-    while (addr < end) {
-        const struct multiboot_mmap_entry *e = (const void *)addr;
+    for (uint32_t i = 0; i < f->nranges; i++) {
         if (verbose) {
             puts("  ");
-            puthex(e->base, 9);
+            puthex(f->ranges[i].base, 9);
             puts("-");
-            puthex(e->base + e->length - 1, 9);
-            puts(e->type == MMAP_RAM ? " usable\n" : " reserved\n");
+            puthex(f->ranges[i].base + f->ranges[i].length - 1, 9);
+            puts(f->ranges[i].type == MMAP_RAM ? " usable\n" : " reserved\n");
         }
-        if (e->type == MMAP_RAM) {
-            usable += e->length;
+        if (f->ranges[i].type == MMAP_RAM) {
+            usable += f->ranges[i].length;
             regions++;
         }
-        addr += e->size + sizeof(e->size);
     }
     puts("memory map: ");
     putdec((uint32_t)(usable >> MIB_SHIFT));
@@ -138,50 +220,54 @@ static void show_memory_map(const struct multiboot_info *info, int verbose)
     puts(" regions\n");
 }
 
-static void show_modules(const struct multiboot_info *info)
+static void show_modules(const struct boot_facts *f)
 {
-    const struct multiboot_module *mod = (const void *)info->mods_addr;
     puts("modules: ");
-    putdec(info->mods_count);
+    putdec(f->nmodules);
     puts("\n");
-    for (uint32_t i = 0; i < info->mods_count; i++, mod++) {
+    for (uint32_t i = 0; i < f->nmodules; i++) {
         puts("  '");
-        puts((const char *)mod->string);
+        puts(f->modules[i].string);
         puts("' ");
-        putdec(mod->end - mod->start);
+        putdec(f->modules[i].end - f->modules[i].start);
         puts(" bytes, starts with '");
-        for (const char *c = (const char *)mod->start; c < (const char *)mod->end && *c >= ' '; c++)
+        for (const char *c = (const char *)f->modules[i].start;
+             c < (const char *)f->modules[i].end && *c >= ' '; c++)
             putc(*c);
         puts("'\n");
     }
 }
 
-void kmain(uint32_t magic, const struct multiboot_info *info)
+static struct boot_facts facts;
+
+void kmain(uint32_t magic, const void *info)
 {
     outb(COM1 + UART_LCR, LCR_8N1);
     puts("hello from a Multiboot kernel\n");
-    if (magic != BOOTLOADER_MAGIC) {
+    if (magic == BOOTLOADER_MAGIC) {
+        read_multiboot1(&facts, info);
+    } else if (magic == BOOTLOADER2_MAGIC) {
+        puts("(Multiboot2)\n");
+        read_multiboot2(&facts, info);
+    } else {
         puts("not started by a Multiboot loader: EAX = ");
         puthex(magic, 8);
         puts("\n");
         return;
     }
-    const char *cmdline = info->flags & INFO_CMDLINE ? (const char *)info->cmdline : "";
     puts("command line: '");
-    puts(cmdline);
+    puts(facts.cmdline);
     puts("'\n");
-    if (info->flags & INFO_MEMORY) {
+    if (facts.has_memory) {
         /* Upper memory to the nearest MiB: SeaBIOS keeps 128 KiB at its top for itself. */
         puts("lower memory: ");
-        putdec(info->mem_lower);
+        putdec(facts.mem_lower);
         puts(" KiB, upper memory: ");
-        putdec((info->mem_upper + KIB_PER_MIB / 2) / KIB_PER_MIB);
+        putdec((facts.mem_upper + KIB_PER_MIB / 2) / KIB_PER_MIB);
         puts(" MiB\n");
     }
-    if (info->flags & INFO_MMAP)
-        show_memory_map(info, contains_word(cmdline, "mmap"));
-    if (info->flags & INFO_MODS)
-        show_modules(info);
+    show_memory_map(&facts, contains_word(facts.cmdline, "mmap"));
+    show_modules(&facts);
     puts("powering off\n");
     outw(ACPI_PM1A_CNT, PM1_SLP_EN);
 }

@@ -4,6 +4,7 @@ Detection, as QEMU's -kernel does it (hw/i386/x86.c, x86_load_linux), by
 content, never by file name, in this order:
 - "HdrS" at offset 0x202: a Linux bzImage (boot protocol setup header);
 - a Multiboot header in the first 8 KiB: a Multiboot kernel (ELF or not);
+- a Multiboot2 header in the first 32 KiB (GRUB 2's protocol; not QEMU's);
 - "\\x7fELF" at offset 0: an ELF, booted through its PVH entry note;
 - anything else is refused, unless the user said `--format raw`.
 """
@@ -17,7 +18,7 @@ from pykvm.errors import ConfigError, LoaderError
 
 __all__ = ["load_kernel", "detect_format", "FORMATS", "read_file"]
 
-FORMATS = ("auto", "pvh", "bzimage", "multiboot", "raw")
+FORMATS = ("auto", "pvh", "bzimage", "multiboot", "multiboot2", "raw")
 BZIMAGE_MAGIC_OFFSET = 0x202   # boot.rst: setup header field "header" = "HdrS"
 BZIMAGE_MAGIC = b"HdrS"
 
@@ -60,13 +61,10 @@ def load_kernel(memory, vcpu, config) -> Entry:
     if fmt == "auto":
         fmt = detect_format(data)
         if fmt is None:
-            raise LoaderError(f"{name}: not an ELF, bzImage or Multiboot kernel "
+            raise LoaderError(f"{name}: not an ELF, bzImage, Multiboot or Multiboot2 kernel "
                               "(for a raw flat binary, add --format raw)")
-        if fmt == "multiboot2":
-            raise LoaderError(f"{name}: a Multiboot2 kernel; pykvm (like QEMU's -kernel) boots "
-                              "Multiboot version 1 only")
-    if fmt == "multiboot":
-        return _load_multiboot(memory, vcpu, config, data, initrd, name)
+    if fmt in ("multiboot", "multiboot2"):
+        return _load_multiboot(memory, vcpu, config, data, initrd, name, fmt)
     if config.modules:
         raise ConfigError("--module is for Multiboot kernels; this kernel is not one")
     if fmt == "pvh":
@@ -88,13 +86,17 @@ def load_kernel(memory, vcpu, config) -> Entry:
     return load_flat(memory, data, name)
 
 
-def _load_multiboot(memory, vcpu, config, data: bytes, initrd: bytes | None, name: str) -> Entry:
-    """A Multiboot kernel: --initrd is its first module, then each --module FILE[,ARGS]."""
+def _load_multiboot(memory, vcpu, config, data: bytes, initrd: bytes | None, name: str,
+                    fmt: str) -> Entry:
+    """A Multiboot (v1 or 2) kernel: --initrd is its first module, then each --module FILE[,ARGS]."""
     from pykvm.boot.firmware import leave_firmware_state
     from pykvm.boot.multiboot import Module, load_multiboot
+    from pykvm.boot.multiboot2 import load_multiboot2
 
     modules = [Module(initrd, str(config.initrd))] if initrd is not None else []
     for path, args in config.modules:
         modules.append(Module(read_file(path, "module"), f"{path} {args}".rstrip()))
-    leave_firmware_state(memory, vcpu)
+    rsdp = leave_firmware_state(memory, vcpu)
+    if fmt == "multiboot2":
+        return load_multiboot2(memory, data, config.cmdline, modules, name, acpi_rsdp=rsdp)
     return load_multiboot(memory, data, config.cmdline, modules, name)

@@ -20,8 +20,8 @@ numbers are cited below.  A loader:
 Like QEMU (hw/i386/multiboot.c), pykvm puts the kernel's own file name in
 front of its command line, so argv[0] is the kernel; kvm-unit-tests relies
 on it.  Video modes (flags bit 2) are not offered: the information structure
-says so by leaving its bit 11 clear.  Multiboot2 is recognised and refused
-with a clear message (QEMU does not boot it either).
+says so by leaving its bit 11 clear.  Multiboot2, its tagged successor, is
+pykvm.boot.multiboot2.
 """
 from __future__ import annotations
 
@@ -34,15 +34,13 @@ from pykvm.boot.elf import ELFCLASS32, is_elf, parse_elf
 from pykvm.errors import LoaderError
 
 __all__ = ["MultibootHeader", "Module", "find_header", "is_multiboot2", "load_multiboot",
-           "pack_info", "pack_mmap", "pack_modules", "HEADER_MAGIC", "BOOTLOADER_MAGIC"]
+           "pack_info", "pack_mmap", "pack_modules", "load_elf", "load_aout_kludge", "load_modules",
+           "memory_sizes_kib", "HEADER_MAGIC", "BOOTLOADER_MAGIC", "FLAG_AOUT_KLUDGE", "LOADER_NAME"]
 
 HEADER_MAGIC = 0x1BADB002          # 3.1.2: in the kernel's header
 BOOTLOADER_MAGIC = 0x2BADB002      # 3.2: in EAX at entry
 SEARCH_LIMIT = 8192                # 3.1.1: the header lies in the first 8192 bytes
 HEADER_ALIGN = 4                   # 3.1.1: ... 32-bit aligned
-MULTIBOOT2_MAGIC = 0xE85250D6      # Multiboot2 spec 3.1.1: in the first 32 KiB, 8-byte aligned
-MULTIBOOT2_SEARCH_LIMIT = 32768
-MULTIBOOT2_ALIGN = 8
 PAGE = 4096
 
 # Header flags (3.1.2).  Bits 0-15 are requirements: a loader that does not
@@ -92,6 +90,7 @@ class MultibootHeader:
     load_end_addr: int = 0
     bss_end_addr: int = 0
     entry_addr: int = 0
+    has_addresses: bool = False     # the five fields were all in the file
 
     @property
     def aout_kludge(self) -> bool:
@@ -114,11 +113,10 @@ def _magic_offsets(data: bytes, magic: int, limit: int, align: int):
 
 
 def is_multiboot2(data: bytes) -> bool:
-    """A Multiboot2 header (magic, architecture, length, checksum summing to 0) in the first 32 KiB."""
-    for offset in _magic_offsets(data, MULTIBOOT2_MAGIC, MULTIBOOT2_SEARCH_LIMIT, MULTIBOOT2_ALIGN):
-        if offset + 16 <= len(data) and sum(struct.unpack_from("<IIII", data, offset)) & 0xFFFFFFFF == 0:
-            return True
-    return False
+    """A Multiboot2 header (pykvm.boot.multiboot2) in the first 32 KiB."""
+    from pykvm.boot.multiboot2 import find_header2
+
+    return find_header2(data) is not None
 
 
 def find_header(data: bytes) -> MultibootHeader | None:
@@ -138,7 +136,8 @@ def find_header(data: bytes) -> MultibootHeader | None:
         fields_at = offset + HEADER.size
         if fields_at + AOUT_FIELDS.size > len(data):
             return MultibootHeader(offset, flags)     # fields cut off: load_aout_kludge refuses it
-        return MultibootHeader(offset, flags, *AOUT_FIELDS.unpack_from(data, fields_at))
+        return MultibootHeader(offset, flags, *AOUT_FIELDS.unpack_from(data, fields_at),
+                               has_addresses=True)
     return None
 
 
@@ -164,10 +163,13 @@ def check_load_range(memory, start: int, end: int, name: str, what: str) -> None
                           "try a larger --mem")
 
 
-def load_elf32(memory, data: bytes, name: str) -> tuple[int, int]:
-    """Copy an ELF32's PT_LOAD segments to their physical addresses; (entry, end of image)."""
+def load_elf(memory, data: bytes, name: str, allow_elf64: bool = False) -> tuple[int, int]:
+    """Copy an ELF's PT_LOAD segments to their physical addresses; (entry, end of image).
+
+    Multiboot v1 loads ELF32 only (as QEMU); Multiboot2 (`allow_elf64`) either class.
+    """
     elf = parse_elf(data, name)
-    if elf.elf_class != ELFCLASS32:
+    if elf.elf_class != ELFCLASS32 and not allow_elf64:
         raise LoaderError(f"{name}: a Multiboot ELF must be ELF32 (this is ELF64); "
                           "or set header flags bit 16 and its load addresses")
     end = 0
@@ -193,7 +195,7 @@ def physical_entry(elf) -> int:
 def load_aout_kludge(memory, data: bytes, header: MultibootHeader, name: str) -> tuple[int, int]:
     """3.1.3: the file from header_addr's offset back to load_addr, copied to load_addr."""
     h = header
-    if h.offset + HEADER.size + AOUT_FIELDS.size > len(data):
+    if not h.has_addresses:
         raise LoaderError(f"{name}: Multiboot header ends before its load addresses (flags bit 16)")
     if not h.load_addr <= h.header_addr:
         raise LoaderError(f"{name}: Multiboot load_addr {h.load_addr:#x} is above "
@@ -302,7 +304,7 @@ def load_multiboot(memory, data: bytes, cmdline: str = "", modules: list[Module]
     if header.aout_kludge:
         entry, end = load_aout_kludge(memory, data, header, name)
     elif is_elf(data):
-        entry, end = load_elf32(memory, data, name)
+        entry, end = load_elf(memory, data, name)
     else:
         raise LoaderError(f"{name}: Multiboot kernel is not ELF and its header has no load "
                           "addresses (flags bit 16)")

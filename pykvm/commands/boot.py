@@ -21,7 +21,8 @@ __all__ = ["boot"]
               help="Guest RAM (K, M, G suffixes; a bare number is MiB, as in QEMU's -m).")
 @click.option("--cmdline", "-c", default=None, help="Kernel command line.")
 @click.option("--format", "kernel_format", default="auto", show_default=True,
-              type=click.Choice(["auto", "pvh", "bzimage", "multiboot", "raw"]), help="Kernel file format.")
+              type=click.Choice(["auto", "pvh", "bzimage", "multiboot", "multiboot2", "raw"]),
+              help="Kernel file format.")
 @click.option("--device", "devices", multiple=True, type=click.Choice(["pc-testdev"]),
               help="Add an optional device: pc-testdev (QEMU's test device, for kvm-unit-tests).")
 @click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")

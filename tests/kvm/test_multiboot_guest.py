@@ -75,10 +75,21 @@ def test_pykvm_boots_the_student_kernel(image, modules):
                           f"  0x000100000-{MEM_MIB * 2**20 - 1:#011x} usable"]
     assert lines[6] == f"memory map: {MEM_MIB - 1} MiB usable in 2 regions"
     assert lines[7:] == ["modules: 2",
-                         f"  '{modules[0][0]}' {modules[0][0].stat().st_size} bytes, starts with 'ramdisk contents'",
+                         f"  '{modules[0][0]}' {modules[0][0].stat().st_size} bytes, "
+                         "starts with 'ramdisk contents'",
                          f"  '{modules[1][0]} verbose level=2' {modules[1][0].stat().st_size} bytes, "
                          "starts with 'answer=42'",
                          "powering off"]
+
+
+def test_the_multiboot2_build_reports_what_the_multiboot_build_does(modules):
+    """kernel2.elf: the same code behind a Multiboot2 header; only the command line differs,
+    as Multiboot2 passes the arguments alone (no kernel file name in front)."""
+    v1 = console(pykvm_boot(kernel("kernel.elf"), "mmap", modules)).splitlines()
+    v2 = console(pykvm_boot(kernel("kernel2.elf"), "mmap", modules)).splitlines()
+    assert v2[1] == "(Multiboot2)" and v2[2] == "command line: 'mmap'"
+    assert v1[1].startswith("command line: '") and v1[1].endswith("kernel.elf mmap'")
+    assert v2[3:] == v1[2:] and v1[-1] == "powering off"
 
 
 @pytest.mark.slow
@@ -97,7 +108,7 @@ def test_bad_multiboot_headers_are_one_line(tmp_path):
     bad.write_bytes(struct.pack("<III", magic, flags, -(magic + flags) & 0xFFFFFFFF) + bytes(64))
     mb2 = tmp_path / "mb2.bin"
     mb2.write_bytes(struct.pack("<IIII", 0xE85250D6, 0, 16, -(0xE85250D6 + 16) & 0xFFFFFFFF))
-    for path, message in [(bad, "requires flags 0x20"), (mb2, "Multiboot version 1 only")]:
+    for path, message in [(bad, "requires flags 0x20"), (mb2, "Multiboot2 header length 16 is wrong")]:
         done = subprocess.run([sys.executable, "-m", "pykvm", "boot", "--kernel", str(path)],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2
