@@ -64,7 +64,7 @@ class MachineConfig:
     cmdline: str = ""
     initrd: Path | None = None
     modules: list[tuple[Path, str]] = field(default_factory=list)  # Multiboot: (file, arguments)
-    kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, raw (pykvm.boot.loader)
+    kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, multiboot2, raw (boot/loader.py)
     devices: tuple[str, ...] = ()    # optional devices: "pc-testdev" (QEMU's, for kvm-unit-tests)
     trace: bool = False
     output: object = None            # callable(bytes) for guest serial output; default stdout
