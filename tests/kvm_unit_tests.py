@@ -69,7 +69,7 @@ def suite_dir() -> Path | None:
     """Where the built suite is ($KVM_UNIT_TESTS_DIR, else shared/kvm-unit-tests up the tree)."""
     if os.environ.get(ENV_DIR):
         path = Path(os.environ[ENV_DIR])
-        return path if (path / "x86").is_dir() else None
+        return path if (path / "x86" / "unittests.cfg").exists() else None
     for parent in ROOT.parents:
         candidate = parent / "shared" / "kvm-unit-tests"
         if (candidate / "x86" / "unittests.cfg").exists():

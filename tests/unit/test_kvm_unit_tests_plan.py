@@ -121,8 +121,9 @@ def test_summary_names_what_qemu_passes_and_pykvm_does_not(plans):
 
 def test_the_suite_folder_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(kut.ENV_DIR, str(tmp_path))
-    assert kut.suite_dir() is None                          # no x86/ inside
+    assert kut.suite_dir() is None                          # no x86/unittests.cfg inside
     (tmp_path / "x86").mkdir()
+    (tmp_path / "x86" / "unittests.cfg").write_text("")
     assert kut.suite_dir() == tmp_path
 
 
