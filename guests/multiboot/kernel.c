@@ -186,12 +186,14 @@ static void read_multiboot2(struct boot_facts *f, const uint8_t *info)
             f->has_memory = 1;
             f->mem_lower = t[2];
             f->mem_upper = t[3];
-        } else if (t[0] == MB2_TAG_MMAP) {
+        } else if (t[0] == MB2_TAG_MMAP && t[2] >= 20) {     /* t[2]: entry size */
             for (const uint8_t *e = tag + 16; e < tag + t[1]; e += t[2]) {
                 const uint64_t *range = (const uint64_t *)e;
                 add_range(f, range[0], range[1], *(const uint32_t *)(e + 16));
             }
         }
+        if (t[1] < 8)
+            break;                                          /* a broken tag: stop reading */
         tag += (t[1] + 7) & ~7u;
     }
 }
