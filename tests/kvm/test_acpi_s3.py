@@ -10,9 +10,9 @@ means woken by the alarm.
 import pytest
 
 from guestasm import pvh_elf
-from pykvm.arch.x86 import acpi
-from pykvm.boot import layout
-from pykvm.machine import Machine, MachineConfig
+from pykvm.vm.arch.x86 import acpi
+from pykvm.vm import layout
+from pykvm.vm.machine import Machine, MachineConfig
 
 pytestmark = pytest.mark.kvm
 

@@ -2,7 +2,7 @@
 import pytest
 
 from guestasm import assemble
-from pykvm.machine import Machine, MachineConfig
+from pykvm.vm.machine import Machine, MachineConfig
 
 pytestmark = pytest.mark.kvm
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import calendar
 
-from pykvm.arch.x86 import acpi
-from pykvm.devices import cmos as rtc
-from pykvm.devices.acpi_pm import PM1_RTC, PM1_WAK_STS, AcpiPmControl, AcpiPmEvent
+from pykvm.vm.arch.x86 import acpi
+from pykvm.vm.devices import cmos as rtc
+from pykvm.vm.devices.acpi_pm import PM1_RTC, PM1_WAK_STS, AcpiPmControl, AcpiPmEvent
 
 NOON = calendar.timegm((2026, 12, 2, 12, 0, 0))   # 12:00:00 UTC, a whole second
 

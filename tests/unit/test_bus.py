@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from pykvm.devices.bus import Bus, BusDevice, BusOverlapError, Device, all_ones
+from pykvm.vm.devices.bus import Bus, BusDevice, BusOverlapError, Device, all_ones
 
 
 class Recorder(BusDevice):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import struct
 
-from pykvm.devices.fw_cfg import (FILE_ENTRY, FW_CFG_FILE_DIR, FW_CFG_ID, FW_CFG_MAX_CPUS,
+from pykvm.vm.devices.fw_cfg import (FILE_ENTRY, FW_CFG_FILE_DIR, FW_CFG_ID, FW_CFG_MAX_CPUS,
                                   FW_CFG_NB_CPUS, FW_CFG_RAM_SIZE, FW_CFG_SIGNATURE, FwCfg,
                                   e820_file)
 

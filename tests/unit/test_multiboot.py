@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pykvm.boot import layout
-from pykvm.boot.elf import parse_elf
-from pykvm.boot.loader import detect_format
-from pykvm.boot.multiboot import (BOOTLOADER_MAGIC, HEADER_MAGIC, INFO, MMAP_ENTRY, MODULE, Module,
+from pykvm.vm import layout
+from pykvm.vm.boot.elf import parse_elf
+from pykvm.vm.boot.loader import detect_format
+from pykvm.vm.boot.multiboot import (BOOTLOADER_MAGIC, HEADER_MAGIC, INFO, MMAP_ENTRY, MODULE, Module,
                                   find_header, is_multiboot2, load_multiboot)
 from pykvm.errors import LoaderError
-from pykvm.memory import GuestMemory
+from pykvm.vm.memory import GuestMemory
 
 GUEST_DIR = Path(__file__).resolve().parents[2] / "guests" / "multiboot"
 FLAG_AOUT = 1 << 16

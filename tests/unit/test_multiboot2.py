@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pykvm.boot import layout
-from pykvm.boot.loader import detect_format
-from pykvm.boot.multiboot import Module
-from pykvm.boot.multiboot2 import (BOOTLOADER2_MAGIC, HEADER2_MAGIC, find_header2,
+from pykvm.vm import layout
+from pykvm.vm.boot.loader import detect_format
+from pykvm.vm.boot.multiboot import Module
+from pykvm.vm.boot.multiboot2 import (BOOTLOADER2_MAGIC, HEADER2_MAGIC, find_header2,
                                    load_multiboot2, pack_boot_information, parse_header)
 from pykvm.errors import LoaderError
-from pykvm.memory import GuestMemory
+from pykvm.vm.memory import GuestMemory
 
 KERNEL2 = Path(__file__).resolve().parents[2] / "guests" / "multiboot" / "kernel2.elf"
 

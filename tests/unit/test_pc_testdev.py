@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import mmap
 
-from pykvm.devices.pc_testdev import (FLUSH_PAGE, SCRATCH, SCRATCH_BYTES, ScratchMemory, IrqLinePorts,
+from pykvm.vm.devices.pc_testdev import (FLUSH_PAGE, SCRATCH, SCRATCH_BYTES, ScratchMemory, IrqLinePorts,
                                       ScratchPorts, remap_page)
-from pykvm.memory import GuestMemory
+from pykvm.vm.memory import GuestMemory
 
 
 def test_scratch_register_any_width_any_offset_both_windows():
