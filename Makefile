@@ -12,7 +12,7 @@ BOOT_ARGS ?=
 # set-up line).  `make guests` also builds the container images (busybox-static, `make deps`).
 BOOT_GUESTS := guests/tiny guests/hello
 
-.PHONY: all deps venv guests boot-guests boot gdb test test-unit test-hw bench clean distclean help
+.PHONY: all deps venv guests boot-guests boot gdb test test-unit test-hw bench kvm-unit-tests clean distclean help
 
 all: venv guests
 
@@ -23,6 +23,7 @@ help:
 	@echo "make test    build everything and run the test suite"
 	@echo "make test-hw run the VM tests on hardware-style KVM (an L1 under QEMU TCG if needed)"
 	@echo "make bench   run the benchmarks in tests/bench/ side by side with their peers"
+	@echo "make kvm-unit-tests  the KVM developers' x86 test suite under QEMU and pykvm, side by side"
 	@echo "make linux-guest  fetch Debian's kernel and build a busybox initramfs (pykvm boot linux)"
 	@echo "make clean   remove build products (keeps .venv/)"
 
@@ -75,6 +76,13 @@ test-hw: venv guests
 
 bench: venv guests
 	$(PY) tests/bench/run.py
+
+# kvm-unit-tests, built outside this repository (shared/kvm-unit-tests beside the checkout,
+# or $$KVM_UNIT_TESTS_DIR): every configuration of its unittests.cfg that pykvm's machine can
+# run, under QEMU and under pykvm, one line each.  KUT_ARGS="--only setjmp,la57 --timeout 60"
+KUT_ARGS ?=
+kvm-unit-tests: venv guests
+	$(PY) tests/kvm_unit_tests.py $(KUT_ARGS)
 
 clean:
 	$(MAKE) -C guests clean

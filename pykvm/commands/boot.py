@@ -13,13 +13,20 @@ __all__ = ["boot"]
 @click.command(epilog="\b\nBundled guests (GUEST):\n" + guest_list())
 @click.argument("guest", required=False)
 @click.option("--kernel", "-k", type=click.Path(path_type=Path, dir_okay=False),
-              help="Kernel to boot: a PVH ELF, a Linux bzImage, or (with --format raw) a flat binary.")
-@click.option("--initrd", type=click.Path(path_type=Path, dir_okay=False), help="Initial ramdisk.")
+              help="Kernel to boot: a PVH ELF, a Linux bzImage, a Multiboot kernel, "
+                   "or (with --format raw) a flat binary.")
+@click.option("--initrd", type=click.Path(path_type=Path, dir_okay=False),
+              help="Initial ramdisk (for a Multiboot kernel: its first module).")
+@click.option("--module", "modules", multiple=True, metavar="FILE[,ARGS]",
+              help="A Multiboot module and its command line; repeatable.")
 @click.option("--mem", "-m", "mem", default="128M", show_default=True,
               help="Guest RAM (K, M, G suffixes; a bare number is MiB, as in QEMU's -m).")
 @click.option("--cmdline", "-c", default=None, help="Kernel command line.")
 @click.option("--format", "kernel_format", default="auto", show_default=True,
-              type=click.Choice(["auto", "pvh", "bzimage", "raw"]), help="Kernel file format.")
+              type=click.Choice(["auto", "pvh", "bzimage", "multiboot", "multiboot2", "raw"]),
+              help="Kernel file format.")
+@click.option("--device", "devices", multiple=True, type=click.Choice(["pc-testdev"]),
+              help="Add an optional device: pc-testdev (QEMU's test device, for kvm-unit-tests).")
 @click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop the VM when its vCPU runs this long without a VM exit "
@@ -40,8 +47,8 @@ __all__ = ["boot"]
               type=click.Choice(["eventfd", "exit"]),
               help="How virtio kicks and interrupts travel: ioeventfd/irqfd and a worker "
                    "thread, or plain MMIO exits handled on the vCPU thread.")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeout, gdb, gdb_wait,
-         disks, console, rng, virtio_notify):
+def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, trace, stall_timeout,
+         gdb, gdb_wait, disks, console, rng, virtio_notify):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -72,7 +79,8 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeou
     virtio = VirtioConfig(disks=[parse_disk(d) for d in disks], console=console == "virtio",
                           rng=rng, notify=virtio_notify)
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
-                           kernel_format=kernel_format, trace=trace, stall_timeout=stall_timeout,
+                           modules=[parse_module(m) for m in modules], kernel_format=kernel_format,
+                           devices=devices, trace=trace, stall_timeout=stall_timeout,
                            gdb=gdb, gdb_wait=gdb_wait, virtio=virtio)
     raise SystemExit(run_machine(config))
 
@@ -95,6 +103,16 @@ def linux_hvc0_cmdline() -> str:
     from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
 
     return f"{DEFAULT_CMDLINE} console=hvc0"
+
+
+def parse_module(option: str) -> tuple[Path, str]:
+    """--module FILE[,ARGS]: the file, and the arguments after the first comma."""
+    path, _, args = option.partition(",")
+    if not path:
+        from pykvm.errors import ConfigError
+
+        raise ConfigError(f"--module {option!r}: give a file name before the comma")
+    return Path(path), args
 
 
 def run_machine(config) -> int:

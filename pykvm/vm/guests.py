@@ -38,6 +38,9 @@ class Guest:
 GUESTS = {
     "hello": Guest("hello", GUESTS_DIR / "hello" / "hello.elf",
                    "the smallest PVH guest: prints a greeting and powers off"),
+    "multiboot": Guest("multiboot", GUESTS_DIR / "multiboot" / "kernel.elf",
+                       "a student's Multiboot kernel: prints the loader's facts, powers off "
+                       "(docs/05-multiboot.md)"),
     "tiny": Guest("tiny", GUESTS_DIR / "tiny" / "tiny.elf",
                   "the teaching kernel: a shell on the serial console (docs/04-tiny-kernel.md)"),
     "linux": Guest("linux", LINUX_CACHE / "vmlinuz",

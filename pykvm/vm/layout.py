@@ -9,8 +9,13 @@ and xv6's memlayout.h are the models):
     0x0000_0500  | BOOT_GDT: the GDT the vCPU starts on |
     0x0000_1000  | FLAT_LOAD: raw binaries, real mode   |
     0x0000_6000  | PVH_START_INFO: struct hvm_start_info|
+                 |   or MULTIBOOT_INFO (one at a time)  |
     0x0000_6040  | PVH_MODLIST: hvm_modlist_entry[]     |
-    0x0000_7000  | ZERO_PAGE (Linux) / PVH_MEMMAP       |
+    0x0000_6080  | MULTIBOOT_MODS: Multiboot modules    |
+    0x0000_7000  | ZERO_PAGE (Linux) / PVH_MEMMAP /     |
+                 |   MULTIBOOT_MMAP                     |
+    0x0000_8000  | MULTIBOOT_LOW_LOAD: lowest address a |
+                 |   Multiboot kernel may load at       |
     0x0000_9000  | PML4 .. PD: boot page tables (Linux) |
     0x0002_0000  | CMDLINE: kernel command line         |
     0x0009_fc00  +--------------------------------------+
@@ -35,7 +40,8 @@ __all__ = [
     "PML4_START", "PDPTE_START", "PDE_START", "CMDLINE_START", "CMDLINE_MAX",
     "EBDA_START", "ACPI_TABLES", "HIMEM_START", "MMIO_GAP_START", "MMIO_GAP_END", "KVM_TSS_ADDRESS",
     "KVM_IDENTITY_MAP_ADDRESS", "VIRTIO_MMIO_BASE", "VIRTIO_MMIO_SIZE", "VIRTIO_MMIO_IRQS",
-    "virtio_mmio_slot", "E820_RAM", "E820_RESERVED", "memory_map",
+    "virtio_mmio_slot", "MULTIBOOT_INFO", "MULTIBOOT_MODS", "MULTIBOOT_MMAP", "MULTIBOOT_LOW_LOAD",
+    "E820_RAM", "E820_RESERVED", "memory_map",
 ]
 
 BDA_RESET_FLAG = 0x472       # BIOS Data Area word the OS sets before a reset (0x1234 = warm)
@@ -45,6 +51,10 @@ PVH_START_INFO = 0x6000      # struct hvm_start_info (PVH boot), pointed to by %
 PVH_MODLIST = 0x6040         # struct hvm_modlist_entry[] (PVH initrd)
 PVH_MEMMAP = 0x7000          # struct hvm_memmap_table_entry[] (PVH memory map)
 ZERO_PAGE = 0x7000           # struct boot_params (Linux boot protocol); never both at once
+MULTIBOOT_INFO = 0x6000      # Multiboot info structure (%ebx; not with PVH); Multiboot2's tags: to 0x8000
+MULTIBOOT_MODS = 0x6080      # Multiboot module list (16 bytes per module)
+MULTIBOOT_MMAP = 0x7000      # Multiboot memory map (mmap_addr)
+MULTIBOOT_LOW_LOAD = 0x8000  # a Multiboot kernel may load from here up to CMDLINE_START, or above 1 MiB
 PML4_START = 0x9000          # page map level 4 for the Linux 64-bit entry identity map
 PDPTE_START = 0xA000         # page directory pointer table
 PDE_START = 0xB000           # page directory (2 MiB pages)

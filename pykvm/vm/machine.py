@@ -35,7 +35,7 @@ from pathlib import Path
 from pykvm.vm.arch.x86 import boot_state, cpuid
 from pykvm.vm import layout
 from pykvm.vm.console import FLUSH_BYTES, ConsoleOutput
-from pykvm.vm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
+from pykvm.vm.devices import acpi_pm, cmos, debug_exit, fw_cfg, i8042, pc_testdev, pci, serial
 from pykvm.vm.devices.bus import Bus
 from pykvm.errors import GuestError
 from pykvm.vm.devices.virtio.attach import VirtioConfig, VirtioDevices
@@ -56,10 +56,11 @@ PORTS = {
     "serial": (serial.COM1_BASE, serial.COM1_LENGTH),          # 16550A UART on COM1, IRQ 4
     "i8042": (i8042.I8042_BASE, i8042.I8042_LENGTH),            # keyboard controller (reset line)
     "debug-exit": (debug_exit.DEBUG_EXIT_BASE, debug_exit.DEBUG_EXIT_LENGTH),  # QEMU isa-debug-exit
-    "acpi-pm-event": (acpi_pm.PM1A_EVT_BASE, acpi_pm.PM1A_EVT_LENGTH),  # ACPI PM1a status + enable
-    "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off)
+    "acpi-pm-event": (acpi_pm.PM1A_EVT_BASE, acpi_pm.PM1A_EVT_LENGTH),  # PM1a status + enable (S3 wake)
+    "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off, S3)
     "cmos": (cmos.CMOS_BASE, cmos.CMOS_LENGTH),                  # RTC + CMOS RAM (Linux reads the time)
     "pci-config": (pci.PCI_CONFIG_BASE, pci.PCI_CONFIG_LENGTH),  # PCI config mechanism #1, empty bus
+    "fw-cfg": (fw_cfg.FW_CFG_BASE, fw_cfg.FW_CFG_LENGTH),       # QEMU fw_cfg: RAM size, CPUs, files
 }
 WARM_RESET = 0x1234   # BDA reset flag for a warm boot; pykvm's Linux command line sets it on panic only
 
@@ -72,7 +73,9 @@ class MachineConfig:
     memory: int = DEFAULT_MEMORY
     cmdline: str = ""
     initrd: Path | None = None
-    kernel_format: str = "auto"      # auto, pvh, raw (bzImage: see pykvm.vm.boot.bzimage)
+    modules: list[tuple[Path, str]] = field(default_factory=list)  # Multiboot: (file, arguments)
+    kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, multiboot2, raw (boot/loader.py)
+    devices: tuple[str, ...] = ()    # optional devices: "pc-testdev" (QEMU's, for kvm-unit-tests)
     trace: bool = False
     stall_timeout: float | None = None   # stop after this many seconds without a VM exit (watchdog.py)
     output: object = None            # callable(bytes) for guest serial output; default stdout
@@ -141,19 +144,32 @@ class Machine:
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self.serial = serial.Serial16550(out=output, irq=self._serial_irq)
+        self.cmos, self.pm_event = cmos.Cmos(), acpi_pm.AcpiPmEvent()
         devices = {
             "serial": self.serial,
             "i8042": i8042.I8042(reset=self._guest_reset),
             "debug-exit": debug_exit.DebugExit(stop=self.stop),
-            "acpi-pm-event": acpi_pm.AcpiPmEvent(),
-            "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop),
-            "cmos": cmos.Cmos(),
+            "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop, suspend=self._suspend_to_ram),
+            "acpi-pm-event": self.pm_event,
+            "cmos": self.cmos,
             "pci-config": pci.PciConfigSpace(),
+            "fw-cfg": fw_cfg.FwCfg(self.config.memory,
+                                   files={"etc/e820": fw_cfg.e820_file(self.memory.memory_map())}),
         }
         for name, device in devices.items():
             base, length = PORTS[name]
             self.pio.insert(device, base, length)
         self.virtio.attach(self, output)
+        if "pc-testdev" in self.config.devices:
+            self._add_pc_testdev()
+
+    def _add_pc_testdev(self) -> None:
+        """QEMU's -device pc-testdev: scratch and flush-page ports, IRQ lines, MMIO scratch."""
+        t = pc_testdev
+        self.pio.insert(t.ScratchPorts(lambda address: t.remap_page(self.memory, address)),
+                        t.PORTS_BASE, t.PORTS_LENGTH)
+        self.pio.insert(t.IrqLinePorts(self.vm.irq_line), t.IRQ_LINES_BASE, t.IRQ_LINES_LENGTH)
+        self.mmio.insert(t.ScratchMemory(), t.IOMEM_BASE, t.IOMEM_LENGTH)
 
     def _serial_irq(self, level: bool) -> None:
         """The UART's INTR output drives ISA IRQ 4 (PIC and IOAPIC pin 4)."""
@@ -167,6 +183,15 @@ class Machine:
                 self.exit_status = status
         if threading.current_thread() is not threading.main_thread():
             self._kick_vcpu()
+
+    def _suspend_to_ram(self) -> None:
+        """ACPI S3: asleep until the RTC alarm, then awake at the OS's waking vector (firmware.py)."""
+        from pykvm.vm.boot.firmware import suspend_to_ram
+
+        if not suspend_to_ram(self.vcpu, self.memory, self.cmos, self.pm_event,
+                              stopped=lambda: self.exit_status is not None):
+            log.warning("guest suspended to RAM with no wake-up source armed; stopping the VM")
+            self.stop(0)
 
     def _guest_reset(self) -> None:
         """A guest-requested reset (i8042 pulse): like Firecracker, pykvm ends the VM, status 0.

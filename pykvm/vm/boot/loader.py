@@ -1,8 +1,11 @@
-"""Pick the loader for a kernel file and load it: PVH ELF, Linux bzImage, or a raw flat binary.
+"""Pick the loader for a kernel file and load it: PVH ELF, Linux bzImage, Multiboot, or raw.
 
-Detection, as QEMU's -kernel does it, by content, never by file name:
-- "\\x7fELF" at offset 0: an ELF, booted through its PVH entry note;
+Detection, as QEMU's -kernel does it (hw/i386/x86.c, x86_load_linux), by
+content, never by file name, in this order:
 - "HdrS" at offset 0x202: a Linux bzImage (boot protocol setup header);
+- a Multiboot header in the first 8 KiB: a Multiboot kernel (ELF or not);
+- a Multiboot2 header in the first 32 KiB (GRUB 2's protocol; not QEMU's);
+- "\\x7fELF" at offset 0: an ELF, booted through its PVH entry note;
 - anything else is refused, unless the user said `--format raw`.
 """
 from __future__ import annotations
@@ -16,16 +19,23 @@ from pykvm.errors import ConfigError, LoaderError
 __all__ = ["load_kernel", "detect_format", "FORMATS", "read_file", "virtio_mmio_arguments",
            "join_cmdline"]
 
-FORMATS = ("auto", "pvh", "bzimage", "raw")
+FORMATS = ("auto", "pvh", "bzimage", "multiboot", "multiboot2", "raw")
 BZIMAGE_MAGIC_OFFSET = 0x202   # boot.rst: setup header field "header" = "HdrS"
 BZIMAGE_MAGIC = b"HdrS"
 
 
 def detect_format(data: bytes) -> str | None:
-    if is_elf(data):
-        return "pvh"
+    """The loader for `data`, in the order of the module docstring; None if nothing fits."""
+    from pykvm.vm.boot.multiboot import find_header, is_multiboot2
+
     if data[BZIMAGE_MAGIC_OFFSET:BZIMAGE_MAGIC_OFFSET + 4] == BZIMAGE_MAGIC:
         return "bzimage"
+    if find_header(data) is not None:
+        return "multiboot"
+    if is_multiboot2(data):
+        return "multiboot2"
+    if is_elf(data):
+        return "pvh"
     return None
 
 
@@ -68,8 +78,12 @@ def load_kernel(memory, vcpu, config, mmio_devices: list[tuple[int, int, int]] =
     if fmt == "auto":
         fmt = detect_format(data)
         if fmt is None:
-            raise LoaderError(f"{name}: not an ELF or bzImage kernel "
+            raise LoaderError(f"{name}: not an ELF, bzImage, Multiboot or Multiboot2 kernel "
                               "(for a raw flat binary, add --format raw)")
+    if fmt in ("multiboot", "multiboot2"):
+        return _load_multiboot(memory, vcpu, config, data, initrd, name, fmt)
+    if config.modules:
+        raise ConfigError("--module is for Multiboot kernels; this kernel is not one")
     if fmt == "pvh":
         from pykvm.vm.boot.firmware import leave_firmware_state
         from pykvm.vm.boot.pvh import load_pvh
@@ -83,6 +97,22 @@ def load_kernel(memory, vcpu, config, mmio_devices: list[tuple[int, int, int]] =
         return load_bzimage(memory, vcpu, data, config.cmdline, initrd, name, mmio_devices)
     from pykvm.vm.boot.flat import load_flat
 
-    if initrd is not None or config.cmdline:
-        raise ConfigError("a raw flat binary takes no --initrd or --cmdline")
+    if initrd is not None or config.cmdline or config.modules:
+        raise ConfigError("a raw flat binary takes no --initrd, --module or --cmdline")
     return load_flat(memory, data, name)
+
+
+def _load_multiboot(memory, vcpu, config, data: bytes, initrd: bytes | None, name: str,
+                    fmt: str) -> Entry:
+    """A Multiboot (v1 or 2) kernel: --initrd is its first module, then each --module FILE[,ARGS]."""
+    from pykvm.vm.boot.firmware import leave_firmware_state
+    from pykvm.vm.boot.multiboot import Module, load_multiboot
+    from pykvm.vm.boot.multiboot2 import load_multiboot2
+
+    modules = [Module(initrd, str(config.initrd))] if initrd is not None else []
+    for path, args in config.modules:
+        modules.append(Module(read_file(path, "module"), f"{path} {args}".rstrip()))
+    rsdp = leave_firmware_state(memory, vcpu)
+    if fmt == "multiboot2":
+        return load_multiboot2(memory, data, config.cmdline, modules, name, acpi_rsdp=rsdp)
+    return load_multiboot(memory, data, config.cmdline, modules, name)

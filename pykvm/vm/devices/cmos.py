@@ -15,8 +15,12 @@ The clock is the host's clock in UTC, read at every access (kvmtool's
 hw/rtc.c does the same); the guest cannot set it: writes to the time
 registers are ignored, so the guest's idea of time never drifts from the
 host's.  Registers that are not time keep what the guest writes (the
-"battery-backed" RAM).  No update-in-progress phase is ever visible and no
-RTC interrupt (IRQ 8) is raised.
+"battery-backed" RAM).  Status register A's UIP bit reads 1 during the
+244 us before each second's update (datasheet: "UIP ... 244 us before the
+update cycle"; QEMU's mc146818rtc.c UIP_HOLD_LENGTH): a guest that waits for
+it to fall knows a second has just begun.  No RTC interrupt (IRQ 8) is
+raised; a sleeping machine asks `seconds_until_alarm` when the alarm would
+wake it (ACPI S3, see pykvm.vm.devices.acpi_pm).
 """
 from __future__ import annotations
 
@@ -64,6 +68,16 @@ B_DM_BINARY = 1 << 2     # data mode: 1 = binary, 0 = BCD
 B_24HOUR = 1 << 1        # 1 = 24-hour mode, 0 = 12-hour with bit 7 of hours = PM
 B_DEFAULT = B_24HOUR     # what a PC BIOS leaves: BCD, 24-hour
 
+# Status register C
+C_IRQF = 1 << 7          # an enabled interrupt flag is set
+C_AF = 1 << 5            # alarm flag: the time matched the alarm registers
+
+# Alarm registers: a value with both top bits set matches any time ("don't care")
+ALARM_DONT_CARE = 0xC0
+ALARMS = {REG_SECONDS_ALARM: REG_SECONDS, REG_MINUTES_ALARM: REG_MINUTES, REG_HOURS_ALARM: REG_HOURS}
+UIP_LEAD_S = 244e-6      # UIP is 1 for this long before each update
+SECONDS_PER_DAY = 86400  # the alarm repeats at least daily
+
 # Status register D
 D_VRT = 1 << 7           # valid RAM and time: the battery is fine
 
@@ -103,6 +117,8 @@ class Cmos:
     def _read_register(self, reg: int) -> int:
         if reg in TIME_REGISTERS:
             return self._time_register(reg)
+        if reg == REG_A and self._update_in_progress():
+            return self.ram[REG_A] | A_UIP
         if reg == REG_C:
             flags, self.ram[REG_C] = self.ram[REG_C], 0     # reading C acknowledges interrupts
             return flags
@@ -115,8 +131,34 @@ class Cmos:
             value &= ~A_UIP & 0xFF        # UIP is read-only
         self.ram[reg] = value
 
-    def _time_register(self, reg: int) -> int:
-        now = time.gmtime(self.clock())
+    def _update_in_progress(self) -> bool:
+        """True during the UIP_LEAD_S before a second ends, unless the guest froze updates (SET)."""
+        if self.ram[REG_B] & B_SET:
+            return False
+        now = self.clock()
+        return now - int(now) >= 1 - UIP_LEAD_S
+
+    def seconds_until_alarm(self) -> float | None:
+        """How long until the time matches the alarm registers, or None if alarms are off (B.AIE)."""
+        if not self.ram[REG_B] & B_AIE:
+            return None
+        now = self.clock()
+        for ahead in range(1, SECONDS_PER_DAY + 1):
+            if self._alarm_matches(int(now) + ahead):
+                return int(now) + ahead - now
+        return None
+
+    def _alarm_matches(self, when: int) -> bool:
+        return all(self.ram[alarm] & ALARM_DONT_CARE == ALARM_DONT_CARE
+                   or self.ram[alarm] == self._time_register(reg, when)
+                   for alarm, reg in ALARMS.items())
+
+    def alarm_fired(self) -> None:
+        """Latch the alarm in register C, as the chip does when the alarm time comes."""
+        self.ram[REG_C] |= C_IRQF | C_AF
+
+    def _time_register(self, reg: int, when: float | None = None) -> int:
+        now = time.gmtime(self.clock() if when is None else when)
         values = {
             REG_SECONDS: now.tm_sec,
             REG_MINUTES: now.tm_min,

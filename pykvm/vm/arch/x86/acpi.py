@@ -28,7 +28,8 @@ import struct
 from pykvm.vm.arch.x86 import aml
 
 __all__ = ["acpi_tables", "checksum", "sdt_header", "table", "dsdt", "ACPI_TABLES_SIZE", "RSDP_OFFSET",
-           "PM1A_EVT_PORT", "PM1A_CNT_PORT", "S5_SLEEP_TYPE", "SCI_IRQ"]
+           "PM1A_EVT_PORT", "PM1A_CNT_PORT", "S5_SLEEP_TYPE", "SCI_IRQ", "FACS_OFFSET",
+           "waking_vector"]
 
 # Where each table sits inside the blob (each 64-byte aligned; the FACS must be).
 RSDP_OFFSET = 0x000
@@ -66,6 +67,7 @@ SDT_CHECKSUM_OFFSET = 9
 FACS_SIGNATURE = b"FACS"
 FACS_LENGTH = 64
 FACS_VERSION = 2
+FACS_WAKING_VECTOR = 12        # u32 Firmware Waking Vector: where the OS resumes, in real mode
 
 # FADT (5.2.9): revision 6, 276 bytes.  Offsets of the fields we fill.
 FADT_REVISION = 6
@@ -152,6 +154,11 @@ def facs() -> bytes:
     struct.pack_into("<4sI", raw, 0, FACS_SIGNATURE, FACS_LENGTH)
     raw[32] = FACS_VERSION
     return bytes(raw)
+
+
+def waking_vector(facs_table: bytes) -> int:
+    """The Firmware Waking Vector the OS wrote into its FACS before sleeping (5.2.10, table 5.14)."""
+    return struct.unpack_from("<I", facs_table, FACS_WAKING_VECTOR)[0]
 
 
 def xsdt(tables: list[int]) -> bytes:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pykvm.vm.arch.x86 import gdt
 from pykvm.vm import layout
 
-__all__ = ["CpuMode", "Entry", "configure_vcpu", "write_identity_map"]
+__all__ = ["CpuMode", "Entry", "configure_vcpu", "write_identity_map", "wake_in_real_mode"]
 
 CR0_PE = 1 << 0        # protection enable
 CR0_ET = 1 << 4        # extension type (always 1 on modern CPUs)
@@ -30,6 +30,10 @@ CR4_PAE = 1 << 5       # physical address extension (required for long mode)
 EFER_LME = 1 << 8      # long mode enable
 EFER_LMA = 1 << 10     # long mode active
 RFLAGS_RESERVED = 1 << 1  # bit 1 of RFLAGS is always 1
+REAL_MODE_LIMIT = 0xFFFF  # 64 KiB segments
+REAL_MODE_IVT_LIMIT = 0x3FF  # 256 four-byte vectors at address 0
+SEGMENT_DATA = 0x3        # read/write, accessed
+SEGMENT_CODE = 0xB        # execute/read, accessed
 
 PTE_PRESENT = 1 << 0   # page-table entry: present
 PTE_WRITE = 1 << 1     # writable
@@ -77,6 +81,31 @@ def _real_mode(sregs) -> None:
     """Reset state, but with CS base 0 so RIP is a plain physical address."""
     sregs.cs.base = 0
     sregs.cs.selector = 0
+
+
+def wake_in_real_mode(vcpu, address: int) -> None:
+    """Restart `vcpu` where firmware resumes an OS from S3: real mode at `address`.
+
+    ACPI 6.5, 5.2.10 (FACS, Firmware Waking Vector): "the BIOS ... transfers
+    control to this address in real mode: for 0x12345, CS = 0x1234, IP = 0x0005".
+    Paging, protection and long mode are off; the interrupt table is the IVT.
+    """
+    sregs = vcpu.get_sregs()
+    for segment in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _real_mode_segment(segment, 0, SEGMENT_DATA)
+    _real_mode_segment(sregs.cs, address >> 4, SEGMENT_CODE)
+    sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = CR0_ET, 0, 0, 0
+    sregs.idt.base, sregs.idt.limit = 0, REAL_MODE_IVT_LIMIT
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip, regs.rflags = address & 0xF, RFLAGS_RESERVED
+    vcpu.set_regs(regs)
+
+
+def _real_mode_segment(segment, selector: int, kind: int) -> None:
+    segment.selector, segment.base, segment.limit = selector, selector << 4, REAL_MODE_LIMIT
+    segment.type, segment.s, segment.present, segment.unusable = kind, 1, 1, 0
+    segment.dpl = segment.db = segment.l = segment.g = segment.avl = 0
 
 
 def _protected_or_long_mode(sregs, memory, long_mode: bool) -> None:

@@ -1,0 +1,135 @@
+"""The kvm-unit-tests runner's translation of unittests.cfg (tests/kvm_unit_tests.py).  No KVM."""
+from __future__ import annotations
+
+import pytest
+
+import kvm_unit_tests as kut      # tests/ is on sys.path (conftest.py)
+
+CFG = """
+# a comment
+[plain]
+file = plain.flat
+
+[args]
+file = plain.flat
+test_args = 'cpuid'
+qemu_params = -cpu max,host-phys-bits -m 2g -enable-kvm
+
+[two_cpus]
+file = plain.flat
+smp = 2
+
+[model]
+file = plain.flat
+qemu_params = -cpu qemu64,+x2apic
+
+[flags]
+file = plain.flat
+qemu_params = -cpu max,+vmx
+
+[machine]
+file = plain.flat
+qemu_params = -machine vmport=on -cpu max
+
+[old]
+file = old.flat
+arch = i386
+
+[missing]
+file = missing.flat
+
+[optional]
+file = plain.flat
+groups = vmx nodefault
+
+[host_check]
+file = plain.flat
+check = {absent}=Y
+
+[clock]
+file = plain.flat
+test_args = "10000000 `date +%s`"
+"""
+
+
+@pytest.fixture
+def plans(tmp_path) -> dict[str, kut.Plan]:
+    (tmp_path / "plain.flat").write_bytes(b"")
+    (tmp_path / "old.flat").write_bytes(b"")
+    cfg = tmp_path / "unittests.cfg"
+    cfg.write_text(CFG.format(absent=tmp_path / "no-such-parameter"))
+    return {c.name: kut.plan(c, tmp_path) for c in kut.read_configs(cfg)}
+
+
+def test_a_plain_test_runs_with_the_defaults(plans):
+    p = plans["plain"]
+    assert (p.skip, p.mem_mib, p.append, p.qemu_extra) == ("", kut.MEM_MIB, "", [])
+
+
+def test_arguments_memory_and_the_host_cpu_model_are_translated(plans):
+    p = plans["args"]
+    assert (p.skip, p.mem_mib, p.append) == ("", 2048, "cpuid")
+    assert p.qemu_extra == ["-cpu", "max,host-phys-bits"]
+    assert "--mem" in kut.pykvm_command(p) and "2048M" in kut.pykvm_command(p)
+    assert kut.qemu_command(p)[-2:] == ["-append", "cpuid"]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("two_cpus", "needs 2 CPUs"),
+    ("model", "CPU model -cpu qemu64,+x2apic"),
+    ("flags", "CPU model -cpu max,+vmx"),
+    ("machine", "QEMU-only option -machine vmport=on"),
+    ("old", "i386"),
+    ("missing", "missing.flat is not built"),
+    ("optional", "nodefault"),
+    ("host_check", "no-such-parameter=Y fails (it is absent)"),
+])
+def test_what_pykvm_cannot_honour_is_skipped_with_its_reason(plans, name, reason):
+    assert reason in plans[name].skip
+
+
+def test_a_cpu_count_is_passed_on_once_pykvm_has_an_option_for_it(tmp_path):
+    (tmp_path / "plain.flat").write_bytes(b"")
+    config = kut.Config("smp", "plain.flat", smp=3)
+    assert "needs 3 CPUs" in kut.plan(config, tmp_path).skip
+    p = kut.plan(config, tmp_path, cpus_option="--cpus")
+    assert p.skip == "" and kut.pykvm_command(p)[8:10] == ["--cpus", "3"]
+    assert kut.qemu_command(p)[kut.qemu_command(p).index("-smp") + 1] == "3"
+
+
+def test_the_shell_date_in_test_args_becomes_a_number(plans):
+    first, second = plans["clock"].append.split()
+    assert first == "10000000" and second.isdigit()
+
+
+@pytest.mark.parametrize("status, stderr, result", [
+    (1, "", "PASS"), (3, "", "FAIL"), (77, "", "SKIP"), (None, "", "TIMEOUT"),
+    (1, "pykvm: error: VM stopped: triple fault\n", "ERROR"), (-6, "", "ERROR -6"),
+])
+def test_results_from_exit_statuses(status, stderr, result):
+    assert kut.result_of(status, stderr) == result
+
+
+def test_summary_names_what_qemu_passes_and_pykvm_does_not(plans):
+    ok, bad = kut.Outcome("PASS", 1, ""), kut.Outcome("FAIL", 1, "")
+    text, regressions = kut.summary([(plans["plain"], {"qemu": ok, "pykvm": bad}),
+                                     (plans["args"], {"qemu": bad, "pykvm": ok}),
+                                     (plans["two_cpus"], {})])
+    assert regressions == ["plain"]
+    assert "2 run, 1 skipped" in text and "QEMU 1, under pykvm 1" in text
+
+
+def test_the_suite_folder_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(kut.ENV_DIR, str(tmp_path))
+    assert kut.suite_dir() is None                          # no x86/unittests.cfg inside
+    (tmp_path / "x86").mkdir()
+    (tmp_path / "x86" / "unittests.cfg").write_text("")
+    assert kut.suite_dir() == tmp_path
+
+
+def test_an_error_line_says_why():
+    p = kut.Plan(kut.Config("t", "t.flat"), None)
+    qemu = kut.Outcome("ERROR -6", 1, "", kut.first_error("warning: x\nqemu: error: failed to set MSR 0x10a\n"))
+    ours = kut.Outcome("ERROR", 1, "", kut.first_error("pykvm: error: VM stopped: KVM internal error\n"))
+    line = kut.report_line(p, {"qemu": qemu, "pykvm": ours})
+    assert line.endswith("qemu: error: failed to set MSR 0x10a; pykvm: VM stopped: KVM internal error")
