@@ -10,8 +10,9 @@ import pytest
 from pykvm.vm import layout
 from pykvm.vm.boot.elf import parse_elf
 from pykvm.vm.boot.loader import detect_format
+from pykvm.vm.boot.multiboot2 import is_multiboot2
 from pykvm.vm.boot.multiboot import (BOOTLOADER_MAGIC, HEADER_MAGIC, INFO, MMAP_ENTRY, MODULE, Module,
-                                  find_header, is_multiboot2, load_multiboot)
+                                  find_header, load_multiboot)
 from pykvm.errors import LoaderError
 from pykvm.vm.memory import GuestMemory
 

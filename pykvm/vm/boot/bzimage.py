@@ -374,7 +374,7 @@ def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | 
     (`mmio_devices`: base, size, irq) are appended to it and put in the DSDT.
     """
     from pykvm.vm.boot.firmware import leave_firmware_state
-    from pykvm.vm.boot.loader import join_cmdline, virtio_mmio_arguments
+    from pykvm.vm.boot.cmdline import join_cmdline, virtio_mmio_arguments
 
     rsdp = leave_firmware_state(memory, vcpu, mmio_devices)
     cmdline = join_cmdline(cmdline or DEFAULT_CMDLINE, virtio_mmio_arguments(mmio_devices))

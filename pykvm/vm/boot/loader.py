@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pykvm.vm.arch.x86.boot_state import Entry
+from pykvm.vm.boot.cmdline import virtio_mmio_arguments
 from pykvm.vm.boot.elf import is_elf
 from pykvm.errors import ConfigError, LoaderError
 
-__all__ = ["load_kernel", "detect_format", "FORMATS", "read_file", "virtio_mmio_arguments",
-           "join_cmdline"]
+__all__ = ["load_kernel", "detect_format", "FORMATS", "read_file"]
 
 FORMATS = ("auto", "pvh", "bzimage", "multiboot", "multiboot2", "raw")
 BZIMAGE_MAGIC_OFFSET = 0x202   # boot.rst: setup header field "header" = "HdrS"
@@ -26,7 +26,8 @@ BZIMAGE_MAGIC = b"HdrS"
 
 def detect_format(data: bytes) -> str | None:
     """The loader for `data`, in the order of the module docstring; None if nothing fits."""
-    from pykvm.vm.boot.multiboot import find_header, is_multiboot2
+    from pykvm.vm.boot.multiboot import find_header
+    from pykvm.vm.boot.multiboot2 import is_multiboot2
 
     if data[BZIMAGE_MAGIC_OFFSET:BZIMAGE_MAGIC_OFFSET + 4] == BZIMAGE_MAGIC:
         return "bzimage"
@@ -51,16 +52,6 @@ def read_file(path: Path, what: str) -> bytes:
         raise LoaderError(f"{what} {path}: {e.strerror}") from None
 
 
-def virtio_mmio_arguments(mmio_devices) -> str:
-    """`virtio_mmio.device=SIZE@BASE:IRQ` per (base, size, irq): the syntax of Linux's
-    virtio_mmio.c (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) that Firecracker and QEMU's microvm write."""
-    return " ".join(f"virtio_mmio.device={size // 1024}K@{base:#x}:{irq}"
-                    for base, size, irq in mmio_devices)
-
-
-def join_cmdline(cmdline: str, extra: str) -> str:
-    """`cmdline` with `extra` appended, one space between."""
-    return " ".join(part for part in (cmdline, extra) if part)
 
 
 def load_kernel(memory, vcpu, config, mmio_devices: list[tuple[int, int, int]] = ()) -> Entry:

@@ -33,7 +33,7 @@ from pykvm.vm import layout
 from pykvm.vm.boot.elf import ELFCLASS32, is_elf, parse_elf
 from pykvm.errors import LoaderError
 
-__all__ = ["MultibootHeader", "Module", "find_header", "is_multiboot2", "load_multiboot",
+__all__ = ["MultibootHeader", "Module", "find_header", "load_multiboot",
            "pack_info", "pack_mmap", "pack_modules", "load_elf", "load_aout_kludge", "load_modules",
            "memory_sizes_kib", "HEADER_MAGIC", "BOOTLOADER_MAGIC", "FLAG_AOUT_KLUDGE", "LOADER_NAME"]
 
@@ -110,13 +110,6 @@ def _magic_offsets(data: bytes, magic: int, limit: int, align: int):
     for offset in range(0, min(limit, len(data)) - 3, align):
         if data[offset:offset + 4] == raw:
             yield offset
-
-
-def is_multiboot2(data: bytes) -> bool:
-    """A Multiboot2 header (pykvm.vm.boot.multiboot2) in the first 32 KiB."""
-    from pykvm.vm.boot.multiboot2 import find_header2
-
-    return find_header2(data) is not None
 
 
 def find_header(data: bytes) -> MultibootHeader | None:

@@ -35,7 +35,7 @@ from pykvm.vm.boot.multiboot import (FLAG_AOUT_KLUDGE, LOADER_NAME, Module, Mult
                                   load_aout_kludge, load_elf, load_modules, memory_sizes_kib)
 from pykvm.errors import LoaderError
 
-__all__ = ["Multiboot2Header", "find_header2", "load_multiboot2", "pack_boot_information",
+__all__ = ["is_multiboot2", "Multiboot2Header", "find_header2", "load_multiboot2", "pack_boot_information",
            "HEADER2_MAGIC", "BOOTLOADER2_MAGIC"]
 
 HEADER2_MAGIC = 0xE85250D6         # in the kernel's header
@@ -90,6 +90,11 @@ class Multiboot2Header:
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def is_multiboot2(data: bytes) -> bool:
+    """A Multiboot2 header in the first 32 KiB."""
+    return find_header2(data) is not None
 
 
 def find_header2(data: bytes) -> int | None:

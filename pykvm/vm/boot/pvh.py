@@ -95,7 +95,7 @@ def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None
     if not cmdline and is_linux(elf):
         from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
         cmdline = DEFAULT_CMDLINE
-    from pykvm.vm.boot.loader import join_cmdline
+    from pykvm.vm.boot.cmdline import join_cmdline
     cmdline = join_cmdline(cmdline, cmdline_extra)
     kernel_end = load_segments(memory, elf, name)
     write_cmdline(memory, cmdline)
