@@ -804,6 +804,8 @@ def _child_main(body, pipe: _Pipe | None = None) -> None:
         _report(pipe, str(e), code)
     except PyKvmError as e:
         _report(pipe, str(e), code)
+    except BrokenPipeError:
+        pass            # the launcher stopped reading: it has reported the first error already
     except BaseException as e:                                  # noqa: BLE001 - must not escape a child
         _report(pipe, f"container setup failed: {type(e).__name__}: {e}", code)
     finally:
