@@ -3,17 +3,25 @@
 The boot path is one top-down recipe (Firecracker's build_microvm_for_boot is
 the model).  Machine.__init__ reads as its table of contents:
 
-    1. open /dev/kvm and check the capabilities pykvm needs
+    1. open /dev/kvm and check the capabilities pykvm needs, and --cpus
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
     3. guest memory, registered with KVM as memory slots
     4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT:
        before any vCPU exists, so each vCPU gets its LAPIC
-    5. the vCPU, with CPUID set (CPUID before MSRs: KVM checks MSRs against it)
-    6. the kernel loaded into memory, giving an entry point and CPU mode
+    5. the vCPUs, each with its CPUID (its own APIC id, a topology of N CPUs;
+       CPUID before MSRs: KVM checks MSRs against it)
+    6. the kernel loaded into memory, giving an entry point and CPU mode;
+       the firmware's leftovers for every vCPU (ACPI tables with the MADT, MSRs)
     7. the devices, each inserted on the port-I/O bus at its base
-    8. the vCPU's registers for that entry point
+    8. vCPU 0's registers for that entry point; the other vCPUs wait for a
+       SIPI, as the application processors of a PC do
 
-Machine.run() is the run loop: KVM_RUN, then one `match` over the typed exit.
+Machine.run() runs one host thread per vCPU, each looping on KVM_RUN and one
+`match` over the typed exit (_run_loop).  cffi drops the GIL for the length of
+the KVM_RUN ioctl, so the vCPUs run guest code at the same time; they take the
+GIL only to handle an exit.  Any stop (a device's, Ctrl-A x, a closed stdout,
+an error on any vCPU) sets exit_status once and kicks every other vCPU out of
+KVM_RUN (_kick); run() joins the threads and returns or raises.
 """
 from __future__ import annotations
 
@@ -30,16 +38,19 @@ from pykvm.boot import layout
 from pykvm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
 from pykvm.devices.bus import Bus
-from pykvm.errors import GuestError
+from pykvm.errors import ConfigError, GuestError
 from pykvm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                        MmioWrite, Shutdown, SystemEvent)
+from pykvm.kvm.bindings import lib
 from pykvm.memory import GuestMemory
 
-__all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "PORTS"]
+__all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "MAX_CPUS", "PORTS", "KICK_SIGNAL"]
 
 log = logging.getLogger("pykvm.machine")
 
 DEFAULT_MEMORY = 128 << 20
+MAX_CPUS = 64         # a sane limit for one Python thread per vCPU (KVM's own is KVM_CAP_NR_VCPUS)
+KICK_SIGNAL = signal.SIGUSR1   # interrupts a vCPU thread's KVM_RUN (EINTR); its handler does nothing
 
 # The port-I/O map, as on a PC (each device module names its own base and length).
 PORTS = {
@@ -62,19 +73,23 @@ class MachineConfig:
     cmdline: str = ""
     initrd: Path | None = None
     kernel_format: str = "auto"      # auto, pvh, raw (bzImage: see pykvm.boot.bzimage)
+    cpus: int = 1                    # vCPUs: vCPU 0 boots, the others wait for a SIPI
     trace: bool = False
     output: object = None            # callable(bytes) for guest serial output; default stdout
     extra: dict = field(default_factory=dict)
 
 
 class Machine:
-    """One VM, one vCPU, a UART, and the ports a guest uses to stop itself."""
+    """One VM: its vCPUs (a host thread each), a UART, and the ports a guest uses to stop itself."""
 
     def __init__(self, config: MachineConfig):
         self.config = config
         self.exit_status: int | None = None
-        self.exit_counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.exit_counts_by_vcpu: list[Counter[str]] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()          # guards exit_status, _error and _threads
+        self._threads: dict[int, int] = {}     # vCPU id -> its running thread's ident
+        install_kick_handler()
         try:
             self._build()
         except BaseException:
@@ -86,8 +101,9 @@ class Machine:
         config = self.config
         self.kvm = Kvm()                                                   # 1
         for capability in ("KVM_CAP_USER_MEMORY", "KVM_CAP_IRQCHIP", "KVM_CAP_PIT2",
-                           "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT"):
+                           "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_MP_STATE"):
             self.kvm.require(capability)
+        check_cpus(config.cpus, self.kvm.check_extension("KVM_CAP_NR_VCPUS"))
         self.vm = self.kvm.create_vm()                                     # 2
         self.vm.set_tss_addr(layout.KVM_TSS_ADDRESS)
         self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDRESS)
@@ -95,16 +111,29 @@ class Machine:
         self.memory.register(self.vm)
         self.vm.create_irqchip()                                           # 4
         self.vm.create_pit2()
-        self.vcpu = self.vm.create_vcpu(0)                                 # 5
-        self.vcpu.set_cpuid(cpuid.guest_cpuid(self.kvm.supported_cpuid(), self.vcpu.id))
+        self.vcpus = self._create_vcpus(config.cpus)                       # 5
+        self.vcpu = self.vcpus[0]                                          # the bootstrap processor
         self.entry = self._load_kernel()                                   # 6
         self._add_devices()                                                # 7
         boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
+        for ap in self.vcpus[1:]:
+            ap.set_mp_state(lib.KVM_MP_STATE_INIT_RECEIVED)                # wait-for-SIPI
+
+    def _create_vcpus(self, cpus: int) -> list:
+        """vCPUs 0 .. cpus-1 (APIC id = index), each with CPUID naming its APIC id and N CPUs."""
+        supported = self.kvm.supported_cpuid()
+        vcpus = []
+        for index in range(cpus):
+            vcpu = self.vm.create_vcpu(index)
+            vcpu.set_cpuid(cpuid.guest_cpuid(supported, index, cpus))
+            vcpus.append(vcpu)
+            self.exit_counts_by_vcpu.append(Counter())
+        return vcpus
 
     def _load_kernel(self) -> boot_state.Entry:
         from pykvm.boot.loader import load_kernel
 
-        return load_kernel(self.memory, self.vcpu, self.config)
+        return load_kernel(self.memory, self.vcpus, self.config)
 
     def _add_devices(self) -> None:
         # `pykvm boot | head -1`: once nobody reads, the VM ends (as `yes | head -1` ends yes).
@@ -133,12 +162,22 @@ class Machine:
 
     # --- stopping --------------------------------------------------------------
     def stop(self, status: int) -> None:
-        """End the VM with exit status `status` (called by devices, or by another thread)."""
+        """End the VM with exit status `status` (called by devices, or by any other thread).
+
+        The first stop wins; every vCPU but the caller's own is kicked out of KVM_RUN.
+        """
         with self._lock:
             if self.exit_status is None:
                 self.exit_status = status
-        if threading.current_thread() is not threading.main_thread():
-            self._kick_vcpu()
+            self._kick_others()
+
+    def _fail(self, error: BaseException) -> None:
+        """A vCPU thread hit `error`: remember the first one, stop every vCPU; run() raises it."""
+        with self._lock:
+            stopping = self.exit_status is not None and isinstance(error, GuestError)
+            if self._error is None and not stopping:     # a guest error after a stop: moot
+                self._error = error
+        self.stop(1)
 
     def _guest_reset(self) -> None:
         """A guest-requested reset (i8042 pulse): like Firecracker, pykvm ends the VM, status 0.
@@ -154,35 +193,69 @@ class Machine:
         log.info("guest requested a reset; stopping the VM")
         self.stop(0)
 
-    def _kick_vcpu(self) -> None:
-        """Make a running KVM_RUN return: immediate_exit for the next entry, a signal for this one."""
-        self.vcpu.immediate_exit = True
-        if self._vcpu_thread is not None:
-            signal.pthread_kill(self._vcpu_thread, signal.SIGUSR1)
+    def _kick_others(self) -> None:
+        """Make every other vCPU's KVM_RUN return (called with _lock held).
+
+        immediate_exit catches a thread about to enter KVM_RUN; the signal one
+        already inside it (KVM returns EINTR).  A thread takes itself out of
+        _threads, under _lock, before it ends, so a kick never reaches a thread
+        that is gone, and KICK_SIGNAL's handler stays installed for the life
+        of the process: no moment exists where the signal would kill it.
+        """
+        me = threading.get_ident()
+        for vcpu in self.vcpus:
+            vcpu.immediate_exit = True
+            thread = self._threads.get(vcpu.id)
+            if thread is not None and thread != me:
+                signal.pthread_kill(thread, KICK_SIGNAL)
 
     # --- running ---------------------------------------------------------------
-    _vcpu_thread: int | None = None
-
     def run(self) -> int:
-        """Run the guest until it stops itself (or is stopped); return pykvm's exit status."""
-        self._vcpu_thread = threading.get_ident()
-        previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+        """Run the guest until it stops itself (or is stopped); return pykvm's exit status.
+
+        One thread per vCPU; this thread waits for them all.  An error on any
+        vCPU stops the others and is raised here; so is Ctrl-C (KeyboardInterrupt).
+        """
+        threads = [threading.Thread(target=self._vcpu_thread, args=(vcpu,), name=f"vcpu{vcpu.id}",
+                                    daemon=True) for vcpu in self.vcpus]
         try:
-            self._run_loop(self.config.trace)
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            self.stop(1)
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            raise
         finally:
-            signal.signal(signal.SIGUSR1, previous)
-            self._vcpu_thread = None
             if self._console_output is not None:
                 self._console_output.flush()     # the guest's last words before pykvm's own
+        if self._error is not None:
+            raise self._error
         return self.exit_status
 
-    def _run_loop(self, trace: bool) -> None:
-        vcpu_run, pio, mmio, counts = self.vcpu.run, self.pio, self.mmio, self.exit_counts
+    def _vcpu_thread(self, vcpu) -> None:
+        """The body of vCPU `vcpu`'s host thread: its run loop, registered for kicks."""
+        with self._lock:
+            self._threads[vcpu.id] = threading.get_ident()
+        try:
+            self._run_loop(vcpu, self.config.trace)
+        except BaseException as error:      # any error: stop the whole VM, let run() raise it
+            self._fail(error)
+        finally:
+            with self._lock:
+                del self._threads[vcpu.id]
+
+    def _run_loop(self, vcpu, trace: bool) -> None:
+        vcpu_run, pio, mmio = vcpu.run, self.pio, self.mmio
+        counts = self.exit_counts_by_vcpu[vcpu.id]
         while self.exit_status is None:
             exit = vcpu_run()
             if trace:
                 counts[exit.reason] += 1
-                _trace(exit)
+                _trace(vcpu.id, exit)
             match exit:
                 case IoOut(port=port, size=size, value=value):
                     if exit.count == 1:
@@ -198,28 +271,33 @@ class Machine:
                 case MmioRead(address=address, size=size):
                     exit.reply(mmio.read(address, size))
                 case Interrupted():
-                    pass                                             # a signal; loop re-checks
+                    pass                                             # a kick; loop re-checks
                 case SystemEvent(kind="shutdown" | "reset"):
                     self.stop(0)
                 case Hlt():
-                    raise GuestError(self._stopped_because("the guest halted (HLT exit)"))
+                    raise GuestError(self._stopped_because(vcpu, "the guest halted (HLT exit)"))
                 case Shutdown():
                     raise GuestError(self._stopped_because(
-                        "triple fault: the guest hit an exception it could not handle"))
+                        vcpu, "triple fault: the guest hit an exception it could not handle"))
                 case InternalError():
                     raise GuestError(self._stopped_because(
-                        _describe_internal_error(exit, self.vcpu.get_regs().rip)))
+                        vcpu, _describe_internal_error(exit, vcpu.get_regs().rip)))
                 case FailEntry():
                     raise GuestError(self._stopped_because(
-                        f"KVM could not enter the guest (hardware reason {exit.hardware_reason:#x})"))
+                        vcpu, f"KVM could not enter the guest (hardware reason {exit.hardware_reason:#x})"))
                 case _:
-                    raise GuestError(self._stopped_because(f"unhandled VM exit {exit!r}"))
-        self.vcpu.immediate_exit = False
+                    raise GuestError(self._stopped_because(vcpu, f"unhandled VM exit {exit!r}"))
 
-    def _stopped_because(self, reason: str) -> str:
+    @property
+    def exit_counts(self) -> Counter[str]:
+        """VM exits by reason, all vCPUs together (counted with --trace)."""
+        return sum(self.exit_counts_by_vcpu, Counter())
+
+    def _stopped_because(self, vcpu, reason: str) -> str:
         from pykvm.arch.x86.dump import register_dump
 
-        return f"VM stopped: {reason}\n{register_dump(self.vcpu, self.memory)}"
+        where = f"vCPU {vcpu.id}: " if len(self.vcpus) > 1 else ""
+        return f"VM stopped: {where}{reason}\n{register_dump(vcpu, self.memory)}"
 
     # --- tearing down ----------------------------------------------------------
     _console_output: ConsoleOutput | None = None
@@ -248,6 +326,34 @@ def _describe_internal_error(exit: InternalError, rip: int) -> str:
     return text
 
 
-def _trace(exit) -> None:
+def check_cpus(cpus: int, kvm_limit: int) -> None:
+    """--cpus must be 1 .. min(MAX_CPUS, KVM_CAP_NR_VCPUS); ConfigError says which bound."""
+    if not 1 <= cpus <= MAX_CPUS:
+        raise ConfigError(f"--cpus {cpus}: choose 1 to {MAX_CPUS}")
+    if cpus > kvm_limit:
+        raise ConfigError(f"--cpus {cpus}: this host's KVM recommends at most {kvm_limit} vCPUs "
+                          "per VM (KVM_CAP_NR_VCPUS, the host's CPU count)")
+
+
+def _on_kick(signum, frame) -> None:
+    """KICK_SIGNAL's handler: nothing to do; the signal's work was interrupting KVM_RUN."""
+
+
+def install_kick_handler() -> None:
+    """Install KICK_SIGNAL's handler once, for the life of the process (Firecracker does the same).
+
+    Python installs signal handlers from the main thread only, so a Machine
+    is built there; the handler is never swapped back while a vCPU may run.
+    """
+    if signal.getsignal(KICK_SIGNAL) is _on_kick:
+        return
+    try:
+        signal.signal(KICK_SIGNAL, _on_kick)
+    except ValueError:
+        raise ConfigError("a Machine must first be built on the main thread "
+                          "(it installs the vCPU kick signal handler)") from None
+
+
+def _trace(vcpu_id: int, exit) -> None:
     """--trace: one line per VM exit on stderr, like a tiny kvm_stat -1."""
-    os.write(2, f"pykvm: exit {exit.reason:<14} {exit!r}\n".encode())
+    os.write(2, f"pykvm: vcpu{vcpu_id} exit {exit.reason:<14} {exit!r}\n".encode())

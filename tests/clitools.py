@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import termios
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +36,26 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+@contextmanager
+def on_a_terminal(kernel, *args: str):
+    """`pykvm boot --kernel KERNEL ARGS` on a new pty, in raw mode; yields (proc, master, settings before).
+
+    On the way out, the process is killed if it still runs and the pty is closed.
+    """
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(kernel), *args],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    try:
+        deadline = time.monotonic() + 30
+        while termios.tcgetattr(slave)[3] & termios.ICANON:   # wait for raw mode
+            assert time.monotonic() < deadline, "pykvm never put the terminal in raw mode"
+            time.sleep(0.05)
+        yield proc, master, lambda: termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)

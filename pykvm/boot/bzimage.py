@@ -417,7 +417,7 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
     return BzImagePlan(entry, tuple(writes))
 
 
-def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | None = None,
+def load_bzimage(memory, vcpus: list, image: bytes, cmdline: str = "", initrd: bytes | None = None,
                  name: str = "kernel") -> Entry:
     """Boot a bzImage on a real VM: pykvm.boot.loader calls this for "HdrS" images.
 
@@ -430,7 +430,7 @@ def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | 
     """
     from pykvm.boot.firmware import leave_firmware_state
 
-    rsdp = leave_firmware_state(memory, vcpu)
+    rsdp = leave_firmware_state(memory, vcpus)
     try:
         plan = plan_bzimage(image, memory.ram_ranges(), cmdline or DEFAULT_CMDLINE, initrd,
                             acpi_rsdp=rsdp)

@@ -40,8 +40,12 @@ def read_file(path: Path, what: str) -> bytes:
         raise LoaderError(f"{what} {path}: {e.strerror}") from None
 
 
-def load_kernel(memory, vcpu, config) -> Entry:
-    """Load config.kernel (and config.initrd) into `memory`; return where the vCPU starts."""
+def load_kernel(memory, vcpus: list, config) -> Entry:
+    """Load config.kernel (and config.initrd) into `memory`; return where vCPU 0 starts.
+
+    `vcpus`: every vCPU, the bootstrap processor first (the firmware state
+    covers them all: the MADT lists them, each gets its boot MSRs).
+    """
     name = str(config.kernel)
     data = read_file(config.kernel, "kernel")
     initrd = read_file(config.initrd, "initrd") if config.initrd else None
@@ -57,14 +61,14 @@ def load_kernel(memory, vcpu, config) -> Entry:
         from pykvm.boot.firmware import leave_firmware_state
         from pykvm.boot.pvh import load_pvh
 
-        rsdp = leave_firmware_state(memory, vcpu)
+        rsdp = leave_firmware_state(memory, vcpus)
         return load_pvh(memory, data, config.cmdline, initrd, name, acpi_rsdp=rsdp)
     if fmt == "bzimage":
         try:
             from pykvm.boot.bzimage import load_bzimage
         except ModuleNotFoundError:
             raise LoaderError(f"{name}: a Linux bzImage; this pykvm cannot boot bzImages yet") from None
-        return load_bzimage(memory, vcpu, data, config.cmdline, initrd, name)
+        return load_bzimage(memory, vcpus, data, config.cmdline, initrd, name)
     from pykvm.boot.flat import load_flat
 
     if initrd is not None or config.cmdline:

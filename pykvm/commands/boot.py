@@ -18,8 +18,11 @@ __all__ = ["boot"]
 @click.option("--cmdline", "-c", default=None, help="Kernel command line.")
 @click.option("--format", "kernel_format", default="auto", show_default=True,
               type=click.Choice(["auto", "pvh", "bzimage", "raw"]), help="Kernel file format.")
-@click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
+@click.option("--cpus", default=1, show_default=True, type=int,
+              help="vCPUs, one host thread each (at most the host's CPU count, KVM_CAP_NR_VCPUS).")
+@click.option("--trace", is_flag=True,
+              help="Print every VM exit on stderr, and a summary by reason for each vCPU.")
+def boot(guest, kernel, initrd, mem, cmdline, kernel_format, cpus, trace):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -39,7 +42,7 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace):
     if memory > host_memory():
         raise ConfigError(f"--mem {mem}: more than this host's {format_size(host_memory())} of RAM")
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
-                           kernel_format=kernel_format, trace=trace)
+                           kernel_format=kernel_format, cpus=cpus, trace=trace)
     raise SystemExit(run_machine(config))
 
 
@@ -54,13 +57,15 @@ def run_machine(config) -> int:
                 status = machine.run()
             finally:
                 if config.trace:
-                    print_exit_summary(machine.exit_counts)
+                    print_exit_summary(machine.exit_counts_by_vcpu)
     return status
 
 
-def print_exit_summary(counts) -> None:
-    """The --trace summary: exits by reason, most frequent first (like kvm_stat)."""
-    total = sum(counts.values())
-    click.echo(f"pykvm: {total} VM exits", err=True)
-    for reason, n in counts.most_common():
-        click.echo(f"  {reason:<16} {n:>10}  {100 * n / max(total, 1):5.1f}%", err=True)
+def print_exit_summary(counts_by_vcpu) -> None:
+    """The --trace summary: for each vCPU, exits by reason, most frequent first (like kvm_stat)."""
+    for vcpu_id, counts in enumerate(counts_by_vcpu):
+        total = sum(counts.values())
+        where = f"vCPU {vcpu_id}: " if len(counts_by_vcpu) > 1 else ""
+        click.echo(f"pykvm: {where}{total} VM exits", err=True)
+        for reason, n in counts.most_common():
+            click.echo(f"  {reason:<16} {n:>10}  {100 * n / max(total, 1):5.1f}%", err=True)
