@@ -12,12 +12,15 @@
 #include "defs.h"
 #include "memlayout.h"
 #include "pvh.h"
+#include "spinlock.h"
 #include "x86.h"
 
 /* Page-table entry bits (SDM Vol. 3A, Table 4-19 and friends). */
 #define PTE_P    0x001             /* present */
 #define PTE_W    0x002             /* writable */
 #define PTE_U    0x004             /* user: ring 3 may access */
+#define PTE_PWT  0x008             /* write-through */
+#define PTE_PCD  0x010             /* cache disable: device registers */
 #define PTE_PS   0x080             /* in a PD entry: maps a 2 MiB page */
 #define PTE_ADDR 0x000ffffffffff000ULL
 #define PT_INDEX(va, level) (((va) >> (12 + 9 * (level))) & 511)   /* level 3 = PML4 */
@@ -37,6 +40,7 @@ static struct {
 } pages;
 
 static uint64_t *kpml4;
+static struct spinlock kmem_lock = SPINLOCK_INIT("kmem");   /* guards `pages` */
 
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
@@ -85,6 +89,7 @@ static void pages_init(void)
 /* 2. A zeroed 4 KiB page, or NULL when memory is exhausted. */
 void *kalloc(void)
 {
+    acquire(&kmem_lock);
     void *page = pages.free_list;
     if (page) {
         pages.free_list = *(void **)page;
@@ -93,8 +98,10 @@ void *kalloc(void)
         if (pages.region >= 0)
             usable_range(&memmap[pages.region], &lo, &hi);
         while (pages.next < lo || pages.next >= hi) {
-            if (++pages.region >= memmap_count)
+            if (++pages.region >= memmap_count) {
+                release(&kmem_lock);
                 return NULL;
+            }
             if (memmap[pages.region].type != E820_RAM)
                 continue;
             usable_range(&memmap[pages.region], &lo, &hi);
@@ -104,14 +111,17 @@ void *kalloc(void)
         pages.next += PAGE_SIZE;
     }
     pages.used++;
+    release(&kmem_lock);
     return memset(page, 0, PAGE_SIZE);
 }
 
 void kfree(void *page)
 {
+    acquire(&kmem_lock);
     *(void **)page = pages.free_list;
     pages.free_list = page;
     pages.used--;
+    release(&kmem_lock);
 }
 
 void mm_stats(uint64_t *total_pages, uint64_t *free_pages)
@@ -174,6 +184,16 @@ void mm_init(const struct hvm_start_info *si)
     pages_init();
     map_kernel();
     write_cr3((uint64_t)kpml4);
+}
+
+/* Map the device page at physical `pa` 1:1 in the kernel half, uncached.
+ * It lies in PML4 entry 0, which every address space shares. */
+void kmap_mmio(uint64_t pa)
+{
+    uint64_t *pte = walk(kpml4, pa, 0);
+    if (!pte)
+        panic("kmap_mmio: no memory for a page table");
+    *pte = pa | PTE_P | PTE_W | PTE_PCD | PTE_PWT;
 }
 
 uint64_t *kernel_pml4(void)

@@ -2,7 +2,8 @@
  * trap.c: the Interrupt Descriptor Table and what happens after vectors.S.
  *
  * One gate per vector (SDM Vol. 3A, 6.14.1 "64-Bit Mode IDT"): exceptions
- * 0-31, the PIC's IRQs 32-47 and the system call gate 0x80.  All are
+ * 0-31, the PIC's IRQs 32-47, the local APIC timer 48 and the system call
+ * gate 0x80.  Every CPU loads the same table.  All are
  * interrupt gates, so the CPU clears IF on entry: the kernel runs its
  * trap paths with interrupts off, which keeps them simple and short.
  */
@@ -13,7 +14,7 @@
 #define GATE_INTERRUPT 0x8e        /* present, DPL 0, type 0xE: 64-bit interrupt gate */
 #define GATE_DPL3      0x60        /* DPL 3: `int` from ring 3 may use the gate */
 #define NUM_VECTORS    256
-#define NUM_STUBS      48          /* vectors 0..47 have stubs in vectors.S */
+#define NUM_STUBS      49          /* vectors 0..48 have stubs in vectors.S */
 #define PF_PRESENT     0x1         /* #PF error code bits, SDM Vol. 3A, 4.7 */
 #define PF_WRITE       0x2
 #define PF_USER        0x4
@@ -62,6 +63,13 @@ void idt_init(void)
     for (int v = 0; v < NUM_STUBS; v++)
         set_gate(v, trap_stubs[v], GATE_INTERRUPT);
     set_gate(T_SYSCALL, trap_stub_syscall, GATE_INTERRUPT | GATE_DPL3);
+    lidt(&ptr);
+}
+
+/* An AP loads the table the BSP built. */
+void idt_load(void)
+{
+    struct dtr ptr = { sizeof(idt) - 1, (uint64_t)idt };
     lidt(&ptr);
 }
 
@@ -122,11 +130,18 @@ static int is_int80(const struct trapframe *tf)
 void trap(struct trapframe *tf)
 {
     switch (tf->vector) {
-    case T_IRQ0 + IRQ_TIMER:
+    case T_IRQ0 + IRQ_TIMER:       /* the PIT, on the bootstrap processor */
         pic_eoi(IRQ_TIMER);
         timer_intr();
+        mycpu()->timer_ticks++;
         if (from_user(tf))
             proc_yield();          /* preemption: the time slice is over */
+        break;
+    case T_LAPIC_TIMER:            /* an AP's own timer */
+        lapic_eoi();
+        mycpu()->timer_ticks++;
+        if (from_user(tf))
+            proc_yield();
         break;
     case T_IRQ0 + IRQ_COM1:
         serial_intr();
