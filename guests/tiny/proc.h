@@ -50,6 +50,8 @@ struct cpu {
     int ncli;                      /* push_off depth (spinlock.c) */
     int intena;                    /* were interrupts on before the first push_off? */
     uint64_t timer_ticks;          /* timer interrupts it took */
+    uint64_t user_ticks;           /* ... of which found it running a user program */
+    uint64_t together_ticks;       /* ... while another CPU ran one too: parallelism, sampled */
     uint64_t switches;             /* context switches it made */
 };
 extern struct cpu cpus[MAX_CPUS];

@@ -126,18 +126,22 @@ void smp_start_aps(void)
     }
 }
 
-/* The shell's `cpus`: each CPU, its APIC id, its timer ticks and switches, what it runs. */
+/* The shell's `cpus`: each CPU, its APIC id, its timer ticks (all, in user
+ * mode, in user mode while another CPU was too), its switches, what it runs. */
 void smp_dump(void)
 {
-    kprintf("%d CPUs in the ACPI MADT, %d running\n", ncpu, ncpu_started);
-    kprintf("CPU  APIC  TICKS   SWITCHES  RUNNING\n");
+    uint64_t together = 0;
+    kprintf("%d CPU%s in the ACPI MADT, %d running\n", ncpu, ncpu > 1 ? "s" : "", ncpu_started);
+    kprintf("CPU  APIC  TICKS   USER  TOGETHER  SWITCHES  RUNNING\n");
     for (int i = 0; i < ncpu; i++) {
         struct cpu *c = &cpus[i];
         if (!c->started) {
             kprintf("%3d  %4d  (not started)\n", i, c->apic_id);
             continue;
         }
-        kprintf("%3d  %4d  %6lu  %8lu  %s (pid %d)\n", i, c->apic_id, c->timer_ticks, c->switches,
-                c->proc->name, c->proc->pid);
+        kprintf("%3d  %4d  %5lu  %5lu  %8lu  %8lu  %s (pid %d)\n", i, c->apic_id, c->timer_ticks,
+                c->user_ticks, c->together_ticks, c->switches, c->proc->name, c->proc->pid);
+        together += c->together_ticks;
     }
+    kprintf("user programs ran on two CPUs at once at %lu timer ticks\n", together);
 }

@@ -126,6 +126,25 @@ static int is_int80(const struct trapframe *tf)
     return insn[0] == INT80_OPCODE_0 && insn[1] == INT80_OPCODE_1;
 }
 
+/* A timer tick on this CPU: count it, and whether it caught a user program
+ * running here while another CPU ran one too (the evidence, sampled 100
+ * times a second, that two programs run at the same time). */
+static void count_tick(const struct trapframe *tf)
+{
+    struct cpu *c = mycpu();
+    c->timer_ticks++;
+    if (!from_user(tf))
+        return;
+    c->user_ticks++;
+    for (int i = 0; i < ncpu; i++) {
+        struct proc *other = cpus[i].proc;
+        if (&cpus[i] != c && other && other->pid > 0 && other->state == RUNNING) {
+            c->together_ticks++;
+            return;
+        }
+    }
+}
+
 /* Called by alltraps (vectors.S) for every interrupt and exception. */
 void trap(struct trapframe *tf)
 {
@@ -133,13 +152,13 @@ void trap(struct trapframe *tf)
     case T_IRQ0 + IRQ_TIMER:       /* the PIT, on the bootstrap processor */
         pic_eoi(IRQ_TIMER);
         timer_intr();
-        mycpu()->timer_ticks++;
+        count_tick(tf);
         if (from_user(tf))
             proc_yield();          /* preemption: the time slice is over */
         break;
     case T_LAPIC_TIMER:            /* an AP's own timer */
         lapic_eoi();
-        mycpu()->timer_ticks++;
+        count_tick(tf);
         if (from_user(tf))
             proc_yield();
         break;

@@ -61,25 +61,25 @@ def vmm_problem(vmm: str) -> str | None:
     return None
 
 
-def qemu_command(elf: Path, cmdline: str, accel: str = "kvm") -> list[str]:
+def qemu_command(elf: Path, cmdline: str, accel: str = "kvm", cpus: int = 1) -> list[str]:
     """QEMU booting `elf` through PVH, console on stdio, no firmware screen or NIC."""
-    return [QEMU, "-M", "pc", "-accel", accel, "-m", str(MEM_MIB),
+    return [QEMU, "-M", "pc", "-accel", accel, "-smp", str(cpus), "-m", str(MEM_MIB),
             "-display", "none", "-serial", "stdio", "-monitor", "none",
             "-nic", "none", "-no-reboot", "-device", DEBUG_EXIT,
             "-kernel", str(elf), "-append", cmdline]
 
 
-def pykvm_command(elf: Path, cmdline: str) -> list[str]:
+def pykvm_command(elf: Path, cmdline: str, cpus: int = 1) -> list[str]:
     """pykvm's CLI booting `elf`, run by this interpreter (the venv's)."""
-    return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(elf),
+    return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(elf), "--cpus", str(cpus),
             "--mem", f"{MEM_MIB}M", "--cmdline", cmdline]
 
 
-def command(vmm: str, elf: Path, cmdline: str) -> list[str]:
-    """The command line that boots `elf` under `vmm` ("qemu", "qemu-tcg" or "pykvm")."""
+def command(vmm: str, elf: Path, cmdline: str, cpus: int = 1) -> list[str]:
+    """The command line that boots `elf` on `cpus` vCPUs under `vmm` ("qemu", "qemu-tcg" or "pykvm")."""
     if vmm == "pykvm":
-        return pykvm_command(elf, cmdline)
-    return qemu_command(elf, cmdline, accel="tcg" if vmm == "qemu-tcg" else "kvm")
+        return pykvm_command(elf, cmdline, cpus)
+    return qemu_command(elf, cmdline, accel="tcg" if vmm == "qemu-tcg" else "kvm", cpus=cpus)
 
 
 def console_from_banner(raw: bytes) -> str:
@@ -89,8 +89,8 @@ def console_from_banner(raw: bytes) -> str:
     return text[start:] if start >= 0 else text
 
 
-def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF) -> Run:
-    """Boot under `vmm`, feed `stdin` to the serial port, wait for the VMM to exit."""
-    proc = subprocess.run(command(vmm, elf, cmdline), input=stdin, stdout=subprocess.PIPE,
+def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF, cpus: int = 1) -> Run:
+    """Boot under `vmm` on `cpus` vCPUs, feed `stdin` to the serial port, wait for the VMM to exit."""
+    proc = subprocess.run(command(vmm, elf, cmdline, cpus), input=stdin, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, timeout=TIMEOUT_S)
     return Run(proc.returncode, console_from_banner(proc.stdout))
