@@ -230,9 +230,22 @@ static void reschedule(enum procstate state)
     release(&ptable_lock);
 }
 
+/* Is another process runnable on `c`?  Read without the lock: a hint that
+ * spares the common case (a timer tick with nothing else to run) the lock
+ * and the scheduler, which cost much in an emulated kernel.  A process
+ * that becomes runnable just after is seen at the next tick. */
+static int others_runnable(const struct cpu *c)
+{
+    for (int i = 0; i < NPROC; i++)
+        if (&procs[i] != c->proc && can_run(c, &procs[i], 0))
+            return 1;
+    return 0;
+}
+
 void proc_yield(void)
 {
-    reschedule(RUNNABLE);
+    if (others_runnable(mycpu()))
+        reschedule(RUNNABLE);
 }
 
 void proc_sleep(uint64_t nticks)
@@ -244,6 +257,11 @@ void proc_sleep(uint64_t nticks)
 /* Called from the timer interrupt. */
 void proc_wakeup(uint64_t now)
 {
+    int due = 0;                   /* a hint without the lock, as in others_runnable */
+    for (int i = 1; i < NPROC && !due; i++)
+        due = procs[i].state == SLEEPING && procs[i].wake_tick <= now;
+    if (!due)
+        return;
     acquire(&ptable_lock);
     for (int i = 1; i < NPROC; i++)
         if (procs[i].state == SLEEPING && procs[i].wake_tick <= now)
@@ -322,12 +340,17 @@ void proc_idle(void)
     }
 }
 
+/* `ps`: a snapshot taken under the lock, printed after it (printing is slow:
+ * another CPU should not spin on ptable_lock meanwhile). */
 void proc_dump(void)
 {
-    kprintf("PID  STATE     CPU  NAME\n");
+    struct proc snapshot[NPROC];
     acquire(&ptable_lock);
+    memcpy(snapshot, procs, sizeof(procs));
+    release(&ptable_lock);
+    kprintf("PID  STATE     CPU  NAME\n");
     for (int i = 0; i < NPROC; i++) {
-        struct proc *p = &procs[i];
+        struct proc *p = &snapshot[i];
         if (p->state == UNUSED)
             continue;
         if (p->cpu < 0)
@@ -335,7 +358,6 @@ void proc_dump(void)
         else
             kprintf("%3d  %9s %3d  %s\n", p->pid, state_names[p->state], p->cpu, p->name);
     }
-    release(&ptable_lock);
 }
 
 /* Is [addr, addr+len) inside the current process's code/data or stack?
