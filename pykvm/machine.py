@@ -21,7 +21,7 @@ Machine.run() runs one host thread per vCPU, each looping on KVM_RUN and one
 the KVM_RUN ioctl, so the vCPUs run guest code at the same time; they take the
 GIL only to handle an exit.  Any stop (a device's, Ctrl-A x, a closed stdout,
 an error on any vCPU) sets exit_status once and kicks every other vCPU out of
-KVM_RUN (_kick); run() joins the threads and returns or raises.
+KVM_RUN (_kick_others); run() joins the threads and returns or raises.
 """
 from __future__ import annotations
 
