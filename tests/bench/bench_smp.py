@@ -9,9 +9,11 @@ the VMM's start-up or the kernel's boot.  Same ELF, same script, on
 Prints min/median/max seconds per VMM and CPU count, and each VMM's
 speed-up (median on 1 vCPU / median on 2).  The goal, where the host has
 two free cores: >= 1.7x.  On a loaded host the vCPU threads share the cores
-with everything else, and the figure says so.
+with everything else, and the figure says so.  `--tcg` adds QEMU's software
+CPU with one host thread per vCPU (MTTCG) as a control: it shows how well
+the guest itself scales, whatever /dev/kvm does.
 
-    .venv/bin/python tests/bench/bench_smp.py [--runs 3] [--no-qemu]
+    .venv/bin/python tests/bench/bench_smp.py [--runs 3] [--no-qemu] [--tcg]
 """
 from __future__ import annotations
 
@@ -47,12 +49,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-qemu", action="store_true", help="measure pykvm only")
+    parser.add_argument("--tcg", action="store_true", help="also QEMU -accel tcg,thread=multi")
     args = parser.parse_args()
 
     elf = tinyvm.build_tiny()
     vmms = {"pykvm": lambda n: tinyvm.pykvm_command(elf, SCRIPT, n)}
     if not args.no_qemu and tinyvm.vmm_problem("qemu") is None:
         vmms["qemu -accel kvm"] = lambda n: tinyvm.qemu_command(elf, SCRIPT, cpus=n)
+        if args.tcg:
+            vmms["qemu -accel tcg"] = lambda n: tinyvm.qemu_command(elf, SCRIPT, accel="tcg,thread=multi",
+                                                                  cpus=n)
     load = os.getloadavg()[0]
     print(f"two `busy` programs, {args.runs} runs each, guest seconds; host: {os.cpu_count()} CPUs, "
           f"load average {load:.1f}")
