@@ -20,6 +20,8 @@ HOST = [
     CpuidEntry(0xB, 0, SIGNIFICANT_INDEX, 1, 2, 0x100, 5),
     CpuidEntry(0x80000001, 0, 0, 0xa10f11, 0x40000000, 0x400393, 0x23d3fbff),
     CpuidEntry(0x80000008, 0, 0, 0x3030, 0x50020005, 0x7007, 0),
+    CpuidEntry(0x8000001D, 0, SIGNIFICANT_INDEX, (1 << 14) | (1 << 5) | 1, 0, 0, 0),     # L1 data
+    CpuidEntry(0x8000001D, 1, SIGNIFICANT_INDEX, (15 << 14) | (3 << 5) | 3, 0, 0, 0),    # L3
     CpuidEntry(0x8000001E, 0, 0, 5, 0x105, 0x3, 0),
 ]
 
@@ -59,6 +61,13 @@ def test_leaf_0xb_has_an_smt_and_a_core_level(cpus, shift):
     assert (core.eax, core.ebx, core.ecx) == (shift, cpus, 0x201)
     assert (end.ebx, (end.ecx >> 8) & 0xFF) == (0, 0)          # level type 0: the end
     assert {e.edx for e in (smt, core, end)} == {cpus - 1}    # this vCPU's x2APIC id
+
+
+def test_amd_cache_topology_names_the_vms_sharing():
+    entries = cpuid.guest_cpuid(HOST, 0, 2)
+    assert (leaf(entries, 0x8000001D, 0).eax >> 14) & 0xFFF == 0
+    assert (leaf(entries, 0x8000001D, 1).eax >> 14) & 0xFFF == 1
+    assert leaf(entries, 0x8000001D, 1).eax & 0x3FFF == HOST[8].eax & 0x3FFF
 
 
 def test_amd_core_count_and_apic_id():

@@ -19,8 +19,9 @@ APIC id = vCPU index (Intel SDM Vol. 2A, CPUID; AMD APM Vol. 3, appendix E):
   sub-leaf 1 the core level (`cpus` cores), then the invalid level; EDX: this
   vCPU's x2APIC id;
 - AMD leaf 0x80000001 ECX[1] CmpLegacy (set when > 1 core); 0x80000008
-  ECX[7:0] NC (cores - 1) and ECX[15:12] ApicIdSize; 0x8000001E: the
-  extended APIC id and one thread per core.
+  ECX[7:0] NC (cores - 1) and ECX[15:12] ApicIdSize; 0x8000001D (AMD's
+  leaf 4) EAX[25:14], cache sharing as for leaf 4; 0x8000001E: the extended
+  APIC id and one thread per core.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ LEAF_EXT_TOPOLOGY = 0xB        # extended topology enumeration
 LEAF_V2_EXT_TOPOLOGY = 0x1F    # V2 extended topology enumeration
 LEAF_EXT_FEATURES = 0x80000001  # AMD: extended feature flags
 LEAF_ADDRESS_SIZES = 0x80000008  # AMD: address sizes and core count
+LEAF_AMD_CACHE_PARAMS = 0x8000001D  # AMD: cache topology, leaf 4's layout without EAX[31:26]
 LEAF_EXT_APIC_ID = 0x8000001E  # AMD: extended APIC id, compute unit / core id
 
 FEATURE_ECX_HYPERVISOR = 1 << 31   # CPUID.1:ECX[31], set by hypervisors
@@ -65,6 +67,7 @@ def guest_cpuid(supported, vcpu_id: int, cpus: int = 1):
         LEAF_CACHE_PARAMS: _cache_params,
         LEAF_EXT_FEATURES: _amd_ext_features,
         LEAF_ADDRESS_SIZES: _amd_core_count,
+        LEAF_AMD_CACHE_PARAMS: _amd_cache_params,
         LEAF_EXT_APIC_ID: _amd_ext_apic_id,
     }
     entries = []
@@ -89,14 +92,24 @@ def _features(e, vcpu_id: int, cpus: int):
     return e._replace(ebx=ebx, ecx=e.ecx | FEATURE_ECX_HYPERVISOR, edx=edx)
 
 
+def _cache_sharing(eax: int, cpus: int) -> int:
+    """EAX[25:14] for a cache described by `eax`: 0 for a core's own (L1, L2), cpus-1 for the last level."""
+    level = (eax >> CACHE_LEVEL_SHIFT) & 0x7
+    sharing = 1 if level <= LAST_PER_CORE_CACHE_LEVEL else cpus
+    return (sharing - 1) << CACHE_SHARING_SHIFT
+
+
 def _cache_params(e, vcpu_id: int, cpus: int):
     if e.eax & CACHE_TYPE_MASK == 0:
         return e
-    level = (e.eax >> CACHE_LEVEL_SHIFT) & 0x7
-    sharing = 1 if level <= LAST_PER_CORE_CACHE_LEVEL else cpus
-    eax = (e.eax & CACHE_KEEP_MASK) | ((cpus - 1) << CACHE_CORES_SHIFT) \
-        | ((sharing - 1) << CACHE_SHARING_SHIFT)
+    eax = (e.eax & CACHE_KEEP_MASK) | ((cpus - 1) << CACHE_CORES_SHIFT) | _cache_sharing(e.eax, cpus)
     return e._replace(eax=eax)
+
+
+def _amd_cache_params(e, vcpu_id: int, cpus: int):
+    if e.eax & CACHE_TYPE_MASK == 0:
+        return e
+    return e._replace(eax=(e.eax & CACHE_KEEP_MASK) | _cache_sharing(e.eax, cpus))
 
 
 def _ext_topology(e, level: int, vcpu_id: int, cpus: int):
