@@ -98,6 +98,7 @@ void proc_sleep(uint64_t nticks);
 void proc_reap(void);
 int proc_alive(int pid);
 void wait_for_interrupt(void);
+void wait_for_programs(void);
 void proc_dump(void);
 int proc_user_range_ok(uint64_t addr, uint64_t len);
 void proc_init_idle(struct cpu *c);

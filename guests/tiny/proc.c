@@ -171,27 +171,29 @@ int proc_spawn(const char *name)
     return pid;
 }
 
-/* May CPU `c` run `p` now?  With `affine`, only if `p` last ran on `c`
- * (or never ran): its cache is warm there, and two busy programs stay on
- * their two CPUs instead of trading places at every tick. */
-static int can_run(const struct cpu *c, const struct proc *p, int affine)
+/* May CPU `c` run `p` now?  Pass 0 takes only processes that last ran on
+ * `c` (or never ran): their cache is warm there, and two busy programs stay
+ * on their two CPUs instead of trading places at every tick.  Pass 1 takes
+ * any (an idle CPU takes work from a busy one).  Pass 2 also takes deferred
+ * processes: the shell waiting for its programs only polls, so it runs when
+ * nothing else can. */
+static int can_run(const struct cpu *c, const struct proc *p, int pass)
 {
     return p->state == RUNNABLE && (p->pinned < 0 || p->pinned == c->index) &&
-           (!affine || p->cpu < 0 || p->cpu == c->index);
+           (pass > 0 || p->cpu < 0 || p->cpu == c->index) && (pass == 2 || !p->deferred);
 }
 
 /* Round robin, for CPU `c`: the first runnable process after the current
- * one (the current one last), first among those that last ran on `c`,
- * then any (an idle CPU takes work from a busy one); else the CPU's idle
- * process.  Call with ptable_lock held. */
+ * one (the current one last), by the passes of can_run; else the CPU's
+ * idle process.  Call with ptable_lock held. */
 static struct proc *pick_next(struct cpu *c)
 {
     struct proc *cur = c->proc;
     int here = cur >= procs && cur < procs + NPROC ? cur - procs : 0;
-    for (int affine = 1; affine >= 0; affine--) {
+    for (int pass = 0; pass <= 2; pass++) {
         for (int i = 1; i <= NPROC; i++) {
             struct proc *p = &procs[(here + i) % NPROC];
-            if (can_run(c, p, affine))
+            if (can_run(c, p, pass))
                 return p;
         }
     }
@@ -230,14 +232,14 @@ static void reschedule(enum procstate state)
     release(&ptable_lock);
 }
 
-/* Is another process runnable on `c`?  Read without the lock: a hint that
- * spares the common case (a timer tick with nothing else to run) the lock
- * and the scheduler, which cost much in an emulated kernel.  A process
- * that becomes runnable just after is seen at the next tick. */
+/* Is another process, not a deferred one, runnable on `c`?  Read without
+ * the lock: a hint that spares the common case (a timer tick with nothing
+ * else to run) the lock and the scheduler, which cost much in an emulated
+ * kernel.  A process that becomes runnable just after is seen at the next tick. */
 static int others_runnable(const struct cpu *c)
 {
     for (int i = 0; i < NPROC; i++)
-        if (&procs[i] != c->proc && can_run(c, &procs[i], 0))
+        if (&procs[i] != c->proc && can_run(c, &procs[i], 1))
             return 1;
     return 0;
 }
@@ -329,6 +331,16 @@ void wait_for_interrupt(void)
         release(&ptable_lock);
     }
     sti();
+}
+
+/* The shell waiting for its programs: as wait_for_interrupt, but deferred
+ * meanwhile, so the programs on its CPU are not interrupted at every tick
+ * to let it check on them. */
+void wait_for_programs(void)
+{
+    current->deferred = 1;
+    wait_for_interrupt();
+    current->deferred = 0;
 }
 
 /* An AP's idle process: run whatever is runnable, else halt until the next timer tick. */

@@ -28,6 +28,7 @@ struct proc {
     enum procstate state;
     int cpu;                       /* the CPU it runs on, or last ran on; -1: not yet */
     int pinned;                    /* -1: any CPU may run it; else only that CPU */
+    int deferred;                  /* runs only when its CPU has nothing else (a waiting shell) */
     char name[16];
     uint64_t *pml4;                /* this process's page tables */
     uint8_t *kstack;               /* one page; TSS.rsp0 points at its top */

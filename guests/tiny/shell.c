@@ -138,7 +138,7 @@ static void cmd_run(int argc, char **argv)
             sti();
             break;
         }
-        wait_for_interrupt();
+        wait_for_programs();
     }
     proc_reap();
 }
