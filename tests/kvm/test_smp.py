@@ -144,6 +144,17 @@ def test_stop_from_another_thread_ends_every_spinning_vcpu(tmp_path):
     assert (status, output) == (0, b"AP")
 
 
+def test_stop_ends_an_ap_still_waiting_for_sipi(tmp_path):
+    """An AP nobody started sleeps inside KVM_RUN (wait-for-SIPI): the kick ends it too."""
+    def stop_once_the_bsp_runs(machine, output):
+        wait_for(lambda: b"BSP" in output, timeout=60)
+        machine.stop(0)
+
+    kernel = pvh_elf(put("BSP") + SPIN, tmp_path / "bsp-only.elf")
+    status, output = run_machine(kernel, during=stop_once_the_bsp_runs)
+    assert (status, output) == (0, b"BSP")
+
+
 def test_ctrl_a_x_on_a_terminal_ends_both_vcpus(tmp_path):
     kernel = smp_elf(tmp_path, SPIN, put("AP\n") + SPIN)
     with on_a_terminal(kernel, "--cpus", "2") as (proc, master, restored):
