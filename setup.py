@@ -7,7 +7,7 @@ from setuptools import setup
 
 setup(
     cffi_modules=[
-        "pykvm/kvm/_build.py:ffibuilder",
-        "pykvm/container/_build.py:ffibuilder",
+        "pykvm/vm/kvm/_build.py:ffibuilder",
+        "pykvm/container/runtime/_build.py:ffibuilder",
     ],
 )

@@ -21,7 +21,7 @@ __all__ = ["main", "cli"]
 LAZY_COMMANDS = {
     "boot": "pykvm.commands.boot:boot",
     "check": "pykvm.commands.check:check",
-    "container": "pykvm.container.cli:container",
+    "container": "pykvm.commands.container:container",
     "compare": "pykvm.commands.compare:compare",
     "initramfs": "pykvm.commands.initramfs:initramfs",
 }

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pykvm.boot import layout
+from pykvm.vm import layout
 
 __all__ = ["assemble", "pvh_elf"]
 

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 
-from pykvm.boot.bzimage import compressed_payload, read_setup_header
+from pykvm.vm.boot.bzimage import compressed_payload, read_setup_header
 
 # (magic at the start of the payload, name, how to decompress)
 FORMATS = (

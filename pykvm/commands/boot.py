@@ -28,8 +28,8 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, cpus, trace):
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
     """
     from pykvm.errors import ConfigError
-    from pykvm.guests import DEFAULT_GUEST, find_guest
-    from pykvm.machine import MachineConfig
+    from pykvm.vm.guests import DEFAULT_GUEST, find_guest
+    from pykvm.vm.machine import MachineConfig
     from pykvm.sizes import format_size, host_memory, parse_size
 
     if guest and kernel:
@@ -48,8 +48,8 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, cpus, trace):
 
 def run_machine(config) -> int:
     """Build the machine, attach the console, run; returns the guest's exit status."""
-    from pykvm.console import Console
-    from pykvm.machine import Machine
+    from pykvm.vm.console import Console
+    from pykvm.vm.machine import Machine
 
     with Machine(config) as machine:
         with Console(machine.serial, on_quit=lambda: machine.stop(0)):

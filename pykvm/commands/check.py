@@ -10,8 +10,8 @@ __all__ = ["check"]
 def check():
     """Check /dev/kvm, the KVM API version and the capabilities pykvm needs."""
     from pykvm.errors import KvmError
-    from pykvm.kvm.bindings import lib
-    from pykvm.kvm.system import REQUIRED_CAPABILITIES, Kvm, kvm_backend
+    from pykvm.vm.kvm.bindings import lib
+    from pykvm.vm.kvm.system import REQUIRED_CAPABILITIES, Kvm, kvm_backend
 
     failures = 0
 

@@ -20,7 +20,7 @@ def initramfs(directory: str, output: str, no_console: bool) -> None:
     """
     import os
 
-    from pykvm.boot.cpio import archive_tree
+    from pykvm.vm.boot.cpio import archive_tree
     from pykvm.errors import ConfigError
 
     data = archive_tree(directory, console=not no_console)

@@ -33,7 +33,7 @@ MEMTOTAL_RE = re.compile(r"^MemTotal:\s+(\d+) kB$")                # proc(5): /p
 
 def host_facts() -> dict:
     """What the host has, to set against what the inside sees."""
-    from pykvm.kvm.system import kvm_backend
+    from pykvm.vm.kvm.system import kvm_backend
 
     uname = os.uname()
     return {

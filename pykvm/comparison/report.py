@@ -48,8 +48,8 @@ def check_options(runs: int, guest: str, plot: str | None) -> None:
 
 def vm_workload(guest: str, memory: str) -> tuple[wl.Workload, dict[str, Path]]:
     """The VM side and the files it boots; a Linux guest only where one can boot."""
-    from pykvm.guests import find_guest
-    from pykvm.kvm.system import kvm_backend
+    from pykvm.vm.guests import find_guest
+    from pykvm.vm.kvm.system import kvm_backend
 
     if guest == "linux":
         if kvm_backend().startswith("PVM"):
@@ -64,7 +64,7 @@ def vm_workload(guest: str, memory: str) -> tuple[wl.Workload, dict[str, Path]]:
 
 def prepare_image(name: str, log=None):
     """(image, unpacked layer dirs) for `name`, building a bundled image (guests/containers/) if missing."""
-    from pykvm.container.image import ImageStore, resolve_for_run
+    from pykvm.container.image.store import ImageStore, resolve_for_run
 
     store = ImageStore()
     try:
@@ -75,8 +75,8 @@ def prepare_image(name: str, log=None):
 
 
 def _build_bundled(store, name: str, log):
-    from pykvm.container.build import BuildOptions, build_image
-    from pykvm.guests import GUESTS_DIR
+    from pykvm.container.image.build import BuildOptions, build_image
+    from pykvm.vm.guests import GUESTS_DIR
 
     context = GUESTS_DIR / "containers" / name
     if not (context / "Dockerfile").is_file():

@@ -4,7 +4,7 @@
 
 Rows, each min / median / max over RUNS launches, wall clock, milliseconds:
   runc run              `runc run` on the bundle (a Go binary: its startup included)
-  pykvm in-process      pykvm.container.runtime.oci_run(): library call to exit, same bundle
+  pykvm in-process      pykvm.container.runtime.container.oci_run(): library call to exit, same bundle
   pykvm CLI (-m)        `python -m pykvm container oci run`: Python startup + imports + launch
   pykvm CLI (script)    the same through the `pykvm` console script
   python -c pass        Python's own startup (same interpreter), the floor under any Python CLI
@@ -54,7 +54,7 @@ jobs; `tests/bench/profile_container_launch.py 30` prints the same table):
       pykvm's modules for `oci run` (runtime + rootfs, cgroups, state,
         namespaces, capabilities, the cffi extension, 6 dataclasses), json      ~10 ms
       click parsing `oci run -b` (its NoSuchOption detour imports difflib),
-        container/cli.py, oci_cli.py, bundle.py                                  ~2.5 ms
+        container/cli.py, pykvm/commands/container/oci.py, bundle.py                                  ~2.5 ms
       the launch itself, as in (a)                                            ~13 ms
       Goal (b) gives 15 ms to imports *and* launch: click's import alone is 19.5 ms and the
       launch 13 ms, so (b) cannot be met while the CLI parses with click.  Before this work
@@ -83,7 +83,7 @@ GOAL_CLI_EXTRA_MS = 15.0      # (b) CLI - python -c pass
 
 def make_bundle(where: Path) -> Path:
     """`runc spec` + a busybox rootfs (`busybox --install -s`) running `true`."""
-    from pykvm.container.rootfs import make_busybox_rootfs
+    from pykvm.container.runtime.rootfs import make_busybox_rootfs
     bundle = where / "bundle"
     make_busybox_rootfs(bundle / "rootfs")
     subprocess.run(["runc", "spec"], cwd=bundle, check=True)
@@ -102,8 +102,8 @@ def byte_compile_pykvm() -> None:
 
 def launchers(tmp: Path, bundle: Path) -> dict:
     """Row name -> a function that launches container number i once."""
-    from pykvm.container.runtime import oci_run
-    from pykvm.container.state import StateStore
+    from pykvm.container.runtime.container import oci_run
+    from pykvm.container.runtime.state import StateStore
     store = StateStore(tmp / "state")
     env = {**os.environ, "PYKVM_STATE_ROOT": str(tmp / "state-cli")}
     script = Path(sys.executable).with_name("pykvm")

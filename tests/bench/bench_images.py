@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "tests" / "container"))
 
 from image_fixtures import GUESTS, start_registry, stop_registry  # noqa: E402
 
-from pykvm.container.build import BuildOptions, build_image  # noqa: E402
-from pykvm.container.image import ImageStore  # noqa: E402
-from pykvm.container.registry import pull, push  # noqa: E402
+from pykvm.container.image.build import BuildOptions, build_image  # noqa: E402
+from pykvm.container.image.store import ImageStore  # noqa: E402
+from pykvm.container.image.registry import pull, push  # noqa: E402
 
 
 def timed(fn) -> float:

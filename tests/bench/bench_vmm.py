@@ -45,7 +45,7 @@ def build_peer(tmp: Path) -> Path:
 
 
 def python_exits(guest: Path) -> tuple[int, float]:
-    from pykvm.machine import Machine, MachineConfig
+    from pykvm.vm.machine import Machine, MachineConfig
 
     with Machine(MachineConfig(kernel=guest, kernel_format="raw", output=lambda b: None)) as m:
         start = time.perf_counter()
@@ -60,10 +60,10 @@ def c_exits(peer: Path, guest: Path) -> float:
 
 
 def python_create_to_hlt(runs: int) -> list[float]:
-    from pykvm.arch.x86.boot_state import CpuMode, Entry, configure_vcpu
-    from pykvm.boot import layout
-    from pykvm.kvm import Hlt, Kvm
-    from pykvm.memory import GuestMemory
+    from pykvm.vm.arch.x86.boot_state import CpuMode, Entry, configure_vcpu
+    from pykvm.vm import layout
+    from pykvm.vm.kvm import Hlt, Kvm
+    from pykvm.vm.memory import GuestMemory
 
     times = []
     for _ in range(runs):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import statistics
 import timeit
 
-from pykvm.devices.bus import Bus, BusDevice
-from pykvm.devices.serial import COM1_BASE, COM1_LENGTH, Serial16550
+from pykvm.vm.devices.bus import Bus, BusDevice
+from pykvm.vm.devices.serial import COM1_BASE, COM1_LENGTH, Serial16550
 
 REPEATS = 7
 NUMBER = 200_000

@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_container_launch import make_bundle  # noqa: E402
 
-from pykvm.container import capabilities, cgroups, namespaces, rootfs, runtime  # noqa: E402
-from pykvm.container import bundle as bundle_module  # noqa: E402
-from pykvm.container.state import StateStore  # noqa: E402
+from pykvm.container.runtime import capabilities, cgroups, namespaces, rootfs, container as runtime  # noqa: E402
+from pykvm.container.runtime import bundle as bundle_module  # noqa: E402
+from pykvm.container.runtime.state import StateStore  # noqa: E402
 
 # (owner, attribute) of every step worth a line; owners are modules or classes.
 STEPS = [

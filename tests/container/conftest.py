@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pykvm.container.rootfs import make_busybox_rootfs
+from pykvm.container.runtime.rootfs import make_busybox_rootfs
 
 BUSYBOX = Path("/bin/busybox")
 RUNC = shutil.which("runc")

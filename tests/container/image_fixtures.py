@@ -31,7 +31,7 @@ GUESTS = ROOT / "guests" / "containers"
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    from pykvm.container.image import ImageStore
+    from pykvm.container.image.store import ImageStore
     path = tmp_path / "store"
     monkeypatch.setenv("PYKVM_STORE", str(path))
     return ImageStore(path)

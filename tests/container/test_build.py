@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from image_fixtures import bundled_context, make_tar, run_pykvm, store  # noqa: F401  (fixture)
 
-from pykvm.container.build import BuildOptions, build_image
-from pykvm.container.dockerfile import BuildFileError, DockerIgnore, expand, parse_dockerfile, shell_words
-from pykvm.container.image import ImageStore
+from pykvm.container.image.build import BuildOptions, build_image
+from pykvm.container.image.dockerfile import BuildFileError, DockerIgnore, expand, parse_dockerfile, shell_words
+from pykvm.container.image.store import ImageStore
 
 
 def build(store: ImageStore, context, dockerfile: str | None = None, tag: str = "t:1", **kw):
@@ -302,7 +302,7 @@ def busybox_and_a_context(store: ImageStore, tmp_path) -> Path:
 
 
 def flat_root(store: ImageStore, image, dest):
-    from pykvm.container.layer import apply_layer
+    from pykvm.container.image.layer import apply_layer
     dest.mkdir()
     for descriptor in image.layers:
         with open(store.blob_path(descriptor["digest"]), "rb") as blob:
@@ -342,7 +342,7 @@ RUN id -u > /tmp/uid-nobody
 @pytest.mark.root
 def test_run_steps_have_docker_s_default_capabilities(store, tmp_path):
     """RUN chown/mknod work as under `docker build` (its 14 default capabilities), not runc's 3."""
-    from pykvm.container.capabilities import DOCKER_CAPS, cap_numbers
+    from pykvm.container.runtime.capabilities import DOCKER_CAPS, cap_numbers
     ctx = busybox_and_a_context(store, tmp_path)
     image, _ = build(store, ctx, """FROM busybox
 RUN touch /f && chown 65534:65534 /f && mknod /dev-null-copy c 1 3

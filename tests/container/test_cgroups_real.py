@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pykvm.container import cgroups
-from pykvm.container.cgroups import CgroupV2, Limits
+from pykvm.container.runtime import cgroups
+from pykvm.container.runtime.cgroups import CgroupV2, Limits
 
 pytestmark = pytest.mark.root
 

@@ -101,7 +101,7 @@ def test_exec_process_is_in_the_container_s_cgroup(pykvm, running, state_root):
 
 
 def test_process_settings_come_from_the_container(pykvm, running):
-    from pykvm.container.capabilities import DEFAULT_CAPS, cap_numbers
+    from pykvm.container.runtime.capabilities import DEFAULT_CAPS, cap_numbers
     r = pykvm("container", "exec", "box", "sh", "-c",
               'echo "$FROM_RUN|$HOSTNAME|$(pwd)|$(id -u)"; grep -E "^(CapBnd|CapEff|NoNewPrivs)" /proc/self/status')
     first, *status = r.stdout.splitlines()

@@ -17,7 +17,7 @@ import tarfile
 import pytest
 from image_fixtures import make_tar
 
-from pykvm.container.layer import (Change, apply_layer, changes_since, clean_member_name, secure_join,
+from pykvm.container.image.layer import (Change, apply_layer, changes_since, clean_member_name, secure_join,
                                    snapshot, write_layer)
 from pykvm.errors import ContainerError
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from image_fixtures import make_tar, store  # noqa: F401  (fixture)
 
-from pykvm.container.image import (MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST, REF_NAME, ImageStore,
+from pykvm.container.image.store import (MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST, REF_NAME, ImageStore,
                                    normalize_name, resolve_for_run, split_reference)
 from pykvm.errors import ConfigError, ContainerError
 
@@ -111,7 +111,7 @@ def test_bad_references_are_config_errors(bad):
 
 
 def test_store_location_follows_env_and_xdg(monkeypatch, tmp_path):
-    from pykvm.container.image import store_root
+    from pykvm.container.image.store import store_root
     monkeypatch.setenv("PYKVM_STORE", str(tmp_path / "s"))
     assert store_root() == tmp_path / "s"
     monkeypatch.delenv("PYKVM_STORE")
@@ -146,7 +146,7 @@ def test_unpack_checks_the_diff_id(store):
 
 
 def test_layer_blob_round_trip_through_store(store, tmp_path):
-    from pykvm.container.layer import apply_layer
+    from pykvm.container.image.layer import apply_layer
     desc, _ = add_layer(store, [("file", "f", b"data")])
     out = tmp_path / "out"
     out.mkdir()

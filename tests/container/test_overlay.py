@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pykvm.container.runtime import RunConfig, launch, run_build_step
-from pykvm.container.state import StateStore
+from pykvm.container.runtime.container import RunConfig, launch, run_build_step
+from pykvm.container.runtime.state import StateStore
 
 pytestmark = pytest.mark.root
 

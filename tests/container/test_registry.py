@@ -22,11 +22,11 @@ import urllib.parse
 import pytest
 from image_fixtures import bundled_context, registry, run_pykvm, store  # noqa: F401  (fixtures)
 
-from pykvm.container import registry as reg_mod
-from pykvm.container.build import BuildOptions, build_image
-from pykvm.container.image import MEDIA_OCI_INDEX, ImageStore, canonical_json, sha256_digest
-from pykvm.container.layer import apply_layer
-from pykvm.container.registry import Credentials, Registry, pull, push
+from pykvm.container.image import registry as reg_mod
+from pykvm.container.image.build import BuildOptions, build_image
+from pykvm.container.image.store import MEDIA_OCI_INDEX, ImageStore, canonical_json, sha256_digest
+from pykvm.container.image.layer import apply_layer
+from pykvm.container.image.registry import Credentials, Registry, pull, push
 from pykvm.errors import ContainerError
 
 SKOPEO = shutil.which("skopeo")
@@ -378,7 +378,7 @@ def test_progress_bar_on_a_terminal(capsys):
 @pytest.mark.root
 @pytest.mark.skipif(UMOCI is None, reason="umoci is not installed (apt-get install umoci)")
 def test_umoci_unpacks_our_layout_and_honours_our_whiteouts(store, tmp_path):
-    pytest.importorskip("pykvm.container.runtime", reason="RUN needs the container runtime (issue 6)")
+    pytest.importorskip("pykvm.container.runtime.container", reason="RUN needs the container runtime (issue 6)")
     build_image(store, BuildOptions(str(bundled_context(tmp_path, "busybox")), "busybox"))
     ctx = tmp_path / "ctx"
     ctx.mkdir()

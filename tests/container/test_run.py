@@ -46,7 +46,7 @@ def test_bad_hostname_is_one_line_before_anything_starts(pykvm, busybox_rootfs, 
 @pytest.mark.parametrize("var", ["=x", "=", "A\0B=1"])
 def test_bad_environment_variable_is_a_usage_error(pykvm, busybox_rootfs, state_root, var):
     if "\0" in var:                                     # argv cannot carry a NUL: the library
-        from pykvm.container.runtime import RunConfig
+        from pykvm.container.runtime.container import RunConfig
         from pykvm.errors import ConfigError
         with pytest.raises(ConfigError, match="bad environment variable 'A.x00B=1'"):
             RunConfig(args=["env"], rootfs=str(busybox_rootfs), env=[var]).finalized()
@@ -60,7 +60,7 @@ def test_bad_environment_variable_is_a_usage_error(pykvm, busybox_rootfs, state_
 def test_early_init_failure_is_init_s_own_message(busybox_rootfs, state_root):
     """init dies before the launcher moved it into its cgroup (here: setns into a UTS namespace
     through a network namespace's file): the launcher reports init's error, never ESRCH."""
-    from pykvm.container.runtime import RunConfig, run_container
+    from pykvm.container.runtime.container import RunConfig, run_container
     from pykvm.errors import ContainerError
     for _ in range(15):                                  # it was a race: lose it often enough
         namespaces = dict(RunConfig(args=["true"]).namespaces, uts="/proc/self/ns/net")
@@ -134,7 +134,7 @@ def test_environment_as_docker_gives_it(pykvm, busybox_rootfs):
 
 
 def test_etc_hostname_hosts_resolv_conf_as_docker_writes_them(pykvm, fresh_rootfs):
-    from pykvm.container.etcfiles import LOCALHOST_HOSTS
+    from pykvm.container.runtime.etcfiles import LOCALHOST_HOSTS
     (fresh_rootfs / "etc/hosts").write_text("10.0.0.1 image-says\n")          # the image's is hidden
     cat = "cat /etc/hostname; echo --; cat /etc/hosts; echo --; cat /etc/resolv.conf"
     host_resolv = open("/etc/resolv.conf").read() if os.path.exists("/etc/resolv.conf") else ""
@@ -150,7 +150,7 @@ def test_etc_hostname_hosts_resolv_conf_as_docker_writes_them(pykvm, fresh_rootf
 
 
 def test_capabilities_no_new_privs(pykvm, busybox_rootfs):
-    from pykvm.container.capabilities import DEFAULT_CAPS, cap_numbers
+    from pykvm.container.runtime.capabilities import DEFAULT_CAPS, cap_numbers
     default = sum(1 << c for c in cap_numbers(DEFAULT_CAPS))
     r = sh(pykvm, busybox_rootfs, "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status")
     status = dict(line.split(":\t") for line in r.stdout.splitlines())
@@ -271,7 +271,7 @@ def _cap_eff(pykvm, rootfs, *options) -> int:
 
 @pytest.mark.root
 def test_cap_add_and_cap_drop_as_docker_applies_them(pykvm, busybox_rootfs):
-    from pykvm.container.capabilities import ALL_CAPS, DEFAULT_CAPS, bounding_set
+    from pykvm.container.runtime.capabilities import ALL_CAPS, DEFAULT_CAPS, bounding_set
     bit = {name: 1 << number for name, number in ALL_CAPS.items()}
     default = sum(bit[name] for name in DEFAULT_CAPS)
     assert _cap_eff(pykvm, busybox_rootfs) == default

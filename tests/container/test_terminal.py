@@ -90,7 +90,7 @@ def _children(pid: int) -> list[int]:
 def test_pty_is_only_fds_0_1_2_of_the_command(busybox_rootfs, state_root):
     """Seen from the host: the monitor and PID 1 hold no pty; the command holds only its slave,
     as 0, 1 and 2; nobody inside holds a master."""
-    from pykvm.container.state import StateStore
+    from pykvm.container.runtime.state import StateStore
     seen = {}
 
     def look(_master):

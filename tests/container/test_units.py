@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pykvm.container import bundle, cgroups, rootfs, runtime
-from pykvm.container.cgroups import CgroupV1, CgroupV2, Limits
+from pykvm.container.runtime import bundle, cgroups, rootfs, container as runtime
+from pykvm.container.runtime.cgroups import CgroupV1, CgroupV2, Limits
 from pykvm.errors import ConfigError, ContainerError
 
 
@@ -126,7 +126,7 @@ def test_secure_join_symlink_loop(tmp_path):
 
 
 def test_parse_options():
-    from pykvm.container.syscalls import lib
+    from pykvm.container.runtime.syscalls import lib
     flags, data = rootfs.parse_options(["nosuid", "ro", "mode=755", "size=1k", "rw"])
     assert flags == lib.MS_NOSUID
     assert data == "mode=755,size=1k"
@@ -263,7 +263,7 @@ def test_config_from_image_orders_layers_top_first(tmp_path):
 
 
 def test_state_root_override(monkeypatch, tmp_path):
-    from pykvm.container.state import state_root
+    from pykvm.container.runtime.state import state_root
     monkeypatch.setenv("PYKVM_STATE_ROOT", str(tmp_path))
     assert state_root() == tmp_path
     monkeypatch.delenv("PYKVM_STATE_ROOT")
@@ -271,7 +271,7 @@ def test_state_root_override(monkeypatch, tmp_path):
 
 
 def test_parse_signal():
-    from pykvm.container.run_cli import parse_signal
+    from pykvm.commands.container.run import parse_signal
     assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
     with pytest.raises(ConfigError):
         parse_signal("SIGFOO")
@@ -280,7 +280,7 @@ def test_parse_signal():
 # --- the container's terminal (terminal.py), on the host's own ptys --------------------------
 
 def test_check_ptmx_refuses_a_ptmx_that_is_not_on_the_devpts():
-    from pykvm.container import terminal
+    from pykvm.container.runtime import terminal
     fd = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)       # devtmpfs's node, not devpts's inode 2
     try:
         with pytest.raises(ContainerError, match="not the ptmx of the devpts mounted at /dev/pts"):
@@ -291,7 +291,7 @@ def test_check_ptmx_refuses_a_ptmx_that_is_not_on_the_devpts():
 
 def test_master_travels_over_a_unix_socket_with_its_size():
     import socket
-    from pykvm.container import terminal
+    from pykvm.container.runtime import terminal
     master, slave = os.openpty()
     here, there = socket.socketpair()
     try:
@@ -315,7 +315,7 @@ def test_master_travels_over_a_unix_socket_with_its_size():
 
 def test_raw_mode_restores_the_terminal_on_the_way_out():
     import termios
-    from pykvm.container import terminal
+    from pykvm.container.runtime import terminal
     master, slave = os.openpty()
     try:
         before = termios.tcgetattr(slave)
@@ -336,7 +336,7 @@ def test_raw_mode_restores_the_terminal_on_the_way_out():
 
 def test_relay_copies_the_master_until_the_process_ends():
     import subprocess
-    from pykvm.container import terminal
+    from pykvm.container.runtime import terminal
     master, slave = os.openpty()
     out_r, out_w = os.pipe()
     proc = subprocess.Popen(["sh", "-c", "echo one; sleep 0.2; echo two"], stdout=slave)
@@ -355,7 +355,7 @@ def test_relay_copies_the_master_until_the_process_ends():
 def test_state_remove_deletes_the_directory_but_follows_no_symlink(tmp_path, with_layer):
     """A bundle run leaves only files (removed without shutil); an image run's upper/
     layer, written by the container, may hold symlinks out: they are removed, not followed."""
-    from pykvm.container.state import ContainerState, StateStore
+    from pykvm.container.runtime.state import ContainerState, StateStore
     store = StateStore(tmp_path / "state")
     outside = tmp_path / "host"
     outside.mkdir()
@@ -372,7 +372,7 @@ def test_state_remove_deletes_the_directory_but_follows_no_symlink(tmp_path, wit
 
 
 def test_resolv_conf_drops_loopback_nameservers_in_an_own_network(tmp_path):
-    from pykvm.container.etcfiles import LOCALHOST_HOSTS, hosts_file, resolv_conf
+    from pykvm.container.runtime.etcfiles import LOCALHOST_HOSTS, hosts_file, resolv_conf
     host = tmp_path / "resolv.conf"
     host.write_text("# generated\nnameserver 127.0.0.53\nnameserver ::1\nnameserver 10.0.0.2\nsearch lan\n")
     assert resolv_conf(False, str(host)) == "# generated\nnameserver 10.0.0.2\nsearch lan\n"
@@ -414,7 +414,7 @@ def test_command_line_follows_docker_s_entrypoint_rules(args, new, argv):
     (b"a\nb\nc\n", 0, b""), (b"a\nb\nc\n", None, b"a\nb\nc\n"), (b"", 3, b""), (b"\n\n", 1, b"\n"),
     (b"x" * 100_000 + b"\n" + b"y" * 70_000 + b"\n", 1, b"y" * 70_000 + b"\n")])   # across chunks
 def test_tail_offset(tmp_path, text, lines, expected):
-    from pykvm.container.logs import tail_offset
+    from pykvm.container.runtime.logs import tail_offset
     path = tmp_path / "log"
     path.write_bytes(text)
     fd = os.open(path, os.O_RDONLY)

@@ -11,7 +11,7 @@ The Linux kernel unpacks an initramfs from the "new ASCII" (newc) cpio format
 
 and the archive ends with a member named "TRAILER!!!".  An uncompressed archive
 is accepted as is, so the lane needs no compressor.  The writer is pykvm's own
-(pykvm/boot/cpio.py, the one `pykvm initramfs` uses).
+(pykvm/vm/boot/cpio.py, the one `pykvm initramfs` uses).
 
 The archive holds only what runs before the shares are mounted: a static
 busybox, the modules that give virtio-fs and KVM, and the /init script written
@@ -22,7 +22,7 @@ from __future__ import annotations
 import shlex
 import struct
 
-from pykvm.boot.cpio import CpioWriter
+from pykvm.vm.boot.cpio import CpioWriter
 
 __all__ = ["PROGRESS", "is_static_elf", "init_script", "build"]
 

@@ -19,7 +19,7 @@ import pytest
 
 import lane
 import lane_kernel
-from pykvm.boot.cpio import CpioWriter
+from pykvm.vm.boot.cpio import CpioWriter
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ import pytest
 
 from fake_bzimage import make_bzimage
 from guestasm import assemble
-from pykvm.boot import layout
+from pykvm.vm import layout
 from pykvm.errors import LoaderError
 
 pytestmark = pytest.mark.kvm

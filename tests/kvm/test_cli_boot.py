@@ -119,7 +119,7 @@ def test_permission_denied_on_dev_kvm(tmp_path):
 
 
 def pykvm_hello():
-    from pykvm.guests import GUESTS
+    from pykvm.vm.guests import GUESTS
 
     return GUESTS["hello"].kernel
 

@@ -29,7 +29,7 @@ def container_problem() -> str | None:
     a bare kernel with neither, so there the container half of `pykvm compare`
     cannot start, and its tests say so.
     """
-    from pykvm.container.cgroups import detect
+    from pykvm.container.runtime.cgroups import detect
 
     def listed():
         return "overlay" in Path("/proc/filesystems").read_text().split()
@@ -154,7 +154,7 @@ def test_figures_come_from_this_invocations_runs(two_runs):
     times = a["vm"]["startup"]["exit_s"]["samples"] + b["vm"]["startup"]["exit_s"]["samples"]
     assert len(set(times)) == len(times), times
     # The size is the guest ELF's and the image's files, read now.
-    from pykvm.guests import find_guest
+    from pykvm.vm.guests import find_guest
     assert a["vm"]["size"]["bytes"] == find_guest("tiny").kernel.stat().st_size
 
 

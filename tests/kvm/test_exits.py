@@ -1,7 +1,7 @@
 """VM exits, one kind per test, from a few instructions of guest code."""
 import pytest
 
-from pykvm.kvm import Hlt, IoIn, IoOut, MmioRead, MmioWrite, Shutdown
+from pykvm.vm.kvm import Hlt, IoIn, IoOut, MmioRead, MmioWrite, Shutdown
 from vmkit import bare_vm
 
 pytestmark = pytest.mark.kvm

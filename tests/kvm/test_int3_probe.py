@@ -17,8 +17,8 @@ shows the probe tells the two apart (docs/contributing-test-lanes.md).
 import pytest
 
 from tiers import kvm_flavour
-from pykvm.arch.x86 import gdt
-from pykvm.kvm import Hlt, InternalError, IoOut
+from pykvm.vm.arch.x86 import gdt
+from pykvm.vm.kvm import Hlt, InternalError, IoOut
 from vmkit import bare_vm
 
 pytestmark = pytest.mark.kvm

@@ -5,7 +5,7 @@ import pytest
 
 from guestasm import assemble, pvh_elf
 from pykvm.errors import GuestError
-from pykvm.machine import Machine, MachineConfig
+from pykvm.vm.machine import Machine, MachineConfig
 
 pytestmark = pytest.mark.kvm
 

@@ -21,7 +21,7 @@ import pytest
 from clitools import on_a_terminal, one_error_line, pykvm, wait_for
 from guestasm import pvh_elf
 from pykvm.errors import GuestError
-from pykvm.machine import KICK_SIGNAL, Machine, MachineConfig
+from pykvm.vm.machine import KICK_SIGNAL, Machine, MachineConfig
 
 pytestmark = pytest.mark.kvm
 
@@ -188,8 +188,8 @@ def test_a_closed_stdout_pipe_ends_both_vcpus(tmp_path):
 KICK_DURING_TEARDOWN = f"""
 import os, signal, sys, threading
 sys.path[:0] = {[str(p) for p in sys.path if p]!r}
-from pykvm.machine import Machine, MachineConfig
-from pykvm.devices import debug_exit
+from pykvm.vm.machine import Machine, MachineConfig
+from pykvm.vm.devices import debug_exit
 
 kicks = 0
 done = threading.Event()

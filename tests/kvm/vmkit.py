@@ -9,10 +9,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from guestasm import assemble
-from pykvm.arch.x86.boot_state import CpuMode, Entry, configure_vcpu
-from pykvm.boot import layout
-from pykvm.kvm import Kvm
-from pykvm.memory import GuestMemory
+from pykvm.vm.arch.x86.boot_state import CpuMode, Entry, configure_vcpu
+from pykvm.vm import layout
+from pykvm.vm.kvm import Kvm
+from pykvm.vm.memory import GuestMemory
 
 MEMORY = 2 << 20
 

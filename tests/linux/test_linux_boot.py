@@ -27,8 +27,8 @@ def bzimage():
 @pytest.fixture(scope="module")
 def vmlinux():
     """The uncompressed kernel, if it can boot through PVH (Debian's has CONFIG_PVH=y)."""
-    from pykvm.boot.elf import parse_elf
-    from pykvm.boot.pvh import pvh_entry_point
+    from pykvm.vm.boot.elf import parse_elf
+    from pykvm.vm.boot.pvh import pvh_entry_point
     from pykvm.errors import LoaderError
 
     path = guest_file("vmlinux", "kernel")
@@ -75,7 +75,7 @@ def test_pvh_vmlinux_prints_linux_banner(vmlinux):
     with SerialSession(pykvm_argv("boot", "--kernel", vmlinux, "--mem", "256M",
                                   "--cmdline", FAST_CMDLINE)) as vm:
         end = vm.expect("Linux version " + release, timeout=300)
-        # the ACPI tables pykvm.boot.firmware wrote, found through start_info.rsdp_paddr
+        # the ACPI tables pykvm.vm.boot.firmware wrote, found through start_info.rsdp_paddr
         vm.expect("ACPI: RSDP 0x00000000000E0000", timeout=120, start=end)
 
 
@@ -88,7 +88,7 @@ def test_boot_to_shell_uname_and_poweroff(bzimage, initramfs):
     (In the L1 lane the host runs the same Debian kernel, so `uname -r` alone
     cannot tell guest from host; the command line can.)
     """
-    from pykvm.boot.bzimage import DEFAULT_CMDLINE
+    from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
 
     release = guest_file("release", "kernel").read_text().strip()
     host_cmdline = open("/proc/cmdline").read().strip()

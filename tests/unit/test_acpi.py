@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pykvm.arch.x86 import acpi
+from pykvm.vm.arch.x86 import acpi
 
 BASE = 0xE0000
 

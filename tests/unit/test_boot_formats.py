@@ -3,15 +3,15 @@ import struct
 
 import pytest
 
-from pykvm.arch.x86 import gdt
-from pykvm.boot import layout
-from pykvm.boot.elf import PT_LOAD, PT_NOTE, parse_elf
-from pykvm.boot.loader import detect_format
-from pykvm.boot.pvh import (HVM_START_MAGIC, MEMMAP_ENTRY, START_INFO, load_pvh, pack_memmap,
+from pykvm.vm.arch.x86 import gdt
+from pykvm.vm import layout
+from pykvm.vm.boot.elf import PT_LOAD, PT_NOTE, parse_elf
+from pykvm.vm.boot.loader import detect_format
+from pykvm.vm.boot.pvh import (HVM_START_MAGIC, MEMMAP_ENTRY, START_INFO, load_pvh, pack_memmap,
                             pack_start_info, pvh_entry_point)
 from pykvm.errors import ConfigError, GuestMemoryError, LoaderError
-from pykvm.guests import GUESTS
-from pykvm.memory import GuestMemory
+from pykvm.vm.guests import GUESTS
+from pykvm.vm.memory import GuestMemory
 from pykvm.sizes import format_size, parse_size
 
 HELLO = GUESTS["hello"].kernel
@@ -170,8 +170,8 @@ GUEST_OS_LINUX_NOTE = """
 def test_a_linux_pvh_kernel_without_a_command_line_gets_the_default_one(tmp_path):
     """Without console=ttyS0 a vmlinux would boot silently; other PVH guests keep an empty line."""
     from guestasm import pvh_elf
-    from pykvm.boot.bzimage import DEFAULT_CMDLINE
-    from pykvm.boot.pvh import is_linux
+    from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
+    from pykvm.vm.boot.pvh import is_linux
 
     linux = pvh_elf("hlt\n" + GUEST_OS_LINUX_NOTE, tmp_path / "vmlinux").read_bytes()
     assert is_linux(parse_elf(linux)) and not is_linux(parse_elf(hello_bytes()))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pykvm.devices.bus import Bus, BusDevice, BusOverlapError, Device, all_ones
+from pykvm.vm.devices.bus import Bus, BusDevice, BusOverlapError, Device, all_ones
 
 
 class Recorder(BusDevice):

@@ -9,9 +9,10 @@ import struct
 
 import pytest
 
-from pykvm.arch.x86.boot_state import CpuMode
-from pykvm.boot import bzimage, layout
-from pykvm.boot.bzimage import (kernel_end, pack_boot_params, pack_e820_table, place_initrd,
+from pykvm.vm.arch.x86.boot_state import CpuMode
+from pykvm.vm.boot import bzimage
+from pykvm.vm import layout
+from pykvm.vm.boot.bzimage import (kernel_end, pack_boot_params, pack_e820_table, place_initrd,
                                 plan_bzimage, read_setup_header)
 from pykvm.errors import LoaderError
 
@@ -227,8 +228,8 @@ def test_debian_kernel_payload_is_lz4_and_unpacks_to_a_pvh_elf(debian_bzimage):
     assert len(payload) == hdr.payload_length
     vmlinux = guest_file("vmlinux", "kernel").read_bytes()          # made by extract-vmlinux.py
     assert vmlinux[:4] == b"\x7fELF"
-    from pykvm.boot.elf import parse_elf
-    from pykvm.boot.pvh import pvh_entry_point
+    from pykvm.vm.boot.elf import parse_elf
+    from pykvm.vm.boot.pvh import pvh_entry_point
     assert pvh_entry_point(parse_elf(vmlinux, "vmlinux"), "vmlinux") >= layout.HIMEM_START
 
 

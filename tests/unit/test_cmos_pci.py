@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import calendar
 
-from pykvm.devices.cmos import (B_24HOUR, B_DM_BINARY, REG_B, REG_C, REG_CENTURY, REG_D,
+from pykvm.vm.devices.cmos import (B_24HOUR, B_DM_BINARY, REG_B, REG_C, REG_CENTURY, REG_D,
                                 REG_DAY_OF_MONTH, REG_DAY_OF_WEEK, REG_HOURS, REG_MINUTES,
                                 REG_MONTH, REG_SECONDS, REG_YEAR, Cmos)
-from pykvm.devices.pci import PciConfigSpace
+from pykvm.vm.devices.pci import PciConfigSpace
 
 # Tuesday 2024-02-27 13:45:07 UTC
 WHEN = calendar.timegm((2024, 2, 27, 13, 45, 7, 0, 0, 0))

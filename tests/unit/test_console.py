@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pykvm.console import HELP_TEXT, Console, ConsoleOutput, EscapeDecoder, write_all
-from pykvm.devices.serial import HOST_QUEUE_BYTES, Serial16550
+from pykvm.vm.console import HELP_TEXT, Console, ConsoleOutput, EscapeDecoder, write_all
+from pykvm.vm.devices.serial import HOST_QUEUE_BYTES, Serial16550
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,8 +113,8 @@ def test_signal_handlers_restored_after_close(pty, uart):
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from pykvm.console import Console
-    from pykvm.devices.serial import Serial16550
+    from pykvm.vm.console import Console
+    from pykvm.vm.devices.serial import Serial16550
     uart = Serial16550(lambda data: None, lambda level: None)
     with Console(uart, lambda: None):
         print("ready", flush=True)
@@ -275,7 +275,7 @@ def test_output_goes_out_a_line_at_a_time():
 
 def test_a_prompt_without_a_newline_still_shows_at_once():
     """A human must not wait for `$ `: the flusher thread writes it FLUSH_SECONDS later."""
-    from pykvm.console import FLUSH_SECONDS
+    from pykvm.vm.console import FLUSH_SECONDS
     r, w = os.pipe()
     out = ConsoleOutput(w)
     out.write(b"$")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pykvm.boot.cpio import CpioWriter, archive_tree
+from pykvm.vm.boot.cpio import CpioWriter, archive_tree
 from pykvm.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio tool (apt-get install cpio)")

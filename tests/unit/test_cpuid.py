@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from pykvm.arch.x86 import cpuid
-from pykvm.kvm.system import CpuidEntry
+from pykvm.vm.arch.x86 import cpuid
+from pykvm.vm.kvm.system import CpuidEntry
 
 SIGNIFICANT_INDEX = 1
 HOST = [

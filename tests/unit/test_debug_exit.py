@@ -5,10 +5,10 @@ import logging
 
 import pytest
 
-from pykvm.devices.acpi_pm import PM1A_CNT_BASE, PM1A_CNT_LENGTH, AcpiPmControl
-from pykvm.devices.bus import Bus
-from pykvm.devices.debug_exit import DEBUG_EXIT_BASE, DEBUG_EXIT_LENGTH, DebugExit, exit_status
-from pykvm.devices.i8042 import I8042, I8042_BASE, I8042_LENGTH
+from pykvm.vm.devices.acpi_pm import PM1A_CNT_BASE, PM1A_CNT_LENGTH, AcpiPmControl
+from pykvm.vm.devices.bus import Bus
+from pykvm.vm.devices.debug_exit import DEBUG_EXIT_BASE, DEBUG_EXIT_LENGTH, DebugExit, exit_status
+from pykvm.vm.devices.i8042 import I8042, I8042_BASE, I8042_LENGTH
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ these tests would say which.
 """
 import pytest
 
-from pykvm.kvm.bindings import ffi, lib
+from pykvm.vm.kvm.bindings import ffi, lib
 
 IOC_SIZESHIFT, IOC_SIZEMASK = 16, (1 << 14) - 1  # asm-generic/ioctl.h
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import struct
 
-from pykvm.arch.x86 import lapic, msrs
+from pykvm.vm.arch.x86 import lapic, msrs
 
 
 def test_lint0_extint_lint1_nmi_unmasked_and_rest_kept():

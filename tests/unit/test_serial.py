@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from pykvm.devices import serial as uart
-from pykvm.devices.serial import HOST_QUEUE_BYTES, Serial16550
+from pykvm.vm.devices import serial as uart
+from pykvm.vm.devices.serial import HOST_QUEUE_BYTES, Serial16550
 
 # Register offsets, spelled out here so the tests read like the datasheet's Table II.
 RBR = THR = DLL = 0

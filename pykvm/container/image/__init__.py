@@ -1,0 +1,2 @@
+"""The image side of containers: Describe (dockerfile), Package (build, layer,
+store), Share (registry)."""

@@ -1,0 +1,213 @@
+"""OCI runtime bundles: a directory with config.json and a root filesystem.
+
+runtime-spec bundle.md: "a directory containing config.json and the
+container's root filesystem".  `load_bundle` reads config.json (config.md,
+config-linux.md) into a RunConfig; every field it cannot accept raises a
+ConfigError that names the field, e.g. "config.json: process.args must be a
+non-empty list of strings".
+
+Read here:
+    ociVersion, root.path, root.readonly, hostname, mounts[],
+    process.{terminal, user.uid/gid/additionalGids, args, env, cwd,
+             capabilities.*, rlimits[], noNewPrivileges},
+    linux.{namespaces[], uidMappings[], gidMappings[], cgroupsPath,
+           resources.{memory.limit, pids.limit, cpu.quota, cpu.period},
+           maskedPaths[], readonlyPaths[]},
+    annotations
+Ignored (accepted, no effect): linux.resources.devices (our /dev has only
+the default devices), linux.seccomp, hooks, process.apparmorProfile.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from pykvm.container.runtime.cgroups import CPU_PERIOD_US, Limits
+from pykvm.container.runtime.namespaces import CLONE_FLAGS, IdMap
+from pykvm.container.runtime.rootfs import Mount
+from pykvm.container.runtime.container import RunConfig
+from pykvm.errors import ConfigError
+
+__all__ = ["load_bundle", "config_from_spec"]
+
+UNLIMITED = -1                    # config-linux.md: a memory (and cpu.quota) value of -1 means no limit
+
+
+def load_bundle(bundle: str) -> RunConfig:
+    """Read BUNDLE/config.json into a RunConfig (root.path relative to the bundle)."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"no config.json in bundle {bundle} (make one with `runc spec`)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    return config_from_spec(spec, os.path.abspath(bundle))
+
+
+def config_from_spec(spec: dict, bundle: str) -> RunConfig:
+    """config.json (already parsed) -> RunConfig."""
+    _expect(spec, dict, "config.json")
+    _expect(spec.get("ociVersion"), str, "ociVersion")
+    process = _expect(spec.get("process"), dict, "process")
+    root = _expect(spec.get("root"), dict, "root")
+    linux = _expect(spec.get("linux", {}), dict, "linux")
+    root_path = _expect(root.get("path"), str, "root.path")
+    user = _expect(process.get("user", {}), dict, "process.user")
+    return RunConfig(
+        args=_strings(process.get("args"), "process.args", nonempty=True),
+        rootfs=os.path.join(bundle, root_path),
+        env=_strings(process.get("env", []), "process.env"),
+        cwd=_cwd(process.get("cwd", "/")),
+        uid=_int(user.get("uid", 0), "process.user.uid"),
+        gid=_int(user.get("gid", 0), "process.user.gid"),
+        additional_gids=[_int(g, "process.user.additionalGids[]") for g in user.get("additionalGids", [])],
+        hostname=_expect(spec.get("hostname"), (str, type(None)), "hostname"),
+        readonly=bool(root.get("readonly", False)),
+        namespaces=_namespaces(linux.get("namespaces", [])),
+        uid_mappings=_id_maps(linux.get("uidMappings", []), "linux.uidMappings"),
+        gid_mappings=_id_maps(linux.get("gidMappings", []), "linux.gidMappings"),
+        limits=_limits(linux.get("resources", {})),
+        cgroups_path=_expect(linux.get("cgroupsPath"), (str, type(None)), "linux.cgroupsPath"),
+        mounts=_mounts(spec.get("mounts", []), bundle),
+        masked_paths=_strings(linux.get("maskedPaths", []), "linux.maskedPaths"),
+        readonly_paths=_strings(linux.get("readonlyPaths", []), "linux.readonlyPaths"),
+        capabilities=_capabilities(process.get("capabilities", {})),
+        no_new_privileges=bool(process.get("noNewPrivileges", False)),
+        rlimits=_rlimits(process.get("rlimits", [])),
+        tty=bool(process.get("terminal", False)),
+        init=False,                      # the process is PID 1, as with runc
+        bundle=bundle,
+        annotations=_expect(spec.get("annotations", {}), dict, "annotations"),
+    )
+
+
+def _expect(value, types, field: str):
+    if not isinstance(value, types) or (types is int and isinstance(value, bool)):
+        names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise ConfigError(f"config.json: {field} must be {_article(names)}, not {type(value).__name__}")
+    return value
+
+
+def _article(names: str) -> str:
+    return {"dict": "an object", "list": "a list", "str": "a string", "int": "an integer"}.get(names, names)
+
+
+def _int(value, field: str) -> int:
+    _expect(value, int, field)
+    if value < 0:
+        raise ConfigError(f"config.json: {field} must not be negative")
+    return value
+
+
+def _strings(value, field: str, nonempty: bool = False) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) \
+            or (nonempty and not value):
+        raise ConfigError(f"config.json: {field} must be a {'non-empty ' if nonempty else ''}list of strings")
+    return list(value)
+
+
+def _cwd(value) -> str:
+    _expect(value, str, "process.cwd")
+    if not value.startswith("/"):
+        raise ConfigError(f"config.json: process.cwd must be an absolute path, not {value!r}")
+    return value
+
+
+def _namespaces(entries) -> dict[str, str | None]:
+    _expect(entries, list, "linux.namespaces")
+    out = {}
+    for i, entry in enumerate(entries):
+        _expect(entry, dict, f"linux.namespaces[{i}]")
+        kind = entry.get("type")
+        if kind not in CLONE_FLAGS:
+            raise ConfigError(f"config.json: linux.namespaces[{i}].type {kind!r} is not one of "
+                              f"{', '.join(CLONE_FLAGS)}")
+        if kind in out:
+            raise ConfigError(f"config.json: linux.namespaces has {kind!r} twice")
+        out[kind] = _expect(entry.get("path"), (str, type(None)), f"linux.namespaces[{i}].path") or None
+    return out
+
+
+def _id_maps(entries, field: str) -> list[IdMap]:
+    _expect(entries, list, field)
+    return [IdMap(_int(e.get("containerID"), f"{field}[{i}].containerID"),
+                  _int(e.get("hostID"), f"{field}[{i}].hostID"),
+                  _int(e.get("size"), f"{field}[{i}].size"))
+            for i, e in enumerate(_expect(x, dict, f"{field}[{i}]") for i, x in enumerate(entries))]
+
+
+def _limits(resources) -> Limits:
+    _expect(resources, dict, "linux.resources")
+    memory = _expect(resources.get("memory", {}), dict, "linux.resources.memory")
+    pids = _expect(resources.get("pids", {}), dict, "linux.resources.pids")
+    cpu = _expect(resources.get("cpu", {}), dict, "linux.resources.cpu")
+    limits = Limits()
+    # config-linux.md "Memory": "the limit in bytes, or -1 for unlimited memory".  "PIDs" does
+    # not say; runc writes "max" for any limit below 0, and podman documents -1: the same here.
+    limits.memory = _limit_or_unlimited(memory.get("limit"), "linux.resources.memory.limit")
+    limits.pids = _limit_or_unlimited(pids.get("limit"), "linux.resources.pids.limit")
+    if cpu.get("quota") is not None and cpu["quota"] != UNLIMITED:
+        limits.cpu_quota = _positive(cpu["quota"], "linux.resources.cpu.quota")
+        limits.cpu_period = _positive(cpu.get("period", CPU_PERIOD_US), "linux.resources.cpu.period")
+    return limits
+
+
+def _limit_or_unlimited(value, field: str) -> int | None:
+    """A positive limit, or None (no limit) for an absent field or UNLIMITED."""
+    if value is None or value == UNLIMITED:
+        return None
+    return _positive(value, field)
+
+
+def _positive(value, field: str) -> int:
+    _expect(value, int, field)
+    if value <= 0:
+        raise ConfigError(f"config.json: {field} must be positive, not {value}")
+    return value
+
+
+def _mounts(entries, bundle: str) -> list[Mount]:
+    _expect(entries, list, "mounts")
+    out = []
+    for i, m in enumerate(entries):
+        _expect(m, dict, f"mounts[{i}]")
+        dest = _expect(m.get("destination"), str, f"mounts[{i}].destination")
+        if not dest.startswith("/"):
+            raise ConfigError(f"config.json: mounts[{i}].destination must be absolute, not {dest!r}")
+        source = _expect(m.get("source", ""), str, f"mounts[{i}].source")
+        kind = _expect(m.get("type", "bind"), str, f"mounts[{i}].type")
+        options = _strings(m.get("options", []), f"mounts[{i}].options")
+        if (kind == "bind" or "bind" in options or "rbind" in options) and not os.path.isabs(source):
+            source = os.path.join(bundle, source)
+        out.append(Mount(dest, kind, source, options))
+    return out
+
+
+def _capabilities(value) -> dict[str, list[str]]:
+    _expect(value, dict, "process.capabilities")
+    out = {}
+    for key in ("bounding", "effective", "permitted", "inheritable", "ambient"):
+        out[key] = _strings(value.get(key, []), f"process.capabilities.{key}")
+    from pykvm.container.runtime.capabilities import cap_numbers
+    for key, names in out.items():
+        try:
+            cap_numbers(names)
+        except ConfigError as e:
+            raise ConfigError(f"config.json: process.capabilities.{key}: {e}") from None
+    return out
+
+
+def _rlimits(entries) -> list[tuple[str, int, int]]:
+    _expect(entries, list, "process.rlimits")
+    import resource
+    out = []
+    for i, r in enumerate(entries):
+        _expect(r, dict, f"process.rlimits[{i}]")
+        name = _expect(r.get("type"), str, f"process.rlimits[{i}].type")
+        if not hasattr(resource, name):
+            raise ConfigError(f"config.json: process.rlimits[{i}].type {name!r} is not an rlimit")
+        out.append((name, _int(r.get("soft"), f"process.rlimits[{i}].soft"),
+                    _int(r.get("hard"), f"process.rlimits[{i}].hard")))
+    return out

@@ -1,0 +1,1170 @@
+"""The container runtime: a RunConfig (or an OCI bundle) -> a running container.
+
+Four processes, each with one job (the arrows are fork(2)):
+
+    launcher  (the pykvm command or your Python program; host namespaces)
+      |  creates the state dir and the cgroup, writes uid/gid maps, records
+      |  init's PID, forwards Ctrl-C, reports the exit status
+      v
+    monitor   (outside the container, except its user+PID namespaces)
+      |  unshare(CLONE_NEWUSER) if asked, unshare(CLONE_NEWPID): its *next*
+      |  child is PID 1 of a new PID namespace; then waits for that child,
+      |  records the exit status (exit.json), removes the cgroup
+      v
+    init      (PID 1 inside; Python)
+      |  join the cgroup (cgroups.py: Cgroup.join_files says why init moves itself),
+      |  unshare mount/uts/ipc/net/cgroup namespaces, bring `lo` up, set the
+      |  hostname, build the root filesystem and pivot_root into it (rootfs.py),
+      |  with -t make the pty from the container's own devpts (terminal.py),
+      |  then forwards SIGINT/SIGTERM/... to the command and reaps every zombie
+      v
+    command   (PID 2 inside)
+         setsid, chdir, no_new_privs, capabilities, uid/gid, only fds 0-2,
+         execve(2)
+
+A pipe from the children to the launcher carries one JSON line per event
+({"user": 1} "please write my id maps", {"pid": N}, {"ready": 1},
+{"error": msg, "code": N}); it is close-on-exec, so when the command's execve
+succeeds the launcher reads end-of-file.  A second pipe carries the launcher's
+one-byte acknowledgements back.  With -t a unix socketpair carries the pty
+master (SCM_RIGHTS) from init out to the launcher, which connects it to your
+terminal; with -d -t to the monitor, which copies it to container.log; for
+`oci create` to the --console-socket the caller listens on.
+
+The contract with the image store (pykvm.container.image.store)
+---------------------------------------------------------
+`pykvm container run IMAGE` calls `pykvm.container.image.store.resolve_for_run(name)`,
+which returns an object with these attributes:
+
+    layers       list[str]  unpacked layer directories, LOWEST FIRST
+    entrypoint   list[str]  image config Entrypoint
+    cmd          list[str]  image config Cmd
+    env          list[str]  "KEY=VALUE" strings
+    working_dir  str        "/" if unset
+    user         str        "", "uid", "uid:gid" or a name from the image's /etc/passwd
+
+`config_from_image(image, ...)` turns it into a RunConfig whose `lower_dirs`
+are the layers top first (overlayfs's lowerdir order) with a fresh writable
+upper layer in the container's state directory.  Image builds call
+`run_build_step(rootfs, argv, env, cwd, user) -> int` to run one RUN step with
+`rootfs` itself writable.  Library users call `run_container(RunConfig) -> int`.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import resource
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from pykvm.container.runtime import capabilities as caps
+from pykvm.container.runtime import namespaces as ns
+from pykvm.container.runtime import rootfs as fs
+from pykvm.container.runtime.cgroups import Cgroup, Limits, close_all, join, open_cgroup
+from pykvm.container.runtime.state import (ContainerState, StateStore, new_id, process_start_time,
+                                   stat_field, stat_fields)
+from pykvm.container.runtime.syscalls import lib, prctl, sethostname
+from pykvm.errors import ConfigError, ContainerError, PyKvmError
+
+if TYPE_CHECKING:
+    import socket  # annotations only: the -t code imports it (and terminal.py) when used
+
+__all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "config_from_image",
+           "run_build_step", "parse_user", "DEFAULT_ENV", "FOREGROUND", "DETACHED", "CREATED",
+           "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
+           "remove_container", "wait_stopped", "process_defaults",
+           "merge_env", "check_env", "command_line"]
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_ENV = [DEFAULT_PATH]
+DEFAULT_NAMESPACES = ("pid", "mount", "uts", "ipc", "network", "cgroup")
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
+EXIT_CANNOT_EXEC = 126            # found but not executable
+EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
+LAUNCHER_GONE = signal.SIGUSR2    # PR_SET_PDEATHSIG: what the monitor gets when the launcher dies
+MAX_FD = 1 << 20                  # fs.nr_open's default: no fd number is above it
+INIT_NAME = "pykvm-init"          # init's name in ps, /proc/1/comm and /proc/1/cmdline inside
+OOM_SCORE_INIT = -1000            # proc(5): never pick init; the command starts again from 0
+
+# The launcher's three modes.
+FOREGROUND = "foreground"         # `run`: wait for the container, stdio passed through
+DETACHED = "detached"             # `run -d`: output to container.log, return at once
+CREATED = "created"               # `oci create`: set up, then wait for `oci start`
+
+
+def _default_caps(names: list[str] = caps.DEFAULT_CAPS) -> dict[str, list[str]]:
+    return {k: list(names) for k in ("bounding", "effective", "permitted")} | \
+        {"inheritable": [], "ambient": []}
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to start one container (the runtime's view of config.json)."""
+
+    args: list[str]
+    rootfs: str | None = None                   # a prepared directory, used as is (writable)
+    lower_dirs: list[str] = field(default_factory=list)   # or image layers, top first (overlay)
+    env: list[str] = field(default_factory=lambda: list(DEFAULT_ENV))
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] = field(default_factory=list)
+    hostname: str | None = None
+    readonly: bool = False
+    namespaces: dict[str, str | None] = field(     # OCI type -> path to join, or None for a new one
+        default_factory=lambda: dict.fromkeys(DEFAULT_NAMESPACES))
+    uid_mappings: list[ns.IdMap] = field(default_factory=list)
+    gid_mappings: list[ns.IdMap] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    cgroups_path: str | None = None
+    mounts: list[fs.Mount] = field(default_factory=lambda: list(fs.DEFAULT_MOUNTS))
+    masked_paths: list[str] = field(default_factory=lambda: list(fs.MASKED_PATHS))
+    readonly_paths: list[str] = field(default_factory=lambda: list(fs.READONLY_PATHS))
+    capabilities: dict[str, list[str]] = field(default_factory=_default_caps)
+    no_new_privileges: bool = True
+    rlimits: list[tuple[str, int, int]] = field(default_factory=lambda: [("RLIMIT_NOFILE", 1024, 1024)])
+    tty: bool = False
+    interactive: bool = False                  # keep stdin (else /dev/null)
+    init: bool = True                          # PID 1 is our init (Docker --init); False: the command (runc)
+    id: str | None = None
+    name: str | None = None
+    remove: bool = False                       # --rm: forget the container once it exits
+    bundle: str = ""
+    annotations: dict = field(default_factory=dict)
+    image: str = ""                            # the image ID (config_from_image), kept in state.json
+    etc_files: bool = False                    # Docker's own /etc/hostname, hosts, resolv.conf (etcfiles.py)
+
+    @property
+    def rootless(self) -> bool:
+        return os.geteuid() != 0
+
+    def finalized(self) -> RunConfig:
+        """Check the config and fill in what follows from it (rootless user namespace)."""
+        if not self.args:
+            raise ConfigError("no command to run: give one after the rootfs/image")
+        if not self.lower_dirs:
+            if not self.rootfs:
+                raise ConfigError("no root filesystem: give --rootfs DIR or an IMAGE")
+            if not os.path.isdir(self.rootfs):
+                raise ContainerError(f"rootfs {self.rootfs} does not exist or is not a directory")
+        for d in self.lower_dirs:
+            if not os.path.isdir(d):
+                raise ContainerError(f"image layer {d} does not exist")
+        for entry in self.env:
+            check_env(entry)
+        if self.hostname is not None:
+            ns.check_hostname(self.hostname, rfc1123=False)      # runc's rule: the kernel's length
+        if not os.path.isabs(self.cwd):
+            raise ConfigError(f"working directory {self.cwd!r} must be absolute")
+        if "mount" not in self.namespaces:
+            raise ConfigError("a mount namespace is required (linux.namespaces must include 'mount')")
+        ns.flags_for(self.namespaces)                       # unknown types -> ConfigError
+        cfg = replace(self, namespaces=dict(self.namespaces))
+        if cfg.rootless and "user" not in cfg.namespaces:
+            cfg.namespaces["user"] = None
+        if "user" in cfg.namespaces and cfg.namespaces["user"] is None and not cfg.uid_mappings:
+            # Rootless default: root inside is the caller outside, nothing else is mapped.
+            cfg.uid_mappings = [ns.IdMap(0, os.geteuid())]
+            cfg.gid_mappings = [ns.IdMap(0, os.getegid())]
+        if cfg.rootless and (cfg.uid, cfg.gid) != (0, 0) and not _mapped(cfg):
+            raise ConfigError(f"rootless: only uid/gid 0 exists inside (mapped to you); "
+                              f"cannot run as {cfg.uid}:{cfg.gid}")
+        return cfg
+
+    def hostname_for(self, cid: str) -> str | None:
+        if "uts" not in self.namespaces:
+            return None
+        return self.hostname or cid[:12]
+
+
+def process_defaults(cfg: RunConfig) -> dict:
+    """What `exec` starts from (state.json "process"), as runc exec copies config.json's
+    process: environment, working directory, user, capabilities, no_new_privs, rlimits."""
+    return {"env": list(cfg.env), "cwd": cfg.cwd, "uid": cfg.uid, "gid": cfg.gid,
+            "additional_gids": list(cfg.additional_gids), "capabilities": dict(cfg.capabilities),
+            "no_new_privileges": cfg.no_new_privileges, "rlimits": [list(r) for r in cfg.rlimits]}
+
+
+def merge_env(base: list[str], extra: list[str]) -> list[str]:
+    """`base` with `extra`'s NAME=VALUE entries put in: a later one replaces an earlier
+    of the same name, keeping its place (Docker's rule for image Env, -e ...)."""
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in base)
+    env.update(e.split("=", 1) for e in extra)
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def check_env(entry: str) -> None:
+    """execve(2)'s environment: NAME=VALUE strings, NAME not empty, no NUL anywhere."""
+    name = entry.partition("=")[0]
+    if not name or "\0" in entry:
+        raise ConfigError(f"bad environment variable {entry!r}: want NAME=VALUE with a non-empty "
+                          f"NAME and no NUL byte (-e, image Env, config.json process.env)")
+
+
+def _mapped(cfg: RunConfig) -> bool:
+    def inside(maps, n):
+        return any(m.inside <= n < m.inside + m.count for m in maps)
+    return inside(cfg.uid_mappings, cfg.uid) and inside(cfg.gid_mappings, cfg.gid)
+
+
+@dataclass
+class RunResult:
+    """How a container ended."""
+
+    id: str
+    exit_code: int
+    oom_killed: bool = False
+
+
+class _Pipe:
+    """The child -> launcher event pipe (one JSON object per line) and its ack pipe."""
+
+    def __init__(self):
+        self.events_r, self.events_w = os.pipe2(os.O_CLOEXEC)
+        self.ack_r, self.ack_w = os.pipe2(os.O_CLOEXEC)
+        self._buffer = b""
+
+    def send(self, **event) -> None:
+        os.write(self.events_w, json.dumps(event).encode() + b"\n")
+
+    def receive(self) -> dict | None:
+        while b"\n" not in self._buffer:
+            chunk = os.read(self.events_r, 4096)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return json.loads(line)
+
+    def wait_ack(self) -> None:
+        if os.read(self.ack_r, 1) != b"1":
+            raise ContainerError("the launcher went away during setup")
+
+    def ack(self) -> None:
+        try:
+            os.write(self.ack_w, b"1")
+        except BrokenPipeError:
+            pass                          # the child died: its error, if any, is next in the event pipe
+
+    def child_side(self) -> None:
+        os.close(self.events_r)
+        os.close(self.ack_w)
+
+    def launcher_side(self) -> None:
+        os.close(self.events_w)
+        os.close(self.ack_r)
+
+
+class Container:
+    """One container being launched, and then waited for."""
+
+    def __init__(self, config: RunConfig, mode: str = FOREGROUND, store: StateStore | None = None,
+                 warn=None, console: socket.socket | None = None):
+        self.cfg = config.finalized()
+        self.mode = mode
+        self.store = store or StateStore()
+        self.warn = warn or (lambda msg: print(f"pykvm: warning: {msg}", file=sys.stderr))
+        self.id = self.cfg.id or new_id()
+        self.state = ContainerState(
+            id=self.id, name=self.cfg.name or self.id, bundle=self.cfg.bundle,
+            rootfs=self.cfg.rootfs or "", command=list(self.cfg.args), created=time.time(),
+            auto_remove=self.cfg.remove, detached=mode != FOREGROUND,
+            annotations=self.cfg.annotations, image=self.cfg.image, layers=list(self.cfg.lower_dirs),
+            process=process_defaults(self.cfg))
+        self.dir = None
+        self.cgroup: Cgroup | None = None
+        self.monitor_pid = 0
+        self.init_pid = 0
+        self._exit_fd = -1
+        # -t: init sends the pty master over _tty_inside to _tty_host (terminal.py).  `oci
+        # create` has no host end of ours: `console` is the connected --console-socket.
+        self._tty_host, self._tty_inside = None, console
+        self.winsize = None
+        self._join_fds: list[int] = []         # init joins its cgroup through these (cgroups.join)
+
+    # --- launcher side ---------------------------------------------------------
+    def start(self) -> Container:
+        """Create everything, fork the monitor, wait until the command runs (or is ready)."""
+        self.cgroup = self._find_cgroup()         # recorded in the first state.json, made next
+        self.dir = str(self.store.create(self.state))
+        try:
+            self._start()
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self._make_cgroup()
+        if self.cfg.etc_files:
+            self._add_etc_files()
+        if self.mode == CREATED:
+            os.mkfifo(os.path.join(self.dir, "exec.fifo"), 0o600)
+        self._exit_fd = os.open(os.path.join(self.dir, "exit.json"),
+                                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        stdio = self._stdio()
+        self._make_console_socket()
+        pipe = _Pipe()
+        pid = os.fork()
+        if pid == 0:
+            _child_main(lambda: self._monitor(pipe, stdio))
+        self.monitor_pid = pid
+        pipe.launcher_side()
+        os.close(self._exit_fd)
+        close_all(self._join_fds)
+        self._join_fds = []
+        self._close_stdio(stdio)
+        self._close_console_sockets(keep_host=self.mode == FOREGROUND)
+        self._follow_setup(pipe)
+
+    def _add_etc_files(self) -> None:
+        """Write the container's hostname, hosts and resolv.conf; init binds them over /etc's."""
+        from pykvm.container.runtime.etcfiles import write_etc_files
+        mounts = write_etc_files(self.dir, self.cfg.hostname_for(self.id), "network" not in self.cfg.namespaces,
+                                 None if self.cfg.lower_dirs else self.cfg.rootfs)
+        self.cfg = replace(self.cfg, mounts=self.cfg.mounts + mounts)
+
+    def _find_cgroup(self) -> Cgroup | None:
+        """Where the container's cgroup will be (nothing is created yet), noted in self.state.
+
+        Noting it before StateStore.create writes state.json saves a second write
+        (a launch is ~12 ms; each state.json write is ~0.3 ms): `rm` finds the
+        directories even if the launcher dies half-way.
+        """
+        try:
+            cg = open_cgroup(self.id, self.cfg.cgroups_path)
+            if cg is None:
+                raise ContainerError("no cgroup filesystem at /sys/fs/cgroup")
+        except (ContainerError, OSError) as e:
+            return self._without_cgroup(e)
+        self.state.cgroup = {"version": cg.version, "dirs": [str(d) for d in cg.dirs()]}
+        return cg
+
+    def _make_cgroup(self) -> None:
+        """Create the cgroup with its limits, and open the files init joins it through."""
+        if self.cgroup is None:
+            return
+        try:
+            self.cgroup.create(self.cfg.limits)
+            self._join_fds = self.cgroup.join_files()
+        except (ContainerError, OSError) as e:
+            self.cgroup = self._without_cgroup(e)
+            self.state.cgroup = {}
+            self.store.save(self.state)
+
+    def _without_cgroup(self, error: Exception) -> None:
+        """Root must have a cgroup; rootless goes on without one, warning if limits were asked for."""
+        if not self.cfg.rootless:
+            raise error
+        limits = self.cfg.limits
+        if limits.wanted():
+            self.warn(f"rootless: {', '.join(limits.wanted())} limits NOT applied: {error}")
+        return None
+
+    def _stdio(self) -> dict:
+        """The fds that become the container's 0, 1, 2 (with -t: init's, until its pty exists)."""
+        if self.cfg.tty:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            return {"in": null, "out": null, "err": null, "close": [null]}
+        if self.mode == DETACHED:
+            log = self._open_log()
+            null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            return {"in": null, "out": log, "err": log, "close": [log, null]}
+        if self.cfg.interactive or self.mode == CREATED:
+            return {"in": 0, "out": 1, "err": 2, "close": []}
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return {"in": null, "out": 1, "err": 2, "close": [null]}
+
+    @staticmethod
+    def _close_stdio(stdio: dict) -> None:
+        for fd in stdio["close"]:
+            os.close(fd)
+
+    def _open_log(self) -> int:
+        """container.log: a detached container's output (`pykvm container logs`)."""
+        return os.open(os.path.join(self.dir, "container.log"),
+                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+    def _make_console_socket(self) -> None:
+        """-t: the socket the pty master comes out by, and the size to give the pty."""
+        if not self.cfg.tty:
+            if self._tty_inside is not None:
+                raise ConfigError("a console socket is only used with a terminal "
+                                  "(process.terminal: true in config.json)")
+            return
+        from pykvm.container.runtime import terminal     # only with -t: it and socket cost ~4 ms to import
+        self.winsize = terminal.get_winsize(terminal.our_terminal())
+        if self.mode == CREATED:
+            if self._tty_inside is None:
+                raise ConfigError("process.terminal is true: `oci create` needs --console-socket "
+                                  "PATH, a unix socket to send the terminal's master to (as runc)")
+            return
+        import socket
+        self._tty_host, self._tty_inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def _console_fds(self) -> list[int]:
+        return [sock.fileno() for sock in (self._tty_host, self._tty_inside) if sock is not None]
+
+    def _close_console_sockets(self, keep_host: bool = False, keep_inside: bool = False) -> None:
+        """Each process closes the ends it has no use for (so EOF means "no master is coming")."""
+        if self._tty_host is not None and not keep_host:
+            self._tty_host.close()
+            self._tty_host = None
+        if self._tty_inside is not None and not keep_inside:
+            self._tty_inside.close()
+            self._tty_inside = None
+
+    def _follow_setup(self, pipe: _Pipe) -> None:
+        """Serve the children's requests until the command is exec'd (EOF) or ready."""
+        error = None
+        try:
+            while (event := pipe.receive()) is not None:
+                if "user" in event:
+                    ns.write_id_maps(self.monitor_pid, self.cfg.uid_mappings, self.cfg.gid_mappings)
+                    pipe.ack()
+                elif "pid" in event:
+                    self._adopt_init(event["pid"])
+                elif "ready" in event:
+                    break
+                elif "error" in event:
+                    error = event
+                    break
+        finally:
+            os.close(pipe.events_r)
+            os.close(pipe.ack_w)
+        if error:
+            self._fail(error)
+
+    def _adopt_init(self, pid: int) -> None:
+        """Record init's PID (init moves itself into the cgroup: see Container._init)."""
+        self.init_pid = pid
+        self.state.pid = pid
+        self.state.pid_start = process_start_time(pid)
+        self.state.monitor_pid = self.monitor_pid
+        self.store.save(self.state)
+
+    def _fail(self, error: dict) -> None:
+        """A child reported an error: wait for the container to end, clean up, raise."""
+        if self.mode != FOREGROUND:
+            os.waitpid(self.monitor_pid, 0)
+        else:
+            self.wait()
+        if self.mode != FOREGROUND or not self.cfg.remove:
+            self._cleanup(remove_state=True)
+        exc = ContainerError(error["error"])
+        exc.exit_code = error.get("code", EXIT_SETUP_FAILED)
+        raise exc
+
+    def _abort(self) -> None:
+        """Undo a half-made container (launcher-side failure)."""
+        close_all(self._join_fds)
+        self._join_fds = []
+        if self.monitor_pid:
+            try:
+                os.kill(self.monitor_pid, signal.SIGKILL)
+                os.waitpid(self.monitor_pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self._cleanup(remove_state=True)
+
+    def _cleanup(self, remove_state: bool) -> None:
+        if self.cgroup is not None:
+            try:
+                self.cgroup.destroy()
+            except ContainerError as e:
+                self.warn(str(e))
+        if remove_state:
+            self.store.remove(self.id)
+
+    def wait(self) -> RunResult:
+        """Foreground: forward signals (and the TTY) until the monitor exits; clean up."""
+        forward = _SignalForwarder(lambda: self.init_pid)
+        try:
+            self._attach_terminal()
+            _, status = _waitpid_retry(self.monitor_pid)
+        finally:
+            forward.restore()
+            self._close_console_sockets()
+        info = self.store.exit_info(self.id) or {"exit_code": _exit_code(status)}
+        code = info["exit_code"]
+        result = RunResult(self.id, code, bool(info.get("oom_killed")))
+        self._cleanup(remove_state=self.cfg.remove)
+        return result
+
+    def _attach_terminal(self) -> None:
+        """-t: our terminal (raw) <-> the container's pty master, until the container ends."""
+        if self._tty_host is None:
+            return
+        from pykvm.container.runtime import terminal
+        try:
+            terminal.attach(self._tty_host, self.monitor_pid, self.cfg.interactive)
+        finally:
+            self._close_console_sockets()
+
+    # --- monitor (child of the launcher) ----------------------------------------
+    def _monitor(self, pipe: _Pipe, stdio: dict) -> int:
+        pipe.child_side()
+        launcher_gone = []
+        if self.mode == FOREGROUND:
+            # Launcher killed -> kill the container, then clean up as the launcher would have.
+            def on_launcher_gone(*_):
+                launcher_gone.append(True)
+                _kill_quietly(self.init_pid)
+            signal.signal(LAUNCHER_GONE, on_launcher_gone)
+            prctl(lib.PR_SET_PDEATHSIG, LAUNCHER_GONE)
+            if os.getppid() == 1:                           # it died before prctl() took effect
+                os._exit(EXIT_SETUP_FAILED)
+        else:
+            os.setsid()
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+            signal.signal(sig, signal.SIG_IGN)              # the launcher forwards these
+        stdio = _install_stdio(stdio)                       # the launcher's own stdio stays out
+        self._close_console_sockets(keep_host=self.mode == DETACHED, keep_inside=True)
+        self._join_user_and_pid(pipe)
+        pid = os.fork()
+        if pid == 0:
+            _child_main(lambda: self._init(pipe, stdio), pipe)
+        self.init_pid = pid
+        pipe.send(pid=pid)
+        os.close(pipe.events_w)
+        os.close(pipe.ack_r)
+        close_all(self._join_fds)
+        _detach_stdio()
+        self._close_console_sockets(keep_host=True)
+        if self._tty_host is not None:
+            self._log_terminal(pid)
+        _, status = _waitpid_retry(pid)
+        code = _exit_code(status)
+        oom = self.cgroup is not None and self.cgroup.oom_kills() > 0
+        os.write(self._exit_fd, json.dumps({"exit_code": code, "oom_killed": oom,
+                                            "finished": time.time()}).encode())
+        if self.mode == DETACHED or launcher_gone:
+            self._cleanup(remove_state=self.cfg.remove)
+        return code
+
+    def _log_terminal(self, init_pid: int) -> None:
+        """-d -t: the monitor holds the pty master and copies what the container writes to
+        container.log (Docker keeps a detached terminal's output the same way)."""
+        from pykvm.container.runtime import terminal
+        received = terminal.receive_master(self._tty_host)
+        self._close_console_sockets()
+        if received is None:
+            return
+        log = self._open_log()
+        try:
+            terminal.relay(received[0], log, init_pid)
+        finally:
+            os.close(log)
+            os.close(received[0])
+
+    def _join_user_and_pid(self, pipe: _Pipe) -> None:
+        """The user namespace first (it owns the rest), then the PID namespace for our child."""
+        for kind in ("user", "pid"):
+            if kind not in self.cfg.namespaces:
+                continue
+            path = self.cfg.namespaces[kind]
+            if path:
+                ns.setns(path, kind)
+                continue
+            ns.unshare(ns.CLONE_FLAGS[kind])
+            if kind == "user":
+                # /proc/PID/uid_map belongs to root when we are not dumpable (as after a
+                # setuid()); the launcher, maybe not root, must be able to write it.
+                prctl(lib.PR_SET_DUMPABLE, 1)
+                pipe.send(user=1)
+                pipe.wait_ack()
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+
+    # --- init (PID 1 in the container) -----------------------------------------
+    def _init(self, pipe: _Pipe, stdio: dict) -> int:
+        prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)          # monitor gone -> container gone
+        _close_other_fds({pipe.events_w, pipe.ack_r, self._exit_fd, *self._join_fds,
+                          *self._console_fds()})
+        prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
+        join(self._join_fds)                                 # our cgroup, before ...
+        self._enter_namespaces(("network", "ipc", "uts", "mount", "cgroup"))   # ... it becomes the ns's "/"
+        self._close_console_sockets(keep_inside=True)
+        os.close(self._exit_fd)                              # the monitor's, not the container's
+        fifo = self._open_fifo()
+        self._build_root()
+        if self.cfg.tty:
+            stdio = self._open_terminal()
+        if self.cfg.readonly:
+            fs.remount_root_readonly()
+        _set_rlimits(self.cfg.rlimits)
+        if fifo is not None:
+            pipe.send(ready=1)
+            _wait_for_start(fifo)
+        if not self.cfg.init:                                # the command itself is PID 1 (runc)
+            return _exec_command(self.cfg, pipe, stdio)
+        prctl(lib.PR_SET_NAME, _c_string(INIT_NAME))
+        _set_command_line(INIT_NAME)
+        _set_oom_score_adj(OOM_SCORE_INIT)                  # the OOM killer picks the command, not us
+        child = os.fork()
+        if child == 0:
+            _child_main(lambda: _exec_command(self.cfg, pipe, stdio), pipe)
+        _detach_stdio()                                      # init keeps no host fd (CVE-2024-21626)
+        _close_other_fds(set())
+        return _reap(child)
+
+    def _enter_namespaces(self, kinds: tuple[str, ...]) -> None:
+        """Join (setns) or create (unshare) these namespaces; set up lo and the hostname."""
+        new = 0
+        for kind in ns.ORDER:
+            if kind not in kinds or kind not in self.cfg.namespaces:
+                continue
+            if self.cfg.namespaces[kind]:
+                ns.setns(self.cfg.namespaces[kind], kind)
+            else:
+                new |= ns.CLONE_FLAGS[kind]
+        ns.unshare(new)
+        if new & ns.CLONE_FLAGS["network"]:
+            ns.loopback_up()
+        hostname = self.cfg.hostname_for(self.id)
+        if hostname and "uts" in kinds:
+            sethostname(hostname)
+
+    def _open_fifo(self) -> int | None:
+        if self.mode != CREATED:
+            return None
+        return os.open(os.path.join(self.dir, "exec.fifo"), os.O_PATH | os.O_CLOEXEC)
+
+    def _build_root(self) -> None:
+        """rootfs.py's recipe, steps 1-5 (step 6, read-only, comes after the terminal)."""
+        cfg = self.cfg
+        fs.make_private()
+        if cfg.lower_dirs:
+            upper, work, target = (os.path.join(self.dir, d) for d in ("upper", "work", "rootfs"))
+            for d in (upper, work, target):
+                os.makedirs(d, exist_ok=True)
+            root = fs.mount_root(target, lower=cfg.lower_dirs, upper=upper, work=work)
+        else:
+            root = fs.mount_root(None, rootfs=cfg.rootfs)
+        host_sys = "network" not in cfg.namespaces and "user" in cfg.namespaces
+        fs.mount_all(root, cfg.mounts, host_sys=host_sys)
+        fs.mask_paths(root, cfg.masked_paths)
+        fs.readonly_paths(root, cfg.readonly_paths)
+        fs.pivot_into(root)
+        _make_cwd(cfg.cwd)
+
+    def _open_terminal(self) -> dict:
+        """runc's setupConsole, after pivot_root: a pty from the container's own devpts;
+        the master goes out over the console socket, the slave becomes the command's stdio
+        and /dev/console."""
+        from pykvm.container.runtime import terminal
+        try:
+            slave = terminal.new_console(self._tty_inside, self.winsize, fs.mount_console)
+        finally:
+            self._close_console_sockets()
+        return {"in": slave, "out": slave, "err": slave, "close": [slave]}
+
+
+# --- the command (PID 2 in the container) ------------------------------------
+
+def _exec_command(cfg: RunConfig, pipe: _Pipe, stdio: dict) -> int:
+    """Become the user's command: stdio, session, cwd, privileges, then execve(2)."""
+    for sig in range(1, signal.NSIG):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for target, fd in enumerate((stdio["in"], stdio["out"], stdio["err"])):
+        if fd != target:
+            os.dup2(fd, target)
+    _set_oom_score_adj(0)
+    os.setsid()
+    if cfg.tty:
+        from pykvm.container.runtime import terminal
+        fcntl.ioctl(0, lib.TIOCSCTTY, 0)                # tty_ioctl(4): our controlling terminal
+        terminal.give_to_user(0, cfg.uid)
+    try:
+        os.chdir(cfg.cwd)
+    except OSError as e:
+        raise _ExecFailed(EXIT_SETUP_FAILED, f"cannot enter working directory {cfg.cwd}: {e.strerror}")
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env)
+    env.setdefault("HOME", _home_dir(cfg.uid))      # runc's rule: HOME when the config has none
+    _drop_privileges(cfg)
+    _close_other_fds({pipe.events_w})
+    try:
+        os.execvpe(cfg.args[0], cfg.args, env)
+    except FileNotFoundError:
+        raise _ExecFailed(EXIT_NOT_FOUND, f"{cfg.args[0]}: command not found in the container "
+                                          f"(PATH={env.get('PATH', '')})") from None
+    except PermissionError:
+        raise _ExecFailed(EXIT_CANNOT_EXEC, f"{cfg.args[0]}: permission denied") from None
+    except OSError as e:
+        raise _ExecFailed(EXIT_CANNOT_EXEC, f"{cfg.args[0]}: cannot execute: {e.strerror}") from None
+
+
+def _home_dir(uid: int) -> str:
+    """The user's home from the container's /etc/passwd (field 6), else "/" (as runc)."""
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")       # name:x:uid:gid:gecos:home:shell
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+def _drop_privileges(cfg: RunConfig) -> None:
+    """no_new_privs, bounding set, user and groups, then the capability sets (capabilities.py)."""
+    c = cfg.capabilities
+    if cfg.no_new_privileges:
+        prctl(lib.PR_SET_NO_NEW_PRIVS, 1)
+    caps.drop_bounding(caps.cap_numbers(c.get("bounding")))
+    if cfg.uid != 0:
+        prctl(lib.PR_SET_KEEPCAPS, 1)                 # setuid() away from 0 keeps "permitted"
+    if "user" not in cfg.namespaces or _may_setgroups():
+        os.setgroups(cfg.additional_gids)
+    os.setresgid(cfg.gid, cfg.gid, cfg.gid)
+    os.setresuid(cfg.uid, cfg.uid, cfg.uid)
+    caps.set_caps(caps.cap_numbers(c.get("effective")), caps.cap_numbers(c.get("permitted")),
+                  caps.cap_numbers(c.get("inheritable")), caps.cap_numbers(c.get("ambient")))
+
+
+def _set_command_line(name: str) -> None:
+    """Make /proc/self/cmdline say `name`, as setproctitle(3) does: inside the container,
+    /proc/1/cmdline would otherwise show the launcher's own command line (the host's
+    Python, its paths, the arguments of `pykvm container run`).
+
+    The kernel reads a process's arguments from its own memory, between arg_start and
+    arg_end (proc(5) /proc/PID/stat fields 48 and 49): the strings execve(2) put on the
+    stack, which CPython copied at startup and no longer uses.  We overwrite them with
+    `name` and a NUL, and fill the rest with a non-NUL byte: a last byte that is not NUL
+    tells the kernel the arguments were rewritten, and it then reads only up to the
+    first NUL (fs/proc/base.c, get_mm_cmdline).  No privilege needed, unlike prctl's
+    PR_SET_MM_ARG_START, which wants CAP_SYS_RESOURCE on the host.
+    """
+    from pykvm.container.runtime.syscalls import ffi
+    fields = stat_fields()
+    arg_start, arg_end = int(stat_field(fields, 48)), int(stat_field(fields, 49))
+    size = arg_end - arg_start
+    if size < 2:
+        return
+    text = name.encode()[:size - 1] + b"\0"
+    ffi.memmove(ffi.cast("char *", arg_start), text + b"\x01" * (size - len(text)), size)
+
+
+def _c_string(text: str) -> int:
+    """A pointer to a NUL-terminated copy of text, as an integer (prctl's argument type)."""
+    from pykvm.container.runtime.syscalls import ffi
+    buf = ffi.new("char[]", text.encode())
+    _c_string.keep = buf                              # keep it alive until the call returns
+    return int(ffi.cast("unsigned long", buf))
+
+
+def _may_setgroups() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "allow"
+    except OSError:
+        return False
+
+
+class _ExecFailed(Exception):
+    """The command could not be started: an exit code and a message for the user."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+# --- helpers shared by the children -------------------------------------------
+
+def _child_main(body, pipe: _Pipe | None = None) -> None:
+    """Run a forked child's body and _exit with its status: never return into the parent's code."""
+    code = EXIT_SETUP_FAILED
+    try:
+        code = body()
+    except _ExecFailed as e:
+        code = e.code
+        _report(pipe, str(e), code)
+    except PyKvmError as e:
+        _report(pipe, str(e), code)
+    except BaseException as e:                                  # noqa: BLE001 - must not escape a child
+        _report(pipe, f"container setup failed: {type(e).__name__}: {e}", code)
+    finally:
+        os._exit(code if isinstance(code, int) else EXIT_SETUP_FAILED)
+
+
+def _report(pipe: _Pipe | None, message: str, code: int) -> None:
+    try:
+        if pipe is not None:
+            pipe.send(error=message, code=code)
+        else:
+            os.write(2, f"pykvm: error: {message}\n".encode())
+    except OSError:
+        os.write(2, f"pykvm: error: {message}\n".encode())
+
+
+def _install_stdio(stdio: dict) -> dict:
+    """Make the container's stdio our 0, 1, 2 (so no child inherits the launcher's)."""
+    for target, fd in enumerate((stdio["in"], stdio["out"], stdio["err"])):
+        if fd != target:
+            os.dup2(fd, target)
+    for fd in stdio["close"]:
+        if fd > 2:
+            os.close(fd)
+    return {"in": 0, "out": 1, "err": 2, "close": []}
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    """Close every fd above 2 except `keep`: a host fd left open in the container is a way
+    out (CVE-2024-21626, runc's leaked cgroup directory fd)."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
+def _detach_stdio() -> None:
+    """0, 1, 2 to /dev/null.  The monitor keeps no terminal or pipe open (the command's output
+    ends with the command); nor does init once the command has its copies."""
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:                                      # a container without /dev/null
+        os.closerange(0, 3)
+        return
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def _kill_quietly(pid: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _exit_code(status: int) -> int:
+    """A wait status as a shell shows it: the exit code, or 128 + the signal number."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _waitpid_retry(pid: int) -> tuple[int, int]:
+    while True:
+        try:
+            return os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+
+
+def _reap(child: int, kill_on: tuple[int, ...] = ()) -> int:
+    """PID 1's loop: forward signals to the command, reap every zombie, exit with the command.
+
+    A signal in `kill_on` (blocked by the caller, like the others) SIGKILLs the command.
+    """
+    wanted = set(FORWARDED_SIGNALS) | {signal.SIGCHLD} | set(kill_on)
+    code = None
+    while True:
+        info = signal.sigwaitinfo(wanted)
+        if info.si_signo in kill_on:
+            _kill_quietly(child)
+            continue
+        if info.si_signo != signal.SIGCHLD:
+            try:
+                os.kill(child, info.si_signo)
+            except ProcessLookupError:
+                pass
+            continue
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return code if code is not None else 0
+            if pid == 0:
+                break
+            if pid == child:
+                code = _exit_code(status)
+        if code is not None:
+            return code
+
+
+def _make_cwd(cwd: str) -> None:
+    """Create a missing working directory (image WORKDIRs, as Docker and runc do)."""
+    try:
+        os.makedirs(cwd, mode=0o755, exist_ok=True)
+    except OSError:
+        pass                              # chdir() will say what is wrong, as the command's error
+
+
+def _set_oom_score_adj(value: int) -> None:
+    """proc(5) /proc/self/oom_score_adj; lowering it needs CAP_SYS_RESOURCE (not rootless)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(f"{value}\n")
+    except OSError:
+        pass
+
+
+def _set_rlimits(rlimits) -> None:
+    for name, soft, hard in rlimits:
+        if not hasattr(resource, name):
+            raise ConfigError(f"unknown rlimit {name}")
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+
+
+def _wait_for_start(fifo_path_fd: int) -> None:
+    """`oci start` opens exec.fifo for reading; our open for writing blocks until then (runc's trick)."""
+    fd = os.open(f"/proc/self/fd/{fifo_path_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo_path_fd)
+
+
+class _SignalForwarder:
+    """While the launcher waits: SIGINT/SIGTERM/SIGHUP go to the container's init instead."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+    def __init__(self, target):
+        self.target = target
+        self.saved = {}
+        for sig in self.SIGNALS:
+            try:
+                self.saved[sig] = signal.signal(sig, self._forward)
+            except ValueError:                         # not the main thread: leave signals alone
+                break
+
+    def _forward(self, signo, _frame) -> None:
+        pid = self.target()
+        if pid:
+            try:
+                os.kill(pid, signo)
+            except ProcessLookupError:
+                pass
+
+    def restore(self) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+# --- entry points -------------------------------------------------------------------
+
+def launch(config: RunConfig, mode: str = FOREGROUND, store: StateStore | None = None,
+           warn=None, console: socket.socket | None = None) -> Container:
+    """Start a container in one of FOREGROUND, DETACHED or CREATED mode; returns it running.
+
+    `console`: for CREATED with a terminal, the connected socket its pty master is sent to.
+    """
+    return Container(config, mode, store, warn, console).start()
+
+
+def run_container(config: RunConfig, store: StateStore | None = None) -> int:
+    """Run a container to completion in the foreground; return its exit status.
+
+    127: command not found in the container; 137: killed by SIGKILL (for
+    instance by the OOM killer); 125: the runtime itself failed.
+    """
+    try:
+        container = launch(config, FOREGROUND, store)
+    except ContainerError as e:
+        if getattr(e, "exit_code", 1) in (EXIT_NOT_FOUND, EXIT_CANNOT_EXEC):
+            print(f"pykvm: error: {e}", file=sys.stderr)
+            return e.exit_code
+        raise
+    return container.wait().exit_code
+
+
+def parse_user(spec: str, rootfs: str | list[str] | None = None) -> tuple[int, int]:
+    """`UID[:GID]` or `NAME[:GROUP]`, names looked up in /etc/passwd and /etc/group of the
+    rootfs (or of a list of image layers, top first: the first layer that has the file wins)."""
+    if not spec:
+        return 0, 0
+    roots = [rootfs] if isinstance(rootfs, str) else list(rootfs or [])
+    user, _, group = spec.partition(":")
+    uid, gid = _lookup(user, roots, "passwd")
+    if group:
+        gid = _lookup(group, roots, "group")[0]
+    return uid, gid
+
+
+def _lookup(name: str, roots: list[str], db: str) -> tuple[int, int]:
+    if name.isdigit():
+        return int(name), (int(name) if db == "group" else 0)
+    for root in roots:
+        path = fs.secure_join(root, f"/etc/{db}")
+        if not os.path.isfile(path):
+            continue
+        with open(path, errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                fields = line.strip().split(":")        # passwd: name:x:uid:gid  group: name:x:gid
+                if fields[0] != name:
+                    continue
+                ids = fields[2:4] if db == "passwd" else fields[2:3] * 2
+                if len(ids) == 2 and all(i.isdigit() for i in ids):
+                    return int(ids[0]), int(ids[1])
+                # the image's file, so any text at all: a bad entry is bad input, not a crash
+                raise ConfigError(f"/etc/{db} line {number}: bad entry for {name!r}: {line.strip()!r}")
+        break                                           # the top-most file hides the ones below
+    raise ConfigError(f"unknown {'user' if db == 'passwd' else 'group'} {name!r} "
+                      f"(not a number and not in the rootfs's /etc/{db})")
+
+
+def command_line(entrypoint: list[str], cmd: list[str], args: list[str] | None = None,
+                 new_entrypoint: str | None = None) -> list[str]:
+    """The argv a container runs: Docker's rules for ENTRYPOINT, CMD, `run --entrypoint`
+    and the arguments after the image (moby daemon's merge of user and image config):
+
+        no --entrypoint        ENTRYPOINT + (args or CMD)
+        --entrypoint PROG      PROG + args              (the image's CMD is dropped too)
+        --entrypoint ""        args or CMD              (no ENTRYPOINT at all)
+    """
+    args = list(args or [])
+    if new_entrypoint is None:
+        return list(entrypoint) + (args or list(cmd))
+    if new_entrypoint == "":
+        return args or list(cmd)
+    return [new_entrypoint] + args
+
+
+def config_from_image(image, args: list[str] | None = None, entrypoint: str | None = None,
+                      **overrides) -> RunConfig:
+    """A RunConfig for an image from the store (see the contract in this module's docstring);
+    `entrypoint`: `run --entrypoint` (command_line says what it replaces)."""
+    argv = command_line(image.entrypoint, image.cmd, args, entrypoint)
+    top_first = list(reversed(image.layers))
+    uid, gid = parse_user(image.user, top_first)
+    env = list(image.env) or list(DEFAULT_ENV)
+    cfg = RunConfig(args=argv, lower_dirs=top_first, env=env, cwd=image.working_dir or "/",
+                    uid=uid, gid=gid, image=getattr(image, "id", ""))
+    return replace(cfg, **overrides)
+
+
+def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, cwd: str = "/",
+                   user: str = "") -> int:
+    """One Dockerfile RUN: `argv` in a container whose root is `rootfs` (kept writable), host
+    network, Docker's default capabilities (a Dockerfile may chown, mknod, switch users)."""
+    uid, gid = parse_user(user, rootfs)
+    namespaces = dict.fromkeys(DEFAULT_NAMESPACES)
+    namespaces.pop("network")
+    cfg = RunConfig(args=argv, rootfs=rootfs, env=env or list(DEFAULT_ENV), cwd=cwd, uid=uid,
+                    gid=gid, namespaces=namespaces, remove=True,
+                    capabilities=_default_caps(caps.DOCKER_CAPS))
+    return run_container(cfg)
+
+
+# --- the lifecycle: OCI (runtime.md "Operations") and Docker's ps/stop/kill/rm ----------
+
+def oci_create(cid: str, bundle: str, store: StateStore | None = None,
+               console_socket: str | None = None) -> Container:
+    """`create`: everything set up, the process waiting on exec.fifo; status "created".
+
+    With process.terminal, the pty master is sent (SCM_RIGHTS) to the unix socket at
+    `console_socket`, as runc's --console-socket does; whoever listens there owns the terminal.
+    """
+    from pykvm.container.runtime.bundle import load_bundle
+    cfg = replace(load_bundle(bundle), id=cid, name=cid)
+    console = _connect_console(console_socket) if console_socket else None
+    try:
+        return launch(cfg, CREATED, store, console=console)
+    finally:
+        if console is not None:
+            console.close()
+
+
+def _connect_console(path: str) -> socket.socket:
+    import socket
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise ContainerError(f"cannot connect to the console socket {path}: {e.strerror}") from None
+    return sock
+
+
+def oci_run(cid: str, bundle: str, store: StateStore | None = None) -> RunResult:
+    """`runc run`'s equivalent: create + start + wait, in the foreground, then delete."""
+    from pykvm.container.runtime.bundle import load_bundle
+    cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True)
+    return launch(cfg, FOREGROUND, store).wait()
+
+
+def oci_start(ref: str, store: StateStore | None = None, timeout: float = 10.0) -> None:
+    """`start`: open exec.fifo for reading; the waiting init writes one byte and execs."""
+    store = store or StateStore()
+    state = store.resolve(ref)
+    fifo = store.dir(state.id) / "exec.fifo"
+    if store.status(state) != "created":
+        raise ContainerError(f"container {state.id} is {store.status(state)}, not created: cannot start it")
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready or os.read(fd, 1) != b"0":
+            raise ContainerError(f"container {state.id} did not start within {timeout} s")
+    finally:
+        os.close(fd)
+        fifo.unlink(missing_ok=True)
+
+
+def kill_container(ref: str, sig: int = signal.SIGTERM, store: StateStore | None = None) -> ContainerState:
+    """`kill`: send a signal to the container's init (which forwards it to the command)."""
+    store = store or StateStore()
+    state = store.resolve(ref)
+    if store.status(state) == "stopped":
+        raise ContainerError(f"container {state.id} is not running")
+    try:
+        os.kill(state.pid, sig)
+    except ProcessLookupError:
+        pass
+    return state
+
+
+def wait_stopped(state: ContainerState, store: StateStore, timeout: float) -> bool:
+    """Poll until the container has stopped (True) or the timeout passed (False)."""
+    deadline = time.monotonic() + timeout
+    while store.status(state) != "stopped":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def stop_container(ref: str, timeout: float = 10.0, store: StateStore | None = None) -> ContainerState:
+    """`stop`: SIGTERM, then SIGKILL if it is still running after `timeout` seconds (Docker's rule)."""
+    store = store or StateStore()
+    state = store.resolve(ref)
+    if store.status(state) == "stopped":
+        return state
+    kill_container(state.id, signal.SIGTERM, store)
+    if not wait_stopped(state, store, timeout):
+        kill_container(state.id, signal.SIGKILL, store)
+        wait_stopped(state, store, 5.0)
+    return state
+
+
+def remove_container(ref: str, force: bool = False, store: StateStore | None = None) -> ContainerState:
+    """`rm` / `oci delete`: a stopped container's cgroup and state go; --force kills it first."""
+    store = store or StateStore()
+    state = store.resolve(ref)
+    if store.status(state) != "stopped":
+        if not force:
+            raise ContainerError(f"container {state.id} is {store.status(state)}: stop it first or use --force")
+        kill_container(state.id, signal.SIGKILL, store)
+        if not wait_stopped(state, store, 5.0):
+            raise ContainerError(f"container {state.id} did not die after SIGKILL")
+    if state.cgroup:
+        Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy()
+    store.remove(state.id)
+    return state

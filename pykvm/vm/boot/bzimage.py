@@ -1,0 +1,448 @@
+"""The Linux/x86 boot protocol: loading a bzImage the way a boot loader does.
+
+Spec: Documentation/arch/x86/boot.rst ("The Linux/x86 Boot Protocol") and
+Documentation/arch/x86/zero-page.rst in the kernel tree.  We implement the
+32-bit and 64-bit boot protocols of version 2.10 and later: no real-mode
+setup code runs, the boot loader (this module) fills `struct boot_params`
+itself and jumps straight into the protected-mode kernel.
+
+A bzImage file is two programs glued together:
+
+    file offset 0                 +----------------------------+
+                                  | boot sector (legacy)       |
+    0x1f1 .. 0x202 + [0x201]      |   setup header  <- we read |
+                                  +----------------------------+
+    512                           | real-mode setup code       |  setup_sects sectors
+                                  | (we never run it)          |
+    (setup_sects + 1) * 512       +----------------------------+
+                                  | protected-mode kernel      |  loaded at 1 MiB;
+                                  |  +0x000 startup_32         |  32-bit entry
+                                  |  +0x200 startup_64         |  64-bit entry (XLF_KERNEL_64)
+                                  |  compressed vmlinux ...    |
+                                  +----------------------------+
+
+The recipe (each step one function below):
+  1. read_setup_header: parse the header at 0x1f1, refuse what we cannot boot.
+  2. protected_mode_kernel: the bytes after the setup sectors, loaded at 1 MiB.
+  3. kernel_end: how far the kernel reaches once it decompresses itself.
+  4. place_initrd: the initrd as high as allowed (below initrd_addr_max).
+  5. pack_e820_table: the guest's RAM map (layout.memory_map) as zero-page rows.
+  6. pack_boot_params: the "zero page" as bytes: zeros, the header copied
+     from the image, our loader fields, the command line pointer, the e820 table.
+  7. plan_bzimage: all of the above, returning a BzImagePlan (what to write
+     where, and the Entry where the vCPU starts).  Pure: bytes in, bytes and
+     addresses out, no KVM needed, so every rule is unit-tested.
+  8. load_bzimage: the plan carried out on a real VM: the state a PC firmware
+     leaves (pykvm.vm.boot.firmware: ACPI tables, MSRs, LAPIC LINT pins), then
+     the writes.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+
+from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
+from pykvm.vm import layout
+from pykvm.errors import LoaderError
+
+__all__ = [
+    "SetupHeader",
+    "BzImagePlan",
+    "read_setup_header",
+    "protected_mode_kernel",
+    "compressed_payload",
+    "kernel_end",
+    "place_initrd",
+    "pack_e820_table",
+    "pack_boot_params",
+    "plan_bzimage",
+    "load_bzimage",
+    "DEFAULT_CMDLINE",
+    "MIN_PROTOCOL",
+]
+
+# Where things go in guest memory: pykvm.vm.layout (ZERO_PAGE, CMDLINE_START,
+# HIMEM_START), the same spots Firecracker's layout.rs uses.  The 64-bit
+# protocol lets boot_params and the command line sit anywhere in RAM the
+# kernel is told about; the protected-mode kernel goes to 1 MiB; the initrd
+# goes to the top of low RAM, below initrd_addr_max.
+PAGE_SIZE = 0x1000
+
+# --- Setup header (boot.rst "THE REAL-MODE KERNEL HEADER") --------------------
+SETUP_HEADER_OFFSET = 0x1F1      # first byte of the header in the image and in boot_params
+SETUP_HEADER_END_BYTE = 0x201    # header ends at 0x202 + the byte found here (the jump's offset)
+HDRS_MAGIC = b"HdrS"             # at 0x202: "this image speaks the boot protocol"
+BOOT_FLAG_MAGIC = 0xAA55         # at 0x1fe: the old boot-sector signature
+SECTOR_SIZE = 512
+DEFAULT_SETUP_SECTS = 4          # "If this field is 0, the real value is 4."
+MIN_PROTOCOL = 0x020A            # 2.10: kernel_alignment, pref_address, init_size, 64-bit entry rules
+PROTOCOL_INITRD_MAX_DEFAULT = 0x37FFFFFF  # initrd_addr_max before protocol 2.03
+
+# loadflags (0x211)
+LOADED_HIGH = 1 << 0             # protected-mode code loaded at 0x100000 (a bzImage)
+KASLR_FLAG = 1 << 1              # set by the kernel itself, internal
+QUIET_FLAG = 1 << 5              # suppress early messages
+KEEP_SEGMENTS = 1 << 6           # obsolete
+CAN_USE_HEAP = 1 << 7            # heap_end_ptr is valid
+
+# xloadflags (0x236)
+XLF_KERNEL_64 = 1 << 0           # has the legacy 64-bit entry point at +0x200
+XLF_CAN_BE_LOADED_ABOVE_4G = 1 << 1  # kernel/boot_params/cmdline/initrd may sit above 4 GiB
+XLF_EFI_HANDOVER_32 = 1 << 2
+XLF_EFI_HANDOVER_64 = 1 << 3
+XLF_EFI_KEXEC = 1 << 4
+XLF_5LEVEL = 1 << 5
+XLF_5LEVEL_ENABLED = 1 << 6
+
+# The command line when the user gives none: one UART, a fast boot (Firecracker's
+# and kvmtool's defaults are the models; docs/05-booting-linux.md explains each).
+DEFAULT_CMDLINE = ("console=ttyS0 earlyprintk=serial reboot=k,panic_warm panic=-1 pci=off "
+                   "8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd")
+
+TYPE_OF_LOADER_UNDEFINED = 0xFF  # "boot loader not assigned an ID": what QEMU and Firecracker also write
+STARTUP_64_OFFSET = 0x200        # 64-bit entry is startup_32 + 0x200 (boot.rst "64-bit BOOT PROTOCOL")
+HEAP_END_PTR = 0xFE00            # end of the setup heap, relative to the real-mode code (0x10000 - 0x200)
+
+# --- struct boot_params, the zero page (zero-page.rst) ------------------------
+BOOT_PARAMS_SIZE = 0x1000
+BP_ACPI_RSDP_ADDR = 0x070        # u64: physical address of the ACPI RSDP (protocol 2.14+)
+BP_EXT_RAMDISK_IMAGE = 0x0C0     # u32: high 32 bits of ramdisk_image
+BP_EXT_RAMDISK_SIZE = 0x0C4      # u32: high 32 bits of ramdisk_size
+BP_EXT_CMD_LINE_PTR = 0x0C8      # u32: high 32 bits of cmd_line_ptr
+BP_E820_ENTRIES = 0x1E8          # u8: number of entries in e820_table
+BP_SENTINEL = 0x1EF              # u8: non-zero means "a loader copied a whole sector" (kernel then wipes fields)
+BP_E820_TABLE = 0x2D0            # struct boot_e820_entry[E820_MAX_ENTRIES_ZEROPAGE]
+E820_MAX_ENTRIES_ZEROPAGE = 128
+E820_ENTRY = struct.Struct("<QQI")  # addr, size, type: 20 bytes, packed
+
+
+# (offset in image and boot_params, struct format, field name): boot.rst's table.
+_HEADER_LAYOUT = (
+    (0x1F1, "B", "setup_sects"),        # size of the setup in 512-byte sectors
+    (0x1F2, "H", "root_flags"),         # if set, the root is mounted readonly (obsolete)
+    (0x1F4, "I", "syssize"),            # size of the 32-bit code in 16-byte paras
+    (0x1F8, "H", "ram_size"),           # obsolete
+    (0x1FA, "H", "vid_mode"),           # video mode control
+    (0x1FC, "H", "root_dev"),           # default root device number
+    (0x1FE, "H", "boot_flag"),          # 0xAA55 magic number
+    (0x200, "H", "jump"),               # jump instruction; its second byte gives the header's end
+    (0x202, "4s", "header"),            # magic signature "HdrS"
+    (0x206, "H", "version"),            # boot protocol version supported, 0x020f = 2.15
+    (0x208, "I", "realmode_swtch"),     # boot loader hook
+    (0x20C, "H", "start_sys_seg"),      # obsolete
+    (0x20E, "H", "kernel_version"),     # pointer to kernel version string (real-mode offset - 0x200)
+    (0x210, "B", "type_of_loader"),     # boot loader identifier (written by us)
+    (0x211, "B", "loadflags"),          # boot protocol option flags
+    (0x212, "H", "setup_move_size"),    # move to high memory size (used with hooks)
+    (0x214, "I", "code32_start"),       # boot loader hook; the 32-bit entry address
+    (0x218, "I", "ramdisk_image"),      # initrd load address (written by us)
+    (0x21C, "I", "ramdisk_size"),       # initrd size (written by us)
+    (0x220, "I", "bootsect_kludge"),    # obsolete
+    (0x224, "H", "heap_end_ptr"),       # free memory after setup end (written by us)
+    (0x226, "B", "ext_loader_ver"),     # extended boot loader version
+    (0x227, "B", "ext_loader_type"),    # extended boot loader ID
+    (0x228, "I", "cmd_line_ptr"),       # 32-bit pointer to the kernel command line (written by us)
+    (0x22C, "I", "initrd_addr_max"),    # highest legal initrd address (last byte)
+    (0x230, "I", "kernel_alignment"),   # physical address alignment required for the kernel
+    (0x234, "B", "relocatable_kernel"), # whether the kernel is relocatable or not
+    (0x235, "B", "min_alignment"),      # minimum alignment, as a power of two
+    (0x236, "H", "xloadflags"),         # boot protocol option flags (XLF_*)
+    (0x238, "I", "cmdline_size"),       # maximum size of the kernel command line, without the NUL
+    (0x23C, "I", "hardware_subarch"),   # hardware subarchitecture (0 = normal PC)
+    (0x240, "Q", "hardware_subarch_data"),
+    (0x248, "I", "payload_offset"),     # offset of the compressed kernel payload (from the PM kernel)
+    (0x24C, "I", "payload_length"),     # length of that payload
+    (0x250, "Q", "setup_data"),         # 64-bit pointer to a linked list of struct setup_data
+    (0x258, "Q", "pref_address"),       # preferred loading address
+    (0x260, "I", "init_size"),          # linear memory required during initialization
+    (0x264, "I", "handover_offset"),    # offset of the EFI handover entry point
+    (0x268, "I", "kernel_info_offset"), # offset of the kernel_info (2.15+)
+)
+
+
+@dataclass(frozen=True)
+class SetupHeader:
+    """The setup header of a bzImage, one attribute per field of boot.rst's table.
+
+    `raw` keeps the header's exact bytes (0x1f1 up to its end) for copying into
+    boot_params; fields past the end a kernel declares read as 0.
+    """
+
+    setup_sects: int
+    root_flags: int
+    syssize: int
+    ram_size: int
+    vid_mode: int
+    root_dev: int
+    boot_flag: int
+    jump: int
+    header: bytes
+    version: int
+    realmode_swtch: int
+    start_sys_seg: int
+    kernel_version: int
+    type_of_loader: int
+    loadflags: int
+    setup_move_size: int
+    code32_start: int
+    ramdisk_image: int
+    ramdisk_size: int
+    bootsect_kludge: int
+    heap_end_ptr: int
+    ext_loader_ver: int
+    ext_loader_type: int
+    cmd_line_ptr: int
+    initrd_addr_max: int
+    kernel_alignment: int
+    relocatable_kernel: int
+    min_alignment: int
+    xloadflags: int
+    cmdline_size: int
+    hardware_subarch: int
+    hardware_subarch_data: int
+    payload_offset: int
+    payload_length: int
+    setup_data: int
+    pref_address: int
+    init_size: int
+    handover_offset: int
+    kernel_info_offset: int
+    raw: bytes
+
+    @property
+    def version_string(self) -> str:
+        """The protocol version as boot.rst writes it, e.g. "2.15"."""
+        return f"{self.version >> 8}.{self.version & 0xFF:02d}"
+
+    @property
+    def setup_size(self) -> int:
+        """Bytes before the protected-mode kernel: boot sector plus setup sectors."""
+        return (self.setup_sects or DEFAULT_SETUP_SECTS) * SECTOR_SIZE + SECTOR_SIZE
+
+    @property
+    def has_64bit_entry(self) -> bool:
+        """XLF_KERNEL_64: startup_64 sits at +0x200 from the load address."""
+        return bool(self.xloadflags & XLF_KERNEL_64)
+
+
+def _header_end(image: bytes) -> int:
+    """One past the header's last byte: 0x202 + the byte at 0x201 (boot.rst, 64-bit protocol)."""
+    return SETUP_HEADER_END_BYTE + 1 + image[SETUP_HEADER_END_BYTE]
+
+
+def read_setup_header(image: bytes) -> SetupHeader:
+    """Parse and check the setup header of a bzImage held in `image`.
+
+    Raises LoaderError for anything that is not a bzImage we can boot:
+    a short file, no "HdrS" magic, protocol older than 2.10, or no
+    LOADED_HIGH (a zImage).
+    """
+    if len(image) < SECTOR_SIZE * 2:
+        raise LoaderError(f"kernel image is only {len(image)} bytes: not a bzImage")
+    if image[0x202:0x206] != HDRS_MAGIC:
+        raise LoaderError('kernel image has no "HdrS" signature at 0x202: not a Linux bzImage '
+                          "(for an ELF vmlinux, boot it through its PVH entry)")
+    end = min(_header_end(image), BOOT_PARAMS_SIZE)
+    padded = image[:end] + bytes(max(0, 0x270 - end))
+    values = {name: struct.unpack_from("<" + fmt, padded, off)[0] for off, fmt, name in _HEADER_LAYOUT
+              if off < end}
+    values.update({name: 0 for off, _, name in _HEADER_LAYOUT if off >= end})
+    hdr = SetupHeader(**values, raw=bytes(image[SETUP_HEADER_OFFSET:end]))
+    _check_header(hdr, len(image))
+    return hdr
+
+
+def _check_header(hdr: SetupHeader, image_size: int) -> None:
+    """Refuse headers this loader cannot honour, each with a one-line reason."""
+    if hdr.version < MIN_PROTOCOL:
+        raise LoaderError(f"kernel speaks boot protocol {hdr.version_string}; pykvm needs 2.10 or "
+                          "later (Linux 2.6.31+)")
+    if not hdr.loadflags & LOADED_HIGH:
+        raise LoaderError("kernel is a zImage (LOADED_HIGH clear): only bzImages are supported")
+    if hdr.setup_size >= image_size:
+        raise LoaderError(f"kernel image is truncated: {image_size} bytes, but its setup alone "
+                          f"claims {hdr.setup_size}")
+
+
+def protected_mode_kernel(image: bytes, hdr: SetupHeader) -> bytes:
+    """The part of the image loaded at 1 MiB: everything after the setup sectors."""
+    return bytes(image[hdr.setup_size:])
+
+
+def compressed_payload(image: bytes, hdr: SetupHeader) -> bytes:
+    """The compressed vmlinux inside the protected-mode kernel (payload_offset/_length, 2.08+).
+
+    The decompressor (startup_32/64) unpacks exactly these bytes; a host tool
+    can do the same to get an ELF vmlinux (see guests/linux/extract-vmlinux.py).
+    """
+    start = hdr.setup_size + hdr.payload_offset
+    end = start + hdr.payload_length
+    if not hdr.payload_length or end > len(image):
+        raise LoaderError(f"kernel image has no payload inside its {len(image)} bytes "
+                          f"(payload_offset {hdr.payload_offset:#x}, payload_length {hdr.payload_length:#x})")
+    return bytes(image[start:end])
+
+
+def kernel_end(hdr: SetupHeader, load_addr: int, pm_size: int) -> int:
+    """One past the highest byte the kernel uses while it decompresses and starts.
+
+    boot.rst (init_size): the kernel needs init_size bytes from its runtime
+    start address, which is the load address rounded up to kernel_alignment,
+    but never below pref_address (LOAD_PHYSICAL_ADDR, head_64.S) and, for a
+    kernel that is not relocatable, exactly pref_address.
+    """
+    align = hdr.kernel_alignment or 1
+    runtime = -(-load_addr // align) * align
+    if not hdr.relocatable_kernel or runtime < hdr.pref_address:
+        runtime = max(runtime, hdr.pref_address)
+    return max(load_addr + pm_size, runtime + hdr.init_size)
+
+
+def place_initrd(hdr: SetupHeader, initrd_size: int, mem_end: int, lowest: int) -> int:
+    """Address for an initrd of `initrd_size` bytes: as high as allowed, page aligned.
+
+    boot.rst: the initrd must end at or below initrd_addr_max (the last legal
+    byte) and must stay inside RAM; we also keep it above `lowest` (the end of
+    the kernel's footprint) so the decompressor never overwrites it.
+    """
+    limit = min(hdr.initrd_addr_max + 1, mem_end, 1 << 32)
+    addr = (limit - initrd_size) // PAGE_SIZE * PAGE_SIZE
+    if initrd_size > limit or addr < lowest:
+        room = max(0, limit - lowest)
+        raise LoaderError(f"initrd of {initrd_size} bytes does not fit: {room} bytes free between the "
+                          f"kernel ({lowest:#x}) and {limit:#x}; give the guest more memory (--mem)")
+    return addr
+
+
+def pack_e820_table(entries: list[tuple[int, int, int]]) -> bytes:
+    """(address, size, type) rows as zero-page bytes: 20 packed bytes each (struct boot_e820_entry)."""
+    if len(entries) > E820_MAX_ENTRIES_ZEROPAGE:
+        raise LoaderError(f"{len(entries)} e820 entries; the zero page holds {E820_MAX_ENTRIES_ZEROPAGE}")
+    return b"".join(E820_ENTRY.pack(addr, size, kind) for addr, size, kind in entries)
+
+
+def _check_cmdline(hdr: SetupHeader, cmdline: bytes) -> None:
+    """cmdline_size is the longest command line the kernel accepts, without the NUL."""
+    if b"\0" in cmdline:
+        raise LoaderError("kernel command line contains a NUL byte")
+    if len(cmdline) > hdr.cmdline_size:
+        raise LoaderError(f"kernel command line is {len(cmdline)} bytes; this kernel accepts at most "
+                          f"{hdr.cmdline_size} (cmdline_size)")
+    if len(cmdline) >= layout.CMDLINE_MAX:
+        raise LoaderError(f"kernel command line is {len(cmdline)} bytes; pykvm has room for "
+                          f"{layout.CMDLINE_MAX - 1}")
+
+
+def pack_boot_params(hdr: SetupHeader, cmdline_addr: int, initrd_addr: int, initrd_size: int,
+                     e820: list[tuple[int, int, int]], acpi_rsdp: int = 0) -> bytes:
+    """The zero page a 32/64-bit boot loader hands the kernel, as 4096 bytes.
+
+    boot.rst (64-bit BOOT PROTOCOL): allocate boot_params zeroed, copy in the
+    setup header only (0x1f1 .. 0x202 + [0x201]), then fill the loader's
+    fields.  Copying the whole first sector instead would copy its 0xFF
+    padding (kernels >= 6.1.88) and the sentinel at 0x1ef, and the kernel
+    would take us for a broken loader and wipe fields we set.
+    """
+    bp = bytearray(BOOT_PARAMS_SIZE)
+    bp[SETUP_HEADER_OFFSET:SETUP_HEADER_OFFSET + len(hdr.raw)] = hdr.raw
+    assert bp[BP_SENTINEL] == 0
+    _put(bp, "type_of_loader", TYPE_OF_LOADER_UNDEFINED)
+    _put(bp, "loadflags", (hdr.loadflags | CAN_USE_HEAP) & ~(QUIET_FLAG | KEEP_SEGMENTS))
+    _put(bp, "heap_end_ptr", HEAP_END_PTR)
+    _put(bp, "cmd_line_ptr", cmdline_addr & 0xFFFFFFFF)
+    struct.pack_into("<I", bp, BP_EXT_CMD_LINE_PTR, cmdline_addr >> 32)
+    _put(bp, "ramdisk_image", initrd_addr & 0xFFFFFFFF)
+    _put(bp, "ramdisk_size", initrd_size & 0xFFFFFFFF)
+    struct.pack_into("<II", bp, BP_EXT_RAMDISK_IMAGE, initrd_addr >> 32, initrd_size >> 32)
+    struct.pack_into("<Q", bp, BP_ACPI_RSDP_ADDR, acpi_rsdp)
+    bp[BP_E820_ENTRIES] = len(e820)
+    table = pack_e820_table(e820)
+    bp[BP_E820_TABLE:BP_E820_TABLE + len(table)] = table
+    return bytes(bp)
+
+
+def _put(bp: bytearray, name: str, value: int) -> None:
+    """Write one setup-header field into boot_params at its boot.rst offset."""
+    for off, fmt, field_name in _HEADER_LAYOUT:
+        if field_name == name:
+            struct.pack_into("<" + fmt, bp, off, value)
+            return
+    raise AssertionError(f"no setup header field {name}")
+
+
+@dataclass(frozen=True)
+class BzImagePlan:
+    """What loading a bzImage means: bytes to write where, and the vCPU's entry."""
+
+    entry: Entry
+    writes: tuple[tuple[int, bytes], ...]   # (guest-physical address, bytes), in order
+
+
+def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes = b"",
+                 initrd: bytes | None = None, acpi_rsdp: int = 0) -> BzImagePlan:
+    """Everything a boot loader decides for a bzImage, without touching a VM.
+
+    `ram` is the guest's RAM as (base, size) ranges, the first one starting
+    at 0 (GuestMemory.ram_ranges()).  The plan writes the protected-mode
+    kernel at 1 MiB, the command line, the initrd and boot_params, and
+    starts the vCPU at startup_64 (64-bit, when the kernel has one) or
+    startup_32, with %rsi (%esi) pointing at boot_params.
+    """
+    hdr = read_setup_header(image)
+    cmd = cmdline.encode() if isinstance(cmdline, str) else bytes(cmdline)
+    _check_cmdline(hdr, cmd)
+    kernel = protected_mode_kernel(image, hdr)
+    low_end = ram[0][0] + ram[0][1]
+    end = kernel_end(hdr, layout.HIMEM_START, len(kernel))
+    if end > low_end:
+        raise LoaderError(f"kernel needs {_mib(end)} of guest memory to decompress and start "
+                          f"(init_size {hdr.init_size:#x} from {hdr.pref_address:#x}); "
+                          f"the guest has {_mib(low_end)} below 3 GiB: raise --mem")
+    writes = [(layout.HIMEM_START, kernel), (layout.CMDLINE_START, cmd + b"\0")]
+    initrd_addr = 0
+    if initrd:
+        initrd_addr = place_initrd(hdr, len(initrd), low_end, end)
+        writes.append((initrd_addr, bytes(initrd)))
+    params = pack_boot_params(hdr, layout.CMDLINE_START, initrd_addr, len(initrd or b""),
+                              layout.memory_map(ram), acpi_rsdp)
+    writes.append((layout.ZERO_PAGE, params))
+    protocol = f"Linux boot protocol {hdr.version_string}"
+    if hdr.has_64bit_entry:
+        entry = Entry(CpuMode.LONG, layout.HIMEM_START + STARTUP_64_OFFSET,
+                      {"rsi": layout.ZERO_PAGE}, protocol=protocol + ", 64-bit entry")
+    else:
+        entry = Entry(CpuMode.PROTECTED, layout.HIMEM_START,
+                      {"rsi": layout.ZERO_PAGE, "rbp": 0, "rdi": 0, "rbx": 0},
+                      protocol=protocol + ", 32-bit entry")
+    return BzImagePlan(entry, tuple(writes))
+
+
+def load_bzimage(memory, vcpus: list, image: bytes, cmdline: str = "", initrd: bytes | None = None,
+                 name: str = "kernel") -> Entry:
+    """Boot a bzImage on a real VM: pykvm.vm.boot.loader calls this for "HdrS" images.
+
+    1. the state a PC firmware leaves (pykvm.vm.boot.firmware): ACPI tables, so
+       that `poweroff` can reach PM1a_CNT; boot MSRs (after CPUID, which the
+       machine set in its step 5); LAPIC LINT0 = ExtINT and LINT1 = NMI;
+    2. the plan's writes into guest memory, boot_params.acpi_rsdp_addr
+       pointing at the tables.
+    An empty command line means DEFAULT_CMDLINE.
+    """
+    from pykvm.vm.boot.firmware import leave_firmware_state
+
+    rsdp = leave_firmware_state(memory, vcpus)
+    try:
+        plan = plan_bzimage(image, memory.ram_ranges(), cmdline or DEFAULT_CMDLINE, initrd,
+                            acpi_rsdp=rsdp)
+    except LoaderError as e:
+        raise LoaderError(f"{name}: {e}") from None
+    for address, data in plan.writes:
+        memory.write(address, data)
+    return plan.entry
+
+
+def _mib(n: int) -> str:
+    return f"{-(-n // (1 << 20))} MiB"
+
+
+assert [f.name for f in fields(SetupHeader)][:-1] == [name for _, _, name in _HEADER_LAYOUT]

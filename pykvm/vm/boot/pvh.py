@@ -1,0 +1,151 @@
+"""PVH boot: start an ELF kernel at its Xen PVH entry point, in 32-bit protected mode.
+
+PVH is the simplest standard way to boot an x86 kernel from a VMM: QEMU
+(`-kernel` with an ELF), Firecracker, Cloud Hypervisor and Xen all support it.
+The contract (xen/include/public/arch-x86/hvm/start_info.h and
+xen docs/misc/pvh.pandoc):
+
+1. The kernel's ELF has a note, name "Xen", type XEN_ELFNOTE_PHYS32_ENTRY
+   (18), whose descriptor is the physical entry address.
+2. The VMM copies the PT_LOAD segments to their physical addresses.
+3. It writes a `struct hvm_start_info` (magic 0x336ec578) that points to the
+   command line, the modules (an initrd), the ACPI RSDP and, from version 1,
+   a memory map.
+4. It starts the vCPU at the entry in 32-bit protected mode, paging off,
+   with %ebx = the start info's physical address.
+"""
+from __future__ import annotations
+
+import struct
+
+from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
+from pykvm.vm import layout
+from pykvm.vm.boot.elf import ElfFile, parse_elf
+from pykvm.errors import LoaderError
+
+__all__ = ["load_pvh", "pvh_entry_point", "is_linux", "pack_start_info", "pack_memmap", "pack_modlist",
+           "XEN_ELFNOTE_PHYS32_ENTRY", "HVM_START_MAGIC"]
+
+XEN_ELFNOTE_GUEST_OS = 6       # elfnote.h: the guest OS's name, "linux" for Linux
+XEN_ELFNOTE_PHYS32_ENTRY = 18  # elfnote.h: physical 32-bit entry point
+HVM_START_MAGIC = 0x336EC578   # start_info.h: hvm_start_info.magic
+HVM_START_VERSION = 1          # version 1 adds memmap_paddr/memmap_entries
+
+# struct hvm_start_info: magic, version, flags, nr_modules, modlist_paddr,
+# cmdline_paddr, rsdp_paddr, memmap_paddr, memmap_entries, reserved (56 bytes)
+START_INFO = struct.Struct("<IIIIQQQQII")
+# struct hvm_memmap_table_entry: addr, size, type, reserved (24 bytes)
+MEMMAP_ENTRY = struct.Struct("<QQII")
+# struct hvm_modlist_entry: paddr, size, cmdline_paddr, reserved (32 bytes)
+MODLIST_ENTRY = struct.Struct("<QQQQ")
+
+MAX_MEMMAP_ENTRIES = (layout.BOOT_STACK - layout.PVH_MEMMAP) // MEMMAP_ENTRY.size
+PAGE = 4096
+
+
+def pvh_entry_point(elf: ElfFile, name: str = "kernel") -> int:
+    """The address in the XEN_ELFNOTE_PHYS32_ENTRY note, or LoaderError."""
+    for note in elf.notes():
+        if note.name == b"Xen" and note.type == XEN_ELFNOTE_PHYS32_ENTRY:
+            if len(note.desc) not in (4, 8):
+                raise LoaderError(f"{name}: PVH entry note has a {len(note.desc)}-byte address")
+            return int.from_bytes(note.desc, "little")
+    raise LoaderError(f"{name}: no Xen PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
+                      "pykvm boots ELF kernels through PVH")
+
+
+def is_linux(elf: ElfFile) -> bool:
+    """A Linux vmlinux: its notes say so (Xen GUEST_OS "linux", or any note owned by "Linux")."""
+    return any(note.name == b"Linux"
+               or (note.name == b"Xen" and note.type == XEN_ELFNOTE_GUEST_OS
+                   and note.desc.rstrip(b"\0") == b"linux")
+               for note in elf.notes())
+
+
+def pack_start_info(cmdline_paddr: int, memmap_entries: int, nr_modules: int = 0,
+                    modlist_paddr: int = 0, memmap_paddr: int = layout.PVH_MEMMAP,
+                    rsdp_paddr: int = 0) -> bytes:
+    """struct hvm_start_info, version 1 (rsdp_paddr 0: "find the RSDP yourself")."""
+    return START_INFO.pack(HVM_START_MAGIC, HVM_START_VERSION, 0, nr_modules, modlist_paddr,
+                           cmdline_paddr, rsdp_paddr, memmap_paddr, memmap_entries, 0)
+
+
+def pack_memmap(entries: list[tuple[int, int, int]]) -> bytes:
+    """The memory map as hvm_memmap_table_entry[] (types are E820 types)."""
+    return b"".join(MEMMAP_ENTRY.pack(addr, size, kind, 0) for addr, size, kind in entries)
+
+
+def pack_modlist(modules: list[tuple[int, int]]) -> bytes:
+    """Modules (address, size) as hvm_modlist_entry[], without command lines."""
+    return b"".join(MODLIST_ENTRY.pack(addr, size, 0, 0) for addr, size in modules)
+
+
+def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None,
+             name: str = "kernel", acpi_rsdp: int = 0) -> Entry:
+    """Load ELF `data` into `memory` and return its PVH entry.  Steps as in the module docstring.
+
+    `acpi_rsdp`: where the caller put the ACPI tables (pykvm.vm.boot.firmware), for
+    start_info.rsdp_paddr; Linux reads it in arch/x86/platform/pvh/enlighten.c.
+    A Linux kernel given no command line gets the bzImage loader's
+    DEFAULT_CMDLINE (without console=ttyS0 it would print nothing at all).
+    """
+    elf = parse_elf(data, name)
+    entry = pvh_entry_point(elf, name)
+    if not cmdline and is_linux(elf):
+        from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
+        cmdline = DEFAULT_CMDLINE
+    kernel_end = load_segments(memory, elf, name)
+    write_cmdline(memory, cmdline)
+    modules = []
+    if initrd is not None:
+        modules.append((place_initrd(memory, initrd, kernel_end), len(initrd)))
+        memory.write(layout.PVH_MODLIST, pack_modlist(modules))
+    memmap = memory.memory_map()
+    if len(memmap) > MAX_MEMMAP_ENTRIES:
+        raise LoaderError(f"memory map has {len(memmap)} entries, room for {MAX_MEMMAP_ENTRIES}")
+    memory.write(layout.PVH_MEMMAP, pack_memmap(memmap))
+    memory.write(layout.PVH_START_INFO, pack_start_info(
+        layout.CMDLINE_START, len(memmap), len(modules), layout.PVH_MODLIST if modules else 0,
+        rsdp_paddr=acpi_rsdp))
+    return Entry(CpuMode.PROTECTED, entry, {"rbx": layout.PVH_START_INFO}, protocol="PVH")
+
+
+def load_segments(memory, elf: ElfFile, name: str) -> int:
+    """Copy every PT_LOAD segment to its physical address; zero its tail (.bss).  Returns the end."""
+    end = 0
+    for i, seg in enumerate(elf.load_segments()):
+        if seg.memsz == 0:
+            continue
+        if seg.paddr < layout.HIMEM_START:
+            raise LoaderError(f"{name}: segment {i} at {seg.paddr:#x} overlaps pykvm's boot area "
+                              f"below {layout.HIMEM_START:#x}")
+        if not memory.contains(seg.paddr, seg.memsz):
+            raise LoaderError(f"{name}: segment {i} ({seg.paddr:#x}, {seg.memsz:#x} bytes) "
+                              f"is outside guest memory; try a larger --mem")
+        memory.write(seg.paddr, elf.segment_data(seg))
+        if seg.memsz > seg.filesz:
+            memory.write(seg.paddr + seg.filesz, bytes(seg.memsz - seg.filesz))
+        end = max(end, seg.paddr + seg.memsz)
+    if end == 0:
+        raise LoaderError(f"{name}: ELF has no loadable segments")
+    return end
+
+
+def write_cmdline(memory, cmdline: str) -> None:
+    """The command line, NUL-terminated, at CMDLINE_START."""
+    raw = cmdline.encode() + b"\0"
+    if len(raw) > layout.CMDLINE_MAX:
+        raise LoaderError(f"command line is {len(raw) - 1} bytes; at most {layout.CMDLINE_MAX - 1}")
+    memory.write(layout.CMDLINE_START, raw)
+
+
+def place_initrd(memory, initrd: bytes, kernel_end: int, limit: int | None = None) -> int:
+    """Put the initrd page-aligned at the top of low RAM (below `limit`), above the kernel."""
+    low_end = memory.ram_ranges()[0][1]
+    top = min(low_end, limit) if limit else low_end
+    address = (top - len(initrd)) & ~(PAGE - 1)
+    if address < kernel_end:
+        raise LoaderError(f"initrd ({len(initrd)} bytes) does not fit in guest memory above the "
+                          f"kernel; try a larger --mem")
+    memory.write(address, initrd)
+    return address

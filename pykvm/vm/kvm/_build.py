@@ -1,0 +1,309 @@
+"""cffi build script for pykvm's KVM bindings (API mode).
+
+Why API mode: cffi's ABI mode trusts our declarations blindly, and a slightly
+misdeclared struct corrupts memory.  In API mode the C compiler reads
+<linux/kvm.h> itself: every `...;` below asks it for the real offsets, every
+`#define NAME ...` asks it for the real value.  So no struct layout and no
+ioctl number in pykvm is typed by hand; if the header and this file ever
+disagree, the build fails instead of the VM.
+
+Built by `pip install` (setup.py names this file in cffi_modules) into the
+extension module `pykvm.vm.kvm._kvm_cffi`.
+"""
+from cffi import FFI
+
+ffibuilder = FFI()
+
+# --- C side: the real headers, plus tiny helpers ---------------------------
+#
+# struct kvm_run keeps its exit data in an anonymous union of anonymous
+# structs.  We give each struct we use a name with __typeof__, so cffi can
+# check its fields one by one.
+SOURCE = r"""
+#include <errno.h>
+#include <stddef.h>
+#include <sys/ioctl.h>
+#include <linux/kvm.h>
+
+typedef __typeof__(((struct kvm_run *)0)->io)        kvm_run_io_t;
+typedef __typeof__(((struct kvm_run *)0)->mmio)      kvm_run_mmio_t;
+typedef __typeof__(((struct kvm_run *)0)->fail_entry) kvm_run_fail_entry_t;
+typedef __typeof__(((struct kvm_run *)0)->hw)        kvm_run_hw_t;
+typedef __typeof__(((struct kvm_run *)0)->ex)        kvm_run_ex_t;
+typedef __typeof__(((struct kvm_run *)0)->internal)  kvm_run_internal_t;
+typedef __typeof__(((struct kvm_run *)0)->emulation_failure) kvm_run_emulation_failure_t;
+typedef __typeof__(((struct kvm_run *)0)->system_event) kvm_run_system_event_t;
+
+/* ioctl(2) is variadic; these give cffi fixed signatures to call. */
+static int ioctl_ptr(int fd, unsigned long request, void *arg)
+{
+    return ioctl(fd, request, arg);
+}
+
+static int ioctl_int(int fd, unsigned long request, unsigned long arg)
+{
+    return ioctl(fd, request, arg);
+}
+
+/* KVM_RUN, retried on EINTR only when asked: the run loop wants EINTR
+ * (a signal, e.g. Ctrl-C) so it can stop cleanly. */
+static int kvm_run(int vcpu_fd)
+{
+    return ioctl(vcpu_fd, KVM_RUN, 0);
+}
+"""
+
+CDEF = r"""
+typedef unsigned char  __u8;
+typedef unsigned short __u16;
+typedef unsigned int   __u32;
+typedef unsigned long long __u64;
+typedef signed int     __s32;
+
+/* --- constants: values come from the header ------------------------------ */
+#define KVM_API_VERSION ...
+
+/* system ioctls (on /dev/kvm) */
+#define KVM_GET_API_VERSION ...
+#define KVM_CREATE_VM ...
+#define KVM_CHECK_EXTENSION ...
+#define KVM_GET_VCPU_MMAP_SIZE ...
+#define KVM_GET_SUPPORTED_CPUID ...
+#define KVM_GET_MSR_INDEX_LIST ...
+
+/* VM ioctls */
+#define KVM_CREATE_VCPU ...
+#define KVM_SET_USER_MEMORY_REGION ...
+#define KVM_SET_TSS_ADDR ...
+#define KVM_SET_IDENTITY_MAP_ADDR ...
+#define KVM_CREATE_IRQCHIP ...
+#define KVM_CREATE_PIT2 ...
+#define KVM_IRQ_LINE ...
+#define KVM_ENABLE_CAP ...
+
+/* vCPU ioctls */
+#define KVM_RUN ...
+#define KVM_GET_REGS ...
+#define KVM_SET_REGS ...
+#define KVM_GET_SREGS ...
+#define KVM_SET_SREGS ...
+#define KVM_SET_CPUID2 ...
+#define KVM_GET_MSRS ...
+#define KVM_SET_MSRS ...
+#define KVM_GET_LAPIC ...
+#define KVM_SET_LAPIC ...
+#define KVM_GET_FPU ...
+#define KVM_SET_FPU ...
+#define KVM_GET_MP_STATE ...
+#define KVM_SET_MP_STATE ...
+
+/* capabilities */
+#define KVM_CAP_IRQCHIP ...
+#define KVM_CAP_HLT ...
+#define KVM_CAP_USER_MEMORY ...
+#define KVM_CAP_SET_TSS_ADDR ...
+#define KVM_CAP_EXT_CPUID ...
+#define KVM_CAP_PIT2 ...
+#define KVM_CAP_SET_IDENTITY_MAP_ADDR ...
+#define KVM_CAP_IMMEDIATE_EXIT ...
+#define KVM_CAP_NR_MEMSLOTS ...
+#define KVM_CAP_NR_VCPUS ...
+#define KVM_CAP_INTERNAL_ERROR_DATA ...
+#define KVM_CAP_MP_STATE ...
+
+/* multiprocessing states (KVM_GET/SET_MP_STATE) */
+#define KVM_MP_STATE_RUNNABLE ...
+#define KVM_MP_STATE_UNINITIALIZED ...
+#define KVM_MP_STATE_INIT_RECEIVED ...
+#define KVM_MP_STATE_HALTED ...
+#define KVM_MP_STATE_SIPI_RECEIVED ...
+
+/* exit reasons */
+#define KVM_EXIT_UNKNOWN ...
+#define KVM_EXIT_EXCEPTION ...
+#define KVM_EXIT_IO ...
+#define KVM_EXIT_HYPERCALL ...
+#define KVM_EXIT_DEBUG ...
+#define KVM_EXIT_HLT ...
+#define KVM_EXIT_MMIO ...
+#define KVM_EXIT_IRQ_WINDOW_OPEN ...
+#define KVM_EXIT_SHUTDOWN ...
+#define KVM_EXIT_FAIL_ENTRY ...
+#define KVM_EXIT_INTR ...
+#define KVM_EXIT_NMI ...
+#define KVM_EXIT_INTERNAL_ERROR ...
+#define KVM_EXIT_SYSTEM_EVENT ...
+#define KVM_EXIT_IO_IN ...
+#define KVM_EXIT_IO_OUT ...
+#define KVM_INTERNAL_ERROR_EMULATION ...
+#define KVM_INTERNAL_ERROR_SIMUL_EX ...
+#define KVM_INTERNAL_ERROR_DELIVERY_EV ...
+#define KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON ...
+#define KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES ...
+#define KVM_SYSTEM_EVENT_SHUTDOWN ...
+#define KVM_SYSTEM_EVENT_RESET ...
+#define KVM_SYSTEM_EVENT_CRASH ...
+#define KVM_MEM_READONLY ...
+#define KVM_APIC_REG_SIZE ...
+
+/* --- structures: `...;` = "compiler, fill in the real layout" ------------- */
+struct kvm_userspace_memory_region {
+    __u32 slot;
+    __u32 flags;
+    __u64 guest_phys_addr;
+    __u64 memory_size;
+    __u64 userspace_addr;
+    ...;
+};
+
+struct kvm_regs {
+    __u64 rax, rbx, rcx, rdx;
+    __u64 rsi, rdi, rsp, rbp;
+    __u64 r8,  r9,  r10, r11;
+    __u64 r12, r13, r14, r15;
+    __u64 rip, rflags;
+    ...;
+};
+
+struct kvm_segment {
+    __u64 base;
+    __u32 limit;
+    __u16 selector;
+    __u8  type;
+    __u8  present, dpl, db, s, l, g, avl;
+    __u8  unusable;
+    ...;
+};
+
+struct kvm_dtable {
+    __u64 base;
+    __u16 limit;
+    ...;
+};
+
+struct kvm_sregs {
+    struct kvm_segment cs, ds, es, fs, gs, ss;
+    struct kvm_segment tr, ldt;
+    struct kvm_dtable gdt, idt;
+    __u64 cr0, cr2, cr3, cr4, cr8;
+    __u64 efer;
+    __u64 apic_base;
+    ...;
+};
+
+struct kvm_fpu {
+    __u16 fcw;
+    __u32 mxcsr;
+    ...;
+};
+
+struct kvm_msr_entry {
+    __u32 index;
+    __u64 data;
+    ...;
+};
+
+struct kvm_msrs {
+    __u32 nmsrs;
+    struct kvm_msr_entry entries[];
+    ...;
+};
+
+struct kvm_msr_list {
+    __u32 nmsrs;
+    __u32 indices[];
+    ...;
+};
+
+struct kvm_cpuid_entry2 {
+    __u32 function;
+    __u32 index;
+    __u32 flags;
+    __u32 eax;
+    __u32 ebx;
+    __u32 ecx;
+    __u32 edx;
+    ...;
+};
+
+struct kvm_cpuid2 {
+    __u32 nent;
+    struct kvm_cpuid_entry2 entries[];
+    ...;
+};
+
+struct kvm_pit_config {
+    __u32 flags;
+    ...;
+};
+
+struct kvm_irq_level {
+    __u32 irq;
+    __u32 level;
+    ...;
+};
+
+struct kvm_enable_cap {
+    __u32 cap;
+    __u32 flags;
+    __u64 args[4];
+    ...;
+};
+
+struct kvm_mp_state {
+    __u32 mp_state;
+    ...;
+};
+
+struct kvm_lapic_state {
+    char regs[...];
+};
+
+typedef struct { __u8 direction; __u8 size; __u16 port; __u32 count;
+                 __u64 data_offset; ...; } kvm_run_io_t;
+typedef struct { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write;
+                 ...; } kvm_run_mmio_t;
+typedef struct { __u64 hardware_entry_failure_reason; __u32 cpu; ...; }
+        kvm_run_fail_entry_t;
+typedef struct { __u64 hardware_exit_reason; ...; } kvm_run_hw_t;
+typedef struct { __u32 exception; __u32 error_code; ...; } kvm_run_ex_t;
+typedef struct { __u32 suberror; __u32 ndata; __u64 data[16]; ...; }
+        kvm_run_internal_t;
+typedef struct { __u32 suberror; __u32 ndata; __u64 flags;
+                 __u8 insn_size; __u8 insn_bytes[15]; ...; }
+        kvm_run_emulation_failure_t;
+typedef struct { __u32 type; __u32 ndata; __u64 data[16]; ...; }
+        kvm_run_system_event_t;
+
+/* The fields below named after union members overlap, as in the header. */
+struct kvm_run {
+    __u8 request_interrupt_window;
+    __u8 immediate_exit;
+    __u32 exit_reason;
+    __u8 ready_for_interrupt_injection;
+    __u8 if_flag;
+    __u16 flags;
+    __u64 cr8;
+    __u64 apic_base;
+    kvm_run_hw_t hw;
+    kvm_run_fail_entry_t fail_entry;
+    kvm_run_ex_t ex;
+    kvm_run_io_t io;
+    kvm_run_mmio_t mmio;
+    kvm_run_internal_t internal;
+    kvm_run_emulation_failure_t emulation_failure;
+    kvm_run_system_event_t system_event;
+    ...;
+};
+
+/* --- functions ------------------------------------------------------------ */
+int ioctl_ptr(int fd, unsigned long request, void *arg);
+int ioctl_int(int fd, unsigned long request, unsigned long arg);
+int kvm_run(int vcpu_fd);
+"""
+
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("pykvm.vm.kvm._kvm_cffi", SOURCE)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,359 @@
+"""Machine: build a VM from a MachineConfig, run it until it stops, tear it down.
+
+The boot path is one top-down recipe (Firecracker's build_microvm_for_boot is
+the model).  Machine.__init__ reads as its table of contents:
+
+    1. open /dev/kvm and check the capabilities pykvm needs, and --cpus
+    2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
+    3. guest memory, registered with KVM as memory slots
+    4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT:
+       before any vCPU exists, so each vCPU gets its LAPIC
+    5. the vCPUs, each with its CPUID (its own APIC id, a topology of N CPUs;
+       CPUID before MSRs: KVM checks MSRs against it)
+    6. the kernel loaded into memory, giving an entry point and CPU mode;
+       the firmware's leftovers for every vCPU (ACPI tables with the MADT, MSRs)
+    7. the devices, each inserted on the port-I/O bus at its base
+    8. vCPU 0's registers for that entry point; the other vCPUs wait for a
+       SIPI, as the application processors of a PC do
+
+Machine.run() runs one host thread per vCPU, each looping on KVM_RUN and one
+`match` over the typed exit (_run_loop).  cffi drops the GIL for the length of
+the KVM_RUN ioctl, so the vCPUs run guest code at the same time; they take the
+GIL only to handle an exit.  Any stop (a device's, Ctrl-A x, a closed stdout,
+an error on any vCPU) sets exit_status once and kicks every other vCPU out of
+KVM_RUN (_kick_others); run() joins the threads and returns or raises.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pykvm.vm.arch.x86 import boot_state, cpuid
+from pykvm.vm import layout
+from pykvm.vm.console import FLUSH_BYTES, ConsoleOutput
+from pykvm.vm.devices import acpi_pm, cmos, debug_exit, i8042, pci, serial
+from pykvm.vm.devices.bus import Bus
+from pykvm.errors import ConfigError, GuestError
+from pykvm.vm.kvm import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
+                       MmioWrite, Shutdown, SystemEvent)
+from pykvm.vm.kvm.bindings import lib
+from pykvm.vm.memory import GuestMemory
+
+__all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "MAX_CPUS", "PORTS", "KICK_SIGNAL"]
+
+log = logging.getLogger("pykvm.vm.machine")
+
+DEFAULT_MEMORY = 128 << 20
+MAX_CPUS = 64         # a sane limit for one Python thread per vCPU (KVM's own is KVM_CAP_NR_VCPUS)
+KICK_SIGNAL = signal.SIGUSR1   # interrupts a vCPU thread's KVM_RUN (EINTR); its handler does nothing
+
+# The port-I/O map, as on a PC (each device module names its own base and length).
+PORTS = {
+    "serial": (serial.COM1_BASE, serial.COM1_LENGTH),          # 16550A UART on COM1, IRQ 4
+    "i8042": (i8042.I8042_BASE, i8042.I8042_LENGTH),            # keyboard controller (reset line)
+    "debug-exit": (debug_exit.DEBUG_EXIT_BASE, debug_exit.DEBUG_EXIT_LENGTH),  # QEMU isa-debug-exit
+    "acpi-pm": (acpi_pm.PM1A_CNT_BASE, acpi_pm.PM1A_CNT_LENGTH),  # ACPI PM1a control (power off)
+    "cmos": (cmos.CMOS_BASE, cmos.CMOS_LENGTH),                  # RTC + CMOS RAM (Linux reads the time)
+    "pci-config": (pci.PCI_CONFIG_BASE, pci.PCI_CONFIG_LENGTH),  # PCI config mechanism #1, empty bus
+}
+WARM_RESET = 0x1234   # BDA reset flag for a warm boot; pykvm's Linux command line sets it on panic only
+
+
+@dataclass
+class MachineConfig:
+    """Everything needed to build a VM; the CLI fills it from its options."""
+
+    kernel: Path
+    memory: int = DEFAULT_MEMORY
+    cmdline: str = ""
+    initrd: Path | None = None
+    kernel_format: str = "auto"      # auto, pvh, raw (bzImage: see pykvm.vm.boot.bzimage)
+    cpus: int = 1                    # vCPUs: vCPU 0 boots, the others wait for a SIPI
+    trace: bool = False
+    output: object = None            # callable(bytes) for guest serial output; default stdout
+    extra: dict = field(default_factory=dict)
+
+
+class Machine:
+    """One VM: its vCPUs (a host thread each), a UART, and the ports a guest uses to stop itself."""
+
+    def __init__(self, config: MachineConfig):
+        self.config = config
+        self.exit_status: int | None = None
+        self.exit_counts_by_vcpu: list[Counter[str]] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()          # guards exit_status, _error and _threads
+        self._threads: dict[int, int] = {}     # vCPU id -> its running thread's ident
+        install_kick_handler()
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- building ------------------------------------------------------------
+    def _build(self) -> None:
+        config = self.config
+        self.kvm = Kvm()                                                   # 1
+        for capability in ("KVM_CAP_USER_MEMORY", "KVM_CAP_IRQCHIP", "KVM_CAP_PIT2",
+                           "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_MP_STATE"):
+            self.kvm.require(capability)
+        check_cpus(config.cpus, self.kvm.check_extension("KVM_CAP_NR_VCPUS"))
+        self.vm = self.kvm.create_vm()                                     # 2
+        self.vm.set_tss_addr(layout.KVM_TSS_ADDRESS)
+        self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDRESS)
+        self.memory = GuestMemory(config.memory)                           # 3
+        self.memory.register(self.vm)
+        self.vm.create_irqchip()                                           # 4
+        self.vm.create_pit2()
+        self.vcpus = self._create_vcpus(config.cpus)                       # 5
+        self.vcpu = self.vcpus[0]                                          # the bootstrap processor
+        self.entry = self._load_kernel()                                   # 6
+        self._add_devices()                                                # 7
+        boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
+        for ap in self.vcpus[1:]:
+            ap.set_mp_state(lib.KVM_MP_STATE_INIT_RECEIVED)                # wait-for-SIPI
+
+    def _create_vcpus(self, cpus: int) -> list:
+        """vCPUs 0 .. cpus-1 (APIC id = index), each with CPUID naming its APIC id and N CPUs."""
+        supported = self.kvm.supported_cpuid()
+        vcpus = []
+        for index in range(cpus):
+            vcpu = self.vm.create_vcpu(index)
+            vcpu.set_cpuid(cpuid.guest_cpuid(supported, index, cpus))
+            vcpus.append(vcpu)
+            self.exit_counts_by_vcpu.append(Counter())
+        return vcpus
+
+    def _load_kernel(self) -> boot_state.Entry:
+        from pykvm.vm.boot.loader import load_kernel
+
+        return load_kernel(self.memory, self.vcpus, self.config)
+
+    def _add_devices(self) -> None:
+        # `pykvm boot | head -1`: once nobody reads, the VM ends (as `yes | head -1` ends yes).
+        # With --trace each byte goes out at once, in order with the exit lines on stderr.
+        self._console_output = None if self.config.output else ConsoleOutput(
+            1, on_broken=lambda: self.stop(0), flush_bytes=1 if self.config.trace else FLUSH_BYTES)
+        output = self.config.output or self._console_output.write
+        self.pio = Bus("pio")
+        self.mmio = Bus("mmio")
+        self.serial = serial.Serial16550(out=output, irq=self._serial_irq)
+        devices = {
+            "serial": self.serial,
+            "i8042": i8042.I8042(reset=self._guest_reset),
+            "debug-exit": debug_exit.DebugExit(stop=self.stop),
+            "acpi-pm": acpi_pm.AcpiPmControl(stop=self.stop),
+            "cmos": cmos.Cmos(),
+            "pci-config": pci.PciConfigSpace(),
+        }
+        for name, device in devices.items():
+            base, length = PORTS[name]
+            self.pio.insert(device, base, length)
+
+    def _serial_irq(self, level: bool) -> None:
+        """The UART's INTR output drives ISA IRQ 4 (PIC and IOAPIC pin 4)."""
+        self.vm.irq_line(serial.COM1_IRQ, 1 if level else 0)
+
+    # --- stopping --------------------------------------------------------------
+    def stop(self, status: int) -> None:
+        """End the VM with exit status `status` (called by devices, or by any other thread).
+
+        The first stop wins; every vCPU but the caller's own is kicked out of KVM_RUN.
+        """
+        with self._lock:
+            if self.exit_status is None:
+                self.exit_status = status
+            self._kick_others()
+
+    def _fail(self, error: BaseException) -> None:
+        """A vCPU thread hit `error`: remember the first one, stop every vCPU; run() raises it."""
+        with self._lock:
+            stopping = self.exit_status is not None and isinstance(error, GuestError)
+            if self._error is None and not stopping:     # a guest error after a stop: moot
+                self._error = error
+        self.stop(1)
+
+    def _guest_reset(self) -> None:
+        """A guest-requested reset (i8042 pulse): like Firecracker, pykvm ends the VM, status 0.
+
+        Except after a kernel panic: before a reset the OS leaves the firmware
+        a word at BIOS Data Area 0x472 (0x1234 = warm boot).  pykvm's Linux
+        command line asks for warm resets on panic only (reboot=k,panic_warm),
+        so a warm reset means "the kernel panicked" and pykvm fails.
+        """
+        flag = int.from_bytes(self.memory.read(layout.BDA_RESET_FLAG, 2), "little")
+        if flag == WARM_RESET:
+            raise GuestError("the guest kernel panicked and reset itself (its log is above)")
+        log.info("guest requested a reset; stopping the VM")
+        self.stop(0)
+
+    def _kick_others(self) -> None:
+        """Make every other vCPU's KVM_RUN return (called with _lock held).
+
+        immediate_exit catches a thread about to enter KVM_RUN; the signal one
+        already inside it (KVM returns EINTR).  A thread takes itself out of
+        _threads, under _lock, before it ends, so a kick never reaches a thread
+        that is gone, and KICK_SIGNAL's handler stays installed for the life
+        of the process: no moment exists where the signal would kill it.
+        """
+        me = threading.get_ident()
+        for vcpu in self.vcpus:
+            vcpu.immediate_exit = True
+            thread = self._threads.get(vcpu.id)
+            if thread is not None and thread != me:
+                signal.pthread_kill(thread, KICK_SIGNAL)
+
+    # --- running ---------------------------------------------------------------
+    def run(self) -> int:
+        """Run the guest until it stops itself (or is stopped); return pykvm's exit status.
+
+        One thread per vCPU; this thread waits for them all.  An error on any
+        vCPU stops the others and is raised here; so is Ctrl-C (KeyboardInterrupt).
+        """
+        threads = [threading.Thread(target=self._vcpu_thread, args=(vcpu,), name=f"vcpu{vcpu.id}",
+                                    daemon=True) for vcpu in self.vcpus]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            self.stop(1)
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            raise
+        finally:
+            if self._console_output is not None:
+                self._console_output.flush()     # the guest's last words before pykvm's own
+        if self._error is not None:
+            raise self._error
+        return self.exit_status
+
+    def _vcpu_thread(self, vcpu) -> None:
+        """The body of vCPU `vcpu`'s host thread: its run loop, registered for kicks."""
+        with self._lock:
+            self._threads[vcpu.id] = threading.get_ident()
+        try:
+            self._run_loop(vcpu, self.config.trace)
+        except BaseException as error:      # any error: stop the whole VM, let run() raise it
+            self._fail(error)
+        finally:
+            with self._lock:
+                del self._threads[vcpu.id]
+
+    def _run_loop(self, vcpu, trace: bool) -> None:
+        vcpu_run, pio, mmio = vcpu.run, self.pio, self.mmio
+        counts = self.exit_counts_by_vcpu[vcpu.id]
+        while self.exit_status is None:
+            exit = vcpu_run()
+            if trace:
+                counts[exit.reason] += 1
+                _trace(vcpu.id, exit)
+            match exit:
+                case IoOut(port=port, size=size, value=value):
+                    if exit.count == 1:
+                        pio.write(port, size, value)
+                    else:
+                        for value in exit.values():                  # rep outs
+                            pio.write(port, size, value)
+                case IoIn(port=port, size=size):
+                    for i in range(exit.count):                      # 1 unless rep ins
+                        exit.reply(pio.read(port, size), i)
+                case MmioWrite(address=address, size=size, data=data):
+                    mmio.write(address, size, data)
+                case MmioRead(address=address, size=size):
+                    exit.reply(mmio.read(address, size))
+                case Interrupted():
+                    pass                                             # a kick; loop re-checks
+                case SystemEvent(kind="shutdown" | "reset"):
+                    self.stop(0)
+                case Hlt():
+                    raise GuestError(self._stopped_because(vcpu, "the guest halted (HLT exit)"))
+                case Shutdown():
+                    raise GuestError(self._stopped_because(
+                        vcpu, "triple fault: the guest hit an exception it could not handle"))
+                case InternalError():
+                    raise GuestError(self._stopped_because(
+                        vcpu, _describe_internal_error(exit, vcpu.get_regs().rip)))
+                case FailEntry():
+                    raise GuestError(self._stopped_because(
+                        vcpu, f"KVM could not enter the guest (hardware reason {exit.hardware_reason:#x})"))
+                case _:
+                    raise GuestError(self._stopped_because(vcpu, f"unhandled VM exit {exit!r}"))
+
+    @property
+    def exit_counts(self) -> Counter[str]:
+        """VM exits by reason, all vCPUs together (counted with --trace)."""
+        return sum(self.exit_counts_by_vcpu, Counter())
+
+    def _stopped_because(self, vcpu, reason: str) -> str:
+        from pykvm.vm.arch.x86.dump import register_dump
+
+        where = f"vCPU {vcpu.id}: " if len(self.vcpus) > 1 else ""
+        return f"VM stopped: {where}{reason}\n{register_dump(vcpu, self.memory)}"
+
+    # --- tearing down ----------------------------------------------------------
+    _console_output: ConsoleOutput | None = None
+
+    def close(self) -> None:
+        if getattr(self, "serial", None) is not None:
+            self.serial.close()
+        if self._console_output is not None:
+            self._console_output.close()
+        for name in ("vm", "kvm", "memory"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                obj.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _describe_internal_error(exit: InternalError, rip: int) -> str:
+    text = f"KVM internal error: {exit.description} at rip {rip:#x}"
+    if exit.insn_bytes:
+        text += f"; instruction bytes {exit.insn_bytes.hex(' ')}"
+    return text
+
+
+def check_cpus(cpus: int, kvm_limit: int) -> None:
+    """--cpus must be 1 .. min(MAX_CPUS, KVM_CAP_NR_VCPUS); ConfigError says which bound."""
+    if not 1 <= cpus <= MAX_CPUS:
+        raise ConfigError(f"--cpus {cpus}: choose 1 to {MAX_CPUS}")
+    if cpus > kvm_limit:
+        raise ConfigError(f"--cpus {cpus}: this host's KVM recommends at most {kvm_limit} vCPUs "
+                          "per VM (KVM_CAP_NR_VCPUS, the host's CPU count)")
+
+
+def _on_kick(signum, frame) -> None:
+    """KICK_SIGNAL's handler: nothing to do; the signal's work was interrupting KVM_RUN."""
+
+
+def install_kick_handler() -> None:
+    """Install KICK_SIGNAL's handler once, for the life of the process (Firecracker does the same).
+
+    Python installs signal handlers from the main thread only, so a Machine
+    is built there; the handler is never swapped back while a vCPU may run.
+    """
+    if signal.getsignal(KICK_SIGNAL) is _on_kick:
+        return
+    try:
+        signal.signal(KICK_SIGNAL, _on_kick)
+    except ValueError:
+        raise ConfigError("a Machine must first be built on the main thread "
+                          "(it installs the vCPU kick signal handler)") from None
+
+
+def _trace(vcpu_id: int, exit) -> None:
+    """--trace: one line per VM exit on stderr, like a tiny kvm_stat -1."""
+    os.write(2, f"pykvm: vcpu{vcpu_id} exit {exit.reason:<14} {exit!r}\n".encode())

@@ -1,0 +1,134 @@
+"""GuestMemory: the guest's RAM, as mmap'd host memory that KVM maps into the guest.
+
+The guest's physical address space is backed by anonymous mmaps in our own
+process; KVM_SET_USER_MEMORY_REGION tells KVM which of our bytes are which
+guest-physical addresses.  Below 4 GiB, RAM stops at MMIO_GAP_START so that
+device windows have room; what does not fit continues at 4 GiB.
+
+Every access pykvm makes on the guest's behalf goes through read(), write() or
+view(), which check that the whole range lies inside one region: a guest
+cannot make pykvm touch memory that is not its own.
+"""
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+
+from pykvm.vm import layout
+from pykvm.errors import ConfigError, GuestMemoryError
+from pykvm.sizes import format_size
+
+__all__ = ["GuestMemory", "MemoryRegion", "MIN_MEMORY"]
+
+MIN_MEMORY = 2 << 20         # 2 MiB: the low megabyte plus room for a kernel at 1 MiB
+PAGE_SIZE = 4096
+
+
+@dataclass
+class MemoryRegion:
+    """One contiguous run of guest RAM: a KVM memory slot."""
+
+    slot: int
+    guest_addr: int
+    size: int
+    buffer: mmap.mmap
+
+    @property
+    def end(self) -> int:
+        return self.guest_addr + self.size
+
+    def host_address(self) -> int:
+        """Where this region starts in our own address space (for KVM)."""
+        from pykvm.vm.kvm.bindings import ffi
+
+        self._keepalive = ffi.from_buffer(self.buffer)
+        return int(ffi.cast("uintptr_t", self._keepalive))
+
+
+class GuestMemory:
+    """All of a guest's RAM.  `size` bytes, split around the MMIO gap below 4 GiB."""
+
+    def __init__(self, size: int):
+        if size < MIN_MEMORY:
+            raise ConfigError(f"guest memory {format_size(size)} is too small (at least {format_size(MIN_MEMORY)})")
+        if size % PAGE_SIZE:
+            raise ConfigError(f"guest memory must be a multiple of 4 KiB, not {size} bytes")
+        self.size = size
+        self.regions: list[MemoryRegion] = []
+        low = min(size, layout.MMIO_GAP_START)
+        self._add_region(0, low)
+        if size > low:
+            self._add_region(layout.MMIO_GAP_END, size - low)
+
+    def _add_region(self, guest_addr: int, size: int) -> None:
+        # Anonymous memory is allocated on first touch: untouched guest pages cost nothing.
+        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.regions.append(MemoryRegion(len(self.regions), guest_addr, size, buffer))
+
+    def register(self, vm) -> None:
+        """Give every region to KVM as a memory slot (KVM_SET_USER_MEMORY_REGION)."""
+        for r in self.regions:
+            vm.set_user_memory_region(r.slot, r.guest_addr, r.size, r.host_address())
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        """(guest address, size) of each RAM region."""
+        return [(r.guest_addr, r.size) for r in self.regions]
+
+    def memory_map(self) -> list[tuple[int, int, int]]:
+        """The E820 map derived from the regions: (address, size, type)."""
+        return layout.memory_map(self.ram_ranges())
+
+    def _locate(self, address: int, length: int, what: str) -> tuple[MemoryRegion, int]:
+        """The region holding [address, address+length) and the offset into it, or GuestMemoryError."""
+        if address < 0 or length < 0:
+            raise GuestMemoryError(address, length, what)
+        for r in self.regions:
+            if r.guest_addr <= address and address + length <= r.end:
+                return r, address - r.guest_addr
+        raise GuestMemoryError(address, length, what)
+
+    def contains(self, address: int, length: int = 1) -> bool:
+        """True if [address, address+length) is wholly guest RAM."""
+        try:
+            self._locate(address, length, "check")
+        except GuestMemoryError:
+            return False
+        return True
+
+    def read(self, address: int, length: int) -> bytes:
+        """Copy `length` bytes out of guest memory at `address` (bounds-checked)."""
+        region, offset = self._locate(address, length, "read")
+        return region.buffer[offset:offset + length]
+
+    def write(self, address: int, data: bytes, what: str = "write") -> None:
+        """Copy `data` into guest memory at `address` (bounds-checked)."""
+        region, offset = self._locate(address, len(data), what)
+        region.buffer[offset:offset + len(data)] = data
+
+    def view(self, address: int, length: int) -> memoryview:
+        """A writable view of guest memory (bounds-checked); release it when done."""
+        region, offset = self._locate(address, length, "access")
+        return memoryview(region.buffer)[offset:offset + length]
+
+    def read_cstring(self, address: int, limit: int) -> bytes:
+        """A NUL-terminated string of at most `limit` bytes, without the NUL."""
+        region, offset = self._locate(address, 1, "read")
+        end = min(region.size, offset + limit)
+        data = region.buffer[offset:end]
+        nul = data.find(b"\0")
+        return data if nul < 0 else data[:nul]
+
+    def close(self) -> None:
+        for r in self.regions:
+            r.__dict__.pop("_keepalive", None)
+            try:
+                r.buffer.close()
+            except BufferError:
+                pass
+        self.regions.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
