@@ -5,7 +5,9 @@ import os
 import selectors
 import subprocess
 import sys
+import termios
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +86,26 @@ def kill_9_after(argv: list[str], marker: bytes, timeout: float = 120, before_ki
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.returncode
     return bytes(output)
+
+
+@contextmanager
+def on_a_terminal(kernel, *args: str):
+    """`pykvm boot --kernel KERNEL ARGS` on a new pty, in raw mode; yields (proc, master, settings before).
+
+    On the way out, the process is killed if it still runs and the pty is closed.
+    """
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(kernel), *args],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    try:
+        deadline = time.monotonic() + 30
+        while termios.tcgetattr(slave)[3] & termios.ICANON:   # wait for raw mode
+            assert time.monotonic() < deadline, "pykvm never put the terminal in raw mode"
+            time.sleep(0.05)
+        yield proc, master, lambda: termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)

@@ -16,6 +16,7 @@
 struct hvm_start_info;
 struct trapframe;
 struct proc;
+struct cpu;
 
 /* gdt.c: segment selectors (index * 8 | requested privilege level) */
 #define SEL_KCODE 0x08
@@ -23,7 +24,7 @@ struct proc;
 #define SEL_UDATA (0x18 | 3)
 #define SEL_UCODE (0x20 | 3)
 #define SEL_TSS   0x28
-void gdt_init(void);
+void gdt_init(int cpu);
 void tss_set_kernel_stack(uint64_t rsp0);
 
 /* serial.c: the 16550 UART on COM1 */
@@ -50,9 +51,11 @@ int strncmp(const char *a, const char *b, size_t n);
 #define T_UD       6                /* invalid opcode        */
 #define T_PF       14               /* page fault            */
 #define T_IRQ0     32               /* PIC IRQ 0 lands here  */
+#define T_LAPIC_TIMER 48            /* each AP's local APIC timer */
 #define T_SYSCALL  0x80             /* int 0x80              */
 void idt_init(void);
 void irq_register(int irq, void (*handler)(int irq));
+void idt_load(void);
 
 /* pic.c: the two 8259A interrupt controllers */
 #define IRQ_TIMER 0
@@ -100,10 +103,25 @@ void proc_sleep(uint64_t nticks);
 void proc_reap(void);
 int proc_alive(int pid);
 void wait_for_interrupt(void);
+void wait_for_programs(void);
 void proc_dump(void);
 int proc_user_range_ok(uint64_t addr, uint64_t len);
-extern struct proc *current;
+void proc_init_idle(struct cpu *c);
+void proc_idle(void) __attribute__((noreturn));
 int current_pid(void);
+
+/* smp.c, lapic.c, acpi.c: the CPUs */
+struct cpu *mycpu(void);
+void cpu_local_init(struct cpu *c);
+void smp_init(const struct hvm_start_info *si);
+void smp_start_aps(void);
+void smp_dump(void);
+uint8_t lapic_id(void);
+void lapic_init(int timer);
+void lapic_eoi(void);
+void lapic_send_init(uint8_t apic_id);
+void lapic_send_startup(uint8_t apic_id, uint64_t page_address);
+int acpi_cpu_apic_ids(const struct hvm_start_info *si, uint8_t *ids, int max);
 
 /* userbins.S: the user programs linked into the kernel image */
 struct userprog {

@@ -12,12 +12,8 @@
  *   4. set CR0.PG                       (paging on: the CPU is now in long mode)
  * then a far jump through a 64-bit code segment and a call to kmain().
  */
+#include "long_mode.h"
 #define XEN_ELFNOTE_PHYS32_ENTRY 18   /* Xen's elfnote.h: 32-bit PVH entry point */
-#define CR0_PE     (1 << 0)           /* protected mode enable */
-#define CR0_PG     (1 << 31)          /* paging */
-#define CR4_PAE    (1 << 5)           /* physical address extension */
-#define MSR_EFER   0xc0000080         /* extended feature enable register */
-#define EFER_LME   (1 << 8)           /* long mode enable */
 #define PTE_P      (1 << 0)           /* present */
 #define PTE_W      (1 << 1)           /* writable */
 #define PTE_PS     (1 << 7)           /* page size: a 2 MiB page in a PD entry */
@@ -52,19 +48,8 @@ pvh_start:
     xor %eax, %eax
     rep stosl
 
-    /* Steps 1-4 above. */
-    mov %cr4, %eax
-    or $CR4_PAE, %eax
-    mov %eax, %cr4
-    mov $boot_pml4, %eax
-    mov %eax, %cr3
-    mov $MSR_EFER, %ecx
-    rdmsr
-    or $EFER_LME, %eax
-    wrmsr
-    mov %cr0, %eax
-    or $(CR0_PG | CR0_PE), %eax
-    mov %eax, %cr0
+    /* Steps 1-4 above (long_mode.h). */
+    ENTER_LONG_MODE $boot_pml4
 
     /* Still executing 32-bit code ("compatibility mode") until CS is
      * reloaded with a descriptor whose L bit is set. */

@@ -7,8 +7,13 @@
  * programs) and, through the TSS, the stack to switch to when an interrupt
  * arrives from ring 3 (TSS.rsp0).  SDM Vol. 3A, 3.4.5 (descriptors),
  * 7.7 (64-bit TSS), 6.14.4 (stack switching).
+ *
+ * Each CPU has its own GDT and TSS: TSS.rsp0 is the kernel stack of the
+ * process *this* CPU runs, and LTR marks the TSS descriptor busy, so two
+ * CPUs cannot share one.
  */
 #include "defs.h"
+#include "proc.h"
 #include "x86.h"
 
 /* Segment descriptor bits (SDM Vol. 3A, Figure 3-8). */
@@ -34,41 +39,46 @@ struct __attribute__((packed)) tss {
     uint16_t iomap_base;           /* >= limit: no I/O permission bitmap */
 };
 
-static struct tss tss;
+#define GDT_ENTRIES 7
 
-static uint64_t gdt[7] = {
+static struct tss tss[MAX_CPUS];
+static uint64_t gdt[MAX_CPUS][GDT_ENTRIES];
+
+static const uint64_t segments[SEL_TSS >> 3] = {
     [0] = 0,                                                              /* null        */
     [SEL_KCODE >> 3] = SEG_P | SEG_S | SEG_CODE | SEG_RW | SEG_L | SEG_G | SEG_LIMIT,
     [SEL_KDATA >> 3] = SEG_P | SEG_S | SEG_RW | SEG_DB | SEG_G | SEG_LIMIT,
     [SEL_UDATA >> 3] = SEG_P | SEG_DPL3 | SEG_S | SEG_RW | SEG_DB | SEG_G | SEG_LIMIT,
     [SEL_UCODE >> 3] = SEG_P | SEG_DPL3 | SEG_S | SEG_CODE | SEG_RW | SEG_L | SEG_G | SEG_LIMIT,
-    /* [5], [6]: the TSS descriptor is 16 bytes, filled in by gdt_init */
+    /* then the TSS descriptor, 16 bytes, filled in by gdt_init */
 };
 
-/* A 16-byte system descriptor for the TSS (SDM Vol. 3A, Figure 7-4). */
-static void set_tss_descriptor(void)
+/* A 16-byte system descriptor for CPU `cpu`'s TSS (SDM Vol. 3A, Figure 7-4). */
+static void set_tss_descriptor(int cpu)
 {
-    uint64_t base = (uint64_t)&tss;
-    uint64_t limit = sizeof(tss) - 1;
+    uint64_t base = (uint64_t)&tss[cpu];
+    uint64_t limit = sizeof(tss[cpu]) - 1;
 
-    gdt[SEL_TSS >> 3] = SEG_P | TSS_AVAIL | (limit & 0xffff) | ((base & 0xffffff) << 16) |
-                        (((base >> 24) & 0xff) << 56);
-    gdt[(SEL_TSS >> 3) + 1] = base >> 32;
+    gdt[cpu][SEL_TSS >> 3] = SEG_P | TSS_AVAIL | (limit & 0xffff) | ((base & 0xffffff) << 16) |
+                             (((base >> 24) & 0xff) << 56);
+    gdt[cpu][(SEL_TSS >> 3) + 1] = base >> 32;
 }
 
-void gdt_init(void)
+/* Load CPU `cpu`'s GDT and TSS (called once on each CPU, by that CPU). */
+void gdt_init(int cpu)
 {
-    struct dtr ptr = { sizeof(gdt) - 1, (uint64_t)gdt };
+    struct dtr ptr = { sizeof(gdt[cpu]) - 1, (uint64_t)gdt[cpu] };
 
-    tss.iomap_base = sizeof(tss);  /* user programs get no port access */
-    set_tss_descriptor();
+    memcpy(gdt[cpu], segments, sizeof(segments));
+    tss[cpu].iomap_base = sizeof(tss[cpu]);  /* user programs get no port access */
+    set_tss_descriptor(cpu);
     lgdt(&ptr);                    /* kernel selectors equal entry.S's: CS stays valid */
     ltr(SEL_TSS);
 }
 
-/* The stack the CPU switches to when an interrupt or system call arrives
- * from ring 3: the top of the running process's kernel stack. */
+/* The stack this CPU switches to when an interrupt or system call arrives
+ * from ring 3: the top of the kernel stack of the process it runs. */
 void tss_set_kernel_stack(uint64_t rsp0)
 {
-    tss.rsp[0] = rsp0;
+    tss[mycpu()->index].rsp[0] = rsp0;
 }

@@ -5,6 +5,7 @@
  */
 #include "defs.h"
 #include "memlayout.h"
+#include "proc.h"
 #include "pvh.h"
 #include "x86.h"
 
@@ -43,7 +44,8 @@ static const char *boot_script(void)
 
 void kmain(const struct hvm_start_info *si)
 {
-    gdt_init();         /* ring 0 and ring 3 segments, the TSS         */
+    cpu_local_init(&cpus[0]);   /* mycpu(): this is CPU 0, the bootstrap CPU    */
+    gdt_init(0);        /* ring 0 and ring 3 segments, this CPU's TSS  */
     idt_init();         /* exception and interrupt gates                */
     pic_init();         /* IRQs to vectors 32-47, all masked            */
     serial_init();      /* the console; unmasks IRQ 4                   */
@@ -53,11 +55,14 @@ void kmain(const struct hvm_start_info *si)
     read_cmdline(si);
     mm_init(si);        /* memory map, page allocator, own page tables  */
     pic_virtual_wire(); /* the PIC's output to the CPU: LAPIC LINT0     */
+    smp_init(si);       /* the CPUs the ACPI MADT lists; the local APIC */
     proc_init();        /* this thread becomes process 0, the shell     */
     pit_init();         /* 100 Hz timer on IRQ 0                        */
     sti();
-    kprintf("%s %s: %lu MiB RAM, timer %d Hz, %d user programs. Type 'help'.\n",
-            KERNEL_NAME, KERNEL_VERSION, ram_bytes >> 20, TIMER_HZ, userprog_count);
+    smp_start_aps();    /* INIT-SIPI-SIPI: the other CPUs join in        */
+    kprintf("%s %s: %lu MiB RAM, %d CPU%s, timer %d Hz, %d user programs. Type 'help'.\n",
+            KERNEL_NAME, KERNEL_VERSION, ram_bytes >> 20, ncpu_started, ncpu_started > 1 ? "s" : "",
+            TIMER_HZ, userprog_count);
     virtio_init(boot_cmdline);   /* virtio_mmio.device= words: disks   */
     shell_run(boot_script());
 }

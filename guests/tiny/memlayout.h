@@ -5,7 +5,9 @@
  *   0x0000_0000_0000_0000 - RAM end      kernel: physical memory mapped 1:1,
  *                                        supervisor-only (PML4 entry 0)
  *       0x0000_0000_0000_0000            page 0 left unmapped: catches NULL
+ *       0x0000_0000_0000_8000            AP_TRAMPOLINE: where other CPUs start
  *       0x0000_0000_0010_0000            the kernel image (KERNEL_BASE)
+ *       0x0000_0000_fee0_0000            LAPIC_BASE: this CPU's local APIC
  *   0x0000_0080_0000_0000 (512 GiB)      USER_BASE: a user program's code and
  *                                        data (PML4 entry 1, user pages)
  *   USER_BASE + 2 MiB                    USER_STACK_TOP, stack grows down
@@ -29,7 +31,9 @@
 #define USER_STACK_TOP  (USER_BASE + LARGE_PAGE_SIZE)
 #define USER_STACK_BOTTOM (USER_STACK_TOP - USER_STACK_PAGES * PAGE_SIZE)
 
-#define LAPIC_BASE      0xfee00000UL             /* local APIC registers (SDM Vol. 3A, 10.4.1) */
+/* SMP: where application processors start, and the local APIC's registers. */
+#define AP_TRAMPOLINE   0x8000    /* start-up IPI vector 0x08: real mode 0800:0000 */
+#define LAPIC_BASE      0xFEE00000UL  /* xAPIC registers (SDM Vol. 3A, 10.4.1), mapped uncached */
 
 /* Debug and power ports, identical on QEMU -M pc and pykvm. */
 #define DEBUG_EXIT_PORT 0xf4      /* isa-debug-exit: write V -> exit status (V<<1)|1 */

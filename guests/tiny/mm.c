@@ -12,6 +12,7 @@
 #include "defs.h"
 #include "memlayout.h"
 #include "pvh.h"
+#include "spinlock.h"
 #include "x86.h"
 
 /* Page-table entry bits (SDM Vol. 3A, Table 4-19 and friends). */
@@ -39,6 +40,7 @@ static struct {
 } pages;
 
 static uint64_t *kpml4;
+static struct spinlock kmem_lock = SPINLOCK_INIT("kmem");   /* guards `pages` */
 
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
@@ -109,12 +111,16 @@ static void *bump(uint64_t n)
 /* 2. A zeroed 4 KiB page, or NULL when memory is exhausted. */
 void *kalloc(void)
 {
+    acquire(&kmem_lock);
     void *page = pages.free_list;
     if (page)
         pages.free_list = *(void **)page;
-    else if (!(page = bump(1)))
+    else if (!(page = bump(1))) {
+        release(&kmem_lock);
         return NULL;
+    }
     pages.used++;
+    release(&kmem_lock);
     return memset(page, 0, PAGE_SIZE);
 }
 
@@ -123,18 +129,21 @@ void *kalloc(void)
  * region has that many left.  They are never freed. */
 void *kalloc_contiguous(uint64_t n)
 {
+    acquire(&kmem_lock);
     void *first = bump(n);
-    if (!first)
-        return NULL;
-    pages.used += n;
-    return memset(first, 0, n * PAGE_SIZE);
+    if (first)
+        pages.used += n;
+    release(&kmem_lock);
+    return first ? memset(first, 0, n * PAGE_SIZE) : NULL;
 }
 
 void kfree(void *page)
 {
+    acquire(&kmem_lock);
     *(void **)page = pages.free_list;
     pages.free_list = page;
     pages.used--;
+    release(&kmem_lock);
 }
 
 void mm_stats(uint64_t *total_pages, uint64_t *free_pages)

@@ -4,12 +4,23 @@
  * length modifier (64-bit argument; without it the argument is an int).
  */
 #include "defs.h"
+#include "spinlock.h"
 #include "x86.h"
 
-void kputs(const char *s, size_t len)
+/* One CPU at a time on the console: each kprintf and kputs comes out whole. */
+static struct spinlock console_lock = SPINLOCK_INIT("console");
+
+static void put_chars(const char *s, size_t len)
 {
     while (len--)
         serial_putc(*s++);
+}
+
+void kputs(const char *s, size_t len)
+{
+    acquire(&console_lock);
+    put_chars(s, len);
+    release(&console_lock);
 }
 
 static void put_number(uint64_t v, int base, int width, char pad)
@@ -30,7 +41,7 @@ static void put_number(uint64_t v, int base, int width, char pad)
 static void put_string(const char *s, int width)
 {
     int len = strlen(s);
-    kputs(s, len);
+    put_chars(s, len);
     while (width-- > len)          /* strings are left-justified */
         serial_putc(' ');
 }
@@ -66,7 +77,7 @@ void kvprintf(const char *fmt, va_list ap)
         }
         case 'u': put_number(is_long ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 10, width, pad); break;
         case 'x': put_number(is_long ? va_arg(ap, uint64_t) : va_arg(ap, unsigned), 16, width, pad); break;
-        case 'p': kputs("0x", 2); put_number(va_arg(ap, uint64_t), 16, 16, '0'); break;
+        case 'p': put_chars("0x", 2); put_number(va_arg(ap, uint64_t), 16, 16, '0'); break;
         case 's': put_string(va_arg(ap, const char *), width); break;
         case 'c': serial_putc(va_arg(ap, int)); break;
         case '%': serial_putc('%'); break;
@@ -79,7 +90,9 @@ void kprintf(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    acquire(&console_lock);
     kvprintf(fmt, ap);
+    release(&console_lock);
     va_end(ap);
 }
 
@@ -89,6 +102,7 @@ void panic(const char *fmt, ...)
 {
     va_list ap;
     cli();
+    console_lock = (struct spinlock)SPINLOCK_INIT("console");   /* this CPU may hold it: break it */
     kprintf("\npanic: ");
     va_start(ap, fmt);
     kvprintf(fmt, ap);

@@ -11,17 +11,26 @@
  * occasions: the timer interrupts a user program (preemption, trap.c),
  * a program gives up the CPU (yield, sleep, exit: syscall.c), or the shell
  * waits.  Scheduling is round robin over the process table.
+ *
+ * Several CPUs share the table: each runs its own `current` (struct cpu,
+ * smp.c) and picks the next RUNNABLE process itself.  One spinlock,
+ * ptable_lock, guards every process's state, and it is held *across* a
+ * switch, as in xv6: the process giving up the CPU takes it, the process
+ * switched to releases it.  Until then no other CPU can pick the first
+ * one, whose registers swtch is still saving.  The shell is pinned to
+ * CPU 0 (it owns the console's input); each AP has an idle process of its
+ * own that runs when nothing else can.
  */
 #include "defs.h"
 #include "memlayout.h"
 #include "proc.h"
+#include "spinlock.h"
 #include "x86.h"
 
-#define RFLAGS_IF       0x200      /* interrupts enabled */
 #define RFLAGS_RESERVED 0x002      /* bit 1 always reads as 1 */
 
 struct proc procs[NPROC];
-struct proc *current;
+static struct spinlock ptable_lock = SPINLOCK_INIT("ptable");
 static int next_pid = 1;
 
 void swtch(struct context **save, struct context *load);
@@ -47,10 +56,23 @@ void proc_init(void)
     struct proc *shell = &procs[0];
     shell->pid = 0;
     shell->state = RUNNING;
+    shell->cpu = shell->pinned = 0;
     set_name(shell, "shell");
     shell->pml4 = kernel_pml4();
     shell->kstack = (uint8_t *)boot_stack;
     current = shell;
+}
+
+/* An AP's boot thread becomes its idle process (its stack: smp.c's). */
+void proc_init_idle(struct cpu *c)
+{
+    struct proc *idle = &c->idle;
+    idle->pid = 0;
+    idle->state = RUNNING;
+    idle->cpu = idle->pinned = c->index;
+    set_name(idle, "idle");
+    idle->pml4 = kernel_pml4();
+    c->proc = idle;
 }
 
 int current_pid(void)
@@ -80,11 +102,20 @@ static int load_image(struct proc *p, const struct userprog *prog)
     return 0;
 }
 
+/* A new process's first instructions in the kernel: it was switched to
+ * with ptable_lock held, like any process, so it releases it; then it
+ * returns into trapret. */
+static void first_run(void)
+{
+    release(&ptable_lock);
+}
+
 /* A new process's kernel stack, top down: a trap frame that "returns" to
- * USER_BASE in ring 3, and below it a context whose rip is trapret.  The
- * first swtch to the process thus returns into trapret, which pops the
- * trap frame and iretq's into the program (SDM Vol. 3A, 6.14.3: IRET to a
- * less privileged level also pops RSP and SS). */
+ * USER_BASE in ring 3, trapret's address, and a context whose rip is
+ * first_run.  The first swtch to the process thus runs first_run, which
+ * returns into trapret, which pops the trap frame and iretq's into the
+ * program (SDM Vol. 3A, 6.14.3: IRET to a less privileged level also pops
+ * RSP and SS). */
 static void setup_kstack(struct proc *p)
 {
     struct trapframe *tf = (struct trapframe *)(p->kstack + PAGE_SIZE) - 1;
@@ -93,8 +124,10 @@ static void setup_kstack(struct proc *p)
     tf->rflags = RFLAGS_IF | RFLAGS_RESERVED;
     tf->rsp = USER_STACK_TOP;
     tf->ss = SEL_UDATA;
-    struct context *ctx = (struct context *)tf - 1;
-    ctx->rip = (uint64_t)trapret;
+    uint64_t *return_address = (uint64_t *)tf - 1;   /* where first_run returns */
+    *return_address = (uint64_t)trapret;
+    struct context *ctx = (struct context *)return_address - 1;
+    ctx->rip = (uint64_t)first_run;
     p->context = ctx;
 }
 
@@ -104,7 +137,7 @@ static void free_proc(struct proc *p)
         uvm_free(p->pml4);
     if (p->kstack)
         kfree(p->kstack);
-    *p = (struct proc){ .state = UNUSED };
+    *p = (struct proc){ .state = UNUSED, .cpu = -1, .pinned = -1 };
 }
 
 /* Start user program `name`.  Returns its pid; -1: no such program;
@@ -128,64 +161,123 @@ int proc_spawn(const char *name)
     }
     setup_kstack(p);
     set_name(p, prog->name);
-    p->pid = next_pid++;
+    p->cpu = p->pinned = -1;
     p->start_tick = ticks;
-    p->state = RUNNABLE;
-    return p->pid;
+    acquire(&ptable_lock);
+    p->pid = next_pid++;
+    p->state = RUNNABLE;           /* from here on, any CPU may pick it */
+    int pid = p->pid;
+    release(&ptable_lock);
+    return pid;
 }
 
-/* Round robin: the first RUNNABLE process after the current one, or the
- * current one itself if it is still runnable. */
-static struct proc *pick_next(void)
+/* May CPU `c` run `p` now?  Pass 0 takes only processes that last ran on
+ * `c` (or never ran): their cache is warm there, and two busy programs stay
+ * on their two CPUs instead of trading places at every tick.  Pass 1 takes
+ * any (an idle CPU takes work from a busy one).  Pass 2 also takes deferred
+ * processes: the shell waiting for its programs only polls, so it runs when
+ * nothing else can. */
+static int can_run(const struct cpu *c, const struct proc *p, int pass)
 {
-    int here = current - procs;
-    for (int i = 1; i <= NPROC; i++) {
-        struct proc *p = &procs[(here + i) % NPROC];
-        if (p->state == RUNNABLE)
-            return p;
+    return p->state == RUNNABLE && (p->pinned < 0 || p->pinned == c->index) &&
+           (pass > 0 || p->cpu < 0 || p->cpu == c->index) && (pass == 2 || !p->deferred);
+}
+
+/* Round robin, for CPU `c`: the first runnable process after the current
+ * one (the current one last), by the passes of can_run; else the CPU's
+ * idle process.  Call with ptable_lock held. */
+static struct proc *pick_next(struct cpu *c)
+{
+    struct proc *cur = c->proc;
+    int here = cur >= procs && cur < procs + NPROC ? cur - procs : 0;
+    for (int pass = 0; pass <= 2; pass++) {
+        for (int i = 1; i <= NPROC; i++) {
+            struct proc *p = &procs[(here + i) % NPROC];
+            if (can_run(c, p, pass))
+                return p;
+        }
     }
-    panic("no runnable process (the shell should always be)");
+    if (cur->state == RUNNABLE)
+        return cur;
+    if (c->index == 0)
+        panic("no runnable process (the shell should always be)");
+    return &c->idle;
 }
 
-/* Run `next`.  The caller has already set current->state. */
-static void switch_to(struct proc *next)
+/* Run `next` on this CPU.  The caller holds ptable_lock and has set
+ * current->state; the process switched to releases the lock. */
+static void switch_to(struct cpu *c, struct proc *next)
 {
-    struct proc *prev = current;
+    struct proc *prev = c->proc;
     next->state = RUNNING;
+    next->cpu = c->index;
     if (next == prev)
         return;
-    current = next;
+    c->proc = next;
+    c->switches++;
     tss_set_kernel_stack((uint64_t)next->kstack + PAGE_SIZE);
     write_cr3((uint64_t)next->pml4);
+    int intena = c->intena;        /* belongs to this kernel thread, not to the CPU */
     swtch(&prev->context, next->context);
+    mycpu()->intena = intena;      /* back, perhaps on another CPU */
+}
+
+/* Give up the CPU in state `state` (RUNNABLE or SLEEPING). */
+static void reschedule(enum procstate state)
+{
+    acquire(&ptable_lock);
+    struct cpu *c = mycpu();
+    c->proc->state = state;
+    switch_to(c, pick_next(c));
+    release(&ptable_lock);
+}
+
+/* Is another process, not a deferred one, runnable on `c`?  Read without
+ * the lock: a hint that spares the common case (a timer tick with nothing
+ * else to run) the lock and the scheduler, which cost much in an emulated
+ * kernel.  A process that becomes runnable just after is seen at the next tick. */
+static int others_runnable(const struct cpu *c)
+{
+    for (int i = 0; i < NPROC; i++)
+        if (&procs[i] != c->proc && can_run(c, &procs[i], 1))
+            return 1;
+    return 0;
 }
 
 void proc_yield(void)
 {
-    current->state = RUNNABLE;
-    switch_to(pick_next());
+    if (others_runnable(mycpu()))
+        reschedule(RUNNABLE);
 }
 
 void proc_sleep(uint64_t nticks)
 {
     current->wake_tick = ticks + nticks;
-    current->state = SLEEPING;
-    switch_to(pick_next());
+    reschedule(SLEEPING);
 }
 
 /* Called from the timer interrupt. */
 void proc_wakeup(uint64_t now)
 {
+    int due = 0;                   /* a hint without the lock, as in others_runnable */
+    for (int i = 1; i < NPROC && !due; i++)
+        due = procs[i].state == SLEEPING && procs[i].wake_tick <= now;
+    if (!due)
+        return;
+    acquire(&ptable_lock);
     for (int i = 1; i < NPROC; i++)
         if (procs[i].state == SLEEPING && procs[i].wake_tick <= now)
             procs[i].state = RUNNABLE;
+    release(&ptable_lock);
 }
 
 static void __attribute__((noreturn)) become_zombie(int status)
 {
-    current->exit_status = status;
-    current->state = ZOMBIE;
-    switch_to(pick_next());
+    acquire(&ptable_lock);
+    struct cpu *c = mycpu();
+    c->proc->exit_status = status;
+    c->proc->state = ZOMBIE;
+    switch_to(c, pick_next(c));
     panic("zombie %d ran again", current->pid);
 }
 
@@ -205,9 +297,11 @@ void proc_kill_current(const char *why)
  * own kernel stack: it is standing on it.) */
 void proc_reap(void)
 {
+    acquire(&ptable_lock);         /* a zombie's CPU is done with its stack once the lock is free */
     for (int i = 1; i < NPROC; i++)
         if (procs[i].state == ZOMBIE)
             free_proc(&procs[i]);
+    release(&ptable_lock);
 }
 
 int proc_alive(int pid)
@@ -224,23 +318,58 @@ int proc_alive(int pid)
  * serial).  Halting, not spinning, matters here: kernel mode is emulated. */
 void wait_for_interrupt(void)
 {
-    current->state = RUNNABLE;
-    struct proc *next = pick_next();
-    if (next == current) {
-        current->state = RUNNING;
+    acquire(&ptable_lock);
+    struct cpu *c = mycpu();
+    c->proc->state = RUNNABLE;
+    struct proc *next = pick_next(c);
+    if (next == c->proc) {
+        next->state = RUNNING;
+        release(&ptable_lock);
         sti_hlt();
     } else {
-        switch_to(next);
+        switch_to(c, next);
+        release(&ptable_lock);
     }
     sti();
 }
 
+/* The shell waiting for its programs: as wait_for_interrupt, but deferred
+ * meanwhile, so the programs on its CPU are not interrupted at every tick
+ * to let it check on them. */
+void wait_for_programs(void)
+{
+    current->deferred = 1;
+    wait_for_interrupt();
+    current->deferred = 0;
+}
+
+/* An AP's idle process: run whatever is runnable, else halt until the next timer tick. */
+void proc_idle(void)
+{
+    for (;;) {
+        cli();
+        wait_for_interrupt();
+    }
+}
+
+/* `ps`: a snapshot taken under the lock, printed after it (printing is slow:
+ * another CPU should not spin on ptable_lock meanwhile). */
 void proc_dump(void)
 {
-    kprintf("PID  STATE     NAME\n");
-    for (int i = 0; i < NPROC; i++)
-        if (procs[i].state != UNUSED)
-            kprintf("%3d  %9s %s\n", procs[i].pid, state_names[procs[i].state], procs[i].name);
+    struct proc snapshot[NPROC];
+    acquire(&ptable_lock);
+    memcpy(snapshot, procs, sizeof(procs));
+    release(&ptable_lock);
+    kprintf("PID  STATE     CPU  NAME\n");
+    for (int i = 0; i < NPROC; i++) {
+        struct proc *p = &snapshot[i];
+        if (p->state == UNUSED)
+            continue;
+        if (p->cpu < 0)
+            kprintf("%3d  %9s   -  %s\n", p->pid, state_names[p->state], p->name);
+        else
+            kprintf("%3d  %9s %3d  %s\n", p->pid, state_names[p->state], p->cpu, p->name);
+    }
 }
 
 /* Is [addr, addr+len) inside the current process's code/data or stack?

@@ -99,6 +99,12 @@ static void cmd_ps(int argc, char **argv)
     proc_dump();
 }
 
+static void cmd_cpus(int argc, char **argv)
+{
+    (void)argc, (void)argv;
+    smp_dump();
+}
+
 static int any_alive(const int *pids, int n)
 {
     for (int i = 0; i < n; i++)
@@ -132,7 +138,7 @@ static void cmd_run(int argc, char **argv)
             sti();
             break;
         }
-        wait_for_interrupt();
+        wait_for_programs();
     }
     proc_reap();
 }
@@ -174,6 +180,7 @@ static const struct command commands[] = {
     { "mem", "", "memory map and page allocator", cmd_mem },
     { "echo", "WORDS", "print WORDS", cmd_echo },
     { "ps", "", "process table", cmd_ps },
+    { "cpus", "", "the CPUs, and what each one runs", cmd_cpus },
     { "run", "PROG.. [&]", "start user programs (no PROG: list them)", cmd_run },
     { "fault", "[kernel]", "page fault in a user program (or the kernel)", cmd_fault },
     { "disk", "", "virtio disks: capacity, read-only, ID", cmd_disk },

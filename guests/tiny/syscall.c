@@ -36,6 +36,7 @@ void syscall(struct trapframe *tf)
     case SYS_yield:  proc_yield(); tf->rax = 0; break;
     case SYS_sleep:  tf->rax = sys_sleep(tf->rdi); break;
     case SYS_exit:   proc_exit((int)tf->rdi);
+    case SYS_getcpu: tf->rax = mycpu()->index; break;
     default:         tf->rax = E_NOSYS; break;
     }
 }

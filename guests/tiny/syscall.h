@@ -14,6 +14,7 @@
 #define SYS_yield  3   /* yield() -> 0: let another process run      */
 #define SYS_sleep  4   /* sleep(ms) -> 0: not runnable for ms        */
 #define SYS_exit   5   /* exit(status): never returns                */
+#define SYS_getcpu 6   /* getcpu() -> the CPU it runs on (0 = boot CPU) */
 
 #define E_FAULT  (-14) /* a bad user pointer (Linux's EFAULT number)  */
 #define E_NOSYS  (-38) /* no such system call (Linux's ENOSYS number) */

@@ -2,7 +2,8 @@
  * trap.c: the Interrupt Descriptor Table and what happens after vectors.S.
  *
  * One gate per vector (SDM Vol. 3A, 6.14.1 "64-Bit Mode IDT"): exceptions
- * 0-31, the PIC's IRQs 32-47 and the system call gate 0x80.  All are
+ * 0-31, the PIC's IRQs 32-47, the local APIC timer 48 and the system call
+ * gate 0x80.  Every CPU loads the same table.  All are
  * interrupt gates, so the CPU clears IF on entry: the kernel runs its
  * trap paths with interrupts off, which keeps them simple and short.
  */
@@ -13,7 +14,7 @@
 #define GATE_INTERRUPT 0x8e        /* present, DPL 0, type 0xE: 64-bit interrupt gate */
 #define GATE_DPL3      0x60        /* DPL 3: `int` from ring 3 may use the gate */
 #define NUM_VECTORS    256
-#define NUM_STUBS      48          /* vectors 0..47 have stubs in vectors.S */
+#define NUM_STUBS      49          /* vectors 0..48 have stubs in vectors.S */
 #define PF_PRESENT     0x1         /* #PF error code bits, SDM Vol. 3A, 4.7 */
 #define PF_WRITE       0x2
 #define PF_USER        0x4
@@ -81,6 +82,13 @@ static void device_irq(int irq)
     pic_eoi(irq);
 }
 
+/* An AP loads the table the BSP built. */
+void idt_load(void)
+{
+    struct dtr ptr = { sizeof(idt) - 1, (uint64_t)idt };
+    lidt(&ptr);
+}
+
 static int from_user(const struct trapframe *tf)
 {
     return (tf->cs & 3) == 3;
@@ -134,15 +142,41 @@ static int is_int80(const struct trapframe *tf)
     return insn[0] == INT80_OPCODE_0 && insn[1] == INT80_OPCODE_1;
 }
 
+/* A timer tick on this CPU: count it, and whether it caught a user program
+ * running here while another CPU ran one too (the evidence, sampled 100
+ * times a second, that two programs run at the same time). */
+static void count_tick(const struct trapframe *tf)
+{
+    struct cpu *c = mycpu();
+    c->timer_ticks++;
+    if (!from_user(tf))
+        return;
+    c->user_ticks++;
+    for (int i = 0; i < ncpu; i++) {
+        struct proc *other = cpus[i].proc;
+        if (&cpus[i] != c && other && other->pid > 0 && other->state == RUNNING) {
+            c->together_ticks++;
+            return;
+        }
+    }
+}
+
 /* Called by alltraps (vectors.S) for every interrupt and exception. */
 void trap(struct trapframe *tf)
 {
     switch (tf->vector) {
-    case T_IRQ0 + IRQ_TIMER:
+    case T_IRQ0 + IRQ_TIMER:       /* the PIT, on the bootstrap processor */
         pic_eoi(IRQ_TIMER);
         timer_intr();
+        count_tick(tf);
         if (from_user(tf))
             proc_yield();          /* preemption: the time slice is over */
+        break;
+    case T_LAPIC_TIMER:            /* an AP's own timer */
+        lapic_eoi();
+        count_tick(tf);
+        if (from_user(tf))
+            proc_yield();
         break;
     case T_IRQ0 + IRQ_COM1:
         serial_intr();

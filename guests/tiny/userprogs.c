@@ -13,6 +13,7 @@ DECLARE(ping);
 DECLARE(pong);
 DECLARE(sleeper);
 DECLARE(fault);
+DECLARE(busy);
 
 const struct userprog userprogs[] = {
     ENTRY(hello, "print a greeting and the pid, exit 0"),
@@ -20,6 +21,7 @@ const struct userprog userprogs[] = {
     ENTRY(pong, "print 'pong' 5 times, computing in between"),
     ENTRY(sleeper, "sleep 100 ms 3 times, yielding in between"),
     ENTRY(fault, "read kernel memory from ring 3: a page fault"),
+    ENTRY(busy, "compute 4 rounds, saying on which CPU (run two on two CPUs)"),
 };
 const int userprog_count = ARRAY_SIZE(userprogs);
 

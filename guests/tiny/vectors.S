@@ -23,17 +23,26 @@ vector\n:
 .endm
 
     .text
-    /* 0-31: CPU exceptions; 32-47: the 16 PIC IRQs (pic.c); 0x80: int 0x80. */
+    /* 0-31: CPU exceptions; 32-47: the 16 PIC IRQs (pic.c); 48: the local
+     * APIC timer (lapic.c); 0x80: int 0x80. */
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     VECTOR \n
     .endr
-    .irp n, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,128
+    .irp n, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,128
     VECTOR \n
     .endr
 
-/* Save the general registers, call trap(tf), restore, return. */
+/* Save the general registers, call trap(tf), restore, return.  Coming
+ * from ring 3 (the saved CS's low bits), SWAPGS first: the kernel's GS
+ * base points at this CPU's struct cpu (smp.c), the user's is kept aside
+ * until the return. */
+#define CS_AT_ENTRY 24              /* vector, error code, rip, then cs */
+#define CS_AT_IRETQ 8               /* rip, then cs */
 alltraps:
-    push %rax
+    testb $3, CS_AT_ENTRY(%rsp)
+    jz 1f
+    swapgs
+1:  push %rax
     push %rbx
     push %rcx
     push %rdx
@@ -68,7 +77,10 @@ trapret:                        /* also where a new process starts (proc.c) */
     pop %rbx
     pop %rax
     add $16, %rsp               /* vector number and error code */
-    iretq
+    testb $3, CS_AT_IRETQ(%rsp)
+    jz 2f
+    swapgs
+2:  iretq
 
 /* The stub addresses, for idt.c to put in the gate descriptors. */
     .section .rodata
@@ -78,7 +90,7 @@ trap_stubs:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad vector\n
     .endr
-    .irp n, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47
+    .irp n, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48
     .quad vector\n
     .endr
     .globl trap_stub_syscall

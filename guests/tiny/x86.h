@@ -22,6 +22,22 @@ static inline void sti(void) { __asm__ volatile("sti" ::: "memory"); }
  * caller's last check and the halt. */
 static inline void sti_hlt(void) { __asm__ volatile("sti; hlt" ::: "memory"); }
 static inline void hlt(void) { __asm__ volatile("hlt" ::: "memory"); }
+#define RFLAGS_IF 0x200            /* interrupts enabled */
+static inline int interrupts_enabled(void)
+{
+    uint64_t rflags;
+    __asm__ volatile("pushfq; pop %0" : "=r"(rflags));
+    return (rflags & RFLAGS_IF) != 0;
+}
+static inline uint32_t mmio_read32(uint64_t addr) { return *(volatile uint32_t *)addr; }
+static inline void mmio_write32(uint64_t addr, uint32_t v) { *(volatile uint32_t *)addr = v; }
+
+static inline void wrmsr(uint32_t msr, uint64_t v)
+{
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
+}
+#define MSR_GS_BASE        0xc0000101   /* GS segment base */
+#define MSR_KERNEL_GS_BASE 0xc0000102   /* swapped with GS base by SWAPGS */
 
 static inline uint64_t read_cr2(void)
 {

@@ -27,7 +27,10 @@ __all__ = ["boot"]
               help="Kernel file format.")
 @click.option("--device", "devices", multiple=True, type=click.Choice(["pc-testdev"]),
               help="Add an optional device: pc-testdev (QEMU's test device, for kvm-unit-tests).")
-@click.option("--trace", is_flag=True, help="Print every VM exit on stderr, and a summary by reason.")
+@click.option("--cpus", default=1, show_default=True, type=int,
+              help="vCPUs, one host thread each (at most the host's CPU count, KVM_CAP_NR_VCPUS).")
+@click.option("--trace", is_flag=True,
+              help="Print every VM exit on stderr, and a summary by reason for each vCPU.")
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop the VM when its vCPU runs this long without a VM exit "
                    "(default: report on stderr and keep running).")
@@ -47,8 +50,8 @@ __all__ = ["boot"]
               type=click.Choice(["eventfd", "exit"]),
               help="How virtio kicks and interrupts travel: ioeventfd/irqfd and a worker "
                    "thread, or plain MMIO exits handled on the vCPU thread.")
-def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, trace, stall_timeout,
-         gdb, gdb_wait, disks, console, rng, virtio_notify):
+def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, cpus, trace,
+         stall_timeout, gdb, gdb_wait, disks, console, rng, virtio_notify):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -80,7 +83,7 @@ def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, t
                           rng=rng, notify=virtio_notify)
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
                            modules=[parse_module(m) for m in modules], kernel_format=kernel_format,
-                           devices=devices, trace=trace, stall_timeout=stall_timeout,
+                           devices=devices, cpus=cpus, trace=trace, stall_timeout=stall_timeout,
                            gdb=gdb, gdb_wait=gdb_wait, virtio=virtio)
     raise SystemExit(run_machine(config))
 
@@ -127,8 +130,8 @@ def run_machine(config) -> int:
                 status = machine.run()
             finally:
                 if config.trace:
-                    print_exit_summary(machine.exit_counts, machine.virtio.summary(),
-                                       kvm_counters(machine.vcpu))
+                    print_exit_summary(machine.exit_counts_by_vcpu, machine.virtio.summary(),
+                                       [kvm_counters(vcpu) for vcpu in machine.vcpus])
     return status
 
 
@@ -142,17 +145,21 @@ def kvm_counters(vcpu) -> dict[str, int]:
         return {}
 
 
-def print_exit_summary(counts, virtio_lines=(), kvm: dict[str, int] | None = None) -> None:
-    """The --trace summary: exits by reason, most frequent first (like kvm_stat); the
-    virtio devices' kicks, by MMIO exit and by ioeventfd; and KVM's own count, which
-    includes the exits KVM handled without returning to pykvm (an ioeventfd write, ...)."""
-    total = sum(counts.values())
-    click.echo(f"pykvm: {total} VM exits", err=True)
-    for reason, n in counts.most_common():
-        click.echo(f"  {reason:<16} {n:>10}  {100 * n / max(total, 1):5.1f}%", err=True)
+def print_exit_summary(counts_by_vcpu, virtio_lines=(), kvm_by_vcpu=()) -> None:
+    """The --trace summary: for each vCPU, exits by reason, most frequent first (like
+    kvm_stat), and KVM's own count, which includes the exits KVM handled without returning
+    to pykvm (an ioeventfd write, ...); then the virtio devices' kicks, by MMIO exit and by
+    ioeventfd."""
+    for vcpu_id, counts in enumerate(counts_by_vcpu):
+        total = sum(counts.values())
+        where = f"vCPU {vcpu_id}: " if len(counts_by_vcpu) > 1 else ""
+        click.echo(f"pykvm: {where}{total} VM exits", err=True)
+        for reason, n in counts.most_common():
+            click.echo(f"  {reason:<16} {n:>10}  {100 * n / max(total, 1):5.1f}%", err=True)
+        kvm = kvm_by_vcpu[vcpu_id] if vcpu_id < len(kvm_by_vcpu) else {}
+        if "exits" in kvm:
+            click.echo(f"KVM counted {kvm['exits']} exits in all (KVM_GET_STATS_FD): "
+                       f"mmio_exits {kvm.get('mmio_exits', 0)}, io_exits {kvm.get('io_exits', 0)}, "
+                       f"halt_exits {kvm.get('halt_exits', 0)}", err=True)
     for line in virtio_lines:
         click.echo(f"  {line}", err=True)
-    if kvm and "exits" in kvm:
-        click.echo(f"KVM counted {kvm['exits']} exits in all (KVM_GET_STATS_FD): "
-                   f"mmio_exits {kvm.get('mmio_exits', 0)}, io_exits {kvm.get('io_exits', 0)}, "
-                   f"halt_exits {kvm.get('halt_exits', 0)}", err=True)

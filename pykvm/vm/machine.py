@@ -4,23 +4,32 @@ The boot path is one top-down recipe (Firecracker's build_microvm_for_boot is
 the model).  Machine.__init__ reads as its table of contents:
 
     0. the virtio devices' host side: disk images opened (bad input fails before KVM)
-    1. open /dev/kvm and check the capabilities pykvm needs
+    1. open /dev/kvm and check the capabilities pykvm needs, and --cpus
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
     3. guest memory, registered with KVM as memory slots
     4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT
        (with port 0x61, channel 2's gate and output): before any vCPU
        exists, so each vCPU gets its LAPIC
-    5. the vCPU, with CPUID set (CPUID before MSRs: KVM checks MSRs against it)
-    6. the kernel loaded into memory, giving an entry point and CPU mode; the virtio
-       devices' slots go on its command line and into the DSDT
+    5. the vCPUs, each with its CPUID (its own APIC id, a topology of N CPUs;
+       CPUID before MSRs: KVM checks MSRs against it)
+    6. the kernel loaded into memory, giving an entry point and CPU mode;
+       the firmware's leftovers for every vCPU (ACPI tables with the MADT, MSRs);
+       the virtio devices' slots go on its command line and into the DSDT
     7. the devices, each inserted on the port-I/O bus at its base; the virtio
        transports on the MMIO bus
-    8. the vCPU's registers for that entry point
+    8. vCPU 0's registers for that entry point; the other vCPUs wait for a
+       SIPI, as the application processors of a PC do
     9. with --gdb, the gdb stub listening (pykvm.vm.gdb)
 
-Machine.run() is the run loop: KVM_RUN, then one `match` over the typed exit.
-A watchdog (pykvm.vm.watchdog) looks at a vCPU that has gone quiet: halted with
-interrupts off, or spinning without exits.
+Machine.run() runs one host thread per vCPU, each looping on KVM_RUN and one
+`match` over the typed exit (_run_loop).  cffi drops the GIL for the length of
+the KVM_RUN ioctl, so the vCPUs run guest code at the same time; they take the
+GIL only to handle an exit.  Any stop (a device's, Ctrl-A x, a closed stdout,
+an error on any vCPU) sets exit_status once and kicks every other vCPU out of
+KVM_RUN (_kick_others); run() joins the threads and returns or raises.
+A watchdog per vCPU (pykvm.vm.watchdog) looks at a vCPU that has gone quiet:
+halted with interrupts off (the VM stops once every vCPU is), or spinning
+without exits.
 """
 from __future__ import annotations
 
@@ -37,19 +46,22 @@ from pykvm.vm import layout
 from pykvm.vm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.vm.devices import acpi_pm, cmos, debug_exit, fw_cfg, i8042, pc_testdev, pci, serial
 from pykvm.vm.devices.bus import Bus
-from pykvm.errors import GuestError
+from pykvm.errors import ConfigError, GuestError
 from pykvm.vm.devices.virtio.attach import VirtioConfig, VirtioDevices
 from pykvm.vm.kvm import (Debug, FailEntry, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                           MmioWrite, Shutdown, SystemEvent)
+from pykvm.vm.kvm.bindings import lib
 from pykvm.vm.kvm.vm import PIT_SPEAKER_DUMMY
 from pykvm.vm.memory import GuestMemory
-from pykvm.vm.watchdog import Watchdog
+from pykvm.vm.watchdog import HALTED_WITH_INTERRUPTS_OFF, Watchdog
 
-__all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "PORTS"]
+__all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "MAX_CPUS", "PORTS", "KICK_SIGNAL"]
 
 log = logging.getLogger("pykvm.vm.machine")
 
 DEFAULT_MEMORY = 128 << 20
+MAX_CPUS = 64         # a sane limit for one Python thread per vCPU (KVM's own is KVM_CAP_NR_VCPUS)
+KICK_SIGNAL = signal.SIGUSR1   # interrupts a vCPU thread's KVM_RUN (EINTR); its handler does nothing
 
 # The port-I/O map, as on a PC (each device module names its own base and length).
 PORTS = {
@@ -76,6 +88,7 @@ class MachineConfig:
     modules: list[tuple[Path, str]] = field(default_factory=list)  # Multiboot: (file, arguments)
     kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, multiboot2, raw (boot/loader.py)
     devices: tuple[str, ...] = ()    # optional devices: "pc-testdev" (QEMU's, for kvm-unit-tests)
+    cpus: int = 1                    # vCPUs: vCPU 0 boots, the others wait for a SIPI
     trace: bool = False
     stall_timeout: float | None = None   # stop after this many seconds without a VM exit (watchdog.py)
     output: object = None            # callable(bytes) for guest serial output; default stdout
@@ -86,13 +99,18 @@ class MachineConfig:
 
 
 class Machine:
-    """One VM, one vCPU, a UART, and the ports a guest uses to stop itself."""
+    """One VM: its vCPUs (a host thread each), its devices, and the ports a guest uses to stop itself."""
 
     def __init__(self, config: MachineConfig):
         self.config = config
         self.exit_status: int | None = None
-        self.exit_counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.exit_counts_by_vcpu: list[Counter[str]] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()          # guards exit_status, _error and _threads
+        self._threads: dict[int, int] = {}     # vCPU id -> its running thread's ident
+        self._halted_for_good: set[int] = set()   # vCPUs the watchdog found halted with IF=0
+        self.watchdogs: list[Watchdog] = []
+        install_kick_handler()
         try:
             self._build()
         except BaseException:
@@ -105,8 +123,9 @@ class Machine:
         self.virtio = VirtioDevices(config.virtio)                         # 0
         self.kvm = Kvm()                                                   # 1
         for capability in ("KVM_CAP_USER_MEMORY", "KVM_CAP_IRQCHIP", "KVM_CAP_PIT2",
-                           "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT"):
+                           "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_MP_STATE"):
             self.kvm.require(capability)
+        check_cpus(config.cpus, self.kvm.check_extension("KVM_CAP_NR_VCPUS"))
         self.vm = self.kvm.create_vm()                                     # 2
         self.vm.set_tss_addr(layout.KVM_TSS_ADDRESS)
         self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDRESS)
@@ -114,11 +133,13 @@ class Machine:
         self.memory.register(self.vm)
         self.vm.create_irqchip()                                           # 4
         self.vm.create_pit2(PIT_SPEAKER_DUMMY)                             # port 0x61 too, as Firecracker
-        self.vcpu = self.vm.create_vcpu(0)                                 # 5
-        self.vcpu.set_cpuid(cpuid.guest_cpuid(self.kvm.supported_cpuid(), self.vcpu.id))
+        self.vcpus = self._create_vcpus(config.cpus)                       # 5
+        self.vcpu = self.vcpus[0]                                          # the bootstrap processor
         self.entry = self._load_kernel()                                   # 6
         self._add_devices()                                                # 7
         boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
+        for ap in self.vcpus[1:]:
+            ap.set_mp_state(lib.KVM_MP_STATE_INIT_RECEIVED)                # wait-for-SIPI
         self.gdb = self._gdb_stub()                                        # 9
 
     def _gdb_stub(self):
@@ -126,14 +147,25 @@ class Machine:
             return None
         from pykvm.vm.gdb import GdbStub
 
-        return GdbStub.for_vm(self.config.gdb, self.kvm, [self.vcpu], self.memory,
-                              wait=self.config.gdb_wait, kick=self._kick_vcpu, stop=self.stop,
+        return GdbStub.for_vm(self.config.gdb, self.kvm, self.vcpus, self.memory,
+                              wait=self.config.gdb_wait, kick=self._kick_all, stop=self.stop,
                               exit_requested=lambda: self.exit_status is not None)
+
+    def _create_vcpus(self, cpus: int) -> list:
+        """vCPUs 0 .. cpus-1 (APIC id = index), each with CPUID naming its APIC id and N CPUs."""
+        supported = self.kvm.supported_cpuid()
+        vcpus = []
+        for index in range(cpus):
+            vcpu = self.vm.create_vcpu(index)
+            vcpu.set_cpuid(cpuid.guest_cpuid(supported, index, cpus))
+            vcpus.append(vcpu)
+            self.exit_counts_by_vcpu.append(Counter())
+        return vcpus
 
     def _load_kernel(self) -> boot_state.Entry:
         from pykvm.vm.boot.loader import load_kernel
 
-        return load_kernel(self.memory, self.vcpu, self.config, self.virtio.windows())
+        return load_kernel(self.memory, self.vcpus, self.config, self.virtio.windows())
 
     def _add_devices(self) -> None:
         # `pykvm boot | head -1`: once nobody reads, the VM ends (as `yes | head -1` ends yes).
@@ -177,12 +209,22 @@ class Machine:
 
     # --- stopping --------------------------------------------------------------
     def stop(self, status: int) -> None:
-        """End the VM with exit status `status` (called by devices, or by another thread)."""
+        """End the VM with exit status `status` (called by devices, or by any other thread).
+
+        The first stop wins; every vCPU but the caller's own is kicked out of KVM_RUN.
+        """
         with self._lock:
             if self.exit_status is None:
                 self.exit_status = status
-        if threading.current_thread() is not threading.main_thread():
-            self._kick_vcpu()
+            self._kick_others()
+
+    def _fail(self, error: BaseException) -> None:
+        """A vCPU thread hit `error`: remember the first one, stop every vCPU; run() raises it."""
+        with self._lock:
+            stopping = self.exit_status is not None and isinstance(error, GuestError)
+            if self._error is None and not stopping:     # a guest error after a stop: moot
+                self._error = error
+        self.stop(1)
 
     def _suspend_to_ram(self) -> None:
         """ACPI S3: asleep until the RTC alarm, then awake at the OS's waking vector (firmware.py)."""
@@ -207,44 +249,91 @@ class Machine:
         log.info("guest requested a reset; stopping the VM")
         self.stop(0)
 
-    def _kick_vcpu(self) -> None:
-        """Make a running KVM_RUN return: immediate_exit for the next entry, a signal for this one."""
-        self.vcpu.immediate_exit = True
-        if self._vcpu_thread is not None:
-            signal.pthread_kill(self._vcpu_thread, signal.SIGUSR1)
+    def _kick(self, vcpu) -> None:
+        """Make `vcpu`'s KVM_RUN return (the watchdog's and gdb's kick)."""
+        with self._lock:
+            vcpu.immediate_exit = True
+            thread = self._threads.get(vcpu.id)
+            if thread is not None and thread != threading.get_ident():
+                signal.pthread_kill(thread, KICK_SIGNAL)
+
+    def _kick_all(self) -> None:
+        """Make every vCPU's KVM_RUN return (gdb's all-stop)."""
+        for vcpu in self.vcpus:
+            self._kick(vcpu)
+
+    def _kick_others(self) -> None:
+        """Make every other vCPU's KVM_RUN return (called with _lock held).
+
+        immediate_exit catches a thread about to enter KVM_RUN; the signal one
+        already inside it (KVM returns EINTR).  A thread takes itself out of
+        _threads, under _lock, before it ends, so a kick never reaches a thread
+        that is gone, and KICK_SIGNAL's handler stays installed for the life
+        of the process: no moment exists where the signal would kill it.
+        """
+        me = threading.get_ident()
+        for vcpu in self.vcpus:
+            vcpu.immediate_exit = True
+            thread = self._threads.get(vcpu.id)
+            if thread is not None and thread != me:
+                signal.pthread_kill(thread, KICK_SIGNAL)
 
     # --- running ---------------------------------------------------------------
-    _vcpu_thread: int | None = None
-    watchdog: Watchdog | None = None
-
     def run(self) -> int:
-        """Run the guest until it stops itself (or is stopped); return pykvm's exit status."""
-        self._vcpu_thread = threading.get_ident()
-        previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
-        self.watchdog = watchdog = Watchdog(self._kick_vcpu, self.config.stall_timeout)
+        """Run the guest until it stops itself (or is stopped); return pykvm's exit status.
+
+        One thread per vCPU; this thread waits for them all.  An error on any
+        vCPU stops the others and is raised here; so is Ctrl-C (KeyboardInterrupt).
+        """
+        threads = [threading.Thread(target=self._vcpu_thread, args=(vcpu,), name=f"vcpu{vcpu.id}",
+                                    daemon=True) for vcpu in self.vcpus]
         try:
-            if self.gdb is not None:
-                self.gdb.vcpu_started(self.vcpu)             # --gdb-wait: until gdb continues
-            watchdog.start()
-            self._run_loop(self.config.trace, watchdog)
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            self.stop(1)
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            raise
         finally:
-            watchdog.stop()
             if self.gdb is not None:
                 self.gdb.guest_exited(self.exit_status)
-            signal.signal(signal.SIGUSR1, previous)
-            self._vcpu_thread = None
             if self._console_output is not None:
                 self._console_output.flush()     # the guest's last words before pykvm's own
+        if self._error is not None:
+            raise self._error
         return self.exit_status
 
-    def _run_loop(self, trace: bool, watchdog: Watchdog) -> None:
-        vcpu_run, pio, mmio, counts = self.vcpu.run, self.pio, self.mmio, self.exit_counts
+    def _vcpu_thread(self, vcpu) -> None:
+        """The body of vCPU `vcpu`'s host thread: its run loop, registered for kicks."""
+        with self._lock:
+            self._threads[vcpu.id] = threading.get_ident()
+        watchdog = Watchdog(lambda: self._kick(vcpu), self.config.stall_timeout)
+        self.watchdogs.append(watchdog)
+        try:
+            if self.gdb is not None:
+                self.gdb.vcpu_started(vcpu)                  # --gdb-wait: until gdb continues
+            watchdog.start()
+            self._run_loop(vcpu, self.config.trace, watchdog)
+        except BaseException as error:      # any error: stop the whole VM, let run() raise it
+            self._fail(error)
+        finally:
+            watchdog.stop()
+            with self._lock:
+                del self._threads[vcpu.id]
+
+    def _run_loop(self, vcpu, trace: bool, watchdog: Watchdog) -> None:
+        vcpu_run, pio, mmio = vcpu.run, self.pio, self.mmio
+        counts = self.exit_counts_by_vcpu[vcpu.id]
         while self.exit_status is None:
             exit = vcpu_run()
             watchdog.exits += 1
             if trace:
                 counts[exit.reason] += 1
-                _trace(exit)
+                _trace(vcpu.id, exit)
             match exit:
                 case IoOut(port=port, size=size, value=value):
                     if exit.count == 1:
@@ -259,34 +348,50 @@ class Machine:
                     mmio.write(address, size, data)
                 case MmioRead(address=address, size=size):
                     exit.reply(mmio.read(address, size))
-                case Interrupted():                                  # a signal; loop re-checks
-                    if reason := watchdog.look(self.vcpu, self.memory):
-                        raise GuestError(self._stopped_because(reason))
+                case Interrupted():                                  # a kick; loop re-checks
+                    if reason := watchdog.look(vcpu, self.memory):
+                        self._quiet_vcpu(vcpu, reason)
                     if self.gdb is not None:                         # gdb's Ctrl-C, or a new client
-                        self.gdb.vcpu_interrupted(self.vcpu)
+                        self.gdb.vcpu_interrupted(vcpu)
                         watchdog.exits += 1                          # gdb's stop is not the guest's silence
                 case Debug() if self.gdb is not None:
-                    self.gdb.vcpu_debug_exit(self.vcpu, exit)
+                    self.gdb.vcpu_debug_exit(vcpu, exit)
                     watchdog.exits += 1
                 case SystemEvent(kind="shutdown" | "reset"):
                     self.stop(0)
                 case Shutdown():
                     raise GuestError(self._stopped_because(
-                        "triple fault: the guest hit an exception it could not handle"))
+                        vcpu, "triple fault: the guest hit an exception it could not handle"))
                 case InternalError():
                     raise GuestError(self._stopped_because(
-                        _describe_internal_error(exit, self.vcpu.get_regs().rip)))
+                        vcpu, _describe_internal_error(exit, vcpu.get_regs().rip)))
                 case FailEntry():
                     raise GuestError(self._stopped_because(
-                        f"KVM could not enter the guest (hardware reason {exit.hardware_reason:#x})"))
+                        vcpu, f"KVM could not enter the guest (hardware reason {exit.hardware_reason:#x})"))
                 case _:
-                    raise GuestError(self._stopped_because(f"unhandled VM exit {exit!r}"))
-        self.vcpu.immediate_exit = False
+                    raise GuestError(self._stopped_because(vcpu, f"unhandled VM exit {exit!r}"))
 
-    def _stopped_because(self, reason: str) -> str:
+    def _quiet_vcpu(self, vcpu, reason: str) -> None:
+        """The watchdog's verdict on `vcpu`: stop the VM, or (halted with interrupts off while
+        another vCPU still runs, as a parked CPU is) wait until every vCPU is so."""
+        if reason != HALTED_WITH_INTERRUPTS_OFF:
+            raise GuestError(self._stopped_because(vcpu, reason))
+        with self._lock:
+            self._halted_for_good.add(vcpu.id)
+            everyone = len(self._halted_for_good) == len(self.vcpus)
+        if everyone:
+            raise GuestError(self._stopped_because(vcpu, reason))
+
+    @property
+    def exit_counts(self) -> Counter[str]:
+        """VM exits by reason, all vCPUs together (counted with --trace)."""
+        return sum(self.exit_counts_by_vcpu, Counter())
+
+    def _stopped_because(self, vcpu, reason: str) -> str:
         from pykvm.vm.arch.x86.dump import register_dump
 
-        return f"VM stopped: {reason}\n{register_dump(self.vcpu, self.memory)}"
+        where = f"vCPU {vcpu.id}: " if len(self.vcpus) > 1 else ""
+        return f"VM stopped: {where}{reason}\n{register_dump(vcpu, self.memory)}"
 
     # --- tearing down ----------------------------------------------------------
     _console_output: ConsoleOutput | None = None
@@ -320,6 +425,34 @@ def _describe_internal_error(exit: InternalError, rip: int) -> str:
     return text
 
 
-def _trace(exit) -> None:
+def check_cpus(cpus: int, kvm_limit: int) -> None:
+    """--cpus must be 1 .. min(MAX_CPUS, KVM_CAP_NR_VCPUS); ConfigError says which bound."""
+    if not 1 <= cpus <= MAX_CPUS:
+        raise ConfigError(f"--cpus {cpus}: choose 1 to {MAX_CPUS}")
+    if cpus > kvm_limit:
+        raise ConfigError(f"--cpus {cpus}: this host's KVM recommends at most {kvm_limit} vCPUs "
+                          "per VM (KVM_CAP_NR_VCPUS, the host's CPU count)")
+
+
+def _on_kick(signum, frame) -> None:
+    """KICK_SIGNAL's handler: nothing to do; the signal's work was interrupting KVM_RUN."""
+
+
+def install_kick_handler() -> None:
+    """Install KICK_SIGNAL's handler once, for the life of the process (Firecracker does the same).
+
+    Python installs signal handlers from the main thread only, so a Machine
+    is built there; the handler is never swapped back while a vCPU may run.
+    """
+    if signal.getsignal(KICK_SIGNAL) is _on_kick:
+        return
+    try:
+        signal.signal(KICK_SIGNAL, _on_kick)
+    except ValueError:
+        raise ConfigError("a Machine must first be built on the main thread "
+                          "(it installs the vCPU kick signal handler)") from None
+
+
+def _trace(vcpu_id: int, exit) -> None:
     """--trace: one line per VM exit on stderr, like a tiny kvm_stat -1."""
-    os.write(2, f"pykvm: exit {exit.reason:<14} {exit!r}\n".encode())
+    os.write(2, f"pykvm: vcpu{vcpu_id} exit {exit.reason:<14} {exit!r}\n".encode())

@@ -18,8 +18,11 @@ memory.  The watchdog turns those silences into messages:
                                                 RUNNABLE              -> report
 
 Why stop on HALTED with IF = 0: with interrupts disabled only an NMI, an SMI
-or an INIT can wake a halted CPU (Intel SDM Vol. 2A, HLT), and pykvm's
-single-vCPU machine sends none.  The vCPU was still HALTED after a quiet
+or an INIT can wake a halted CPU (Intel SDM Vol. 2A, HLT), and only another
+CPU sends those.  So a machine stops once every vCPU is halted so (a kernel
+parks a spare CPU that way while the others go on); an application
+processor still waiting for its start-up IPI (MP state INIT_RECEIVED) is
+waiting, not stuck.  The vCPU was still HALTED after a quiet
 second, so KVM found no wake-up event pending either (kvm_vcpu_has_events).
 
 The look runs on the vCPU's own thread because vCPU ioctls wait for the
@@ -40,7 +43,8 @@ from typing import Callable
 
 from pykvm.vm.kvm.bindings import lib
 
-__all__ = ["Watchdog", "PERIOD", "LOOK_AFTER", "REPORT_AFTER", "RUNNING_LOOKS", "describe_vcpu"]
+__all__ = ["Watchdog", "PERIOD", "LOOK_AFTER", "REPORT_AFTER", "RUNNING_LOOKS", "describe_vcpu",
+           "HALTED_WITH_INTERRUPTS_OFF"]
 
 log = logging.getLogger("pykvm.vm.watchdog")
 
@@ -57,6 +61,8 @@ ZEROS_HINT = ("it is running through zeroed memory (00 00 decodes as an `add`): 
               "wrong address, or an exception through an empty interrupt vector")
 SELF_JUMP_HINT = "a jump to itself (`jmp .`)"
 SELF_JUMP = bytes.fromhex("ebfe")
+HALTED_WITH_INTERRUPTS_OFF = ("the guest halted with interrupts disabled (hlt with RFLAGS.IF=0): "
+                              "nothing can wake it")
 
 
 class Watchdog:
@@ -133,12 +139,15 @@ class Watchdog:
             self._stretch, self._running_looks, self._next_report = self._quiet_since, 0, REPORT_AFTER
         quiet = self.quiet_seconds()
         regs = vcpu.get_regs()
-        if vcpu.get_mp_state() == lib.KVM_MP_STATE_HALTED:
+        state = vcpu.get_mp_state()
+        if state in (lib.KVM_MP_STATE_INIT_RECEIVED, lib.KVM_MP_STATE_SIPI_RECEIVED):
+            self._running_looks = 0
+            return None                  # an AP waiting for its start-up IPI
+        if state == lib.KVM_MP_STATE_HALTED:
             self._running_looks = 0
             if regs.rflags & RFLAGS_IF:
                 return None              # idle, waiting for an interrupt
-            return ("the guest halted with interrupts disabled (hlt with RFLAGS.IF=0): "
-                    "nothing can wake it")
+            return HALTED_WITH_INTERRUPTS_OFF
         self._running_looks += 1
         if self._running_looks < RUNNING_LOOKS:
             return None

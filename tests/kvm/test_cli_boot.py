@@ -5,13 +5,10 @@ import signal
 import stat
 import subprocess
 import sys
-import termios
-import time
-from contextlib import contextmanager
 
 import pytest
 
-from clitools import pykvm, one_error_line
+from clitools import on_a_terminal, one_error_line, pykvm
 from guestasm import pvh_elf
 
 pytestmark = pytest.mark.kvm
@@ -156,27 +153,6 @@ def pykvm_hello():
     return GUESTS["hello"].kernel
 
 
-@contextmanager
-def on_a_terminal(kernel):
-    """`pykvm boot --kernel KERNEL` on a new pty, in raw mode; yields (proc, master, settings before).
-
-    On the way out, the process is killed if it still runs and the pty is closed.
-    """
-    master, slave = os.openpty()
-    before = termios.tcgetattr(slave)
-    proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(kernel)],
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    try:
-        deadline = time.monotonic() + 30
-        while termios.tcgetattr(slave)[3] & termios.ICANON:   # wait for raw mode
-            assert time.monotonic() < deadline, "pykvm never put the terminal in raw mode"
-            time.sleep(0.05)
-        yield proc, master, lambda: termios.tcgetattr(slave) == before
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-        os.close(slave)
 
 
 def test_interactive_terminal_ctrl_a_x_quits_and_restores_it(tmp_path):

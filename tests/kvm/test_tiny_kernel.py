@@ -25,8 +25,8 @@ VMMS = [pytest.param("pykvm", id="pykvm"), pytest.param("qemu", id="qemu", marks
 SHELL_SESSION = ("help;info;uptime;echo hello   world;mem;run hello;mem;run;run bogus;frobnicate;"
                  "run sleeper;uptime;poweroff")
 PROCESS_SESSION = "run ping pong;fault;echo still alive;run sleeper &;ps;poweroff"
-COMMANDS = ["help", "info", "uptime", "mem", "echo", "ps", "run", "fault", "disk", "dread", "dwrite",
-            "dbench", "poweroff", "reboot", "exit"]
+COMMANDS = ["help", "info", "uptime", "mem", "echo", "ps", "cpus", "run", "fault", "disk", "dread",
+            "dwrite", "dbench", "poweroff", "reboot", "exit"]
 DUMP_REGISTERS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
                   "r11", "r12", "r13", "r14", "r15", "rip", "rfl"]
 
@@ -73,7 +73,7 @@ def ticks(line: str) -> int:
 
 def test_boots_and_powers_off_with_status_0(shell):
     assert shell.lines[0] == "tiny 1.0: booting", shell.console
-    banner = re.fullmatch(r"tiny 1\.0: (\d+) MiB RAM, timer 100 Hz, 5 user programs\. Type 'help'\.",
+    banner = re.fullmatch(r"tiny 1\.0: (\d+) MiB RAM, 1 CPU, timer 100 Hz, 6 user programs\. Type 'help'\.",
                           shell.lines[1])
     assert banner and MEM_MIB - 2 <= int(banner.group(1)) <= MEM_MIB, shell.lines[1]
     assert shell.lines[-1] == "tiny$ poweroff", shell.console[-300:]
@@ -122,7 +122,7 @@ def test_run_hello_in_user_mode(shell):
 
 def test_run_lists_programs_and_rejects_unknown(shell):
     names = [line.split()[0] for line in output_of(shell, "run")]
-    assert names == ["hello", "ping", "pong", "sleeper", "fault"]
+    assert names == ["hello", "ping", "pong", "sleeper", "fault", "busy"]
     assert output_of(shell, "run bogus") == ["run: no program 'bogus' (try 'run' for a list)"]
     assert output_of(shell, "frobnicate") == ["frobnicate: unknown command (try 'help')"]
 
@@ -169,9 +169,9 @@ def test_user_page_fault_is_reported_and_kills_only_the_program(procs):
 
 def test_ps_shows_shell_and_background_program(procs):
     assert output_of(procs, "ps") == [
-        "PID  STATE     NAME",
-        "  0  running   shell",
-        "  4  runnable  sleeper",
+        "PID  STATE     CPU  NAME",
+        "  0  running     0  shell",
+        "  4  runnable    -  sleeper",              # not yet run: no CPU
     ]
     assert procs.status == 0
 

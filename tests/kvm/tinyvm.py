@@ -75,17 +75,17 @@ def vmm_problem(vmm: str) -> str | None:
     return None
 
 
-def qemu_command(elf: Path, cmdline: str, accel: str = "kvm") -> list[str]:
+def qemu_command(elf: Path, cmdline: str, accel: str = "kvm", cpus: int = 1) -> list[str]:
     """QEMU booting `elf` through PVH, console on stdio, no firmware screen or NIC."""
-    return [QEMU, "-M", "pc", "-accel", accel, "-m", str(MEM_MIB),
+    return [QEMU, "-M", "pc", "-accel", accel, "-smp", str(cpus), "-m", str(MEM_MIB),
             "-display", "none", "-serial", "stdio", "-monitor", "none",
             "-nic", "none", "-no-reboot", "-device", DEBUG_EXIT,
             "-kernel", str(elf), "-append", cmdline]
 
 
-def pykvm_command(elf: Path, cmdline: str) -> list[str]:
+def pykvm_command(elf: Path, cmdline: str, cpus: int = 1) -> list[str]:
     """pykvm's CLI booting `elf`, run by this interpreter (the venv's)."""
-    return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(elf),
+    return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(elf), "--cpus", str(cpus),
             "--mem", f"{MEM_MIB}M", "--cmdline", cmdline]
 
 
@@ -96,11 +96,11 @@ def pykvm_has_disks() -> bool:
     return "--disk" in help_text
 
 
-def command(vmm: str, elf: Path, cmdline: str) -> list[str]:
-    """The command line that boots `elf` under `vmm` ("qemu", "qemu-tcg" or "pykvm")."""
+def command(vmm: str, elf: Path, cmdline: str, cpus: int = 1) -> list[str]:
+    """The command line that boots `elf` on `cpus` vCPUs under `vmm` ("qemu", "qemu-tcg" or "pykvm")."""
     if vmm == "pykvm":
-        return pykvm_command(elf, cmdline)
-    return qemu_command(elf, cmdline, accel="tcg" if vmm == "qemu-tcg" else "kvm")
+        return pykvm_command(elf, cmdline, cpus)
+    return qemu_command(elf, cmdline, accel="tcg" if vmm == "qemu-tcg" else "kvm", cpus=cpus)
 
 
 @dataclass
@@ -150,7 +150,7 @@ def run(vmm_command: list[str], stdin: bytes = b"") -> Run:
     return Run(proc.returncode, console_from_banner(console))
 
 
-def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF) -> Run:
-    """Boot under `vmm`, feed `stdin` to the serial port, wait for the VMM to exit
+def boot(vmm: str, cmdline: str, stdin: bytes = b"", elf: Path = TINY_ELF, cpus: int = 1) -> Run:
+    """Boot under `vmm` on `cpus` vCPUs, feed `stdin` to the serial port, wait for the VMM to exit
     (or for TIMEOUT_S of silence)."""
-    return run(command(vmm, elf, cmdline), stdin)
+    return run(command(vmm, elf, cmdline, cpus), stdin)

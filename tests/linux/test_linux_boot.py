@@ -146,3 +146,37 @@ def test_kernel_panic_ends_pykvm_non_zero(bzimage, initramfs):
         status = vm.wait(timeout=60)
         assert status != 0, vm.output[-2000:].decode(errors="replace")
         assert b"panic" in vm.output
+
+
+# Two shell loops in the background, then each CPU's user time over 3 s (/proc/stat, USER_HZ
+# ticks).  The quotes in "cpu""-ticks" keep the terminal's echo of the command from matching.
+BUSY_ON_BOTH = ("spin() { while :; do :; done; }; spin & p=$!; spin & q=$!; sleep 1; "
+                "u() { set -- $(grep \"^cpu$1 \" /proc/stat); echo $2; }; "
+                "a=$(u 0); b=$(u 1); sleep 3; "
+                "echo \"cpu\"\"-ticks:\" $(( $(u 0) - a )) $(( $(u 1) - b )) .; kill $p $q")
+
+
+@pytest.mark.linux
+@pytest.mark.slow
+def test_linux_finds_two_vcpus_and_computes_on_both(bzimage, initramfs):
+    """`--cpus 2`: Linux counts 2 CPUs (from the MADT) and two busy loops run at once, one on each."""
+    import os
+    import re
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("this host has one CPU: KVM_CAP_NR_VCPUS recommends a single vCPU")
+    with SerialSession(pykvm_argv("boot", "--cpus", "2", "--kernel", bzimage, "--initrd", initramfs,
+                                  "--mem", "256M")) as vm:
+        at = vm.expect(MARKER, timeout=180)
+        at = vm.expect(PROMPT, timeout=30, start=at)
+        vm.send("echo cpus=$(nproc)")
+        at = vm.expect("cpus=2", timeout=30, start=at)
+        vm.send(BUSY_ON_BOTH)
+        at = vm.expect("cpu-ticks: ", timeout=120, start=at)
+        vm.expect(" .", timeout=30, start=at)
+        ticks = re.search(rb"cpu-ticks: (\d+) (\d+) \.", vm.output[at - len("cpu-ticks: "):])
+        assert ticks, vm.output[-1000:].decode(errors="replace")
+        cpu0, cpu1 = map(int, ticks.groups())
+        assert cpu0 >= 100 and cpu1 >= 100, (cpu0, cpu1)     # >= 1 s of the 3 s on each CPU
+        vm.send("poweroff -f")
+        assert vm.wait(timeout=60) == 0, vm.output[-2000:].decode(errors="replace")

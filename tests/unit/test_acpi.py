@@ -52,3 +52,46 @@ def test_acpica_disassembles_fadt_and_dsdt(tmp_path):
     assert "PM1A Control Block Address : 00000604" in facp, facp
     assert "DSDT Address : 000E0200" in facp and "FACS Address : 000E0040" in facp
     assert "Invalid" not in facp and "Error" not in facp
+
+
+def madt_entries(madt: bytes) -> list[tuple[int, bytes]]:
+    """(type, body) of every MADT interrupt controller structure, after the 44-byte head."""
+    entries, offset = [], 44
+    while offset < len(madt):
+        kind, length = madt[offset], madt[offset + 1]
+        assert length >= 2, f"entry at {offset} has length {length}"
+        entries.append((kind, madt[offset:offset + length]))
+        offset += length
+    assert offset == len(madt)
+    return entries
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_madt_lists_each_cpu_the_ioapic_and_the_sci_override(cpus):
+    blob = acpi.acpi_tables(BASE, cpus)
+    xsdt = table_at(blob, struct.unpack_from("<Q", blob, 24)[0])
+    pointers = struct.unpack_from("<2Q", xsdt, 36)
+    madt = table_at(blob, pointers[1])
+    assert madt[:4] == b"APIC" and sum(madt) % 256 == 0
+    assert struct.unpack_from("<II", madt, 36) == (0xFEE00000, 1)       # LAPIC address, PCAT_COMPAT
+    entries = madt_entries(madt)
+    cpus_found = [struct.unpack("<BBBBI", e) for kind, e in entries if kind == 0]
+    assert [(uid, apic, flags) for _, _, uid, apic, flags in cpus_found] == \
+        [(i, i, 1) for i in range(cpus)]
+    ioapics = [struct.unpack("<BBBBII", e) for kind, e in entries if kind == 1]
+    assert [(address, gsi_base) for *_, address, gsi_base in ioapics] == [(0xFEC00000, 0)]
+    overrides = [struct.unpack("<BBBBIH", e) for kind, e in entries if kind == 2]
+    assert [(source, gsi, flags) for _, _, _, source, gsi, flags in overrides] == [(9, 9, 0xD)]
+    assert [e[-1] for kind, e in entries if kind == 4] == [1]             # NMI on LINT1
+
+
+@pytest.mark.skipif(shutil.which("iasl") is None, reason="needs iasl (apt-get install acpica-tools)")
+def test_acpica_disassembles_the_madt(tmp_path):
+    (tmp_path / "apic.dat").write_bytes(acpi.madt(2))
+    proc = subprocess.run(["iasl", "-d", "apic.dat"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dsl = (tmp_path / "apic.dsl").read_text()
+    assert dsl.count("Subtable Type : 00 [Processor Local APIC]") == 2, dsl
+    assert "Subtable Type : 01 [I/O APIC]" in dsl and "Address : FEC00000" in dsl, dsl
+    assert "Subtable Type : 02 [Interrupt Source Override]" in dsl, dsl
+    assert "Invalid" not in dsl and "Error" not in dsl, dsl

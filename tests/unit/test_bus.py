@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import pytest
 
@@ -128,3 +130,38 @@ def test_device_protocol_is_structural():
 
     assert isinstance(Plain(), Device)
     assert not isinstance(object(), Device)
+
+
+class Reentrancy(BusDevice):
+    """A device that notices if two threads are inside it at once (it yields the GIL inside)."""
+
+    def __init__(self):
+        self.inside = 0
+        self.overlaps = 0
+        self.count = 0
+
+    def write(self, offset, size, value):
+        self.inside += 1
+        if self.inside > 1:
+            self.overlaps += 1
+        time.sleep(0)                                # let another vCPU thread run here
+        self.count += 1                              # a read-modify-write, as device state is
+        self.inside -= 1
+
+
+def test_two_vcpu_threads_never_meet_inside_a_device():
+    """Two vCPU threads exiting at once: the bus runs one device access at a time."""
+    bus, dev = Bus("pio"), Reentrancy()
+    bus.insert(dev, 0x3F8, 8)
+    rounds = 2000
+
+    def vcpu():
+        for _ in range(rounds):
+            bus.write(0x3F8, 1, 0x41)
+
+    threads = [threading.Thread(target=vcpu) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (dev.overlaps, dev.count) == (0, 2 * rounds)

@@ -22,6 +22,7 @@ def ioctl_size(request: int) -> int:
     ("KVM_GET_SREGS", "struct kvm_sregs"),
     ("KVM_SET_SREGS", "struct kvm_sregs"),
     ("KVM_GET_FPU", "struct kvm_fpu"),
+    ("KVM_SET_MP_STATE", "struct kvm_mp_state"),
     ("KVM_SET_CPUID2", "struct kvm_cpuid2"),
     ("KVM_GET_SUPPORTED_CPUID", "struct kvm_cpuid2"),
     ("KVM_SET_MSRS", "struct kvm_msrs"),

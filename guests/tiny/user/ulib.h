@@ -1,5 +1,5 @@
 /*
- * ulib.h: the user programs' whole C library: the five system calls and
+ * ulib.h: the user programs' whole C library: the six system calls and
  * two printing helpers.  System call ABI: see ../syscall.h.
  */
 #ifndef TINY_ULIB_H
@@ -18,6 +18,7 @@ static inline long write(const char *buf, unsigned long len) { return syscall3(S
 static inline long getpid(void) { return syscall3(SYS_getpid, 0, 0, 0); }
 static inline long yield(void) { return syscall3(SYS_yield, 0, 0, 0); }
 static inline long sleep_ms(unsigned long ms) { return syscall3(SYS_sleep, ms, 0, 0); }
+static inline long getcpu(void) { return syscall3(SYS_getcpu, 0, 0, 0); }
 static inline void __attribute__((noreturn)) exit(int status)
 {
     syscall3(SYS_exit, status, 0, 0);

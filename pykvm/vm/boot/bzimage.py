@@ -361,7 +361,7 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
     return BzImagePlan(entry, tuple(writes))
 
 
-def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | None = None,
+def load_bzimage(memory, vcpus: list, image: bytes, cmdline: str = "", initrd: bytes | None = None,
                  name: str = "kernel", mmio_devices=()) -> Entry:
     """Boot a bzImage on a real VM: pykvm.vm.boot.loader calls this for "HdrS" images.
 
@@ -376,7 +376,7 @@ def load_bzimage(memory, vcpu, image: bytes, cmdline: str = "", initrd: bytes | 
     from pykvm.vm.boot.firmware import leave_firmware_state
     from pykvm.vm.boot.cmdline import join_cmdline, virtio_mmio_arguments
 
-    rsdp = leave_firmware_state(memory, vcpu, mmio_devices)
+    rsdp = leave_firmware_state(memory, vcpus, mmio_devices)
     cmdline = join_cmdline(cmdline or DEFAULT_CMDLINE, virtio_mmio_arguments(mmio_devices))
     try:
         plan = plan_bzimage(image, memory.ram_ranges(), cmdline, initrd, acpi_rsdp=rsdp)

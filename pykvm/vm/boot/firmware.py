@@ -37,14 +37,16 @@ __all__ = ["leave_firmware_state", "suspend_to_ram"]
 SLEEP_POLL_S = 0.05            # while asleep, how often to look whether the VM was stopped
 
 
-def leave_firmware_state(memory, vcpu, mmio_devices=()) -> int:
-    """Steps 1-3 of the module docstring; the RSDP's guest-physical address.
+def leave_firmware_state(memory, vcpus: list, mmio_devices=()) -> int:
+    """Steps 1-3 of the module docstring for `vcpus` (vCPU 0 first); the RSDP's address.
 
     `mmio_devices`: (base, size, irq) of each virtio-mmio device, for the DSDT.
     """
-    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES, mmio_devices))
-    vcpu.set_msrs(msrs.boot_msrs())
-    vcpu.set_lapic(lapic.virtual_wire(vcpu.get_lapic()))
+    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES, len(vcpus), mmio_devices))
+    for vcpu in vcpus:
+        vcpu.set_msrs(msrs.boot_msrs())
+    bsp = vcpus[0]
+    bsp.set_lapic(lapic.virtual_wire(bsp.get_lapic()))
     return layout.ACPI_TABLES
 
 

@@ -54,9 +54,11 @@ def read_file(path: Path, what: str) -> bytes:
 
 
 
-def load_kernel(memory, vcpu, config, mmio_devices: list[tuple[int, int, int]] = ()) -> Entry:
-    """Load config.kernel (and config.initrd) into `memory`; return where the vCPU starts.
+def load_kernel(memory, vcpus: list, config, mmio_devices: list[tuple[int, int, int]] = ()) -> Entry:
+    """Load config.kernel (and config.initrd) into `memory`; return where vCPU 0 starts.
 
+    `vcpus`: every vCPU, the bootstrap processor first (the firmware state
+    covers them all: the MADT lists them, each gets its boot MSRs).
     `mmio_devices`: (base, size, irq) of each virtio-mmio device, described to
     the kernel on its command line and in the ACPI DSDT.
     """
@@ -72,20 +74,20 @@ def load_kernel(memory, vcpu, config, mmio_devices: list[tuple[int, int, int]] =
             raise LoaderError(f"{name}: not an ELF, bzImage, Multiboot or Multiboot2 kernel "
                               "(for a raw flat binary, add --format raw)")
     if fmt in ("multiboot", "multiboot2"):
-        return _load_multiboot(memory, vcpu, config, data, initrd, name, fmt)
+        return _load_multiboot(memory, vcpus, config, data, initrd, name, fmt, mmio_devices)
     if config.modules:
         raise ConfigError("--module is for Multiboot kernels; this kernel is not one")
     if fmt == "pvh":
         from pykvm.vm.boot.firmware import leave_firmware_state
         from pykvm.vm.boot.pvh import load_pvh
 
-        rsdp = leave_firmware_state(memory, vcpu, mmio_devices)
+        rsdp = leave_firmware_state(memory, vcpus, mmio_devices)
         return load_pvh(memory, data, config.cmdline, initrd, name, acpi_rsdp=rsdp,
                         cmdline_extra=virtio_mmio_arguments(mmio_devices))
     if fmt == "bzimage":
         from pykvm.vm.boot.bzimage import load_bzimage
 
-        return load_bzimage(memory, vcpu, data, config.cmdline, initrd, name, mmio_devices)
+        return load_bzimage(memory, vcpus, data, config.cmdline, initrd, name, mmio_devices)
     from pykvm.vm.boot.flat import load_flat
 
     if initrd is not None or config.cmdline or config.modules:
@@ -93,8 +95,8 @@ def load_kernel(memory, vcpu, config, mmio_devices: list[tuple[int, int, int]] =
     return load_flat(memory, data, name)
 
 
-def _load_multiboot(memory, vcpu, config, data: bytes, initrd: bytes | None, name: str,
-                    fmt: str) -> Entry:
+def _load_multiboot(memory, vcpus, config, data: bytes, initrd: bytes | None, name: str,
+                    fmt: str, mmio_devices=()) -> Entry:
     """A Multiboot (v1 or 2) kernel: --initrd is its first module, then each --module FILE[,ARGS]."""
     from pykvm.vm.boot.firmware import leave_firmware_state
     from pykvm.vm.boot.multiboot import Module, load_multiboot
@@ -103,7 +105,7 @@ def _load_multiboot(memory, vcpu, config, data: bytes, initrd: bytes | None, nam
     modules = [Module(initrd, str(config.initrd))] if initrd is not None else []
     for path, args in config.modules:
         modules.append(Module(read_file(path, "module"), f"{path} {args}".rstrip()))
-    rsdp = leave_firmware_state(memory, vcpu)
+    rsdp = leave_firmware_state(memory, vcpus, mmio_devices)
     if fmt == "multiboot2":
         return load_multiboot2(memory, data, config.cmdline, modules, name, acpi_rsdp=rsdp)
     return load_multiboot(memory, data, config.cmdline, modules, name)

@@ -20,6 +20,15 @@ Rules:
     the Firecracker / kvm-host policy; a guest probing for hardware that is
     not there must not stop the VM.
 
+Several vCPUs: each vCPU thread dispatches its own exits, so two may reach
+the bus at once.  One lock per bus, held for the device's read or write,
+makes every device access atomic: the device models stay the plain
+single-threaded register machines of their datasheets.  Finer locks (one per
+device) would buy nothing in Python: the GIL already runs one device at a
+time, and guests serialize their own port I/O anyway (one CPU at a time owns
+the UART).  Devices that also hear from host threads (the UART's input) keep
+their own lock for that, as before.
+
 Speed: this is on the VM-exit hot path.  The first access to an address
 finds its device by binary search over the sorted bases (`bisect`); the
 answer is cached per address in a dict, so repeated accesses to the same
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Bus", "BusDevice", "Device", "BusOverlapError", "all_ones"]
@@ -94,6 +104,7 @@ class Bus:
         self._ranges: list[tuple[int, int, Device]] = []     # (base, length, device), same order
         self._cache: dict[int, tuple[Device | None, int, int]] = {}   # address -> (device, offset, room)
         self._logged: set[int] = set()
+        self._lock = threading.Lock()                        # one device access at a time
 
     # --- building the bus (machine set-up time)
 
@@ -123,7 +134,8 @@ class Bus:
             hit = self._lookup(address)
         device, offset, room = hit
         if size <= room:                        # room is 0 where nothing is mapped
-            return device.read(offset, size)
+            with self._lock:
+                return device.read(offset, size)
         self._unmapped("read", address, size)
         return (1 << (8 * size)) - 1
 
@@ -134,7 +146,8 @@ class Bus:
             hit = self._lookup(address)
         device, offset, room = hit
         if size <= room:                        # room is 0 where nothing is mapped
-            device.write(offset, size, value)
+            with self._lock:
+                device.write(offset, size, value)
         else:
             self._unmapped("write", address, size, value)
 

@@ -28,6 +28,7 @@ REQUIRED_CAPABILITIES = {
     "KVM_CAP_SET_TSS_ADDR": "KVM_SET_TSS_ADDR (Intel VMX needs a TSS page)",
     "KVM_CAP_EXT_CPUID": "KVM_GET_SUPPORTED_CPUID / KVM_SET_CPUID2",
     "KVM_CAP_IMMEDIATE_EXIT": "stopping a running vCPU cleanly (Ctrl-A x)",
+    "KVM_CAP_MP_STATE": "application processors waiting for a start-up IPI (--cpus)",
 }
 
 # Upper bound on CPUID leaves we ask for; KVM answers E2BIG if it has more.

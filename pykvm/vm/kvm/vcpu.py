@@ -302,6 +302,11 @@ class Vcpu(FdObject):
         self._ioctl("KVM_TRANSLATE", translation)
         return translation
 
+    def set_mp_state(self, mp_state: int) -> None:
+        """Wraps KVM_SET_MP_STATE (KVM_CAP_MP_STATE); e.g. KVM_MP_STATE_INIT_RECEIVED = wait for SIPI."""
+        state = ffi.new("struct kvm_mp_state *", {"mp_state": mp_state})
+        self._ioctl("KVM_SET_MP_STATE", state)
+
     def close(self) -> None:
         if getattr(self, "_run", None) is not None:
             self._run.release()

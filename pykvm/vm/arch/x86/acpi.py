@@ -1,8 +1,8 @@
-"""The smallest ACPI tables that let a guest power itself off.
+"""The smallest ACPI tables that let a guest find its CPUs and power itself off.
 
 Spec: ACPI 6.5, chapter 5 "ACPI Software Programming Model": 5.2.5 RSDP,
 5.2.6 system description table header, 5.2.8 XSDT, 5.2.9 FADT, 5.2.10 FACS,
-5.2.11.1 DSDT; chapter 20 for the AML byte codes; 7.4.2 for \\_S5.
+5.2.11.1 DSDT, 5.2.12 MADT; chapter 20 for the AML byte codes; 7.4.2 for \\_S5.
 
 Linux's `poweroff` ends in acpi_power_off(): it looks up the \\_S5 ("soft
 off") package in the DSDT for the sleep type, then writes SLP_TYP and SLP_EN
@@ -11,15 +11,19 @@ tables the kernel has no way to turn the machine off, so this module writes:
 
     base + 0x000  RSDP  "RSD PTR "  -> XSDT      (boot_params.acpi_rsdp_addr / PVH rsdp_paddr point here)
     base + 0x040  FACS  "FACS"                   (waking vector and global lock: required without HW_REDUCED)
-    base + 0x080  XSDT  "XSDT"      -> FADT
+    base + 0x080  XSDT  "XSDT"      -> FADT, MADT
     base + 0x0c0  FADT  "FACP"      -> DSDT, FACS; PM1a_EVT 0x600, PM1a_CNT 0x604
-    base + 0x200  DSDT  "DSDT"      Name (_S5_, Package () { 0, 0, 0, 0 }), and in \\_SB
-                                    a Device per virtio-mmio transport (aml.py)
+    base + 0x200  MADT  "APIC"      one local APIC per vCPU, the IOAPIC, overrides
+    base + 0x800  DSDT  "DSDT"      Name (_S5_, Package () { 0, 0, 0, 0 }), and in \\_SB
+                                    a Device per virtio-mmio transport (aml.py); it comes
+                                    last because it grows with the devices
 
 PM1a control at 0x604 and \\_S5 = 0 are QEMU's (pc and q35), so the same
-guest powers off on both VMMs.  No MADT: Linux then runs the interrupt
-controllers in virtual-wire mode (8259 PIC through LAPIC LINT0), which is
-what the vCPU's LAPIC is set up for.
+guest powers off on both VMMs.  The MADT is how a kernel finds its CPUs: the
+Debian kernel parses no MP table, so without it Linux sees one CPU.  It lists
+one processor-local APIC per vCPU (APIC id = vCPU index, as KVM_CREATE_VCPU
+numbered them), KVM's in-kernel IOAPIC, and one interrupt source override
+(see madt()).
 """
 from __future__ import annotations
 
@@ -27,17 +31,18 @@ import struct
 
 from pykvm.vm.arch.x86 import aml
 
-__all__ = ["acpi_tables", "checksum", "sdt_header", "table", "dsdt", "ACPI_TABLES_SIZE", "RSDP_OFFSET",
-           "PM1A_EVT_PORT", "PM1A_CNT_PORT", "S5_SLEEP_TYPE", "SCI_IRQ", "FACS_OFFSET",
-           "waking_vector"]
+__all__ = ["acpi_tables", "checksum", "sdt_header", "table", "dsdt", "madt", "ACPI_TABLES_SIZE",
+           "RSDP_OFFSET", "PM1A_EVT_PORT", "PM1A_CNT_PORT", "S5_SLEEP_TYPE", "SCI_IRQ", "FACS_OFFSET",
+           "waking_vector", "MAX_CPUS", "LOCAL_APIC_ADDRESS", "IOAPIC_ADDRESS"]
 
 # Where each table sits inside the blob (each 64-byte aligned; the FACS must be).
 RSDP_OFFSET = 0x000
 FACS_OFFSET = 0x040
 XSDT_OFFSET = 0x080
 FADT_OFFSET = 0x0C0
-DSDT_OFFSET = 0x200
-ACPI_TABLES_SIZE = 0x240
+MADT_OFFSET = 0x200
+DSDT_OFFSET = 0x800            # room for the MADT of MAX_CPUS vCPUs before it
+ACPI_TABLES_SIZE = 0x1000      # the blob's size without virtio devices (the DSDT grows past it)
 
 OEM_ID = b"PYKVM "             # 6 bytes: who made the tables
 OEM_TABLE_ID = b"PYKVMVM "     # 8 bytes
@@ -106,6 +111,27 @@ GAS = struct.Struct("<BBBBQ")
 GAS_SYSTEM_IO = 1
 GAS_ACCESS_WORD = 2
 GAS_ACCESS_DWORD = 3
+
+# MADT (5.2.12): the interrupt controllers, and through them the CPUs
+MADT_REVISION = 5
+LOCAL_APIC_ADDRESS = 0xFEE00000  # every CPU's LAPIC registers (SDM Vol. 3A 10.4.1)
+IOAPIC_ADDRESS = 0xFEC00000      # KVM's in-kernel IOAPIC (IOAPIC_DEFAULT_BASE_ADDRESS)
+IOAPIC_ID = 0                    # what KVM's IOAPIC ID register holds after reset
+MADT_PCAT_COMPAT = 1 << 0        # flags: dual 8259 PICs present too (to be masked)
+MADT_HEAD = struct.Struct("<II")              # local APIC address, flags
+MADT_LOCAL_APIC = struct.Struct("<BBBBI")     # type 0, length 8, processor UID, APIC id, flags
+MADT_IO_APIC = struct.Struct("<BBBBII")       # type 1, length 12, id, reserved, address, GSI base
+MADT_SOURCE_OVERRIDE = struct.Struct("<BBBBIH")  # type 2, length 10, bus, source, GSI, flags
+MADT_LOCAL_APIC_NMI = struct.Struct("<BBBHB")  # type 4, length 6, processor UID, flags, LINT#
+LOCAL_APIC_ENABLED = 1 << 0      # Processor Local APIC flags: usable
+ALL_PROCESSORS = 0xFF            # Local APIC NMI: applies to every processor
+ISA_BUS = 0
+MPS_ACTIVE_HIGH = 0b01           # MPS INTI flags (table 5.50): polarity bits 1:0
+MPS_LEVEL = 0b11 << 2            # trigger mode bits 3:2
+LINT1 = 1
+MAX_CPUS = (DSDT_OFFSET - MADT_OFFSET - SDT_HEADER.size - MADT_HEAD.size - MADT_IO_APIC.size
+            - MADT_SOURCE_OVERRIDE.size - MADT_LOCAL_APIC_NMI.size) // MADT_LOCAL_APIC.size
+MAX_XAPIC_ID = 0xFE              # 0xFF is the broadcast id: 8-bit xAPIC ids stop below it
 
 # AML (chapter 20): Name (_S5_, Package (4) { S5, S5, 0, 0 })
 AML_NAME_OP = 0x08
@@ -209,7 +235,29 @@ def dsdt(mmio_devices=()) -> bytes:
     return table(b"DSDT", DSDT_REVISION, body)
 
 
-def acpi_tables(base: int, mmio_devices=()) -> bytes:
+def madt(cpus: int) -> bytes:
+    """Multiple APIC Description Table for `cpus` vCPUs with APIC ids 0 .. cpus-1.
+
+    Interrupt routing: KVM's default GSI routing sends ISA IRQ n to PIC pin n
+    and IOAPIC pin n, so ISA IRQs need no override, except for the mode of the
+    SCI: an ISA interrupt without an override is edge/active-high, but the SCI
+    defaults to level/active-low (ACPI 5.2.12.5), and KVM's IOAPIC would see
+    an undriven active-low line as always asserted.  QEMU's MADT says the same
+    (IRQ 9, level, active high).  LINT1 of every CPU is the NMI input (the
+    Local APIC NMI entry), as on a PC.
+    """
+    assert 1 <= cpus <= min(MAX_CPUS, MAX_XAPIC_ID + 1)
+    body = MADT_HEAD.pack(LOCAL_APIC_ADDRESS, MADT_PCAT_COMPAT)
+    for cpu in range(cpus):
+        body += MADT_LOCAL_APIC.pack(0, MADT_LOCAL_APIC.size, cpu, cpu, LOCAL_APIC_ENABLED)
+    body += MADT_IO_APIC.pack(1, MADT_IO_APIC.size, IOAPIC_ID, 0, IOAPIC_ADDRESS, 0)
+    body += MADT_SOURCE_OVERRIDE.pack(2, MADT_SOURCE_OVERRIDE.size, ISA_BUS, SCI_IRQ, SCI_IRQ,
+                                      MPS_ACTIVE_HIGH | MPS_LEVEL)
+    body += MADT_LOCAL_APIC_NMI.pack(4, MADT_LOCAL_APIC_NMI.size, ALL_PROCESSORS, 0, LINT1)
+    return table(b"APIC", MADT_REVISION, body)
+
+
+def acpi_tables(base: int, cpus: int = 1, mmio_devices=()) -> bytes:
     """All tables as one blob to copy to guest-physical `base`; the RSDP is at `base`.
     The DSDT comes last: it grows with the virtio-mmio devices."""
     table = dsdt(mmio_devices)
@@ -217,8 +265,9 @@ def acpi_tables(base: int, mmio_devices=()) -> bytes:
     parts = {
         RSDP_OFFSET: rsdp(base + XSDT_OFFSET),
         FACS_OFFSET: facs(),
-        XSDT_OFFSET: xsdt([base + FADT_OFFSET]),
+        XSDT_OFFSET: xsdt([base + FADT_OFFSET, base + MADT_OFFSET]),
         FADT_OFFSET: fadt(base + DSDT_OFFSET, base + FACS_OFFSET),
+        MADT_OFFSET: madt(cpus),
         DSDT_OFFSET: table,
     }
     for offset, data in parts.items():

@@ -2,13 +2,13 @@
 
 Spec: Intel SDM Vol. 3A 10.5.1 "Local Vector Table" and the MultiProcessor
 Specification 1.4, 3.6.2.2 "Virtual Wire Mode".  A PC firmware wires the
-8259 PIC's output to LINT0 in ExtINT mode and the NMI line to LINT1; Linux,
-booted without an MP table or ACPI MADT, keeps that setup and takes its
-timer interrupt from the PIT through the PIC and LINT0.  KVM's in-kernel
-LAPIC already resets the BSP's LVT LINT0 to 0x700 (ExtINT, unmasked:
-kvm_lapic_reset, KVM_X86_QUIRK_LINT0_REENABLED) but leaves LINT1 masked
-(0x10000), and other vCPUs get both masked; so pykvm writes both, as the
-firmware would, instead of relying on a quirk.
+8259 PIC's output to the bootstrap processor's LINT0 in ExtINT mode and the
+NMI line to LINT1; a kernel starts in that mode and may move to the IOAPIC
+once it has read the ACPI MADT.  KVM's in-kernel LAPIC already resets the
+BSP's LVT LINT0 to 0x700 (ExtINT, unmasked: kvm_lapic_reset,
+KVM_X86_QUIRK_LINT0_REENABLED) but leaves LINT1 masked (0x10000), and other
+vCPUs get both masked; so pykvm writes both, as the firmware would, instead
+of relying on a quirk.
 
 KVM_GET_LAPIC / KVM_SET_LAPIC move the APIC's 1 KiB register page
 (struct kvm_lapic_state); each register sits at its MMIO offset.

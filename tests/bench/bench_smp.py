@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Benchmark: the same CPU-bound user work on 1 and on 2 vCPUs, pykvm and QEMU side by side.
+
+The tiny kernel runs two `busy` programs (4 rounds of user-mode arithmetic
+each) between two `uptime`s; the guest's own clock (the 8254 PIT, 100 Hz,
+which KVM drives from host time) gives the seconds the work took, without
+the VMM's start-up or the kernel's boot.  Same ELF, same script, on
+`pykvm boot --cpus N` and `qemu-system-x86_64 -smp N -accel kvm`.
+Prints min/median/max seconds per VMM and CPU count, and each VMM's
+speed-up (median on 1 vCPU / median on 2).  The goal, where the host has
+two free cores: >= 1.7x.  On a loaded host the vCPU threads share the cores
+with everything else, and the figure says so.  `--tcg` adds QEMU's software
+CPU with one host thread per vCPU (MTTCG) as a control: it shows how well
+the guest itself scales, whatever /dev/kvm does.
+
+    .venv/bin/python tests/bench/bench_smp.py [--runs 3] [--no-qemu] [--tcg]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kvm"))
+import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
+
+SCRIPT = "run=uptime;run busy busy;uptime;poweroff"
+UPTIME = re.compile(r"^up \d+\.\d\d s \((\d+) ticks at (\d+) Hz\)", re.M)
+
+
+def work_seconds(argv: list[str]) -> float:
+    """Guest seconds between the two uptimes of one boot."""
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=tinyvm.TIMEOUT_S)
+    text = proc.stdout.decode(errors="replace")
+    found = UPTIME.findall(text)
+    if proc.returncode != 0 or len(found) != 2:
+        raise SystemExit(f"{argv[0]} exited with {proc.returncode}:\n{text[-800:]}"
+                         f"{proc.stderr.decode(errors='replace')[-400:]}")
+    (t0, hz), (t1, _) = found
+    return (int(t1) - int(t0)) / int(hz)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-qemu", action="store_true", help="measure pykvm only")
+    parser.add_argument("--tcg", action="store_true", help="also QEMU -accel tcg,thread=multi")
+    args = parser.parse_args()
+
+    elf = tinyvm.build_tiny()
+    vmms = {"pykvm": lambda n: tinyvm.pykvm_command(elf, SCRIPT, n)}
+    if not args.no_qemu and tinyvm.vmm_problem("qemu") is None:
+        vmms["qemu -accel kvm"] = lambda n: tinyvm.qemu_command(elf, SCRIPT, cpus=n)
+        if args.tcg:
+            vmms["qemu -accel tcg"] = lambda n: tinyvm.qemu_command(elf, SCRIPT, accel="tcg,thread=multi",
+                                                                  cpus=n)
+    load = os.getloadavg()[0]
+    print(f"two `busy` programs, {args.runs} runs each, guest seconds; host: {os.cpu_count()} CPUs, "
+          f"load average {load:.1f}")
+    print(f"{'vmm':<18} {'vCPUs':>5} {'min':>7} {'median':>7} {'max':>7}")
+    for name, argv_for in vmms.items():
+        medians = {}
+        for cpus in (1, 2):
+            times = [work_seconds(argv_for(cpus)) for _ in range(args.runs)]
+            medians[cpus] = statistics.median(times)
+            print(f"{name:<18} {cpus:>5} {min(times):7.2f} {medians[cpus]:7.2f} {max(times):7.2f}")
+        print(f"{name:<18} speed-up 1 -> 2 vCPUs: {medians[1] / medians[2]:.2f}x (goal >= 1.7x "
+              "with 2 free host cores)")
+
+
+if __name__ == "__main__":
+    main()
