@@ -17,3 +17,4 @@ userprog_\name\()_end:
     USERPROG pong
     USERPROG sleeper
     USERPROG fault
+    USERPROG counter

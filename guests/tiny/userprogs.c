@@ -13,6 +13,7 @@ DECLARE(ping);
 DECLARE(pong);
 DECLARE(sleeper);
 DECLARE(fault);
+DECLARE(counter);
 
 const struct userprog userprogs[] = {
     ENTRY(hello, "print a greeting and the pid, exit 0"),
@@ -20,6 +21,7 @@ const struct userprog userprogs[] = {
     ENTRY(pong, "print 'pong' 5 times, computing in between"),
     ENTRY(sleeper, "sleep 100 ms 3 times, yielding in between"),
     ENTRY(fault, "read kernel memory from ring 3: a page fault"),
+    ENTRY(counter, "print 'count N' every 200 ms, forever (run with &)"),
 };
 const int userprog_count = ARRAY_SIZE(userprogs);
 

@@ -1,13 +1,16 @@
 """`pykvm boot`: build a VM, connect the serial console to this terminal, run it."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
 
 from pykvm.vm.guests import guest_list
 
-__all__ = ["boot"]
+__all__ = ["boot", "run_machine", "SNAPSHOT_SIGNAL"]
+
+SNAPSHOT_SIGNAL = signal.SIGUSR2    # `kill -USR2 PID`: write a snapshot (SIGUSR1 kicks vCPUs)
 
 
 @click.command(epilog="\b\nBundled guests (GUEST):\n" + guest_list())
@@ -29,7 +32,11 @@ __all__ = ["boot"]
               "as QEMU's -s); in gdb: target remote :1234.")
 @click.option("--gdb-wait", is_flag=True,
               help="Stop before the first guest instruction until gdb attaches (QEMU's -S); implies --gdb.")
-def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeout, gdb, gdb_wait):
+@click.option("--snapshot-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Ctrl-A s or SIGUSR2 pauses the VM and writes a snapshot here (then it runs on); "
+                   "`pykvm restore DIR` resumes it.")
+def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeout, gdb, gdb_wait,
+         snapshot_dir):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -54,9 +61,13 @@ def boot(guest, kernel, initrd, mem, cmdline, kernel_format, trace, stall_timeou
         from pykvm.vm.gdb import parse_address
 
         parse_address(gdb)                  # a bad --gdb is reported before the VM is built
+    if snapshot_dir is not None:
+        from pykvm.vm.snapshot import check_target
+
+        check_target(snapshot_dir)          # never overwrite what is not a snapshot
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
                            kernel_format=kernel_format, trace=trace, stall_timeout=stall_timeout,
-                           gdb=gdb, gdb_wait=gdb_wait)
+                           gdb=gdb, gdb_wait=gdb_wait, snapshot_dir=snapshot_dir)
     raise SystemExit(run_machine(config))
 
 
@@ -66,10 +77,12 @@ def run_machine(config) -> int:
     from pykvm.vm.machine import Machine
 
     with Machine(config) as machine:
-        with Console(machine.serial, on_quit=lambda: machine.stop(0)):
+        with Console(machine.serial, on_quit=lambda: machine.stop(0), on_snapshot=machine.request_snapshot):
+            previous = signal.signal(SNAPSHOT_SIGNAL, lambda signum, frame: machine.request_snapshot())
             try:
                 status = machine.run()
             finally:
+                signal.signal(SNAPSHOT_SIGNAL, previous)
                 if config.trace:
                     print_exit_summary(machine.exit_counts)
     return status

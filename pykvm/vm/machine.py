@@ -5,17 +5,22 @@ the model).  Machine.__init__ reads as its table of contents:
 
     1. open /dev/kvm and check the capabilities pykvm needs
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
-    3. guest memory, registered with KVM as memory slots
+    3. guest memory, registered with KVM as memory slots (restoring: mapped
+       copy-on-write from the snapshot's memory.bin)
     4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT
        (with port 0x61, channel 2's gate and output): before any vCPU
        exists, so each vCPU gets its LAPIC
     5. the vCPU, with CPUID set (CPUID before MSRs: KVM checks MSRs against it)
     6. the kernel loaded into memory, giving an entry point and CPU mode
+       (restoring: nothing to load, memory holds the running kernel)
     7. the devices, each inserted on the port-I/O bus at its base
-    8. the vCPU's registers for that entry point
+    8. the vCPU's registers for that entry point (restoring: the snapshot's
+       VM, vCPU and device state, in pykvm.vm.snapshot.state's order)
     9. with --gdb, the gdb stub listening (pykvm.vm.gdb)
 
 Machine.run() is the run loop: KVM_RUN, then one `match` over the typed exit.
+request_snapshot() (Ctrl-A s, SIGUSR2) pauses it between two exits, writes a
+snapshot to config.snapshot_dir (pykvm.vm.snapshot) and lets the guest go on.
 A watchdog (pykvm.vm.watchdog) looks at a vCPU that has gone quiet: halted with
 interrupts off, or spinning without exits.
 """
@@ -74,6 +79,8 @@ class MachineConfig:
     output: object = None            # callable(bytes) for guest serial output; default stdout
     gdb: str | None = None           # [HOST:]PORT for the gdb stub (pykvm.vm.gdb); None: no stub
     gdb_wait: bool = False           # stop before the first instruction until gdb attaches
+    snapshot_dir: Path | None = None  # where request_snapshot() writes (pykvm.vm.snapshot)
+    restore: object = None           # a checked pykvm.vm.snapshot.Snapshot to resume instead of booting
     extra: dict = field(default_factory=dict)
 
 
@@ -101,16 +108,30 @@ class Machine:
         self.vm = self.kvm.create_vm()                                     # 2
         self.vm.set_tss_addr(layout.KVM_TSS_ADDRESS)
         self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDRESS)
-        self.memory = GuestMemory(config.memory)                           # 3
+        self.memory = self._guest_memory()                                 # 3
         self.memory.register(self.vm)
         self.vm.create_irqchip()                                           # 4
         self.vm.create_pit2(PIT_SPEAKER_DUMMY)                             # port 0x61 too, as Firecracker
         self.vcpu = self.vm.create_vcpu(0)                                 # 5
+        self.vcpus = [self.vcpu]
         self.vcpu.set_cpuid(cpuid.guest_cpuid(self.kvm.supported_cpuid(), self.vcpu.id))
-        self.entry = self._load_kernel()                                   # 6
+        if config.restore is None:
+            self.entry = self._load_kernel()                               # 6
         self._add_devices()                                                # 7
-        boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
+        if config.restore is None:
+            boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)  # 8
+        else:
+            from pykvm.vm.snapshot import restore_state
+
+            restore_state(config.restore, self)
         self.gdb = self._gdb_stub()                                        # 9
+
+    def _guest_memory(self) -> GuestMemory:
+        if self.config.restore is None:
+            return GuestMemory(self.config.memory)
+        from pykvm.vm.snapshot import map_memory
+
+        return map_memory(self.config.restore)
 
     def _gdb_stub(self):
         if self.config.gdb is None:
@@ -135,7 +156,7 @@ class Machine:
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self.serial = serial.Serial16550(out=output, irq=self._serial_irq)
-        devices = {
+        self.devices = devices = {
             "serial": self.serial,
             "i8042": i8042.I8042(reset=self._guest_reset),
             "debug-exit": debug_exit.DebugExit(stop=self.stop),
@@ -180,6 +201,36 @@ class Machine:
         self.vcpu.immediate_exit = True
         if self._vcpu_thread is not None:
             signal.pthread_kill(self._vcpu_thread, signal.SIGUSR1)
+
+    # --- snapshots --------------------------------------------------------------
+    _snapshot_requested = False
+
+    def request_snapshot(self) -> None:
+        """Ask the run loop to pause, write a snapshot to config.snapshot_dir, and go on (any thread)."""
+        if self.config.snapshot_dir is None:
+            return
+        self._snapshot_requested = True
+        self._kick_vcpu()
+
+    def _write_snapshot(self) -> None:
+        """On the vCPU thread, out of KVM_RUN: the VM is paused while its state is written.
+
+        KVM_RUN returned EINTR, so an I/O exit before it was completed by that very
+        KVM_RUN (api.rst, KVM_EXIT_IO: "the operation is complete only after
+        userspace has re-entered"): the registers are between two instructions."""
+        from pykvm.errors import PyKvmError
+        from pykvm.vm.snapshot import take
+
+        self._snapshot_requested = False
+        if self._console_output is not None:
+            self._console_output.flush()
+        try:
+            memory = take(self, self.config.snapshot_dir)
+        except (PyKvmError, OSError) as e:
+            os.write(2, f"pykvm: error: snapshot not written: {e}\n".encode())
+        else:
+            os.write(2, f"pykvm: snapshot written to {self.config.snapshot_dir} "
+                        f"({memory['pages_written']} of {memory['size'] // 4096} pages)\n".encode())
 
     # --- running ---------------------------------------------------------------
     _vcpu_thread: int | None = None
@@ -228,6 +279,9 @@ class Machine:
                 case MmioRead(address=address, size=size):
                     exit.reply(mmio.read(address, size))
                 case Interrupted():                                  # a signal; loop re-checks
+                    if self._snapshot_requested:
+                        self._write_snapshot()
+                        watchdog.exits += 1                          # the pause is not the guest's silence
                     if reason := watchdog.look(self.vcpu, self.memory):
                         raise GuestError(self._stopped_because(reason))
                     if self.gdb is not None:                         # gdb's Ctrl-C, or a new client

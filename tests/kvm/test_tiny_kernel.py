@@ -80,7 +80,7 @@ def ticks(line: str) -> int:
 
 def test_boots_and_powers_off_with_status_0(shell):
     assert shell.lines[0] == "tiny 1.0: booting", shell.console
-    banner = re.fullmatch(r"tiny 1\.0: (\d+) MiB RAM, timer 100 Hz, 5 user programs\. Type 'help'\.",
+    banner = re.fullmatch(r"tiny 1\.0: (\d+) MiB RAM, timer 100 Hz, 6 user programs\. Type 'help'\.",
                           shell.lines[1])
     assert banner and MEM_MIB - 2 <= int(banner.group(1)) <= MEM_MIB, shell.lines[1]
     assert shell.lines[-1] == "tiny$ poweroff", shell.console[-300:]

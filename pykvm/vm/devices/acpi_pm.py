@@ -91,6 +91,12 @@ class AcpiPmEvent(BusDevice):
         """PM1_STS in the low word (0), PM1_EN in the high word."""
         return _bytes_of(self._enable << (8 * PM1_EN), offset, size)
 
+    def get_state(self) -> dict:
+        return {"pm1_en": self._enable}
+
+    def set_state(self, state: dict) -> None:
+        self._enable = state["pm1_en"] & PM1_EN_BITS
+
     def write(self, offset: int, size: int, value: int) -> None:
         """PM1_EN keeps its defined bits; a write to PM1_STS clears bits that are never set."""
         block = _merged(self._enable << (8 * PM1_EN), offset, size, value)
@@ -108,6 +114,12 @@ class AcpiPmControl(BusDevice):
     def read(self, offset: int, size: int) -> int:
         """The register's sticky bits; write-only bits read as 0."""
         return _bytes_of(self._value, offset, size)
+
+    def get_state(self) -> dict:
+        return {"pm1_cnt": self._value}
+
+    def set_state(self, state: dict) -> None:
+        self._value = state["pm1_cnt"] & 0xFFFF & ~PM1_WRITE_ONLY
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Merge the written bytes into the register; act on SLP_EN."""
