@@ -129,7 +129,7 @@ def test_run_hello_in_user_mode(shell):
 
 def test_run_lists_programs_and_rejects_unknown(shell):
     names = [line.split()[0] for line in output_of(shell, "run")]
-    assert names == ["hello", "ping", "pong", "sleeper", "fault"]
+    assert names == ["hello", "ping", "pong", "sleeper", "fault", "counter"]
     assert output_of(shell, "run bogus") == ["run: no program 'bogus' (try 'run' for a list)"]
     assert output_of(shell, "frobnicate") == ["frobnicate: unknown command (try 'help')"]
 
