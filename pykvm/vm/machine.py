@@ -208,6 +208,7 @@ class Machine:
     def request_snapshot(self) -> None:
         """Ask the run loop to pause, write a snapshot to config.snapshot_dir, and go on (any thread)."""
         if self.config.snapshot_dir is None:
+            os.write(2, b"pykvm: no snapshot written: this VM was started without --snapshot-dir\n")
             return
         self._snapshot_requested = True
         self._kick_vcpu()
