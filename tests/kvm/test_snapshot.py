@@ -242,3 +242,13 @@ def test_snapshot_dir_holding_other_files_is_refused_and_kept(tmp_path):
     result = pykvm("boot", "--kernel", str(TINY_ELF), "--snapshot-dir", str(tmp_path), timeout=60)
     assert "not a snapshot directory" in one_error_line(result)
     assert result.stdout == b"" and keep.read_text() == "mine"
+
+
+def test_a_device_table_missing_a_field_is_refused(snapshot, tmp_path):
+    """An edit that keeps the sha256 right but leaves out a register: one line, not a traceback."""
+    directory = damaged_copy(snapshot, tmp_path)
+    state = json.loads((directory / "devices" / "serial.json").read_text())
+    del state["lcr"]
+    rewrite_part(directory, "devices/serial.json", json.dumps(state).encode())
+    line = refused(directory)
+    assert "devices/serial.json" in line and "lcr" in line, line

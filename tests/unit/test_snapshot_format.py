@@ -47,7 +47,7 @@ def written(tmp_path, **header) -> Snapshot:
     writer = SnapshotWriter(tmp_path / "snap")
     writer.add("vcpu0/regs.bin", bytes(range(144)), "KVM_GET_REGS")
     writer.add_json("devices/cmos.json", {"index": 3}, "Cmos.get_state")
-    writer.commit({"guest": {"memory": 0}, "host": {}, "memory": {}, **header})
+    writer.commit({"guest": {"memory": 64 * PAGE}, "host": {}, "memory": {}, **header})
     return Snapshot.open(tmp_path / "snap")
 
 
@@ -108,6 +108,9 @@ def test_the_uart_comes_back_with_its_registers_fifo_and_interrupt():
     old = serial.Serial16550(out=lambda data: None, irq=levels.append)
     old.write(serial.FCR, 1, serial.FCR_ENABLE)
     old.write(serial.IER, 1, serial.IER_ERBFI)
+    old.write(serial.LCR, 1, serial.LCR_DLAB)          # the slowest baud rate: the character
+    old.write(serial.DLL, 1, 0xFF)                      # timeout (4 characters, ~23 s) cannot
+    old.write(serial.DLM, 1, 0xFF)                      # fire while the test compares states
     old.write(serial.LCR, 1, 0x03)
     old.write(serial.SCR, 1, 0x5A)
     old.receive(b"ab")
@@ -138,3 +141,13 @@ def test_each_device_comes_back_as_it_was(make, poke):
     new.set_state(json.loads(json.dumps(old.get_state())))
     assert new.get_state() == old.get_state()
     assert [new.read(offset, 1) for offset in range(2)] == [old.read(offset, 1) for offset in range(2)]
+
+
+def test_a_header_without_a_memory_size_is_refused(tmp_path):
+    written(tmp_path)
+    path = tmp_path / "snap" / "snapshot.json"
+    header = json.loads(path.read_text())
+    del header["guest"]["memory"]
+    path.write_text(json.dumps(header))
+    with pytest.raises(SnapshotError, match="not a whole number of pages"):
+        Snapshot.open(tmp_path / "snap")

@@ -191,6 +191,11 @@ class Snapshot:
         for key in ("guest", "host", "memory", "parts"):
             if not isinstance(header.get(key), dict):
                 raise SnapshotError(f"{directory / HEADER}: no \"{key}\" section: a damaged header")
+        memory = header["guest"].get("memory")
+        if not isinstance(memory, int) or memory <= 0 or memory % PAGE:
+            raise SnapshotError(f"{directory / HEADER}: guest memory {memory!r} is not a whole number of pages")
+        if not all(isinstance(entry, dict) for entry in header["parts"].values()):
+            raise SnapshotError(f"{directory / HEADER}: a part without its size and sha256: a damaged header")
         return cls(directory, header)
 
     @property

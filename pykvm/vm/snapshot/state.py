@@ -132,7 +132,8 @@ def restore(snapshot, vm, vcpus, devices: dict) -> None:
     for vcpu in vcpus:
         _restore_vcpu(snapshot, vcpu)                                        # 2-8
     for name, device in devices.items():                                     # 9
-        device.set_state(snapshot.json_part(f"devices/{name}.json"))
+        part = f"devices/{name}.json"
+        _apply(part, device.set_state, snapshot.json_part(part))
 
 
 def _restore_vcpu(snapshot, vcpu) -> None:
@@ -140,15 +141,16 @@ def _restore_vcpu(snapshot, vcpu) -> None:
     for name, _, _, write in vcpu_parts(vcpu):                               # 2-5
         _apply(prefix + name, write, snapshot.part(prefix + name))
     msrs = snapshot.json_part(prefix + "msrs.json")                          # 6
-    _apply(prefix + "msrs.json", vcpu.set_msrs, {int(index, 16): value for index, value in msrs.items()})
+    _apply(prefix + "msrs.json", lambda table: vcpu.set_msrs({int(i, 16): v for i, v in table.items()}), msrs)
     for name, _, _, write in _late_vcpu_parts(vcpu):                         # 6-7
         _apply(prefix + name, write, snapshot.part(prefix + name))
-    mp_state = snapshot.json_part(prefix + "mp-state.json")["mp_state"]      # 8
-    _apply(prefix + "mp-state.json", vcpu.set_mp_state, mp_state)
+    mp_state = snapshot.json_part(prefix + "mp-state.json")                  # 8
+    _apply(prefix + "mp-state.json", lambda table: vcpu.set_mp_state(table["mp_state"]), mp_state)
 
 
 def _apply(name: str, write, value) -> None:
-    """One step of the recipe; KVM's refusal becomes a one-line error naming the part."""
+    """One step of the recipe; KVM's refusal, or a table without the fields it needs (a part
+    edited by hand), becomes a one-line error naming the part."""
     size = _struct_size(name)
     if size is not None and isinstance(value, bytes) and len(value) != size:
         raise SnapshotError(f"{name}: {len(value)} bytes where this KVM's structure has {size}: "
@@ -157,6 +159,8 @@ def _apply(name: str, write, value) -> None:
         write(value)
     except KvmIoctlError as e:
         raise SnapshotError(f"restoring {name}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise SnapshotError(f"restoring {name}: not the table it should be ({type(e).__name__}: {e})") from None
 
 
 STRUCTS = {"regs.bin": "struct kvm_regs", "sregs.bin": "struct kvm_sregs", "xsave.bin": "struct kvm_xsave",
