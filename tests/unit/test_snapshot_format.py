@@ -126,8 +126,9 @@ def test_the_uart_comes_back_with_its_registers_fifo_and_interrupt():
 
 
 @pytest.mark.parametrize("make, poke", [
-    (lambda: i8042.I8042(reset=lambda: None), lambda d: (d.write(i8042.COMMAND, 1, i8042.CMD_WRITE_CB),
-                                                          d.write(i8042.DATA, 1, 0x47), d.write(i8042.COMMAND, 1, i8042.CMD_READ_CB))),
+    (lambda: i8042.I8042(reset=lambda: None),
+     lambda d: (d.write(i8042.COMMAND, 1, i8042.CMD_WRITE_CB), d.write(i8042.DATA, 1, 0x47),
+                d.write(i8042.COMMAND, 1, i8042.CMD_READ_CB))),
     (lambda: cmos.Cmos(), lambda d: (d.write(0, 1, 0x40), d.write(1, 1, 0x99), d.write(0, 1, 0x41))),
     (lambda: acpi_pm.AcpiPmEvent(), lambda d: d.write(acpi_pm.PM1_EN, 2, acpi_pm.PM1_PWRBTN_EN)),
     (lambda: acpi_pm.AcpiPmControl(stop=lambda status: None), lambda d: d.write(0, 2, acpi_pm.PM1_SCI_EN)),

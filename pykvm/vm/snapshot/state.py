@@ -48,6 +48,7 @@ __all__ = ["save", "restore", "read_msrs", "IRQCHIPS", "STRUCTS", "vcpu_parts"]
 IRQCHIPS = {"vm/pic-master.bin": IRQCHIP_PIC_MASTER, "vm/pic-slave.bin": IRQCHIP_PIC_SLAVE,
             "vm/ioapic.bin": IRQCHIP_IOAPIC}
 
+
 def vcpu_parts(vcpu) -> list[tuple[str, str, object, object]]:
     """(file, KVM call, read, write) for each binary part of a vCPU, in restore order (2-7).
 
@@ -55,8 +56,10 @@ def vcpu_parts(vcpu) -> list[tuple[str, str, object, object]]:
     has_xsave = vcpu.vm.kvm.check_extension("KVM_CAP_XSAVE") > 0
     parts = [
         ("cpuid.bin", "KVM_GET_CPUID2", vcpu.get_cpuid, vcpu.set_cpuid_bytes),
-        ("sregs.bin", "KVM_GET_SREGS", lambda: _bytes(vcpu.get_sregs()), lambda d: vcpu.set_sregs(_cdata("struct kvm_sregs", d))),
-        ("regs.bin", "KVM_GET_REGS", lambda: _bytes(vcpu.get_regs()), lambda d: vcpu.set_regs(_cdata("struct kvm_regs", d))),
+        ("sregs.bin", "KVM_GET_SREGS", lambda: _bytes(vcpu.get_sregs()),
+         lambda data: vcpu.set_sregs(_cdata("struct kvm_sregs", data))),
+        ("regs.bin", "KVM_GET_REGS", lambda: _bytes(vcpu.get_regs()),
+         lambda data: vcpu.set_regs(_cdata("struct kvm_regs", data))),
     ]
     if vcpu.vm.kvm.check_extension("KVM_CAP_XCRS") > 0:
         parts.append(("xcrs.bin", "KVM_GET_XCRS", vcpu.get_xcrs, vcpu.set_xcrs))
