@@ -76,15 +76,23 @@ def run_machine(config) -> int:
     from pykvm.vm.console import Console
     from pykvm.vm.machine import Machine
 
-    with Machine(config) as machine:
-        with Console(machine.serial, on_quit=lambda: machine.stop(0), on_snapshot=machine.request_snapshot):
-            previous = signal.signal(SNAPSHOT_SIGNAL, lambda signum, frame: machine.request_snapshot())
-            try:
-                status = machine.run()
-            finally:
-                signal.signal(SNAPSHOT_SIGNAL, previous)
-                if config.trace:
-                    print_exit_summary(machine.exit_counts)
+    machine = None
+
+    def on_snapshot_signal(signum, frame):
+        if machine is not None:                 # a signal while the VM is being built: too early
+            machine.request_snapshot()
+
+    previous = signal.signal(SNAPSHOT_SIGNAL, on_snapshot_signal)
+    try:
+        with Machine(config) as machine:
+            with Console(machine.serial, on_quit=lambda: machine.stop(0), on_snapshot=machine.request_snapshot):
+                try:
+                    status = machine.run()
+                finally:
+                    if config.trace:
+                        print_exit_summary(machine.exit_counts)
+    finally:
+        signal.signal(SNAPSHOT_SIGNAL, previous)
     return status
 
 
