@@ -24,6 +24,8 @@ LAZY_COMMANDS = {
     "container": "pykvm.commands.container:container",
     "compare": "pykvm.commands.compare:compare",
     "initramfs": "pykvm.commands.initramfs:initramfs",
+    "restore": "pykvm.commands.restore:restore",
+    "snapshot": "pykvm.commands.snapshot:snapshot",
 }
 
 

@@ -10,6 +10,7 @@ went wrong and, where there is one, what to do about it.
      +-- LoaderError          a kernel/ELF/bzImage/initrd that cannot be loaded
      +-- ConfigError          bad user input: sizes, names, options
      +-- GuestError           the guest misbehaved and the VM was stopped
+     +-- SnapshotError        a snapshot that cannot be written or restored (pykvm.vm.snapshot)
      +-- ContainerError       namespaces, mounts, cgroups, images, registries
           +-- SyscallError    a container system call (mount, unshare, ...) failed
 """
@@ -28,6 +29,7 @@ __all__ = [
     "LoaderError",
     "ConfigError",
     "GuestError",
+    "SnapshotError",
     "ContainerError",
     "SyscallError",
 ]
@@ -103,6 +105,15 @@ class ConfigError(PyKvmError):
 
 class GuestError(PyKvmError):
     """The guest did something that stops the VM (triple fault, emulation failure, ...)."""
+
+
+class SnapshotError(PyKvmError):
+    """A snapshot directory that is missing, damaged, from the future or from another CPU.
+
+    Exit status 2, like other bad input: nothing was started.
+    """
+
+    exit_code = 2
 
 
 class ContainerError(PyKvmError):

@@ -18,3 +18,4 @@ userprog_\name\()_end:
     USERPROG sleeper
     USERPROG fault
     USERPROG busy
+    USERPROG counter

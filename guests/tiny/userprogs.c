@@ -14,6 +14,7 @@ DECLARE(pong);
 DECLARE(sleeper);
 DECLARE(fault);
 DECLARE(busy);
+DECLARE(counter);
 
 const struct userprog userprogs[] = {
     ENTRY(hello, "print a greeting and the pid, exit 0"),
@@ -22,6 +23,7 @@ const struct userprog userprogs[] = {
     ENTRY(sleeper, "sleep 100 ms 3 times, yielding in between"),
     ENTRY(fault, "read kernel memory from ring 3: a page fault"),
     ENTRY(busy, "compute 4 rounds, saying on which CPU (run two on two CPUs)"),
+    ENTRY(counter, "print 'count N' every 200 ms, forever (run with &)"),
 };
 const int userprog_count = ARRAY_SIZE(userprogs);
 

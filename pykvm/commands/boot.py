@@ -1,13 +1,16 @@
 """`pykvm boot`: build a VM, connect the serial console to this terminal, run it."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
 
 from pykvm.vm.guests import guest_list
 
-__all__ = ["boot"]
+__all__ = ["boot", "run_machine", "SNAPSHOT_SIGNAL"]
+
+SNAPSHOT_SIGNAL = signal.SIGUSR2    # `kill -USR2 PID`: write a snapshot (SIGUSR1 kicks vCPUs)
 
 
 @click.command(epilog="\b\nBundled guests (GUEST):\n" + guest_list())
@@ -50,8 +53,11 @@ __all__ = ["boot"]
               type=click.Choice(["eventfd", "exit"]),
               help="How virtio kicks and interrupts travel: ioeventfd/irqfd and a worker "
                    "thread, or plain MMIO exits handled on the vCPU thread.")
+@click.option("--snapshot-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Ctrl-A s or SIGUSR2 pauses the VM and writes a snapshot here (then it runs on); "
+                   "`pykvm restore DIR` resumes it.")
 def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, cpus, trace,
-         stall_timeout, gdb, gdb_wait, disks, console, rng, virtio_notify):
+         stall_timeout, gdb, gdb_wait, disks, console, rng, virtio_notify, snapshot_dir):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -79,12 +85,16 @@ def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, c
         from pykvm.vm.gdb import parse_address
 
         parse_address(gdb)                  # a bad --gdb is reported before the VM is built
+    if snapshot_dir is not None:
+        from pykvm.vm.snapshot import check_target
+
+        check_target(snapshot_dir)          # never overwrite what is not a snapshot
     virtio = VirtioConfig(disks=[parse_disk(d) for d in disks], console=console == "virtio",
                           rng=rng, notify=virtio_notify)
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
                            modules=[parse_module(m) for m in modules], kernel_format=kernel_format,
                            devices=devices, cpus=cpus, trace=trace, stall_timeout=stall_timeout,
-                           gdb=gdb, gdb_wait=gdb_wait, virtio=virtio)
+                           gdb=gdb, gdb_wait=gdb_wait, virtio=virtio, snapshot_dir=snapshot_dir)
     raise SystemExit(run_machine(config))
 
 
@@ -123,15 +133,25 @@ def run_machine(config) -> int:
     from pykvm.vm.console import Console
     from pykvm.vm.machine import Machine
 
-    with Machine(config) as machine:
-        terminal = machine.virtio.console or machine.serial     # --console virtio: input to hvc0
-        with Console(terminal, on_quit=lambda: machine.stop(0)):
-            try:
-                status = machine.run()
-            finally:
-                if config.trace:
-                    print_exit_summary(machine.exit_counts_by_vcpu, machine.virtio.summary(),
-                                       [kvm_counters(vcpu) for vcpu in machine.vcpus])
+    machine = None
+
+    def on_snapshot_signal(signum, frame):
+        if machine is not None:                 # a signal while the VM is being built: too early
+            machine.request_snapshot()
+
+    previous = signal.signal(SNAPSHOT_SIGNAL, on_snapshot_signal)
+    try:
+        with Machine(config) as machine:
+            terminal = machine.virtio.console or machine.serial     # --console virtio: input to hvc0
+            with Console(terminal, on_quit=lambda: machine.stop(0), on_snapshot=machine.request_snapshot):
+                try:
+                    status = machine.run()
+                finally:
+                    if config.trace:
+                        print_exit_summary(machine.exit_counts_by_vcpu, machine.virtio.summary(),
+                                           [kvm_counters(vcpu) for vcpu in machine.vcpus])
+    finally:
+        signal.signal(SNAPSHOT_SIGNAL, previous)
     return status
 
 

@@ -12,6 +12,7 @@ Like QEMU's `-nographic`:
     or SIGINT (the handler restores the terminal, then lets the signal do what
     it would have done: the default action, or the handler that was there).
   * Ctrl-A is the escape key: Ctrl-A x quits, Ctrl-A h prints help,
+    Ctrl-A s writes a snapshot of the VM (`pykvm boot --snapshot-dir`),
     Ctrl-A Ctrl-A sends one Ctrl-A to the guest; any other key after Ctrl-A
     is swallowed.
   * Piped stdin works: the bytes go to the guest; at end of file the reader
@@ -41,13 +42,15 @@ import time
 from typing import Callable
 
 __all__ = ["Console", "ConsoleOutput", "EscapeDecoder", "RawTerminal", "write_all",
-           "ESCAPE_KEY", "HELP_TEXT", "QUIT", "HELP"]
+           "ESCAPE_KEY", "HELP_TEXT", "QUIT", "HELP", "SNAPSHOT"]
 
 ESCAPE_KEY = 0x01               # Ctrl-A, QEMU's default escape character
 QUIT = "x"                      # Ctrl-A x: quit
 HELP = "h"                      # Ctrl-A h: print HELP_TEXT
+SNAPSHOT = "s"                  # Ctrl-A s: pause, write a snapshot, go on (pykvm.vm.snapshot)
 HELP_TEXT = (b"\r\n"
              b"C-a h    print this help\r\n"
+             b"C-a s    write a snapshot (pykvm boot --snapshot-dir DIR)\r\n"
              b"C-a x    exit pykvm\r\n"
              b"C-a C-a  send C-a to the guest\r\n")
 READ_CHUNK = 4096               # bytes per os.read of stdin
@@ -167,7 +170,7 @@ class EscapeDecoder:
         self._pending = False           # the previous byte was the escape key
 
     def feed(self, chunk: bytes) -> list[bytes | str]:
-        """Guest data as bytes and commands (QUIT, HELP) as str, in input order."""
+        """Guest data as bytes and commands (QUIT, HELP, SNAPSHOT) as str, in input order."""
         if not self._pending and self.escape not in chunk:
             return [chunk] if chunk else []
         items: list[bytes | str] = []
@@ -177,7 +180,7 @@ class EscapeDecoder:
                 self._pending = False
                 if byte == self.escape:
                     data.append(byte)           # Ctrl-A Ctrl-A: one literal Ctrl-A
-                elif chr(byte) in (QUIT, HELP):
+                elif chr(byte) in (QUIT, HELP, SNAPSHOT):
                     if data:
                         items.append(bytes(data))
                         data.clear()
@@ -235,14 +238,17 @@ class Console:
     `on_quit()` is called from the reader thread on Ctrl-A x; the machine
     should stop the vCPU.  `wake()`, if given, is called after each chunk of
     input reached the UART (the UART raises its own interrupt; wake is for a
-    machine that needs to kick its vCPU loop as well).
+    machine that needs to kick its vCPU loop as well).  `on_snapshot()`, if
+    given, is called on Ctrl-A s; without it the key does nothing.
     Guest output is not the Console's business: give the UART a ConsoleOutput.
     """
 
     def __init__(self, serial, on_quit: Callable[[], None], *, wake: Callable[[], None] | None = None,
-                 stdin_fd: int = 0, stdout_fd: int = 1, handle_signals: bool = True):
+                 stdin_fd: int = 0, stdout_fd: int = 1, handle_signals: bool = True,
+                 on_snapshot: Callable[[], None] | None = None):
         self._serial = serial
         self._on_quit = on_quit
+        self._on_snapshot = on_snapshot
         self._wake = wake
         self._stdin_fd = stdin_fd
         self._stdout_fd = stdout_fd
@@ -365,6 +371,9 @@ class Console:
                 return False
             if item == HELP:
                 write_all(self._stdout_fd, HELP_TEXT)
+            elif item == SNAPSHOT:
+                if self._on_snapshot is not None:
+                    self._on_snapshot()
             else:
                 self._deliver(item)
         return True

@@ -6,7 +6,8 @@ the model).  Machine.__init__ reads as its table of contents:
     0. the virtio devices' host side: disk images opened (bad input fails before KVM)
     1. open /dev/kvm and check the capabilities pykvm needs, and --cpus
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
-    3. guest memory, registered with KVM as memory slots
+    3. guest memory, registered with KVM as memory slots (restoring: mapped
+       copy-on-write from the snapshot's memory.bin)
     4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT
        (with port 0x61, channel 2's gate and output): before any vCPU
        exists, so each vCPU gets its LAPIC
@@ -15,10 +16,12 @@ the model).  Machine.__init__ reads as its table of contents:
     6. the kernel loaded into memory, giving an entry point and CPU mode;
        the firmware's leftovers for every vCPU (ACPI tables with the MADT, MSRs);
        the virtio devices' slots go on its command line and into the DSDT
+       (restoring: nothing to load, memory holds the running kernel)
     7. the devices, each inserted on the port-I/O bus at its base; the virtio
        transports on the MMIO bus
     8. vCPU 0's registers for that entry point; the other vCPUs wait for a
-       SIPI, as the application processors of a PC do
+       SIPI, as the application processors of a PC do (restoring: the
+       snapshot's VM, vCPU and device state, in pykvm.vm.snapshot.state's order)
     9. with --gdb, the gdb stub listening (pykvm.vm.gdb)
 
 Machine.run() runs one host thread per vCPU, each looping on KVM_RUN and one
@@ -27,6 +30,8 @@ the KVM_RUN ioctl, so the vCPUs run guest code at the same time; they take the
 GIL only to handle an exit.  Any stop (a device's, Ctrl-A x, a closed stdout,
 an error on any vCPU) sets exit_status once and kicks every other vCPU out of
 KVM_RUN (_kick_others); run() joins the threads and returns or raises.
+request_snapshot() (Ctrl-A s, SIGUSR2) pauses vCPU 0 between two exits, writes a
+snapshot to config.snapshot_dir (pykvm.vm.snapshot) and lets the guest go on.
 A watchdog per vCPU (pykvm.vm.watchdog) looks at a vCPU that has gone quiet:
 halted with interrupts off (the VM stops once every vCPU is), or spinning
 without exits.
@@ -94,6 +99,8 @@ class MachineConfig:
     output: object = None            # callable(bytes) for guest serial output; default stdout
     gdb: str | None = None           # [HOST:]PORT for the gdb stub (pykvm.vm.gdb); None: no stub
     gdb_wait: bool = False           # stop before the first instruction until gdb attaches
+    snapshot_dir: Path | None = None  # where request_snapshot() writes (pykvm.vm.snapshot)
+    restore: object = None           # a checked pykvm.vm.snapshot.Snapshot to resume instead of booting
     virtio: VirtioConfig = field(default_factory=VirtioConfig)   # --disk, --rng, --console virtio
     extra: dict = field(default_factory=dict)
 
@@ -109,7 +116,7 @@ class Machine:
         self._lock = threading.Lock()          # guards exit_status, _error and _threads
         self._threads: dict[int, int] = {}     # vCPU id -> its running thread's ident
         self._halted_for_good: set[int] = set()   # vCPUs the watchdog found halted with IF=0
-        self.watchdogs: list[Watchdog] = []
+        self.watchdogs: dict[int, Watchdog] = {}   # vCPU id -> its watchdog, while its thread runs
         install_kick_handler()
         try:
             self._build()
@@ -129,18 +136,31 @@ class Machine:
         self.vm = self.kvm.create_vm()                                     # 2
         self.vm.set_tss_addr(layout.KVM_TSS_ADDRESS)
         self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDRESS)
-        self.memory = GuestMemory(config.memory)                           # 3
+        self.memory = self._guest_memory()                                 # 3
         self.memory.register(self.vm)
         self.vm.create_irqchip()                                           # 4
         self.vm.create_pit2(PIT_SPEAKER_DUMMY)                             # port 0x61 too, as Firecracker
         self.vcpus = self._create_vcpus(config.cpus)                       # 5
         self.vcpu = self.vcpus[0]                                          # the bootstrap processor
-        self.entry = self._load_kernel()                                   # 6
+        if config.restore is None:
+            self.entry = self._load_kernel()                               # 6
         self._add_devices()                                                # 7
-        boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)      # 8
-        for ap in self.vcpus[1:]:
-            ap.set_mp_state(lib.KVM_MP_STATE_INIT_RECEIVED)                # wait-for-SIPI
+        if config.restore is None:
+            boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)  # 8
+            for ap in self.vcpus[1:]:
+                ap.set_mp_state(lib.KVM_MP_STATE_INIT_RECEIVED)            # wait-for-SIPI
+        else:
+            from pykvm.vm.snapshot import restore_state
+
+            restore_state(config.restore, self)
         self.gdb = self._gdb_stub()                                        # 9
+
+    def _guest_memory(self) -> GuestMemory:
+        if self.config.restore is None:
+            return GuestMemory(self.config.memory)
+        from pykvm.vm.snapshot import map_memory
+
+        return map_memory(self.config.restore)
 
     def _gdb_stub(self):
         if self.config.gdb is None:
@@ -177,7 +197,7 @@ class Machine:
         self.mmio = Bus("mmio")
         self.serial = serial.Serial16550(out=output, irq=self._serial_irq)
         self.cmos, self.pm_event = cmos.Cmos(), acpi_pm.AcpiPmEvent()
-        devices = {
+        self.devices = devices = {
             "serial": self.serial,
             "i8042": i8042.I8042(reset=self._guest_reset),
             "debug-exit": debug_exit.DebugExit(stop=self.stop),
@@ -278,6 +298,42 @@ class Machine:
             if thread is not None and thread != me:
                 signal.pthread_kill(thread, KICK_SIGNAL)
 
+    # --- snapshots --------------------------------------------------------------
+    _snapshot_requested = False
+
+    def request_snapshot(self) -> None:
+        """Ask vCPU 0's run loop to pause, write a snapshot to config.snapshot_dir, and go on
+        (any thread)."""
+        if self.config.snapshot_dir is None:
+            os.write(2, b"pykvm: no snapshot written: this VM was started without --snapshot-dir\n")
+            return
+        if len(self.vcpus) > 1:
+            os.write(2, b"pykvm: no snapshot written: snapshots of more than one vCPU are not "
+                        b"supported yet\n")
+            return
+        self._snapshot_requested = True
+        self._kick(self.vcpu)
+
+    def _write_snapshot(self) -> None:
+        """On the vCPU thread, out of KVM_RUN: the VM is paused while its state is written.
+
+        KVM_RUN returned EINTR, so an I/O exit before it was completed by that very
+        KVM_RUN (api.rst, KVM_EXIT_IO: "the operation is complete only after
+        userspace has re-entered"): the registers are between two instructions."""
+        from pykvm.errors import PyKvmError
+        from pykvm.vm.snapshot import take
+
+        self._snapshot_requested = False
+        if self._console_output is not None:
+            self._console_output.flush()
+        try:
+            memory = take(self, self.config.snapshot_dir)
+        except (PyKvmError, OSError) as e:
+            os.write(2, f"pykvm: error: snapshot not written: {e}\n".encode())
+        else:
+            os.write(2, f"pykvm: snapshot written to {self.config.snapshot_dir} "
+                        f"({memory['pages_written']} of {memory['size'] // 4096} pages)\n".encode())
+
     # --- running ---------------------------------------------------------------
     def run(self) -> int:
         """Run the guest until it stops itself (or is stopped); return pykvm's exit status.
@@ -312,7 +368,7 @@ class Machine:
         with self._lock:
             self._threads[vcpu.id] = threading.get_ident()
         watchdog = Watchdog(lambda: self._kick(vcpu), self.config.stall_timeout)
-        self.watchdogs.append(watchdog)
+        self.watchdogs[vcpu.id] = watchdog
         try:
             if self.gdb is not None:
                 self.gdb.vcpu_started(vcpu)                  # --gdb-wait: until gdb continues
@@ -349,6 +405,9 @@ class Machine:
                 case MmioRead(address=address, size=size):
                     exit.reply(mmio.read(address, size))
                 case Interrupted():                                  # a kick; loop re-checks
+                    if self._snapshot_requested and vcpu is self.vcpu:
+                        self._write_snapshot()
+                        watchdog.exits += 1                          # the pause is not the guest's silence
                     if reason := watchdog.look(vcpu, self.memory):
                         self._quiet_vcpu(vcpu, reason)
                     if self.gdb is not None:                         # gdb's Ctrl-C, or a new client
@@ -381,6 +440,11 @@ class Machine:
             everyone = len(self._halted_for_good) == len(self.vcpus)
         if everyone:
             raise GuestError(self._stopped_because(vcpu, reason))
+
+    @property
+    def watchdog(self) -> Watchdog | None:
+        """vCPU 0's watchdog, once its thread runs."""
+        return self.watchdogs.get(0)
 
     @property
     def exit_counts(self) -> Counter[str]:

@@ -48,21 +48,31 @@ class MemoryRegion:
 class GuestMemory:
     """All of a guest's RAM.  `size` bytes, split around the MMIO gap below 4 GiB."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, backing_fd: int | None = None):
+        """`size` bytes of zeroed RAM; or, with `backing_fd`, RAM mapped copy-on-write from a
+        file holding the regions back to back (a snapshot's memory.bin, pykvm.vm.snapshot)."""
         if size < MIN_MEMORY:
             raise ConfigError(f"guest memory {format_size(size)} is too small (at least {format_size(MIN_MEMORY)})")
         if size % PAGE_SIZE:
             raise ConfigError(f"guest memory must be a multiple of 4 KiB, not {size} bytes")
         self.size = size
         self.regions: list[MemoryRegion] = []
+        self._backing_fd = backing_fd
         low = min(size, layout.MMIO_GAP_START)
         self._add_region(0, low)
         if size > low:
             self._add_region(layout.MMIO_GAP_END, size - low)
 
     def _add_region(self, guest_addr: int, size: int) -> None:
-        # Anonymous memory is allocated on first touch: untouched guest pages cost nothing.
-        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if self._backing_fd is None:
+            # Anonymous memory is allocated on first touch: untouched guest pages cost nothing.
+            buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        else:
+            # MAP_PRIVATE: reads share the file's page cache with every other VM mapping it;
+            # the first write to a page copies it for this VM alone (copy-on-write).
+            offset = sum(r.size for r in self.regions)
+            buffer = mmap.mmap(self._backing_fd, size, flags=mmap.MAP_PRIVATE,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
         self.regions.append(MemoryRegion(len(self.regions), guest_addr, size, buffer))
 
     def register(self, vm) -> None:

@@ -70,7 +70,7 @@ class Watchdog:
 
     The run loop counts every exit in `exits` and calls look() on each
     Interrupted exit; `kick` makes the vCPU's KVM_RUN return (immediate_exit
-    and a signal: Machine._kick_vcpu).  `stall_timeout`, if set, is how many
+    and a signal: Machine._kick).  `stall_timeout`, if set, is how many
     seconds a running vCPU may go without exits before look() says stop.
     """
 

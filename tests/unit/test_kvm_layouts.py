@@ -33,6 +33,22 @@ def ioctl_size(request: int) -> int:
     ("KVM_ENABLE_CAP", "struct kvm_enable_cap"),
     ("KVM_IOEVENTFD", "struct kvm_ioeventfd"),
     ("KVM_IRQFD", "struct kvm_irqfd"),
+    ("KVM_SET_MP_STATE", "struct kvm_mp_state"),
+    ("KVM_GET_CPUID2", "struct kvm_cpuid2"),
+    ("KVM_GET_XSAVE", "struct kvm_xsave"),
+    ("KVM_SET_XSAVE", "struct kvm_xsave"),
+    ("KVM_GET_XCRS", "struct kvm_xcrs"),
+    ("KVM_SET_XCRS", "struct kvm_xcrs"),
+    ("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events"),
+    ("KVM_SET_VCPU_EVENTS", "struct kvm_vcpu_events"),
+    ("KVM_GET_DEBUGREGS", "struct kvm_debugregs"),
+    ("KVM_SET_DEBUGREGS", "struct kvm_debugregs"),
+    ("KVM_GET_IRQCHIP", "struct kvm_irqchip"),
+    ("KVM_SET_IRQCHIP", "struct kvm_irqchip"),
+    ("KVM_GET_PIT2", "struct kvm_pit_state2"),
+    ("KVM_SET_PIT2", "struct kvm_pit_state2"),
+    ("KVM_GET_CLOCK", "struct kvm_clock_data"),
+    ("KVM_SET_CLOCK", "struct kvm_clock_data"),
 ])
 def test_struct_size_matches_ioctl_number(ioctl, ctype):
     encoded = ioctl_size(getattr(lib, ioctl))

@@ -91,6 +91,12 @@ class AcpiPmEvent(BusDevice):
         both = self.status | self.enable << 16
         return (both >> (8 * offset)) & ((1 << (8 * size)) - 1)
 
+    def get_state(self) -> dict:
+        return {"pm1_en": self._enable}
+
+    def set_state(self, state: dict) -> None:
+        self._enable = state["pm1_en"] & PM1_EN_BITS
+
     def write(self, offset: int, size: int, value: int) -> None:
         """The block as one 32-bit value: status in bits 0-15, enable in bits 16-31."""
         mask = ((1 << (8 * size)) - 1) << (8 * offset)
@@ -115,6 +121,12 @@ class AcpiPmControl(BusDevice):
     def read(self, offset: int, size: int) -> int:
         """The register's sticky bits; write-only bits read as 0."""
         return (self._value >> (8 * offset)) & ((1 << (8 * size)) - 1)
+
+    def get_state(self) -> dict:
+        return {"pm1_cnt": self._value}
+
+    def set_state(self, state: dict) -> None:
+        self._value = state["pm1_cnt"] & 0xFFFF & ~PM1_WRITE_ONLY
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Merge the written bytes into the register; act on SLP_EN."""

@@ -41,7 +41,7 @@ import logging
 import threading
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Bus", "BusDevice", "Device", "BusOverlapError", "all_ones"]
+__all__ = ["Bus", "BusDevice", "Device", "Stateful", "BusOverlapError", "all_ones"]
 
 log = logging.getLogger("pykvm.bus")
 
@@ -60,6 +60,20 @@ class Device(Protocol):
     def read(self, offset: int, size: int) -> int: ...
 
     def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """What a snapshot needs from a device (pykvm.vm.snapshot): its state as JSON values, and back.
+
+    get_state() returns a dict of ints, strings, lists and dicts: every register
+    and buffer the guest could observe.  set_state(state) puts a device that was
+    just built into that state, as if it had never stopped.
+    """
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
 
 
 class BusDevice:

@@ -103,6 +103,16 @@ class Cmos:
         self.ram[REG_B] = B_DEFAULT
         self.ram[REG_D] = D_VRT
 
+    def get_state(self) -> dict:
+        """The selected register and the 128 bytes of RAM (the time registers are the host's clock)."""
+        return {"index": self.index, "ram": self.ram.hex()}
+
+    def set_state(self, state: dict) -> None:
+        ram = bytes.fromhex(state["ram"])
+        if len(ram) != CMOS_SIZE:
+            raise ValueError(f"CMOS RAM of {len(ram)} bytes, not {CMOS_SIZE}")
+        self.index, self.ram[:] = state["index"] & INDEX_MASK, ram
+
     def read(self, offset: int, size: int) -> int:
         if offset == INDEX_PORT:
             return self.index

@@ -41,3 +41,10 @@ class DebugExit(BusDevice):
     def write(self, offset: int, size: int, value: int) -> None:
         """Any write ends the VM; the offset inside the window does not matter."""
         self._stop(exit_status(value))
+
+    def get_state(self) -> dict:
+        """No registers: nothing to keep."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        """No registers: nothing to restore."""

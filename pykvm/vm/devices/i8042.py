@@ -95,6 +95,19 @@ class I8042(BusDevice):
         self._pending: int | None = None   # a command waiting for its data byte
         self._last_was_command = False
 
+    def get_state(self) -> dict:
+        """The output buffer, the command byte, the output port and a command awaiting its data."""
+        return {"output": list(self._output), "last": self._last, "command_byte": self._command_byte,
+                "output_port": self._output_port, "pending_command": self._pending,
+                "last_was_command": self._last_was_command}
+
+    def set_state(self, state: dict) -> None:
+        self._output = collections.deque(b & 0xFF for b in state["output"])
+        self._last, self._command_byte = state["last"] & 0xFF, state["command_byte"] & 0xFF
+        self._output_port = state["output_port"] & 0xFF
+        self._pending = state["pending_command"]
+        self._last_was_command = bool(state["last_was_command"])
+
     def read(self, offset: int, size: int) -> int:
         """Port 0x60: the next waiting byte; port 0x64: status."""
         if offset == DATA:

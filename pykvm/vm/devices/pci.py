@@ -47,6 +47,12 @@ class PciConfigSpace:
         if offset == CONFIG_ADDRESS and size == 4:
             self.address = value & ADDRESS_MASK
 
+    def get_state(self) -> dict:
+        return {"config_address": self.address}
+
+    def set_state(self, state: dict) -> None:
+        self.address = state["config_address"] & ADDRESS_MASK
+
     def selected(self) -> tuple[int, int, int, int] | None:
         """(bus, device, function, register) of the enabled CONFIG_ADDRESS, or None."""
         if not self.address & ADDRESS_ENABLE:

@@ -471,6 +471,31 @@ class Serial16550:
                 self._timeout_pending = True
                 self._update_interrupt()
 
+    # ------------------------------------------------------------------ snapshots (pykvm.vm.snapshot)
+
+    STATE_REGISTERS = ("ier", "lcr", "mcr", "fcr", "rx_trigger", "lsr_errors", "msr_lines", "msr_deltas",
+                       "scr", "divisor", "last_rx", "thr_pending", "timeout_pending", "iid", "intr")
+
+    def get_state(self) -> dict:
+        """Every register, the receiver FIFO, the host bytes still queued, and the INTR level."""
+        with self._lock:
+            state = {name: getattr(self, "_" + name) for name in self.STATE_REGISTERS}
+            state["rx_fifo"] = bytes(self._rx).hex()
+            state["host_queue"] = bytes(self._host).hex()
+            return state
+
+    def set_state(self, state: dict) -> None:
+        """Back to `state`; a raised INTR is raised again (the new VM's interrupt line starts low)."""
+        with self._lock:
+            for name in self.STATE_REGISTERS:
+                setattr(self, "_" + name, type(getattr(self, "_" + name))(state[name]))
+            self._rx = collections.deque(bytes.fromhex(state["rx_fifo"])[:FIFO_BYTES])
+            self._host = bytearray(bytes.fromhex(state["host_queue"])[:HOST_QUEUE_BYTES])
+            if self._rx and self._fcr & FCR_ENABLE:
+                self._arm_timeout()
+            if self._intr:
+                self._irq(True)
+
     # ------------------------------------------------------------------ host side (console thread)
 
     def receive(self, data: bytes) -> int:

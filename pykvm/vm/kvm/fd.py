@@ -51,6 +51,19 @@ class FdObject:
             raise KvmIoctlError(name, ffi.errno)
         return ret
 
+    def _ioctl_get(self, name: str, ctype: str, init=None) -> bytes:
+        """Issue ioctl `name` that fills a `ctype` (e.g. "struct kvm_regs"); return its bytes."""
+        value = ffi.new(ctype + " *", init)
+        self._ioctl(name, value)
+        return bytes(ffi.buffer(value))
+
+    def _ioctl_set(self, name: str, ctype: str, data: bytes) -> None:
+        """Issue ioctl `name` with a `ctype` whose bytes are `data` (as _ioctl_get returned them)."""
+        value = ffi.new(ctype + " *")
+        assert len(data) == ffi.sizeof(value[0]), f"{ctype} is {ffi.sizeof(value[0])} bytes, not {len(data)}"
+        ffi.buffer(value)[:] = data
+        self._ioctl(name, value)
+
     def _ioctl_int(self, name: str, arg: int = 0) -> int:
         """Issue ioctl `name` with an integer argument."""
         ret = lib.ioctl_int(self.fd, getattr(lib, name), arg)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 from pykvm.errors import CapabilityMissing, KvmError, KvmUnavailable
 from pykvm.vm.kvm.bindings import ffi, lib
 from pykvm.vm.kvm.fd import FdObject
+from pykvm.vm.kvm.vcpu import MAX_CPUID_ENTRIES
 
 __all__ = ["Kvm", "CpuidEntry", "REQUIRED_CAPABILITIES", "DEFAULT_DEVICE", "kvm_backend"]
 
@@ -31,8 +32,6 @@ REQUIRED_CAPABILITIES = {
     "KVM_CAP_MP_STATE": "application processors waiting for a start-up IPI (--cpus)",
 }
 
-# Upper bound on CPUID leaves we ask for; KVM answers E2BIG if it has more.
-MAX_CPUID_ENTRIES = 256
 
 
 # The kernel module behind /dev/kvm, and what it is (checked in this order).

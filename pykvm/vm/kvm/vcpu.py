@@ -64,6 +64,8 @@ def _check_layouts() -> None:
 
 _check_layouts()
 
+MAX_CPUID_ENTRIES = 256         # upper bound on CPUID leaves we ask for; KVM answers E2BIG if it has more
+
 INTERNAL_ERRORS = {
     lib.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
     lib.KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
@@ -275,6 +277,64 @@ class Vcpu(FdObject):
         state = ffi.new("struct kvm_lapic_state *")
         ffi.buffer(state.regs)[:] = bytes(regs)
         self._ioctl("KVM_SET_LAPIC", state)
+
+    def set_mp_state(self, mp_state: int) -> None:
+        """Wraps KVM_SET_MP_STATE (KVM_CAP_MP_STATE): runnable, halted, waiting for INIT/SIPI."""
+        state = ffi.new("struct kvm_mp_state *", {"mp_state": mp_state})
+        self._ioctl("KVM_SET_MP_STATE", state)
+
+    def get_cpuid(self) -> bytes:
+        """Wraps KVM_GET_CPUID2: the CPUID table this vCPU was given, as `struct kvm_cpuid2` bytes
+        (its header, then MAX_CPUID_ENTRIES entry slots of which `nent` are used)."""
+        cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": MAX_CPUID_ENTRIES, "entries": MAX_CPUID_ENTRIES})
+        self._ioctl("KVM_GET_CPUID2", cpuid)
+        return bytes(ffi.buffer(cpuid, ffi.sizeof("struct kvm_cpuid2")
+                                + cpuid.nent * ffi.sizeof("struct kvm_cpuid_entry2")))
+
+    def set_cpuid_bytes(self, data: bytes) -> None:
+        """Wraps KVM_SET_CPUID2 with a `struct kvm_cpuid2` as get_cpuid() returned it."""
+        cpuid = ffi.new("char[]", bytes(data))
+        self._ioctl("KVM_SET_CPUID2", ffi.cast("struct kvm_cpuid2 *", cpuid))
+
+    def get_xsave(self) -> bytes:
+        """Wraps KVM_GET_XSAVE (KVM_CAP_XSAVE): x87, SSE, AVX... state in the XSAVE layout, 4 KiB."""
+        return self._ioctl_get("KVM_GET_XSAVE", "struct kvm_xsave")
+
+    def set_xsave(self, data: bytes) -> None:
+        """Wraps KVM_SET_XSAVE (KVM_CAP_XSAVE)."""
+        self._ioctl_set("KVM_SET_XSAVE", "struct kvm_xsave", data)
+
+    def get_xcrs(self) -> bytes:
+        """Wraps KVM_GET_XCRS (KVM_CAP_XCRS): the extended control registers (XCR0: which state XSAVE keeps)."""
+        return self._ioctl_get("KVM_GET_XCRS", "struct kvm_xcrs")
+
+    def set_xcrs(self, data: bytes) -> None:
+        """Wraps KVM_SET_XCRS (KVM_CAP_XCRS)."""
+        self._ioctl_set("KVM_SET_XCRS", "struct kvm_xcrs", data)
+
+    def get_fpu_bytes(self) -> bytes:
+        """Wraps KVM_GET_FPU as bytes: the x87/SSE state, where XSAVE is absent."""
+        return self._ioctl_get("KVM_GET_FPU", "struct kvm_fpu")
+
+    def set_fpu_bytes(self, data: bytes) -> None:
+        """Wraps KVM_SET_FPU with bytes from get_fpu_bytes()."""
+        self._ioctl_set("KVM_SET_FPU", "struct kvm_fpu", data)
+
+    def get_vcpu_events(self) -> bytes:
+        """Wraps KVM_GET_VCPU_EVENTS (KVM_CAP_VCPU_EVENTS): pending exception, interrupt, NMI, SIPI."""
+        return self._ioctl_get("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events")
+
+    def set_vcpu_events(self, data: bytes) -> None:
+        """Wraps KVM_SET_VCPU_EVENTS (KVM_CAP_VCPU_EVENTS)."""
+        self._ioctl_set("KVM_SET_VCPU_EVENTS", "struct kvm_vcpu_events", data)
+
+    def get_debugregs(self) -> bytes:
+        """Wraps KVM_GET_DEBUGREGS (KVM_CAP_DEBUGREGS): the guest's DR0-DR3, DR6, DR7."""
+        return self._ioctl_get("KVM_GET_DEBUGREGS", "struct kvm_debugregs")
+
+    def set_debugregs(self, data: bytes) -> None:
+        """Wraps KVM_SET_DEBUGREGS (KVM_CAP_DEBUGREGS)."""
+        self._ioctl_set("KVM_SET_DEBUGREGS", "struct kvm_debugregs", data)
 
     # --- debugging -----------------------------------------------------------
     def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:

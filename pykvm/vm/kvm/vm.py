@@ -9,9 +9,12 @@ from __future__ import annotations
 from pykvm.vm.kvm.bindings import ffi, lib
 from pykvm.vm.kvm.fd import FdObject
 
-__all__ = ["Vm", "PIT_SPEAKER_DUMMY"]
+__all__ = ["Vm", "PIT_SPEAKER_DUMMY", "IRQCHIP_PIC_MASTER", "IRQCHIP_PIC_SLAVE", "IRQCHIP_IOAPIC"]
 
 PIT_SPEAKER_DUMMY = lib.KVM_PIT_SPEAKER_DUMMY   # create_pit2 flag: the kernel answers port 0x61 too
+IRQCHIP_PIC_MASTER = lib.KVM_IRQCHIP_PIC_MASTER   # get_irqchip: the 8259 at ports 0x20-0x21 (IRQ 0-7)
+IRQCHIP_PIC_SLAVE = lib.KVM_IRQCHIP_PIC_SLAVE     # the 8259 at ports 0xa0-0xa1 (IRQ 8-15)
+IRQCHIP_IOAPIC = lib.KVM_IRQCHIP_IOAPIC           # the IOAPIC at 0xfec00000
 
 
 class Vm(FdObject):
@@ -97,6 +100,34 @@ class Vm(FdObject):
         flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
         request = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi, "flags": flags})
         self._ioctl("KVM_IRQFD", request)
+
+    def get_irqchip(self, chip_id: int) -> bytes:
+        """Wraps KVM_GET_IRQCHIP (KVM_CAP_IRQCHIP): one in-kernel chip's state, `struct kvm_irqchip`.
+
+        `chip_id` is IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE or IRQCHIP_IOAPIC.
+        """
+        return self._ioctl_get("KVM_GET_IRQCHIP", "struct kvm_irqchip", {"chip_id": chip_id})
+
+    def set_irqchip(self, data: bytes) -> None:
+        """Wraps KVM_SET_IRQCHIP (KVM_CAP_IRQCHIP); the chip is named inside `data`."""
+        self._ioctl_set("KVM_SET_IRQCHIP", "struct kvm_irqchip", data)
+
+    def get_pit2(self) -> bytes:
+        """Wraps KVM_GET_PIT2 (KVM_CAP_PIT_STATE2): the 8254's three channels, `struct kvm_pit_state2`."""
+        return self._ioctl_get("KVM_GET_PIT2", "struct kvm_pit_state2")
+
+    def set_pit2(self, data: bytes) -> None:
+        """Wraps KVM_SET_PIT2 (KVM_CAP_PIT_STATE2)."""
+        self._ioctl_set("KVM_SET_PIT2", "struct kvm_pit_state2", data)
+
+    def get_clock(self) -> bytes:
+        """Wraps KVM_GET_CLOCK (KVM_CAP_ADJUST_CLOCK): the kvmclock value guests read, in ns."""
+        return self._ioctl_get("KVM_GET_CLOCK", "struct kvm_clock_data")
+
+    def set_clock(self, nanoseconds: int) -> None:
+        """Wraps KVM_SET_CLOCK (KVM_CAP_ADJUST_CLOCK): set the kvmclock to `nanoseconds`."""
+        data = ffi.new("struct kvm_clock_data *", {"clock": nanoseconds})
+        self._ioctl("KVM_SET_CLOCK", data)
 
     def create_vcpu(self, vcpu_id: int = 0):
         """Wraps KVM_CREATE_VCPU: a new vCPU with the given APIC id."""

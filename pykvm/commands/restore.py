@@ -1,0 +1,41 @@
+"""`pykvm restore DIR`: resume a VM from a snapshot, its serial console on this terminal."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["restore"]
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--mem", "-m", "mem", default=None,
+              help="Refuse unless the snapshot's guest has this much RAM (K, M, G suffixes).")
+@click.option("--snapshot-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where Ctrl-A s and SIGUSR2 write the next snapshot (may be DIRECTORY itself).")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop the VM when its vCPU runs this long without a VM exit.")
+def restore(directory, mem, snapshot_dir, stall_timeout):
+    """Resume the VM saved in DIRECTORY (by `pykvm boot --snapshot-dir`), where it left off.
+
+    Guest memory is mapped copy-on-write from the snapshot: many VMs restored
+    from one snapshot share its pages.  Ctrl-A x quits; Ctrl-A s snapshots again.
+    """
+    from pykvm.commands.boot import run_machine
+    from pykvm.sizes import parse_size
+    from pykvm.vm.kvm import Kvm
+    from pykvm.vm.machine import MachineConfig
+    from pykvm.vm.snapshot import Snapshot, check_restore, check_target
+
+    memory = parse_size(mem, what="--mem", default_unit="M") if mem is not None else None
+    if snapshot_dir is not None:
+        check_target(snapshot_dir)
+    snapshot = Snapshot.open(directory)
+    with Kvm() as kvm:
+        check_restore(snapshot, kvm, memory)
+    guest = snapshot.header["guest"]
+    config = MachineConfig(kernel=Path(guest.get("kernel", "?")), memory=snapshot.memory_size,
+                           cmdline=guest.get("cmdline", ""), stall_timeout=stall_timeout,
+                           snapshot_dir=snapshot_dir, restore=snapshot)
+    raise SystemExit(run_machine(config))

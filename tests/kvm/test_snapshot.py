@@ -1,0 +1,253 @@
+"""Snapshot and restore of a running tiny kernel (pykvm.vm.snapshot, docs/09-snapshots.md).
+
+The guest runs `run counter &`: a user program printing "count N" every 200 ms
+while the timer ticks and the shell waits for input.  A snapshot taken mid-run
+and restored must continue that count, that uptime and that shell, with no
+reboot in between; bad snapshots are refused with one line, nothing started.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clitools import one_error_line, pykvm
+from livevm import LiveVm
+from tinyvm import BANNER, TINY_ELF, build_tiny
+
+pytestmark = pytest.mark.kvm
+
+CMDLINE = "run=run counter &"
+CLONES = int(os.environ.get("PYKVM_SNAPSHOT_CLONES", "20"))
+COUNT_LINE = r"(?:^|\$ )count {}$"     # a count may follow a prompt on its line
+COUNT = re.compile(COUNT_LINE.format(r"(\d+)"), re.M)
+UPTIME = r"up \d+\.\d\d s \((\d+) ticks at 100 Hz\)"
+
+
+def counts(text: str) -> list[int]:
+    return [int(n) for n in COUNT.findall(text)]
+
+
+def boot(snapshot_dir: Path) -> LiveVm:
+    build_tiny()
+    return LiveVm("boot", "--kernel", str(TINY_ELF), "--cmdline", CMDLINE, "--snapshot-dir", str(snapshot_dir))
+
+
+def restore(directory: Path, *args: str) -> LiveVm:
+    return LiveVm("restore", str(directory), *args)
+
+
+def uptime_ticks(vm: LiveVm) -> int:
+    return int(vm.command("uptime", UPTIME).group(1))
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory) -> dict:
+    """One snapshot of the counting guest, taken by SIGUSR2, with what the original showed."""
+    directory = tmp_path_factory.mktemp("snap") / "counter"
+    with boot(directory) as vm:
+        vm.wait_for(COUNT_LINE.format(3))
+        ticks = uptime_ticks(vm)
+        before = max(counts(vm.text))
+        vm.snapshot_by_signal()
+        status = vm.quit()
+    return {"dir": directory, "ticks": ticks, "count_before": before, "counts": counts(vm.text),
+            "status": status}
+
+
+def test_the_count_uptime_and_shell_continue(snapshot):
+    assert snapshot["status"] == 0, snapshot
+    with restore(snapshot["dir"]) as vm:
+        vm.wait_for(COUNT.pattern)
+        first = counts(vm.text)[0]
+        # The guest resumes where the snapshot was taken: after the counts printed before it ...
+        assert first > snapshot["count_before"] >= 3, (first, snapshot)
+        # ... and at one the original VM reached next (it ran on after the snapshot).
+        assert first - 1 in snapshot["counts"], (first, snapshot["counts"])
+        assert BANNER not in vm.text, f"the restored guest booted again:\n{vm.text}"
+        ticks = uptime_ticks(vm)
+        assert ticks > snapshot["ticks"], f"uptime went back: {ticks} ticks after {snapshot['ticks']}"
+        vm.command("echo restored and answering", r"^restored and answering$")
+        vm.wait_for(COUNT_LINE.format(first + 3))
+        seen = counts(vm.text)
+        assert seen == list(range(first, first + len(seen))), f"the count skipped or repeated: {seen}"
+
+
+def test_snapshot_restore_snapshot_again_restore_again(snapshot, tmp_path):
+    """The second snapshot replaces the first in the very directory the VM was restored from."""
+    directory = tmp_path / "again"
+    shutil.copytree(snapshot["dir"], directory)
+    with restore(directory, "--snapshot-dir", str(directory)) as vm:
+        vm.wait_for(COUNT.pattern)
+        first_run = counts(vm.text)[0]
+        vm.wait_for(COUNT_LINE.format(first_run + 2))
+        ticks = uptime_ticks(vm)
+        before = max(counts(vm.text))
+        vm.snapshot_by_key()                         # Ctrl-A s this time
+        vm.command("echo the first restore goes on", r"^the first restore goes on$")
+        assert vm.quit() == 0
+    line = pykvm("snapshot", "show", str(directory))
+    assert line.returncode == 0, line.stderr.decode()
+    with restore(directory) as vm:
+        vm.wait_for(COUNT.pattern)
+        first = counts(vm.text)[0]
+        assert first > before, (first, before)
+        assert uptime_ticks(vm) > ticks
+        vm.command("echo second restore", r"^second restore$")
+        assert BANNER not in vm.text
+
+
+def test_many_clones_from_one_snapshot_all_answer(snapshot):
+    """CLONES VMs restored at once share the snapshot's memory file; each one answers for itself."""
+    clones = [restore(snapshot["dir"]) for _ in range(CLONES)]
+    try:
+        for i, vm in enumerate(clones):
+            vm.wait_for(COUNT.pattern, timeout=120)
+            vm.send(f"echo clone {i}\r".encode())
+        for i, vm in enumerate(clones):
+            vm.wait_for(rf"^clone {i}$", timeout=120)
+            assert BANNER not in vm.text
+    finally:
+        statuses = [vm.quit() for vm in clones]
+    assert statuses == [0] * CLONES, statuses
+
+
+def test_show_describes_every_part(snapshot):
+    result = pykvm("snapshot", "show", str(snapshot["dir"]))
+    text = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    header = json.loads((snapshot["dir"] / "snapshot.json").read_text())
+    for name, part in header["parts"].items():
+        assert re.search(rf"^  {re.escape(name)} +{part['size']} B  {re.escape(part['source'])}", text, re.M), \
+            f"{name} not described:\n{text}"
+    assert "KVM_GET_XSAVE" in text or "KVM_GET_FPU" in text
+    assert re.search(r"vcpu0/regs\.bin .* rip=0x[0-9a-f]+", text), text
+
+
+# --- bad input: one line each, nothing started --------------------------------------------
+
+def damaged_copy(snapshot, tmp_path) -> Path:
+    directory = tmp_path / "damaged"
+    shutil.copytree(snapshot["dir"], directory)
+    return directory
+
+
+def refused(directory: Path, *args: str) -> str:
+    result = pykvm("restore", str(directory), *args, timeout=60)
+    assert result.stdout == b"", f"the guest ran: {result.stdout[:300]!r}"
+    return one_error_line(result)
+
+
+def rewrite_part(directory: Path, name: str, data: bytes) -> None:
+    """Change a part and re-seal its sha256 in the header: a consistent, deliberate edit."""
+    (directory / name).write_bytes(data)
+    header = json.loads((directory / "snapshot.json").read_text())
+    header["parts"][name].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (directory / "snapshot.json").write_text(json.dumps(header))
+
+
+def test_truncated_memory_is_refused(snapshot, tmp_path):
+    directory = damaged_copy(snapshot, tmp_path)
+    os.truncate(directory / "memory.bin", 64 << 20)
+    assert "truncated" in refused(directory)
+
+
+def test_truncated_part_is_refused(snapshot, tmp_path):
+    directory = damaged_copy(snapshot, tmp_path)
+    regs = directory / "vcpu0" / "regs.bin"
+    regs.write_bytes(regs.read_bytes()[:100])
+    line = refused(directory)
+    assert "regs.bin" in line and "truncated" in line, line
+
+
+def test_tampered_part_is_refused(snapshot, tmp_path):
+    directory = damaged_copy(snapshot, tmp_path)
+    lapic = bytearray((directory / "vcpu0" / "lapic.bin").read_bytes())
+    lapic[0x80] ^= 0xF0                               # the TPR
+    (directory / "vcpu0" / "lapic.bin").write_bytes(lapic)
+    line = refused(directory)
+    assert "lapic.bin" in line and "sha256" in line, line
+
+
+def test_tampered_memory_is_refused(snapshot, tmp_path):
+    directory = damaged_copy(snapshot, tmp_path)
+    with open(directory / "memory.bin", "r+b") as f:
+        f.seek(0x100000)                              # the kernel's first page
+        byte = f.read(1)
+        f.seek(0x100000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert "guest memory differs" in refused(directory)
+
+
+def test_a_version_from_the_future_is_refused(snapshot, tmp_path):
+    directory = damaged_copy(snapshot, tmp_path)
+    header = json.loads((directory / "snapshot.json").read_text())
+    header["version"] = 99
+    (directory / "snapshot.json").write_text(json.dumps(header))
+    line = refused(directory)
+    assert "version 99 is newer" in line, line
+
+
+def test_a_different_memory_size_is_refused(snapshot, tmp_path):
+    line = refused(snapshot["dir"], "--mem", "64M")
+    assert "128 MiB" in line and "64 MiB" in line, line
+
+
+def test_a_host_cpu_lacking_a_feature_is_refused(snapshot, tmp_path):
+    """A snapshot from a CPU with one more feature bit than this host offers guests."""
+    from pykvm.vm.kvm import Kvm
+    from pykvm.vm.snapshot import cpu
+
+    directory = damaged_copy(snapshot, tmp_path)
+    data = bytearray((directory / "vcpu0" / "cpuid.bin").read_bytes())
+    with Kvm() as kvm:
+        offered = cpu.offered_cpuid(kvm)
+    leaf7 = next(e for e in offered if e.function == 7 and e.index == 0)
+    missing = next(1 << bit for bit in range(32) if not leaf7.ebx & (1 << bit))
+    entries = cpu.entries_from_bytes(bytes(data))
+    header_size, entry_size = 8, 40                   # struct kvm_cpuid2 / kvm_cpuid_entry2
+    slot = next(i for i, e in enumerate(entries) if e.function == 7 and e.index == 0)
+    ebx_at = header_size + slot * entry_size + 16     # function, index, flags, eax, then ebx
+    value = int.from_bytes(data[ebx_at:ebx_at + 4], "little") | missing
+    data[ebx_at:ebx_at + 4] = value.to_bytes(4, "little")
+    rewrite_part(directory, "vcpu0/cpuid.bin", bytes(data))
+    header = json.loads((directory / "snapshot.json").read_text())
+    header["host"].update(cpu.facts(cpu.entries_from_bytes(bytes(data))))
+    (directory / "snapshot.json").write_text(json.dumps(header))
+    line = refused(directory)
+    assert "lacks CPUID 0x7.0.ebx" in line and f"{missing:#x}" in line, line
+
+
+def test_a_header_that_disagrees_with_its_cpuid_is_refused(snapshot, tmp_path):
+    directory = damaged_copy(snapshot, tmp_path)
+    header = json.loads((directory / "snapshot.json").read_text())
+    header["host"]["cpuid_features"]["0x7.0.ebx"] = "0x00000000"
+    (directory / "snapshot.json").write_text(json.dumps(header))
+    assert "do not match vcpu0/cpuid.bin" in refused(directory)
+
+
+def test_not_a_snapshot_is_refused(tmp_path):
+    assert "not a snapshot directory" in refused(tmp_path)
+
+
+def test_snapshot_dir_holding_other_files_is_refused_and_kept(tmp_path):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    result = pykvm("boot", "--kernel", str(TINY_ELF), "--snapshot-dir", str(tmp_path), timeout=60)
+    assert "not a snapshot directory" in one_error_line(result)
+    assert result.stdout == b"" and keep.read_text() == "mine"
+
+
+def test_a_device_table_missing_a_field_is_refused(snapshot, tmp_path):
+    """An edit that keeps the sha256 right but leaves out a register: one line, not a traceback."""
+    directory = damaged_copy(snapshot, tmp_path)
+    state = json.loads((directory / "devices" / "serial.json").read_text())
+    del state["lcr"]
+    rewrite_part(directory, "devices/serial.json", json.dumps(state).encode())
+    line = refused(directory)
+    assert "devices/serial.json" in line and "lcr" in line, line

@@ -1,0 +1,154 @@
+"""The snapshot directory format and the devices' get_state/set_state, without KVM.
+
+pykvm.vm.snapshot.format: sparse memory writes whose hash ignores holes, parts
+checked by size and sha256, a header's version and format; and every device
+coming back from its state as it was (tests/kvm/test_snapshot.py does the
+whole VM on /dev/kvm).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+
+import pytest
+
+from pykvm.errors import SnapshotError
+from pykvm.vm.devices import acpi_pm, cmos, i8042, pci, serial
+from pykvm.vm.snapshot.format import PAGE, Snapshot, SnapshotWriter, check_target, hash_sparse, write_sparse
+
+
+def test_zero_pages_become_holes_and_the_hash_ignores_them(tmp_path):
+    buffer = mmap.mmap(-1, 64 * PAGE)
+    buffer[3 * PAGE:3 * PAGE + 5] = b"hello"
+    buffer[40 * PAGE] = 7
+    sparse = tmp_path / "sparse"
+    fd = os.open(sparse, os.O_RDWR | os.O_CREAT)
+    hasher = hashlib.sha256()
+    assert write_sparse(fd, buffer, 0, hasher) == 2          # two non-zero pages written
+    os.ftruncate(fd, len(buffer))
+    assert os.fstat(fd).st_blocks * 512 < 8 * PAGE, "zero pages were written, not left as holes"
+    assert hash_sparse(fd, len(buffer)) == hasher.hexdigest()
+    os.close(fd)
+    dense = tmp_path / "dense"                                # the same bytes, zeros written out
+    dense.write_bytes(bytes(buffer))
+    fd = os.open(dense, os.O_RDONLY)
+    assert hash_sparse(fd, len(buffer)) == hasher.hexdigest()
+    os.close(fd)
+    buffer[40 * PAGE] = 8
+    fd = os.open(sparse, os.O_RDWR)
+    os.pwrite(fd, b"\x08", 40 * PAGE)
+    assert hash_sparse(fd, len(buffer)) != hasher.hexdigest(), "a changed page left the hash alone"
+    os.close(fd)
+
+
+def written(tmp_path, **header) -> Snapshot:
+    writer = SnapshotWriter(tmp_path / "snap")
+    writer.add("vcpu0/regs.bin", bytes(range(144)), "KVM_GET_REGS")
+    writer.add_json("devices/cmos.json", {"index": 3}, "Cmos.get_state")
+    writer.commit({"guest": {"memory": 64 * PAGE}, "host": {}, "memory": {}, **header})
+    return Snapshot.open(tmp_path / "snap")
+
+
+def test_parts_come_back_as_written(tmp_path):
+    snap = written(tmp_path)
+    assert snap.part("vcpu0/regs.bin") == bytes(range(144))
+    assert snap.json_part("devices/cmos.json") == {"index": 3}
+    assert not list(tmp_path.glob(".snap.*")), "the partial directory was left behind"
+
+
+def test_a_changed_or_truncated_part_is_refused(tmp_path):
+    snap = written(tmp_path)
+    regs = tmp_path / "snap" / "vcpu0" / "regs.bin"
+    regs.write_bytes(bytes(144))
+    with pytest.raises(SnapshotError, match="sha256 differs"):
+        snap.part("vcpu0/regs.bin")
+    regs.write_bytes(bytes(100))
+    with pytest.raises(SnapshotError, match="truncated"):
+        snap.part("vcpu0/regs.bin")
+
+
+def test_a_part_outside_the_directory_is_refused(tmp_path):
+    snap = written(tmp_path)
+    snap.header["parts"]["../../etc/passwd"] = {"size": 1, "sha256": ""}
+    with pytest.raises(SnapshotError, match="outside the snapshot"):
+        snap.part("../../etc/passwd")
+
+
+def test_headers_from_the_future_or_of_another_format_are_refused(tmp_path):
+    written(tmp_path)
+    path = tmp_path / "snap" / "snapshot.json"
+    header = json.loads(path.read_text())
+    path.write_text(json.dumps({**header, "version": 2}))
+    with pytest.raises(SnapshotError, match="version 2 is newer"):
+        Snapshot.open(tmp_path / "snap")
+    path.write_text(json.dumps({**header, "format": "qemu"}))
+    with pytest.raises(SnapshotError, match="not a pykvm-snapshot header"):
+        Snapshot.open(tmp_path / "snap")
+    path.write_text("{")
+    with pytest.raises(SnapshotError, match="unreadable header"):
+        Snapshot.open(tmp_path / "snap")
+
+
+def test_a_new_snapshot_replaces_an_old_one_but_nothing_else(tmp_path):
+    written(tmp_path)
+    check_target(tmp_path / "snap")                     # an old snapshot: fine to replace
+    check_target(tmp_path / "new")                      # nothing there yet: fine
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes").write_text("keep")
+    with pytest.raises(SnapshotError, match="not a snapshot directory"):
+        check_target(tmp_path / "mine")
+
+
+# --- devices: get_state, then set_state on a new device, gives the same device ----------------
+
+def test_the_uart_comes_back_with_its_registers_fifo_and_interrupt():
+    levels = []
+    old = serial.Serial16550(out=lambda data: None, irq=levels.append)
+    old.write(serial.FCR, 1, serial.FCR_ENABLE)
+    old.write(serial.IER, 1, serial.IER_ERBFI)
+    old.write(serial.LCR, 1, serial.LCR_DLAB)          # the slowest baud rate: the character
+    old.write(serial.DLL, 1, 0xFF)                      # timeout (4 characters, ~23 s) cannot
+    old.write(serial.DLM, 1, 0xFF)                      # fire while the test compares states
+    old.write(serial.LCR, 1, 0x03)
+    old.write(serial.SCR, 1, 0x5A)
+    old.receive(b"ab")
+    assert old.interrupt_line
+    new_levels = []
+    new = serial.Serial16550(out=lambda data: None, irq=new_levels.append)
+    new.set_state(json.loads(json.dumps(old.get_state())))
+    assert new_levels == [True], "a raised INTR was not raised again"
+    assert new.get_state() == old.get_state()
+    assert [new.read(serial.SCR, 1), new.read(serial.RBR, 1), new.read(serial.RBR, 1)] == [0x5A, ord("a"), ord("b")]
+    old.close()
+    new.close()
+
+
+@pytest.mark.parametrize("make, poke", [
+    (lambda: i8042.I8042(reset=lambda: None),
+     lambda d: (d.write(i8042.COMMAND, 1, i8042.CMD_WRITE_CB), d.write(i8042.DATA, 1, 0x47),
+                d.write(i8042.COMMAND, 1, i8042.CMD_READ_CB))),
+    (lambda: cmos.Cmos(), lambda d: (d.write(0, 1, 0x40), d.write(1, 1, 0x99), d.write(0, 1, 0x41))),
+    (lambda: acpi_pm.AcpiPmEvent(), lambda d: d.write(acpi_pm.PM1_EN, 2, acpi_pm.PM1_PWRBTN_EN)),
+    (lambda: acpi_pm.AcpiPmControl(stop=lambda status: None), lambda d: d.write(0, 2, acpi_pm.PM1_SCI_EN)),
+    (lambda: pci.PciConfigSpace(), lambda d: d.write(pci.CONFIG_ADDRESS, 4, 0x80001804)),
+], ids=["i8042", "cmos", "acpi-pm-event", "acpi-pm", "pci"])
+def test_each_device_comes_back_as_it_was(make, poke):
+    old = make()
+    poke(old)
+    new = make()
+    assert new.get_state() != old.get_state(), "poking changed nothing: the test proves nothing"
+    new.set_state(json.loads(json.dumps(old.get_state())))
+    assert new.get_state() == old.get_state()
+    assert [new.read(offset, 1) for offset in range(2)] == [old.read(offset, 1) for offset in range(2)]
+
+
+def test_a_header_without_a_memory_size_is_refused(tmp_path):
+    written(tmp_path)
+    path = tmp_path / "snap" / "snapshot.json"
+    header = json.loads(path.read_text())
+    del header["guest"]["memory"]
+    path.write_text(json.dumps(header))
+    with pytest.raises(SnapshotError, match="not a whole number of pages"):
+        Snapshot.open(tmp_path / "snap")
