@@ -51,7 +51,7 @@ def test_dsdt_grows_with_devices_and_keeps_its_checksum():
     plain, with_two = acpi.dsdt(), acpi.dsdt(windows(2))
     assert len(with_two) > len(plain) and sum(with_two) % 256 == 0
     assert with_two.count(b"LNRO0005") == 2
-    blob = acpi.acpi_tables(layout.ACPI_TABLES, windows(7))
+    blob = acpi.acpi_tables(layout.ACPI_TABLES, mmio_devices=windows(7))
     assert blob.count(b"LNRO0005") == 7
     assert layout.ACPI_TABLES + len(blob) <= layout.HIMEM_START
 
