@@ -77,6 +77,8 @@ mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtm
     && mkdir /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts \\
     && mount -t cgroup2 cgroup2 /sys/fs/cgroup \\
     || fail "mounting /proc /sys /dev"
+# Loopback, as any system has it: tests talk to servers they start on 127.0.0.1 (the gdb stub).
+ip link set lo up || fail "bringing up lo"
 # Heartbeat on COM2: the host fails the run when it stops (L1 hung).
 (while :; do echo -n .; sleep {beat}; done) >/dev/ttyS1 2>/dev/null &
 for m in {modules}; do

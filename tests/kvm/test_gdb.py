@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from clitools import one_error_line, pykvm
+from hwdebug import hardware_breakpoint_problem
 from gdbsession import Reader, gdb_argv, gdb_problem, sections, start_pykvm, start_qemu, symbol
 from pykvm.vm.gdb import KILL_STATUS
 from pykvm.vm.gdb.packets import frame
@@ -21,6 +22,13 @@ from tinyvm import TINY_ELF, build_tiny, vmm_problem
 
 pytestmark = [pytest.mark.kvm,
               pytest.mark.skipif(gdb_problem() is not None, reason=str(gdb_problem()))]
+
+
+@pytest.fixture(autouse=True)
+def breakpoints_stop_guests():
+    """gdb's breakpoints are debug registers here: where KVM ignores them, the tests cannot run."""
+    if (problem := hardware_breakpoint_problem()) is not None:
+        pytest.skip(problem)
 
 GDB_TIMEOUT = 180
 SESSION = [
