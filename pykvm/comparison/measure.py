@@ -136,6 +136,9 @@ def run_once(argv: list[str], *, first_line=None, reply_after: str | None = None
         raise RunFailed(f"{label} printed no first line (exit status {status}): {_last_line(err)}")
     if status != 0:
         raise RunFailed(f"{label} exited with status {status}: {_last_line(err)}")
+    # The line was written before the command ended: a reader that got to it after the
+    # reporter saw the exit was late (a loaded host), so the exit bounds the first line.
+    first = min(first, end)
     return Sample(first_line_s=first - start, exit_s=end - start, peak_rss_bytes=maxrss_kib * KIB,
                   cpu_s=cpu_s, floor_rss_bytes=floor_kib * KIB, status=status, lines=lines,
                   stderr=err.decode(errors="replace"))
