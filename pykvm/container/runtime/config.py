@@ -67,6 +67,8 @@ class RunConfig:
     annotations: dict = field(default_factory=dict)
     image: str = ""                            # the image ID (config_from_image), kept in state.json
     etc_files: bool = False                    # Docker's own /etc/hostname, hosts, resolv.conf (etcfiles.py)
+    network: str = ""                          # "bridge": a veth on pykvm's bridge (network.py)
+    publish: list = field(default_factory=list)   # nftables.Publish: -p HOSTPORT:CONTAINERPORT
 
     @property
     def rootless(self) -> bool:
@@ -93,6 +95,7 @@ class RunConfig:
         if "mount" not in self.namespaces:
             raise ConfigError("a mount namespace is required (linux.namespaces must include 'mount')")
         ns.flags_for(self.namespaces)                       # unknown types -> ConfigError
+        self._check_network()
         cfg = replace(self, namespaces=dict(self.namespaces))
         if cfg.rootless and "user" not in cfg.namespaces:
             cfg.namespaces["user"] = None
@@ -104,6 +107,18 @@ class RunConfig:
             raise ConfigError(f"rootless: only uid/gid 0 exists inside (mapped to you); "
                               f"cannot run as {cfg.uid}:{cfg.gid}")
         return cfg
+
+    def _check_network(self) -> None:
+        """A bridge needs a network namespace of our making, and root; -p needs the bridge."""
+        if self.publish and self.network != "bridge":
+            raise ConfigError("-p publishes a port through the bridge: it needs --network bridge")
+        if self.network != "bridge":
+            return
+        if self.rootless:
+            raise ConfigError("--network bridge needs root (a veth into the host's network "
+                              "namespace); rootless containers use --network none or host")
+        if "network" not in self.namespaces or self.namespaces["network"]:
+            raise ConfigError("--network bridge needs a new network namespace of its own")
 
     def hostname_for(self, cid: str) -> str | None:
         if "uts" not in self.namespaces:
