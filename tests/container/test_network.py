@@ -76,7 +76,7 @@ def start_server(kvm, rootfs, name, *opts) -> str:
 
 def leases(state_root) -> dict:
     path = state_root.parent / "network" / "leases.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(path.read_text())["leases"] if path.exists() else {}
 
 
 def test_container_to_container_by_address_and_by_name(kvm, fresh_rootfs, state_root):
@@ -95,6 +95,9 @@ def test_container_to_container_by_address_and_by_name(kvm, fresh_rootfs, state_
     assert route.startswith(f"default via {GATEWAY} dev eth0"), route
     assert hosts == "1"
     assert [r["name"] for r in leases(state_root).values()] == ["alpha"], "beta's address went back"
+    start_server(kvm, fresh_rootfs, "gamma")           # a running container learns new names
+    r = kvm("container", "exec", "alpha", "sh", "-c", GET.format("gamma", 80))
+    assert r.stdout == "hello-gamma\n", r.stdout + r.stderr
 
 
 def test_host_reaches_a_published_port_by_its_address_and_by_localhost(kvm, in_ns, fresh_rootfs):
@@ -178,6 +181,28 @@ def test_a_crash_of_every_process_is_found_and_pruned(kvm, in_ns, fresh_rootfs, 
     r = kvm("container", "run", "--rm", "--network", "bridge", "-p", "8282:80",
             "--rootfs", fresh_rootfs, "true")
     assert r.returncode == 0, "the port is free again: " + r.stderr
+
+
+def test_a_detached_container_gives_its_address_back_when_it_ends(kvm, in_ns, fresh_rootfs,
+                                                                 state_root):
+    r = kvm("container", "run", "-d", "--network", "bridge", "-p", "8383:80", "--rootfs",
+            fresh_rootfs, "sleep", "1")
+    assert r.returncode == 0, r.stderr
+    assert leases(state_root), "leased while it runs"
+    wait_for(lambda: nothing_left(in_ns, state_root), timeout=20)      # the monitor's cleanup
+
+
+def test_rm_of_a_crashed_container_gives_back_what_it_held(kvm, in_ns, fresh_rootfs, state_root):
+    r = kvm("container", "run", "-d", "--network", "bridge", "-p", "8484:80", "--rootfs",
+            fresh_rootfs, "sleep", "60")
+    cid = r.stdout.strip()
+    state = json.loads((state_root / cid / "state.json").read_text())
+    for pid in (state["monitor_pid"], state["pid"]):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: kvm("container", "ps", "-q").stdout == "", timeout=20)
+    r = kvm("container", "rm", cid)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: nothing_left(in_ns, state_root), timeout=10)
 
 
 def test_network_rm_removes_the_bridge_and_its_table(kvm, in_ns, fresh_rootfs, state_root):

@@ -32,15 +32,24 @@ def lease(cid, name="", ports=()):
     return {"id": cid, "name": name or cid, "hostname": cid, "hosts": "", "ports": list(ports)}
 
 
-def test_addresses_lowest_first_skipping_the_gateway_and_reused(tmp_path):
+def test_addresses_in_turn_skipping_the_gateway_and_wrapping_around(tmp_path):
     leases = Leases(tmp_path, "10.9.0.0/29", "10.9.0.1")      # hosts .1-.6, .1 is the gateway
     got = [leases.allocate(lease(f"c{i}")) for i in range(5)]
     assert got == [f"10.9.0.{i}" for i in range(2, 7)]
     with pytest.raises(ContainerError, match="no free address left in 10.9.0.0/29"):
         leases.allocate(lease("c5"))
     leases.release("10.9.0.3")
-    assert leases.allocate(lease("c6")) == "10.9.0.3"
+    leases.release("10.9.0.5")
+    assert leases.allocate(lease("c6")) == "10.9.0.3", "from the top again, past the gateway"
+    assert leases.allocate(lease("c7")) == "10.9.0.5"
     assert leases.of("c6") == "10.9.0.3" and leases.of("nobody") is None
+
+
+def test_a_released_address_is_not_handed_out_again_at_once(tmp_path):
+    leases = Leases(tmp_path, "10.9.0.0/24", "10.9.0.1")
+    leases.allocate(lease("a"))
+    leases.release(leases.allocate(lease("b")))
+    assert leases.allocate(lease("c")) == "10.9.0.4", "not .3, which b's neighbours may still cache"
 
 
 def test_leases_survive_a_save_and_reload(tmp_path):
@@ -48,7 +57,8 @@ def test_leases_survive_a_save_and_reload(tmp_path):
         leases = Leases(tmp_path, "10.9.0.0/24", "10.9.0.1")
         leases.allocate(lease("a", ports=["tcp/80:80"]))
         leases.save()
-    assert Leases(tmp_path, "10.9.0.0/24", "10.9.0.1").records["10.9.0.2"]["ports"] == ["tcp/80:80"]
+    again = Leases(tmp_path, "10.9.0.0/24", "10.9.0.1")
+    assert again.records["10.9.0.2"]["ports"] == ["tcp/80:80"] and again.last == "10.9.0.2"
 
 
 def test_a_host_port_is_published_once_per_protocol(tmp_path):

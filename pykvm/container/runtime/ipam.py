@@ -5,12 +5,17 @@ while holding an flock(2) on `lock` beside it, so two `pykvm container run` at
 the same moment never hand out the same address or host port (Podman's
 netavark keeps its IPAM the same way: a JSON database behind a lock file).
 
-    {"10.213.0.2": {"id": "4f0c...", "name": "web", "hostname": "4f0c...",
-                    "hosts": "/run/pykvm/containers/4f0c.../hosts",
-                    "ports": ["tcp/8080:80"], "launcher": 1234, "launcher_start": 987}}
+    {"last": "10.213.0.2",
+     "leases": {"10.213.0.2": {"id": "4f0c...", "name": "web", "hostname": "4f0c...",
+                               "hosts": "/run/pykvm/containers/4f0c.../hosts",
+                               "ports": ["tcp/8080:80"], "launcher": 1234, "launcher_start": 987}}}
 
-Addresses are handed out lowest first, skipping the network's own address, the
-gateway (the bridge's address) and the broadcast address.  A lease outlives a
+Addresses are handed out in turn, from the one after the last handed out, wrapping
+around at the end of the subnet (libnetwork's IPAM does the same), skipping the
+network's own address, the gateway (the bridge's address) and the broadcast address.
+Not lowest-free: the other containers' ARP caches keep an address's MAC for a while
+after its container is gone, and a new container given that address at once would be
+unreachable from them until their entries expire.  A lease outlives a
 crash of everything that knew of it; network.py's sweep gives it back when its
 container is gone (network.stale).
 """
@@ -61,9 +66,11 @@ class Leases:
         self.path = directory / "leases.json"
         self.subnet = ipaddress.IPv4Network(subnet)
         self.gateway = ipaddress.IPv4Address(gateway)
-        self.records: dict[str, dict] = self._read()
+        data = self._read()
+        self.records: dict[str, dict] = data.get("leases", {})
+        self.last = data.get("last", str(self.gateway))
 
-    def _read(self) -> dict[str, dict]:
+    def _read(self) -> dict:
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -74,15 +81,20 @@ class Leases:
 
     def save(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(self.records, indent=1))
+        tmp.write_text(json.dumps({"last": self.last, "leases": self.records}, indent=1))
         os.replace(tmp, self.path)
 
     def allocate(self, record: dict) -> str:
-        """The lowest free address of the subnet for `record`; ContainerError when full."""
-        for address in self.subnet.hosts():
-            if address != self.gateway and str(address) not in self.records:
-                self.records[str(address)] = record
-                return str(address)
+        """The next free address after the last one handed out; ContainerError when full."""
+        first = int(self.subnet.network_address) + 1            # .0 names the network
+        count = self.subnet.num_addresses - 2                    # ... and the last is broadcast
+        start = int(ipaddress.IPv4Address(self.last)) - first + 1
+        for step in range(count):
+            address = str(ipaddress.IPv4Address(first + (start + step) % count))
+            if address != str(self.gateway) and address not in self.records:
+                self.records[address] = record
+                self.last = address
+                return address
         raise ContainerError(f"no free address left in {self.subnet}: remove stopped containers "
                              f"or run `pykvm container network prune`")
 
