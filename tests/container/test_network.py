@@ -56,7 +56,8 @@ def kvm(in_ns, state_root):
     env = {**os.environ, "PYKVM_STATE_ROOT": str(state_root)}
 
     def run(*args, **kw):
-        return in_ns(sys.executable, "-m", "pykvm", *args, env=env, **kw)
+        kw.setdefault("env", env)
+        return in_ns(sys.executable, "-m", "pykvm", *args, **kw)
     run.env = env
     yield run
     for cid in run("container", "ps", "-q").stdout.split():
@@ -109,6 +110,8 @@ def test_host_reaches_a_published_port_by_its_address_and_by_localhost(kvm, in_n
     r = kvm("container", "run", "--rm", "--network", "bridge", "--rootfs", fresh_rootfs,
             "sh", "-c", GET.format(GATEWAY, 8080))
     assert r.stdout == "hello-web\n", r.stderr
+    r = kvm("container", "exec", "web", "sh", "-c", GET.format(GATEWAY, 8080))    # to itself
+    assert r.stdout == "hello-web\n", r.stderr
 
 
 def test_network_none_has_only_lo_and_host_sees_the_namespace(kvm, in_ns, fresh_rootfs):
@@ -119,6 +122,23 @@ def test_network_none_has_only_lo_and_host_sees_the_namespace(kvm, in_ns, fresh_
     r = kvm("container", "run", "--rm", "--network", "host", "--rootfs", fresh_rootfs,
             "ls", "/sys/class/net")
     assert sorted(r.stdout.split()) == ["lo", "probe0", "probe1"], r.stdout + r.stderr
+
+
+def test_bridge_is_root_s_default(kvm, fresh_rootfs):
+    env = {k: v for k, v in kvm.env.items() if k != "PYKVM_NETWORK"}
+    r = kvm("container", "run", "--rm", "--rootfs", fresh_rootfs, "ls", "/sys/class/net", env=env)
+    assert r.stdout.split() == ["eth0", "lo"], r.stdout + r.stderr
+
+
+def test_containers_started_at_once_get_addresses_of_their_own(kvm, netns, fresh_rootfs):
+    argv = ["nsenter", f"--net=/run/netns/{netns}", "--", sys.executable, "-m", "pykvm", "container",
+            "run", "--rm", "--network", "bridge", "--rootfs", str(fresh_rootfs), "sh", "-c",
+            "ip -4 addr show eth0 | grep -o '10\\.213\\.[0-9.]*'"]
+    procs = [subprocess.Popen(argv, env=kvm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    addresses = [out.strip() for out, _ in outputs]
+    assert all(addresses) and len(set(addresses)) == 4, outputs
 
 
 def test_two_containers_publishing_one_host_port_is_one_clear_error(kvm, fresh_rootfs, state_root):

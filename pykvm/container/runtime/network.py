@@ -11,7 +11,10 @@
 A veth pair is two network devices joined back to back (veth(4)): what one sends,
 the other receives.  One end stays on the host and becomes a port of the bridge (a
 software switch, bridge(8)); the other is created straight inside the container's
-namespace and named eth0.  When the container's namespace dies (its last process
+namespace and named eth0.  The port is in hairpin mode (bridge(8) `hairpin`): a
+container reaching its own published port has its packet DNATed back to itself, and
+where br_netfilter is loaded that happens on the bridge, which must then send the
+frame out of the port it came in by (Docker and Podman set it too).  When the container's namespace dies (its last process
 exits) the kernel destroys eth0 and with it the host end: a crash leaves no veth.
 What a crash does leave, an address lease and a published port, `sweep` gives back.
 
@@ -156,6 +159,7 @@ def connect(lease: Lease, pid: int) -> None:
     net = lease.network
     _ip([f"link add {lease.veth} type veth peer name {CONTAINER_IFNAME} netns {pid}",
          f"link set {lease.veth} master {net.bridge}",
+         f"link set {lease.veth} type bridge_slave hairpin on",
          f"link set {lease.veth} up"])
     _ip([f"addr add {lease.address}/{net.prefix} dev {CONTAINER_IFNAME}",
          f"link set {CONTAINER_IFNAME} up",
