@@ -24,22 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "peer_common.h"
+
 #define CHUNK (64 * 1024)
 #define MAX_MIB 4096
 #define MAX_RR 1000000
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
 
 static void nodelay(int fd)
 {
