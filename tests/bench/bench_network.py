@@ -23,8 +23,21 @@ Fair play:
     seccomp profile). Podman runs with --cgroup-manager cgroupfs (no systemd here) and
     explicit ulimits (its default RLIMIT_NOFILE is above this machine's hard limit).
 
-Results (2026-12-02, this 2-core machine shared with other jobs; 5 rounds, 256 MiB, 2000):
-  see the report at the end of a run; the figures vary with the load.
+Results (2026-12-02, this 2-core machine under a load average of ~10 from other jobs;
+defaults: 5 rounds, 256 MiB, 2000 round trips), two runs minutes apart:
+                          MiB/s (min / median / max)     round trip us (min / median / max)
+  run 1  loopback         815.1   1261.8   2174.5         15.1   15.4   41291.9
+         pykvm bridge     635.8    745.8    983.1         19.8   20.1   10379.2
+         podman bridge    700.8   1037.4   1737.6         20.5   20.9    2934.2
+         pykvm / podman: throughput 0.72x, round trip 0.96x
+  run 2  loopback         532.7    900.4   1708.7         15.1   15.5   83738.7
+         pykvm bridge     280.2    767.1    950.9         19.7   21.3   25440.3
+         podman bridge    237.1    383.9   1133.2         20.4   24.4   62020.5
+         pykvm / podman: throughput 2.00x, round trip 0.87x
+The round trips are steady: ~5 us over loopback for the veth -> bridge -> veth path, the same
+for both runtimes (both are the kernel's veth and bridge; neither runtime is on the path once
+the container runs). The throughputs swing with the load, by 2x between runs: read them as
+"the same order", not as a ranking. The maxima are preemptions of this shared machine.
 """
 from __future__ import annotations
 
