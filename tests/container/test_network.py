@@ -164,7 +164,7 @@ def test_bad_publish_is_one_line(kvm, fresh_rootfs):
 
 def nothing_left(in_ns, state_root) -> bool:
     links = json.loads(in_ns("ip", "-j", "link", "show").stdout)
-    elements = in_ns("nft", "-j", "list", "map", "ip", "pykvm", "published").stdout
+    elements = in_ns("nft", "-j", "list", "map", "ip", "pykvm0", "published").stdout
     return (not [link for link in links if link["ifname"].startswith("pkv")]
             and '"elem"' not in elements and not leases(state_root))
 
@@ -178,7 +178,7 @@ def test_kill_9_of_the_launcher_leaves_no_veth_rule_or_address(kvm, in_ns, netns
                             stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: "pkv" in in_ns("ip", "link", "show").stdout and
-                 "8181" in in_ns("nft", "list", "map", "ip", "pykvm", "published").stdout, timeout=30)
+                 "8181" in in_ns("nft", "list", "map", "ip", "pykvm0", "published").stdout, timeout=30)
         os.kill(proc.pid, signal.SIGKILL)          # nsenter exec'd python: this is the launcher
     finally:
         proc.kill()
@@ -194,7 +194,10 @@ def test_a_crash_of_every_process_is_found_and_pruned(kvm, in_ns, fresh_rootfs, 
     for pid in (state["monitor_pid"], state["pid"]):
         os.kill(pid, signal.SIGKILL)                # no monitor left to clean up after init
     wait_for(lambda: "stale" in kvm("container", "network", "ls").stdout, timeout=20)
-    assert "8282" in in_ns("nft", "list", "map", "ip", "pykvm", "published").stdout
+    r = kvm("container", "network", "ls")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "doomed" in r.stdout and "dnat tcp/8282 -> 10.213.0." in r.stdout, r.stdout
+    assert "8282" in in_ns("nft", "list", "map", "ip", "pykvm0", "published").stdout
     r = kvm("container", "network", "prune")
     assert r.returncode == 0 and "released doomed" in r.stdout, r.stdout + r.stderr
     wait_for(lambda: nothing_left(in_ns, state_root), timeout=10)
@@ -225,6 +228,19 @@ def test_rm_of_a_crashed_container_gives_back_what_it_held(kvm, in_ns, fresh_roo
     wait_for(lambda: nothing_left(in_ns, state_root), timeout=10)
 
 
+def test_a_bridge_pykvm_did_not_make_is_left_alone(kvm, in_ns, fresh_rootfs, state_root):
+    in_ns("ip", "link", "add", "pykvm0", "type", "bridge").check_returncode()
+    r = kvm("container", "run", "--rm", "--network", "bridge", "--rootfs", fresh_rootfs, "true")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("pykvm: error: an interface pykvm0 exists, but "), r.stderr
+    assert in_ns("ip", "link", "show", "pykvm0").returncode == 0, "not removed: it is not ours"
+    env = {**kvm.env, "PYKVM_BRIDGE": "lab0", "PYKVM_SUBNET": "10.99.5.0/24"}
+    r = kvm("container", "run", "--rm", "--network", "bridge", "--rootfs", fresh_rootfs,
+            "sh", "-c", "ip -4 addr show eth0 | grep inet", env=env)
+    assert r.returncode == 0 and "inet 10.99.5.2/24" in r.stdout, r.stdout + r.stderr
+    assert in_ns("nft", "list", "table", "ip", "lab0").returncode == 0
+
+
 def test_network_rm_removes_the_bridge_and_its_table(kvm, in_ns, fresh_rootfs, state_root):
     r = kvm("container", "run", "--rm", "--network", "bridge", "--rootfs", fresh_rootfs, "true")
     assert r.returncode == 0, r.stderr
@@ -232,5 +248,5 @@ def test_network_rm_removes_the_bridge_and_its_table(kvm, in_ns, fresh_rootfs, s
     r = kvm("container", "network", "rm")
     assert r.returncode == 0 and "removed pykvm0 (10.213.0.0/16)" in r.stdout, r.stdout + r.stderr
     assert in_ns("ip", "link", "show", "pykvm0").returncode != 0
-    assert in_ns("nft", "list", "table", "ip", "pykvm").returncode != 0
+    assert in_ns("nft", "list", "table", "ip", "pykvm0").returncode != 0
     assert not (state_root.parent / "network" / "network.json").exists()

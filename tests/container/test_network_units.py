@@ -108,7 +108,8 @@ def test_veth_names_fit_ifnamsiz():
 
 
 def test_ruleset_masquerades_the_subnet_and_dnats_local_addresses():
-    text = ruleset("10.9.0.0/24")
+    text = ruleset("lab0", "10.9.0.0/24")
+    assert text.startswith("table ip lab0 {"), "one table per bridge, named after it"
     assert "ip saddr 10.9.0.0/24 ip daddr != 10.9.0.0/24 masquerade" in text
     assert text.count("fib daddr type local dnat ip to meta l4proto . th dport map @published") == 2
 

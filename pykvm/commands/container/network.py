@@ -34,7 +34,7 @@ def ls_cmd():
         status = "stale (prune)" if address in stale else "in use"
         click.echo(f"{address:<16}{r['id']:<14}{r['name'][:19]:<20}{ports:<24}{status}")
     if nft_available():
-        for proto, port, target in published():
+        for proto, port, target in published(net.bridge):
             click.echo(f"dnat {proto}/{port} -> {target}")
 
 

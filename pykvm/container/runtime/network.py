@@ -6,7 +6,7 @@
       |-- pkv<id>  veth  ====== a cable ======>     eth0  10.213.0.2/16, default via 10.213.0.1
       |-- pkv<id>  veth  ======================>    eth0  10.213.0.3/16 ...
       `-- (a VM's tap joins the same way)
-    nft table ip pykvm: NAT out, DNAT in (nftables.py)
+    nft table ip pykvm0 (named after the bridge): NAT out, DNAT in (nftables.py)
 
 A veth pair is two network devices joined back to back (veth(4)): what one sends,
 the other receives.  One end stays on the host and becomes a port of the bridge (a
@@ -165,7 +165,7 @@ def connect(lease: Lease, pid: int) -> None:
          f"link set {CONTAINER_IFNAME} up",
          f"route add default via {net.gateway}"], netns_of=pid)
     for publish in lease.ports:
-        nft.add_port(publish, lease.address)
+        nft.add_port(net.bridge, publish, lease.address)
 
 
 @contextmanager
@@ -187,16 +187,16 @@ def release(cid: str) -> bool:
         address = leases.of(cid) if leases else None
         if address is None:
             return False
-        _release(leases, address)
+        _release(leases, address, net.bridge)
         leases.save()
         _write_hosts_files(leases)
     return True
 
 
-def _release(leases: ipam.Leases, address: str) -> dict:
+def _release(leases: ipam.Leases, address: str, table: str) -> dict:
     record = leases.release(address)
     for key in record.get("ports", []):
-        nft.remove_port(nft.Publish.from_key(key))
+        nft.remove_port(table, nft.Publish.from_key(key))
     _delete_link(veth_name(record["id"]))
     return record
 
@@ -225,13 +225,13 @@ def stale_leases(leases: ipam.Leases, store: StateStore | None = None) -> list[s
 def _sweep(leases: ipam.Leases, bridge: str) -> list[dict]:
     """Release stale leases, then anything no lease accounts for: a DNAT map element or
     a veth on our bridge left by a pykvm killed between two steps."""
-    released = [_release(leases, address) for address in stale_leases(leases)]
+    released = [_release(leases, address, bridge) for address in stale_leases(leases)]
     leases.save()
     held = {f"{p.split(':')[0]}" for r in leases.records.values() for p in r.get("ports", [])}
     if nft.nft_available():
-        for proto, port, target in nft.published():
+        for proto, port, target in nft.published(bridge):
             if f"{proto}/{port}" not in held:
-                nft.remove_port(nft.Publish(port, 1, proto))
+                nft.remove_port(bridge, nft.Publish(port, 1, proto))
                 released.append({"id": "?", "name": "?", "ports": [f"{proto}/{port}:{target}"]})
     ours = {veth_name(r["id"]) for r in leases.records.values()}
     for link in links(bridge):
@@ -265,10 +265,10 @@ def remove_network(force: bool = False) -> Network | None:
             raise ContainerError(f"containers still on the network: {names}: stop them first, "
                                  f"or `network rm --force`")
         for address in list(leases.records):
-            _release(leases, address)
+            _release(leases, address, net.bridge)
         _delete_link(net.bridge)
         if nft.nft_available():
-            nft.delete_table()
+            nft.delete_table(net.bridge)
         for name in ("leases.json", "network.json"):
             (network_dir() / name).unlink(missing_ok=True)
     return net
@@ -290,16 +290,29 @@ def load_network(directory: Path | None = None) -> Network:
 def _ensure_network(directory: Path) -> Network:
     """The recorded network, its bridge up and its nft table there (made on first use)."""
     path = directory / "network.json"
-    net = load_network(directory) if path.exists() else Network.from_env()
+    net = load_network(directory) if path.exists() else _new_network()
     if not link_exists(net.bridge):
         _ip([f"link add {net.bridge} type bridge",
              f"addr add {net.gateway}/{net.prefix} dev {net.bridge}",
              f"link set {net.bridge} up"])
     _enable_routing(net.bridge)
-    if nft.nft_available() and not nft.has_table():
-        nft.create_table(net.subnet)
+    if nft.nft_available() and not nft.has_table(net.bridge):
+        nft.create_table(net.bridge, net.subnet)
     if not path.exists():
         path.write_text(json.dumps(asdict(net), indent=1))
+    return net
+
+
+def _new_network() -> Network:
+    """Settings for a network not made yet; its bridge must not exist (else it is not ours:
+    another state directory's, PYKVM_STATE_ROOT, or a bridge of the host's own)."""
+    net = Network.from_env()
+    if link_exists(net.bridge):
+        raise ContainerError(f"an interface {net.bridge} exists, but {network_dir()} has no record of "
+                             f"making it: choose another bridge with PYKVM_BRIDGE, or remove it "
+                             f"(`ip link delete {net.bridge}`) if it is a pykvm leftover")
+    if nft.nft_available():
+        nft.delete_table(net.bridge)              # a leftover of a `network rm` cut short
     return net
 
 

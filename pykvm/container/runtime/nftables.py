@@ -1,8 +1,9 @@
 """Published ports and the bridge's NAT, as nftables rules (the `nft` command, nft(8)).
 
-One table, `ip pykvm`, in the bridge's network namespace, made with the bridge:
+One table per bridge, named after it (`ip pykvm0`), in the bridge's network namespace,
+made with the bridge:
 
-    table ip pykvm {
+    table ip pykvm0 {
         map published {                       # (protocol, host port) -> (address, port)
             type inet_proto . inet_service : ipv4_addr . inet_service
         }
@@ -49,10 +50,9 @@ from dataclasses import dataclass
 
 from pykvm.errors import ConfigError, ContainerError
 
-__all__ = ["Publish", "parse_publish", "TABLE", "ruleset", "has_table", "create_table",
+__all__ = ["Publish", "parse_publish", "ruleset", "has_table", "create_table",
            "delete_table", "add_port", "remove_port", "published", "nft_available"]
 
-TABLE = "pykvm"                        # `table ip pykvm`
 MAP = "published"
 PROTOCOLS = ("tcp", "udp")
 PORT_MAX = 65535
@@ -94,9 +94,9 @@ def parse_publish(spec: str) -> Publish:
     return Publish(host, inside, proto)
 
 
-def ruleset(subnet: str) -> str:
+def ruleset(table: str, subnet: str) -> str:
     """The table above, for the bridge's subnet (an `nft -f` script)."""
-    return f"""table ip {TABLE} {{
+    return f"""table ip {table} {{
     map {MAP} {{
         type inet_proto . inet_service : ipv4_addr . inet_service
     }}
@@ -121,39 +121,39 @@ def nft_available() -> bool:
     return shutil.which("nft") is not None
 
 
-def has_table() -> bool:
-    return _nft(["list", "table", "ip", TABLE], check=False).returncode == 0
+def has_table(table: str) -> bool:
+    return _nft(["list", "table", "ip", table], check=False).returncode == 0
 
 
-def create_table(subnet: str) -> None:
-    _nft(["-f", "-"], stdin=ruleset(subnet))
+def create_table(table: str, subnet: str) -> None:
+    _nft(["-f", "-"], stdin=ruleset(table, subnet))
 
 
-def delete_table() -> None:
-    if has_table():
-        _nft(["delete", "table", "ip", TABLE])
+def delete_table(table: str) -> None:
+    if has_table(table):
+        _nft(["delete", "table", "ip", table])
 
 
-def add_port(publish: Publish, address: str) -> None:
+def add_port(table: str, publish: Publish, address: str) -> None:
     """Put one host port in the map: `nft create element` fails if it is already there."""
     element = f"{{ {publish.protocol} . {publish.host_port} : {address} . {publish.container_port} }}"
-    r = _nft(["create", "element", "ip", TABLE, MAP, element], check=False)
+    r = _nft(["create", "element", "ip", table, MAP, element], check=False)
     if r.returncode != 0:
         if "File exists" in r.stderr:
             raise ConfigError(f"host port {publish.host_port}/{publish.protocol} is already "
-                              f"published (nft map {TABLE}/{MAP})")
+                              f"published (nft map {table}/{MAP})")
         raise ContainerError(f"nft could not publish port {publish.host_port}: {r.stderr.strip()}")
 
 
-def remove_port(publish: Publish) -> None:
+def remove_port(table: str, publish: Publish) -> None:
     """Take one host port out of the map (no error if it is not there)."""
-    _nft(["delete", "element", "ip", TABLE, MAP, f"{{ {publish.protocol} . {publish.host_port} }}"],
+    _nft(["delete", "element", "ip", table, MAP, f"{{ {publish.protocol} . {publish.host_port} }}"],
          check=False)
 
 
-def published() -> list[tuple[str, int, str]]:
+def published(table: str) -> list[tuple[str, int, str]]:
     """The map's elements as (protocol, host port, "address:port"): what `network ls` shows."""
-    r = _nft(["-j", "list", "map", "ip", TABLE, MAP], check=False)
+    r = _nft(["-j", "list", "map", "ip", table, MAP], check=False)
     if r.returncode != 0:
         return []
     out = []
