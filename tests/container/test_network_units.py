@@ -114,11 +114,21 @@ def test_ruleset_masquerades_the_subnet_and_dnats_local_addresses():
     assert text.count("fib daddr type local dnat ip to meta l4proto . th dport map @published") == 2
 
 
-def test_a_bridge_needs_a_new_network_namespace_and_publish_needs_the_bridge(tmp_path):
+def test_a_bridge_needs_a_new_network_namespace_and_publish_needs_the_bridge(tmp_path, monkeypatch):
     from pykvm.container.runtime.config import RunConfig
+    monkeypatch.setattr("os.geteuid", lambda: 0)        # rootless is refused first (tested as root)
     cfg = RunConfig(args=["true"], rootfs=str(tmp_path), network="bridge",
                     namespaces={"pid": None, "mount": None})
     with pytest.raises(ConfigError, match="needs a new network namespace"):
         cfg.finalized()
     with pytest.raises(ConfigError, match="needs --network bridge"):
         RunConfig(args=["true"], rootfs=str(tmp_path), publish=[Publish(80, 80)]).finalized()
+
+
+def test_publish_without_nft_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    from pykvm.container.runtime.config import RunConfig
+    monkeypatch.setenv("PATH", str(tmp_path))            # no nft on this PATH
+    monkeypatch.setattr("os.geteuid", lambda: 0)        # the check that comes first: root
+    cfg = RunConfig(args=["true"], rootfs=str(tmp_path), network="bridge", publish=[Publish(80, 80)])
+    with pytest.raises(ConfigError, match="-p needs nft .* apt-get install nftables"):
+        cfg.finalized()
