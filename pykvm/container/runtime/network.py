@@ -18,6 +18,13 @@ frame out of the port it came in by (Docker and Podman set it too).  When the co
 exits) the kernel destroys eth0 and with it the host end: a crash leaves no veth.
 What a crash does leave, an address lease and a published port, `sweep` gives back.
 
+A VM joins the same bridge with a tap device in place of the veth: `reserve()` leases its
+address (and host ports) as for a container, `ip tuntap add NAME mode tap` and `ip link set
+NAME master BRIDGE up` plug it in, and the guest sets the leased address on its side itself
+(`ip=` on the kernel command line); the VMM reads and writes the tap's frames through the
+file descriptor of /dev/net/tun.  `stale_leases` would then judge a VM's lease by its
+recorded launcher process, where it now looks the container's state up.
+
 Every change goes through iproute2's `ip` (ip-link(8), ip-address(8), ip-route(8)),
 in batches (`ip -batch -`, one process for several lines), rather than rtnetlink
 messages packed by hand: the commands are the ones a student types to do the same by
