@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,7 +200,8 @@ def test_a_crash_of_every_process_is_found_and_pruned(kvm, in_ns, fresh_rootfs, 
     assert "doomed" in r.stdout and "dnat tcp/8282 -> 10.213.0." in r.stdout, r.stdout
     assert "8282" in in_ns("nft", "list", "map", "ip", "pykvm0", "published").stdout
     r = kvm("container", "network", "prune")
-    assert r.returncode == 0 and "released doomed" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and re.fullmatch(
+        r"released 10\.213\.0\.\d+ of doomed \([0-9a-f]{12}\) tcp/8282:80\n", r.stdout), r.stdout + r.stderr
     wait_for(lambda: nothing_left(in_ns, state_root), timeout=10)
     r = kvm("container", "run", "--rm", "--network", "bridge", "-p", "8282:80",
             "--rootfs", fresh_rootfs, "true")
@@ -213,6 +215,22 @@ def test_a_detached_container_gives_its_address_back_when_it_ends(kvm, in_ns, fr
     assert r.returncode == 0, r.stderr
     assert leases(state_root), "leased while it runs"
     wait_for(lambda: nothing_left(in_ns, state_root), timeout=20)      # the monitor's cleanup
+
+
+def test_prune_removes_a_dnat_entry_and_a_veth_no_lease_accounts_for(kvm, in_ns, fresh_rootfs,
+                                                                     state_root):
+    """What a pykvm killed between two steps of connect or release would leave."""
+    r = kvm("container", "run", "--rm", "--network", "bridge", "--rootfs", fresh_rootfs, "true")
+    assert r.returncode == 0, r.stderr
+    in_ns("nft", "add", "element", "ip", "pykvm0", "published",
+          "{ tcp . 9999 : 10.213.0.77 . 80 }").check_returncode()
+    in_ns("ip", "link", "add", "pkv0123456789ab", "type", "veth", "peer", "name", "stray1").check_returncode()
+    in_ns("ip", "link", "set", "pkv0123456789ab", "master", "pykvm0").check_returncode()
+    r = kvm("container", "network", "prune")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["removed dnat tcp/9999 -> 10.213.0.77:80",
+                                     "removed veth pkv0123456789ab"], r.stdout
+    assert nothing_left(in_ns, state_root)
 
 
 def test_rm_of_a_crashed_container_gives_back_what_it_held(kvm, in_ns, fresh_rootfs, state_root):

@@ -42,8 +42,8 @@ def ls_cmd():
 def prune_cmd():
     """Give back the addresses, ports and veths of containers that are gone."""
     from pykvm.container.runtime.network import sweep
-    for r in sweep():
-        click.echo(f"released {r['name']} ({r['id']}) {' '.join(r.get('ports', []))}".rstrip())
+    for line in sweep():
+        click.echo(line)
 
 
 @network_cmd.command("rm")

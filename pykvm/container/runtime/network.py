@@ -229,27 +229,31 @@ def stale_leases(leases: ipam.Leases, store: StateStore | None = None) -> list[s
     return stale
 
 
-def _sweep(leases: ipam.Leases, bridge: str) -> list[dict]:
+def _sweep(leases: ipam.Leases, bridge: str) -> list[str]:
     """Release stale leases, then anything no lease accounts for: a DNAT map element or
-    a veth on our bridge left by a pykvm killed between two steps."""
-    released = [_release(leases, address, bridge) for address in stale_leases(leases)]
+    a veth on our bridge left by a pykvm killed between two steps.  Says what it did."""
+    done = []
+    for address in stale_leases(leases):
+        record = _release(leases, address, bridge)
+        done.append(f"released {address} of {record['name']} ({record['id']}) "
+                    f"{' '.join(record.get('ports', []))}".rstrip())
     leases.save()
-    held = {f"{p.split(':')[0]}" for r in leases.records.values() for p in r.get("ports", [])}
+    held = {p.split(":")[0] for r in leases.records.values() for p in r.get("ports", [])}
     if nft.nft_available():
         for proto, port, target in nft.published(bridge):
             if f"{proto}/{port}" not in held:
-                nft.remove_port(bridge, nft.Publish(port, 1, proto))
-                released.append({"id": "?", "name": "?", "ports": [f"{proto}/{port}:{target}"]})
+                nft.remove_port(bridge, nft.Publish(port, port, proto))   # keyed by the host side
+                done.append(f"removed dnat {proto}/{port} -> {target}")
     ours = {veth_name(r["id"]) for r in leases.records.values()}
     for link in links(bridge):
         if link not in ours:
             _delete_link(link)
-            released.append({"id": "?", "name": link, "ports": []})
-    return released
+            done.append(f"removed veth {link}")
+    return done
 
 
-def sweep() -> list[dict]:
-    """`network prune`: release every stale lease; returns their records."""
+def sweep() -> list[str]:
+    """`network prune`: give back what containers that are gone still hold; says what."""
     with recorded() as (net, leases):
         if net is None:
             return []
