@@ -25,6 +25,10 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "kvm")]
 from tiers import kvm_flavour, kvm_problem, linux_problem  # noqa: E402
 
 TEST_TIMEOUT = int(os.environ.get("PYKVM_TEST_TIMEOUT", "300"))  # seconds, per test
+# `pykvm container run` defaults to a bridge in the host's network namespace when root; the
+# tests stay off the host's network: those that want a bridge ask for one in a namespace of
+# their own (tests/container/test_network.py).
+os.environ.setdefault("PYKVM_NETWORK", "none")
 
 
 def pytest_collection_modifyitems(config, items):

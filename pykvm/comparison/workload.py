@@ -8,7 +8,7 @@ output splits into sections the properties module reads.
     VM, tiny guest     pykvm boot tiny --cmdline "run=echo ...;echo @@kernel;info;..."
                        (tiny's shell runs the commands on its command line, guests/tiny/shell.c)
     VM, Linux guest    pykvm boot linux; the SCRIPT is typed into its console shell
-    container          pykvm container run --rm busybox sh -c SCRIPT
+    container          pykvm container run --rm --network none busybox sh -c SCRIPT
                        (an image without /bin/sh runs the command its label PROBE_LABEL
                        names, as hello does: `/hello --probe`; or else just its own command)
 
@@ -28,6 +28,8 @@ MARKER = "pykvm-compare: hello"      # the workload's first line, the same on ev
 SECTION = "@@"                       # a line "@@name" starts section `name` of the output
 PROBE_LABEL = "pykvm.compare.probe"  # image label: a command that prints MARKER and sections itself
 END = "end"                          # the last section: everything before it was printed
+# The container's side of the comparison has no network but lo, as the VMs have none.
+CONTAINER_RUN = ("container", "run", "--rm", "--network", "none")
 
 # Look-around steps for a busybox (or any POSIX) userland: section name -> shell command.
 PROBES = {
@@ -125,7 +127,7 @@ def linux_vm(memory: str) -> Workload:
 def shell_container(image: str) -> Workload:
     """An image with /bin/sh: the same script as the Linux guest's, through `sh -c`."""
     return Workload("container", image,
-                    pykvm_argv("container", "run", "--rm", image, "sh", "-c", _script(PROBES, "; ")))
+                    pykvm_argv(*CONTAINER_RUN, image, "sh", "-c", _script(PROBES, "; ")))
 
 
 def probe_container(image: str, command: list[str]) -> Workload:
@@ -135,7 +137,7 @@ def probe_container(image: str, command: list[str]) -> Workload:
            "boot_id and hostname (use --image busybox to see more)")
     unobserved = {name: Unobserved(None, why, False) for name in PROBES
                   if name not in ("kernel", "boot_id", "hostname")}
-    return Workload("container", image, pykvm_argv("container", "run", "--rm", image, *command),
+    return Workload("container", image, pykvm_argv(*CONTAINER_RUN, image, *command),
                     unobserved=unobserved)
 
 
@@ -145,7 +147,7 @@ def plain_container(image: str) -> Workload:
     unobserved = {name: Unobserved(None, why, False)
                   for name in ("kernel", "boot_id", "memory", "processes", "interfaces", "mounts", "hostname",
                                "namespaces")}
-    return Workload("container", image, pykvm_argv("container", "run", "--rm", image),
+    return Workload("container", image, pykvm_argv(*CONTAINER_RUN, image),
                     unobserved=unobserved, marker=None)
 
 

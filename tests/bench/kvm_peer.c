@@ -19,22 +19,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "peer_common.h"
+
 #define MEM_SIZE (2 << 20)
 #define LOAD_ADDR 0x1000
 #define POWER_OFF_PORT 0x604
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
 
 struct vm { int kvm, vm, vcpu; unsigned char *mem; struct kvm_run *run; size_t run_size; };
 

@@ -194,3 +194,12 @@ def test_rootless_exec_joins_the_user_namespace_first(as_nobody, rootless_rootfs
         assert (rootless_rootfs / "tmp" / "by-exec").stat().st_uid == NOBODY
     finally:
         assert as_nobody("rm", "-f", cid).returncode == 0
+
+
+def test_rootless_has_no_bridge(as_nobody, rootless_rootfs):
+    """A veth into the host's network namespace needs root there: rootless defaults to `none`."""
+    r = as_nobody("run", "--rm", "--rootfs", rootless_rootfs, "ls", "/sys/class/net")
+    assert r.returncode == 0 and r.stdout.split() == ["lo"], r.stdout + r.stderr
+    r = as_nobody("run", "--rm", "--network", "bridge", "--rootfs", rootless_rootfs, "true")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("pykvm: error: --network bridge needs root"), r.stderr

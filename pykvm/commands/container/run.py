@@ -63,8 +63,11 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
 @click.option("--memory", "-m", metavar="SIZE", help="Memory limit, e.g. 64M (OOM kill -> exit 137).")
 @click.option("--pids-limit", type=int, metavar="N", help="Maximum number of processes.")
 @click.option("--cpus", metavar="N", help="CPU quota in CPUs, e.g. 0.5.")
-@click.option("--network", type=click.Choice(["none", "host"]), default="none", show_default=True,
-              help="none: own network namespace with only lo; host: the host's network.")
+@click.option("--network", type=click.Choice(["bridge", "none", "host"]), default=None,
+              help="bridge: an address on pykvm's bridge (default for root); none: only lo "
+                   "(default rootless, or $PYKVM_NETWORK); host: the host's network.")
+@click.option("-p", "--publish", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
+              help="Publish a container port on the host (DNAT; needs --network bridge).")
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
 @click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (e.g. NET_ADMIN; ALL: every one).")
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (ALL: start from none).")
@@ -76,7 +79,7 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
-            network, read_only, cap_add, cap_drop, interactive, tty, entrypoint, rootfs, args):
+            network, publish, read_only, cap_add, cap_drop, interactive, tty, entrypoint, rootfs, args):
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
     from dataclasses import replace
 
@@ -104,6 +107,10 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         raise ConfigError(f"bad --pids-limit {pids_limit}: must be at least 1")
     limits = Limits(memory=parse_size(memory) if memory else None, pids=pids_limit,
                     cpu_quota=parse_cpus(cpus) if cpus else None)
+    from pykvm.container.runtime.network import default_mode
+    from pykvm.container.runtime.nftables import parse_publish
+    network = network or default_mode()
+    ports = [parse_publish(spec) for spec in publish]
     namespaces = dict(cfg.namespaces)
     if network == "host":
         namespaces.pop("network", None)
@@ -118,6 +125,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
                   cwd=workdir or cfg.cwd, uid=who.uid, gid=who.gid, additional_gids=who.groups,
                   limits=limits, namespaces=namespaces,
                   readonly=read_only, interactive=interactive, tty=tty, etc_files=True,
+                  network="bridge" if network == "bridge" else "", publish=ports,
                   capabilities=cfg_caps or cfg.capabilities)
     container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)
     if detach:

@@ -74,6 +74,8 @@ class RunConfig:
     oom_score_adj: int | None = None           # process.oomScoreAdj; None: 0, like any new process
     new_keyring: bool = True                   # a session keyring of its own (runc; --no-new-keyring)
     hooks: dict[str, list[Hook]] = field(default_factory=dict)   # config.json hooks (hooks.py)
+    network: str = ""                          # "bridge": a veth on pykvm's bridge (network.py)
+    publish: list = field(default_factory=list)   # nftables.Publish: -p HOSTPORT:CONTAINERPORT
 
     @property
     def rootless(self) -> bool:
@@ -99,6 +101,7 @@ class RunConfig:
         if "mount" not in self.namespaces:
             raise ConfigError("a mount namespace is required (linux.namespaces must include 'mount')")
         ns.flags_for(self.namespaces)                       # unknown types -> ConfigError
+        self._check_network()
         cfg = replace(self, namespaces=dict(self.namespaces))
         if cfg.rootless and "user" not in cfg.namespaces:
             cfg.namespaces["user"] = None
@@ -110,6 +113,22 @@ class RunConfig:
             raise ConfigError(f"rootless: only uid/gid 0 exists inside (mapped to you); "
                               f"cannot run as {cfg.uid}:{cfg.gid}")
         return cfg
+
+    def _check_network(self) -> None:
+        """A bridge needs a network namespace of our making, and root; -p needs the bridge."""
+        if self.publish and self.network != "bridge":
+            raise ConfigError("-p publishes a port through the bridge: it needs --network bridge")
+        if self.network != "bridge":
+            return
+        if self.rootless:
+            raise ConfigError("--network bridge needs root (a veth into the host's network "
+                              "namespace); rootless containers use --network none or host")
+        if "network" not in self.namespaces or self.namespaces["network"]:
+            raise ConfigError("--network bridge needs a new network namespace of its own")
+        from pykvm.container.runtime.nftables import nft_available
+        if self.publish and not nft_available():
+            raise ConfigError("-p needs nft to publish a port (Debian package nftables: "
+                              "apt-get install nftables)")
 
     def hostname_for(self, cid: str) -> str | None:
         if "uts" not in self.namespaces:

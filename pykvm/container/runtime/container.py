@@ -191,6 +191,7 @@ class Container:
         self.winsize = None
         self._join_fds: list[int] = []         # init joins its cgroup through these (cgroups.join)
         self.pid_namespace: tuple[int, int] | None = None   # init's: whose processes are ours
+        self.lease = None                      # --network bridge: network.Lease (address, ports)
 
     # --- launcher side ---------------------------------------------------------
     def start(self) -> Container:
@@ -208,6 +209,8 @@ class Container:
         self._make_cgroup()
         if self.cfg.etc_files:
             self._add_etc_files()
+        if self.cfg.network == "bridge":
+            self._reserve_network()
         if self.mode == CREATED:
             os.mkfifo(os.path.join(self.dir, "exec.fifo"), 0o600)
         self._exit_fd = os.open(os.path.join(self.dir, "exit.json"),
@@ -233,6 +236,29 @@ class Container:
         mounts = write_etc_files(self.dir, self.cfg.hostname_for(self.id), "network" not in self.cfg.namespaces,
                                  None if self.cfg.lower_dirs else self.cfg.rootfs)
         self.cfg = replace(self.cfg, mounts=self.cfg.mounts + mounts)
+
+    # --- --network bridge: network.py does the work, in three calls --------------
+    def _reserve_network(self) -> None:
+        """Before any fork: an address and the host ports (a taken port fails here)."""
+        from pykvm.container.runtime import network
+        self.lease = network.reserve(self.id, self.state.name, self.cfg.hostname_for(self.id) or "",
+                                     self.cfg.publish, os.path.join(self.dir, "hosts"))
+
+    def _connect_network(self) -> None:
+        """init has its network namespace and waits: the veth, address, route, ports."""
+        from pykvm.container.runtime import network
+        network.connect(self.lease, self.init_pid)
+
+    def _release_network(self) -> None:
+        """Give the address and ports back.  In the monitor, children are born in the
+        container's PID namespace, whose init is dead (fork(2): ENOMEM), and `ip`/`nft`
+        are children: point pid_for_children back at our own namespace first."""
+        if self.lease is None:
+            return
+        from pykvm.container.runtime import network
+        ns.setns("/proc/self/ns/pid", "pid")
+        network.release(self.id)
+        self.lease = None
 
     def _find_cgroup(self) -> Cgroup | None:
         """Where the container's cgroup will be (nothing is created yet), noted in self.state.
@@ -352,6 +378,7 @@ class Container:
     def _follow_setup(self, pipe: _Pipe) -> None:
         """Serve the children's requests until the command is exec'd (EOF) or ready."""
         error = None
+        network_asked = False          # init asks for its veth; the monitor's {"pid"} may come after
         try:
             while (event := pipe.receive()) is not None:
                 if "user" in event:
@@ -362,6 +389,12 @@ class Container:
                 elif "hooks" in event:                   # init's mounts are made: runtime-side hooks
                     run_hooks(self.cfg.hooks, ("prestart", "createRuntime"),
                               oci_state_json(self.state, "creating", self.init_pid))
+                    pipe.ack()
+                elif "network" in event:
+                    network_asked = True
+                if network_asked and self.init_pid:
+                    network_asked = False
+                    self._connect_network()
                     pipe.ack()
                 elif "ready" in event:
                     break
@@ -409,6 +442,10 @@ class Container:
         self._cleanup(remove_state=True)
 
     def _cleanup(self, remove_state: bool) -> None:
+        try:
+            self._release_network()
+        except PyKvmError as e:
+            self.warn(f"{e} (`pykvm container network prune` removes what is left)")
         if self.cgroup is not None:
             try:
                 self.cgroup.destroy(self._mine)
@@ -530,6 +567,9 @@ class Container:
         self._enter_namespaces(("network", "ipc", "uts", "mount", "cgroup"))   # ... it becomes the ns's "/"
         if self.cfg.new_keyring:
             new_session_keyring(self.id)
+        if self.cfg.network == "bridge":                    # the launcher plugs in our veth
+            pipe.send(network=1)
+            pipe.wait_ack()
         self._close_console_sockets(keep_inside=True)
         os.close(self._exit_fd)                              # the monitor's, not the container's
         fifo = self._open_fifo()
@@ -1172,6 +1212,8 @@ def remove_container(ref: str, force: bool = False, store: StateStore | None = N
     if state.cgroup:
         Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy(
             owned_by(state.pid_namespace, state.cgroup.get("named", True)))
+    from pykvm.container.runtime.network import release
+    release(state.id)                      # a crashed monitor's address and ports
     store.remove(state.id)
     _warn_if_fails(hooks_from_json(state.hooks), "poststop", oci_state_json(state, "stopped", None))
     return state

@@ -14,6 +14,10 @@ libnetwork/resolvconf).  `pykvm container run` does the same:
                                       unreachable from another
                                       network namespace)
 
+With --network bridge, /etc/hosts starts as for none and network.py then adds a
+line for every container on the bridge (rewriting the file in place as they come
+and go); resolv.conf is as for none.
+
 The binds are read-write, as Docker's, and stay so under --read-only (only the
 root mount is made read-only).  OCI bundles get none of this: runc leaves /etc
 alone, and so do we.
