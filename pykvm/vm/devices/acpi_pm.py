@@ -92,10 +92,11 @@ class AcpiPmEvent(BusDevice):
         return (both >> (8 * offset)) & ((1 << (8 * size)) - 1)
 
     def get_state(self) -> dict:
-        return {"pm1_en": self._enable}
+        return {"pm1_sts": self.status, "pm1_en": self.enable}
 
     def set_state(self, state: dict) -> None:
-        self._enable = state["pm1_en"] & PM1_EN_BITS
+        self.status = state["pm1_sts"] & 0xFFFF
+        self.enable = state["pm1_en"] & PM1_EN_BITS
 
     def write(self, offset: int, size: int, value: int) -> None:
         """The block as one 32-bit value: status in bits 0-15, enable in bits 16-31."""
