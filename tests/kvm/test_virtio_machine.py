@@ -12,6 +12,7 @@ import pytest
 
 from guestasm import pvh_elf
 from pykvm.vm import layout
+from pykvm.vm.arch.x86 import acpi
 from pykvm.vm.devices.virtio.attach import DiskSpec, VirtioConfig
 from pykvm.vm.machine import Machine, MachineConfig
 
@@ -93,7 +94,7 @@ def test_slots_command_line_and_dsdt(machine_parts):
     kernel, virtio = machine_parts
     with Machine(MachineConfig(kernel=kernel, cmdline="quiet", virtio=virtio)) as machine:
         cmdline = machine.memory.read_cstring(layout.CMDLINE_START, layout.CMDLINE_MAX).decode()
-        dsdt_at = layout.ACPI_TABLES + 0x200
+        dsdt_at = layout.ACPI_TABLES + acpi.DSDT_OFFSET
         length = struct.unpack("<I", machine.memory.read(dsdt_at + 4, 4))[0]
         dsdt = machine.memory.read(dsdt_at, length)
         bases = [base for base, _, device in machine.mmio.devices()]
