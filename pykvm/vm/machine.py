@@ -205,7 +205,7 @@ class Machine:
             "acpi-pm-event": self.pm_event,
             "cmos": self.cmos,
             "pci-config": pci.PciConfigSpace(),
-            "fw-cfg": fw_cfg.FwCfg(self.config.memory,
+            "fw-cfg": fw_cfg.FwCfg(self.config.memory, cpus=self.config.cpus,
                                    files={"etc/e820": fw_cfg.e820_file(self.memory.memory_map())}),
         }
         for name, device in devices.items():

@@ -79,6 +79,7 @@ class FwCfg(BusDevice):
             FW_CFG_MAX_CPUS: struct.pack("<H", max_cpus or cpus),
         }
         self._add_files(files or {})
+        self.key = 0
         self.selected = b""
         self.offset = 0
 
@@ -93,8 +94,18 @@ class FwCfg(BusDevice):
 
     def select(self, key: int) -> None:
         """Choose item `key` (unknown keys read as zeros); reading starts at its first byte."""
-        self.selected = self.items.get(key & SELECTOR_MASK, b"")
+        self.key = key & SELECTOR_MASK
+        self.selected = self.items.get(self.key, b"")
         self.offset = 0
+
+    def get_state(self) -> dict:
+        """The guest-visible state: which item is selected and how far it has been read (the
+        items themselves are the machine's facts, made again when it is built)."""
+        return {"selector": self.key, "offset": self.offset}
+
+    def set_state(self, state: dict) -> None:
+        self.select(state["selector"])
+        self.offset = min(state["offset"], len(self.selected))
 
     def next_byte(self) -> int:
         """The selected item's next byte, 0 once past its end."""
