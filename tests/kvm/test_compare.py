@@ -244,7 +244,7 @@ def test_hello_image_reports_only_what_its_probe_can_and_says_so(store):
     """No shell: `/hello --probe` (its label) gives the kernel, boot_id and hostname, no more."""
     report = _compare(store, "--runs", "1", "--image", "hello")
     box, host = report["container"], report["host"]
-    assert box["command"].endswith("container run --rm hello /hello --probe"), box["command"]
+    assert box["command"].endswith("container run --rm --network none hello /hello --probe"), box["command"]
     assert box["os"]["measured"] is True
     assert box["os"]["kernel"] == host["kernel"] and box["os"]["boot_id"] == host["boot_id"]
     assert box["os"]["same_as_host"] is True
