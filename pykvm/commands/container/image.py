@@ -6,8 +6,10 @@ errors are PyKvmError subclasses, which pykvm.cli.main prints as one line.
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import tarfile
+import zlib
 
 import click
 
@@ -259,6 +261,10 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+# A damaged archive: truncated, or its compression broken (tarfile, gzip, bzip2 and xz raise these).
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
+
+
 def load_archive(store, path: str) -> list[str]:
     """Import every tagged image of an OCI archive; each blob verified before it is stored."""
     from pykvm.container.image.store import REF_NAME, file_digest
@@ -272,12 +278,13 @@ def load_archive(store, path: str) -> list[str]:
                              f"(plain, gzip, bzip2 or xz)") from None
     with tar:
         try:
-            index = json.load(tar.extractfile("index.json"))
-        except (KeyError, ValueError, AttributeError):
-            raise ContainerError(f"{path} is not an OCI archive (no index.json)") from None
+            index = _archive_index(tar, path)
+            members = tar.getmembers()
+        except ARCHIVE_ERRORS as e:
+            raise ContainerError(f"cannot read archive {path}: {e}") from None
         staged = []
         try:
-            for member in tar.getmembers():
+            for member in members:
                 if member.isfile() and member.name.lstrip("./").startswith("blobs/sha256/"):
                     staged.append(_stage_member(store, tar, member))
             for tmp, digest in staged:                  # verify everything before storing anything
@@ -285,6 +292,8 @@ def load_archive(store, path: str) -> list[str]:
                     raise ContainerError(f"{path}: blob {digest} does not match its digest: nothing loaded")
             for tmp, digest in staged:
                 store.adopt(tmp, digest)
+        except ARCHIVE_ERRORS as e:
+            raise ContainerError(f"cannot read archive {path}: {e}") from None
         finally:
             for tmp, _ in staged:
                 if os.path.exists(tmp):
@@ -301,6 +310,17 @@ def load_archive(store, path: str) -> list[str]:
     if not names:
         raise ContainerError(f"{path}: no tagged images (org.opencontainers.image.ref.name) in the archive")
     return names
+
+
+def _archive_index(tar: tarfile.TarFile, path: str) -> dict:
+    """The archive's index.json (image-layout.md), checked: one descriptor per image."""
+    from pykvm.container.image.schema import check_index, parse_document
+    from pykvm.errors import ContainerError
+    try:
+        data = tar.extractfile("index.json").read()
+    except (KeyError, AttributeError):           # no such member, or not a regular file
+        raise ContainerError(f"{path} is not an OCI archive (no index.json)") from None
+    return check_index(parse_document(data, f"{path}: index.json"), f"{path}: index.json")
 
 
 def _stage_member(store, tar: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[str, str]:

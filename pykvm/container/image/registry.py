@@ -47,6 +47,7 @@ from pykvm.container.image.store import (INDEX_TYPES, MANIFEST_TYPES, MEDIA_DOCK
                                    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Image, ImageStore, check_digest,
                                    normalize_name, pick_platform, sha256_digest, split_reference)
 from pykvm.container.image.credentials import Credentials
+from pykvm.container.image.schema import check_config, check_index, check_manifest, parse_document
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["RemoteRef", "parse_remote", "Registry", "push", "pull", "login", "Credentials"]
@@ -448,7 +449,7 @@ def pull(store: ImageStore, remote: str, *, insecure: bool = False, credentials:
     try:
         with Registry(ref.host, insecure=insecure, credentials=credentials) as reg:
             manifest_bytes, media_type = _fetch_image_manifest(reg, ref, scope)
-            manifest = json.loads(manifest_bytes)
+            manifest = parse_document(manifest_bytes, f"{ref}: image manifest")
             _check_manifest(manifest, ref)
             for descriptor in [manifest["config"]] + manifest["layers"]:
                 if store.has_blob(descriptor["digest"]):
@@ -475,7 +476,7 @@ def _fetch_image_manifest(reg: Registry, ref: RemoteRef, scope: str) -> tuple[by
     """The image manifest for ref; through an index (image-index.md) when the registry sends one."""
     body, media_type = reg.get_manifest(ref.repository, ref.reference, scope)
     if media_type in INDEX_TYPES:
-        chosen = pick_platform(json.loads(body))
+        chosen = pick_platform(check_index(parse_document(body, f"{ref}: image index"), f"{ref}: image index"))
         body, media_type = reg.get_manifest(ref.repository, chosen["digest"], scope)
         if media_type not in MANIFEST_TYPES:
             raise ContainerError(f"{ref}: the linux/amd64 entry is not an image manifest")
@@ -484,11 +485,11 @@ def _fetch_image_manifest(reg: Registry, ref: RemoteRef, scope: str) -> tuple[by
 
 def _check_config(path: str, manifest: dict, ref: RemoteRef) -> None:
     """config.md: one diff_id per layer of the manifest."""
-    try:
-        with open(path, "rb") as f:
-            diff_ids = json.load(f)["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError):
-        raise ContainerError(f"{ref}: the image config is malformed (no rootfs.diff_ids)") from None
+    with open(path, "rb") as f:
+        config = check_config(parse_document(f.read(), f"{ref}: image config"), f"{ref}: image config")
+    diff_ids = config.get("rootfs", {}).get("diff_ids")
+    if diff_ids is None:
+        raise ContainerError(f"{ref}: the image config is malformed (no rootfs.diff_ids)")
     if len(diff_ids) != len(manifest["layers"]):
         raise ContainerError(f"{ref}: the config lists {len(diff_ids)} layers, the manifest {len(manifest['layers'])}")
 
@@ -515,15 +516,9 @@ def _stage_blob(store: ImageStore, reg: Registry, repo: str, descriptor: dict, s
 
 def _check_manifest(manifest: dict, ref: RemoteRef) -> None:
     """manifest.md: schemaVersion 2, a config descriptor and layer descriptors with sha256 digests."""
-    try:
-        if manifest["schemaVersion"] != 2:
-            raise ValueError
-        for d in [manifest["config"]] + manifest["layers"]:
-            check_digest(d["digest"])
-            if not isinstance(d["size"], int) or d["size"] < 0:
-                raise ValueError
-    except (KeyError, TypeError, ValueError, ContainerError):
-        raise ContainerError(f"{ref}: malformed image manifest") from None
+    check_manifest(manifest, f"{ref}: image manifest")
+    if manifest.get("schemaVersion") != 2:
+        raise ContainerError(f"{ref}: image manifest has schemaVersion {manifest.get('schemaVersion')!r}, not 2")
 
 
 def _say(log, text: str) -> None:

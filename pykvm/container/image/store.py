@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pykvm.container.image.schema import check_config, check_index, check_manifest, parse_document
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = [
@@ -256,14 +257,14 @@ class ImageStore:
         return data
 
     def read_json(self, digest: str) -> dict:
-        try:
-            return json.loads(self.read_blob(digest))
-        except json.JSONDecodeError as e:
-            raise ContainerError(f"blob {digest} is not JSON: {e}") from None
+        """A blob holding a JSON object (a manifest, an index, a config), or ContainerError."""
+        return parse_document(self.read_blob(digest), f"blob {digest}")
 
     # --- index.json and tags
     def index(self) -> dict:
-        return json.loads((self.layout / "index.json").read_text())
+        """index.json, checked (schema.py): every entry a descriptor."""
+        path = self.layout / "index.json"
+        return check_index(parse_document(path.read_bytes(), str(path)), str(path))
 
     def _save_index(self, index: dict) -> None:
         self._write_atomic(self.layout / "index.json", json.dumps(index, indent=2).encode() + b"\n")
@@ -303,13 +304,15 @@ class ImageStore:
         return self.load(ref, entry)
 
     def load(self, ref: str, entry: dict) -> Image:
+        """The image a tag's index entry names; each document checked before use (schema.py)."""
         manifest = self.read_json(entry["digest"])
         if manifest.get("mediaType", entry.get("mediaType")) in INDEX_TYPES:
-            manifest_digest = pick_platform(manifest)["digest"]
+            manifest_digest = pick_platform(check_index(manifest, f"{ref}: image index"))["digest"]
             manifest = self.read_json(manifest_digest)
         else:
             manifest_digest = entry["digest"]
-        config = self.read_json(manifest["config"]["digest"])
+        check_manifest(manifest, f"{ref}: image manifest")
+        config = check_config(self.read_json(manifest["config"]["digest"]), f"{ref}: image config")
         return Image(ref, manifest_digest, manifest, config)
 
     def images(self) -> list[Image]:
@@ -374,13 +377,16 @@ class ImageStore:
                 continue
             blobs.add(digest)
             doc = self.read_json(digest)                 # an image index or an image manifest
-            pending += [m["digest"] for m in doc.get("manifests", [])]
+            if "manifests" in doc:
+                pending += [m["digest"] for m in check_index(doc, f"blob {digest}")["manifests"]]
             if "layers" in doc:
+                check_manifest(doc, f"blob {digest}")
                 config = doc["config"]["digest"]
                 blobs.add(config)
                 blobs.update(layer["digest"] for layer in doc["layers"])
                 if self.has_blob(config):
-                    diff_ids.update(self.read_json(config).get("rootfs", {}).get("diff_ids", []))
+                    config_doc = check_config(self.read_json(config), f"blob {config}")
+                    diff_ids.update(config_doc.get("rootfs", {}).get("diff_ids", []))
         return blobs, diff_ids
 
     def gc(self) -> list[str]:
@@ -414,8 +420,13 @@ class ImageStore:
         final = self.layers_dir / check_digest(diff_id).split(":", 1)[1]
         if final.exists():
             return str(final)
+        try:
+            blob = open(self.blob_path(descriptor["digest"]), "rb")
+        except FileNotFoundError:
+            raise ContainerError(f"layer {descriptor['digest']} is missing from the store {self.layout} "
+                                 "(pull the image again)") from None
         work = self.temp_dir(prefix="unpack-")
-        with open(self.blob_path(descriptor["digest"]), "rb") as blob:
+        with blob:
             reader = _UncompressedHasher(blob)
             apply_layer(reader, work, overlay=True)
             reader.drain()

@@ -41,7 +41,7 @@ def load_bundle(bundle: str) -> RunConfig:
             spec = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"no config.json in bundle {bundle} (make one with `runc spec`)") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:                       # JSONDecodeError, or UnicodeDecodeError: not UTF-8
         raise ConfigError(f"{path} is not valid JSON: {e}") from None
     return config_from_spec(spec, os.path.abspath(bundle))
 
