@@ -74,7 +74,10 @@ STUBS = 0x800              # one 8-byte exception stub per vector
 STUB_SIZE = 8
 RING0_STACK = 0xF00        # below FLAT_LOAD: where exceptions push their frames
 RING3_STACK = 0x90000      # below the EBDA, RAM in every guest
-TSS_BASE = 0               # pykvm's boot TSS descriptor: base 0, limit 0x67
+USER_TSS = 0x70000         # ring 3's TSS: the ring-0 stack, then an I/O bitmap that allows every port
+TSS_IOMAP_BASE = 0x66      # SDM Vol. 3A, 8.7 (Figure 8-11): where the I/O map base field is
+TSS_SIZE = 0x68            # the 64-bit TSS; the I/O bitmap follows it
+IO_BITMAP_BYTES = 0x2000   # one bit per port, 0 = allowed; then a byte of all-ones ends it
 USER_CODE, USER_DATA = 0x30 | 3, 0x38 | 3   # GDT entries 6 and 7 (entry 5: a 64-bit TSS's upper half)
 VECTORS = 32
 PTE_USER = 1 << 2
@@ -135,16 +138,22 @@ class FuzzMachine(Machine):
                                            for i in range(512)))
 
     def _enter_ring3(self) -> None:
-        """User code and data segments (DPL 3) in the GDT and in the segment registers; a TSS ring-0 stack."""
+        """User code and data segments (DPL 3) in the GDT and the segment registers; a TSS with the
+        ring-0 stack and an I/O bitmap allowing every port (what IOPL 0 then checks)."""
         long_mode = self.guest.mode == "long"
         entries = gdt.boot_gdt(long_mode) + [(0, 0, 0)]
         code = (gdt.CODE64_FLAGS if long_mode else gdt.CODE32_FLAGS) | 0x60
         data = gdt.DATA_FLAGS | 0x60
         entries += [(code, 0, gdt.FLAT_LIMIT), (data, 0, gdt.FLAT_LIMIT)]
+        tss_limit = TSS_SIZE + IO_BITMAP_BYTES
+        entries[4] = (gdt.TSS_FLAGS, USER_TSS, tss_limit)
         self.memory.write(layout.BOOT_GDT, gdt.gdt_bytes(entries))
-        tss = struct.pack("<IQ", 0, RING0_STACK) if long_mode else struct.pack("<III", 0, RING0_STACK, gdt.BOOT_DS)
-        self.memory.write(TSS_BASE, tss)
+        stack = struct.pack("<IQ", 0, RING0_STACK) if long_mode else struct.pack("<III", 0, RING0_STACK, gdt.BOOT_DS)
+        self.memory.write(USER_TSS, stack)
+        self.memory.write(USER_TSS + TSS_IOMAP_BASE, struct.pack("<H", TSS_SIZE))
+        self.memory.write(USER_TSS + tss_limit, b"\xff")        # the bitmap itself is RAM's zeros
         sregs = self.vcpu.get_sregs()
+        gdt.kvm_segment(sregs.tr, gdt.BOOT_TSS, *entries[4])
         sregs.gdt.limit = len(entries) * 8 - 1
         gdt.kvm_segment(sregs.cs, USER_CODE, code, 0, gdt.FLAT_LIMIT)
         for segment in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
@@ -237,7 +246,7 @@ def default_sigint() -> None:
 
 def deadline_for(guest: FuzzGuest) -> float:
     """Long enough for pykvm's watchdog to stop a guest that spins without exits."""
-    return SPIN_DEADLINE if guest.actions[-1] in ("jmp-self", "run-on") else DEADLINE
+    return SPIN_DEADLINE if guest.actions[-1:] in (["jmp-self"], ["run-on"]) else DEADLINE
 
 
 # --- the worker process ----------------------------------------------------------------------

@@ -127,7 +127,7 @@ def generate(seed: str, mode: str | None = None) -> FuzzGuest:
     rng = random.Random(seed)
     mode = mode or rng.choice(MODES)
     ring = 0 if mode == "real" else rng.choice((0, 3))
-    guest = FuzzGuest(seed=seed, mode=mode, ring=ring, iopl=rng.choice((0, 3)),
+    guest = FuzzGuest(seed=seed, mode=mode, ring=ring, iopl=3 if rng.random() < 0.75 else 0,
                       memory=rng.choice(MEMORY_SIZES), handlers=rng.random() < 0.7,
                       code=b"", actions=[])
     enc = Encoder(guest.bits)
