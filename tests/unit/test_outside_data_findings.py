@@ -14,6 +14,7 @@ import pytest
 from pykvm.commands.container.image import load_archive
 from pykvm.container.image import registry
 from pykvm.container.image.build import BuildOptions, Builder
+from pykvm.container.image.dockerfile import BuildFileError, DockerIgnore
 from pykvm.container.image.schema import check_config, check_descriptor, check_index, check_manifest
 from pykvm.container.image.store import ImageStore, resolve_for_run
 from pykvm.container.runtime.bundle import load_bundle
@@ -40,7 +41,7 @@ def manifest(layers=None) -> dict:
             "layers": [{"digest": DIGEST, "size": 1}] if layers is None else layers}
 
 
-# --- Dockerfiles and config.json that are not UTF-8
+# --- Dockerfiles, .dockerignore and config.json
 
 @pytest.mark.parametrize("file", ["Dockerfile", ".dockerignore"])
 def test_a_build_file_that_is_not_utf8_is_one_error(tmp_path, file):
@@ -48,6 +49,14 @@ def test_a_build_file_that_is_not_utf8_is_one_error(tmp_path, file):
     (tmp_path / file).write_bytes(b"FROM scratch\nRUN echo \xff\n")
     with pytest.raises(ContainerError, match=rf"{file}: not UTF-8 text \(byte 0xff at offset 22\)"):
         Builder(ImageStore(tmp_path / "store"), BuildOptions(context=str(tmp_path)))
+
+
+@pytest.mark.parametrize("pattern, problem", [
+    ("[z-a]", "bad character range z-a"), ("[\\]", "unterminated character set"),
+    ("[]", "unterminated character set")])
+def test_a_dockerignore_pattern_that_is_no_pattern_is_one_error(pattern, problem):
+    with pytest.raises(BuildFileError, match=rf".dockerignore:3: syntax error in pattern .*: {problem}"):
+        DockerIgnore(f"*.md\n# comment\n{pattern}\n")
 
 
 def test_a_config_json_that_is_not_utf8_is_one_error(tmp_path):
