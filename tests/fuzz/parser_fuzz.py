@@ -28,11 +28,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "container"), str(ROOT)]
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "container"), str(HERE.parent / "unit"), str(ROOT)]
 
 __all__ = ["TARGETS", "seeds", "run_one", "main"]
 
@@ -192,6 +193,41 @@ def check_gdb_packets(data: bytes) -> None:
     events = Framer().feed(frame(escape(payload)))
     assert [type(e) for e in events] == [Packet], (payload, events)
     assert unescape(events[0].payload) == payload, (payload, events)
+
+
+GDB_PACKETS = [b"qSupported:multiprocess+;swbreak+;hwbreak+;xmlRegisters=i386", b"?", b"Hg0", b"Hc-1", b"g",
+               b"G" + b"00" * 64, b"p10", b"P10=0010000000000000", b"m1000,40", b"M1000,2:9090",
+               b"X1000,2:}\x03}]", b"Z0,1000,1", b"z0,1000,1", b"Z2,200000,8", b"z2,200000,8",
+               b"qXfer:features:read:target.xml:0,ffb", b"qfThreadInfo", b"qsThreadInfo", b"qC",
+               b"T1", b"vCont?", b"vCont;s:1;c", b"s", b"c1000", b"qAttached", b"QStartNoAckMode"]
+_gdb_stub = None
+
+
+def gdb_stub():
+    """One stub, served by a stand-in vCPU over real guest memory (the test suite's), kept across inputs."""
+    global _gdb_stub
+    if _gdb_stub is None:
+        from test_gdb_stub import StandInVcpu, build_page_tables
+        from pykvm.vm.gdb import GdbStub, listen
+        from pykvm.vm.memory import GuestMemory
+
+        memory = GuestMemory(8 << 20)
+        _gdb_stub = GdbStub(listen("127.0.0.1:0"), [StandInVcpu(build_page_tables(memory))], memory,
+                            kick=lambda: None, stop=lambda status: None, exit_requested=lambda: False,
+                            wait=False, watch_by_stepping=False, block_irq=True)
+        _gdb_stub.connection = types.SimpleNamespace(ack_mode=True)   # handlers run for a connected client
+    return _gdb_stub
+
+
+@target("gdb-handlers", lambda: [b"\x00".join(GDB_PACKETS)])
+def check_gdb_handlers(data: bytes) -> None:
+    """Every packet a client can send, one handler per letter: a reply or an action, never an exception."""
+    from pykvm.vm.gdb.handlers import Detach, Kill, Resume
+
+    handlers = gdb_stub().handlers
+    for payload in data.split(b"\x00")[:64]:
+        result = handlers.handle(payload)
+        assert isinstance(result, (bytes, Resume, Detach, Kill)), (payload, result)
 
 
 # --- the container path's inputs ----------------------------------------------------------------
@@ -375,6 +411,7 @@ def fuzz_one(name: str, libfuzzer_args: list[str]) -> None:
         import pykvm.vm.boot.bzimage  # noqa: F401
         import pykvm.vm.boot.cpio  # noqa: F401
         import pykvm.vm.boot.pvh  # noqa: F401
+        import pykvm.vm.gdb.handlers  # noqa: F401
         import pykvm.vm.gdb.packets  # noqa: F401
     atheris.Setup([sys.argv[0], *libfuzzer_args, str(corpus_dir(name))], lambda data: run_one(name, data))
     atheris.Fuzz()
