@@ -388,9 +388,9 @@ def seeds(name: str) -> list[bytes]:
     return TARGETS[name].make_seeds()
 
 
-def corpus_dir(name: str) -> Path:
-    """A corpus directory holding the target's seeds (libFuzzer adds what it finds)."""
-    path = CORPUS / name
+def corpus_dir(name: str, path: Path | None = None) -> Path:
+    """A corpus directory holding the target's seeds (libFuzzer adds what it finds there)."""
+    path = path or CORPUS / name
     path.mkdir(parents=True, exist_ok=True)
     for i, seed in enumerate(seeds(name)):
         (path / f"seed-{i}").write_bytes(seed)
@@ -398,7 +398,11 @@ def corpus_dir(name: str) -> Path:
 
 
 def fuzz_one(name: str, libfuzzer_args: list[str]) -> None:
-    """Run atheris on one target (this process; libFuzzer exits when done)."""
+    """Run atheris on one target (this process; libFuzzer exits when done).
+
+    The corpus is .cache/fuzz/corpus/TARGET, growing from run to run, unless a
+    directory is named among the arguments (a fresh one gives a repeatable run).
+    """
     import atheris
 
     with atheris.instrument_imports(include=["pykvm"]):
@@ -413,7 +417,10 @@ def fuzz_one(name: str, libfuzzer_args: list[str]) -> None:
         import pykvm.vm.boot.pvh  # noqa: F401
         import pykvm.vm.gdb.handlers  # noqa: F401
         import pykvm.vm.gdb.packets  # noqa: F401
-    atheris.Setup([sys.argv[0], *libfuzzer_args, str(corpus_dir(name))], lambda data: run_one(name, data))
+    options = [arg for arg in libfuzzer_args if arg.startswith("-")]
+    named = [Path(arg) for arg in libfuzzer_args if not arg.startswith("-")]
+    corpus = corpus_dir(name, named[0] if named else None)
+    atheris.Setup([sys.argv[0], *options, str(corpus)], lambda data: run_one(name, data))
     atheris.Fuzz()
 
 

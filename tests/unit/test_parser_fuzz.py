@@ -35,7 +35,8 @@ def test_seeds_pass_the_oracle(name):
 @pytest.mark.parametrize("name", parser_fuzz.TARGETS)
 def test_short_seeded_fuzz_run(name, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "parser_fuzz.py"), name,
-                           f"-runs={SAMPLE_RUNS}", "-seed=1", "-max_len=4096", f"-artifact_prefix={tmp_path}/"],
+                           f"-runs={SAMPLE_RUNS}", "-seed=1", "-max_len=4096", f"-artifact_prefix={tmp_path}/",
+                           str(tmp_path / "corpus")],           # the seeds alone: the same run every time
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Done {SAMPLE_RUNS} runs" in done.stderr, done.stderr[-3000:]
