@@ -214,8 +214,10 @@ def run_cli(seed: str) -> Outcome:
     """A real-mode guest through `python -m pykvm boot --format raw`, as a user runs it.
 
     At its deadline it gets SIGINT (a user's Ctrl-C): pykvm must then end with
-    "pykvm: interrupted" and 130.  Any exit must be a documented status with at
-    most one line of pykvm's own on stderr, and never a traceback.
+    130 ("pykvm: aborted"; "interrupted" while it is still starting).  Any exit
+    must be a documented status, with at most one error line on stderr (a
+    GuestError's register dump follows it) and never a traceback.  Status 1 is
+    a GuestError, or debug-exit's (0 << 1) | 1.
     """
     guest = generate(seed, mode="real")
     with tempfile.NamedTemporaryFile(suffix=".bin") as f:
