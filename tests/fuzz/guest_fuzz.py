@@ -179,12 +179,15 @@ def classify_status(status: int) -> str:
 
 GUEST_ERRORS = [("triple fault", "triple-fault"), ("KVM internal error", "internal-error"),
                 ("halted with interrupts disabled", "halted-if0"), ("no VM exit for", "stall"),
-                ("KVM could not enter", "fail-entry"), ("unhandled VM exit", "unhandled-exit"),
-                ("panicked", "panic-reset")]
+                ("KVM could not enter", "fail-entry"), ("unhandled VM exit", "unhandled-exit")]
+PANIC_RESET = "the guest kernel panicked"   # a warm reset (BDA 0x472 = 0x1234): Machine._guest_reset
 
 
 def classify_error(error: PyKvmError) -> str:
+    """A GuestError with its register dump, by reason; anything else is a finding."""
     text = str(error)
+    if isinstance(error, GuestError) and text.startswith(PANIC_RESET):
+        return "panic-reset"                      # the guest's own log says why: no dump
     if isinstance(error, GuestError) and text.startswith("VM stopped: ") and "rip=" in text:
         return next((kind for key, kind in GUEST_ERRORS if key in text), "guest-error")
     return f"FINDING-{type(error).__name__}"      # status 1 or 2 without a register dump
