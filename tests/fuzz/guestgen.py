@@ -43,6 +43,7 @@ IO_SIZES = (1, 2, 4)
 MMIO_SIZES = (1, 2, 4, 8)
 ACPI_POWER_OFF = 0x2000          # PM1a_CNT: SLP_EN, sleep type 0 (S5)
 I8042_RESET = 0xFE               # i8042 command: pulse the CPU reset line
+WARM_RESET = 0x1234              # BDA reset flag for a warm boot (what a panicking Linux leaves)
 INTERESTING_MSRS = (0x10, 0x1B, 0x3A, 0x174, 0x175, 0x176, 0x277, 0x2FF, 0xC0000080,
                     0xC0000081, 0xC0000082, 0xC0000100, 0xC0000101, 0xC0000102, 0x4B564D00,
                     0x4B564D01, 0x4B564D02, 0x4B564D03, 0x4B564D04, 0x40000000, 0x6E0)
@@ -269,6 +270,14 @@ def act_privileged(rng, enc: Encoder, guest) -> bytes:
     return fixed[kind]
 
 
+def act_warm_reset_flag(rng, enc: Encoder, guest) -> bytes:
+    """The BIOS warm-reset word (BDA 0x472 = 0x1234): with an i8042 reset, a 'panic' to pykvm."""
+    if enc.bits == 16:
+        return b"\xc7\x06" + struct.pack("<HH", layout.BDA_RESET_FLAG, WARM_RESET)      # mov word [0x472]
+    absolute = b"\x04\x25" if enc.bits == 64 else b"\x05"                               # [disp32]
+    return b"\xc7" + absolute + struct.pack("<II", layout.BDA_RESET_FLAG, WARM_RESET)  # mov dword [0x472]
+
+
 def act_random_bytes(rng, enc: Encoder, guest) -> bytes:
     return rng.randbytes(rng.randint(1, 48))
 
@@ -284,6 +293,7 @@ ACTION_TABLE = [
     ("rep-movs-mmio", act_rep_movs_mmio, 3),
     ("privileged", act_privileged, 4),
     ("random-bytes", act_random_bytes, 2),
+    ("warm-reset-flag", act_warm_reset_flag, 1),
 ]
 ACTIONS = [(name, fn) for name, fn, _ in ACTION_TABLE]
 
