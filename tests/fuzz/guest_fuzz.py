@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import selectors
@@ -61,6 +62,7 @@ __all__ = ["run_guest", "fuzz", "main"]
 DEADLINE = 1.5             # seconds a guest may run before the host stops it (an idle guest)
 SPIN_DEADLINE = 8.0        # for a guest that may spin without exits: pykvm's watchdog stops it first
 INTERRUPTED_STATUS = 130   # `pykvm boot` after Ctrl-C (SIGINT)
+VM_POLL = 0.02             # seconds between looks at a CLI sample's fds for its VM
 STALL_TIMEOUT = 1.0        # pykvm's --stall-timeout: a guest spinning without exits is stopped
 GRACE = 60.0               # seconds past the deadline before the worker counts as hung
 DEADLINE_STATUS = -1       # Machine.stop() status used by the host deadline
@@ -231,6 +233,7 @@ def run_cli(seed: str) -> Outcome:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, cwd=ROOT, preexec_fn=default_sigint)
         try:
+            wait_for_vm(proc)
             _, err = proc.communicate(timeout=deadline_for(guest))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGINT)
@@ -242,6 +245,21 @@ def run_cli(seed: str) -> Outcome:
         return Outcome(kind="FINDING-cli", status=status, detail=err[-3000:])
     kind = {0: "status-0", INTERRUPTED_STATUS: "interrupted"}.get(status, "guest-error" if errors else "debug-exit")
     return Outcome(kind=f"cli:{kind}", status=status, detail="")
+
+
+def wait_for_vm(proc: subprocess.Popen, timeout: float = GRACE) -> None:
+    """Until `proc` holds a KVM VM fd (or has ended): the deadline counts from the VM, not from exec.
+
+    A SIGINT before that lands in Python's own start-up (site.py), which
+    ends any Python program with "Fatal Python error"; pykvm's part of
+    start-up, the CLI's imports, is tested alone (tests/unit/test_cli_interrupt.py).
+    """
+    fds, deadline = Path(f"/proc/{proc.pid}/fd"), time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if any("kvm-vm" in os.readlink(fd) for fd in fds.iterdir()):
+                return
+        time.sleep(VM_POLL)
 
 
 def default_sigint() -> None:
