@@ -24,6 +24,7 @@ help:
 	@echo "make test-hw run the VM tests on hardware-style KVM (an L1 under QEMU TCG if needed)"
 	@echo "make bench   run the benchmarks in tests/bench/ side by side with their peers"
 	@echo "make kvm-unit-tests  the KVM developers' x86 test suite under QEMU and pykvm, side by side"
+	@echo "make fuzz    fuzz every parser of outside data (atheris); make fuzz-guest: random hostile guests"
 	@echo "make linux-guest  fetch Debian's kernel and build a busybox initramfs (pykvm boot linux)"
 	@echo "make clean   remove build products (keeps .venv/)"
 
@@ -73,6 +74,16 @@ test-unit: venv
 test-hw: venv guests
 	-$(MAKE) linux-guest
 	$(PY) tests/hw/lane.py -- $(PYTEST_ARGS)
+
+# Fuzzing (docs/40-reliability.md): each bounded by count and time; FUZZ_ARGS / FUZZ_GUEST_ARGS override.
+FUZZ_ARGS ?= --runs 10000 --seed 1
+FUZZ_GUEST_ARGS ?= --count 1000 --seconds 900 --seed 1
+.PHONY: fuzz fuzz-guest
+fuzz: venv guests
+	$(PY) tests/fuzz/parser_fuzz.py --all $(FUZZ_ARGS)
+
+fuzz-guest: venv
+	$(PY) tests/fuzz/guest_fuzz.py $(FUZZ_GUEST_ARGS)
 
 bench: venv guests
 	$(PY) tests/bench/run.py

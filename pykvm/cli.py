@@ -17,6 +17,9 @@ from pykvm.commands.lazy import LazyGroup
 
 __all__ = ["main", "cli"]
 
+# A process's exit status is 8 bits (wait(2)): larger statuses end as their low byte, as in C.
+EXIT_STATUS_MASK = 0xFF
+
 # Subcommands that live in their own modules, loaded only when invoked.
 LAZY_COMMANDS = {
     "boot": "pykvm.commands.boot:boot",
@@ -66,19 +69,20 @@ def _exit_now(code) -> None:
     import os
     import threading
 
-    if threading.active_count() > 1 or sys.getprofile() or sys.gettrace():
-        sys.exit(code)      # threads to wait for; or `python -m cProfile/pdb ...`, which write
-                            # their results after the module returns: the normal exit
     if code is not None and not isinstance(code, int):      # sys.exit("message")
         print(code, file=sys.stderr)
         code = 1
+    code = (code or 0) & EXIT_STATUS_MASK   # debug-exit's (V << 1) | 1 can be 33 bits wide
+    if threading.active_count() > 1 or sys.getprofile() or sys.gettrace():
+        sys.exit(code)      # threads to wait for; or `python -m cProfile/pdb ...`, which write
+                            # their results after the module returns: the normal exit
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):                      # a closed pipe: nothing to save
             pass
-    os._exit(code or 0)
+    os._exit(code)
 
 
 def _run(argv: list[str] | None) -> None:

@@ -31,3 +31,12 @@ def test_bad_input_keeps_its_status_and_one_line():
     done = _pykvm("boot", "--mem", "banana")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("pykvm: error:"), done.stderr
+
+
+def test_a_status_wider_than_8_bits_ends_as_its_low_byte():
+    """debug-exit's (V << 1) | 1 for V = 0xffffffff is 33 bits: the process status is 0xff, as
+    QEMU's exit() gives, not an OverflowError (found by the guest fuzzer)."""
+    for code, status in ((2**33 - 1, 0xFF), (0x101, 1), (-1, 0xFF)):
+        done = subprocess.run([sys.executable, "-c", f"from pykvm.cli import _exit_now; _exit_now({code})"],
+                              capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stderr) == (status, ""), (code, done)

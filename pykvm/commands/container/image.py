@@ -6,6 +6,7 @@ errors are PyKvmError subclasses, which pykvm.cli.main prints as one line.
 from __future__ import annotations
 
 import json
+import lzma
 import os
 
 import click

@@ -136,13 +136,9 @@ class Builder:
         if not os.path.isdir(self.context):
             raise ContainerError(f"build context {options.context} is not a directory")
         path = options.dockerfile or os.path.join(self.context, "Dockerfile")
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ContainerError(f"cannot read {path}: {e.strerror}") from None
-        self.file: Dockerfile = parse_dockerfile(text, os.path.basename(path))
+        self.file: Dockerfile = parse_dockerfile(_read_text(path), os.path.basename(path))
         ignore = Path(self.context, ".dockerignore")
-        self.ignore = DockerIgnore(ignore.read_text() if ignore.exists() else "")
+        self.ignore = DockerIgnore(_read_text(ignore) if ignore.exists() else "")
         self.cache = self._load_cache()
         self.used_args: set[str] = set()
         self.state: BuildState | None = None
@@ -831,6 +827,16 @@ def _duration_ns(text: str, file: Dockerfile, ins: Instruction) -> int:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise file.error(ins, f"{text!r} is not a duration (e.g. 30s, 1m30s)")
     return int(sum(float(n) * units[u] for n, u in parts))
+
+
+def _read_text(path) -> str:
+    """A Dockerfile or .dockerignore: UTF-8 text (as BuildKit reads it), or one clear error."""
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise ContainerError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ContainerError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
 
 
 def _empty_config() -> dict:

@@ -296,7 +296,7 @@ class DockerIgnore:
 
     def __init__(self, text: str = ""):
         self.rules: list[tuple[bool, re.Pattern]] = []
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -304,7 +304,10 @@ class DockerIgnore:
             pattern = posixpath.normpath(line.lstrip("!").strip()).lstrip("/")
             if pattern == ".":
                 continue
-            self.rules.append((exclude, re.compile(_pattern_regex(pattern))))
+            try:
+                self.rules.append((exclude, re.compile(_pattern_regex(pattern))))
+            except re.error as e:                 # `[]`, `[z-a]`, `[\]`: as Docker, a syntax error
+                raise BuildFileError(".dockerignore", number, f"syntax error in pattern {line!r}: {e.msg}") from None
 
     def ignored(self, path: str) -> bool:
         parts = path.split("/")

@@ -51,6 +51,7 @@ from pykvm.container.image.store import (INDEX_TYPES, MANIFEST_TYPES, MEDIA_DOCK
                                          host_platform, normalize_name, parse_platform, pick_platform,
                                          sha256_digest, split_reference)
 from pykvm.container.image.credentials import Credentials
+from pykvm.container.image.schema import check_config, check_index, check_manifest, parse_document
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["RemoteRef", "parse_remote", "Registry", "push", "pull", "login", "Credentials"]
@@ -522,11 +523,11 @@ def _fetch_image_manifest(reg: Registry, ref: RemoteRef, scope: str,
 
 def _check_config(path: str, manifest: dict, ref: RemoteRef) -> None:
     """config.md: one diff_id per layer of the manifest."""
-    try:
-        with open(path, "rb") as f:
-            diff_ids = json.load(f)["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError):
-        raise ContainerError(f"{ref}: the image config is malformed (no rootfs.diff_ids)") from None
+    with open(path, "rb") as f:
+        config = check_config(parse_document(f.read(), f"{ref}: image config"), f"{ref}: image config")
+    diff_ids = config.get("rootfs", {}).get("diff_ids")
+    if diff_ids is None:
+        raise ContainerError(f"{ref}: the image config is malformed (no rootfs.diff_ids)")
     if len(diff_ids) != len(manifest["layers"]):
         raise ContainerError(f"{ref}: the config lists {len(diff_ids)} layers, the manifest {len(manifest['layers'])}")
 
@@ -553,15 +554,9 @@ def _stage_blob(store: ImageStore, reg: Registry, repo: str, descriptor: dict, s
 
 def _check_manifest(manifest: dict, ref: RemoteRef) -> None:
     """manifest.md: schemaVersion 2, a config descriptor and layer descriptors with sha256 digests."""
-    try:
-        if manifest["schemaVersion"] != 2:
-            raise ValueError
-        for d in [manifest["config"]] + manifest["layers"]:
-            check_digest(d["digest"])
-            if not isinstance(d["size"], int) or d["size"] < 0:
-                raise ValueError
-    except (KeyError, TypeError, ValueError, ContainerError):
-        raise ContainerError(f"{ref}: malformed image manifest") from None
+    check_manifest(manifest, f"{ref}: image manifest")
+    if manifest.get("schemaVersion") != 2:
+        raise ContainerError(f"{ref}: image manifest has schemaVersion {manifest.get('schemaVersion')!r}, not 2")
 
 
 def _say(log, text: str) -> None:

@@ -32,6 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pykvm.container.image.schema import check_config, check_index, check_manifest, parse_document
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = [
@@ -286,14 +287,14 @@ class ImageStore:
         return data
 
     def read_json(self, digest: str) -> dict:
-        try:
-            return json.loads(self.read_blob(digest))
-        except json.JSONDecodeError as e:
-            raise ContainerError(f"blob {digest} is not JSON: {e}") from None
+        """A blob holding a JSON object (a manifest, an index, a config), or ContainerError."""
+        return parse_document(self.read_blob(digest), f"blob {digest}")
 
     # --- index.json and tags
     def index(self) -> dict:
-        return json.loads((self.layout / "index.json").read_text())
+        """index.json, checked (schema.py): every entry a descriptor."""
+        path = self.layout / "index.json"
+        return check_index(parse_document(path.read_bytes(), str(path)), str(path))
 
     def _save_index(self, index: dict) -> None:
         self._write_atomic(self.layout / "index.json", json.dumps(index, indent=2).encode() + b"\n")
@@ -463,13 +464,16 @@ class ImageStore:
                 continue
             blobs.add(digest)
             doc = self.read_json(digest)                 # an image index or an image manifest
-            pending += [m["digest"] for m in doc.get("manifests", [])]
+            if "manifests" in doc:
+                pending += [m["digest"] for m in check_index(doc, f"blob {digest}")["manifests"]]
             if "layers" in doc:
+                check_manifest(doc, f"blob {digest}")
                 config = doc["config"]["digest"]
                 blobs.add(config)
                 blobs.update(layer["digest"] for layer in doc["layers"])
                 if self.has_blob(config):
-                    diff_ids.update(self.read_json(config).get("rootfs", {}).get("diff_ids", []))
+                    config_doc = check_config(self.read_json(config), f"blob {config}")
+                    diff_ids.update(config_doc.get("rootfs", {}).get("diff_ids", []))
         return blobs, diff_ids
 
     def gc(self) -> list[str]:

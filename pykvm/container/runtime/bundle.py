@@ -55,7 +55,7 @@ def load_bundle(bundle: str) -> RunConfig:
             spec = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"no config.json in bundle {bundle} (make one with `runc spec`)") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:                       # JSONDecodeError, or UnicodeDecodeError: not UTF-8
         raise ConfigError(f"{path} is not valid JSON: {e}") from None
     except RecursionError:
         raise ConfigError(f"{path} is nested too deeply to be a runtime config") from None
