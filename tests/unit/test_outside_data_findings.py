@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from pykvm.commands.container.image import load_archive
+from pykvm.container.image.archive import load_archive
 from pykvm.container.image import registry
 from pykvm.container.image.build import BuildOptions, Builder
 from pykvm.container.image.dockerfile import BuildFileError, DockerIgnore
@@ -135,7 +135,7 @@ def test_an_archive_index_that_is_not_an_object_is_one_error(tmp_path):
         tar.addfile(info, io.BytesIO(b"[]"))
     archive = tmp_path / "image.tar"
     archive.write_bytes(buf.getvalue())
-    with pytest.raises(ContainerError, match="index.json is malformed: the document is a list"):
+    with pytest.raises(ContainerError, match="index.json is not an image index"):
         load_archive(ImageStore(tmp_path / "store"), str(archive))
 
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import os
 import posixpath
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 
 from pykvm.container.image.store import (INDEX_TYPES, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX,
@@ -134,8 +136,8 @@ def load_archive(store: ImageStore, path: str, label: str | None = None) -> list
     tar = _open(path, label)
     staging = _Staging(store, label)
     with tar:
-        members = _members(tar)
         try:
+            members = _members(tar)
             if DOCKER_MANIFEST in members:
                 images = _load_docker(tar, members, staging)
             elif "index.json" in members:
@@ -144,6 +146,9 @@ def load_archive(store: ImageStore, path: str, label: str | None = None) -> list
                 raise ContainerError(f"{label} is neither an OCI archive (index.json) "
                                      f"nor a docker archive (manifest.json)")
             staging.commit()
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:
+            raise ContainerError(f"cannot read archive {label}: it is damaged or cut short ({e}): "
+                                 "nothing loaded") from None
         finally:
             staging.discard()
     names = []

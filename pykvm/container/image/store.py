@@ -358,13 +358,15 @@ class ImageStore:
         return self.load(ref, entry)
 
     def load(self, ref: str | None, entry: dict) -> Image:
+        label = ref or entry.get("digest", "?")
         manifest = self.read_json(entry["digest"])
         if manifest.get("mediaType", entry.get("mediaType")) in INDEX_TYPES:
-            manifest_digest = self._present_platform(manifest)["digest"]
+            manifest_digest = self._present_platform(check_index(manifest, f"{label}: image index"))["digest"]
             manifest = self.read_json(manifest_digest)
         else:
             manifest_digest = entry["digest"]
-        config = self.read_json(manifest["config"]["digest"])
+        check_manifest(manifest, f"{label}: image manifest")
+        config = check_config(self.read_json(manifest["config"]["digest"]), f"{label}: image config")
         return Image(ref or NONE, manifest_digest, manifest, config,
                      (entry.get("annotations") or {}).get(REPO_DIGEST))
 
