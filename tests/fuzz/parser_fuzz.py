@@ -354,7 +354,7 @@ def archive_seeds() -> list[bytes]:
 @target("oci-archive", archive_seeds)
 def check_oci_archive(data: bytes) -> None:
     """`pykvm container load FILE`: an OCI archive's index.json and blobs, into a store."""
-    from pykvm.commands.container.image import load_archive
+    from pykvm.container.image.archive import load_archive
     from pykvm.container.image.store import ImageStore
 
     with sandbox() as base:
