@@ -102,6 +102,7 @@ def test_snapshot_restore_snapshot_again_restore_again(snapshot, tmp_path):
         assert BANNER not in vm.text
 
 
+@pytest.mark.slow                      # 20 VMs at once: a load test, not a semantics test
 def test_many_clones_from_one_snapshot_all_answer(snapshot):
     """CLONES VMs restored at once share the snapshot's memory file; each one answers for itself."""
     clones = [restore(snapshot["dir"]) for _ in range(CLONES)]
