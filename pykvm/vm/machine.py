@@ -67,6 +67,7 @@ log = logging.getLogger("pykvm.vm.machine")
 DEFAULT_MEMORY = 128 << 20
 MAX_CPUS = 64         # a sane limit for one Python thread per vCPU (KVM's own is KVM_CAP_NR_VCPUS)
 KICK_SIGNAL = signal.SIGUSR1   # interrupts a vCPU thread's KVM_RUN (EINTR); its handler does nothing
+VCPU_WAIT_POLL = 0.1           # seconds: run() looks this often whether the vCPU threads ended
 
 # The port-I/O map, as on a PC (each device module names its own base and length).
 PORTS = {
@@ -341,18 +342,19 @@ class Machine:
         One thread per vCPU; this thread waits for them all.  An error on any
         vCPU stops the others and is raised here; so is Ctrl-C (KeyboardInterrupt).
         """
+        self._finished = {vcpu.id: threading.Event() for vcpu in self.vcpus}
         threads = [threading.Thread(target=self._vcpu_thread, args=(vcpu,), name=f"vcpu{vcpu.id}",
                                     daemon=True) for vcpu in self.vcpus]
         try:
             for thread in threads:
                 thread.start()
-            for thread in threads:
-                thread.join()
+            self._wait_for_vcpu_threads()
         except BaseException:
             self.stop(1)
-            for thread in threads:
-                if thread.is_alive():
-                    thread.join()
+            for vcpu, thread in zip(self.vcpus, threads):
+                if thread.ident is None:                   # never started: nothing to wait for
+                    self._finished[vcpu.id].set()
+            self._wait_for_vcpu_threads(interruptible=False)
             raise
         finally:
             if self.gdb is not None:
@@ -362,6 +364,18 @@ class Machine:
         if self._error is not None:
             raise self._error
         return self.exit_status
+
+    def _wait_for_vcpu_threads(self, interruptible: bool = True) -> None:
+        """Until every vCPU thread has ended.  Each says so through its own Event: after a
+        KeyboardInterrupt inside Thread.join(), CPython 3.11 may report a thread that still
+        runs as stopped, and a vCPU thread must never outlive the VM it drives."""
+        for finished in self._finished.values():
+            while not finished.is_set():
+                try:
+                    finished.wait(VCPU_WAIT_POLL)
+                except KeyboardInterrupt:
+                    if interruptible:
+                        raise                          # run() stops the VM, then waits again
 
     def _vcpu_thread(self, vcpu) -> None:
         """The body of vCPU `vcpu`'s host thread: its run loop, registered for kicks."""
@@ -380,6 +394,7 @@ class Machine:
             watchdog.stop()
             with self._lock:
                 del self._threads[vcpu.id]
+            self._finished[vcpu.id].set()
 
     def _run_loop(self, vcpu, trace: bool, watchdog: Watchdog) -> None:
         vcpu_run, pio, mmio = vcpu.run, self.pio, self.mmio

@@ -5,6 +5,8 @@ import signal
 import stat
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +201,36 @@ def test_a_guest_talking_to_a_closed_pipe_is_stopped(tmp_path):
         proc.kill()
         proc.wait()
     assert b"Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.slow                      # a dozen Ctrl-Cs, a second or two each
+def test_ctrl_c_to_an_idle_guest_ends_pykvm_cleanly(tmp_path):
+    """Ctrl-C while the vCPU thread idles in `sti; hlt` and its watchdog looks at it: status
+    130 and one line, every time.  (A KeyboardInterrupt inside Thread.join() once let run()
+    return while the vCPU thread still ran: it then touched a closed vCPU, or a kick arrived
+    after Python had reset SIGUSR1 at exit and killed pykvm with it.)"""
+    guest = tmp_path / "idle.bin"
+    guest.write_bytes(bytes([0xFB, 0xF4]))            # sti; hlt
+    for delay in [1.0 + 0.17 * i for i in range(12)]:   # all around the watchdog's looks (1 s apart)
+        proc = subprocess.Popen([sys.executable, "-m", "pykvm", "boot", "--kernel", str(guest),
+                                 "--format", "raw", "--mem", "4M"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        _wait_for_a_vm(proc)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert (proc.returncode, err.decode().strip()) == (130, "pykvm: aborted"), (delay, proc.returncode, err)
+
+
+def _wait_for_a_vm(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until `proc` holds a KVM VM fd: from then on, a Ctrl-C reaches a running machine."""
+    fds, deadline = Path(f"/proc/{proc.pid}/fd"), time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if any("kvm-vm" in os.readlink(fd) for fd in fds.iterdir()):
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"pykvm made no VM in {timeout} s (status {proc.poll()})")
