@@ -152,6 +152,7 @@ class TestLog:
 def append_test_log(path: Path, event: str, subject: str, text: str | None = None) -> None:
     """One line of TestLog's file, on disk before this returns (L1 may hang next)."""
     line = f"{event}\t{subject}" + ("" if text is None else f"\t{json.dumps(text)}")
+    path.parent.mkdir(parents=True, exist_ok=True)     # a fresh clone has no .cache/hw yet
     with open(path, "a", encoding="utf-8") as log:
         log.write(line + "\n")
         log.flush()

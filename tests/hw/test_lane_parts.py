@@ -334,3 +334,10 @@ def test_a_fifth_hang_still_prints_the_reports(tmp_path, capsys):
 def test_a_report_cut_short_by_a_hang_still_names_its_test(tmp_path):
     (tmp_path / "tests.log").write_text('report\ta::b\t"call: Trace\n')
     assert lane.failure_reports(tmp_path / "tests.log")[0].nodeid.startswith("a::b")
+
+
+def test_the_test_log_makes_its_folder(tmp_path):
+    """A fresh clone has no .cache/hw: the lane's first log line must not fail on it."""
+    path = tmp_path / "fresh" / ".cache" / "hw" / "tests.log"
+    lane.append_test_log(path, "boot", "1")
+    assert path.read_text() == "boot\t1\n"
