@@ -201,6 +201,7 @@ def test_bad_device_words_are_reported_one_line_each():
         "no disks (the VMM names them on the command line: virtio_mmio.device=SIZE@BASE:IRQ)"]
 
 
+@pytest.mark.slow      # QEMU with 5 GiB: more RAM than the lane's L1 has (2 GiB); runs on the host
 def test_devices_below_4_gib_with_ram_above_it(image):
     """With 5 GiB, the kernel's 2 MiB pages cover the hole below 4 GiB: mmio_map splits one."""
     session = microvm("dwrite 2 high;dread 2;poweroff", [Disk(image)], mem="5G")
