@@ -68,7 +68,7 @@ def test_timer_and_serial_input_reach_the_cpu_on_microvm():
 
 
 def test_tiny_finds_the_disk_qemu_named_on_its_command_line(image):
-    session = microvm("info;disk;poweroff", [Disk(image)])
+    session = microvm("info;disk;dread 0;dread 1;dread 2;disk;poweroff", [Disk(image)])
     cmdline = next(line for line in output_of(session, "info") if line.startswith("cmdline:"))
     words = DEVICE_WORD.findall(cmdline)
     assert len(words) == 1, f"QEMU appended no device word: {cmdline!r}"
@@ -76,9 +76,17 @@ def test_tiny_finds_the_disk_qemu_named_on_its_command_line(image):
     assert f"virtio-blk vda: {SECTORS} sectors, read-write, at {base} irq {irq}" in session.lines
     first, second = output_of(session, "disk")
     assert first == f"vda: {SECTORS} sectors (1024 KiB), read-write, flush, id 'tinydisk0'"
-    interrupts = re.fullmatch(rf"     virtio-mmio at {base}, irq {irq}, interrupts: (\d+)", second)
-    assert interrupts, second
-    assert int(interrupts.group(1)) >= 1, "GET_ID completed without an interrupt"
+    # The count after GET_ID and three reads.  The driver halts until an
+    # interrupt and looks at the used ring, so a request also completes
+    # when only the timer wakes it: what shows the device's interrupt
+    # reaches tiny is a count above zero.  (Once in a full run on
+    # PVM-backed KVM, GET_ID alone finished with a count of 0, so the test
+    # does not rest on one interrupt.)
+    last = session.lines[max(i for i, line in enumerate(session.lines)
+                             if line.startswith("     virtio-mmio at "))]
+    interrupts = re.fullmatch(rf"     virtio-mmio at {base}, irq {irq}, interrupts: (\d+)", last)
+    assert interrupts, last
+    assert int(interrupts.group(1)) >= 1, f"four requests and no interrupt: {session.console}"
 
 
 def test_a_written_sector_is_in_the_image_after_poweroff(image):
