@@ -1,7 +1,8 @@
 """pykvm's page-table walk (pykvm.vm.gdb.paging) against KVM's own, KVM_TRANSLATE.
 
-The tiny kernel is stopped by a hardware breakpoint (DR0, KVM_SET_GUEST_DEBUG)
-in its syscall handler while a user program runs, so CR3 holds that
+The tiny kernel is stopped by a breakpoint in its syscall handler while a user
+program runs (a DR0 breakpoint where KVM honours one, else an int3: the probes
+in hwdebug.py), so CR3 holds that
 program's PML4: the kernel's supervisor-only identity map (PML4 entry 0, with
 page 0 left out) and the program's user pages at 512 GiB (PML4 entry 1).
 For each address both walks must agree on whether it is mapped and where.
@@ -12,11 +13,12 @@ import pytest
 
 from pykvm.vm.gdb.debugregs import EXEC, DebugRegisters
 from pykvm.vm.gdb.paging import PagingState, UnmappedAddress, translate
+from pykvm.vm.gdb.swbreak import INT3
 from pykvm.vm.kvm import Debug, IoIn, IoOut
 from pykvm.vm.kvm.bindings import lib
 from pykvm.vm.machine import Machine, MachineConfig
 from gdbsession import symbol
-from hwdebug import hardware_breakpoint_problem
+from hwdebug import hardware_breakpoint_problem, int3_breakpoint_problem
 from tinyvm import build_tiny
 
 pytestmark = pytest.mark.kvm
@@ -24,19 +26,24 @@ pytestmark = pytest.mark.kvm
 
 @pytest.fixture(autouse=True)
 def breakpoints_stop_guests():
-    """stop_at below uses DR0: where KVM ignores it, this test cannot run."""
-    if (problem := hardware_breakpoint_problem()) is not None:
-        pytest.skip(problem)
+    """stop_at below uses DR0 or int3: where KVM stops a guest neither way, this test cannot run."""
+    if hardware_breakpoint_problem() is not None and int3_breakpoint_problem() is not None:
+        pytest.skip(f"{hardware_breakpoint_problem()}; and {int3_breakpoint_problem()}")
 
 USER_BASE = 0x0000_0080_0000_0000        # guests/tiny/memlayout.h
 MAX_EXITS = 2_000_000
 
 
 def stop_at(machine: Machine, address: int) -> None:
-    """Run until the vCPU reaches `address` (a DR0 breakpoint), serving port I/O on the way."""
-    slots = DebugRegisters()
-    slots.insert(address, EXEC, 1)
-    machine.vcpu.set_guest_debug(lib.KVM_GUESTDBG_ENABLE | lib.KVM_GUESTDBG_USE_HW_BP, slots.debugreg())
+    """Run until the vCPU reaches kernel `address` (DR0 or int3), serving port I/O on the way."""
+    if hardware_breakpoint_problem() is None:
+        slots = DebugRegisters()
+        slots.insert(address, EXEC, 1)
+        machine.vcpu.set_guest_debug(lib.KVM_GUESTDBG_ENABLE | lib.KVM_GUESTDBG_USE_HW_BP,
+                                     slots.debugreg())
+    else:                                       # the kernel is identity-mapped: virtual = physical
+        machine.memory.write(address, bytes([INT3]))
+        machine.vcpu.set_guest_debug(lib.KVM_GUESTDBG_ENABLE | lib.KVM_GUESTDBG_USE_SW_BP)
     for _ in range(MAX_EXITS):
         exit = machine.vcpu.run()
         match exit:

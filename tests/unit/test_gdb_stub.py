@@ -15,7 +15,8 @@ from pykvm.vm.gdb import KILL_STATUS, GdbStub, listen
 from pykvm.vm.gdb.packets import Framer, Packet, frame
 from pykvm.vm.gdb.paging import (CR0_PG, CR4_PAE, EFER_LMA, PagingState, UnmappedAddress, read_virtual,
                               translate)
-from pykvm.vm.gdb.stub import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP
+from pykvm.vm.gdb.stub import GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP, GUESTDBG_USE_HW_BP, GUESTDBG_USE_SW_BP
+from pykvm.vm.gdb.swbreak import BP_VECTOR, INT3
 from pykvm.vm.gdb.tdesc import REGISTERS, TARGET_XML
 from pykvm.vm.kvm import Debug
 from pykvm.vm.kvm.bindings import ffi
@@ -56,6 +57,7 @@ class StandInVcpu:
             paging.cr0, paging.cr3, paging.cr4, paging.efer)
         self.fpu.fcw = 0x37F
         self.guest_debug = []
+        self.events = bytes(64)             # struct kvm_vcpu_events: nothing pending
         self.immediate_exit = False
 
     def get_regs(self):
@@ -74,6 +76,12 @@ class StandInVcpu:
 
     def set_guest_debug(self, control, debugreg=None):
         self.guest_debug.append((control, list(debugreg or [])))
+
+    def get_vcpu_events(self):
+        return self.events
+
+    def set_vcpu_events(self, data):
+        self.events = data
 
 
 class Client:
@@ -110,14 +118,20 @@ def memory():
 
 
 @pytest.fixture
-def session(memory):
+def int3():
+    """Breakpoints in debug registers (PVM's path); the int3 tests parametrize this to True."""
+    return False
+
+
+@pytest.fixture
+def session(memory, int3):
     """A stub stopped on its vCPU (served by a thread standing in for the vCPU thread), and a client."""
     paging = build_page_tables(memory)
     vcpu = StandInVcpu(paging)
     stopped = []
     stub = GdbStub(listen("127.0.0.1:0"), [vcpu], memory, kick=lambda: None, stop=stopped.append,
                    exit_requested=lambda: bool(stopped), wait=False, watch_by_stepping=False,
-                   block_irq=True)
+                   block_irq=True, int3_breakpoints=int3)
     client = Client(stub.address)
     wait_for(lambda: stub.client_connected, timeout=5)
     serving = threading.Thread(target=stub.vcpu_interrupted, args=(vcpu,), daemon=True)
@@ -300,6 +314,65 @@ def test_a_debug_exit_becomes_the_stop_reply_gdb_waits_for(session, z, dr6, expe
     assert client.ask(b"?") == expected
     client.send(b"c")
     again.join(timeout=5)
+
+
+SOFTWARE = pytest.mark.parametrize("int3", [True], ids=["int3"])
+
+
+@SOFTWARE
+def test_an_int3_breakpoint_is_in_memory_but_not_in_what_gdb_reads(session, memory):
+    stub, vcpu, client, _, _ = session
+    memory.write(PAGE_4K_PHYS, bytes.fromhex("554889e5"))            # push rbp; mov rbp, rsp
+    assert client.ask(b"Z0,%x,1" % (CODE + 1)) == b"OK"
+    assert memory.read(PAGE_4K_PHYS, 4) == bytes([0x55, INT3, 0x89, 0xE5])
+    assert client.ask(b"m%x,4" % CODE) == b"554889e5"                  # the saved byte, shown
+    assert client.ask(b"M%x,2:9090" % CODE) == b"OK"                  # gdb writes over it
+    assert memory.read(PAGE_4K_PHYS, 2) == bytes([0x90, INT3]), "the int3 must stay in"
+    assert client.ask(b"z0,%x,1" % (CODE + 1)) == b"OK"
+    assert memory.read(PAGE_4K_PHYS, 4) == bytes.fromhex("909089e5")  # what gdb wrote, back
+    assert not stub.debugregs, "an int3 breakpoint takes no debug register"
+
+
+@SOFTWARE
+def test_int3_breakpoints_have_no_limit_of_four_and_unmapped_is_an_error(session, memory):
+    _, _, client, _, _ = session
+    for n in range(8):
+        assert client.ask(b"Z0,%x,1" % (CODE + n)) == b"OK"
+    assert memory.read(PAGE_4K_PHYS, 8) == bytes([INT3]) * 8
+    assert client.ask(b"Z0,%x,1" % HIGH) == b"E16"                     # not mapped: nothing written
+
+
+@SOFTWARE
+def test_continue_arms_use_sw_bp_and_detach_takes_every_int3_out(session, memory):
+    stub, vcpu, client, serving, _ = session
+    memory.write(PAGE_4K_PHYS, b"\x55")
+    assert client.ask(b"Z0,%x,1" % CODE) == b"OK"
+    client.send(b"c")
+    serving.join(timeout=5)
+    control, _ = vcpu.guest_debug[-1]
+    assert control & (GUESTDBG_ENABLE | GUESTDBG_USE_SW_BP) == GUESTDBG_ENABLE | GUESTDBG_USE_SW_BP
+    assert not control & GUESTDBG_USE_HW_BP
+    exit = Debug(exception=BP_VECTOR, pc=CODE, dr6=0xFFFF0FF0, dr7=0)
+    again = threading.Thread(target=stub.vcpu_debug_exit, args=(vcpu, exit), daemon=True)
+    again.start()
+    assert client.reply() == b"T05swbreak:;thread:01;"
+    client.send(b"D")
+    again.join(timeout=5)
+    assert memory.read(PAGE_4K_PHYS, 1) == b"\x55" and vcpu.guest_debug[-1][0] == 0
+
+
+@SOFTWARE
+def test_the_guests_own_int3_goes_back_to_the_guest(session, memory):
+    stub, vcpu, client, serving, _ = session
+    memory.write(PAGE_4K_PHYS + 0x10, bytes([INT3]))                   # the guest's own, not gdb's
+    assert client.ask(b"Z0,%x,1" % CODE) == b"OK"
+    client.send(b"c")
+    serving.join(timeout=5)
+    stub.vcpu_debug_exit(vcpu, Debug(exception=BP_VECTOR, pc=CODE + 0x10, dr6=0xFFFF0FF0, dr7=0))
+    assert vcpu.events[:4] == bytes([1, BP_VECTOR, 0, 0]), "#BP injected for the guest's handler"
+    vcpu.events = bytes(64)
+    stub.vcpu_debug_exit(vcpu, Debug(exception=BP_VECTOR, pc=CODE + 0x20, dr6=0xFFFF0FF0, dr7=0))
+    assert vcpu.events == bytes(64), "no int3 there any more (gdb took it out): just run on"
 
 
 def test_a_client_vanishing_while_the_guest_runs_disarms_debugging(session):

@@ -9,12 +9,11 @@ a single step (EFLAGS.TF) sets BS, bit 14.  Under KVM_GUESTDBG_USE_HW_BP, KVM
 loads pykvm's DR0-DR7 while the guest runs and reports each #DB as
 KVM_EXIT_DEBUG instead of delivering it.
 
-Why breakpoints (gdb's Z0 as well as Z1) use debug registers here: a software
-breakpoint is an int3 (0xCC) written over the code, and KVM_GUESTDBG_USE_SW_BP
-turns the #BP into an exit.  On PVM-backed KVM the guest kernel runs in KVM's
-instruction emulator, which cannot execute int3: the vCPU never reports it.
-Debug registers work on PVM and on hardware alike, at the price of four
-breakpoints and watchpoints together.
+gdb's hardware breakpoints (Z1) and watchpoints (Z2, Z4) always live here.
+Its software breakpoints (Z0) are int3 written over the code (swbreak.py),
+except on PVM-backed KVM: there the guest kernel runs in KVM's instruction
+emulator, which cannot execute int3 (the vCPU never reports it), so Z0 comes
+here too, at the price of four breakpoints and watchpoints together.
 """
 from __future__ import annotations
 

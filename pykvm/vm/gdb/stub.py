@@ -13,10 +13,16 @@ KVM_SET_GUEST_DEBUG and KVM_EXIT_DEBUG):
     serves gdb's packets until gdb resumes, detaches or kills: all-stop mode,
     like QEMU's gdbstub.  Other vCPUs park while one serves.
 
-One gdb thread per vCPU: thread id n is vCPU n-1.  Breakpoints and
-watchpoints go into the debug registers of every vCPU (debugregs.py says
-why even gdb's "software" breakpoints do).  Write watchpoints take one of two
-paths, chosen once per VM:
+One gdb thread per vCPU: thread id n is vCPU n-1.  gdb's breakpoints take
+one of two paths, chosen once per VM:
+
+  * int3 written over the code (swbreak.py), where the CPU runs the guest
+    kernel itself (hardware KVM: VMX, SVM): as many as gdb likes;
+  * the debug registers of every vCPU, on PVM-backed KVM, whose instruction
+    emulator cannot execute int3 (debugregs.py): four at most.
+
+Hardware breakpoints (hbreak, Z1) and watchpoints use the debug registers.
+Write watchpoints take one of two paths, chosen once per VM too:
 
   * debug registers (R/W = 01), where the CPU checks data breakpoints for
     every instruction (hardware KVM: VMX, SVM);
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 
 from pykvm.errors import ConfigError
 from pykvm.vm.gdb import debugregs
+from pykvm.vm.gdb.swbreak import BP_VECTOR, INT3, SoftwareBreakpoints, give_back_to_guest
 from pykvm.vm.gdb.connection import DISCONNECTED, Connection
 from pykvm.vm.gdb.handlers import (ANY_THREAD, E_INVALID, E_NO_SPACE, EMPTY, OK, STEP, WATCH_KINDS, Z_ACCESS,
                                 Z_HARDWARE, Z_READ, Z_SOFTWARE, Z_WRITE, Detach, Handlers, Kill, Resume)
@@ -59,6 +66,7 @@ SIGINT, SIGTRAP = 2, 5      # signal numbers in stop replies ("Stop Reply Packet
 # KVM_SET_GUEST_DEBUG control bits (api.rst, 4.59), from <linux/kvm.h> and <asm/kvm.h>.
 GUESTDBG_ENABLE, GUESTDBG_SINGLESTEP = lib.KVM_GUESTDBG_ENABLE, lib.KVM_GUESTDBG_SINGLESTEP
 GUESTDBG_USE_HW_BP, GUESTDBG_BLOCKIRQ = lib.KVM_GUESTDBG_USE_HW_BP, lib.KVM_GUESTDBG_BLOCKIRQ
+GUESTDBG_USE_SW_BP = lib.KVM_GUESTDBG_USE_SW_BP
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -106,13 +114,14 @@ class GdbStub:
     """The gdb server of one VM; the machine's run loop calls the vcpu_* hooks."""
 
     def __init__(self, server: socket.socket, vcpus: list, memory, *, kick, stop, exit_requested,
-                 wait: bool, watch_by_stepping: bool, block_irq: bool):
+                 wait: bool, watch_by_stepping: bool, block_irq: bool, int3_breakpoints: bool = False):
         self.server, self.vcpus, self.memory = server, vcpus, memory
         self._kick, self._stop_vm, self._exit_requested = kick, stop, exit_requested
         self.wait, self.watch_by_stepping, self.block_irq = wait, watch_by_stepping, block_irq
         self.connection: Connection | None = None
         self.handlers = Handlers(self)
         self.debugregs = debugregs.DebugRegisters()
+        self.swbreaks = SoftwareBreakpoints(memory) if int3_breakpoints else None
         self.breakpoint_kind: dict[int, str] = {}      # address -> "swbreak"/"hwbreak" stop reason
         self.watches: list[Watch] = []                   # stepping watchpoints (PVM)
         self.current_thread = 1                          # Hg: registers and memory
@@ -136,13 +145,18 @@ class GdbStub:
         KVM_CAP_SET_GUEST_DEBUG2 lists the control bits KVM accepts: with
         BLOCKIRQ a single step stays in the code instead of entering the
         timer's handler.  PVM (kvm_backend) has no data breakpoints in the
-        guest kernel: watchpoints single-step there.
+        guest kernel and cannot run int3 there: watchpoints single-step and
+        breakpoints use debug registers.  Elsewhere breakpoints are int3,
+        if KVM takes USE_SW_BP (a KVM without SET_GUEST_DEBUG2 lists
+        nothing, and every x86 KVM with guest debugging has it).
         """
         kvm.require("KVM_CAP_SET_GUEST_DEBUG", "--gdb")
         supported = kvm.check_extension("KVM_CAP_SET_GUEST_DEBUG2")
+        pvm = kvm_backend().startswith("PVM")
+        int3 = not pvm and (supported == 0 or bool(supported & GUESTDBG_USE_SW_BP))
         return cls(listen(address), vcpus, memory, kick=kick, stop=stop, exit_requested=exit_requested,
-                   wait=wait, watch_by_stepping=kvm_backend().startswith("PVM"),
-                   block_irq=bool(supported & GUESTDBG_BLOCKIRQ))
+                   wait=wait, watch_by_stepping=pvm, block_irq=bool(supported & GUESTDBG_BLOCKIRQ),
+                   int3_breakpoints=int3)
 
     @property
     def client_connected(self) -> bool:
@@ -171,10 +185,14 @@ class GdbStub:
         return RegisterFile(self._vcpu())
 
     def read_memory(self, address: int, length: int) -> bytes:
-        return read_virtual(self.memory, PagingState.of(self._vcpu()), address, length)
+        """Guest memory as gdb should see it: without the int3 bytes of its own breakpoints."""
+        data = read_virtual(self.memory, PagingState.of(self._vcpu()), address, length)
+        return self.swbreaks.shadow(address, data) if self.swbreaks else data
 
     def write_memory(self, address: int, data: bytes) -> None:
         write_virtual(self.memory, PagingState.of(self._vcpu()), address, data)
+        if self.swbreaks:
+            self.swbreaks.rewritten(address, data)      # keep our int3 over what gdb wrote
 
     def insert_point(self, ztype: int, address: int, kind: int) -> bytes:
         """Z packets: breakpoints and watchpoints, in debug registers or by stepping."""
@@ -184,6 +202,12 @@ class GdbStub:
             if ztype == Z_ACCESS:
                 return EMPTY             # a read cannot be seen by comparing bytes
             return self._insert_watch(address, kind)
+        if ztype == Z_SOFTWARE and self.swbreaks is not None:
+            try:
+                self.swbreaks.insert(PagingState.of(self._vcpu()), address)
+            except UnmappedAddress:
+                return E_INVALID
+            return OK
         if ztype not in (Z_SOFTWARE, Z_HARDWARE, Z_WRITE, Z_ACCESS):
             return EMPTY
         try:
@@ -199,6 +223,9 @@ class GdbStub:
     def remove_point(self, ztype: int, address: int, kind: int) -> bytes:
         if ztype == Z_WRITE and self.watch_by_stepping:
             self.watches = [w for w in self.watches if (w.address, w.length) != (address, kind)]
+            return OK
+        if ztype == Z_SOFTWARE and self.swbreaks is not None:
+            self.swbreaks.remove(address)
             return OK
         if ztype not in (Z_SOFTWARE, Z_HARDWARE, Z_WRITE, Z_ACCESS):
             return EMPTY
@@ -275,6 +302,8 @@ class GdbStub:
         if self.connection is None or self.connection.closed:
             self._drop_client()                          # the client left while the guest ran
             return
+        if exit.exception == BP_VECTOR and self._not_ours(vcpu, exit.pc):
+            return
         index = self.vcpus.index(vcpu)
         reply = self._stop_reply(index, exit)
         if reply is not None:
@@ -288,9 +317,29 @@ class GdbStub:
             self.connection.send(b"W%02x" % (status & 0xFF))
         self.close()
 
+    def _not_ours(self, vcpu, pc: int) -> bool:
+        """An int3 exit that gdb did not ask for: handle it, and say so.
+
+        The guest's own int3 goes back to the guest.  An int3 that is no
+        longer in memory was one of gdb's, taken out while this vCPU was on
+        its way here (another vCPU stopped first): rip still points at it,
+        so resuming runs the instruction that is there again.
+        """
+        if self.swbreaks is None or pc in self.swbreaks:
+            return False
+        try:
+            still_there = read_virtual(self.memory, PagingState.of(vcpu), pc, 1) == bytes([INT3])
+        except UnmappedAddress:
+            still_there = False
+        if still_there:
+            give_back_to_guest(vcpu)
+        return True
+
     # --- stopping and serving --------------------------------------------------------------
     def _stop_reply(self, index: int, exit) -> bytes | None:
         thread = b"thread:%02x;" % (index + 1)
+        if exit.exception == BP_VECTOR:
+            return b"T%02xswbreak:;%s" % (SIGTRAP, thread)
         for n in debugregs.hit_slots(exit.dr6):
             slot = self.debugregs.slots[n]
             if slot is None:
@@ -407,6 +456,8 @@ class GdbStub:
             control = 0
             if attached and self.debugregs:
                 control |= GUESTDBG_ENABLE | GUESTDBG_USE_HW_BP
+            if attached and self.swbreaks:
+                control |= GUESTDBG_ENABLE | GUESTDBG_USE_SW_BP
             if attached and n in self._stepping:
                 control |= GUESTDBG_ENABLE | GUESTDBG_SINGLESTEP
                 if self.block_irq:
@@ -425,6 +476,8 @@ class GdbStub:
         if self.connection is not None:
             self.connection.close()
         self.debugregs.clear()
+        if self.swbreaks is not None:
+            self.swbreaks.clear()
         self.breakpoint_kind.clear()
         self.watches.clear()
         self._stepping.clear()
