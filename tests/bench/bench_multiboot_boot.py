@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kvm"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "kvm")]
 from bench_tiny_boot import measure  # noqa: E402  (spawn-to-exit timing, warm-up run first)
 
 GUEST_DIR = Path(__file__).resolve().parents[2] / "guests" / "multiboot"

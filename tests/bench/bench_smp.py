@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kvm"))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent / "kvm")]
 import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
 
 SCRIPT = "run=uptime;run busy busy;uptime;poweroff"

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kvm"))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent / "kvm")]
 import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
 
 IMAGE_MIB = 64                      # sequential reads wrap around at its end
