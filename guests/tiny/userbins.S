@@ -19,3 +19,4 @@ userprog_\name\()_end:
     USERPROG fault
     USERPROG busy
     USERPROG counter
+    USERPROG flood

@@ -15,6 +15,7 @@ DECLARE(sleeper);
 DECLARE(fault);
 DECLARE(busy);
 DECLARE(counter);
+DECLARE(flood);
 
 const struct userprog userprogs[] = {
     ENTRY(hello, "print a greeting and the pid, exit 0"),
@@ -24,6 +25,7 @@ const struct userprog userprogs[] = {
     ENTRY(fault, "read kernel memory from ring 3: a page fault"),
     ENTRY(busy, "compute 4 rounds, saying on which CPU (run two on two CPUs)"),
     ENTRY(counter, "print 'count N' every 200 ms, forever (run with &)"),
+    ENTRY(flood, "write 64 KiB of text to the console, as fast as it goes"),
 };
 const int userprog_count = ARRAY_SIZE(userprogs);
 

@@ -73,7 +73,7 @@ def ticks(line: str) -> int:
 
 def test_boots_and_powers_off_with_status_0(shell):
     assert shell.lines[0] == "tiny 1.0: booting", shell.console
-    banner = re.fullmatch(r"tiny 1\.0: (\d+) MiB RAM, 1 CPU, timer 100 Hz, 7 user programs\. Type 'help'\.",
+    banner = re.fullmatch(r"tiny 1\.0: (\d+) MiB RAM, 1 CPU, timer 100 Hz, 8 user programs\. Type 'help'\.",
                           shell.lines[1])
     assert banner and MEM_MIB - 2 <= int(banner.group(1)) <= MEM_MIB, shell.lines[1]
     assert shell.lines[-1] == "tiny$ poweroff", shell.console[-300:]
@@ -122,7 +122,7 @@ def test_run_hello_in_user_mode(shell):
 
 def test_run_lists_programs_and_rejects_unknown(shell):
     names = [line.split()[0] for line in output_of(shell, "run")]
-    assert names == ["hello", "ping", "pong", "sleeper", "fault", "busy", "counter"]
+    assert names == ["hello", "ping", "pong", "sleeper", "fault", "busy", "counter", "flood"]
     assert output_of(shell, "run bogus") == ["run: no program 'bogus' (try 'run' for a list)"]
     assert output_of(shell, "frobnicate") == ["frobnicate: unknown command (try 'help')"]
 

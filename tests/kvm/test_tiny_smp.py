@@ -58,7 +58,7 @@ def vmm(request) -> str:
 
 def test_the_kernel_finds_and_starts_both_cpus(vmm):
     run = session(vmm, 2)
-    assert re.fullmatch(r"tiny 1\.0: \d+ MiB RAM, 2 CPUs, timer 100 Hz, 7 user programs\. Type 'help'\.",
+    assert re.fullmatch(r"tiny 1\.0: \d+ MiB RAM, 2 CPUs, timer 100 Hz, 8 user programs\. Type 'help'\.",
                         run.lines[1]), run.lines[:3]
     first = output_of(run, "cpus")
     assert first[0] == "2 CPUs in the ACPI MADT, 2 running", first
