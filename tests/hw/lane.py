@@ -90,6 +90,8 @@ def stages(args: argparse.Namespace) -> list[Stage]:
 
 # --- running the tests (in L1, or directly on hardware KVM) ------------------
 
+L1_TEST_TIMEOUT = 900    # seconds per test in the lane (PYKVM_TEST_TIMEOUT; 300 on the host)
+
 def run_tests(markers: str, junit: Path, pytest_args: list[str],
               progress: Path | None = None) -> int:
     """pytest on the tests `markers` selects, junit XML to `junit`; pytest's exit status.
@@ -98,8 +100,12 @@ def run_tests(markers: str, junit: Path, pytest_args: list[str],
     left out, and each test's start and outcome are added to it (TestLog)."""
     import pytest        # in-process: one interpreter start less, seconds under TCG
     os.chdir(ROOT)
+    # Under TCG a Linux guest that prints its whole boot log takes minutes, longer
+    # still when the host is busy: the per-test limit (tests/conftest.py) that
+    # catches a hung guest is wider here.  --durations shows where the time went.
+    os.environ.setdefault("PYKVM_TEST_TIMEOUT", str(L1_TEST_TIMEOUT))
     plugins = [TestLog(progress)] if progress else []
-    return int(pytest.main(["-m", markers, "-p", "no:cacheprovider",
+    return int(pytest.main(["-m", markers, "-p", "no:cacheprovider", "--durations=15",
                             f"--junitxml={junit}", *pytest_args], plugins=plugins))
 
 
