@@ -9,7 +9,12 @@ Reported as min/median/max per side and the ratio of medians.  Goals (issue 2):
 exits/s >= 0.95x C; create-to-HLT <= 1.5x C.  Nothing here asserts: a
 benchmark reports, tests decide.
 
-    .venv/bin/python tests/bench/bench_vmm.py [--runs 5] [--exits 200000]
+With --profile N, one more pykvm run of the exit loop under cProfile prints
+the N functions with the most time of their own: where an exit's time goes
+beyond the C peer's (which is KVM's own round trip plus a switch on the exit
+reason).  cProfile slows every Python call, so read its shares, not its total.
+
+    .venv/bin/python tests/bench/bench_vmm.py [--runs 5] [--exits 200000] [--profile 15]
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +58,33 @@ def python_exits(guest: Path) -> tuple[int, float]:
         m.run()
         elapsed = time.perf_counter() - start
     return 0, elapsed
+
+
+def profile_exits(guest: Path, exits: int, top: int) -> None:
+    """The exit loop once under cProfile: per-exit time, and the `top` functions by own time."""
+    import cProfile
+    import pstats
+
+    # The exit loop runs on the vCPU's own thread (one per vCPU), and cProfile sees only
+    # the thread that enables it: so it is enabled inside every thread the run starts.
+    profiler = cProfile.Profile()
+    original_run = threading.Thread.run
+
+    def profiled_run(thread):
+        profiler.enable()
+        try:
+            original_run(thread)
+        finally:
+            profiler.disable()
+
+    threading.Thread.run = profiled_run
+    try:
+        elapsed = python_exits(guest)[1]
+    finally:
+        threading.Thread.run = original_run
+    print(f"Profile of one pykvm run ({exits} exits, {elapsed / exits * 1e6:.1f} us per exit "
+          "under cProfile), by own time:")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(top)
 
 
 def c_exits(peer: Path, guest: Path) -> float:
@@ -94,6 +127,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--exits", type=int, default=200_000)
     parser.add_argument("--creates", type=int, default=50)
+    parser.add_argument("--profile", type=int, metavar="N", default=0,
+                        help="also profile one pykvm run and print its N costliest functions")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -110,12 +145,16 @@ def main() -> None:
         for _ in range(args.runs):  # interleaved too, in rounds
             py_create += python_create_to_hlt(per_round)
             c_create += c_create_to_hlt(peer, per_round)
+        if args.profile:
+            profile_exits(guest, exits, args.profile)
 
     print(f"VM exits per second ({exits} exits per run, {args.runs} runs each)")
     print(f"  pykvm (Python) {summary(py_rates, 1e-3, 'k exits/s')}")
     print(f"  C peer         {summary(c_rates, 1e-3, 'k exits/s')}")
     print(f"  ratio pykvm/C (medians): {statistics.median(py_rates) / statistics.median(c_rates):.2f}x"
           "   goal >= 0.95x")
+    print(f"  per exit: pykvm {1e6 / statistics.median(py_rates):.1f} us, "
+          f"C {1e6 / statistics.median(c_rates):.1f} us")
     print(f"Create VM + vCPU + 2 MiB memory, run to first HLT ({args.creates} runs each)")
     print(f"  pykvm (Python) {summary(py_create, 1e3, 'ms')}")
     print(f"  C peer         {summary(c_create, 1e3, 'ms')}")
