@@ -177,6 +177,9 @@ def test_linux_finds_two_vcpus_and_computes_on_both(bzimage, initramfs):
         ticks = re.search(rb"cpu-ticks: (\d+) (\d+) \.", vm.output[at - len("cpu-ticks: "):])
         assert ticks, vm.output[-1000:].decode(errors="replace")
         cpu0, cpu1 = map(int, ticks.groups())
-        assert cpu0 >= 100 and cpu1 >= 100, (cpu0, cpu1)     # >= 1 s of the 3 s on each CPU
+        # Both loops ran at once, one per CPU: each CPU spent a good share of the 3 s in user
+        # mode (with one CPU the second would show ~0).  Not all of it: in the lane both
+        # vCPUs are threads of a TCG guest on a host that may be busy (93 of 300 ticks seen).
+        assert cpu0 >= 50 and cpu1 >= 50, (cpu0, cpu1)       # >= 0.5 s of the 3 s on each CPU
         vm.send("poweroff -f")
         assert vm.wait(timeout=60) == 0, vm.output[-2000:].decode(errors="replace")
