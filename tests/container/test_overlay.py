@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from pykvm.container.runtime.container import RunConfig, launch, run_build_step
+from pykvm.container.image.runconfig import run_build_step
+from pykvm.container.runtime.container import RunConfig, launch
 from pykvm.container.runtime.state import StateStore
 
 pytestmark = pytest.mark.root

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from pykvm.container.image.runconfig import command_line, config_from_image
 from pykvm.container.runtime import bundle, cgroups, rootfs, container as runtime
 from pykvm.container.runtime.cgroups import CgroupV1, CgroupV2, Limits
 from pykvm.errors import ConfigError, ContainerError
@@ -255,11 +256,11 @@ def test_config_from_image_orders_layers_top_first(tmp_path):
         env = ["PATH=/bin", "A=1"]
         working_dir = "/srv"
         user = "7:8"
-    cfg = runtime.config_from_image(Image(), ["given"])
+    cfg = config_from_image(Image(), ["given"])
     assert cfg.lower_dirs == ["/l/top", "/l/mid", "/l/base"]
     assert cfg.args == ["/bin/ep", "given"]
     assert (cfg.cwd, cfg.uid, cfg.gid, cfg.env) == ("/srv", 7, 8, ["PATH=/bin", "A=1"])
-    assert runtime.config_from_image(Image()).args == ["/bin/ep", "default"]
+    assert config_from_image(Image()).args == ["/bin/ep", "default"]
 
 
 def test_state_root_override(monkeypatch, tmp_path):
@@ -406,7 +407,7 @@ def test_recorded_cgroup_join_files_are_the_containers_own(tmp_path):
     ([], "", ["default"]),                                    # "" clears ENTRYPOINT, CMD stays
     (["given"], "", ["given"])])
 def test_command_line_follows_docker_s_entrypoint_rules(args, new, argv):
-    assert runtime.command_line(["/bin/ep", "-x"], ["default"], args, new) == argv
+    assert command_line(["/bin/ep", "-x"], ["default"], args, new) == argv
 
 
 @pytest.mark.parametrize("text, lines, expected", [

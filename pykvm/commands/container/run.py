@@ -47,7 +47,7 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
     except ImportError:
         raise ContainerError(f"no image store yet: cannot run image {image!r}; "
                              f"run a directory with --rootfs DIR instead") from None
-    from pykvm.container.runtime.container import config_from_image
+    from pykvm.container.image.runconfig import config_from_image
     return config_from_image(resolve_for_run(image), args, entrypoint)
 
 
@@ -98,7 +98,8 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         from pykvm.container.runtime.namespaces import check_hostname
         check_hostname(hostname)
     if rootfs:
-        cfg = runtime.RunConfig(args=runtime.command_line([], [], args, entrypoint), rootfs=rootfs)
+        from pykvm.container.image.runconfig import command_line
+        cfg = runtime.RunConfig(args=command_line([], [], args, entrypoint), rootfs=rootfs)
     elif args:
         cfg = _image_config(args[0], args[1:], entrypoint)
     else:

@@ -36,23 +36,8 @@ master (SCM_RIGHTS) from init out to the launcher, which connects it to your
 terminal; with -d -t to the monitor, which copies it to container.log; for
 `oci create` to the --console-socket the caller listens on.
 
-The contract with the image store (pykvm.container.image.store)
----------------------------------------------------------
-`pykvm container run IMAGE` calls `pykvm.container.image.store.resolve_for_run(name)`,
-which returns an object with these attributes:
-
-    layers       list[str]  unpacked layer directories, LOWEST FIRST
-    entrypoint   list[str]  image config Entrypoint
-    cmd          list[str]  image config Cmd
-    env          list[str]  "KEY=VALUE" strings
-    working_dir  str        "/" if unset
-    user         str        "", "uid", "uid:gid" or a name from the image's /etc/passwd
-
-`config_from_image(image, ...)` turns it into a RunConfig whose `lower_dirs`
-are the layers top first (overlayfs's lowerdir order) with a fresh writable
-upper layer in the container's state directory.  Image builds call
-`run_build_step(rootfs, argv, env, cwd, user) -> int` to run one RUN step with
-`rootfs` itself writable.  Library users call `run_container(RunConfig) -> int`.
+Library users call `run_container(RunConfig) -> int`; an image becomes a RunConfig on the
+image side (pykvm.container.image.runconfig), which the runtime never imports.
 """
 from __future__ import annotations
 
@@ -73,8 +58,8 @@ from pykvm.container.runtime import capabilities as caps
 from pykvm.container.runtime import namespaces as ns
 from pykvm.container.runtime import rootfs as fs
 from pykvm.container.runtime.cgroups import Cgroup, close_all, join, open_cgroup
-from pykvm.container.runtime.config import (DEFAULT_ENV, DEFAULT_NAMESPACES, DEFAULT_UMASK, RunConfig,
-                                            check_env, default_caps, merge_env, process_defaults)
+from pykvm.container.runtime.config import (DEFAULT_ENV, DEFAULT_UMASK, RunConfig, check_env, merge_env,
+                                            process_defaults)
 from pykvm.container.runtime.hooks import hooks_from_json, hooks_to_json, run_hooks
 from pykvm.container.runtime.state import (ContainerState, StateStore, new_id, oci_state_json,
                                            process_start_time, stat_field, stat_fields)
@@ -87,12 +72,11 @@ from pykvm.errors import ConfigError, ContainerError, PyKvmError, SyscallError
 if TYPE_CHECKING:
     import socket  # annotations only: the -t code imports it (and terminal.py) when used
 
-__all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "config_from_image",
-           "run_build_step", "parse_user", "resolve_user", "ExecUser", "DEFAULT_ENV", "FOREGROUND",
+__all__ = ["RunConfig", "RunResult", "Container", "run_container", "launch", "parse_user", "resolve_user", "ExecUser", "DEFAULT_ENV", "FOREGROUND",
            "DETACHED", "CREATED", "become_container_process", "fork_command", "new_session_keyring",
            "owned_by", "oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
            "remove_container", "wait_stopped", "process_defaults",
-           "merge_env", "check_env", "command_line"]
+           "merge_env", "check_env"]
 
 # What pykvm-init passes on to the command: every signal a process can catch (SIGCHLD
 # is init's own), real-time ones too, as tini and Docker's --init do.
@@ -1045,49 +1029,6 @@ def run_container(config: RunConfig, store: StateStore | None = None) -> int:
             return e.exit_code
         raise
     return container.wait().exit_code
-
-
-def command_line(entrypoint: list[str], cmd: list[str], args: list[str] | None = None,
-                 new_entrypoint: str | None = None) -> list[str]:
-    """The argv a container runs: Docker's rules for ENTRYPOINT, CMD, `run --entrypoint`
-    and the arguments after the image (moby daemon's merge of user and image config):
-
-        no --entrypoint        ENTRYPOINT + (args or CMD)
-        --entrypoint PROG      PROG + args              (the image's CMD is dropped too)
-        --entrypoint ""        args or CMD              (no ENTRYPOINT at all)
-    """
-    args = list(args or [])
-    if new_entrypoint is None:
-        return list(entrypoint) + (args or list(cmd))
-    if new_entrypoint == "":
-        return args or list(cmd)
-    return [new_entrypoint] + args
-
-
-def config_from_image(image, args: list[str] | None = None, entrypoint: str | None = None,
-                      **overrides) -> RunConfig:
-    """A RunConfig for an image from the store (see the contract in this module's docstring);
-    `entrypoint`: `run --entrypoint` (command_line says what it replaces)."""
-    argv = command_line(image.entrypoint, image.cmd, args, entrypoint)
-    top_first = list(reversed(image.layers))
-    user = resolve_user(image.user, top_first)
-    env = list(image.env) or list(DEFAULT_ENV)
-    cfg = RunConfig(args=argv, lower_dirs=top_first, env=env, cwd=image.working_dir or "/",
-                    uid=user.uid, gid=user.gid, additional_gids=user.groups, image=getattr(image, "id", ""))
-    return replace(cfg, **overrides)
-
-
-def run_build_step(rootfs: str, argv: list[str], env: list[str] | None = None, cwd: str = "/",
-                   user: str = "") -> int:
-    """One Dockerfile RUN: `argv` in a container whose root is `rootfs` (kept writable), host
-    network, Docker's default capabilities (a Dockerfile may chown, mknod, switch users)."""
-    who = resolve_user(user, rootfs)
-    namespaces = dict.fromkeys(DEFAULT_NAMESPACES)
-    namespaces.pop("network")
-    cfg = RunConfig(args=argv, rootfs=rootfs, env=env or list(DEFAULT_ENV), cwd=cwd, uid=who.uid,
-                    gid=who.gid, additional_gids=who.groups, namespaces=namespaces, remove=True,
-                    capabilities=default_caps(caps.DOCKER_CAPS))
-    return run_container(cfg)
 
 
 # --- the lifecycle: OCI (runtime.md "Operations") and Docker's ps/stop/kill/rm ----------
