@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from pykvm.container.runtime import capabilities as caps
 from pykvm.container.runtime.config import DEFAULT_ENV, DEFAULT_NAMESPACES, RunConfig, default_caps
-from pykvm.container.runtime.container import run_container
+from pykvm.container.runtime.launcher import run_container
 from pykvm.container.runtime.users import resolve_user
 
 __all__ = ["command_line", "config_from_image", "run_build_step"]
