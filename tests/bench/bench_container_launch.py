@@ -4,7 +4,7 @@
 
 Rows, each min / median / max over RUNS launches, wall clock, milliseconds:
   runc run              `runc run` on the bundle (a Go binary: its startup included)
-  pykvm in-process      pykvm.container.runtime.container.oci_run(): library call to exit, same bundle
+  pykvm in-process      pykvm.container.runtime.lifecycle.oci_run(): library call to exit, same bundle
   pykvm CLI (-m)        `python -m pykvm container oci run`: Python startup + imports + launch
   pykvm CLI (script)    the same through the `pykvm` console script
   python -c pass        Python's own startup (same interpreter), the floor under any Python CLI
@@ -103,7 +103,7 @@ def byte_compile_pykvm() -> None:
 
 def launchers(tmp: Path, bundle: Path) -> dict:
     """Row name -> a function that launches container number i once."""
-    from pykvm.container.runtime.container import oci_run
+    from pykvm.container.runtime.lifecycle import oci_run
     from pykvm.container.runtime.state import StateStore
     store = StateStore(tmp / "state")
     env = {**os.environ, "PYKVM_STATE_ROOT": str(tmp / "state-cli")}

@@ -24,21 +24,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_container_launch import make_bundle  # noqa: E402
 
-from pykvm.container.runtime import capabilities, cgroups, namespaces, rootfs, container as runtime  # noqa: E402
 from pykvm.container.runtime import bundle as bundle_module  # noqa: E402
+from pykvm.container.runtime import capabilities, cgroups, command, init, launcher, lifecycle, monitor  # noqa: E402
+from pykvm.container.runtime import namespaces, rootfs  # noqa: E402
 from pykvm.container.runtime.state import StateStore  # noqa: E402
 
-# (owner, attribute) of every step worth a line; owners are modules or classes.
+# (owner, attribute) of every step worth a line; owners are modules or classes.  A function
+# is wrapped where its caller looks it up: init.exec_command is command.py's, called by init.
 STEPS = [
     (bundle_module, "load_bundle"), (StateStore, "create"), (StateStore, "save"),
-    (runtime.Container, "_make_cgroup"), (cgroups.Cgroup, "join_files"),
-    (runtime.Container, "_follow_setup"), (runtime.Container, "_join_user_and_pid"),
-    (runtime, "join"), (runtime.Container, "_enter_namespaces"), (namespaces, "loopback_up"),
-    (runtime.Container, "_build_root"), (rootfs, "mount_all"), (rootfs, "populate_dev"),
+    (launcher.Container, "_make_cgroup"), (cgroups.Cgroup, "join_files"),
+    (launcher.Container, "_follow_setup"), (monitor, "join_user_and_pid"),
+    (init, "join"), (init, "enter_namespaces"), (namespaces, "loopback_up"),
+    (init, "build_root"), (rootfs, "mount_all"), (rootfs, "populate_dev"),
     (rootfs, "mount_cgroupfs"), (rootfs, "mask_paths"), (rootfs, "readonly_paths"),
-    (rootfs, "pivot_into"), (runtime, "_exec_command"), (runtime, "_drop_privileges"),
-    (capabilities, "drop_bounding"), (runtime.Container, "wait"), (cgroups.CgroupV1, "oom_kills"),
-    (StateStore, "exit_info"), (runtime.Container, "_cleanup"), (cgroups.Cgroup, "destroy"),
+    (rootfs, "pivot_into"), (init, "exec_command"), (command, "drop_privileges"),
+    (capabilities, "drop_bounding"), (launcher.Container, "wait"), (cgroups.CgroupV1, "oom_kills"),
+    (StateStore, "exit_info"), (launcher.Container, "cleanup"), (cgroups.Cgroup, "destroy"),
     (StateStore, "remove"),
 ]
 
@@ -75,13 +77,13 @@ def main() -> None:
         log_path = tmp / "steps.log"
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         instrument(log_fd)
-        runtime.oci_run("warm-up", bundle, store)
+        lifecycle.oci_run("warm-up", bundle, store)
         os.ftruncate(log_fd, 0)
         totals = []
         for i in range(runs):
             start = time.perf_counter_ns()
             os.write(log_fd, f"--- {start} 0\n".encode())
-            runtime.oci_run(f"p{i}", bundle, store)
+            lifecycle.oci_run(f"p{i}", bundle, store)
             totals.append((time.perf_counter_ns() - start) / 1e6)
             time.sleep(0.02)                # let the previous container's teardown settle
         report(log_path.read_text(), totals)

@@ -156,7 +156,7 @@ def test_build_run_step_cannot_reach_host_devices(fresh_rootfs):
     """A Dockerfile RUN has Docker's default capabilities, MKNOD among them."""
     v1_only()
     rootfs = fresh_rootfs
-    code = ("import sys; from pykvm.container.runtime.container import run_build_step; "
+    code = ("import sys; from pykvm.container.image.runconfig import run_build_step; "
             f"sys.exit(run_build_step({str(rootfs)!r}, ['sh', '-c', {OPEN_HOST_DEVICES!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout == "null-ok\n", (r.stdout, r.stderr)

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from pykvm.container.runtime.container import RunConfig, launch, run_build_step
+from pykvm.container.image.runconfig import run_build_step
+from pykvm.container.runtime.config import RunConfig
+from pykvm.container.runtime.launcher import launch
 from pykvm.container.runtime.state import StateStore
 
 pytestmark = pytest.mark.root

@@ -471,7 +471,6 @@ def test_progress_bar_on_a_terminal(capsys):
 @pytest.mark.root
 @pytest.mark.skipif(UMOCI is None, reason="umoci is not installed (apt-get install umoci)")
 def test_umoci_unpacks_our_layout_and_honours_our_whiteouts(store, tmp_path):
-    pytest.importorskip("pykvm.container.runtime.container", reason="RUN needs the container runtime (issue 6)")
     build_image(store, BuildOptions(str(bundled_context(tmp_path, "busybox")), "busybox"))
     ctx = tmp_path / "ctx"
     ctx.mkdir()

@@ -46,7 +46,7 @@ def test_bad_hostname_is_one_line_before_anything_starts(pykvm, busybox_rootfs, 
 @pytest.mark.parametrize("var", ["=x", "=", "A\0B=1"])
 def test_bad_environment_variable_is_a_usage_error(pykvm, busybox_rootfs, state_root, var):
     if "\0" in var:                                     # argv cannot carry a NUL: the library
-        from pykvm.container.runtime.container import RunConfig
+        from pykvm.container.runtime.config import RunConfig
         from pykvm.errors import ConfigError
         with pytest.raises(ConfigError, match="bad environment variable 'A.x00B=1'"):
             RunConfig(args=["env"], rootfs=str(busybox_rootfs), env=[var]).finalized()
@@ -60,7 +60,8 @@ def test_bad_environment_variable_is_a_usage_error(pykvm, busybox_rootfs, state_
 def test_early_init_failure_is_init_s_own_message(busybox_rootfs, state_root):
     """init dies before the launcher moved it into its cgroup (here: setns into a UTS namespace
     through a network namespace's file): the launcher reports init's error, never ESRCH."""
-    from pykvm.container.runtime.container import RunConfig, run_container
+    from pykvm.container.runtime.config import RunConfig
+    from pykvm.container.runtime.launcher import run_container
     from pykvm.errors import ContainerError
     for _ in range(15):                                  # it was a race: lose it often enough
         namespaces = dict(RunConfig(args=["true"]).namespaces, uts="/proc/self/ns/net")

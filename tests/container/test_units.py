@@ -6,8 +6,11 @@ import os
 
 import pytest
 
-from pykvm.container.runtime import bundle, cgroups, rootfs, container as runtime
+from pykvm.container.image.runconfig import command_line, config_from_image
+from pykvm.container.runtime import bundle, cgroups, rootfs
 from pykvm.container.runtime.cgroups import CgroupV1, CgroupV2, Limits
+from pykvm.container.runtime.config import RunConfig
+from pykvm.container.runtime.users import parse_user
 from pykvm.errors import ConfigError, ContainerError
 
 
@@ -215,27 +218,27 @@ def test_load_bundle_errors(tmp_path):
 
 def test_run_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="no command"):
-        runtime.RunConfig(args=[], rootfs=str(tmp_path)).finalized()
+        RunConfig(args=[], rootfs=str(tmp_path)).finalized()
     with pytest.raises(ContainerError, match="does not exist"):
-        runtime.RunConfig(args=["sh"], rootfs=str(tmp_path / "missing")).finalized()
+        RunConfig(args=["sh"], rootfs=str(tmp_path / "missing")).finalized()
     with pytest.raises(ConfigError, match="absolute"):
-        runtime.RunConfig(args=["sh"], rootfs=str(tmp_path), cwd="tmp").finalized()
+        RunConfig(args=["sh"], rootfs=str(tmp_path), cwd="tmp").finalized()
     with pytest.raises(ConfigError, match="mount namespace"):
-        runtime.RunConfig(args=["sh"], rootfs=str(tmp_path), namespaces={"pid": None}).finalized()
+        RunConfig(args=["sh"], rootfs=str(tmp_path), namespaces={"pid": None}).finalized()
 
 
 def test_parse_user(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\nweb:x:33:44::/:/bin/sh\n")
     (tmp_path / "etc" / "group").write_text("root:x:0:\nstaff:x:50:\n")
-    assert runtime.parse_user("1000:1000") == (1000, 1000)
-    assert runtime.parse_user("web", str(tmp_path)) == (33, 44)
-    assert runtime.parse_user("web:staff", str(tmp_path)) == (33, 50)
+    assert parse_user("1000:1000") == (1000, 1000)
+    assert parse_user("web", str(tmp_path)) == (33, 44)
+    assert parse_user("web:staff", str(tmp_path)) == (33, 50)
     with pytest.raises(ConfigError, match="unknown user"):
-        runtime.parse_user("nobody-here", str(tmp_path))
+        parse_user("nobody-here", str(tmp_path))
     top = tmp_path / "top-layer"
     top.mkdir()                                   # a layer without /etc/passwd: look below it
-    assert runtime.parse_user("web", [str(top), str(tmp_path)]) == (33, 44)
+    assert parse_user("web", [str(top), str(tmp_path)]) == (33, 44)
 
 
 @pytest.mark.parametrize("line", ["web:x:33\n", "web:x:abc:44::/:/bin/sh\n", "web\n"])
@@ -244,7 +247,7 @@ def test_parse_user_refuses_a_bad_passwd_entry_with_one_line(tmp_path, line):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\n" + line)
     with pytest.raises(ConfigError, match=r"/etc/passwd line 2: bad entry for 'web'"):
-        runtime.parse_user("web", str(tmp_path))
+        parse_user("web", str(tmp_path))
 
 
 def test_config_from_image_orders_layers_top_first(tmp_path):
@@ -255,11 +258,11 @@ def test_config_from_image_orders_layers_top_first(tmp_path):
         env = ["PATH=/bin", "A=1"]
         working_dir = "/srv"
         user = "7:8"
-    cfg = runtime.config_from_image(Image(), ["given"])
+    cfg = config_from_image(Image(), ["given"])
     assert cfg.lower_dirs == ["/l/top", "/l/mid", "/l/base"]
     assert cfg.args == ["/bin/ep", "given"]
     assert (cfg.cwd, cfg.uid, cfg.gid, cfg.env) == ("/srv", 7, 8, ["PATH=/bin", "A=1"])
-    assert runtime.config_from_image(Image()).args == ["/bin/ep", "default"]
+    assert config_from_image(Image()).args == ["/bin/ep", "default"]
 
 
 def test_state_root_override(monkeypatch, tmp_path):
@@ -406,7 +409,7 @@ def test_recorded_cgroup_join_files_are_the_containers_own(tmp_path):
     ([], "", ["default"]),                                    # "" clears ENTRYPOINT, CMD stays
     (["given"], "", ["given"])])
 def test_command_line_follows_docker_s_entrypoint_rules(args, new, argv):
-    assert runtime.command_line(["/bin/ep", "-x"], ["default"], args, new) == argv
+    assert command_line(["/bin/ep", "-x"], ["default"], args, new) == argv
 
 
 @pytest.mark.parametrize("text, lines, expected", [

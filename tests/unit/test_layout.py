@@ -132,6 +132,19 @@ def test_imports_point_down(importer, forbidden, why):
     assert wrong == [], f"{why}: {wrong}"
 
 
+# The container runtime's process tree, parent first: launcher forks monitor forks init forks
+# command; process.py is the plumbing they share.
+PROCESS_TREE = ["launcher", "monitor", "init", "command", "process"]
+
+
+def test_runtime_imports_follow_the_forks():
+    graph = import_graph()
+    modules = [f"pykvm.container.runtime.{name}" for name in PROCESS_TREE]
+    wrong = sorted(f"{child} imports {parent}" for i, child in enumerate(modules)
+                   for parent in modules[:i] if parent in graph[child])
+    assert wrong == [], f"a process's module never imports the module of the process that forked it: {wrong}"
+
+
 def test_the_map_in_docs_names_every_package():
     text = (ROOT / "docs" / "layout.md").read_text()
     tree = text.split("```")[1]

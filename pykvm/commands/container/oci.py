@@ -39,7 +39,7 @@ _keyring_option = click.option("--no-new-keyring", is_flag=True,
 @click.argument("container_id")
 def oci_create_cmd(bundle, console_socket, no_new_keyring, container_id):
     """Create a container from a bundle; it waits for `start`."""
-    from pykvm.container.runtime.container import oci_create
+    from pykvm.container.runtime.lifecycle import oci_create
     oci_create(container_id, bundle, console_socket=console_socket, new_keyring=not no_new_keyring)
 
 
@@ -47,7 +47,7 @@ def oci_create_cmd(bundle, console_socket, no_new_keyring, container_id):
 @click.argument("container_id")
 def oci_start_cmd(container_id):
     """Run the user process of a created container."""
-    from pykvm.container.runtime.container import oci_start
+    from pykvm.container.runtime.lifecycle import oci_start
     oci_start(container_id)
 
 
@@ -66,7 +66,7 @@ def oci_state_cmd(container_id):
 def oci_kill_cmd(container_id, sig):
     """Send a signal (default TERM) to the container's process."""
     from pykvm.commands.container.run import parse_signal
-    from pykvm.container.runtime.container import kill_container
+    from pykvm.container.runtime.lifecycle import kill_container
     kill_container(container_id, parse_signal(sig))
 
 
@@ -75,7 +75,7 @@ def oci_kill_cmd(container_id, sig):
 @click.argument("container_id")
 def oci_delete_cmd(force, container_id):
     """Delete a stopped container's resources."""
-    from pykvm.container.runtime.container import remove_container
+    from pykvm.container.runtime.lifecycle import remove_container
     remove_container(container_id, force)
 
 
@@ -86,5 +86,5 @@ def oci_delete_cmd(force, container_id):
 @click.pass_context
 def oci_run_cmd(ctx, bundle, no_new_keyring, container_id):
     """Create, start and wait for a container, then delete it (like `runc run`)."""
-    from pykvm.container.runtime.container import oci_run
+    from pykvm.container.runtime.lifecycle import oci_run
     sys.exit(oci_run(container_id, bundle, new_keyring=not no_new_keyring).exit_code)

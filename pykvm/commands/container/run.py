@@ -47,7 +47,7 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
     except ImportError:
         raise ContainerError(f"no image store yet: cannot run image {image!r}; "
                              f"run a directory with --rootfs DIR instead") from None
-    from pykvm.container.runtime.container import config_from_image
+    from pykvm.container.image.runconfig import config_from_image
     return config_from_image(resolve_for_run(image), args, entrypoint)
 
 
@@ -83,10 +83,11 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
     from dataclasses import replace
 
-    from pykvm.container.runtime import container as runtime
     from pykvm.container.runtime.cgroups import Limits, parse_cpus, parse_size
-    from pykvm.container.runtime.config import DEFAULT_PATH, default_caps
+    from pykvm.container.runtime.config import DEFAULT_PATH, RunConfig, default_caps, merge_env
+    from pykvm.container.runtime.launcher import DETACHED, FOREGROUND, launch
     from pykvm.container.runtime.state import new_id
+    from pykvm.container.runtime.users import ExecUser, resolve_user
     from pykvm.errors import ConfigError
 
     args = list(args)
@@ -98,7 +99,8 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         from pykvm.container.runtime.namespaces import check_hostname
         check_hostname(hostname)
     if rootfs:
-        cfg = runtime.RunConfig(args=runtime.command_line([], [], args, entrypoint), rootfs=rootfs)
+        from pykvm.container.image.runconfig import command_line
+        cfg = RunConfig(args=command_line([], [], args, entrypoint), rootfs=rootfs)
     elif args:
         cfg = _image_config(args[0], args[1:], entrypoint)
     else:
@@ -114,20 +116,20 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     namespaces = dict(cfg.namespaces)
     if network == "host":
         namespaces.pop("network", None)
-    who = runtime.resolve_user(user, rootfs or cfg.lower_dirs) if user else \
-        runtime.ExecUser(cfg.uid, cfg.gid, cfg.additional_gids)
+    who = resolve_user(user, rootfs or cfg.lower_dirs) if user else \
+        ExecUser(cfg.uid, cfg.gid, cfg.additional_gids)
     cid = new_id()
     # Docker's order: its own PATH, HOSTNAME (and TERM), then the image's Env, then -e.
     # HOME comes from the runtime (runc's rule): the user's home in the container's /etc/passwd.
     daemon_env = [DEFAULT_PATH, f"HOSTNAME={hostname or cid[:12]}"] + (["TERM=xterm"] if tty else [])
     cfg = replace(cfg, id=cid, remove=remove, name=name, hostname=hostname,
-                  env=runtime.merge_env(runtime.merge_env(daemon_env, cfg.env), _parse_env(env)),
+                  env=merge_env(merge_env(daemon_env, cfg.env), _parse_env(env)),
                   cwd=workdir or cfg.cwd, uid=who.uid, gid=who.gid, additional_gids=who.groups,
                   limits=limits, namespaces=namespaces,
                   readonly=read_only, interactive=interactive, tty=tty, etc_files=True,
                   network="bridge" if network == "bridge" else "", publish=ports,
                   capabilities=cfg_caps or cfg.capabilities)
-    container = runtime.launch(cfg, runtime.DETACHED if detach else runtime.FOREGROUND)
+    container = launch(cfg, DETACHED if detach else FOREGROUND)
     if detach:
         click.echo(container.id)
         return
@@ -206,7 +208,7 @@ def logs_cmd(follow, tail, container):
 @click.argument("containers", nargs=-1, required=True)
 def stop_cmd(timeout, containers):
     """Stop containers: SIGTERM, then SIGKILL after a grace period."""
-    from pykvm.container.runtime.container import stop_container
+    from pykvm.container.runtime.lifecycle import stop_container
     for ref in containers:
         click.echo(stop_container(ref, timeout).id)
 
@@ -216,7 +218,7 @@ def stop_cmd(timeout, containers):
 @click.argument("containers", nargs=-1, required=True)
 def kill_cmd(sig, containers):
     """Send a signal to containers (default SIGKILL, like Docker)."""
-    from pykvm.container.runtime.container import kill_container
+    from pykvm.container.runtime.lifecycle import kill_container
     signo = parse_signal(sig)
     for ref in containers:
         click.echo(kill_container(ref, signo).id)
@@ -227,6 +229,6 @@ def kill_cmd(sig, containers):
 @click.argument("containers", nargs=-1, required=True)
 def rm_cmd(force, containers):
     """Remove stopped containers (their state and cgroups)."""
-    from pykvm.container.runtime.container import remove_container
+    from pykvm.container.runtime.lifecycle import remove_container
     for ref in containers:
         click.echo(remove_container(ref, force).id)

@@ -812,12 +812,8 @@ class Builder:
 
 def run_step(rootfs: str, argv: list[str], env: list[str], cwd: str, user: str) -> int:
     """Run one RUN command in a container whose root is `rootfs`; returns its exit status."""
-    try:
-        from pykvm.container.runtime import container as runtime
-    except ImportError:
-        raise ContainerError("RUN needs the container runtime (pykvm.container.runtime.container), "
-                             "which this checkout does not have yet") from None
-    return runtime.run_build_step(rootfs, argv, env=env, cwd=cwd, user=user)
+    from pykvm.container.image.runconfig import run_build_step     # the runtime: only when a RUN runs
+    return run_build_step(rootfs, argv, env=env, cwd=cwd, user=user)
 
 
 def _duration_ns(text: str, file: Dockerfile, ins: Instruction) -> int:

@@ -2,7 +2,7 @@
 
 A running container is a set of namespaces and cgroups that its init holds.
 A new process enters them as nsenter(1) does, then becomes the command the way
-the container's own command did (runtime._exec_command), starting from the
+the container's own command did (command.exec_command), starting from the
 same process settings (state.json "process", as runc exec copies config.json's
 `process`): environment, working directory, user, capability bounding set,
 no_new_privs, rlimits.
@@ -29,8 +29,9 @@ no_new_privs, rlimits.
 
 The command lives as long as the `exec` command: if that is killed, the joiner
 gets a parent-death signal and SIGKILLs the command (Docker's daemon would keep
-it; we have no daemon to report its end to).  The event pipe is runtime's: the
-launcher reads end-of-file when the command's execve succeeds, or its error.
+it; we have no daemon to report its end to).  The event pipe is process.py's, as
+for `run`: the launcher reads end-of-file when the command's execve succeeds, or its
+error.
 """
 from __future__ import annotations
 
@@ -39,10 +40,16 @@ import signal
 from dataclasses import replace
 
 from pykvm.container.runtime import namespaces as ns
-from pykvm.container.runtime import container as rt
 from pykvm.container.runtime.cgroups import Cgroup, close_all, join
+from pykvm.container.runtime.command import become_container_process, exec_command, fork_command, set_rlimits
+from pykvm.container.runtime.config import RunConfig, check_env, merge_env
+from pykvm.container.runtime.init import FORWARDED_SIGNALS, new_session_keyring, reap
+from pykvm.container.runtime.process import (EXIT_SETUP_FAILED, EventPipe, SignalForwarder, child_main,
+                                             close_other_fds, detach_stdio, exit_code, install_stdio,
+                                             waitpid_retry)
 from pykvm.container.runtime.state import StateStore, pid_alive, stat_field, stat_fields
 from pykvm.container.runtime.syscalls import lib, prctl
+from pykvm.container.runtime.users import ExecUser, resolve_user
 from pykvm.container.runtime.validate import validate
 from pykvm.errors import ConfigError, ContainerError, SyscallError
 
@@ -52,7 +59,7 @@ LAUNCHER_GONE = signal.SIGRTMIN   # the joiner's PR_SET_PDEATHSIG: not one init 
 
 
 def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = None,
-                user: str | None = None, tty: bool = False, interactive: bool = False) -> rt.RunConfig:
+                user: str | None = None, tty: bool = False, interactive: bool = False) -> RunConfig:
     """The command's RunConfig: the container's process settings, then exec's own options.
 
     Docker's rules: the container's environment, TERM=xterm with -t, then -e;
@@ -62,15 +69,15 @@ def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = N
     if not args:
         raise ConfigError("give the command to run in the container")
     p = state.process
-    base = rt.RunConfig(args=list(args))
-    who = rt.ExecUser(p.get("uid", 0), p.get("gid", 0), p.get("additional_gids", []))
+    base = RunConfig(args=list(args))
+    who = ExecUser(p.get("uid", 0), p.get("gid", 0), p.get("additional_gids", []))
     if user:
         try:
-            who = rt.resolve_user(user, f"/proc/{state.pid}/root")
+            who = resolve_user(user, f"/proc/{state.pid}/root")
         except OSError as e:
             raise ContainerError(f"cannot look up user {user!r} in container {state.id}: {e.strerror} "
                                  f"(give a number: -u UID[:GID])") from None
-    cfg = replace(base, env=rt.merge_env(rt.merge_env(p.get("env") or base.env,
+    cfg = replace(base, env=merge_env(merge_env(p.get("env") or base.env,
                                                       ["TERM=xterm"] if tty else []), list(env)),
                   cwd=cwd or p.get("cwd", "/"), uid=who.uid, gid=who.gid, additional_gids=who.groups,
                   capabilities=p.get("capabilities") or base.capabilities,
@@ -79,12 +86,12 @@ def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = N
                   umask=p.get("umask", base.umask), new_keyring=p.get("new_keyring", True),
                   tty=tty, interactive=interactive, id=state.id, namespaces={})
     for entry in cfg.env:
-        rt.check_env(entry)
+        check_env(entry)
     validate(cfg)
     return cfg
 
 
-def exec_in(ref: str, cfg: rt.RunConfig, store: StateStore | None = None, detach: bool = False) -> int:
+def exec_in(ref: str, cfg: RunConfig, store: StateStore | None = None, detach: bool = False) -> int:
     """Run cfg.args in running container `ref`; return its exit status (128+N for signal N).
 
     `detach` (exec -d): return 0 as soon as the command runs; it lives on in the
@@ -115,7 +122,7 @@ def _parent(pid: int) -> int:
 class _Exec:
     """One `exec`: the launcher's side and (after fork) the joiner's."""
 
-    def __init__(self, state, cfg: rt.RunConfig, detach: bool = False):
+    def __init__(self, state, cfg: RunConfig, detach: bool = False):
         self.state = state
         self.cfg = cfg
         self.detach = detach
@@ -127,13 +134,13 @@ class _Exec:
     def run(self) -> int:
         stdio = self._stdio()
         self._make_console_socket()
-        pipe = rt._Pipe()
+        pipe = EventPipe()
         joiner, error = 0, None
-        forward = rt._SignalForwarder(lambda: joiner)
+        forward = SignalForwarder(lambda: joiner)
         try:
             joiner = os.fork()
             if joiner == 0:
-                rt._child_main(lambda: self._start_joiner(pipe, stdio), pipe)
+                child_main(lambda: self._start_joiner(pipe, stdio), pipe)
             pipe.launcher_side()
             close_all(stdio["close"])
             self._close_inside()
@@ -141,16 +148,16 @@ class _Exec:
             if error is None and self.tty_host is not None:
                 from pykvm.container.runtime import terminal
                 terminal.attach(self.tty_host, joiner, self.cfg.interactive)
-            _, status = rt._waitpid_retry(joiner)
+            _, status = waitpid_retry(joiner)
         finally:
             forward.restore()
             if self.tty_host is not None:
                 self.tty_host.close()
         if error is not None:
             exc = ContainerError(error["error"])
-            exc.exit_code = error.get("code", rt.EXIT_SETUP_FAILED)
+            exc.exit_code = error.get("code", EXIT_SETUP_FAILED)
             raise exc
-        return 0 if self.detach else rt._exit_code(status)
+        return 0 if self.detach else exit_code(status)
 
     def _stdio(self) -> dict:
         """The command's 0, 1, 2: ours (stdin only with -i); with -t the pty, made later;
@@ -178,7 +185,7 @@ class _Exec:
             self.tty_inside = None
 
     @staticmethod
-    def _follow_setup(pipe: rt._Pipe) -> dict | None:
+    def _follow_setup(pipe: EventPipe) -> dict | None:
         """Until the command's execve closes the pipe: None, or the error a child reported."""
         try:
             while (event := pipe.receive()) is not None:
@@ -190,45 +197,45 @@ class _Exec:
             os.close(pipe.ack_w)
 
     # --- the joiner (child of the launcher) -------------------------------------
-    def _start_joiner(self, pipe: rt._Pipe, stdio: dict) -> int:
+    def _start_joiner(self, pipe: EventPipe, stdio: dict) -> int:
         """Be the joiner; with -d, fork it off in a session of its own and return at once
         (its parent gone, the host's init or a subreaper reaps it: a daemon's double fork)."""
         if not self.detach:
             return self._joiner(pipe, stdio)
         os.setsid()                                  # Ctrl-C and hangups of our terminal are not for it
         if os.fork() == 0:
-            rt._child_main(lambda: self._joiner(pipe, stdio), pipe)
+            child_main(lambda: self._joiner(pipe, stdio), pipe)
         return 0
 
-    def _joiner(self, pipe: rt._Pipe, stdio: dict) -> int:
-        signal.pthread_sigmask(signal.SIG_BLOCK, rt.FORWARDED_SIGNALS + (signal.SIGCHLD, LAUNCHER_GONE))
+    def _joiner(self, pipe: EventPipe, stdio: dict) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD, LAUNCHER_GONE))
         if not self.detach:
             prctl(lib.PR_SET_PDEATHSIG, LAUNCHER_GONE)
             if os.getppid() != self.launcher_pid:           # it died before prctl() took effect
-                return rt.EXIT_SETUP_FAILED
+                return EXIT_SETUP_FAILED
         prctl(lib.PR_SET_DUMPABLE, 0)       # no /proc/<us>/fd for the container while we hold host fds
         pipe.child_side()
-        stdio = rt._install_stdio(stdio)
+        stdio = install_stdio(stdio)
         if self.tty_host is not None:
             self.tty_host.close()
         spaces, cgroup_fds = self._open_container()
-        rt._close_other_fds({pipe.events_w, *(fd for _, fd in spaces), *cgroup_fds,
+        close_other_fds({pipe.events_w, *(fd for _, fd in spaces), *cgroup_fds,
                              *([self.tty_inside.fileno()] if self.tty_inside else [])})
         join(cgroup_fds)
         self._enter(spaces)
         if self.cfg.new_keyring:
-            rt.new_session_keyring(self.state.id)         # the container's own, as runc exec joins it
-        rt._set_rlimits(self.cfg.rlimits)
+            new_session_keyring(self.state.id)         # the container's own, as runc exec joins it
+        set_rlimits(self.cfg.rlimits)
         if self.cfg.tty:
             stdio = self._open_terminal()
-        child = rt.fork_command(self.cfg)
+        child = fork_command(self.cfg)
         if child == 0:
-            rt._child_main(lambda: rt._exec_command(self.cfg, pipe, stdio), pipe)
+            child_main(lambda: exec_command(self.cfg, pipe, stdio), pipe)
         os.close(pipe.events_w)
         close_all(stdio["close"])                          # the pty's slave is the command's alone
-        rt._detach_stdio()                                 # the container's /dev/null now
-        rt.become_container_process(self.cfg)              # no more privilege than the command's
-        return rt._reap(child, kill_on=() if self.detach else (LAUNCHER_GONE,))
+        detach_stdio()                                 # the container's /dev/null now
+        become_container_process(self.cfg)              # no more privilege than the command's
+        return reap(child, kill_on=() if self.detach else (LAUNCHER_GONE,))
 
     def _open_cgroup_files(self) -> list[int]:
         """The files through which the command joins the container's own cgroup (the

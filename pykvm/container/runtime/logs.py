@@ -1,6 +1,6 @@
 """`pykvm container logs [-f] [--tail N]`: a detached container's container.log.
 
-Who writes the log (container.py): with `run -d` the container's command has
+Who writes the log (launcher.py, monitor.py): with `run -d` the container's command has
 container.log as its stdout and stderr (O_APPEND), so its bytes land there with
 no copy; with `run -d -t` the monitor copies the pty's master into it.  Either
 way the writers are gone once the monitor has written exit.json, which it does

@@ -1,0 +1,154 @@
+"""The lifecycle of a container after its launch: the OCI runtime's operations (runtime.md
+"Operations": create, start, kill, delete; and runc's `run`) and Docker's stop/kill/rm.
+
+Each runs in the caller's process and finds the container by its state (state.py); only
+`create` and `run` launch one (launcher.py).
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from pykvm.container.runtime.cgroups import Cgroup
+from pykvm.container.runtime.hooks import hooks_from_json, run_hooks
+from pykvm.container.runtime.launcher import CREATED, FOREGROUND, Container, RunResult, launch, owned_by
+from pykvm.container.runtime.state import ContainerState, StateStore, oci_state_json
+from pykvm.errors import ContainerError
+
+if TYPE_CHECKING:
+    import socket  # annotations only: imported when a console socket is used
+
+__all__ = ["oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
+           "remove_container", "wait_stopped"]
+
+
+def oci_create(cid: str, bundle: str, store: StateStore | None = None,
+               console_socket: str | None = None, new_keyring: bool = True) -> Container:
+    """`create`: everything set up, the process waiting on exec.fifo; status "created".
+
+    With process.terminal, the pty master is sent (SCM_RIGHTS) to the unix socket at
+    `console_socket`, as runc's --console-socket does; whoever listens there owns the terminal.
+    """
+    from pykvm.container.runtime.bundle import load_bundle
+    cfg = replace(load_bundle(bundle), id=cid, name=cid, new_keyring=new_keyring)
+    console = _connect_console(console_socket) if console_socket else None
+    try:
+        return launch(cfg, CREATED, store, console=console)
+    finally:
+        if console is not None:
+            console.close()
+
+
+def _connect_console(path: str) -> socket.socket:
+    import socket
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise ContainerError(f"cannot connect to the console socket {path}: {e.strerror}") from None
+    return sock
+
+
+def oci_run(cid: str, bundle: str, store: StateStore | None = None, new_keyring: bool = True) -> RunResult:
+    """`runc run`'s equivalent: create + start + wait, in the foreground, then delete."""
+    from pykvm.container.runtime.bundle import load_bundle
+    cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True,
+                  new_keyring=new_keyring)
+    container = launch(cfg, FOREGROUND, store)
+    _warn_if_fails(cfg.hooks, "poststart", oci_state_json(container.state, "running", container.init_pid))
+    result = container.wait()
+    _warn_if_fails(cfg.hooks, "poststop", oci_state_json(container.state, "stopped", None))
+    return result
+
+
+def _warn_if_fails(hooks: dict, kind: str, state: dict) -> None:
+    """poststart and poststop: a failure is logged, and the lifecycle goes on (config.md)."""
+    try:
+        run_hooks(hooks, (kind,), state)
+    except ContainerError as e:
+        print(f"pykvm: warning: {e}", file=sys.stderr)
+
+
+def oci_start(ref: str, store: StateStore | None = None, timeout: float = 10.0) -> None:
+    """`start`: open exec.fifo for reading; the waiting init writes one byte and execs."""
+    store = store or StateStore()
+    state = store.resolve(ref)
+    fifo = store.dir(state.id) / "exec.fifo"
+    if store.status(state) != "created":
+        raise ContainerError(f"container {state.id} is {store.status(state)}, not created: cannot start it")
+    hooks = hooks_from_json(state.hooks)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        # startContainer hooks run before init's byte comes: they have timeouts of their own
+        ready, _, _ = select.select([fd], [], [], None if hooks.get("startContainer") else timeout)
+        if not ready:
+            raise ContainerError(f"container {state.id} did not start within {timeout} s")
+        if os.read(fd, 1) != b"0":
+            raise ContainerError(f"container {state.id} failed to start (a startContainer hook or "
+                                 f"its set-up failed: its stderr says which)")
+    finally:
+        os.close(fd)
+        fifo.unlink(missing_ok=True)
+    _warn_if_fails(hooks, "poststart", oci_state_json(state, "running", state.pid))
+
+
+def kill_container(ref: str, sig: int = signal.SIGTERM, store: StateStore | None = None) -> ContainerState:
+    """`kill`: send a signal to the container's init (which forwards it to the command)."""
+    store = store or StateStore()
+    state = store.resolve(ref)
+    if store.status(state) == "stopped":
+        raise ContainerError(f"container {state.id} is not running")
+    try:
+        os.kill(state.pid, sig)
+    except ProcessLookupError:
+        pass
+    return state
+
+
+def wait_stopped(state: ContainerState, store: StateStore, timeout: float) -> bool:
+    """Poll until the container has stopped (True) or the timeout passed (False)."""
+    deadline = time.monotonic() + timeout
+    while store.status(state) != "stopped":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def stop_container(ref: str, timeout: float = 10.0, store: StateStore | None = None) -> ContainerState:
+    """`stop`: SIGTERM, then SIGKILL if it is still running after `timeout` seconds (Docker's rule)."""
+    store = store or StateStore()
+    state = store.resolve(ref)
+    if store.status(state) == "stopped":
+        return state
+    kill_container(state.id, signal.SIGTERM, store)
+    if not wait_stopped(state, store, timeout):
+        kill_container(state.id, signal.SIGKILL, store)
+        wait_stopped(state, store, 5.0)
+    return state
+
+
+def remove_container(ref: str, force: bool = False, store: StateStore | None = None) -> ContainerState:
+    """`rm` / `oci delete`: a stopped container's cgroup and state go; --force kills it first."""
+    store = store or StateStore()
+    state = store.resolve(ref)
+    if store.status(state) != "stopped":
+        if not force:
+            raise ContainerError(f"container {state.id} is {store.status(state)}: stop it first or use --force")
+        kill_container(state.id, signal.SIGKILL, store)
+        if not wait_stopped(state, store, 5.0):
+            raise ContainerError(f"container {state.id} did not die after SIGKILL")
+    if state.cgroup:
+        Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy(
+            owned_by(state.pid_namespace, state.cgroup.get("named", True)))
+    from pykvm.container.runtime.network import release
+    release(state.id)                      # a crashed monitor's address and ports
+    store.remove(state.id)
+    _warn_if_fails(hooks_from_json(state.hooks), "poststop", oci_state_json(state, "stopped", None))
+    return state
