@@ -102,7 +102,7 @@ clean:
 distclean: clean
 	rm -rf $(VENV) .cache
 
-# --- the Linux guest (issue 5): Debian's cloud kernel + a busybox initramfs in .cache/linux/
+# --- the Linux guest: Debian's cloud kernel + a busybox initramfs in .cache/linux/
 .PHONY: linux-guest linux-tiny
 linux-guest: venv
 	$(MAKE) -C guests/linux guest PYTHON=$(abspath $(PY))

@@ -8,7 +8,7 @@ Rows, each min / median / max over RUNS launches, wall clock, milliseconds:
   pykvm CLI (-m)        `python -m pykvm container oci run`: Python startup + imports + launch
   pykvm CLI (script)    the same through the `pykvm` console script
   python -c pass        Python's own startup (same interpreter), the floor under any Python CLI
-and the ratios issue 6 sets as goals:
+and the ratios set as goals:
   (a) in-process / runc           goal <= 0.5
   (b) CLI - python -c pass        goal <= +15 ms
 

@@ -5,7 +5,7 @@
 2. Create VM + vCPU + memory and run to the first HLT: pykvm's Kvm/Vm/Vcpu API
    against kvm_peer.c doing the same ioctls.
 
-Reported as min/median/max per side and the ratio of medians.  Goals (issue 2):
+Reported as min/median/max per side and the ratio of medians.  Goals:
 exits/s >= 0.95x C; create-to-HLT <= 1.5x C.  Nothing here asserts: a
 benchmark reports, tests decide.
 

@@ -296,7 +296,7 @@ def test_cli_save_load_and_tag(store, tmp_path):
     assert os.listdir(ImageStore().blobs) == [] and run_pykvm("container", "images", "-q")[1] == ""
 
 
-# --- RUN: a real container of the build state (the runtime, issue 6) ---------------------------
+# --- RUN: a real container of the build state (the runtime) ------------------------------------
 
 def busybox_and_a_context(store: ImageStore, tmp_path) -> Path:
     """The bundled busybox image, built into `store`, and an empty build context beside it."""

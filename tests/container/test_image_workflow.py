@@ -2,7 +2,7 @@
 
 Dockerfile with a RUN step -> `pykvm container build` -> `push` to a real
 registry -> `rmi` -> `pull` -> `run` -> the expected output.  All through the
-CLI, as a user would type it.  Needs the runtime (issue 6) for RUN and run;
+CLI, as a user would type it.  Needs the runtime for RUN and run;
 `state_root` (the runtime's conftest) keeps its container state private.
 """
 from __future__ import annotations

@@ -40,14 +40,9 @@ def _parse_env(items: tuple[str, ...]) -> list[str]:
 
 
 def _image_config(image: str, args: list[str], entrypoint: str | None = None):
-    """The IMAGE path: ask the image store (issue 7) for layers and config."""
-    from pykvm.errors import ContainerError
-    try:
-        from pykvm.container.image.store import resolve_for_run
-    except ImportError:
-        raise ContainerError(f"no image store yet: cannot run image {image!r}; "
-                             f"run a directory with --rootfs DIR instead") from None
+    """The IMAGE path: ask the image store for layers and config."""
     from pykvm.container.image.runconfig import config_from_image
+    from pykvm.container.image.store import resolve_for_run
     return config_from_image(resolve_for_run(image), args, entrypoint)
 
 
