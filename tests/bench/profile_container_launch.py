@@ -46,10 +46,17 @@ STEPS = [
 
 
 def instrument(log_fd: int) -> None:
-    """Replace every step by a wrapper that logs `name start_ns duration_ns` to log_fd."""
+    """Replace every step by a wrapper that logs `name start_ns duration_ns` to log_fd.
+
+    init and the command close every descriptor they do not keep
+    (process.close_other_fds), which would close log_fd too and leave their
+    steps untimed: where they look that function up, it keeps log_fd open."""
     for owner, attr in STEPS:
         name = f"{getattr(owner, '__name__', '?').rpartition('.')[2]}.{attr}"
         setattr(owner, attr, _timed(getattr(owner, attr), name, log_fd))
+    for module in (init, command):
+        close_others = module.close_other_fds
+        module.close_other_fds = lambda keep, close_others=close_others: close_others({*keep, log_fd})
 
 
 def _timed(fn, name: str, log_fd: int):
