@@ -27,10 +27,10 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
 from livevm import LiveVm  # noqa: E402  (tests/kvm/livevm.py: a pykvm process driven by its console)
 import tinyvm  # noqa: E402
+from hostmem import KIB, guest_mapping, pss_kib  # noqa: E402  (tests/bench/hostmem.py: /proc/PID/smaps)
 
 CMDLINE = "run=run counter &"
 COUNT = r"(?:^|\$ )count \d+$"
-KIB = 1024
 
 
 def boot_args(snapshot_dir: Path | None = None) -> list[str]:
@@ -55,27 +55,6 @@ def time_to_answer(args: list[str]) -> float:
 def measure(args: list[str], runs: int) -> list[float]:
     time_to_answer(args)                        # warm-up: page cache, bytecode
     return [time_to_answer(args) for _ in range(runs)]
-
-
-def guest_mapping(pid: int, size_kib: int) -> dict[str, int]:
-    """The smaps fields (kB) of the mapping that is guest RAM: the one of exactly the guest's size."""
-    fields: dict[str, int] = {}
-    inside = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        parts = line.split()
-        if "-" in parts[0] and not parts[0].endswith(":"):
-            start, end = (int(x, 16) for x in parts[0].split("-"))
-            inside = (end - start) // KIB == size_kib
-        elif inside and parts[0].endswith(":") and len(parts) >= 2 and parts[1].isdigit():
-            fields[parts[0][:-1]] = fields.get(parts[0][:-1], 0) + int(parts[1])
-    return fields
-
-
-def pss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Pss in /proc/{pid}/smaps_rollup")
 
 
 def memory_of(args: list[str], count: int) -> dict[str, float]:

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Benchmark: host memory a VMM costs beyond its guest's RAM, `pykvm boot` vs QEMU -M microvm.
+
+Each run boots guests/tiny (cmdline "run=info") under each VMM with the same
+memory size, waits until the guest idles at its shell prompt, and reads the
+VMM's /proc/PID/smaps: the process's RSS, the RSS of its guest-RAM mapping
+(the anonymous mapping of exactly the guest's size: the guest memory touched
+so far), and the difference, the VMM's own overhead; the same for PSS (shared
+library pages split among the processes that map them).  The VMM is the
+process the user starts, so pykvm's figures include the Python interpreter;
+any child processes would be counted too (the table says how many processes
+and threads each VMM had).  Then "poweroff" on the console and the VMM is
+reaped.  Prints min/median/max per VMM and the ratio pykvm / QEMU of the
+overhead medians (goal <= 0.5x).  Where stock Linux boots (hardware KVM), the
+same for the Linux guest of bench_linux_boot.py, else says why not.
+
+    .venv/bin/python tests/bench/bench_vmm_memory.py [--runs 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
+import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
+from hostmem import KIB, process_tree, rollup, smaps, threads  # noqa: E402  (tests/bench/hostmem.py)
+from tiers import linux_problem  # noqa: E402
+from vmmfleet import Vmm, kill_all, tiny_idle, wait_all  # noqa: E402  (tests/bench/vmmfleet.py)
+
+TINY_CMDLINE = "run=info"
+MICROVM_POWEROFF = 1        # isa-debug-exit written with 0: QEMU exits (0 << 1) | 1
+IDLE_S = 120                # spawn to the guest's idle prompt
+EXIT_S = 60                 # "poweroff" to the VMM's exit
+LINUX_MEM = "256M"
+FIGURES = ("RSS", "guest RAM RSS", "overhead RSS", "PSS", "overhead PSS")
+
+
+@dataclass
+class Guest:
+    """What a run boots and how it ends: per VMM its command line and power-off status."""
+
+    name: str
+    mem_kib: int
+    argvs: dict[str, list[str]]
+    statuses: dict[str, int]
+    idle: Callable[[Vmm], bool]
+    poweroff: bytes
+
+
+def footprint(pid: int, mem_kib: int) -> dict[str, float]:
+    """The memory figures (kB) of a VMM process and its descendants, and its thread count."""
+    tree = process_tree(pid)
+    rollups = [rollup(p) for p in tree]
+    ram = [m for m in smaps(pid) if m.size_kib == mem_kib and not m.name]
+    if not ram:
+        raise SystemExit(f"pid {pid} has no anonymous mapping of the guest's {mem_kib} kB")
+    guest = max(ram, key=lambda m: m.fields.get("Rss", 0))    # QEMU: the largest of that size
+    rss = sum(r["Rss"] for r in rollups)
+    pss = sum(r["Pss"] for r in rollups)
+    return {"RSS": rss, "guest RAM RSS": guest.fields["Rss"], "overhead RSS": rss - guest.fields["Rss"],
+            "PSS": pss, "overhead PSS": pss - guest.fields["Pss"],
+            "processes": len(tree), "threads": sum(threads(p) for p in tree)}
+
+
+def measure_once(guest: Guest, vmm: str) -> dict[str, float]:
+    """Boot, wait for the idle prompt, read the VMM's memory, power off and reap it."""
+    vm = Vmm(guest.argvs[vmm])
+    try:
+        if wait_all([vm], guest.idle, time.monotonic() + IDLE_S):
+            raise SystemExit(f"{vmm}: the guest did not reach its idle prompt "
+                             f"(exit {vm.proc.poll()}): {vm.tail()}")
+        figures = footprint(vm.pid, guest.mem_kib)
+        vm.send(guest.poweroff)
+        wait_all([vm], lambda v: v.ended is not None, time.monotonic() + EXIT_S)
+        if vm.proc.poll() != guest.statuses[vmm]:
+            raise SystemExit(f"{vmm}: after poweroff, exit {vm.proc.poll()} "
+                             f"(expected {guest.statuses[vmm]}): {vm.tail()}")
+        return figures
+    finally:
+        kill_all([vm])
+
+
+def report(guest: Guest, runs: int) -> None:
+    results: dict[str, list[dict[str, float]]] = {vmm: [] for vmm in guest.argvs}
+    measure_once(guest, next(iter(guest.argvs)))          # warm-up: page cache, bytecode
+    for _ in range(runs):            # interleaved, so both sides see the same machine noise
+        for vmm in guest.argvs:
+            results[vmm].append(measure_once(guest, vmm))
+    print(f"\n{guest.name} idle at its prompt, {guest.mem_kib // KIB} MiB guest, {runs} runs each: "
+          "host memory of the VMM, MiB")
+    print(f"{'vmm':<18} {'figure':<15} {'min':>7} {'median':>7} {'max':>7}")
+    medians: dict[str, dict[str, float]] = {}
+    for vmm, figures in results.items():
+        medians[vmm] = {}
+        for what in FIGURES:
+            values = [f[what] / KIB for f in figures]
+            medians[vmm][what] = statistics.median(values)
+            print(f"{vmm:<18} {what:<15} {min(values):7.2f} {medians[vmm][what]:7.2f} {max(values):7.2f}")
+        last = figures[-1]
+        print(f"{vmm:<18} {last['processes']} process(es), {last['threads']} threads")
+    pykvm, qemu = list(guest.argvs)
+    for what in ("overhead RSS", "overhead PSS"):
+        ratio = medians[pykvm][what] / medians[qemu][what]
+        print(f"median ratio {pykvm} / {qemu}, {what}: {ratio:.2f}x (goal <= 0.5x)")
+
+
+def tiny_guest() -> Guest:
+    elf = tinyvm.build_tiny()
+    return Guest("tiny", tinyvm.MEM_MIB * KIB,
+                 {"pykvm boot": tinyvm.pykvm_command(elf, TINY_CMDLINE),
+                  "qemu -M microvm": tinyvm.microvm_command(elf, TINY_CMDLINE, [])},
+                 {"pykvm boot": 0, "qemu -M microvm": MICROVM_POWEROFF}, tiny_idle, b"poweroff\n")
+
+
+def linux_guest() -> Guest | str:
+    """The Linux guest of bench_linux_boot.py, or why it cannot be measured here."""
+    if problem := linux_problem():
+        return problem
+    from bench_linux_boot import MARKER, PROMPT, pykvm_cmd, qemu_cmd
+    from linux_guest import CACHE
+
+    kernel, initrd = CACHE / "vmlinuz", CACHE / "initramfs.cpio"
+    if not (kernel.exists() and initrd.exists()):
+        return f"{kernel} or {initrd} is missing: run `make linux-guest`"
+
+    def idle(vm: Vmm) -> bool:
+        marker = vm.console.find(MARKER.encode())
+        return marker >= 0 and vm.console.rstrip().endswith(PROMPT.rstrip().encode())
+
+    mib = int(LINUX_MEM.rstrip("M"))
+    return Guest("linux", mib * KIB,
+                 {"pykvm boot": pykvm_cmd(kernel, initrd, LINUX_MEM),
+                  "qemu -M microvm": qemu_cmd(kernel, initrd, LINUX_MEM)},
+                 {"pykvm boot": 0, "qemu -M microvm": 0}, idle, b"poweroff -f\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    for vmm in ("pykvm", "qemu"):
+        if problem := tinyvm.vmm_problem(vmm):
+            raise SystemExit(f"not measured: {problem}")
+    report(tiny_guest(), args.runs)
+    linux = linux_guest()
+    if isinstance(linux, str):
+        print(f"\nlinux: not measured: {linux}")
+    else:
+        report(linux, args.runs)
+
+
+if __name__ == "__main__":
+    main()
