@@ -11,7 +11,8 @@ process the user starts, so pykvm's figures include the Python interpreter;
 any child processes would be counted too (the table says how many processes
 and threads each VMM had).  Then "poweroff" on the console and the VMM is
 reaped.  Prints min/median/max per VMM and the ratio pykvm / QEMU of the
-overhead medians (goal <= 0.5x).  Where stock Linux boots (hardware KVM), the
+overhead medians (goal <= 0.5x), and where pykvm's overhead goes: the
+interpreter, click, pykvm's own modules.  Where stock Linux boots (hardware KVM), the
 same for the Linux guest of bench_linux_boot.py, else says why not.
 
     .venv/bin/python tests/bench/bench_vmm_memory.py [--runs 5]
@@ -140,6 +141,33 @@ def linux_guest() -> Guest | str:
                  {"pykvm boot": 0, "qemu -M microvm": 0}, idle, b"poweroff -f\n")
 
 
+# Where pykvm's own memory goes: a fresh interpreter imports a little more at each stage and
+# reports its resident size (VmRSS); the differences are the price of each stage.
+IMPORT_STAGES = [
+    ("the Python interpreter", ""),
+    ("+ click (the CLI)", "import click"),
+    ("+ pykvm's CLI", "import click, pykvm.cli, pykvm.commands.boot"),
+    ("+ the VMM (machine, devices)", "import click, pykvm.cli, pykvm.commands.boot, pykvm.vm.machine"),
+]
+RSS_OF_SELF = ("import re; print(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())"
+               ".group(1))")
+
+
+def import_breakdown() -> None:
+    """The resident size after each import stage, each in a fresh interpreter (median of 3)."""
+    import subprocess
+
+    print("\nwhere pykvm's overhead goes (a fresh interpreter per stage, VmRSS, median of 3):")
+    previous = 0.0
+    for name, imports in IMPORT_STAGES:
+        code = f"{imports}\n{RSS_OF_SELF}" if imports else RSS_OF_SELF
+        sizes = [int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout) / KIB for _ in range(3)]
+        rss = statistics.median(sizes)
+        print(f"  {name:<32} {rss:6.2f} MiB  ({rss - previous:+.2f})")
+        previous = rss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -148,6 +176,7 @@ def main() -> None:
         if problem := tinyvm.vmm_problem(vmm):
             raise SystemExit(f"not measured: {problem}")
     report(tiny_guest(), args.runs)
+    import_breakdown()
     linux = linux_guest()
     if isinstance(linux, str):
         print(f"\nlinux: not measured: {linux}")
