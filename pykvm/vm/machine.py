@@ -118,6 +118,10 @@ class Machine:
         self._threads: dict[int, int] = {}     # vCPU id -> its running thread's ident
         self._halted_for_good: set[int] = set()   # vCPUs the watchdog found halted with IF=0
         self.watchdogs: dict[int, Watchdog] = {}   # vCPU id -> its watchdog, while its thread runs
+        self._snapshot_requested = False       # set by request_snapshot(), taken by vCPU 0's loop
+        # Parts _build() makes; None until made, so close() can tear down a half-built VM.
+        self.kvm = self.vm = self.memory = self.virtio = self.serial = self.gdb = None
+        self._console_output: ConsoleOutput | None = None   # stdout's writer, unless config.output
         install_kick_handler()
         try:
             self._build()
@@ -300,8 +304,6 @@ class Machine:
                 signal.pthread_kill(thread, KICK_SIGNAL)
 
     # --- snapshots --------------------------------------------------------------
-    _snapshot_requested = False
-
     def request_snapshot(self) -> None:
         """Ask vCPU 0's run loop to pause, write a snapshot to config.snapshot_dir, and go on
         (any thread)."""
@@ -400,25 +402,25 @@ class Machine:
         vcpu_run, pio, mmio = vcpu.run, self.pio, self.mmio
         counts = self.exit_counts_by_vcpu[vcpu.id]
         while self.exit_status is None:
-            exit = vcpu_run()
+            vm_exit = vcpu_run()
             watchdog.exits += 1
             if trace:
-                counts[exit.reason] += 1
-                _trace(vcpu.id, exit)
-            match exit:
+                counts[vm_exit.reason] += 1
+                _trace(vcpu.id, vm_exit)
+            match vm_exit:
                 case IoOut(port=port, size=size, value=value):
-                    if exit.count == 1:
+                    if vm_exit.count == 1:
                         pio.write(port, size, value)
                     else:
-                        for value in exit.values():                  # rep outs
+                        for value in vm_exit.values():               # rep outs
                             pio.write(port, size, value)
                 case IoIn(port=port, size=size):
-                    for i in range(exit.count):                      # 1 unless rep ins
-                        exit.reply(pio.read(port, size), i)
+                    for i in range(vm_exit.count):                   # 1 unless rep ins
+                        vm_exit.reply(pio.read(port, size), i)
                 case MmioWrite(address=address, size=size, data=data):
                     mmio.write(address, size, data)
                 case MmioRead(address=address, size=size):
-                    exit.reply(mmio.read(address, size))
+                    vm_exit.reply(mmio.read(address, size))
                 case Interrupted():                                  # a kick; loop re-checks
                     if self._snapshot_requested and vcpu is self.vcpu:
                         self._write_snapshot()
@@ -429,7 +431,7 @@ class Machine:
                         self.gdb.vcpu_interrupted(vcpu)
                         watchdog.exits += 1                          # gdb's stop is not the guest's silence
                 case Debug() if self.gdb is not None:
-                    self.gdb.vcpu_debug_exit(vcpu, exit)
+                    self.gdb.vcpu_debug_exit(vcpu, vm_exit)
                     watchdog.exits += 1
                 case SystemEvent(kind="shutdown" | "reset"):
                     self.stop(0)
@@ -438,12 +440,12 @@ class Machine:
                         vcpu, "triple fault: the guest hit an exception it could not handle"))
                 case InternalError():
                     raise GuestError(self._stopped_because(
-                        vcpu, _describe_internal_error(exit, vcpu.get_regs().rip)))
+                        vcpu, _describe_internal_error(vm_exit, vcpu.get_regs().rip)))
                 case FailEntry():
                     raise GuestError(self._stopped_because(
-                        vcpu, f"KVM could not enter the guest (hardware reason {exit.hardware_reason:#x})"))
+                        vcpu, f"KVM could not enter the guest (hardware reason {vm_exit.hardware_reason:#x})"))
                 case _:
-                    raise GuestError(self._stopped_because(vcpu, f"unhandled VM exit {exit!r}"))
+                    raise GuestError(self._stopped_because(vcpu, f"unhandled VM exit {vm_exit!r}"))
 
     def _quiet_vcpu(self, vcpu, reason: str) -> None:
         """The watchdog's verdict on `vcpu`: stop the VM, or (halted with interrupts off while
@@ -473,22 +475,12 @@ class Machine:
         return f"VM stopped: {where}{reason}\n{register_dump(vcpu, self.memory)}"
 
     # --- tearing down ----------------------------------------------------------
-    _console_output: ConsoleOutput | None = None
-    gdb = None
-
     def close(self) -> None:
-        if getattr(self, "virtio", None) is not None:
+        if self.virtio is not None:
             self.virtio.close()              # its workers touch guest memory: stop them first
-        if self.gdb is not None:
-            self.gdb.close()
-        if getattr(self, "serial", None) is not None:
-            self.serial.close()
-        if self._console_output is not None:
-            self._console_output.close()
-        for name in ("vm", "kvm", "memory"):
-            obj = getattr(self, name, None)
-            if obj is not None:
-                obj.close()
+        for part in (self.gdb, self.serial, self._console_output, self.vm, self.kvm, self.memory):
+            if part is not None:
+                part.close()
 
     def __enter__(self):
         return self
@@ -497,10 +489,10 @@ class Machine:
         self.close()
 
 
-def _describe_internal_error(exit: InternalError, rip: int) -> str:
-    text = f"KVM internal error: {exit.description} at rip {rip:#x}"
-    if exit.insn_bytes:
-        text += f"; instruction bytes {exit.insn_bytes.hex(' ')}"
+def _describe_internal_error(error: InternalError, rip: int) -> str:
+    text = f"KVM internal error: {error.description} at rip {rip:#x}"
+    if error.insn_bytes:
+        text += f"; instruction bytes {error.insn_bytes.hex(' ')}"
     return text
 
 
@@ -532,6 +524,6 @@ def install_kick_handler() -> None:
                           "(it installs the vCPU kick signal handler)") from None
 
 
-def _trace(vcpu_id: int, exit) -> None:
+def _trace(vcpu_id: int, vm_exit) -> None:
     """--trace: one line per VM exit on stderr, like a tiny kvm_stat -1."""
-    os.write(2, f"pykvm: vcpu{vcpu_id} exit {exit.reason:<14} {exit!r}\n".encode())
+    os.write(2, f"pykvm: vcpu{vcpu_id} exit {vm_exit.reason:<14} {vm_exit!r}\n".encode())
