@@ -56,6 +56,7 @@ from pykvm.vm.devices.virtio.attach import VirtioConfig, VirtioDevices
 from pykvm.vm.kvm import (Debug, FailEntry, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                           MmioWrite, Shutdown, SystemEvent)
 from pykvm.vm.kvm.bindings import lib
+from pykvm.vm.kvm.system import REQUIRED_CAPABILITIES
 from pykvm.vm.kvm.vm import PIT_SPEAKER_DUMMY
 from pykvm.vm.memory import GuestMemory
 from pykvm.vm.watchdog import HALTED_WITH_INTERRUPTS_OFF, Watchdog
@@ -134,8 +135,7 @@ class Machine:
         config = self.config
         self.virtio = VirtioDevices(config.virtio)                         # 0
         self.kvm = Kvm()                                                   # 1
-        for capability in ("KVM_CAP_USER_MEMORY", "KVM_CAP_IRQCHIP", "KVM_CAP_PIT2",
-                           "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_MP_STATE"):
+        for capability in REQUIRED_CAPABILITIES:                           # as `pykvm check`
             self.kvm.require(capability)
         check_cpus(config.cpus, self.kvm.check_extension("KVM_CAP_NR_VCPUS"))
         self.vm = self.kvm.create_vm()                                     # 2
