@@ -25,7 +25,8 @@ The recipe (each step one function below):
   1. read_setup_header: parse the header at 0x1f1, refuse what we cannot boot.
   2. protected_mode_kernel: the bytes after the setup sectors, loaded at 1 MiB.
   3. kernel_end: how far the kernel reaches once it decompresses itself.
-  4. place_initrd: the initrd as high as allowed (below initrd_addr_max).
+  4. place_initrd (pykvm.vm.boot.plan): the initrd as high as allowed (below
+     initrd_addr_max).
   5. pack_e820_table: the guest's RAM map (layout.memory_map) as zero-page rows.
   6. pack_boot_params: the "zero page" as bytes: zeros, the header copied
      from the image, our loader fields, the command line pointer, the e820 table.
@@ -42,6 +43,8 @@ from dataclasses import dataclass, fields
 
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
 from pykvm.vm import layout
+from pykvm.vm.boot.cmdline import encode_cmdline
+from pykvm.vm.boot.plan import place_initrd
 from pykvm.errors import LoaderError
 from pykvm.vm.kvm.bindings import ffi, lib
 
@@ -52,7 +55,6 @@ __all__ = [
     "protected_mode_kernel",
     "compressed_payload",
     "kernel_end",
-    "place_initrd",
     "pack_e820_table",
     "pack_boot_params",
     "plan_bzimage",
@@ -66,7 +68,6 @@ __all__ = [
 # protocol lets boot_params and the command line sit anywhere in RAM the
 # kernel is told about; the protected-mode kernel goes to 1 MiB; the initrd
 # goes to the top of low RAM, below initrd_addr_max.
-PAGE_SIZE = 0x1000
 
 # --- struct boot_params and struct setup_header, from <asm/bootparam.h> ---------
 # The compiler gives every offset (pykvm/vm/kvm/_build.py declares the structs with
@@ -245,22 +246,6 @@ def kernel_end(hdr: SetupHeader, load_addr: int, pm_size: int) -> int:
     return max(load_addr + pm_size, runtime + hdr.init_size)
 
 
-def place_initrd(hdr: SetupHeader, initrd_size: int, mem_end: int, lowest: int) -> int:
-    """Address for an initrd of `initrd_size` bytes: as high as allowed, page aligned.
-
-    boot.rst: the initrd must end at or below initrd_addr_max (the last legal
-    byte) and must stay inside RAM; we also keep it above `lowest` (the end of
-    the kernel's footprint) so the decompressor never overwrites it.
-    """
-    limit = min(hdr.initrd_addr_max + 1, mem_end, 1 << 32)
-    addr = (limit - initrd_size) // PAGE_SIZE * PAGE_SIZE
-    if initrd_size > limit or addr < lowest:
-        room = max(0, limit - lowest)
-        raise LoaderError(f"initrd of {initrd_size} bytes does not fit: {room} bytes free between the "
-                          f"kernel ({lowest:#x}) and {limit:#x}; give the guest more memory (--mem)")
-    return addr
-
-
 def pack_e820_table(entries: list[tuple[int, int, int]]) -> bytes:
     """(address, size, type) rows as zero-page bytes: struct boot_e820_entry[], 20 packed bytes each."""
     if len(entries) > E820_MAX_ENTRIES_ZEROPAGE:
@@ -269,18 +254,6 @@ def pack_e820_table(entries: list[tuple[int, int, int]]) -> bytes:
     for row, (addr, size, kind) in zip(table, entries):
         row.addr, row.size, row.type = addr, size, kind
     return bytes(ffi.buffer(table))[:len(entries) * ffi.sizeof("struct boot_e820_entry")]
-
-
-def _check_cmdline(hdr: SetupHeader, cmdline: bytes) -> None:
-    """cmdline_size is the longest command line the kernel accepts, without the NUL."""
-    if b"\0" in cmdline:
-        raise LoaderError("kernel command line contains a NUL byte")
-    if len(cmdline) > hdr.cmdline_size:
-        raise LoaderError(f"kernel command line is {len(cmdline)} bytes; this kernel accepts at most "
-                          f"{hdr.cmdline_size} (cmdline_size)")
-    if len(cmdline) >= layout.CMDLINE_MAX:
-        raise LoaderError(f"kernel command line is {len(cmdline)} bytes; pykvm has room for "
-                          f"{layout.CMDLINE_MAX - 1}")
 
 
 def pack_boot_params(hdr: SetupHeader, cmdline_addr: int, initrd_addr: int, initrd_size: int,
@@ -333,8 +306,7 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
     startup_32, with %rsi (%esi) pointing at boot_params.
     """
     hdr = read_setup_header(image)
-    cmd = cmdline.encode() if isinstance(cmdline, str) else bytes(cmdline)
-    _check_cmdline(hdr, cmd)
+    cmd = encode_cmdline(cmdline, kernel_max=hdr.cmdline_size)
     kernel = protected_mode_kernel(image, hdr)
     low_end = ram[0][0] + ram[0][1]
     end = kernel_end(hdr, layout.HIMEM_START, len(kernel))
@@ -342,10 +314,10 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
         raise LoaderError(f"kernel needs {_mib(end)} of guest memory to decompress and start "
                           f"(init_size {hdr.init_size:#x} from {hdr.pref_address:#x}); "
                           f"the guest has {_mib(low_end)} below 3 GiB: raise --mem")
-    writes = [(layout.HIMEM_START, kernel), (layout.CMDLINE_START, cmd + b"\0")]
+    writes = [(layout.HIMEM_START, kernel), (layout.CMDLINE_START, cmd)]
     initrd_addr = 0
     if initrd:
-        initrd_addr = place_initrd(hdr, len(initrd), low_end, end)
+        initrd_addr = place_initrd(len(initrd), low_end, end, limit=hdr.initrd_addr_max + 1)
         writes.append((initrd_addr, bytes(initrd)))
     params = pack_boot_params(hdr, layout.CMDLINE_START, initrd_addr, len(initrd or b""),
                               layout.memory_map(ram), acpi_rsdp)

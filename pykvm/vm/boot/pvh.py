@@ -20,7 +20,9 @@ import struct
 
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
 from pykvm.vm import layout
+from pykvm.vm.boot.cmdline import encode_cmdline, join_cmdline
 from pykvm.vm.boot.elf import ElfFile, parse_elf
+from pykvm.vm.boot.plan import place_initrd
 from pykvm.errors import LoaderError
 
 __all__ = ["load_pvh", "pvh_entry_point", "is_linux", "pack_start_info", "pack_memmap", "pack_modlist",
@@ -40,7 +42,6 @@ MEMMAP_ENTRY = struct.Struct("<QQII")
 MODLIST_ENTRY = struct.Struct("<QQQQ")
 
 MAX_MEMMAP_ENTRIES = (layout.PML4_START - layout.PVH_MEMMAP) // MEMMAP_ENTRY.size
-PAGE = 4096
 
 
 def pvh_entry_point(elf: ElfFile, name: str = "kernel") -> int:
@@ -95,13 +96,14 @@ def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None
     if not cmdline and is_linux(elf):
         from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
         cmdline = DEFAULT_CMDLINE
-    from pykvm.vm.boot.cmdline import join_cmdline
     cmdline = join_cmdline(cmdline, cmdline_extra)
     kernel_end = load_segments(memory, elf, name)
-    write_cmdline(memory, cmdline)
+    memory.write(layout.CMDLINE_START, encode_cmdline(cmdline))
     modules = []
     if initrd is not None:
-        modules.append((place_initrd(memory, initrd, kernel_end), len(initrd)))
+        address = place_initrd(len(initrd), memory.ram_ranges()[0][1], kernel_end)
+        memory.write(address, initrd)
+        modules.append((address, len(initrd)))
         memory.write(layout.PVH_MODLIST, pack_modlist(modules))
     memmap = memory.memory_map()
     if len(memmap) > MAX_MEMMAP_ENTRIES:
@@ -132,23 +134,3 @@ def load_segments(memory, elf: ElfFile, name: str) -> int:
     if end == 0:
         raise LoaderError(f"{name}: ELF has no loadable segments")
     return end
-
-
-def write_cmdline(memory, cmdline: str) -> None:
-    """The command line, NUL-terminated, at CMDLINE_START."""
-    raw = cmdline.encode() + b"\0"
-    if len(raw) > layout.CMDLINE_MAX:
-        raise LoaderError(f"command line is {len(raw) - 1} bytes; at most {layout.CMDLINE_MAX - 1}")
-    memory.write(layout.CMDLINE_START, raw)
-
-
-def place_initrd(memory, initrd: bytes, kernel_end: int, limit: int | None = None) -> int:
-    """Put the initrd page-aligned at the top of low RAM (below `limit`), above the kernel."""
-    low_end = memory.ram_ranges()[0][1]
-    top = min(low_end, limit) if limit else low_end
-    address = (top - len(initrd)) & ~(PAGE - 1)
-    if address < kernel_end:
-        raise LoaderError(f"initrd ({len(initrd)} bytes) does not fit in guest memory above the "
-                          f"kernel; try a larger --mem")
-    memory.write(address, initrd)
-    return address
