@@ -27,15 +27,14 @@ The recipe (each step one function below):
   3. kernel_end: how far the kernel reaches once it decompresses itself.
   4. place_initrd (pykvm.vm.boot.plan): the initrd as high as allowed (below
      initrd_addr_max).
-  5. pack_e820_table: the guest's RAM map (layout.memory_map) as zero-page rows.
+  5. pack_e820_table: the guest's RAM map (the firmware's e820) as zero-page rows.
   6. pack_boot_params: the "zero page" as bytes: zeros, the header copied
      from the image, our loader fields, the command line pointer, the e820 table.
   7. plan_bzimage: all of the above, returning a BzImagePlan (what to write
      where, and the Entry where the vCPU starts).  Pure: bytes in, bytes and
      addresses out, no KVM needed, so every rule is unit-tested.
-  8. load_bzimage: the plan carried out on a real VM: the state a PC firmware
-     leaves (pykvm.vm.boot.firmware: ACPI tables, MSRs, LAPIC LINT pins), then
-     the writes.
+  8. load_bzimage: the plan carried out on a real VM: the writes, with the
+     ACPI RSDP and e820 map the firmware step left (pykvm.vm.boot.firmware).
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ from dataclasses import dataclass, fields
 
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
 from pykvm.vm import layout
-from pykvm.vm.boot.cmdline import encode_cmdline
+from pykvm.vm.boot.cmdline import encode_cmdline, join_cmdline
 from pykvm.vm.boot.plan import place_initrd
 from pykvm.errors import LoaderError
 from pykvm.vm.kvm.bindings import ffi, lib
@@ -296,14 +295,15 @@ class BzImagePlan:
 
 
 def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes = b"",
-                 initrd: bytes | None = None, acpi_rsdp: int = 0) -> BzImagePlan:
+                 initrd: bytes | None = None, acpi_rsdp: int = 0, e820=None) -> BzImagePlan:
     """Everything a boot loader decides for a bzImage, without touching a VM.
 
     `ram` is the guest's RAM as (base, size) ranges, the first one starting
     at 0 (GuestMemory.ram_ranges()).  The plan writes the protected-mode
     kernel at 1 MiB, the command line, the initrd and boot_params, and
     starts the vCPU at startup_64 (64-bit, when the kernel has one) or
-    startup_32, with %rsi (%esi) pointing at boot_params.
+    startup_32, with %rsi (%esi) pointing at boot_params.  `e820` is the
+    firmware's memory map, by default layout.memory_map(ram).
     """
     hdr = read_setup_header(image)
     cmd = encode_cmdline(cmdline, kernel_max=hdr.cmdline_size)
@@ -320,7 +320,7 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
         initrd_addr = place_initrd(len(initrd), low_end, end, limit=hdr.initrd_addr_max + 1)
         writes.append((initrd_addr, bytes(initrd)))
     params = pack_boot_params(hdr, layout.CMDLINE_START, initrd_addr, len(initrd or b""),
-                              layout.memory_map(ram), acpi_rsdp)
+                              list(layout.memory_map(ram) if e820 is None else e820), acpi_rsdp)
     writes.append((layout.ZERO_PAGE, params))
     protocol = f"Linux boot protocol {hdr.version_string}"
     if hdr.has_64bit_entry:
@@ -333,25 +333,19 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
     return BzImagePlan(entry, tuple(writes))
 
 
-def load_bzimage(memory, vcpus: list, image: bytes, cmdline: str = "", initrd: bytes | None = None,
-                 name: str = "kernel", mmio_devices=()) -> Entry:
+def load_bzimage(memory, image: bytes, cmdline: str = "", initrd: bytes | None = None,
+                 name: str = "kernel", acpi_rsdp: int = 0, e820=None, cmdline_extra: str = "") -> Entry:
     """Boot a bzImage on a real VM: pykvm.vm.boot.loader calls this for "HdrS" images.
 
-    1. the state a PC firmware leaves (pykvm.vm.boot.firmware): ACPI tables, so
-       that `poweroff` can reach PM1a_CNT; boot MSRs (after CPUID, which the
-       machine set in its step 5); LAPIC LINT0 = ExtINT and LINT1 = NMI;
-    2. the plan's writes into guest memory, boot_params.acpi_rsdp_addr
-       pointing at the tables.
-    An empty command line means DEFAULT_CMDLINE; the virtio-mmio devices
-    (`mmio_devices`: base, size, irq) are appended to it and put in the DSDT.
+    The plan's writes go into guest memory; boot_params.acpi_rsdp_addr points at
+    the firmware's ACPI tables (`acpi_rsdp`, so that `poweroff` can reach
+    PM1a_CNT) and its e820 table is the firmware's map (`e820`).  An empty
+    command line means DEFAULT_CMDLINE; `cmdline_extra` (the virtio-mmio
+    devices) is appended to it.
     """
-    from pykvm.vm.boot.firmware import leave_firmware_state
-    from pykvm.vm.boot.cmdline import join_cmdline, virtio_mmio_arguments
-
-    rsdp = leave_firmware_state(memory, vcpus, mmio_devices)
-    cmdline = join_cmdline(cmdline or DEFAULT_CMDLINE, virtio_mmio_arguments(mmio_devices))
+    cmdline = join_cmdline(cmdline or DEFAULT_CMDLINE, cmdline_extra)
     try:
-        plan = plan_bzimage(image, memory.ram_ranges(), cmdline, initrd, acpi_rsdp=rsdp)
+        plan = plan_bzimage(image, memory.ram_ranges(), cmdline, initrd, acpi_rsdp=acpi_rsdp, e820=e820)
     except LoaderError as e:
         raise LoaderError(f"{name}: {e}") from None
     for address, data in plan.writes:

@@ -82,11 +82,13 @@ def pack_modlist(modules: list[tuple[int, int]]) -> bytes:
 
 
 def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None,
-             name: str = "kernel", acpi_rsdp: int = 0, cmdline_extra: str = "") -> Entry:
+             name: str = "kernel", acpi_rsdp: int = 0, cmdline_extra: str = "",
+             e820=None) -> Entry:
     """Load ELF `data` into `memory` and return its PVH entry.  Steps as in the module docstring.
 
-    `acpi_rsdp`: where the caller put the ACPI tables (pykvm.vm.boot.firmware), for
-    start_info.rsdp_paddr; Linux reads it in arch/x86/platform/pvh/enlighten.c.
+    `acpi_rsdp` and `e820`: what the firmware step left (pykvm.vm.boot.firmware),
+    for start_info.rsdp_paddr (Linux reads it in arch/x86/platform/pvh/enlighten.c)
+    and the memory map; by default no RSDP and the map of `memory`.
     A Linux kernel given no command line gets the bzImage loader's
     DEFAULT_CMDLINE (without console=ttyS0 it would print nothing at all).
     `cmdline_extra` (the virtio-mmio devices) is appended to either.
@@ -105,7 +107,7 @@ def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None
         memory.write(address, initrd)
         modules.append((address, len(initrd)))
         memory.write(layout.PVH_MODLIST, pack_modlist(modules))
-    memmap = memory.memory_map()
+    memmap = list(memory.memory_map() if e820 is None else e820)
     if len(memmap) > MAX_MEMMAP_ENTRIES:
         raise LoaderError(f"memory map has {len(memmap)} entries, room for {MAX_MEMMAP_ENTRIES}")
     memory.write(layout.PVH_MEMMAP, pack_memmap(memmap))
