@@ -243,7 +243,7 @@ class Machine:
         self.pio.insert(t.ScratchPorts(lambda address: t.remap_page(self.memory, address)),
                         t.PORTS_BASE, t.PORTS_LENGTH)
         self.pio.insert(t.IrqLinePorts(self.vm.irq_line), t.IRQ_LINES_BASE, t.IRQ_LINES_LENGTH)
-        self.mmio.insert(t.ScratchMemory(), t.IOMEM_BASE, t.IOMEM_LENGTH)
+        self.mmio.insert(t.ScratchMemory(), layout.PC_TESTDEV_IOMEM, t.IOMEM_LENGTH)
 
     def _serial_irq(self, level: bool) -> None:
         """The UART's INTR output drives ISA IRQ 4 (PIC and IOAPIC pin 4)."""
