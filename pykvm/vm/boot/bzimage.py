@@ -30,8 +30,8 @@ The recipe (each step one function below):
   5. pack_e820_table: the guest's RAM map (the firmware's e820) as zero-page rows.
   6. pack_boot_params: the "zero page" as bytes: zeros, the header copied
      from the image, our loader fields, the command line pointer, the e820 table.
-  7. plan_bzimage: all of the above, returning a BzImagePlan (what to write
-     where, and the Entry where the vCPU starts).  Pure: bytes in, bytes and
+  7. plan_bzimage: all of the above, returning a LoadPlan (what to write
+     where, and the Entry where the vCPU starts; pykvm.vm.boot.plan).  Pure: bytes in, bytes and
      addresses out, no KVM needed, so every rule is unit-tested.
   8. load_bzimage: the plan carried out on a real VM: the writes, with the
      ACPI RSDP and e820 map the firmware step left (pykvm.vm.boot.firmware).
@@ -43,13 +43,12 @@ from dataclasses import dataclass, fields
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
 from pykvm.vm import layout
 from pykvm.vm.boot.cmdline import encode_cmdline, join_cmdline
-from pykvm.vm.boot.plan import place_initrd
+from pykvm.vm.boot.plan import LoadPlan, place_initrd, write_plan
 from pykvm.errors import LoaderError
 from pykvm.vm.kvm.bindings import ffi, lib
 
 __all__ = [
     "SetupHeader",
-    "BzImagePlan",
     "read_setup_header",
     "protected_mode_kernel",
     "compressed_payload",
@@ -286,16 +285,8 @@ def _split64(value: int) -> tuple[int, int]:
     return value & 0xFFFFFFFF, value >> 32
 
 
-@dataclass(frozen=True)
-class BzImagePlan:
-    """What loading a bzImage means: bytes to write where, and the vCPU's entry."""
-
-    entry: Entry
-    writes: tuple[tuple[int, bytes], ...]   # (guest-physical address, bytes), in order
-
-
 def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes = b"",
-                 initrd: bytes | None = None, acpi_rsdp: int = 0, e820=None) -> BzImagePlan:
+                 initrd: bytes | None = None, acpi_rsdp: int = 0, e820=None) -> LoadPlan:
     """Everything a boot loader decides for a bzImage, without touching a VM.
 
     `ram` is the guest's RAM as (base, size) ranges, the first one starting
@@ -330,7 +321,7 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
         entry = Entry(CpuMode.PROTECTED, layout.HIMEM_START,
                       {"rsi": layout.ZERO_PAGE, "rbp": 0, "rdi": 0, "rbx": 0},
                       protocol=protocol + ", 32-bit entry")
-    return BzImagePlan(entry, tuple(writes))
+    return LoadPlan(entry, tuple(writes))
 
 
 def load_bzimage(memory, image: bytes, cmdline: str = "", initrd: bytes | None = None,
@@ -348,9 +339,7 @@ def load_bzimage(memory, image: bytes, cmdline: str = "", initrd: bytes | None =
         plan = plan_bzimage(image, memory.ram_ranges(), cmdline, initrd, acpi_rsdp=acpi_rsdp, e820=e820)
     except LoaderError as e:
         raise LoaderError(f"{name}: {e}") from None
-    for address, data in plan.writes:
-        memory.write(address, data)
-    return plan.entry
+    return write_plan(memory, plan)
 
 
 def _mib(n: int) -> str:
