@@ -275,11 +275,6 @@ class Vcpu(FdObject):
         ffi.buffer(state.regs)[:] = bytes(regs)
         self._ioctl("KVM_SET_LAPIC", state)
 
-    def set_mp_state(self, mp_state: int) -> None:
-        """Wraps KVM_SET_MP_STATE (KVM_CAP_MP_STATE): runnable, halted, waiting for INIT/SIPI."""
-        state = ffi.new("struct kvm_mp_state *", {"mp_state": mp_state})
-        self._ioctl("KVM_SET_MP_STATE", state)
-
     def get_cpuid(self) -> bytes:
         """Wraps KVM_GET_CPUID2: the CPUID table this vCPU was given, as `struct kvm_cpuid2` bytes
         (its header, then MAX_CPUID_ENTRIES entry slots of which `nent` are used)."""
