@@ -28,8 +28,12 @@ and xv6's memlayout.h are the models):
                  | MMIO gap: no RAM                     |
     0xd000_0000  | VIRTIO_MMIO_BASE: virtio-mmio slots, |
                  | 4 KiB each, IRQs VIRTIO_MMIO_IRQS    |
-                 | (TSS and identity map pages for      |
-                 | Intel VMX near the top)              |
+    0xfec0_0000  | IOAPIC_ADDRESS: KVM's in-kernel      |
+                 |   IOAPIC (in the MADT)               |
+    0xfee0_0000  | LOCAL_APIC_ADDRESS: each vCPU's LAPIC|
+    0xff00_0000  | PC_TESTDEV_IOMEM: pc-testdev MMIO    |
+    0xfffb_c000  | KVM_IDENTITY_MAP_ADDRESS, then       |
+                 |   KVM_TSS_ADDRESS: Intel VMX's pages |
     4 GiB        +--------------------------------------+
                  | RAM above 4 GiB, if --mem > 3 GiB    |
 """
@@ -39,7 +43,8 @@ __all__ = [
     "BDA_RESET_FLAG", "BOOT_GDT", "FLAT_LOAD", "PVH_START_INFO", "PVH_MODLIST", "PVH_MEMMAP", "ZERO_PAGE",
     "PML4_START", "PDPTE_START", "PDE_START", "CMDLINE_START", "CMDLINE_MAX",
     "EBDA_START", "ACPI_TABLES", "HIMEM_START", "MMIO_GAP_START", "MMIO_GAP_END", "KVM_TSS_ADDRESS",
-    "KVM_IDENTITY_MAP_ADDRESS", "VIRTIO_MMIO_BASE", "VIRTIO_MMIO_SIZE", "VIRTIO_MMIO_IRQS",
+    "KVM_IDENTITY_MAP_ADDRESS", "IOAPIC_ADDRESS", "LOCAL_APIC_ADDRESS", "VIRTIO_MMIO_BASE",
+    "VIRTIO_MMIO_SIZE", "VIRTIO_MMIO_IRQS", "PC_TESTDEV_IOMEM",
     "virtio_mmio_slot", "MULTIBOOT_INFO", "MULTIBOOT_MODS", "MULTIBOOT_MMAP", "MULTIBOOT_LOW_LOAD",
     "E820_RAM", "E820_RESERVED", "memory_map",
 ]
@@ -67,6 +72,9 @@ MMIO_GAP_START = 0xC0000000  # 3 GiB: RAM stops here below 4 GiB
 MMIO_GAP_END = 0x100000000   # 4 GiB: RAM resumes here
 KVM_TSS_ADDRESS = 0xFFFBD000           # 3 pages for KVM_SET_TSS_ADDR (as QEMU and Firecracker)
 KVM_IDENTITY_MAP_ADDRESS = 0xFFFBC000  # 1 page for KVM_SET_IDENTITY_MAP_ADDR, just below
+IOAPIC_ADDRESS = 0xFEC00000            # KVM's in-kernel IOAPIC (IOAPIC_DEFAULT_BASE_ADDRESS)
+LOCAL_APIC_ADDRESS = 0xFEE00000        # every CPU's LAPIC registers (SDM Vol. 3A 10.4.1)
+PC_TESTDEV_IOMEM = 0xFF000000          # QEMU pc-testdev's MMIO scratch window (kvm-unit-tests)
 VIRTIO_MMIO_BASE = 0xD0000000          # first virtio-mmio device (Firecracker's MMIO_MEM_START)
 VIRTIO_MMIO_SIZE = 0x1000              # one page per device: registers at 0, config at 0x100
 # One ISA interrupt per slot: free lines of a PC (0 PIT, 1 keyboard, 2 cascade, 3-4 serial,

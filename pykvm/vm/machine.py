@@ -4,25 +4,32 @@ The boot path is one top-down recipe (Firecracker's build_microvm_for_boot is
 the model).  Machine.__init__ reads as its table of contents:
 
     0. the virtio devices' host side: disk images opened (bad input fails before KVM)
-    1. open /dev/kvm and check the capabilities pykvm needs, and --cpus
+    1. open /dev/kvm and check the capabilities pykvm needs (REQUIRED_CAPABILITIES,
+       as `pykvm check`), and --cpus
     2. create the VM; give Intel VMX its TSS and identity-map pages below 4 GiB
     3. guest memory, registered with KVM as memory slots (restoring: mapped
        copy-on-write from the snapshot's memory.bin)
     4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT
        (with port 0x61, channel 2's gate and output): before any vCPU
        exists, so each vCPU gets its LAPIC
-    5. the vCPUs, each with its CPUID (its own APIC id, a topology of N CPUs;
-       CPUID before MSRs: KVM checks MSRs against it)
-    6. the kernel loaded into memory, giving an entry point and CPU mode;
-       the firmware's leftovers for every vCPU (ACPI tables with the MADT, MSRs);
-       the virtio devices' slots go on its command line and into the DSDT
-       (restoring: nothing to load, memory holds the running kernel)
-    7. the devices, each inserted on the port-I/O bus at its base; the virtio
+    5. the vCPUs, created bare
+    6. the devices, each inserted on the port-I/O bus at its base; the virtio
        transports on the MMIO bus
-    8. vCPU 0's registers for that entry point; the other vCPUs wait for a
-       SIPI, as the application processors of a PC do (restoring: the
-       snapshot's VM, vCPU and device state, in pykvm.vm.snapshot.state's order)
-    9. with --gdb, the gdb stub listening (pykvm.vm.gdb)
+    Booting (pykvm.vm.boot, then pykvm.vm.arch.x86.vcpu):
+    7. the kernel file (and initrd, modules) read, its format found, the
+       options checked against it, before anything is written
+    8. what a PC firmware leaves (ACPI tables with the MADT and the DSDT
+       listing the virtio devices; the e820 map), unless the kernel is a
+       raw flat binary
+    9. the kernel loaded into memory, the firmware's RSDP and e820 map passed
+       on in its boot protocol, the virtio devices on its command line: an
+       entry point and CPU mode
+   10. each vCPU configured (configure_vcpu): CPUID, boot MSRs, LAPIC, and
+       vCPU 0's registers for the entry; the other vCPUs wait for a SIPI, as
+       the application processors of a PC do
+    Restoring instead of 7-10: the snapshot's VM, vCPU and device state, in
+    pykvm.vm.snapshot.state's order (memory holds the running kernel)
+   11. with --gdb, the gdb stub listening (pykvm.vm.gdb)
 
 Machine.run() runs one host thread per vCPU, each looping on KVM_RUN and one
 `match` over the typed exit (_run_loop).  cffi drops the GIL for the length of
@@ -46,7 +53,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pykvm.vm.arch.x86 import boot_state, cpuid
+from pykvm.vm.arch.x86.boot_state import Entry
+from pykvm.vm.arch.x86.vcpu import configure_vcpu
 from pykvm.vm import layout
 from pykvm.vm.console import FLUSH_BYTES, ConsoleOutput
 from pykvm.vm.devices import acpi_pm, cmos, debug_exit, fw_cfg, i8042, pc_testdev, pci, serial
@@ -55,7 +63,7 @@ from pykvm.errors import ConfigError, GuestError
 from pykvm.vm.devices.virtio.attach import VirtioConfig, VirtioDevices
 from pykvm.vm.kvm import (Debug, FailEntry, InternalError, Interrupted, IoIn, IoOut, Kvm, MmioRead,
                           MmioWrite, Shutdown, SystemEvent)
-from pykvm.vm.kvm.bindings import lib
+from pykvm.vm.kvm.system import REQUIRED_CAPABILITIES
 from pykvm.vm.kvm.vm import PIT_SPEAKER_DUMMY
 from pykvm.vm.memory import GuestMemory
 from pykvm.vm.watchdog import HALTED_WITH_INTERRUPTS_OFF, Watchdog
@@ -118,6 +126,10 @@ class Machine:
         self._threads: dict[int, int] = {}     # vCPU id -> its running thread's ident
         self._halted_for_good: set[int] = set()   # vCPUs the watchdog found halted with IF=0
         self.watchdogs: dict[int, Watchdog] = {}   # vCPU id -> its watchdog, while its thread runs
+        self._snapshot_requested = False       # set by request_snapshot(), taken by vCPU 0's loop
+        # Parts _build() makes; None until made, so close() can tear down a half-built VM.
+        self.kvm = self.vm = self.memory = self.virtio = self.serial = self.gdb = None
+        self._console_output: ConsoleOutput | None = None   # stdout's writer, unless config.output
         install_kick_handler()
         try:
             self._build()
@@ -130,8 +142,7 @@ class Machine:
         config = self.config
         self.virtio = VirtioDevices(config.virtio)                         # 0
         self.kvm = Kvm()                                                   # 1
-        for capability in ("KVM_CAP_USER_MEMORY", "KVM_CAP_IRQCHIP", "KVM_CAP_PIT2",
-                           "KVM_CAP_EXT_CPUID", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_MP_STATE"):
+        for capability in REQUIRED_CAPABILITIES:                           # as `pykvm check`
             self.kvm.require(capability)
         check_cpus(config.cpus, self.kvm.check_extension("KVM_CAP_NR_VCPUS"))
         self.vm = self.kvm.create_vm()                                     # 2
@@ -141,20 +152,20 @@ class Machine:
         self.memory.register(self.vm)
         self.vm.create_irqchip()                                           # 4
         self.vm.create_pit2(PIT_SPEAKER_DUMMY)                             # port 0x61 too, as Firecracker
-        self.vcpus = self._create_vcpus(config.cpus)                       # 5
+        self.vcpus = [self.vm.create_vcpu(index) for index in range(config.cpus)]   # 5
         self.vcpu = self.vcpus[0]                                          # the bootstrap processor
+        self.exit_counts_by_vcpu = [Counter() for _ in self.vcpus]
+        self._add_devices()                                                # 6
         if config.restore is None:
-            self.entry = self._load_kernel()                               # 6
-        self._add_devices()                                                # 7
-        if config.restore is None:
-            boot_state.configure_vcpu(self.vcpu, self.memory, self.entry)  # 8
-            for ap in self.vcpus[1:]:
-                ap.set_mp_state(lib.KVM_MP_STATE_INIT_RECEIVED)            # wait-for-SIPI
+            kernel = self._read_kernel()                                   # 7
+            firmware = self._leave_firmware_state(kernel)                  # 8
+            self.entry = self._load_kernel(kernel, firmware)               # 9
+            self._configure_vcpus(self.entry, firmware is not None)        # 10
         else:
             from pykvm.vm.snapshot import restore_state
 
-            restore_state(config.restore, self)
-        self.gdb = self._gdb_stub()                                        # 9
+            restore_state(config.restore, self)                            # 7-10
+        self.gdb = self._gdb_stub()                                        # 11
 
     def _guest_memory(self) -> GuestMemory:
         if self.config.restore is None:
@@ -172,21 +183,31 @@ class Machine:
                               wait=self.config.gdb_wait, kick=self._kick_all, stop=self.stop,
                               exit_requested=lambda: self.exit_status is not None)
 
-    def _create_vcpus(self, cpus: int) -> list:
-        """vCPUs 0 .. cpus-1 (APIC id = index), each with CPUID naming its APIC id and N CPUs."""
-        supported = self.kvm.supported_cpuid()
-        vcpus = []
-        for index in range(cpus):
-            vcpu = self.vm.create_vcpu(index)
-            vcpu.set_cpuid(cpuid.guest_cpuid(supported, index, cpus))
-            vcpus.append(vcpu)
-            self.exit_counts_by_vcpu.append(Counter())
-        return vcpus
+    def _read_kernel(self):
+        from pykvm.vm.boot.loader import read_kernel
 
-    def _load_kernel(self) -> boot_state.Entry:
+        return read_kernel(self.config)
+
+    def _leave_firmware_state(self, kernel):
+        """The firmware step: a Firmware value (the RSDP's address, the e820 map), or None
+        for a kernel that expects no firmware (a raw flat binary)."""
+        if not kernel.wants_firmware:
+            return None
+        from pykvm.vm.boot.firmware import leave_firmware_state
+
+        return leave_firmware_state(self.memory, len(self.vcpus), self.virtio.windows())
+
+    def _load_kernel(self, kernel, firmware) -> Entry:
         from pykvm.vm.boot.loader import load_kernel
 
-        return load_kernel(self.memory, self.vcpus, self.config, self.virtio.windows())
+        return load_kernel(self.memory, kernel, firmware, self.virtio.windows())
+
+    def _configure_vcpus(self, entry: Entry, firmware: bool) -> None:
+        """Every vCPU through the one place that configures a vCPU (arch/x86/vcpu.py)."""
+        supported = self.kvm.supported_cpuid()
+        for vcpu in self.vcpus:
+            configure_vcpu(vcpu, self.memory, entry, cpus=len(self.vcpus),
+                           supported_cpuid=supported, firmware=firmware)
 
     def _add_devices(self) -> None:
         # `pykvm boot | head -1`: once nobody reads, the VM ends (as `yes | head -1` ends yes).
@@ -222,7 +243,7 @@ class Machine:
         self.pio.insert(t.ScratchPorts(lambda address: t.remap_page(self.memory, address)),
                         t.PORTS_BASE, t.PORTS_LENGTH)
         self.pio.insert(t.IrqLinePorts(self.vm.irq_line), t.IRQ_LINES_BASE, t.IRQ_LINES_LENGTH)
-        self.mmio.insert(t.ScratchMemory(), t.IOMEM_BASE, t.IOMEM_LENGTH)
+        self.mmio.insert(t.ScratchMemory(), layout.PC_TESTDEV_IOMEM, t.IOMEM_LENGTH)
 
     def _serial_irq(self, level: bool) -> None:
         """The UART's INTR output drives ISA IRQ 4 (PIC and IOAPIC pin 4)."""
@@ -300,8 +321,6 @@ class Machine:
                 signal.pthread_kill(thread, KICK_SIGNAL)
 
     # --- snapshots --------------------------------------------------------------
-    _snapshot_requested = False
-
     def request_snapshot(self) -> None:
         """Ask vCPU 0's run loop to pause, write a snapshot to config.snapshot_dir, and go on
         (any thread)."""
@@ -400,25 +419,25 @@ class Machine:
         vcpu_run, pio, mmio = vcpu.run, self.pio, self.mmio
         counts = self.exit_counts_by_vcpu[vcpu.id]
         while self.exit_status is None:
-            exit = vcpu_run()
+            vm_exit = vcpu_run()
             watchdog.exits += 1
             if trace:
-                counts[exit.reason] += 1
-                _trace(vcpu.id, exit)
-            match exit:
+                counts[vm_exit.reason] += 1
+                _trace(vcpu.id, vm_exit)
+            match vm_exit:
                 case IoOut(port=port, size=size, value=value):
-                    if exit.count == 1:
+                    if vm_exit.count == 1:
                         pio.write(port, size, value)
                     else:
-                        for value in exit.values():                  # rep outs
+                        for value in vm_exit.values():               # rep outs
                             pio.write(port, size, value)
                 case IoIn(port=port, size=size):
-                    for i in range(exit.count):                      # 1 unless rep ins
-                        exit.reply(pio.read(port, size), i)
+                    for i in range(vm_exit.count):                   # 1 unless rep ins
+                        vm_exit.reply(pio.read(port, size), i)
                 case MmioWrite(address=address, size=size, data=data):
                     mmio.write(address, size, data)
                 case MmioRead(address=address, size=size):
-                    exit.reply(mmio.read(address, size))
+                    vm_exit.reply(mmio.read(address, size))
                 case Interrupted():                                  # a kick; loop re-checks
                     if self._snapshot_requested and vcpu is self.vcpu:
                         self._write_snapshot()
@@ -429,7 +448,7 @@ class Machine:
                         self.gdb.vcpu_interrupted(vcpu)
                         watchdog.exits += 1                          # gdb's stop is not the guest's silence
                 case Debug() if self.gdb is not None:
-                    self.gdb.vcpu_debug_exit(vcpu, exit)
+                    self.gdb.vcpu_debug_exit(vcpu, vm_exit)
                     watchdog.exits += 1
                 case SystemEvent(kind="shutdown" | "reset"):
                     self.stop(0)
@@ -438,12 +457,12 @@ class Machine:
                         vcpu, "triple fault: the guest hit an exception it could not handle"))
                 case InternalError():
                     raise GuestError(self._stopped_because(
-                        vcpu, _describe_internal_error(exit, vcpu.get_regs().rip)))
+                        vcpu, _describe_internal_error(vm_exit, vcpu.get_regs().rip)))
                 case FailEntry():
                     raise GuestError(self._stopped_because(
-                        vcpu, f"KVM could not enter the guest (hardware reason {exit.hardware_reason:#x})"))
+                        vcpu, f"KVM could not enter the guest (hardware reason {vm_exit.hardware_reason:#x})"))
                 case _:
-                    raise GuestError(self._stopped_because(vcpu, f"unhandled VM exit {exit!r}"))
+                    raise GuestError(self._stopped_because(vcpu, f"unhandled VM exit {vm_exit!r}"))
 
     def _quiet_vcpu(self, vcpu, reason: str) -> None:
         """The watchdog's verdict on `vcpu`: stop the VM, or (halted with interrupts off while
@@ -473,22 +492,12 @@ class Machine:
         return f"VM stopped: {where}{reason}\n{register_dump(vcpu, self.memory)}"
 
     # --- tearing down ----------------------------------------------------------
-    _console_output: ConsoleOutput | None = None
-    gdb = None
-
     def close(self) -> None:
-        if getattr(self, "virtio", None) is not None:
+        if self.virtio is not None:
             self.virtio.close()              # its workers touch guest memory: stop them first
-        if self.gdb is not None:
-            self.gdb.close()
-        if getattr(self, "serial", None) is not None:
-            self.serial.close()
-        if self._console_output is not None:
-            self._console_output.close()
-        for name in ("vm", "kvm", "memory"):
-            obj = getattr(self, name, None)
-            if obj is not None:
-                obj.close()
+        for part in (self.gdb, self.serial, self._console_output, self.vm, self.kvm, self.memory):
+            if part is not None:
+                part.close()
 
     def __enter__(self):
         return self
@@ -497,10 +506,10 @@ class Machine:
         self.close()
 
 
-def _describe_internal_error(exit: InternalError, rip: int) -> str:
-    text = f"KVM internal error: {exit.description} at rip {rip:#x}"
-    if exit.insn_bytes:
-        text += f"; instruction bytes {exit.insn_bytes.hex(' ')}"
+def _describe_internal_error(error: InternalError, rip: int) -> str:
+    text = f"KVM internal error: {error.description} at rip {rip:#x}"
+    if error.insn_bytes:
+        text += f"; instruction bytes {error.insn_bytes.hex(' ')}"
     return text
 
 
@@ -532,6 +541,6 @@ def install_kick_handler() -> None:
                           "(it installs the vCPU kick signal handler)") from None
 
 
-def _trace(vcpu_id: int, exit) -> None:
+def _trace(vcpu_id: int, vm_exit) -> None:
     """--trace: one line per VM exit on stderr, like a tiny kvm_stat -1."""
-    os.write(2, f"pykvm: vcpu{vcpu_id} exit {exit.reason:<14} {exit!r}\n".encode())
+    os.write(2, f"pykvm: vcpu{vcpu_id} exit {vm_exit.reason:<14} {vm_exit!r}\n".encode())

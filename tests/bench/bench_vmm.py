@@ -93,7 +93,7 @@ def c_exits(peer: Path, guest: Path) -> float:
 
 
 def python_create_to_hlt(runs: int) -> list[float]:
-    from pykvm.vm.arch.x86.boot_state import CpuMode, Entry, configure_vcpu
+    from pykvm.vm.arch.x86.boot_state import CpuMode, Entry, set_entry_registers
     from pykvm.vm import layout
     from pykvm.vm.kvm import Hlt, Kvm
     from pykvm.vm.memory import GuestMemory
@@ -105,7 +105,7 @@ def python_create_to_hlt(runs: int) -> list[float]:
             mem.register(vm)
             vcpu = vm.create_vcpu(0)
             mem.write(layout.FLAT_LOAD, b"\xf4")  # hlt
-            configure_vcpu(vcpu, mem, Entry(CpuMode.REAL, layout.FLAT_LOAD))
+            set_entry_registers(vcpu, mem, Entry(CpuMode.REAL, layout.FLAT_LOAD))
             exit = vcpu.run()
             times.append(time.perf_counter() - start)
             assert isinstance(exit, Hlt), exit

@@ -55,6 +55,7 @@ from pykvm.errors import GuestError, PyKvmError  # noqa: E402
 from pykvm.vm import layout  # noqa: E402
 from pykvm.vm.arch.x86 import boot_state, gdt  # noqa: E402
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry  # noqa: E402
+from pykvm.vm.boot.loader import Kernel  # noqa: E402
 from pykvm.vm.machine import Machine, MachineConfig  # noqa: E402
 
 __all__ = ["run_guest", "fuzz", "main"]
@@ -93,16 +94,19 @@ class FuzzMachine(Machine):
         self.guest = guest
         super().__init__(config)
 
-    def _load_kernel(self) -> Entry:
+    def _read_kernel(self) -> Kernel:
+        return Kernel(f"fuzz guest {self.guest.seed}", self.guest.code, "raw")   # raw: no firmware
+
+    def _load_kernel(self, kernel: Kernel, firmware) -> Entry:
         g = self.guest
-        self.memory.write(layout.FLAT_LOAD, g.code)
+        self.memory.write(layout.FLAT_LOAD, kernel.data)
         mode = {"real": CpuMode.REAL, "protected": CpuMode.PROTECTED, "long": CpuMode.LONG}[g.mode]
         stack = RING3_STACK if g.ring == 3 else RING0_STACK
         flags = boot_state.RFLAGS_RESERVED | (g.iopl << 12)
         return Entry(mode, layout.FLAT_LOAD, {"rsp": stack, "rflags": flags}, protocol="fuzz")
 
     def _build(self) -> None:
-        super()._build()              # configure_vcpu has set the mode with pykvm's boot GDT
+        super()._build()              # set_entry_registers has set the mode with pykvm's boot GDT
         if self.guest.handlers:
             self._write_handlers()
         if self.guest.mode == "long":

@@ -19,6 +19,21 @@ def test_out_then_hlt():
         assert isinstance(vcpu.run(), Hlt)
 
 
+def test_an_exit_kept_by_the_caller_does_not_change_under_it():
+    with bare_vm("""
+        mov $'A', %al
+        out %al, $0x10
+        mov $'B', %al
+        out %al, $0x11
+        hlt
+    """) as (vm, vcpu, mem):
+        first = vcpu.run()
+        second = vcpu.run()
+        assert first is not second
+        assert (first.port, first.data) == (0x10, b"A"), first
+        assert (second.port, second.data) == (0x11, b"B"), second
+
+
 def test_in_gets_the_value_we_reply():
     with bare_vm("""
         in $0x20, %al

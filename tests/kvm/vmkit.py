@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 
 from guestasm import assemble
-from pykvm.vm.arch.x86.boot_state import CpuMode, Entry, configure_vcpu
+from pykvm.vm.arch.x86.boot_state import CpuMode, Entry, set_entry_registers
 from pykvm.vm import layout
 from pykvm.vm.kvm import Kvm
 from pykvm.vm.machine import Machine, MachineConfig
@@ -38,7 +38,7 @@ def bare_vm(source: str, bits: int = 16, memory: int = MEMORY):
         vcpu = vm.create_vcpu(0)
         mem.write(layout.FLAT_LOAD, code)
         mode = CpuMode.REAL if bits == 16 else CpuMode.PROTECTED
-        configure_vcpu(vcpu, mem, Entry(mode, layout.FLAT_LOAD))
+        set_entry_registers(vcpu, mem, Entry(mode, layout.FLAT_LOAD))
         yield vm, vcpu, mem
 
 

@@ -12,8 +12,8 @@ import pytest
 from pykvm.vm.arch.x86.boot_state import CpuMode
 from pykvm.vm.boot import bzimage
 from pykvm.vm import layout
-from pykvm.vm.boot.bzimage import (kernel_end, pack_boot_params, pack_e820_table, place_initrd,
-                                plan_bzimage, read_setup_header)
+from pykvm.vm.boot.bzimage import kernel_end, pack_boot_params, pack_e820_table, plan_bzimage, read_setup_header
+from pykvm.vm.boot.plan import place_initrd
 from pykvm.errors import LoaderError
 
 from fake_bzimage import make_bzimage
@@ -194,13 +194,13 @@ def test_kernel_larger_than_memory():
 
 def test_initrd_top_of_memory_page_aligned():
     hdr = read_setup_header(make_bzimage())
-    addr = place_initrd(hdr, 5000, 64 * MiB, 17 * MiB)
+    addr = place_initrd(5000, 64 * MiB, 17 * MiB, limit=hdr.initrd_addr_max + 1)
     assert addr % 4096 == 0 and addr + 5000 <= 64 * MiB and addr == 64 * MiB - 2 * 4096
 
 
 def test_initrd_below_initrd_addr_max():
     hdr = read_setup_header(make_bzimage(initrd_addr_max=0x2FFFFFF))      # last legal byte: 48 MiB - 1
-    addr = place_initrd(hdr, 1 * MiB, 256 * MiB, 17 * MiB)
+    addr = place_initrd(1 * MiB, 256 * MiB, 17 * MiB, limit=hdr.initrd_addr_max + 1)
     assert addr + 1 * MiB <= 0x3000000 and addr == 47 * MiB
 
 

@@ -25,16 +25,16 @@ The recipe (each step one function below):
   1. read_setup_header: parse the header at 0x1f1, refuse what we cannot boot.
   2. protected_mode_kernel: the bytes after the setup sectors, loaded at 1 MiB.
   3. kernel_end: how far the kernel reaches once it decompresses itself.
-  4. place_initrd: the initrd as high as allowed (below initrd_addr_max).
-  5. pack_e820_table: the guest's RAM map (layout.memory_map) as zero-page rows.
+  4. place_initrd (pykvm.vm.boot.plan): the initrd as high as allowed (below
+     initrd_addr_max).
+  5. pack_e820_table: the guest's RAM map (the firmware's e820) as zero-page rows.
   6. pack_boot_params: the "zero page" as bytes: zeros, the header copied
      from the image, our loader fields, the command line pointer, the e820 table.
-  7. plan_bzimage: all of the above, returning a BzImagePlan (what to write
-     where, and the Entry where the vCPU starts).  Pure: bytes in, bytes and
+  7. plan_bzimage: all of the above, returning a LoadPlan (what to write
+     where, and the Entry where the vCPU starts; pykvm.vm.boot.plan).  Pure: bytes in, bytes and
      addresses out, no KVM needed, so every rule is unit-tested.
-  8. load_bzimage: the plan carried out on a real VM: the state a PC firmware
-     leaves (pykvm.vm.boot.firmware: ACPI tables, MSRs, LAPIC LINT pins), then
-     the writes.
+  8. load_bzimage: the plan carried out on a real VM: the writes, with the
+     ACPI RSDP and e820 map the firmware step left (pykvm.vm.boot.firmware).
 """
 from __future__ import annotations
 
@@ -42,17 +42,17 @@ from dataclasses import dataclass, fields
 
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
 from pykvm.vm import layout
+from pykvm.vm.boot.cmdline import encode_cmdline, join_cmdline
+from pykvm.vm.boot.plan import LoadPlan, place_initrd, write_plan
 from pykvm.errors import LoaderError
 from pykvm.vm.kvm.bindings import ffi, lib
 
 __all__ = [
     "SetupHeader",
-    "BzImagePlan",
     "read_setup_header",
     "protected_mode_kernel",
     "compressed_payload",
     "kernel_end",
-    "place_initrd",
     "pack_e820_table",
     "pack_boot_params",
     "plan_bzimage",
@@ -66,7 +66,6 @@ __all__ = [
 # protocol lets boot_params and the command line sit anywhere in RAM the
 # kernel is told about; the protected-mode kernel goes to 1 MiB; the initrd
 # goes to the top of low RAM, below initrd_addr_max.
-PAGE_SIZE = 0x1000
 
 # --- struct boot_params and struct setup_header, from <asm/bootparam.h> ---------
 # The compiler gives every offset (pykvm/vm/kvm/_build.py declares the structs with
@@ -245,22 +244,6 @@ def kernel_end(hdr: SetupHeader, load_addr: int, pm_size: int) -> int:
     return max(load_addr + pm_size, runtime + hdr.init_size)
 
 
-def place_initrd(hdr: SetupHeader, initrd_size: int, mem_end: int, lowest: int) -> int:
-    """Address for an initrd of `initrd_size` bytes: as high as allowed, page aligned.
-
-    boot.rst: the initrd must end at or below initrd_addr_max (the last legal
-    byte) and must stay inside RAM; we also keep it above `lowest` (the end of
-    the kernel's footprint) so the decompressor never overwrites it.
-    """
-    limit = min(hdr.initrd_addr_max + 1, mem_end, 1 << 32)
-    addr = (limit - initrd_size) // PAGE_SIZE * PAGE_SIZE
-    if initrd_size > limit or addr < lowest:
-        room = max(0, limit - lowest)
-        raise LoaderError(f"initrd of {initrd_size} bytes does not fit: {room} bytes free between the "
-                          f"kernel ({lowest:#x}) and {limit:#x}; give the guest more memory (--mem)")
-    return addr
-
-
 def pack_e820_table(entries: list[tuple[int, int, int]]) -> bytes:
     """(address, size, type) rows as zero-page bytes: struct boot_e820_entry[], 20 packed bytes each."""
     if len(entries) > E820_MAX_ENTRIES_ZEROPAGE:
@@ -269,18 +252,6 @@ def pack_e820_table(entries: list[tuple[int, int, int]]) -> bytes:
     for row, (addr, size, kind) in zip(table, entries):
         row.addr, row.size, row.type = addr, size, kind
     return bytes(ffi.buffer(table))[:len(entries) * ffi.sizeof("struct boot_e820_entry")]
-
-
-def _check_cmdline(hdr: SetupHeader, cmdline: bytes) -> None:
-    """cmdline_size is the longest command line the kernel accepts, without the NUL."""
-    if b"\0" in cmdline:
-        raise LoaderError("kernel command line contains a NUL byte")
-    if len(cmdline) > hdr.cmdline_size:
-        raise LoaderError(f"kernel command line is {len(cmdline)} bytes; this kernel accepts at most "
-                          f"{hdr.cmdline_size} (cmdline_size)")
-    if len(cmdline) >= layout.CMDLINE_MAX:
-        raise LoaderError(f"kernel command line is {len(cmdline)} bytes; pykvm has room for "
-                          f"{layout.CMDLINE_MAX - 1}")
 
 
 def pack_boot_params(hdr: SetupHeader, cmdline_addr: int, initrd_addr: int, initrd_size: int,
@@ -314,27 +285,19 @@ def _split64(value: int) -> tuple[int, int]:
     return value & 0xFFFFFFFF, value >> 32
 
 
-@dataclass(frozen=True)
-class BzImagePlan:
-    """What loading a bzImage means: bytes to write where, and the vCPU's entry."""
-
-    entry: Entry
-    writes: tuple[tuple[int, bytes], ...]   # (guest-physical address, bytes), in order
-
-
 def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes = b"",
-                 initrd: bytes | None = None, acpi_rsdp: int = 0) -> BzImagePlan:
+                 initrd: bytes | None = None, acpi_rsdp: int = 0, e820=None) -> LoadPlan:
     """Everything a boot loader decides for a bzImage, without touching a VM.
 
     `ram` is the guest's RAM as (base, size) ranges, the first one starting
     at 0 (GuestMemory.ram_ranges()).  The plan writes the protected-mode
     kernel at 1 MiB, the command line, the initrd and boot_params, and
     starts the vCPU at startup_64 (64-bit, when the kernel has one) or
-    startup_32, with %rsi (%esi) pointing at boot_params.
+    startup_32, with %rsi (%esi) pointing at boot_params.  `e820` is the
+    firmware's memory map, by default layout.memory_map(ram).
     """
     hdr = read_setup_header(image)
-    cmd = cmdline.encode() if isinstance(cmdline, str) else bytes(cmdline)
-    _check_cmdline(hdr, cmd)
+    cmd = encode_cmdline(cmdline, kernel_max=hdr.cmdline_size)
     kernel = protected_mode_kernel(image, hdr)
     low_end = ram[0][0] + ram[0][1]
     end = kernel_end(hdr, layout.HIMEM_START, len(kernel))
@@ -342,13 +305,13 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
         raise LoaderError(f"kernel needs {_mib(end)} of guest memory to decompress and start "
                           f"(init_size {hdr.init_size:#x} from {hdr.pref_address:#x}); "
                           f"the guest has {_mib(low_end)} below 3 GiB: raise --mem")
-    writes = [(layout.HIMEM_START, kernel), (layout.CMDLINE_START, cmd + b"\0")]
+    writes = [(layout.HIMEM_START, kernel), (layout.CMDLINE_START, cmd)]
     initrd_addr = 0
     if initrd:
-        initrd_addr = place_initrd(hdr, len(initrd), low_end, end)
+        initrd_addr = place_initrd(len(initrd), low_end, end, limit=hdr.initrd_addr_max + 1)
         writes.append((initrd_addr, bytes(initrd)))
     params = pack_boot_params(hdr, layout.CMDLINE_START, initrd_addr, len(initrd or b""),
-                              layout.memory_map(ram), acpi_rsdp)
+                              list(layout.memory_map(ram) if e820 is None else e820), acpi_rsdp)
     writes.append((layout.ZERO_PAGE, params))
     protocol = f"Linux boot protocol {hdr.version_string}"
     if hdr.has_64bit_entry:
@@ -358,33 +321,25 @@ def plan_bzimage(image: bytes, ram: list[tuple[int, int]], cmdline: str | bytes 
         entry = Entry(CpuMode.PROTECTED, layout.HIMEM_START,
                       {"rsi": layout.ZERO_PAGE, "rbp": 0, "rdi": 0, "rbx": 0},
                       protocol=protocol + ", 32-bit entry")
-    return BzImagePlan(entry, tuple(writes))
+    return LoadPlan(entry, tuple(writes))
 
 
-def load_bzimage(memory, vcpus: list, image: bytes, cmdline: str = "", initrd: bytes | None = None,
-                 name: str = "kernel", mmio_devices=()) -> Entry:
+def load_bzimage(memory, image: bytes, cmdline: str = "", initrd: bytes | None = None,
+                 name: str = "kernel", acpi_rsdp: int = 0, e820=None, cmdline_extra: str = "") -> Entry:
     """Boot a bzImage on a real VM: pykvm.vm.boot.loader calls this for "HdrS" images.
 
-    1. the state a PC firmware leaves (pykvm.vm.boot.firmware): ACPI tables, so
-       that `poweroff` can reach PM1a_CNT; boot MSRs (after CPUID, which the
-       machine set in its step 5); LAPIC LINT0 = ExtINT and LINT1 = NMI;
-    2. the plan's writes into guest memory, boot_params.acpi_rsdp_addr
-       pointing at the tables.
-    An empty command line means DEFAULT_CMDLINE; the virtio-mmio devices
-    (`mmio_devices`: base, size, irq) are appended to it and put in the DSDT.
+    The plan's writes go into guest memory; boot_params.acpi_rsdp_addr points at
+    the firmware's ACPI tables (`acpi_rsdp`, so that `poweroff` can reach
+    PM1a_CNT) and its e820 table is the firmware's map (`e820`).  An empty
+    command line means DEFAULT_CMDLINE; `cmdline_extra` (the virtio-mmio
+    devices) is appended to it.
     """
-    from pykvm.vm.boot.firmware import leave_firmware_state
-    from pykvm.vm.boot.cmdline import join_cmdline, virtio_mmio_arguments
-
-    rsdp = leave_firmware_state(memory, vcpus, mmio_devices)
-    cmdline = join_cmdline(cmdline or DEFAULT_CMDLINE, virtio_mmio_arguments(mmio_devices))
+    cmdline = join_cmdline(cmdline or DEFAULT_CMDLINE, cmdline_extra)
     try:
-        plan = plan_bzimage(image, memory.ram_ranges(), cmdline, initrd, acpi_rsdp=rsdp)
+        plan = plan_bzimage(image, memory.ram_ranges(), cmdline, initrd, acpi_rsdp=acpi_rsdp, e820=e820)
     except LoaderError as e:
         raise LoaderError(f"{name}: {e}") from None
-    for address, data in plan.writes:
-        memory.write(address, data)
-    return plan.entry
+    return write_plan(memory, plan)
 
 
 def _mib(n: int) -> str:

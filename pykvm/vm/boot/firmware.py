@@ -1,21 +1,24 @@
 """What a PC's firmware leaves behind for any kernel it boots, whatever the protocol.
 
 A kernel started by SeaBIOS or OVMF finds more than its own image in memory:
-ACPI tables describing the machine, MSRs with their boot values, and a local
-APIC wired to the legacy PIC.  pykvm has no firmware, so the loader leaves the
-same state itself, before the first instruction, for both ways it boots a
-kernel (bzImage and PVH); Firecracker does the same for every boot
-(src/vmm/src/arch/x86_64: regs.rs setup_msrs, interrupts.rs set_lint).
+ACPI tables describing the machine, and a memory map it can ask the firmware
+for.  pykvm has no firmware, so one step of the machine's recipe leaves the
+same state itself (`leave_firmware_state`), before the loader runs, for every
+kernel but a raw flat binary, as Firecracker writes its ACPI tables and e820
+map for every boot.
 
-  1. ACPI tables (RSDP, XSDT, FADT, FACS, DSDT) at layout.ACPI_TABLES, in the BIOS
-     area where Linux also scans for "RSD PTR " (ACPI 6.5, 5.2.5.1): the FADT
+  1. ACPI tables (RSDP, XSDT, FADT, FACS, MADT, DSDT) at layout.ACPI_TABLES, in the
+     BIOS area where Linux also scans for "RSD PTR " (ACPI 6.5, 5.2.5.1): the FADT
      names the PM1a control port, which is how `poweroff` reaches pykvm; the
-     DSDT lists the virtio-mmio devices.
-  2. Boot MSRs (pykvm.vm.arch.x86.msrs.boot_msrs), after CPUID is set.
-  3. LAPIC LINT0 = ExtINT (the 8259's output), LINT1 = NMI: the "virtual
-     wire" mode of the MultiProcessor Specification 1.4, 3.6.2.2.
+     MADT lists the vCPUs; the DSDT lists the virtio-mmio devices.
+  2. The E820 memory map (layout.memory_map of the guest's RAM): what a PC
+     firmware answers to INT 15h, AX=E820h.
 
-A raw flat binary gets none of this: it is the bare-metal case, on purpose.
+Both come back as a Firmware value, which the loader passes on to the kernel
+in its protocol's own way (boot_params.acpi_rsdp_addr and e820_table,
+hvm_start_info.rsdp_paddr and the PVH memory map, the Multiboot mmap).  The
+firmware's state inside each CPU (boot MSRs, the LAPIC's virtual wire) is set
+with the rest of a vCPU's state: pykvm.vm.arch.x86.vcpu.configure_vcpu.
 
 Firmware also wakes a machine from ACPI S3 ("suspend to RAM", ACPI 6.5,
 16.1.3): the OS wrote its resume address into the FACS and entered S3; on a
@@ -26,28 +29,33 @@ with the CMOS alarm interrupt enabled), as in kvm-unit-tests' s3 test.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
-from pykvm.vm.arch.x86 import acpi, boot_state, lapic, msrs
+from pykvm.vm.arch.x86 import acpi, boot_state
 from pykvm.vm import layout
 from pykvm.errors import GuestError
 
-__all__ = ["leave_firmware_state", "suspend_to_ram"]
+__all__ = ["Firmware", "leave_firmware_state", "suspend_to_ram"]
 
 SLEEP_POLL_S = 0.05            # while asleep, how often to look whether the VM was stopped
 
 
-def leave_firmware_state(memory, vcpus: list, mmio_devices=()) -> int:
-    """Steps 1-3 of the module docstring for `vcpus` (vCPU 0 first); the RSDP's address.
+@dataclass(frozen=True)
+class Firmware:
+    """What the firmware step left for the loader to hand the kernel."""
+
+    acpi_rsdp: int                           # guest address of the ACPI RSDP
+    e820: tuple[tuple[int, int, int], ...]   # the memory map: (address, size, E820 type)
+
+
+def leave_firmware_state(memory, cpus: int, mmio_devices=()) -> Firmware:
+    """Steps 1-2 of the module docstring for a VM of `cpus` vCPUs.
 
     `mmio_devices`: (base, size, irq) of each virtio-mmio device, for the DSDT.
     """
-    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES, len(vcpus), mmio_devices))
-    for vcpu in vcpus:
-        vcpu.set_msrs(msrs.boot_msrs())
-    bsp = vcpus[0]
-    bsp.set_lapic(lapic.virtual_wire(bsp.get_lapic()))
-    return layout.ACPI_TABLES
+    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES, cpus, mmio_devices))
+    return Firmware(acpi_rsdp=layout.ACPI_TABLES, e820=tuple(memory.memory_map()))
 
 
 def suspend_to_ram(vcpu, memory, cmos, pm_event, stopped: Callable[[], bool]) -> bool:

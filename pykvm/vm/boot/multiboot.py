@@ -273,11 +273,11 @@ def memory_sizes_kib(mmap: list[tuple[int, int, int]]) -> tuple[int, int]:
     return ram_from(0), ram_from(layout.HIMEM_START)
 
 
-def write_info(memory, cmdline: str, modules: list[Module], placed: list[tuple[int, int]]) -> None:
-    """Step 4: strings, module list, memory map, then the structure that points at them."""
+def write_info(memory, cmdline: str, modules: list[Module], placed: list[tuple[int, int]],
+               mmap: list[tuple[int, int, int]]) -> None:
+    """Step 4: strings, module list, memory map `mmap`, then the structure that points at them."""
     strings = write_strings(memory, [cmdline, LOADER_NAME] + [m.cmdline for m in modules])
     memory.write(layout.MULTIBOOT_MODS, pack_modules(placed, strings[2:]))
-    mmap = memory.memory_map()
     if len(mmap) > MAX_MMAP_ENTRIES:
         raise LoaderError(f"memory map has {len(mmap)} entries, room for {MAX_MMAP_ENTRIES}")
     raw_mmap = pack_mmap(mmap)
@@ -287,8 +287,12 @@ def write_info(memory, cmdline: str, modules: list[Module], placed: list[tuple[i
 
 
 def load_multiboot(memory, data: bytes, cmdline: str = "", modules: list[Module] = (),
-                   name: str = "kernel") -> Entry:
-    """Load Multiboot kernel `data` and its modules; the entry of 3.2.  Steps as in the docstring."""
+                   name: str = "kernel", e820=None) -> Entry:
+    """Load Multiboot kernel `data` and its modules; the entry of 3.2.  Steps as in the docstring.
+
+    `e820`: the memory map the firmware step left (pykvm.vm.boot.firmware); by
+    default the map of `memory`.
+    """
     header = find_header(data)
     if header is None:
         raise LoaderError(f"{name}: no Multiboot header (magic {HEADER_MAGIC:#x} with a valid "
@@ -302,6 +306,7 @@ def load_multiboot(memory, data: bytes, cmdline: str = "", modules: list[Module]
         raise LoaderError(f"{name}: Multiboot kernel is not ELF and its header has no load "
                           "addresses (flags bit 16)")
     placed = load_modules(memory, list(modules), end, name)
-    write_info(memory, f"{name} {cmdline}", list(modules), placed)   # as QEMU: "%s %s"
+    mmap = list(memory.memory_map() if e820 is None else e820)
+    write_info(memory, f"{name} {cmdline}", list(modules), placed, mmap)   # as QEMU: "%s %s"
     return Entry(CpuMode.PROTECTED, entry,
                  {"rax": BOOTLOADER_MAGIC, "rbx": layout.MULTIBOOT_INFO}, protocol="Multiboot")

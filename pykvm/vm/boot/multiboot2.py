@@ -190,15 +190,19 @@ def pack_boot_information(cmdline: str, modules: list[tuple[int, int, str]],
 
 
 def load_multiboot2(memory, data: bytes, cmdline: str = "", modules: list[Module] = (),
-                    name: str = "kernel", acpi_rsdp: int = 0) -> Entry:
-    """Load Multiboot2 kernel `data` and its modules; the entry state of step 5."""
+                    name: str = "kernel", acpi_rsdp: int = 0, e820=None) -> Entry:
+    """Load Multiboot2 kernel `data` and its modules; the entry state of step 5.
+
+    `acpi_rsdp` and `e820`: what the firmware step left (pykvm.vm.boot.firmware),
+    the RSDP copied into the ACPI tags; by default no ACPI and the map of `memory`.
+    """
     header = parse_header(data, name)
     entry, end = load_image(memory, data, header, name)
     modules = list(modules)
     placed = load_modules(memory, modules, end, name)
     rsdp = memory.read(acpi_rsdp, RSDP_V2_LENGTH) if acpi_rsdp else b""
     info = pack_boot_information(cmdline, [(s, e, m.cmdline) for (s, e), m in zip(placed, modules)],
-                                 memory.memory_map(), rsdp)
+                                 list(memory.memory_map() if e820 is None else e820), rsdp)
     if len(info) > INFO_ROOM:
         raise LoaderError(f"Multiboot2 boot information is {len(info)} bytes; room for {INFO_ROOM}")
     memory.write(layout.MULTIBOOT_INFO, info)

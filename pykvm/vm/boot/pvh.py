@@ -13,6 +13,10 @@ xen docs/misc/pvh.pandoc):
    a memory map.
 4. It starts the vCPU at the entry in 32-bit protected mode, paging off,
    with %ebx = the start info's physical address.
+
+plan_pvh decides steps 1-3 without a VM, as a LoadPlan of writes plus the
+entry (pykvm.vm.boot.plan), the same shape as the bzImage loader's
+plan_bzimage; load_pvh writes the plan into guest memory.
 """
 from __future__ import annotations
 
@@ -20,10 +24,12 @@ import struct
 
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry
 from pykvm.vm import layout
+from pykvm.vm.boot.cmdline import encode_cmdline, join_cmdline
 from pykvm.vm.boot.elf import ElfFile, parse_elf
+from pykvm.vm.boot.plan import LoadPlan, in_ram, place_initrd, write_plan
 from pykvm.errors import LoaderError
 
-__all__ = ["load_pvh", "pvh_entry_point", "is_linux", "pack_start_info", "pack_memmap", "pack_modlist",
+__all__ = ["plan_pvh", "load_pvh", "pvh_entry_point", "is_linux", "pack_start_info", "pack_memmap", "pack_modlist",
            "XEN_ELFNOTE_PHYS32_ENTRY", "HVM_START_MAGIC"]
 
 XEN_ELFNOTE_GUEST_OS = 6       # elfnote.h: the guest OS's name, "linux" for Linux
@@ -40,7 +46,6 @@ MEMMAP_ENTRY = struct.Struct("<QQII")
 MODLIST_ENTRY = struct.Struct("<QQQQ")
 
 MAX_MEMMAP_ENTRIES = (layout.PML4_START - layout.PVH_MEMMAP) // MEMMAP_ENTRY.size
-PAGE = 4096
 
 
 def pvh_entry_point(elf: ElfFile, name: str = "kernel") -> int:
@@ -80,75 +85,67 @@ def pack_modlist(modules: list[tuple[int, int]]) -> bytes:
     return b"".join(MODLIST_ENTRY.pack(addr, size, 0, 0) for addr, size in modules)
 
 
-def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None,
-             name: str = "kernel", acpi_rsdp: int = 0, cmdline_extra: str = "") -> Entry:
-    """Load ELF `data` into `memory` and return its PVH entry.  Steps as in the module docstring.
+def plan_pvh(data: bytes, ram: list[tuple[int, int]], cmdline: str = "", initrd: bytes | None = None,
+             name: str = "kernel", acpi_rsdp: int = 0, cmdline_extra: str = "", e820=None) -> LoadPlan:
+    """Everything PVH boot decides for ELF `data`, without touching a VM: steps 1-3 of the
+    module docstring as (address, bytes) writes, and step 4's entry.
 
-    `acpi_rsdp`: where the caller put the ACPI tables (pykvm.vm.boot.firmware), for
-    start_info.rsdp_paddr; Linux reads it in arch/x86/platform/pvh/enlighten.c.
-    A Linux kernel given no command line gets the bzImage loader's
-    DEFAULT_CMDLINE (without console=ttyS0 it would print nothing at all).
-    `cmdline_extra` (the virtio-mmio devices) is appended to either.
+    `ram`: the guest's RAM as (base, size) ranges, the first starting at 0
+    (GuestMemory.ram_ranges()).  `acpi_rsdp` and `e820`: what the firmware step
+    left (pykvm.vm.boot.firmware), for start_info.rsdp_paddr (Linux reads it in
+    arch/x86/platform/pvh/enlighten.c) and the memory map; by default no RSDP
+    and layout.memory_map(ram).  A Linux kernel given no command line gets the
+    bzImage loader's DEFAULT_CMDLINE (without console=ttyS0 it would print
+    nothing at all).  `cmdline_extra` (the virtio-mmio devices) is appended to either.
     """
     elf = parse_elf(data, name)
     entry = pvh_entry_point(elf, name)
     if not cmdline and is_linux(elf):
         from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
         cmdline = DEFAULT_CMDLINE
-    from pykvm.vm.boot.cmdline import join_cmdline
-    cmdline = join_cmdline(cmdline, cmdline_extra)
-    kernel_end = load_segments(memory, elf, name)
-    write_cmdline(memory, cmdline)
+    writes, kernel_end = segment_writes(elf, ram, name)
+    writes.append((layout.CMDLINE_START, encode_cmdline(join_cmdline(cmdline, cmdline_extra))))
     modules = []
     if initrd is not None:
-        modules.append((place_initrd(memory, initrd, kernel_end), len(initrd)))
-        memory.write(layout.PVH_MODLIST, pack_modlist(modules))
-    memmap = memory.memory_map()
+        address = place_initrd(len(initrd), ram[0][0] + ram[0][1], kernel_end)
+        modules.append((address, len(initrd)))
+        writes += [(address, bytes(initrd)), (layout.PVH_MODLIST, pack_modlist(modules))]
+    memmap = list(layout.memory_map(ram) if e820 is None else e820)
     if len(memmap) > MAX_MEMMAP_ENTRIES:
         raise LoaderError(f"memory map has {len(memmap)} entries, room for {MAX_MEMMAP_ENTRIES}")
-    memory.write(layout.PVH_MEMMAP, pack_memmap(memmap))
-    memory.write(layout.PVH_START_INFO, pack_start_info(
+    writes.append((layout.PVH_MEMMAP, pack_memmap(memmap)))
+    writes.append((layout.PVH_START_INFO, pack_start_info(
         layout.CMDLINE_START, len(memmap), len(modules), layout.PVH_MODLIST if modules else 0,
-        rsdp_paddr=acpi_rsdp))
-    return Entry(CpuMode.PROTECTED, entry, {"rbx": layout.PVH_START_INFO}, protocol="PVH")
+        rsdp_paddr=acpi_rsdp)))
+    return LoadPlan(Entry(CpuMode.PROTECTED, entry, {"rbx": layout.PVH_START_INFO}, protocol="PVH"),
+                    tuple(writes))
 
 
-def load_segments(memory, elf: ElfFile, name: str) -> int:
-    """Copy every PT_LOAD segment to its physical address; zero its tail (.bss).  Returns the end."""
-    end = 0
+def load_pvh(memory, data: bytes, cmdline: str = "", initrd: bytes | None = None,
+             name: str = "kernel", acpi_rsdp: int = 0, cmdline_extra: str = "",
+             e820=None) -> Entry:
+    """Load ELF `data` into `memory` and return its PVH entry: plan_pvh's plan, written."""
+    return write_plan(memory, plan_pvh(data, memory.ram_ranges(), cmdline, initrd, name,
+                                       acpi_rsdp, cmdline_extra, e820))
+
+
+def segment_writes(elf: ElfFile, ram: list[tuple[int, int]], name: str) -> tuple[list, int]:
+    """Every PT_LOAD segment at its physical address, its tail (.bss) zeroed: the writes,
+    and the end of the highest segment."""
+    writes, end = [], 0
     for i, seg in enumerate(elf.load_segments()):
         if seg.memsz == 0:
             continue
         if seg.paddr < layout.HIMEM_START:
             raise LoaderError(f"{name}: segment {i} at {seg.paddr:#x} overlaps pykvm's boot area "
                               f"below {layout.HIMEM_START:#x}")
-        if not memory.contains(seg.paddr, seg.memsz):
+        if not in_ram(ram, seg.paddr, seg.memsz):
             raise LoaderError(f"{name}: segment {i} ({seg.paddr:#x}, {seg.memsz:#x} bytes) "
                               f"is outside guest memory; try a larger --mem")
-        memory.write(seg.paddr, elf.segment_data(seg))
+        writes.append((seg.paddr, elf.segment_data(seg)))
         if seg.memsz > seg.filesz:
-            memory.write(seg.paddr + seg.filesz, bytes(seg.memsz - seg.filesz))
+            writes.append((seg.paddr + seg.filesz, bytes(seg.memsz - seg.filesz)))
         end = max(end, seg.paddr + seg.memsz)
     if end == 0:
         raise LoaderError(f"{name}: ELF has no loadable segments")
-    return end
-
-
-def write_cmdline(memory, cmdline: str) -> None:
-    """The command line, NUL-terminated, at CMDLINE_START."""
-    raw = cmdline.encode() + b"\0"
-    if len(raw) > layout.CMDLINE_MAX:
-        raise LoaderError(f"command line is {len(raw) - 1} bytes; at most {layout.CMDLINE_MAX - 1}")
-    memory.write(layout.CMDLINE_START, raw)
-
-
-def place_initrd(memory, initrd: bytes, kernel_end: int, limit: int | None = None) -> int:
-    """Put the initrd page-aligned at the top of low RAM (below `limit`), above the kernel."""
-    low_end = memory.ram_ranges()[0][1]
-    top = min(low_end, limit) if limit else low_end
-    address = (top - len(initrd)) & ~(PAGE - 1)
-    if address < kernel_end:
-        raise LoaderError(f"initrd ({len(initrd)} bytes) does not fit in guest memory above the "
-                          f"kernel; try a larger --mem")
-    memory.write(address, initrd)
-    return address
+    return writes, end

@@ -28,7 +28,7 @@ from typing import Callable
 from pykvm.vm.devices.bus import BusDevice
 
 __all__ = ["ScratchPorts", "IrqLinePorts", "ScratchMemory", "PORTS_BASE", "PORTS_LENGTH",
-           "IRQ_LINES_BASE", "IRQ_LINES_LENGTH", "IOMEM_BASE", "IOMEM_LENGTH", "remap_page"]
+           "IRQ_LINES_BASE", "IRQ_LINES_LENGTH", "IOMEM_LENGTH", "remap_page"]
 
 log = logging.getLogger("pykvm.vm.devices.pc_testdev")
 
@@ -40,8 +40,7 @@ SCRATCH_BYTES = 0x8
 REGISTER_SIZE = 4
 IRQ_LINES_BASE = 0x2000     # one port per ISA IRQ line
 IRQ_LINES_LENGTH = 24
-IOMEM_BASE = 0xFF000000     # MMIO scratch window (IOMEM_LEN in QEMU)
-IOMEM_LENGTH = 0x10000
+IOMEM_LENGTH = 0x10000      # MMIO scratch window (IOMEM_LEN in QEMU), at layout.PC_TESTDEV_IOMEM
 PAGE_MASK = ~0xFFF
 
 

@@ -297,15 +297,15 @@ class GdbStub:
         else:
             self._stop(vcpu, reason)
 
-    def vcpu_debug_exit(self, vcpu, exit) -> None:
+    def vcpu_debug_exit(self, vcpu, debug) -> None:
         """KVM_EXIT_DEBUG: a breakpoint, a watchpoint or a single step; stop, or step on."""
         if self.connection is None or self.connection.closed:
             self._drop_client()                          # the client left while the guest ran
             return
-        if exit.exception == BP_VECTOR and self._not_ours(vcpu, exit.pc):
+        if debug.exception == BP_VECTOR and self._not_ours(vcpu, debug.pc):
             return
         index = self.vcpus.index(vcpu)
-        reply = self._stop_reply(index, exit)
+        reply = self._stop_reply(index, debug)
         if reply is not None:
             with self._lock:
                 self._pause = None
@@ -336,11 +336,11 @@ class GdbStub:
         return True
 
     # --- stopping and serving --------------------------------------------------------------
-    def _stop_reply(self, index: int, exit) -> bytes | None:
+    def _stop_reply(self, index: int, debug) -> bytes | None:
         thread = b"thread:%02x;" % (index + 1)
-        if exit.exception == BP_VECTOR:
+        if debug.exception == BP_VECTOR:
             return b"T%02xswbreak:;%s" % (SIGTRAP, thread)
-        for n in debugregs.hit_slots(exit.dr6):
+        for n in debugregs.hit_slots(debug.dr6):
             slot = self.debugregs.slots[n]
             if slot is None:
                 continue
@@ -354,7 +354,7 @@ class GdbStub:
             return b"T%02xwatch:%x;%s" % (SIGTRAP, changed.address, thread)
         if self._pause:                                  # Ctrl-C while stepping for watchpoints
             return b"T%02x%s" % (SIGINT, thread)
-        if index in self._stepping or not exit.dr6 & debugregs.DR6_SINGLE_STEP:
+        if index in self._stepping or not debug.dr6 & debugregs.DR6_SINGLE_STEP:
             return b"T%02x%s" % (SIGTRAP, thread)
         return None                                      # a step for the watchpoints: go on
 

@@ -11,13 +11,19 @@ pykvm turns each reason into a small class, so the run loop is one `match`:
 
 Exits that need an answer (IoIn, MmioRead) carry `reply()`, which writes the
 value back into kvm_run where KVM picks it up on the next KVM_RUN.
+
+Every KVM_RUN returns a new exit object, so an exit a caller keeps (a trace, a
+test) never changes under it; the exits without data (Hlt, Shutdown, ...) are
+one shared instance each, which is the same thing, as they hold nothing.  The
+reply buffers of IoIn and MmioRead point into kvm_run: a reply only counts
+before the next KVM_RUN.
 """
 from __future__ import annotations
 
 __all__ = [
     "VmExit", "IoIn", "IoOut", "MmioRead", "MmioWrite", "Hlt", "Shutdown",
     "InternalError", "FailEntry", "SystemEvent", "Interrupted", "Unknown",
-    "Exception_", "IrqWindowOpen", "Debug",
+    "ExceptionExit", "IrqWindowOpen", "Debug",
 ]
 
 
@@ -165,7 +171,7 @@ class SystemEvent(VmExit):
         self.kind = kind
 
 
-class Exception_(VmExit):
+class ExceptionExit(VmExit):
     """KVM_EXIT_EXCEPTION: an exception KVM hands to user space (rare on x86)."""
 
     __slots__ = ("vector", "error_code")

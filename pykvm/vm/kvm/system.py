@@ -20,19 +20,18 @@ __all__ = ["Kvm", "CpuidEntry", "REQUIRED_CAPABILITIES", "DEFAULT_DEVICE", "kvm_
 DEFAULT_DEVICE = "/dev/kvm"
 DEVICE_ENV = "PYKVM_KVM_DEVICE"   # overrides the device path (other KVM nodes, and tests)
 
-# What pykvm needs from KVM, and why: `pykvm check` lists these.
+# What pykvm needs from KVM, and why: `pykvm check` lists these, and a Machine
+# requires each of them before it creates a VM.
 REQUIRED_CAPABILITIES = {
     "KVM_CAP_USER_MEMORY": "guest memory from our own mmap (KVM_SET_USER_MEMORY_REGION)",
     "KVM_CAP_IRQCHIP": "the in-kernel PIC, IOAPIC and LAPIC",
     "KVM_CAP_PIT2": "the in-kernel 8254 timer (KVM_CREATE_PIT2)",
-    "KVM_CAP_MP_STATE": "seeing a halted vCPU (KVM_GET_MP_STATE): a guest stopped in `cli; hlt`",
+    "KVM_CAP_MP_STATE": "seeing a halted vCPU (KVM_GET_MP_STATE: a guest stopped in `cli; hlt`) "
+                        "and application processors waiting for a start-up IPI (--cpus)",
     "KVM_CAP_SET_TSS_ADDR": "KVM_SET_TSS_ADDR (Intel VMX needs a TSS page)",
     "KVM_CAP_EXT_CPUID": "KVM_GET_SUPPORTED_CPUID / KVM_SET_CPUID2",
     "KVM_CAP_IMMEDIATE_EXIT": "stopping a running vCPU cleanly (Ctrl-A x)",
-    "KVM_CAP_MP_STATE": "application processors waiting for a start-up IPI (--cpus)",
 }
-
-
 
 # The kernel module behind /dev/kvm, and what it is (checked in this order).
 KVM_BACKENDS = (("kvm_pvm", "PVM, software"), ("kvm_intel", "Intel VMX, hardware"),

@@ -99,7 +99,6 @@ class Vcpu(FdObject):
         size = vm.kvm.vcpu_mmap_size()
         self._run_map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._run = memoryview(self._run_map)
-        self._io_out = exits.IoOut(0, 0, 0, 0)
         self._decoders = {
             lib.KVM_EXIT_HLT: lambda: HLT,
             lib.KVM_EXIT_SHUTDOWN: lambda: SHUTDOWN,
@@ -116,8 +115,10 @@ class Vcpu(FdObject):
     def run(self) -> exits.VmExit:
         """Wraps KVM_RUN: run the guest until its next exit, and return that exit, typed.
 
-        Like kvm-ioctls' VcpuExit, which borrows kvm_run, an exit object is only
-        valid until the next run(): the IoOut of the hot path is reused.
+        Each call returns a new exit (a small object; a `rep outs` keeps its
+        bytes as a copy), so an exit kept by a caller never changes under it.
+        Only the reply() of IoIn and MmioRead writes into kvm_run, and counts
+        until the next run().
         """
         if _kvm_run(self.fd) < 0:
             err = ffi.errno
@@ -129,14 +130,10 @@ class Vcpu(FdObject):
         if reason == EXIT_IO:
             end = offset + size * count
             if direction == EXIT_IO_OUT:
-                io = self._io_out           # reused: valid until the next run()
-                io.port, io.size, io.count = port, size, count
                 if count == 1:
-                    io.value, io._data = IO_VALUE[size].unpack_from(run, offset)[0], None
-                else:                       # rep outs: keep every byte
-                    io._data = self._run_map[offset:end]
-                    io.value = int.from_bytes(io._data[:size], "little")
-                return io
+                    return exits.IoOut(port, size, 1, IO_VALUE[size].unpack_from(run, offset)[0])
+                data = self._run_map[offset:end]        # rep outs: every byte, as bytes
+                return exits.IoOut(port, size, count, int.from_bytes(data[:size], "little"), data)
             return exits.IoIn(port, size, count, run[offset:end])
         if reason == EXIT_MMIO:
             address, data, length, is_write = MMIO.unpack_from(run, RUN_MMIO)
@@ -169,8 +166,8 @@ class Vcpu(FdObject):
         kind = U32.unpack_from(self._run, RUN_SYSTEM_EVENT)[0]
         return exits.SystemEvent(SYSTEM_EVENTS.get(kind, kind))
 
-    def _exception(self) -> exits.Exception_:
-        return exits.Exception_(*TWO_U32.unpack_from(self._run, RUN_EX))
+    def _exception(self) -> exits.ExceptionExit:
+        return exits.ExceptionExit(*TWO_U32.unpack_from(self._run, RUN_EX))
 
     def _debug(self) -> exits.Debug:
         return exits.Debug(*DEBUG.unpack_from(self._run, RUN_DEBUG))
@@ -277,11 +274,6 @@ class Vcpu(FdObject):
         state = ffi.new("struct kvm_lapic_state *")
         ffi.buffer(state.regs)[:] = bytes(regs)
         self._ioctl("KVM_SET_LAPIC", state)
-
-    def set_mp_state(self, mp_state: int) -> None:
-        """Wraps KVM_SET_MP_STATE (KVM_CAP_MP_STATE): runnable, halted, waiting for INIT/SIPI."""
-        state = ffi.new("struct kvm_mp_state *", {"mp_state": mp_state})
-        self._ioctl("KVM_SET_MP_STATE", state)
 
     def get_cpuid(self) -> bytes:
         """Wraps KVM_GET_CPUID2: the CPUID table this vCPU was given, as `struct kvm_cpuid2` bytes

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import struct
 
+from pykvm.vm import layout
 from pykvm.vm.arch.x86 import aml
 
 __all__ = ["acpi_tables", "checksum", "sdt_header", "table", "dsdt", "madt", "ACPI_TABLES_SIZE",
            "RSDP_OFFSET", "PM1A_EVT_PORT", "PM1A_CNT_PORT", "S5_SLEEP_TYPE", "SCI_IRQ", "FACS_OFFSET",
-           "waking_vector", "MAX_CPUS", "LOCAL_APIC_ADDRESS", "IOAPIC_ADDRESS"]
+           "waking_vector", "MAX_CPUS"]
 
 # Where each table sits inside the blob (each 64-byte aligned; the FACS must be).
 RSDP_OFFSET = 0x000
@@ -114,8 +115,6 @@ GAS_ACCESS_DWORD = 3
 
 # MADT (5.2.12): the interrupt controllers, and through them the CPUs
 MADT_REVISION = 5
-LOCAL_APIC_ADDRESS = 0xFEE00000  # every CPU's LAPIC registers (SDM Vol. 3A 10.4.1)
-IOAPIC_ADDRESS = 0xFEC00000      # KVM's in-kernel IOAPIC (IOAPIC_DEFAULT_BASE_ADDRESS)
 IOAPIC_ID = 0                    # what KVM's IOAPIC ID register holds after reset
 MADT_PCAT_COMPAT = 1 << 0        # flags: dual 8259 PICs present too (to be masked)
 MADT_HEAD = struct.Struct("<II")              # local APIC address, flags
@@ -247,10 +246,10 @@ def madt(cpus: int) -> bytes:
     Local APIC NMI entry), as on a PC.
     """
     assert 1 <= cpus <= min(MAX_CPUS, MAX_XAPIC_ID + 1)
-    body = MADT_HEAD.pack(LOCAL_APIC_ADDRESS, MADT_PCAT_COMPAT)
+    body = MADT_HEAD.pack(layout.LOCAL_APIC_ADDRESS, MADT_PCAT_COMPAT)
     for cpu in range(cpus):
         body += MADT_LOCAL_APIC.pack(0, MADT_LOCAL_APIC.size, cpu, cpu, LOCAL_APIC_ENABLED)
-    body += MADT_IO_APIC.pack(1, MADT_IO_APIC.size, IOAPIC_ID, 0, IOAPIC_ADDRESS, 0)
+    body += MADT_IO_APIC.pack(1, MADT_IO_APIC.size, IOAPIC_ID, 0, layout.IOAPIC_ADDRESS, 0)
     body += MADT_SOURCE_OVERRIDE.pack(2, MADT_SOURCE_OVERRIDE.size, ISA_BUS, SCI_IRQ, SCI_IRQ,
                                       MPS_ACTIVE_HIGH | MPS_LEVEL)
     body += MADT_LOCAL_APIC_NMI.pack(4, MADT_LOCAL_APIC_NMI.size, ALL_PROCESSORS, 0, LINT1)

@@ -1,7 +1,7 @@
 """The vCPU's state at the guest's first instruction, for each way a guest starts.
 
-A loader (pykvm.vm.boot) decides *where* a guest starts and in which CPU mode;
-this module sets the registers that mode needs:
+A loader (pykvm.vm.boot) decides *where* a guest starts and in which CPU mode,
+and returns it as an Entry; this module sets the registers that mode needs:
 
 - REAL: 16-bit real mode, CS base 0 (raw flat binaries; the CPU's reset mode).
 - PROTECTED: 32-bit protected mode, paging off, flat 4 GiB segments: the PVH
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pykvm.vm.arch.x86 import gdt
 from pykvm.vm import layout
 
-__all__ = ["CpuMode", "Entry", "configure_vcpu", "write_identity_map", "wake_in_real_mode"]
+__all__ = ["CpuMode", "Entry", "set_entry_registers", "write_identity_map", "wake_in_real_mode"]
 
 CR0_PE = 1 << 0        # protection enable
 CR0_ET = 1 << 4        # extension type (always 1 on modern CPUs)
@@ -56,8 +56,11 @@ class Entry:
     protocol: str = ""   # a name for messages and `info`: "PVH", "Linux boot protocol 2.15", ...
 
 
-def configure_vcpu(vcpu, memory, entry: Entry) -> None:
+def set_entry_registers(vcpu, memory, entry: Entry) -> None:
     """Set `vcpu`'s segment, control and general registers for `entry`.
+
+    The last step of configuring a vCPU (pykvm.vm.arch.x86.vcpu.configure_vcpu);
+    on its own, all a bare vCPU needs to run a few bytes of code.
 
     Order matters: special registers (mode) first, then general registers,
     because KVM_SET_REGS' RIP is interpreted in the mode already set.

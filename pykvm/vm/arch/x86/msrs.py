@@ -5,7 +5,7 @@ MSRs) and Vol. 3A 11.11 "Memory Type Range Registers".  Firecracker's
 arch/x86_64/msr.rs and QEMU's firmware-less boot set the same list.
 
 Order: KVM checks some MSRs against the vCPU's CPUID, so KVM_SET_CPUID2
-must come before KVM_SET_MSRS (machine.py does CPUID in step 5).
+must come before KVM_SET_MSRS (as configure_vcpu in vcpu.py does).
 """
 from __future__ import annotations
 
