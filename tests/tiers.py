@@ -4,7 +4,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["kvm_problem", "kvm_flavour", "linux_problem"]
+__all__ = ["kvm_problem", "kvm_flavour", "linux_problem", "nested_under_tcg", "NESTED_TCG_ENV"]
+
+# tests/hw/lane.py sets this inside its L1, whose KVM runs nested in QEMU's TCG.
+NESTED_TCG_ENV = "PYKVM_NESTED_TCG"
+
+
+def nested_under_tcg() -> bool:
+    """True inside the hardware lane's L1: KVM is real SVM, but QEMU's TCG emulates it."""
+    return os.environ.get(NESTED_TCG_ENV) == "1"
 
 
 def kvm_problem() -> str | None:

@@ -47,7 +47,7 @@ __all__ = ["LANE_MARKERS", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]      # the checkout
 sys.path.insert(0, str(ROOT / "tests"))
-from tiers import kvm_flavour  # noqa: E402  (one definition of "which KVM")
+from tiers import NESTED_TCG_ENV, kvm_flavour  # noqa: E402  (one definition of "which KVM")
 
 # The tests that need a VM (-m selects them): Linux guests, and every VM test but the slow
 # ones (QEMU cross-checks, load tests, the fuzz sample), which run on the host's KVM in
@@ -668,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.inside:                                  # we are /init's command in L1
         print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
+        os.environ[NESTED_TCG_ENV] = "1"             # tests that TCG cannot take ask (tiers.py)
         if args.bench:
             return run_bench(args.bench)
         return run_tests(args.markers, args.junit, pytest_args, args.test_log)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from docs_blocks import code_blocks, output_pattern, transcript
+from tiers import nested_under_tcg
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"<!-- example: ([\w-]+) -->")
@@ -73,10 +74,13 @@ def sessions():
 def test_example_output_matches_the_docs(page, name, text):
     if name.startswith("kvm-gdb"):
         sys.path.insert(0, str(ROOT / "tests" / "kvm"))
-        from hwdebug import hardware_breakpoint_problem
+        from hwdebug import gdb_breakpoint_problem
 
-        if (problem := hardware_breakpoint_problem()) is not None:
-            pytest.skip(problem)              # gdb's breakpoints are debug registers here
+        if (problem := gdb_breakpoint_problem()) is not None:
+            pytest.skip(problem)              # this KVM cannot stop a guest the way the stub asks
+    if name.startswith("kvm-fuzz") and nested_under_tcg():
+        pytest.skip("in the lane's L1, a fuzz guest faulting at ring 3 makes QEMU's TCG abort "
+                    "the whole L1 ('invalid tss type' while it emulates the nested guest)")
     code = fenced_block_after(text, f"<!-- example: {name} -->")
     expected = fenced_block_after(text, f"<!-- expected: {name} -->")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
