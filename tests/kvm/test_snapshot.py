@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,19 @@ def test_a_device_table_missing_a_field_is_refused(snapshot, tmp_path):
     rewrite_part(directory, "devices/serial.json", json.dumps(state).encode())
     line = refused(directory)
     assert "devices/serial.json" in line and "lcr" in line, line
+
+
+def test_a_vm_with_a_virtio_disk_is_not_snapshotted_and_runs_on(tmp_path):
+    """Virtio state is not saved yet: the request is refused with one line, and the guest goes on."""
+    build_tiny()
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    directory = tmp_path / "snap"
+    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cmdline", CMDLINE, "--disk", str(disk),
+                "--snapshot-dir", str(directory)) as vm:
+        vm.wait_for(COUNT_LINE.format(2))
+        vm.proc.send_signal(signal.SIGUSR2)
+        vm.wait_for("no snapshot written: snapshots of a VM with virtio devices", stream="err")
+        vm.wait_for(COUNT_LINE.format(4))                   # the guest was not stopped
+        vm.quit()
+    assert not directory.exists() or not any(directory.iterdir())
