@@ -1,72 +1,126 @@
 #!/usr/bin/env python3
-"""Linux boot time: pykvm vs QEMU -M microvm, same kernel, initramfs and command line.
+"""Linux boot time and exits: pykvm vs QEMU -M microvm, same kernel, initramfs and command line.
 
 Run where /dev/kvm is hardware-style KVM (stock Linux does not finish booting
 on PVM, where this prints "not measured" and why):
 
     make linux-guest
-    .venv/bin/python tests/bench/bench_linux_boot.py [--runs 5] [--mem 256M]
+    .venv/bin/python tests/bench/bench_linux_boot.py [--runs 5] [--mem 256M] [--console ttyS0,virtio]
 
 or, on a PVM or KVM-less machine, inside the L1 lane (both VMMs in the same L1):
 
     python tests/hw/lane.py --bench linux_boot
 
-Two times per run, from the VMM's start:
-  userspace   the initramfs' /init prints its marker line
+Two consoles, each VMM with the same one:
+  ttyS0    the 16550 UART: every byte of the kernel's log is an I/O exit (two, with
+           the line status read before it); the initramfs' /init prints its marker
+  virtio   console=hvc0 alone: the kernel keeps its log until virtio_console is
+           loaded by /init, then hands the whole backlog to hvc0 in a few large
+           buffers (pykvm --console virtio; QEMU virtio-serial-device + virtconsole).
+           /init's marker goes to /dev/console, which does not exist yet then, so
+           the prompt on hvc0 is the first line of userspace here.
+Per run, from the VMM's start:
+  userspace   /init's marker (ttyS0) or the shell's prompt (virtio)
+  prompt      the shell's prompt
   poweroff    the VMM process has exited after `poweroff -f` typed at the shell
 Printed as min / median / max over the runs, and the ratio pykvm / QEMU of the
-medians (the goal is <= 1.0).  Both VMMs get the same command line, so both
-print the same kernel log over the same kind of UART.
+medians (goals: <= 1.0x on ttyS0, <= 0.8x on virtio).  Then VM exits per boot,
+as KVM counts them (KVM_GET_STATS_FD, "exits": also those KVM handles itself):
+one more run each, pykvm with --trace (its summary prints KVM's count at the
+end), QEMU asked over QMP (query-stats) once the prompt is there, before
+poweroff, so QEMU's count leaves out the few exits of powering off.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+from bench_virtio_exits import qmp  # noqa: E402  (tests/bench: a QMP round trip)
 from linux_guest import CACHE, SerialSession, pykvm_argv  # noqa: E402
 from tiers import kvm_flavour  # noqa: E402
 
 MARKER = "pykvm-guest: userspace up"
 PROMPT = "guest# "
-CMDLINE = ("console=ttyS0 earlyprintk=serial reboot=k panic=-1 pci=off 8250.nr_uarts=1 "
-           "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd")
+QUIET = ("reboot=k panic=-1 pci=off 8250.nr_uarts=1 "
+         "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd")
+CMDLINES = {"ttyS0": f"console=ttyS0 earlyprintk=serial {QUIET}",
+            "virtio": f"console=hvc0 {QUIET}"}
+GOALS = {"ttyS0": 1.0, "virtio": 0.8}
+PYKVM_COUNTED = re.compile(rb"KVM counted (\d+) exits in all")
 
 
-def pykvm_cmd(kernel: Path, initrd: Path, mem: str) -> list[str]:
-    return pykvm_argv("boot", "--kernel", str(kernel), "--initrd", str(initrd), "--mem", mem,
-                      "--cmdline", CMDLINE)
+def pykvm_cmd(kernel: Path, initrd: Path, mem: str, console: str) -> list[str]:
+    argv = pykvm_argv("boot", "--kernel", str(kernel), "--initrd", str(initrd), "--mem", mem,
+                      "--cmdline", CMDLINES[console])
+    return argv + (["--console", "virtio"] if console == "virtio" else [])
 
 
-def qemu_cmd(kernel: Path, initrd: Path, mem: str) -> list[str]:
-    # microvm: no PCI, no firmware tables beyond what Linux needs, ISA serial; -no-reboot makes
-    # the guest's reset end QEMU, like pykvm.
-    return ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,pit=on,pic=on,rtc=on", "-accel", "kvm",
-            "-cpu", "host", "-m", mem, "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
-            "-serial", "stdio", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", CMDLINE]
+def qemu_cmd(kernel: Path, initrd: Path, mem: str, console: str) -> list[str]:
+    # microvm: no PCI, no firmware tables beyond what Linux needs (ACPI: its DSDT lists the
+    # virtio-mmio slots), ISA serial; -no-reboot makes the guest's reset end QEMU, like pykvm.
+    argv = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,pit=on,pic=on,rtc=on",
+            "-accel", "kvm", "-cpu", "host", "-m", mem, "-smp", "1", "-nodefaults",
+            "-no-user-config", "-nographic", "-no-reboot", "-kernel", str(kernel),
+            "-initrd", str(initrd), "-append", CMDLINES[console]]
+    if console == "virtio":
+        return argv + ["-serial", "none", "-chardev", "stdio,id=console0",
+                       "-device", "virtio-serial-device", "-device", "virtconsole,chardev=console0"]
+    return argv + ["-serial", "stdio"]
 
 
-def one_run(argv: list[str]) -> tuple[float, float]:
+def one_run(argv: list[str], console: str, at_prompt=None) -> tuple[float, float, float, bytes]:
+    """(userspace, prompt, poweroff) seconds from the start, and the console's bytes."""
     start = time.monotonic()
     with SerialSession(argv) as vm:
-        vm.expect(MARKER, timeout=300)
+        first = MARKER if console == "ttyS0" else PROMPT
+        at = vm.expect(first, timeout=300)
         userspace = time.monotonic() - start
-        vm.expect(PROMPT, timeout=60)
+        vm.expect(PROMPT, timeout=60, start=at - len(first))
+        prompt = time.monotonic() - start
+        if at_prompt is not None:
+            at_prompt()
         vm.send("poweroff -f")
         status = vm.wait(timeout=120)
         poweroff = time.monotonic() - start
     if status != 0:
-        raise SystemExit(f"{argv[0]} ended with status {status}")
-    return userspace, poweroff
+        raise SystemExit(f"{argv[0]} ({console}) ended with status {status}: "
+                         f"{vm.output[-500:].decode(errors='replace')}")
+    return userspace, prompt, poweroff, vm.output
+
+
+def pykvm_exits(kernel: Path, initrd: Path, mem: str, console: str) -> int:
+    *_, output = one_run(pykvm_cmd(kernel, initrd, mem, console) + ["--trace"], console)
+    found = PYKVM_COUNTED.search(output)
+    if not found:
+        raise SystemExit("pykvm --trace printed no KVM exit count (KVM_GET_STATS_FD)")
+    return int(found.group(1))
+
+
+def qemu_exits(kernel: Path, initrd: Path, mem: str, console: str) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        monitor = str(Path(tmp) / "qmp.sock")
+        counted = []
+
+        def read_stats() -> None:
+            answer, = qmp(monitor, {"execute": "query-stats", "arguments": {"target": "vcpu"}})
+            counted.append(sum(stat["value"] for vcpu in answer["return"] for stat in vcpu["stats"]
+                               if stat["name"] == "exits"))
+
+        argv = qemu_cmd(kernel, initrd, mem, console) + ["-qmp", f"unix:{monitor},server=on,wait=off"]
+        one_run(argv, console, at_prompt=read_stats)
+    return counted[0]
 
 
 def summary(name: str, values: list[float]) -> str:
-    return (f"{name:<22} min {min(values):7.3f}  median {statistics.median(values):7.3f}  "
+    return (f"{name:<30} min {min(values):7.3f}  median {statistics.median(values):7.3f}  "
             f"max {max(values):7.3f}  s")
 
 
@@ -74,9 +128,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--mem", default="256M")
+    parser.add_argument("--console", default="ttyS0,virtio", help="ttyS0, virtio or both (comma)")
     parser.add_argument("--kernel", type=Path, default=CACHE / "vmlinuz")
     parser.add_argument("--initrd", type=Path, default=CACHE / "initramfs.cpio")
     args = parser.parse_args()
+    consoles = [c for c in args.console.split(",") if c]
+    if unknown := set(consoles) - set(CMDLINES):
+        raise SystemExit(f"--console {','.join(sorted(unknown))}: choose from {', '.join(CMDLINES)}")
     for path in (args.kernel, args.initrd):
         if not path.exists():
             raise SystemExit(f"{path} is missing: run `make linux-guest`")
@@ -86,18 +144,26 @@ def main() -> None:
         print(f"not measured: /dev/kvm here is {kvm_flavour()}, where stock Linux cannot finish "
               "booting; run it in the L1 lane: python tests/hw/lane.py --bench linux_boot")
         return
-    sides = (("pykvm", pykvm_cmd), ("qemu-microvm", qemu_cmd))
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in sides}
-    for _ in range(args.runs):      # interleaved, so both sides see the same machine noise
-        for name, build in sides:
-            results[name].append(one_run(build(args.kernel, args.initrd, args.mem)))
-    for name, runs in results.items():
-        print(summary(f"{name} userspace", [u for u, _ in runs]))
-        print(summary(f"{name} poweroff", [p for _, p in runs]))
-    for i, what in enumerate(("userspace", "poweroff")):
-        ours = statistics.median(r[i] for r in results["pykvm"])
-        theirs = statistics.median(r[i] for r in results["qemu-microvm"])
-        print(f"ratio pykvm/qemu {what:<10} {ours / theirs:5.2f}x (medians; goal <= 1.0x)")
+    sides = {"pykvm": (pykvm_cmd, pykvm_exits), "qemu-microvm": (qemu_cmd, qemu_exits)}
+    files = (args.kernel, args.initrd, args.mem)
+    for console in consoles:
+        results: dict[str, list[tuple]] = {name: [] for name in sides}
+        for _ in range(args.runs):      # interleaved, so both sides see the same machine noise
+            for name, (command, _) in sides.items():
+                results[name].append(one_run(command(*files, console), console)[:3])
+        print(f"\nconsole {console}: {CMDLINES[console]!r}, {args.runs} runs each")
+        for name, runs in results.items():
+            for i, what in enumerate(("userspace", "prompt", "poweroff")):
+                print(summary(f"{name} {what}", [r[i] for r in runs]))
+        for i, what in enumerate(("userspace", "prompt", "poweroff")):
+            ours = statistics.median(r[i] for r in results["pykvm"])
+            theirs = statistics.median(r[i] for r in results["qemu-microvm"])
+            print(f"ratio pykvm/qemu {what:<10} {ours / theirs:5.2f}x "
+                  f"(medians; goal <= {GOALS[console]}x)")
+        exits = {name: count(*files, console) for name, (_, count) in sides.items()}
+        print("VM exits per boot (KVM's count, one run each): "
+              + ", ".join(f"{name} {n}" for name, n in exits.items())
+              + f"; ratio {exits['pykvm'] / exits['qemu-microvm']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -136,8 +136,8 @@ def linux_guest() -> Guest | str:
 
     mib = int(LINUX_MEM.rstrip("M"))
     return Guest("linux", mib * KIB,
-                 {"pykvm boot": pykvm_cmd(kernel, initrd, LINUX_MEM),
-                  "qemu -M microvm": qemu_cmd(kernel, initrd, LINUX_MEM)},
+                 {"pykvm boot": pykvm_cmd(kernel, initrd, LINUX_MEM, "ttyS0"),
+                  "qemu -M microvm": qemu_cmd(kernel, initrd, LINUX_MEM, "ttyS0")},
                  {"pykvm boot": 0, "qemu -M microvm": 0}, idle, b"poweroff -f\n")
 
 
