@@ -102,10 +102,11 @@ def run_tests(markers: str, junit: Path, pytest_args: list[str],
     os.chdir(ROOT)
     # Under TCG a Linux guest that prints its whole boot log takes minutes, longer
     # still when the host is busy: the per-test limit (tests/conftest.py) that
-    # catches a hung guest is wider here.  --durations shows where the time went.
+    # catches a hung guest is wider here.  --durations shows where the time went,
+    # -rfEs why each test failed or skipped.
     os.environ.setdefault("PYKVM_TEST_TIMEOUT", str(L1_TEST_TIMEOUT))
     plugins = [TestLog(progress)] if progress else []
-    return int(pytest.main(["-m", markers, "-p", "no:cacheprovider", "--durations=15",
+    return int(pytest.main(["-m", markers, "-p", "no:cacheprovider", "--durations=15", "-rfEs",
                             f"--junitxml={junit}", *pytest_args], plugins=plugins))
 
 
