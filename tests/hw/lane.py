@@ -665,14 +665,46 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, pytest_args
 
 
+def hold_kvm_static_keys() -> ExitStack:
+    """VMs that L1's KVM keeps for the whole run, so no test's VM flips a static key in L1.
+
+    Why: L1 hung with both vCPUs spinning, interrupts off, in asm_exc_int3 /
+    exc_int3 at __schedule+0x2ab (RIPs from the lane's `info registers -a`,
+    named with the -dbg package's System.map).  That address is a jump label:
+    the static branch in front of fire_sched_out_preempt_notifiers, keyed by
+    preempt_notifier_key, which KVM increments when a VM is created and
+    decrements when it is destroyed.  So each test that creates the only VM
+    there is, and each that destroys it, makes L1's kernel patch __schedule
+    through text_poke_bp: int3 over the instruction, an IPI to every CPU, the
+    new bytes, the int3 removed.  Under QEMU's multi-threaded TCG the other
+    vCPU can go on running a translation made before the patch and keep
+    taking an int3 that is no longer in memory.  With one VM that lives
+    through the run the key's count never returns to 0 and the branch is
+    patched once, before the tests.  The same goes for the keys KVM counts
+    per vCPU: a vCPU without an in-kernel local APIC (kvm_has_noapic_vcpu),
+    and one whose APIC the guest never software-enables (apic_sw_disabled).
+    """
+    from pykvm.vm.kvm import Kvm
+
+    held = ExitStack()
+    kvm = held.enter_context(Kvm())
+    without_apic = held.enter_context(kvm.create_vm())
+    held.enter_context(without_apic.create_vcpu(0))
+    with_apic = held.enter_context(kvm.create_vm())
+    with_apic.create_irqchip()
+    held.enter_context(with_apic.create_vcpu(0))
+    return held
+
+
 def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.inside:                                  # we are /init's command in L1
         print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
         os.environ[NESTED_TCG_ENV] = "1"             # tests that TCG cannot take ask (tiers.py)
-        if args.bench:
-            return run_bench(args.bench)
-        return run_tests(args.markers, args.junit, pytest_args, args.test_log)
+        with hold_kvm_static_keys():
+            if args.bench:
+                return run_bench(args.bench)
+            return run_tests(args.markers, args.junit, pytest_args, args.test_log)
     try:
         if kvm_flavour() in ("svm", "vmx") and not args.force_l1:
             return run_direct(args, pytest_args)

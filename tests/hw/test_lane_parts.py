@@ -5,6 +5,7 @@ format; the stage tracker reads a real child process's output.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -341,3 +342,15 @@ def test_the_test_log_makes_its_folder(tmp_path):
     path = tmp_path / "fresh" / ".cache" / "hw" / "tests.log"
     lane.append_test_log(path, "boot", "1")
     assert path.read_text() == "boot\t1\n"
+
+
+@pytest.mark.kvm
+def test_the_static_key_holders_are_two_vms_with_a_vcpu_each_until_released():
+    def kvm_fds(kind: str) -> int:
+        return sum(os.readlink(f"/proc/self/fd/{fd}") == f"anon_inode:kvm-{kind}"
+                   for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+
+    before = kvm_fds("vm"), kvm_fds("vcpu:0")
+    with lane.hold_kvm_static_keys():
+        assert kvm_fds("vm") == before[0] + 2 and kvm_fds("vcpu:0") > before[1]
+    assert (kvm_fds("vm"), kvm_fds("vcpu:0")) == before
