@@ -103,10 +103,13 @@ def run_tests(markers: str, junit: Path, pytest_args: list[str],
     # Under TCG a Linux guest that prints its whole boot log takes minutes, longer
     # still when the host is busy: the per-test limit (tests/conftest.py) that
     # catches a hung guest is wider here.  --durations shows where the time went,
-    # -rfEs why each test failed or skipped.
+    # -rfEs why each test failed or skipped.  L1's / is a tmpfs in its 2 GiB of RAM, and one
+    # L1 that runs every test (no hang to reboot it) filled it with tests' tmp_path folders
+    # (ENOSPC near the end): a passed test's folder goes as the test ends.
     os.environ.setdefault("PYKVM_TEST_TIMEOUT", str(L1_TEST_TIMEOUT))
     plugins = [TestLog(progress)] if progress else []
     return int(pytest.main(["-m", markers, "-p", "no:cacheprovider", "--durations=15", "-rfEs",
+                            "-o", "tmp_path_retention_policy=failed",
                             f"--junitxml={junit}", *pytest_args], plugins=plugins))
 
 
