@@ -41,7 +41,7 @@ from pathlib import Path
 
 import lane_initramfs
 import lane_kernel
-from lane_error import L1Hung, LaneError
+from lane_error import L1Died, L1Hung, LaneError
 
 __all__ = ["LANE_MARKERS", "main"]
 
@@ -478,6 +478,9 @@ def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict,
                 continue
             raise LaneError(f"stage '{stage.name}' timed out after {stage.timeout:.0f} s") from None
         if line is None:
+            if stage.event == "tests-done":      # L1 was up and running tests: it crashed
+                raise L1Died(f"stage '{stage.name}' failed: QEMU exited while L1 ran the tests "
+                             "(L1 crashed or reset itself)")
             raise LaneError(f"stage '{stage.name}' failed: QEMU exited")
         if not line.startswith(prefix):
             if echo:
@@ -536,14 +539,17 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
         except (LaneError, subprocess.TimeoutExpired) as e:
             tail = "\n".join("    " + line for line in console.tail)
             if isinstance(e, L1Hung):
+                running = [t for t, outcome in read_test_log(cache / TEST_LOG).items()
+                           if outcome == "running"]
+                where = f"{e}{' while running ' + running[0] if running else ''}"
+                if isinstance(e, L1Died):     # no QEMU left to ask for registers
+                    raise L1Died(f"{where}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
                 dump = cache / HUNG_REGISTERS
                 first = qemu_monitor(monitor, "info registers -a")
                 time.sleep(2)                 # a second look: does anything still move?
                 dump.write_text(f"{first}\n--- 2 s later ---\n"
                                 f"{qemu_monitor(monitor, 'info registers -a')}")
-                running = [t for t, outcome in read_test_log(cache / TEST_LOG).items()
-                           if outcome == "running"]
-                raise L1Hung(f"{e}{' while running ' + running[0] if running else ''}"
+                raise L1Hung(f"{where}"
                              f"\n  L1's vCPU registers: {dump}"
                              f"\n  serial log: {serial_log}; its last lines:\n{tail}") from None
             raise LaneError(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
@@ -555,7 +561,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     return status
 
 
-L1_ATTEMPTS = 5  # a hung L1 (silent heartbeat) is booted afresh, four times at most
+L1_ATTEMPTS = 5  # a hung L1 (silent heartbeat) or one that died is booted afresh, four times at most
 
 
 def run_l1_retrying_a_hang(args: argparse.Namespace, pytest_args: list[str],
@@ -567,8 +573,9 @@ def run_l1_retrying_a_hang(args: argparse.Namespace, pytest_args: list[str],
     own kernel spinning with interrupts off): that is the emulator failing, not a test, so
     the lane says so, keeps the hung run's serial log and registers, and boots a
     fresh L1 that runs only the tests the hung one did not finish (TestLog),
-    the one it hung in included.  Any other failure, and a fifth hang, fail
-    the lane.  The status is non-zero if a test failed in any of the L1s.
+    the one it hung in included.  An L1 that dies while it runs the tests (QEMU
+    exits: L1 crashed or reset itself, as once at the first Linux test) is
+    treated the same way.  Any other failure, and a fifth hang, fail the lane.  The status is non-zero if a test failed in any of the L1s.
     """
     run = run or run_l1
     test_log = args.cache / TEST_LOG

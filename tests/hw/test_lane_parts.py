@@ -15,7 +15,7 @@ import pytest
 import lane_initramfs
 import lane_kernel
 import lane
-from lane_error import LaneError
+from lane_error import L1Died, LaneError
 
 
 def test_static_elf_check_tells_busybox_static_from_a_dynamic_program():
@@ -118,6 +118,12 @@ def test_follow_reports_qemu_exiting_early(console_of):
     console = console_of("echo Kernel panic")
     with pytest.raises(LaneError, match="stage 'L1 boot' failed: QEMU exited"):
         lane.follow(console, lane.Stage("L1 boot", "init", 10), False, {})
+
+
+def test_follow_reports_l1_dying_during_the_tests_as_a_death_to_retry(console_of):
+    console = console_of("echo 'collected 191 items'; echo 'tests/linux/test_linux_boot.py '")
+    with pytest.raises(L1Died, match="stage 'tests' failed: QEMU exited while L1 ran the tests"):
+        lane.follow(console, lane.Stage("tests", "tests-done", 10), False, {})
 
 
 def test_heartbeat_fails_only_after_it_started_and_stopped(tmp_path):
