@@ -313,11 +313,13 @@ def test_every_l1s_failure_reports_are_kept_and_printed_at_the_end(tmp_path, cap
     assert (tmp_path / "junit.hung-1.xml").read_text() == "<first/>"
     assert (tmp_path / "junit.xml").read_text() == "<second/>"
     reports = lane.failure_reports(tmp_path / lane.TEST_LOG)
-    assert [(r.boot, r.nodeid) for r in reports] == [(1, "a::one"), (1, "a::two"), (2, "a::three[x\ty]")]
+    # ... and the tests that failed get one more L1 (boot 3), where a::three fails again
+    assert [(r.boot, r.nodeid) for r in reports] == [(1, "a::one"), (1, "a::two"), (2, "a::three[x\ty]"),
+                                                      (3, "a::three[x\ty]")]
     assert reports[0].text == "call: AssertionError: first L1\n  line 2"
     out = capsys.readouterr().out
-    summary = out.index("lane: over 2 L1 boots: 1 passed, 2 failed, 0 skipped; status 1")
-    assert out.index("lane: 3 failure report(s) of this run") > summary, out
+    summary = out.index("lane: over 3 L1 boots: 1 passed, 2 failed, 0 skipped; status 1")
+    assert out.index("lane: 4 failure report(s) of this run") > summary, out
     assert "---- L1 boot 1: a::one ----\ncall: AssertionError: first L1\n  line 2\n" in out
     assert "---- L1 boot 1: a::two ----\nL1 hung while this test ran" in out
     assert "---- L1 boot 2: a::three[x\ty] ----\nsetup: OSError: second L1\n" in out
@@ -360,3 +362,24 @@ def test_the_static_key_holders_are_two_vms_with_a_vcpu_each_until_released():
     with lane.hold_kvm_static_keys():
         assert kvm_fds("vm") == before[0] + 2 and kvm_fds("vcpu:0") > before[1]
     assert (kvm_fds("vm"), kvm_fds("vcpu:0")) == before
+
+
+def test_a_test_that_fails_once_gets_one_fresh_l1_and_passes_the_lane_if_it_passes_there(tmp_path, capsys):
+    import argparse
+
+    args = argparse.Namespace(cache=tmp_path)
+    runs = []
+
+    def fails_then_passes(args, pytest_args):
+        log = tmp_path / lane.TEST_LOG
+        runs.append(sorted(lane.finished_tests(lane.read_test_log(log))))   # what TestLog leaves out
+        outcome = "failed" if len(runs) == 1 else "passed"
+        for nodeid in (["a::one", "a::two"] if len(runs) == 1 else ["a::one"]):
+            lane.append_test_log(log, "start", nodeid)
+            lane.append_test_log(log, "passed" if nodeid == "a::two" else outcome, nodeid)
+        return 1 if len(runs) == 1 else 0
+
+    assert lane.run_l1_retrying_a_hang(args, [], run=fails_then_passes) == 0
+    assert runs == [[], ["a::two"]], "the fresh L1 runs only the test that failed"
+    assert "running them once more in a fresh L1" in capsys.readouterr().err
+    assert lane.read_test_log(tmp_path / lane.TEST_LOG) == {"a::one": "passed", "a::two": "passed"}
