@@ -29,7 +29,6 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
 import tinyvm  # noqa: E402
 
 FLOOD_BYTES = 64 * 1024                 # what one `run flood` writes (guests/tiny/user/flood.c)
-MICROVM_POWEROFF = 1
 
 
 def script(floods: int) -> str:
@@ -68,7 +67,7 @@ def main() -> None:
     if problem:
         print(f"qemu: not measured: {problem}")
     else:
-        vmms["qemu -M microvm"] = (lambda s: tinyvm.microvm_command(elf, s, []), MICROVM_POWEROFF)
+        vmms["qemu -M microvm"] = (lambda s: tinyvm.microvm_command(elf, s, []), tinyvm.MICROVM_POWEROFF)
 
     total = floods * FLOOD_BYTES
     print(f"console throughput: {floods} x 64 KiB = {total // 1024} KiB per run, {args.runs} runs, "

@@ -33,7 +33,6 @@ from hostmem import KIB, process_tree, rollup  # noqa: E402  (tests/bench/hostme
 from vmmfleet import TINY_PROMPT, Vmm, kill_all, spawn_all, tiny_idle, wait_all  # noqa: E402
 
 CMDLINE = "run=info"
-MICROVM_POWEROFF = 1        # isa-debug-exit written with 0: QEMU exits (0 << 1) | 1
 POWEROFF_ECHO = TINY_PROMPT + b"poweroff"
 
 
@@ -104,7 +103,7 @@ def main() -> None:
             raise SystemExit(f"not measured: {problem}")
     elf = tinyvm.build_tiny()
     sides = {"pykvm boot": (tinyvm.pykvm_command(elf, CMDLINE), 0),
-             "qemu -M microvm": (tinyvm.microvm_command(elf, CMDLINE, []), MICROVM_POWEROFF)}
+             "qemu -M microvm": (tinyvm.microvm_command(elf, CMDLINE, []), tinyvm.MICROVM_POWEROFF)}
     fleets: dict[str, list[Fleet]] = {name: [] for name in sides}
     for name, (argv, status) in sides.items():          # warm-up: page cache, bytecode
         run_fleet(argv, 1, status, args.deadline)

@@ -26,7 +26,6 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
 
 DEFAULT_CMDLINE = "run=info;poweroff"
-MICROVM_POWEROFF = 1        # isa-debug-exit written with 0: QEMU exits (0 << 1) | 1
 
 
 def time_boot(argv: list[str], status: int = 0) -> float:
@@ -56,7 +55,7 @@ def main() -> None:
     elf = tinyvm.build_tiny()
     peers = {"qemu -M microvm": tinyvm.microvm_command(elf, args.cmdline, []),
              "qemu (-accel kvm)": tinyvm.qemu_command(elf, args.cmdline)}
-    status = {"qemu -M microvm": MICROVM_POWEROFF}
+    status = {"qemu -M microvm": tinyvm.MICROVM_POWEROFF}
     if args.tcg:
         peers["qemu (-accel tcg)"] = tinyvm.qemu_command(elf, args.cmdline, accel="tcg")
     candidates = {}

@@ -35,7 +35,6 @@ from tiers import linux_problem  # noqa: E402
 from vmmfleet import Vmm, kill_all, tiny_idle, wait_all  # noqa: E402  (tests/bench/vmmfleet.py)
 
 TINY_CMDLINE = "run=info"
-MICROVM_POWEROFF = 1        # isa-debug-exit written with 0: QEMU exits (0 << 1) | 1
 IDLE_S = 120                # spawn to the guest's idle prompt
 EXIT_S = 60                 # "poweroff" to the VMM's exit
 LINUX_MEM = "256M"
@@ -116,7 +115,7 @@ def tiny_guest() -> Guest:
     return Guest("tiny", tinyvm.MEM_MIB * KIB,
                  {"pykvm boot": tinyvm.pykvm_command(elf, TINY_CMDLINE),
                   "qemu -M microvm": tinyvm.microvm_command(elf, TINY_CMDLINE, [])},
-                 {"pykvm boot": 0, "qemu -M microvm": MICROVM_POWEROFF}, tiny_idle, b"poweroff\n")
+                 {"pykvm boot": 0, "qemu -M microvm": tinyvm.MICROVM_POWEROFF}, tiny_idle, b"poweroff\n")
 
 
 def linux_guest() -> Guest | str:

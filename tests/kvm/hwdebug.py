@@ -18,6 +18,7 @@ import functools
 
 from pykvm.vm import layout
 from pykvm.vm.gdb.debugregs import EXEC, DebugRegisters
+from pykvm.vm.gdb.swbreak import BP_VECTOR
 from pykvm.vm.kvm import Debug
 from pykvm.vm.kvm.bindings import lib
 from pykvm.vm.kvm.system import kvm_backend
@@ -67,7 +68,6 @@ TRAPPED = """
     out %al, $0x10
     hlt
 """
-BP_VECTOR = 3
 
 
 @functools.cache

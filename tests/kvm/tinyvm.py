@@ -111,6 +111,9 @@ class Disk:
     read_only: bool = False
 
 
+MICROVM_POWEROFF = 1        # microvm has no ACPI PM block: tiny's poweroff writes 0 to isa-debug-exit, status (0 << 1) | 1
+
+
 def microvm_command(elf: Path, cmdline: str, disks: list[Disk], auto_cmdline: bool = True,
                     mem: str = f"{MEM_MIB}M") -> list[str]:
     """QEMU microvm without ACPI, a virtio-blk-device per disk (serial tinydisk0, 1, ...).
