@@ -31,7 +31,8 @@ SNAPSHOT_SIGNAL = signal.SIGUSR2    # `kill -USR2 PID`: write a snapshot (SIGUSR
 @click.option("--device", "devices", multiple=True, type=click.Choice(["pc-testdev"]),
               help="Add an optional device: pc-testdev (QEMU's test device, for kvm-unit-tests).")
 @click.option("--cpus", default=1, show_default=True, type=int,
-              help="vCPUs, one host thread each (at most the host's CPU count, KVM_CAP_NR_VCPUS).")
+              help="vCPUs, one host thread each (more than the host's CPUs, KVM_CAP_NR_VCPUS, "
+                   "warns; at most 64 and KVM_CAP_MAX_VCPUS).")
 @click.option("--trace", is_flag=True,
               help="Print every VM exit on stderr, and a summary by reason for each vCPU.")
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",

@@ -35,8 +35,9 @@ def check():
             report(ok, capability, why if ok else f"missing: needed for {why}; try a newer kernel")
         click.echo(f"       vCPU mmap size {kvm.vcpu_mmap_size()} bytes; "
                    f"{len(kvm.supported_cpuid())} CPUID leaves; KVM_API_VERSION {lib.KVM_API_VERSION}")
-        click.echo(f"       vCPUs per VM: up to {kvm.check_extension('KVM_CAP_NR_VCPUS')} "
-                   "(KVM_CAP_NR_VCPUS, the most `pykvm boot --cpus` accepts here)")
+        click.echo(f"       vCPUs per VM: {kvm.check_extension('KVM_CAP_NR_VCPUS')} recommended "
+                   f"(KVM_CAP_NR_VCPUS), up to {kvm.check_extension('KVM_CAP_MAX_VCPUS')} "
+                   "(KVM_CAP_MAX_VCPUS; `pykvm boot --cpus` warns between the two)")
         click.echo(f"       kvm flavour: {kvm_backend()}")
         if problem := hardware_kvm_problem():
             click.echo(f"       note: {problem}")

@@ -73,7 +73,7 @@ __all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "MAX_CPUS", "PORTS", "K
 log = logging.getLogger("pykvm.vm.machine")
 
 DEFAULT_MEMORY = 128 << 20
-MAX_CPUS = 64         # a sane limit for one Python thread per vCPU (KVM's own is KVM_CAP_NR_VCPUS)
+MAX_CPUS = 64         # a sane limit for one Python thread per vCPU (KVM's own: KVM_CAP_MAX_VCPUS)
 KICK_SIGNAL = signal.SIGUSR1   # interrupts a vCPU thread's KVM_RUN (EINTR); its handler does nothing
 VCPU_WAIT_POLL = 0.1           # seconds: run() looks this often whether the vCPU threads ended
 
@@ -144,7 +144,9 @@ class Machine:
         self.kvm = Kvm()                                                   # 1
         for capability in REQUIRED_CAPABILITIES:                           # as `pykvm check`
             self.kvm.require(capability)
-        check_cpus(config.cpus, self.kvm.check_extension("KVM_CAP_NR_VCPUS"))
+        if warning := check_cpus(config.cpus, self.kvm.check_extension("KVM_CAP_NR_VCPUS"),
+                                 self.kvm.check_extension("KVM_CAP_MAX_VCPUS")):
+            log.warning("pykvm: warning: %s", warning)
         self.vm = self.kvm.create_vm()                                     # 2
         self.vm.set_tss_addr(layout.KVM_TSS_ADDRESS)
         self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDRESS)
@@ -520,13 +522,24 @@ def _describe_internal_error(error: InternalError, rip: int) -> str:
     return text
 
 
-def check_cpus(cpus: int, kvm_limit: int) -> None:
-    """--cpus must be 1 .. min(MAX_CPUS, KVM_CAP_NR_VCPUS); ConfigError says which bound."""
+def check_cpus(cpus: int, recommended: int, maximum: int) -> str | None:
+    """--cpus must be 1 .. min(MAX_CPUS, KVM_CAP_MAX_VCPUS): ConfigError says which bound.
+
+    Above KVM_CAP_NR_VCPUS (what KVM recommends: the host's CPU count) the VM
+    still works, its vCPUs taking turns on the host's CPUs; as QEMU does, that
+    is a warning (returned, one line), not an error.  `maximum` is 0 on kernels
+    without KVM_CAP_MAX_VCPUS, where the recommendation is the limit (api.rst 4.7).
+    """
+    maximum = maximum or recommended
     if not 1 <= cpus <= MAX_CPUS:
         raise ConfigError(f"--cpus {cpus}: choose 1 to {MAX_CPUS}")
-    if cpus > kvm_limit:
-        raise ConfigError(f"--cpus {cpus}: this host's KVM recommends at most {kvm_limit} vCPUs "
-                          "per VM (KVM_CAP_NR_VCPUS, the host's CPU count)")
+    if cpus > maximum:
+        raise ConfigError(f"--cpus {cpus}: this host's KVM allows at most {maximum} vCPUs "
+                          "per VM (KVM_CAP_MAX_VCPUS)")
+    if cpus > recommended:
+        return (f"--cpus {cpus}: more vCPUs than this host's KVM recommends ({recommended}, "
+                "KVM_CAP_NR_VCPUS, the host's CPU count); they take turns on its CPUs")
+    return None
 
 
 def _on_kick(signum, frame) -> None:

@@ -132,6 +132,7 @@ typedef signed short   __s16;
 #define KVM_CAP_IMMEDIATE_EXIT ...
 #define KVM_CAP_NR_MEMSLOTS ...
 #define KVM_CAP_NR_VCPUS ...
+#define KVM_CAP_MAX_VCPUS ...
 #define KVM_CAP_INTERNAL_ERROR_DATA ...
 #define KVM_CAP_MP_STATE ...
 #define KVM_CAP_SET_GUEST_DEBUG ...
@@ -412,13 +413,38 @@ struct kvm_debugregs {
     ...;
 };
 
+struct kvm_pic_state {
+    __u8 last_irr;
+    __u8 irr;
+    __u8 imr;
+    __u8 isr;
+    __u8 priority_add;
+    __u8 irq_base;
+    __u8 read_reg_select;
+    __u8 poll;
+    __u8 special_mask;
+    __u8 init_state;
+    __u8 auto_eoi;
+    __u8 rotate_on_auto_eoi;
+    __u8 special_fully_nested_mode;
+    __u8 init4;
+    __u8 elcr;
+    __u8 elcr_mask;
+};
+
 struct kvm_irqchip {
     __u32 chip_id;
+    union {
+        char dummy[512];               /* the union's size; the IOAPIC's state is not read here */
+        struct kvm_pic_state pic;
+    } chip;
     ...;
 };
 
 struct kvm_pit_channel_state {
     __u32 count;
+    __u8 read_state;
+    __u8 write_state;
     __u8 rw_mode;
     __u8 mode;
     __u8 bcd;
