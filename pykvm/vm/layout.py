@@ -4,7 +4,8 @@ pykvm's x86-64 guests see this memory map (Firecracker's arch/x86_64/layout.rs
 and xv6's memlayout.h are the models):
 
     0x0000_0000  +--------------------------------------+
-                 | real-mode IVT and BIOS data (unused) |
+                 | BIOS_IVT: real-mode interrupt vectors|
+    0x0000_0400  | BIOS data area (unused)              |
     0x0000_0472  | BDA_RESET_FLAG: warm/cold reset word  |
     0x0000_0500  | BOOT_GDT: the GDT the vCPU starts on |
     0x0000_1000  | FLAT_LOAD: raw binaries, real mode   |
@@ -21,6 +22,7 @@ and xv6's memlayout.h are the models):
     0x0009_fc00  +--------------------------------------+
                  | EBDA, VGA, BIOS ROM: reserved        |
     0x000e_0000  | ACPI_TABLES: RSDP, FADT, DSDT (Linux)|
+    0x000f_0000  | BIOS_STUBS: the IVT's handlers       |
     0x0010_0000  +--------------------------------------+
                  | HIMEM_START: the kernel is loaded    |
                  | here, then free RAM ...              |
@@ -40,7 +42,7 @@ and xv6's memlayout.h are the models):
 from __future__ import annotations
 
 __all__ = [
-    "BDA_RESET_FLAG", "BOOT_GDT", "FLAT_LOAD", "PVH_START_INFO", "PVH_MODLIST", "PVH_MEMMAP", "ZERO_PAGE",
+    "BIOS_IVT", "BIOS_STUBS", "BDA_RESET_FLAG", "BOOT_GDT", "FLAT_LOAD", "PVH_START_INFO", "PVH_MODLIST", "PVH_MEMMAP", "ZERO_PAGE",
     "PML4_START", "PDPTE_START", "PDE_START", "CMDLINE_START", "CMDLINE_MAX",
     "EBDA_START", "ACPI_TABLES", "HIMEM_START", "MMIO_GAP_START", "MMIO_GAP_END", "KVM_TSS_ADDRESS",
     "KVM_IDENTITY_MAP_ADDRESS", "IOAPIC_ADDRESS", "LOCAL_APIC_ADDRESS", "VIRTIO_MMIO_BASE",
@@ -49,6 +51,7 @@ __all__ = [
     "E820_RAM", "E820_RESERVED", "memory_map",
 ]
 
+BIOS_IVT = 0x0               # real-mode interrupt vector table: 256 far pointers (firmware.py)
 BDA_RESET_FLAG = 0x472       # BIOS Data Area word the OS sets before a reset (0x1234 = warm)
 BOOT_GDT = 0x500             # GDT written by pykvm for the vCPU's first instruction
 FLAT_LOAD = 0x1000           # raw flat binaries load here and start in real mode
@@ -67,6 +70,7 @@ CMDLINE_START = 0x20000      # kernel command line, NUL-terminated
 CMDLINE_MAX = 0x10000        # bytes reserved for it
 EBDA_START = 0x9FC00         # Extended BIOS Data Area: from here to 1 MiB is reserved
 ACPI_TABLES = 0xE0000        # ACPI tables, RSDP first: in the BIOS area Linux scans for "RSD PTR "
+BIOS_STUBS = 0xF0000         # the IVT's stub handlers (IRET, EOI + IRET): segment F000h, as a BIOS's
 HIMEM_START = 0x100000       # 1 MiB: kernels are loaded here
 MMIO_GAP_START = 0xC0000000  # 3 GiB: RAM stops here below 4 GiB
 MMIO_GAP_END = 0x100000000   # 4 GiB: RAM resumes here

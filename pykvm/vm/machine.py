@@ -19,8 +19,9 @@ the model).  Machine.__init__ reads as its table of contents:
     7. the kernel file (and initrd, modules) read, its format found, the
        options checked against it, before anything is written
     8. what a PC firmware leaves (ACPI tables with the MADT and the DSDT
-       listing the virtio devices; the e820 map), unless the kernel is a
-       raw flat binary
+       listing the virtio devices; the e820 map; the real-mode interrupt
+       vectors; the PICs and the PIT as the BIOS set them), unless the
+       kernel is a raw flat binary
     9. the kernel loaded into memory, the firmware's RSDP and e820 map passed
        on in its boot protocol, the virtio devices on its command line: an
        entry point and CPU mode
@@ -197,7 +198,7 @@ class Machine:
             return None
         from pykvm.vm.boot.firmware import leave_firmware_state
 
-        return leave_firmware_state(self.memory, len(self.vcpus), self.virtio.windows())
+        return leave_firmware_state(self.memory, self.vm, len(self.vcpus), self.virtio.windows())
 
     def _load_kernel(self, kernel, firmware) -> Entry:
         from pykvm.vm.boot.loader import load_kernel

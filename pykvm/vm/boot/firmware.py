@@ -1,11 +1,13 @@
 """What a PC's firmware leaves behind for any kernel it boots, whatever the protocol.
 
 A kernel started by SeaBIOS or OVMF finds more than its own image in memory:
-ACPI tables describing the machine, and a memory map it can ask the firmware
-for.  pykvm has no firmware, so one step of the machine's recipe leaves the
-same state itself (`leave_firmware_state`), before the loader runs, for every
-kernel but a raw flat binary, as Firecracker writes its ACPI tables and e820
-map for every boot.
+ACPI tables describing the machine, a memory map it can ask the firmware
+for, and the PC's legacy chips set up as the BIOS used them.  pykvm has no
+firmware, so one step of the machine's recipe leaves the same state itself
+(`leave_firmware_state`), before the loader runs, for every kernel but a raw
+flat binary, as Firecracker writes its ACPI tables and e820 map for every
+boot.  QEMU's `-kernel` boots run SeaBIOS first, so what SeaBIOS leaves is
+the reference (pykvm.vm.arch.x86.pic, pit and ivt name its sources).
 
   1. ACPI tables (RSDP, XSDT, FADT, FACS, MADT, DSDT) at layout.ACPI_TABLES, in the
      BIOS area where Linux also scans for "RSD PTR " (ACPI 6.5, 5.2.5.1): the FADT
@@ -13,6 +15,15 @@ map for every boot.
      MADT lists the vCPUs; the DSDT lists the virtio-mmio devices.
   2. The E820 memory map (layout.memory_map of the guest's RAM): what a PC
      firmware answers to INT 15h, AX=E820h.
+  3. The real-mode interrupt vector table at layout.BIOS_IVT, every vector
+     pointing at a stub at layout.BIOS_STUBS: IRET, or end-of-interrupt and
+     IRET for the PICs' vectors (ivt.py).
+  4. The two 8259A PICs initialised with the BIOS's vectors (IRQ 0-7 on
+     INT 08h-0Fh, IRQ 8-15 on INT 70h-77h) and masks (pic.py), and the PIT's
+     channel 0 ticking at 18.2 Hz on IRQ 0 (pit.py), through KVM_SET_IRQCHIP
+     and KVM_SET_PIT2 on KVM's in-kernel chips.  Without this the PICs are
+     uninitialised: an IRQ would arrive on an exception's vector (a real-mode
+     program's IRQ 11 on INT 03h), and a real-mode HLT would wait forever.
 
 Both come back as a Firmware value, which the loader passes on to the kernel
 in its protocol's own way (boot_params.acpi_rsdp_addr and e820_table,
@@ -32,8 +43,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from pykvm.vm.arch.x86 import acpi, boot_state
+from pykvm.vm.arch.x86 import acpi, boot_state, ivt, pic, pit
 from pykvm.vm import layout
+from pykvm.vm.kvm.vm import IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE
 from pykvm.errors import GuestError
 
 __all__ = ["Firmware", "leave_firmware_state", "suspend_to_ram"]
@@ -49,13 +61,24 @@ class Firmware:
     e820: tuple[tuple[int, int, int], ...]   # the memory map: (address, size, E820 type)
 
 
-def leave_firmware_state(memory, cpus: int, mmio_devices=()) -> Firmware:
-    """Steps 1-2 of the module docstring for a VM of `cpus` vCPUs.
+def leave_firmware_state(memory, vm, cpus: int, mmio_devices=()) -> Firmware:
+    """Steps 1-4 of the module docstring for `vm`, of `cpus` vCPUs (its irqchip and PIT made).
 
     `mmio_devices`: (base, size, irq) of each virtio-mmio device, for the DSDT.
     """
-    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES, cpus, mmio_devices))
-    return Firmware(acpi_rsdp=layout.ACPI_TABLES, e820=tuple(memory.memory_map()))
+    memory.write(layout.ACPI_TABLES, acpi.acpi_tables(layout.ACPI_TABLES, cpus, mmio_devices))  # 1
+    e820 = tuple(memory.memory_map())                                                         # 2
+    memory.write(layout.BIOS_IVT, ivt.bios_ivt(layout.BIOS_STUBS))                            # 3
+    memory.write(layout.BIOS_STUBS, ivt.bios_stubs())
+    initialise_legacy_chips(vm)                                                               # 4
+    return Firmware(acpi_rsdp=layout.ACPI_TABLES, e820=e820)
+
+
+def initialise_legacy_chips(vm) -> None:
+    """Step 4: the in-kernel PICs and PIT as the BIOS leaves them."""
+    for chip, slave in ((IRQCHIP_PIC_MASTER, False), (IRQCHIP_PIC_SLAVE, True)):
+        vm.set_irqchip(pic.bios_state(vm.get_irqchip(chip), slave))
+    vm.set_pit2(pit.bios_state(vm.get_pit2()))
 
 
 def suspend_to_ram(vcpu, memory, cmos, pm_event, stopped: Callable[[], bool]) -> bool:
