@@ -21,7 +21,10 @@ beside one of its parent folders).  Each configuration of the suite's
 
 then booted under QEMU (as the suite's own x86/run does it, with the same
 devices pykvm has: pc-testdev and isa-debug-exit) and under
-`pykvm boot --kernel`, one after the other, each with a time limit.
+`pykvm boot --kernel`, one after the other, each with a time limit: --timeout
+for a test without a `timeout` key, and for one with it that key scaled the
+same way (the suite's default, when a test names none, is 90 s: a test with
+`timeout = 180` gets twice --timeout).
 
     python tests/kvm_unit_tests.py [--timeout S] [--only NAME,...] [--vmm qemu,pykvm]
 
@@ -45,19 +48,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["suite_dir", "Config", "Plan", "read_configs", "plan", "run", "result_of", "main",
-           "SUBSET", "DEFAULT_TIMEOUT_S", "MEM_MIB"]
+           "time_limit", "SUBSET", "DEFAULT_TIMEOUT_S", "SUITE_DEFAULT_TIMEOUT_S", "MEM_MIB"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = "KVM_UNIT_TESTS_DIR"
 QEMU = "qemu-system-x86_64"
 MEM_MIB = 256                  # as the reference run in the suite's README (QEMU's own default is 128)
 DEFAULT_TIMEOUT_S = 30
+SUITE_DEFAULT_TIMEOUT_S = 90   # scripts/runtime.bash: a test without `timeout` gets 90 s
 OK_CPU_MODELS = {"max", "host"}          # what pykvm's CPUID is: everything KVM supports
 OK_CPU_FLAGS = {"host-phys-bits", "migratable=no"}
 NO_OP_PARAMS = {"-enable-kvm"}           # pykvm always uses KVM
 # A fast subset for `make test` (tests/kvm/test_kvm_unit_tests.py): each ends in seconds
 # under both VMMs on PVM-backed KVM.
-SUBSET = ("setjmp", "idt_test", "s3", "vmexit_cpuid")
+SUBSET = ("setjmp", "idt_test", "s3", "vmexit_cpuid", "realmode")
 
 PYKVM_ERROR = "pykvm: error:"
 REASON_CHARS = 90              # how much of a VMM's error line the report shows
@@ -90,6 +94,7 @@ class Config:
     groups: tuple[str, ...] = ()
     accel: str = ""
     check: str = ""
+    timeout_s: float | None = None     # the `timeout` key: upstream's limit for this test
 
 
 @dataclass
@@ -117,8 +122,23 @@ def read_configs(cfg: Path) -> list[Config]:
                               s.get("qemu_params", s.get("extra_params", "")),
                               _unquote(s.get("test_args", "")), s.get("arch", ""),
                               tuple(s.get("groups", "").split()), s.get("accel", ""),
-                              s.get("check", "")))
+                              s.get("check", ""), _seconds(s.get("timeout", ""))))
     return configs
+
+
+def _seconds(value: str) -> float | None:
+    """A `timeout` value as timeout(1) reads it: a number, optionally s, m or h; None if absent."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", value.strip())
+    if not match:
+        return None
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def time_limit(p: Plan, timeout_s: float) -> float:
+    """Seconds one VMM gets for `p`: `timeout_s`, or the test's own timeout scaled alike."""
+    if p.config.timeout_s is None:
+        return timeout_s
+    return timeout_s * p.config.timeout_s / SUITE_DEFAULT_TIMEOUT_S
 
 
 def _unquote(value: str) -> str:
@@ -272,7 +292,7 @@ def run_plan(p: Plan, vmms: list[str], timeout_s: float, logs: Path | None) -> d
             outcomes[vmm] = Outcome(f"SKIP ({QEMU} not installed)", 0, "")
             continue
         command = qemu_command(p) if vmm == "qemu" else pykvm_command(p)
-        outcomes[vmm] = run(command, timeout_s)
+        outcomes[vmm] = run(command, time_limit(p, timeout_s))
         if logs:
             (logs / f"{p.config.name}.{vmm}.log").write_text(
                 shlex.join(command) + "\n" + outcomes[vmm].log)
@@ -305,7 +325,8 @@ def summary(results: list[tuple[Plan, dict[str, Outcome]]]) -> tuple[str, list[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds per test and VMM (default %(default)s)")
+                        help="seconds per test and VMM (default %(default)s); a test with its "
+                             f"own timeout gets it times this / {SUITE_DEFAULT_TIMEOUT_S}")
     parser.add_argument("--only", default="", help="comma-separated configuration names")
     parser.add_argument("--vmm", default="qemu,pykvm", help="which VMMs, comma-separated")
     parser.add_argument("--logs", type=Path, default=ROOT / ".cache" / "kvm-unit-tests",
@@ -319,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     args.logs.mkdir(parents=True, exist_ok=True)
     only = set(filter(None, args.only.split(",")))
     configs = [c for c in read_configs(suite / "x86" / "unittests.cfg") if not only or c.name in only]
-    print(f"kvm-unit-tests from {suite}; {args.timeout:.0f} s per test; logs in {args.logs}")
+    print(f"kvm-unit-tests from {suite}; {args.timeout:.0f} s per test (its own timeout x "
+          f"{args.timeout / SUITE_DEFAULT_TIMEOUT_S:.2f} if it has one); logs in {args.logs}")
     print(f"{'test':<28} {'QEMU':<9} {'pykvm':<9} note")
     results = []
     for config in configs:

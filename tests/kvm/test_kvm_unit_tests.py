@@ -34,8 +34,9 @@ def test_what_qemu_passes_pykvm_passes(plan):
         pytest.skip(plan.skip)
     if shutil.which(kut.QEMU) is None:
         pytest.skip(f"{kut.QEMU} is not installed (.ci/packages installs qemu-system-x86)")
-    qemu = kut.run(kut.qemu_command(plan), TIMEOUT_S)
+    limit = kut.time_limit(plan, TIMEOUT_S)
+    qemu = kut.run(kut.qemu_command(plan), limit)
     if qemu.result != "PASS":
         pytest.skip(f"QEMU does not pass {plan.config.name} here: {qemu.result}")
-    ours = kut.run(kut.pykvm_command(plan), TIMEOUT_S)
+    ours = kut.run(kut.pykvm_command(plan), limit)
     assert ours.result == "PASS", f"{plan.config.name} under pykvm: {ours.result}\n{ours.log[-3000:]}"

@@ -49,6 +49,14 @@ check = {absent}=Y
 [clock]
 file = plain.flat
 test_args = "10000000 `date +%s`"
+
+[slow]
+file = plain.flat
+timeout = 180
+
+[minutes]
+file = plain.flat
+timeout = 2m
 """
 
 
@@ -95,6 +103,14 @@ def test_a_cpu_count_is_passed_on_once_pykvm_has_an_option_for_it(tmp_path):
     p = kut.plan(config, tmp_path, cpus_option="--cpus")
     assert p.skip == "" and kut.pykvm_command(p)[8:10] == ["--cpus", "3"]
     assert kut.qemu_command(p)[kut.qemu_command(p).index("-smp") + 1] == "3"
+
+
+def test_a_tests_own_timeout_is_scaled_as_the_default_is(plans):
+    """The suite gives a test without `timeout` 90 s: --timeout 30 scales every limit by a third."""
+    assert kut.time_limit(plans["plain"], 30) == 30
+    assert kut.time_limit(plans["slow"], 30) == 60
+    assert kut.time_limit(plans["minutes"], 45) == 60
+    assert plans["plain"].config.timeout_s is None
 
 
 def test_the_shell_date_in_test_args_becomes_a_number(plans):
