@@ -12,7 +12,7 @@ BOOT_ARGS ?=
 # set-up line).  `make guests` also builds the container images (busybox-static, `make deps`).
 BOOT_GUESTS := guests/tiny guests/hello
 
-.PHONY: all deps venv guests boot-guests boot gdb test test-unit test-hw bench kvm-unit-tests clean distclean help
+.PHONY: all deps venv guests boot-guests boot gdb test test-unit test-hw bench kvm-unit-tests kvm-unit-tests-hw clean distclean help
 
 all: venv guests
 
@@ -24,6 +24,7 @@ help:
 	@echo "make test-hw run the VM tests on hardware-style KVM (an L1 under QEMU TCG if needed)"
 	@echo "make bench   run the benchmarks in tests/bench/ side by side with their peers"
 	@echo "make kvm-unit-tests  the KVM developers' x86 test suite under QEMU and pykvm, side by side"
+	@echo "make kvm-unit-tests-hw  the same in the hardware lane (L1's nested KVM, its QEMU)"
 	@echo "make fuzz    fuzz every parser of outside data (atheris); make fuzz-guest: random hostile guests"
 	@echo "make linux-guest  fetch Debian's kernel and build a busybox initramfs (pykvm boot linux)"
 	@echo "make clean   remove build products (keeps .venv/)"
@@ -94,6 +95,11 @@ bench: venv guests
 KUT_ARGS ?=
 kvm-unit-tests: venv guests
 	$(PY) tests/kvm_unit_tests.py $(KUT_ARGS)
+
+# ... and in the hardware lane: both VMMs on L1's nested KVM, 90 s per test unless KUT_ARGS
+# says --timeout; the whole run may take hours under TCG, hence the wider --tests-timeout.
+kvm-unit-tests-hw: venv guests
+	$(PY) tests/hw/lane.py --kvm-unit-tests --tests-timeout 14400 -- $(KUT_ARGS)
 
 clean:
 	$(MAKE) -C guests clean

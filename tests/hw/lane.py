@@ -11,7 +11,8 @@ like hardware SVM (AMD64 APM vol. 2, ch. 15 "Secure Virtual Machine").
     1. fetch linux-image-cloud-amd64        (kernel from .cache/hw/, never installed)
     2. write the initramfs                  /init: busybox, insmod virtio-fs + KVM
     3. one virtiofsd per shared tree  <-->  mounted at the same paths: /usr, the
-                                            checkout (with .venv), the venv's Python
+                                            checkout (with .venv), the venv's Python,
+                                            kvm-unit-tests (when the host has it)
     4. qemu; serial console on a pipe <---  "@@lane <event>" progress lines
     5. summary from junit.xml         <---  pytest -m "linux or (kvm and not slow)" ...
 
@@ -20,6 +21,9 @@ Each stage has a timeout; a failure names the stage and keeps the serial log
 
     python tests/hw/lane.py [--force-l1] [--boot-timeout S] ... [-- PYTEST_ARGS]
     python tests/hw/lane.py --bench NAME     (tests/bench/run.py NAME in L1, no tests)
+    python tests/hw/lane.py --kvm-unit-tests [-- ARGS]
+                                             (tests/kvm_unit_tests.py ARGS in L1: the whole
+                                             suite under L1's QEMU and pykvm, side by side)
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ __all__ = ["LANE_MARKERS", "main"]
 ROOT = Path(__file__).resolve().parents[2]      # the checkout
 sys.path.insert(0, str(ROOT / "tests"))
 from tiers import NESTED_TCG_ENV, kvm_flavour  # noqa: E402  (one definition of "which KVM")
+import kvm_unit_tests  # noqa: E402  (where the suite is: one definition, suite_dir)
 
 # The tests that need a VM (-m selects them): Linux guests, and every VM test but the slow
 # ones (QEMU cross-checks, load tests, the fuzz sample), which run on the host's KVM in
@@ -238,6 +243,28 @@ def log_summary(state: dict[str, str]) -> str:
     return ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
 
 
+KUT_LANE_TIMEOUT_S = kvm_unit_tests.SUITE_DEFAULT_TIMEOUT_S   # per test: the suite's own default
+
+
+def run_kvm_unit_tests(runner_args: list[str]) -> int:
+    """`make kvm-unit-tests` with `runner_args`: every test under QEMU and pykvm, the report.
+
+    Each test gets the suite's own 90 s (ARGS may say --timeout otherwise): QEMU and
+    pykvm both run on hardware-style KVM here, L1's nested SVM under TCG, far slower."""
+    os.chdir(ROOT)
+    return subprocess.call([sys.executable, str(ROOT / "tests" / "kvm_unit_tests.py"),
+                            "--timeout", str(KUT_LANE_TIMEOUT_S), *runner_args])
+
+
+def run_instead_of_tests(args: argparse.Namespace, extra_args: list[str]) -> int | None:
+    """--bench or --kvm-unit-tests: their status; None when the lane runs the tests."""
+    if args.bench:
+        return run_bench(args.bench)
+    if args.kvm_unit_tests:
+        return run_kvm_unit_tests(extra_args)
+    return None
+
+
 def run_bench(name: str) -> int:
     """`make bench` for the scripts whose name contains `name`: pykvm and its peer, side by side."""
     os.chdir(ROOT)
@@ -262,8 +289,11 @@ def junit_summary(junit: Path) -> str:
 # --- the shares: which host trees L1 needs, one virtiofsd each ---------------
 
 def shared_trees(cache: Path) -> list[Path]:
-    """What L1 needs from the host: /usr, the checkout, the venv, its base Python, the cache."""
-    return outermost([Path("/usr"), ROOT, Path(sys.prefix), Path(sys.base_prefix), cache])
+    """What L1 needs from the host: /usr, the checkout, the venv, its base Python, the cache,
+    and the built kvm-unit-tests where the host has them (tests/kvm_unit_tests.py: suite_dir)."""
+    suite = kvm_unit_tests.suite_dir()
+    return outermost([Path("/usr"), ROOT, Path(sys.prefix), Path(sys.base_prefix), cache,
+                      *([suite] if suite else [])])
 
 
 def outermost(paths: list[Path]) -> list[Path]:
@@ -318,14 +348,20 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str, junit: Path,
                     test_log: Path, pytest_args: list[str], path: Path,
-                    bench: str | None = None) -> list[str]:
-    """Write the L1's initramfs to `path`; return the modules it loads, in order."""
+                    bench: str | None = None, kut: bool = False) -> list[str]:
+    """Write the L1's initramfs to `path`; return the modules it loads, in order.
+
+    `bench` or `kut` (--kvm-unit-tests): L1 runs those instead of the tests.  L1 is
+    told where the host found kvm-unit-tests ($KVM_UNIT_TESTS_DIR in L1), shared at the
+    same path, so the suite's tests there find it whatever the checkout's place."""
     busybox = static_busybox()
     modules = l1_modules(kernel)
     shares = [(f"share{i}", str(tree), tree == Path("/usr")) for i, tree in enumerate(trees)]
     inside = [sys.executable, str(Path(__file__).resolve()), "--inside", f"--junit={junit}",
               f"--test-log={test_log}", f"--markers={markers}",
-              *(["--bench", bench] if bench else []), "--", *pytest_args]
+              *(["--bench", bench] if bench else []), *(["--kvm-unit-tests"] if kut else []),
+              *([f"--kvm-unit-tests-dir={suite}"] if (suite := kvm_unit_tests.suite_dir()) else []),
+              "--", *pytest_args]
     init = lane_initramfs.init_script(list(modules), shares, str(ROOT), shlex.join(inside))
     etc = dict(ETC_FILES)
     if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
@@ -508,7 +544,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     kernel = lane_kernel.fetch_kernel(cache / "kernel")
     trees = shared_trees(cache)
     order = write_initramfs(kernel, trees, args.markers, junit, cache / TEST_LOG, pytest_args,
-                            cache / "initramfs.cpio", args.bench)
+                            cache / "initramfs.cpio", args.bench, args.kvm_unit_tests)
     progress("initramfs", f"kernel {kernel.version}; modules {' '.join(order)}")
     progress("shares", " ".join(map(str, trees)))
     result: dict[str, str] = {}
@@ -534,7 +570,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
                 follow(console, stage, stage.event == "tests-done", result, heartbeat)
                 progress(stage.name, f"done in {stage.seconds:.1f} s")
             proc.wait(args.stage_timeout)
-            if not args.bench and not junit.exists():
+            if not (args.bench or args.kvm_unit_tests) and not junit.exists():
                 raise LaneError(f"stage 'tests' failed: pytest in L1 wrote no {junit.name} "
                                 f"(status {result.get('status')})")
         except (LaneError, subprocess.TimeoutExpired) as e:
@@ -555,10 +591,11 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
                              f"\n  serial log: {serial_log}; its last lines:\n{tail}") from None
             raise LaneError(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
     status = int(result.get("status", 1))
-    outcome = f"bench {args.bench}" if args.bench else junit_summary(junit)
+    instead = (f"bench {args.bench}" if args.bench else
+               "kvm-unit-tests" if args.kvm_unit_tests else None)
     print(f"lane: kvm={result.get('kvm', '?')} in L1 (qemu TCG -cpu {args.cpu}, "
-          f"kernel {kernel.version}): {outcome}; {'status' if args.bench else 'pytest status'} "
-          f"{status}")
+          f"kernel {kernel.version}): {instead or junit_summary(junit)}; "
+          f"{'status' if instead else 'pytest status'} {status}")
     return status
 
 
@@ -643,8 +680,8 @@ def run_direct(args: argparse.Namespace, pytest_args: list[str]) -> int:
         lane_kernel.fetch_kernel(args.cache / "kernel")
     except (LaneError, OSError) as e:
         progress("fetch kernel", f"none ({e}); tests that boot it will skip")
-    if args.bench:
-        return run_bench(args.bench)
+    if (status := run_instead_of_tests(args, pytest_args)) is not None:
+        return status
     status = run_tests(args.markers, junit, pytest_args)
     print(f"lane: kvm={kvm_flavour()} directly on this host: {junit_summary(junit)}; "
           f"pytest status {status}")
@@ -682,6 +719,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--bench", metavar="NAME",
                         help="run the benchmarks tests/bench/run.py NAME selects instead of the "
                              "tests (e.g. linux_boot: pykvm vs QEMU, both inside the same L1)")
+    parser.add_argument("--kvm-unit-tests", action="store_true",
+                        help="run the whole kvm-unit-tests suite (tests/kvm_unit_tests.py, with "
+                             "the words after -- as its arguments) instead of the tests; "
+                             "under L1's QEMU and pykvm, side by side")
+    parser.add_argument("--kvm-unit-tests-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--junit", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--test-log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -725,11 +767,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.inside:                                  # we are /init's command in L1
         print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
         os.environ[NESTED_TCG_ENV] = "1"             # tests that TCG cannot take ask (tiers.py)
+        if args.kvm_unit_tests_dir:                  # shared at the host's path
+            os.environ[kvm_unit_tests.ENV_DIR] = str(args.kvm_unit_tests_dir)
         with hold_kvm_static_keys():
-            if args.bench:
-                return run_bench(args.bench)
+            if (status := run_instead_of_tests(args, pytest_args)) is not None:
+                return status
             return run_tests(args.markers, args.junit, pytest_args, args.test_log)
     try:
+        if args.kvm_unit_tests and kvm_unit_tests.suite_dir() is None:
+            print(f"lane: kvm-unit-tests: skipped: no built suite (set {kvm_unit_tests.ENV_DIR}, "
+                  "or put it at shared/kvm-unit-tests beside the checkout)")
+            return 0
         if kvm_flavour() in ("svm", "vmx") and not args.force_l1:
             return run_direct(args, pytest_args)
         if os.geteuid() != 0:

@@ -383,3 +383,35 @@ def test_a_test_that_fails_once_gets_one_fresh_l1_and_passes_the_lane_if_it_pass
     assert runs == [[], ["a::two"]], "the fresh L1 runs only the test that failed"
     assert "running them once more in a fresh L1" in capsys.readouterr().err
     assert lane.read_test_log(tmp_path / lane.TEST_LOG) == {"a::one": "passed", "a::two": "passed"}
+
+
+def _suite(tmp_path) -> Path:
+    suite = tmp_path / "kvm-unit-tests"
+    (suite / "x86").mkdir(parents=True)
+    (suite / "x86" / "unittests.cfg").write_text("")
+    return suite
+
+
+def test_l1_gets_the_kvm_unit_tests_share_when_the_host_has_the_suite(tmp_path, monkeypatch):
+    suite = _suite(tmp_path)
+    monkeypatch.setenv("KVM_UNIT_TESTS_DIR", str(suite))
+    assert suite.resolve() in lane.shared_trees(tmp_path / "cache")
+    monkeypatch.setenv("KVM_UNIT_TESTS_DIR", str(tmp_path / "absent"))
+    assert not any("absent" in str(tree) for tree in lane.shared_trees(tmp_path / "cache"))
+
+
+def test_the_kvm_unit_tests_mode_passes_the_words_after_the_dashes_to_the_runner(tmp_path, monkeypatch):
+    args, rest = lane.parse_args(["--kvm-unit-tests", "--", "--only", "setjmp"])
+    calls = []
+    monkeypatch.setattr(lane.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    assert lane.run_instead_of_tests(args, rest) == 0
+    assert calls[0][1].endswith("kvm_unit_tests.py") and calls[0][-2:] == ["--only", "setjmp"]
+    assert calls[0][2:4] == ["--timeout", str(lane.KUT_LANE_TIMEOUT_S)]   # before ARGS: they win
+    plain, _ = lane.parse_args([])
+    assert lane.run_instead_of_tests(plain, []) is None
+
+
+def test_the_kvm_unit_tests_mode_skips_with_its_reason_without_the_suite(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KVM_UNIT_TESTS_DIR", str(tmp_path / "absent"))
+    assert lane.main(["--kvm-unit-tests"]) == 0
+    assert "kvm-unit-tests: skipped: no built suite" in capsys.readouterr().out
