@@ -13,6 +13,7 @@ def check():
     from pykvm.vm.guests import hardware_kvm_problem
     from pykvm.vm.kvm.bindings import lib
     from pykvm.vm.kvm.system import REQUIRED_CAPABILITIES, Kvm, kvm_backend
+    from pykvm.vm.machine import MAX_CPUS
 
     failures = 0
 
@@ -37,7 +38,8 @@ def check():
                    f"{len(kvm.supported_cpuid())} CPUID leaves; KVM_API_VERSION {lib.KVM_API_VERSION}")
         click.echo(f"       vCPUs per VM: {kvm.check_extension('KVM_CAP_NR_VCPUS')} recommended "
                    f"(KVM_CAP_NR_VCPUS), up to {kvm.check_extension('KVM_CAP_MAX_VCPUS')} "
-                   "(KVM_CAP_MAX_VCPUS; `pykvm boot --cpus` warns between the two)")
+                   f"(KVM_CAP_MAX_VCPUS); `pykvm boot --cpus` takes up to {MAX_CPUS} and warns "
+                   "above the recommendation")
         click.echo(f"       kvm flavour: {kvm_backend()}")
         if problem := hardware_kvm_problem():
             click.echo(f"       note: {problem}")
