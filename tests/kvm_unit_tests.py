@@ -60,8 +60,9 @@ OK_CPU_MODELS = {"max", "host"}          # what pykvm's CPUID is: everything KVM
 OK_CPU_FLAGS = {"host-phys-bits", "migratable=no"}
 NO_OP_PARAMS = {"-enable-kvm"}           # pykvm always uses KVM
 # A fast subset for `make test` (tests/kvm/test_kvm_unit_tests.py): each ends in seconds
-# under both VMMs on PVM-backed KVM.
-SUBSET = ("setjmp", "idt_test", "s3", "vmexit_cpuid", "realmode")
+# under both VMMs on PVM-backed KVM.  Not realmode: its checks pass in seconds, but its
+# timing loops run in KVM's instruction emulator here and take 10 s to over 30 s with load.
+SUBSET = ("setjmp", "idt_test", "s3", "vmexit_cpuid")
 
 PYKVM_ERROR = "pykvm: error:"
 REASON_CHARS = 90              # how much of a VMM's error line the report shows
