@@ -12,7 +12,7 @@ beside one of its parent folders).  Each configuration of the suite's
 `x86/unittests.cfg` is
 
   * translated for pykvm's machine: `-m` becomes --mem, `test_args` the
-    command line, `-cpu max`/`-cpu host` is what pykvm gives anyway (the
+    command line, `-machine pit=off` --no-pit, `-cpu max`/`-cpu host` is what pykvm gives anyway (the
     CPUID KVM supports); or
   * skipped, with the reason: more than one CPU (unless `pykvm boot` has a
     --cpus or --smp option: then the count is passed on), another
@@ -59,6 +59,7 @@ SUITE_DEFAULT_TIMEOUT_S = 90   # scripts/runtime.bash: a test without `timeout` 
 OK_CPU_MODELS = {"max", "host"}          # what pykvm's CPUID is: everything KVM supports
 OK_CPU_FLAGS = {"host-phys-bits", "migratable=no"}
 NO_OP_PARAMS = {"-enable-kvm"}           # pykvm always uses KVM
+MACHINE_OPTIONS = {"pit=off": "--no-pit"}  # QEMU's -machine VALUE -> pykvm boot's option
 # A fast subset for `make test` (tests/kvm/test_kvm_unit_tests.py): each ends in seconds
 # under both VMMs on PVM-backed KVM.  Not realmode: its checks pass in seconds, but its
 # timing loops run in KVM's instruction emulator here and take 10 s to over 30 s with load.
@@ -110,6 +111,7 @@ class Plan:
     cpus_option: str | None = None     # pykvm's option for a CPU count, when it has one
     append: str = ""
     qemu_extra: list[str] = field(default_factory=list)
+    pykvm_extra: list[str] = field(default_factory=list)
 
 
 def read_configs(cfg: Path) -> list[Config]:
@@ -213,6 +215,10 @@ def _translate_params(p: Plan) -> str:
                         "(as -cpu host), no models or flags")
             p.qemu_extra += [option, value]
             continue
+        if option == "-machine" and value in MACHINE_OPTIONS:
+            p.qemu_extra += [option, value]            # QEMU merges it with the runner's -machine
+            p.pykvm_extra.append(MACHINE_OPTIONS[value])
+            continue
         return f"QEMU-only option {option} {value}"
     return ""
 
@@ -236,7 +242,7 @@ def qemu_command(p: Plan) -> list[str]:
 def pykvm_command(p: Plan) -> list[str]:
     cpus = [p.cpus_option, str(p.cpus)] if p.cpus > 1 else []
     return [sys.executable, "-m", "pykvm", "boot", "--kernel", str(p.kernel), "--mem", f"{p.mem_mib}M",
-            *cpus, "--device", "pc-testdev", "--cmdline", p.append]
+            *cpus, *p.pykvm_extra, "--device", "pc-testdev", "--cmdline", p.append]
 
 
 @dataclass

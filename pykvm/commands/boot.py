@@ -33,6 +33,9 @@ SNAPSHOT_SIGNAL = signal.SIGUSR2    # `kill -USR2 PID`: write a snapshot (SIGUSR
 @click.option("--cpus", default=1, show_default=True, type=int,
               help="vCPUs, one host thread each (more than the host's CPUs, KVM_CAP_NR_VCPUS, "
                    "warns; at most 64 and KVM_CAP_MAX_VCPUS).")
+@click.option("--no-pit", "no_pit", is_flag=True,
+              help="No 8254 PIT, as QEMU's -machine pit=off: no timer on IRQ 0, ports 0x40-0x43 "
+                   "and 0x61 unanswered.")
 @click.option("--trace", is_flag=True,
               help="Print every VM exit on stderr, and a summary by reason for each vCPU.")
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -57,7 +60,7 @@ SNAPSHOT_SIGNAL = signal.SIGUSR2    # `kill -USR2 PID`: write a snapshot (SIGUSR
 @click.option("--snapshot-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Ctrl-A s or SIGUSR2 pauses the VM and writes a snapshot here (then it runs on); "
                    "`pykvm restore DIR` resumes it.")
-def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, cpus, trace,
+def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, cpus, no_pit, trace,
          stall_timeout, gdb, gdb_wait, disks, console, rng, virtio_notify, snapshot_dir):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
@@ -94,7 +97,8 @@ def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, c
                           rng=rng, notify=virtio_notify)
     config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
                            modules=[parse_module(m) for m in modules], kernel_format=kernel_format,
-                           devices=devices, cpus=cpus, trace=trace, stall_timeout=stall_timeout,
+                           devices=devices, cpus=cpus, pit=not no_pit, trace=trace,
+                           stall_timeout=stall_timeout,
                            gdb=gdb, gdb_wait=gdb_wait, virtio=virtio, snapshot_dir=snapshot_dir)
     raise SystemExit(run_machine(config))
 

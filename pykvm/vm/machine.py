@@ -10,8 +10,8 @@ the model).  Machine.__init__ reads as its table of contents:
     3. guest memory, registered with KVM as memory slots (restoring: mapped
        copy-on-write from the snapshot's memory.bin)
     4. the in-kernel interrupt controllers (PIC, IOAPIC, LAPIC) and PIT
-       (with port 0x61, channel 2's gate and output): before any vCPU
-       exists, so each vCPU gets its LAPIC
+       (with port 0x61, channel 2's gate and output; none with pit=False):
+       before any vCPU exists, so each vCPU gets its LAPIC
     5. the vCPUs, created bare
     6. the devices, each inserted on the port-I/O bus at its base; the virtio
        transports on the MMIO bus
@@ -104,6 +104,7 @@ class MachineConfig:
     kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, multiboot2, raw (boot/loader.py)
     devices: tuple[str, ...] = ()    # optional devices: "pc-testdev" (QEMU's, for kvm-unit-tests)
     cpus: int = 1                    # vCPUs: vCPU 0 boots, the others wait for a SIPI
+    pit: bool = True                 # the 8254 PIT (False: QEMU's -machine pit=off)
     trace: bool = False
     stall_timeout: float | None = None   # stop after this many seconds without a VM exit (watchdog.py)
     output: object = None            # callable(bytes) for guest serial output; default stdout
@@ -154,7 +155,8 @@ class Machine:
         self.memory = self._guest_memory()                                 # 3
         self.memory.register(self.vm)
         self.vm.create_irqchip()                                           # 4
-        self.vm.create_pit2(PIT_SPEAKER_DUMMY)                             # port 0x61 too, as Firecracker
+        if config.pit:
+            self.vm.create_pit2(PIT_SPEAKER_DUMMY)                         # port 0x61 too, as Firecracker
         self.vcpus = [self.vm.create_vcpu(index) for index in range(config.cpus)]   # 5
         self.vcpu = self.vcpus[0]                                          # the bootstrap processor
         self.exit_counts_by_vcpu = [Counter() for _ in self.vcpus]
@@ -198,7 +200,8 @@ class Machine:
             return None
         from pykvm.vm.boot.firmware import leave_firmware_state
 
-        return leave_firmware_state(self.memory, self.vm, len(self.vcpus), self.virtio.windows())
+        return leave_firmware_state(self.memory, self.vm, len(self.vcpus), self.virtio.windows(),
+                                    has_pit=self.config.pit)
 
     def _load_kernel(self, kernel, firmware) -> Entry:
         from pykvm.vm.boot.loader import load_kernel
@@ -333,6 +336,10 @@ class Machine:
         if len(self.vcpus) > 1:
             os.write(2, b"pykvm: no snapshot written: snapshots of more than one vCPU are not "
                         b"supported yet\n")
+            return
+        if not self.config.pit:
+            os.write(2, b"pykvm: no snapshot written: snapshots of a VM without a PIT (--no-pit) "
+                        b"are not supported\n")
             return
         if self.virtio.slots:
             # A virtio device's state is half in the guest's memory (the rings), half in

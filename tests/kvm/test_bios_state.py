@@ -9,6 +9,7 @@ same ELF runs under QEMU, whose SeaBIOS leaves the tick running too.
 """
 from __future__ import annotations
 
+import errno
 import shutil
 import subprocess
 import threading
@@ -16,6 +17,7 @@ import threading
 import pytest
 
 from guestasm import pvh_elf
+from pykvm.errors import KvmIoctlError
 from pykvm.vm.kvm.bindings import ffi
 from pykvm.vm.kvm.vm import IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE
 from pykvm.vm.machine import Machine, MachineConfig
@@ -24,6 +26,11 @@ pytestmark = pytest.mark.kvm
 
 QEMU = "qemu-system-x86_64"
 TIMER_VECTOR = 0x08
+POWER_OFF = """
+    mov $0x604, %dx                   # ACPI PM1a control: SLP_EN, S5
+    mov $0x2000, %ax
+    out %ax, %dx
+"""
 NO_TICK_S = 60              # a bound, not a measurement: 18.2 ticks a second are due
 NO_TICK_STATUS = 99
 WAIT_FOR_THE_TICK = f"""
@@ -101,3 +108,16 @@ def test_kvm_holds_the_bios_vector_bases_for_a_kernel_and_reset_ones_for_a_raw_b
     with Machine(MachineConfig(kernel=raw, kernel_format="raw")) as machine:
         bases = [_pic_state(machine, chip).irq_base for chip in (IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE)]
     assert bases == [0, 0]                 # no firmware: the 8259As as KVM resets them
+
+
+def test_without_a_pit_kvm_has_none_the_guest_still_boots_and_a_snapshot_is_refused(tmp_path, capfd):
+    """pit=False (--no-pit, QEMU's -machine pit=off): no in-kernel 8254 is made or programmed."""
+    kernel = pvh_elf(POWER_OFF, tmp_path / "off.elf")
+    with Machine(MachineConfig(kernel=kernel, pit=False, snapshot_dir=tmp_path / "snap")) as machine:
+        with pytest.raises(KvmIoctlError) as raised:
+            machine.vm.get_pit2()
+        assert raised.value.errno == errno.ENXIO, raised.value
+        machine.request_snapshot()
+        assert machine.run() == 0
+    assert "without a PIT (--no-pit)" in capfd.readouterr().err
+    assert not (tmp_path / "snap").exists()

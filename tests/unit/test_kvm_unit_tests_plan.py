@@ -50,6 +50,10 @@ check = {absent}=Y
 file = plain.flat
 test_args = "10000000 `date +%s`"
 
+[no_pit]
+file = plain.flat
+qemu_params = -machine pit=off
+
 [slow]
 file = plain.flat
 timeout = 180
@@ -103,6 +107,13 @@ def test_a_cpu_count_is_passed_on_once_pykvm_has_an_option_for_it(tmp_path):
     p = kut.plan(config, tmp_path, cpus_option="--cpus")
     assert p.skip == "" and kut.pykvm_command(p)[8:10] == ["--cpus", "3"]
     assert kut.qemu_command(p)[kut.qemu_command(p).index("-smp") + 1] == "3"
+
+
+def test_machine_pit_off_becomes_no_pit(plans):
+    p = plans["no_pit"]
+    assert p.skip == "" and "--no-pit" in kut.pykvm_command(p)
+    command = kut.qemu_command(p)
+    assert command[command.index("-kernel") - 2:command.index("-kernel")] == ["-machine", "pit=off"]
 
 
 def test_a_tests_own_timeout_is_scaled_as_the_default_is(plans):

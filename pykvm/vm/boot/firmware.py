@@ -61,8 +61,9 @@ class Firmware:
     e820: tuple[tuple[int, int, int], ...]   # the memory map: (address, size, E820 type)
 
 
-def leave_firmware_state(memory, vm, cpus: int, mmio_devices=()) -> Firmware:
-    """Steps 1-4 of the module docstring for `vm`, of `cpus` vCPUs (its irqchip and PIT made).
+def leave_firmware_state(memory, vm, cpus: int, mmio_devices=(), has_pit: bool = True) -> Firmware:
+    """Steps 1-4 of the module docstring for `vm`, of `cpus` vCPUs (its irqchip made, and its
+    PIT unless `has_pit` is False: QEMU's -machine pit=off).
 
     `mmio_devices`: (base, size, irq) of each virtio-mmio device, for the DSDT.
     """
@@ -70,15 +71,16 @@ def leave_firmware_state(memory, vm, cpus: int, mmio_devices=()) -> Firmware:
     e820 = tuple(memory.memory_map())                                                         # 2
     memory.write(layout.BIOS_IVT, ivt.bios_ivt(layout.BIOS_STUBS))                            # 3
     memory.write(layout.BIOS_STUBS, ivt.bios_stubs())
-    initialise_legacy_chips(vm)                                                               # 4
+    initialise_legacy_chips(vm, has_pit)                                                      # 4
     return Firmware(acpi_rsdp=layout.ACPI_TABLES, e820=e820)
 
 
-def initialise_legacy_chips(vm) -> None:
-    """Step 4: the in-kernel PICs and PIT as the BIOS leaves them."""
+def initialise_legacy_chips(vm, has_pit: bool = True) -> None:
+    """Step 4: the in-kernel PICs and (if the VM has one) the PIT as the BIOS leaves them."""
     for chip, slave in ((IRQCHIP_PIC_MASTER, False), (IRQCHIP_PIC_SLAVE, True)):
         vm.set_irqchip(pic.bios_state(vm.get_irqchip(chip), slave))
-    vm.set_pit2(pit.bios_state(vm.get_pit2()))
+    if has_pit:
+        vm.set_pit2(pit.bios_state(vm.get_pit2()))
 
 
 def suspend_to_ram(vcpu, memory, cmos, pm_event, stopped: Callable[[], bool]) -> bool:
