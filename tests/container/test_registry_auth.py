@@ -14,14 +14,15 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from image_fixtures import REGISTRY_BIN, run_pykvm, start_registry, stop_registry, store  # noqa: F401
 from test_registry import small_image
-from token_server import TokenServer, registry_auth_config
+from token_server import REGISTRY_LEEWAY, TokenServer, registry_auth_config
 
 from pykvm.container.image.credentials import Credentials, config_path
-from pykvm.container.image.registry import pull, push
+from pykvm.container.image.registry import Registry, pull, push
 from pykvm.errors import ContainerError
 
 pytestmark = pytest.mark.skipif(not os.path.exists(REGISTRY_BIN),
@@ -58,6 +59,32 @@ def test_push_asks_for_the_push_scope(store, tmp_path, token_registry):
     store.untag("demo:1")
     store.gc()
     assert pull(store, f"{host}/secure/app:1", credentials=ALICE).manifest_digest == image.manifest_digest
+
+
+def test_a_token_that_expires_mid_pull_is_renewed(store, tmp_path, token_registry, monkeypatch):
+    """The pull's token is good for the manifest and has expired by the blobs: the registry
+    answers 401 for the blob, and the pull asks for a new token and goes on."""
+    host, tokens = token_registry
+    image = small_image(store, tmp_path)
+    push(store, "demo:1", f"{host}/secure/app:1", credentials=ALICE)
+    store.untag("demo:1")
+    store.gc()
+    # The registry takes a token until REGISTRY_LEEWAY seconds past its exp: one issued that
+    # stale is good for 2 to 3 seconds, which the manifest needs; then the pull waits it out.
+    tokens.lifetime = 3 - REGISTRY_LEEWAY
+    get_manifest = Registry.get_manifest
+
+    def get_manifest_then_wait(self, *args):
+        got = get_manifest(self, *args)
+        tokens.lifetime = 300                        # the renewed token is good for the blobs
+        time.sleep(max(0.0, tokens.requests[-1]["exp"] + REGISTRY_LEEWAY + 0.5 - time.time()))
+        return got
+    monkeypatch.setattr(Registry, "get_manifest", get_manifest_then_wait)
+    first = len(tokens.requests)
+    assert pull(store, f"{host}/secure/app:1", credentials=ALICE).manifest_digest == image.manifest_digest
+    issued = tokens.requests[first:]
+    assert [r["scopes"] for r in issued] == [["repository:secure/app:pull"]] * 2, issued
+    assert issued[1]["exp"] > issued[0]["exp"] + REGISTRY_LEEWAY, issued
 
 
 def test_anonymous_pull_of_a_public_repository(store, tmp_path, token_registry):
