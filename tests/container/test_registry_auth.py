@@ -167,19 +167,25 @@ json.dump(data, open(path, "w"))
 '''
 
 
-def test_credential_helper_protocol(store, tmp_path, token_registry, docker_config, monkeypatch):
-    """credsStore in config.json: login stores through the helper, push gets from it, logout erases."""
-    host, _ = token_registry
+def install_helper(tmp_path, kept: dict) -> dict:
+    """docker-credential-pykvmtest in tmp_path/bin, holding `kept` (host -> [user, secret]) in
+    tmp_path/helper.json; returns the environment a pykvm command needs to find it."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     helper = bindir / "docker-credential-pykvmtest"
     helper.write_text(HELPER.format(python=sys.executable))
     helper.chmod(0o755)
+    (tmp_path / "helper.json").write_text(json.dumps(kept))
+    return {"PATH": f"{bindir}:{os.environ['PATH']}", "PYKVMTEST_HELPER_FILE": str(tmp_path / "helper.json")}
+
+
+def test_credential_helper_protocol(store, tmp_path, token_registry, docker_config):
+    """credsStore in config.json: login stores through the helper, push gets from it, logout erases."""
+    host, _ = token_registry
     docker_config.mkdir()
     (docker_config / "config.json").write_text(json.dumps({"credsStore": "pykvmtest"}))
     kept = tmp_path / "helper.json"
-    env = {"PYKVM_STORE": str(store.root), "DOCKER_CONFIG": str(docker_config),
-           "PATH": f"{bindir}:{os.environ['PATH']}", "PYKVMTEST_HELPER_FILE": str(kept)}
+    env = {"PYKVM_STORE": str(store.root), "DOCKER_CONFIG": str(docker_config), **install_helper(tmp_path, {})}
     small_image(store, tmp_path)
     status, out, err = run_pykvm("container", "login", "-u", "alice", "--password-stdin", host,
                                  env=env, input=b"s3cret\n")
@@ -190,6 +196,23 @@ def test_credential_helper_protocol(store, tmp_path, token_registry, docker_conf
     assert status == 0, err
     status, out, err = run_pykvm("container", "logout", host, env=env)
     assert status == 0 and json.loads(kept.read_text()) == {}
+
+
+def test_cred_helpers_names_the_helper_of_one_host(store, tmp_path, token_registry, docker_config):
+    """credHelpers in config.json: that host's credentials come from the helper it names, ahead
+    of a (here wrong) password in auths; another host still reads auths."""
+    host, _ = token_registry
+    env = {"PYKVM_STORE": str(store.root), "DOCKER_CONFIG": str(docker_config),
+           **install_helper(tmp_path, {host: ["alice", "s3cret"]})}
+    wrong = base64.b64encode(b"alice:wrong").decode()
+    docker_config.mkdir()
+    (docker_config / "config.json").write_text(json.dumps({
+        "credHelpers": {host: "pykvmtest"},
+        "auths": {host: {"auth": wrong}, "other.example:5000": {"auth": wrong}}}))
+    small_image(store, tmp_path)
+    status, out, err = run_pykvm("container", "push", "demo:1", f"{host}/secure/app:1", env=env)
+    assert status == 0, err
+    assert Credentials.lookup("other.example:5000") == Credentials("alice", "wrong")
 
 
 def test_a_missing_credential_helper_is_one_line(store, tmp_path, docker_config):
