@@ -104,7 +104,7 @@ def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, c
         virtio = VirtioConfig(disks=disk_specs, console=console == "virtio", rng=rng,
                               net=net_spec, notify=virtio_notify)
         config = MachineConfig(kernel=kernel, memory=memory, initrd=initrd, modules=module_specs,
-                               cmdline=" ".join(w for w in (ip_word, cmdline) if w),
+                               cmdline=cmdline or "", cmdline_extra=ip_word,
                                kernel_format=kernel_format, devices=devices, cpus=cpus,
                                trace=trace, stall_timeout=stall_timeout, gdb=gdb,
                                gdb_wait=gdb_wait, virtio=virtio, snapshot_dir=snapshot_dir)

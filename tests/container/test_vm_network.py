@@ -88,7 +88,12 @@ def test_host_and_tiny_ping_each_other_over_a_tap(vmm, netns, in_ns, kvm, tap):
                else boot_microvm(netns, cmdline))
     try:
         session.expect("2 packets transmitted, 2 received", BOOT_SILENCE)       # guest -> host
+        # The host learned the guest's MAC from the guest's ARP request; forget it, so that
+        # the host's ping has to ask, and the guest has to answer ARP.
+        in_ns("ip", "neigh", "flush", "dev", tap).check_returncode()
         assert ping_from(in_ns, GUEST).startswith("3 packets transmitted, 3 packets received")
+        neighbour = in_ns("ip", "neigh", "show", GUEST, "dev", tap).stdout
+        assert "lladdr 52:54:00:12:34:56" in neighbour, neighbour
         # 1400 data bytes: a 1442-byte frame, more than one of tiny's 1 KiB receive buffers
         # (mergeable receive buffers: the device splits it, the driver joins it)
         big = ping_from(in_ns, GUEST, "-s", "1400")
