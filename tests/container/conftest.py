@@ -70,40 +70,10 @@ def runc_bundle(tmp_path, busybox_rootfs) -> Path:
     return d
 
 
-# --- a network namespace of the test's own (the bridge tests, containers and VMs) ---
-
-NETNS_TIMEOUT = 60
-
-
-@pytest.fixture
-def netns():
-    """A network namespace of the test's own, with lo up; deleted (with all in it) after."""
-    if not os.path.exists("/usr/bin/nsenter") or not _have("nft"):
-        pytest.skip("needs nsenter (util-linux) and nft (Debian package nftables)")
-    name = f"pykvmt-{os.urandom(4).hex()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def _have(tool: str) -> bool:
-    return any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ["PATH"].split(":"))
-
-
-@pytest.fixture
-def in_ns(netns):
-    """Run a command in the test's namespace (the containers' "host")."""
-    def run(*argv, **kw):
-        kw.setdefault("capture_output", True)
-        return subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", *map(str, argv)],
-                              text=True, timeout=NETNS_TIMEOUT, **kw)
-    return run
-
-
 @pytest.fixture
 def kvm(in_ns, state_root):
-    """`pykvm ARGS` inside the test's namespace, with a private state directory."""
+    """`pykvm ARGS` inside the test's namespace (tests/conftest.py's netns), with a private
+    state directory."""
     env = {**os.environ, "PYKVM_STATE_ROOT": str(state_root)}
 
     def run(*args, **kw):

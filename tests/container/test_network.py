@@ -18,6 +18,13 @@ from clitools import wait_for
 
 pytestmark = [pytest.mark.root]
 
+
+@pytest.fixture(autouse=True)
+def _needs_nft():
+    """Published ports are nftables rules."""
+    if not any(os.access(os.path.join(d, "nft"), os.X_OK) for d in os.environ["PATH"].split(":")):
+        pytest.skip("needs nft (Debian package nftables)")
+
 GATEWAY = "10.213.0.1"                  # network.DEFAULT_SUBNET's first address
 SERVER = ("mkdir -p /tmp/www && echo hello-$(hostname) > /tmp/www/index.html && "
           "exec httpd -f -p 80 -h /tmp/www")

@@ -293,3 +293,14 @@ def test_random_rings_never_raise(wire):
         driver.device.receive(frame(rng.randrange(ETH_HLEN, 3000)))
         driver.kick(TRANSMITQ)
     driver.close()
+
+
+def test_the_reader_ends_when_the_wire_is_cut():
+    """A read of 0 bytes (the other end closed) ends the reader thread instead of spinning."""
+    device_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    net = Net(Tap(device_end.detach(), "test0"), MAC)
+    net.start()
+    host_end.close()
+    net._reader.join(timeout=10)
+    assert not net._reader.is_alive()
+    net.close()

@@ -246,8 +246,11 @@ class Net(VirtioDevice):
                 if self._stop_fd in ready:
                     return
                 while (frame := self.tap.read()) is not None:
-                    if frame:
-                        self.receive(frame)
+                    if not frame:              # end of file: the other side is gone
+                        log.error("%s: tap %s was closed, the guest receives no more frames",
+                                  self.name, self.tap.name)
+                        return
+                    self.receive(frame)
         except OSError as e:
             log.error("%s: reading tap %s failed, the guest receives no more frames: %s",
                       self.name, self.tap.name, e.strerror)
