@@ -161,3 +161,14 @@ def test_kill_9_of_the_vmm_leaves_no_tap_and_its_lease_is_pruned(kvm, in_ns, net
     r = kvm("container", "network", "prune")
     assert f"released {address} of {record['name']} ({record['id']})" in r.stdout, r.stdout + r.stderr
     assert leases(state_root) == {}
+
+
+def test_a_vm_that_cannot_boot_gives_its_lease_and_tap_back(kvm, in_ns, state_root, tmp_path):
+    """The kernel is refused after the network was set up: one error line, nothing left over."""
+    r = kvm("boot", "--kernel", tmp_path / "missing-kernel", "--net", "bridge")
+    assert r.returncode != 0 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("pykvm: error: ") and "Traceback" not in r.stderr, r.stderr
+    assert in_ns("ip", "link", "show", "pykvm0").returncode == 0, "the network was made first"
+    assert leases(state_root) == {}
+    ports = in_ns("ip", "-o", "link", "show", "master", "pykvm0").stdout
+    assert "pkt" not in ports, ports
