@@ -146,6 +146,17 @@ def test_transmit_of_a_frame_too_short_or_too_long_is_dropped(driver, wire, leng
         wire[1].recv(MAX_FRAME)
 
 
+def test_transmit_with_a_device_writable_buffer_is_dropped_and_not_written(driver, wire):
+    driver.memory.write(TX_AREA, header() + frame(60))
+    driver.memory.write(TX_AREA + 0x1000, b"\xee" * 64)
+    driver.descriptor(TRANSMITQ, 0, TX_AREA, NET_HEADER.size + 60, NEXT, 1)
+    driver.descriptor(TRANSMITQ, 1, TX_AREA + 0x1000, 64, WRITE)
+    driver.offer(TRANSMITQ, 0)
+    driver.kick(TRANSMITQ)
+    assert driver.device.tx_dropped == 1 and driver.used(TRANSMITQ) == [(0, 0)]
+    assert driver.memory.read(TX_AREA + 0x1000, 64) == b"\xee" * 64 and driver.status == LIVE
+
+
 def test_transmit_without_even_a_header_is_dropped(driver):
     transmit(driver, b"\x00" * 5)
     assert driver.device.tx_dropped == 1 and driver.status == LIVE

@@ -156,6 +156,8 @@ class Net(VirtioDevice):
         """One frame from the driver: check its header, write the frame to the tap (5.1.6.2)."""
         memory = self.queues[TRANSMITQ].memory
         length = chain.readable_length - NET_HEADER.size
+        if chain.writable:             # 5.1.6.2: a transmit buffer is all device-readable
+            return self._drop_transmit("a transmit buffer with device-writable descriptors")
         if length < ETH_HLEN or length > MAX_FRAME:
             return self._drop_transmit(f"a frame of {length} bytes after the header")
         flags, gso_type, *_ = NET_HEADER.unpack(read_buffers(memory, chain.readable, 0, NET_HEADER.size))
