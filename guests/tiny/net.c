@@ -295,7 +295,8 @@ static void ip_input(const struct eth_hdr *eth, const uint8_t *packet, uint32_t 
     }
     if (ntohs(ip->frag) & 0x3fff)                /* a fragment: more fragments, or offset */
         return;
-    arp_learn(ip->src == (ip->src & ~netmask) ? 0 : ip->src, eth->src);
+    if ((ip->src & netmask) == (my_ip & netmask))   /* a neighbour: answer it without ARP */
+        arp_learn(ip->src, eth->src);
     if (ip->proto == IP_PROTO_ICMP)
         icmp_input(ip, packet + header, total - header);
 }
