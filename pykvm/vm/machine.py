@@ -98,6 +98,7 @@ class MachineConfig:
     kernel: Path
     memory: int = DEFAULT_MEMORY
     cmdline: str = ""
+    cmdline_extra: str = ""          # words pykvm adds after the devices' (--net bridge: ip=)
     initrd: Path | None = None
     modules: list[tuple[Path, str]] = field(default_factory=list)  # Multiboot: (file, arguments)
     kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, multiboot2, raw (boot/loader.py)

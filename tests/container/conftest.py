@@ -68,3 +68,18 @@ def runc_bundle(tmp_path, busybox_rootfs) -> Path:
     subprocess.run([RUNC, "spec"], cwd=d, check=True)
     shutil.copytree(busybox_rootfs, d / "rootfs", symlinks=True)
     return d
+
+
+@pytest.fixture
+def kvm(in_ns, state_root):
+    """`pykvm ARGS` inside the test's namespace (tests/conftest.py's netns), with a private
+    state directory."""
+    env = {**os.environ, "PYKVM_STATE_ROOT": str(state_root)}
+
+    def run(*args, **kw):
+        kw.setdefault("env", env)
+        return in_ns(sys.executable, "-m", "pykvm", *args, **kw)
+    run.env = env
+    yield run
+    for cid in run("container", "ps", "-q").stdout.split():
+        run("container", "rm", "-f", cid)

@@ -91,5 +91,8 @@ class VirtioDevice:
             if not queue.want_notifications():
                 return
 
+    def start(self) -> None:
+        """The device's transport is on the bus: start any host-side work (a reader thread)."""
+
     def close(self) -> None:
-        """Let go of host resources (files)."""
+        """Let go of host resources (files, threads)."""

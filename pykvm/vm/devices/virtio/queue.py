@@ -202,6 +202,21 @@ class SplitQueue:
             U16.pack_into(self._used, RING_HEADER + USED_ELEM.size * self.size, self.last_avail)
         return self.has_available()
 
+    def rewind(self, count: int) -> None:
+        """Give back the last `count` chains popped, unused: pop() returns them again.  For a
+        device that took buffers one by one and found too few (virtio-net's mergeable
+        receive buffers; QEMU's virtqueue_unpop)."""
+        self.last_avail = (self.last_avail - count) & 0xFFFF
+
+    def want_more_buffers(self) -> bool:
+        """The device has work but too few buffers: with EVENT_IDX, ask for a kick as soon as
+        the driver adds any (avail_event = the avail.idx seen now, 2.7.10; without it the
+        driver kicks at every buffer anyway).  True if buffers arrived meanwhile: look again."""
+        seen = self.avail_idx()
+        if self.event_idx:
+            U16.pack_into(self._used, RING_HEADER + USED_ELEM.size * self.size, seen)
+        return self.avail_idx() != seen
+
     def release(self) -> None:
         """Give back the views of guest memory (at reset, and before guest memory is unmapped)."""
         for view in (self._desc, self._avail, self._used):
