@@ -95,22 +95,29 @@ def test_cgroups_path_above_our_own_cgroup_is_refused(pykvm, runc_bundle):
     assert "pykvm's own cgroup or one above it" in refused(r), r.stderr
 
 
-def test_a_foreign_process_in_the_cgroup_survives_the_container(pykvm, runc_bundle, unique,
-                                                                 cleanup_cgroups):
-    """A host process sits in the cgroup the bundle names; the container comes and goes."""
+FOREIGN_FILES = {"memory": "memory.limit_in_bytes", "pids": "pids.max", "devices": "devices.list"}
+
+
+def test_a_foreign_cgroup_is_refused_and_left_as_it_was(pykvm, runc_bundle, unique, cleanup_cgroups):
+    """A host process sits in the cgroup the bundle names: pykvm did not make it, so the
+    container is refused and the cgroup's limits and device rules stay the host's (runc
+    1.1.5 warns, rewrites them, and leaves them rewritten after the container ends)."""
     v1_only()
-    pids_dir = cgroups.CGROUP_ROOT / "pids" / unique
-    pids_dir.mkdir()
     host = subprocess.Popen(["sleep", "300"])
     try:
-        (pids_dir / "cgroup.procs").write_text(f"{host.pid}\n")
-        edit(runc_bundle, process__args=["true"], linux__cgroupsPath=f"/{unique}")
+        for hierarchy in FOREIGN_FILES:
+            (cgroups.CGROUP_ROOT / hierarchy / unique).mkdir()
+            (cgroups.CGROUP_ROOT / hierarchy / unique / "cgroup.procs").write_text(f"{host.pid}\n")
+        before = {h: (cgroups.CGROUP_ROOT / h / unique / f).read_text() for h, f in FOREIGN_FILES.items()}
+        edit(runc_bundle, process__args=["true"], linux__cgroupsPath=f"/{unique}",
+             linux__resources__memory={"limit": 64 << 20}, linux__resources__pids={"limit": 7})
         r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "guest")
-        assert r.returncode == 0, r.stderr
-        assert "is not empty: 1 process(es) found" in r.stderr           # runc 1.1 warns too
-        assert host.poll() is None, "the container's end killed a host process in its cgroup"
-        assert (pids_dir / "cgroup.procs").read_text().split() == [str(host.pid)]
-        assert not (cgroups.CGROUP_ROOT / "memory" / unique).exists(), "the container's own dirs stay"
+        assert "no pykvm container's" in refused(r, code=1), r.stderr
+        after = {h: (cgroups.CGROUP_ROOT / h / unique / f).read_text() for h, f in FOREIGN_FILES.items()}
+        assert after == before, "a foreign cgroup's files were rewritten"
+        assert host.poll() is None, "the refused container killed a host process in the cgroup"
+        for hierarchy in FOREIGN_FILES:
+            assert (cgroups.CGROUP_ROOT / hierarchy / unique / "cgroup.procs").read_text().split() == [str(host.pid)]
     finally:
         host.kill()
         host.wait()

@@ -31,6 +31,9 @@ What a container may touch (runc's libcontainer/configs/validate and cgroups/fs)
     - kill and destroy touch only the container's own processes (a `mine`
       predicate, its PID namespace), so two containers may share one cgroupsPath:
       the first to go leaves the cgroup to the other, as runc 1.1 does;
+    - a cgroupsPath that holds processes of no pykvm container (a host service's
+      cgroup) is refused before any of its files is written (launcher.py;
+      runc 1.1 would rewrite its limits and device rules);
     - the devices controller (cgroup-v1/devices.rst; on v2 an eBPF program,
       bpf_devices.py) denies every device but runc's default list and the
       bundle's linux.resources.devices rules.
