@@ -34,7 +34,7 @@ from pykvm.container.runtime.process import (CREATED, EventPipe, child_main, clo
                                              detach_stdio, exit_code, kill_quietly)
 from pykvm.container.runtime.state import oci_state_json, stat_field, stat_fields
 from pykvm.container.runtime.syscalls import (join_session_keyring, key_permissions, lib, prctl,
-                                              set_key_permissions, sethostname)
+                                              set_key_permissions, setdomainname, sethostname)
 from pykvm.errors import ContainerError, SyscallError
 
 if TYPE_CHECKING:
@@ -114,6 +114,8 @@ def enter_namespaces(container: Container, kinds: tuple[str, ...]) -> None:
     hostname = cfg.hostname_for(container.id)
     if hostname and "uts" in kinds:
         sethostname(hostname)
+    if cfg.domainname is not None and "uts" in kinds:
+        setdomainname(cfg.domainname)
 
 
 def new_session_keyring(cid: str) -> None:

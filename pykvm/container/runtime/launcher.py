@@ -292,7 +292,7 @@ class Container:
                                   "(process.terminal: true in config.json)")
             return
         from pykvm.container.runtime import terminal     # only with -t: it and socket cost ~4 ms to import
-        self.winsize = terminal.get_winsize(terminal.our_terminal())
+        self.winsize = self.cfg.console_size or terminal.get_winsize(terminal.our_terminal())
         if self.mode == CREATED:
             if self.tty_inside is None:
                 raise ConfigError("process.terminal is true: `oci create` needs --console-socket "
