@@ -123,7 +123,6 @@ def test_sysctl_the_kernel_refuses_is_one_line(pykvm, runc_bundle, state_root):
 # A field pykvm read nowhere used to be dropped without a word (`oci run` said nothing, exit 0).
 
 REFUSED_FIELDS = {
-    "linux.devices": {"linux__devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]},
     "linux.resources.blockIO": {"linux__resources__blockIO": {"weight": 500}},
     "linux.resources.hugepageLimits": {"linux__resources__hugepageLimits": [{"pageSize": "2MB", "limit": 2 << 20}]},
     "linux.resources.network": {"linux__resources__network": {"classID": 1048577}},
@@ -183,6 +182,12 @@ def _cgroup_file(v1: str, v2: str) -> str:
     return f"/sys/fs/cgroup/{v2}" if cgroups.detect() == "v2" else f"/sys/fs/cgroup/{v1}"
 
 
+DEVICE_NODES = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o640, "uid": 5, "gid": 6},
+                {"path": "/dev/sub/loop", "type": "b", "major": 7, "minor": 0}, {"path": "/dev/fifo", "type": "p"}]
+NODES_SEEN = ("/dev/fuse character special file 640 5:6 a:e5\n"
+              "/dev/sub/loop block special file 666 0:0 7:0\n/dev/fifo fifo 666 0:0 0:0")
+
+
 def _applied_fields():
     """field -> (config.json changes, a probe command, what it prints, does runc 1.1.5 apply it)."""
     from pykvm.container.runtime import cgroups
@@ -203,6 +208,8 @@ def _applied_fields():
             {"linux__resources__memory": {"limit": 64 << 20, "swap": 96 << 20}},
             "cat " + _cgroup_file("memory/memory.memsw.limit_in_bytes", "memory.swap.max"),
             str((32 if v2 else 96) << 20), True),
+        "linux.devices": ({"linux__devices": DEVICE_NODES},
+                          "stat -c '%n %F %a %u:%g %t:%T' /dev/fuse /dev/sub/loop /dev/fifo", NODES_SEEN, True),
         "linux.rootfsPropagation rprivate": ({"linux__rootfsPropagation": "rprivate"},   # no peer group
                                              "grep -cE ' (shared|master):' /proc/self/mountinfo || true", "0", True),
     }   # process.consoleSize: test_terminal.py (it needs a pty)
@@ -231,8 +238,40 @@ def test_a_field_pykvm_applies_shows_inside(pykvm, runc_bundle, state_root, tmp_
     ({"linux__personality": {"domain": "BSD"}}, "linux.personality.domain must be one of LINUX, LINUX32"),
     ({"process__ioPriority": {"class": "IOPRIO_CLASS_BE", "priority": 8}}, "out of range 0..7"),
     ({"process__ioPriority": {"class": "best"}}, "process.ioPriority.class must be one of"),
+    ({"linux__devices": [{"path": "/etc/shadow", "type": "b", "major": 7, "minor": 0}]},
+     "linux.devices[0].path must be a plain absolute path under /dev/"),
+    ({"linux__devices": [{"path": "/dev/../etc/x", "type": "c", "major": 1, "minor": 3}]}, "under /dev/"),
+    ({"linux__devices": [{"path": "/dev/x", "type": "c", "major": 1}]}, "linux.devices[0].minor must be an integer"),
+    ({"linux__devices": [{"path": "/dev/x", "type": "c", "major": 1, "minor": 3, "uid": 2**32}]},
+     "uids and gids must be in range"),
 ])
 def test_a_bad_value_of_an_applied_field_is_one_line(pykvm, runc_bundle, state_root, changes, message):
     edit(runc_bundle, process__args=["true"], **changes)
     refused(pykvm("container", "oci", "run", "--bundle", runc_bundle, "badvalue"), message)
     nothing_left(pykvm, state_root)
+
+
+def test_a_device_node_already_there_is_fine(pykvm, runc_bundle):
+    """/dev/null listed again (runc 1.1.5 then fails: "error reopening /dev/null")."""
+    edit(runc_bundle, process__args=["sh", "-c", "echo x > /dev/null && echo ok"],
+         linux__devices=[{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}])
+    r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "null-again")
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+
+
+def test_a_device_node_must_not_replace_another(pykvm, runc_bundle, state_root):
+    """config-linux.md "Devices": a file already at the path that is another device is an error."""
+    edit(runc_bundle, process__args=["true"],
+         linux__devices=[{"path": "/dev/null", "type": "b", "major": 7, "minor": 0}])
+    refused(pykvm("container", "oci", "run", "--bundle", runc_bundle, "notnull"),
+            "linux.devices: /dev/null already exists and is not b 7:0", code=125)
+    nothing_left(pykvm, state_root)
+
+
+def test_a_device_node_cannot_be_opened_without_a_rule(pykvm, runc_bundle, tmp_path):
+    """Making the node is not allowing it: the devices cgroup still says no, as under runc."""
+    edit(runc_bundle, process__args=["sh", "-c", "exec 3< /dev/sub/loop"], linux__devices=DEVICE_NODES)
+    ours = pykvm("container", "oci", "run", "--bundle", runc_bundle, "noopen")
+    theirs = runc_run(runc_bundle, tmp_path / "runc")
+    assert ours.returncode == theirs.returncode != 0
+    assert "Operation not permitted" in ours.stderr and "Operation not permitted" in theirs.stderr

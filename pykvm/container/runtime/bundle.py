@@ -10,12 +10,12 @@ Read here:
     ociVersion, root.path, root.readonly, hostname, domainname, mounts[],
     process.{terminal, consoleSize, user.uid/gid/additionalGids/umask, args, env, cwd,
              capabilities.*, rlimits[], noNewPrivileges, oomScoreAdj, ioPriority},
-    linux.{namespaces[], uidMappings[], gidMappings[], cgroupsPath, sysctl, personality,
+    linux.{namespaces[], uidMappings[], gidMappings[], cgroupsPath, sysctl, personality, devices[],
            resources.{memory.limit/swap, pids.limit, cpu.quota/period/shares/cpus/mems, devices[]},
            maskedPaths[], readonlyPaths[], rootfsPropagation (only pykvm's own: private, rprivate)},
     annotations
     hooks.{prestart, createRuntime, createContainer, startContainer, poststart, poststop}
-The spec's other Linux fields (blockIO, hugepageLimits, linux.devices, ...) are refused
+The spec's other Linux fields (blockIO, hugepageLimits, rdma, ...) are refused
 the same way, each named in UNSUPPORTED.  Keys the spec does not define are ignored, as
 config.md "Extensibility" requires; the other platforms' sections (windows, solaris, zos)
 do not apply on Linux.
@@ -33,9 +33,10 @@ import re
 from pykvm.container.runtime.cgroups import CPU_PERIOD_US, DeviceRule, Limits
 from pykvm.container.runtime.hooks import parse_hooks
 from pykvm.container.runtime.namespaces import CLONE_FLAGS, IdMap
-from pykvm.container.runtime.rootfs import Mount
+from pykvm.container.runtime.rootfs import NODE_TYPES, DeviceNode, Mount
 from pykvm.container.runtime.config import DEFAULT_UMASK, RunConfig
 from pykvm.container.runtime.syscalls import lib
+from pykvm.container.runtime.validate import check_id
 from pykvm.errors import ConfigError
 
 __all__ = ["load_bundle", "config_from_spec"]
@@ -50,7 +51,6 @@ UNSUPPORTED = {
     ("process", "selinuxLabel"): "pykvm applies no SELinux label",
     ("linux", "mountLabel"): "pykvm applies no SELinux label",
     ("linux", "intelRdt"): "pykvm has no Intel RDT support",
-    ("linux", "devices"): "pykvm creates no device nodes beyond its default /dev",
     ("linux", "resources", "blockIO"): "pykvm sets no block I/O weights or throttles",
     ("linux", "resources", "hugepageLimits"): "pykvm sets no hugetlb limits",
     ("linux", "resources", "network"): "pykvm sets no net_cls or net_prio values",
@@ -127,6 +127,7 @@ def config_from_spec(spec: dict, bundle: str) -> RunConfig:
         personality=_personality(linux.get("personality")),
         io_priority=_io_priority(process.get("ioPriority")),
         console_size=_console_size(process.get("consoleSize")),
+        device_nodes=_device_nodes(linux.get("devices", [])),
         readonly=bool(root.get("readonly", False)),
         namespaces=_namespaces(linux.get("namespaces", [])),
         uid_mappings=_id_maps(linux.get("uidMappings", []), "linux.uidMappings"),
@@ -413,3 +414,26 @@ def _root_propagation(value) -> None:
         return
     raise ConfigError(f"config.json: linux.rootfsPropagation is {value!r}, but pykvm's container "
                       f"mounts are always rprivate: remove it or say \"rprivate\"")
+
+
+def _device_nodes(entries) -> list[DeviceNode]:
+    """linux.devices: config-linux.md "Devices"; pykvm makes them in /dev only (runc anywhere
+    in the rootfs, which would leave device nodes in the bundle's directory)."""
+    _expect(entries, list, "linux.devices")
+    out = []
+    for i, d in enumerate(entries):
+        field = f"linux.devices[{i}]"
+        _expect(d, dict, field)
+        path = _expect(d.get("path"), str, f"{field}.path")
+        kind = d.get("type")
+        if kind not in NODE_TYPES:
+            raise ConfigError(f"config.json: {field}.type must be one of {', '.join(NODE_TYPES)}, not {kind!r}")
+        if "\0" in path or os.path.normpath(path) != path or not path.startswith("/dev/"):
+            raise ConfigError(f"config.json: {field}.path must be a plain absolute path under /dev/, not {path!r}")
+        numbers = [0, 0] if kind == "p" else [_int(d.get(k), f"{field}.{k}") for k in ("major", "minor")]
+        mode = _int(d.get("fileMode", 0o666), f"{field}.fileMode")
+        if mode > 0o777:
+            raise ConfigError(f"config.json: {field}.fileMode {mode:#o} has bits beyond the permissions (0777)")
+        ids = [check_id(_int(d.get(k, 0), f"{field}.{k}"), f"config.json: {field}.{k}") for k in ("uid", "gid")]
+        out.append(DeviceNode(path, kind, *numbers, mode, *ids))
+    return out

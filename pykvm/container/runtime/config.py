@@ -80,6 +80,7 @@ class RunConfig:
     personality: int | None = None             # linux.personality: PER_LINUX32 makes `uname -m` say i686
     io_priority: tuple[int, int] | None = None   # process.ioPriority: (IOPRIO_CLASS_*, level 0-7)
     console_size: tuple[int, int] | None = None  # process.consoleSize: the pty's first (rows, columns)
+    device_nodes: list[fs.DeviceNode] = field(default_factory=list)   # linux.devices: made in /dev
 
     @property
     def rootless(self) -> bool:

@@ -152,6 +152,7 @@ def build_root(container: Container, pipe: EventPipe) -> None:
     host_sys = "network" not in cfg.namespaces and "user" in cfg.namespaces
     fs.mount_all(root, cfg.mounts, host_sys=host_sys,
                  cgroupns="cgroup" in cfg.namespaces and not cfg.namespaces["cgroup"])
+    fs.make_device_nodes(root, cfg.device_nodes)
     _write_sysctls(root, cfg.sysctl)                     # through the container's /proc, before it is ro
     fs.mask_paths(root, cfg.masked_paths)
     fs.readonly_paths(root, cfg.readonly_paths)
