@@ -15,14 +15,15 @@ Read here:
            maskedPaths[], readonlyPaths[], rootfsPropagation (only pykvm's own: private, rprivate)},
     annotations
     hooks.{prestart, createRuntime, createContainer, startContainer, poststart, poststop}
-The spec's other Linux fields (blockIO, hugepageLimits, rdma, ...) are refused
-the same way, each named in UNSUPPORTED.  Keys the spec does not define are ignored, as
-config.md "Extensibility" requires; the other platforms' sections (windows, solaris, zos)
-do not apply on Linux.
 Refused, naming the field (pykvm cannot enforce them, and a security setting
 must never be dropped silently): linux.seccomp, process.apparmorProfile,
 process.selinuxLabel, linux.mountLabel, linux.intelRdt.  Then validate.py
 checks the whole RunConfig (ids, paths, limits) before anything is created.
+
+The spec's other fields (blockIO, hugepageLimits, rdma, ...) are refused
+the same way, each named in UNSUPPORTED.  Keys the spec does not define are ignored, as
+config.md "Extensibility" requires; the other platforms' sections (windows, solaris, zos)
+do not apply on Linux.
 """
 from __future__ import annotations
 
