@@ -30,9 +30,9 @@ SOURCE = r"""
 #include <linux/capability.h>
 #include <linux/securebits.h>
 #include <linux/keyctl.h>
-#include <linux/bpf.h>
 #include <linux/ioprio.h>
 #include <sys/personality.h>
+#include <linux/bpf.h>
 #include <string.h>
 
 /* glibc 2.36 has no wrapper for these two: call the system call itself. */

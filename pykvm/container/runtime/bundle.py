@@ -7,12 +7,12 @@ ConfigError that names the field, e.g. "config.json: process.args must be a
 non-empty list of strings".
 
 Read here:
-    ociVersion, root.path, root.readonly, hostname, domainname, mounts[],
-    process.{terminal, consoleSize, user.uid/gid/additionalGids/umask, args, env, cwd,
-             capabilities.*, rlimits[], noNewPrivileges, oomScoreAdj, ioPriority},
-    linux.{namespaces[], uidMappings[], gidMappings[], cgroupsPath, sysctl, personality, devices[],
-           resources.{memory.limit/swap, pids.limit, cpu.quota/period/shares/cpus/mems, devices[]},
-           maskedPaths[], readonlyPaths[], rootfsPropagation (only pykvm's own: private, rprivate)},
+    ociVersion, root.path, root.readonly, hostname, mounts[],
+    process.{terminal, user.uid/gid/additionalGids/umask, args, env, cwd,
+             capabilities.*, rlimits[], noNewPrivileges, oomScoreAdj},
+    linux.{namespaces[], uidMappings[], gidMappings[], cgroupsPath, sysctl,
+           resources.{memory.limit, pids.limit, cpu.quota, cpu.period, devices[]},
+           maskedPaths[], readonlyPaths[]},
     annotations
     hooks.{prestart, createRuntime, createContainer, startContainer, poststart, poststop}
 Refused, naming the field (pykvm cannot enforce them, and a security setting
@@ -20,8 +20,10 @@ must never be dropped silently): linux.seccomp, process.apparmorProfile,
 process.selinuxLabel, linux.mountLabel, linux.intelRdt.  Then validate.py
 checks the whole RunConfig (ids, paths, limits) before anything is created.
 
-The spec's other fields (blockIO, hugepageLimits, rdma, ...) are refused
-the same way, each named in UNSUPPORTED.  Keys the spec does not define are ignored, as
+Read here too: domainname, process.{consoleSize, ioPriority}, linux.{personality,
+devices[], rootfsPropagation (only pykvm's own: private, rprivate)},
+linux.resources.{memory.swap, cpu.shares/cpus/mems}.  The spec's other fields
+(blockIO, hugepageLimits, rdma, ...) are refused the same way, each named in UNSUPPORTED.  Keys the spec does not define are ignored, as
 config.md "Extensibility" requires; the other platforms' sections (windows, solaris, zos)
 do not apply on Linux.
 """
@@ -34,10 +36,10 @@ import re
 from pykvm.container.runtime.cgroups import CPU_PERIOD_US, DeviceRule, Limits
 from pykvm.container.runtime.hooks import parse_hooks
 from pykvm.container.runtime.namespaces import CLONE_FLAGS, IdMap
-from pykvm.container.runtime.rootfs import NODE_TYPES, DeviceNode, Mount
-from pykvm.container.runtime.config import DEFAULT_UMASK, RunConfig
 from pykvm.container.runtime.syscalls import lib
 from pykvm.container.runtime.validate import check_id
+from pykvm.container.runtime.rootfs import NODE_TYPES, DeviceNode, Mount
+from pykvm.container.runtime.config import DEFAULT_UMASK, RunConfig
 from pykvm.errors import ConfigError
 
 __all__ = ["load_bundle", "config_from_spec"]
@@ -158,15 +160,6 @@ def _refuse_unsupported(spec: dict) -> None:
         if _is_set(value):
             raise ConfigError(f"config.json: {'.'.join(path)} is set, but {why}: remove it to run "
                               f"without it, or use a runtime that applies it (runc)")
-
-
-def _is_set(value) -> bool:
-    """A field with a value: an object counts when one of its fields is set or names an
-    object (netDevices {"eth1": {}}); Docker writes "blockIO": {} and "disableOOMKiller":
-    false for "none"."""
-    if isinstance(value, dict):
-        return any(isinstance(v, dict) or _is_set(v) for v in value.values())
-    return value not in (None, "", []) and value is not False
 
 
 def _root_path(bundle: str, root_path: str) -> str:
@@ -438,3 +431,12 @@ def _device_nodes(entries) -> list[DeviceNode]:
         ids = [check_id(_int(d.get(k, 0), f"{field}.{k}"), f"config.json: {field}.{k}") for k in ("uid", "gid")]
         out.append(DeviceNode(path, kind, *numbers, mode, *ids))
     return out
+
+
+def _is_set(value) -> bool:
+    """A field with a value: an object counts when one of its fields is set or names an
+    object (netDevices {"eth1": {}}); Docker writes "blockIO": {} and "disableOOMKiller":
+    false for "none"."""
+    if isinstance(value, dict):
+        return any(isinstance(v, dict) or _is_set(v) for v in value.values())
+    return value not in (None, "", []) and value is not False
