@@ -7,6 +7,7 @@ it runs them at all).
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,19 @@ def test_a_device_node_cannot_be_opened_without_a_rule(pykvm, runc_bundle, tmp_p
     theirs = runc_run(runc_bundle, tmp_path / "runc")
     assert ours.returncode == theirs.returncode != 0
     assert "Operation not permitted" in ours.stderr and "Operation not permitted" in theirs.stderr
+
+
+def test_exec_gets_the_personality_and_io_priority_too(pykvm, runc_bundle, tmp_path):
+    """They belong to the container's processes, not only to its first one."""
+    edit(runc_bundle, process__args=["sleep", "300"], linux__personality={"domain": "LINUX32"},
+         process__ioPriority={"class": "IOPRIO_CLASS_IDLE", "priority": 0})
+    with open(tmp_path / "create.err", "w") as err:          # the container keeps it open: not a pipe
+        created = pykvm("container", "oci", "create", "--bundle", runc_bundle, "ex", stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL, stderr=err)
+    assert created.returncode == 0, (tmp_path / "create.err").read_text()
+    try:
+        assert pykvm("container", "oci", "start", "ex").returncode == 0
+        r = pykvm("container", "exec", "ex", "sh", "-c", "uname -m; ionice")
+        assert (r.returncode, r.stdout) == (0, "i686\nidle\n"), r.stderr
+    finally:
+        pykvm("container", "oci", "delete", "-f", "ex")
