@@ -48,11 +48,12 @@ def state_root(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def pykvm(state_root):
-    """Run `python -m pykvm ARGS...`; returns the CompletedProcess (text mode)."""
-    def run(*args, timeout=60, **kw):
+    """Run `python -m pykvm ARGS...`; returns the CompletedProcess (text mode).  `view`
+    wraps the command line (escape_tools.cgroup_view: run it on another cgroup layout)."""
+    def run(*args, timeout=60, view=list, **kw):
         if "stdout" not in kw and "stderr" not in kw:
             kw.setdefault("capture_output", True)
-        return subprocess.run([sys.executable, "-m", "pykvm", *map(str, args)], text=True,
+        return subprocess.run(view([sys.executable, "-m", "pykvm", *map(str, args)]), text=True,
                               timeout=timeout, env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)},
                               **kw)
     return run
