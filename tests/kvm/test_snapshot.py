@@ -255,17 +255,135 @@ def test_a_device_table_missing_a_field_is_refused(snapshot, tmp_path):
     assert "devices/serial.json" in line and "lcr" in line, line
 
 
-def test_a_vm_with_a_virtio_disk_is_not_snapshotted_and_runs_on(tmp_path):
-    """Virtio state is not saved yet: the request is refused with one line, and the guest goes on."""
+# --- several vCPUs ----------------------------------------------------------------------------
+
+CPU_ROW = re.compile(r"^ +(\d+) +\d+ +(\d+) +\d+ +\d+ +\d+  (\S+) \(pid \d+\)$", re.M)   # `cpus`
+PS_COUNTER = re.compile(r"^ +\d+  \w+ +(\d+|-)  counter$", re.M)
+
+
+def cpu_ticks(vm: LiveVm) -> dict[int, int]:
+    """CPU index -> its timer ticks, from the `cpus` table."""
+    start = len(vm.text)
+    vm.send(b"cpus\r")
+    vm.wait_for(r"^user programs ran on two CPUs at once", start)
+    return {int(cpu): int(ticks) for cpu, ticks, _ in CPU_ROW.findall(vm.text, start)}
+
+
+@pytest.fixture(scope="module")
+def smp_snapshot(tmp_path_factory) -> dict:
+    """The counting guest on two vCPUs, snapshotted while both CPUs' timers tick."""
     build_tiny()
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(bytes(1 << 20))
+    directory = tmp_path_factory.mktemp("snap") / "smp"
+    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cpus", "2", "--cmdline", CMDLINE,
+                "--snapshot-dir", str(directory)) as vm:
+        vm.wait_for(COUNT_LINE.format(3))
+        ps = vm.command("ps", PS_COUNTER.pattern)
+        ticks = cpu_ticks(vm)
+        before = max(counts(vm.text))
+        vm.snapshot_by_signal()
+        status = vm.quit()
+    return {"dir": directory, "ticks": ticks, "count_before": before, "counter_cpu": ps.group(1),
+            "status": status, "stderr": vm.err.decode(errors="replace")}
+
+
+def test_a_two_vcpu_guest_continues_on_both_cpus(smp_snapshot):
+    assert smp_snapshot["status"] == 0, smp_snapshot
+    header = json.loads((smp_snapshot["dir"] / "snapshot.json").read_text())
+    assert header["guest"]["vcpus"] == 2 and "vcpu1/regs.bin" in header["parts"], header["guest"]
+    with restore(smp_snapshot["dir"]) as vm:
+        vm.wait_for(COUNT.pattern)
+        first = counts(vm.text)[0]
+        assert first > smp_snapshot["count_before"], (first, smp_snapshot)
+        assert BANNER not in vm.text, f"the restored guest booted again:\n{vm.text}"
+        ticks = cpu_ticks(vm)
+        # Both CPUs' LAPIC timers tick on from where they were: the AP was restored, not restarted.
+        assert set(ticks) == {0, 1}, ticks
+        assert all(ticks[cpu] > smp_snapshot["ticks"][cpu] for cpu in (0, 1)), (ticks, smp_snapshot["ticks"])
+        start = len(vm.text)
+        vm.command("run busy busy", r"^\[\d+ busy\] exit 0$(?s:.*)^\[\d+ busy\] exit 0$")
+        rounds = re.findall(r"^busy \d+: round \d on cpu (\d)$", vm.text[start:], re.M)
+        assert "1" in rounds, f"no program ran on CPU 1 after the restore:\n{vm.text[start:]}"
+        vm.wait_for(COUNT_LINE.format(first + 3))
+
+
+def test_the_restored_vcpus_share_one_tsc(smp_snapshot):
+    """Read between two reads of vCPU 0's TSC, vCPU 1's lies between them: one TSC offset."""
+    from pykvm.vm.arch.x86.msrs import IA32_TSC
+    from pykvm.vm.machine import Machine
+    from pykvm.vm.snapshot import Snapshot, restore_config
+
+    config = restore_config(Snapshot.open(smp_snapshot["dir"]), output=lambda data: None)
+    with Machine(config) as machine:
+        first, second = machine.vcpus
+        before = first.get_msrs([IA32_TSC])[IA32_TSC]
+        between = second.get_msrs([IA32_TSC])[IA32_TSC]
+        after = first.get_msrs([IA32_TSC])[IA32_TSC]
+    assert before <= between <= after, (before, between, after)
+
+
+# --- virtio devices ----------------------------------------------------------------------------
+
+SECTOR = 512
+DBENCH = re.compile(r"^dbench: (\d+) reads of 4 KiB from vda in \d+ ticks", re.M)
+
+
+def disk_image(path: Path, sectors: int) -> Path:
+    path.write_bytes(bytes([0xA5]) * (sectors * SECTOR))
+    return path
+
+
+def text_at(image: Path, sector: int) -> bytes:
+    return image.read_bytes()[sector * SECTOR:(sector + 1) * SECTOR].rstrip(b"\0")
+
+
+def test_a_virtio_disk_snapshotted_mid_use_goes_on_after_restore(tmp_path):
+    """The guest writes a sector, then reads the disk at random; the snapshot lands among
+    those reads.  Restored, the reads finish (the queue's indexes came back), the guest reads
+    its sector and writes another, and the host finds both in the image."""
+    build_tiny()
+    image = disk_image(tmp_path / "disk.img", 8192)                 # 4 MiB
     directory = tmp_path / "snap"
-    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cmdline", CMDLINE, "--disk", str(disk),
+    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cmdline", CMDLINE, "--disk", str(image),
+                "--rng", "--snapshot-dir", str(directory)) as vm:
+        vm.wait_for(COUNT_LINE.format(2))
+        vm.command("dwrite 3 before the snapshot", r"^vda: wrote sector 3 .*flushed$")
+        start = len(vm.text)
+        vm.send(b"dbench rand 40000\r")
+        vm.wait_for(r"dbench rand 40000$", start)                    # its echo (a count may come first)
+        vm.snapshot_by_signal()
+        mid_use = DBENCH.search(vm.text, start) is None
+        vm.proc.send_signal(signal.SIGKILL)                          # no more requests to the image
+    assert mid_use, "dbench ended before the snapshot: nothing was in use"
+    assert text_at(image, 3) == b"before the snapshot"
+    shown = pykvm("snapshot", "show", str(directory)).stdout.decode()
+    assert re.search(rf"^  virtio: disk {re.escape(str(image))}, rng; kicks by eventfd$", shown, re.M), shown
+    assert re.search(r"^  virtio/0-virtio-blk\.json .* status 0xf \(ACKNOWLEDGE\|DRIVER\|FEATURES_OK\|"
+                     r"DRIVER_OK\).* q0 size \d+ next avail \d+ used \d+", shown, re.M), shown
+    with restore(directory) as vm:
+        assert vm.wait_for(DBENCH.pattern, timeout=180).group(1) == "40000"
+        assert BANNER not in vm.text
+        vm.command("dread 3", r"^0000  62 65 66 6f 72 65 20 74 68 65 20 73 6e 61 70 73  \|before the snaps\|$")
+        vm.command("dwrite 5 after the restore", r"^vda: wrote sector 5 .*flushed$")
+        vm.command("poweroff", r"poweroff")
+        assert vm.proc.wait(60) == 0
+    assert text_at(image, 5) == b"after the restore" and text_at(image, 3) == b"before the snapshot"
+
+
+def test_a_disk_changed_since_the_snapshot_is_refused(tmp_path):
+    build_tiny()
+    image = disk_image(tmp_path / "disk.img", 2048)
+    directory = tmp_path / "snap"
+    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cmdline", CMDLINE, "--disk", f"{image},ro",
                 "--snapshot-dir", str(directory)) as vm:
         vm.wait_for(COUNT_LINE.format(2))
-        vm.proc.send_signal(signal.SIGUSR2)
-        vm.wait_for("no snapshot written: snapshots of a VM with virtio devices", stream="err")
-        vm.wait_for(COUNT_LINE.format(4))                   # the guest was not stopped
+        vm.snapshot_by_signal()
         vm.quit()
-    assert not directory.exists() or not any(directory.iterdir())
+    header = json.loads((directory / "snapshot.json").read_text())
+    assert header["guest"]["virtio"]["disks"] == [
+        {"path": str(image), "read_only": True, "size": 2048 * SECTOR, "mtime_ns": image.stat().st_mtime_ns}]
+    with open(image, "r+b") as f:                                   # someone else writes the image
+        f.write(b"changed")
+    line = refused(directory)
+    assert f"disk {image} changed since the snapshot" in line, line
+    image.unlink()
+    assert "No such file" in refused(directory)

@@ -22,7 +22,8 @@ from pykvm.vm.devices.virtio.blk import VIRTIO_BLK_T_IN, Block
 from pykvm.vm.devices.virtio.console import HOST_QUEUE_BYTES, VirtioConsole
 from pykvm.vm.devices.virtio.device import VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1
 from pykvm.vm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
-from pykvm.vm.snapshot.format import PAGE, Snapshot, SnapshotWriter, check_target, hash_sparse, write_sparse
+from pykvm.vm.snapshot.format import (PAGE, VERSION, Snapshot, SnapshotWriter, check_target, hash_sparse,
+                                      write_sparse)
 from virtio_driver import DATA_AREA, LIVE, ToyDriver
 
 
@@ -87,8 +88,8 @@ def test_headers_from_the_future_or_of_another_format_are_refused(tmp_path):
     written(tmp_path)
     path = tmp_path / "snap" / "snapshot.json"
     header = json.loads(path.read_text())
-    path.write_text(json.dumps({**header, "version": 2}))
-    with pytest.raises(SnapshotError, match="version 2 is newer"):
+    path.write_text(json.dumps({**header, "version": VERSION + 1}))
+    with pytest.raises(SnapshotError, match=f"version {VERSION + 1} is newer"):
         Snapshot.open(tmp_path / "snap")
     path.write_text(json.dumps({**header, "format": "qemu"}))
     with pytest.raises(SnapshotError, match="not a pykvm-snapshot header"):
@@ -159,6 +160,20 @@ def test_a_header_without_a_memory_size_is_refused(tmp_path):
     path.write_text(json.dumps(header))
     with pytest.raises(SnapshotError, match="not a whole number of pages"):
         Snapshot.open(tmp_path / "snap")
+
+
+def test_a_header_with_a_vcpu_count_that_is_no_count_is_refused(tmp_path):
+    written(tmp_path)
+    path = tmp_path / "snap" / "snapshot.json"
+    header = json.loads(path.read_text())
+    for vcpus in (0, "2", None):
+        header["guest"]["vcpus"] = vcpus
+        path.write_text(json.dumps(header))
+        with pytest.raises(SnapshotError, match="vCPUs: a damaged header"):
+            Snapshot.open(tmp_path / "snap")
+    header["guest"]["vcpus"] = 2
+    path.write_text(json.dumps(header))
+    assert Snapshot.open(tmp_path / "snap").vcpu_count == 2
 
 
 # --- virtio: the transport's half of the state (the rings are guest memory) -------------------
