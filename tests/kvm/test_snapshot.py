@@ -13,12 +13,13 @@ import os
 import re
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from clitools import one_error_line, pykvm
-from livevm import LiveVm
+from livevm import WAIT_S, LiveVm
 from tinyvm import BANNER, TINY_ELF, build_tiny
 
 pytestmark = pytest.mark.kvm
@@ -321,9 +322,55 @@ def test_the_restored_vcpus_share_one_tsc(smp_snapshot):
     assert before <= between <= after, (before, between, after)
 
 
+def test_a_stop_during_the_pause_releases_every_vcpu(tmp_path, monkeypatch):
+    """One vCPU thread is writing the snapshot (held inside it here), the other waits at the
+    barrier; a stop then must let the waiting one go, and the VM end, with no snapshot."""
+    import pykvm.vm.snapshot
+    from pykvm.errors import SnapshotError
+    from pykvm.vm.machine import Machine, MachineConfig
+
+    build_tiny()
+    writing, finish, writer = threading.Event(), threading.Event(), []
+
+    def held_take(machine, directory):
+        writer.append(threading.current_thread().name)
+        writing.set()
+        finish.wait(WAIT_S)
+        raise SnapshotError("held until the VM stopped")
+
+    monkeypatch.setattr(pykvm.vm.snapshot, "take", held_take)
+    counting, console = threading.Event(), bytearray()
+
+    def output(data: bytes) -> None:
+        console.extend(data)
+        if b"count 1" in console:
+            counting.set()
+
+    config = MachineConfig(kernel=TINY_ELF, cpus=2, cmdline=CMDLINE, output=output,
+                           snapshot_dir=tmp_path / "snap")
+    with Machine(config) as machine:
+        statuses = []
+        runner = threading.Thread(target=lambda: statuses.append(machine.run()))
+        runner.start()
+        try:
+            assert counting.wait(WAIT_S), f"the guest never counted:\n{console.decode(errors='replace')}"
+            machine.request_snapshot()
+            assert writing.wait(WAIT_S), "no vCPU thread started writing the snapshot"
+            other = 1 - int(writer[0].removeprefix("vcpu"))
+            machine.stop(0)
+            assert machine._finished[other].wait(WAIT_S), f"vCPU {other} still waits at the barrier"
+        finally:
+            finish.set()
+            runner.join(WAIT_S)
+    assert not runner.is_alive() and statuses == [0], statuses
+    assert not (tmp_path / "snap").exists()
+
+
 # --- virtio devices ----------------------------------------------------------------------------
 
 SECTOR = 512
+MID_USE_TRIES = 20                # snapshots until one lands among dbench's reads
+RESTORED_DBENCH_S = 300          # 20000 reads: seconds here, a few minutes on a loaded host
 DBENCH = re.compile(r"^dbench: (\d+) reads of 4 KiB from vda in \d+ ticks", re.M)
 
 
@@ -334,6 +381,11 @@ def disk_image(path: Path, sectors: int) -> Path:
 
 def text_at(image: Path, sector: int) -> bytes:
     return image.read_bytes()[sector * SECTOR:(sector + 1) * SECTOR].rstrip(b"\0")
+
+
+def served(directory: Path) -> int:
+    """The requests the snapshot's virtio-blk had taken from its queue (mod 2^16)."""
+    return json.loads((directory / "virtio" / "0-virtio-blk.json").read_text())["queues"][0]["last_avail"]
 
 
 def test_a_virtio_disk_snapshotted_mid_use_goes_on_after_restore(tmp_path):
@@ -347,20 +399,28 @@ def test_a_virtio_disk_snapshotted_mid_use_goes_on_after_restore(tmp_path):
                 "--rng", "--snapshot-dir", str(directory)) as vm:
         vm.wait_for(COUNT_LINE.format(2))
         vm.command("dwrite 3 before the snapshot", r"^vda: wrote sector 3 .*flushed$")
-        start = len(vm.text)
-        vm.send(b"dbench rand 40000\r")
-        vm.wait_for(r"dbench rand 40000$", start)                    # its echo (a count may come first)
         vm.snapshot_by_signal()
-        mid_use = DBENCH.search(vm.text, start) is None
+        served_before = served(directory)
+        start = len(vm.text)
+        vm.send(b"dbench rand 20000\r")
+        vm.wait_for(r"dbench rand 20000$", start)                    # its echo (a count may come first)
+        for _ in range(MID_USE_TRIES):                               # dbench first fills its buffer
+            last = max(counts(vm.text))
+            vm.wait_for(COUNT_LINE.format(last + 1))                 # the guest ran on since the last try
+            vm.snapshot_by_signal()
+            if served(directory) != served_before:
+                break
         vm.proc.send_signal(signal.SIGKILL)                          # no more requests to the image
-    assert mid_use, "dbench ended before the snapshot: nothing was in use"
+    assert served(directory) != served_before, "no snapshot caught dbench's reads"
     assert text_at(image, 3) == b"before the snapshot"
     shown = pykvm("snapshot", "show", str(directory)).stdout.decode()
     assert re.search(rf"^  virtio: disk {re.escape(str(image))}, rng; kicks by eventfd$", shown, re.M), shown
     assert re.search(r"^  virtio/0-virtio-blk\.json .* status 0xf \(ACKNOWLEDGE\|DRIVER\|FEATURES_OK\|"
                      r"DRIVER_OK\).* q0 size \d+ next avail \d+ used \d+", shown, re.M), shown
     with restore(directory) as vm:
-        assert vm.wait_for(DBENCH.pattern, timeout=180).group(1) == "40000"
+        # The restored guest's console starts at the snapshot: dbench's result there means it
+        # was reading when the snapshot was taken, and its reads went on.
+        assert vm.wait_for(DBENCH.pattern, timeout=RESTORED_DBENCH_S).group(1) == "20000"
         assert BANNER not in vm.text
         vm.command("dread 3", r"^0000  62 65 66 6f 72 65 20 74 68 65 20 73 6e 61 70 73  \|before the snaps\|$")
         vm.command("dwrite 5 after the restore", r"^vda: wrote sector 5 .*flushed$")
