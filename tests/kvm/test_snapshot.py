@@ -59,7 +59,7 @@ def snapshot(tmp_path_factory) -> dict:
         vm.snapshot_by_signal()
         status = vm.quit()
     return {"dir": directory, "ticks": ticks, "count_before": before, "counts": counts(vm.text),
-            "status": status}
+            "status": status, "memory_kib": json.loads((directory / "snapshot.json").read_text())["guest"]["memory"] // 1024}
 
 
 def test_the_count_uptime_and_shell_continue(snapshot):
@@ -118,6 +118,24 @@ def test_many_clones_from_one_snapshot_all_answer(snapshot):
     finally:
         statuses = [vm.quit() for vm in clones]
     assert statuses == [0] * CLONES, statuses
+
+
+def test_a_clone_copies_only_the_pages_its_guest_writes(snapshot):
+    """Guest RAM is the snapshot's file mapped copy-on-write: the page holding the kernel's
+    `ticks` is the clone's own copy (the timer writes it), the kernel's code stays the file's."""
+    import subprocess
+
+    from hostmem import written_guest_pages
+
+    symbols = subprocess.run(["nm", str(TINY_ELF)], capture_output=True, text=True, check=True).stdout
+    ticks = next(int(line.split()[0], 16) for line in symbols.splitlines() if line.endswith(" ticks"))
+    text = [int(line.split()[0], 16) for line in symbols.splitlines() if line.split()[1] in "tT"]
+    with restore(snapshot["dir"]) as vm:
+        vm.wait_for(COUNT.pattern)
+        assert uptime_ticks(vm) > snapshot["ticks"]              # the timer has written `ticks`
+        written = set(written_guest_pages(vm.proc.pid, snapshot["memory_kib"]))
+    assert ticks // 4096 in written, f"ticks at {ticks:#x}; copied pages {sorted(map(hex, written))}"
+    assert not written & {address // 4096 for address in text}, sorted(map(hex, written))
 
 
 def test_show_describes_every_part(snapshot):
