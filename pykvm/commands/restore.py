@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["restore"]
+__all__ = ["restore", "restore_config"]
 
 
 @click.command()
@@ -26,7 +26,7 @@ def restore(directory, mem, snapshot_dir, stall_timeout):
     from pykvm.commands.boot import run_machine
     from pykvm.sizes import parse_size
     from pykvm.vm.kvm import Kvm
-    from pykvm.vm.snapshot import Snapshot, check_restore, check_target, restore_config
+    from pykvm.vm.snapshot import Snapshot, check_restore, check_target
 
     memory = parse_size(mem, what="--mem", default_unit="M") if mem is not None else None
     if snapshot_dir is not None:
@@ -36,3 +36,15 @@ def restore(directory, mem, snapshot_dir, stall_timeout):
         check_restore(snapshot, kvm, memory)
     config = restore_config(snapshot, stall_timeout=stall_timeout, snapshot_dir=snapshot_dir)
     raise SystemExit(run_machine(config))
+
+
+def restore_config(snapshot, **options):
+    """The MachineConfig that rebuilds the snapshot's VM: its memory, vCPUs and virtio devices
+    as the header names them (`options`: the restore command's own, such as snapshot_dir)."""
+    from pykvm.vm.machine import MachineConfig
+    from pykvm.vm.snapshot.virtio import config_from_header
+
+    guest = snapshot.header["guest"]
+    return MachineConfig(kernel=Path(str(guest.get("kernel", "?"))), memory=snapshot.memory_size,
+                         cmdline=str(guest.get("cmdline", "")), cpus=snapshot.vcpu_count,
+                         virtio=config_from_header(snapshot.header), restore=snapshot, **options)

@@ -329,7 +329,8 @@ def test_the_restored_vcpus_share_one_tsc(smp_snapshot):
     """Read between two reads of vCPU 0's TSC, vCPU 1's lies between them: one TSC offset."""
     from pykvm.vm.arch.x86.msrs import IA32_TSC
     from pykvm.vm.machine import Machine
-    from pykvm.vm.snapshot import Snapshot, restore_config
+    from pykvm.commands.restore import restore_config
+    from pykvm.vm.snapshot import Snapshot
 
     config = restore_config(Snapshot.open(smp_snapshot["dir"]), output=lambda data: None)
     with Machine(config) as machine:

@@ -17,8 +17,8 @@ from pykvm.vm.kvm.system import kvm_backend
 from pykvm.vm.snapshot import cpu, state, virtio
 from pykvm.vm.snapshot.format import Snapshot, SnapshotWriter, check_target
 
-__all__ = ["take", "check_restore", "map_memory", "restore_state", "restore_config", "Snapshot",
-           "SnapshotWriter", "check_target"]
+__all__ = ["take", "check_restore", "map_memory", "restore_state", "Snapshot", "SnapshotWriter",
+           "check_target"]
 
 
 def take(machine, directory: Path) -> dict:
@@ -56,17 +56,6 @@ def check_restore(snapshot: Snapshot, kvm, memory: int | None = None) -> None:
     cpu.check_host(snapshot.header["host"], cpu.offered_cpuid(kvm, snapshot.vcpu_count))
     snapshot.verify_parts()
     virtio.check_disks(snapshot.header)
-
-
-def restore_config(snapshot: Snapshot, **options):
-    """The MachineConfig that rebuilds the snapshot's VM: its memory, vCPUs and virtio devices
-    (`options`: the restore command's own, such as snapshot_dir)."""
-    from pykvm.vm.machine import MachineConfig
-
-    guest = snapshot.header["guest"]
-    return MachineConfig(kernel=Path(str(guest.get("kernel", "?"))), memory=snapshot.memory_size,
-                         cmdline=str(guest.get("cmdline", "")), cpus=snapshot.vcpu_count,
-                         virtio=virtio.config_from_header(snapshot.header), restore=snapshot, **options)
 
 
 def restore_state(snapshot: Snapshot, machine) -> None:
