@@ -5,6 +5,8 @@
                                      .windows()                 command line and the ACPI DSDT
                                      .attach(machine, output)   transports on the MMIO bus,
                                                                 eventfds, worker threads
+                                     .paused()                  every transport's lock held
+                                     .get_state() / .set_state()  for a snapshot
                                      .close()
 
 Slots come from pykvm.vm.layout (VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE,
@@ -16,6 +18,7 @@ the tiny kernel parses the same) and from the DSDT (pykvm.vm.arch.x86.aml).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -163,6 +166,30 @@ class VirtioDevices:
             machine.stop(1)
 
         return EventfdNotifier(machine.vm, gsi, on_error=worker_failed, trace=trace)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Hold every transport's lock: no worker thread serves a queue until the block ends
+        (a snapshot reads the queues' indexes and guest memory meanwhile)."""
+        with contextlib.ExitStack() as stack:
+            for transport in self.transports:
+                stack.enter_context(transport.lock)
+            yield
+
+    def get_state(self) -> list[dict]:
+        """Each transport's state, slot by slot (call inside paused())."""
+        return [transport.get_state() for transport in self.transports]
+
+    def set_state(self, states: list[dict]) -> None:
+        """Each transport back to its state, then one kick each: requests the driver made
+        available while the snapshot was taken are served, as the kick they came with
+        reached the old VM's worker and was lost with it."""
+        if len(states) != len(self.transports):
+            raise ValueError(f"{len(states)} virtio devices saved, {len(self.transports)} built")
+        for transport, state in zip(self.transports, states):
+            transport.set_state(state)
+        for transport in self.transports:
+            transport.kick_all()
 
     def summary(self) -> list[str]:
         """For --trace: each device's kicks, by MMIO exit and by ioeventfd."""
