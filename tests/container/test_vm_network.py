@@ -110,6 +110,24 @@ def test_host_and_tiny_ping_each_other_over_a_tap(vmm, netns, in_ns, kvm, tap):
     assert in_ns("ip", "link", "show", tap).returncode == 0, "a tap made beforehand stays"
 
 
+def test_a_vm_with_a_network_card_is_not_snapshotted_and_runs_on(netns, in_ns, kvm, tap, tmp_path):
+    """Its tap and the frames in flight are the host's: the snapshot is refused in one line,
+    nothing is written, and the guest still answers."""
+    cmdline = f"ip={GUEST}::{HOST}:255.255.255.0::eth0:off"
+    session = boot_tiny(netns, kvm.env, "--net", f"tap={tap}", "--snapshot-dir", str(tmp_path / "snap"),
+                        cmdline=cmdline)
+    try:
+        session.expect("tiny$ ", BOOT_SILENCE)
+        session.proc.send_signal(signal.SIGUSR2)
+        session.expect("pykvm: error: snapshot not written: a VM with a network card", BOOT_SILENCE)
+        assert not (tmp_path / "snap" / "snapshot.json").exists()
+        assert ping_from(in_ns, GUEST).startswith("3 packets transmitted, 3 packets received")
+        session.send("poweroff")
+        assert session.wait(BOOT_SILENCE) == 0
+    finally:
+        session.close()
+
+
 def test_a_container_and_a_vm_on_the_bridge_ping_each_other(kvm, in_ns, netns, fresh_rootfs,
                                                              state_root):
     r = kvm("container", "run", "-d", "--network", "bridge", "--cap-add", "NET_RAW", "--name", "box",

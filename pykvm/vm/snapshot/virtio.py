@@ -38,6 +38,9 @@ def part_name(slot: int, transport) -> str:
 def header_section(virtio) -> dict:
     """The header's "virtio" section for a machine's VirtioDevices (its disks stat'ed now)."""
     config = virtio.config
+    if config.net is not None:
+        raise SnapshotError("a VM with a network card (--net) is not snapshotted: its tap and "
+                            "the frames in flight are the host's, which a restore cannot give back")
     disks = []
     for spec, slot in zip(config.disks, virtio.slots):
         status = os.fstat(slot.device.fd)
