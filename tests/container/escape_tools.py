@@ -5,6 +5,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from pykvm.container.runtime import cgroups
+
 
 def edit(bundle: Path, **changes) -> Path:
     """Set config.json fields, `__` separating the levels (process__user__umask=0o027);
@@ -29,7 +33,38 @@ def refused(r: subprocess.CompletedProcess, message: str = "", code: int = 2) ->
     return r.stderr
 
 
-def runc_run(bundle: Path, state: Path, cid: str = "oracle") -> subprocess.CompletedProcess:
-    """The oracle: `runc run` of the same bundle, its state kept under `state`."""
-    return subprocess.run(["runc", "--root", str(state), "run", "--bundle", str(bundle), cid],
+def runc_run(bundle: Path, state: Path, cid: str = "oracle", view=list) -> subprocess.CompletedProcess:
+    """The oracle: `runc run` of the same bundle, its state kept under `state` (`view`:
+    cgroup_view's wrapper, to run it on another cgroup layout)."""
+    return subprocess.run(view(["runc", "--root", str(state), "run", "--bundle", str(bundle), cid]),
                           capture_output=True, text=True, timeout=60)
+
+
+def cgroup2_root() -> Path:
+    """A real cgroup2 hierarchy: /sys/fs/cgroup on a pure-v2 host (most users'), the empty
+    one at /sys/fs/cgroup/unified on a hybrid host (this project's machines)."""
+    for root in (cgroups.CGROUP_ROOT, cgroups.CGROUP_ROOT / "unified"):
+        if cgroups.detect(root) == "v2":
+            return root
+    pytest.skip("no cgroup2 hierarchy mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+
+
+# In a mount namespace of its own, the cgroup2 hierarchy ($0) bound over /sys/fs/cgroup:
+# there the runtimes (pykvm, runc) see a pure cgroup v2 host.
+V2_VIEW = 'mount --bind "$0" /sys/fs/cgroup && exec "$@"'
+
+
+def cgroup_view(version: str):
+    """A function argv -> argv that runs a command where /sys/fs/cgroup is cgroup `version`.
+
+    The host's own layout as it is; v2 on a hybrid host through its cgroup2 hierarchy
+    (no controllers there: they are bound to v1, but the devices program, cgroup.procs and
+    the cgroup namespace are real); v1 on a pure-v2 host cannot be made, so it skips.
+    """
+    if cgroups.detect() == version:
+        return list
+    if version == "v2":
+        root = cgroup2_root()
+        return lambda argv: ["unshare", "--mount", "--propagation", "private", "sh", "-c", V2_VIEW,
+                             str(root), *argv]
+    pytest.skip(f"needs a cgroup {version} host (this one is {cgroups.detect()})")
