@@ -64,6 +64,7 @@ V1_NAMED = "systemd"             # the name=systemd hierarchy: no controller, on
 MAX_LIMIT = (1 << 63) - 1        # the kernel parses limits as s64 (page_counter, pids): no larger value
 KILL_ROUNDS = 100                # kill(): rounds of SIGKILL while a fork races with us
 KILL_PAUSE = 0.002               # seconds between rounds
+FREEZE_TIMEOUT = 5.0             # seconds a freeze (or thaw) may take before it is an error
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,38 @@ class Cgroup:
 
     def exists(self) -> bool:
         return any(d.is_dir() for d in self.dirs())
+
+    # --- pause and resume: the freezer (cgroup-v1/freezer-subsystem.rst; cgroup-v2.rst
+    # "cgroup.freeze").  v1 passes through FREEZING while tasks are caught, v2 says
+    # "frozen 1" in cgroup.events once all are: both are polled until done.
+    def freeze(self, frozen: bool) -> None:
+        """Stop (or let go on) every process in the cgroup; waits until the kernel is done."""
+        target = self._freezer_file()
+        if target is None:
+            raise ContainerError(f"{self.describe()} has no freezer: cannot pause or resume it")
+        _write(target, ("FROZEN" if frozen else "THAWED") if self.version == "v1" else int(frozen))
+        deadline = time.monotonic() + FREEZE_TIMEOUT
+        while self.frozen() != frozen:
+            if time.monotonic() > deadline:
+                raise ContainerError(f"{self.describe()} did not {'freeze' if frozen else 'thaw'} "
+                                     f"within {FREEZE_TIMEOUT} s")
+            time.sleep(KILL_PAUSE)
+
+    def frozen(self) -> bool:
+        """Is the cgroup frozen (a container's "paused" status)?"""
+        target = self._freezer_file()
+        if target is None:
+            return False
+        if self.version == "v1":
+            return _read(target).strip() == "FROZEN"
+        return _keyed(target.with_name("cgroup.events"), "frozen") == 1
+
+    def _freezer_file(self) -> Path | None:
+        name = "freezer.state" if self.version == "v1" else "cgroup.freeze"
+        for d in self.dirs():
+            if (d / name).is_file():
+                return d / name
+        return None
 
     def dirs(self) -> list[Path]:
         raise NotImplementedError

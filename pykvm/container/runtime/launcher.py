@@ -34,6 +34,12 @@ the pty master (SCM_RIGHTS) from init out to the launcher, which connects it to
 your terminal; with -d -t to the monitor, which copies it to container.log; for
 `oci create` to the --console-socket the caller listens on.
 
+Under an engine (pykvm-runc, called by conmon or containerd-shim) the monitor leaves as
+soon as init is forked: init's parent becomes the caller's subreaper (prctl(2)
+PR_SET_CHILD_SUBREAPER), which waits for the PID in --pid-file and reads its exit status
+itself, as it does with runc's.  `state` then tells a stopped container by that PID
+(gone, or a zombie) and `delete` removes the cgroup.
+
 Library users call `run_container(RunConfig) -> int`, or `launch(RunConfig, mode)`
 and then `Container.wait()`.  An image becomes a RunConfig on the image side
 (pykvm.container.image.runconfig), which the runtime never imports; the OCI
@@ -87,9 +93,12 @@ class Container:
     """
 
     def __init__(self, config: RunConfig, mode: str = FOREGROUND, store: StateStore | None = None,
-                 warn=None, console: socket.socket | None = None):
+                 warn=None, console: socket.socket | None = None, hand_over: bool = False):
         self.cfg = config.finalized()
         self.mode = mode
+        # An engine's runtime program (pykvm-runc): init is handed to the caller's subreaper
+        # (conmon, containerd-shim), which waits for it; the monitor leaves once init is forked.
+        self.hand_over = hand_over
         self.store = store or StateStore()
         self.warn = warn or (lambda msg: print(f"pykvm: warning: {msg}", file=sys.stderr))
         self.id = self.cfg.id or new_id()
@@ -151,6 +160,8 @@ class Container:
         self._close_stdio(stdio)
         self.close_console_sockets(keep_host=self.mode == FOREGROUND)
         self._follow_setup(pipe)
+        if self.hand_over:
+            waitpid_retry(self.monitor_pid)       # it left once init was forked
 
     def _add_etc_files(self) -> None:
         """Write the container's hostname, hosts and resolv.conf; init binds them over /etc's."""
@@ -423,12 +434,13 @@ class Container:
 # --- entry points -------------------------------------------------------------------
 
 def launch(config: RunConfig, mode: str = FOREGROUND, store: StateStore | None = None,
-           warn=None, console: socket.socket | None = None) -> Container:
+           warn=None, console: socket.socket | None = None, hand_over: bool = False) -> Container:
     """Start a container in one of FOREGROUND, DETACHED or CREATED mode; returns it running.
 
     `console`: for CREATED with a terminal, the connected socket its pty master is sent to.
+    `hand_over`: no monitor stays; init's parent becomes the caller's nearest subreaper.
     """
-    return Container(config, mode, store, warn, console).start()
+    return Container(config, mode, store, warn, console, hand_over).start()
 
 
 def run_container(config: RunConfig, store: StateStore | None = None) -> int:
