@@ -274,6 +274,7 @@ def rfc3339(when: float) -> str:
 def cmd_kill(store, opts: dict, positional: list[str]) -> int:
     """runc kill ID [SIGNAL]: to the container's process, or with --all to every one in its cgroup."""
     state = _load(store, _one_id(positional, "kill"))
+    import signal
     sig = parse_signal(positional[1] if len(positional) > 1 else "SIGTERM")
     status = _status(store, state)
     if status == "stopped":
@@ -289,6 +290,8 @@ def cmd_kill(store, opts: dict, positional: list[str]) -> int:
         except ProcessLookupError:
             if pid == state.pid:
                 raise RuncError(NOT_RUNNING) from None
+    if status == "paused" and sig == signal.SIGKILL:
+        _cgroup(state).freeze(False)        # v1: a frozen task dies only once thawed (as runc 1.1)
     return 0
 
 
