@@ -1,0 +1,85 @@
+"""pykvm-runc against runc: the same bundle, driven the way an engine drives a runtime
+(mini_engine.py: a subreaper that calls create, state, start, kill, waits, delete), gives
+the same states, exit statuses and error messages."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+PYKVM_RUNC = Path(sys.executable).with_name("pykvm-runc")
+RUNC = shutil.which("runc")
+ENGINE = Path(__file__).with_name("mini_engine.py")
+# What runc's state prints beyond the spec's own keys; the values that differ by nature
+# (a PID, a time, the runtime's version) are compared by kind.
+STATE_KEYS = {"ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner", "annotations"}
+
+
+def set_process(bundle: Path, args: list[str]) -> None:
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = args
+    spec["annotations"] = {"org.example.test": "cross-check"}
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+
+def drive(runtime: str, root: Path, bundle: Path, cid: str, sig: str = "-") -> dict:
+    root.mkdir(exist_ok=True)
+    r = subprocess.run([sys.executable, ENGINE, runtime, root, bundle, cid, sig], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture
+def both(runc_bundle, tmp_path):
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+
+    def run(args: list[str], sig: str = "-") -> tuple[dict, dict]:
+        set_process(runc_bundle, args)
+        return (drive(str(PYKVM_RUNC), tmp_path / "pykvm", runc_bundle, "xcheck", sig),
+                drive(RUNC, tmp_path / "runc", runc_bundle, "xcheck", sig))
+    return run
+
+
+@pytest.mark.parametrize("args, sig, status", [
+    (["sh", "-c", "exit 7"], "-", 7),
+    (["sleep", "100"], "KILL", 137),
+    (["sleep", "100"], "9", 137),
+    (["sh", "-c", "trap 'exit 3' TERM; while :; do sleep 0.1; done"], "SIGTERM", 3),
+])
+def test_same_lifecycle_as_runc(both, args, sig, status):
+    ours, theirs = both(args, sig)
+    for run in (ours, theirs):
+        assert run["adopted"], "the container's process is the engine's child after create"
+        assert run["wait"] == status
+        assert [run[k]["status"] for k in ("create", "start", "delete")] == [0, 0, 0]
+        assert run["kill_stopped"]["status"] == 1
+        assert run["deleted"]["status"] == 1
+    # "running" of a command that exits by itself may already be "stopped": only a command
+    # that waits for its signal has a running state to compare.
+    for step in ("created", "running", "stopped") if sig != "-" else ("created", "stopped"):
+        a, b = ours[step], theirs[step]
+        assert set(a) == set(b) == STATE_KEYS, step
+        same = {k: (a[k], b[k]) for k in STATE_KEYS - {"ociVersion", "pid", "created"}}
+        assert all(x == y for x, y in same.values()), (step, same)
+        assert (a["pid"] == int(ours["pid_file"])) == (b["pid"] == int(theirs["pid_file"])), step
+    assert ours["stopped"]["pid"] == theirs["stopped"]["pid"] == 0
+
+
+def test_same_errors_as_runc(both):
+    """The words engines match, on stderr and as JSON lines in --log."""
+    ours, theirs = both(["true"])
+    for run in (ours, theirs):
+        assert run["kill_stopped"]["stderr"] == "container not running\n"
+        assert run["deleted"]["stderr"] == "container does not exist\n"
+        assert [e["msg"] for e in run["log"]] == ["container not running", "container does not exist"]
+        assert {e["level"] for e in run["log"]} == {"error"}
+        assert all(set(e) == {"level", "msg", "time"} for e in run["log"])
