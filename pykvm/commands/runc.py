@@ -281,7 +281,7 @@ def cmd_kill(store, opts: dict, positional: list[str]) -> int:
         raise RuncError(NOT_RUNNING)
     pids = [state.pid]
     if opts.get("all") and _cgroup(state) is not None:
-        from pykvm.container.runtime.launcher import owned_by
+        from pykvm.container.runtime.namespaces import owned_by
         mine = owned_by(state.pid_namespace, state.cgroup.get("named", True))
         pids = [pid for pid in _cgroup(state).pids() if mine(pid)] or pids
     for pid in pids:

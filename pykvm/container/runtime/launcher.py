@@ -59,6 +59,7 @@ from pykvm.container.runtime.cgroups import Cgroup, close_all, open_cgroup
 from pykvm.container.runtime.config import RunConfig, process_defaults
 from pykvm.container.runtime.hooks import hooks_to_json, run_hooks
 from pykvm.container.runtime.monitor import run_monitor
+from pykvm.container.runtime.namespaces import owned_by
 from pykvm.container.runtime.process import (CREATED, DETACHED, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND,
                                              EXIT_SETUP_FAILED, FOREGROUND, EventPipe,
                                              SignalForwarder, child_main, exit_code, waitpid_retry)
@@ -69,7 +70,7 @@ from pykvm.errors import ConfigError, ContainerError, PyKvmError
 if TYPE_CHECKING:
     import socket  # annotations only: the -t code imports it (and terminal.py) when used
 
-__all__ = ["RunResult", "Container", "launch", "run_container", "owned_by",
+__all__ = ["RunResult", "Container", "launch", "run_container",
            "FOREGROUND", "DETACHED", "CREATED"]
 
 
@@ -458,12 +459,3 @@ def run_container(config: RunConfig, store: StateStore | None = None) -> int:
         raise
     return container.wait().exit_code
 
-
-def owned_by(pid_namespace, named: bool):
-    """Which processes in a container's cgroup are the container's: those in its PID
-    namespace.  When that is unknown (rootless: init's /proc/PID/ns is closed to us),
-    everything in a cgroup pykvm made for this container alone, nothing in one a
-    config named (cgroupsPath), where others may be."""
-    if not pid_namespace:
-        return lambda pid: not named
-    return lambda pid: ns.in_pid_namespace(pid, tuple(pid_namespace))

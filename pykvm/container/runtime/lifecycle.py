@@ -2,7 +2,9 @@
 "Operations": create, start, kill, delete; and runc's `run`) and Docker's stop/kill/rm.
 
 Each runs in the caller's process and finds the container by its state (state.py); only
-`create` and `run` launch one (launcher.py).
+`create` and `run` launch one, and only they import the launcher (launcher.py) and the
+modules of the processes it forks: `start`, `kill` and `delete` are programs of their own
+under an engine (pykvm-runc), and start faster without them.
 """
 from __future__ import annotations
 
@@ -12,12 +14,16 @@ import signal
 import sys
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from pykvm.container.runtime.cgroups import Cgroup
 from pykvm.container.runtime.hooks import hooks_from_json, run_hooks
-from pykvm.container.runtime.launcher import CREATED, FOREGROUND, Container, RunResult, launch, owned_by
+from pykvm.container.runtime.namespaces import owned_by
 from pykvm.container.runtime.state import ContainerState, StateStore, oci_state_json
 from pykvm.errors import ContainerError
+
+if TYPE_CHECKING:
+    from pykvm.container.runtime.launcher import Container, RunResult
 
 __all__ = ["oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
            "remove_container", "wait_stopped"]
@@ -34,6 +40,7 @@ def oci_create(cid: str, bundle: str, store: StateStore | None = None,
     subreaper, which waits for it (launcher.py says how).
     """
     from pykvm.container.runtime.bundle import load_bundle
+    from pykvm.container.runtime.launcher import CREATED, launch
     cfg = replace(load_bundle(bundle), id=cid, name=cid, new_keyring=new_keyring)
     console = None
     if console_socket:
@@ -49,6 +56,7 @@ def oci_create(cid: str, bundle: str, store: StateStore | None = None,
 def oci_run(cid: str, bundle: str, store: StateStore | None = None, new_keyring: bool = True) -> RunResult:
     """`runc run`'s equivalent: create + start + wait, in the foreground, then delete."""
     from pykvm.container.runtime.bundle import load_bundle
+    from pykvm.container.runtime.launcher import FOREGROUND, launch
     cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True,
                   new_keyring=new_keyring)
     container = launch(cfg, FOREGROUND, store)
