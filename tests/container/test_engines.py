@@ -8,9 +8,7 @@ socket.  runc, the oracle, runs the same commands where the engines leave a choi
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from clitools import wait_for
+from engine_fixtures import podman_config
 from image_fixtures import bundled_context, run_pykvm
 
 pytestmark = pytest.mark.root
@@ -96,23 +95,7 @@ def podman_env(tmp_path_factory, image_archive) -> dict:
     need("podman")
     need("conmon")
     tmp = tmp_path_factory.mktemp("podman")
-    (tmp / "storage.conf").write_text(textwrap.dedent(f"""\
-        [storage]
-        driver = "vfs"
-        graphroot = "{tmp}/graph"
-        runroot = "{tmp}/run"
-        """))
-    (tmp / "containers.conf").write_text(textwrap.dedent(f"""\
-        [containers]
-        netns = "none"
-        [engine]
-        cgroup_manager = "cgroupfs"
-        events_logger = "none"
-        tmp_dir = "{tmp}/tmp"
-        lock_type = "file"
-        """))
-    env = {**os.environ, "CONTAINERS_CONF": str(tmp / "containers.conf"),
-           "CONTAINERS_STORAGE_CONF": str(tmp / "storage.conf")}
+    env = podman_config(tmp)
     r = subprocess.run(["podman", "load", "-i", str(image_archive)], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
