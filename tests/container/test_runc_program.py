@@ -4,12 +4,14 @@ the same states, exit statuses and error messages."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from clitools import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -83,3 +85,61 @@ def test_same_errors_as_runc(both):
         assert [e["msg"] for e in run["log"]] == ["container not running", "container does not exist"]
         assert {e["level"] for e in run["log"]} == {"error"}
         assert all(set(e) == {"level", "msg", "time"} for e in run["log"])
+
+
+def test_ps_pause_exec_kill_all_as_runc(runc_bundle, tmp_path):
+    """A running container's other operations, the same under both: ps --format json, pause
+    and resume (the freezer), exec with its arguments, kill --all."""
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+    set_process(runc_bundle, ["sh", "-c", "sleep 100 & wait"])
+    cid = f"ops-{os.getpid()}"              # the cgroup is named after it: not a past run's
+    seen = {}
+    for name, program in (("pykvm-runc", str(PYKVM_RUNC)), ("runc", RUNC)):
+        call = Runtime(program, tmp_path / name)
+        call("create", "--bundle", runc_bundle, cid, check=True)
+        try:
+            seen[name] = operate(call, cid)
+        finally:
+            call("resume", cid)
+            call("delete", "--force", cid)
+        seen[name]["listed after delete"] = call("list", "--quiet").stdout.split()
+    assert seen["pykvm-runc"] == seen["runc"]
+    assert seen["runc"]["ps"] == 2 and seen["runc"]["paused"] == "paused"
+
+
+def operate(call: Runtime, cid: str) -> dict:
+    """start, then what an engine does to a running container; what each step showed."""
+    call("start", cid, check=True)
+    steps = {"ps": len(json.loads(call("ps", "--format", "json", cid, check=True).stdout))}
+    call("pause", cid, check=True)
+    steps["paused"] = call.status(cid)
+    call("resume", cid, check=True)
+    steps["resumed"] = call.status(cid)
+    r = call("exec", cid, "sh", "-c", "echo in; exit 6")
+    steps["exec"] = (r.returncode, r.stdout)
+    call("kill", "--all", cid, "KILL", check=True)
+    wait_for(lambda: call.status(cid) == "stopped", timeout=30)
+    call("delete", cid, check=True)
+    return steps
+
+
+class Runtime:
+    """One runtime program with its own --root; output to files (see mini_engine.py)."""
+
+    def __init__(self, program: str, root: Path):
+        self.program, self.root = program, root
+        root.mkdir()
+
+    def __call__(self, *args, check: bool = False) -> subprocess.CompletedProcess:
+        out, err = self.root.with_suffix(".out"), self.root.with_suffix(".err")
+        with open(out, "w") as o, open(err, "w") as e:
+            r = subprocess.run([self.program, "--root", str(self.root), *map(str, args)], stdout=o,
+                               stderr=e, stdin=subprocess.DEVNULL, timeout=60)
+        r.stdout, r.stderr = out.read_text(), err.read_text()
+        if check:
+            assert r.returncode == 0, f"{self.program} {' '.join(map(str, args))}: {r.stderr}"
+        return r
+
+    def status(self, cid: str) -> str:
+        return json.loads(self("state", cid, check=True).stdout)["status"]
