@@ -117,6 +117,33 @@ def test_podman_run_echo(podman, tmp_path):
 def test_podman_passes_the_exit_status_through(podman):
     r = podman("run", "--rm", *RUN_OPTS, IMAGE, "sh", "-c", "exit 42")
     assert r.returncode == 42, r.stderr
+    r = podman("run", "--rm", *RUN_OPTS, IMAGE, "no-such-command")
+    assert r.returncode == 127, r.stderr
+
+
+def test_podman_memory_limit_oom_is_137(podman):
+    """--memory reaches linux.resources.memory.limit; the OOM kill is the command's end."""
+    r = podman("run", "--rm", "--memory", "16m", "--memory-swap", "16m", *RUN_OPTS, IMAGE, "sh", "-c",
+               "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived")
+    assert r.returncode == 137 and "survived" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+
+
+def test_podman_pids_limit(podman):
+    script = "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done; echo done"
+    r = podman("run", "--rm", "--pids-limit", "16", *RUN_OPTS, IMAGE, "sh", "-c", script)
+    assert r.returncode != 0 and "can't fork" in r.stderr, (r.returncode, r.stdout, r.stderr)
+
+
+def test_podman_logs(podman):
+    """conmon, not the runtime, keeps the log: the container's stdout reaches it through
+    the stdio that `create` passes on."""
+    cid = podman("run", "-d", *RUN_OPTS, IMAGE, "sh", "-c", "echo out; echo err >&2", check=True).stdout.strip()
+    try:
+        assert podman("wait", cid, check=True).stdout.strip() == "0"
+        logs = podman("logs", cid, check=True)
+        assert (logs.stdout, logs.stderr) == ("out\n", "err\n")
+    finally:
+        podman("rm", "-f", cid)
 
 
 def test_podman_detached_exec_stop_rm(podman):
