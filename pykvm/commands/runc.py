@@ -51,6 +51,10 @@ COMMANDS = {
     "ps": {"format": True},
     "list": {"format": True, "quiet": False},
 }
+# runc's other commands: refused by name, with what to do instead.
+UNSUPPORTED = {"update": "a container's limits are set once, by create (linux.resources)",
+               "checkpoint": "there is no CRIU support", "restore": "there is no CRIU support",
+               "events": "there is no event stream; poll `state`", "spec": "use `runc spec`"}
 GLOBAL_OPTIONS = {"root": True, "log": True, "log-format": True, "systemd-cgroup": False,
                   "debug": False, "rootless": True, "criu": True, "help": False, "version": False}
 ALIASES = {"b": "bundle", "f": "force", "a": "all", "d": "detach", "t": "tty", "p": "process",
@@ -165,6 +169,8 @@ def dispatch(opts: dict, rest: list[str]) -> int:
         print(__doc__.split("\n\n")[1])
         return 0
     command, args = rest[0], rest[1:]
+    if command in UNSUPPORTED:
+        raise RuncError(f"{command} is not supported by pykvm-runc: {UNSUPPORTED[command]}")
     if command not in COMMANDS:
         raise RuncError(f"No help topic for '{command}'")
     cmd_opts, positional = parse_args(args, COMMANDS[command])

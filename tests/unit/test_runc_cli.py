@@ -95,6 +95,12 @@ def test_unknown_command(tmp_path):
     assert r.returncode == 1 and "frobnicate" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_runcs_other_commands_are_refused_by_name(tmp_path):
+    r = runtime("--root", tmp_path, "update", "--resources", "-", "x")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "update is not supported by pykvm-runc" in r.stderr
+
+
 def test_features_has_runcs_keys():
     ours = json.loads(runtime("features").stdout)
     assert ours["linux"]["cgroup"]["systemd"] is False
