@@ -49,11 +49,11 @@ COMMANDS = {
     "exec": {"process": True, "detach": False, "pid-file": True, "console-socket": True,
              "tty": False, "cwd": True, "env": True, "user": True, "preserve-fds": True},
     "ps": {"format": True},
+    "update": {"resources": True},
     "list": {"format": True, "quiet": False},
 }
 # runc's other commands: refused by name, with what to do instead.
-UNSUPPORTED = {"update": "a container's limits are set once, by create (linux.resources)",
-               "checkpoint": "there is no CRIU support", "restore": "there is no CRIU support",
+UNSUPPORTED = {"checkpoint": "there is no CRIU support", "restore": "there is no CRIU support",
                "events": "there is no event stream; poll `state`", "spec": "use `runc spec`"}
 GLOBAL_OPTIONS = {"root": True, "log": True, "log-format": True, "systemd-cgroup": False,
                   "debug": False, "rootless": True, "criu": True, "help": False, "version": False}
@@ -461,7 +461,42 @@ def cmd_run(store, opts: dict, positional: list[str]) -> int:
                    new_keyring=not opts.get("no-new-keyring")).exit_code
 
 
-HANDLERS = {"create": cmd_create, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
+def cmd_update(store, opts: dict, positional: list[str]) -> int:
+    """runc update --resources FILE|- ID: new memory, pids and CPU limits (config-linux.md
+    "Control groups": a LinuxResources object, as engines write it)."""
+    state = _load(store, _one_id(positional, "update"))
+    if not opts.get("resources"):
+        raise RuncError("update needs --resources FILE (or - for stdin): pykvm-runc takes no "
+                        "single-limit options")
+    if _status(store, state) == "stopped":
+        raise RuncError(NOT_RUNNING)
+    text = sys.stdin.read() if opts["resources"] == "-" else _read_text(opts["resources"])
+    try:
+        resources = json.loads(text)
+    except ValueError as e:
+        raise RuncError(f"the resources are not JSON: {e}") from None
+    from pykvm.container.runtime.bundle import limits_from_resources
+    from pykvm.container.runtime.cgroups import Cgroup
+    from pykvm.errors import ConfigError
+    try:
+        limits = limits_from_resources(resources)
+    except ConfigError as e:
+        raise RuncError(str(e).replace("config.json: linux.resources", "resources")) from None
+    if not state.cgroup.get("dirs"):
+        raise RuncError(f"container {state.id} has no cgroup: no limit can be set")
+    Cgroup.reopen(state.cgroup["version"], state.cgroup["dirs"]).set_limits(limits)
+    return 0
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise RuncError(f"cannot read {path}: {e.strerror}") from None
+
+
+HANDLERS = {"update": cmd_update, "create": cmd_create, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
             "delete": cmd_delete, "pause": cmd_pause, "resume": cmd_resume, "ps": cmd_ps,
             "list": cmd_list, "exec": cmd_exec, "features": cmd_features, "run": cmd_run}
 

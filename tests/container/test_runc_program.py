@@ -143,3 +143,50 @@ class Runtime:
 
     def status(self, cid: str) -> str:
         return json.loads(self("state", cid, check=True).stdout)["status"]
+
+
+def test_update_sets_the_same_limits_as_runc(runc_bundle, tmp_path):
+    """update --resources -: a LinuxResources object on stdin, as containerd sends it."""
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+    set_process(runc_bundle, ["sleep", "100"])
+    cid = f"update-{os.getpid()}"
+    resources = {"memory": {"limit": 64 << 20}, "pids": {"limit": 30},
+                 "cpu": {"quota": 50000, "period": 100000}}
+    seen = {}
+    for name, program in (("pykvm-runc", str(PYKVM_RUNC)), ("runc", RUNC)):
+        call = Runtime(program, tmp_path / name)
+        call("create", "--bundle", runc_bundle, cid, check=True)
+        try:
+            pid = json.loads(call("state", cid, check=True).stdout)["pid"]
+            r = subprocess.run([program, "--root", str(call.root), "update", "--resources", "-", cid],
+                               input=json.dumps(resources), capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            seen[name] = cgroup_values(pid, ["memory/memory.limit_in_bytes", "memory/memory.memsw.limit_in_bytes",
+                                             "pids/pids.max", "cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"])
+        finally:
+            call("delete", "--force", cid)
+    # Without memory.swap, runc leaves memory+swap as it was; pykvm sets it to the limit, as
+    # at create (no swapping past the limit).
+    ours, theirs = seen["pykvm-runc"], seen["runc"]
+    assert ours.pop("memory/memory.memsw.limit_in_bytes") in (str(64 << 20), None)
+    theirs.pop("memory/memory.memsw.limit_in_bytes")
+    assert ours == theirs
+    assert theirs["memory/memory.limit_in_bytes"] == str(64 << 20)
+
+
+def cgroup_values(pid: int, files: list[str]) -> dict[str, str]:
+    """cgroup v1 files of process `pid`'s own cgroups (/proc/PID/cgroup names them)."""
+    paths = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            paths[controller] = Path("/sys/fs/cgroup", controllers, path.lstrip("/"))
+    out = {}
+    for name in files:
+        controller, file = name.split("/")
+        if controller not in paths:
+            pytest.skip(f"no cgroup v1 {controller} controller here")
+        target = paths[controller] / file
+        out[name] = target.read_text().strip() if target.exists() else None
+    return out

@@ -96,9 +96,9 @@ def test_unknown_command(tmp_path):
 
 
 def test_runcs_other_commands_are_refused_by_name(tmp_path):
-    r = runtime("--root", tmp_path, "update", "--resources", "-", "x")
+    r = runtime("--root", tmp_path, "checkpoint", "x")
     assert r.returncode == 1 and r.stderr.count("\n") == 1
-    assert "update is not supported by pykvm-runc" in r.stderr
+    assert "checkpoint is not supported by pykvm-runc" in r.stderr
 
 
 def test_features_has_runcs_keys():
