@@ -174,6 +174,18 @@ def test_podman_kill_gives_137(podman):
         podman("rm", "-f", cid)
 
 
+def test_podman_stop_escalates_to_sigkill(podman):
+    """`sleep` as PID 1 has no handler for SIGTERM, so the kernel drops it (pid_namespaces(7));
+    podman stop sends SIGKILL after its timeout, as under runc."""
+    cid = podman("run", "-d", *RUN_OPTS, IMAGE, "sleep", "100", check=True).stdout.strip()
+    try:
+        podman("stop", "-t", "1", cid, check=True)
+        state = podman("inspect", "--format", "{{.State.ExitCode}}", cid, check=True)
+        assert state.stdout.strip() == "137"
+    finally:
+        podman("rm", "-f", cid)
+
+
 def test_podman_terminal_through_the_console_socket(podman):
     """-t: conmon listens on --console-socket; the pty master comes from inside, for run and exec."""
     r = podman("run", "--rm", "-t", *RUN_OPTS, IMAGE, "sh", "-c", "tty; echo $$")
