@@ -384,9 +384,12 @@ def cmd_list(store, opts: dict, positional: list[str]) -> int:
     elif opts.get("format") == "json":
         print(json.dumps(rows or None))
     else:
-        print(f"{'ID':<12}{'PID':<12}{'STATUS':<12}{'BUNDLE':<12}{'CREATED':<12}OWNER")
-        for r in rows:
-            print(f"{r['id']:<12}{r['pid']:<12}{r['status']:<12}{r['bundle']:<12}{r['created']:<12}root")
+        table = [["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]]
+        table += [[r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"], "root"] for r in rows]
+        # runc's tabwriter: columns at least 12 wide, 3 spaces after the widest cell
+        widths = [max(12, *(len(row[i]) + 3 for row in table)) for i in range(5)]
+        for row in table:
+            print("".join(cell.ljust(w) for cell, w in zip(row, widths)) + row[5])
     return 0
 
 
