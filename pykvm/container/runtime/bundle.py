@@ -42,7 +42,7 @@ from pykvm.container.runtime.rootfs import NODE_TYPES, DeviceNode, Mount
 from pykvm.container.runtime.config import DEFAULT_UMASK, RunConfig
 from pykvm.errors import ConfigError
 
-__all__ = ["load_bundle", "config_from_spec"]
+__all__ = ["load_bundle", "config_from_spec", "limits_from_resources"]
 
 UNLIMITED = -1                    # config-linux.md: a memory (and cpu.quota) value of -1 means no limit
 DEVICE_TYPES = ("a", "c", "b")    # config-linux.md "Allowed Device Cgroup": all, char, block
@@ -440,3 +440,6 @@ def _is_set(value) -> bool:
     if isinstance(value, dict):
         return any(isinstance(v, dict) or _is_set(v) for v in value.values())
     return value not in (None, "", []) and value is not False
+def limits_from_resources(resources) -> Limits:
+    """linux.resources on its own, as `runc update --resources FILE` reads it."""
+    return _limits(resources)

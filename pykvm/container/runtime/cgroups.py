@@ -64,6 +64,7 @@ V1_NAMED = "systemd"             # the name=systemd hierarchy: no controller, on
 MAX_LIMIT = (1 << 63) - 1        # the kernel parses limits as s64 (page_counter, pids): no larger value
 KILL_ROUNDS = 100                # kill(): rounds of SIGKILL while a fork races with us
 KILL_PAUSE = 0.002               # seconds between rounds
+FREEZE_TIMEOUT = 5.0             # seconds a freeze (or thaw) may take before it is an error
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,38 @@ class Cgroup:
     def exists(self) -> bool:
         return any(d.is_dir() for d in self.dirs())
 
+    # --- pause and resume: the freezer (cgroup-v1/freezer-subsystem.rst; cgroup-v2.rst
+    # "cgroup.freeze").  v1 passes through FREEZING while tasks are caught, v2 says
+    # "frozen 1" in cgroup.events once all are: both are polled until done.
+    def freeze(self, frozen: bool) -> None:
+        """Stop (or let go on) every process in the cgroup; waits until the kernel is done."""
+        target = self._freezer_file()
+        if target is None:
+            raise ContainerError(f"{self.describe()} has no freezer: cannot pause or resume it")
+        _write(target, ("FROZEN" if frozen else "THAWED") if self.version == "v1" else int(frozen))
+        deadline = time.monotonic() + FREEZE_TIMEOUT
+        while self.frozen() != frozen:
+            if time.monotonic() > deadline:
+                raise ContainerError(f"{self.describe()} did not {'freeze' if frozen else 'thaw'} "
+                                     f"within {FREEZE_TIMEOUT} s")
+            time.sleep(KILL_PAUSE)
+
+    def frozen(self) -> bool:
+        """Is the cgroup frozen (a container's "paused" status)?"""
+        target = self._freezer_file()
+        if target is None:
+            return False
+        if self.version == "v1":
+            return _read(target).strip() == "FROZEN"
+        return _keyed(target.with_name("cgroup.events"), "frozen") == 1
+
+    def _freezer_file(self) -> Path | None:
+        name = "freezer.state" if self.version == "v1" else "cgroup.freeze"
+        for d in self.dirs():
+            if (d / name).is_file():
+                return d / name
+        return None
+
     def dirs(self) -> list[Path]:
         raise NotImplementedError
 
@@ -256,6 +289,15 @@ class Cgroup:
     def from_dirs(version: str, dirs: list[str]) -> Cgroup:
         """A cgroup known only by its directories (as recorded in state.json): kill and destroy work."""
         return _RecordedCgroup(version, dirs)
+
+    @staticmethod
+    def reopen(version: str, dirs: list[str], root: Path = CGROUP_ROOT) -> Cgroup:
+        """The cgroup as the launcher made it, from the directories state.json recorded (under
+        `root`): its limits can be set again (`update`)."""
+        parts = [Path(d).relative_to(root).parts for d in dirs]
+        if version == "v2":
+            return CgroupV2("/".join(parts[0]), root)
+        return CgroupV1({p[0]: "/".join(p[1:]) for p in parts}, root)
 
 
 class CgroupV2(Cgroup):
@@ -275,6 +317,11 @@ class CgroupV2(Cgroup):
         if os.geteuid() == 0 and _filesystem(path) == "cgroup2":
             from pykvm.container.runtime import bpf_devices       # v2 has no devices file: an eBPF program
             bpf_devices.attach(path, limits.device_rules())
+        self.set_limits(limits)
+
+    def set_limits(self, limits: Limits) -> None:
+        """Memory, pids and CPU (at create, and for `update`); a None limit is left as it is."""
+        path = self.root / self.name
         if limits.memory is not None:
             _write(path / "memory.max", limits.memory)
             if (path / "memory.swap.max").exists() or limits.memory_swap is not None:
@@ -346,12 +393,12 @@ class CgroupV1(Cgroup):
         if self.has("devices"):
             for rule in limits.device_rules():
                 _write(self.dir("devices") / ("devices.allow" if rule.allow else "devices.deny"), rule.line())
+        self.set_limits(limits)
+
+    def set_limits(self, limits: Limits) -> None:
+        """Memory, pids and CPU (at create, and for `update`); a None limit is left as it is."""
         if limits.memory is not None:
-            mem = self.dir("memory")
-            _write(mem / "memory.limit_in_bytes", limits.memory)
-            if (mem / "memory.memsw.limit_in_bytes").exists() or limits.memory_swap is not None:
-                # memory+swap: the config's, else the memory limit (no swapping past it)
-                _write(mem / "memory.memsw.limit_in_bytes", limits.memory_swap or limits.memory)
+            self._set_memory(limits.memory, limits.memory_swap)
         if limits.pids is not None:
             _write(self.dir("pids") / "pids.max", limits.pids)
         if limits.cpu_quota is not None:
@@ -362,6 +409,20 @@ class CgroupV1(Cgroup):
         for name, value in (("cpuset.cpus", limits.cpu_cpus), ("cpuset.mems", limits.cpu_mems)):
             if value is not None:
                 _write(self.dir("cpuset") / name, value)
+
+    def _set_memory(self, limit: int, swap: int | None) -> None:
+        """memory.limit_in_bytes, and memory+swap: the config's, else the memory limit (no
+        swapping past it).  The kernel keeps memsw >= limit at every step (cgroup-v1/
+        memory.rst 2.4): a limit above the present memsw goes after memsw, others before."""
+        mem = self.dir("memory")
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        files = [(mem / "memory.limit_in_bytes", limit)]
+        if memsw.exists() or swap is not None:
+            files.append((memsw, swap or limit))
+            if limit > int(_read(memsw) or 0):
+                files.reverse()
+        for path, value in files:
+            _write(path, value)
 
     # kernel/cgroup/cgroup.c, cgroup_procs_write_start(): moving one thread that
     # is the caller itself "can skip the global lock".  Our caller is a freshly

@@ -53,7 +53,7 @@ from pykvm.container.runtime.users import ExecUser, resolve_user
 from pykvm.container.runtime.validate import validate
 from pykvm.errors import ConfigError, ContainerError, SyscallError
 
-__all__ = ["exec_config", "exec_in", "LAUNCHER_GONE"]
+__all__ = ["exec_config", "exec_in", "exec_process_spec", "exec_program", "LAUNCHER_GONE"]
 
 LAUNCHER_GONE = signal.SIGRTMIN   # the joiner's PR_SET_PDEATHSIG: not one init forwards
 
@@ -106,6 +106,33 @@ def exec_in(ref: str, cfg: RunConfig, store: StateStore | None = None, detach: b
     return _Exec(state, cfg, detach).run()
 
 
+def exec_process_spec(state, process: dict) -> RunConfig:
+    """runc exec --process FILE: an OCI process object (config.md "Process"), read as
+    config.json's `process` is (bundle.py) and checked whole, for the running `state`."""
+    from pykvm.container.runtime.bundle import config_from_spec
+    from pykvm.container.runtime.state import OCI_VERSION
+    spec = {"ociVersion": OCI_VERSION, "process": process, "root": {"path": state.rootfs or "/"}}
+    cfg = replace(config_from_spec(spec, state.bundle or "/"), id=state.id, namespaces={},
+                  new_keyring=state.process.get("new_keyring", True))
+    validate(cfg)
+    return cfg
+
+
+def exec_program(state, cfg: RunConfig, detach: bool = False, console_socket: str | None = None,
+                 on_started=None) -> int:
+    """runc exec as an engine calls it: the caller's stdio is the process's, the pty master
+    (process.terminal) goes to `console_socket`, `on_started(pid)` gets the PID the caller
+    waits for.  `detach`: return 0 once the process runs; its parent becomes the caller's
+    subreaper (conmon, containerd-shim), as after `create`.  Else its exit status."""
+    console = None
+    if cfg.tty:
+        if not console_socket:
+            raise ConfigError("process.terminal is true: exec needs --console-socket PATH (as runc)")
+        from pykvm.container.runtime.terminal import connect_console_socket
+        console = connect_console_socket(console_socket)
+    return _Exec(state, cfg, detach, keep_stdio=True, console=console, on_started=on_started).run()
+
+
 def _check_running(store: StateStore, state) -> None:
     status = store.status(state)
     if status != "running":
@@ -123,10 +150,14 @@ def _parent(pid: int) -> int:
 class _Exec:
     """One `exec`: the launcher's side and (after fork) the joiner's."""
 
-    def __init__(self, state, cfg: RunConfig, detach: bool = False):
+    def __init__(self, state, cfg: RunConfig, detach: bool = False, keep_stdio: bool = False,
+                 console=None, on_started=None):
         self.state = state
         self.cfg = cfg
         self.detach = detach
+        self.keep_stdio = keep_stdio          # an engine's pipes are the command's stdio, even with -d
+        self.console = console                # an engine's --console-socket, connected
+        self.on_started = on_started or (lambda pid: None)
         self.launcher_pid = os.getpid()
         self.tty_host = self.tty_inside = None
         self.winsize = None
@@ -145,7 +176,9 @@ class _Exec:
             pipe.launcher_side()
             close_all(stdio["close"])
             self._close_inside()
-            error = self._follow_setup(pipe)
+            error, started = self._follow_setup(pipe)
+            if error is None:
+                self.on_started(started or joiner)       # -d: the joiner, forked by our child
             if error is None and self.tty_host is not None:
                 from pykvm.container.runtime import terminal
                 terminal.attach(self.tty_host, joiner, self.cfg.interactive)
@@ -163,6 +196,8 @@ class _Exec:
     def _stdio(self) -> dict:
         """The command's 0, 1, 2: ours (stdin only with -i); with -t the pty, made later;
         with -d nothing of ours."""
+        if self.keep_stdio and not self.cfg.tty:
+            return {"in": 0, "out": 1, "err": 2, "close": []}
         if self.detach:
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             return {"in": null, "out": null, "err": null, "close": [null]}
@@ -173,6 +208,9 @@ class _Exec:
 
     def _make_console_socket(self) -> None:
         if not self.cfg.tty:
+            return
+        if self.console is not None:                 # the master goes straight to the engine
+            self.tty_inside = self.console
             return
         import socket
 
@@ -186,13 +224,16 @@ class _Exec:
             self.tty_inside = None
 
     @staticmethod
-    def _follow_setup(pipe: EventPipe) -> dict | None:
-        """Until the command's execve closes the pipe: None, or the error a child reported."""
+    def _follow_setup(pipe: EventPipe) -> tuple[dict | None, int]:
+        """Until the command's execve closes the pipe: (None, or the error a child reported;
+        the joiner's PID if it was reported: -d)."""
+        started = 0
         try:
             while (event := pipe.receive()) is not None:
                 if "error" in event:
-                    return event
-            return None
+                    return event, started
+                started = event.get("pid", started)
+            return None, started
         finally:
             os.close(pipe.events_r)
             os.close(pipe.ack_w)
@@ -204,8 +245,10 @@ class _Exec:
         if not self.detach:
             return self._joiner(pipe, stdio)
         os.setsid()                                  # Ctrl-C and hangups of our terminal are not for it
-        if os.fork() == 0:
+        joiner = os.fork()
+        if joiner == 0:
             child_main(lambda: self._joiner(pipe, stdio), pipe)
+        pipe.send(pid=joiner)
         return 0
 
     def _joiner(self, pipe: EventPipe, stdio: dict) -> int:

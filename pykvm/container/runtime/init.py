@@ -54,7 +54,8 @@ KEY_USR_SEARCH = 0x00080000       # keyctl(2) KEYCTL_SETPERM: the owner may sear
 def run_init(container: Container, pipe: EventPipe, stdio: dict) -> int:
     """init's whole life, in order; returns the command's exit status (init's own)."""
     cfg = container.cfg
-    prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)          # monitor gone -> container gone
+    if not container.hand_over:                          # an engine's subreaper adopts us instead
+        prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)      # monitor gone -> container gone
     close_other_fds({pipe.events_w, pipe.ack_r, container.exit_fd, *container.join_fds,
                      *container.console_fds()})
     prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container

@@ -34,6 +34,12 @@ the pty master (SCM_RIGHTS) from init out to the launcher, which connects it to
 your terminal; with -d -t to the monitor, which copies it to container.log; for
 `oci create` to the --console-socket the caller listens on.
 
+Under an engine (pykvm-runc, called by conmon or containerd-shim) the monitor leaves as
+soon as init is forked: init's parent becomes the caller's subreaper (prctl(2)
+PR_SET_CHILD_SUBREAPER), which waits for the PID in --pid-file and reads its exit status
+itself, as it does with runc's.  `state` then tells a stopped container by that PID
+(gone, or a zombie) and `delete` removes the cgroup.
+
 Library users call `run_container(RunConfig) -> int`, or `launch(RunConfig, mode)`
 and then `Container.wait()`.  An image becomes a RunConfig on the image side
 (pykvm.container.image.runconfig), which the runtime never imports; the OCI
@@ -53,6 +59,7 @@ from pykvm.container.runtime.cgroups import Cgroup, close_all, open_cgroup
 from pykvm.container.runtime.config import RunConfig, process_defaults
 from pykvm.container.runtime.hooks import hooks_to_json, run_hooks
 from pykvm.container.runtime.monitor import run_monitor
+from pykvm.container.runtime.namespaces import owned_by
 from pykvm.container.runtime.process import (CREATED, DETACHED, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND,
                                              EXIT_SETUP_FAILED, FOREGROUND, EventPipe,
                                              SignalForwarder, child_main, exit_code, waitpid_retry)
@@ -63,7 +70,7 @@ from pykvm.errors import ConfigError, ContainerError, PyKvmError
 if TYPE_CHECKING:
     import socket  # annotations only: the -t code imports it (and terminal.py) when used
 
-__all__ = ["RunResult", "Container", "launch", "run_container", "owned_by",
+__all__ = ["RunResult", "Container", "launch", "run_container",
            "FOREGROUND", "DETACHED", "CREATED"]
 
 
@@ -87,9 +94,12 @@ class Container:
     """
 
     def __init__(self, config: RunConfig, mode: str = FOREGROUND, store: StateStore | None = None,
-                 warn=None, console: socket.socket | None = None):
+                 warn=None, console: socket.socket | None = None, hand_over: bool = False):
         self.cfg = config.finalized()
         self.mode = mode
+        # An engine's runtime program (pykvm-runc): init is handed to the caller's subreaper
+        # (conmon, containerd-shim), which waits for it; the monitor leaves once init is forked.
+        self.hand_over = hand_over
         self.store = store or StateStore()
         self.warn = warn or (lambda msg: print(f"pykvm: warning: {msg}", file=sys.stderr))
         self.id = self.cfg.id or new_id()
@@ -151,6 +161,8 @@ class Container:
         self._close_stdio(stdio)
         self.close_console_sockets(keep_host=self.mode == FOREGROUND)
         self._follow_setup(pipe)
+        if self.hand_over:
+            waitpid_retry(self.monitor_pid)       # it left once init was forked
 
     def _add_etc_files(self) -> None:
         """Write the container's hostname, hosts and resolv.conf; init binds them over /etc's."""
@@ -423,12 +435,13 @@ class Container:
 # --- entry points -------------------------------------------------------------------
 
 def launch(config: RunConfig, mode: str = FOREGROUND, store: StateStore | None = None,
-           warn=None, console: socket.socket | None = None) -> Container:
+           warn=None, console: socket.socket | None = None, hand_over: bool = False) -> Container:
     """Start a container in one of FOREGROUND, DETACHED or CREATED mode; returns it running.
 
     `console`: for CREATED with a terminal, the connected socket its pty master is sent to.
+    `hand_over`: no monitor stays; init's parent becomes the caller's nearest subreaper.
     """
-    return Container(config, mode, store, warn, console).start()
+    return Container(config, mode, store, warn, console, hand_over).start()
 
 
 def run_container(config: RunConfig, store: StateStore | None = None) -> int:
@@ -446,12 +459,3 @@ def run_container(config: RunConfig, store: StateStore | None = None) -> int:
         raise
     return container.wait().exit_code
 
-
-def owned_by(pid_namespace, named: bool):
-    """Which processes in a container's cgroup are the container's: those in its PID
-    namespace.  When that is unknown (rootless: init's /proc/PID/ns is closed to us),
-    everything in a cgroup pykvm made for this container alone, nothing in one a
-    config named (cgroupsPath), where others may be."""
-    if not pid_namespace:
-        return lambda pid: not named
-    return lambda pid: ns.in_pid_namespace(pid, tuple(pid_namespace))

@@ -2,7 +2,9 @@
 "Operations": create, start, kill, delete; and runc's `run`) and Docker's stop/kill/rm.
 
 Each runs in the caller's process and finds the container by its state (state.py); only
-`create` and `run` launch one (launcher.py).
+`create` and `run` launch one, and only they import the launcher (launcher.py) and the
+modules of the processes it forks: `start`, `kill` and `delete` are programs of their own
+under an engine (pykvm-runc), and start faster without them.
 """
 from __future__ import annotations
 
@@ -16,48 +18,45 @@ from typing import TYPE_CHECKING
 
 from pykvm.container.runtime.cgroups import Cgroup
 from pykvm.container.runtime.hooks import hooks_from_json, run_hooks
-from pykvm.container.runtime.launcher import CREATED, FOREGROUND, Container, RunResult, launch, owned_by
+from pykvm.container.runtime.namespaces import owned_by
 from pykvm.container.runtime.state import ContainerState, StateStore, oci_state_json
 from pykvm.errors import ContainerError
 
 if TYPE_CHECKING:
-    import socket  # annotations only: imported when a console socket is used
+    from pykvm.container.runtime.launcher import Container, RunResult
 
 __all__ = ["oci_create", "oci_run", "oci_start", "kill_container", "stop_container",
            "remove_container", "wait_stopped"]
 
 
 def oci_create(cid: str, bundle: str, store: StateStore | None = None,
-               console_socket: str | None = None, new_keyring: bool = True) -> Container:
+               console_socket: str | None = None, new_keyring: bool = True,
+               hand_over: bool = False) -> Container:
     """`create`: everything set up, the process waiting on exec.fifo; status "created".
 
     With process.terminal, the pty master is sent (SCM_RIGHTS) to the unix socket at
     `console_socket`, as runc's --console-socket does; whoever listens there owns the terminal.
+    `hand_over` (pykvm-runc): the container's process becomes the child of the caller's
+    subreaper, which waits for it (launcher.py says how).
     """
     from pykvm.container.runtime.bundle import load_bundle
+    from pykvm.container.runtime.launcher import CREATED, launch
     cfg = replace(load_bundle(bundle), id=cid, name=cid, new_keyring=new_keyring)
-    console = _connect_console(console_socket) if console_socket else None
+    console = None
+    if console_socket:
+        from pykvm.container.runtime.terminal import connect_console_socket
+        console = connect_console_socket(console_socket)
     try:
-        return launch(cfg, CREATED, store, console=console)
+        return launch(cfg, CREATED, store, console=console, hand_over=hand_over)
     finally:
         if console is not None:
             console.close()
 
 
-def _connect_console(path: str) -> socket.socket:
-    import socket
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError as e:
-        sock.close()
-        raise ContainerError(f"cannot connect to the console socket {path}: {e.strerror}") from None
-    return sock
-
-
 def oci_run(cid: str, bundle: str, store: StateStore | None = None, new_keyring: bool = True) -> RunResult:
     """`runc run`'s equivalent: create + start + wait, in the foreground, then delete."""
     from pykvm.container.runtime.bundle import load_bundle
+    from pykvm.container.runtime.launcher import FOREGROUND, launch
     cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True,
                   new_keyring=new_keyring)
     container = launch(cfg, FOREGROUND, store)

@@ -8,6 +8,8 @@ the container ended.
       v
     init      (PID 1 inside: init.py)
 
+Under an engine (Container.hand_over) the monitor exits as soon as init is forked, so that
+init's parent becomes the engine's subreaper (conmon, containerd-shim), which waits for it.
 With -d -t the monitor also holds the pty master and copies the container's output to
 container.log.  In the foreground, if the launcher dies, the monitor kills the container
 and cleans up as the launcher would have.
@@ -67,6 +69,8 @@ def run_monitor(container: Container, pipe: EventPipe, stdio: dict) -> int:
     os.close(pipe.events_w)
     os.close(pipe.ack_r)
     close_all(container.join_fds)
+    if container.hand_over:             # an engine's subreaper adopts init and waits for it
+        return 0
     detach_stdio()
     container.close_console_sockets(keep_host=True)
     if container.tty_host is not None:

@@ -28,7 +28,7 @@ from pykvm.errors import ConfigError
 
 __all__ = ["CLONE_FLAGS", "ORDER", "PROC_NAMES", "IdMap", "flags_for", "unshare", "setns", "open_other",
            "write_id_maps", "loopback_up", "check_hostname", "HOST_NAME_MAX", "namespace_id",
-           "in_pid_namespace"]
+           "in_pid_namespace", "owned_by"]
 
 # OCI namespace type -> clone(2) flag (runtime-spec config-linux.md "Namespaces").
 CLONE_FLAGS = {
@@ -187,3 +187,13 @@ def loopback_up() -> None:
         check(lib.ioctl_ptr(sock, lib.SIOCSIFFLAGS, ifr), "ioctl", "SIOCSIFFLAGS lo")
     finally:
         os.close(sock)
+
+
+def owned_by(pid_namespace, named: bool):
+    """Which processes in a container's cgroup are the container's: those in its PID
+    namespace.  When that is unknown (rootless: init's /proc/PID/ns is closed to us),
+    everything in a cgroup pykvm made for this container alone, nothing in one a
+    config named (cgroupsPath), where others may be."""
+    if not pid_namespace:
+        return lambda pid: not named
+    return lambda pid: in_pid_namespace(pid, tuple(pid_namespace))

@@ -135,6 +135,8 @@ class StateStore:
             return []
         out = []
         for d in sorted(self.root.iterdir()):
+            if not d.is_dir():                  # not a container's: an engine's pid file, say
+                continue
             try:
                 out.append(self.load(d.name))
             except (ContainerError, ValueError, TypeError):

@@ -45,7 +45,7 @@ from pykvm.errors import ContainerError
 
 __all__ = ["PTMX", "PTS_DIR", "open_pty", "check_ptmx", "ptsname", "get_winsize",
            "set_winsize", "copy_winsize", "send_master", "receive_master", "give_to_user",
-           "raw_mode", "relay", "new_console", "our_terminal", "attach"]
+           "raw_mode", "relay", "new_console", "our_terminal", "attach", "connect_console_socket"]
 
 PTMX = "/dev/ptmx"                # runc makes it a symlink to pts/ptmx (rootfs.py DEV_LINKS)
 PTS_DIR = "/dev/pts"              # the container's devpts instance (newinstance)
@@ -87,6 +87,17 @@ def new_console(sock: socket.socket, winsize: tuple[int, int] | None, prepare=No
     finally:
         os.close(master)                                 # the master never stays inside
     return slave
+
+
+def connect_console_socket(path: str) -> socket.socket:
+    """runc's --console-socket: the caller listens on this unix socket for the pty master."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise ContainerError(f"cannot connect to the console socket {path}: {e.strerror}") from None
+    return sock
 
 
 def check_ptmx(fd: int, ptmx: str = PTMX, pts: str = PTS_DIR) -> None:

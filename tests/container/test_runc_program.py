@@ -1,0 +1,192 @@
+"""pykvm-runc against runc: the same bundle, driven the way an engine drives a runtime
+(mini_engine.py: a subreaper that calls create, state, start, kill, waits, delete), gives
+the same states, exit statuses and error messages."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clitools import wait_for
+
+pytestmark = pytest.mark.root
+
+PYKVM_RUNC = Path(sys.executable).with_name("pykvm-runc")
+RUNC = shutil.which("runc")
+ENGINE = Path(__file__).with_name("mini_engine.py")
+# What runc's state prints beyond the spec's own keys; the values that differ by nature
+# (a PID, a time, the runtime's version) are compared by kind.
+STATE_KEYS = {"ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner", "annotations"}
+
+
+def set_process(bundle: Path, args: list[str]) -> None:
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = args
+    spec["annotations"] = {"org.example.test": "cross-check"}
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+
+def drive(runtime: str, root: Path, bundle: Path, cid: str, sig: str = "-") -> dict:
+    root.mkdir(exist_ok=True)
+    r = subprocess.run([sys.executable, ENGINE, runtime, root, bundle, cid, sig], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture
+def both(runc_bundle, tmp_path):
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+
+    def run(args: list[str], sig: str = "-") -> tuple[dict, dict]:
+        set_process(runc_bundle, args)
+        return (drive(str(PYKVM_RUNC), tmp_path / "pykvm", runc_bundle, "xcheck", sig),
+                drive(RUNC, tmp_path / "runc", runc_bundle, "xcheck", sig))
+    return run
+
+
+@pytest.mark.parametrize("args, sig, status", [
+    (["sh", "-c", "exit 7"], "-", 7),
+    (["sleep", "100"], "KILL", 137),
+    (["sleep", "100"], "9", 137),
+    (["sh", "-c", "trap 'exit 3' TERM; while :; do sleep 0.1; done"], "SIGTERM", 3),
+])
+def test_same_lifecycle_as_runc(both, args, sig, status):
+    ours, theirs = both(args, sig)
+    for run in (ours, theirs):
+        assert run["adopted"], "the container's process is the engine's child after create"
+        assert run["wait"] == status
+        assert [run[k]["status"] for k in ("create", "start", "delete")] == [0, 0, 0]
+        assert run["kill_stopped"]["status"] == 1
+        assert run["deleted"]["status"] == 1
+    # "running" of a command that exits by itself may already be "stopped": only a command
+    # that waits for its signal has a running state to compare.
+    for step in ("created", "running", "stopped") if sig != "-" else ("created", "stopped"):
+        a, b = ours[step], theirs[step]
+        assert set(a) == set(b) == STATE_KEYS, step
+        same = {k: (a[k], b[k]) for k in STATE_KEYS - {"ociVersion", "pid", "created"}}
+        assert all(x == y for x, y in same.values()), (step, same)
+        assert (a["pid"] == int(ours["pid_file"])) == (b["pid"] == int(theirs["pid_file"])), step
+    assert ours["stopped"]["pid"] == theirs["stopped"]["pid"] == 0
+
+
+def test_same_errors_as_runc(both):
+    """The words engines match, on stderr and as JSON lines in --log."""
+    ours, theirs = both(["true"])
+    for run in (ours, theirs):
+        assert run["kill_stopped"]["stderr"] == "container not running\n"
+        assert run["deleted"]["stderr"] == "container does not exist\n"
+        assert [e["msg"] for e in run["log"]] == ["container not running", "container does not exist"]
+        assert {e["level"] for e in run["log"]} == {"error"}
+        assert all(set(e) == {"level", "msg", "time"} for e in run["log"])
+
+
+def test_ps_pause_exec_kill_all_as_runc(runc_bundle, tmp_path):
+    """A running container's other operations, the same under both: ps --format json, pause
+    and resume (the freezer), exec with its arguments, kill --all."""
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+    set_process(runc_bundle, ["sh", "-c", "sleep 100 & wait"])
+    cid = f"ops-{os.getpid()}"              # the cgroup is named after it: not a past run's
+    seen = {}
+    for name, program in (("pykvm-runc", str(PYKVM_RUNC)), ("runc", RUNC)):
+        call = Runtime(program, tmp_path / name)
+        call("create", "--bundle", runc_bundle, cid, check=True)
+        try:
+            seen[name] = operate(call, cid)
+        finally:
+            call("resume", cid)
+            call("delete", "--force", cid)
+        seen[name]["listed after delete"] = call("list", "--quiet").stdout.split()
+    assert seen["pykvm-runc"] == seen["runc"]
+    assert seen["runc"]["ps"] == 2 and seen["runc"]["paused"] == "paused"
+
+
+def operate(call: Runtime, cid: str) -> dict:
+    """start, then what an engine does to a running container; what each step showed."""
+    call("start", cid, check=True)
+    steps = {"ps": len(json.loads(call("ps", "--format", "json", cid, check=True).stdout))}
+    call("pause", cid, check=True)
+    steps["paused"] = call.status(cid)
+    call("resume", cid, check=True)
+    steps["resumed"] = call.status(cid)
+    r = call("exec", cid, "sh", "-c", "echo in; exit 6")
+    steps["exec"] = (r.returncode, r.stdout)
+    call("kill", "--all", cid, "KILL", check=True)
+    wait_for(lambda: call.status(cid) == "stopped", timeout=30)
+    call("delete", cid, check=True)
+    return steps
+
+
+class Runtime:
+    """One runtime program with its own --root; output to files (see mini_engine.py)."""
+
+    def __init__(self, program: str, root: Path):
+        self.program, self.root = program, root
+        root.mkdir()
+
+    def __call__(self, *args, check: bool = False) -> subprocess.CompletedProcess:
+        out, err = self.root.with_suffix(".out"), self.root.with_suffix(".err")
+        with open(out, "w") as o, open(err, "w") as e:
+            r = subprocess.run([self.program, "--root", str(self.root), *map(str, args)], stdout=o,
+                               stderr=e, stdin=subprocess.DEVNULL, timeout=60)
+        r.stdout, r.stderr = out.read_text(), err.read_text()
+        if check:
+            assert r.returncode == 0, f"{self.program} {' '.join(map(str, args))}: {r.stderr}"
+        return r
+
+    def status(self, cid: str) -> str:
+        return json.loads(self("state", cid, check=True).stdout)["status"]
+
+
+def test_update_sets_the_same_limits_as_runc(runc_bundle, tmp_path):
+    """update --resources -: a LinuxResources object on stdin, as containerd sends it."""
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+    set_process(runc_bundle, ["sleep", "100"])
+    cid = f"update-{os.getpid()}"
+    resources = {"memory": {"limit": 64 << 20}, "pids": {"limit": 30},
+                 "cpu": {"quota": 50000, "period": 100000}}
+    seen = {}
+    for name, program in (("pykvm-runc", str(PYKVM_RUNC)), ("runc", RUNC)):
+        call = Runtime(program, tmp_path / name)
+        call("create", "--bundle", runc_bundle, cid, check=True)
+        try:
+            pid = json.loads(call("state", cid, check=True).stdout)["pid"]
+            r = subprocess.run([program, "--root", str(call.root), "update", "--resources", "-", cid],
+                               input=json.dumps(resources), capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            seen[name] = cgroup_values(pid, ["memory/memory.limit_in_bytes", "memory/memory.memsw.limit_in_bytes",
+                                             "pids/pids.max", "cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"])
+        finally:
+            call("delete", "--force", cid)
+    # Without memory.swap, runc leaves memory+swap as it was; pykvm sets it to the limit, as
+    # at create (no swapping past the limit).
+    ours, theirs = seen["pykvm-runc"], seen["runc"]
+    assert ours.pop("memory/memory.memsw.limit_in_bytes") in (str(64 << 20), None)
+    theirs.pop("memory/memory.memsw.limit_in_bytes")
+    assert ours == theirs
+    assert theirs["memory/memory.limit_in_bytes"] == str(64 << 20)
+
+
+def cgroup_values(pid: int, files: list[str]) -> dict[str, str]:
+    """cgroup v1 files of process `pid`'s own cgroups (/proc/PID/cgroup names them)."""
+    paths = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            paths[controller] = Path("/sys/fs/cgroup", controllers, path.lstrip("/"))
+    out = {}
+    for name in files:
+        controller, file = name.split("/")
+        if controller not in paths:
+            pytest.skip(f"no cgroup v1 {controller} controller here")
+        target = paths[controller] / file
+        out[name] = target.read_text().strip() if target.exists() else None
+    return out
