@@ -1,9 +1,13 @@
-"""Helpers of the escape suites (test_escapes_*.py): edit a bundle's config.json, check a refusal."""
+"""Helpers of the escape suites (test_escapes_*.py, test_seccomp.py): edit a bundle's config.json,
+check a refusal, build a static probe from C."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 
 def edit(bundle: Path, **changes) -> Path:
@@ -33,3 +37,13 @@ def runc_run(bundle: Path, state: Path, cid: str = "oracle") -> subprocess.Compl
     """The oracle: `runc run` of the same bundle, its state kept under `state`."""
     return subprocess.run(["runc", "--root", str(state), "run", "--bundle", str(bundle), cid],
                           capture_output=True, text=True, timeout=60)
+
+
+def build_static(source: str, directory: Path, name: str) -> Path:
+    """A static program from C `source` (it runs in any rootfs), or a skip without gcc."""
+    gcc = shutil.which("gcc")
+    if not gcc:
+        pytest.skip(f"needs gcc (Debian package gcc) to build the static {name}")
+    (directory / f"{name}.c").write_text(source)
+    subprocess.run([gcc, "-static", "-O", "-o", directory / name, directory / f"{name}.c"], check=True)
+    return directory / name

@@ -19,7 +19,7 @@ Four processes, each with one job and one module (the arrows are fork(2)):
       v
     command   (PID 2 inside): command.py
          oom_score_adj, umask, setsid, chdir, no_new_privs, capabilities, uid/gid,
-         only fds 0-2, execve(2)
+         only fds 0-2, the seccomp filter, execve(2)
 
 What they share (the event pipe, forking a child, stdio and fds) is in process.py.
 Nothing of this starts before the whole config is checked (validate.py).
@@ -92,6 +92,9 @@ class Container:
         self.mode = mode
         self.store = store or StateStore()
         self.warn = warn or (lambda msg: print(f"pykvm: warning: {msg}", file=sys.stderr))
+        if self.cfg.seccomp is not None and self.cfg.seccomp_filter is None:     # compiled once, here
+            from pykvm.container.runtime.seccomp import compile_filter
+            self.cfg = replace(self.cfg, seccomp_filter=compile_filter(self.cfg.seccomp, self.warn))
         self.id = self.cfg.id or new_id()
         self.state = ContainerState(
             id=self.id, name=self.cfg.name or self.id, bundle=self.cfg.bundle,
