@@ -156,9 +156,9 @@ STATUS_FIELDS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd",
 
 @pytest.mark.parametrize("options", [[], ["-u", "1000"], ["--cap-drop", "ALL"], ["--cap-add", "SYS_ADMIN"]])
 def test_init_has_no_more_privilege_than_the_command(pykvm, busybox_rootfs, options):
-    """PID 1 kept the host's full capability set for the container's life."""
+    """PID 1 (pykvm-init, --init) kept the host's full capability set for the container's life."""
     fields = "|".join(STATUS_FIELDS)
-    r = pykvm("container", "run", "--rm", *options, "--rootfs", busybox_rootfs, "sh", "-c",
+    r = pykvm("container", "run", "--rm", "--init", *options, "--rootfs", busybox_rootfs, "sh", "-c",
               f"grep -E '^({fields}):' /proc/1/status; echo --; grep -E '^({fields}):' /proc/self/status")
     assert r.returncode == 0, r.stderr
     init, _, command = r.stdout.partition("--\n")
@@ -309,10 +309,12 @@ def test_bad_hooks_are_refused_by_name(pykvm, runc_bundle, hooks, message):
 FORWARDED = ["ALRM", "CONT", "TSTP", "TTIN", "TTOU", "PIPE", "URG", "USR1", "WINCH", "34", "50", "64"]
 
 
-def test_kill_forwards_every_signal(pykvm, busybox_rootfs, state_root):
-    """pykvm-init dropped all but INT/TERM/HUP/QUIT/USR1/USR2/WINCH while `kill` said ok."""
+@pytest.mark.parametrize("init", [[], ["--init"]])
+def test_kill_forwards_every_signal(pykvm, busybox_rootfs, state_root, init):
+    """pykvm-init dropped all but INT/TERM/HUP/QUIT/USR1/USR2/WINCH while `kill` said ok.
+    Without it the command is PID 1 and gets them itself: it has a handler for each."""
     traps = "; ".join(f"trap 'echo got {s}' {s}" for s in FORWARDED)
-    r = pykvm("container", "run", "-d", "--name", "sigs", "--rootfs", busybox_rootfs, "sh", "-c",
+    r = pykvm("container", "run", "-d", "--name", "sigs", *init, "--rootfs", busybox_rootfs, "sh", "-c",
               f"{traps}; echo ready; while :; do sleep 0.05; done")
     assert r.returncode == 0, r.stderr
 

@@ -73,12 +73,15 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
 @click.option("--security-opt", multiple=True, metavar="OPT",
               help="seccomp=unconfined (no filter), seccomp=FILE (a profile instead of Docker's "
                    "default), no-new-privileges[=true|false] (default true).")
+@click.option("--init", "use_init", is_flag=True,
+              help="Run pykvm-init as PID 1, forwarding signals and reaping zombies (the command "
+                   "is PID 1 otherwise, as with Docker).")
 @click.option("--rootfs", type=click.Path(file_okay=False), help="Run this directory instead of an image.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
             network, publish, read_only, cap_add, cap_drop, interactive, tty, entrypoint, security_opt,
-            rootfs, args):
+            use_init, rootfs, args):
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
     from dataclasses import replace
 
@@ -127,7 +130,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
                   limits=limits, namespaces=namespaces,
                   readonly=read_only, interactive=interactive, tty=tty, etc_files=True,
                   network="bridge" if network == "bridge" else "", publish=ports,
-                  capabilities=cfg_caps or cfg.capabilities)
+                  capabilities=cfg_caps or cfg.capabilities, init=use_init)
     cfg = replace(cfg, **_security_options(security_opt, cfg.capabilities.get("bounding", [])))
     container = launch(cfg, DETACHED if detach else FOREGROUND)
     if detach:

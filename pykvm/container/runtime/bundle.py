@@ -100,7 +100,7 @@ def config_from_spec(spec: dict, bundle: str) -> RunConfig:
         no_new_privileges=bool(process.get("noNewPrivileges", False)),
         rlimits=_rlimits(process.get("rlimits", [])),
         tty=bool(process.get("terminal", False)),
-        init=False,                      # the process is PID 1, as with runc
+        init=False,                      # the process is PID 1, as with runc (the default too)
         bundle=bundle,
         annotations=_expect(spec.get("annotations", {}), dict, "annotations"),
         hooks=parse_hooks(spec.get("hooks", {})),

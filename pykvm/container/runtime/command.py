@@ -1,4 +1,4 @@
-"""The command: the last process of the tree (PID 2 inside, or PID 1 without pykvm-init),
+"""The command: the last process of the tree (PID 1 inside, or PID 2 under pykvm-init),
 and the steps by which it becomes the user's program.
 
     command   (forked by init, or by exec's joiner)

@@ -65,7 +65,7 @@ class RunConfig:
     rlimits: list[tuple[str, int, int]] = field(default_factory=lambda: [("RLIMIT_NOFILE", 1024, 1024)])
     tty: bool = False
     interactive: bool = False                  # keep stdin (else /dev/null)
-    init: bool = True                          # PID 1 is our init (Docker --init); False: the command (runc)
+    init: bool = False                         # PID 1 is the command (runc, Docker); True: our init (--init)
     id: str | None = None
     name: str | None = None
     remove: bool = False                       # --rm: forget the container once it exits

@@ -6,7 +6,7 @@ the container ended.
       |  child is PID 1 of a new PID namespace; then waits for that child,
       |  records the exit status (exit.json), removes the cgroup
       v
-    init      (PID 1 inside: init.py)
+    init      (PID 1 inside: init.py; it becomes the command, or with --init forks it)
 
 With -d -t the monitor also holds the pty master and copies the container's output to
 container.log.  In the foreground, if the launcher dies, the monitor kills the container
