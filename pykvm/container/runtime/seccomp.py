@@ -200,7 +200,7 @@ def export_pfc(profile: Profile) -> str:
 
 def _export(profile: Profile, form: str, warn) -> bytes:
     """Build the filter in libseccomp and write it out as `form` (bpf or pfc)."""
-    from pykvm.container.runtime._seccomp_cffi import lib
+    lib = _libseccomp().lib
     ctx = _new_context(profile)
     try:
         default = _action_value(profile.default_action, profile.default_errno_ret)
@@ -217,10 +217,18 @@ def _export(profile: Profile, form: str, warn) -> bytes:
         lib.seccomp_release(ctx)
 
 
+def _libseccomp():
+    """libseccomp's cffi module (_seccomp_build.py), imported when a profile is compiled:
+    loading the library costs ~1.5 ms that a container without a profile need not pay,
+    nor `exec`, which loads a program compiled before."""
+    from pykvm.container.runtime import _seccomp_cffi
+    return _seccomp_cffi
+
+
 def _new_context(profile: Profile):
     """seccomp_init(default action) and the extra architectures.  libseccomp must not set
     no_new_privs itself: command.py decides that (process.noNewPrivileges), as runc does."""
-    from pykvm.container.runtime._seccomp_cffi import ffi, lib
+    ffi, lib = _libseccomp().ffi, _libseccomp().lib
     ctx = lib.seccomp_init(_action_value(profile.default_action, profile.default_errno_ret))
     if ctx == ffi.NULL:
         raise ConfigError(f"libseccomp refused the default action {profile.default_action}")
@@ -241,7 +249,7 @@ def _add_rule(ctx, name: str, rule: Rule, default: int, warn) -> None:
     unknown name is skipped (this kernel and libseccomp do not have it); conditions on
     the same argument twice become one rule each (libseccomp ANDs the conditions of a
     rule, and cannot AND two on one argument), else all go in one rule."""
-    from pykvm.container.runtime._seccomp_cffi import ffi, lib
+    ffi, lib = _libseccomp().ffi, _libseccomp().lib
     action = _action_value(rule.action, rule.errno_ret)
     if action == default:
         return
@@ -263,7 +271,7 @@ def _add_rule(ctx, name: str, rule: Rule, default: int, warn) -> None:
 
 def _action_value(action: str, errno_ret: int | None) -> int:
     """runc's getAction: KILL is KILL_THREAD; ERRNO and TRACE default to EPERM."""
-    from pykvm.container.runtime._seccomp_cffi import lib
+    lib = _libseccomp().lib
     if action == "SCMP_ACT_ERRNO":
         return lib.act_errno(errno.EPERM if errno_ret is None else errno_ret)
     if action == "SCMP_ACT_TRACE":
