@@ -285,6 +285,17 @@ def test_detached_logs_stop_rm(pykvm, busybox_rootfs, state_root):
     assert list(state_root.iterdir()) == []
 
 
+@pytest.mark.parametrize("init,status", [([], "exited (137)"), (["--init"], "exited (143)")])
+def test_stop_a_command_without_a_sigterm_handler(pykvm, busybox_rootfs, state_root, init, status):
+    """`sleep` as PID 1 has no SIGTERM handler, so the kernel drops stop's SIGTERM and the
+    grace period ends in SIGKILL, as with `docker stop`; under --init, pykvm-init forwards
+    SIGTERM to `sleep` (PID 2), which dies of it."""
+    cid = pykvm("container", "run", "-d", *init, "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
+    assert pykvm("container", "stop", "-t", "1", cid).stdout.strip() == cid
+    assert status in pykvm("container", "ps", "-a").stdout
+    assert pykvm("container", "rm", cid).returncode == 0
+
+
 def test_kill_and_rm_force(pykvm, busybox_rootfs, state_root):
     cid = pykvm("container", "run", "-d", "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
     r = pykvm("container", "rm", cid)
