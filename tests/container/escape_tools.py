@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,11 @@ def refused(r: subprocess.CompletedProcess, message: str = "", code: int = 2) ->
     return r.stderr
 
 
-def runc_run(bundle: Path, state: Path, cid: str = "oracle") -> subprocess.CompletedProcess:
-    """The oracle: `runc run` of the same bundle, its state kept under `state`."""
+def runc_run(bundle: Path, state: Path, cid: str | None = None) -> subprocess.CompletedProcess:
+    """The oracle: `runc run` of the same bundle, its state kept under `state`.  A name of its
+    own by default: without a cgroupsPath runc's cgroup is /<id>, which one fixed name would
+    share with every other test running runc on this machine at the same time."""
+    cid = cid or f"oracle-{uuid.uuid4().hex[:12]}"
     return subprocess.run(["runc", "--root", str(state), "run", "--bundle", str(bundle), cid],
                           capture_output=True, text=True, timeout=60)
 

@@ -228,7 +228,8 @@ def _libseccomp():
 def _new_context(profile: Profile):
     """seccomp_init(default action) and the extra architectures.  libseccomp must not set
     no_new_privs itself: command.py decides that (process.noNewPrivileges), as runc does."""
-    ffi, lib = _libseccomp().ffi, _libseccomp().lib
+    c = _libseccomp()
+    ffi, lib = c.ffi, c.lib
     ctx = lib.seccomp_init(_action_value(profile.default_action, profile.default_errno_ret))
     if ctx == ffi.NULL:
         raise ConfigError(f"libseccomp refused the default action {profile.default_action}")
@@ -249,7 +250,8 @@ def _add_rule(ctx, name: str, rule: Rule, default: int, warn) -> None:
     unknown name is skipped (this kernel and libseccomp do not have it); conditions on
     the same argument twice become one rule each (libseccomp ANDs the conditions of a
     rule, and cannot AND two on one argument), else all go in one rule."""
-    ffi, lib = _libseccomp().ffi, _libseccomp().lib
+    c = _libseccomp()
+    ffi, lib = c.ffi, c.lib
     action = _action_value(rule.action, rule.errno_ret)
     if action == default:
         return
