@@ -152,22 +152,19 @@ def _security_options(options: tuple[str, ...], bounding: list[str]) -> dict:
     from pykvm.container.runtime.docker_seccomp import load_profile_file, oci_profile
     from pykvm.container.runtime.seccomp import parse_profile
     from pykvm.errors import ConfigError
-    seccomp, where, no_new_privileges = None, "", True
+    profile = replace(parse_profile(oci_profile(bounding), "the default seccomp profile"), warn_unknown=False)
+    no_new_privileges = True
     for option in options:
-        key, _, value = option.replace(":", "=", 1).partition("=")
+        key, _, value = option.partition("=" if "=" in option else ":")
         if key == "seccomp" and value == "unconfined":
-            seccomp, where = {}, ""
+            profile = None
         elif key == "seccomp" and value:
-            seccomp, where = load_profile_file(value, bounding), f"{value}: seccomp"
+            profile = parse_profile(load_profile_file(value, bounding), f"{value}: seccomp")
         elif key == "no-new-privileges" and value in ("", "true", "false"):
             no_new_privileges = value != "false"
         else:
             raise ConfigError(f"--security-opt {option}: want seccomp=unconfined, seccomp=FILE or "
                               f"no-new-privileges[=true|false] (pykvm applies no AppArmor or SELinux)")
-    if seccomp is None:
-        profile = replace(parse_profile(oci_profile(bounding), "the default seccomp profile"), warn_unknown=False)
-    else:
-        profile = parse_profile(seccomp, where) if seccomp else None
     return {"seccomp": profile, "no_new_privileges": no_new_privileges}
 
 
