@@ -181,3 +181,32 @@ def test_docker_profile_compiles_for_this_libseccomp():
     warnings = []
     flt = compile_filter(parse_profile(oci_profile(["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"])), warnings.append)
     assert warnings == [] and 0 < len(flt.program) // 8 <= 4096
+
+
+def raw_syscall(number: int, *args):
+    """A call by number (libc's syscall(2)), an OSError if it fails."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    def call():
+        if libc.syscall(number, *args) == -1:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return call
+
+
+def test_calls_above_the_profile_fail_with_enosys_as_under_runc():
+    """runc's stub: above the highest call Docker's profile names is "no such call" (ENOSYS);
+    a known call the profile leaves out is EPERM; keyctl is 250 on x86-64, 1000 is no call."""
+    profile = oci_profile(["CAP_KILL"])
+    assert under_filter(profile, raw_syscall(250, 0, 0), raw_syscall(1000), os.getpid) == \
+        [errno.EPERM, errno.ENOSYS, "ok"]
+
+
+def test_no_stub_where_nothing_would_fall_back():
+    """A permissive default, or a default of ENOSYS already: libseccomp's program alone."""
+    for default in ({"defaultAction": "SCMP_ACT_ALLOW"},
+                    {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": errno.ENOSYS}):
+        profile = parse_profile({**default, "architectures": ["SCMP_ARCH_X86_64"],
+                                 "syscalls": [{"names": ["uname"], "action": "SCMP_ACT_LOG"}]})
+        lines = disassemble(compile_filter(profile).program)
+        assert lines[1].split(": ")[1].startswith("jeq #0xc000003e, 2,"), lines   # libseccomp's arch check
+        assert "ret #0x00050026" not in "\n".join(lines[:3]), lines

@@ -19,8 +19,8 @@ runtime-spec config-linux.md "Seccomp" describes the profile in config.json:
 The profile is read into a Profile here (every field checked: a bad profile is one
 line naming the field), compiled by libseccomp (runc's compiler: the names resolved
 for each architecture, a 64-bit argument compared as two 32-bit halves, x86's
-socketcall and ipc multiplexers) in the launcher, once, into a Filter: the BPF program
-and the flags.  The container's command loads it with seccomp(2) right before execve
+socketcall and ipc multiplexers) in the launcher, once, into a Filter: the BPF program,
+behind runc's ENOSYS stub (_enosys_stub), and the flags.  The container's command loads it with seccomp(2) right before execve
 (command.py), as runc's standard_init does; `exec` loads the same Filter, kept in
 state.json.  Unknown syscall names are skipped with a warning, as runc skips them.
 """
@@ -186,7 +186,7 @@ def _expect(value, kind, where: str):
 def compile_filter(profile: Profile, warn=None) -> Filter:
     """The profile -> a BPF program (seccomp_export_bpf), in runc's order: the default
     action, the architectures, then one libseccomp rule per name."""
-    program = _export(profile, "bpf", warn if profile.warn_unknown else None)
+    program = _enosys_stub(profile) + _export(profile, "bpf", warn if profile.warn_unknown else None)
     if len(program) // SOCK_FILTER.size > MAX_INSNS:
         raise ConfigError(f"the seccomp profile compiles to {len(program) // SOCK_FILTER.size} BPF "
                           f"instructions; the kernel takes at most {MAX_INSNS}")
@@ -215,6 +215,97 @@ def _export(profile: Profile, form: str, warn) -> bytes:
             os.close(fd)
     finally:
         lib.seccomp_release(ctx)
+
+
+# --- runc's -ENOSYS stub: calls newer than the profile fail as the kernel would fail them ----
+
+X32_SYSCALL_BIT = 0x40000000      # <asm/unistd.h> __X32_SYSCALL_BIT: an x32 call's number has it set
+PERMISSIVE = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_TRACE")
+BPF_LD_W_ABS, BPF_JMP_JA, BPF_JEQ_K, BPF_JGT_K, BPF_JSET_K, BPF_RET_K = 0x20, 0x05, 0x15, 0x25, 0x45, 0x06
+
+
+def _enosys_stub(profile: Profile) -> bytes:
+    """runc's patchbpf: a few instructions put in front of libseccomp's program, so that a
+    system call numbered above every call the profile names, for its architecture, fails
+    with ENOSYS instead of the default action.  A call newer than the profile is one the
+    profile's author never heard of; ENOSYS ("no such call") is what makes glibc fall back
+    to an older one (clone3 -> clone, fchmodat2 -> fchmodat), where EPERM would be an error.
+    None for a permissive default (nothing to fall back from) or one that is ENOSYS already.
+
+        ld  [arch]
+        jeq #AUDIT_ARCH_X86_64, x86_64, +0      one per architecture of the profile
+        jeq #AUDIT_ARCH_I386, i386, +0
+        ja  filter                              (anything else: libseccomp decides)
+    x86_64:
+        ld  [nr]
+        jset #X32_SYSCALL_BIT, x32, amd64       x32 calls share the architecture
+    amd64:  jgt #LAST, enosys, filter
+    x32:    jgt #LAST_X32, enosys, filter
+    i386:   ld [nr]; jgt #LAST, enosys, filter
+    enosys: ret ERRNO(ENOSYS)
+    filter: libseccomp's program
+    """
+    if profile.default_action in PERMISSIVE or (profile.default_action == "SCMP_ACT_ERRNO"
+                                                and profile.default_errno_ret == errno.ENOSYS):
+        return b""
+    last = _last_syscalls(profile)
+    if not last:
+        return b""
+    lib = _libseccomp().lib
+    x86_64, i386 = lib.SCMP_ARCH_X86_64 & 0xFFFFFFFF, lib.SCMP_ARCH_X86 & 0xFFFFFFFF
+    program = [(BPF_LD_W_ABS, "", "", 4)]
+    sections = []
+    if "amd64" in last or "x32" in last:
+        program.append((BPF_JEQ_K, "x86_64", "", x86_64))
+        sections += [("x86_64", (BPF_LD_W_ABS, "", "", 0)),
+                     ("", (BPF_JSET_K, "x32", "amd64", X32_SYSCALL_BIT)),
+                     ("amd64", _above(last.get("amd64"))), ("x32", _above(last.get("x32")))]
+    if "i386" in last:
+        program.append((BPF_JEQ_K, "i386", "", i386))
+        sections += [("i386", (BPF_LD_W_ABS, "", "", 0)), ("", _above(last["i386"]))]
+    program.append((BPF_JMP_JA, "", "", "filter"))
+    labels = {}
+    for label, insn in sections:
+        if label:
+            labels[label] = len(program)
+        program.append(insn)
+    labels["enosys"] = len(program)
+    program.append((BPF_RET_K, "", "", _action_value("SCMP_ACT_ERRNO", errno.ENOSYS)))
+    labels["filter"] = len(program)
+    return b"".join(_assemble(pc, insn, labels) for pc, insn in enumerate(program))
+
+
+def _above(last: int | None) -> tuple:
+    """Numbers above `last` get ENOSYS; the rest go to the filter (all of them: no `last`)."""
+    if last is None:
+        return (BPF_JMP_JA, "", "", "filter")
+    return (BPF_JGT_K, "enosys", "filter", last)
+
+
+def _assemble(pc: int, insn: tuple, labels: dict) -> bytes:
+    """One struct sock_filter; jump targets given as labels become offsets from pc + 1."""
+    code, jt, jf, k = insn
+    def offset(label):
+        return labels[label] - pc - 1 if label else 0
+    if code == BPF_JMP_JA:
+        return SOCK_FILTER.pack(code, 0, 0, offset(k))
+    return SOCK_FILTER.pack(code, offset(jt), offset(jf), k)
+
+
+def _last_syscalls(profile: Profile) -> dict[str, int]:
+    """runc's findLastSyscalls: for each x86 ABI the profile lists, the highest number of a
+    call it names (x32's with X32_SYSCALL_BIT set, as the kernel sees them)."""
+    lib = _libseccomp().lib
+    abis = {"SCMP_ARCH_X86_64": "amd64", "SCMP_ARCH_X32": "x32", "SCMP_ARCH_X86": "i386"}
+    last = {}
+    for arch in profile.architectures:
+        if arch not in abis:
+            continue                         # never seen on an x86-64 host
+        numbers = [lib.seccomp_syscall_resolve_name_arch(getattr(lib, arch), name.encode())
+                   for rule in profile.rules for name in rule.names]
+        if max(numbers, default=0) > 0:
+            last[abis[arch]] = max(numbers)
+    return last
 
 
 def _libseccomp():
