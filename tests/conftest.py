@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,3 +65,30 @@ def _per_test_timeout():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# --- a network namespace of the test's own (the network tests: containers, VMs) ---------
+
+NETNS_TIMEOUT = 60          # seconds for one command run inside it
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of the test's own, with lo up; deleted (with all in it) after."""
+    if not os.path.exists("/usr/bin/nsenter"):
+        pytest.skip("needs nsenter (util-linux)")
+    name = f"pykvmt-{os.urandom(4).hex()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def in_ns(netns):
+    """Run a command in the test's namespace (the containers' and VMs' "host")."""
+    def run(*argv, **kw):
+        kw.setdefault("capture_output", True)
+        return subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", *map(str, argv)],
+                              text=True, timeout=NETNS_TIMEOUT, **kw)
+    return run

@@ -132,6 +132,19 @@ class ToyDriver:
         _, _, used = self.rings(queue)
         return struct.unpack("<H", self.memory.read(used + offset, 2))[0]
 
+    def scramble(self, queue: int, rng) -> None:
+        """Random bytes for queue `queue`'s descriptor table (addresses and lengths mostly
+        inside RAM) and the head of its available ring: a hostile ring for fuzzing."""
+        desc, avail, _ = self.rings(queue)
+        entries = self.sizes[queue]
+        table = bytearray(rng.randbytes(DESC.size * entries))
+        for i in range(entries):
+            if rng.random() < 0.7:
+                struct.pack_into("<Q", table, DESC.size * i, rng.randrange(0, self.memory.size))
+                struct.pack_into("<I", table, DESC.size * i + 8, rng.randrange(0, 4096))
+        self.memory.write(desc, bytes(table))
+        self.memory.write(avail, rng.randbytes(4 + 2 * entries))
+
     def close(self) -> None:
         self.transport.reset()
         self.device.close()

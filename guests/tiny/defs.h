@@ -154,6 +154,11 @@ void cmd_dread(int argc, char **argv);
 void cmd_dwrite(int argc, char **argv);
 void cmd_dbench(int argc, char **argv);
 
+/* net.c: ip= from the command line; the shell's network commands */
+void net_init(const char *cmdline);
+void cmd_net(int argc, char **argv);
+void cmd_ping(int argc, char **argv);
+
 /* main.c */
 extern char boot_cmdline[];
 

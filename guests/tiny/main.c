@@ -63,6 +63,7 @@ void kmain(const struct hvm_start_info *si)
     kprintf("%s %s: %lu MiB RAM, %d CPU%s, timer %d Hz, %d user programs. Type 'help'.\n",
             KERNEL_NAME, KERNEL_VERSION, ram_bytes >> 20, ncpu_started, ncpu_started > 1 ? "s" : "",
             TIMER_HZ, userprog_count);
-    virtio_init(boot_cmdline);   /* virtio_mmio.device= words: disks   */
+    net_init(boot_cmdline);      /* ip= : the network address, if any  */
+    virtio_init(boot_cmdline);   /* virtio_mmio.device= words: disks, network card */
     shell_run(boot_script());
 }

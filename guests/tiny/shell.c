@@ -187,6 +187,8 @@ static const struct command commands[] = {
     { "dread", "[vdX] N", "hex dump of disk sector N", cmd_dread },
     { "dwrite", "[vdX] N ..", "write the words after N to disk sector N", cmd_dwrite },
     { "dbench", "seq|rand N", "time N MiB of 1 MiB reads (seq) or N 4 KiB reads", cmd_dbench },
+    { "net", "", "network card: MAC, address, frame counters", cmd_net },
+    { "ping", "ADDR [N]", "N ICMP echo requests (default 3), answers printed", cmd_ping },
     { "poweroff", "", "ACPI power off: the VMM exits with status 0", cmd_poweroff },
     { "reboot", "", "reset through the 8042 keyboard controller", cmd_reboot },
     { "exit", "N", "debug-exit port: the VMM exits with status 2N+1", cmd_exit },

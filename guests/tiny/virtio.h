@@ -8,6 +8,7 @@
  *   2.2    feature bits                 VIRTIO_F_*
  *   2.7    split virtqueues             struct virtq (virtq.c)
  *   4.2    virtio over MMIO, version 2  VIRTIO_MMIO_* (virtio_mmio.c)
+ *   5.1    network device               virtio_net.c (net.c: the protocols above it)
  *   5.2    block device                 virtio_blk.c
  */
 #ifndef TINY_VIRTIO_H
@@ -60,6 +61,7 @@
 #define VIRTIO_F_VERSION_1             32      /* compliant with virtio 1.x, not legacy */
 
 /* 5 Device Types */
+#define VIRTIO_ID_NET                  1
 #define VIRTIO_ID_BLOCK                2
 
 /* One virtio-mmio device, as found on the kernel command line. */
@@ -71,6 +73,7 @@ struct virtio_dev {
     uint32_t device_id;
     uint64_t features;         /* the features both sides agreed on           */
     uint64_t interrupts;       /* how many times its interrupt arrived        */
+    void (*on_interrupt)(struct virtio_dev *d);   /* the driver's work, or NULL */
 };
 
 /* virtio_mmio.c: the transport */
@@ -138,5 +141,24 @@ int disk_read(struct disk *dk, uint64_t sector, void *buf, uint32_t count);
 int disk_write(struct disk *dk, uint64_t sector, const void *buf);
 int disk_flush(struct disk *dk);
 const char *blk_status_name(int status);
+
+/* virtio_net.c: the network device (5.1); net.c speaks Ethernet, ARP, IPv4, ICMP on it */
+#define ETH_FRAME_MAX 1514         /* header + 1500-byte MTU (no VLAN tag, no FCS) */
+
+struct net_counters {
+    uint64_t rx_frames, tx_frames;
+    uint64_t rx_dropped;           /* too long, or a header we cannot read */
+    uint64_t tx_dropped;           /* no free transmit buffer */
+};
+
+struct spinlock;
+extern struct spinlock netlock;    /* held around the card's rings and net.c's state */
+void virtio_net_attach(struct virtio_dev *d);
+int virtio_net_present(void);
+const uint8_t *virtio_net_mac(void);
+int virtio_net_send(const void *frame, uint32_t len);     /* with netlock held */
+void virtio_net_poll(void);
+const struct net_counters *virtio_net_counters(void);
+void net_input(const uint8_t *frame, uint32_t len);     /* net.c: one received frame */
 
 #endif

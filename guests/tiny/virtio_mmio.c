@@ -23,7 +23,8 @@
  *   7. device-specific set-up: the virtqueues (4.2.3.2), the config space
  *   8. set DRIVER_OK: the device is live
  *
- * Steps 1-6 are virtio_negotiate, 7 the device driver (virtio_blk.c) with
+ * Steps 1-6 are virtio_negotiate, 7 the device driver (virtio_blk.c,
+ * virtio_net.c) with
  * virtio_queue_setup, 8 virtio_driver_ok.
  */
 #include "defs.h"
@@ -289,8 +290,11 @@ uint32_t virtio_config32(const struct virtio_dev *d, uint32_t off)
 void virtio_intr(int irq)
 {
     for (int i = 0; i < ndevices; i++)
-        if (devices[i].irq == irq && virtio_ack_interrupt(&devices[i]))
+        if (devices[i].irq == irq && virtio_ack_interrupt(&devices[i])) {
             devices[i].interrupts++;
+            if (devices[i].on_interrupt)
+                devices[i].on_interrupt(&devices[i]);
+        }
 }
 
 /* Route d's interrupt to virtio_intr; 0 if it will arrive, -1 if the
@@ -343,6 +347,8 @@ void virtio_init(const char *cmdline)
         ndevices++;
         if (d->device_id == VIRTIO_ID_BLOCK)
             virtio_blk_attach(d);
+        else if (d->device_id == VIRTIO_ID_NET)
+            virtio_net_attach(d);
         else
             kprintf("virtio %lx: device type %u, no driver for it\n", d->base, d->device_id);
     }

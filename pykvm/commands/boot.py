@@ -1,16 +1,22 @@
 """`pykvm boot`: build a VM, connect the serial console to this terminal, run it."""
 from __future__ import annotations
 
+import os
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from pykvm.vm.guests import guest_list
 
-__all__ = ["boot", "run_machine", "SNAPSHOT_SIGNAL"]
+__all__ = ["boot", "run_machine", "SNAPSHOT_SIGNAL", "vm_network", "mac_for_address",
+           "ip_argument", "DEFAULT_MAC"]
 
 SNAPSHOT_SIGNAL = signal.SIGUSR2    # `kill -USR2 PID`: write a snapshot (SIGUSR1 kicks vCPUs)
+DEFAULT_MAC = "52:54:00:12:34:56"   # --net tap=NAME without mac=: QEMU's default
+MAC_PREFIX = "52:54:00"             # locally administered, the prefix QEMU and libvirt use
+GUEST_IFNAME = "eth0"               # the interface ip= names, in the guest
 
 
 @click.command(epilog="\b\nBundled guests (GUEST):\n" + guest_list())
@@ -53,11 +59,15 @@ SNAPSHOT_SIGNAL = signal.SIGUSR2    # `kill -USR2 PID`: write a snapshot (SIGUSR
               type=click.Choice(["eventfd", "exit"]),
               help="How virtio kicks and interrupts travel: ioeventfd/irqfd and a worker "
                    "thread, or plain MMIO exits handled on the vCPU thread.")
+@click.option("--net", "net", default=None, metavar="bridge|tap=NAME[,mac=MAC]",
+              help="A virtio-net card.  bridge: on pykvm's bridge network, beside the containers "
+                   "(an address leased, given to the guest as ip= on its command line); "
+                   "tap=NAME: on the existing tap device NAME, as QEMU's -netdev tap,ifname=NAME.")
 @click.option("--snapshot-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Ctrl-A s or SIGUSR2 pauses the VM and writes a snapshot here (then it runs on); "
                    "`pykvm restore DIR` resumes it.")
 def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, cpus, trace,
-         stall_timeout, gdb, gdb_wait, disks, console, rng, virtio_notify, snapshot_dir):
+         stall_timeout, gdb, gdb_wait, disks, console, rng, virtio_notify, net, snapshot_dir):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -89,13 +99,92 @@ def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, c
         from pykvm.vm.snapshot import check_target
 
         check_target(snapshot_dir)          # never overwrite what is not a snapshot
-    virtio = VirtioConfig(disks=[parse_disk(d) for d in disks], console=console == "virtio",
-                          rng=rng, notify=virtio_notify)
-    config = MachineConfig(kernel=kernel, memory=memory, cmdline=cmdline or "", initrd=initrd,
-                           modules=[parse_module(m) for m in modules], kernel_format=kernel_format,
-                           devices=devices, cpus=cpus, trace=trace, stall_timeout=stall_timeout,
-                           gdb=gdb, gdb_wait=gdb_wait, virtio=virtio, snapshot_dir=snapshot_dir)
-    raise SystemExit(run_machine(config))
+    disk_specs, module_specs = [parse_disk(d) for d in disks], [parse_module(m) for m in modules]
+    with vm_network(net) as (net_spec, ip_word):
+        virtio = VirtioConfig(disks=disk_specs, console=console == "virtio", rng=rng,
+                              net=net_spec, notify=virtio_notify)
+        config = MachineConfig(kernel=kernel, memory=memory, initrd=initrd, modules=module_specs,
+                               cmdline=cmdline or "", cmdline_extra=ip_word,
+                               kernel_format=kernel_format, devices=devices, cpus=cpus,
+                               trace=trace, stall_timeout=stall_timeout, gdb=gdb,
+                               gdb_wait=gdb_wait, virtio=virtio, snapshot_dir=snapshot_dir)
+        status = run_machine(config)
+    raise SystemExit(status)
+
+
+@contextmanager
+def vm_network(option: str | None):
+    """--net: yields (a NetSpec for the virtio-net card, the `ip=` word for the kernel command
+    line); (None, "") without --net.  Everything it made is undone on the way out."""
+    if option is None:
+        yield None, ""
+    elif option == "bridge":
+        with _on_the_bridge() as result:
+            yield result
+    else:
+        from pykvm.vm.devices.virtio.attach import NetSpec
+        from pykvm.vm.devices.virtio.tap import Tap
+
+        name, mac = _parse_tap_option(option)
+        tap = Tap.open(name)
+        try:
+            yield NetSpec(tap, mac), ""
+        finally:
+            tap.close()
+
+
+@contextmanager
+def _on_the_bridge():
+    """--net bridge: a lease on pykvm's bridge (judged by this process's life), a tap made
+    for this VM and plugged into the bridge, a MAC from the address; all given back after."""
+    from pykvm.container.runtime import network
+    from pykvm.errors import ConfigError
+    from pykvm.vm.devices.virtio.attach import NetSpec
+    from pykvm.vm.devices.virtio.tap import Tap
+
+    if os.geteuid() != 0:
+        raise ConfigError("--net bridge needs root (it makes a bridge and a tap device); "
+                          "rootless, use --net tap=NAME on a tap made for you")
+    vm_id = os.urandom(6).hex()
+    lease = network.reserve_vm(vm_id, f"vm-{vm_id[:6]}")
+    try:
+        tap = Tap.open(lease.tap)
+        try:
+            network.plug_tap(lease, tap.name)
+            yield NetSpec(tap, mac_for_address(lease.address)), ip_argument(lease)
+        finally:
+            tap.close()
+    finally:
+        network.release(vm_id)
+
+
+def _parse_tap_option(option: str) -> tuple[str, bytes]:
+    """`tap=NAME[,mac=MAC]` -> (NAME, the MAC's 6 bytes); ConfigError for anything else."""
+    from pykvm.errors import ConfigError
+    from pykvm.vm.devices.virtio.net import parse_mac
+
+    usage = f"--net {option}: want bridge, or tap=NAME[,mac={DEFAULT_MAC}]"
+    tap, _, rest = option.partition(",")
+    if not tap.startswith("tap=") or not tap[4:] or (rest and not rest.startswith("mac=")):
+        raise ConfigError(usage)
+    try:
+        mac = parse_mac(rest[4:] if rest else DEFAULT_MAC)
+    except ValueError as e:
+        raise ConfigError(f"--net {option}: {e}") from None
+    if mac[0] & 1:
+        raise ConfigError(f"--net {option}: a multicast MAC (first byte odd) cannot be a card's")
+    return tap[4:], mac
+
+
+def mac_for_address(address: str) -> bytes:
+    """52:54:00 and the address's last three bytes: 10.213.0.2 -> 52:54:00:d5:00:02."""
+    return bytes.fromhex(MAC_PREFIX.replace(":", "")) + bytes(int(b) for b in address.split(".")[1:])
+
+
+def ip_argument(lease) -> str:
+    """Linux's ip= (nfsroot.rst), which the tiny kernel reads too:
+    ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF."""
+    return f"ip={lease.address}::{lease.network.gateway}:{lease.netmask}::{GUEST_IFNAME}:off"
 
 
 def _is_bzimage(kernel: Path) -> bool:

@@ -37,8 +37,9 @@ the KVM_RUN ioctl, so the vCPUs run guest code at the same time; they take the
 GIL only to handle an exit.  Any stop (a device's, Ctrl-A x, a closed stdout,
 an error on any vCPU) sets exit_status once and kicks every other vCPU out of
 KVM_RUN (_kick_others); run() joins the threads and returns or raises.
-request_snapshot() (Ctrl-A s, SIGUSR2) pauses vCPU 0 between two exits, writes a
-snapshot to config.snapshot_dir (pykvm.vm.snapshot) and lets the guest go on.
+request_snapshot() (Ctrl-A s, SIGUSR2) kicks every vCPU out of KVM_RUN and parks
+them at a barrier (SnapshotPause); once all are there, one of them writes a snapshot
+to config.snapshot_dir (pykvm.vm.snapshot) and all of them go on.
 A watchdog per vCPU (pykvm.vm.watchdog) looks at a vCPU that has gone quiet:
 halted with interrupts off (the VM stops once every vCPU is), or spinning
 without exits.
@@ -68,7 +69,7 @@ from pykvm.vm.kvm.vm import PIT_SPEAKER_DUMMY
 from pykvm.vm.memory import GuestMemory
 from pykvm.vm.watchdog import HALTED_WITH_INTERRUPTS_OFF, Watchdog
 
-__all__ = ["Machine", "MachineConfig", "DEFAULT_MEMORY", "MAX_CPUS", "PORTS", "KICK_SIGNAL"]
+__all__ = ["Machine", "MachineConfig", "SnapshotPause", "DEFAULT_MEMORY", "MAX_CPUS", "PORTS", "KICK_SIGNAL"]
 
 log = logging.getLogger("pykvm.vm.machine")
 
@@ -98,6 +99,7 @@ class MachineConfig:
     kernel: Path
     memory: int = DEFAULT_MEMORY
     cmdline: str = ""
+    cmdline_extra: str = ""          # words pykvm adds after the devices' (--net bridge: ip=)
     initrd: Path | None = None
     modules: list[tuple[Path, str]] = field(default_factory=list)  # Multiboot: (file, arguments)
     kernel_format: str = "auto"      # auto, pvh, bzimage, multiboot, multiboot2, raw (boot/loader.py)
@@ -126,7 +128,7 @@ class Machine:
         self._threads: dict[int, int] = {}     # vCPU id -> its running thread's ident
         self._halted_for_good: set[int] = set()   # vCPUs the watchdog found halted with IF=0
         self.watchdogs: dict[int, Watchdog] = {}   # vCPU id -> its watchdog, while its thread runs
-        self._snapshot_requested = False       # set by request_snapshot(), taken by vCPU 0's loop
+        self._snapshot_pause: SnapshotPause | None = None   # request_snapshot(): every vCPU parks
         # Parts _build() makes; None until made, so close() can tear down a half-built VM.
         self.kvm = self.vm = self.memory = self.virtio = self.serial = self.gdb = None
         self._console_output: ConsoleOutput | None = None   # stdout's writer, unless config.output
@@ -259,6 +261,9 @@ class Machine:
             if self.exit_status is None:
                 self.exit_status = status
             self._kick_others()
+            pause, self._snapshot_pause = self._snapshot_pause, None
+        if pause is not None:
+            pause.release()                      # vCPUs parked for a snapshot go (and end)
 
     def _fail(self, error: BaseException) -> None:
         """A vCPU thread hit `error`: remember the first one, stop every vCPU; run() raises it."""
@@ -322,39 +327,53 @@ class Machine:
 
     # --- snapshots --------------------------------------------------------------
     def request_snapshot(self) -> None:
-        """Ask vCPU 0's run loop to pause, write a snapshot to config.snapshot_dir, and go on
-        (any thread)."""
+        """Ask every vCPU to pause, write a snapshot to config.snapshot_dir, and go on (any thread).
+
+        Each vCPU thread, kicked out of KVM_RUN, parks on its Interrupted exit
+        (_pause_for_snapshot); once all have arrived, one of them writes the
+        snapshot while the others wait, then all run on.  A stop during the
+        pause releases every waiting vCPU: no vCPU waits for good."""
         if self.config.snapshot_dir is None:
             os.write(2, b"pykvm: no snapshot written: this VM was started without --snapshot-dir\n")
             return
-        if len(self.vcpus) > 1:
-            os.write(2, b"pykvm: no snapshot written: snapshots of more than one vCPU are not "
-                        b"supported yet\n")
-            return
-        if self.virtio.slots:
-            # A virtio device's state is half in the guest's memory (the rings), half in
-            # pykvm (the transport's registers, each queue's next available index): a
-            # snapshot without the second half would restore a driver talking to a reset device.
-            os.write(2, b"pykvm: no snapshot written: snapshots of a VM with virtio devices are "
-                        b"not supported yet\n")
-            return
-        self._snapshot_requested = True
-        self._kick(self.vcpu)
+        with self._lock:
+            if self._snapshot_pause is not None or self.exit_status is not None:
+                return                                      # one is under way, or the VM is stopping
+            self._snapshot_pause = SnapshotPause(len(self.vcpus))
+        self._kick_all()
 
-    def _write_snapshot(self) -> None:
-        """On the vCPU thread, out of KVM_RUN: the VM is paused while its state is written.
+    def _pause_for_snapshot(self) -> None:
+        """On a vCPU thread, out of KVM_RUN: wait for the others; one writes; all go on.
 
         KVM_RUN returned EINTR, so an I/O exit before it was completed by that very
         KVM_RUN (api.rst, KVM_EXIT_IO: "the operation is complete only after
         userspace has re-entered"): the registers are between two instructions."""
+        pause = self._snapshot_pause
+        if pause is None:
+            return
+        if pause.arrive():                                  # everyone is out of KVM_RUN
+            try:
+                self._write_snapshot()
+            finally:
+                with self._lock:
+                    if self._snapshot_pause is pause:       # a later kick is not this pause
+                        self._snapshot_pause = None
+                pause.release()
+        else:
+            pause.wait_written()
+
+    def _write_snapshot(self) -> None:
+        """With every vCPU out of KVM_RUN, and the virtio workers held off too
+        (VirtioDevices.paused takes each transport's lock, so no queue moves while its
+        state is read)."""
         from pykvm.errors import PyKvmError
         from pykvm.vm.snapshot import take
 
-        self._snapshot_requested = False
         if self._console_output is not None:
             self._console_output.flush()
         try:
-            memory = take(self, self.config.snapshot_dir)
+            with self.virtio.paused():
+                memory = take(self, self.config.snapshot_dir)
         except (PyKvmError, OSError) as e:
             os.write(2, f"pykvm: error: snapshot not written: {e}\n".encode())
         else:
@@ -446,11 +465,11 @@ class Machine:
                 case MmioRead(address=address, size=size):
                     vm_exit.reply(mmio.read(address, size))
                 case Interrupted():                                  # a kick; loop re-checks
-                    if self._snapshot_requested and vcpu is self.vcpu:
-                        self._write_snapshot()
-                        watchdog.exits += 1                          # the pause is not the guest's silence
-                    if reason := watchdog.look(vcpu, self.memory):
+                    if reason := watchdog.look(vcpu, self.memory):   # (clears immediate_exit)
                         self._quiet_vcpu(vcpu, reason)
+                    if self._snapshot_pause is not None:             # after look(): no kick is lost
+                        self._pause_for_snapshot()
+                        watchdog.exits += 1                          # the pause is not the guest's silence
                     if self.gdb is not None:                         # gdb's Ctrl-C, or a new client
                         self.gdb.vcpu_interrupted(vcpu)
                         watchdog.exits += 1                          # gdb's stop is not the guest's silence
@@ -511,6 +530,32 @@ class Machine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class SnapshotPause:
+    """Where the vCPU threads meet for a snapshot: a barrier with a seat per vCPU, then an event.
+
+    arrive() returns True in exactly one thread, once every vCPU has arrived:
+    that one writes the snapshot; the others wait_written() until release().
+    release() is also a stop's: it breaks the barrier and ends every wait, so
+    a vCPU that will never arrive (its thread ended) keeps no one waiting."""
+
+    def __init__(self, vcpus: int):
+        self._arrived = threading.Barrier(vcpus)
+        self._written = threading.Event()
+
+    def arrive(self) -> bool:
+        try:
+            return self._arrived.wait() == 0
+        except threading.BrokenBarrierError:
+            return False                       # released by a stop before everyone came
+
+    def wait_written(self) -> None:
+        self._written.wait()
+
+    def release(self) -> None:
+        self._written.set()
+        self._arrived.abort()
 
 
 def _describe_internal_error(error: InternalError, rip: int) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
-from hostmem import KIB, pss_kib  # noqa: E402  (tests/bench/hostmem.py)
+from hostmem import KIB, pss_kib  # noqa: E402  (tests/hostmem.py)
 
 SLEEP = "600"
 SETTLE_S = 10.0

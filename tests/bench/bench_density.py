@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
 import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
-from hostmem import KIB, process_tree, rollup  # noqa: E402  (tests/bench/hostmem.py)
+from hostmem import KIB, process_tree, rollup  # noqa: E402  (tests/hostmem.py)
 from vmmfleet import TINY_PROMPT, Vmm, kill_all, spawn_all, tiny_idle, wait_all  # noqa: E402
 
 CMDLINE = "run=info"

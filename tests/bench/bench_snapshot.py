@@ -10,7 +10,8 @@
    boots, all running at once.  PSS (proportional set size, /proc/PID/smaps_rollup:
    a page shared by k processes counts 1/k in each) of the whole processes, and of
    the guest-RAM mapping alone, with the share of resident guest pages that are
-   shared (goal: clones share >= 80% of their guest pages).
+   shared (goal: clones share >= 80% of their guest pages), and which guest pages a
+   clone has its own copy of (/proc/PID/pagemap): the pages its guest wrote.
 
     .venv/bin/python tests/bench/bench_snapshot.py [--runs 5] [--clones 20]
 """
@@ -27,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
 from livevm import LiveVm  # noqa: E402  (tests/kvm/livevm.py: a pykvm process driven by its console)
 import tinyvm  # noqa: E402
-from hostmem import KIB, guest_mapping, pss_kib  # noqa: E402  (tests/bench/hostmem.py: /proc/PID/smaps)
+from hostmem import KIB, guest_mapping, pss_kib, written_guest_pages  # noqa: E402  (tests/hostmem.py: /proc/PID/smaps)
 
 CMDLINE = "run=run counter &"
 COUNT = r"(?:^|\$ )count \d+$"
@@ -68,7 +69,8 @@ def memory_of(args: list[str], count: int) -> dict[str, float]:
         rss = sum(m.get("Rss", 0) for m in maps)
         private = sum(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for m in maps)
         return {"pss": sum(pss_kib(pid) for pid in pids), "guest_pss": sum(m.get("Pss", 0) for m in maps),
-                "guest_rss": rss, "guest_shared": 1 - private / rss if rss else 0.0}
+                "guest_rss": rss, "guest_shared": 1 - private / rss if rss else 0.0,
+                "written": written_guest_pages(pids[0], tinyvm.MEM_MIB * KIB)}
     finally:
         for vm in vms:
             vm.quit()
@@ -97,11 +99,15 @@ def main() -> None:
 
         print(f"\n{args.clones} VMs at once, {tinyvm.MEM_MIB} MiB guests: host memory, MiB")
         print(f"{'':<16} {'PSS':>8} {'guest PSS':>10} {'guest RSS':>10} {'guest shared':>13}")
+        written = []
         for name, argv in (("restored clones", restored), ("cold boots", cold)):
             m = memory_of(argv, args.clones)
             print(f"{name:<16} {m['pss'] / KIB:8.1f} {m['guest_pss'] / KIB:10.2f} {m['guest_rss'] / KIB:10.2f} "
                   f"{100 * m['guest_shared']:12.0f}%")
+            written = written or m["written"]
         print("(goal: clones share >= 80% of their resident guest pages)")
+        print(f"one clone's own copies (pages it wrote since the restore), by guest page number: "
+              f"{' '.join(hex(page) for page in written)}")
 
 
 if __name__ == "__main__":

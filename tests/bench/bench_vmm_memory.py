@@ -30,7 +30,7 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
 import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
-from hostmem import KIB, process_tree, rollup, smaps, threads  # noqa: E402  (tests/bench/hostmem.py)
+from hostmem import KIB, process_tree, rollup, smaps, threads  # noqa: E402  (tests/hostmem.py)
 from tiers import linux_problem  # noqa: E402
 from vmmfleet import Vmm, kill_all, tiny_idle, wait_all  # noqa: E402  (tests/bench/vmmfleet.py)
 

@@ -48,11 +48,12 @@ def state_root(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def pykvm(state_root):
-    """Run `python -m pykvm ARGS...`; returns the CompletedProcess (text mode)."""
-    def run(*args, timeout=60, **kw):
+    """Run `python -m pykvm ARGS...`; returns the CompletedProcess (text mode).  `view`
+    wraps the command line (escape_tools.cgroup_view: run it on another cgroup layout)."""
+    def run(*args, timeout=60, view=list, **kw):
         if "stdout" not in kw and "stderr" not in kw:
             kw.setdefault("capture_output", True)
-        return subprocess.run([sys.executable, "-m", "pykvm", *map(str, args)], text=True,
+        return subprocess.run(view([sys.executable, "-m", "pykvm", *map(str, args)]), text=True,
                               timeout=timeout, env={**os.environ, "PYKVM_STATE_ROOT": str(state_root)},
                               **kw)
     return run
@@ -68,3 +69,18 @@ def runc_bundle(tmp_path, busybox_rootfs) -> Path:
     subprocess.run([RUNC, "spec"], cwd=d, check=True)
     shutil.copytree(busybox_rootfs, d / "rootfs", symlinks=True)
     return d
+
+
+@pytest.fixture
+def kvm(in_ns, state_root):
+    """`pykvm ARGS` inside the test's namespace (tests/conftest.py's netns), with a private
+    state directory."""
+    env = {**os.environ, "PYKVM_STATE_ROOT": str(state_root)}
+
+    def run(*args, **kw):
+        kw.setdefault("env", env)
+        return in_ns(sys.executable, "-m", "pykvm", *args, **kw)
+    run.env = env
+    yield run
+    for cid in run("container", "ps", "-q").stdout.split():
+        run("container", "rm", "-f", cid)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from escape_tools import cgroup2_root
 
 from pykvm.container.runtime import cgroups
 from pykvm.container.runtime.cgroups import CgroupV2, Limits
@@ -122,19 +123,10 @@ def test_cleanup_after_kill_9_of_the_launcher(busybox_rootfs, state_root):
     assert mountinfo() == before
 
 
-def _cgroup2_root() -> Path:
-    """A real cgroup2 hierarchy: /sys/fs/cgroup on a pure-v2 host (most users'), the empty
-    one at /sys/fs/cgroup/unified on a hybrid host (this machine)."""
-    for root in (cgroups.CGROUP_ROOT, cgroups.CGROUP_ROOT / "unified"):
-        if cgroups.detect(root) == "v2":
-            return root
-    pytest.skip("no cgroup2 hierarchy mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified")
-
-
 def test_v2_backend_on_a_real_cgroup2_hierarchy():
     """The unified hierarchy here has no controllers (they are bound to v1), but
     creating, joining, listing, killing and removing a cgroup are real."""
-    root = _cgroup2_root()
+    root = cgroup2_root()
     cg = CgroupV2("pykvm-test/c1", root)
     cg.create(Limits())
     child = subprocess.Popen(["sleep", "1000"])
@@ -184,7 +176,7 @@ def test_a_child_joins_through_files_its_launcher_opened(version):
             pytest.skip("the host's controllers are not on cgroup v1")
         cg = cgroups.open_cgroup("join-test", "pykvm-test/join", version="v1")
     else:
-        cg = CgroupV2("pykvm-test/join", _cgroup2_root())
+        cg = CgroupV2("pykvm-test/join", cgroup2_root())
     cg.create(Limits())
     pid = 0
     try:

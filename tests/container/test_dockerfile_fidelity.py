@@ -3,7 +3,8 @@
 Each case states BuildKit's documented behaviour: line continuations joined as they are,
 here-documents, ONBUILD triggers, HEALTHCHECK in the config, EXPOSE ranges, multi-stage
 builds that build only what the target needs, ARG scopes and the automatic platform ARGs,
-WORKDIR making its directory, COPY --chown owning the directories it makes.
+WORKDIR making its directory, COPY --chown owning the directories it makes, COPY of a
+symlink named as a source.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 
 import pytest
 from image_fixtures import run_pykvm, store  # noqa: F401  (fixture)
-from test_build import build, busybox_and_a_context, flat_root, layer_members
+from test_build import build, busybox_and_a_context, flat_root, layer_file, layer_members
 
 from pykvm.container.image.dockerfile import BuildFileError, parse_dockerfile
 
@@ -155,6 +156,30 @@ def test_copy_chown_owns_the_directories_it_makes(store, tmp_path):
     image, _ = build(store, tmp_path, "FROM scratch\nCOPY --chown=1000:1001 f /deep/dir/f\n")
     members = layer_members(store, image.layers[0])
     assert [(members[n].uid, members[n].gid) for n in ("deep", "deep/dir", "deep/dir/f")] == [(1000, 1001)] * 3
+
+
+def test_copy_follows_a_symlink_named_as_source_and_keeps_its_name(store, tmp_path):
+    """BuildKit's copy (fsutil) follows a symlink named as a COPY source and names the copy
+    after the source as written (moby/buildkit#1260); symlinks inside a copied directory
+    stay symlinks; a named symlink is still resolved inside the context."""
+    ctx = tmp_path / "ctx"
+    (ctx / "dir").mkdir(parents=True)
+    (ctx / "real.txt").write_text("real\n")
+    os.symlink("real.txt", ctx / "link")
+    os.symlink("../real.txt", ctx / "dir" / "inner")
+    os.symlink("dir", ctx / "dirlink")
+    image, _ = build(store, ctx, "FROM scratch\nCOPY link /d/\nCOPY link /named\nCOPY dirlink /e/\n")
+    d, named, e = (layer_members(store, layer) for layer in image.layers)
+    assert d["d/link"].isreg() and "d/real.txt" not in d, sorted(d)
+    assert layer_file(store, image.layers[0], "d/link") == b"real\n"
+    assert named["named"].isreg(), named["named"].type
+    assert e["e/inner"].issym() and e["e/inner"].linkname == "../real.txt", sorted(e)
+    (tmp_path / "outside.txt").write_text("host file\n")
+    os.symlink("../outside.txt", ctx / "up")
+    os.symlink(str(tmp_path / "outside.txt"), ctx / "abs")
+    for source in ("up", "abs"):
+        with pytest.raises(BuildFileError, match=f"no such file: {source}$"):
+            build(store, ctx, f"FROM scratch\nCOPY {source} /d/\n")
 
 
 @pytest.mark.root

@@ -3,6 +3,8 @@ else's processes, host devices reached through mknod.  runc 1.1 is the oracle.
 
 Each test here failed before the runtime confined cgroupsPath to the hierarchy, killed
 only the container's own processes (its PID namespace) and applied the devices cgroup.
+Those that need a cgroup layout run on v1 and on v2 (`cgroup_version`); on a hybrid host
+the v2 runs see the host's cgroup2 hierarchy bound over /sys/fs/cgroup (cgroup_view).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from clitools import wait_for
-from escape_tools import edit, refused, runc_run
+from escape_tools import cgroup2_root, cgroup_view, edit, refused, runc_run
 
 from pykvm.container.runtime import cgroups
 
@@ -34,8 +36,15 @@ def v1_only():
         pytest.skip("the devices controller file interface is cgroup v1's (this host is not v1)")
 
 
+@pytest.fixture(params=["v1", "v2"])
+def cgroup_version(request) -> str:
+    return request.param
 
 
+@pytest.fixture
+def view(cgroup_version):
+    """Run a command on cgroup v1 or v2 (escape_tools.cgroup_view); skips what cannot be made."""
+    return cgroup_view(cgroup_version)
 
 
 @pytest.fixture
@@ -95,44 +104,66 @@ def test_cgroups_path_above_our_own_cgroup_is_refused(pykvm, runc_bundle):
     assert "pykvm's own cgroup or one above it" in refused(r), r.stderr
 
 
-def test_a_foreign_process_in_the_cgroup_survives_the_container(pykvm, runc_bundle, unique,
-                                                                 cleanup_cgroups):
-    """A host process sits in the cgroup the bundle names; the container comes and goes."""
-    v1_only()
-    pids_dir = cgroups.CGROUP_ROOT / "pids" / unique
-    pids_dir.mkdir()
+FOREIGN_FILES = {"memory": ["memory.limit_in_bytes"], "pids": ["pids.max"], "devices": ["devices.list"]}
+FOREIGN_FILES_V2 = ["cgroup.subtree_control", "cgroup.max.descendants", "cgroup.type"]
+
+
+def may_open(procs: list[Path], device: str) -> bool:
+    """Can a new process in these cgroups open `device`?  (What their device rules say.)"""
+    join = "; ".join(f"echo $$ > {p}" for p in procs)
+    return subprocess.run(["sh", "-c", f"{join}; exec 3< {device}"], capture_output=True).returncode == 0
+
+
+def test_a_foreign_cgroup_is_refused_and_left_as_it_was(pykvm, runc_bundle, unique, cleanup_cgroups,
+                                                         cgroup_version, view):
+    """A host process sits in the cgroup the bundle names: pykvm did not make it, so the
+    container is refused and the cgroup's limits and device rules stay the host's (runc
+    1.1.5 warns, rewrites them, and leaves them rewritten after the container ends)."""
+    v2 = cgroup_version == "v2"
     host = subprocess.Popen(["sleep", "300"])
     try:
-        (pids_dir / "cgroup.procs").write_text(f"{host.pid}\n")
-        edit(runc_bundle, process__args=["true"], linux__cgroupsPath=f"/{unique}")
-        r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "guest")
-        assert r.returncode == 0, r.stderr
-        assert "is not empty: 1 process(es) found" in r.stderr           # runc 1.1 warns too
-        assert host.poll() is None, "the container's end killed a host process in its cgroup"
-        assert (pids_dir / "cgroup.procs").read_text().split() == [str(host.pid)]
-        assert not (cgroups.CGROUP_ROOT / "memory" / unique).exists(), "the container's own dirs stay"
+        if v2:
+            dirs = {cgroup2_root() / unique: FOREIGN_FILES_V2}
+        else:
+            dirs = {cgroups.CGROUP_ROOT / h / unique: names for h, names in FOREIGN_FILES.items()}
+        for d in dirs:
+            d.mkdir()
+            (d / "cgroup.procs").write_text(f"{host.pid}\n")
+        files = [d / name for d, names in dirs.items() for name in names]
+        before = [f.read_text() for f in files]
+        limits = {} if v2 else {"linux__resources__memory": {"limit": 64 << 20},  # v2 here: no controllers
+                                "linux__resources__pids": {"limit": 7}}
+        edit(runc_bundle, process__args=["true"], linux__cgroupsPath=f"/{unique}", **limits)
+        r = pykvm("container", "oci", "run", "--bundle", runc_bundle, "guest", view=view)
+        assert "no pykvm container's" in refused(r, code=1), r.stderr
+        assert [f.read_text() for f in files] == before, "a foreign cgroup's files were rewritten"
+        procs = [d / "cgroup.procs" for d in dirs]
+        assert may_open(procs, "/dev/loop0"), "the host's cgroup got the container's device rules"
+        assert host.poll() is None, "the refused container killed a host process in the cgroup"
+        for d in dirs:
+            assert str(host.pid) in (d / "cgroup.procs").read_text().split()
     finally:
         host.kill()
         host.wait()
 
 
 def test_two_containers_sharing_a_cgroups_path_as_runc_does(pykvm, runc_bundle, unique, cleanup_cgroups,
-                                                            tmp_path):
+                                                            tmp_path, view):
     """runc 1.1: the second warns, and deleting the first leaves the second running."""
     edit(runc_bundle, process__args=["sleep", "300"], linux__cgroupsPath=f"/{unique}")
     for name in ("first", "second"):
         with open(tmp_path / f"{name}.err", "w") as err:
-            r = pykvm("container", "oci", "create", "--bundle", runc_bundle, name,
+            r = pykvm("container", "oci", "create", "--bundle", runc_bundle, name, view=view,
                       stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, (tmp_path / f"{name}.err").read_text()
-        assert pykvm("container", "oci", "start", name).returncode == 0
+        assert pykvm("container", "oci", "start", name, view=view).returncode == 0
     assert "is not empty" in (tmp_path / "second.err").read_text()
-    second = json.loads(pykvm("container", "oci", "state", "second").stdout)
-    assert pykvm("container", "oci", "delete", "-f", "first").returncode == 0
-    assert json.loads(pykvm("container", "oci", "state", "second").stdout)["status"] == "running"
+    second = json.loads(pykvm("container", "oci", "state", "second", view=view).stdout)
+    assert pykvm("container", "oci", "delete", "-f", "first", view=view).returncode == 0
+    assert json.loads(pykvm("container", "oci", "state", "second", view=view).stdout)["status"] == "running"
     assert Path(f"/proc/{second['pid']}").exists(), "deleting one container killed the other"
     assert cgroup_dirs(unique), "the cgroup stays while the second container uses it"
-    assert pykvm("container", "oci", "delete", "-f", "second").returncode == 0
+    assert pykvm("container", "oci", "delete", "-f", "second", view=view).returncode == 0
     assert not cgroup_dirs(unique), "the last one out removes the cgroup"
 
 
@@ -154,29 +185,44 @@ def test_pids_limit_one_is_the_command_alone(pykvm, busybox_rootfs):
 
 # --- devices ----------------------------------------------------------------------------------
 
-def test_mknod_cannot_reach_host_devices(pykvm, fresh_rootfs):
-    """CAP_MKNOD makes the node; the devices cgroup refuses to open it (host loop0, fuse)."""
-    v1_only()
+def test_mknod_cannot_reach_host_devices(pykvm, fresh_rootfs, view):
+    """CAP_MKNOD makes the node; the devices cgroup (v2: its eBPF program) refuses to open
+    it (host loop0, fuse)."""
     r = pykvm("container", "run", "--rm", "--cap-add", "MKNOD", "--rootfs", fresh_rootfs,
-              "sh", "-c", OPEN_HOST_DEVICES)
+              "sh", "-c", OPEN_HOST_DEVICES, view=view)
     assert r.stdout == "null-ok\n", r.stdout
     assert r.stderr.count("Operation not permitted") == 2, r.stderr
 
 
-def test_build_run_step_cannot_reach_host_devices(fresh_rootfs):
+def test_mknod_reaches_what_runc_lets_it_reach(pykvm, runc_bundle, tmp_path, view):
+    """The same bundle with CAP_MKNOD under both runtimes: the same nodes open, the same refused."""
+    spec = json.loads((runc_bundle / "config.json").read_text())
+    caps = {k: v + ["CAP_MKNOD"] for k, v in spec["process"]["capabilities"].items()}
+    edit(runc_bundle, process__args=["sh", "-c", OPEN_HOST_DEVICES], process__capabilities=caps,
+         root__readonly=False)
+    ours = pykvm("container", "oci", "run", "--bundle", runc_bundle, "mknod-pykvm", view=view)
+    for node in ("l", "f"):
+        (runc_bundle / "rootfs" / "tmp" / node).unlink()
+    theirs = runc_run(runc_bundle, tmp_path / "runc", view=view)
+    assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == \
+        ("null-ok\n", "sh: can't open /tmp/l: Operation not permitted\n"
+                      "sh: can't open /tmp/f: Operation not permitted\n")
+
+
+def test_build_run_step_cannot_reach_host_devices(fresh_rootfs, view):
     """A Dockerfile RUN has Docker's default capabilities, MKNOD among them."""
-    v1_only()
     rootfs = fresh_rootfs
     code = ("import sys; from pykvm.container.image.runconfig import run_build_step; "
             f"sys.exit(run_build_step({str(rootfs)!r}, ['sh', '-c', {OPEN_HOST_DEVICES!r}]))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(view([sys.executable, "-c", code]), capture_output=True, text=True, timeout=60)
     assert r.stdout == "null-ok\n", (r.stdout, r.stderr)
     assert r.stderr.count("Operation not permitted") == 2, r.stderr
 
 
 @pytest.mark.parametrize("extra", [[], [{"allow": True, "type": "c", "major": 1, "minor": 11, "access": "r"}]])
 def test_device_rules_match_runc(pykvm, runc_bundle, tmp_path, extra):
-    """The same bundle's devices.list, seen from inside, under runc and under pykvm."""
+    """The same bundle's devices.list, seen from inside, under runc and under pykvm.  v1 only:
+    v2 has no devices.list (test_cgroup_v2_device_program_is_enforced checks its program)."""
     v1_only()
     spec = json.loads((runc_bundle / "config.json").read_text())
     edit(runc_bundle, process__args=["cat", "/sys/fs/cgroup/devices/devices.list"],
@@ -188,14 +234,6 @@ def test_device_rules_match_runc(pykvm, runc_bundle, tmp_path, extra):
     assert sorted(filter(None, ours.stdout.split("\n"))) == sorted(RUNC_DEVICES + (["c 1:11 r"] if extra else []))
 
 
-def _cgroup2_root() -> Path:
-    """A real cgroup2 hierarchy: /sys/fs/cgroup (pure v2) or /sys/fs/cgroup/unified (hybrid)."""
-    for root in (cgroups.CGROUP_ROOT, cgroups.CGROUP_ROOT / "unified"):
-        if cgroups.detect(root) == "v2":
-            return root
-    pytest.skip("no cgroup2 hierarchy mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified")
-
-
 DEVICE_PROBES = [("/dev/null", os.O_RDONLY), ("/dev/null", os.O_WRONLY), ("/dev/zero", os.O_RDONLY),
                  ("/dev/loop0", os.O_RDONLY), ("/dev/fuse", os.O_RDWR), ("/dev/kmsg", os.O_RDONLY),
                  ("/dev/kmsg", os.O_WRONLY)]
@@ -205,7 +243,7 @@ def test_cgroup_v2_device_program_is_enforced(unique, tmp_path):
     """cgroup v2 has no devices file; the eBPF program (bpf_devices.py) must say the same
     as v1's rules: deny all, the config's (kmsg, then not for writing), runc's defaults."""
     from pykvm.container.runtime.cgroups import CgroupV2, DeviceRule, Limits
-    root = _cgroup2_root()
+    root = cgroup2_root()
     for dev, _ in DEVICE_PROBES:
         if not os.path.exists(dev):
             pytest.skip(f"needs {dev} on the host to probe")

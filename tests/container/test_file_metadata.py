@@ -14,6 +14,7 @@ import tarfile
 
 import pytest
 from image_fixtures import run_pykvm, store  # noqa: F401  (fixture)
+from test_build import busybox_and_a_context, flat_root
 
 from pykvm.container.image.build import BuildOptions, build_image
 from pykvm.container.image.store import ImageStore, resolve_for_run
@@ -24,6 +25,29 @@ SETCAP, GETCAP = shutil.which("setcap"), shutil.which("getcap")
 needs_caps = pytest.mark.skipif(not (SETCAP and GETCAP), reason="setcap/getcap are missing (apt-get install libcap2-bin)")
 root = pytest.mark.skipif(os.geteuid() != 0, reason="setting file capabilities and device nodes needs root")
 CAP_XATTR = "SCHILY.xattr.security.capability"
+# busybox has no setcap: a build's RUN sets the attribute with this static program instead.
+SETXATTR_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <sys/xattr.h>
+
+int main(int argc, char **argv)     /* setxattr PATH NAME HEXVALUE */
+{
+    unsigned char value[256];
+    size_t n = argc == 4 ? strlen(argv[3]) / 2 : 0;
+    if (n == 0 || n > sizeof value) {
+        fprintf(stderr, "usage: setxattr PATH NAME HEXVALUE\n");
+        return 2;
+    }
+    for (size_t i = 0; i < n; i++)
+        sscanf(argv[3] + 2 * i, "%2hhx", &value[i]);
+    if (setxattr(argv[1], argv[2], value, n, 0) != 0) {
+        perror(argv[1]);
+        return 1;
+    }
+    return 0;
+}
+"""
 
 
 def getcap(path) -> str:
@@ -87,6 +111,25 @@ def test_a_file_capability_umoci_wrote_survives_our_unpack(store, tmp_path):
     (ctx / "Dockerfile").write_text("FROM umoci:1 AS base\nFROM scratch\nCOPY --from=base /ping /ping\n")
     image = build_image(store, BuildOptions(str(ctx), "copied:1"))
     assert CAP_XATTR in members(store, image.layers[0])["ping"].pax_headers
+
+
+@pytest.mark.root
+@root
+@needs_caps
+def test_a_capability_set_by_run_is_kept_in_its_layer(store, tmp_path):
+    """A RUN step's security.capability (the bytes `setcap cap_net_raw+ep` writes) goes into
+    the layer as a SCHILY.xattr record and comes back on unpack."""
+    ctx = busybox_and_a_context(store, tmp_path)
+    value = capped_file(tmp_path / "model")
+    subprocess.run(["gcc", "-static", "-O", "-o", str(ctx / "setxattr"), "-x", "c", "-"],
+                   input=SETXATTR_C, text=True, check=True, capture_output=True)
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY setxattr /bin/setxattr\n"
+                                    "RUN cp /bin/busybox /ping && "
+                                    f"setxattr /ping security.capability {value.hex()}\n")
+    image = build_image(store, BuildOptions(str(ctx), "runcaps:1"))
+    entry = members(store, image.layers[-1])["ping"]
+    assert entry.pax_headers[CAP_XATTR].encode("utf-8", "surrogateescape") == value, entry.pax_headers
+    assert "cap_net_raw=ep" in getcap(flat_root(store, image, tmp_path / "flat") / "ping")
 
 
 @pytest.mark.root

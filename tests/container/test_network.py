@@ -18,51 +18,18 @@ from clitools import wait_for
 
 pytestmark = [pytest.mark.root]
 
+
+@pytest.fixture(autouse=True)
+def _needs_nft():
+    """Published ports are nftables rules."""
+    if not any(os.access(os.path.join(d, "nft"), os.X_OK) for d in os.environ["PATH"].split(":")):
+        pytest.skip("needs nft (Debian package nftables)")
+
 GATEWAY = "10.213.0.1"                  # network.DEFAULT_SUBNET's first address
 SERVER = ("mkdir -p /tmp/www && echo hello-$(hostname) > /tmp/www/index.html && "
           "exec httpd -f -p 80 -h /tmp/www")
 GET = 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 3 {} {} | tail -n 1'
 TIMEOUT = 60
-
-
-@pytest.fixture
-def netns():
-    """A network namespace of the test's own, with lo up; deleted (with all in it) after."""
-    if not os.path.exists("/usr/bin/nsenter") or not _have("nft"):
-        pytest.skip("needs nsenter (util-linux) and nft (Debian package nftables)")
-    name = f"pykvmt-{os.urandom(4).hex()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def _have(tool: str) -> bool:
-    return any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ["PATH"].split(":"))
-
-
-@pytest.fixture
-def in_ns(netns):
-    """Run a command in the test's namespace (the containers' "host")."""
-    def run(*argv, **kw):
-        kw.setdefault("capture_output", True)
-        return subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", *map(str, argv)],
-                              text=True, timeout=TIMEOUT, **kw)
-    return run
-
-
-@pytest.fixture
-def kvm(in_ns, state_root):
-    """`pykvm ARGS` inside the test's namespace, with a private state directory."""
-    env = {**os.environ, "PYKVM_STATE_ROOT": str(state_root)}
-
-    def run(*args, **kw):
-        kw.setdefault("env", env)
-        return in_ns(sys.executable, "-m", "pykvm", *args, **kw)
-    run.env = env
-    yield run
-    for cid in run("container", "ps", "-q").stdout.split():
-        run("container", "rm", "-f", cid)
 
 
 def start_server(kvm, rootfs, name, *opts) -> str:

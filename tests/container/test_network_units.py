@@ -132,3 +132,29 @@ def test_publish_without_nft_is_refused_before_anything_runs(tmp_path, monkeypat
     cfg = RunConfig(args=["true"], rootfs=str(tmp_path), network="bridge", publish=[Publish(80, 80)])
     with pytest.raises(ConfigError, match="-p needs nft .* apt-get install nftables"):
         cfg.finalized()
+
+
+def test_tap_names_fit_ifnamsiz_and_are_not_veth_names():
+    assert network.tap_name("ab" * 32) == "pkt" + "ab" * 6 and len(network.tap_name("ab" * 32)) == 15
+    assert network.tap_name("x") != network.veth_name("x")
+
+
+def test_a_vm_lease_is_stale_once_its_vmm_process_is_gone(tmp_path):
+    """A VM has no container state: its lease is judged by the VMM's pid and start time."""
+    import os
+    import subprocess
+
+    from pykvm.container.runtime.state import StateStore, process_start_time
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    me = os.getpid()
+
+    def vm(pid, start):
+        return {**lease(f"vm{pid}{start}"), "kind": "vm", "tap": "pktx", "launcher": pid,
+                "launcher_start": start}
+    leases = Leases(tmp_path, "10.9.0.0/24", "10.9.0.1")
+    leases.records = {"10.9.0.2": vm(me, process_start_time(me)),        # running: kept
+                      "10.9.0.3": vm(ended.pid, 1),                       # exited
+                      "10.9.0.4": vm(me, process_start_time(me) + 1)}    # pid reused since
+    assert network.stale_leases(leases, StateStore(tmp_path / "state")) == ["10.9.0.3", "10.9.0.4"]

@@ -14,14 +14,15 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from image_fixtures import REGISTRY_BIN, run_pykvm, start_registry, stop_registry, store  # noqa: F401
 from test_registry import small_image
-from token_server import TokenServer, registry_auth_config
+from token_server import REGISTRY_LEEWAY, TokenServer, registry_auth_config
 
 from pykvm.container.image.credentials import Credentials, config_path
-from pykvm.container.image.registry import pull, push
+from pykvm.container.image.registry import Registry, pull, push
 from pykvm.errors import ContainerError
 
 pytestmark = pytest.mark.skipif(not os.path.exists(REGISTRY_BIN),
@@ -58,6 +59,33 @@ def test_push_asks_for_the_push_scope(store, tmp_path, token_registry):
     store.untag("demo:1")
     store.gc()
     assert pull(store, f"{host}/secure/app:1", credentials=ALICE).manifest_digest == image.manifest_digest
+
+
+def test_a_token_that_expires_mid_pull_is_renewed(store, tmp_path, token_registry, monkeypatch):
+    """The pull's token is good for the manifest and has expired by the blobs: the registry
+    answers 401 for the blob, and the pull asks for a new token and goes on."""
+    host, tokens = token_registry
+    image = small_image(store, tmp_path)
+    push(store, "demo:1", f"{host}/secure/app:1", credentials=ALICE)
+    store.untag("demo:1")
+    store.gc()
+    # The registry takes a token until REGISTRY_LEEWAY seconds past its exp: one issued that
+    # stale is good for about 8 seconds, which the manifest needs even on a busy machine; then
+    # the pull waits it out.
+    tokens.lifetime = 8 - REGISTRY_LEEWAY
+    get_manifest = Registry.get_manifest
+
+    def get_manifest_then_wait(self, *args):
+        got = get_manifest(self, *args)
+        tokens.lifetime = 300                        # the renewed token is good for the blobs
+        time.sleep(max(0.0, tokens.requests[-1]["exp"] + REGISTRY_LEEWAY + 0.5 - time.time()))
+        return got
+    monkeypatch.setattr(Registry, "get_manifest", get_manifest_then_wait)
+    first = len(tokens.requests)
+    assert pull(store, f"{host}/secure/app:1", credentials=ALICE).manifest_digest == image.manifest_digest
+    issued = tokens.requests[first:]
+    assert [r["scopes"] for r in issued] == [["repository:secure/app:pull"]] * 2, issued
+    assert issued[1]["exp"] > issued[0]["exp"] + REGISTRY_LEEWAY, issued
 
 
 def test_anonymous_pull_of_a_public_repository(store, tmp_path, token_registry):
@@ -140,19 +168,25 @@ json.dump(data, open(path, "w"))
 '''
 
 
-def test_credential_helper_protocol(store, tmp_path, token_registry, docker_config, monkeypatch):
-    """credsStore in config.json: login stores through the helper, push gets from it, logout erases."""
-    host, _ = token_registry
+def install_helper(tmp_path, kept: dict) -> dict:
+    """docker-credential-pykvmtest in tmp_path/bin, holding `kept` (host -> [user, secret]) in
+    tmp_path/helper.json; returns the environment a pykvm command needs to find it."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     helper = bindir / "docker-credential-pykvmtest"
     helper.write_text(HELPER.format(python=sys.executable))
     helper.chmod(0o755)
+    (tmp_path / "helper.json").write_text(json.dumps(kept))
+    return {"PATH": f"{bindir}:{os.environ['PATH']}", "PYKVMTEST_HELPER_FILE": str(tmp_path / "helper.json")}
+
+
+def test_credential_helper_protocol(store, tmp_path, token_registry, docker_config):
+    """credsStore in config.json: login stores through the helper, push gets from it, logout erases."""
+    host, _ = token_registry
     docker_config.mkdir()
     (docker_config / "config.json").write_text(json.dumps({"credsStore": "pykvmtest"}))
     kept = tmp_path / "helper.json"
-    env = {"PYKVM_STORE": str(store.root), "DOCKER_CONFIG": str(docker_config),
-           "PATH": f"{bindir}:{os.environ['PATH']}", "PYKVMTEST_HELPER_FILE": str(kept)}
+    env = {"PYKVM_STORE": str(store.root), "DOCKER_CONFIG": str(docker_config), **install_helper(tmp_path, {})}
     small_image(store, tmp_path)
     status, out, err = run_pykvm("container", "login", "-u", "alice", "--password-stdin", host,
                                  env=env, input=b"s3cret\n")
@@ -163,6 +197,23 @@ def test_credential_helper_protocol(store, tmp_path, token_registry, docker_conf
     assert status == 0, err
     status, out, err = run_pykvm("container", "logout", host, env=env)
     assert status == 0 and json.loads(kept.read_text()) == {}
+
+
+def test_cred_helpers_names_the_helper_of_one_host(store, tmp_path, token_registry, docker_config):
+    """credHelpers in config.json: that host's credentials come from the helper it names, ahead
+    of a (here wrong) password in auths; another host still reads auths."""
+    host, _ = token_registry
+    env = {"PYKVM_STORE": str(store.root), "DOCKER_CONFIG": str(docker_config),
+           **install_helper(tmp_path, {host: ["alice", "s3cret"]})}
+    wrong = base64.b64encode(b"alice:wrong").decode()
+    docker_config.mkdir()
+    (docker_config / "config.json").write_text(json.dumps({
+        "credHelpers": {host: "pykvmtest"},
+        "auths": {host: {"auth": wrong}, "other.example:5000": {"auth": wrong}}}))
+    small_image(store, tmp_path)
+    status, out, err = run_pykvm("container", "push", "demo:1", f"{host}/secure/app:1", env=env)
+    assert status == 0, err
+    assert Credentials.lookup("other.example:5000") == Credentials("alice", "wrong")
 
 
 def test_a_missing_credential_helper_is_one_line(store, tmp_path, docker_config):

@@ -223,6 +223,26 @@ def test_oci_create_sends_the_master_to_the_console_socket(tty_bundle, state_roo
     assert "console" in lines(out)[2].split(), out
 
 
+@pytest.mark.parametrize("runtime", ["pykvm", "runc"])
+def test_oci_create_sizes_the_pty_from_console_size(tty_bundle, state_root, tmp_path, runtime):
+    """process.consoleSize: the pty's first size, before anyone resizes it (config.md)."""
+    spec = json.loads((tty_bundle / "config.json").read_text())
+    spec["process"]["consoleSize"] = {"height": 29, "width": 97}
+    (tty_bundle / "config.json").write_text(json.dumps(spec))
+    base = cli(state_root, "oci") if runtime == "pykvm" else ["runc", "--root", str(tmp_path / "runc-state")]
+    cid = f"size-{runtime}-{os.getpid()}"
+    master = _create_and_receive(base + ["create", "--bundle", str(tty_bundle), "--console-socket",
+                                         str(tmp_path / "console.sock"), cid],
+                                 tmp_path / "console.sock", env(state_root))
+    try:
+        assert subprocess.run(base + ["start", cid], env=env(state_root)).returncode == 0
+        out = _read_until_closed(master)
+    finally:
+        os.close(master)
+        subprocess.run(base + ["delete", "--force", cid], env=env(state_root), stderr=subprocess.DEVNULL)
+    assert lines(out)[:2] == ["/dev/pts/0", "29 97"], out
+
+
 def test_oci_create_terminal_needs_a_console_socket(pykvm, tty_bundle, state_root):
     r = pykvm("container", "oci", "create", "--bundle", tty_bundle, "no-socket")
     assert r.returncode != 0 and "Traceback" not in r.stderr

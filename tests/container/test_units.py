@@ -46,6 +46,38 @@ def test_v2_create_writes_limits_and_enables_controllers(tmp_path):
     assert (root / "pykvm" / "cgroup.subtree_control").read_text().split() == ["+memory", "+pids", "+cpu"]
 
 
+@pytest.mark.parametrize("swap,swap_max", [(96 << 20, str(32 << 20)), (-1, "max")])
+def test_v2_create_writes_shares_cpuset_and_swap(tmp_path, swap, swap_max):
+    """cpu.shares as cpu.weight (runc's formula: 1024 -> 39), cpuset lists as given, and
+    the OCI memory+swap as memory.swap.max, which counts swap alone."""
+    root = fake_v2(tmp_path / "cg")
+    (root / "cgroup.controllers").write_text("cpu cpuset memory pids\n")
+    CgroupV2("c1", root).create(Limits(memory=64 << 20, memory_swap=swap, cpu_shares=1024,
+                                       cpu_cpus="0-1", cpu_mems="0"))
+    d = root / "c1"
+    assert [(d / f).read_text() for f in ("cpu.weight", "cpuset.cpus", "cpuset.mems", "memory.swap.max")] == \
+        ["39\n", "0-1\n", "0\n", f"{swap_max}\n"]
+    assert (root / "cgroup.subtree_control").read_text().split() == ["+memory", "+cpu", "+cpuset"]
+
+
+@pytest.mark.parametrize("shares,weight", [(2, 1), (1024, 39), (262144, 10000)])
+def test_cpu_weight_spans_the_v2_range(shares, weight):
+    assert cgroups.cpu_weight(shares) == weight
+
+
+def test_v1_create_writes_shares_cpuset_and_swap(tmp_path):
+    for c in ("memory", "cpu", "cpuset"):
+        (tmp_path / c).mkdir()
+    (tmp_path / "cpuset" / "cpuset.cpus").write_text("0-1\n")
+    (tmp_path / "cpuset" / "cpuset.mems").write_text("0\n")
+    CgroupV1({c: "c1" for c in ("memory", "cpu", "cpuset")}, tmp_path).create(
+        Limits(memory=64 << 20, memory_swap=96 << 20, cpu_shares=512, cpu_cpus="1"))
+    assert (tmp_path / "memory/c1/memory.memsw.limit_in_bytes").read_text() == f"{96 << 20}\n"
+    assert (tmp_path / "cpu/c1/cpu.shares").read_text() == "512\n"
+    assert (tmp_path / "cpuset/c1/cpuset.cpus").read_text() == "1\n"
+    assert (tmp_path / "cpuset/c1/cpuset.mems").read_text() == "0\n"      # the parent's, copied
+
+
 def test_v2_missing_controller_is_reported(tmp_path):
     root = tmp_path / "cg"
     root.mkdir()

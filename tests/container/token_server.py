@@ -5,7 +5,9 @@ docker/distribution's docs/spec/auth/token.md and jwt.md: the registry answers 4
 (HTTP Basic with its password, or anonymously); the token is a JWT signed RS256 whose "access"
 claim lists the actions granted per repository. The registry checks the signature against
 its `rootcertbundle`, the audience (service), the issuer, the expiry, and that the granted
-actions cover the request: a pull-only token cannot push.
+actions cover the request: a pull-only token cannot push. The expiry is checked with a minute
+of leeway for clock skew (distribution's registry/auth/token/token.go, `Leeway`): a token is
+refused once the registry's clock passes exp + REGISTRY_LEEWAY.
 
 The key and its self-signed certificate come from the openssl command (no crypto library in
 the tests); the JWT header carries the certificate (x5c), which the registry verifies against
@@ -23,10 +25,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
-__all__ = ["TokenServer", "registry_auth_config"]
+__all__ = ["TokenServer", "registry_auth_config", "REGISTRY_LEEWAY"]
 
 SERVICE = "pykvm-test-registry"
 ISSUER = "pykvm-test-token-server"
+REGISTRY_LEEWAY = 60                    # seconds docker-registry accepts a token past its exp
 
 
 def _b64url(data: bytes) -> str:
@@ -35,7 +38,8 @@ def _b64url(data: bytes) -> str:
 
 class TokenServer(http.server.ThreadingHTTPServer):
     """Issues tokens on 127.0.0.1: `users` may pull and push everything, anyone may pull
-    repositories under `public/`. `lifetime`: seconds a token is valid (its exp claim)."""
+    repositories under `public/`. `lifetime`: seconds from issue to the token's exp claim
+    (below -REGISTRY_LEEWAY the registry refuses it at once), read as each token is issued."""
 
     def __init__(self, workdir: Path, users: dict[str, str], lifetime: int = 300):
         super().__init__(("127.0.0.1", 0), _TokenHandler)
@@ -47,7 +51,7 @@ class TokenServer(http.server.ThreadingHTTPServer):
         der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
                              check=True, capture_output=True).stdout
         self.x5c = base64.b64encode(der).decode()
-        self.requests: list[dict] = []             # what each token request asked and got
+        self.requests: list[dict] = []             # what each token request asked, got, and its exp
         self.realm = f"http://127.0.0.1:{self.server_address[1]}/token"
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -106,12 +110,13 @@ class _TokenHandler(http.server.BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         scopes = query.get("scope", [])
         ok, user = self._user()
-        srv.requests.append({"user": user, "scopes": scopes, "ok": ok})
+        now = int(time.time())
+        exp = now + srv.lifetime
+        srv.requests.append({"user": user, "scopes": scopes, "ok": ok, "exp": exp})
         if not ok:
             return self._reply(401, b'{"details":"incorrect username or password"}')
-        now = int(time.time())
         claims = {"iss": ISSUER, "sub": user or "", "aud": query.get("service", [""])[0],
-                  "exp": now + srv.lifetime, "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8),
+                  "exp": exp, "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8),
                   "access": srv.grant(user, scopes)}
         token = srv.sign(claims)
         self._reply(200, json.dumps({"token": token, "access_token": token,

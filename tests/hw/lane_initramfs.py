@@ -71,8 +71,9 @@ fi
 export PATH=/{lane}/bin
 fail() {{ echo "{progress} failed $*"; sync; poweroff -f; }}
 echo "{progress} init"
-# / is a writable tmpfs: /tmp and /root need no mount.
-mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev \\
+# / is a writable tmpfs: /tmp and /root need no mount; /run only its folder (ip netns keeps
+# its namespaces there).
+mkdir -p /run && mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev \\
     && mkdir /dev/shm && mount -t tmpfs tmpfs /dev/shm \\
     && mkdir /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts \\
     && mount -t cgroup2 cgroup2 /sys/fs/cgroup \\

@@ -13,12 +13,13 @@ import os
 import re
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from clitools import one_error_line, pykvm
-from livevm import LiveVm
+from livevm import WAIT_S, LiveVm
 from tinyvm import BANNER, TINY_ELF, build_tiny
 
 pytestmark = pytest.mark.kvm
@@ -58,7 +59,7 @@ def snapshot(tmp_path_factory) -> dict:
         vm.snapshot_by_signal()
         status = vm.quit()
     return {"dir": directory, "ticks": ticks, "count_before": before, "counts": counts(vm.text),
-            "status": status}
+            "status": status, "memory_kib": json.loads((directory / "snapshot.json").read_text())["guest"]["memory"] // 1024}
 
 
 def test_the_count_uptime_and_shell_continue(snapshot):
@@ -117,6 +118,24 @@ def test_many_clones_from_one_snapshot_all_answer(snapshot):
     finally:
         statuses = [vm.quit() for vm in clones]
     assert statuses == [0] * CLONES, statuses
+
+
+def test_a_clone_copies_only_the_pages_its_guest_writes(snapshot):
+    """Guest RAM is the snapshot's file mapped copy-on-write: the page holding the kernel's
+    `ticks` is the clone's own copy (the timer writes it), the kernel's code stays the file's."""
+    import subprocess
+
+    from hostmem import written_guest_pages
+
+    symbols = subprocess.run(["nm", str(TINY_ELF)], capture_output=True, text=True, check=True).stdout
+    ticks = next(int(line.split()[0], 16) for line in symbols.splitlines() if line.endswith(" ticks"))
+    text = [int(line.split()[0], 16) for line in symbols.splitlines() if line.split()[1] in "tT"]
+    with restore(snapshot["dir"]) as vm:
+        vm.wait_for(COUNT.pattern)
+        assert uptime_ticks(vm) > snapshot["ticks"]              # the timer has written `ticks`
+        written = set(written_guest_pages(vm.proc.pid, snapshot["memory_kib"]))
+    assert ticks // 4096 in written, f"ticks at {ticks:#x}; copied pages {sorted(map(hex, written))}"
+    assert not written & {address // 4096 for address in text}, sorted(map(hex, written))
 
 
 def test_show_describes_every_part(snapshot):
@@ -255,17 +274,195 @@ def test_a_device_table_missing_a_field_is_refused(snapshot, tmp_path):
     assert "devices/serial.json" in line and "lcr" in line, line
 
 
-def test_a_vm_with_a_virtio_disk_is_not_snapshotted_and_runs_on(tmp_path):
-    """Virtio state is not saved yet: the request is refused with one line, and the guest goes on."""
+# --- several vCPUs ----------------------------------------------------------------------------
+
+CPU_ROW = re.compile(r"^ +(\d+) +\d+ +(\d+) +\d+ +\d+ +\d+  (\S+) \(pid \d+\)$", re.M)   # `cpus`
+PS_COUNTER = re.compile(r"^ +\d+  \w+ +(\d+|-)  counter$", re.M)
+
+
+def cpu_ticks(vm: LiveVm) -> dict[int, int]:
+    """CPU index -> its timer ticks, from the `cpus` table."""
+    start = len(vm.text)
+    vm.send(b"cpus\r")
+    vm.wait_for(r"^user programs ran on two CPUs at once", start)
+    return {int(cpu): int(ticks) for cpu, ticks, _ in CPU_ROW.findall(vm.text, start)}
+
+
+@pytest.fixture(scope="module")
+def smp_snapshot(tmp_path_factory) -> dict:
+    """The counting guest on two vCPUs, snapshotted while both CPUs' timers tick."""
     build_tiny()
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(bytes(1 << 20))
+    directory = tmp_path_factory.mktemp("snap") / "smp"
+    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cpus", "2", "--cmdline", CMDLINE,
+                "--snapshot-dir", str(directory)) as vm:
+        vm.wait_for(COUNT_LINE.format(3))
+        ps = vm.command("ps", PS_COUNTER.pattern)
+        ticks = cpu_ticks(vm)
+        before = max(counts(vm.text))
+        vm.snapshot_by_signal()
+        status = vm.quit()
+    return {"dir": directory, "ticks": ticks, "count_before": before, "counter_cpu": ps.group(1),
+            "status": status, "stderr": vm.err.decode(errors="replace")}
+
+
+def test_a_two_vcpu_guest_continues_on_both_cpus(smp_snapshot):
+    assert smp_snapshot["status"] == 0, smp_snapshot
+    header = json.loads((smp_snapshot["dir"] / "snapshot.json").read_text())
+    assert header["guest"]["vcpus"] == 2 and "vcpu1/regs.bin" in header["parts"], header["guest"]
+    with restore(smp_snapshot["dir"]) as vm:
+        vm.wait_for(COUNT.pattern)
+        first = counts(vm.text)[0]
+        assert first > smp_snapshot["count_before"], (first, smp_snapshot)
+        assert BANNER not in vm.text, f"the restored guest booted again:\n{vm.text}"
+        ticks = cpu_ticks(vm)
+        # Both CPUs' LAPIC timers tick on from where they were: the AP was restored, not restarted.
+        assert set(ticks) == {0, 1}, ticks
+        assert all(ticks[cpu] > smp_snapshot["ticks"][cpu] for cpu in (0, 1)), (ticks, smp_snapshot["ticks"])
+        start = len(vm.text)
+        vm.command("run busy busy", r"^\[\d+ busy\] exit 0$(?s:.*)^\[\d+ busy\] exit 0$")
+        rounds = re.findall(r"^busy \d+: round \d on cpu (\d)$", vm.text[start:], re.M)
+        assert "1" in rounds, f"no program ran on CPU 1 after the restore:\n{vm.text[start:]}"
+        vm.wait_for(COUNT_LINE.format(first + 3))
+
+
+def test_the_restored_vcpus_share_one_tsc(smp_snapshot):
+    """Read between two reads of vCPU 0's TSC, vCPU 1's lies between them: one TSC offset."""
+    from pykvm.vm.arch.x86.msrs import IA32_TSC
+    from pykvm.vm.machine import Machine
+    from pykvm.commands.restore import restore_config
+    from pykvm.vm.snapshot import Snapshot
+
+    config = restore_config(Snapshot.open(smp_snapshot["dir"]), output=lambda data: None)
+    with Machine(config) as machine:
+        first, second = machine.vcpus
+        before = first.get_msrs([IA32_TSC])[IA32_TSC]
+        between = second.get_msrs([IA32_TSC])[IA32_TSC]
+        after = first.get_msrs([IA32_TSC])[IA32_TSC]
+    assert before <= between <= after, (before, between, after)
+
+
+def test_a_stop_during_the_pause_releases_every_vcpu(tmp_path, monkeypatch):
+    """One vCPU thread is writing the snapshot (held inside it here), the other waits at the
+    barrier; a stop then must let the waiting one go, and the VM end, with no snapshot."""
+    import pykvm.vm.snapshot
+    from pykvm.errors import SnapshotError
+    from pykvm.vm.machine import Machine, MachineConfig
+
+    build_tiny()
+    writing, finish, writer = threading.Event(), threading.Event(), []
+
+    def held_take(machine, directory):
+        writer.append(threading.current_thread().name)
+        writing.set()
+        finish.wait(WAIT_S)
+        raise SnapshotError("held until the VM stopped")
+
+    monkeypatch.setattr(pykvm.vm.snapshot, "take", held_take)
+    counting, console = threading.Event(), bytearray()
+
+    def output(data: bytes) -> None:
+        console.extend(data)
+        if b"count 1" in console:
+            counting.set()
+
+    config = MachineConfig(kernel=TINY_ELF, cpus=2, cmdline=CMDLINE, output=output,
+                           snapshot_dir=tmp_path / "snap")
+    with Machine(config) as machine:
+        statuses = []
+        runner = threading.Thread(target=lambda: statuses.append(machine.run()))
+        runner.start()
+        try:
+            assert counting.wait(WAIT_S), f"the guest never counted:\n{console.decode(errors='replace')}"
+            machine.request_snapshot()
+            assert writing.wait(WAIT_S), "no vCPU thread started writing the snapshot"
+            other = 1 - int(writer[0].removeprefix("vcpu"))
+            machine.stop(0)
+            assert machine._finished[other].wait(WAIT_S), f"vCPU {other} still waits at the barrier"
+        finally:
+            finish.set()
+            runner.join(WAIT_S)
+    assert not runner.is_alive() and statuses == [0], statuses
+    assert not (tmp_path / "snap").exists()
+
+
+# --- virtio devices ----------------------------------------------------------------------------
+
+SECTOR = 512
+MID_USE_TRIES = 20                # snapshots until one lands among dbench's reads
+RESTORED_DBENCH_S = 300          # 20000 reads: seconds here, a few minutes on a loaded host
+DBENCH = re.compile(r"^dbench: (\d+) reads of 4 KiB from vda in \d+ ticks", re.M)
+
+
+def disk_image(path: Path, sectors: int) -> Path:
+    path.write_bytes(bytes([0xA5]) * (sectors * SECTOR))
+    return path
+
+
+def text_at(image: Path, sector: int) -> bytes:
+    return image.read_bytes()[sector * SECTOR:(sector + 1) * SECTOR].rstrip(b"\0")
+
+
+def served(directory: Path) -> int:
+    """The requests the snapshot's virtio-blk had taken from its queue (mod 2^16)."""
+    return json.loads((directory / "virtio" / "0-virtio-blk.json").read_text())["queues"][0]["last_avail"]
+
+
+def test_a_virtio_disk_snapshotted_mid_use_goes_on_after_restore(tmp_path):
+    """The guest writes a sector, then reads the disk at random; the snapshot lands among
+    those reads.  Restored, the reads finish (the queue's indexes came back), the guest reads
+    its sector and writes another, and the host finds both in the image."""
+    build_tiny()
+    image = disk_image(tmp_path / "disk.img", 8192)                 # 4 MiB
     directory = tmp_path / "snap"
-    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cmdline", CMDLINE, "--disk", str(disk),
+    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cmdline", CMDLINE, "--disk", str(image),
+                "--rng", "--snapshot-dir", str(directory)) as vm:
+        vm.wait_for(COUNT_LINE.format(2))
+        vm.command("dwrite 3 before the snapshot", r"^vda: wrote sector 3 .*flushed$")
+        vm.snapshot_by_signal()
+        served_before = served(directory)
+        start = len(vm.text)
+        vm.send(b"dbench rand 20000\r")
+        vm.wait_for(r"dbench rand 20000$", start)                    # its echo (a count may come first)
+        for _ in range(MID_USE_TRIES):                               # dbench first fills its buffer
+            last = max(counts(vm.text))
+            vm.wait_for(COUNT_LINE.format(last + 1))                 # the guest ran on since the last try
+            vm.snapshot_by_signal()
+            if served(directory) != served_before:
+                break
+        vm.proc.send_signal(signal.SIGKILL)                          # no more requests to the image
+    assert served(directory) != served_before, "no snapshot caught dbench's reads"
+    assert text_at(image, 3) == b"before the snapshot"
+    shown = pykvm("snapshot", "show", str(directory)).stdout.decode()
+    assert re.search(rf"^  virtio: disk {re.escape(str(image))}, rng; kicks by eventfd$", shown, re.M), shown
+    assert re.search(r"^  virtio/0-virtio-blk\.json .* status 0xf \(ACKNOWLEDGE\|DRIVER\|FEATURES_OK\|"
+                     r"DRIVER_OK\).* q0 size \d+ next avail \d+ used \d+", shown, re.M), shown
+    with restore(directory) as vm:
+        # The restored guest's console starts at the snapshot: dbench's result there means it
+        # was reading when the snapshot was taken, and its reads went on.
+        assert vm.wait_for(DBENCH.pattern, timeout=RESTORED_DBENCH_S).group(1) == "20000"
+        assert BANNER not in vm.text
+        vm.command("dread 3", r"^0000  62 65 66 6f 72 65 20 74 68 65 20 73 6e 61 70 73  \|before the snaps\|$")
+        vm.command("dwrite 5 after the restore", r"^vda: wrote sector 5 .*flushed$")
+        vm.command("poweroff", r"poweroff")
+        assert vm.proc.wait(60) == 0
+    assert text_at(image, 5) == b"after the restore" and text_at(image, 3) == b"before the snapshot"
+
+
+def test_a_disk_changed_since_the_snapshot_is_refused(tmp_path):
+    build_tiny()
+    image = disk_image(tmp_path / "disk.img", 2048)
+    directory = tmp_path / "snap"
+    with LiveVm("boot", "--kernel", str(TINY_ELF), "--cmdline", CMDLINE, "--disk", f"{image},ro",
                 "--snapshot-dir", str(directory)) as vm:
         vm.wait_for(COUNT_LINE.format(2))
-        vm.proc.send_signal(signal.SIGUSR2)
-        vm.wait_for("no snapshot written: snapshots of a VM with virtio devices", stream="err")
-        vm.wait_for(COUNT_LINE.format(4))                   # the guest was not stopped
+        vm.snapshot_by_signal()
         vm.quit()
-    assert not directory.exists() or not any(directory.iterdir())
+    header = json.loads((directory / "snapshot.json").read_text())
+    assert header["guest"]["virtio"]["disks"] == [
+        {"path": str(image), "read_only": True, "size": 2048 * SECTOR, "mtime_ns": image.stat().st_mtime_ns}]
+    with open(image, "r+b") as f:                                   # someone else writes the image
+        f.write(b"changed")
+    line = refused(directory)
+    assert f"disk {image} changed since the snapshot" in line, line
+    image.unlink()
+    assert "No such file" in refused(directory)

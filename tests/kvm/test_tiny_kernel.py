@@ -26,7 +26,7 @@ SHELL_SESSION = ("help;info;uptime;echo hello   world;mem;run hello;mem;run;run 
                  "run sleeper;uptime;poweroff")
 PROCESS_SESSION = "run ping pong;fault;echo still alive;run sleeper &;ps;poweroff"
 COMMANDS = ["help", "info", "uptime", "mem", "echo", "ps", "cpus", "run", "fault", "disk", "dread",
-            "dwrite", "dbench", "poweroff", "reboot", "exit"]
+            "dwrite", "dbench", "net", "ping", "poweroff", "reboot", "exit"]
 DUMP_REGISTERS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
                   "r11", "r12", "r13", "r14", "r15", "rip", "rfl"]
 

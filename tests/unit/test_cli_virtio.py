@@ -78,3 +78,29 @@ def test_console_virtio_puts_a_linux_console_on_hvc0(tmp_path):
     elf.write_bytes(b"\x7fELF" + bytes(0x300))
     assert _is_bzimage(bzimage) and not _is_bzimage(elf) and not _is_bzimage(tmp_path / "none")
     assert linux_hvc0_cmdline() == DEFAULT_CMDLINE + " console=hvc0"
+
+
+@pytest.mark.parametrize("option, message", [
+    ("wifi", "--net wifi: want bridge, or tap=NAME[,mac=52:54:00:12:34:56]"),
+    ("tap=", "--net tap=: want bridge, or tap=NAME[,mac=52:54:00:12:34:56]"),
+    ("tap=t0,speed=10", "--net tap=t0,speed=10: want bridge, or tap=NAME[,mac=52:54:00:12:34:56]"),
+    ("tap=t0,mac=52:54:00:12:34", "--net tap=t0,mac=52:54:00:12:34: '52:54:00:12:34' is not a MAC "
+                                  "address like 52:54:00:12:34:56"),
+    ("tap=t0,mac=01:00:5e:00:00:01", "--net tap=t0,mac=01:00:5e:00:00:01: a multicast MAC (first "
+                                     "byte odd) cannot be a card's"),
+    ("tap=a/b", "tap 'a/b': an interface name is 1-15 characters, without / : or spaces"),
+    ("tap=" + "x" * 16, f"tap '{'x' * 16}': an interface name is 1-15 characters, without / : or spaces"),
+])
+def test_bad_net_option(option, message):
+    assert one_error_line(boot_with("--net", option)) == f"pykvm: error: {message}"
+
+
+def test_bridge_mode_gives_the_guest_its_address_and_a_mac_made_from_it():
+    from types import SimpleNamespace
+
+    from pykvm.commands.boot import ip_argument, mac_for_address
+
+    lease = SimpleNamespace(address="10.213.4.7", netmask="255.255.0.0",
+                            network=SimpleNamespace(gateway="10.213.0.1"))
+    assert ip_argument(lease) == "ip=10.213.4.7::10.213.0.1:255.255.0.0::eth0:off"
+    assert mac_for_address("10.213.4.7") == bytes.fromhex("525400d50407")

@@ -11,12 +11,20 @@ import hashlib
 import json
 import mmap
 import os
+import struct
 
 import pytest
 
 from pykvm.errors import SnapshotError
 from pykvm.vm.devices import acpi_pm, cmos, i8042, pci, serial
-from pykvm.vm.snapshot.format import PAGE, Snapshot, SnapshotWriter, check_target, hash_sparse, write_sparse
+from pykvm.vm.devices.virtio import mmio
+from pykvm.vm.devices.virtio.blk import VIRTIO_BLK_T_IN, Block
+from pykvm.vm.devices.virtio.console import HOST_QUEUE_BYTES, VirtioConsole
+from pykvm.vm.devices.virtio.device import VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1
+from pykvm.vm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+from pykvm.vm.snapshot.format import (PAGE, VERSION, Snapshot, SnapshotWriter, check_target, hash_sparse,
+                                      write_sparse)
+from virtio_driver import DATA_AREA, LIVE, ToyDriver
 
 
 def test_zero_pages_become_holes_and_the_hash_ignores_them(tmp_path):
@@ -80,8 +88,8 @@ def test_headers_from_the_future_or_of_another_format_are_refused(tmp_path):
     written(tmp_path)
     path = tmp_path / "snap" / "snapshot.json"
     header = json.loads(path.read_text())
-    path.write_text(json.dumps({**header, "version": 2}))
-    with pytest.raises(SnapshotError, match="version 2 is newer"):
+    path.write_text(json.dumps({**header, "version": VERSION + 1}))
+    with pytest.raises(SnapshotError, match=f"version {VERSION + 1} is newer"):
         Snapshot.open(tmp_path / "snap")
     path.write_text(json.dumps({**header, "format": "qemu"}))
     with pytest.raises(SnapshotError, match="not a pykvm-snapshot header"):
@@ -152,3 +160,86 @@ def test_a_header_without_a_memory_size_is_refused(tmp_path):
     path.write_text(json.dumps(header))
     with pytest.raises(SnapshotError, match="not a whole number of pages"):
         Snapshot.open(tmp_path / "snap")
+
+
+def test_a_header_with_a_vcpu_count_that_is_no_count_is_refused(tmp_path):
+    written(tmp_path)
+    path = tmp_path / "snap" / "snapshot.json"
+    header = json.loads(path.read_text())
+    for vcpus in (0, "2", None):
+        header["guest"]["vcpus"] = vcpus
+        path.write_text(json.dumps(header))
+        with pytest.raises(SnapshotError, match="vCPUs: a damaged header"):
+            Snapshot.open(tmp_path / "snap")
+    header["guest"]["vcpus"] = 2
+    path.write_text(json.dumps(header))
+    assert Snapshot.open(tmp_path / "snap").vcpu_count == 2
+
+
+# --- virtio: the transport's half of the state (the rings are guest memory) -------------------
+
+HEADER, DATA, STATUS = DATA_AREA, DATA_AREA + 0x1000, DATA_AREA + 0x2000
+
+
+def read_request(driver, head: int, sector: int) -> None:
+    """A one-sector read at descriptors head..head+2, made available (not kicked)."""
+    driver.memory.write(HEADER + 16 * head, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, sector))
+    driver.descriptor(0, head, HEADER + 16 * head, 16, VIRTQ_DESC_F_NEXT, head + 1)
+    driver.descriptor(0, head + 1, DATA + 512 * head, 512, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, head + 2)
+    driver.descriptor(0, head + 2, STATUS + head, 1, VIRTQ_DESC_F_WRITE)
+    driver.offer(0, head)
+
+
+def test_a_virtio_transport_comes_back_and_serves_what_was_pending(tmp_path):
+    """A request served before the snapshot, one made available but not yet served: the restored
+    transport has the same registers, and its first kick serves the second request only."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(range(256)) * 16)
+    old = ToyDriver(Block(image))
+    old.start(VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX)
+    read_request(old, 0, sector=1)
+    old.kick(0)
+    read_request(old, 3, sector=2)                                 # pending at the snapshot
+    with old.transport.lock:
+        state = json.loads(json.dumps(old.transport.get_state()))
+    assert state["queues"][0]["last_avail"] == 1 and state["queues"][0]["used_idx"] == 1, state
+    new_device = Block(image)
+    interrupts = []
+    new = mmio.VirtioMmio(new_device, old.memory, lambda: interrupts.append(1))   # memory.bin's copy
+    new.set_state(state)
+    for offset in (mmio.STATUS, mmio.INTERRUPT_STATUS, mmio.QUEUE_READY):
+        assert new.read(offset, 4) == old.read(offset), f"register {offset:#x}"
+    assert new.read(mmio.STATUS, 4) == LIVE and new.get_state() == state
+    old.set_avail_u16(0, 4 + 2 * 8, 1)                          # used_event: "interrupt me after 1"
+    new.kick_all()
+    assert old.used(0) == [(0, 513), (3, 513)], "the pending request was not served once"
+    assert old.memory.read(DATA + 512 * 3, 512) == image.read_bytes()[1024:1536]
+    assert interrupts == [1]
+    new.reset()
+    new_device.close()
+    old.close()
+
+
+def test_a_virtio_state_with_an_index_out_of_range_is_refused(tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(4096))
+    old = ToyDriver(Block(image))
+    old.start()
+    state = old.transport.get_state()
+    state["queues"][0]["last_avail"] = 1 << 16
+    new = mmio.VirtioMmio(Block(image), old.memory, lambda: None)
+    with pytest.raises(ValueError, match="16-bit"):
+        new.set_state(state)
+    new.reset()
+    new.device.close()
+    old.close()
+
+
+def test_the_virtio_console_keeps_input_the_guest_has_not_taken():
+    old = VirtioConsole(out=lambda data: None)
+    old.receive(b"typed before the snapshot")
+    new = VirtioConsole(out=lambda data: None)
+    new.set_state(json.loads(json.dumps(old.get_state())))
+    assert new.get_state() == {"host_queue": b"typed before the snapshot".hex()}
+    new.set_state({"host_queue": "00" * (HOST_QUEUE_BYTES + 10)})
+    assert len(bytes.fromhex(new.get_state()["host_queue"])) == HOST_QUEUE_BYTES

@@ -632,19 +632,21 @@ class Builder:
             matches = [clean]
         matches = [m for m in matches if m == "." or not src.ignore.ignored(m)]
         # A source is looked up inside the context as if it were "/": a symlink in the
-        # context that points at /etc reads the context's etc, never the host's.
-        matches = [os.path.relpath(secure_join(src.base, m), src.base) for m in matches]
-        matches = [m for m in matches if os.path.lexists(os.path.join(src.base, m))
-                   and (m == "." or not src.ignore.ignored(m))]
-        if not matches:
+        # context that points at /etc reads the context's etc, never the host's.  A symlink
+        # named as a source is followed, and its copy keeps the name the COPY gave (fsutil's
+        # copy: the followed path's content under filepath.Base of the source as named).
+        found = [(m, os.path.relpath(secure_join(src.base, m), src.base)) for m in matches]
+        found = [(m, real) for m, real in found if os.path.lexists(os.path.join(src.base, real))
+                 and (real == "." or not src.ignore.ignored(real))]
+        if not found:
             raise self.file.error(ins, f"no such file: {source}")
         out: list[tuple[str, str]] = []
-        for m in matches:
-            top = os.path.join(src.base, m)
+        for named, real in found:
+            top = os.path.join(src.base, real)
             if os.path.isdir(top) and not os.path.islink(top):
-                out += self._walk_context(src, m)
+                out += self._walk_context(src, real)
             else:
-                out.append((m, posixpath.basename(m)))
+                out.append((real, posixpath.basename(named)))
         return out
 
     def _walk_context(self, src: Source, top: str) -> list[tuple[str, str]]:

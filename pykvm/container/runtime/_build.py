@@ -30,6 +30,8 @@ SOURCE = r"""
 #include <linux/capability.h>
 #include <linux/securebits.h>
 #include <linux/keyctl.h>
+#include <linux/ioprio.h>
+#include <sys/personality.h>
 #include <linux/bpf.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -51,6 +53,12 @@ static int sys_capget(struct __user_cap_header_struct *hdr,
                       struct __user_cap_data_struct *data)
 {
     return syscall(SYS_capget, hdr, data);
+}
+
+/* ioprio_set(2) has no glibc wrapper: the system call itself. */
+static int sys_ioprio_set(int which, int who, int ioprio)
+{
+    return syscall(SYS_ioprio_set, which, who, ioprio);
 }
 
 /* keyctl(2) has no glibc wrapper (libkeyutils has one): the system call itself. */
@@ -312,6 +320,18 @@ struct winsize {
     unsigned short ws_col;
     ...;
 };
+
+/* --- the process's execution domain and I/O priority ----------------------
+   personality(2) <sys/personality.h>, ioprio_set(2) <linux/ioprio.h> */
+#define PER_LINUX ...
+#define PER_LINUX32 ...
+int personality(unsigned long persona);
+#define IOPRIO_WHO_PROCESS ...
+#define IOPRIO_CLASS_RT ...
+#define IOPRIO_CLASS_BE ...
+#define IOPRIO_CLASS_IDLE ...
+#define IOPRIO_CLASS_SHIFT ...
+int sys_ioprio_set(int which, int who, int ioprio);
 """
 
 ffibuilder.cdef(CDEF)

@@ -19,16 +19,26 @@ Refused, naming the field (pykvm cannot enforce them, and a security setting
 must never be dropped silently): process.apparmorProfile,
 process.selinuxLabel, linux.mountLabel, linux.intelRdt.  Then validate.py
 checks the whole RunConfig (ids, paths, limits) before anything is created.
+
+Read here too: domainname, process.{consoleSize, ioPriority}, linux.{personality,
+devices[], rootfsPropagation (only pykvm's own: private, rprivate)},
+linux.resources.{memory.swap, cpu.shares/cpus/mems}.  The spec's other fields
+(blockIO, hugepageLimits, rdma, ...) are refused the same way, each named in UNSUPPORTED.  Keys the spec does not define are ignored, as
+config.md "Extensibility" requires; the other platforms' sections (windows, solaris, zos)
+do not apply on Linux.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 
 from pykvm.container.runtime.cgroups import CPU_PERIOD_US, DeviceRule, Limits
 from pykvm.container.runtime.hooks import parse_hooks
 from pykvm.container.runtime.namespaces import CLONE_FLAGS, IdMap
-from pykvm.container.runtime.rootfs import Mount
+from pykvm.container.runtime.syscalls import lib
+from pykvm.container.runtime.validate import check_id
+from pykvm.container.runtime.rootfs import NODE_TYPES, DeviceNode, Mount
 from pykvm.container.runtime.config import DEFAULT_UMASK, RunConfig
 from pykvm.container.runtime.seccomp import Profile, parse_profile
 from pykvm.errors import ConfigError
@@ -44,7 +54,35 @@ UNSUPPORTED = {
     ("process", "selinuxLabel"): "pykvm applies no SELinux label",
     ("linux", "mountLabel"): "pykvm applies no SELinux label",
     ("linux", "intelRdt"): "pykvm has no Intel RDT support",
+    ("linux", "resources", "blockIO"): "pykvm sets no block I/O weights or throttles",
+    ("linux", "resources", "hugepageLimits"): "pykvm sets no hugetlb limits",
+    ("linux", "resources", "network"): "pykvm sets no net_cls or net_prio values",
+    ("linux", "resources", "rdma"): "pykvm sets no RDMA limits",
+    ("linux", "resources", "unified"): "pykvm writes no raw cgroup v2 files",
+    ("linux", "resources", "memory", "reservation"): "pykvm sets no soft memory limit",
+    ("linux", "resources", "memory", "kernel"): "pykvm sets no kernel memory limit",
+    ("linux", "resources", "memory", "kernelTCP"): "pykvm sets no kernel TCP memory limit",
+    ("linux", "resources", "memory", "swappiness"): "pykvm sets no swappiness",
+    ("linux", "resources", "memory", "disableOOMKiller"): "pykvm leaves the OOM killer on",
+    ("linux", "resources", "memory", "useHierarchy"): "pykvm sets no memory.use_hierarchy",
+    ("linux", "resources", "memory", "checkBeforeUpdate"): "pykvm has no update operation",
+    ("linux", "resources", "cpu", "realtimeRuntime"): "pykvm sets no real-time CPU budget",
+    ("linux", "resources", "cpu", "realtimePeriod"): "pykvm sets no real-time CPU budget",
+    ("linux", "resources", "cpu", "burst"): "pykvm sets no CPU burst",
+    ("linux", "resources", "cpu", "idle"): "pykvm sets no SCHED_IDLE cgroup",
+    ("linux", "timeOffsets"): "pykvm makes no time namespace",
+    ("linux", "netDevices"): "pykvm moves no network device into the container",
+    ("linux", "memoryPolicy"): "pykvm sets no NUMA memory policy",
+    ("process", "scheduler"): "pykvm sets no scheduling policy",
+    ("process", "execCPUAffinity"): "pykvm sets no CPU affinity",
+    ("vm",): "pykvm runs bundles as containers, not as virtual machines",
 }
+IO_CLASSES = {"IOPRIO_CLASS_RT": lib.IOPRIO_CLASS_RT, "IOPRIO_CLASS_BE": lib.IOPRIO_CLASS_BE,
+              "IOPRIO_CLASS_IDLE": lib.IOPRIO_CLASS_IDLE}     # config.md "ioPriority"
+IO_LEVELS = range(8)                                          # ioprio_set(2): 0 (highest) to 7
+PERSONALITIES = {"LINUX": lib.PER_LINUX, "LINUX32": lib.PER_LINUX32}   # config-linux.md "Personality"
+CPU_SHARES = range(2, 262145)     # the kernel's cpu.shares range (runc refuses what it would clamp)
+CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")     # cpuset's "0-3,5" (cgroup-v1/cpusets.rst)
 
 
 def load_bundle(bundle: str) -> RunConfig:
@@ -74,6 +112,7 @@ def config_from_spec(spec: dict, bundle: str) -> RunConfig:
     root_path = _expect(root.get("path"), str, "root.path")
     user = _expect(process.get("user", {}), dict, "process.user")
     _refuse_unsupported(spec)
+    _root_propagation(linux.get("rootfsPropagation"))
     return RunConfig(
         args=_strings(process.get("args"), "process.args", nonempty=True),
         rootfs=_root_path(bundle, root_path),
@@ -87,6 +126,11 @@ def config_from_spec(spec: dict, bundle: str) -> RunConfig:
         oom_score_adj=_expect(process.get("oomScoreAdj"), (int, type(None)), "process.oomScoreAdj"),
         sysctl=_expect(linux.get("sysctl", {}), dict, "linux.sysctl"),
         hostname=_expect(spec.get("hostname"), (str, type(None)), "hostname"),
+        domainname=_expect(spec.get("domainname"), (str, type(None)), "domainname") or None,
+        personality=_personality(linux.get("personality")),
+        io_priority=_io_priority(process.get("ioPriority")),
+        console_size=_console_size(process.get("consoleSize")),
+        device_nodes=_device_nodes(linux.get("devices", [])),
         readonly=bool(root.get("readonly", False)),
         namespaces=_namespaces(linux.get("namespaces", [])),
         uid_mappings=_id_maps(linux.get("uidMappings", []), "linux.uidMappings"),
@@ -114,7 +158,7 @@ def _refuse_unsupported(spec: dict) -> None:
         value = spec
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
-        if value not in (None, "", {}, []):
+        if _is_set(value):
             raise ConfigError(f"config.json: {'.'.join(path)} is set, but {why}: remove it to run "
                               f"without it, or use a runtime that applies it (runc)")
 
@@ -201,6 +245,9 @@ def _limits(resources) -> Limits:
     # not say; runc writes "max" for any limit below 0, and podman documents -1: the same here.
     limits.memory = _limit_or_unlimited(memory.get("limit"), "linux.resources.memory.limit")
     limits.pids = _limit_or_unlimited(pids.get("limit"), "linux.resources.pids.limit")
+    limits.memory_swap = _swap(memory.get("swap"), limits.memory)
+    limits.cpu_shares = _cpu_shares(cpu.get("shares"))
+    limits.cpu_cpus, limits.cpu_mems = (_cpu_list(cpu.get(k), f"linux.resources.cpu.{k}") for k in ("cpus", "mems"))
     if cpu.get("quota") is not None and cpu["quota"] != UNLIMITED:
         limits.cpu_quota = _positive(cpu["quota"], "linux.resources.cpu.quota")
         limits.cpu_period = _positive(cpu.get("period", CPU_PERIOD_US), "linux.resources.cpu.period")
@@ -251,6 +298,9 @@ def _mounts(entries, bundle: str) -> list[Mount]:
         source = _expect(m.get("source", ""), str, f"mounts[{i}].source")
         kind = _expect(m.get("type", "bind"), str, f"mounts[{i}].type")
         options = _strings(m.get("options", []), f"mounts[{i}].options")
+        if _is_set(m.get("uidMappings")) or _is_set(m.get("gidMappings")):
+            raise ConfigError(f"config.json: mounts[{i}].uidMappings/gidMappings are set, but pykvm "
+                              f"makes no id-mapped mounts: remove them to run without them")
         if (kind == "bind" or "bind" in options or "rbind" in options) and not os.path.isabs(source):
             source = os.path.join(bundle, source)
         out.append(Mount(dest, kind, source, options))
@@ -283,3 +333,116 @@ def _rlimits(entries) -> list[tuple[str, int, int]]:
         out.append((name, _int(r.get("soft"), f"process.rlimits[{i}].soft"),
                     _int(r.get("hard"), f"process.rlimits[{i}].hard")))
     return out
+
+
+def _swap(value, memory: int | None) -> int | None:
+    """linux.resources.memory.swap: memory+swap in bytes, or UNLIMITED; 0 or absent: None
+    (pykvm's default then: no swap past the memory limit)."""
+    if value in (None, 0):
+        return None
+    field = "linux.resources.memory.swap"
+    _expect(value, int, field)
+    if memory is None:
+        raise ConfigError(f"config.json: {field} needs linux.resources.memory.limit (it is memory + swap)")
+    if value != UNLIMITED and value < memory:
+        raise ConfigError(f"config.json: {field} {value} is below memory.limit {memory}: "
+                          f"it counts memory + swap, so it must be at least the memory limit")
+    return value
+
+
+def _cpu_shares(value) -> int | None:
+    """linux.resources.cpu.shares: a relative weight; 0 or absent: the kernel's default."""
+    if value in (None, 0):
+        return None
+    _expect(value, int, "linux.resources.cpu.shares")
+    if value not in CPU_SHARES:
+        raise ConfigError(f"config.json: linux.resources.cpu.shares {value} is out of the kernel's "
+                          f"range {CPU_SHARES.start}..{CPU_SHARES.stop - 1}")
+    return value
+
+
+def _cpu_list(value, field: str) -> str | None:
+    """linux.resources.cpu.cpus / mems: a cpuset list such as "0-3,5"; "" or absent: the parent's."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not CPU_LIST.fullmatch(value):
+        raise ConfigError(f"config.json: {field} must be a list such as \"0-3,5\", not {value!r}")
+    return value
+
+
+def _personality(value) -> int | None:
+    """linux.personality: the execution domain; the spec defines no flags yet."""
+    if value is None:
+        return None
+    _expect(value, dict, "linux.personality")
+    domain = value.get("domain")
+    if domain not in PERSONALITIES:
+        raise ConfigError(f"config.json: linux.personality.domain must be one of "
+                          f"{', '.join(PERSONALITIES)}, not {domain!r}")
+    if _strings(value.get("flags", []), "linux.personality.flags"):
+        raise ConfigError("config.json: linux.personality.flags is set, but the spec defines no "
+                          "flags (and pykvm applies none): remove them")
+    return PERSONALITIES[domain]
+
+
+def _io_priority(value) -> tuple[int, int] | None:
+    """process.ioPriority: (class, level) for ioprio_set(2)."""
+    if value is None:
+        return None
+    _expect(value, dict, "process.ioPriority")
+    name, level = value.get("class"), value.get("priority", 0)
+    if name not in IO_CLASSES:
+        raise ConfigError(f"config.json: process.ioPriority.class must be one of "
+                          f"{', '.join(IO_CLASSES)}, not {name!r}")
+    if _int(level, "process.ioPriority.priority") not in IO_LEVELS:
+        raise ConfigError(f"config.json: process.ioPriority.priority {level} is out of range 0..7")
+    return IO_CLASSES[name], level
+
+
+def _console_size(value) -> tuple[int, int] | None:
+    """process.consoleSize: the pty's first (rows, columns); only with a terminal."""
+    if value is None:
+        return None
+    _expect(value, dict, "process.consoleSize")
+    return tuple(_int(value.get(k), f"process.consoleSize.{k}") for k in ("height", "width"))
+
+
+def _root_propagation(value) -> None:
+    """linux.rootfsPropagation: pykvm makes the container's mounts rprivate (rootfs.py step 1)
+    and applies nothing else; another value (runc's default is rslave) is refused."""
+    if value in (None, "", "private", "rprivate"):
+        return
+    raise ConfigError(f"config.json: linux.rootfsPropagation is {value!r}, but pykvm's container "
+                      f"mounts are always rprivate: remove it or say \"rprivate\"")
+
+
+def _device_nodes(entries) -> list[DeviceNode]:
+    """linux.devices: config-linux.md "Devices"; pykvm makes them in /dev only (runc anywhere
+    in the rootfs, which would leave device nodes in the bundle's directory)."""
+    _expect(entries, list, "linux.devices")
+    out = []
+    for i, d in enumerate(entries):
+        field = f"linux.devices[{i}]"
+        _expect(d, dict, field)
+        path = _expect(d.get("path"), str, f"{field}.path")
+        kind = d.get("type")
+        if kind not in NODE_TYPES:
+            raise ConfigError(f"config.json: {field}.type must be one of {', '.join(NODE_TYPES)}, not {kind!r}")
+        if "\0" in path or os.path.normpath(path) != path or not path.startswith("/dev/"):
+            raise ConfigError(f"config.json: {field}.path must be a plain absolute path under /dev/, not {path!r}")
+        numbers = [0, 0] if kind == "p" else [_int(d.get(k), f"{field}.{k}") for k in ("major", "minor")]
+        mode = _int(d.get("fileMode", 0o666), f"{field}.fileMode")
+        if mode > 0o777:
+            raise ConfigError(f"config.json: {field}.fileMode {mode:#o} has bits beyond the permissions (0777)")
+        ids = [check_id(_int(d.get(k, 0), f"{field}.{k}"), f"config.json: {field}.{k}") for k in ("uid", "gid")]
+        out.append(DeviceNode(path, kind, *numbers, mode, *ids))
+    return out
+
+
+def _is_set(value) -> bool:
+    """A field with a value: an object counts when one of its fields is set or names an
+    object (netDevices {"eth1": {}}); Docker writes "blockIO": {} and "disableOOMKiller":
+    false for "none"."""
+    if isinstance(value, dict):
+        return any(isinstance(v, dict) or _is_set(v) for v in value.values())
+    return value not in (None, "", []) and value is not False

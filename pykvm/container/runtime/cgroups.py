@@ -7,11 +7,13 @@ and cgroup-v1/*.rst in the kernel tree):
                          controllers are switched on for children through the
                          parent's cgroup.subtree_control.
                            memory.max, memory.swap.max, pids.max, cpu.max "QUOTA PERIOD",
+                           cpu.weight, cpuset.cpus, cpuset.mems,
                            memory.events "oom_kill N"
     cgroup v1            one tree per controller: /sys/fs/cgroup/memory, /pids, /cpu ...;
                          a cgroup is one directory in each.
                            memory.limit_in_bytes, memory.memsw.limit_in_bytes,
                            pids.max, cpu.cfs_quota_us + cpu.cfs_period_us,
+                           cpu.shares, cpuset.cpus, cpuset.mems,
                            memory.oom_control "oom_kill N"
 
 `detect()` says which one this machine runs: v2 when /sys/fs/cgroup itself is a
@@ -31,6 +33,9 @@ What a container may touch (runc's libcontainer/configs/validate and cgroups/fs)
     - kill and destroy touch only the container's own processes (a `mine`
       predicate, its PID namespace), so two containers may share one cgroupsPath:
       the first to go leaves the cgroup to the other, as runc 1.1 does;
+    - a cgroupsPath that holds processes of no pykvm container (a host service's
+      cgroup) is refused before any of its files is written (launcher.py;
+      runc 1.1 would rewrite its limits and device rules);
     - the devices controller (cgroup-v1/devices.rst; on v2 an eBPF program,
       bpf_devices.py) denies every device but runc's default list and the
       bundle's linux.resources.devices rules.
@@ -48,7 +53,7 @@ from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["CGROUP_ROOT", "Limits", "DeviceRule", "DEFAULT_DEVICES", "Cgroup", "CgroupV1", "CgroupV2",
            "detect", "open_cgroup", "check_path", "v1_hierarchies", "join", "close_all", "parse_size",
-           "parse_cpus", "own_cgroup", "own_cgroups", "MAX_LIMIT"]
+           "parse_cpus", "own_cgroup", "own_cgroups", "cpu_weight", "MAX_LIMIT"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's and Docker's default
@@ -102,6 +107,10 @@ class Limits:
     pids: int | None = None            # max number of tasks
     cpu_quota: int | None = None       # microseconds of CPU per period
     cpu_period: int = CPU_PERIOD_US
+    cpu_shares: int | None = None      # relative weight, 2..262144 (v2: cpu.weight, converted)
+    cpu_cpus: str | None = None        # cpuset lists: "0-3,5"
+    cpu_mems: str | None = None
+    memory_swap: int | None = None     # memory + swap, bytes, or -1 (no swap limit); None: no swap
     devices: list[DeviceRule] = field(default_factory=list)   # config.json's, between deny-all and defaults
 
     def device_rules(self) -> list[DeviceRule]:
@@ -110,8 +119,11 @@ class Limits:
 
     def wanted(self) -> list[str]:
         """The controllers these limits need, for messages about what is missing."""
-        return [name for name, value in (("memory", self.memory), ("pids", self.pids),
-                                         ("cpu", self.cpu_quota)) if value is not None]
+        wanted = [name for name, value in (("memory", self.memory), ("pids", self.pids),
+                                           ("cpu", self.cpu_quota), ("cpu", self.cpu_shares),
+                                           ("cpuset", self.cpu_cpus), ("cpuset", self.cpu_mems))
+                  if value is not None]
+        return list(dict.fromkeys(wanted))
 
 
 def parse_size(text: str) -> int:
@@ -265,12 +277,17 @@ class CgroupV2(Cgroup):
             bpf_devices.attach(path, limits.device_rules())
         if limits.memory is not None:
             _write(path / "memory.max", limits.memory)
-            if (path / "memory.swap.max").exists():
-                _write(path / "memory.swap.max", 0)       # OOM, not swap, past the limit
+            if (path / "memory.swap.max").exists() or limits.memory_swap is not None:
+                _write(path / "memory.swap.max", _v2_swap(limits))
         if limits.pids is not None:
             _write(path / "pids.max", limits.pids)
         if limits.cpu_quota is not None:
             _write(path / "cpu.max", f"{limits.cpu_quota} {limits.cpu_period}")
+        if limits.cpu_shares is not None:
+            _write(path / "cpu.weight", cpu_weight(limits.cpu_shares))
+        for name, value in (("cpuset.cpus", limits.cpu_cpus), ("cpuset.mems", limits.cpu_mems)):
+            if value is not None:
+                _write(path / name, value)
 
     def _enable_controllers(self, parent: Path, wanted: list[str]) -> None:
         """cgroup-v2.rst "Top-down constraint": each ancestor must enable a controller for its children."""
@@ -332,13 +349,19 @@ class CgroupV1(Cgroup):
         if limits.memory is not None:
             mem = self.dir("memory")
             _write(mem / "memory.limit_in_bytes", limits.memory)
-            if (mem / "memory.memsw.limit_in_bytes").exists():   # memory+swap: no swapping past it
-                _write(mem / "memory.memsw.limit_in_bytes", limits.memory)
+            if (mem / "memory.memsw.limit_in_bytes").exists() or limits.memory_swap is not None:
+                # memory+swap: the config's, else the memory limit (no swapping past it)
+                _write(mem / "memory.memsw.limit_in_bytes", limits.memory_swap or limits.memory)
         if limits.pids is not None:
             _write(self.dir("pids") / "pids.max", limits.pids)
         if limits.cpu_quota is not None:
             _write(self.dir("cpu") / "cpu.cfs_period_us", limits.cpu_period)
             _write(self.dir("cpu") / "cpu.cfs_quota_us", limits.cpu_quota)
+        if limits.cpu_shares is not None:
+            _write(self.dir("cpu") / "cpu.shares", limits.cpu_shares)
+        for name, value in (("cpuset.cpus", limits.cpu_cpus), ("cpuset.mems", limits.cpu_mems)):
+            if value is not None:
+                _write(self.dir("cpuset") / name, value)
 
     # kernel/cgroup/cgroup.c, cgroup_procs_write_start(): moving one thread that
     # is the caller itself "can skip the global lock".  Our caller is a freshly
@@ -349,6 +372,21 @@ class CgroupV1(Cgroup):
         if not self.has("memory"):
             return 0
         return _keyed(self.dir("memory") / "memory.oom_control", "oom_kill")
+
+
+def cpu_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares (2..262144) -> v2 cpu.weight (1..10000), runc's formula
+    (libcontainer/cgroups ConvertCPUSharesToCgroupV2Value)."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def _v2_swap(limits: Limits) -> int | str:
+    """memory.swap.max counts swap alone; the OCI value counts memory + swap."""
+    if limits.memory_swap is None:
+        return 0                                   # OOM, not swap, past the limit
+    if limits.memory_swap == -1:
+        return "max"
+    return limits.memory_swap - limits.memory
 
 
 def _make_cpuset(hierarchy: Path, path: str) -> None:

@@ -2,7 +2,8 @@
 and the steps by which it becomes the user's program.
 
     command   (forked by init, or by exec's joiner)
-         signals back to their defaults, stdio, oom_score_adj, umask, setsid,
+         signals back to their defaults, stdio, oom_score_adj, personality,
+         I/O priority, umask, setsid,
          with -t the controlling terminal, chdir, HOME, then the credentials
          (no_new_privs, bounding set, groups, uid/gid, capability sets),
          only fds 0-2, the seccomp filter, execve(2)
@@ -28,7 +29,7 @@ from pykvm.container.runtime.config import RunConfig
 from pykvm.container.runtime.process import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP_FAILED,
                                              EventPipe, ExecFailed, close_other_fds)
 from pykvm.container.runtime.seccomp import load_filter
-from pykvm.container.runtime.syscalls import lib, prctl
+from pykvm.container.runtime.syscalls import lib, prctl, set_io_priority, set_personality
 from pykvm.container.runtime.validate import RLIM_INFINITY
 from pykvm.errors import ConfigError, ContainerError
 
@@ -49,6 +50,10 @@ def exec_command(cfg: RunConfig, pipe: EventPipe, stdio: dict) -> int:
         if fd != target:
             os.dup2(fd, target)
     set_oom_score_adj(cfg.oom_score_adj or 0, required=cfg.oom_score_adj is not None)
+    if cfg.personality is not None:
+        set_personality(cfg.personality)
+    if cfg.io_priority is not None:
+        set_io_priority(*cfg.io_priority)                # the RT class needs CAP_SYS_ADMIN: before the drop
     os.umask(cfg.umask)
     os.setsid()
     if cfg.tty:

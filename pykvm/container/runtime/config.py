@@ -50,6 +50,11 @@ class RunConfig:
     gid: int = 0
     additional_gids: list[int] = field(default_factory=list)
     hostname: str | None = None
+    domainname: str | None = None              # the UTS namespace's NIS domain name (setdomainname(2))
+    personality: int | None = None             # linux.personality: PER_LINUX32 makes `uname -m` say i686
+    io_priority: tuple[int, int] | None = None   # process.ioPriority: (IOPRIO_CLASS_*, level 0-7)
+    console_size: tuple[int, int] | None = None  # process.consoleSize: the pty's first (rows, columns)
+    device_nodes: list[fs.DeviceNode] = field(default_factory=list)   # linux.devices: made in /dev
     readonly: bool = False
     namespaces: dict[str, str | None] = field(     # OCI type -> path to join, or None for a new one
         default_factory=lambda: dict.fromkeys(DEFAULT_NAMESPACES))
@@ -147,6 +152,7 @@ def process_defaults(cfg: RunConfig) -> dict:
     process: environment, working directory, user, capabilities, no_new_privs, rlimits, and
     the seccomp filter (runc exec loads the container's)."""
     return {"env": list(cfg.env), "cwd": cfg.cwd, "uid": cfg.uid, "gid": cfg.gid,
+            "personality": cfg.personality, "io_priority": cfg.io_priority,
             "additional_gids": list(cfg.additional_gids), "capabilities": dict(cfg.capabilities),
             "no_new_privileges": cfg.no_new_privileges, "rlimits": [list(r) for r in cfg.rlimits],
             "umask": cfg.umask, "new_keyring": cfg.new_keyring,

@@ -83,6 +83,7 @@ def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = N
                                                       ["TERM=xterm"] if tty else []), list(env)),
                   cwd=cwd or p.get("cwd", "/"), uid=who.uid, gid=who.gid, additional_gids=who.groups,
                   capabilities=p.get("capabilities") or base.capabilities,
+                  personality=p.get("personality"), io_priority=p.get("io_priority"),
                   no_new_privileges=p.get("no_new_privileges", True),
                   rlimits=[tuple(r) for r in p.get("rlimits", base.rlimits)],
                   umask=p.get("umask", base.umask), new_keyring=p.get("new_keyring", True),

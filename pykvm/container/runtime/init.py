@@ -39,7 +39,7 @@ from pykvm.container.runtime.process import (CREATED, EventPipe, child_main, clo
                                              detach_stdio, exit_code, kill_quietly)
 from pykvm.container.runtime.state import oci_state_json, stat_field, stat_fields
 from pykvm.container.runtime.syscalls import (join_session_keyring, key_permissions, lib, prctl,
-                                              set_key_permissions, sethostname)
+                                              set_key_permissions, setdomainname, sethostname)
 from pykvm.errors import ContainerError, SyscallError
 
 if TYPE_CHECKING:
@@ -119,6 +119,8 @@ def enter_namespaces(container: Container, kinds: tuple[str, ...]) -> None:
     hostname = cfg.hostname_for(container.id)
     if hostname and "uts" in kinds:
         sethostname(hostname)
+    if cfg.domainname is not None and "uts" in kinds:
+        setdomainname(cfg.domainname)
 
 
 def new_session_keyring(cid: str) -> None:
@@ -155,6 +157,7 @@ def build_root(container: Container, pipe: EventPipe) -> None:
     host_sys = "network" not in cfg.namespaces and "user" in cfg.namespaces
     fs.mount_all(root, cfg.mounts, host_sys=host_sys,
                  cgroupns="cgroup" in cfg.namespaces and not cfg.namespaces["cgroup"])
+    fs.make_device_nodes(root, cfg.device_nodes)
     _write_sysctls(root, cfg.sysctl)                     # through the container's /proc, before it is ro
     fs.mask_paths(root, cfg.masked_paths)
     fs.readonly_paths(root, cfg.readonly_paths)

@@ -223,18 +223,34 @@ class Container:
         self.store.save(self.state)
 
     def _check_shared_cgroup(self) -> None:
-        """A cgroupsPath that already holds processes: shared, with runc 1.1's warning, when
-        the container's own PID namespace tells its processes from the others'; refused when
-        it has none (destroying the container would then kill the others too)."""
+        """A cgroupsPath that already holds processes.  Shared, with runc 1.1's warning, when
+        every one of them is a pykvm container's that named the same cgroupsPath and the new
+        container has a PID namespace of its own to tell its processes from theirs.  Refused
+        otherwise, and nothing of the cgroup is touched then, not even on the way out: its
+        limits and device rules are someone else's (runc would rewrite them)."""
         others = self.cgroup.pids()
         if not others:
             return
+        foreign = [pid for pid in others if not self._in_sharing_container(pid)]
+        if foreign:
+            where, self.cgroup = self.cgroup.describe(), None
+            raise ContainerError(f"{where} already holds {len(foreign)} process(es) that are no pykvm "
+                                 f"container's (PID {foreign[0]}): pykvm neither limits nor joins a cgroup "
+                                 f"it did not make; give the container a cgroupsPath of its own")
         if "pid" not in self.cfg.namespaces or self.cfg.namespaces["pid"]:
-            raise ContainerError(f"{self.cgroup.describe()} already holds {len(others)} process(es) and the "
+            where, self.cgroup = self.cgroup.describe(), None
+            raise ContainerError(f"{where} already holds {len(others)} process(es) and the "
                                  f"container has no PID namespace of its own to tell its processes "
                                  f"from theirs: give it its own cgroupsPath")
         self.warn(f"{self.cgroup.describe()} is not empty: {len(others)} process(es) found; the "
                   f"container shares it (and its limits) with them")
+
+    def _in_sharing_container(self, pid: int) -> bool:
+        """Is `pid` a process of a pykvm container (in this state store) in the same cgroup?"""
+        dirs = set(self.state.cgroup["dirs"])
+        return any(owned_by(other.pid_namespace, True)(pid) for other in self.store.list()
+                   if other.id != self.id and other.cgroup.get("named")
+                   and dirs & set(other.cgroup.get("dirs", [])))
 
     def _mine(self, pid: int) -> bool:
         return owned_by(self.pid_namespace, self.cfg.cgroups_path is not None)(pid)
@@ -280,7 +296,7 @@ class Container:
                                   "(process.terminal: true in config.json)")
             return
         from pykvm.container.runtime import terminal     # only with -t: it and socket cost ~4 ms to import
-        self.winsize = terminal.get_winsize(terminal.our_terminal())
+        self.winsize = self.cfg.console_size or terminal.get_winsize(terminal.our_terminal())
         if self.mode == CREATED:
             if self.tty_inside is None:
                 raise ConfigError("process.terminal is true: `oci create` needs --console-socket "

@@ -18,12 +18,14 @@ frame out of the port it came in by (Docker and Podman set it too).  When the co
 exits) the kernel destroys eth0 and with it the host end: a crash leaves no veth.
 What a crash does leave, an address lease and a published port, `sweep` gives back.
 
-A VM joins the same bridge with a tap device in place of the veth: `reserve()` leases its
-address (and host ports) as for a container, `ip tuntap add NAME mode tap` and `ip link set
-NAME master BRIDGE up` plug it in, and the guest sets the leased address on its side itself
-(`ip=` on the kernel command line); the VMM reads and writes the tap's frames through the
-file descriptor of /dev/net/tun.  `stale_leases` would then judge a VM's lease by its
-recorded launcher process, where it now looks the container's state up.
+A VM joins the same bridge with a tap device in place of the veth: `reserve_vm()` leases
+its address as for a container, the VMM makes the tap (pykvm.vm.devices.virtio.tap),
+`plug_tap()` makes it a port of the bridge, and the guest sets the leased address on its
+side itself (`ip=` on the kernel command line).  A VM's lease is judged by the VMM's
+process (its pid and start time, recorded in the lease): the tap lives as long as that
+process holds it open, so a killed VM leaves only its lease, which the next sweep gives
+back.  The sweep also removes any port of our bridge no lease accounts for, veth or tap,
+and a running VM's tap is in its lease: a container run never removes it.
 
 Every change goes through iproute2's `ip` (ip-link(8), ip-address(8), ip-route(8)),
 in batches (`ip -batch -`, one process for several lines), rather than rtnetlink
@@ -59,13 +61,16 @@ from pykvm.container.runtime.state import StateStore, pid_alive, process_start_t
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["Network", "Lease", "DEFAULT_BRIDGE", "DEFAULT_SUBNET", "MODES", "default_mode",
-           "network_dir", "veth_name", "reserve", "connect", "release", "sweep", "stale_leases",
+           "network_dir", "veth_name", "tap_name", "reserve", "connect", "release", "sweep",
+           "stale_leases", "reserve_vm", "plug_tap",
            "remove_network", "load_network", "recorded", "hosts_text", "link_exists"]
 
 DEFAULT_BRIDGE = "pykvm0"
 DEFAULT_SUBNET = "10.213.0.0/16"    # away from Docker's 172.17/16 and Podman's 10.88/16, 10.89.x/24
 CONTAINER_IFNAME = "eth0"           # the container's end of its veth pair
 VETH_PREFIX = "pkv"                 # the host's end: pkv + 12 hex digits of the id
+TAP_PREFIX = "pkt"                  # a VM's tap: pkt + 12 hex digits of the VM's id
+VM_KIND = "vm"                      # a lease record's "kind" for a VM (a container's has none)
 IFNAMSIZ = 16                       # <linux/if.h>: 15 characters and a NUL
 IP_TIMEOUT = 10.0                   # seconds for one `ip` or `nsenter` run
 MODES = ("bridge", "none", "host")
@@ -92,6 +97,10 @@ def network_dir() -> Path:
 
 def veth_name(cid: str) -> str:
     return f"{VETH_PREFIX}{cid[:IFNAMSIZ - 1 - len(VETH_PREFIX)]}"
+
+
+def tap_name(vm_id: str) -> str:
+    return f"{TAP_PREFIX}{vm_id[:IFNAMSIZ - 1 - len(TAP_PREFIX)]}"
 
 
 @dataclass
@@ -139,6 +148,14 @@ class Lease:
     def veth(self) -> str:
         return veth_name(self.id)
 
+    @property
+    def tap(self) -> str:
+        return tap_name(self.id)
+
+    @property
+    def netmask(self) -> str:
+        return str(ipaddress.IPv4Network(self.network.subnet).netmask)
+
 
 # --- the launcher's three calls: reserve, connect, release ------------------------
 
@@ -158,6 +175,28 @@ def reserve(cid: str, name: str, hostname: str, ports: list[nft.Publish], hosts:
         leases.save()
         _write_hosts_files(leases)
     return Lease(cid, address, net, list(ports))
+
+
+def reserve_vm(vm_id: str, name: str) -> Lease:
+    """A VM's address on the bridge (made if needed), leased while this process lives; its
+    tap's name is tap_name(vm_id), recorded so that no sweep takes the tap away."""
+    directory = network_dir()
+    with ipam.locked(directory):
+        net = _ensure_network(directory)
+        leases = net.leases(directory)
+        _sweep(leases, net.bridge)
+        record = {"id": vm_id, "name": name, "hostname": name, "kind": VM_KIND,
+                  "tap": tap_name(vm_id), "ports": [], "launcher": os.getpid(),
+                  "launcher_start": process_start_time(os.getpid())}
+        address = leases.allocate(record)
+        leases.save()
+        _write_hosts_files(leases)
+    return Lease(vm_id, address, net, [])
+
+
+def plug_tap(lease: Lease, tap: str) -> None:
+    """The VM's tap (made by the VMM) becomes a port of the bridge, and up."""
+    _ip([f"link set {tap} master {lease.network.bridge}", f"link set {tap} up"])
 
 
 def connect(lease: Lease, pid: int) -> None:
@@ -188,8 +227,8 @@ def recorded():
 
 
 def release(cid: str) -> bool:
-    """Give back container `cid`'s address and host ports, and delete its veth if still
-    there; the other containers' /etc/hosts lose its name.  False if it held nothing."""
+    """Give back container (or VM) `cid`'s address and host ports, and delete its veth (tap)
+    if still there; the other containers' /etc/hosts lose its name.  False if it held nothing."""
     with recorded() as (net, leases):
         address = leases.of(cid) if leases else None
         if address is None:
@@ -204,7 +243,7 @@ def _release(leases: ipam.Leases, address: str, table: str) -> dict:
     record = leases.release(address)
     for key in record.get("ports", []):
         nft.remove_port(table, nft.Publish.from_key(key))
-    _delete_link(veth_name(record["id"]))
+    _delete_link(record.get("tap") or veth_name(record["id"]))
     return record
 
 
@@ -212,10 +251,15 @@ def _release(leases: ipam.Leases, address: str, table: str) -> dict:
 
 def stale_leases(leases: ipam.Leases, store: StateStore | None = None) -> list[str]:
     """Addresses whose container is gone: no state, or stopped, or never started and its
-    launcher dead (a kill -9 of every pykvm process leaves these)."""
+    launcher dead (a kill -9 of every pykvm process leaves these); a VM's is stale when its
+    VMM process is gone."""
     store = store or StateStore()
     stale = []
     for address, record in leases.records.items():
+        if record.get("kind") == VM_KIND:
+            if not pid_alive(record.get("launcher", 0), record.get("launcher_start", 0)):
+                stale.append(address)
+            continue
         try:
             state = store.load(record["id"])
         except ContainerError:
@@ -230,8 +274,8 @@ def stale_leases(leases: ipam.Leases, store: StateStore | None = None) -> list[s
 
 
 def _sweep(leases: ipam.Leases, bridge: str) -> list[str]:
-    """Release stale leases, then anything no lease accounts for: a DNAT map element or
-    a veth on our bridge left by a pykvm killed between two steps.  Says what it did."""
+    """Release stale leases, then anything no lease accounts for: a DNAT map element, or
+    a veth or tap on our bridge left by a pykvm killed between two steps.  Says what it did."""
     done = []
     for address in stale_leases(leases):
         record = _release(leases, address, bridge)
@@ -244,11 +288,11 @@ def _sweep(leases: ipam.Leases, bridge: str) -> list[str]:
             if f"{proto}/{port}" not in held:
                 nft.remove_port(bridge, nft.Publish(port, port, proto))   # keyed by the host side
                 done.append(f"removed dnat {proto}/{port} -> {target}")
-    ours = {veth_name(r["id"]) for r in leases.records.values()}
+    ours = {r.get("tap") or veth_name(r["id"]) for r in leases.records.values()}
     for link in links(bridge):
         if link not in ours:
             _delete_link(link)
-            done.append(f"removed veth {link}")
+            done.append(f"removed {'tap' if link.startswith(TAP_PREFIX) else 'veth'} {link}")
     return done
 
 
@@ -273,7 +317,7 @@ def remove_network(force: bool = False) -> Network | None:
         _sweep(leases, net.bridge)
         if leases.records and not force:
             names = ", ".join(r["name"] for r in leases.records.values())
-            raise ContainerError(f"containers still on the network: {names}: stop them first, "
+            raise ContainerError(f"containers or VMs still on the network: {names}: stop them first, "
                                  f"or `network rm --force`")
         for address in list(leases.records):
             _release(leases, address, net.bridge)
@@ -341,12 +385,13 @@ def link_exists(name: str) -> bool:
 
 
 def links(bridge: str) -> list[str]:
-    """Our veths on `bridge`: the ports of the bridge named pkv... (`ip -j link show master`)."""
+    """Our veths and taps on `bridge`: the ports of the bridge named pkv... or pkt...
+    (`ip -j link show master`)."""
     r = _run(["ip", "-j", "link", "show", "master", bridge], check=False)
     if r.returncode != 0:
         return []
     return [link["ifname"] for link in json.loads(r.stdout or "[]")
-            if link["ifname"].startswith(VETH_PREFIX)]
+            if link["ifname"].startswith((VETH_PREFIX, TAP_PREFIX))]
 
 
 def _delete_link(name: str) -> None:

@@ -7,6 +7,7 @@ to unmount on the host afterwards.  The recipe, top-down:
     1. make_private()        "/" and below MS_PRIVATE: our mounts do not propagate to the host
     2. mount_root()          overlay (image layers + a writable upper dir) or a bind of a prepared dir
     3. mount_all()           /proc, /dev (tmpfs + device nodes + pts + shm + mqueue), /sys ro, config mounts
+       make_device_nodes()   config.json's linux.devices, in /dev
     4. mask_paths()          runc's default masked paths: /dev/null over files, empty ro tmpfs over dirs
        readonly_paths()      runc's default read-only paths: bind onto itself, remount ro
     5. pivot_into()          pivot_root(2) ("." ".") then detach the old root: the host is gone
@@ -32,7 +33,7 @@ from pykvm.errors import ContainerError, SyscallError
 __all__ = ["Mount", "DEFAULT_MOUNTS", "MASKED_PATHS", "READONLY_PATHS", "DEVICES", "DEV_LINKS",
            "secure_join", "make_private", "mount_root", "mount_all", "mask_paths",
            "readonly_paths", "pivot_into", "mount_console", "remount_root_readonly", "parse_options",
-           "make_busybox_rootfs"]
+           "make_busybox_rootfs", "DeviceNode", "NODE_TYPES", "make_device_nodes"]
 
 MAX_SYMLINKS = 40          # path_resolution(7): the kernel's own limit
 
@@ -68,6 +69,23 @@ PROPAGATION = lib.MS_PRIVATE | lib.MS_SLAVE | lib.MS_SHARED | lib.MS_UNBINDABLE
 # mounts inherited from the host, and a remount that drops one fails EPERM.
 LOCKED_FLAGS = lib.MS_NOSUID | lib.MS_NODEV | lib.MS_NOEXEC | lib.MS_RDONLY | lib.MS_NOATIME \
     | lib.MS_NODIRATIME | lib.MS_RELATIME
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    """One config-linux.md "Devices" entry: a node the container finds in its /dev."""
+
+    path: str                 # absolute, under /dev
+    type: str                 # a NODE_TYPES key
+    major: int = 0
+    minor: int = 0
+    mode: int = 0o666         # fileMode: permission bits
+    uid: int = 0
+    gid: int = 0
+
+
+# config-linux.md "Devices": c (char), u (char, unbuffered: the same node), b (block), p (FIFO)
+NODE_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
 
 
 @dataclass
@@ -342,6 +360,38 @@ def populate_dev(root: str) -> None:
             os.symlink(target, os.path.join(dev, name))
         except FileExistsError:
             pass
+
+
+def make_device_nodes(root: str, nodes: list[DeviceNode]) -> None:
+    """Step 3b: linux.devices, made as runc makes them: mknod(2), then the mode (not cut by
+    the umask) and owner; in a user namespace, where mknod is refused, the host's node at
+    the same path is bound instead.  A node already there must be the same device (the
+    spec: "MUST generate an error" otherwise); /dev/null listed again is fine."""
+    dev = secure_join(root, "/dev")
+    for node in nodes:
+        path = secure_join(root, node.path)
+        if not path.startswith(dev + "/"):
+            raise ContainerError(f"linux.devices: {node.path} resolves to {path}, outside the container's /dev")
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        try:
+            os.mknod(path, node.mode | NODE_TYPES[node.type], os.makedev(node.major, node.minor))
+        except FileExistsError:
+            _check_same_node(path, node)
+            continue
+        except PermissionError:
+            _mount_on(root, node.path, node.path, None, lib.MS_BIND, None, directory=False)
+            continue
+        os.chmod(path, node.mode)
+        os.chown(path, node.uid, node.gid)
+
+
+def _check_same_node(path: str, node: DeviceNode) -> None:
+    st = os.lstat(path)
+    same = stat.S_IFMT(st.st_mode) == NODE_TYPES[node.type] and \
+        (node.type == "p" or st.st_rdev == os.makedev(node.major, node.minor))
+    if not same:
+        raise ContainerError(f"linux.devices: {node.path} already exists and is not "
+                             f"{node.type} {node.major}:{node.minor}")
 
 
 def mask_paths(root: str, paths: list[str]) -> None:

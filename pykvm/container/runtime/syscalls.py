@@ -6,7 +6,8 @@ raises SyscallError carrying the call's name and errno, and the caller
 decides what it means.
 
     mount(2), umount2(2), pivot_root(2)      the filesystem tree
-    sethostname(2)                           the UTS namespace
+    sethostname(2), setdomainname(2)         the UTS namespace
+    personality(2), ioprio_set(2)            the command's execution domain and I/O priority
     prctl(2), capset(2)                      process attributes
     keyctl(2)                                the session keyring
 """
@@ -17,7 +18,8 @@ import os
 from pykvm.container.runtime._sys_cffi import ffi, lib
 from pykvm.errors import SyscallError
 
-__all__ = ["ffi", "lib", "check", "mount", "umount", "pivot_root", "sethostname", "prctl",
+__all__ = ["ffi", "lib", "check", "mount", "umount", "pivot_root", "sethostname", "setdomainname",
+           "set_personality", "set_io_priority", "prctl",
            "join_session_keyring", "key_permissions", "set_key_permissions"]
 
 KEY_DESCRIPTION_MAX = 4096        # "type;uid;gid;perm;description": the description is at most 4095 bytes
@@ -56,6 +58,23 @@ def sethostname(name: str) -> None:
     """Wraps sethostname(2) (changes the calling process's UTS namespace only)."""
     raw = name.encode()
     check(lib.sethostname(raw, len(raw)), "sethostname", name)
+
+
+def setdomainname(name: str) -> None:
+    """Wraps setdomainname(2): the NIS domain name of the calling process's UTS namespace."""
+    raw = name.encode()
+    check(lib.setdomainname(raw, len(raw)), "setdomainname", name)
+
+
+def set_personality(persona: int) -> None:
+    """Wraps personality(2): the execution domain (PER_LINUX32: `uname -m` says i686)."""
+    check(lib.personality(persona), "personality", hex(persona))
+
+
+def set_io_priority(io_class: int, level: int) -> None:
+    """Wraps ioprio_set(IOPRIO_WHO_PROCESS, 0, ...): the calling process's I/O class and level."""
+    check(lib.sys_ioprio_set(lib.IOPRIO_WHO_PROCESS, 0, io_class << lib.IOPRIO_CLASS_SHIFT | level),
+          "ioprio_set", f"class {io_class} level {level}")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

@@ -123,6 +123,9 @@ def _check_namespaces(cfg: RunConfig) -> None:
     if cfg.hostname and not _owns(cfg.namespaces, "uts"):
         raise ConfigError("hostname: unable to set the hostname without a private UTS namespace "
                           "(add {\"type\": \"uts\"} to linux.namespaces)")
+    if cfg.domainname is not None and not _owns(cfg.namespaces, "uts"):
+        raise ConfigError("domainname: unable to set the domain name without a private UTS namespace "
+                          "(add {\"type\": \"uts\"} to linux.namespaces)")
 
 
 def _owns(namespaces: dict, kind: str) -> bool:

@@ -5,6 +5,8 @@ boot_params.hdr.cmd_line_ptr; Multiboot: the info structure's cmdline).  Besides
 user gave, pykvm may add words that describe its devices: Linux's virtio_mmio.c
 (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) reads `virtio_mmio.device=SIZE@BASE:IRQ`, the
 syntax Firecracker and QEMU's microvm write, and so does the tiny kernel's driver.
+After those words come any the machine adds (MachineConfig.cmdline_extra): with
+`pykvm boot --net bridge`, the guest's address as Linux's `ip=` (nfsroot.rst).
 PVH and the Linux boot protocol write the line at layout.CMDLINE_START, checked by
 encode_cmdline.
 """

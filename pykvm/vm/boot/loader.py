@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pykvm.vm.arch.x86.boot_state import Entry
-from pykvm.vm.boot.cmdline import virtio_mmio_arguments
+from pykvm.vm.boot.cmdline import join_cmdline, virtio_mmio_arguments
 from pykvm.vm.boot.elf import is_elf
 from pykvm.vm.boot.firmware import Firmware
 from pykvm.errors import ConfigError, LoaderError
@@ -44,6 +44,7 @@ class Kernel:
     cmdline: str = ""
     initrd: bytes | None = None    # PVH and bzImage; a Multiboot kernel gets it as its first module
     modules: tuple = ()            # Multiboot: pykvm.vm.boot.multiboot.Module, one per file
+    cmdline_extra: str = ""        # PVH and bzImage: words after the virtio-mmio ones (ip=)
 
     @property
     def wants_firmware(self) -> bool:
@@ -98,7 +99,7 @@ def read_kernel(config) -> Kernel:
         raise ConfigError("--module is for Multiboot kernels; this kernel is not one")
     if fmt == "raw" and (initrd is not None or config.cmdline):
         raise ConfigError("a raw flat binary takes no --initrd, --module or --cmdline")
-    return Kernel(name, data, fmt, config.cmdline, initrd)
+    return Kernel(name, data, fmt, config.cmdline, initrd, cmdline_extra=config.cmdline_extra)
 
 
 def _multiboot_modules(config, initrd: bytes | None) -> tuple:
@@ -135,7 +136,7 @@ def load_kernel(memory, kernel: Kernel, firmware: Firmware | None,
 
         return load_multiboot2(memory, kernel.data, kernel.cmdline, kernel.modules, kernel.name,
                                acpi_rsdp=rsdp, e820=e820)
-    extra = virtio_mmio_arguments(mmio_devices)
+    extra = join_cmdline(virtio_mmio_arguments(mmio_devices), kernel.cmdline_extra)
     if kernel.format == "pvh":
         from pykvm.vm.boot.pvh import load_pvh
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from pykvm.errors import SnapshotError
 from pykvm.sizes import format_size
 from pykvm.vm.kvm.system import kvm_backend
-from pykvm.vm.snapshot import cpu, state
+from pykvm.vm.snapshot import cpu, state, virtio
 from pykvm.vm.snapshot.format import Snapshot, SnapshotWriter, check_target
 
-__all__ = ["take", "check_restore", "map_memory", "restore_state", "Snapshot", "SnapshotWriter", "check_target"]
+__all__ = ["take", "check_restore", "map_memory", "restore_state", "Snapshot", "SnapshotWriter",
+           "check_target"]
 
 
 def take(machine, directory: Path) -> dict:
@@ -26,13 +27,13 @@ def take(machine, directory: Path) -> dict:
     Returns the memory section of the header (sizes, pages written)."""
     writer = SnapshotWriter(directory)
     try:
-        state.save(writer, machine.vm, machine.vcpus, machine.devices)
+        state.save(writer, machine.vm, machine.vcpus, machine.devices, machine.virtio)
         memory = writer.add_memory(machine.memory)
         guest_cpuid = cpu.entries_from_bytes(machine.vcpus[0].get_cpuid())
         writer.commit({
             "guest": {"memory": machine.memory.size, "vcpus": len(machine.vcpus),
                       "kernel": str(machine.config.kernel), "cmdline": machine.config.cmdline,
-                      "devices": list(machine.devices)},
+                      "devices": list(machine.devices), "virtio": virtio.header_section(machine.virtio)},
             "host": {"kvm_backend": kvm_backend(), **cpu.facts(guest_cpuid)},
             "memory": memory,
         })
@@ -44,7 +45,7 @@ def take(machine, directory: Path) -> dict:
 
 def check_restore(snapshot: Snapshot, kvm, memory: int | None = None) -> None:
     """Everything that can be checked before a VM exists: the memory size asked for, the host CPU,
-    every part's size and sha256.  (memory.bin is checked as it is mapped.)"""
+    every part's size and sha256, the disks.  (memory.bin is checked as it is mapped.)"""
     if memory is not None and memory != snapshot.memory_size:
         raise SnapshotError(f"{snapshot.directory}: the snapshot's guest has {format_size(snapshot.memory_size)} "
                             f"of RAM, not the {format_size(memory)} asked for (--mem)")
@@ -52,13 +53,14 @@ def check_restore(snapshot: Snapshot, kvm, memory: int | None = None) -> None:
     if cpu.facts(guest_cpuid) != {k: snapshot.header["host"].get(k) for k in ("cpu_vendor", "cpuid_features")}:
         raise SnapshotError(f"{snapshot.directory}: the header's CPU facts do not match vcpu0/cpuid.bin: "
                             "a changed header")
-    cpu.check_host(snapshot.header["host"], cpu.offered_cpuid(kvm))
+    cpu.check_host(snapshot.header["host"], cpu.offered_cpuid(kvm, snapshot.vcpu_count))
     snapshot.verify_parts()
+    virtio.check_disks(snapshot.header)
 
 
 def restore_state(snapshot: Snapshot, machine) -> None:
     """The state half of a restore: KVM's and the devices' (memory is mapped already)."""
-    state.restore(snapshot, machine.vm, machine.vcpus, machine.devices)
+    state.restore(snapshot, machine.vm, machine.vcpus, machine.devices, machine.virtio)
 
 
 def map_memory(snapshot: Snapshot):

@@ -38,13 +38,16 @@ def entries_from_bytes(data: bytes) -> list[CpuidEntry]:
             for e in table.entries[0:table.nent]]
 
 
-def offered_cpuid(kvm) -> list[CpuidEntry]:
-    """The CPUID a vCPU on this host ends up with: pykvm's table set on a throwaway vCPU and read
-    back (KVM_GET_CPUID2).  Not KVM_GET_SUPPORTED_CPUID alone: a KVM may fill in more itself
-    (PVM gives guests the host's own feature bits, as their user mode runs on the host CPU)."""
+def offered_cpuid(kvm, cpus: int = 1) -> list[CpuidEntry]:
+    """The CPUID vCPU 0 of a `cpus`-vCPU VM on this host ends up with: pykvm's table set on a
+    throwaway vCPU and read back (KVM_GET_CPUID2).  Not KVM_GET_SUPPORTED_CPUID alone: a KVM
+    may fill in more itself (PVM gives guests the host's own feature bits, as their user mode
+    runs on the host CPU).  Built for `cpus` vCPUs because the topology bits among the feature
+    registers (CPUID.1:EDX[28] HTT, AMD's CPUID.80000001H:ECX[1] CmpLegacy) are set by pykvm
+    for a VM of more than one vCPU, whatever the host."""
     with kvm.create_vm() as vm:
         vcpu = vm.create_vcpu(0)
-        vcpu.set_cpuid(cpuid.guest_cpuid(kvm.supported_cpuid(), vcpu.id))
+        vcpu.set_cpuid(cpuid.guest_cpuid(kvm.supported_cpuid(), vcpu.id, cpus))
         return entries_from_bytes(vcpu.get_cpuid())
 
 

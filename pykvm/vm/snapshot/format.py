@@ -35,7 +35,8 @@ from pykvm.errors import SnapshotError
 __all__ = ["SnapshotWriter", "Snapshot", "FORMAT", "VERSION", "HEADER", "MEMORY", "check_target"]
 
 FORMAT = "pykvm-snapshot"       # the header's "format": what this directory is
-VERSION = 1                     # the header's "version": bumped when any part's meaning changes
+VERSION = 2                     # the header's "version": bumped when any part's meaning changes
+                                # (2: several vCPUs, virtio devices; a version-1 snapshot has neither)
 HEADER = "snapshot.json"
 MEMORY = "memory.bin"
 PAGE = 4096                     # a page: the unit of holes in memory.bin and of its hash
@@ -194,6 +195,9 @@ class Snapshot:
         memory = header["guest"].get("memory")
         if not isinstance(memory, int) or memory <= 0 or memory % PAGE:
             raise SnapshotError(f"{directory / HEADER}: guest memory {memory!r} is not a whole number of pages")
+        vcpus = header["guest"].get("vcpus", 1)
+        if not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1:
+            raise SnapshotError(f"{directory / HEADER}: {vcpus!r} vCPUs: a damaged header")
         if not all(isinstance(entry, dict) for entry in header["parts"].values()):
             raise SnapshotError(f"{directory / HEADER}: a part without its size and sha256: a damaged header")
         return cls(directory, header)
@@ -201,6 +205,10 @@ class Snapshot:
     @property
     def memory_size(self) -> int:
         return self.header["guest"]["memory"]
+
+    @property
+    def vcpu_count(self) -> int:
+        return self.header["guest"].get("vcpus", 1)
 
     def part_names(self) -> list[str]:
         return list(self.header["parts"])

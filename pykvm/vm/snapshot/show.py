@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 from pykvm.sizes import format_size
+from pykvm.vm.devices.virtio import mmio
 from pykvm.vm.kvm.bindings import ffi, lib
 
 __all__ = ["describe"]
@@ -30,24 +32,69 @@ LAPIC_REGISTERS = {0x20: "ID", 0x80: "TPR", 0xF0: "SVR", 0x320: "LVT timer", 0x3
                    0x390: "timer current count", 0x3E0: "timer divide"}
 
 
+# virtio 1.2, 2.1: the device status bits, in the order a driver sets them
+VIRTIO_STATUS = {mmio.STATUS_ACKNOWLEDGE: "ACKNOWLEDGE", mmio.STATUS_DRIVER: "DRIVER",
+                 mmio.STATUS_FEATURES_OK: "FEATURES_OK", mmio.STATUS_DRIVER_OK: "DRIVER_OK",
+                 mmio.STATUS_DEVICE_NEEDS_RESET: "DEVICE_NEEDS_RESET", mmio.STATUS_FAILED: "FAILED"}
+
+
 def describe(snapshot) -> list[str]:
     """The human-readable description of every part, header first."""
     header = snapshot.header
     guest, host, memory = header["guest"], header["host"], header["memory"]
     lines = [f"{snapshot.directory}: {header['format']} version {header['version']}, taken {header.get('created')}",
-             f"  guest: {format_size(guest['memory'])} RAM, {guest.get('vcpus')} vCPU, kernel {guest.get('kernel')}"
+             f"  guest: {format_size(guest['memory'])} RAM, {_vcpus(guest.get('vcpus'))}, kernel {guest.get('kernel')}"
              f" {guest.get('cmdline', '')!r}",
              f"  host: {host.get('cpu_vendor')} CPU, KVM {host.get('kvm_backend')}; CPUID features "
              + " ".join(f"{k}={v}" for k, v in host.get("cpuid_features", {}).items()),
+             *_virtio_lines(guest.get("virtio") or {}),
              f"  {memory.get('file')}: {format_size(memory['size'])} of guest RAM, "
              f"{memory.get('pages_written')} non-zero pages stored, the rest holes; regions "
              + ", ".join(f"{r['guest_address']:#x}+{format_size(r['size'])}" for r in memory.get("regions", []))]
     for name, entry in header["parts"].items():
         data = snapshot.part(name)
         what = DESCRIBERS.get(name.rpartition("/")[2], _describe_json if name.endswith(".json") else None)
+        if name.startswith("virtio/"):
+            what = _virtio
         detail = what(data) if what else ""
         lines.append(f"  {name:<24} {entry['size']:>6} B  {entry['source']:<24} {detail}")
     return lines
+
+
+def _vcpus(count) -> str:
+    return f"{count} vCPU{'s' if count != 1 else ''}"
+
+
+def _virtio_lines(section: dict) -> list[str]:
+    """The header's virtio devices: what `pykvm boot` was given, and each disk as it was."""
+    devices = [f"disk {d.get('path')}{' (read-only)' if d.get('read_only') else ''}"
+               for d in section.get("disks", [])]
+    devices += ["console (hvc0)"] * bool(section.get("console")) + ["rng"] * bool(section.get("rng"))
+    if not devices:
+        return []
+    lines = [f"  virtio: {', '.join(devices)}; kicks by {section.get('notify')}"]
+    for d in section.get("disks", []):
+        lines.append(f"  disk {d.get('path')}: {d.get('size')} bytes, modified {_utc(d.get('mtime_ns'))}: "
+                     "must be unchanged to restore (it is not copied)")
+    return lines
+
+
+def _utc(ns) -> str:
+    if not isinstance(ns, int):
+        return repr(ns)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d} UTC"
+
+
+def _virtio(data: bytes) -> str:
+    """A virtio transport's part: its status, features, and each ready queue's indexes."""
+    state = json.loads(data)
+    status = state.get("status", 0)
+    names = [name for bit, name in VIRTIO_STATUS.items() if status & bit]
+    queues = [f"q{i} size {q.get('size')} next avail {q.get('last_avail')} used {q.get('used_idx')}"
+              for i, q in enumerate(state.get("queues", [])) if q.get("ready")]
+    device = f"; device {json.dumps(state['device'], separators=(',', ':'))}" if state.get("device") else ""
+    return (f"status {status:#x} ({'|'.join(names) or 'reset'}), features {state.get('driver_features', 0):#x}; "
+            f"{'; '.join(queues) or 'no queue ready'}{device}")
 
 
 def _cast(ctype: str, data: bytes):

@@ -16,11 +16,18 @@ save() reads, with the VM paused (every vCPU out of KVM_RUN):
             vcpuN/events.bin       KVM_GET_VCPU_EVENTS  an exception, interrupt or NMI in flight
             vcpuN/mp-state.json    KVM_GET_MP_STATE     running, or halted in HLT
     devices devices/NAME.json      get_state()          each device's registers and buffers
+    virtio  virtio/N-NAME.json     VirtioMmio.get_state the transport's registers, each queue's
+                                                        addresses and indexes, the device's state
 
 restore() writes it back into a fresh VM, in this order:
 
-    1. the VM's interrupt controllers, timer and clock: the pins and timers
+    1. the VM's interrupt controllers, timer and clocks: the pins and timers
        every vCPU will see, in place before any vCPU state refers to them.
+       The TSC too, one value for every vCPU (vCPU 0's), written back to
+       back: a guest's CPUs share one TSC (KVM gives vCPUs whose TSCs are
+       written within a second of each other one offset, kvm_synchronize_tsc),
+       and the values read at save time differ only by the time between the
+       reads.  Before the LAPIC and TSC_DEADLINE, which count in TSC ticks.
     2. CPUID first: KVM checks MSRs and XSAVE images against the CPUID a vCPU
        was given, and refuses what it does not announce.
     3. special registers before registers: the mode (CR0, EFER, CS) first,
@@ -36,15 +43,21 @@ restore() writes it back into a fresh VM, in this order:
     8. ... but for the MP state: KVM_SET_SREGS may mark a vCPU at the reset
        vector runnable; a halted vCPU must end halted.
     9. the devices, which may raise their interrupt line again.
+   10. the virtio transports, whose queues are set up again on guest memory
+       (restored already), then kicked once: a request the driver made
+       available as the snapshot was taken is served now.
 """
 from __future__ import annotations
 
 from pykvm.errors import KvmIoctlError, SnapshotError
+from pykvm.vm.arch.x86.msrs import IA32_TSC
 from pykvm.vm.kvm.bindings import ffi
 from pykvm.vm.kvm.vm import IRQCHIP_IOAPIC, IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE
+from pykvm.vm.snapshot.virtio import part_name as virtio_part
 
 __all__ = ["save", "restore", "read_msrs", "IRQCHIPS", "STRUCTS", "vcpu_parts"]
 
+TSC_KEY = f"{IA32_TSC:#x}"       # msrs.json's key for the TSC
 IRQCHIPS = {"vm/pic-master.bin": IRQCHIP_PIC_MASTER, "vm/pic-slave.bin": IRQCHIP_PIC_SLAVE,
             "vm/ioapic.bin": IRQCHIP_IOAPIC}
 
@@ -87,8 +100,8 @@ def _cdata(ctype: str, data: bytes):
 
 # --- saving -----------------------------------------------------------------
 
-def save(writer, vm, vcpus, devices: dict) -> None:
-    """Every part of a paused VM into `writer` (a SnapshotWriter)."""
+def save(writer, vm, vcpus, devices: dict, virtio) -> None:
+    """Every part of a paused VM into `writer` (a SnapshotWriter); `virtio` is paused too."""
     for name, chip in IRQCHIPS.items():
         writer.add(name, vm.get_irqchip(chip), f"KVM_GET_IRQCHIP (chip {chip})")
     writer.add("vm/pit.bin", vm.get_pit2(), "KVM_GET_PIT2")
@@ -97,6 +110,8 @@ def save(writer, vm, vcpus, devices: dict) -> None:
         _save_vcpu(writer, vcpu)
     for name, device in devices.items():
         writer.add_json(f"devices/{name}.json", device.get_state(), f"{type(device).__name__}.get_state")
+    for slot, (transport, table) in enumerate(zip(virtio.transports, virtio.get_state())):
+        writer.add_json(virtio_part(slot, transport), table, "VirtioMmio.get_state")
 
 
 def _save_vcpu(writer, vcpu) -> None:
@@ -124,7 +139,7 @@ def read_msrs(vcpu, indices: list[int]) -> dict[int, int]:
 
 # --- restoring -------------------------------------------------------------
 
-def restore(snapshot, vm, vcpus, devices: dict) -> None:
+def restore(snapshot, vm, vcpus, devices: dict, virtio) -> None:
     """Write a verified snapshot into a fresh VM, in the order of the module docstring."""
     for name in IRQCHIPS:                                                    # 1
         _apply(name, vm.set_irqchip, snapshot.part(name))
@@ -132,11 +147,23 @@ def restore(snapshot, vm, vcpus, devices: dict) -> None:
     clock = snapshot.part("vm/clock.bin")
     _apply("vm/clock.bin", vm.set_clock, ffi.cast("struct kvm_clock_data *",
                                                   ffi.from_buffer(clock)).clock)
+    _restore_tsc(snapshot, vcpus)
     for vcpu in vcpus:
         _restore_vcpu(snapshot, vcpu)                                        # 2-8
     for name, device in devices.items():                                     # 9
         part = f"devices/{name}.json"
         _apply(part, device.set_state, snapshot.json_part(part))
+    tables = [snapshot.json_part(virtio_part(slot, t)) for slot, t in enumerate(virtio.transports)]
+    _apply("virtio/", virtio.set_state, tables)                              # 10
+
+
+def _restore_tsc(snapshot, vcpus) -> None:
+    """Step 1's TSC: vCPU 0's saved value into every vCPU, one write after the other."""
+    tsc = snapshot.json_part("vcpu0/msrs.json").get(TSC_KEY)
+    if tsc is None:
+        return                                       # a KVM that does not save the TSC
+    for vcpu in vcpus:
+        _apply(f"vcpu{vcpu.id}/msrs.json ({TSC_KEY})", lambda value: vcpu.set_msrs({IA32_TSC: value}), tsc)
 
 
 def _restore_vcpu(snapshot, vcpu) -> None:
@@ -144,7 +171,8 @@ def _restore_vcpu(snapshot, vcpu) -> None:
     for name, _, _, write in vcpu_parts(vcpu):                               # 2-5
         _apply(prefix + name, write, snapshot.part(prefix + name))
     msrs = snapshot.json_part(prefix + "msrs.json")                          # 6
-    _apply(prefix + "msrs.json", lambda table: vcpu.set_msrs({int(i, 16): v for i, v in table.items()}), msrs)
+    _apply(prefix + "msrs.json", lambda table: vcpu.set_msrs({int(i, 16): v for i, v in table.items()
+                                                              if i != TSC_KEY}), msrs)
     for name, _, _, write in _late_vcpu_parts(vcpu):                         # 6-7
         _apply(prefix + name, write, snapshot.part(prefix + name))
     mp_state = snapshot.json_part(prefix + "mp-state.json")                  # 8

@@ -5,17 +5,20 @@
                                      .windows()                 command line and the ACPI DSDT
                                      .attach(machine, output)   transports on the MMIO bus,
                                                                 eventfds, worker threads
+                                     .paused()                  every transport's lock held
+                                     .get_state() / .set_state()  for a snapshot
                                      .close()
 
 Slots come from pykvm.vm.layout (VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE,
 IRQ VIRTIO_MMIO_IRQS[n]): disks first, in command-line order, then the
-console, then the entropy device.  The guest learns them from
+console, then the entropy device, then the network card.  The guest learns them from
 `virtio_mmio.device=4K@0xd0000000:5` on its command line (Linux's
 virtio_mmio.c with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, Firecracker's way;
 the tiny kernel parses the same) and from the DSDT (pykvm.vm.arch.x86.aml).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,11 +29,13 @@ from pykvm.vm.devices.virtio.blk import Block
 from pykvm.vm.devices.virtio.console import VirtioConsole
 from pykvm.vm.devices.virtio.device import VirtioDevice
 from pykvm.vm.devices.virtio.mmio import VirtioMmio
+from pykvm.vm.devices.virtio.net import Net
 from pykvm.vm.devices.virtio.notify import NOTIFY_MODES, EventfdNotifier, ExitNotifier
 from pykvm.vm.devices.virtio.rng import Rng
+from pykvm.vm.devices.virtio.tap import Tap
 from pykvm.errors import ConfigError, KvmError
 
-__all__ = ["VirtioConfig", "DiskSpec", "VirtioDevices", "VirtioSlot", "parse_disk",
+__all__ = ["VirtioConfig", "DiskSpec", "NetSpec", "VirtioDevices", "VirtioSlot", "parse_disk",
            "MAX_DEVICES"]
 
 log = logging.getLogger("pykvm.virtio")
@@ -49,17 +54,27 @@ class DiskSpec:
 
 
 @dataclass
+class NetSpec:
+    """One network card: its tap, opened by whoever set the network up, and its MAC address.
+    The card owns the tap from then on and closes it with the machine."""
+
+    tap: Tap
+    mac: bytes
+
+
+@dataclass
 class VirtioConfig:
     """The virtio devices a machine gets (all optional)."""
 
     disks: list[DiskSpec] = field(default_factory=list)
     console: bool = False              # a virtio console (hvc0) takes the terminal's input
     rng: bool = False
+    net: NetSpec | None = None         # a virtio-net card on a tap (`pykvm boot --net`)
     notify: str = "eventfd"            # "eventfd" (ioeventfd + irqfd) or "exit" (MMIO exits)
 
     @property
     def count(self) -> int:
-        return len(self.disks) + self.console + self.rng
+        return len(self.disks) + self.console + self.rng + (self.net is not None)
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,8 @@ class VirtioDevices:
             yield self.console
         if config.rng:
             yield Rng()
+        if config.net is not None:
+            yield Net(config.net.tap, config.net.mac)
 
     _output = None
 
@@ -138,6 +155,7 @@ class VirtioDevices:
             self.transports.append(transport)
             machine.mmio.insert(transport, slot.base, slot.size)
             notifier.start(transport, slot.base)
+            slot.device.start()
 
     def _notifier(self, machine, gsi: int, trace):
         if self.config.notify == "exit":
@@ -148,6 +166,30 @@ class VirtioDevices:
             machine.stop(1)
 
         return EventfdNotifier(machine.vm, gsi, on_error=worker_failed, trace=trace)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Hold every transport's lock: no worker thread serves a queue until the block ends
+        (a snapshot reads the queues' indexes and guest memory meanwhile)."""
+        with contextlib.ExitStack() as stack:
+            for transport in self.transports:
+                stack.enter_context(transport.lock)
+            yield
+
+    def get_state(self) -> list[dict]:
+        """Each transport's state, slot by slot (call inside paused())."""
+        return [transport.get_state() for transport in self.transports]
+
+    def set_state(self, states: list[dict]) -> None:
+        """Each transport back to its state, then one kick each: requests the driver made
+        available while the snapshot was taken are served, as the kick they came with
+        reached the old VM's worker and was lost with it."""
+        if len(states) != len(self.transports):
+            raise ValueError(f"{len(states)} virtio devices saved, {len(self.transports)} built")
+        for transport, state in zip(self.transports, states):
+            transport.set_state(state)
+        for transport in self.transports:
+            transport.kick_all()
 
     def summary(self) -> list[str]:
         """For --trace: each device's kicks, by MMIO exit and by ioeventfd."""

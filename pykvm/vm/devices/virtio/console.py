@@ -79,6 +79,15 @@ class VirtioConsole(VirtioDevice):
         with self._room:
             return self._room.wait_for(lambda: len(self._host) < HOST_QUEUE_BYTES, timeout)
 
+    def get_state(self) -> dict:
+        """Host input the guest has not taken yet: typed before the snapshot, delivered after it."""
+        with self._room:
+            return {"host_queue": bytes(self._host).hex()}
+
+    def set_state(self, state: dict) -> None:
+        with self._room:
+            self._host = bytearray(bytes.fromhex(state["host_queue"])[:HOST_QUEUE_BYTES])
+
     def reset(self) -> None:
         super().reset()
         with self._room:

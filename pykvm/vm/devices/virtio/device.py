@@ -91,5 +91,15 @@ class VirtioDevice:
             if not queue.want_notifications():
                 return
 
+    def start(self) -> None:
+        """The device's transport is on the bus: start any host-side work (a reader thread)."""
+
+    def get_state(self) -> dict:
+        """What the device holds besides its queues (for a snapshot); most devices hold nothing."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        """Back to get_state()'s `state`, before the transport activates the device again."""
+
     def close(self) -> None:
-        """Let go of host resources (files)."""
+        """Let go of host resources (files, threads)."""

@@ -321,6 +321,54 @@ class VirtioMmio(BusDevice):
             self.interrupt_status |= INTERRUPT_CONFIG_CHANGE
             self._raise_interrupt()
 
+    # --- snapshots
+    TRANSPORT_REGISTERS = ("status", "device_features_sel", "driver_features_sel", "driver_features",
+                           "interrupt_status", "queue_sel")
+
+    def get_state(self) -> dict:
+        """Everything the driver told this transport and its device: the registers it wrote,
+        each queue's place in guest memory and the device's indexes in it, the device's own
+        state.  Called with `lock` held (VirtioDevices.paused): no worker moves a queue meanwhile."""
+        queues = []
+        for registers, queue in zip(self.registers, self.queues):
+            entry = {"size": registers.size, "ready": registers.ready, "desc": registers.desc,
+                     "driver": registers.driver, "device": registers.device}
+            if queue is not None:
+                entry.update(queue.get_state())
+            queues.append(entry)
+        return {**{name: getattr(self, name) for name in self.TRANSPORT_REGISTERS},
+                "config_generation": self.device.config_generation, "queues": queues,
+                "device": self.device.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        """A fresh transport back to get_state()'s `state`: the queues the driver had made ready
+        are set up again on the same guest memory (checked as when the driver set them up), at
+        the same indexes, and a live device is activated.  kick_all() afterwards serves what
+        the driver made available while the snapshot was taken."""
+        with self.lock:
+            self.reset()
+            saved_queues = state["queues"]
+            if len(saved_queues) != len(self.registers):
+                raise ValueError(f"{len(saved_queues)} queues where {self.device.name} has "
+                                 f"{len(self.registers)}")
+            for name in self.TRANSPORT_REGISTERS:
+                setattr(self, name, int(state[name]))
+            self.device.config_generation = int(state["config_generation"])
+            for index, saved in enumerate(saved_queues):
+                self._restore_queue(index, saved)
+            self.device.set_state(state["device"])
+            if self.live:
+                self.device.activate(self.queues, self.driver_features, self.kick)
+
+    def _restore_queue(self, index: int, saved: dict) -> None:
+        registers = self.registers[index]
+        registers.size, registers.desc = int(saved["size"]), int(saved["desc"])
+        registers.driver, registers.device = int(saved["driver"]), int(saved["device"])
+        if saved["ready"]:
+            self._set_queue_ready(index, True)         # a bad address: DEVICE_NEEDS_RESET, as live
+            if self.queues[index] is not None:
+                self.queues[index].set_state(saved)
+
     # --- kicks and interrupts
     def kick(self, index: int) -> None:
         """Queue `index` has new buffers (QueueNotify, or a worker woken by its ioeventfd)."""

@@ -202,6 +202,36 @@ class SplitQueue:
             U16.pack_into(self._used, RING_HEADER + USED_ELEM.size * self.size, self.last_avail)
         return self.has_available()
 
+    def rewind(self, count: int) -> None:
+        """Give back the last `count` chains popped, unused: pop() returns them again.  For a
+        device that took buffers one by one and found too few (virtio-net's mergeable
+        receive buffers; QEMU's virtqueue_unpop)."""
+        self.last_avail = (self.last_avail - count) & 0xFFFF
+
+    def want_more_buffers(self) -> bool:
+        """The device has work but too few buffers: with EVENT_IDX, ask for a kick as soon as
+        the driver adds any (avail_event = the avail.idx seen now, 2.7.10; without it the
+        driver kicks at every buffer anyway).  True if buffers arrived meanwhile: look again."""
+        seen = self.avail_idx()
+        if self.event_idx:
+            U16.pack_into(self._used, RING_HEADER + USED_ELEM.size * self.size, seen)
+        return self.avail_idx() != seen
+
+    # --- snapshots: the device's side of the rings (the rings themselves are guest memory)
+    def get_state(self) -> dict:
+        """The indexes the device keeps to itself: where it reads next, where it writes next, and
+        what the driver was last considered for an interrupt at (2.7.10)."""
+        return {"last_avail": self.last_avail, "used_idx": self.used_idx, "signalled": self._signalled}
+
+    def set_state(self, state: dict) -> None:
+        """Back to `state` (a snapshot's table: each index is checked to be a 16-bit one)."""
+        values = {name: int(state[name]) for name in ("last_avail", "used_idx", "signalled")}
+        for name, value in values.items():
+            if not 0 <= value <= 0xFFFF:
+                raise ValueError(f"queue index {name} {value} is not a 16-bit ring index")
+        self.last_avail, self.used_idx, self._signalled = (
+            values["last_avail"], values["used_idx"], values["signalled"])
+
     def release(self) -> None:
         """Give back the views of guest memory (at reset, and before guest memory is unmapped)."""
         for view in (self._desc, self._avail, self._used):

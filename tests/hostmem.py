@@ -2,6 +2,7 @@
 
     smaps          one block per mapping: its address range, then "Rss: N kB", "Pss: N kB", ...
     smaps_rollup   the same fields summed over every mapping of the process
+    pagemap        one 64-bit entry per virtual page: present? a file's page? (proc(5))
     task/*/children  the process's children, listed per thread
 
 RSS counts every resident page a process maps; PSS (proportional set size)
@@ -9,16 +10,22 @@ counts a page shared by k processes as 1/k in each, so PSS summed over
 processes is what they cost the host together.  A VMM's guest RAM is one
 mapping of exactly the guest's size, which the benchmarks find by size.
 
-Used by tests/bench/bench_snapshot.py, bench_vmm_memory.py and bench_density.py.
+Used by tests/bench/ (bench_snapshot.py, bench_vmm_memory.py, bench_density.py,
+bench_container_memory.py) and tests/kvm/test_snapshot.py.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KIB", "Mapping", "smaps", "guest_mapping", "rollup", "pss_kib", "process_tree", "threads"]
+__all__ = ["KIB", "Mapping", "smaps", "guest_mapping", "written_guest_pages", "rollup", "pss_kib",
+           "process_tree", "threads"]
 
 KIB = 1024
+PAGE = 4096
+PAGEMAP_PRESENT = 1 << 63           # proc(5), /proc/PID/pagemap: the page is in RAM
+PAGEMAP_FILE = 1 << 61              # ... and is a file's page (or shared anonymous memory)
 
 
 @dataclass
@@ -58,6 +65,26 @@ def guest_mapping(pid: int, size_kib: int) -> dict[str, int]:
             for name, kib in mapping.fields.items():
                 fields[name] = fields.get(name, 0) + kib
     return fields
+
+
+def _mapping_start(pid: int, size_kib: int) -> int:
+    """The address of `pid`'s mapping of exactly `size_kib` (guest RAM, as guest_mapping finds it)."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        if (end - start) // KIB == size_kib:
+            return start
+    raise AssertionError(f"no mapping of {size_kib} kB in /proc/{pid}/maps")
+
+
+def written_guest_pages(pid: int, size_kib: int) -> list[int]:
+    """The guest page numbers whose page in `pid` is its own anonymous copy: in a mapping of a
+    file made MAP_PRIVATE (a restored guest's RAM), the pages copied on a write."""
+    start = _mapping_start(pid, size_kib)
+    pages = size_kib * KIB // PAGE
+    with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        pagemap.seek(start // PAGE * 8)
+        entries = struct.unpack(f"<{pages}Q", pagemap.read(pages * 8))
+    return [page for page, entry in enumerate(entries) if entry & PAGEMAP_PRESENT and not entry & PAGEMAP_FILE]
 
 
 def rollup(pid: int) -> dict[str, int]:
