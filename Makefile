@@ -37,7 +37,8 @@ deps:
 # --- the Python side: a venv with pykvm installed editable (compiles the cffi bindings)
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py pykvm/vm/kvm/_build.py pykvm/container/runtime/_build.py
+$(VENV)/.installed: pyproject.toml setup.py pykvm/vm/kvm/_build.py pykvm/container/runtime/_build.py \
+		pykvm/container/runtime/_seccomp_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

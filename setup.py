@@ -9,5 +9,6 @@ setup(
     cffi_modules=[
         "pykvm/vm/kvm/_build.py:ffibuilder",
         "pykvm/container/runtime/_build.py:ffibuilder",
+        "pykvm/container/runtime/_seccomp_build.py:ffibuilder",
     ],
 )

@@ -1,8 +1,11 @@
-"""Helpers of the escape suites (test_escapes_*.py): edit a bundle's config.json, check a refusal."""
+"""Helpers of the escape suites (test_escapes_*.py, test_seccomp.py): edit a bundle's config.json,
+check a refusal, run runc on another cgroup layout, build a static probe from C."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,11 +36,24 @@ def refused(r: subprocess.CompletedProcess, message: str = "", code: int = 2) ->
     return r.stderr
 
 
-def runc_run(bundle: Path, state: Path, cid: str = "oracle", view=list) -> subprocess.CompletedProcess:
+def runc_run(bundle: Path, state: Path, cid: str | None = None, view=list) -> subprocess.CompletedProcess:
     """The oracle: `runc run` of the same bundle, its state kept under `state` (`view`:
-    cgroup_view's wrapper, to run it on another cgroup layout)."""
+    cgroup_view's wrapper, to run it on another cgroup layout).  A name of its own by
+    default: without a cgroupsPath runc's cgroup is /<id>, which one fixed name would share
+    with every other test running runc on this machine at the same time."""
+    cid = cid or f"oracle-{uuid.uuid4().hex[:12]}"
     return subprocess.run(view(["runc", "--root", str(state), "run", "--bundle", str(bundle), cid]),
                           capture_output=True, text=True, timeout=60)
+
+
+def build_static(source: str, directory: Path, name: str) -> Path:
+    """A static program from C `source` (it runs in any rootfs), or a skip without gcc."""
+    gcc = shutil.which("gcc")
+    if not gcc:
+        pytest.skip(f"needs gcc (Debian package gcc) to build the static {name}")
+    (directory / f"{name}.c").write_text(source)
+    subprocess.run([gcc, "-static", "-O", "-o", directory / name, directory / f"{name}.c"], check=True)
+    return directory / name
 
 
 def cgroup2_root() -> Path:

@@ -59,7 +59,7 @@ def test_proc_self_exe_cannot_reach_host_binaries(pykvm, busybox_rootfs):
               "cat /proc/1/environ > /dev/null 2>&1 && echo READ-INIT-ENVIRON; "
               "ls /proc/1/root/ > /dev/null 2>&1 && echo SAW-INIT-ROOT; "
               "echo pwned > /proc/self/exe 2>/dev/null && echo WROTE-SELF-EXE; echo done")
-    r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "sh", "-c", script)
+    r = pykvm("container", "run", "--rm", "--init", "--rootfs", busybox_rootfs, "sh", "-c", script)
     assert r.stdout == "done\n", r.stdout
     assert sha(interpreter) == before
     pykvm_files = Path(__file__).resolve().parents[2] / "pykvm"
@@ -70,7 +70,7 @@ def test_proc_self_exe_cannot_reach_host_binaries(pykvm, busybox_rootfs):
 @pytest.mark.root
 def test_init_command_line_shows_no_host_path(pykvm, busybox_rootfs):
     """/proc/1/cmdline inside was the launcher's: the host's Python, its paths, our argv."""
-    r = pykvm("container", "run", "--rm", "--rootfs", busybox_rootfs, "sh", "-c",
+    r = pykvm("container", "run", "--rm", "--init", "--rootfs", busybox_rootfs, "sh", "-c",
               "cat /proc/1/cmdline; echo; ps -o pid,args")
     assert r.returncode == 0, r.stderr
     cmdline, _, ps = r.stdout.partition("\n")
@@ -97,7 +97,7 @@ def test_host_fd_not_visible(pykvm, busybox_rootfs, tmp_path):
 @pytest.mark.root
 @pytest.mark.parametrize("detach", [False, True])
 def test_init_keeps_no_host_fd(pykvm, busybox_rootfs, tmp_path, state_root, detach):
-    """PID 1 (our Python init) holds nothing of the host's: looked at from the host, through
+    """PID 1 (our Python init, --init) holds nothing of the host's: looked at from the host, through
     /proc/<init>/fd, while the command runs.  Only /dev/null as 0-1-2."""
     import json
     import subprocess
@@ -108,7 +108,7 @@ def test_init_keeps_no_host_fd(pykvm, busybox_rootfs, tmp_path, state_root, deta
     fd = os.open(secret, os.O_RDONLY)
     os.set_inheritable(fd, True)
     argv = [sys.executable, "-m", "pykvm", "container", "run", "--rm", *(["-d"] if detach else []),
-            "--name", "fds", "--rootfs", str(busybox_rootfs), "sleep", "30"]
+            "--name", "fds", "--init", "--rootfs", str(busybox_rootfs), "sleep", "30"]
     env = {**os.environ, "PYKVM_STATE_ROOT": str(state_root)}
     proc = subprocess.Popen(argv, pass_fds=(fd,), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.close(fd)

@@ -168,8 +168,19 @@ def test_two_containers_sharing_a_cgroups_path_as_runc_does(pykvm, runc_bundle, 
 
 
 def test_pids_limit_one_is_one_clear_line(pykvm, busybox_rootfs):
-    r = pykvm("container", "run", "--rm", "--pids-limit", "1", "--rootfs", busybox_rootfs, "true")
+    """pykvm-init (--init) takes one of the pids: a limit of 1 would leave the command none."""
+    r = pykvm("container", "run", "--rm", "--init", "--pids-limit", "1", "--rootfs", busybox_rootfs, "true")
     assert "pids limit 1 leaves no room" in refused(r), r.stderr
+
+
+def test_pids_limit_one_is_the_command_alone(pykvm, busybox_rootfs):
+    """Without --init the command is the container's one process, as under runc: it runs,
+    and cannot fork a second."""
+    r = pykvm("container", "run", "--rm", "--pids-limit", "1", "--rootfs", busybox_rootfs, "true")
+    assert r.returncode == 0, r.stderr
+    r = pykvm("container", "run", "--rm", "--pids-limit", "1", "--rootfs", busybox_rootfs,
+              "sh", "-c", "/bin/true; echo forked")
+    assert r.stdout == "" and "can't fork" in r.stderr, (r.stdout, r.stderr)
 
 
 # --- devices ----------------------------------------------------------------------------------

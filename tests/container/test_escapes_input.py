@@ -81,7 +81,7 @@ def test_symlinked_root_path(pykvm, runc_bundle, state_root):
 
 @pytest.mark.parametrize("args,message", [
     (["-m", "99999999999999999999999G"], "below 8 EiB"),
-    (["--pids-limit", "1"], "pids limit 1 leaves no room"),
+    (["--init", "--pids-limit", "1"], "pids limit 1 leaves no room"),
     (["-u", "4294967295"], "range 0-2147483647"),
 ])
 def test_hostile_run_options(pykvm, busybox_rootfs, state_root, args, message):

@@ -135,7 +135,7 @@ def test_rootless_run_maps_root_to_the_caller(as_nobody, rootless_rootfs):
                   "touch /bin/x 2>&1 | grep -c 'Permission denied'")
     assert r.returncode == 0, r.stderr
     uid, host, pid, *uid_map_and_rest = r.stdout.split("\n")
-    assert (uid, host, pid) == ("0", "rl", "2")
+    assert (uid, host, pid) == ("0", "rl", "1")        # the command is PID 1
     assert uid_map_and_rest[0].split() == ["0", str(NOBODY), "1"]
     assert uid_map_and_rest[1] == "lo"
     assert uid_map_and_rest[2] == "1", "root inside cannot write the host's root-owned files"
@@ -181,7 +181,7 @@ def test_rootless_terminal_is_pts_0_of_its_own_devpts(as_nobody, rootless_rootfs
 
 def test_rootless_exec_joins_the_user_namespace_first(as_nobody, rootless_rootfs):
     """exec as the same ordinary user: setns(user) first gives the rights to join the rest."""
-    r = as_nobody("run", "-d", "--hostname", "rl", "--rootfs", rootless_rootfs, "sleep", "1000")
+    r = as_nobody("run", "-d", "--init", "--hostname", "rl", "--rootfs", rootless_rootfs, "sleep", "1000")
     assert r.returncode == 0, r.stderr
     cid = r.stdout.strip()
     try:

@@ -17,20 +17,52 @@ def sh(pykvm, rootfs, script, *opts, **kw):
     return pykvm("container", "run", "--rm", *opts, "--rootfs", rootfs, "sh", "-c", script, **kw)
 
 
-def test_own_pid_1_is_our_init(pykvm, busybox_rootfs):
+def test_the_command_is_pid_1(pykvm, busybox_rootfs):
+    """As with `docker run` and runc: the container's own process is PID 1 of its namespace."""
     r = sh(pykvm, busybox_rootfs, "echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'")
     pid, comm, nprocs = r.stdout.split()
     assert r.returncode == 0, r.stderr
-    assert pid == "2", "the command is PID 2, under our init"
-    assert comm == "pykvm-init"
-    assert int(nprocs) <= 4, f"only the container's processes are visible, saw {nprocs}"
+    assert (pid, comm) == ("1", "sh"), r.stdout
+    assert int(nprocs) <= 3, f"only the container's processes are visible, saw {nprocs}"
 
 
-def test_hostname(pykvm, busybox_rootfs):
-    assert sh(pykvm, busybox_rootfs, "hostname", "--hostname", "box").stdout == "box\n"
-    default = sh(pykvm, busybox_rootfs, "hostname").stdout.strip()
-    assert re.fullmatch(r"[0-9a-f]{12}", default), default
-    assert default != os.uname().nodename
+def test_init_option_makes_pykvm_init_pid_1(pykvm, busybox_rootfs):
+    """--init (docker run --init): pykvm-init is PID 1 and the command PID 2."""
+    r = sh(pykvm, busybox_rootfs, "echo $$; cat /proc/1/comm", "--init")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "pykvm-init"], r.stdout
+
+
+def test_pid_1_signal_semantics_are_runcs(pykvm, runc_bundle, busybox_rootfs, tmp_path):
+    """The kernel drops a signal PID 1 has no handler for when it comes from inside its PID
+    namespace (pid_namespaces(7)), even SIGKILL: a container's `kill -9 1` does nothing,
+    under runc as under pykvm."""
+    from escape_tools import edit, runc_run
+    script = "kill -9 $$; kill -TERM $$; echo alive; exit 3"
+    edit(runc_bundle, process__args=["sh", "-c", script])
+    ours = pykvm("container", "oci", "run", "--bundle", runc_bundle, "sigs")
+    theirs = runc_run(runc_bundle, tmp_path)
+    assert (ours.stdout, ours.returncode) == (theirs.stdout, theirs.returncode) == ("alive\n", 3)
+    r = sh(pykvm, busybox_rootfs, script)
+    assert (r.stdout, r.returncode) == ("alive\n", 3), (r.stdout, r.stderr)
+
+
+def test_orphans_are_reaped_only_with_init(pykvm, busybox_rootfs):
+    """An orphan is re-parented to PID 1.  A command that never wait()s (here `sleep`) leaves it
+    a zombie, as under Docker; pykvm-init (--init) reaps it."""
+    script = "sh -c 'usleep 100000 &'; exec sleep 1000"
+    # `sleep` runs once the orphan is born; then the orphan's state, if it is still there
+    orphan = ("for f in /proc/[0-9]*/stat; do read -r p c s rest < $f; [ $c = '(sleep)' ] && echo sleep; "
+              "[ $c = '(usleep)' ] && echo $s; done; true")
+    for options, left in (([], "sleep\nZ\n"), (["--init"], "sleep\n")):
+        cid = pykvm("container", "run", "-d", *options, "--rootfs", busybox_rootfs, "sh", "-c", script).stdout.strip()
+        try:
+            wait_for(lambda: sorted(pykvm("container", "exec", cid, "sh", "-c", orphan).stdout.split())
+                     in (["Z", "sleep"], ["sleep"]))
+            assert "".join(sorted(pykvm("container", "exec", cid, "sh", "-c", orphan).stdout.splitlines(True),
+                                  reverse=True)) == left, options
+        finally:
+            pykvm("container", "rm", "-f", cid)
 
 
 @pytest.mark.parametrize("name, why", [
@@ -174,10 +206,17 @@ def test_only_stdio_is_passed_in(pykvm, busybox_rootfs, tmp_path):
     assert set(r.stdout.split()) <= {"0", "1", "2", "3"}, r.stdout
 
 
-@pytest.mark.parametrize("script,code", [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137),
-                                         ("kill -TERM $$", 143)])
+@pytest.mark.parametrize("script,code", [("exit 0", 0), ("exit 3", 3), ("sh -c 'kill -9 $$'; exit $?", 137),
+                                         ("sh -c 'kill -TERM $$'; exit $?", 143)])
 def test_exit_status_propagates(pykvm, busybox_rootfs, script, code):
+    """A child killed by signal N: 128 + N, passed on by the shell (PID 1) as its own status."""
     assert sh(pykvm, busybox_rootfs, script).returncode == code
+
+
+@pytest.mark.parametrize("script,code", [("kill -9 $$", 137), ("kill -TERM $$", 143)])
+def test_exit_status_of_a_command_under_init(pykvm, busybox_rootfs, script, code):
+    """Under pykvm-init the command is PID 2, an ordinary process: its own signal kills it."""
+    assert sh(pykvm, busybox_rootfs, script, "--init").returncode == code
 
 
 def test_command_not_found_is_127_with_a_message(pykvm, busybox_rootfs, state_root):
@@ -220,11 +259,13 @@ def test_tty(pykvm, busybox_rootfs, state_root):
     assert b"TTY-OK" in out, out
 
 
-def test_pid1_forwards_sigterm_and_reaps(pykvm, busybox_rootfs):
-    # The command orphans a child (reaped by init) and traps TERM sent to init from outside.
+@pytest.mark.parametrize("init", [[], ["--init"]])
+def test_pid1_forwards_sigterm_and_reaps(pykvm, busybox_rootfs, init):
+    # The command orphans a child (reaped by PID 1) and traps TERM sent to PID 1: itself, or
+    # pykvm-init, which forwards it.
     script = ("(sleep 0.1 &) ; trap 'echo got-TERM; exit 5' TERM; "
               "kill -TERM 1; sleep 5 & wait; echo not-reached")
-    r = sh(pykvm, busybox_rootfs, script)
+    r = sh(pykvm, busybox_rootfs, script, *init)
     assert r.stdout == "got-TERM\n" and r.returncode == 5, (r.stdout, r.returncode)
 
 
@@ -242,6 +283,17 @@ def test_detached_logs_stop_rm(pykvm, busybox_rootfs, state_root):
     assert pykvm("container", "rm", "web").returncode == 0
     assert pykvm("container", "ps", "-a", "-q").stdout == ""
     assert list(state_root.iterdir()) == []
+
+
+@pytest.mark.parametrize("init,status", [([], "exited (137)"), (["--init"], "exited (143)")])
+def test_stop_a_command_without_a_sigterm_handler(pykvm, busybox_rootfs, state_root, init, status):
+    """`sleep` as PID 1 has no SIGTERM handler, so the kernel drops stop's SIGTERM and the
+    grace period ends in SIGKILL, as with `docker stop`; under --init, pykvm-init forwards
+    SIGTERM to `sleep` (PID 2), which dies of it."""
+    cid = pykvm("container", "run", "-d", *init, "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
+    assert pykvm("container", "stop", "-t", "1", cid).stdout.strip() == cid
+    assert status in pykvm("container", "ps", "-a").stdout
+    assert pykvm("container", "rm", cid).returncode == 0
 
 
 def test_kill_and_rm_force(pykvm, busybox_rootfs, state_root):

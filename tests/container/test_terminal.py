@@ -88,7 +88,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_pty_is_only_fds_0_1_2_of_the_command(busybox_rootfs, state_root):
-    """Seen from the host: the monitor and PID 1 hold no pty; the command holds only its slave,
+    """Seen from the host: the monitor and PID 1 (pykvm-init, --init) hold no pty; the command holds only its slave,
     as 0, 1 and 2; nobody inside holds a master."""
     from pykvm.container.runtime.state import StateStore
     seen = {}
@@ -102,7 +102,7 @@ def test_pty_is_only_fds_0_1_2_of_the_command(busybox_rootfs, state_root):
                     init_fds=sorted(int(fd) for fd in os.listdir(f"/proc/{init}/fd")))
         os.write(_master, b"\x03")
 
-    r = run_on_pty(cli(state_root, "run", "--rm", "-it", "--rootfs", busybox_rootfs,
+    r = run_on_pty(cli(state_root, "run", "--rm", "-it", "--init", "--rootfs", busybox_rootfs,
                        "sh", "-c", "echo READY; sleep 30"), env(state_root),
                    steps=[(b"READY", look)])
     assert r.status == 130

@@ -70,11 +70,18 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal.")
 @click.option("--entrypoint", metavar="PROG", help="Run PROG instead of the image's ENTRYPOINT (and "
               "without its CMD); \"\" clears the ENTRYPOINT.")
+@click.option("--security-opt", multiple=True, metavar="OPT",
+              help="seccomp=unconfined (no filter), seccomp=FILE (a profile instead of Docker's "
+                   "default), no-new-privileges[=true|false] (default true).")
+@click.option("--init", "use_init", is_flag=True,
+              help="Run pykvm-init as PID 1, forwarding signals and reaping zombies (the command "
+                   "is PID 1 otherwise, as with Docker).")
 @click.option("--rootfs", type=click.Path(file_okay=False), help="Run this directory instead of an image.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
-            network, publish, read_only, cap_add, cap_drop, interactive, tty, entrypoint, rootfs, args):
+            network, publish, read_only, cap_add, cap_drop, interactive, tty, entrypoint, security_opt,
+            use_init, rootfs, args):
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
     from dataclasses import replace
 
@@ -123,7 +130,8 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
                   limits=limits, namespaces=namespaces,
                   readonly=read_only, interactive=interactive, tty=tty, etc_files=True,
                   network="bridge" if network == "bridge" else "", publish=ports,
-                  capabilities=cfg_caps or cfg.capabilities)
+                  capabilities=cfg_caps or cfg.capabilities, init=use_init)
+    cfg = replace(cfg, **_security_options(security_opt, cfg.capabilities.get("bounding", [])))
     container = launch(cfg, DETACHED if detach else FOREGROUND)
     if detach:
         click.echo(container.id)
@@ -133,6 +141,31 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         click.echo(f"pykvm: container {result.id} was killed by the OOM killer "
                    f"(memory limit {memory})", err=True)
     sys.exit(result.exit_code)
+
+
+def _security_options(options: tuple[str, ...], bounding: list[str]) -> dict:
+    """--security-opt, Docker's spellings (KEY=VALUE or KEY:VALUE) -> RunConfig fields:
+    seccomp (Docker's default profile for this bounding set, unless unconfined or FILE)
+    and no_new_privileges."""
+    from dataclasses import replace
+
+    from pykvm.container.runtime.docker_seccomp import load_profile_file, oci_profile
+    from pykvm.container.runtime.seccomp import parse_profile
+    from pykvm.errors import ConfigError
+    profile = replace(parse_profile(oci_profile(bounding), "the default seccomp profile"), warn_unknown=False)
+    no_new_privileges = True
+    for option in options:
+        key, _, value = option.partition("=" if "=" in option else ":")
+        if key == "seccomp" and value == "unconfined":
+            profile = None
+        elif key == "seccomp" and value:
+            profile = parse_profile(load_profile_file(value, bounding), f"{value}: seccomp")
+        elif key == "no-new-privileges" and value in ("", "true", "false"):
+            no_new_privileges = value != "false"
+        else:
+            raise ConfigError(f"--security-opt {option}: want seccomp=unconfined, seccomp=FILE or "
+                              f"no-new-privileges[=true|false] (pykvm applies no AppArmor or SELinux)")
+    return {"seccomp": profile, "no_new_privileges": no_new_privileges}
 
 
 @click.command("exec", context_settings={"allow_interspersed_args": False})

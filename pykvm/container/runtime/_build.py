@@ -2,7 +2,7 @@
 
 Python 3.11's `os` module has fork, exec and chdir, but not unshare(2),
 setns(2), mount(2), umount2(2), pivot_root(2), capset(2), keyctl(2) or most
-prctl(2) options.  We call them through cffi in API mode: the C compiler reads
+prctl(2) options, nor seccomp(2).  We call them through cffi in API mode: the C compiler reads
 <sched.h>, <sys/mount.h>, <linux/capability.h> ... itself, so every
 `#define NAME ...` below gets its value from the real header and every `...;`
 in a struct gets its real layout.  No flag value is typed by hand.
@@ -33,6 +33,8 @@ SOURCE = r"""
 #include <linux/ioprio.h>
 #include <sys/personality.h>
 #include <linux/bpf.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <string.h>
 
 /* glibc 2.36 has no wrapper for these two: call the system call itself. */
@@ -92,6 +94,14 @@ static int bpf_attach_device_program(int cgroup_fd, int program_fd)
     attr.attach_type = BPF_CGROUP_DEVICE;
     attr.attach_flags = BPF_F_ALLOW_MULTI;
     return syscall(SYS_bpf, BPF_PROG_ATTACH, &attr, sizeof attr);
+}
+
+/* seccomp(2), no glibc wrapper: load a classic BPF program (an array of struct
+   sock_filter) as the calling thread's seccomp filter. */
+static int sys_seccomp_set_filter(unsigned int flags, const void *insns, unsigned short count)
+{
+    struct sock_fprog prog = { .len = count, .filter = (struct sock_filter *)insns };
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
 }
 
 /* prctl(2) and ioctl(2) are variadic: give cffi fixed signatures. */
@@ -269,6 +279,14 @@ struct bpf_insn { uint8_t code; int16_t off; int32_t imm; ...; };
 struct bpf_cgroup_dev_ctx { uint32_t access_type; uint32_t major; uint32_t minor; ...; };
 int bpf_load_device_program(const void *insns, unsigned int count, char *log, unsigned int log_size);
 int bpf_attach_device_program(int cgroup_fd, int program_fd);
+
+/* --- seccomp filters, seccomp(2), <linux/seccomp.h>, <linux/filter.h> ---- */
+#define SECCOMP_FILTER_FLAG_TSYNC ...
+#define SECCOMP_FILTER_FLAG_LOG ...
+#define SECCOMP_FILTER_FLAG_SPEC_ALLOW ...
+#define PR_GET_SECCOMP ...
+struct sock_filter { uint16_t code; uint8_t jt; uint8_t jf; uint32_t k; };
+int sys_seccomp_set_filter(unsigned int flags, const void *insns, unsigned short count);
 
 /* --- the network interface ioctls, <net/if.h>, <sys/ioctl.h> ------------ */
 /* socket(2) here rather than Python's socket module: one descriptor for the

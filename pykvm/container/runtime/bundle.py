@@ -12,11 +12,11 @@ Read here:
              capabilities.*, rlimits[], noNewPrivileges, oomScoreAdj},
     linux.{namespaces[], uidMappings[], gidMappings[], cgroupsPath, sysctl,
            resources.{memory.limit, pids.limit, cpu.quota, cpu.period, devices[]},
-           maskedPaths[], readonlyPaths[]},
+           maskedPaths[], readonlyPaths[], seccomp (seccomp.py)},
     annotations
     hooks.{prestart, createRuntime, createContainer, startContainer, poststart, poststop}
 Refused, naming the field (pykvm cannot enforce them, and a security setting
-must never be dropped silently): linux.seccomp, process.apparmorProfile,
+must never be dropped silently): process.apparmorProfile,
 process.selinuxLabel, linux.mountLabel, linux.intelRdt.  Then validate.py
 checks the whole RunConfig (ids, paths, limits) before anything is created.
 
@@ -40,6 +40,7 @@ from pykvm.container.runtime.syscalls import lib
 from pykvm.container.runtime.validate import check_id
 from pykvm.container.runtime.rootfs import NODE_TYPES, DeviceNode, Mount
 from pykvm.container.runtime.config import DEFAULT_UMASK, RunConfig
+from pykvm.container.runtime.seccomp import Profile, parse_profile
 from pykvm.errors import ConfigError
 
 __all__ = ["load_bundle", "config_from_spec", "limits_from_resources"]
@@ -49,7 +50,6 @@ DEVICE_TYPES = ("a", "c", "b")    # config-linux.md "Allowed Device Cgroup": all
 # Fields whose whole point is a security or lifecycle guarantee that pykvm does not
 # implement: a config that sets one is refused (runc would apply them).
 UNSUPPORTED = {
-    ("linux", "seccomp"): "pykvm loads no seccomp filter",
     ("process", "apparmorProfile"): "pykvm applies no AppArmor profile",
     ("process", "selinuxLabel"): "pykvm applies no SELinux label",
     ("linux", "mountLabel"): "pykvm applies no SELinux label",
@@ -144,10 +144,11 @@ def config_from_spec(spec: dict, bundle: str) -> RunConfig:
         no_new_privileges=bool(process.get("noNewPrivileges", False)),
         rlimits=_rlimits(process.get("rlimits", [])),
         tty=bool(process.get("terminal", False)),
-        init=False,                      # the process is PID 1, as with runc
+        init=False,                      # the process is PID 1, as with runc (the default too)
         bundle=bundle,
         annotations=_expect(spec.get("annotations", {}), dict, "annotations"),
         hooks=parse_hooks(spec.get("hooks", {})),
+        seccomp=_seccomp(linux.get("seccomp")),
     )
 
 
@@ -160,6 +161,11 @@ def _refuse_unsupported(spec: dict) -> None:
         if _is_set(value):
             raise ConfigError(f"config.json: {'.'.join(path)} is set, but {why}: remove it to run "
                               f"without it, or use a runtime that applies it (runc)")
+
+
+def _seccomp(value) -> Profile | None:
+    """linux.seccomp -> seccomp.Profile; none without the field."""
+    return None if value is None else parse_profile(value)
 
 
 def _root_path(bundle: str, root_path: str) -> str:

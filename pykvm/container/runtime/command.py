@@ -1,4 +1,4 @@
-"""The command: the last process of the tree (PID 2 inside, or PID 1 without pykvm-init),
+"""The command: the last process of the tree (PID 1 inside, or PID 2 under pykvm-init),
 and the steps by which it becomes the user's program.
 
     command   (forked by init, or by exec's joiner)
@@ -6,7 +6,12 @@ and the steps by which it becomes the user's program.
          I/O priority, umask, setsid,
          with -t the controlling terminal, chdir, HOME, then the credentials
          (no_new_privs, bounding set, groups, uid/gid, capability sets),
-         only fds 0-2, execve(2)
+         only fds 0-2, the seccomp filter, execve(2)
+
+The seccomp filter (seccomp.py) goes on where runc's standard_init puts it: right
+before execve when no_new_privs is set (so the profile has to allow as few of the
+runtime's own calls as possible), else before the capabilities are dropped, since
+loading a filter without no_new_privs needs CAP_SYS_ADMIN.
 
 When the execve succeeds the event pipe (close-on-exec) closes and the launcher reads
 end-of-file; when it fails, the error and an exit code go up the pipe (ExecFailed).
@@ -23,6 +28,7 @@ from pykvm.container.runtime import capabilities as caps
 from pykvm.container.runtime.config import RunConfig
 from pykvm.container.runtime.process import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP_FAILED,
                                              EventPipe, ExecFailed, close_other_fds)
+from pykvm.container.runtime.seccomp import load_filter
 from pykvm.container.runtime.syscalls import lib, prctl, set_io_priority, set_personality
 from pykvm.container.runtime.validate import RLIM_INFINITY
 from pykvm.errors import ConfigError, ContainerError
@@ -60,8 +66,12 @@ def exec_command(cfg: RunConfig, pipe: EventPipe, stdio: dict) -> int:
         raise ExecFailed(EXIT_SETUP_FAILED, f"cannot enter working directory {cfg.cwd}: {e.strerror}")
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env)
     env.setdefault("HOME", _home_dir(cfg.uid))      # runc's rule: HOME when the config has none
+    if cfg.seccomp_filter is not None and not cfg.no_new_privileges:
+        load_filter(cfg.seccomp_filter)        # without no_new_privs this needs CAP_SYS_ADMIN: before it goes
     drop_privileges(cfg)
     close_other_fds({pipe.events_w})
+    if cfg.seccomp_filter is not None and cfg.no_new_privileges:
+        load_filter(cfg.seccomp_filter)        # as late as runc: the profile need allow little of ours
     try:
         os.execvpe(cfg.args[0], cfg.args, env)
     except FileNotFoundError:

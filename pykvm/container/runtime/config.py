@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from pykvm.container.runtime import capabilities as caps
 from pykvm.container.runtime import namespaces as ns
@@ -17,6 +18,9 @@ from pykvm.container.runtime.cgroups import Limits
 from pykvm.container.runtime.hooks import Hook
 from pykvm.container.runtime.validate import validate
 from pykvm.errors import ConfigError, ContainerError
+
+if TYPE_CHECKING:
+    from pykvm.container.runtime.seccomp import Filter, Profile
 
 __all__ = ["RunConfig", "DEFAULT_ENV", "DEFAULT_PATH", "DEFAULT_NAMESPACES", "process_defaults",
            "merge_env", "check_env", "default_caps"]
@@ -66,7 +70,7 @@ class RunConfig:
     rlimits: list[tuple[str, int, int]] = field(default_factory=lambda: [("RLIMIT_NOFILE", 1024, 1024)])
     tty: bool = False
     interactive: bool = False                  # keep stdin (else /dev/null)
-    init: bool = True                          # PID 1 is our init (Docker --init); False: the command (runc)
+    init: bool = False                         # PID 1 is the command (runc, Docker); True: our init (--init)
     id: str | None = None
     name: str | None = None
     remove: bool = False                       # --rm: forget the container once it exits
@@ -81,6 +85,8 @@ class RunConfig:
     hooks: dict[str, list[Hook]] = field(default_factory=dict)   # config.json hooks (hooks.py)
     network: str = ""                          # "bridge": a veth on pykvm's bridge (network.py)
     publish: list = field(default_factory=list)   # nftables.Publish: -p HOSTPORT:CONTAINERPORT
+    seccomp: Profile | None = None             # linux.seccomp, or Docker's default (seccomp.py)
+    seccomp_filter: Filter | None = None       # that profile compiled (launcher.py; exec: from state.json)
 
     @property
     def rootless(self) -> bool:
@@ -143,12 +149,14 @@ class RunConfig:
 
 def process_defaults(cfg: RunConfig) -> dict:
     """What `exec` starts from (state.json "process"), as runc exec copies config.json's
-    process: environment, working directory, user, capabilities, no_new_privs, rlimits."""
+    process: environment, working directory, user, capabilities, no_new_privs, rlimits, and
+    the seccomp filter (runc exec loads the container's)."""
     return {"env": list(cfg.env), "cwd": cfg.cwd, "uid": cfg.uid, "gid": cfg.gid,
             "personality": cfg.personality, "io_priority": cfg.io_priority,
             "additional_gids": list(cfg.additional_gids), "capabilities": dict(cfg.capabilities),
             "no_new_privileges": cfg.no_new_privileges, "rlimits": [list(r) for r in cfg.rlimits],
-            "umask": cfg.umask, "new_keyring": cfg.new_keyring}
+            "umask": cfg.umask, "new_keyring": cfg.new_keyring,
+            "seccomp": cfg.seccomp_filter.to_json() if cfg.seccomp_filter else None}
 
 
 def merge_env(base: list[str], extra: list[str]) -> list[str]:

@@ -5,7 +5,7 @@ A new process enters them as nsenter(1) does, then becomes the command the way
 the container's own command did (command.exec_command), starting from the
 same process settings (state.json "process", as runc exec copies config.json's
 `process`): environment, working directory, user, capability bounding set,
-no_new_privs, rlimits.
+no_new_privs, rlimits, the seccomp filter (compiled once, at the launch).
 
     exec      (the pykvm command; host namespaces)
       |  finds the container, forwards Ctrl-C, with -t relays the pty,
@@ -25,7 +25,8 @@ no_new_privs, rlimits.
       v  then drops to the command's credentials, forwards signals and reaps,
          exiting with the command's status
     command   (a new PID inside the container)
-         setsid, cwd, no_new_privs, bounding set, uid/gid, only fds 0-2, execve(2)
+         setsid, cwd, no_new_privs, bounding set, uid/gid, only fds 0-2, the
+         container's seccomp filter, execve(2)
 
 The command lives as long as the `exec` command: if that is killed, the joiner
 gets a parent-death signal and SIGKILLs the command (Docker's daemon would keep
@@ -47,6 +48,7 @@ from pykvm.container.runtime.init import FORWARDED_SIGNALS, new_session_keyring,
 from pykvm.container.runtime.process import (EXIT_SETUP_FAILED, EventPipe, SignalForwarder, child_main,
                                              close_other_fds, detach_stdio, exit_code, install_stdio,
                                              waitpid_retry)
+from pykvm.container.runtime.seccomp import Filter
 from pykvm.container.runtime.state import StateStore, pid_alive, stat_field, stat_fields
 from pykvm.container.runtime.syscalls import lib, prctl
 from pykvm.container.runtime.users import ExecUser, resolve_user
@@ -85,6 +87,7 @@ def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = N
                   no_new_privileges=p.get("no_new_privileges", True),
                   rlimits=[tuple(r) for r in p.get("rlimits", base.rlimits)],
                   umask=p.get("umask", base.umask), new_keyring=p.get("new_keyring", True),
+                  seccomp_filter=Filter.from_json(p.get("seccomp")),
                   tty=tty, interactive=interactive, id=state.id, namespaces={})
     for entry in cfg.env:
         check_env(entry)

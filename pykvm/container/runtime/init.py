@@ -5,15 +5,20 @@
       |  unshare mount/uts/ipc/net/cgroup namespaces, bring `lo` up, set the
       |  hostname, join a session keyring of its own, build the root filesystem
       |  (with linux.sysctl) and pivot_root into it (rootfs.py), with -t make the
-      |  pty from the container's own devpts (terminal.py), fork the command
-      |  (command.py), drop to the command's credentials, then forward every
-      |  signal to it and reap every zombie
+      |  pty from the container's own devpts (terminal.py), then either
+      |    - execve the command (command.py): it *is* PID 1, as with runc and
+      |      `docker run` (RunConfig.init false, the default), or
+      |    - with --init (RunConfig.init, Docker's --init): fork the command, drop to its
+      |      credentials, forward every signal to it and reap every zombie
       v
-    command   (PID 2 inside)
+    command   (PID 1 inside, or PID 2 under pykvm-init)
 
-Without pykvm-init (RunConfig.init false, as runc) init execs the command itself and
-the command is PID 1.  exec.py's joiner plays init's part for an `exec`'d command: it
-uses new_session_keyring and reap from here.
+PID 1 is special (pid_namespaces(7)): orphans are re-parented to it, so it must wait()
+for them, and the kernel drops every signal it has no handler for that comes from inside
+the namespace (even SIGKILL).  A command written to be PID 1 (an init system, tini,
+catatonit) wants to be exactly that; for one that is not, --init puts pykvm-init in front.
+exec.py's joiner plays init's part for an `exec`'d command: it uses new_session_keyring
+and reap from here.
 """
 from __future__ import annotations
 

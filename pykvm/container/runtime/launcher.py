@@ -14,12 +14,13 @@ Four processes, each with one job and one module (the arrows are fork(2)):
     init      (PID 1 inside; Python): init.py
       |  join the cgroup, unshare mount/uts/ipc/net/cgroup namespaces, bring `lo`
       |  up, set the hostname, join a session keyring of its own, build the root
-      |  filesystem and pivot_root into it, with -t make the pty, fork the command,
-      |  drop to the command's credentials, then forward every signal and reap
+      |  filesystem and pivot_root into it, with -t make the pty; then it execs the
+      |  command, which is PID 1 (runc, docker run); or with --init it forks the command,
+      |  drops to the command's credentials, then forwards every signal and reaps
       v
-    command   (PID 2 inside): command.py
+    command   (PID 1 inside; PID 2 under --init): command.py
          oom_score_adj, umask, setsid, chdir, no_new_privs, capabilities, uid/gid,
-         only fds 0-2, execve(2)
+         only fds 0-2, the seccomp filter, execve(2)
 
 What they share (the event pipe, forking a child, stdio and fds) is in process.py.
 Nothing of this starts before the whole config is checked (validate.py).
@@ -102,6 +103,9 @@ class Container:
         self.hand_over = hand_over
         self.store = store or StateStore()
         self.warn = warn or (lambda msg: print(f"pykvm: warning: {msg}", file=sys.stderr))
+        if self.cfg.seccomp is not None and self.cfg.seccomp_filter is None:     # compiled once, here
+            from pykvm.container.runtime.seccomp import compile_filter
+            self.cfg = replace(self.cfg, seccomp_filter=compile_filter(self.cfg.seccomp, self.warn))
         self.id = self.cfg.id or new_id()
         self.state = ContainerState(
             id=self.id, name=self.cfg.name or self.id, bundle=self.cfg.bundle,

@@ -6,7 +6,7 @@ the container ended.
       |  child is PID 1 of a new PID namespace; then waits for that child,
       |  records the exit status (exit.json), removes the cgroup
       v
-    init      (PID 1 inside: init.py)
+    init      (PID 1 inside: init.py; it becomes the command, or with --init forks it)
 
 Under an engine (Container.hand_over) the monitor exits as soon as init is forked, so that
 init's parent becomes the engine's subreaper (conmon, containerd-shim), which waits for it.
