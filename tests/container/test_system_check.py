@@ -157,6 +157,20 @@ def test_a_mount_left_under_the_state_root_is_unmounted(tmp_path):
 
 
 @pytest.mark.root
+def test_a_store_or_state_root_that_is_itself_a_mount_point_is_not_a_leftover(tmp_path):
+    """An 8 MiB tmpfs store showed it: the first check called the store's own mount left
+    over, and --repair would have unmounted it."""
+    root = tmp_path / "store"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(root)], check=True)
+    try:
+        assert check_mounts([root], repair=True) == []
+        assert os.path.ismount(root)
+    finally:
+        subprocess.run(["umount", str(root)], capture_output=True)
+
+
+@pytest.mark.root
 @pytest.mark.slow
 def test_kill_9_of_a_foreground_runs_process_group_is_found_and_repaired(stores, busybox_rootfs):
     """Launcher, monitor and init killed at once: nobody records the exit, removes the
