@@ -204,7 +204,7 @@ def test_kill_9_of_a_foreground_runs_process_group_is_found_and_repaired(stores,
             time.sleep(0.05)
 
 
-def test_check_output_is_json_free_and_one_line_per_problem(stores):
+def test_a_broken_index_json_is_one_error_line_not_a_traceback(stores):
     """A broken index.json is one line, not a traceback (the check cannot mend it)."""
     root, _, env = stores
     (root / "oci" / "index.json").write_text(json.dumps({"manifests": "x"}))

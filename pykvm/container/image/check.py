@@ -88,7 +88,10 @@ def _check_tags(store: ImageStore, repair: bool, corrupt: set[str]) -> list[Find
         finding = Finding(f"image {ref or NONE + ' ' + entry['digest']}",
                           f"is incomplete: {missing}")
         if repair:
-            store.untag(ref) if ref else store._drop_untagged(entry["digest"])
+            if ref:
+                store.untag(ref)
+            else:
+                store.drop_untagged(entry["digest"])
             finding.repaired = "removed (pull or build it again)"
         findings.append(finding)
     return findings

@@ -425,7 +425,7 @@ class ImageStore:
         removed = []
         for refs, digest in plans:
             removed += [self.untag(ref) for ref in refs]
-            self._drop_untagged(digest)
+            self.drop_untagged(digest)
         return removed
 
     def _removal(self, name: str, force: bool) -> tuple[list[str], str]:
@@ -448,7 +448,7 @@ class ImageStore:
         """Remove one tag (or an untagged image's entry); returns what was removed.  Blobs go with `gc`."""
         ref, entry = self.find(name)
         if ref is None:
-            self._drop_untagged(entry["digest"])
+            self.drop_untagged(entry["digest"])
             return NONE
         with self.locked():
             index = self.index()
@@ -456,7 +456,8 @@ class ImageStore:
             self._save_index(index)
         return ref
 
-    def _drop_untagged(self, digest: str) -> None:
+    def drop_untagged(self, digest: str) -> None:
+        """Remove the `<none>` entry of this manifest digest from index.json, if there is one."""
         with self.locked():
             index = self.index()
             index["manifests"] = [m for m in index["manifests"] if _ref_name(m) or m["digest"] != digest]

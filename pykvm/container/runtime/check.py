@@ -85,14 +85,14 @@ def _check_container(store: StateStore, state: ContainerState, repair: bool) -> 
                 os.kill(state.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            finding.repaired = "killed; " + _tidy_stopped(store, state, repair)
+            finding.repaired = "killed; " + _tidy_stopped(store, state)
         return finding
     problems = _stopped_problems(store, state)
     if not problems:
         return None
     finding = Finding(where, "; ".join(problems))
     if repair:
-        finding.repaired = _tidy_stopped(store, state, repair)
+        finding.repaired = _tidy_stopped(store, state)
     return finding
 
 
@@ -112,7 +112,7 @@ def _awaits_delete(state: ContainerState) -> bool:
     return bool(state.bundle) and not state.auto_remove
 
 
-def _tidy_stopped(store: StateStore, state: ContainerState, repair: bool) -> str:
+def _tidy_stopped(store: StateStore, state: ContainerState) -> str:
     """What `rm` does for a --rm container; for the others, exit.json and the cgroup."""
     from pykvm.container.runtime.lifecycle import remove_container, wait_stopped
     wait_stopped(state, store, 5.0)
