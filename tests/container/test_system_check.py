@@ -127,6 +127,18 @@ def test_a_container_whose_monitor_was_killed_is_marked_stopped_with_an_unknown_
     assert check_containers(store) == []
 
 
+def test_a_stopped_oci_container_keeps_its_cgroup_until_delete_a_run_one_does_not(tmp_path):
+    """The first chaos run showed it: the check called an `oci create`d container's cgroup
+    left over, when removing it is `oci delete`'s job (runtime.md)."""
+    store = StateStore(tmp_path / "state")
+    for cid, bundle in (("ocic", str(tmp_path)), ("runc1", "")):
+        cgroup_dir = tmp_path / "cgroup" / cid                 # stands in for the recorded directory
+        cgroup_dir.mkdir(parents=True)
+        _state(store, cid, bundle=bundle, pid=2 ** 22 + 1, cgroup={"version": "v1", "dirs": [str(cgroup_dir)]})
+        store.record_exit(cid, 0, False)
+    assert [f.line() for f in check_containers(store)] == ["container runc1: its cgroup is left"]
+
+
 def test_a_container_being_created_by_a_live_launcher_is_left_alone(tmp_path):
     store = StateStore(tmp_path / "state")
     me = os.getpid()
