@@ -86,7 +86,7 @@ fuzz: venv guests
 fuzz-guest: venv
 	$(PY) tests/fuzz/guest_fuzz.py $(FUZZ_GUEST_ARGS)
 
-# kill -9 at random moments of pull, push, build, rmi, run, oci create/start/delete and boot,
+# kill -9 at random moments of pull, push, build, rmi, run, exec, oci create/start/delete and boot,
 # then look for leaks (root; docs/40-reliability.md).  CHAOS_ARGS='--count N --seconds S --ops pull,run'
 CHAOS_ARGS ?= --count 20 --seconds 1800 --seed 1
 chaos: venv guests

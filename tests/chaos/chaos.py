@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Chaos: kill -9 pykvm at a random moment of an operation, then check that nothing leaked.
 
-For each operation (pull, push, build, rmi, run, oci-create, oci-start, oci-delete, boot):
+For each operation (pull, push, build, rmi, run, exec, oci-create, oci-start, oci-delete, boot):
 
  1. run it once to the end and time it (it must succeed: the harness tests itself);
  2. COUNT times: set it up, start it, SIGKILL it after a random delay within that time,
@@ -49,15 +49,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(ROOT / "tests" / "container")]
 from image_fixtures import REGISTRY_BIN, start_registry, stop_registry  # noqa: E402
-from probes import (PrivateCgroup, become_subreaper, descendants, mounts_under,  # noqa: E402
-                    reap_zombies)
+from probes import (OrphanReaper, PrivateCgroup, become_subreaper, descendants,  # noqa: E402
+                    mounts_under, reap_zombies)
 
 TRACEBACK = "Traceback (most recent call last)"
 BUSYBOX_CONTEXT = ROOT / "guests" / "containers" / "busybox"
 CLI_TIMEOUT = 120            # seconds any one pykvm command may take
 SEED_DATA = 8 << 20          # bytes of random data in the image's top layer
 SETTLE = 15.0                # seconds for a killed launcher's monitor to finish its cleanup
-OPERATIONS = ("pull", "push", "build", "rmi", "run", "oci-create", "oci-start", "oci-delete", "boot")
+OPERATIONS = ("pull", "push", "build", "rmi", "run", "exec", "oci-create", "oci-start", "oci-delete", "boot")
 
 
 @dataclass
@@ -82,9 +82,13 @@ class Lab:
         self.cgroup = PrivateCgroup(f"pykvm-chaos-{os.getpid()}")
         self.registry_proc, server = start_registry(workdir)
         self.registry = server.host
+        self.running: list[subprocess.Popen] = [self.registry_proc]
+        self.reaper = OrphanReaper(lambda: {p.pid for p in self.running if p.returncode is None})
+        self.reaper.start()
         self.image = f"{self.registry}/chaos/busybox:1"
 
     def close(self) -> list[str]:
+        self.reaper.stop()
         for pid in descendants(exclude={self.registry_proc.pid}):     # after a finding: what is left
             os.kill(pid, signal.SIGKILL)
         reap_zombies()
@@ -110,6 +114,7 @@ class Lab:
                                 stdout=out, stderr=err, start_new_session=True,
                                 preexec_fn=self.cgroup.enter)
         proc.stdout_file, proc.stderr = out, err
+        self.running = [p for p in self.running if p.returncode is None] + [proc]
         return proc
 
     def pykvm(self, op: str, *args, findings: list[str] | None = None, want: tuple = (0,),
@@ -165,6 +170,10 @@ class Operation:
 
     def command(self, run: int) -> list[str]:
         raise NotImplementedError
+
+    def leftovers(self, run) -> list[str]:
+        """What this operation may leave that `rm -f` would hide (checked before it runs)."""
+        return []
 
 
 class Pull(Operation):
@@ -222,6 +231,34 @@ class Run(Operation):
         return ["container", "run", "--rm", "--network", "bridge", "busybox", "sh", "-c", "echo hi; sleep 0.3"]
 
 
+class Exec(Operation):
+    name = "exec"
+
+    def prepare(self, run):
+        self.pykvm("container", "run", "-d", "--network", "none", "--name", f"e{run}", "busybox", "sleep", "600")
+
+    def command(self, run):
+        return ["container", "exec", f"e{run}", "sh", "-c", "echo hi; sleep 0.3"]
+
+    def leftovers(self, run):
+        """The exec'd command must not outlive a killed `pykvm container exec`: once things
+        settle, the container holds its init and `sleep 600` only."""
+        states = [json.loads(p.read_text()) for p in (self.dir / "state").glob("*/state.json")]
+        state = next((s for s in states if s["name"] == f"e{run}"), None)
+        if state is None:
+            return [f"container e{run} is gone after the kill of an exec into it"]
+        pids = Path(state["cgroup"]["dirs"][0]) / "cgroup.procs"     # every hierarchy holds the same
+        deadline = time.monotonic() + SETTLE
+        try:
+            while len(procs := pids.read_text().split()) > 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except FileNotFoundError:
+            exit_file = self.dir / "state" / state["id"] / "exit.json"
+            return [f"container e{run} stopped during the kill of an exec into it "
+                    f"(exit.json: {exit_file.read_text() if exit_file.exists() else 'none'})"]
+        return [] if len(procs) <= 2 else [f"the exec'd command outlived its pykvm: {[_comm(int(p)) for p in procs]}"]
+
+
 class OciCreate(Operation):
     name = "oci-create"
 
@@ -277,7 +314,7 @@ class Boot(Operation):
         return ["boot", "--cmdline", "run=info;poweroff"]
 
 
-CLASSES = {c.name: c for c in (Pull, Push, Build, Rmi, Run, OciCreate, OciStart, OciDelete, Boot)}
+CLASSES = {c.name: c for c in (Pull, Push, Build, Rmi, Run, Exec, OciCreate, OciStart, OciDelete, Boot)}
 
 
 # --- one run: start, kill, check ----------------------------------------------------
@@ -314,10 +351,11 @@ def killed_run(op: Operation, run: int, delay: float, group: bool) -> bool:
     return finished
 
 
-def oracle(op: Operation, result: Result, label: str, rerun: str) -> None:
+def oracle(op: Operation, result: Result, run, label: str) -> None:
     """Everything the module docstring promises after a kill; problems go to result.findings."""
     findings = []
     op.pykvm("container", "ps", "-a", findings=findings)
+    findings += op.leftovers(run)
     check = op.pykvm("container", "system", "check", findings=findings, want=(0, 1))
     for line in check.stdout.splitlines()[:-1]:
         result.left_by_crash[_kind(line)] += 1
@@ -329,7 +367,7 @@ def oracle(op: Operation, result: Result, label: str, rerun: str) -> None:
         findings.append(f"a second system check still finds: {again.stdout.strip()}")
     findings += leaks(op)
     try:
-        timed_run(op, rerun)
+        timed_run(op, f"{run}-again")
     except RuntimeError as e:
         findings.append(f"the operation, run again, failed: {e}")
     for cid in op.pykvm("container", "ps", "-a", "-q", findings=findings).stdout.split():
@@ -391,7 +429,7 @@ def run_operation(op: Operation, count: int, rng: random.Random, deadline: float
     op.prepare_once()
     result.duration = timed_run(op, "timed")
     oracle_result = Result()
-    oracle(op, oracle_result, "timed", "timed-again")
+    oracle(op, oracle_result, "timed", "timed")
     result.findings += oracle_result.findings
     for run in range(count):
         if time.monotonic() > deadline:
@@ -401,7 +439,7 @@ def run_operation(op: Operation, count: int, rng: random.Random, deadline: float
         group = run % 2 == 1
         label = f"run {run} ({'group' if group else 'process'} kill at {delay:.3f} s)"
         result.finished_first += killed_run(op, run, delay, group)
-        oracle(op, result, label, f"{run}-again")
+        oracle(op, result, run, label)
         result.runs += 1
     return result
 

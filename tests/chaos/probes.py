@@ -6,7 +6,7 @@ Shared by the chaos harness (chaos.py) and the load harness (tests/load/load.py)
                     go in, so their containers' cgroups (<own>/pykvm/<id>) are ours to
                     count, not those of others on the machine
     descendants     our live child processes and theirs (we are a child subreaper, so a
-                    daemonized monitor is still ours)
+                    daemonized monitor is still ours); OrphanReaper reaps the orphans
     mounts_under    /proc/self/mountinfo entries under a directory
     open_fds        our own open file descriptors
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 
 from pykvm.container.runtime.cgroups import CGROUP_ROOT, _own_in, detect, own_cgroups, v1_hierarchies
@@ -73,6 +74,31 @@ def reap_zombies() -> None:
             return
         if pid == 0:
             return
+
+
+class OrphanReaper(threading.Thread):
+    """As a subreaper we inherit orphans, and must reap them promptly, as PID 1 would: a
+    zombie of a container's PID namespace (an exec'd command whose pykvm was killed) keeps
+    that namespace's dying init from finishing its exit (pid_namespaces(7)), and `rm -f`
+    would wait for it in vain.  Our own subprocesses (`ours()`) are left to their Popen."""
+
+    def __init__(self, ours):
+        super().__init__(daemon=True)
+        self.ours = ours
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.02):
+            for pid in children(os.getpid()):
+                if pid not in self.ours() and _is_zombie(pid):
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
 
 
 def mounts_under(directory: str | Path) -> list[str]:
