@@ -26,6 +26,7 @@ help:
 	@echo "make kvm-unit-tests  the KVM developers' x86 test suite under QEMU and pykvm, side by side"
 	@echo "make kvm-unit-tests-hw  the same in the hardware lane (L1's nested KVM, its QEMU)"
 	@echo "make fuzz    fuzz every parser of outside data (atheris); make fuzz-guest: random hostile guests"
+	@echo "make chaos   (root) kill -9 pykvm mid-operation, check nothing leaked; make load: 1,000 container runs"
 	@echo "make linux-guest  fetch Debian's kernel and build a busybox initramfs (pykvm boot linux)"
 	@echo "make clean   remove build products (keeps .venv/)"
 
@@ -80,12 +81,24 @@ test-hw: venv guests
 # Fuzzing (docs/40-reliability.md): each bounded by count and time; FUZZ_ARGS / FUZZ_GUEST_ARGS override.
 FUZZ_ARGS ?= --runs 10000 --seed 1
 FUZZ_GUEST_ARGS ?= --count 1000 --seconds 900 --seed 1
-.PHONY: fuzz fuzz-guest
+.PHONY: fuzz fuzz-guest chaos
 fuzz: venv guests
 	$(PY) tests/fuzz/parser_fuzz.py --all $(FUZZ_ARGS)
 
 fuzz-guest: venv
 	$(PY) tests/fuzz/guest_fuzz.py $(FUZZ_GUEST_ARGS)
+
+# kill -9 at random moments of pull, push, build, rmi, run, exec, oci create/start/delete and boot,
+# then look for leaks (root; docs/40-reliability.md).  CHAOS_ARGS='--count N --seconds S --ops pull,run'
+CHAOS_ARGS ?= --count 20 --seconds 1800 --seed 1
+chaos: venv guests
+	$(PY) tests/chaos/chaos.py $(CHAOS_ARGS)
+
+# 100 concurrent, then 1,000 sequential `container run --rm`, beside runc (root).  LOAD_ARGS='--sequential 200'
+LOAD_ARGS ?= --concurrent 100 --sequential 1000 --seconds 1800
+.PHONY: load
+load: venv guests
+	$(PY) tests/load/load.py $(LOAD_ARGS)
 
 bench: venv guests
 	$(PY) tests/bench/run.py

@@ -116,6 +116,14 @@ def _run(argv: list[str] | None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(141)
+    except OSError as e:
+        import errno
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):   # anything else is a bug: its traceback shows where
+            raise
+        where = e.filename2 or e.filename
+        click.echo("pykvm: error: no space left on device" + (f" writing {where}" if where else "")
+                   + ": free some space and try again (what was half-written is not kept)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

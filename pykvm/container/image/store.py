@@ -11,6 +11,9 @@
     +-- build-cache.json          the build cache (pykvm.container.image.build)
     +-- layer-sizes.json          each layer's unpacked size by diff_id (`images` SIZE)
     +-- tmp/                      downloads and builds in progress (same filesystem: rename is atomic)
+    +-- lock                      flock(2)ed around every index.json change
+    +-- in-use                    flock(2)ed shared by every process with the store open, so
+                                  `system check` (check.py) knows whose tmp/ files are leftovers
 
 An image is a *manifest* (manifest.md) that names a *config* (config.md:
 Env, Cmd, Entrypoint, WorkingDir, User, and rootfs.diff_ids, the sha256 of
@@ -65,6 +68,7 @@ REPO_DIGEST = "io.pykvm.image.repo-digest"        # ours: REPO@DIGEST, the regis
 LAYOUT_VERSION = "1.0.0"                          # image-layout.md: oci-layout file
 STORE_ENV = "PYKVM_STORE"                         # overrides the store location (tests)
 DEFAULT_TAG = "latest"
+IN_USE_FILE = "in-use"                            # shared flock: a process has the store open
 SIZES_FILE = "layer-sizes.json"                   # diff_id -> bytes of its files, unpacked (SIZE)
 NONE = "<none>:<none>"                            # how docker shows an image without a tag
 DOCKER_HUB_PREFIXES = ("docker.io/library/", "docker.io/")   # docker's own spelling of short names
@@ -215,6 +219,14 @@ class ImageStore:
             self._write_atomic(marker, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
         if not (self.layout / "index.json").exists():
             self._save_index({"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": []})
+        self._in_use = self._hold_in_use()
+
+    def _hold_in_use(self):
+        """A shared flock on <store>/in-use for as long as this object lives (its file is
+        closed with it, and by the kernel when the process dies, however it dies)."""
+        f = open(self.root / IN_USE_FILE, "a")      # close-on-exec: a container's command lacks it
+        fcntl.flock(f, fcntl.LOCK_SH)
+        return f
 
     # --- locking and atomic files
     @contextlib.contextmanager
@@ -226,6 +238,23 @@ class ImageStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Yields True when no other process has the store open (and none may open it until
+        the block ends), False when one has: then its tmp/ files may be work in progress."""
+        self._in_use.close()
+        with open(self.root / IN_USE_FILE, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            try:
+                yield alone
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        self._in_use = self._hold_in_use()
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.tmp)
@@ -396,7 +425,7 @@ class ImageStore:
         removed = []
         for refs, digest in plans:
             removed += [self.untag(ref) for ref in refs]
-            self._drop_untagged(digest)
+            self.drop_untagged(digest)
         return removed
 
     def _removal(self, name: str, force: bool) -> tuple[list[str], str]:
@@ -419,7 +448,7 @@ class ImageStore:
         """Remove one tag (or an untagged image's entry); returns what was removed.  Blobs go with `gc`."""
         ref, entry = self.find(name)
         if ref is None:
-            self._drop_untagged(entry["digest"])
+            self.drop_untagged(entry["digest"])
             return NONE
         with self.locked():
             index = self.index()
@@ -427,7 +456,8 @@ class ImageStore:
             self._save_index(index)
         return ref
 
-    def _drop_untagged(self, digest: str) -> None:
+    def drop_untagged(self, digest: str) -> None:
+        """Remove the `<none>` entry of this manifest digest from index.json, if there is one."""
         with self.locked():
             index = self.index()
             index["manifests"] = [m for m in index["manifests"] if _ref_name(m) or m["digest"] != digest]

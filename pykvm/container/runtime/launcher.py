@@ -112,7 +112,8 @@ class Container:
             rootfs=self.cfg.rootfs or "", command=list(self.cfg.args), created=time.time(),
             auto_remove=self.cfg.remove, detached=mode != FOREGROUND,
             annotations=self.cfg.annotations, image=self.cfg.image, layers=list(self.cfg.lower_dirs),
-            process=process_defaults(self.cfg), hooks=hooks_to_json(self.cfg.hooks))
+            process=process_defaults(self.cfg), hooks=hooks_to_json(self.cfg.hooks),
+            launcher_pid=os.getpid(), launcher_start=process_start_time(os.getpid()))
         self.dir = None
         self.cgroup: Cgroup | None = None
         self.monitor_pid = 0

@@ -273,36 +273,43 @@ def stale_leases(leases: ipam.Leases, store: StateStore | None = None) -> list[s
     return stale
 
 
-def _sweep(leases: ipam.Leases, bridge: str) -> list[str]:
+def _sweep(leases: ipam.Leases, bridge: str, dry_run: bool = False) -> list[str]:
     """Release stale leases, then anything no lease accounts for: a DNAT map element, or
-    a veth or tap on our bridge left by a pykvm killed between two steps.  Says what it did."""
+    a veth or tap on our bridge left by a pykvm killed between two steps.  Says what it did
+    (with `dry_run`, what it would do, and does nothing)."""
     done = []
+    verb = (lambda now, later: later) if dry_run else (lambda now, later: now)
     for address in stale_leases(leases):
-        record = _release(leases, address, bridge)
-        done.append(f"released {address} of {record['name']} ({record['id']}) "
+        record = leases.records[address] if dry_run else _release(leases, address, bridge)
+        done.append(f"{verb('released', 'stale lease')} {address} of {record['name']} ({record['id']}) "
                     f"{' '.join(record.get('ports', []))}".rstrip())
-    leases.save()
+    if not dry_run:
+        leases.save()
     held = {p.split(":")[0] for r in leases.records.values() for p in r.get("ports", [])}
     if nft.nft_available():
         for proto, port, target in nft.published(bridge):
             if f"{proto}/{port}" not in held:
-                nft.remove_port(bridge, nft.Publish(port, port, proto))   # keyed by the host side
-                done.append(f"removed dnat {proto}/{port} -> {target}")
+                if not dry_run:
+                    nft.remove_port(bridge, nft.Publish(port, port, proto))   # keyed by the host side
+                done.append(f"{verb('removed', 'stray')} dnat {proto}/{port} -> {target}")
     ours = {r.get("tap") or veth_name(r["id"]) for r in leases.records.values()}
     for link in links(bridge):
         if link not in ours:
-            _delete_link(link)
-            done.append(f"removed {'tap' if link.startswith(TAP_PREFIX) else 'veth'} {link}")
+            if not dry_run:
+                _delete_link(link)
+            done.append(f"{verb('removed', 'stray')} {'tap' if link.startswith(TAP_PREFIX) else 'veth'} {link}")
     return done
 
 
-def sweep() -> list[str]:
-    """`network prune`: give back what containers that are gone still hold; says what."""
+def sweep(dry_run: bool = False) -> list[str]:
+    """`network prune`: give back what containers that are gone still hold; says what
+    (`dry_run`: only says what it would give back: `system check` without --repair)."""
     with recorded() as (net, leases):
         if net is None:
             return []
-        released = _sweep(leases, net.bridge)
-        _write_hosts_files(leases)
+        released = _sweep(leases, net.bridge, dry_run)
+        if not dry_run:
+            _write_hosts_files(leases)
     return released
 
 

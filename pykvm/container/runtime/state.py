@@ -23,10 +23,12 @@ from pathlib import Path
 
 from pykvm.errors import ConfigError, ContainerError
 
-__all__ = ["ContainerState", "StateStore", "state_root", "new_id", "OCI_VERSION", "oci_state_json",
+__all__ = ["ContainerState", "StateStore", "state_root", "new_id", "OCI_VERSION", "STATE_ROOT_ENV",
+           "oci_state_json",
            "stat_fields",
            "stat_field", "process_start_time", "pid_alive"]
 
+STATE_ROOT_ENV = "PYKVM_STATE_ROOT"         # overrides state_root() (tests keep to themselves)
 OCI_VERSION = "1.0.2"                       # runtime-spec version whose state JSON we emit
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -36,8 +38,8 @@ def state_root() -> Path:
 
     $PYKVM_STATE_ROOT overrides both (tests use it to keep to themselves).
     """
-    if os.environ.get("PYKVM_STATE_ROOT"):
-        return Path(os.environ["PYKVM_STATE_ROOT"])
+    if os.environ.get(STATE_ROOT_ENV):
+        return Path(os.environ[STATE_ROOT_ENV])
     if os.geteuid() == 0:
         return Path("/run/pykvm/containers")
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
@@ -62,6 +64,8 @@ class ContainerState:
     pid: int = 0                   # host PID of the container's init (PID 1 inside)
     pid_start: int = 0             # its start time (/proc/PID/stat field 22): guards against PID reuse
     monitor_pid: int = 0
+    launcher_pid: int = 0          # the process that launched it, and its start time: while it lives
+    launcher_start: int = 0        # and init's PID is not yet known, the container is being created
     command: list[str] = field(default_factory=list)
     created: float = 0.0
     cgroup: dict = field(default_factory=dict)      # {"version": "v1", "paths": {...}} or {}
