@@ -235,3 +235,26 @@ def test_network_rm_removes_the_bridge_and_its_table(kvm, in_ns, fresh_rootfs, s
     assert in_ns("ip", "link", "show", "pykvm0").returncode != 0
     assert in_ns("nft", "list", "table", "ip", "pykvm0").returncode != 0
     assert not (state_root.parent / "network" / "network.json").exists()
+
+
+def test_iptables_publishes_ports_where_nft_is_not_used(kvm, in_ns, fresh_rootfs, state_root):
+    """PYKVM_NAT=iptables: the rules nat.py chooses on a host with iptables and no nft."""
+    kvm.env["PYKVM_NAT"] = "iptables"
+    cid = start_server(kvm, fresh_rootfs, "web", "-p", "8080:80")
+    address = next(a for a, r in leases(state_root).items() if r["name"] == "web")
+    chain = in_ns("iptables", "-t", "nat", "-S", "PYKVM-pykvm0").stdout
+    assert f"--dport 8080 -j DNAT --to-destination {address}:80" in chain, chain
+    assert in_ns("nft", "list", "table", "ip", "pykvm0").returncode != 0, "no nft table as well"
+    for host in (GATEWAY, "127.0.0.1"):
+        r = in_ns("/bin/busybox", "sh", "-c", GET.format(host, 8080))
+        assert r.stdout == "hello-web\n", f"{host}:8080 -> {r.stdout!r} {r.stderr!r}"
+    r = kvm("container", "run", "--rm", "--network", "bridge", "--rootfs", fresh_rootfs,
+            "sh", "-c", GET.format(GATEWAY, 8080))                      # hairpin
+    assert r.stdout == "hello-web\n", r.stderr
+    assert f"dnat tcp/8080 -> {address}:80" in kvm("container", "network", "ls").stdout
+    assert kvm("container", "rm", "-f", cid).returncode == 0
+    wait_for(lambda: "8080" not in in_ns("iptables", "-t", "nat", "-S", "PYKVM-pykvm0").stdout,
+             timeout=20)
+    r = kvm("container", "network", "rm")
+    assert r.returncode == 0, r.stderr
+    assert "PYKVM" not in in_ns("iptables", "-t", "nat", "-S").stdout, "chains and jumps gone"

@@ -158,3 +158,31 @@ def test_a_vm_lease_is_stale_once_its_vmm_process_is_gone(tmp_path):
                       "10.9.0.3": vm(ended.pid, 1),                       # exited
                       "10.9.0.4": vm(me, process_start_time(me) + 1)}    # pid reused since
     assert network.stale_leases(leases, StateStore(tmp_path / "state")) == ["10.9.0.3", "10.9.0.4"]
+
+
+def test_iptables_is_chosen_where_the_host_has_no_nft(tmp_path, monkeypatch):
+    import shutil
+
+    from pykvm.container.runtime import iptables, nat
+    found = shutil.which("iptables")
+    if found is None:
+        pytest.skip("needs iptables (Debian package iptables)")
+    (tmp_path / "iptables").symlink_to(found)
+    monkeypatch.setenv("PATH", str(tmp_path))            # iptables, and no nft
+    monkeypatch.delenv("PYKVM_NAT", raising=False)
+    assert nat.backend() is iptables
+    monkeypatch.setenv("PYKVM_NAT", "nft")              # asked for, and not there
+    assert nat.backend() is None
+    monkeypatch.setenv("PYKVM_NAT", "ipfw")
+    with pytest.raises(ConfigError, match="PYKVM_NAT='ipfw': want nft or iptables"):
+        nat.backend()
+
+
+def test_iptables_rules_match_the_nft_table():
+    from pykvm.container.runtime.iptables import rules
+    lines = [" ".join(args) for args in rules("lab0", "10.9.0.0/24")]
+    assert "-A PREROUTING -m addrtype --dst-type LOCAL -j PYKVM-lab0" in lines
+    assert "-A OUTPUT -m addrtype --dst-type LOCAL -j PYKVM-lab0" in lines
+    assert "-A PYKVM-lab0-POST -s 10.9.0.0/24 ! -d 10.9.0.0/24 -j MASQUERADE" in lines
+    assert ("-A PYKVM-lab0-POST -s 127.0.0.0/8 -d 10.9.0.0/24 -m conntrack --ctstate DNAT "
+            "-j MASQUERADE") in lines

@@ -20,7 +20,7 @@ def network_cmd():
 def ls_cmd():
     """Show the bridge, its subnet, each container's address and published ports."""
     from pykvm.container.runtime import network
-    from pykvm.container.runtime.nftables import nft_available, published
+    from pykvm.container.runtime.nat import backend
     with network.recorded() as (net, leases):
         if net is None:
             click.echo("no network yet (the first `pykvm container run --network bridge` makes it)")
@@ -33,8 +33,8 @@ def ls_cmd():
         ports = ",".join(r.get("ports", [])) or "-"
         status = "stale (prune)" if address in stale else "in use"
         click.echo(f"{address:<16}{r['id']:<14}{r['name'][:19]:<20}{ports:<24}{status}")
-    if nft_available():
-        for proto, port, target in published(net.bridge):
+    if rules := backend():
+        for proto, port, target in rules.published(net.bridge):
             click.echo(f"dnat {proto}/{port} -> {target}")
 
 
@@ -49,7 +49,7 @@ def prune_cmd():
 @network_cmd.command("rm")
 @click.option("-f", "--force", is_flag=True, help="Even with running containers on it (they lose it).")
 def rm_cmd(force):
-    """Delete the bridge, its nft table and the leases."""
+    """Delete the bridge, its NAT rules (nft or iptables) and the leases."""
     from pykvm.container.runtime.network import remove_network
     net = remove_network(force)
     click.echo(f"removed {net.bridge} ({net.subnet})" if net else "no network to remove")

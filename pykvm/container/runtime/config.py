@@ -136,10 +136,10 @@ class RunConfig:
                               "namespace); rootless containers use --network none or host")
         if "network" not in self.namespaces or self.namespaces["network"]:
             raise ConfigError("--network bridge needs a new network namespace of its own")
-        from pykvm.container.runtime.nftables import nft_available
-        if self.publish and not nft_available():
-            raise ConfigError("-p needs nft to publish a port (Debian package nftables: "
-                              "apt-get install nftables)")
+        from pykvm.container.runtime.nat import backend
+        if self.publish and backend() is None:
+            raise ConfigError("-p needs nft or iptables to publish a port (Debian package "
+                              "nftables: apt-get install nftables)")
 
     def hostname_for(self, cid: str) -> str | None:
         if "uts" not in self.namespaces:

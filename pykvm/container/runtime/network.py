@@ -6,7 +6,8 @@
       |-- pkv<id>  veth  ====== a cable ======>     eth0  10.213.0.2/16, default via 10.213.0.1
       |-- pkv<id>  veth  ======================>    eth0  10.213.0.3/16 ...
       `-- (a VM's tap joins the same way)
-    nft table ip pykvm0 (named after the bridge): NAT out, DNAT in (nftables.py)
+    nft table ip pykvm0 (named after the bridge): NAT out, DNAT in (nftables.py;
+    iptables.py where the host has iptables and no nft; nat.py chooses)
 
 A veth pair is two network devices joined back to back (veth(4)): what one sends,
 the other receives.  One end stays on the host and becomes a port of the bridge (a
@@ -54,7 +55,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pykvm.container.runtime import ipam
+from pykvm.container.runtime import ipam, nat
 from pykvm.container.runtime import nftables as nft
 from pykvm.container.runtime.etcfiles import LOCALHOST_HOSTS
 from pykvm.container.runtime.state import StateStore, pid_alive, process_start_time, state_root
@@ -211,7 +212,7 @@ def connect(lease: Lease, pid: int) -> None:
          f"link set {CONTAINER_IFNAME} up",
          f"route add default via {net.gateway}"], netns_of=pid)
     for publish in lease.ports:
-        nft.add_port(net.bridge, publish, lease.address)
+        nat.backend().add_port(net.bridge, publish, lease.address)
 
 
 @contextmanager
@@ -242,7 +243,7 @@ def release(cid: str) -> bool:
 def _release(leases: ipam.Leases, address: str, table: str) -> dict:
     record = leases.release(address)
     for key in record.get("ports", []):
-        nft.remove_port(table, nft.Publish.from_key(key))
+        nat.backend().remove_port(table, nft.Publish.from_key(key))
     _delete_link(record.get("tap") or veth_name(record["id"]))
     return record
 
@@ -286,11 +287,12 @@ def _sweep(leases: ipam.Leases, bridge: str, dry_run: bool = False) -> list[str]
     if not dry_run:
         leases.save()
     held = {p.split(":")[0] for r in leases.records.values() for p in r.get("ports", [])}
-    if nft.nft_available():
-        for proto, port, target in nft.published(bridge):
+    rules = nat.backend()
+    if rules:
+        for proto, port, target in rules.published(bridge):
             if f"{proto}/{port}" not in held:
                 if not dry_run:
-                    nft.remove_port(bridge, nft.Publish(port, port, proto))   # keyed by the host side
+                    rules.remove_port(bridge, nft.Publish(port, port, proto))   # keyed by the host side
                 done.append(f"{verb('removed', 'stray')} dnat {proto}/{port} -> {target}")
     ours = {r.get("tap") or veth_name(r["id"]) for r in leases.records.values()}
     for link in links(bridge):
@@ -314,7 +316,7 @@ def sweep(dry_run: bool = False) -> list[str]:
 
 
 def remove_network(force: bool = False) -> Network | None:
-    """`network rm`: delete the bridge, the nft table and the network's state.
+    """`network rm`: delete the bridge, its NAT rules and the network's state.
 
     Refused while a running container is on it (unless `force`: their veths go too).
     """
@@ -329,8 +331,8 @@ def remove_network(force: bool = False) -> Network | None:
         for address in list(leases.records):
             _release(leases, address, net.bridge)
         _delete_link(net.bridge)
-        if nft.nft_available():
-            nft.delete_table(net.bridge)
+        if rules := nat.backend():
+            rules.delete_table(net.bridge)
         for name in ("leases.json", "network.json"):
             (network_dir() / name).unlink(missing_ok=True)
     return net
@@ -350,7 +352,7 @@ def load_network(directory: Path | None = None) -> Network:
 # --- the bridge ----------------------------------------------------------------
 
 def _ensure_network(directory: Path) -> Network:
-    """The recorded network, its bridge up and its nft table there (made on first use)."""
+    """The recorded network, its bridge up and its NAT rules there (made on first use)."""
     path = directory / "network.json"
     net = load_network(directory) if path.exists() else _new_network()
     if not link_exists(net.bridge):
@@ -358,8 +360,9 @@ def _ensure_network(directory: Path) -> Network:
              f"addr add {net.gateway}/{net.prefix} dev {net.bridge}",
              f"link set {net.bridge} up"])
     _enable_routing(net.bridge)
-    if nft.nft_available() and not nft.has_table(net.bridge):
-        nft.create_table(net.bridge, net.subnet)
+    rules = nat.backend()
+    if rules and not rules.has_table(net.bridge):
+        rules.create_table(net.bridge, net.subnet)
     if not path.exists():
         path.write_text(json.dumps(asdict(net), indent=1))
     return net
@@ -373,8 +376,8 @@ def _new_network() -> Network:
         raise ContainerError(f"an interface {net.bridge} exists, but {network_dir()} has no record of "
                              f"making it: choose another bridge with PYKVM_BRIDGE, or remove it "
                              f"(`ip link delete {net.bridge}`) if it is a pykvm leftover")
-    if nft.nft_available():
-        nft.delete_table(net.bridge)              # a leftover of a `network rm` cut short
+    if rules := nat.backend():
+        rules.delete_table(net.bridge)            # a leftover of a `network rm` cut short
     return net
 
 

@@ -38,7 +38,8 @@ The two masquerades:
 
 A publication is one map element, added with `nft create element` (an error if
 that host port is already in the map) and removed by its key: no rule handles
-to remember.  Docker and Podman keep the same design in iptables or nftables.
+to remember.  Docker and Podman keep the same design in iptables or nftables;
+iptables.py writes the same rules where the host has iptables and no nft (nat.py chooses).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["Publish", "parse_publish", "ruleset", "has_table", "create_table",
-           "delete_table", "add_port", "remove_port", "published", "nft_available"]
+           "delete_table", "add_port", "remove_port", "published", "nft_available", "available"]
 
 MAP = "published"
 PROTOCOLS = ("tcp", "udp")
@@ -119,6 +120,9 @@ def ruleset(table: str, subnet: str) -> str:
 
 def nft_available() -> bool:
     return shutil.which("nft") is not None
+
+
+available = nft_available              # the name nat.py's backends share
 
 
 def has_table(table: str) -> bool:
