@@ -26,7 +26,7 @@ calls kick().  Two locks keep the threads apart: `lock` for the device, its
 queues and registers, held while the device works on a request; and a small
 one for InterruptStatus alone, so that a driver which saw its answer in the
 used ring and acknowledges the interrupt (InterruptACK) never waits for the
-worker to finish.  The interrupt itself is raised after `lock` is let go.
+worker to finish.
 """
 from __future__ import annotations
 
@@ -333,14 +333,14 @@ class VirtioMmio(BusDevice):
     def kick(self, index: int) -> None:
         """Queue `index` has new buffers (QueueNotify, or a worker woken by its ioeventfd).
 
-        The interrupt is raised after `lock` is released: the driver may
-        already have seen its answer in the used ring, and its next register
-        access should not wait for us.  InterruptStatus is set first, so every
-        edge the driver takes finds its reason there (4.2.3.4)."""
+        InterruptStatus is set before the interrupt is raised, so every edge
+        the driver takes finds its reason there (4.2.3.4).  The driver may
+        see its answer in the used ring before that: its InterruptStatus read
+        and InterruptACK write take only the small interrupt lock, so they
+        do not wait for the rest of this call."""
         with self.lock:
-            wants_interrupt = self._process(index)
-        if wants_interrupt:
-            self._raise_interrupt()
+            if self._process(index):
+                self._raise_interrupt()
 
     def _process(self, index: int) -> bool:
         """Run the device on queue `index` (`lock` held); True if the driver wants an interrupt."""
