@@ -119,6 +119,21 @@ def qemu_exits(kernel: Path, initrd: Path, mem: str, console: str) -> int:
     return counted[0]
 
 
+def can_measure(kernel: Path, initrd: Path, lane_bench: str) -> bool:
+    """Are the guest's files, QEMU and hardware-style KVM here?  Missing files or QEMU end
+    the benchmark with what to do; PVM prints "not measured" and where to run it instead."""
+    for path in (kernel, initrd):
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run `make linux-guest`")
+    if shutil.which("qemu-system-x86_64") is None:
+        raise SystemExit("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+    if kvm_flavour() not in ("svm", "vmx"):
+        print(f"not measured: /dev/kvm here is {kvm_flavour()}, where stock Linux cannot finish "
+              f"booting; run it in the L1 lane: python tests/hw/lane.py --bench {lane_bench}")
+        return False
+    return True
+
+
 def summary(name: str, values: list[float]) -> str:
     return (f"{name:<30} min {min(values):7.3f}  median {statistics.median(values):7.3f}  "
             f"max {max(values):7.3f}  s")
@@ -135,14 +150,7 @@ def main() -> None:
     consoles = [c for c in args.console.split(",") if c]
     if unknown := set(consoles) - set(CMDLINES):
         raise SystemExit(f"--console {','.join(sorted(unknown))}: choose from {', '.join(CMDLINES)}")
-    for path in (args.kernel, args.initrd):
-        if not path.exists():
-            raise SystemExit(f"{path} is missing: run `make linux-guest`")
-    if shutil.which("qemu-system-x86_64") is None:
-        raise SystemExit("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
-    if kvm_flavour() not in ("svm", "vmx"):
-        print(f"not measured: /dev/kvm here is {kvm_flavour()}, where stock Linux cannot finish "
-              "booting; run it in the L1 lane: python tests/hw/lane.py --bench linux_boot")
+    if not can_measure(args.kernel, args.initrd, "linux_boot"):
         return
     sides = {"pykvm": (pykvm_cmd, pykvm_exits), "qemu-microvm": (qemu_cmd, qemu_exits)}
     files = (args.kernel, args.initrd, args.mem)

@@ -22,7 +22,11 @@ The transport knows no device: it speaks for any VirtioDevice (device.py).
 The vCPU thread calls read()/write() for register accesses; a kick either
 arrives here too (the plain path: a QueueNotify write is an MMIO exit) or
 bypasses the vCPU through an ioeventfd to a worker thread (notify.py), which
-calls kick().  One lock keeps the two threads apart.
+calls kick().  Two locks keep the threads apart: `lock` for the device, its
+queues and registers, held while the device works on a request; and a small
+one for InterruptStatus alone, so that a driver which saw its answer in the
+used ring and acknowledges the interrupt (InterruptACK) never waits for the
+worker to finish.
 """
 from __future__ import annotations
 
@@ -126,7 +130,8 @@ class VirtioMmio(BusDevice):
 
     def __init__(self, device: VirtioDevice, memory, interrupt: Callable[[], None]):
         self.device, self.memory, self._raise_interrupt = device, memory, interrupt
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()             # the device, its queues, the registers
+        self._interrupt_lock = threading.Lock()  # interrupt_status alone (never waits for `lock`)
         self.exit_kicks = 0            # QueueNotify writes that came as MMIO exits (plain path)
         self._logged: set[tuple[str, int, int]] = set()
         self.resets_needed = 0         # times the guest broke the device (logged up to a limit)
@@ -136,7 +141,8 @@ class VirtioMmio(BusDevice):
         self.status = 0
         self.device_features_sel = self.driver_features_sel = 0
         self.driver_features = 0
-        self.interrupt_status = 0
+        with self._interrupt_lock:
+            self.interrupt_status = 0
         self.queue_sel = 0
         self.registers = [QueueRegisters(n) for n in self.device.queue_sizes]
         self.queues: list[SplitQueue | None] = [None] * len(self.registers)
@@ -147,6 +153,9 @@ class VirtioMmio(BusDevice):
 
     # --- the vCPU's accesses
     def read(self, offset: int, size: int) -> int:
+        if offset == INTERRUPT_STATUS and size == 4:
+            with self._interrupt_lock:   # not `lock`: the worker may be busy with a request
+                return self.interrupt_status
         with self.lock:
             if offset >= CONFIG:
                 return self.device.read_config(offset - CONFIG, size)
@@ -158,6 +167,9 @@ class VirtioMmio(BusDevice):
         if offset == QUEUE_NOTIFY and size == 4:
             self.exit_kicks += 1
             self.kick(value)           # the plain path; takes the lock itself
+            return
+        if offset == INTERRUPT_ACK and size == 4:
+            self._clear_interrupt(value)
             return
         with self.lock:
             if offset >= CONFIG:
@@ -192,8 +204,6 @@ class VirtioMmio(BusDevice):
             return queue.size_max if queue else 0
         if offset == QUEUE_READY:
             return int(bool(queue and queue.ready))
-        if offset == INTERRUPT_STATUS:
-            return self.interrupt_status
         if offset == STATUS:
             return self.status
         if offset in SHM_REGISTERS:
@@ -215,8 +225,6 @@ class VirtioMmio(BusDevice):
             self.driver_features_sel = value
         elif offset == QUEUE_SEL:
             self.queue_sel = value
-        elif offset == INTERRUPT_ACK:
-            self.interrupt_status &= ~value
         elif offset == STATUS:
             self._write_status(value)
         elif offset in (QUEUE_NUM, QUEUE_READY) or offset in QUEUE_ADDRESS_REGISTERS:
@@ -318,7 +326,7 @@ class VirtioMmio(BusDevice):
         was_live = self.status & STATUS_DRIVER_OK
         self.status |= STATUS_DEVICE_NEEDS_RESET
         if was_live:
-            self.interrupt_status |= INTERRUPT_CONFIG_CHANGE
+            self._set_interrupt(INTERRUPT_CONFIG_CHANGE)
             self._raise_interrupt()
 
     # --- snapshots
@@ -371,18 +379,39 @@ class VirtioMmio(BusDevice):
 
     # --- kicks and interrupts
     def kick(self, index: int) -> None:
-        """Queue `index` has new buffers (QueueNotify, or a worker woken by its ioeventfd)."""
+        """Queue `index` has new buffers (QueueNotify, or a worker woken by its ioeventfd).
+
+        InterruptStatus is set before the interrupt is raised, so every edge
+        the driver takes finds its reason there (4.2.3.4).  The driver may
+        see its answer in the used ring before that: its InterruptStatus read
+        and InterruptACK write take only the small interrupt lock, so they
+        do not wait for the rest of this call."""
         with self.lock:
-            if not self.live or not 0 <= index < len(self.queues) or self.queues[index] is None:
-                return
-            try:
-                self.device.process(index)
-            except (VirtqueueError, VirtioDeviceError) as e:
-                self._needs_reset(f"queue {index}: {e}")
-                return
-            if self.queues[index].needs_interrupt():
-                self.interrupt_status |= INTERRUPT_USED_BUFFER
+            if self._process(index):
                 self._raise_interrupt()
+
+    def _process(self, index: int) -> bool:
+        """Run the device on queue `index` (`lock` held); True if the driver wants an interrupt."""
+        if not self.live or not 0 <= index < len(self.queues) or self.queues[index] is None:
+            return False
+        try:
+            self.device.process(index)
+        except (VirtqueueError, VirtioDeviceError) as e:
+            self._needs_reset(f"queue {index}: {e}")
+            return False
+        if not self.queues[index].needs_interrupt():
+            return False
+        self._set_interrupt(INTERRUPT_USED_BUFFER)
+        return True
+
+    def _set_interrupt(self, bits: int) -> None:
+        with self._interrupt_lock:
+            self.interrupt_status |= bits
+
+    def _clear_interrupt(self, bits: int) -> None:
+        """InterruptACK (4.2.2): the driver handled these reasons."""
+        with self._interrupt_lock:
+            self.interrupt_status &= ~bits
 
     def kick_all(self) -> None:
         """Look at every queue: an ioeventfd without datamatch does not say which one."""
@@ -394,5 +423,5 @@ class VirtioMmio(BusDevice):
         with self.lock:
             self.device.config_generation += 1
             if self.live:
-                self.interrupt_status |= INTERRUPT_CONFIG_CHANGE
+                self._set_interrupt(INTERRUPT_CONFIG_CHANGE)
                 self._raise_interrupt()

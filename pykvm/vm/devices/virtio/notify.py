@@ -7,8 +7,9 @@ Two ways, chosen per machine (`pykvm boot --virtio-notify`):
    -> KVM matches the ioeventfd,           -> KVM_EXIT_MMIO: KVM_RUN returns,
       bumps an eventfd, re-enters the         the vCPU thread runs the device
       guest at once (no exit to us)           (pykvm.vm.machine's run loop ->
-   -> the device's worker thread wakes        Bus -> VirtioMmio.write -> kick)
-      in poll(), runs the device          device done: KVM_IRQ_LINE 1 then 0
+   -> the device's worker thread, asleep      Bus -> VirtioMmio.write -> kick)
+      in read(2) on that eventfd, wakes   device done: KVM_IRQ_LINE 1 then 0
+      and runs the device
   device done: write the irqfd's eventfd  (an edge on the device's IRQ)
    -> KVM injects the IRQ (an edge)
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import threading
 from typing import Callable
 
@@ -69,9 +69,9 @@ class EventfdNotifier:
     def __init__(self, vm, gsi: int, on_error: Callable[[BaseException], None],
                  trace: Callable[[str], None] | None = None):
         self.vm, self.gsi, self._on_error, self._trace = vm, gsi, on_error, trace
-        self.kick_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.kick_fd = os.eventfd(0, os.EFD_CLOEXEC)     # blocking: the worker sleeps in read(2)
         self.irq_fd = os.eventfd(0, os.EFD_CLOEXEC)
-        self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self._stopping = False
         self._notify_address: int | None = None
         self._thread: threading.Thread | None = None
         self.eventfd_kicks = 0             # worker wake-ups (kicks that cost no VM exit)
@@ -90,16 +90,16 @@ class EventfdNotifier:
         self._thread.start()
 
     def _work(self, transport: VirtioMmio) -> None:
-        """The worker: sleep in poll() until a kick (or close()), then run the device's queues."""
-        poller = select.poll()
-        poller.register(self.kick_fd, select.POLLIN)
-        poller.register(self._stop_fd, select.POLLIN)
+        """The worker: sleep until a kick (or close()), then run the device's queues.
+
+        One read(2) per wake-up, no poll(2) in front of it: it sleeps until the
+        eventfd's count is non-zero, returns the count (the kicks since the
+        last wake-up, however many) and resets it.  close() wakes it the same way."""
         try:
             while True:
-                ready = dict(poller.poll())
-                if self._stop_fd in ready:
+                os.eventfd_read(self.kick_fd)
+                if self._stopping:
                     return
-                os.eventfd_read(self.kick_fd)          # the count since the last wake-up; reset it
                 self.eventfd_kicks += 1
                 if self._trace is not None:
                     self._trace(f"pykvm: kick   {transport.device.name} by ioeventfd (no VM exit)")
@@ -110,7 +110,8 @@ class EventfdNotifier:
     def close(self) -> None:
         """Stop the worker, unregister from KVM, close the eventfds."""
         if self._thread is not None:
-            os.eventfd_write(self._stop_fd, 1)
+            self._stopping = True
+            os.eventfd_write(self.kick_fd, 1)           # wakes the worker, which sees _stopping
             self._thread.join()
             self._thread = None
         try:
@@ -120,6 +121,6 @@ class EventfdNotifier:
                 self.vm.irqfd(self.irq_fd, self.gsi, deassign=True)
         except KvmError as e:
             log.debug("virtio: unregistering eventfds: %s", e)
-        for fd in (self.kick_fd, self.irq_fd, self._stop_fd):
+        for fd in (self.kick_fd, self.irq_fd):
             os.close(fd)
-        self.kick_fd = self.irq_fd = self._stop_fd = -1
+        self.kick_fd = self.irq_fd = -1
