@@ -225,15 +225,20 @@ def act_rep_io(rng, enc: Encoder, guest) -> bytes:
             enc.string_op(opcode, size, rep=True, addr32=addr32) + b"\xfc")
 
 
-def act_mmio(rng, enc: Encoder, guest) -> bytes:
+def mmio_storm(rng, enc: Encoder, guest, address_of, most: int, writes: float) -> bytes:
+    """Up to `most` MMIO reads and writes (a `writes` share) of every size at `address_of()`."""
     code = b""
-    for _ in range(rng.randint(1, 8)):
+    for _ in range(rng.randint(1, most)):
         size = rng.choice(MMIO_SIZES if guest.mode == "long" else MMIO_SIZES[:3])
-        write = rng.random() < 0.5
+        write = rng.random() < writes
         if write:
             code += enc.mov_acc(random_value(rng, min(size, 4)), min(size, 4))
-        code += enc.mmio(hostile_address(rng, guest), size, write)
+        code += enc.mmio(address_of(), size, write)
     return code
+
+
+def act_mmio(rng, enc: Encoder, guest) -> bytes:
+    return mmio_storm(rng, enc, guest, lambda: hostile_address(rng, guest), most=8, writes=0.5)
 
 
 def act_rep_movs_mmio(rng, enc: Encoder, guest) -> bytes:
@@ -263,14 +268,7 @@ def virtio_register(rng: random.Random) -> int:
 
 def act_virtio_mmio(rng, enc: Encoder, guest) -> bytes:
     """A storm of reads and writes of every size on the virtio devices' register windows."""
-    code = b""
-    for _ in range(rng.randint(1, 12)):
-        size = rng.choice(MMIO_SIZES if guest.mode == "long" else MMIO_SIZES[:3])
-        write = rng.random() < 0.6
-        if write:
-            code += enc.mov_acc(random_value(rng, min(size, 4)), min(size, 4))
-        code += enc.mmio(virtio_register(rng), size, write)
-    return code
+    return mmio_storm(rng, enc, guest, lambda: virtio_register(rng), most=12, writes=0.6)
 
 
 def act_virtqueue(rng, enc: Encoder, guest) -> bytes:
