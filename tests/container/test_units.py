@@ -153,6 +153,39 @@ def test_secure_join_keeps_symlinks_inside(tmp_path):
     assert rootfs.secure_join(r, "../../x") == f"{r}/x"
 
 
+@pytest.mark.parametrize("swapped", ["parent", "target"])
+def test_open_target_refuses_a_symlink_swapped_in_after_resolving(tmp_path, monkeypatch, swapped):
+    """The race's worst moment: between secure_join and the open, a component becomes a
+    symlink to a host directory.  Nothing may be created there, and the open is refused."""
+    root, host = tmp_path / "root", tmp_path / "host"
+    (root / "mnt" / "vol").mkdir(parents=True)
+    host.mkdir()
+    resolve = rootfs.secure_join
+
+    def resolve_then_swap(r, dest):
+        path = resolve(r, dest)
+        victim = root / "mnt" if swapped == "parent" else root / "mnt" / "vol"
+        victim.rename(tmp_path / "moved")
+        victim.symlink_to(host)
+        return path
+
+    monkeypatch.setattr(rootfs, "secure_join", resolve_then_swap)
+    with pytest.raises(ContainerError, match="changed while being mounted on .* a symlink"):
+        rootfs.open_target(str(root), "/mnt/vol/new" if swapped == "parent" else "/mnt/vol")
+    assert os.listdir(host) == []
+
+
+def test_open_target_creates_what_is_missing_inside(tmp_path):
+    root = tmp_path / "root"
+    (root / "abs").mkdir(parents=True)
+    fd = rootfs.open_target(str(root), "/a/b/c")
+    os.close(fd)
+    fd = rootfs.open_target(str(root), "/a/file", directory=False)
+    assert os.readlink(f"/proc/self/fd/{fd}") == f"{root}/a/file"
+    os.close(fd)
+    assert (root / "a" / "b" / "c").is_dir() and (root / "a" / "file").is_file()
+
+
 def test_secure_join_symlink_loop(tmp_path):
     (tmp_path / "a").symlink_to("b")
     (tmp_path / "b").symlink_to("a")

@@ -31,6 +31,7 @@ with the seed that replays it: `guest_fuzz.py --replay SEED`.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import contextlib
 import json
@@ -56,6 +57,7 @@ from pykvm.vm import layout  # noqa: E402
 from pykvm.vm.arch.x86 import boot_state, gdt  # noqa: E402
 from pykvm.vm.arch.x86.boot_state import CpuMode, Entry  # noqa: E402
 from pykvm.vm.boot.loader import Kernel  # noqa: E402
+from pykvm.vm.devices.virtio.attach import DiskSpec, VirtioConfig  # noqa: E402
 from pykvm.vm.machine import Machine, MachineConfig  # noqa: E402
 
 __all__ = ["run_guest", "fuzz", "main"]
@@ -84,6 +86,7 @@ IO_BITMAP_BYTES = 0x2000   # one bit per port, 0 = allowed; then a byte of all-o
 USER_CODE, USER_DATA = 0x30 | 3, 0x38 | 3   # GDT entries 6 and 7 (entry 5: a 64-bit TSS's upper half)
 VECTORS = 32
 PTE_USER = 1 << 2
+DISK_BYTES = 1 << 20      # the scratch disk image each worker's guests share
 PAGE_TABLE_GIB = 4         # long mode: identity map 4 GiB, so the MMIO gap is reachable
 
 
@@ -199,10 +202,26 @@ def classify_error(error: PyKvmError) -> str:
     return f"FINDING-{type(error).__name__}"      # status 1 or 2 without a register dump
 
 
+_disk_image: Path | None = None
+
+
+def fuzz_virtio() -> VirtioConfig:
+    """The virtio devices every fuzz guest gets (guestgen.VIRTIO_DEVICES, in slot order): a disk
+    on a small scratch image of this worker's, the console and the entropy device."""
+    global _disk_image
+    if _disk_image is None:
+        fd, name = tempfile.mkstemp(prefix="pykvm-fuzz-disk-", suffix=".img")
+        os.ftruncate(fd, DISK_BYTES)
+        os.close(fd)
+        _disk_image = Path(name)
+        atexit.register(_disk_image.unlink, missing_ok=True)
+    return VirtioConfig(disks=[DiskSpec(_disk_image)], console=True, rng=True)
+
+
 def run_guest(guest: FuzzGuest, deadline: float | None = None) -> Outcome:
     """Run one guest on a FuzzMachine; never raises (a non-PyKvmError becomes a traceback finding)."""
     config = MachineConfig(kernel=Path("fuzz-guest"), memory=guest.memory, kernel_format="raw",
-                           output=lambda data: None, stall_timeout=STALL_TIMEOUT)
+                           output=lambda data: None, stall_timeout=STALL_TIMEOUT, virtio=fuzz_virtio())
     try:
         with FuzzMachine(config, guest) as machine:
             timer = threading.Timer(deadline or deadline_for(guest), machine.stop, (DEADLINE_STATUS,))

@@ -10,6 +10,8 @@ guests cost no assembler runs:
     rep ins/outs                    huge counts, buffers across pages and past the end of RAM
     MMIO of 1, 2, 4 and 8 bytes     in the MMIO gap and past RAM (protected and long mode)
     rep movs through MMIO           string MMIO, emulated one element at a time
+    virtio-mmio storms              every size on the virtio disk, console and rng register windows
+    hostile virtqueues              random descriptor tables in RAM, rings past RAM, any size, kicks
     privileged and odd instructions wrmsr, mov to CR0/CR3/CR4, cpuid, int n, ud2, hlt, ...
     random bytes                    whatever they decode to
 
@@ -135,7 +137,7 @@ def generate(seed: str, mode: str | None = None) -> FuzzGuest:
     code = bytearray()
     for _ in range(rng.randint(1, MAX_ACTIONS)):
         name, action = rng.choices(ACTIONS, weights=[w for _, _, w in ACTION_TABLE])[0]
-        if name in ("mmio", "rep-movs-mmio") and mode == "real":
+        if name in ("mmio", "rep-movs-mmio", "virtio-mmio", "virtqueue") and mode == "real":
             continue                      # real mode reaches only the low MiB, which is RAM
         code += action(rng, enc, guest)
         guest.actions.append(name)
@@ -223,15 +225,20 @@ def act_rep_io(rng, enc: Encoder, guest) -> bytes:
             enc.string_op(opcode, size, rep=True, addr32=addr32) + b"\xfc")
 
 
-def act_mmio(rng, enc: Encoder, guest) -> bytes:
+def mmio_storm(rng, enc: Encoder, guest, address_of, most: int, writes: float) -> bytes:
+    """Up to `most` MMIO reads and writes (a `writes` share) of every size at `address_of()`."""
     code = b""
-    for _ in range(rng.randint(1, 8)):
+    for _ in range(rng.randint(1, most)):
         size = rng.choice(MMIO_SIZES if guest.mode == "long" else MMIO_SIZES[:3])
-        write = rng.random() < 0.5
+        write = rng.random() < writes
         if write:
             code += enc.mov_acc(random_value(rng, min(size, 4)), min(size, 4))
-        code += enc.mmio(hostile_address(rng, guest), size, write)
+        code += enc.mmio(address_of(), size, write)
     return code
+
+
+def act_mmio(rng, enc: Encoder, guest) -> bytes:
+    return mmio_storm(rng, enc, guest, lambda: hostile_address(rng, guest), most=8, writes=0.5)
 
 
 def act_rep_movs_mmio(rng, enc: Encoder, guest) -> bytes:
@@ -240,6 +247,70 @@ def act_rep_movs_mmio(rng, enc: Encoder, guest) -> bytes:
     source, target = hostile_address(rng, guest), hostile_address(rng, guest)
     return (enc.mov_reg(1, rng.choice(REP_COUNTS[:8])) + enc.mov_reg(6, source) +
             enc.mov_reg(7, target) + enc.string_op(0xA4, size, rep=True, addr32=False))
+
+
+# The virtio devices the fuzzer's machine has (guest_fuzz.py): a disk, the console, rng.
+VIRTIO_DEVICES = 3
+VIRTIO_REGISTERS = (0x000, 0x004, 0x008, 0x00C, 0x010, 0x014, 0x020, 0x024, 0x030, 0x034, 0x038, 0x044,
+                    0x050, 0x060, 0x064, 0x070, 0x080, 0x084, 0x090, 0x094, 0x0A0, 0x0A4, 0x0AC, 0x0B0,
+                    0x0FC, 0x100, 0x104, 0x108, 0x10C)
+VIRTIO_STATUS_TO_DRIVER_OK = (0, 1, 3, 11, 15)     # reset, ACKNOWLEDGE, +DRIVER, +FEATURES_OK, +DRIVER_OK
+QUEUE_SIZES = (0, 1, 2, 3, 8, 256, 1024, 0x8000, 0xFFFF, 0xFFFFFFFF)
+DESCRIPTOR_TABLE = 0x20000      # RAM the guest fills with random descriptors (below every code load)
+
+
+def virtio_register(rng: random.Random) -> int:
+    """An address in one of the virtio-mmio windows: a named register, or anywhere in the page."""
+    base, _ = layout.virtio_mmio_slot(rng.randrange(VIRTIO_DEVICES + 1))   # + an empty slot
+    offset = rng.choice(VIRTIO_REGISTERS) if rng.random() < 0.8 else rng.randrange(0x1000)
+    return base + offset
+
+
+def act_virtio_mmio(rng, enc: Encoder, guest) -> bytes:
+    """A storm of reads and writes of every size on the virtio devices' register windows."""
+    return mmio_storm(rng, enc, guest, lambda: virtio_register(rng), most=12, writes=0.6)
+
+
+def act_virtqueue(rng, enc: Encoder, guest) -> bytes:
+    """A hostile virtqueue: random descriptors in RAM (or rings past RAM, in the MMIO gap, at
+    4 GiB), any queue size, then DRIVER_OK and a kick, as a driver would (virtio 1.2, 4.2.3.2)."""
+    base, _ = layout.virtio_mmio_slot(rng.randrange(VIRTIO_DEVICES))
+
+    def write(register: int, value: int) -> bytes:
+        return store(base + register, value)
+
+    def store(address: int, value: int) -> bytes:
+        return enc.mov_acc(value & 0xFFFFFFFF, 4) + enc.mmio(address, 4, True)
+
+    code = b""
+    table = DESCRIPTOR_TABLE + 0x1000 * rng.randrange(8)
+    count = rng.randint(1, 8)
+    for i in range(count):                 # descriptors (2.7.5): addr, len, flags | next << 16
+        address = rng.randrange(guest.memory) if rng.random() < 0.6 else hostile_address(rng, guest)
+        length = rng.choice((0, 1, 16, 512, 4096, 0x10000, rng.getrandbits(32)))
+        flags = rng.getrandbits(3) if rng.random() < 0.9 else rng.getrandbits(16)   # NEXT, WRITE, INDIRECT
+        code += store(table + 16 * i, address) + store(table + 16 * i + 4, 0 if rng.random() < 0.9 else rng.getrandbits(32))
+        code += store(table + 16 * i + 8, length) + store(table + 16 * i + 12, flags | rng.randrange(count + 1) << 16)
+    avail = table + 0x800                  # the available ring: flags, idx, then the heads
+    code += store(avail, rng.randint(1, 4) << 16 if rng.random() < 0.8 else rng.getrandbits(32))
+    code += store(avail + 4, rng.randrange(count + 1) | rng.randrange(count + 1) << 16)
+    code += store(avail + 8, rng.getrandbits(32))
+    addresses = [table, avail, table + 0xC00, hostile_address(rng, guest), guest.memory - 8, layout.VIRTIO_MMIO_BASE]
+    code += write(0x070, 0) + write(0x070, 3)                 # ACKNOWLEDGE | DRIVER
+    if rng.random() < 0.9:                                     # VIRTIO_F_VERSION_1 (bit 32), or not
+        code += write(0x024, 1) + write(0x020, 1 if rng.random() < 0.8 else rng.getrandbits(32))
+        code += write(0x024, 0) + write(0x020, rng.getrandbits(32))
+    code += write(0x070, rng.choice(VIRTIO_STATUS_TO_DRIVER_OK[2:4]))
+    queue = rng.choice((0, 0, 1, 2, rng.getrandbits(16)))
+    code += write(0x030, queue) + write(0x038, rng.choice(QUEUE_SIZES))
+    for low, usual in ((0x080, table), (0x090, avail), (0x0A0, table + 0xC00)):   # descriptor, driver, device areas
+        address = usual if rng.random() < 0.6 else rng.choice(addresses)
+        code += write(low, address) + write(low + 4, address >> 32 if rng.random() < 0.8 else rng.getrandbits(32))
+    code += write(0x044, rng.choice((1, 1, 0, 2)))
+    code += write(0x070, rng.choice(VIRTIO_STATUS_TO_DRIVER_OK))
+    for _ in range(rng.randint(1, 3)):
+        code += write(0x050, queue if rng.random() < 0.8 else rng.getrandbits(32))
+    return code + write(0x064, rng.getrandbits(4))
 
 
 def act_privileged(rng, enc: Encoder, guest) -> bytes:
@@ -291,6 +362,8 @@ ACTION_TABLE = [
     ("rep-io", act_rep_io, 6),
     ("mmio", act_mmio, 6),
     ("rep-movs-mmio", act_rep_movs_mmio, 3),
+    ("virtio-mmio", act_virtio_mmio, 4),
+    ("virtqueue", act_virtqueue, 4),
     ("privileged", act_privileged, 4),
     ("random-bytes", act_random_bytes, 2),
     ("warm-reset-flag", act_warm_reset_flag, 1),

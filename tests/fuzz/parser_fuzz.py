@@ -387,6 +387,183 @@ def check_layer_tar(data: bytes) -> None:
     assert not os.path.exists("/tmp/pykvm-fuzz-victim"), "a layer wrote to an absolute host path"
 
 
+# --- a registry's responses -------------------------------------------------------------------
+
+REGISTRY_STATUSES = (200, 201, 204, 206, 301, 302, 307, 308, 400, 401, 403, 404, 416, 429, 500, 502, 503)
+REGISTRY_TYPES = ("", "text/html", "application/json", "application/octet-stream",
+                  "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.docker.distribution.manifest.list.v2+json")
+REGISTRY_TIMEOUT = 0.5          # the client's socket timeout while fuzzing, seconds
+STALL = 0.7                     # one stalled response per input outlasts it
+_registry = None
+
+
+class FakeRegistry:
+    """A distribution API on 127.0.0.1 serving one image, each answer bent by the fuzzer's bytes.
+
+    The image (`fuzz:1`, an index over one linux/amd64 manifest, a config and a
+    layer) is well formed; `plan` holds one 3-byte directive (operation,
+    argument, argument) per request, in the order pykvm's pull sends them, and
+    `payload` the bytes a directive may put in place of a body.  Operations:
+    a status code (with or without Location or WWW-Authenticate), a body cut
+    short behind a longer Content-Length, a short body honestly sized, another
+    Content-Type, the payload as body (bad JSON), a wrong Docker-Content-Digest,
+    a slow body (milliseconds) and, once per input, a stall past the client's
+    socket timeout.
+    """
+
+    def __init__(self):
+        import gzip
+        import hashlib
+        import http.server
+        import threading
+        from image_fixtures import make_tar
+        from pykvm.container.image.store import canonical_json
+
+        def digest(body: bytes) -> str:
+            return "sha256:" + hashlib.sha256(body).hexdigest()
+
+        layer = make_tar([("dir", "etc", None), ("file", "etc/hello", b"hello\n")], gz=True)
+        config = canonical_json({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                                 "rootfs": {"type": "layers", "diff_ids": [digest(gzip.decompress(layer))]}})
+        manifest = canonical_json({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config),
+                       "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(layer),
+                        "size": len(layer)}]})
+        index = canonical_json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                                "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                               "digest": digest(manifest), "size": len(manifest),
+                                               "platform": {"os": "linux", "architecture": "amd64"}}]})
+        self.objects = {"/v2/fuzz/manifests/1": (REGISTRY_TYPES[4], index),
+                        "/v2/fuzz/manifests/2": (REGISTRY_TYPES[5], manifest),
+                        f"/v2/fuzz/manifests/{digest(manifest)}": (REGISTRY_TYPES[5], manifest),
+                        f"/v2/fuzz/blobs/{digest(config)}": (REGISTRY_TYPES[3], config),
+                        f"/v2/fuzz/blobs/{digest(layer)}": (REGISTRY_TYPES[3], layer),
+                        "/token": ("application/json", b'{"token": "t"}')}
+        self.plan: list[bytes] = []
+        self.payload = b""
+        self.stalled = False
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.do_GET()
+
+            def do_GET(self):
+                fake.answer(self, self.path.split("?")[0])
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass                         # a client that gave up on a stalled answer
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, handler, path: str) -> None:
+        import hashlib
+        import time
+
+        content_type, body = self.objects.get(path, ("application/json", b'{"errors": [{"code": "UNKNOWN"}]}'))
+        status = 200 if path in self.objects else 404
+        op, a, b = (self.plan.pop(0) + b"\x00\x00\x00")[:3] if self.plan else (0, 0, 0)
+        op %= 9
+        headers = {"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()} if path in self.objects else {}
+        length, sent, pause = len(body), body, 0.0
+        if op == 1:
+            status = REGISTRY_STATUSES[a % len(REGISTRY_STATUSES)]
+            if status in (301, 302, 307, 308) and b % 3:
+                headers["Location"] = list(self.objects)[b % len(self.objects)] if b % 3 == 1 else "/v2/nowhere"
+            if status == 401 and b % 3:
+                headers["WWW-Authenticate"] = "Basic realm=x" if b % 3 == 1 else \
+                    f'Bearer realm="http://{self.host}/token",service=fuzz'
+        elif op == 2:
+            sent = body[:len(body) * a // 256]          # Content-Length promises more
+        elif op == 3:
+            sent = body[:len(body) * a // 256]
+            length = len(sent)
+        elif op == 4:
+            content_type = REGISTRY_TYPES[a % len(REGISTRY_TYPES)]
+        elif op == 5:
+            sent = self.payload[a:] if b % 2 else body[:a] + self.payload
+            length = len(sent)
+        elif op == 6:
+            headers["Docker-Content-Digest"] = "sha256:" + bytes([a, b] * 32).hex()[:64 if b % 2 else a % 64]
+        elif op == 7:
+            pause = (a % 20) / 1000
+        elif op == 8 and not self.stalled:
+            self.stalled, pause = True, STALL
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(length))
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        if handler.command == "HEAD":
+            return
+        handler.wfile.write(sent[:len(sent) // 2])
+        handler.wfile.flush()
+        time.sleep(pause)
+        handler.wfile.write(sent[len(sent) // 2:])
+        if len(sent) != length:
+            handler.close_connection = True
+
+
+def fake_registry() -> FakeRegistry:
+    global _registry
+    if _registry is None:
+        from pykvm.container.image import registry
+
+        registry.TIMEOUT = REGISTRY_TIMEOUT
+        _registry = FakeRegistry()
+    return _registry
+
+
+def registry_seeds() -> list[bytes]:
+    return [b"\x01", b"\x00\x00\x00\x00\x02\x80\x00\x05\x10\x00",
+            b"\x01\x01\x0b\x02\x06\x01\x01\x04\x02\x00\xfe\xff[1, 2",
+            b"\x00\x05\x00\x01\xfe\xff{\"schemaVersion\": 2, \"mediaType\": \"x\"}"]
+
+
+@target("registry", registry_seeds)
+def check_registry(data: bytes) -> None:
+    """`pykvm container pull` from a registry whose answers the fuzzer bends (FakeRegistry).
+
+    The first byte pulls by tag through the index (even) or the manifest's tag
+    (odd).  Afterwards the store must pass `system check` with nothing in tmp/;
+    a pull that succeeded tagged a complete image.
+    """
+    from pykvm.container.image.check import check_store
+    from pykvm.container.image.registry import Credentials, pull
+    from pykvm.container.image.store import ImageStore
+
+    fake = fake_registry()
+    directives, fake.payload = split(data, 2)
+    fake.plan = [directives[i:i + 3] for i in range(1, len(directives), 3)][:32]
+    fake.stalled = False
+    tag = 1 + (directives[0] % 2 if directives else 0)
+    with sandbox() as base:
+        store = ImageStore(base / "root" / "store")
+        try:
+            image = pull(store, f"{fake.host}/fuzz:{tag}", credentials=Credentials("", ""), name="fuzz:1")
+            assert image.layers, "a pull that succeeded stored no layers"
+        finally:
+            assert not os.listdir(store.tmp), f"a pull left {os.listdir(store.tmp)} in tmp/"
+            findings = check_store(store)
+            assert not findings, [str(f) for f in findings]
+            del store
+
+
 # --- running --------------------------------------------------------------------------------
 
 def seeds(name: str) -> list[bytes]:
@@ -413,6 +590,7 @@ def fuzz_one(name: str, libfuzzer_args: list[str]) -> None:
     with atheris.instrument_imports(include=["pykvm"]):
         import pykvm.commands.container.image  # noqa: F401  (instrumented for coverage)
         import pykvm.container.image.build  # noqa: F401
+        import pykvm.container.image.check  # noqa: F401
         import pykvm.container.image.layer  # noqa: F401
         import pykvm.container.image.registry  # noqa: F401
         import pykvm.container.image.store  # noqa: F401

@@ -22,7 +22,7 @@ from guestasm import assemble
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
 
-from guest_fuzz import DEADLINE_STATUS, FuzzMachine  # noqa: E402
+from guest_fuzz import DEADLINE_STATUS, FuzzMachine, fuzz_virtio  # noqa: E402
 from guestgen import FuzzGuest  # noqa: E402
 from pykvm.vm.devices.debug_exit import exit_status  # noqa: E402
 from pykvm.vm.machine import MachineConfig  # noqa: E402
@@ -38,14 +38,15 @@ POWER_OFF = """
 """
 
 
-def run(source: str, mode: str = "protected", deadline: float = DEADLINE) -> tuple[int, bytes]:
+def run(source: str, mode: str = "protected", deadline: float = DEADLINE, virtio=False) -> tuple[int, bytes]:
     """Run `source` (32-bit unless real mode) at FLAT_LOAD; (status, serial output)."""
     import threading
 
     code = assemble(source, bits=16 if mode == "real" else 32)
     guest = FuzzGuest("test", mode, 0, 0, RAM, True, code, ["test"])
     output = bytearray()
-    config = MachineConfig(kernel=Path("test"), memory=RAM, kernel_format="raw", output=output.extend)
+    config = MachineConfig(kernel=Path("test"), memory=RAM, kernel_format="raw", output=output.extend,
+                           **({"virtio": fuzz_virtio()} if virtio else {}))
     with FuzzMachine(config, guest) as machine:
         timer = threading.Timer(deadline, machine.stop, (DEADLINE_STATUS,))
         timer.start()
@@ -109,6 +110,52 @@ def test_string_mmio_from_the_gap_reads_all_ones():
         out %eax, $0xf4
     """)
     assert status == exit_status(0xFFFFFFFF), hex(status)
+
+
+def test_the_fuzz_machine_has_its_virtio_devices_where_guestgen_aims():
+    """Slots 0, 1, 2 of the virtio-mmio windows: block (2), console (3), entropy (4)."""
+    base = 0xD0000000
+    status, _ = run(f"""
+        mov {base + 0x008:#x}, %eax
+        mov {base + 0x1008:#x}, %ebx
+        shl $8, %ebx
+        or %ebx, %eax
+        mov {base + 0x2008:#x}, %ebx
+        shl $16, %ebx
+        or %ebx, %eax
+        out %eax, $0xf4
+    """, virtio=True)
+    assert status == exit_status(0x040302), hex(status)
+
+
+@pytest.mark.parametrize("queue_at", [0x1FFFF8, 0xFFFFF000, 0x10000])
+def test_a_kick_of_a_queue_past_ram_or_of_random_descriptors_stops_only_the_guest(queue_at):
+    """The disk's queue 0 with its rings at the end of RAM, past it, or on random bytes: a kick
+    ends in a documented status (the guest powers off, or its VM stops with an error)."""
+    disk = 0xD0000000
+    status, _ = run(f"""
+        mov $0x10000, %edi
+        mov $0x100, %ecx
+        mov $0x9e3779b9, %eax
+    1:  imul $0x01000193, %eax, %eax
+        stosl
+        loop 1b                      # 1 KiB of pseudo-random descriptors at 0x10000
+        movl $0, {disk + 0x070:#x}
+        movl $3, {disk + 0x070:#x}   # ACKNOWLEDGE | DRIVER
+        movl $1, {disk + 0x024:#x}
+        movl $1, {disk + 0x020:#x}   # VIRTIO_F_VERSION_1 (feature bit 32)
+        movl $11, {disk + 0x070:#x}  # + FEATURES_OK
+        movl $0, {disk + 0x030:#x}
+        movl $256, {disk + 0x038:#x}
+        movl ${queue_at:#x}, {disk + 0x080:#x}
+        movl ${queue_at:#x}, {disk + 0x090:#x}
+        movl ${queue_at:#x}, {disk + 0x0a0:#x}
+        movl $1, {disk + 0x044:#x}
+        movl $15, {disk + 0x070:#x}  # DRIVER_OK
+        movl $0, {disk + 0x050:#x}   # the kick
+        movl $0, {disk + 0x050:#x}
+    """ + POWER_OFF, virtio=True)
+    assert status in (0, 1), status
 
 
 def test_ctrl_c_during_a_port_storm_is_one_line(tmp_path):

@@ -145,3 +145,30 @@ def test_a_registry_config_with_a_number_for_diff_ids_is_one_error(tmp_path):
     ref = registry.parse_remote("localhost:5000/x:1")
     with pytest.raises(ContainerError, match="image config is malformed: rootfs.diff_ids is a int"):
         registry._check_config(str(path), manifest(), ref)
+
+
+# Answers from a registry bent by the registry fuzz target's fake (tests/fuzz/parser_fuzz.py):
+# directive bytes (operation, argument, argument) per request; tag 2 = manifest, config, layer.
+CUT_SHORT, STALLED = b"\x02\x80\x00", b"\x08\x00\x00"
+
+
+@pytest.mark.parametrize("plan, request_cut", [
+    (CUT_SHORT, "manifest"),
+    (b"\x00\x00\x00" + CUT_SHORT, "config blob"),
+    (b"\x00\x00\x00\x00\x00\x00" + CUT_SHORT, "layer blob"),
+    (b"\x00\x00\x00" + STALLED, "config blob, past the socket timeout"),
+])
+def test_a_registry_answer_cut_short_is_one_error(tmp_path, plan, request_cut):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
+    import parser_fuzz
+
+    fake = parser_fuzz.fake_registry()
+    fake.plan, fake.payload, fake.stalled = [plan[i:i + 3] for i in range(0, len(plan), 3)], b"", False
+    store = ImageStore(tmp_path / "store")
+    with pytest.raises(ContainerError, match="broke off its answer|failed verification|cannot reach"):
+        registry.pull(store, f"{fake.host}/fuzz:2", credentials=registry.Credentials("", ""))
+    assert not any(store.tmp.iterdir()), request_cut
+    assert not list(store.blobs.iterdir()), request_cut

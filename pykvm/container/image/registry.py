@@ -205,7 +205,15 @@ class Registry:
                   file=sys.stderr)
         if stream and raw.status in (200, 206):
             return _Response(raw, None)
-        return _Response(raw, raw.read())
+        return _Response(raw, self.read_body(raw, f"{method} {parts.path}"))
+
+    def read_body(self, raw: http.client.HTTPResponse, what: str, amount: int | None = None) -> bytes:
+        """raw.read(amount), where a body cut short or a peer gone silent is one clean error."""
+        try:
+            return raw.read(amount)
+        except (OSError, http.client.HTTPException) as e:
+            self.close()                             # the connection is mid-answer: useless now
+            raise ContainerError(f"registry {self.host} broke off its answer to {what}: {e!r}") from None
 
     def _auth_header(self, scope: str, url: str) -> str | None:
         if scope in self.tokens:
@@ -313,7 +321,7 @@ class Registry:
         r = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=scope, stream=True)
         h = hashlib.sha256()
         got = 0
-        while chunk := r.raw.read(IO_CHUNK):
+        while chunk := self.read_body(r.raw, f"GET blob {digest}", IO_CHUNK):
             got += len(chunk)
             if got > size:
                 r.raw.close()

@@ -15,13 +15,16 @@ to unmount on the host afterwards.  The recipe, top-down:
     6. remount_root_readonly()  for `--read-only` / root.readonly
 
 Mount targets are resolved *inside* the rootfs, with symlinks followed as if
-the rootfs were "/" (`secure_join`), then opened O_PATH|O_NOFOLLOW, checked
-to be still inside the rootfs and mounted on through /proc/self/fd/N.  A
-rootfs whose /proc or /dev is a symlink to a host path therefore cannot make
-us mount over the host (the lesson of CVE-2021-30465 and friends).
+the rootfs were "/" (`secure_join`), then walked again one component at a
+time, each opened O_PATH|O_NOFOLLOW relative to its parent's fd (`open_target`),
+and mounted on through /proc/self/fd/N.  A rootfs whose /proc or /dev is a
+symlink to a host path, or a container that swaps a mount target for one while
+we mount, therefore cannot make us create or mount anything on the host (the
+lessons of CVE-2019-19921 and CVE-2021-30465).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -166,21 +169,57 @@ def secure_join(root: str, unsafe: str) -> str:
 def open_target(root: str, dest: str, directory: bool = True) -> int:
     """Create (if needed) and open the mount target `dest` inside `root`: an O_PATH fd.
 
-    The fd's real path is checked to lie inside root; mount onto
-    f"/proc/self/fd/{fd}" so that nothing is looked up again by name.
+    `secure_join` gives the path; it is then walked again one component at a
+    time, each opened O_PATH|O_NOFOLLOW relative to the fd of the one before
+    (created there, with mkdirat, when missing).  A component that another
+    process swapped for a symlink meanwhile is refused, not followed, so no
+    lookup ever leaves the rootfs: nothing is created or mounted on the host
+    (CVE-2019-19921, CVE-2021-30465).  Mount onto f"/proc/self/fd/{fd}" so
+    that nothing is looked up again by name.
     """
-    path = secure_join(root, dest)
-    if not os.path.lexists(path):
-        if directory:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    parts = [p for p in os.path.relpath(secure_join(root, dest), root).split("/") if p != "."]
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            parent, fd = fd, -1                       # _open_component closes the parent
+            fd = _open_component(parent, part, create_directory=directory or not last, walk_into=not last,
+                                 root=root, dest=dest)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
     real = os.readlink(f"/proc/self/fd/{fd}")
     if real != root and not real.startswith(root.rstrip("/") + "/"):
         os.close(fd)
         raise ContainerError(f"mount target {dest} resolves to {real}, outside the rootfs {root}: refused")
+    return fd
+
+
+def _open_component(parent: int, name: str, create_directory: bool, walk_into: bool, root: str, dest: str) -> int:
+    """Open `name` in the directory `parent` (an O_PATH fd, closed here), creating it when missing
+    (a directory, or an empty file); never a symlink, and a directory when we `walk_into` it."""
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(name, flags, dir_fd=parent)
+        except FileNotFoundError:
+            if create_directory:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=parent)
+            else:
+                os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                                 dir_fd=parent))
+            fd = os.open(name, flags, dir_fd=parent)
+    except OSError as e:
+        raise ContainerError(f"cannot open mount target {dest} in {root}: {e.strerror} ({name})") from None
+    finally:
+        os.close(parent)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISLNK(mode) or (walk_into and not stat.S_ISDIR(mode)):
+        os.close(fd)
+        raise ContainerError(f"mount target {dest} in {root} changed while being mounted on "
+                             f"({name} is now {'a symlink' if stat.S_ISLNK(mode) else 'not a directory'}): refused")
     return fd
 
 
