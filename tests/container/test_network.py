@@ -264,3 +264,25 @@ def test_iptables_publishes_ports_where_nft_is_not_used(kvm, in_ns, fresh_rootfs
     r = kvm("container", "network", "rm")
     assert r.returncode == 0, r.stderr
     assert "PYKVM" not in in_ns("iptables", "-t", "nat", "-S").stdout, "chains and jumps gone"
+
+
+def test_published_ports_read_back_without_etc_protocols(in_ns):
+    """nft prints a protocol's number where /etc/protocols is missing (a minimal root file
+    system, as the hardware lane's L1 has): `network ls` and prune still read tcp and udp."""
+    from pykvm.container.runtime import nftables
+    table = "pykvmtproto"
+    in_ns("nft", "-f", "-", input=nftables.ruleset(table, "10.99.0.0/16")).check_returncode()
+    for publish, target in ((nftables.Publish(8080, 80, "tcp"), "10.99.0.2"),
+                            (nftables.Publish(5353, 53, "udp"), "10.99.0.3")):
+        element = f"{{ {publish.protocol} . {publish.host_port} : {target} . {publish.container_port} }}"
+        in_ns("nft", "add", "element", "ip", table, nftables.MAP, element).check_returncode()
+    read = ("from pykvm.container.runtime.nftables import published; "
+            f"print(sorted(published({table!r})))")
+    # unshare -m: a mount namespace of its own, where an empty file hides /etc/protocols
+    r = in_ns("unshare", "-m", "sh", "-c",
+              f'mount --bind /dev/null /etc/protocols && nft -j list map ip {table} {nftables.MAP} '
+              f'&& exec {sys.executable} -c "{read}"')
+    assert r.returncode == 0, r.stderr
+    assert re.search(r'"concat": ?\[6, ?8080\]', r.stdout), r.stdout      # nft: a number, not "tcp"
+    assert r.stdout.splitlines()[-1] == ("[('tcp', 8080, '10.99.0.2:80'), "
+                                         "('udp', 5353, '10.99.0.3:53')]"), r.stdout

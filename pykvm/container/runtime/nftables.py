@@ -155,6 +155,11 @@ def remove_port(table: str, publish: Publish) -> None:
          check=False)
 
 
+# nft names a protocol from /etc/protocols, and prints its number where that file is missing
+# (a minimal root file system): IANA's numbers for the two -p knows.
+PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
+
+
 def published(table: str) -> list[tuple[str, int, str]]:
     """The map's elements as (protocol, host port, "address:port"): what `network ls` shows."""
     r = _nft(["-j", "list", "map", "ip", table, MAP], check=False)
@@ -166,7 +171,7 @@ def published(table: str) -> list[tuple[str, int, str]]:
             key, value = elem
             proto, port = key["concat"]
             address, inside = value["concat"]
-            out.append((proto, int(port), f"{address}:{inside}"))
+            out.append((PROTOCOL_NAMES.get(proto, proto), int(port), f"{address}:{inside}"))
     return out
 
 
