@@ -125,6 +125,9 @@ class Encoder:
         return self._osize(size) + rex + bytes([opcode]) + moffs
 
 
+NOP = b"\x90"                      # the same byte in every mode
+
+
 def generate(seed: str, mode: str | None = None) -> FuzzGuest:
     """The guest for `seed` (any string): deterministic, so a finding is replayed from its seed."""
     rng = random.Random(seed)
@@ -144,7 +147,9 @@ def generate(seed: str, mode: str | None = None) -> FuzzGuest:
     name, ending = rng.choices(ENDINGS, weights=[w for _, _, w in ENDING_TABLE])[0]
     code += ending(rng, enc, guest)
     guest.actions.append(name)
-    guest.code = bytes(code)
+    # A real-mode guest whose actions were all skipped and which runs on has no code at all;
+    # pykvm refuses an empty kernel file (one line, status 2), so give it one nop to run on from.
+    guest.code = bytes(code) or NOP
     return guest
 
 
