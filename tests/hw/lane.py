@@ -76,6 +76,7 @@ TEST_LOG = "tests.log"              # TestLog: each test's start and outcome, fr
 HUNG_REGISTERS = "registers.hung.txt"   # QEMU's `info registers -a` when L1 hung
 L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
 LD_SO_CACHE = Path("/etc/ld.so.cache")
+PROTOCOLS = Path("/etc/protocols")   # netbase: "tcp" for 6 in `nft list` (the docs show names)
 ETC_FILES = {"passwd": b"root:x:0:0:root:/root:/bin/sh\n", "group": b"root:x:0:\n"}
 
 
@@ -366,8 +367,10 @@ def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str,
               "--", *pytest_args]
     init = lane_initramfs.init_script(list(modules), shares, str(ROOT), shlex.join(inside))
     etc = dict(ETC_FILES)
-    if LD_SO_CACHE.exists():             # where the dynamic loader finds /usr's libraries
-        etc[LD_SO_CACHE.name] = LD_SO_CACHE.read_bytes()
+    for host_file in (LD_SO_CACHE,       # where the dynamic loader finds /usr's libraries
+                      PROTOCOLS):        # protocol names, as nft and iptables print them
+        if host_file.exists():
+            etc[host_file.name] = host_file.read_bytes()
     path.write_bytes(lane_initramfs.build(busybox, modules, init, [str(t) for t in trees], etc))
     return list(modules)
 
