@@ -78,6 +78,9 @@ L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
 LD_SO_CACHE = Path("/etc/ld.so.cache")
 PROTOCOLS = Path("/etc/protocols")   # netbase: "tcp" for 6 in `nft list` (the docs show names)
 ETC_FILES = {"passwd": b"root:x:0:0:root:/root:/bin/sh\n", "group": b"root:x:0:\n"}
+# System users L1's programs switch to, copied from the host's files: tcpdump drops root for
+# its own user, and stops with "Couldn't find user 'tcpdump'" where there is none.
+SYSTEM_USERS = ("tcpdump",)
 
 
 @dataclass
@@ -274,6 +277,15 @@ def run_bench(name: str) -> int:
     return subprocess.call([sys.executable, str(ROOT / "tests" / "bench" / "run.py"), name])
 
 
+def host_entries(path: Path, names: tuple[str, ...]) -> bytes:
+    """The lines of an /etc/passwd or /etc/group style file for these names (none if absent)."""
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+    except OSError:
+        return b""
+    return b"".join(line for line in lines if line.split(b":", 1)[0].decode(errors="replace") in names)
+
+
 def junit_summary(junit: Path) -> str:
     """'N passed, F failed, E errors, S skipped' from pytest's junit XML."""
     try:
@@ -367,6 +379,8 @@ def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str,
               "--", *pytest_args]
     init = lane_initramfs.init_script(list(modules), shares, str(ROOT), shlex.join(inside))
     etc = dict(ETC_FILES)
+    for name in ("passwd", "group"):
+        etc[name] += host_entries(Path("/etc") / name, SYSTEM_USERS)
     for host_file in (LD_SO_CACHE,       # where the dynamic loader finds /usr's libraries
                       PROTOCOLS):        # protocol names, as nft and iptables print them
         if host_file.exists():
