@@ -277,6 +277,17 @@ def run_bench(name: str) -> int:
     return subprocess.call([sys.executable, str(ROOT / "tests" / "bench" / "run.py"), name])
 
 
+def alternatives() -> dict[str, str]:
+    """The host's /etc/alternatives links (Debian's update-alternatives): /usr/sbin/iptables
+    and others point through them, and L1 has the host's /usr but not its /etc."""
+    folder = Path("/etc/alternatives")
+    try:
+        return {f"alternatives/{link.name}": os.readlink(link) for link in folder.iterdir()
+                if link.is_symlink()}
+    except OSError:
+        return {}
+
+
 def host_entries(path: Path, names: tuple[str, ...]) -> bytes:
     """The lines of an /etc/passwd or /etc/group style file for these names (none if absent)."""
     try:
@@ -385,7 +396,8 @@ def write_initramfs(kernel: lane_kernel.Kernel, trees: list[Path], markers: str,
                       PROTOCOLS):        # protocol names, as nft and iptables print them
         if host_file.exists():
             etc[host_file.name] = host_file.read_bytes()
-    path.write_bytes(lane_initramfs.build(busybox, modules, init, [str(t) for t in trees], etc))
+    path.write_bytes(lane_initramfs.build(busybox, modules, init, [str(t) for t in trees], etc,
+                                          alternatives()))
     return list(modules)
 
 

@@ -125,7 +125,8 @@ def _add_parents(archive: CpioWriter, path: str, made: set[str]) -> None:
 
 
 def build(busybox: bytes, modules: dict[str, bytes], init: str,
-          mount_points: list[str], etc: dict[str, bytes]) -> bytes:
+          mount_points: list[str], etc: dict[str, bytes],
+          etc_links: dict[str, str] | None = None) -> bytes:
     """The initramfs: /init, /lane/busybox, /lane/modules/*.ko, mount points, /etc.
 
     /bin, /sbin, /lib and /lib64 point into /usr, as on the host (merged /usr),
@@ -144,4 +145,7 @@ def build(busybox: bytes, modules: dict[str, bytes], init: str,
         archive.file(f"{LANE_DIR}/modules/{name}.ko", image)
     for name, data in etc.items():
         archive.file(f"etc/{name}", data)
+    for name, target in (etc_links or {}).items():     # e.g. alternatives/iptables -> /usr/...
+        _add_parents(archive, f"etc/{name}".rsplit("/", 1)[0], made)
+        archive.symlink(f"etc/{name}", target)
     return archive.finish()
