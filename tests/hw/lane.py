@@ -65,7 +65,9 @@ L1_MEM_MIB = 2048                   # guest RAM; shared memfd, as vhost-user nee
 L1_MODULES = ["virtio_pci", "virtiofs", "kvm_amd",   # the shares and /dev/kvm
               "overlay",        # container images, for `pykvm compare` beside a VM
               "tun", "bridge", "veth",                # VM networking: a tap on pykvm's bridge
-              "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4", "nft_ct"]  # and its NAT
+              "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_ipv4", "nft_ct",  # and its NAT,
+              "nft_compat", "xt_addrtype", "xt_nat", "xt_MASQUERADE",  # or the same through
+              "xt_conntrack", "xt_tcpudp"]                            # iptables-nft
 # ... and their dependencies, in load order (lane_kernel.load_order)
 BUSYBOX = Path("/bin/busybox")      # Debian's busybox-static
 VIRTIOFSD = [Path("/usr/lib/qemu/virtiofsd"),        # C, shipped with QEMU <= 7.2
