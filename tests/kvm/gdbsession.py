@@ -86,11 +86,12 @@ class Reader:
     def __init__(self, pipe):
         self.pipe, self.data = pipe, b""
 
-    def until(self, pattern: re.Pattern | bytes, timeout: float):
+    def until(self, pattern: re.Pattern | bytes, timeout: float, start: int = 0):
+        """Wait for `pattern` in what was read from offset `start` on."""
         deadline = time.monotonic() + timeout
         while True:
-            found = pattern.search(self.data) if isinstance(pattern, re.Pattern) else (
-                pattern in self.data or None)
+            found = pattern.search(self.data, start) if isinstance(pattern, re.Pattern) else (
+                self.data.find(pattern, start) >= 0 or None)
             if found:
                 return found
             left = deadline - time.monotonic()

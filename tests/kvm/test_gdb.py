@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -112,9 +113,17 @@ def test_ctrl_c_stops_the_guest_continue_resumes_it_and_detach_lets_it_power_off
         console.until(b"tiny$ uptime\r\nup ", GDB_TIMEOUT)        # the guest runs
         gdb.send_signal(signal.SIGINT)                              # Ctrl-C: gdb sends 0x03
         gdb_out.until(b"@@ run2", GDB_TIMEOUT)
-        proc.stdin.write(b"uptime\n")
-        proc.stdin.flush()
-        console.until(re.compile(rb"tiny\$ uptime\r\nup [^\n]*\n[^\n]*tiny\$ uptime\r\nup "), GDB_TIMEOUT)
+        stopped_at = int(re.search(rb"@@ ticks1.*?\$\d+ = (\d+)", gdb_out.data, re.S).group(1))
+        # A tick is 10 ms and the guest may get this far inside one: ask its uptime until the
+        # console shows the counter past where gdb saw it, so the second stop must see it too.
+        seen, deadline = 0, time.monotonic() + GDB_TIMEOUT
+        while seen <= stopped_at:
+            assert time.monotonic() < deadline, f"ticks stayed at {seen} while the guest ran"
+            proc.stdin.write(b"uptime\n")
+            proc.stdin.flush()
+            answer = console.until(re.compile(rb"\((\d+) ticks at"), GDB_TIMEOUT, start=len(console.data))
+            seen = int(answer.group(1))
+            time.sleep(0.01)
         gdb.send_signal(signal.SIGINT)
         gdb.wait(timeout=GDB_TIMEOUT)
         out = sections((gdb_out.data + gdb.stdout.read()).decode())
