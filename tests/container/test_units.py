@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -343,6 +345,21 @@ def test_parse_signal():
     assert parse_signal("TERM") == 15 and parse_signal("SIGKILL") == 9 and parse_signal("2") == 2
     with pytest.raises(ConfigError):
         parse_signal("SIGFOO")
+
+
+def test_in_user_namespace_tells_the_initial_one_from_another():
+    """uid_map "0 0 4294967295" is the initial user namespace; `unshare --map-root-user`
+    makes another, where a process is root too but rootless as far as cgroups go."""
+    from pykvm.container.runtime.namespaces import in_user_namespace
+    probe = [sys.executable, "-c", "from pykvm.container.runtime.namespaces import in_user_namespace as f; print(f())"]
+    r = subprocess.run(["unshare", "--user", "--map-root-user", *probe], capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0 and "unshare failed" in r.stderr:
+        pytest.skip(f"no user namespaces here: {r.stderr.strip()}")
+    assert (r.returncode, r.stdout) == (0, "True\n"), r.stderr
+    with open("/proc/self/uid_map") as f:
+        initial = f.read().split() == ["0", "0", "4294967295"]
+    assert in_user_namespace() is not initial
 
 
 # --- the container's terminal (terminal.py), on the host's own ptys --------------------------

@@ -269,8 +269,10 @@ class Container:
         return owned_by(self.pid_namespace, self.cfg.cgroups_path is not None)(pid)
 
     def _without_cgroup(self, error: Exception) -> None:
-        """Root must have a cgroup; rootless goes on without one, warning if limits were asked for."""
-        if not self.cfg.rootless:
+        """Root must have a cgroup; rootless goes on without one, warning if limits were asked for.
+        Rootless is also root inside a user namespace (as rootless Podman calls the runtime),
+        as runc's rootless cgroup manager decides."""
+        if not self.cfg.rootless and not ns.in_user_namespace():
             raise error
         limits = self.cfg.limits
         if limits.wanted():

@@ -28,7 +28,7 @@ from pykvm.errors import ConfigError
 
 __all__ = ["CLONE_FLAGS", "ORDER", "PROC_NAMES", "IdMap", "flags_for", "unshare", "setns", "open_other",
            "write_id_maps", "loopback_up", "check_hostname", "HOST_NAME_MAX", "namespace_id",
-           "in_pid_namespace", "owned_by"]
+           "in_pid_namespace", "owned_by", "in_user_namespace"]
 
 # OCI namespace type -> clone(2) flag (runtime-spec config-linux.md "Namespaces").
 CLONE_FLAGS = {
@@ -155,6 +155,18 @@ def in_pid_namespace(pid: int, ident: tuple[int, int]) -> bool:
         if (st.st_dev, st.st_ino) == tuple(ident):
             return True
     return False
+
+
+def in_user_namespace() -> bool:
+    """Is this process in a user namespace other than the host's?  The initial one maps
+    all 2^32 ids onto themselves (user_namespaces(7) "The initial user namespace"), the
+    test runc's userns.RunningInUserNS makes.  Rootless Podman runs its runtime so: euid
+    0, with capabilities over its own namespaces but none over the host's cgroups."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except FileNotFoundError:                   # a kernel without user namespaces
+        return False
 
 
 def write_id_maps(pid: int | str, uid_maps: list[IdMap], gid_maps: list[IdMap]) -> None:
