@@ -104,7 +104,7 @@ def drop_privileges(cfg: RunConfig) -> None:
     caps.drop_bounding(caps.cap_numbers(c.get("bounding")))
     if cfg.uid != 0:
         prctl(lib.PR_SET_KEEPCAPS, 1)                 # setuid() away from 0 keeps "permitted"
-    if "user" not in cfg.namespaces or _may_setgroups():
+    if _may_setgroups(cfg):
         os.setgroups(cfg.additional_gids)
     os.setresgid(cfg.gid, cfg.gid, cfg.gid)
     os.setresuid(cfg.uid, cfg.uid, cfg.uid)
@@ -112,12 +112,16 @@ def drop_privileges(cfg: RunConfig) -> None:
                   caps.cap_numbers(c.get("inheritable")), caps.cap_numbers(c.get("ambient")))
 
 
-def _may_setgroups() -> bool:
+def _may_setgroups(cfg: RunConfig) -> bool:
+    """setgroups(2) is refused for good where /proc/self/setgroups says "deny": a user
+    namespace whose gid_map was written without privilege (user_namespaces(7)), pykvm's own
+    rootless one or the one rootless Podman runs its runtime in.  runc reads the same file
+    and then leaves the groups as they are."""
     try:
         with open("/proc/self/setgroups") as f:
             return f.read().strip() == "allow"
     except OSError:
-        return False
+        return "user" not in cfg.namespaces
 
 
 def become_container_process(cfg: RunConfig) -> None:
