@@ -15,12 +15,15 @@ __all__ = ["podman_config"]
 def podman_config(tmp: Path) -> dict:
     """containers.conf and storage.conf in `tmp`; returns the environment that points Podman
     at them.  vfs storage (no overlay mounts to leave behind), cgroupfs (no systemd), no
-    network, no events log, file locks: nothing shared with another Podman on the machine."""
+    network, no events log, file locks: nothing shared with another Podman on the machine.
+    Rootless Podman takes its storage from rootless_storage_path (graphroot is root's) and
+    its run root from $XDG_RUNTIME_DIR."""
     (tmp / "storage.conf").write_text(textwrap.dedent(f"""\
         [storage]
         driver = "vfs"
         graphroot = "{tmp}/graph"
         runroot = "{tmp}/run"
+        rootless_storage_path = "{tmp}/graph"
         """))
     (tmp / "containers.conf").write_text(textwrap.dedent(f"""\
         [containers]

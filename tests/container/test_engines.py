@@ -8,22 +8,24 @@ socket.  runc, the oracle, runs the same commands where the engines leave a choi
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from clitools import wait_for
 from engine_fixtures import podman_config
 from image_fixtures import bundled_context, run_pykvm
+from rootless_fixtures import NOBODY, nobody_interpreter, nobody_pythonpath, public_dir, rootless_problem  # noqa: F401
 
 pytestmark = pytest.mark.root
 
 PYKVM_RUNC = Path(sys.executable).with_name("pykvm-runc")
-RUNC = shutil.which("runc")
 # The host's hard RLIMIT_NOFILE may be below Podman's default (1048576): runc and pykvm
 # both refuse to raise a hard limit, so every container asks for less.
 LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
@@ -57,11 +59,11 @@ def image_archive(tmp_path_factory) -> Path:
     return archive
 
 
-def runtime_wrapper(directory: Path, state: Path, program: str = str(PYKVM_RUNC)) -> Path:
+def runtime_wrapper(directory: Path, state: Path, program: str = str(PYKVM_RUNC), name: str = "") -> Path:
     """An executable that runs `program --root STATE`: Podman 4.3 passes its --runtime-flag
     options on some calls and not on its clean-up `delete`, so the state directory is fixed
     here, as a packager's wrapper would fix it."""
-    path = directory / f"{Path(program).name}-wrapper"
+    path = directory / f"{name or Path(program).name}-wrapper"
     path.write_text(f"#!/bin/sh\nexec {program} --root {state} \"$@\"\n")
     path.chmod(0o755)
     return path
@@ -71,22 +73,27 @@ def runtime_wrapper(directory: Path, state: Path, program: str = str(PYKVM_RUNC)
 
 @dataclass
 class Podman:
-    """`podman` with this test's configuration and a runtime program."""
+    """`podman` with this test's configuration and a runtime program; `prefix` runs it
+    through another program first (nsenter into a network namespace, setpriv to a user)."""
 
     env: dict
     runtime: Path
+    prefix: tuple[str, ...] = ()
+    cwd: Path | None = None
+
+    def argv(self, *args) -> list[str]:
+        return [*self.prefix, "podman", "--runtime", str(self.runtime), *map(str, args)]
 
     def __call__(self, *args, timeout: float = 90, check: bool = False, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("capture_output", True)
         kw.setdefault("stdin", subprocess.DEVNULL)
-        r = subprocess.run(["podman", "--runtime", str(self.runtime), *map(str, args)], env=self.env,
-                           text=True, timeout=timeout, **kw)
+        r = subprocess.run(self.argv(*args), env=self.env, cwd=self.cwd, text=True, timeout=timeout, **kw)
         if check:
             assert r.returncode == 0, f"podman {' '.join(map(str, args))}: {r.returncode}\n{r.stderr}"
         return r
 
     def with_runtime(self, runtime: Path) -> Podman:
-        return Podman(self.env, runtime)
+        return replace(self, runtime=runtime)
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +205,135 @@ def test_podman_terminal_through_the_console_socket(podman):
         podman("rm", "-f", "-t", "0", cid)
 
 
+@pytest.mark.parametrize("runtime", ["pykvm-runc", "runc"])
+def test_podman_run_it_from_a_real_terminal(podman, tmp_path, runtime):
+    """podman run -it with Podman itself on a pty, as a user's shell starts it: Podman puts
+    that terminal in raw mode and relays it through conmon to the pty whose master came from
+    the runtime over --console-socket; the window size goes along, what is typed reaches the
+    shell, the shell's exit status comes back, and the terminal is given back as it was.
+    runc, the oracle, runs the same session."""
+    from ptyrun import lines, run_on_pty
+    if runtime == "runc":
+        podman = podman.with_runtime(runtime_wrapper(tmp_path, tmp_path / "runc-state", need("runc")))
+    typed = []
+
+    def typing(text: bytes):
+        return lambda master: typed.append(os.write(master, text))
+    r = run_on_pty(podman.argv("run", "--rm", "-it", *RUN_OPTS, IMAGE, "sh"), podman.env, size=(30, 90),
+                   steps=[(b"# ", typing(b"stty size; echo $((6*7))\r")), (b"42\r\n", typing(b"exit 3\r"))],
+                   timeout=120)
+    assert len(typed) == 2, f"the shell's prompt or its answer never came: {r.output!r}"
+    assert ["30 90", "42"] == [line for line in lines(r.output) if line in ("30 90", "42")], r.output
+    assert r.status == 3, r.output
+    assert r.mode_after == r.mode_before, "Podman left the terminal in raw mode"
+
+
+# --- Podman's own network: a port published to a server inside ----------------------------
+
+NETWORK = "pykvm-test"
+HOST_PORT = 8080
+CNI_PLUGINS = Path("/usr/lib/cni")
+# busybox httpd as the container's process (PID 1), serving one page that names its host.
+SERVER = "mkdir /www && echo served by $(hostname) as PID $$ >/www/index.html && exec httpd -f -p 80 -h /www"
+
+
+def cni_network(directory: Path, name: str, leases: Path) -> None:
+    """A CNI network list of our own, as Debian's Podman ships its default `podman` network
+    (bridge with a gateway and masquerade, portmap for -p, firewall, tuning), but with the
+    host-local address leases kept in `leases`."""
+    plugins = [{"type": "bridge", "bridge": "cni-pykvm0", "isGateway": True, "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {"type": "host-local", "dataDir": str(leases), "routes": [{"dst": "0.0.0.0/0"}],
+                         "ranges": [[{"subnet": "10.88.0.0/24", "gateway": "10.88.0.1"}]]}},
+               {"type": "portmap", "capabilities": {"portMappings": True}},
+               {"type": "firewall"}, {"type": "tuning"}]
+    directory.mkdir()
+    (directory / f"{name}.conflist").write_text(json.dumps({"cniVersion": "0.4.0", "name": name,
+                                                            "plugins": plugins}, indent=2))
+
+
+@pytest.fixture
+def podman_in_netns(podman, netns, tmp_path) -> Podman:
+    """Podman run inside the test's own network namespace, with a CNI network of the test's
+    own: its bridge, the containers' veths and portmap's iptables rules are made there, and
+    that namespace is the "host" whose 127.0.0.1 a port is published on."""
+    for plugin in ("bridge", "portmap", "host-local", "firewall", "tuning"):
+        if not (CNI_PLUGINS / plugin).exists():
+            pytest.skip(f"needs the CNI plugin {CNI_PLUGINS / plugin} (Debian package containernetworking-plugins)")
+    need("iptables")
+    cni_network(tmp_path / "cni", NETWORK, tmp_path / "leases")
+    conf = tmp_path / "containers.conf"
+    conf.write_text(Path(podman.env["CONTAINERS_CONF"]).read_text() + textwrap.dedent(f"""\
+        [network]
+        network_backend = "cni"
+        network_config_dir = "{tmp_path / 'cni'}"
+        """))
+    return replace(podman, env={**podman.env, "CONTAINERS_CONF": str(conf)},
+                   prefix=("nsenter", f"--net=/run/netns/{netns}", "--"))
+
+
+# One HTTP GET with a 5 s timeout (busybox-static 1.35's `wget -T` crashes).
+GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+def get(in_ns, url: str) -> subprocess.CompletedProcess:
+    """GET `url` from the test's network namespace."""
+    return in_ns(sys.executable, "-c", GET, url)
+
+
+def fetch(in_ns, url: str) -> str:
+    """The page at `url`, asked for until the server answers (it starts after `podman run -d`
+    returns); at most 60 s."""
+    tries = []
+
+    def answered() -> bool:
+        tries.append(get(in_ns, url))
+        return tries[-1].returncode == 0
+    try:
+        wait_for(answered, timeout=60)
+    except AssertionError:
+        raise AssertionError(f"no answer from {url} in 60 s: {tries[-1].stderr}") from None
+    return tries[-1].stdout
+
+
+def serve_and_fetch(podman: Podman, in_ns) -> list[str]:
+    """Run the server with -p 127.0.0.1:HOST_PORT:80, fetch its page through the published
+    port; returns what `podman port` says and the page (with the container's id made neutral)."""
+    cid = podman("run", "-d", "--network", NETWORK, "-p", f"127.0.0.1:{HOST_PORT}:80", *RUN_OPTS, IMAGE,
+                 "sh", "-c", SERVER, check=True).stdout.strip()
+    try:
+        pid, sandbox = podman("inspect", "--format", "{{.State.Pid}} {{.NetworkSettings.SandboxKey}}", cid,
+                              check=True).stdout.split()
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(sandbox).st_ino, \
+            "the container's process is in the network namespace Podman made (config.json's path)"
+        ports = podman("port", cid, check=True).stdout.strip()
+        page = fetch(in_ns, f"http://127.0.0.1:{HOST_PORT}/")
+    finally:
+        podman("rm", "-f", "-t", "0", cid)
+    return [ports, page.replace(cid[:12], "<id>")]
+
+
+def test_podman_publishes_a_port_to_a_server_inside(podman_in_netns, in_ns, tmp_path):
+    """-p 127.0.0.1:8080:80 with Podman's own networking (CNI: bridge, veth, portmap's DNAT
+    of the host's loopback port): the page served inside comes back on the host's port, under
+    pykvm-runc as under runc, and the port is free again once the container is gone."""
+    runc = podman_in_netns.with_runtime(runtime_wrapper(tmp_path, tmp_path / "runc-state", need("runc")))
+    ours = serve_and_fetch(podman_in_netns, in_ns)
+    assert ours == ["80/tcp -> 127.0.0.1:8080", "served by <id> as PID 1\n"]
+    assert ours == serve_and_fetch(runc, in_ns)
+    r = get(in_ns, f"http://127.0.0.1:{HOST_PORT}/")
+    assert "Connection refused" in r.stderr, "nothing answers on the port once the container is gone"
+
+
+# What a container sees of itself, for runs that runc and pykvm-runc must see alike.
+PROBE = ("echo $$; id; cat /proc/1/cmdline; echo; grep -E '^(Cap|NoNewPrivs)' /proc/self/status; "
+         "ulimit -n; ulimit -u; umask; ls /dev; echo $PATH; pwd")
+
+
 def test_podman_sees_the_same_container_under_runc(podman, tmp_path):
     """The same podman run under runc and under pykvm-runc: the same view from inside."""
-    if not RUNC:
-        pytest.skip("needs runc (Debian package runc)")
-    probe = ("echo $$; id; cat /proc/1/cmdline; echo; grep -E '^(Cap|NoNewPrivs)' /proc/self/status; "
-             "ulimit -n; ulimit -u; umask; ls /dev; echo $PATH; pwd")
-    runc = podman.with_runtime(runtime_wrapper(tmp_path, tmp_path / "runc-state", RUNC))
-    ours, theirs = (p("run", "--rm", *RUN_OPTS, IMAGE, "sh", "-c", probe) for p in (podman, runc))
+    runc = podman.with_runtime(runtime_wrapper(tmp_path, tmp_path / "runc-state", need("runc")))
+    ours, theirs = (p("run", "--rm", *RUN_OPTS, IMAGE, "sh", "-c", PROBE) for p in (podman, runc))
     assert theirs.returncode == ours.returncode == 0, ours.stderr + theirs.stderr
     assert ours.stdout == theirs.stdout
 
@@ -213,6 +341,85 @@ def test_podman_sees_the_same_container_under_runc(podman, tmp_path):
 def parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rpartition(")")[2].split()[1])
+
+
+# --- rootless Podman -------------------------------------------------------------------
+
+NO_SUBIDS = "pykvm-no-subids"           # a user name that /etc/subuid and /etc/subgid do not list
+
+
+def has_subids(user: str) -> bool:
+    """Do /etc/subuid and /etc/subgid both give `user` a range (subuid(5): name:first:count)?"""
+    def listed(path: str) -> bool:
+        try:
+            return any(line.split(":")[0] == user for line in Path(path).read_text().splitlines())
+        except FileNotFoundError:
+            return False
+    return listed("/etc/subuid") and listed("/etc/subgid")
+
+
+@pytest.fixture(params=["single", "ranges"])
+def rootless_podman(request, public_dir, nobody_pythonpath, image_archive):
+    """Podman as uid 65534 (nobody), its runtime a copy of pykvm-runc that user can read.
+
+    Podman looks $USER up in /etc/subuid and /etc/subgid.  "single": a name with no range,
+    so Podman maps the user alone (0 inside is 65534 outside, and its user namespace denies
+    setgroups(2)).  "ranges": nobody's ranges, written by newuidmap and newgidmap.  Either way
+    the runtime runs as root of that user namespace, and cgroups v1 are not delegated to an
+    ordinary user: Podman leaves cgroupsPath out and the runtime goes on without a cgroup."""
+    need("podman")
+    need("conmon")
+    if problem := rootless_problem():
+        pytest.skip(problem)
+    python = nobody_interpreter()
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that uid {NOBODY} may run")
+    if request.param == "ranges":
+        if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+            pytest.skip("needs newuidmap and newgidmap (Debian package uidmap; .ci/packages installs it)")
+        if not has_subids("nobody"):
+            pytest.skip("nobody has no range in /etc/subuid and /etc/subgid: add `nobody:200000:65536` "
+                        "to both (subuid(5)) to run rootless Podman with ranges")
+    elif has_subids(NO_SUBIDS):
+        pytest.skip(f"/etc/subuid lists {NO_SUBIDS}: no user is left to show the single mapping")
+    home = public_dir / "home"
+    home.mkdir()
+    conf = podman_config(home)
+    archive = public_dir / "busybox.tar"
+    shutil.copyfile(image_archive, archive)
+    archive.chmod(0o644)
+    runtime = runtime_wrapper(public_dir, home / "state", name="pykvm-runc",
+                              program=f"/usr/bin/env PYTHONPATH={nobody_pythonpath} {python} -P -m pykvm.commands.runc")
+    for path in (home, *home.iterdir()):
+        os.chown(path, NOBODY, NOBODY)
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+           "USER": "nobody" if request.param == "ranges" else NO_SUBIDS,
+           "CONTAINERS_CONF": conf["CONTAINERS_CONF"], "CONTAINERS_STORAGE_CONF": conf["CONTAINERS_STORAGE_CONF"]}
+    podman = Podman(env, runtime, prefix=("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"),
+                    cwd=home)
+    try:
+        podman("load", "-i", archive, check=True, timeout=120)
+        yield podman
+    finally:
+        podman("rm", "-af", "-t", "0")
+        pause = home / "tmp" / "pause.pid"        # the process that keeps Podman's user namespace
+        if pause.exists():
+            os.kill(int(pause.read_text()), signal.SIGKILL)
+
+
+def test_rootless_podman_runs_pykvm_runc_as_it_runs_runc(rootless_podman, request):
+    """`podman run --rm busybox echo hi` as an ordinary user, then the probe under both
+    runtimes: the same view from inside, and the user namespace the mapping asked for."""
+    r = rootless_podman("run", "--rm", *RUN_OPTS, IMAGE, "echo", "hi")
+    assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+    home = rootless_podman.cwd
+    runc = rootless_podman.with_runtime(runtime_wrapper(home.parent, home / "runc-state", need("runc")))
+    probe = PROBE + "; echo $(wc -l </proc/self/uid_map) $(cat /proc/self/setgroups)"
+    ours, theirs = (p("run", "--rm", *RUN_OPTS, IMAGE, "sh", "-c", probe) for p in (rootless_podman, runc))
+    assert theirs.returncode == ours.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout
+    mapping = request.node.callspec.params["rootless_podman"]
+    assert ours.stdout.splitlines()[-1] == {"single": "1 deny", "ranges": "2 allow"}[mapping]
 
 
 # --- containerd ------------------------------------------------------------------------
