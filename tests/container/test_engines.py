@@ -21,7 +21,8 @@ import pytest
 from clitools import wait_for
 from engine_fixtures import podman_config
 from image_fixtures import bundled_context, run_pykvm
-from rootless_fixtures import NOBODY, nobody_interpreter, nobody_pythonpath, public_dir, rootless_problem  # noqa: F401
+from rootless_fixtures import (NOBODY, nobody_interpreter, nobody_pythonpath, public_dir,  # noqa: F401  (fixtures)
+                               rootless_problem)
 
 pytestmark = pytest.mark.root
 
@@ -259,7 +260,8 @@ def podman_in_netns(podman, netns, tmp_path) -> Podman:
     that namespace is the "host" whose 127.0.0.1 a port is published on."""
     for plugin in ("bridge", "portmap", "host-local", "firewall", "tuning"):
         if not (CNI_PLUGINS / plugin).exists():
-            pytest.skip(f"needs the CNI plugin {CNI_PLUGINS / plugin} (Debian package containernetworking-plugins)")
+            pytest.skip(f"needs the CNI plugin {CNI_PLUGINS / plugin} "
+                        f"(Debian package containernetworking-plugins)")
     need("iptables")
     cni_network(tmp_path / "cni", NETWORK, tmp_path / "leases")
     conf = tmp_path / "containers.conf"
@@ -273,7 +275,8 @@ def podman_in_netns(podman, netns, tmp_path) -> Podman:
 
 
 # One HTTP GET with a 5 s timeout (busybox-static 1.35's `wget -T` crashes).
-GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+GET = ("import sys, urllib.request; "
+       "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
 
 
 def get(in_ns, url: str) -> subprocess.CompletedProcess:
@@ -388,15 +391,15 @@ def rootless_podman(request, public_dir, nobody_pythonpath, image_archive):
     archive = public_dir / "busybox.tar"
     shutil.copyfile(image_archive, archive)
     archive.chmod(0o644)
-    runtime = runtime_wrapper(public_dir, home / "state", name="pykvm-runc",
-                              program=f"/usr/bin/env PYTHONPATH={nobody_pythonpath} {python} -P -m pykvm.commands.runc")
+    program = f"/usr/bin/env PYTHONPATH={nobody_pythonpath} {python} -P -m pykvm.commands.runc"
+    runtime = runtime_wrapper(public_dir, home / "state", program, name="pykvm-runc")
     for path in (home, *home.iterdir()):
         os.chown(path, NOBODY, NOBODY)
     env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
            "USER": "nobody" if request.param == "ranges" else NO_SUBIDS,
-           "CONTAINERS_CONF": conf["CONTAINERS_CONF"], "CONTAINERS_STORAGE_CONF": conf["CONTAINERS_STORAGE_CONF"]}
-    podman = Podman(env, runtime, prefix=("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"),
-                    cwd=home)
+           **{name: conf[name] for name in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")}}
+    as_nobody = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+    podman = Podman(env, runtime, prefix=as_nobody, cwd=home)
     try:
         podman("load", "-i", archive, check=True, timeout=120)
         yield podman

@@ -351,7 +351,8 @@ def test_in_user_namespace_tells_the_initial_one_from_another():
     """uid_map "0 0 4294967295" is the initial user namespace; `unshare --map-root-user`
     makes another, where a process is root too but rootless as far as cgroups go."""
     from pykvm.container.runtime.namespaces import in_user_namespace
-    probe = [sys.executable, "-c", "from pykvm.container.runtime.namespaces import in_user_namespace as f; print(f())"]
+    probe = [sys.executable, "-c",
+             "from pykvm.container.runtime.namespaces import in_user_namespace as f; print(f())"]
     r = subprocess.run(["unshare", "--user", "--map-root-user", *probe], capture_output=True, text=True,
                        timeout=60)
     if r.returncode != 0 and "unshare failed" in r.stderr:
