@@ -25,6 +25,7 @@ import signal
 from dataclasses import replace
 
 from pykvm.container.runtime import capabilities as caps
+from pykvm.container.runtime import namespaces as ns
 from pykvm.container.runtime.config import RunConfig
 from pykvm.container.runtime.process import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP_FAILED,
                                              EventPipe, ExecFailed, close_other_fds)
@@ -113,15 +114,12 @@ def drop_privileges(cfg: RunConfig) -> None:
 
 
 def _may_setgroups(cfg: RunConfig) -> bool:
-    """setgroups(2) is refused for good where /proc/self/setgroups says "deny": a user
-    namespace whose gid_map was written without privilege (user_namespaces(7)), pykvm's own
-    rootless one or the one rootless Podman runs its runtime in.  runc reads the same file
-    and then leaves the groups as they are."""
-    try:
-        with open("/proc/self/setgroups") as f:
-            return f.read().strip() == "allow"
-    except OSError:
-        return "user" not in cfg.namespaces
+    """setgroups(2) is refused for good in a user namespace that denies it: pykvm's own
+    rootless one, or the one rootless Podman runs its runtime in.  runc reads the same
+    file and then leaves the groups as they are.  Where /proc/self cannot tell, a user
+    namespace of the container's may deny it."""
+    denied = ns.setgroups_denied()
+    return "user" not in cfg.namespaces if denied is None else not denied
 
 
 def become_container_process(cfg: RunConfig) -> None:

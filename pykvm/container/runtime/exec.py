@@ -344,6 +344,7 @@ class _Exec:
 
     def _enter(self, spaces: list[tuple[str, int]]) -> None:
         """setns(2) into each, in namespaces.ORDER; then stand at the container's "/"."""
+        denied = ns.setgroups_denied()              # asked now: inside, /proc/self is not ours
         for kind, fd in spaces:
             try:
                 ns.setns(fd, kind)
@@ -351,7 +352,7 @@ class _Exec:
                 raise ContainerError(f"cannot join container {self.state.id}'s {kind} namespace: "
                                      f"{os.strerror(e.errno)}") from None
             os.close(fd)
-        if "user" in dict(spaces):
+        if "user" in dict(spaces) or denied:
             self.cfg = replace(self.cfg, namespaces={"user": "joined"})   # setgroups may be denied
         os.chdir("/")
 

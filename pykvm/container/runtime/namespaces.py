@@ -28,7 +28,8 @@ from pykvm.errors import ConfigError
 
 __all__ = ["CLONE_FLAGS", "ORDER", "PROC_NAMES", "IdMap", "flags_for", "unshare", "setns", "open_other",
            "write_id_maps", "loopback_up", "check_hostname", "HOST_NAME_MAX", "namespace_id",
-           "in_pid_namespace", "owned_by", "in_user_namespace"]
+           "in_pid_namespace", "owned_by", "in_user_namespace",
+           "setgroups_denied"]
 
 # OCI namespace type -> clone(2) flag (runtime-spec config-linux.md "Namespaces").
 CLONE_FLAGS = {
@@ -167,6 +168,18 @@ def in_user_namespace() -> bool:
             return f.read().split() != ["0", "0", "4294967295"]
     except FileNotFoundError:                   # a kernel without user namespaces
         return False
+
+
+def setgroups_denied() -> bool | None:
+    """Does this process's user namespace deny setgroups(2)?  It does when its gid_map was
+    written without privilege (/proc/self/setgroups says "deny", user_namespaces(7)).  None
+    where /proc/self cannot tell: in a mount namespace whose /proc is another PID
+    namespace's, where a process that only joined the container's namespaces is not."""
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return None
 
 
 def write_id_maps(pid: int | str, uid_maps: list[IdMap], gid_maps: list[IdMap]) -> None:
