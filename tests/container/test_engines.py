@@ -425,6 +425,22 @@ def test_rootless_podman_runs_pykvm_runc_as_it_runs_runc(rootless_podman, reques
     assert ours.stdout.splitlines()[-1] == {"single": "1 deny", "ranges": "2 allow"}[mapping]
 
 
+def test_rootless_podman_exec(rootless_podman):
+    """podman exec as an ordinary user: the exec'd process's output and exit status, under
+    pykvm-runc as under runc.  The process that joins the container's namespaces cannot read
+    /proc/self there (that /proc is another PID namespace's), so whether setgroups(2) is
+    denied is asked before it joins."""
+    home = rootless_podman.cwd
+    runc = rootless_podman.with_runtime(runtime_wrapper(home.parent, home / "runc-state", need("runc")))
+    for podman in (rootless_podman, runc):
+        cid = podman("run", "-d", *RUN_OPTS, IMAGE, "sleep", "100", check=True).stdout.strip()
+        try:
+            r = podman("exec", cid, "sh", "-c", "echo in; id -u; cat /proc/1/comm; exit 5")
+            assert (r.returncode, r.stdout) == (5, "in\n0\nsleep\n"), f"{podman.runtime.name}: {r.stderr}"
+        finally:
+            podman("rm", "-f", "-t", "0", cid)
+
+
 # --- containerd ------------------------------------------------------------------------
 
 @dataclass
