@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from clitools import wait_for
+from fd_passing import pipe_holding, run_with_fds
 
 pytestmark = pytest.mark.root
 
@@ -190,3 +191,95 @@ def cgroup_values(pid: int, files: list[str]) -> dict[str, str]:
         target = paths[controller] / file
         out[name] = target.read_text().strip() if target.exists() else None
     return out
+
+
+# --- --preserve-fds ------------------------------------------------------------------
+
+# What the container's process sees of its fds: their numbers (the last is ls's own
+# directory), then what it reads from the two it was given.
+FD_PROBE = "ls /proc/self/fd | tr '\\n' ' '; echo; cat <&3; cat <&4"
+
+
+def with_fds(argv: list, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run argv with fd 3 the read end of a pipe holding a line and fd 4 a file, as an engine
+    hands --preserve-fds 2; stdin /dev/null (runc copies its stdin into the container),
+    stdout and stderr to files (the container may hold them on)."""
+    (tmp_path / "fd4").write_text("from fd 4\n")
+    fds = [pipe_holding("from fd 3\n"), os.open(tmp_path / "fd4", os.O_RDONLY)]
+    out, err = tmp_path / f"{os.getpid()}.out", tmp_path / f"{os.getpid()}.err"
+    try:
+        with open(out, "w") as o, open(err, "w") as e:
+            result = run_with_fds(argv, fds, stdin=subprocess.DEVNULL, stdout=o, stderr=e, timeout=60)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    result.stdout, result.stderr = out.read_text(), err.read_text()
+    return result
+
+
+@pytest.fixture
+def runtimes():
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+    return (("pykvm-runc", str(PYKVM_RUNC)), ("runc", RUNC))
+
+
+def test_preserve_fds_on_run_as_runc(runtimes, runc_bundle, tmp_path):
+    """run --preserve-fds 2: the caller's fds 3 and 4 are the process's 3 and 4, and no
+    fd of the runtime's own is there beside them."""
+    set_process(runc_bundle, ["sh", "-c", FD_PROBE])
+    seen = {}
+    for name, program in runtimes:
+        r = with_fds([program, "--root", tmp_path / name, "run", "--preserve-fds", "2",
+                      "--bundle", runc_bundle, f"fds-{os.getpid()}"], tmp_path)
+        assert r.returncode == 0, (name, r.stderr)
+        seen[name] = r.stdout
+    assert seen["pykvm-runc"] == seen["runc"]
+    assert seen["runc"] == "0 1 2 3 4 5 \nfrom fd 3\nfrom fd 4\n"
+
+
+def test_preserve_fds_on_create_and_exec_as_runc(runtimes, runc_bundle, tmp_path):
+    """create --preserve-fds 2 (the fds travel to the process that waits for `start`), and
+    exec --preserve-fds 2 into the running container."""
+    set_process(runc_bundle, ["sh", "-c", f"{FD_PROBE}; exec sleep 100"])
+    cid = f"fds-{os.getpid()}"
+    seen = {}
+    for name, program in runtimes:
+        call = Runtime(program, tmp_path / name)
+        r = with_fds([program, "--root", call.root, "create", "--preserve-fds", "2", "--bundle",
+                      runc_bundle, cid], tmp_path / name)
+        assert r.returncode == 0, (name, r.stderr)
+        created_out = tmp_path / name / f"{os.getpid()}.out"
+        try:
+            call("start", cid, check=True)
+            wait_for(lambda: "from fd 4" in created_out.read_text(), timeout=30)
+            ran = with_fds([program, "--root", call.root, "exec", "--preserve-fds", "2", cid,
+                            "sh", "-c", FD_PROBE], tmp_path / name)
+            seen[name] = (created_out.read_text(), ran.returncode, ran.stdout)
+        finally:
+            call("delete", "--force", cid)
+    assert seen["pykvm-runc"] == seen["runc"]
+    assert seen["runc"][0] == "0 1 2 3 4 5 \nfrom fd 3\nfrom fd 4\n"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("abc", 'invalid value "abc" for flag -preserve-fds: parse error'),
+    ("-1", 'invalid value "-1" for flag -preserve-fds: want 0 or more fds'),
+    ("3", "unable to stat preserved-fd 2 (of 3): fd 5 is not open"),
+])
+def test_a_bad_preserve_fds_is_one_error_line(runc_bundle, tmp_path, value, message):
+    """Checked before anything of the runtime's own is opened: runc 1.1 checks later, and
+    for a fd its caller did not open passes on one of its own."""
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+    for tail in (["run", "--preserve-fds", value, "--bundle", runc_bundle, "bad"],
+                 ["create", "--preserve-fds", value, "--bundle", runc_bundle, "bad"],
+                 ["exec", "--preserve-fds", value, "bad", "true"]):
+        log = tmp_path / "log.json"
+        r = with_fds([PYKVM_RUNC, "--root", tmp_path / "root", "--log", log, "--log-format", "json",
+                      *tail], tmp_path)
+        assert (r.returncode, r.stderr) == (1, message + "\n") or \
+            r.returncode == 1 and r.stderr.startswith(message) and r.stderr.count("\n") == 1, (tail, r.stderr)
+        assert json.loads(log.read_text().splitlines()[-1])["msg"] == r.stderr.strip()
+    assert not (tmp_path / "root").exists(), "nothing was made before the check"
+

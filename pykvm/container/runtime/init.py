@@ -62,7 +62,7 @@ def run_init(container: Container, pipe: EventPipe, stdio: dict) -> int:
     if not container.hand_over:                          # an engine's subreaper adopts us instead
         prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)      # monitor gone -> container gone
     close_other_fds({pipe.events_w, pipe.ack_r, container.exit_fd, *container.join_fds,
-                     *container.console_fds()})
+                     *container.console_fds()}, preserved=cfg.preserve_fds)
     prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
     os.umask(DEFAULT_UMASK)                              # not the caller's: /dev and mount targets
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
