@@ -5,7 +5,7 @@ command line (runc 1.1's `runc --help`, and what the engines send it).
     ctr run --runc-binary /path/to/pykvm-runc ...      (containerd-shim calls it, via go-runc)
 
     pykvm-runc [--root DIR] [--log FILE] [--log-format text|json] [--debug] COMMAND ...
-      create --bundle DIR --pid-file FILE [--console-socket SOCK] [--preserve-fds N] ID
+      create --bundle DIR --pid-file FILE [--console-socket SOCK] [--preserve-fds N] [--no-pivot] ID
       start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID
       exec --process FILE [--detach] [--pid-file FILE] [--console-socket SOCK] [--tty]
            [--preserve-fds N] ID
@@ -252,7 +252,7 @@ def cmd_create(store, opts: dict, positional: list[str]) -> int:
         container = oci_create(cid, opts.get("bundle", "."), store,
                                console_socket=opts.get("console-socket"),
                                new_keyring=not opts.get("no-new-keyring"), hand_over=True,
-                               preserve_fds=opts.get("preserve-fds", 0))
+                               preserve_fds=opts.get("preserve-fds", 0), no_pivot=bool(opts.get("no-pivot")))
     except ConfigError as e:
         raise RuncError(str(e)) from None
     if opts.get("pid-file"):
@@ -490,7 +490,7 @@ def cmd_run(store, opts: dict, positional: list[str]) -> int:
         raise RuncError("run --detach is not supported by pykvm-runc: use create, then start")
     from pykvm.container.runtime.lifecycle import oci_run
     return oci_run(cid, opts.get("bundle", "."), store, new_keyring=not opts.get("no-new-keyring"),
-                   preserve_fds=opts.get("preserve-fds", 0)).exit_code
+                   preserve_fds=opts.get("preserve-fds", 0), no_pivot=bool(opts.get("no-pivot"))).exit_code
 
 
 def cmd_update(store, opts: dict, positional: list[str]) -> int:

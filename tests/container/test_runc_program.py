@@ -193,7 +193,7 @@ def cgroup_values(pid: int, files: list[str]) -> dict[str, str]:
     return out
 
 
-# --- --preserve-fds ------------------------------------------------------------------
+# --- --preserve-fds and --no-pivot ------------------------------------------------------
 
 # What the container's process sees of its fds: their numbers (the last is ls's own
 # directory), then what it reads from the two it was given.
@@ -283,3 +283,68 @@ def test_a_bad_preserve_fds_is_one_error_line(runc_bundle, tmp_path, value, mess
         assert json.loads(log.read_text().splitlines()[-1])["msg"] == r.stderr.strip()
     assert not (tmp_path / "root").exists(), "nothing was made before the check"
 
+
+# With CAP_SYS_ADMIN and CAP_SYS_CHROOT, nsenter into its own mount namespace sets the process's
+# root to that namespace's root (setns(2)): after a bare chroot(2) that is the host's "/", after
+# pivot_root or a move onto "/" it is the container's.
+ROOT_PROBE = ("ls / | tr '\\n' ' '; echo; nsenter -m/proc/self/ns/mnt ls / | tr '\\n' ' '; echo; "
+              "cut -d' ' -f5 /proc/self/mountinfo | sort | tr '\\n' ' '")
+
+
+def test_no_pivot_as_runc(runtimes, runc_bundle, tmp_path):
+    """run --no-pivot: the same "/" and the same mounts as under runc, and setns(2) into the
+    container's own mount namespace finds the container's root, not the host's."""
+    set_process(runc_bundle, ["sh", "-c", ROOT_PROBE])
+    spec = json.loads((runc_bundle / "config.json").read_text())
+    for kind in ("bounding", "effective", "permitted"):
+        spec["process"]["capabilities"][kind] += ["CAP_SYS_ADMIN", "CAP_SYS_CHROOT"]
+    (runc_bundle / "config.json").write_text(json.dumps(spec))
+    seen = {}
+    for name, program in runtimes:
+        r = subprocess.run([program, "--root", tmp_path / name, "run", "--no-pivot", "--bundle", runc_bundle,
+                            f"nopivot-{os.getpid()}"], stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, (name, r.stderr)
+        seen[name] = r.stdout.splitlines()
+    assert seen["pykvm-runc"] == seen["runc"]
+    listing, after_setns, mounts = seen["runc"]
+    assert listing.split() == after_setns.split() == sorted(os.listdir(runc_bundle / "rootfs"))
+    assert {"/", "/proc", "/dev", "/sys"} <= set(mounts.split())
+
+
+def test_no_pivot_takes_the_hosts_proc_and_sysfs_away(tmp_path):
+    """What stays of the host in a --no-pivot container's mount namespace has no whole
+    proc or sysfs left (rootfs.hide_host_views: the kernel would count them when the
+    container mounts its own); the container's /proc is kept."""
+    from pykvm.container.runtime import namespaces as ns
+    from pykvm.container.runtime import rootfs as fs
+    from pykvm.container.runtime.syscalls import mount
+    root = tmp_path / "root"
+    root.mkdir()
+    before = {m.mount_point for m in fs.read_mountinfo() if m.fstype in fs.HOST_VIEW_TYPES}
+    assert {"/proc", "/sys"} <= before, "the host has its proc and sysfs mounted"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            ns.unshare(ns.CLONE_FLAGS["mount"])
+            fs.make_private()
+            mount("tmpfs", str(root), "tmpfs", 0, None)
+            os.mkdir(root / "proc")
+            mount("proc", str(root / "proc"), "proc", 0, None)
+            fs.hide_host_views(str(root))
+            left = sorted(m.mount_point for m in fs.read_mountinfo(f"{root}/proc/self/mountinfo")
+                          if m.fstype in fs.HOST_VIEW_TYPES)
+            os.write(w, json.dumps(left).encode())
+            code = 0
+        except BaseException as e:                     # noqa: BLE001 - the test's report, not a crash
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        left = f.read()
+    assert os.waitpid(pid, 0)[1] == 0, left
+    assert json.loads(left) == [str(root / "proc")]
