@@ -5,7 +5,8 @@
  * point at it, otherwise it sits on a 16-byte boundary in the BIOS area
  * 0xE0000-0xFFFFF.  From it the XSDT (or, for ACPI 1.0, the RSDT) lists
  * the other tables; the MADT ("APIC") has one Processor Local APIC entry
- * per CPU.
+ * per CPU, and the FADT ("FACP", 5.2.9) names the PM1a control port that
+ * powers the machine off (power.c).
  */
 #include "defs.h"
 #include "pvh.h"
@@ -15,6 +16,7 @@
 #define MADT_LOCAL_APIC 0          /* interrupt controller structure type 0 */
 #define LAPIC_ENABLED        0x1   /* flags: the CPU is usable */
 #define LAPIC_ONLINE_CAPABLE 0x2   /* flags: it can be brought online */
+#define FADT_PM1A_CNT_BLK   64     /* u32: the PM1a control block's I/O port (0: none) */
 
 struct __attribute__((packed)) rsdp {
     char signature[8];             /* "RSD PTR " */
@@ -95,4 +97,17 @@ int acpi_cpu_apic_ids(const struct hvm_start_info *si, uint8_t *ids, int max)
         p += p[1];
     }
     return n;
+}
+
+/* The PM1a control block's port from the FADT; 0 where there is none: no ACPI tables
+ * (QEMU microvm with acpi=off), or a "hardware-reduced" FADT that leaves it 0. */
+uint16_t acpi_pm1a_control_port(const struct hvm_start_info *si)
+{
+    const struct rsdp *rsdp = find_rsdp(si);
+    const struct sdt_header *fadt = rsdp ? find_table(rsdp, "FACP") : NULL;
+    uint32_t port = 0;
+    if (!fadt || fadt->length < FADT_PM1A_CNT_BLK + sizeof(port))
+        return 0;
+    memcpy(&port, (const uint8_t *)fadt + FADT_PM1A_CNT_BLK, sizeof(port));
+    return port <= 0xffff ? port : 0;
 }

@@ -122,6 +122,7 @@ void lapic_eoi(void);
 void lapic_send_init(uint8_t apic_id);
 void lapic_send_startup(uint8_t apic_id, uint64_t page_address);
 int acpi_cpu_apic_ids(const struct hvm_start_info *si, uint8_t *ids, int max);
+uint16_t acpi_pm1a_control_port(const struct hvm_start_info *si);
 
 /* userbins.S: the user programs linked into the kernel image */
 struct userprog {
@@ -141,6 +142,7 @@ void syscall(struct trapframe *tf);
 void shell_run(const char *cmdline);
 
 /* power.c */
+void power_init(const struct hvm_start_info *si);
 void poweroff(void) __attribute__((noreturn));
 void reboot(void) __attribute__((noreturn));
 void debug_exit(uint8_t value) __attribute__((noreturn));

@@ -56,6 +56,7 @@ void kmain(const struct hvm_start_info *si)
     mm_init(si);        /* memory map, page allocator, own page tables  */
     pic_virtual_wire(); /* the PIC's output to the CPU: LAPIC LINT0     */
     smp_init(si);       /* the CPUs the ACPI MADT lists; the local APIC */
+    power_init(si);     /* the PM1a control port the ACPI FADT names    */
     proc_init();        /* this thread becomes process 0, the shell     */
     pit_init();         /* 100 Hz timer on IRQ 0                        */
     sti();

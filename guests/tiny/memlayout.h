@@ -37,7 +37,6 @@
 
 /* Debug and power ports, identical on QEMU -M pc and pykvm. */
 #define DEBUG_EXIT_PORT 0xf4      /* isa-debug-exit: write V -> exit status (V<<1)|1 */
-#define ACPI_PM1A_CNT   0x604     /* PIIX4 PM1a control block as QEMU's SeaBIOS sets it up */
 #define PM1_SLP_EN      0x2000    /* PM1 control bit 13: sleep enable (SLP_TYP 0 = S5, off) */
 #define I8042_CMD       0x64      /* keyboard controller command port */
 #define I8042_RESET     0xfe      /* pulse output line 0: the CPU reset line */

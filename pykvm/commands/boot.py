@@ -44,6 +44,9 @@ GUEST_IFNAME = "eth0"               # the interface ip= names, in the guest
                    "and 0x61 unanswered.")
 @click.option("--trace", is_flag=True,
               help="Print every VM exit on stderr, and a summary by reason for each vCPU.")
+@click.option("--exit-summary", "exit_summary", is_flag=True,
+              help="Count VM exits and print only --trace's summary at the end (as strace -c "
+                   "does for system calls): by reason, per vCPU, KVM's own count.")
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop the VM when its vCPU runs this long without a VM exit "
                    "(default: report on stderr and keep running).")
@@ -71,7 +74,8 @@ GUEST_IFNAME = "eth0"               # the interface ip= names, in the guest
               help="Ctrl-A s or SIGUSR2 pauses the VM and writes a snapshot here (then it runs on); "
                    "`pykvm restore DIR` resumes it.")
 def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, cpus, no_pit, trace,
-         stall_timeout, gdb, gdb_wait, disks, console, rng, virtio_notify, net, snapshot_dir):
+         exit_summary, stall_timeout, gdb, gdb_wait, disks, console, rng, virtio_notify, net,
+         snapshot_dir):
     """Boot GUEST (a bundled guest's name) or --kernel FILE, with the serial console on this terminal.
 
     Ctrl-A x quits (as under QEMU -nographic); Ctrl-A h lists the other keys.
@@ -110,7 +114,8 @@ def boot(guest, kernel, initrd, modules, mem, cmdline, kernel_format, devices, c
         config = MachineConfig(kernel=kernel, memory=memory, initrd=initrd, modules=module_specs,
                                cmdline=cmdline or "", cmdline_extra=ip_word,
                                kernel_format=kernel_format, devices=devices, cpus=cpus,
-                               pit=not no_pit, trace=trace, stall_timeout=stall_timeout, gdb=gdb,
+                               pit=not no_pit, trace=trace, exit_summary=exit_summary,
+                               stall_timeout=stall_timeout, gdb=gdb,
                                gdb_wait=gdb_wait, virtio=virtio, snapshot_dir=snapshot_dir)
         status = run_machine(config)
     raise SystemExit(status)
@@ -240,7 +245,7 @@ def run_machine(config) -> int:
                 try:
                     status = machine.run()
                 finally:
-                    if config.trace:
+                    if config.trace or config.exit_summary:
                         print_exit_summary(machine.exit_counts_by_vcpu, machine.virtio.summary(),
                                            [kvm_counters(vcpu) for vcpu in machine.vcpus])
     finally:
@@ -259,10 +264,10 @@ def kvm_counters(vcpu) -> dict[str, int]:
 
 
 def print_exit_summary(counts_by_vcpu, virtio_lines=(), kvm_by_vcpu=()) -> None:
-    """The --trace summary: for each vCPU, exits by reason, most frequent first (like
-    kvm_stat), and KVM's own count, which includes the exits KVM handled without returning
-    to pykvm (an ioeventfd write, ...); then the virtio devices' kicks, by MMIO exit and by
-    ioeventfd."""
+    """The summary of --trace and --exit-summary: for each vCPU, exits by reason, most
+    frequent first (like kvm_stat), and KVM's own count, which includes the exits KVM handled
+    without returning to pykvm (an ioeventfd write, ...); then the virtio devices' kicks, by
+    MMIO exit and by ioeventfd."""
     for vcpu_id, counts in enumerate(counts_by_vcpu):
         total = sum(counts.values())
         where = f"vCPU {vcpu_id}: " if len(counts_by_vcpu) > 1 else ""

@@ -5,9 +5,10 @@ command line (runc 1.1's `runc --help`, and what the engines send it).
     ctr run --runc-binary /path/to/pykvm-runc ...      (containerd-shim calls it, via go-runc)
 
     pykvm-runc [--root DIR] [--log FILE] [--log-format text|json] [--debug] COMMAND ...
-      create --bundle DIR --pid-file FILE [--console-socket SOCK] ID
+      create --bundle DIR --pid-file FILE [--console-socket SOCK] [--preserve-fds N] [--no-pivot] ID
       start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID
-      exec --process FILE [--detach] [--pid-file FILE] [--console-socket SOCK] [--tty] ID
+      exec --process FILE [--detach] [--pid-file FILE] [--console-socket SOCK] [--tty]
+           [--preserve-fds N] ID
       ps [--format table|json] ID | pause ID | resume ID | list | features | --version
 
 What an engine relies on besides the operations themselves:
@@ -174,6 +175,8 @@ def dispatch(opts: dict, rest: list[str]) -> int:
     if command not in COMMANDS:
         raise RuncError(f"No help topic for '{command}'")
     cmd_opts, positional = parse_args(args, COMMANDS[command])
+    if "preserve-fds" in cmd_opts:                  # before we open anything of our own
+        cmd_opts["preserve-fds"] = preserved_fd_count(cmd_opts["preserve-fds"])
     store = _store(opts.get("root"))
     return HANDLERS[command](store, cmd_opts, positional)
 
@@ -181,6 +184,30 @@ def dispatch(opts: dict, rest: list[str]) -> int:
 def _store(root: str | None):
     from pykvm.container.runtime.state import StateStore
     return StateStore(root) if root else StateStore()
+
+
+def preserved_fd_count(text: str) -> int:
+    """--preserve-fds N: a number >= 0, and the caller's fds 3 .. 3+N-1 all open.
+
+    Checked first thing, while every fd above 2 is still the caller's: were one of them
+    closed, a fd that the runtime opens itself could take its number and be handed to the
+    container (CVE-2024-21626 was such a leaked fd).  runc reads a negative N as 0; here it
+    is an error, as a typo more likely than a wish."""
+    from pykvm.container.runtime.process import preserved_fds
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise RuncError(f"invalid value \"{text}\" for flag -preserve-fds: parse error "
+                        f"(want a number of fds)")
+    count = int(text)
+    if count < 0:
+        raise RuncError(f"invalid value \"{text}\" for flag -preserve-fds: want 0 or more fds")
+    for index, fd in enumerate(preserved_fds(count)):
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            raise RuncError(f"unable to stat preserved-fd {index} (of {count}): fd {fd} is not "
+                            f"open ({e.strerror})") from None
+    return count
 
 
 def _one_id(positional: list[str], command: str) -> str:
@@ -217,8 +244,6 @@ def _cgroup(state):
 def cmd_create(store, opts: dict, positional: list[str]) -> int:
     """runtime.md "create": set up, write --pid-file, leave the process to the caller."""
     cid = _one_id(positional, "create")
-    if int(opts.get("preserve-fds", 0) or 0):
-        raise RuncError("--preserve-fds is not supported by pykvm-runc: the container gets only fds 0-2")
     from pykvm.container.runtime.lifecycle import oci_create
     from pykvm.errors import ConfigError
     if (store.dir(cid) / "state.json").is_file():
@@ -226,7 +251,8 @@ def cmd_create(store, opts: dict, positional: list[str]) -> int:
     try:
         container = oci_create(cid, opts.get("bundle", "."), store,
                                console_socket=opts.get("console-socket"),
-                               new_keyring=not opts.get("no-new-keyring"), hand_over=True)
+                               new_keyring=not opts.get("no-new-keyring"), hand_over=True,
+                               preserve_fds=opts.get("preserve-fds", 0), no_pivot=bool(opts.get("no-pivot")))
     except ConfigError as e:
         raise RuncError(str(e)) from None
     if opts.get("pid-file"):
@@ -401,6 +427,8 @@ def cmd_exec(store, opts: dict, positional: list[str]) -> int:
     if _status(store, state) != "running":
         raise RuncError("cannot exec in a stopped container" if _status(store, state) == "stopped"
                         else f"cannot exec in a {_status(store, state)} container")
+    from dataclasses import replace
+
     from pykvm.container.runtime.exec import exec_config, exec_process_spec, exec_program
     if opts.get("process"):
         cfg = exec_process_spec(state, _read_process(opts["process"]))
@@ -409,6 +437,7 @@ def cmd_exec(store, opts: dict, positional: list[str]) -> int:
                           user=opts.get("user"), tty=bool(opts.get("tty")))
     else:
         raise RuncError("exec args cannot be empty")
+    cfg = replace(cfg, preserve_fds=opts.get("preserve-fds", 0))
     pid_file = opts.get("pid-file")
     return exec_program(state, cfg, detach=bool(opts.get("detach")),
                         console_socket=opts.get("console-socket"),
@@ -460,8 +489,8 @@ def cmd_run(store, opts: dict, positional: list[str]) -> int:
     if opts.get("detach"):
         raise RuncError("run --detach is not supported by pykvm-runc: use create, then start")
     from pykvm.container.runtime.lifecycle import oci_run
-    return oci_run(cid, opts.get("bundle", "."), store,
-                   new_keyring=not opts.get("no-new-keyring")).exit_code
+    return oci_run(cid, opts.get("bundle", "."), store, new_keyring=not opts.get("no-new-keyring"),
+                   preserve_fds=opts.get("preserve-fds", 0), no_pivot=bool(opts.get("no-pivot"))).exit_code
 
 
 def cmd_update(store, opts: dict, positional: list[str]) -> int:

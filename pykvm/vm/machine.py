@@ -107,7 +107,8 @@ class MachineConfig:
     devices: tuple[str, ...] = ()    # optional devices: "pc-testdev" (QEMU's, for kvm-unit-tests)
     cpus: int = 1                    # vCPUs: vCPU 0 boots, the others wait for a SIPI
     pit: bool = True                 # the 8254 PIT (False: QEMU's -machine pit=off)
-    trace: bool = False
+    trace: bool = False              # print every VM exit on stderr (and count them)
+    exit_summary: bool = False       # count VM exits by reason, print none of them
     stall_timeout: float | None = None   # stop after this many seconds without a VM exit (watchdog.py)
     output: object = None            # callable(bytes) for guest serial output; default stdout
     gdb: str | None = None           # [HOST:]PORT for the gdb stub (pykvm.vm.gdb); None: no stub
@@ -442,7 +443,7 @@ class Machine:
             if self.gdb is not None:
                 self.gdb.vcpu_started(vcpu)                  # --gdb-wait: until gdb continues
             watchdog.start()
-            self._run_loop(vcpu, self.config.trace, watchdog)
+            self._run_loop(vcpu, watchdog)
         except BaseException as error:      # any error: stop the whole VM, let run() raise it
             self._fail(error)
         finally:
@@ -451,15 +452,18 @@ class Machine:
                 del self._threads[vcpu.id]
             self._finished[vcpu.id].set()
 
-    def _run_loop(self, vcpu, trace: bool, watchdog: Watchdog) -> None:
+    def _run_loop(self, vcpu, watchdog: Watchdog) -> None:
         vcpu_run, pio, mmio = vcpu.run, self.pio, self.mmio
         counts = self.exit_counts_by_vcpu[vcpu.id]
+        trace = self.config.trace
+        counting = trace or self.config.exit_summary    # without either: one test per exit
         while self.exit_status is None:
             vm_exit = vcpu_run()
             watchdog.exits += 1
-            if trace:
+            if counting:
                 counts[vm_exit.reason] += 1
-                _trace(vcpu.id, vm_exit)
+                if trace:
+                    _trace(vcpu.id, vm_exit)
             match vm_exit:
                 case IoOut(port=port, size=size, value=value):
                     if vm_exit.count == 1:
@@ -518,7 +522,7 @@ class Machine:
 
     @property
     def exit_counts(self) -> Counter[str]:
-        """VM exits by reason, all vCPUs together (counted with --trace)."""
+        """VM exits by reason, all vCPUs together (counted with --trace or --exit-summary)."""
         return sum(self.exit_counts_by_vcpu, Counter())
 
     def _stopped_because(self, vcpu, reason: str) -> str:

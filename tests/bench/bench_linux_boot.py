@@ -26,9 +26,11 @@ Per run, from the VMM's start:
 Printed as min / median / max over the runs, and the ratio pykvm / QEMU of the
 medians (goals: <= 1.0x on ttyS0, <= 0.8x on virtio).  Then VM exits per boot,
 as KVM counts them (KVM_GET_STATS_FD, "exits": also those KVM handles itself):
-one more run each, pykvm with --trace (its summary prints KVM's count at the
-end), QEMU asked over QMP (query-stats) once the prompt is there, before
-poweroff, so QEMU's count leaves out the few exits of powering off.
+one more run each, pykvm with --exit-summary (the summary --trace ends with, by
+reason and with KVM's count, without --trace's line per exit, which would be
+most of the run), QEMU asked over QMP (query-stats) once the prompt is there,
+before poweroff, so QEMU's count leaves out the few exits of powering off.
+For pykvm the exits that reached it (its own count, by reason) follow.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ CMDLINES = {"ttyS0": f"console=ttyS0 earlyprintk=serial {QUIET}",
             "virtio": f"console=hvc0 {QUIET}"}
 GOALS = {"ttyS0": 1.0, "virtio": 0.8}
 PYKVM_COUNTED = re.compile(rb"KVM counted (\d+) exits in all")
+PYKVM_REASON = re.compile(rb"^  ([A-Z_]+) +(\d+) +[\d.]+%", re.MULTILINE)   # the summary's lines
 
 
 def pykvm_cmd(kernel: Path, initrd: Path, mem: str, console: str) -> list[str]:
@@ -97,10 +100,13 @@ def one_run(argv: list[str], console: str, at_prompt=None) -> tuple[float, float
 
 
 def pykvm_exits(kernel: Path, initrd: Path, mem: str, console: str) -> int:
-    *_, output = one_run(pykvm_cmd(kernel, initrd, mem, console) + ["--trace"], console)
+    *_, output = one_run(pykvm_cmd(kernel, initrd, mem, console) + ["--exit-summary"], console)
     found = PYKVM_COUNTED.search(output)
     if not found:
-        raise SystemExit("pykvm --trace printed no KVM exit count (KVM_GET_STATS_FD)")
+        raise SystemExit("pykvm --exit-summary printed no KVM exit count (KVM_GET_STATS_FD)")
+    reasons = PYKVM_REASON.findall(output)
+    print("pykvm: the exits that reached pykvm, by reason: "
+          + ", ".join(f"{reason.decode()} {n.decode()}" for reason, n in reasons))
     return int(found.group(1))
 
 

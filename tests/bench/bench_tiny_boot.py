@@ -7,8 +7,8 @@ spawn to exit.  Same ELF, same command line, same memory size.  Two QEMU
 machines: `-M microvm` (no firmware: qboot jumps to the PVH entry, the fair
 peer for a VMM that has no BIOS either) and `-M pc` (SeaBIOS first, which on
 PVM-backed KVM costs seconds).  microvm has no ACPI PM block, so tiny's
-poweroff leaves it through isa-debug-exit with status 1; pykvm and -M pc end
-with 0.  Prints min/median/max per VMM and the ratio of medians (goal: pykvm
+poweroff leaves it at once through isa-debug-exit with status 1; pykvm and
+-M pc end with 0.  The VMMs' runs are interleaved.  Prints min/median/max per VMM and the ratio of medians (goal: pykvm
 <= 0.5x QEMU -M microvm; the -M pc ratio mostly measures SeaBIOS).
 
     .venv/bin/python tests/bench/bench_tiny_boot.py [--runs 10] [--cmdline 'run=info;poweroff'] [--tcg]
@@ -40,9 +40,16 @@ def time_boot(argv: list[str], status: int = 0) -> float:
     return elapsed
 
 
-def measure(argv: list[str], runs: int, status: int = 0) -> list[float]:
-    time_boot(argv, status)                # warm-up: page cache, Python bytecode
-    return [time_boot(argv, status) for _ in range(runs)]
+def measure(vmms: dict[str, list[str]], runs: int, status: dict[str, int]) -> dict[str, list[float]]:
+    """Interleaved: run r of every VMM before run r+1 of any, so a change in the machine's
+    load falls on all of them alike."""
+    for name, argv in vmms.items():
+        time_boot(argv, status.get(name, 0))        # warm-up: page cache, Python bytecode
+    times: dict[str, list[float]] = {name: [] for name in vmms}
+    for _ in range(runs):
+        for name, argv in vmms.items():
+            times[name].append(time_boot(argv, status.get(name, 0)))
+    return times
 
 
 def main() -> None:
@@ -68,8 +75,7 @@ def main() -> None:
     print(f"tiny boot to poweroff, cmdline {args.cmdline!r}, {args.runs} runs each, seconds")
     print(f"{'vmm':<20} {'min':>7} {'median':>7} {'max':>7}")
     medians = {}
-    for name, argv in {**candidates, **peers}.items():
-        times = measure(argv, args.runs, status.get(name, 0))
+    for name, times in measure({**candidates, **peers}, args.runs, status).items():
         medians[name] = statistics.median(times)
         print(f"{name:<20} {min(times):7.3f} {medians[name]:7.3f} {max(times):7.3f}")
     for peer in peers if "pykvm boot" in medians else ():

@@ -4,7 +4,7 @@
 KVM keeps its own counters per vCPU (KVM_GET_STATS_FD, api.rst 4.133): `exits`
 counts every exit, also those KVM handles without returning to the VMM (an
 ioeventfd write, a HLT); `mmio_exits` those that went to user space as MMIO.
-pykvm prints them at the end of `--trace`; QEMU answers QMP `query-stats`.
+pykvm prints them with `--exit-summary`; QEMU answers QMP `query-stats`.
 Same counters, same kernel, so the numbers sit side by side.
 
 The tiny kernel with one virtio-blk disk runs K `dwrite` + `dread` pairs (each
@@ -49,8 +49,8 @@ def script(pairs: int, end: str) -> str:
 
 
 def pykvm_counters(argv: list[str]) -> dict[str, int]:
-    proc = subprocess.run(argv + ["--trace"], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=tinyvm.TIMEOUT_S)
+    proc = subprocess.run(argv + ["--exit-summary"], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=tinyvm.TIMEOUT_S)
     found = PYKVM_COUNTED.search(proc.stderr)
     if proc.returncode != 0 or not found:
         raise SystemExit(f"pykvm: status {proc.returncode}; {proc.stderr[-500:]}")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from clitools import wait_for
 from engine_fixtures import podman_config
+from fd_passing import pipe_holding, run_with_fds
 from image_fixtures import bundled_context, run_pykvm
 from rootless_fixtures import (NOBODY, nobody_interpreter, nobody_pythonpath, public_dir,  # noqa: F401  (fixtures)
                                rootless_problem)
@@ -339,6 +340,28 @@ def test_podman_sees_the_same_container_under_runc(podman, tmp_path):
     ours, theirs = (p("run", "--rm", *RUN_OPTS, IMAGE, "sh", "-c", PROBE) for p in (podman, runc))
     assert theirs.returncode == ours.returncode == 0, ours.stderr + theirs.stderr
     assert ours.stdout == theirs.stdout
+
+
+def test_podman_preserve_fds_as_under_runc(podman, tmp_path):
+    """podman run --preserve-fds 1: conmon passes its fd 3 on to `create --preserve-fds 1`,
+    and the container reads the pipe the test gave Podman as fd 3."""
+    if not RUNC:
+        pytest.skip("needs runc (Debian package runc)")
+    runc = podman.with_runtime(runtime_wrapper(tmp_path, tmp_path / "runc-state", RUNC))
+    probe = "ls /proc/self/fd | tr '\\n' ' '; echo; cat <&3"
+    seen = {}
+    for name, p in (("pykvm-runc", podman), ("runc", runc)):
+        fd = pipe_holding(f"through podman to {name}\n")
+        try:
+            r = run_with_fds(["podman", "--runtime", p.runtime, "run", "--rm", "--preserve-fds", "1",
+                              *RUN_OPTS, IMAGE, "sh", "-c", probe], [fd], env=p.env, capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL, timeout=90)
+        finally:
+            os.close(fd)
+        assert r.returncode == 0, (name, r.stderr)
+        seen[name] = r.stdout.replace(name, "RUNTIME")
+    assert seen["pykvm-runc"] == seen["runc"]
+    assert seen["runc"].splitlines()[1] == "through podman to RUNTIME"
 
 
 def parent_of(pid: int) -> int:

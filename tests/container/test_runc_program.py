@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from clitools import wait_for
+from fd_passing import pipe_holding, run_with_fds
 
 pytestmark = pytest.mark.root
 
@@ -190,3 +191,160 @@ def cgroup_values(pid: int, files: list[str]) -> dict[str, str]:
         target = paths[controller] / file
         out[name] = target.read_text().strip() if target.exists() else None
     return out
+
+
+# --- --preserve-fds and --no-pivot ------------------------------------------------------
+
+# What the container's process sees of its fds: their numbers (the last is ls's own
+# directory), then what it reads from the two it was given.
+FD_PROBE = "ls /proc/self/fd | tr '\\n' ' '; echo; cat <&3; cat <&4"
+
+
+def with_fds(argv: list, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run argv with fd 3 the read end of a pipe holding a line and fd 4 a file, as an engine
+    hands --preserve-fds 2; stdin /dev/null (runc copies its stdin into the container),
+    stdout and stderr to files (the container may hold them on)."""
+    (tmp_path / "fd4").write_text("from fd 4\n")
+    fds = [pipe_holding("from fd 3\n"), os.open(tmp_path / "fd4", os.O_RDONLY)]
+    out, err = tmp_path / f"{os.getpid()}.out", tmp_path / f"{os.getpid()}.err"
+    try:
+        with open(out, "w") as o, open(err, "w") as e:
+            result = run_with_fds(argv, fds, stdin=subprocess.DEVNULL, stdout=o, stderr=e, timeout=60)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    result.stdout, result.stderr = out.read_text(), err.read_text()
+    return result
+
+
+@pytest.fixture
+def runtimes():
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+    return (("pykvm-runc", str(PYKVM_RUNC)), ("runc", RUNC))
+
+
+def test_preserve_fds_on_run_as_runc(runtimes, runc_bundle, tmp_path):
+    """run --preserve-fds 2: the caller's fds 3 and 4 are the process's 3 and 4, and no
+    fd of the runtime's own is there beside them."""
+    set_process(runc_bundle, ["sh", "-c", FD_PROBE])
+    seen = {}
+    for name, program in runtimes:
+        r = with_fds([program, "--root", tmp_path / name, "run", "--preserve-fds", "2",
+                      "--bundle", runc_bundle, f"fds-{os.getpid()}"], tmp_path)
+        assert r.returncode == 0, (name, r.stderr)
+        seen[name] = r.stdout
+    assert seen["pykvm-runc"] == seen["runc"]
+    assert seen["runc"] == "0 1 2 3 4 5 \nfrom fd 3\nfrom fd 4\n"
+
+
+def test_preserve_fds_on_create_and_exec_as_runc(runtimes, runc_bundle, tmp_path):
+    """create --preserve-fds 2 (the fds travel to the process that waits for `start`), and
+    exec --preserve-fds 2 into the running container."""
+    set_process(runc_bundle, ["sh", "-c", f"{FD_PROBE}; exec sleep 100"])
+    cid = f"fds-{os.getpid()}"
+    seen = {}
+    for name, program in runtimes:
+        call = Runtime(program, tmp_path / name)
+        r = with_fds([program, "--root", call.root, "create", "--preserve-fds", "2", "--bundle",
+                      runc_bundle, cid], tmp_path / name)
+        assert r.returncode == 0, (name, r.stderr)
+        created_out = tmp_path / name / f"{os.getpid()}.out"
+        try:
+            call("start", cid, check=True)
+            wait_for(lambda: "from fd 4" in created_out.read_text(), timeout=30)
+            ran = with_fds([program, "--root", call.root, "exec", "--preserve-fds", "2", cid,
+                            "sh", "-c", FD_PROBE], tmp_path / name)
+            seen[name] = (created_out.read_text(), ran.returncode, ran.stdout)
+        finally:
+            call("delete", "--force", cid)
+    assert seen["pykvm-runc"] == seen["runc"]
+    assert seen["runc"][0] == "0 1 2 3 4 5 \nfrom fd 3\nfrom fd 4\n"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("abc", 'invalid value "abc" for flag -preserve-fds: parse error'),
+    ("-1", 'invalid value "-1" for flag -preserve-fds: want 0 or more fds'),
+    ("3", "unable to stat preserved-fd 2 (of 3): fd 5 is not open"),
+])
+def test_a_bad_preserve_fds_is_one_error_line(runc_bundle, tmp_path, value, message):
+    """Checked before anything of the runtime's own is opened: runc 1.1 checks later, and
+    for a fd its caller did not open passes on one of its own."""
+    if not PYKVM_RUNC.exists():
+        pytest.skip(f"{PYKVM_RUNC} is missing: `make venv` installs it")
+    for tail in (["run", "--preserve-fds", value, "--bundle", runc_bundle, "bad"],
+                 ["create", "--preserve-fds", value, "--bundle", runc_bundle, "bad"],
+                 ["exec", "--preserve-fds", value, "bad", "true"]):
+        log = tmp_path / "log.json"
+        r = with_fds([PYKVM_RUNC, "--root", tmp_path / "root", "--log", log, "--log-format", "json",
+                      *tail], tmp_path)
+        assert (r.returncode, r.stderr) == (1, message + "\n") or \
+            r.returncode == 1 and r.stderr.startswith(message) and r.stderr.count("\n") == 1, (tail, r.stderr)
+        assert json.loads(log.read_text().splitlines()[-1])["msg"] == r.stderr.strip()
+    assert not (tmp_path / "root").exists(), "nothing was made before the check"
+
+
+# With CAP_SYS_ADMIN and CAP_SYS_CHROOT, nsenter into its own mount namespace sets the process's
+# root to that namespace's root (setns(2)): after a bare chroot(2) that is the host's "/", after
+# pivot_root or a move onto "/" it is the container's.
+ROOT_PROBE = ("ls / | tr '\\n' ' '; echo; nsenter -m/proc/self/ns/mnt ls / | tr '\\n' ' '; echo; "
+              "cut -d' ' -f5 /proc/self/mountinfo | sort | tr '\\n' ' '")
+
+
+def test_no_pivot_as_runc(runtimes, runc_bundle, tmp_path):
+    """run --no-pivot: the same "/" and the same mounts as under runc, and setns(2) into the
+    container's own mount namespace finds the container's root, not the host's."""
+    set_process(runc_bundle, ["sh", "-c", ROOT_PROBE])
+    spec = json.loads((runc_bundle / "config.json").read_text())
+    for kind in ("bounding", "effective", "permitted"):
+        spec["process"]["capabilities"][kind] += ["CAP_SYS_ADMIN", "CAP_SYS_CHROOT"]
+    (runc_bundle / "config.json").write_text(json.dumps(spec))
+    seen = {}
+    for name, program in runtimes:
+        r = subprocess.run([program, "--root", tmp_path / name, "run", "--no-pivot", "--bundle", runc_bundle,
+                            f"nopivot-{os.getpid()}"], stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, (name, r.stderr)
+        seen[name] = r.stdout.splitlines()
+    assert seen["pykvm-runc"] == seen["runc"]
+    listing, after_setns, mounts = seen["runc"]
+    assert listing.split() == after_setns.split() == sorted(os.listdir(runc_bundle / "rootfs"))
+    assert {"/", "/proc", "/dev", "/sys"} <= set(mounts.split())
+
+
+def test_no_pivot_takes_the_hosts_proc_and_sysfs_away(tmp_path):
+    """What stays of the host in a --no-pivot container's mount namespace has no whole
+    proc or sysfs left (rootfs.hide_host_views: the kernel would count them when the
+    container mounts its own); the container's /proc is kept."""
+    from pykvm.container.runtime import namespaces as ns
+    from pykvm.container.runtime import rootfs as fs
+    from pykvm.container.runtime.syscalls import mount
+    root = tmp_path / "root"
+    root.mkdir()
+    before = {m.mount_point for m in fs.read_mountinfo() if m.fstype in fs.HOST_VIEW_TYPES}
+    assert {"/proc", "/sys"} <= before, "the host has its proc and sysfs mounted"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            ns.unshare(ns.CLONE_FLAGS["mount"])
+            fs.make_private()
+            mount("tmpfs", str(root), "tmpfs", 0, None)
+            os.mkdir(root / "proc")
+            mount("proc", str(root / "proc"), "proc", 0, None)
+            fs.hide_host_views(str(root))
+            left = sorted(m.mount_point for m in fs.read_mountinfo(f"{root}/proc/self/mountinfo")
+                          if m.fstype in fs.HOST_VIEW_TYPES)
+            os.write(w, json.dumps(left).encode())
+            code = 0
+        except BaseException as e:                     # noqa: BLE001 - the test's report, not a crash
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        left = f.read()
+    assert os.waitpid(pid, 0)[1] == 0, left
+    assert json.loads(left) == [str(root / "proc")]

@@ -195,6 +195,17 @@ def test_secure_join_symlink_loop(tmp_path):
         rootfs.secure_join(str(tmp_path), "/a")
 
 
+def test_host_views_are_whole_proc_and_sysfs_mounts_outside_the_root():
+    """--no-pivot takes these away (rootfs.move_into); a path that only starts like the
+    root's ("/b/rootfs2") is outside it."""
+    M = rootfs.MountInfo
+    mounts = [M("/", "/", "ext4"), M("/", "/proc", "proc"), M("/", "/sys", "sysfs"),
+              M("/", "/sys/fs/cgroup", "tmpfs"), M("/sys", "/run/sys-part", "proc"),
+              M("/", "/b/rootfs2/proc", "proc"), M("/", "/b/rootfs/proc", "proc"),
+              M("/", "/b/rootfs/sys", "sysfs"), M("/", "/b/rootfs", "proc")]
+    assert rootfs.host_views(mounts, "/b/rootfs") == ["/proc", "/sys", "/b/rootfs2/proc"]
+
+
 def test_parse_options():
     from pykvm.container.runtime.syscalls import lib
     flags, data = rootfs.parse_options(["nosuid", "ro", "mode=755", "size=1k", "rw"])

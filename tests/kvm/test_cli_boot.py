@@ -1,11 +1,13 @@
 """`pykvm boot` and `pykvm check` end to end, as separate processes with stdin piped."""
 import os
+import re
 import select
 import signal
 import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,55 @@ def test_boot_trace_prints_exits_and_a_summary():
     assert result.returncode == 0, err
     assert "IO_OUT" in err and "port=0x3f8" in err
     assert "VM exits" in err and "IO_IN" in err
+    summary, = exit_summaries(err)
+    assert len(EXIT_LINE.findall(err)) == summary.total, err     # one line per exit counted
+
+
+EXIT_LINE = re.compile(r"^pykvm: vcpu\d+ exit ", re.MULTILINE)         # --trace's line per exit
+SUMMARY_HEAD = re.compile(r"pykvm: (?:vCPU (\d+): )?(\d+) VM exits")
+SUMMARY_REASON = re.compile(r"  ([A-Z_]+) +(\d+) +[\d.]+%")
+SUMMARY_KVM = re.compile(r"KVM counted (\d+) exits in all \(KVM_GET_STATS_FD\)")
+
+
+@dataclass
+class ExitSummary:
+    """One vCPU's part of the summary: the total printed, the count of each reason, KVM's."""
+    total: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    kvm: int | None = None
+
+
+def exit_summaries(err: str) -> list[ExitSummary]:
+    """The summary's parts, one per vCPU, in the order printed."""
+    summaries = []
+    for line in err.splitlines():
+        if head := SUMMARY_HEAD.fullmatch(line):
+            assert head.group(1) in (None, str(len(summaries))), line
+            summaries.append(ExitSummary(int(head.group(2))))
+        elif summaries and (reason := SUMMARY_REASON.fullmatch(line)):
+            summaries[-1].reasons[reason.group(1)] = int(reason.group(2))
+        elif summaries and (kvm := SUMMARY_KVM.match(line)):
+            summaries[-1].kvm = int(kvm.group(1))
+    return summaries
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_exit_summary_counts_without_a_line_per_exit(cpus):
+    result = pykvm("boot", "--exit-summary", "--cpus", str(cpus),
+                   "--cmdline", "run=info;run hello;poweroff")
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert b"tiny$ poweroff" in result.stdout, result.stdout[-300:]
+    assert not EXIT_LINE.search(err), err[:500]
+    summaries = exit_summaries(err)
+    assert len(summaries) == cpus, err
+    assert {"IO_OUT", "IO_IN"} <= summaries[0].reasons.keys(), err    # the console's bytes
+    for summary in summaries:
+        assert sum(summary.reasons.values()) == summary.total, err
+        assert summary.kvm is not None, f"no KVM_GET_STATS_FD count: {err}"
+        # KVM counts every exit from the guest, also those it handles itself.  A kick that
+        # finds the vCPU halted inside KVM_RUN returns to pykvm (INTR) without one.
+        assert summary.kvm >= summary.total - summary.reasons.get("INTR", 0), err
 
 
 # A PVH guest that polls the UART and echoes each byte; {after} runs after each echo.
@@ -109,6 +160,7 @@ def test_boot_help_lists_the_bundled_guests():
     (["--mem", "1T"], "more than this host"),
     (["--mem", "banana"], "not a size"),
     (["no-such-guest"], "unknown guest"),
+    (["--exit-summary=yes"], "does not take a value"),
 ])
 def test_bad_input_is_one_line(args, expected):
     line = one_error_line(pykvm("boot", *args))

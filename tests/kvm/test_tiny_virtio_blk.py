@@ -23,7 +23,7 @@ SECTORS = 2048                      # a 1 MiB image
 FILL = 0xA5                         # the host's pattern: a zero-filled write stands out
 DEVICE_WORD = re.compile(r"virtio_mmio\.device=(\d+)@0x([0-9a-f]+):(\d+)")
 DEBUG_EXIT_POWEROFF = 1             # microvm has no PM1a block: debug-exit with 0 -> status 1
-POWEROFF_FALLBACK = "poweroff: no ACPI PM1a control port at 604; trying debug-exit (status 1)"
+POWEROFF_FALLBACK = "poweroff: no ACPI PM1a control block; leaving through debug-exit (status 1)"
 
 
 def make_image(path: Path, sectors: int = SECTORS) -> Path:

@@ -111,8 +111,14 @@ def test_signal_handlers_restored_after_close(pty, uart):
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+# The child starts with the dispositions an interactive shell gives a program: a test run
+# started in the background by a non-interactive shell inherits SIGINT ignored, and Console
+# rightly leaves an ignored signal alone (as under nohup).
 CHILD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     from pykvm.vm.console import Console
     from pykvm.vm.devices.serial import Serial16550
     uart = Serial16550(lambda data: None, lambda level: None)

@@ -120,3 +120,17 @@ def test_starts_without_click(tmp_path):
             "print(sorted(m for m in sys.modules if m == 'click' or m.startswith('pykvm.container.runtime.')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "['pykvm.container.runtime.state']", r.stdout
+
+
+@pytest.mark.parametrize("value, message", [
+    ("x1", 'invalid value "x1" for flag -preserve-fds: parse error'),
+    ("-2", 'invalid value "-2" for flag -preserve-fds: want 0 or more fds'),
+    ("1", "unable to stat preserved-fd 0 (of 1): fd 3 is not open"),
+])
+def test_a_bad_preserve_fds_is_refused_before_anything_is_made(tmp_path, value, message):
+    """runc's words where it has them, in its text log line (the message quoted, as logrus
+    quotes it); the fds above 2 are closed here (close_fds)."""
+    r = runtime("--root", tmp_path / "state", "create", "--preserve-fds", value, "--bundle", tmp_path, "c1")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert json.dumps(message)[1:-1] in r.stderr, r.stderr
+    assert not (tmp_path / "state").exists()

@@ -6,7 +6,7 @@ and the steps by which it becomes the user's program.
          I/O priority, umask, setsid,
          with -t the controlling terminal, chdir, HOME, then the credentials
          (no_new_privs, bounding set, groups, uid/gid, capability sets),
-         only fds 0-2, the seccomp filter, execve(2)
+         only fds 0-2 (and those of --preserve-fds), the seccomp filter, execve(2)
 
 The seccomp filter (seccomp.py) goes on where runc's standard_init puts it: right
 before execve when no_new_privs is set (so the profile has to allow as few of the
@@ -28,7 +28,8 @@ from pykvm.container.runtime import capabilities as caps
 from pykvm.container.runtime import namespaces as ns
 from pykvm.container.runtime.config import RunConfig
 from pykvm.container.runtime.process import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP_FAILED,
-                                             EventPipe, ExecFailed, close_other_fds)
+                                             EventPipe, ExecFailed, close_other_fds,
+                                             inherit_preserved_fds)
 from pykvm.container.runtime.seccomp import load_filter
 from pykvm.container.runtime.syscalls import lib, prctl, set_io_priority, set_personality
 from pykvm.container.runtime.validate import RLIM_INFINITY
@@ -70,7 +71,8 @@ def exec_command(cfg: RunConfig, pipe: EventPipe, stdio: dict) -> int:
     if cfg.seccomp_filter is not None and not cfg.no_new_privileges:
         load_filter(cfg.seccomp_filter)        # without no_new_privs this needs CAP_SYS_ADMIN: before it goes
     drop_privileges(cfg)
-    close_other_fds({pipe.events_w})
+    close_other_fds({pipe.events_w}, preserved=cfg.preserve_fds)
+    inherit_preserved_fds(cfg.preserve_fds)
     if cfg.seccomp_filter is not None and cfg.no_new_privileges:
         load_filter(cfg.seccomp_filter)        # as late as runc: the profile need allow little of ours
     try:

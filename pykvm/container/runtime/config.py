@@ -87,6 +87,8 @@ class RunConfig:
     publish: list = field(default_factory=list)   # nftables.Publish: -p HOSTPORT:CONTAINERPORT
     seccomp: Profile | None = None             # linux.seccomp, or Docker's default (seccomp.py)
     seccomp_filter: Filter | None = None       # that profile compiled (launcher.py; exec: from state.json)
+    preserve_fds: int = 0                      # runc's --preserve-fds N: the caller's fds 3 .. 3+N-1 passed on
+    no_pivot: bool = False                     # runc's --no-pivot: MS_MOVE the root onto "/" and chroot
 
     @property
     def rootless(self) -> bool:

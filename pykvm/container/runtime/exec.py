@@ -25,8 +25,8 @@ no_new_privs, rlimits, the seccomp filter (compiled once, at the launch).
       v  then drops to the command's credentials, forwards signals and reaps,
          exiting with the command's status
     command   (a new PID inside the container)
-         setsid, cwd, no_new_privs, bounding set, uid/gid, only fds 0-2, the
-         container's seccomp filter, execve(2)
+         setsid, cwd, no_new_privs, bounding set, uid/gid, only fds 0-2 (and
+         those of --preserve-fds), the container's seccomp filter, execve(2)
 
 The command lives as long as the `exec` command: if that is killed, the joiner
 gets a parent-death signal and SIGKILLs the command (Docker's daemon would keep
@@ -267,7 +267,8 @@ class _Exec:
             self.tty_host.close()
         spaces, cgroup_fds = self._open_container()
         close_other_fds({pipe.events_w, *(fd for _, fd in spaces), *cgroup_fds,
-                             *([self.tty_inside.fileno()] if self.tty_inside else [])})
+                             *([self.tty_inside.fileno()] if self.tty_inside else [])},
+                        preserved=self.cfg.preserve_fds)
         join(cgroup_fds)
         self._enter(spaces)
         if self.cfg.new_keyring:
@@ -281,6 +282,7 @@ class _Exec:
         os.close(pipe.events_w)
         close_all(stdio["close"])                          # the pty's slave is the command's alone
         detach_stdio()                                 # the container's /dev/null now
+        close_other_fds(set())                         # the preserved fds are the command's alone
         become_container_process(self.cfg)              # no more privilege than the command's
         return reap(child, kill_on=() if self.detach else (LAUNCHER_GONE,))
 

@@ -62,7 +62,7 @@ def run_init(container: Container, pipe: EventPipe, stdio: dict) -> int:
     if not container.hand_over:                          # an engine's subreaper adopts us instead
         prctl(lib.PR_SET_PDEATHSIG, signal.SIGKILL)      # monitor gone -> container gone
     close_other_fds({pipe.events_w, pipe.ack_r, container.exit_fd, *container.join_fds,
-                     *container.console_fds()})
+                     *container.console_fds()}, preserved=cfg.preserve_fds)
     prctl(lib.PR_SET_DUMPABLE, 0)                        # /proc/1/{exe,fd,mem} closed to the container
     os.umask(DEFAULT_UMASK)                              # not the caller's: /dev and mount targets
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS + (signal.SIGCHLD,))
@@ -145,7 +145,8 @@ def _open_fifo(container: Container) -> int | None:
 
 def build_root(container: Container, pipe: EventPipe) -> None:
     """rootfs.py's recipe, steps 1-5 (step 6, read-only, comes after the terminal);
-    before pivot_root, the hooks of the runtime's and then the container's namespaces."""
+    before pivot_root (or, with no_pivot, the move onto "/"), the hooks of the runtime's
+    and then the container's namespaces."""
     cfg = container.cfg
     fs.make_private()
     if cfg.lower_dirs:
@@ -163,7 +164,10 @@ def build_root(container: Container, pipe: EventPipe) -> None:
     fs.mask_paths(root, cfg.masked_paths)
     fs.readonly_paths(root, cfg.readonly_paths)
     _create_hooks(container, pipe)
-    fs.pivot_into(root)
+    if cfg.no_pivot:
+        fs.move_into(root)
+    else:
+        fs.pivot_into(root)
     _make_cwd(cfg.cwd)
 
 

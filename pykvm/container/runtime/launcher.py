@@ -20,7 +20,7 @@ Four processes, each with one job and one module (the arrows are fork(2)):
       v
     command   (PID 1 inside; PID 2 under --init): command.py
          oom_score_adj, umask, setsid, chdir, no_new_privs, capabilities, uid/gid,
-         only fds 0-2, the seccomp filter, execve(2)
+         only fds 0-2 (and --preserve-fds'), the seccomp filter, execve(2)
 
 What they share (the event pipe, forking a child, stdio and fds) is in process.py.
 Nothing of this starts before the whole config is checked (validate.py).

@@ -31,17 +31,19 @@ __all__ = ["oci_create", "oci_run", "oci_start", "kill_container", "stop_contain
 
 def oci_create(cid: str, bundle: str, store: StateStore | None = None,
                console_socket: str | None = None, new_keyring: bool = True,
-               hand_over: bool = False) -> Container:
+               hand_over: bool = False, preserve_fds: int = 0, no_pivot: bool = False) -> Container:
     """`create`: everything set up, the process waiting on exec.fifo; status "created".
 
     With process.terminal, the pty master is sent (SCM_RIGHTS) to the unix socket at
     `console_socket`, as runc's --console-socket does; whoever listens there owns the terminal.
     `hand_over` (pykvm-runc): the container's process becomes the child of the caller's
-    subreaper, which waits for it (launcher.py says how).
+    subreaper, which waits for it (launcher.py says how).  `preserve_fds` and `no_pivot`:
+    runc's --preserve-fds N and --no-pivot (RunConfig says what they do).
     """
     from pykvm.container.runtime.bundle import load_bundle
     from pykvm.container.runtime.launcher import CREATED, launch
-    cfg = replace(load_bundle(bundle), id=cid, name=cid, new_keyring=new_keyring)
+    cfg = replace(load_bundle(bundle), id=cid, name=cid, new_keyring=new_keyring,
+                  preserve_fds=preserve_fds, no_pivot=no_pivot)
     console = None
     if console_socket:
         from pykvm.container.runtime.terminal import connect_console_socket
@@ -53,12 +55,13 @@ def oci_create(cid: str, bundle: str, store: StateStore | None = None,
             console.close()
 
 
-def oci_run(cid: str, bundle: str, store: StateStore | None = None, new_keyring: bool = True) -> RunResult:
+def oci_run(cid: str, bundle: str, store: StateStore | None = None, new_keyring: bool = True,
+            preserve_fds: int = 0, no_pivot: bool = False) -> RunResult:
     """`runc run`'s equivalent: create + start + wait, in the foreground, then delete."""
     from pykvm.container.runtime.bundle import load_bundle
     from pykvm.container.runtime.launcher import FOREGROUND, launch
     cfg = replace(load_bundle(bundle), id=cid, name=cid, remove=True, interactive=True,
-                  new_keyring=new_keyring)
+                  new_keyring=new_keyring, preserve_fds=preserve_fds, no_pivot=no_pivot)
     container = launch(cfg, FOREGROUND, store)
     _warn_if_fails(cfg.hooks, "poststart", oci_state_json(container.state, "running", container.init_pid))
     result = container.wait()

@@ -15,8 +15,8 @@ from pykvm.errors import ContainerError, PyKvmError
 
 __all__ = ["FOREGROUND", "DETACHED", "CREATED", "EXIT_NOT_FOUND", "EXIT_CANNOT_EXEC",
            "EXIT_SETUP_FAILED", "EventPipe", "ExecFailed", "SignalForwarder", "child_main",
-           "install_stdio", "close_other_fds", "detach_stdio", "kill_quietly", "exit_code",
-           "waitpid_retry"]
+           "install_stdio", "close_other_fds", "preserved_fds", "inherit_preserved_fds", "detach_stdio",
+           "kill_quietly", "exit_code", "waitpid_retry", "FIRST_PRESERVED_FD"]
 
 # The launcher's three modes.
 FOREGROUND = "foreground"         # `run`: wait for the container, stdio passed through
@@ -27,6 +27,7 @@ EXIT_NOT_FOUND = 127              # a shell's "command not found" (and Docker's)
 EXIT_CANNOT_EXEC = 126            # found but not executable
 EXIT_SETUP_FAILED = 125           # the runtime itself failed (Docker's convention)
 MAX_FD = 1 << 20                  # fs.nr_open's default: no fd number is above it
+FIRST_PRESERVED_FD = 3            # --preserve-fds N: the caller's fds 3 .. 3+N-1 (runc's ExtraFiles)
 
 
 class EventPipe:
@@ -119,14 +120,29 @@ def install_stdio(stdio: dict) -> dict:
     return {"in": 0, "out": 1, "err": 2, "close": []}
 
 
-def close_other_fds(keep: set[int]) -> None:
-    """Close every fd above 2 except `keep`: a host fd left open in the container is a way
-    out (CVE-2024-21626, runc's leaked cgroup directory fd)."""
+def close_other_fds(keep: set[int], preserved: int = 0) -> None:
+    """Close every fd above 2 except `keep` and the `preserved` fds the caller passed on
+    (preserved_fds): a host fd left open in the container is a way out (CVE-2024-21626,
+    runc's leaked cgroup directory fd)."""
     low = 3
-    for fd in sorted(fd for fd in keep if fd >= 3):
+    for fd in sorted(fd for fd in {*keep, *preserved_fds(preserved)} if fd >= 3):
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, MAX_FD)
+
+
+def preserved_fds(count: int) -> range:
+    """runc's --preserve-fds N: the caller's fds 3 .. 3+N-1, which reach the container's process
+    at the same numbers.  They are open before pykvm opens anything (pykvm-runc checks that
+    first), so none of pykvm's own fds can take one of these numbers."""
+    return range(FIRST_PRESERVED_FD, FIRST_PRESERVED_FD + count)
+
+
+def inherit_preserved_fds(count: int) -> None:
+    """The last step before execve(2): the preserved fds without close-on-exec, so that they
+    survive it (runc passes them as exec.Cmd's ExtraFiles, which the child gets the same way)."""
+    for fd in preserved_fds(count):
+        os.set_inheritable(fd, True)
 
 
 def detach_stdio() -> None:

@@ -11,6 +11,8 @@ to unmount on the host afterwards.  The recipe, top-down:
     4. mask_paths()          runc's default masked paths: /dev/null over files, empty ro tmpfs over dirs
        readonly_paths()      runc's default read-only paths: bind onto itself, remount ro
     5. pivot_into()          pivot_root(2) ("." ".") then detach the old root: the host is gone
+       or move_into()        runc's --no-pivot: the host's proc and sysfs unmounted, the root
+                             moved onto "/" (MS_MOVE), then chroot(2) into it
        mount_console()       with a terminal (terminal.py): its pty slave bound onto /dev/console
     6. remount_root_readonly()  for `--read-only` / root.readonly
 
@@ -35,7 +37,8 @@ from pykvm.errors import ContainerError, SyscallError
 
 __all__ = ["Mount", "DEFAULT_MOUNTS", "MASKED_PATHS", "READONLY_PATHS", "DEVICES", "DEV_LINKS",
            "secure_join", "make_private", "mount_root", "mount_all", "mask_paths",
-           "readonly_paths", "pivot_into", "mount_console", "remount_root_readonly", "parse_options",
+           "readonly_paths", "pivot_into", "move_into", "host_views", "MountInfo", "read_mountinfo",
+           "mount_console", "remount_root_readonly", "parse_options",
            "make_busybox_rootfs", "DeviceNode", "NODE_TYPES", "make_device_nodes"]
 
 MAX_SYMLINKS = 40          # path_resolution(7): the kernel's own limit
@@ -467,6 +470,81 @@ def pivot_into(root: str) -> None:
     pivot_root(".", ".")
     umount(".", lib.MNT_DETACH)
     os.chdir("/")
+
+
+def move_into(root: str) -> None:
+    """Step 5 without pivot_root (runc's --no-pivot, its msMoveRoot), for a root that
+    pivot_root(2) refuses: one on the initial ramfs, which is the root of the first mount
+    namespace and can never be unmounted, so it cannot be put under another root either.
+
+    The root mount is moved onto "/" (MS_MOVE) and chroot(2) makes it ours.  The host's tree
+    stays in this mount namespace, under the container's root, out of every path's reach:
+    ".." at our root stays there; a walk that climbs out of a chroot made inside reaches the
+    old "/" and steps down into the mount on top of it, which is ours again; setns(2) into
+    this namespace does the same (its root, then down the mounts stacked on it).  What does
+    not need a path is the kernel's own census of mounts: hide_host_views first.
+    """
+    hide_host_views(root)
+    os.chdir(root)
+    mount(root, "/", None, lib.MS_MOVE, None)
+    os.chroot(".")
+    os.chdir("/")
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    """The fields of a /proc/self/mountinfo line that pykvm reads (proc(5))."""
+
+    root: str                 # field 4: the directory of the filesystem mounted here ("/": all of it)
+    mount_point: str          # field 5, as our root sees it
+    fstype: str               # the first field after the " - " separator
+
+
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
+    """This mount namespace's mounts that our root can reach, octal escapes (\\040) undone."""
+    def unescape(text: str) -> str:
+        return text.encode().decode("unicode_escape")
+    mounts = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            mounts.append(MountInfo(unescape(fields[3]), unescape(fields[4]), fstype))
+    return mounts
+
+
+# The filesystems whose host mounts move_into takes away (runc's msMoveRoot).
+HOST_VIEW_TYPES = ("proc", "sysfs")
+
+
+def host_views(mounts: list[MountInfo], root: str) -> list[str]:
+    """The mount points of whole proc and sysfs filesystems outside `root`.
+
+    The kernel lets a process that is not root on the host (in a user namespace) mount a
+    new proc or sysfs only if one is already fully visible in its mount namespace
+    (fs/namespace.c, mount_too_revealing): else a fresh proc would undo the masked paths.
+    After pivot_root the host's went away with the old root; after a move they are still
+    in the namespace, out of sight but counted.
+    """
+    inside = root.rstrip("/") + "/"
+    return [m.mount_point for m in mounts
+            if m.fstype in HOST_VIEW_TYPES and m.root == "/"
+            and m.mount_point != root and not m.mount_point.startswith(inside)]
+
+
+def hide_host_views(root: str) -> None:
+    """Unmount host_views (make_private made sure that reaches no other namespace), or where
+    the kernel refuses (EINVAL, EPERM: in a user namespace the mounts copied from the host
+    are locked together) cover it with an empty tmpfs, as runc does."""
+    for point in host_views(read_mountinfo(), root):
+        try:
+            umount(point, lib.MNT_DETACH)
+        except SyscallError as e:
+            if e.errno == errno.ENOENT:               # under one unmounted already
+                continue
+            if e.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            mount("tmpfs", point, "tmpfs", 0, None)
 
 
 def mount_console(slave: int) -> None:
