@@ -345,17 +345,15 @@ def test_podman_sees_the_same_container_under_runc(podman, tmp_path):
 def test_podman_preserve_fds_as_under_runc(podman, tmp_path):
     """podman run --preserve-fds 1: conmon passes its fd 3 on to `create --preserve-fds 1`,
     and the container reads the pipe the test gave Podman as fd 3."""
-    if not RUNC:
-        pytest.skip("needs runc (Debian package runc)")
-    runc = podman.with_runtime(runtime_wrapper(tmp_path, tmp_path / "runc-state", RUNC))
+    runc = podman.with_runtime(runtime_wrapper(tmp_path, tmp_path / "runc-state", need("runc")))
     probe = "ls /proc/self/fd | tr '\\n' ' '; echo; cat <&3"
     seen = {}
     for name, p in (("pykvm-runc", podman), ("runc", runc)):
         fd = pipe_holding(f"through podman to {name}\n")
         try:
-            r = run_with_fds(["podman", "--runtime", p.runtime, "run", "--rm", "--preserve-fds", "1",
-                              *RUN_OPTS, IMAGE, "sh", "-c", probe], [fd], env=p.env, capture_output=True,
-                             text=True, stdin=subprocess.DEVNULL, timeout=90)
+            r = run_with_fds(p.argv("run", "--rm", "--preserve-fds", "1", *RUN_OPTS, IMAGE, "sh", "-c", probe),
+                             [fd], env=p.env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             timeout=90)
         finally:
             os.close(fd)
         assert r.returncode == 0, (name, r.stderr)
