@@ -372,14 +372,34 @@ def parent_of(pid: int) -> int:
 NO_SUBIDS = "pykvm-no-subids"           # a user name that /etc/subuid and /etc/subgid do not list
 
 
-def has_subids(user: str) -> bool:
-    """Do /etc/subuid and /etc/subgid both give `user` a range (subuid(5): name:first:count)?"""
+def has_subids(user: str, uid: int | None = None) -> bool:
+    """Do /etc/subuid and /etc/subgid both give `user` (or its `uid`) a range (subuid(5):
+    name-or-uid:first:count)?"""
     def listed(path: str) -> bool:
         try:
-            return any(line.split(":")[0] == user for line in Path(path).read_text().splitlines())
+            return any(line.split(":")[0] in (user, str(uid)) for line in Path(path).read_text().splitlines())
         except FileNotFoundError:
             return False
     return listed("/etc/subuid") and listed("/etc/subgid")
+
+
+def grant_subids(uid: int, count: int = 65536):
+    """Give `uid` a range in /etc/subuid and /etc/subgid, above every range listed there (as
+    useradd does for a new user); return what puts both files back as they were."""
+    saved = {}
+    for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+        saved[path] = path.read_text() if path.exists() else None
+        lines = (saved[path] or "").splitlines()
+        first = max([100000] + [int(a) + int(n) for _, a, n in (line.split(":") for line in lines if line.count(":") == 2)])
+        path.write_text("".join(f"{line}\n" for line in lines) + f"{uid}:{first}:{count}\n")
+
+    def restore():
+        for path, text in saved.items():
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text)
+    return restore
 
 
 @pytest.fixture(params=["single", "ranges"])
@@ -401,9 +421,8 @@ def rootless_podman(request, public_dir, nobody_pythonpath, image_archive):
     if request.param == "ranges":
         if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
             pytest.skip("needs newuidmap and newgidmap (Debian package uidmap; .ci/packages installs it)")
-        if not has_subids("nobody"):
-            pytest.skip("nobody has no range in /etc/subuid and /etc/subgid: add `nobody:200000:65536` "
-                        "to both (subuid(5)) to run rootless Podman with ranges")
+        if not has_subids("nobody", NOBODY):
+            request.addfinalizer(grant_subids(NOBODY))
     elif has_subids(NO_SUBIDS):
         pytest.skip(f"/etc/subuid lists {NO_SUBIDS}: no user is left to show the single mapping")
     home = public_dir / "home"
