@@ -13,12 +13,10 @@ import sys
 
 import click
 
+from pykvm.commands.fast_exit import exit_now
 from pykvm.commands.lazy import LazyGroup
 
 __all__ = ["main", "cli"]
-
-# A process's exit status is 8 bits (wait(2)): larger statuses end as their low byte, as in C.
-EXIT_STATUS_MASK = 0xFF
 
 # Subcommands that live in their own modules, loaded only when invoked.
 LAZY_COMMANDS = {
@@ -43,46 +41,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning PyKvmError into one line and an exit status.
 
     As the program (`pykvm`, `python -m pykvm`: argv is None) it ends through
-    _exit_now; called with an argv, from Python, it raises SystemExit as usual.
+    exit_now (fast_exit.py); called with an argv, from Python, it raises SystemExit as usual.
     """
     try:
         _run(argv)
     except SystemExit as e:
         if argv is not None:
             raise
-        _exit_now(e.code)
+        exit_now(e.code)
     if argv is None:
-        _exit_now(0)
-
-
-def _exit_now(code) -> None:
-    """Speed: end the process without tearing the interpreter down.
-
-    At exit CPython frees every module (click brings ~100) and collects the
-    garbage: 5-9 ms here, a fifth of what the CLI adds to Python's own startup
-    (tests/bench/bench_container_launch.py).  The process is ending, so the
-    kernel reclaims it all anyway.  What exit must still do happens here:
-    atexit callbacks, then flushing stdout and stderr.  With other threads
-    still running, or a profiler or debugger watching, the normal exit is kept.
-    """
-    import atexit
-    import os
-    import threading
-
-    if code is not None and not isinstance(code, int):      # sys.exit("message")
-        print(code, file=sys.stderr)
-        code = 1
-    code = (code or 0) & EXIT_STATUS_MASK   # debug-exit's (V << 1) | 1 can be 33 bits wide
-    if threading.active_count() > 1 or sys.getprofile() or sys.gettrace():
-        sys.exit(code)      # threads to wait for; or `python -m cProfile/pdb ...`, which write
-                            # their results after the module returns: the normal exit
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):                      # a closed pipe: nothing to save
-            pass
-    os._exit(code)
+        exit_now(0)
 
 
 def _run(argv: list[str] | None) -> None:

@@ -140,8 +140,24 @@ class Log:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The program's entry point (pyproject [project.scripts] pykvm-runc)."""
-    argv = sys.argv[1:] if argv is None else argv
+    """The program's entry point (pyproject [project.scripts] pykvm-runc).
+
+    As the program (argv is None) it ends through exit_now (fast_exit.py), without the
+    interpreter's teardown, which an engine would pay at each of its calls; called with an
+    argv, from Python, it raises SystemExit as usual.
+    """
+    try:
+        _run(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:
+        if argv is not None:
+            raise
+        from pykvm.commands.fast_exit import exit_now
+        exit_now(e.code)
+
+
+def _run(argv: list[str]) -> None:
+    """Parse, dispatch, and exit (sys.exit) with the command's status, or 1 after one
+    log entry for an error."""
     log = Log(None, "text")
     try:
         opts, rest = parse_args(argv, GLOBAL_OPTIONS)

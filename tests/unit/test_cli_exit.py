@@ -1,4 +1,4 @@
-"""How the `pykvm` program ends (pykvm/cli.py _exit_now): fast, yet losing nothing."""
+"""How the `pykvm` program ends (pykvm/commands/fast_exit.py): fast, yet losing nothing."""
 from __future__ import annotations
 
 import subprocess
@@ -37,6 +37,6 @@ def test_a_status_wider_than_8_bits_ends_as_its_low_byte():
     """debug-exit's (V << 1) | 1 for V = 0xffffffff is 33 bits: the process status is 0xff, as
     QEMU's exit() gives, not an OverflowError (found by the guest fuzzer)."""
     for code, status in ((2**33 - 1, 0xFF), (0x101, 1), (-1, 0xFF)):
-        done = subprocess.run([sys.executable, "-c", f"from pykvm.cli import _exit_now; _exit_now({code})"],
-                              capture_output=True, text=True, timeout=60)
+        code_line = f"from pykvm.commands.fast_exit import exit_now; exit_now({code})"
+        done = subprocess.run([sys.executable, "-c", code_line], capture_output=True, text=True, timeout=60)
         assert (done.returncode, done.stderr) == (status, ""), (code, done)
