@@ -10,8 +10,7 @@ import os
 import pytest
 
 from pykvm.container.runtime.docker_seccomp import oci_profile
-from pykvm.container.runtime.seccomp import (Filter, compile_filter, disassemble, export_pfc,
-                                             load_filter, parse_profile)
+from pykvm.container.runtime.seccomp import Filter, compile_filter, disassemble, export_pfc, parse_profile
 from pykvm.container.runtime.syscalls import lib, prctl
 from pykvm.errors import ConfigError
 
@@ -26,7 +25,7 @@ def under_filter(profile: dict, *calls) -> list:
         try:
             os.close(read_end)
             prctl(lib.PR_SET_NO_NEW_PRIVS, 1)
-            load_filter(flt)
+            flt.load()
             results = []
             for call in calls:
                 try:

@@ -30,7 +30,6 @@ from pykvm.container.runtime.config import RunConfig
 from pykvm.container.runtime.process import (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP_FAILED,
                                              EventPipe, ExecFailed, close_other_fds,
                                              inherit_preserved_fds)
-from pykvm.container.runtime.seccomp import load_filter
 from pykvm.container.runtime.syscalls import lib, prctl, set_io_priority, set_personality
 from pykvm.container.runtime.validate import RLIM_INFINITY
 from pykvm.errors import ConfigError, ContainerError
@@ -69,12 +68,12 @@ def exec_command(cfg: RunConfig, pipe: EventPipe, stdio: dict) -> int:
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in cfg.env)
     env.setdefault("HOME", _home_dir(cfg.uid))      # runc's rule: HOME when the config has none
     if cfg.seccomp_filter is not None and not cfg.no_new_privileges:
-        load_filter(cfg.seccomp_filter)        # without no_new_privs this needs CAP_SYS_ADMIN: before it goes
+        cfg.seccomp_filter.load()              # without no_new_privs this needs CAP_SYS_ADMIN: before it goes
     drop_privileges(cfg)
     close_other_fds({pipe.events_w}, preserved=cfg.preserve_fds)
     inherit_preserved_fds(cfg.preserve_fds)
     if cfg.seccomp_filter is not None and cfg.no_new_privileges:
-        load_filter(cfg.seccomp_filter)        # as late as runc: the profile need allow little of ours
+        cfg.seccomp_filter.load()              # as late as runc: the profile need allow little of ours
     try:
         os.execvpe(cfg.args[0], cfg.args, env)
     except FileNotFoundError:

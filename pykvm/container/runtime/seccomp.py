@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pykvm.errors import ConfigError
 
 __all__ = ["Condition", "Rule", "Profile", "Filter", "parse_profile", "compile_filter",
-           "load_filter", "export_pfc", "disassemble", "ACTIONS", "OPERATORS", "FLAGS"]
+           "export_pfc", "disassemble", "ACTIONS", "OPERATORS", "FLAGS"]
 
 ACTIONS = ("SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
            "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY")
@@ -88,7 +88,8 @@ class Profile:
 
 @dataclass(frozen=True)
 class Filter:
-    """A compiled profile: the BPF program (struct sock_filter[]) and seccomp(2)'s flags."""
+    """A compiled profile: the BPF program (struct sock_filter[]) and seccomp(2)'s flags;
+    load() puts it on the calling process (the container's command, right before execve)."""
 
     program: bytes
     flags: int = 0
@@ -101,6 +102,17 @@ class Filter:
         if not data:
             return None
         return cls(base64.b64decode(data["program"]), int(data.get("flags", 0)))
+
+    def load(self) -> None:
+        """Wraps seccomp(SECCOMP_SET_MODE_FILTER): from here on, every call of this process
+        and of whatever it execs goes through the filter.  Needs no_new_privs or CAP_SYS_ADMIN.
+
+        A method, so that the container's process (command.py) loads the filter without
+        importing this module: a container without seccomp is launched without it."""
+        from pykvm.container.runtime.syscalls import check, ffi, lib
+        program = ffi.from_buffer(self.program)
+        check(lib.sys_seccomp_set_filter(self.flags, program, len(self.program) // SOCK_FILTER.size),
+              "seccomp", "SECCOMP_SET_MODE_FILTER")
 
 
 # --- reading a profile ----------------------------------------------------------------
@@ -397,17 +409,6 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-# --- loading it: the container's command, right before execve --------------------------
-
-def load_filter(flt: Filter) -> None:
-    """Wraps seccomp(SECCOMP_SET_MODE_FILTER): from here on, every call of this process
-    and of whatever it execs goes through the filter.  Needs no_new_privs or CAP_SYS_ADMIN."""
-    from pykvm.container.runtime.syscalls import check, ffi, lib
-    program = ffi.from_buffer(flt.program)
-    check(lib.sys_seccomp_set_filter(flt.flags, program, len(flt.program) // SOCK_FILTER.size),
-          "seccomp", "SECCOMP_SET_MODE_FILTER")
 
 
 # --- reading a program ---------------------------------------------------------------------
