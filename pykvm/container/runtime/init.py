@@ -26,7 +26,6 @@ import errno
 import os
 import signal
 from functools import partial
-from typing import TYPE_CHECKING
 
 from pykvm.container.runtime import namespaces as ns
 from pykvm.container.runtime import rootfs as fs
@@ -42,6 +41,7 @@ from pykvm.container.runtime.syscalls import (join_session_keyring, key_permissi
                                               set_key_permissions, setdomainname, sethostname)
 from pykvm.errors import ContainerError, SyscallError
 
+TYPE_CHECKING = False              # typing.TYPE_CHECKING, without importing typing (3 ms)
 if TYPE_CHECKING:
     from pykvm.container.runtime.launcher import Container
 

@@ -4,7 +4,9 @@
 Each runs in the caller's process and finds the container by its state (state.py); only
 `create` and `run` launch one, and only they import the launcher (launcher.py) and the
 modules of the processes it forks: `start`, `kill` and `delete` are programs of their own
-under an engine (pykvm-runc), and start faster without them.
+under an engine (pykvm-runc), and start faster without them.  For the same reason each
+operation imports what only it needs (cgroups for `delete`, the network for a container
+on the bridge), and `typing` is not imported at all (3 ms).
 """
 from __future__ import annotations
 
@@ -14,14 +16,12 @@ import signal
 import sys
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
-from pykvm.container.runtime.cgroups import Cgroup
 from pykvm.container.runtime.hooks import hooks_from_json, run_hooks
-from pykvm.container.runtime.namespaces import owned_by
 from pykvm.container.runtime.state import ContainerState, StateStore, oci_state_json
 from pykvm.errors import ContainerError
 
+TYPE_CHECKING = False              # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from pykvm.container.runtime.launcher import Container, RunResult
 
@@ -147,10 +147,13 @@ def remove_container(ref: str, force: bool = False, store: StateStore | None = N
         if not wait_stopped(state, store, 5.0):
             raise ContainerError(f"container {state.id} did not die after SIGKILL")
     if state.cgroup:
+        from pykvm.container.runtime.cgroups import Cgroup
+        from pykvm.container.runtime.namespaces import owned_by
         Cgroup.from_dirs(state.cgroup.get("version", "?"), state.cgroup.get("dirs", [])).destroy(
             owned_by(state.pid_namespace, state.cgroup.get("named", True)))
-    from pykvm.container.runtime.network import release
-    release(state.id)                      # a crashed monitor's address and ports
+    if state.network == "bridge":
+        from pykvm.container.runtime.network import release
+        release(state.id)                  # a crashed monitor's address and ports
     store.remove(state.id)
     _warn_if_fails(hooks_from_json(state.hooks), "poststop", oci_state_json(state, "stopped", None))
     return state

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
 
 from pykvm.container.runtime import namespaces as ns
 from pykvm.container.runtime.cgroups import close_all
@@ -31,6 +30,7 @@ from pykvm.container.runtime.process import (DETACHED, EXIT_SETUP_FAILED, FOREGR
                                              kill_quietly, waitpid_retry)
 from pykvm.container.runtime.syscalls import lib, prctl
 
+TYPE_CHECKING = False              # typing.TYPE_CHECKING, without importing typing (3 ms)
 if TYPE_CHECKING:
     from pykvm.container.runtime.launcher import Container
 

@@ -77,6 +77,7 @@ class ContainerState:
     layers: list[str] = field(default_factory=list)   # its overlay's lower dirs (`gc` keeps them)
     process: dict = field(default_factory=dict)   # env, cwd, user, capabilities ... (`exec` starts from them)
     hooks: dict = field(default_factory=dict)     # config.json's hooks (`oci start` and `delete` run some)
+    network: str = ""              # "bridge": it holds an address and ports until removed (network.py)
 
 
 def oci_state_json(state: ContainerState, status: str, pid: int | None) -> dict:
@@ -152,6 +153,8 @@ class StateStore:
         match every container)."""
         if not ref:
             raise ContainerError("no such container: '' (give an id, a name or an id prefix)")
+        if ID_RE.match(ref) and (self.dir(ref) / "state.json").is_file():
+            return self.load(ref)           # an exact id: no need to read every container's state
         states = self.list()
         for s in states:
             if ref in (s.id, s.name):
