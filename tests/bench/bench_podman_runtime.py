@@ -18,7 +18,8 @@ Fair play:
     apply it) and for the same --ulimit values (the host's hard RLIMIT_NOFILE is below
     Podman's default).
   * Rows are interleaved, the starting row rotating every round, after two untimed runs of
-    each.
+    each.  pykvm's modules are byte-compiled first (PYTHONDONTWRITEBYTECODE may be set, and
+    an installed package has its .pyc files).
 
 Measured 2026-12-02 on this 2-core machine while other jobs kept its load average at
 12-16 (QEMU TCG guests), so the spread is wide; 20 interleaved runs (min / median / max):
@@ -54,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "container"))
 from engine_fixtures import podman_config  # noqa: E402  (tests/container/engine_fixtures.py)
 
-from bench_container_launch import interleaved  # noqa: E402  (rows interleaved, start rotating)
+from bench_container_launch import byte_compile_pykvm, interleaved  # noqa: E402
 PYTHON_ROW = "python -c pass"  # not a runtime: Python's own start, paid by each pykvm-runc call
 CALLS_PER_RUN = 3             # podman run --rm calls the runtime 3 times: create, start, delete
 
@@ -114,6 +115,7 @@ def main() -> None:
     if os.geteuid() != 0 or not shutil.which("podman"):
         sys.exit("needs root and Podman (Debian packages podman, conmon)")
     rows = runtimes()
+    byte_compile_pykvm()          # pykvm-runc with its .pyc files, as an installed package has them
     with tempfile.TemporaryDirectory(prefix="pykvm-bench-podman-") as tmp:
         tmp = Path(tmp)
         env = podman_config(tmp)
