@@ -21,20 +21,34 @@ Fair play:
     each.  pykvm's modules are byte-compiled first (PYTHONDONTWRITEBYTECODE may be set, and
     an installed package has its .pyc files).
 
-Measured 2026-12-02 on this 2-core machine while other jobs kept its load average at
-12-16 (QEMU TCG guests), so the spread is wide; 20 interleaved runs (min / median / max):
+Measured 2026-12-02 on this 2-core machine at load average 5.5-8 (other jobs), 20
+interleaved runs (min / median / max), with a fifth row added by hand: pykvm-runc as it
+was before its calls imported only what they use and skipped the interpreter's teardown:
 
-    runc          642 / 1378 / 2358 ms
-    pykvm-runc   1375 / 2265 / 3492 ms     1.64x runc: goal <= 1.2x NOT met
-    crun          542 / 1168 / 2419 ms     0.85x runc
+    runc                   458 /  767 / 2055 ms
+    pykvm-runc             667 / 1106 / 1804 ms     1.44x runc: goal <= 1.2x NOT met
+    pykvm-runc, before     917 / 1207 / 2392 ms     1.58x runc
+    crun                   521 /  709 /  978 ms     0.92x runc
 
-Where pykvm-runc's extra time goes (a wrapper timing each call, same load): `create`
-400-550 ms, `start` and `delete` 300-500 ms each, against runc's 50-110, ~8 and 15-85 ms.
-Each call is a Python start (`python -c pass` took 120-300 ms at that load, ~25 ms on a
-quiet machine) plus imports; `create` also launches (chapter 18: ~13 ms quiet).  `start`
-and `delete` no longer import the launcher and the modules of the processes it forks
-(lifecycle.py), but three Python starts per container remain the floor: a runtime in
-Python meets a 1.2x goal only where the engine's own work dwarfs them.
+At that load the wall clock mostly measures the scheduler: two more such runs gave 1.41x
+against 1.43x before, and 1.61x against 1.53x.  CPU time is steadier.  An engine-like
+driver (create, start, waitpid, delete --force on Podman's config.json, 20 interleaved
+runs, load 6.2) gives per call CPU ms (user+sys, median) / wall ms (median):
+
+                  create        start         delete
+    runc          15 /  61       5 /  15       6 /  11
+    pykvm-runc    60 / 153      43 / 104      46 /  95
+    before        82 / 213      57 / 138      68 / 159
+
+What a pykvm-runc call still costs, CPU ms (python -X importtime, medians of 9 runs):
+Python's own start ~8; site.py ~13, of which the editable install's import finder pulls
+pathlib, re and importlib.util (pykvm needs pathlib and re anyway: a plain .pth install
+measured no faster per call); dataclasses ~8, 6 of them its import of inspect (every call:
+state.py, hooks.py, cgroups.py and namespaces.py hold dataclasses); pykvm's modules 3-5
+for `start` and `delete`, ~20 for `create`, whose launch (monitor, init: ~1200 syscalls
+for Podman's mounts, masked and read-only paths) adds 10-15.  So ~30 ms per call before
+any work, three calls per container, against runc's 5-15 ms of CPU per call: Python's
+start and the imports of a readable runtime are the floor, and 1.2x is out of reach for them.
 """
 from __future__ import annotations
 
