@@ -1,113 +1,185 @@
 #!/usr/bin/env python3
 """Benchmark: a VM restored from a snapshot vs the same guest booted cold.
 
-1. Time to a guest that answers: `pykvm restore DIR` vs `pykvm boot` of the same tiny
-   kernel and command line, each sent `echo ready` on its console at spawn, timed until the
-   guest's shell prints "ready" (whole processes; min/median/max, ratio of medians; goal:
-   restore <= 0.2x cold boot).  Not "until the first count": the counter sleeps 200 ms
-   between lines, and a restored one may be anywhere in that sleep.
-2. Host memory of N VMs side by side: N clones restored from one snapshot vs N cold
-   boots, all running at once.  PSS (proportional set size, /proc/PID/smaps_rollup:
-   a page shared by k processes counts 1/k in each) of the whole processes, and of
-   the guest-RAM mapping alone, with the share of resident guest pages that are
-   shared (goal: clones share >= 80% of their guest pages), and which guest pages a
-   clone has its own copy of (/proc/PID/pagemap): the pages its guest wrote.
+For each guest (tiny, then Linux where it boots: hardware-style KVM, or the L1 lane):
 
-    .venv/bin/python tests/bench/bench_snapshot.py [--runs 5] [--clones 20]
+1. Time to a guest that answers: `pykvm restore DIR` vs `pykvm boot` of the same kernel and
+   command line, timed from spawning pykvm until the guest's shell has printed "ready" for
+   `echo ready` (whole processes; min/median/max, ratio of medians; goal: restore <= 0.2x
+   cold boot).  The restored shell is typed at as soon as pykvm is spawned (its keys wait in
+   the UART); tiny's cold boot too (tiny's UART keeps them); Linux's cold boot once its
+   prompt shows (its serial driver starts with an empty FIFO).  Not "until tiny's first
+   count": the counter sleeps 200 ms between lines, and a restored one may be anywhere in
+   that sleep.
+2. Host memory of N VMs side by side: N clones restored from one snapshot vs N cold
+   boots, all running at once, each having answered `echo ready`.  PSS (proportional set
+   size, /proc/PID/smaps_rollup: a page shared by k processes counts 1/k in each) of the
+   whole processes, and of the guest-RAM mapping alone, with the share of resident guest
+   pages that are shared (goal: clones share >= 80% of their guest pages), and which guest
+   pages a clone has its own copy of (/proc/PID/pagemap): the pages its guest wrote.
+
+pykvm's bytecode is compiled first (compileall, as a first run or an install does): where
+PYTHONDONTWRITEBYTECODE is set, every pykvm process would otherwise compile its modules
+again, and both sides would mostly measure the compiler.
+
+    .venv/bin/python tests/bench/bench_snapshot.py [--runs 5] [--clones 20] [--linux-clones 4]
+                                                   [--guest tiny,linux]
+
+Linux on a PVM or KVM-less machine, in the L1 lane (tiny is measured there too):
+
+    python tests/hw/lane.py --bench snapshot
 """
 from __future__ import annotations
 
 import argparse
+import compileall
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm"), str(HERE)]
+from clitools import ROOT  # noqa: E402
 from livevm import LiveVm  # noqa: E402  (tests/kvm/livevm.py: a pykvm process driven by its console)
 import tinyvm  # noqa: E402
 from hostmem import KIB, guest_mapping, pss_kib, written_guest_pages  # noqa: E402  (tests/hostmem.py: /proc/PID/smaps)
 
-CMDLINE = "run=run counter &"
-COUNT = r"(?:^|\$ )count \d+$"
+TINY_CMDLINE = "run=run counter &"
+LINUX_MEM_MIB = 256
+READY = r"^ready\r?$"
+LISTED_PAGES = 40            # a clone's own pages are listed by number up to this many
 
 
-def boot_args(snapshot_dir: Path | None = None) -> list[str]:
-    args = ["boot", "--kernel", str(tinyvm.TINY_ELF), "--mem", f"{tinyvm.MEM_MIB}M", "--cmdline", CMDLINE]
-    return args + (["--snapshot-dir", str(snapshot_dir)] if snapshot_dir else [])
+@dataclass
+class Guest:
+    """A guest as the benchmark boots it: `pykvm boot`'s arguments, and how long to wait."""
+
+    name: str
+    mem_mib: int
+    boot: list[str]                 # pykvm boot's arguments, without --snapshot-dir
+    prompt: str | None              # a cold boot is typed at once this shows (None: at spawn)
+    timeout: float                  # seconds for one boot or restore to answer
 
 
-def take_snapshot(directory: Path) -> None:
-    with LiveVm(*boot_args(directory)) as vm:
-        vm.wait_for(COUNT)
-        vm.snapshot_by_signal()
+def tiny_guest() -> Guest:
+    tinyvm.build_tiny()
+    return Guest("tiny", tinyvm.MEM_MIB, ["boot", "--kernel", str(tinyvm.TINY_ELF), "--mem",
+                                          f"{tinyvm.MEM_MIB}M", "--cmdline", TINY_CMDLINE], None, 60)
 
 
-def time_to_answer(args: list[str]) -> float:
+def linux_guest() -> Guest | str:
+    """The Linux guest of bench_linux_boot.py (ttyS0), or why it cannot be measured here."""
+    from bench_linux_boot import CMDLINES, PROMPT, linux_files
+
+    files = linux_files()
+    if isinstance(files, str):
+        return files
+    kernel, initrd = files
+    return Guest("linux", LINUX_MEM_MIB, ["boot", "--kernel", str(kernel), "--initrd", str(initrd),
+                                          "--mem", f"{LINUX_MEM_MIB}M", "--cmdline", CMDLINES["ttyS0"]],
+                 PROMPT, 900)
+
+
+def answer(vm: LiveVm, guest: Guest, restored: bool) -> None:
+    """Type `echo ready` (after the prompt, for a cold boot with one) and wait for "ready"."""
+    if guest.prompt and not restored:
+        vm.wait_for(guest.prompt, timeout=guest.timeout)
+    start = len(vm.text)
+    vm.send(b"echo ready\r")
+    vm.wait_for(READY, start, timeout=guest.timeout)
+
+
+def take_snapshot(guest: Guest, directory: Path) -> None:
+    with LiveVm(*guest.boot, "--snapshot-dir", str(directory)) as vm:
+        answer(vm, guest, restored=False)
+        vm.snapshot_by_signal(timeout=guest.timeout)
+
+
+def time_to_answer(args: list[str], guest: Guest, restored: bool) -> float:
     """Seconds from spawning pykvm to its guest's shell answering `echo ready`."""
     with LiveVm(*args) as vm:
-        vm.send(b"echo ready\r")
-        vm.wait_for(r"^ready$")
+        answer(vm, guest, restored)
         return time.monotonic() - vm.started
 
 
-def measure(args: list[str], runs: int) -> list[float]:
-    time_to_answer(args)                        # warm-up: page cache, bytecode
-    return [time_to_answer(args) for _ in range(runs)]
+def measure(args: list[str], guest: Guest, restored: bool, runs: int) -> list[float]:
+    time_to_answer(args, guest, restored)           # warm-up: the page cache
+    return [time_to_answer(args, guest, restored) for _ in range(runs)]
 
 
-def memory_of(args: list[str], count: int) -> dict[str, float]:
-    """Start `count` VMs at once, wait until each runs the program, then read their memory."""
+def memory_of(args: list[str], guest: Guest, restored: bool, count: int) -> dict[str, float]:
+    """Start `count` VMs at once, wait until each answers, then read their memory."""
     vms = [LiveVm(*args) for _ in range(count)]
     try:
         for vm in vms:
-            vm.wait_for(COUNT, timeout=180)
+            answer(vm, guest, restored)
         pids = [vm.proc.pid for vm in vms]
-        maps = [guest_mapping(pid, tinyvm.MEM_MIB * KIB) for pid in pids]
+        maps = [guest_mapping(pid, guest.mem_mib * KIB) for pid in pids]
         rss = sum(m.get("Rss", 0) for m in maps)
         private = sum(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for m in maps)
         return {"pss": sum(pss_kib(pid) for pid in pids), "guest_pss": sum(m.get("Pss", 0) for m in maps),
                 "guest_rss": rss, "guest_shared": 1 - private / rss if rss else 0.0,
-                "written": written_guest_pages(pids[0], tinyvm.MEM_MIB * KIB)}
+                "written": written_guest_pages(pids[0], guest.mem_mib * KIB)}
     finally:
         for vm in vms:
             vm.quit()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--clones", type=int, default=20)
-    args = parser.parse_args()
-    tinyvm.build_tiny()
+def report(guest: Guest, runs: int, clones: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = Path(tmp) / "snap"
-        take_snapshot(snapshot)
-        cold, restored = boot_args(), ["restore", str(snapshot)]
+        take_snapshot(guest, snapshot)
+        sides = {"pykvm restore": (["restore", str(snapshot)], True), "pykvm boot": (guest.boot, False)}
 
-        print(f"tiny, cmdline {CMDLINE!r}: spawn to the shell answering, {args.runs} runs, seconds")
+        print(f"\n{guest.name}, {' '.join(guest.boot[1:])}\nspawn to the shell answering, {runs} runs, seconds")
         print(f"{'':<16} {'min':>7} {'median':>7} {'max':>7}")
         medians = {}
-        for name, argv in (("pykvm restore", restored), ("pykvm boot", cold)):
-            times = measure(argv, args.runs)
+        for name, (argv, restored) in sides.items():
+            times = measure(argv, guest, restored, runs)
             medians[name] = statistics.median(times)
-            print(f"{name:<16} {min(times):7.3f} {medians[name]:7.3f} {max(times):7.3f}")
+            print(f"{name:<16} {min(times):7.3f} {medians[name]:7.3f} {max(times):7.3f}", flush=True)
         print(f"median ratio restore / cold boot: {medians['pykvm restore'] / medians['pykvm boot']:.2f}x "
               "(goal <= 0.2x)")
 
-        print(f"\n{args.clones} VMs at once, {tinyvm.MEM_MIB} MiB guests: host memory, MiB")
+        print(f"\n{clones} VMs at once, {guest.mem_mib} MiB guests: host memory, MiB")
         print(f"{'':<16} {'PSS':>8} {'guest PSS':>10} {'guest RSS':>10} {'guest shared':>13}")
         written = []
-        for name, argv in (("restored clones", restored), ("cold boots", cold)):
-            m = memory_of(argv, args.clones)
+        for name, (argv, restored) in sides.items():
+            m = memory_of(argv, guest, restored, clones)
             print(f"{name:<16} {m['pss'] / KIB:8.1f} {m['guest_pss'] / KIB:10.2f} {m['guest_rss'] / KIB:10.2f} "
-                  f"{100 * m['guest_shared']:12.0f}%")
-            written = written or m["written"]
+                  f"{100 * m['guest_shared']:12.0f}%", flush=True)
+            if restored:
+                written = m["written"]
         print("(goal: clones share >= 80% of their resident guest pages)")
-        print(f"one clone's own copies (pages it wrote since the restore), by guest page number: "
-              f"{' '.join(hex(page) for page in written)}")
+        listed = " ".join(hex(page) for page in written[:LISTED_PAGES])
+        more = f" ... ({len(written)} in all)" if len(written) > LISTED_PAGES else ""
+        print(f"one clone's own copies (pages it wrote since the restore), by guest page number: {listed}{more}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--clones", type=int, default=20, help="tiny VMs at once")
+    parser.add_argument("--linux-clones", type=int, default=4,
+                        help="Linux VMs at once (each cold boot holds what it touched of its 256 MiB)")
+    parser.add_argument("--guest", default="tiny,linux", help="tiny, linux or both (comma)")
+    args = parser.parse_args()
+    guests = [g for g in args.guest.split(",") if g]
+    if unknown := set(guests) - {"tiny", "linux"}:
+        raise SystemExit(f"--guest {','.join(sorted(unknown))}: choose from tiny, linux")
+    compileall.compile_dir(ROOT / "pykvm", quiet=1)
+    if "tiny" in guests:
+        report(tiny_guest(), args.runs, args.clones)
+    if "linux" in guests:
+        linux = linux_guest()
+        if isinstance(linux, str):
+            print(f"\nlinux: not measured: {linux}; run it in the L1 lane: "
+                  "python tests/hw/lane.py --bench snapshot")
+        else:
+            report(linux, args.runs, args.linux_clones)
 
 
 if __name__ == "__main__":
