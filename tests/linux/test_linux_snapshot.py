@@ -10,6 +10,7 @@ timers fire (`sleep`), and nothing booted again.
 """
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -25,6 +26,7 @@ WRITTEN = "snapshot written"
 BANNER = "Linux version"
 # The quotes keep the terminal's echo of the command line from matching the answer.
 UPTIME = re.compile(rb"uptime=(\d+\.\d+) ")
+KVM_SYSTEM_TIME = 0x4B564D01   # kvmclock: the guest-physical address of its pvclock structure | enable
 REPORT = ("echo \"up\"\"time=$(cut -d' ' -f1 /proc/uptime) sleeper=$(kill -0 $SLEEPER && echo alive) "
           "mark=$(cat /tmp/mark) sum=$((6 * 7)).\"")
 
@@ -83,6 +85,11 @@ def test_linux_at_its_prompt_is_restored_and_answers(kernel, tmp_path):
     directory = tmp_path / "snap"
     uptime, _ = snapshot_at_prompt(pykvm_argv("boot", "--kernel", bzimage, "--initrd", initramfs,
                                               "--mem", "256M", "--snapshot-dir", str(directory)))
+    msrs = json.loads((directory / "vcpu0" / "msrs.json").read_text())
+    assert msrs[f"{KVM_SYSTEM_TIME:#x}"] & 1, f"kvmclock is off in the snapshot: {msrs}"
+    shown = subprocess.run(pykvm_argv("snapshot", "show", str(directory)), capture_output=True, text=True)
+    assert re.search(r"^  vcpu0/msrs\.json .* KVM_SYSTEM_TIME=0x[0-9a-f]*[13579bdf]\b", shown.stdout, re.M), \
+        shown.stdout + shown.stderr
     check_restored(directory, uptime)
     check_restored(directory, uptime)          # a snapshot restores as often as asked
 
