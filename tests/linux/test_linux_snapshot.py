@@ -48,18 +48,21 @@ def report(vm: SerialSession, at: int) -> tuple[float, int]:
     return float(found.group(1)), end
 
 
-def snapshot_at_prompt(argv: list[str]) -> tuple[float, bytes]:
-    """Boot, leave a file and a background process, report, snapshot by SIGUSR2; the uptime
-    reported just before the snapshot and the console so far.  The VM is killed afterwards:
-    nothing of it runs on beside the restored one."""
+def snapshot_at_prompt(argv: list[str], *before: tuple[str, str]) -> float:
+    """Boot, type each (command, answer) of `before`, leave a file and a background process,
+    report, snapshot by SIGUSR2; the uptime reported just before the snapshot.  The VM is
+    killed afterwards: nothing of it runs on beside the restored one."""
     with SerialSession(argv) as vm:
         at = vm.expect(PROMPT, timeout=180)
+        for command, answer in before:
+            vm.send(command)
+            at = vm.expect(answer, timeout=120, start=at)
         vm.send("echo before-the-snapshot > /tmp/mark; sleep 100000 & SLEEPER=$!")
         uptime, at = report(vm, at)
         at = vm.expect(PROMPT, timeout=60, start=at)
         vm.proc.send_signal(signal.SIGUSR2)
         vm.expect(WRITTEN, timeout=120, start=at)
-    return uptime, vm.output
+    return uptime
 
 
 def check_restored(directory, uptime_before: float, *more: tuple[str, str]) -> bytes:
@@ -83,8 +86,8 @@ def check_restored(directory, uptime_before: float, *more: tuple[str, str]) -> b
 def test_linux_at_its_prompt_is_restored_and_answers(kernel, tmp_path):
     bzimage, initramfs = kernel
     directory = tmp_path / "snap"
-    uptime, _ = snapshot_at_prompt(pykvm_argv("boot", "--kernel", bzimage, "--initrd", initramfs,
-                                              "--mem", "256M", "--snapshot-dir", str(directory)))
+    uptime = snapshot_at_prompt(pykvm_argv("boot", "--kernel", bzimage, "--initrd", initramfs,
+                                           "--mem", "256M", "--snapshot-dir", str(directory)))
     msrs = json.loads((directory / "vcpu0" / "msrs.json").read_text())
     assert msrs[f"{KVM_SYSTEM_TIME:#x}"] & 1, f"kvmclock is off in the snapshot: {msrs}"
     shown = subprocess.run(pykvm_argv("snapshot", "show", str(directory)), capture_output=True, text=True)
@@ -111,15 +114,8 @@ def test_two_vcpus_virtio_console_and_disk_are_restored(kernel, tmp_path):
     directory = tmp_path / "snap"
     argv = pykvm_argv("boot", "--kernel", bzimage, "--initrd", initramfs, "--mem", "256M", "--cpus", "2",
                       "--console", "virtio", "--disk", str(image), "--rng", "--snapshot-dir", str(directory))
-    with SerialSession(argv) as vm:
-        at = vm.expect(PROMPT, timeout=180)
-        vm.send("mount -t ext4 -o noatime /dev/vda /mnt && cat /mnt/host.txt && sync && echo \"moun\"\"ted\"")
-        at = vm.expect("mounted", timeout=120, start=at)
-        vm.send("echo before-the-snapshot > /tmp/mark; sleep 100000 & SLEEPER=$!")
-        uptime, at = report(vm, at)
-        at = vm.expect(PROMPT, timeout=60, start=at)
-        vm.proc.send_signal(signal.SIGUSR2)
-        vm.expect(WRITTEN, timeout=120, start=at)
+    uptime = snapshot_at_prompt(argv, ("mount -t ext4 -o noatime /dev/vda /mnt && cat /mnt/host.txt && sync "
+                                       "&& echo \"moun\"\"ted\"", "mounted"))
     check_restored(directory, uptime,
                    ("echo \"cp\"\"us=$(nproc) $(cat /mnt/host.txt)\"", "cpus=2 written on the host"),
                    ("echo after-the-restore > /mnt/guest.txt && umount /mnt && echo \"un\"\"mounted\"",
