@@ -121,11 +121,15 @@ def memory_of(args: list[str], guest: Guest, restored: bool, count: int) -> dict
             answer(vm, guest, restored)
         pids = [vm.proc.pid for vm in vms]
         maps = [guest_mapping(pid, guest.mem_mib * KIB) for pid in pids]
-        rss = sum(m.get("Rss", 0) for m in maps)
-        private = sum(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for m in maps)
-        return {"pss": sum(pss_kib(pid) for pid in pids), "guest_pss": sum(m.get("Pss", 0) for m in maps),
-                "guest_rss": rss, "guest_shared": 1 - private / rss if rss else 0.0,
-                "written": written_guest_pages(pids[0], guest.mem_mib * KIB)}
+        figures = {"pss": sum(pss_kib(pid) for pid in pids), "guest_found": all(maps)}
+        if figures["guest_found"]:
+            rss = sum(m.get("Rss", 0) for m in maps)
+            private = sum(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for m in maps)
+            figures.update(guest_pss=sum(m.get("Pss", 0) for m in maps), guest_rss=rss,
+                           guest_shared=1 - private / rss if rss else 0.0)
+        if restored:                # the file's pages and the clone's own copies tell apart
+            figures["written"] = written_guest_pages(pids[0], guest.mem_mib * KIB)
+        return figures
     finally:
         for vm in vms:
             vm.quit()
@@ -178,10 +182,15 @@ def report(guest: Guest, runs: int, clones: int) -> None:
         written = []
         for name, (argv, restored) in sides.items():
             m = memory_of(argv, guest, restored, clones)
+            if not m["guest_found"]:
+                # An anonymous mapping (a cold boot's RAM) can merge with a neighbouring one of the
+                # same flags, and then no mapping has the guest's size: say so, print no guesses.
+                print(f"{name:<16} {m['pss'] / KIB:8.1f}  (guest RAM merged with another mapping: "
+                      "not told apart)", flush=True)
+                continue
             print(f"{name:<16} {m['pss'] / KIB:8.1f} {m['guest_pss'] / KIB:10.2f} {m['guest_rss'] / KIB:10.2f} "
                   f"{100 * m['guest_shared']:12.0f}%", flush=True)
-            if restored:
-                written = m["written"]
+            written = m.get("written", written)
         print("(goal: clones share >= 80% of their resident guest pages)")
         listed = " ".join(hex(page) for page in written[:LISTED_PAGES])
         more = f" ... ({len(written)} in all)" if len(written) > LISTED_PAGES else ""
