@@ -59,7 +59,7 @@ from pykvm.vm.arch.x86.boot_state import Entry
 from pykvm.vm.arch.x86.vcpu import configure_vcpu
 from pykvm.vm import layout
 from pykvm.vm.console import FLUSH_BYTES, ConsoleOutput
-from pykvm.vm.devices import acpi_pm, cmos, debug_exit, fw_cfg, i8042, pc_testdev, pci, serial
+from pykvm.vm.devices import acpi_pm, cmos, debug_exit, fw_cfg, i8042, pci, serial
 from pykvm.vm.devices.bus import Bus
 from pykvm.errors import ConfigError, GuestError
 from pykvm.vm.devices.virtio.attach import VirtioConfig, VirtioDevices
@@ -247,8 +247,10 @@ class Machine:
             self._add_pc_testdev()
 
     def _add_pc_testdev(self) -> None:
-        """QEMU's -device pc-testdev: scratch and flush-page ports, IRQ lines, MMIO scratch."""
-        t = pc_testdev
+        """QEMU's -device pc-testdev: scratch and flush-page ports, IRQ lines, MMIO scratch.
+        (Imported here: only kvm-unit-tests ask for it, and it loads ctypes.)"""
+        from pykvm.vm.devices import pc_testdev as t
+
         self.pio.insert(t.ScratchPorts(lambda address: t.remap_page(self.memory, address)),
                         t.PORTS_BASE, t.PORTS_LENGTH)
         self.pio.insert(t.IrqLinePorts(self.vm.irq_line), t.IRQ_LINES_BASE, t.IRQ_LINES_LENGTH)

@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 from bench_virtio_exits import qmp  # noqa: E402  (tests/bench: a QMP round trip)
 from linux_guest import CACHE, SerialSession, pykvm_argv  # noqa: E402
-from tiers import kvm_flavour  # noqa: E402
+from tiers import kvm_flavour, linux_problem  # noqa: E402
 
 MARKER = "pykvm-guest: userspace up"
 PROMPT = "guest# "
@@ -123,6 +123,17 @@ def qemu_exits(kernel: Path, initrd: Path, mem: str, console: str) -> int:
         argv = qemu_cmd(kernel, initrd, mem, console) + ["-qmp", f"unix:{monitor},server=on,wait=off"]
         one_run(argv, console, at_prompt=read_stats)
     return counted[0]
+
+
+def linux_files() -> tuple[Path, Path] | str:
+    """The recipe's kernel and initramfs, or why the Linux guest cannot be measured here
+    (also for bench_vmm_memory.py and bench_snapshot.py)."""
+    if problem := linux_problem():
+        return problem
+    kernel, initrd = CACHE / "vmlinuz", CACHE / "initramfs.cpio"
+    if not (kernel.exists() and initrd.exists()):
+        return f"{kernel} or {initrd} is missing: run `make linux-guest`"
+    return kernel, initrd
 
 
 def can_measure(kernel: Path, initrd: Path, lane_bench: str) -> bool:

@@ -31,7 +31,6 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
 import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
 from hostmem import KIB, process_tree, rollup, smaps, threads  # noqa: E402  (tests/hostmem.py)
-from tiers import linux_problem  # noqa: E402
 from vmmfleet import Vmm, kill_all, tiny_idle, wait_all  # noqa: E402  (tests/bench/vmmfleet.py)
 
 TINY_CMDLINE = "run=info"
@@ -120,14 +119,12 @@ def tiny_guest() -> Guest:
 
 def linux_guest() -> Guest | str:
     """The Linux guest of bench_linux_boot.py, or why it cannot be measured here."""
-    if problem := linux_problem():
-        return problem
-    from bench_linux_boot import MARKER, PROMPT, pykvm_cmd, qemu_cmd
-    from linux_guest import CACHE
+    from bench_linux_boot import MARKER, PROMPT, linux_files, pykvm_cmd, qemu_cmd
 
-    kernel, initrd = CACHE / "vmlinuz", CACHE / "initramfs.cpio"
-    if not (kernel.exists() and initrd.exists()):
-        return f"{kernel} or {initrd} is missing: run `make linux-guest`"
+    files = linux_files()
+    if isinstance(files, str):
+        return files
+    kernel, initrd = files
 
     def idle(vm: Vmm) -> bool:
         marker = vm.console.find(MARKER.encode())

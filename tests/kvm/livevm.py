@@ -69,11 +69,11 @@ class LiveVm:
         self.send(line.encode() + b"\r")
         return self.wait_for(answer, start)
 
-    def snapshot_by_signal(self) -> None:
+    def snapshot_by_signal(self, timeout: float = WAIT_S) -> None:
         """SIGUSR2, then wait for pykvm to say the snapshot is written."""
         written = self.err.count(b"snapshot written")
         self.proc.send_signal(signal.SIGUSR2)
-        self._wait_snapshots(written + 1)
+        self._wait_snapshots(written + 1, timeout)
 
     def snapshot_by_key(self) -> None:
         """Ctrl-A s, then wait for pykvm to say the snapshot is written."""
@@ -81,8 +81,8 @@ class LiveVm:
         self.send(CTRL_A + b"s")
         self._wait_snapshots(written + 1)
 
-    def _wait_snapshots(self, count: int) -> None:
-        deadline = time.monotonic() + WAIT_S
+    def _wait_snapshots(self, count: int, timeout: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout
         while self.err.count(b"snapshot written") < count:
             assert self.proc.poll() is None and time.monotonic() < deadline, \
                 f"no snapshot written; stderr:\n{self.err.decode(errors='replace')}"

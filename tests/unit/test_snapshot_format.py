@@ -51,6 +51,26 @@ def test_zero_pages_become_holes_and_the_hash_ignores_them(tmp_path):
     os.close(fd)
 
 
+def test_runs_of_pages_are_written_whole_across_chunks(tmp_path):
+    """Runs of non-zero pages, one across the 1 MiB chunk boundary and one at the very end:
+    the file holds every byte of the buffer, and only the zero pages are holes."""
+    from pykvm.vm.snapshot.format import CHUNK
+
+    buffer = mmap.mmap(-1, 2 * CHUNK)
+    pages = [0, 1, 2, CHUNK // PAGE - 1, CHUNK // PAGE, 2 * CHUNK // PAGE - 1]
+    for page in pages:
+        buffer[page * PAGE:(page + 1) * PAGE] = bytes([page % 251 + 1]) * PAGE
+    path = tmp_path / "memory"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    hasher = hashlib.sha256()
+    assert write_sparse(fd, buffer, 0, hasher) == len(pages)
+    os.ftruncate(fd, len(buffer))
+    assert hash_sparse(fd, len(buffer)) == hasher.hexdigest()
+    os.close(fd)
+    assert path.read_bytes() == bytes(buffer)
+    assert os.stat(path).st_blocks * 512 <= (len(pages) + 4) * PAGE, "zero pages were written"
+
+
 def written(tmp_path, **header) -> Snapshot:
     writer = SnapshotWriter(tmp_path / "snap")
     writer.add("vcpu0/regs.bin", bytes(range(144)), "KVM_GET_REGS")

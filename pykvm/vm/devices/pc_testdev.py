@@ -20,7 +20,6 @@ ports) and IOMEM (MMIO).  Each sees offsets from its own base.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import mmap
 from typing import Callable
@@ -90,7 +89,10 @@ class ScratchMemory(BusDevice):
         self.buffer[offset:offset + size] = value.to_bytes(size, "little")
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The C library is already in the process: CDLL(None) finds mprotect there.  (Not
+# ctypes.util.find_library("c"), which runs `ldconfig -p` in a child process, at every
+# import.)
+_libc = ctypes.CDLL(None, use_errno=True)
 PROT_NONE = 0
 
 

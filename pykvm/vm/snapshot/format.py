@@ -64,19 +64,27 @@ def _hash_page(hasher, index: int, page) -> None:
 
 def write_sparse(fd: int, buffer, file_offset: int, hasher) -> int:
     """Write the non-zero pages of `buffer` at `file_offset`, skipping zero pages (holes).
-    Returns how many pages were written."""
+    Returns how many pages were written.
+
+    Each chunk is copied into a bytes object first: bytes compare with memcmp, while a
+    memoryview of the mapping compares byte by byte in Python's C code (a 1 MiB chunk of
+    zeros took 5 ms that way: most of a second for a 256 MiB guest).  A run of non-zero
+    pages goes out in one pwrite: a Linux guest has tens of thousands of them."""
     view, written = memoryview(buffer), 0
     for chunk_at in range(0, len(view), CHUNK):
-        chunk = view[chunk_at:chunk_at + CHUNK]
+        chunk = bytes(view[chunk_at:chunk_at + CHUNK])
         if chunk == ZERO_CHUNK[:len(chunk)]:
             continue
-        for page_at in range(0, len(chunk), PAGE):
+        run_at = None                       # where the current run of non-zero pages began
+        for page_at in range(0, len(chunk) + PAGE, PAGE):
             page = chunk[page_at:page_at + PAGE]
-            if page != ZERO_PAGE:
-                where = file_offset + chunk_at + page_at
-                os.pwrite(fd, page, where)
-                _hash_page(hasher, where // PAGE, page)
+            if page and page != ZERO_PAGE:
+                _hash_page(hasher, (file_offset + chunk_at + page_at) // PAGE, page)
                 written += 1
+                run_at = page_at if run_at is None else run_at
+            elif run_at is not None:
+                os.pwrite(fd, memoryview(chunk)[run_at:page_at], file_offset + chunk_at + run_at)
+                run_at = None
     view.release()
     return written
 
@@ -172,6 +180,7 @@ class Snapshot:
     def __init__(self, directory: Path, header: dict):
         self.directory = directory
         self.header = header
+        self._checked: dict[str, bytes] = {}    # parts read and checked once: verify, then restore
 
     @classmethod
     def open(cls, directory) -> Snapshot:
@@ -214,7 +223,9 @@ class Snapshot:
         return list(self.header["parts"])
 
     def part(self, name: str) -> bytes:
-        """A part's bytes, checked against the header's size and sha256."""
+        """A part's bytes, checked against the header's size and sha256 (read once)."""
+        if name in self._checked:
+            return self._checked[name]
         entry = self.header["parts"].get(name)
         if entry is None:
             raise SnapshotError(f"{self.directory}: the header lists no part {name}: a damaged snapshot")
@@ -229,6 +240,7 @@ class Snapshot:
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise SnapshotError(f"{path}: sha256 differs from the header's: the part was changed "
                                 "after the snapshot was written")
+        self._checked[name] = data
         return data
 
     def json_part(self, name: str):

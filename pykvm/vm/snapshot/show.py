@@ -22,7 +22,12 @@ MP_STATES = {lib.KVM_MP_STATE_RUNNABLE: "runnable", lib.KVM_MP_STATE_UNINITIALIZ
 MSR_NAMES = {0x10: "TSC", 0x1B: "APIC_BASE", 0x174: "SYSENTER_CS", 0x175: "SYSENTER_ESP",
              0x176: "SYSENTER_EIP", 0x277: "PAT", 0x6E0: "TSC_DEADLINE", 0xC0000081: "STAR",
              0xC0000082: "LSTAR", 0xC0000083: "CSTAR", 0xC0000084: "SFMASK",
-             0xC0000102: "KERNEL_GS_BASE", 0x4B564D00: "KVM_WALL_CLOCK", 0x4B564D01: "KVM_SYSTEM_TIME"}
+             0xC0000102: "KERNEL_GS_BASE",
+             # KVM's paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst): each holds the
+             # guest-physical address of a structure KVM fills in, and an enable bit
+             0x4B564D00: "KVM_WALL_CLOCK", 0x4B564D01: "KVM_SYSTEM_TIME", 0x4B564D02: "KVM_ASYNC_PF_EN",
+             0x4B564D03: "KVM_STEAL_TIME", 0x4B564D04: "KVM_PV_EOI_EN", 0x4B564D05: "KVM_POLL_CONTROL",
+             0x4B564D06: "KVM_ASYNC_PF_INT", 0x4B564D07: "KVM_ASYNC_PF_ACK"}
 PIC = struct.Struct("<16B")         # struct kvm_pic_state, at offset 8 of struct kvm_irqchip
 IOAPIC = struct.Struct("<QIII4x")   # struct kvm_ioapic_state: base_address, ioregsel, id, irr
 IOAPIC_PINS = 24
