@@ -12,7 +12,8 @@
  *      writes, overlayfs of both at /newroot (gone when the VM ends); /proc, /sys, /dev in it
  *   5. set the hostname
  *   6. fork: the child takes /dev/null as stdin, hvc0 as stdout and hvc1 as stderr (raw, so
- *      no \n -> \r\n), chroots into /newroot, chdirs, drops to the user, execs the command
+ *      no \n -> \r\n), chroots into /newroot, chdirs, sets HOME if unset (runc's rule),
+ *      drops to the user, execs the command
  *   7. reap every process until the command itself ends (PID 1 inherits orphans)
  *   8. wait until both consoles have sent their output, write "exit=N\n" to the run disk's
  *      answer part, and power off; pykvm reads the answer and exits with N
@@ -222,6 +223,33 @@ static void console_as(const char *console, int target)
         close(fd);
 }
 
+/* runc's rule, as the container path's command.py: HOME, when the environment has none, is
+ * the user's home in the image's /etc/passwd (name:x:uid:gid:gecos:home:shell), else "/". */
+static void set_home(struct request *req)
+{
+    static char home[512] = "HOME=/";
+    char line[512];
+    for (int i = 0; i < req->nenv; i++)
+        if (strncmp(req->env[i], "HOME=", 5) == 0)
+            return;
+    FILE *passwd = fopen("/etc/passwd", "r");
+    while (passwd != NULL && fgets(line, sizeof line, passwd) != NULL) {
+        char *fields[7] = {0}, *rest = line;
+        line[strcspn(line, "\n")] = '\0';
+        for (int i = 0; i < 7 && rest != NULL; i++)
+            fields[i] = strsep(&rest, ":");
+        if (fields[5] != NULL && fields[5][0] != '\0' && strtoul(fields[2], NULL, 10) == req->uid &&
+                fields[2][0] != '\0') {
+            snprintf(home, sizeof home, "HOME=%s", fields[5]);
+            break;
+        }
+    }
+    if (passwd != NULL)
+        fclose(passwd);
+    if (req->nenv < MAX_STRINGS)
+        req->env[req->nenv++] = home;
+}
+
 static void run_command(struct request *req)
 {
     int null = open("/dev/null", O_RDONLY);
@@ -239,6 +267,7 @@ static void run_command(struct request *req)
     mkdir(req->cwd, 0755);
     if (chdir(req->cwd) != 0)
         die("cannot chdir to", req->cwd);
+    set_home(req);
     if (setgroups(req->ngroups, req->groups) != 0 || setgid(req->gid) != 0 || setuid(req->uid) != 0)
         die("cannot switch to the user", NULL);
     environ = req->env;                /* execvp looks the command up in the command's PATH */
