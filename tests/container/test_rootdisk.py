@@ -92,3 +92,11 @@ def test_size_holds_the_tree_with_room_for_metadata(tmp_path):
     assert more > 3000 and bigger > 3000 * 2 * 4096
     build_disk(str(tree), tmp_path / "disk.ext4")           # and mkfs agrees that it fits
     assert debugfs(tmp_path / "disk.ext4", "cat /f2999") == "y" * 5000
+
+
+def test_gc_removes_the_disks_of_removed_images_only(store):
+    kept, dropped = simple_image(store, "kept:1"), simple_image(store, "dropped:1", layers=[[("file", "d", b"d\n")]])
+    kept_disk, dropped_disk = root_disk(store, kept), root_disk(store, dropped)
+    store.remove(["dropped:1"])
+    store.gc()
+    assert kept_disk.exists() and not dropped_disk.exists()

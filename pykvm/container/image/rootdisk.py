@@ -29,11 +29,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from pykvm.container.image.store import DISKS_DIR, check_digest
 from pykvm.errors import ContainerError
 
-__all__ = ["root_disk", "disk_path", "build_disk", "disk_size", "DISKS_DIR", "find_mkfs"]
+__all__ = ["root_disk", "disk_path", "build_disk", "disk_size", "find_mkfs"]
 
-DISKS_DIR = "disks"                     # <store>/disks/<image id hex>.ext4
 BLOCK_SIZE = 4096                       # mkfs.ext4 -b: one file's data is rounded up to this
 INODE_SIZE = 256                        # mkfs.ext4 -I (its default)
 METADATA_SLACK = 1.25                   # superblocks, group descriptors, bitmaps, directories
@@ -51,9 +51,7 @@ def find_mkfs() -> str:
 
 
 def disk_path(store, image_id: str) -> Path:
-    """Where the disk of the image with this ID (sha256:HEX) is kept."""
-    from pykvm.container.image.store import check_digest
-
+    """Where the disk of the image with this ID (sha256:HEX) is kept: <store>/disks/HEX.ext4."""
     return store.root / DISKS_DIR / (check_digest(image_id).split(":", 1)[1] + ".ext4")
 
 
