@@ -86,6 +86,20 @@ def test_exit_status_propagates(env, status):
     assert (result.returncode, result.stdout) == (status, ""), result.stderr
 
 
+def test_the_guest_kernel_s_oom_kill_is_137(env):
+    """--memory is the guest's RAM: `tail /dev/zero` (no newline ever, so its last line grows
+    without end) is killed by the guest kernel's OOM killer (SIGKILL): 128 + 9 comes back,
+    as from a container's cgroup limit."""
+    result = run(env, "vm", "--memory", "96M", "busybox", "tail", "/dev/zero")
+    assert (result.returncode, result.stdout) == (137, ""), result.stderr
+
+
+def test_a_missing_image_is_one_line(env):
+    result = run(env, "vm", "no-such-image", "true")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "no-such-image" in result.stderr, result.stderr
+
+
 # options -> what SHOW_IMAGE prints: "$GREETING $(pwd) $(id -u) $0 $*"
 DOCKER_RULES = [
     ([], "hello /app 65534 first default"),                                 # the image's config
