@@ -42,6 +42,8 @@ ANSWER_SIZE = 4 << 10
 DISK_SIZE = ANSWER_OFFSET + ANSWER_SIZE
 MAX_ID = 2**32 - 2                  # uid/gid: (uid_t)-1 means "unchanged" to setuid(2)
 HOSTNAME_MAX = 64                   # HOST_NAME_MAX on Linux
+MAX_STRINGS = 4096                  # arguments, and environment entries, each (container-init.c)
+MAX_GROUPS = 64                     # supplementary groups (container-init.c)
 
 
 @dataclass
@@ -66,6 +68,11 @@ def _check(request: RunRequest) -> None:
         raise ConfigError("a NUL byte in the command, environment, working directory or hostname")
     if any("=" not in e for e in request.env):
         raise ConfigError(f"environment entries must be KEY=VALUE: {[e for e in request.env if '=' not in e]}")
+    if len(request.args) > MAX_STRINGS or len(request.env) > MAX_STRINGS:
+        raise ConfigError(f"{len(request.args)} arguments and {len(request.env)} environment entries: "
+                          f"the guest's init takes at most {MAX_STRINGS} of each")
+    if len(request.groups) > MAX_GROUPS:
+        raise ConfigError(f"{len(request.groups)} supplementary groups: the guest's init takes at most {MAX_GROUPS}")
     if not request.cwd.startswith("/"):
         raise ConfigError(f"working directory {request.cwd!r} is not absolute")
     if not 0 < len(request.hostname) <= HOSTNAME_MAX:

@@ -47,6 +47,16 @@ def test_the_guest_init_reads_exactly_what_pykvm_wrote(container_init, tmp_path)
                            "cwd /srv/app\nuid 1000\ngid 100\ngroups 10 4294967294\nhostname box-1\n")
 
 
+def test_the_most_the_guest_init_takes(container_init, tmp_path):
+    """The limits rundisk.py checks are the guest's: 4096 arguments and 64 groups still parse."""
+    disk = tmp_path / "run.img"
+    write_run_disk(disk, RunRequest(args=["a"] * 4096, env=["E=1"] * 4096, groups=list(range(64))))
+    proc = guest_reads(container_init, disk)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("arg a\n") == 4096 and proc.stdout.count("env E=1\n") == 4096
+    assert "groups " + " ".join(str(g) for g in range(64)) + "\n" in proc.stdout
+
+
 def test_no_groups_and_defaults(container_init, tmp_path):
     disk = tmp_path / "run.img"
     write_run_disk(disk, RunRequest(args=["true"]))
@@ -80,6 +90,8 @@ def test_the_guest_init_refuses_a_bad_number(container_init, tmp_path):
     (RunRequest(args=["true"], uid=-1), "uid -1 is out of range"),
     (RunRequest(args=["true"], groups=[2**32]), "group 4294967296 is out of range"),
     (RunRequest(args=["x" * REQUEST_SIZE]), "holds 65536"),
+    (RunRequest(args=["a"] * 4097), "at most 4096 of each"),
+    (RunRequest(args=["true"], groups=list(range(65))), "at most 64"),
 ])
 def test_bad_requests_are_one_config_error(request_, message):
     with pytest.raises(ConfigError, match=message):
