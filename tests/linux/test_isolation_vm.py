@@ -94,6 +94,19 @@ def test_the_guest_kernel_s_oom_kill_is_137(env):
     assert (result.returncode, result.stdout) == (137, ""), result.stderr
 
 
+def test_a_reader_that_goes_away_stops_the_vm(env):
+    """`pykvm container run --isolation vm busybox yes | head -1`: the VM is stopped, pykvm
+    exits with 128 + SIGPIPE and says nothing (as a shell pipeline's writer would)."""
+    argv = [sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+            "--isolation", "vm", "busybox", "yes"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT) as vm:
+        assert vm.stdout.readline() == b"y\n"
+        vm.stdout.close()
+        status = vm.wait(timeout=RUN_TIMEOUT)
+        stderr = vm.stderr.read().decode()
+    assert (status, stderr) == (141, "")
+
+
 def test_a_missing_image_is_one_line(env):
     result = run(env, "vm", "no-such-image", "true")
     assert result.returncode != 0 and "Traceback" not in result.stderr

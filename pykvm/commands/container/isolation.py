@@ -14,11 +14,15 @@ Docker's rules: ENTRYPOINT/CMD and the arguments, Env then -e, WorkingDir or -w,
                     serial log kept aside (shown only if no exit status comes back)
     5. the answer   container-init's exit status, read from the run disk; pykvm exits with it
 
+When whoever reads our stdout goes away (`... | head -1`), the VM is stopped and pykvm
+exits with 141, 128 + SIGPIPE, what a shell reports for a writer whose reader left.
+
 What the VM does not have (yet), the options that ask for it are refused in one line
 (REFUSED): a VM has its own network stack, process table and kernel.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +35,7 @@ __all__ = ["run_in_vm", "refuse_container_options", "linux_guest", "vm_cmdline",
 DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
 INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
 SERIAL_LOG_BYTES = 64 << 10         # the kernel log kept for an error message, at most
+READER_GONE = 128 + signal.SIGPIPE  # our exit status when stdout's reader closed its end
 # Linux's command line: the serial console for the kernel's log, quiet (each byte on a UART is
 # a VM exit), a panic resets at once (pykvm reports it), and our init instead of the shell /init.
 CMDLINE_WORDS = ("console=ttyS0 quiet reboot=k,panic_warm panic=-1 pci=off 8250.nr_uarts=1 "
@@ -106,9 +111,11 @@ def run_in_vm(image: str, cfg, memory: str | None) -> int:
         write_run_disk(run_disk, request)                                          # 3
         serial_log = bytearray()
         try:
-            _boot(kernel, initrd, ram, disk, run_disk, serial_log)                 # 4
+            reader_gone = _boot(kernel, initrd, ram, disk, run_disk, serial_log)   # 4
         except GuestError as e:
             raise GuestError(_with_log(str(e), serial_log)) from None
+        if reader_gone:
+            return READER_GONE
         answer = read_exit_status(run_disk)                                        # 5
     if answer is None:
         raise GuestError(_with_log("the VM ended without the command's exit status", serial_log))
@@ -121,21 +128,35 @@ def _with_log(message: str, serial_log: bytearray) -> str:
     return f"{message}; the guest kernel's log ends:\n{log[-4000:]}" if log else message
 
 
-def _boot(kernel: Path, initrd: Path, ram: int, root: Path, run_disk: Path, serial_log: bytearray) -> int:
-    """Step 4: the machine, run to its end; the kernel's serial output goes to `serial_log`."""
+def _boot(kernel: Path, initrd: Path, ram: int, root: Path, run_disk: Path, serial_log: bytearray) -> bool:
+    """Step 4: the machine, run to its end; the kernel's serial output goes to `serial_log`.
+    True when it was stopped because nobody reads our stdout any more."""
     from pykvm.vm.console import write_all
     from pykvm.vm.devices.virtio.attach import DiskSpec, VirtioConfig
     from pykvm.vm.machine import Machine, MachineConfig
+
+    machine, reader_gone = None, False
 
     def keep_log(data: bytes) -> None:
         serial_log.extend(data)
         del serial_log[:-SERIAL_LOG_BYTES]
 
+    def to_stdout(data: bytes) -> None:
+        nonlocal reader_gone
+        if reader_gone:
+            return
+        try:
+            write_all(sys.stdout.fileno(), data)
+        except BrokenPipeError:
+            reader_gone = True
+            machine.stop(READER_GONE)
+
     virtio = VirtioConfig(disks=[DiskSpec(root, read_only=True), DiskSpec(run_disk)], console=True,
-                          console_output=lambda data: write_all(sys.stdout.fileno(), data),
+                          console_output=to_stdout,
                           error_console=lambda data: write_all(sys.stderr.fileno(), data))
     config = MachineConfig(kernel=kernel, initrd=initrd, memory=ram, cmdline=vm_cmdline(),
                            output=keep_log, virtio=virtio)
     sys.stdout.flush()
-    with Machine(config) as machine:
-        return machine.run()
+    with Machine(config) as machine:                  # the consoles write only once it runs
+        machine.run()
+    return reader_gone
