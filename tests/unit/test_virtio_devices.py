@@ -119,3 +119,27 @@ def test_console_reset_drops_queued_input():
     driver.kick(RECEIVEQ)
     assert driver.used(RECEIVEQ) == []
     driver.close()
+
+
+def test_two_consoles_write_to_their_own_outputs():
+    """`container run --isolation vm`: hvc0 is the command's stdout, hvc1 its stderr, both apart
+    from the serial port (the kernel's log); slots in order: disks, hvc0, hvc1."""
+    from pykvm.vm.devices.virtio.attach import VirtioConfig, VirtioDevices
+
+    stdout, stderr = [], []
+    devices = VirtioDevices(VirtioConfig(console=True, console_output=stdout.append,
+                                         error_console=stderr.append))
+    try:
+        assert [slot.device.name for slot in devices.slots] == ["virtio-console"] * 2
+        assert devices.console is devices.slots[0].device          # input, if any, goes to hvc0
+        for slot, text in zip(devices.slots, [b"to stdout\n", b"to stderr\n"]):
+            driver = ToyDriver(slot.device)
+            driver.start(queues=2)
+            driver.memory.write(DATA_AREA, text)
+            driver.descriptor(TRANSMITQ, 0, DATA_AREA, len(text))
+            driver.offer(TRANSMITQ, 0)
+            driver.kick(TRANSMITQ)
+            driver.close()
+    finally:
+        devices.close()
+    assert (b"".join(stdout), b"".join(stderr)) == (b"to stdout\n", b"to stderr\n")

@@ -77,11 +77,14 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
               help="Run pykvm-init as PID 1, forwarding signals and reaping zombies (the command "
                    "is PID 1 otherwise, as with Docker).")
 @click.option("--rootfs", type=click.Path(file_okay=False), help="Run this directory instead of an image.")
+@click.option("--isolation", type=click.Choice(["container", "vm"]), default="container", show_default=True,
+              help="container: namespaces and cgroups on this host's kernel; vm: the image's root "
+                   "disk booted by its own Linux kernel (make linux-guest), --memory is its RAM.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
             network, publish, read_only, cap_add, cap_drop, interactive, tty, entrypoint, security_opt,
-            use_init, rootfs, args):
+            use_init, rootfs, isolation, args):
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
     from dataclasses import replace
 
@@ -93,6 +96,15 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     from pykvm.errors import ConfigError
 
     args = list(args)
+    if isolation == "vm":                    # before anything is resolved or built
+        from pykvm.commands.container.isolation import linux_guest, refuse_container_options
+        refuse_container_options({
+            "--network host": network == "host", "--network bridge": network == "bridge",
+            "--publish": bool(publish), "--pids-limit": pids_limit is not None, "--cpus": cpus is not None,
+            "--cap-add": bool(cap_add), "--cap-drop": bool(cap_drop), "--security-opt": bool(security_opt),
+            "--read-only": read_only, "--rootfs": rootfs is not None, "--detach": detach,
+            "--name": name is not None, "--interactive": interactive, "--tty": tty, "--init": use_init})
+        linux_guest()
     cfg_caps = None
     if cap_add or cap_drop:                  # checked before anything is created
         from pykvm.container.runtime import capabilities as caps
@@ -109,11 +121,11 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
         raise ConfigError("give an IMAGE or --rootfs DIR, then the command to run")
     if pids_limit is not None and pids_limit <= 0:
         raise ConfigError(f"bad --pids-limit {pids_limit}: must be at least 1")
-    limits = Limits(memory=parse_size(memory) if memory else None, pids=pids_limit,
+    limits = Limits(memory=parse_size(memory) if memory and isolation == "container" else None, pids=pids_limit,
                     cpu_quota=parse_cpus(cpus) if cpus else None)
     from pykvm.container.runtime.network import default_mode
     from pykvm.container.runtime.nftables import parse_publish
-    network = network or default_mode()
+    network = network or ("none" if isolation == "vm" else default_mode())
     ports = [parse_publish(spec) for spec in publish]
     namespaces = dict(cfg.namespaces)
     if network == "host":
@@ -131,6 +143,9 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
                   readonly=read_only, interactive=interactive, tty=tty, etc_files=True,
                   network="bridge" if network == "bridge" else "", publish=ports,
                   capabilities=cfg_caps or cfg.capabilities, init=use_init)
+    if isolation == "vm":
+        from pykvm.commands.container.isolation import run_in_vm
+        sys.exit(run_in_vm(args[0], cfg, memory))
     cfg = replace(cfg, **_security_options(security_opt, cfg.capabilities.get("bounding", [])))
     container = launch(cfg, DETACHED if detach else FOREGROUND)
     if detach:

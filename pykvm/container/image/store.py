@@ -70,6 +70,7 @@ STORE_ENV = "PYKVM_STORE"                         # overrides the store location
 DEFAULT_TAG = "latest"
 IN_USE_FILE = "in-use"                            # shared flock: a process has the store open
 SIZES_FILE = "layer-sizes.json"                   # diff_id -> bytes of its files, unpacked (SIZE)
+DISKS_DIR = "disks"                               # <image id hex>.ext4: root disks for VMs (rootdisk.py)
 NONE = "<none>:<none>"                            # how docker shows an image without a tag
 DOCKER_HUB_PREFIXES = ("docker.io/library/", "docker.io/")   # docker's own spelling of short names
 
@@ -509,11 +510,14 @@ class ImageStore:
         return blobs, diff_ids
 
     def gc(self) -> list[str]:
-        """Delete blobs and unpacked layers that no tag reaches; returns the digests deleted.
+        """Delete blobs, unpacked layers and VM root disks that no tag reaches; returns the
+        digests deleted.
 
         An unpacked layer that an existing container's overlay uses (its lowerdir)
-        is kept even when no tag reaches it any more (`rmi --force`).
+        is kept even when no tag reaches it any more (`rmi --force`).  A root disk a
+        running VM has open stays readable to it after the unlink.
         """
+
         with self.locked():
             live, live_diff_ids = self.referenced()
             live_diff_ids |= {f"sha256:{os.path.basename(d)}" for s in _containers() for d in s.layers
@@ -526,6 +530,10 @@ class ImageStore:
             for path in self.layers_dir.iterdir():
                 if f"sha256:{path.name}" not in live_diff_ids:
                     shutil.rmtree(path)
+            disks = self.root / DISKS_DIR
+            for path in disks.iterdir() if disks.is_dir() else ():
+                if f"sha256:{path.name.removesuffix('.ext4')}" not in live:     # named by image ID
+                    path.unlink()
         return removed
 
     # --- sizes

@@ -41,6 +41,9 @@ def header_section(virtio) -> dict:
     if config.net is not None:
         raise SnapshotError("a VM with a network card (--net) is not snapshotted: its tap and "
                             "the frames in flight are the host's, which a restore cannot give back")
+    if config.console_output is not None or config.error_console is not None:
+        raise SnapshotError("a VM whose consoles write to the caller's stdout and stderr "
+                            "(container run --isolation vm) is not snapshotted")
     disks = []
     for spec, slot in zip(config.disks, virtio.slots):
         status = os.fstat(slot.device.fd)

@@ -11,7 +11,8 @@
 
 Slots come from pykvm.vm.layout (VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE,
 IRQ VIRTIO_MMIO_IRQS[n]): disks first, in command-line order, then the
-console, then the entropy device, then the network card.  The guest learns them from
+console (and a second one, hvc1, when asked for), then the entropy device, then the
+network card.  The guest learns them from
 `virtio_mmio.device=4K@0xd0000000:5` on its command line (Linux's
 virtio_mmio.c with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, Firecracker's way;
 the tiny kernel parses the same) and from the DSDT (pykvm.vm.arch.x86.aml).
@@ -23,6 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pykvm.vm import layout
 from pykvm.vm.devices.virtio.blk import Block
@@ -71,10 +73,14 @@ class VirtioConfig:
     rng: bool = False
     net: NetSpec | None = None         # a virtio-net card on a tap (`pykvm boot --net`)
     notify: str = "eventfd"            # "eventfd" (ioeventfd + irqfd) or "exit" (MMIO exits)
+    # Where console output goes when not with the serial port's (the machine's output):
+    console_output: Callable[[bytes], None] | None = None      # hvc0's
+    error_console: Callable[[bytes], None] | None = None       # a second console, hvc1, and its output
 
     @property
     def count(self) -> int:
-        return len(self.disks) + self.console + self.rng + (self.net is not None)
+        return len(self.disks) + self.console + (self.error_console is not None) + self.rng + \
+            (self.net is not None)
 
 
 @dataclass(frozen=True)
@@ -123,8 +129,10 @@ class VirtioDevices:
         for disk in config.disks:
             yield Block(disk.path, disk.read_only)
         if config.console:
-            self.console = VirtioConsole(out=self._console_out)
+            self.console = VirtioConsole(out=config.console_output or self._console_out)
             yield self.console
+        if config.error_console is not None:
+            yield VirtioConsole(out=config.error_console)
         if config.rng:
             yield Rng()
         if config.net is not None:

@@ -1,0 +1,162 @@
+"""`pykvm container run --isolation vm`: the same image, run by its own Linux kernel in a VM.
+
+The container path and this one start from the same RunConfig (run.py fills it with
+Docker's rules: ENTRYPOINT/CMD and the arguments, Env then -e, WorkingDir or -w, User or
+-u resolved in the image's /etc/passwd).  Where a container hands it to the runtime
+(namespaces, cgroups, overlayfs on the host's kernel), this module hands it to a VM:
+
+    1. the guest    Debian's kernel and pykvm's initramfs (`make linux-guest`), whose
+                    /bin/container-init becomes PID 1 through rdinit= on the command line
+    2. root disk    the image's layers as a read-only ext4 disk, cached per image
+                    (pykvm.container.image.rootdisk)
+    3. run disk     the resolved command as a request for container-init (pykvm.vm.rundisk)
+    4. the machine  both disks, hvc0 -> our stdout, hvc1 -> our stderr, the kernel's
+                    serial log kept aside (shown only if no exit status comes back)
+    5. the answer   container-init's exit status, read from the run disk; pykvm exits with it
+
+When whoever reads our stdout goes away (`... | head -1`), the VM is stopped and pykvm
+exits with 141, 128 + SIGPIPE, what a shell reports for a writer whose reader left.
+
+What the VM does not have (yet), the options that ask for it are refused in one line
+(REFUSED): a VM has its own network stack, process table and kernel.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from pykvm.errors import ConfigError, GuestError
+
+__all__ = ["run_in_vm", "refuse_container_options", "linux_guest", "vm_cmdline", "DEFAULT_MEMORY",
+           "REFUSED"]
+
+DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
+INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
+SERIAL_LOG_BYTES = 64 << 10         # the kernel log kept for an error message, at most
+READER_GONE = 128 + signal.SIGPIPE  # our exit status when stdout's reader closed its end
+# Linux's command line: the serial console for the kernel's log, quiet (each byte on a UART is
+# a VM exit), a panic resets at once (pykvm reports it), and our init instead of the shell /init.
+CMDLINE_WORDS = ("console=ttyS0 quiet reboot=k,panic_warm panic=-1 pci=off 8250.nr_uarts=1 "
+                 "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd")
+
+# option -> why it is refused with --isolation vm (the option's value counts when it is not its default)
+REFUSED = {
+    "--network host": "a VM has its own kernel and network stack; it cannot share the host's",
+    "--network bridge": "no network card is given to the VM yet; use --network none",
+    "--publish": "no network card is given to the VM yet",
+    "--pids-limit": "the VM's kernel has its own process table; limit it with --memory",
+    "--cpus": "one vCPU for now",
+    "--cap-add": "the command runs as the guest kernel's root or -u user, capabilities are not set",
+    "--cap-drop": "the command runs as the guest kernel's root or -u user, capabilities are not set",
+    "--security-opt": "no seccomp profile is loaded in the guest",
+    "--read-only": "the image disk is read-only already; the writable layer is a tmpfs in the guest",
+    "--rootfs": "a VM boots an image's root disk; give an IMAGE",
+    "--detach": "not yet: a VM runs in the foreground",
+    "--name": "not yet: a VM run keeps no state to name",
+    "--interactive": "not yet: the command's stdin is /dev/null",
+    "--tty": "not yet: the command's stdin is /dev/null",
+    "--init": "container-init is always PID 1 in the VM",
+}
+
+
+def refuse_container_options(given: dict[str, bool]) -> None:
+    """ConfigError for the first option in REFUSED that was given (`given`: option -> given?)."""
+    for option, reason in REFUSED.items():
+        if given.get(option):
+            raise ConfigError(f"{option} has no meaning with --isolation vm: {reason}")
+
+
+def linux_guest(cache: Path | None = None) -> tuple[Path, Path]:
+    """Step 1: (kernel, initramfs) of `make linux-guest`, checked; ConfigError says what to run."""
+    from pykvm.vm.guests import LINUX_CACHE, hardware_kvm_problem
+
+    cache = cache or LINUX_CACHE
+    kernel, initrd = cache / "vmlinuz", cache / "initramfs.cpio"
+    for path in (kernel, initrd):
+        if not path.exists():
+            raise ConfigError(f"--isolation vm needs the Linux guest ({path} is missing): "
+                              "run `make linux-guest`")
+    if not (cache / "rootfs" / INIT.lstrip("/")).exists():
+        raise ConfigError(f"the Linux guest in {cache} has no {INIT} (built before it existed): "
+                          "run `make linux-guest` again")
+    if problem := hardware_kvm_problem():
+        raise ConfigError(f"--isolation vm boots Linux, but {problem}")
+    return kernel, initrd
+
+
+def vm_cmdline() -> str:
+    return f"{CMDLINE_WORDS} rdinit={INIT}"
+
+
+def run_in_vm(image: str, cfg, memory: str | None) -> int:
+    """Run the RunConfig `cfg` made from `image` (its command, env, cwd, user, hostname) in a
+    VM with `memory` of RAM; returns the command's exit status."""
+    from pykvm.container.image.rootdisk import root_disk
+    from pykvm.container.image.store import ImageStore
+    from pykvm.sizes import format_size, host_memory, parse_size
+    from pykvm.vm.rundisk import RunRequest, read_exit_status, write_run_disk
+
+    ram = parse_size(memory or DEFAULT_MEMORY, what="--memory", default_unit="M")
+    if ram > host_memory():
+        raise ConfigError(f"--memory {memory}: more than this host's {format_size(host_memory())} of RAM")
+    kernel, initrd = linux_guest()
+    store = ImageStore()
+    disk = root_disk(store, store.get(image))                                      # 2
+    request = RunRequest(args=cfg.args, env=cfg.env, cwd=cfg.cwd, uid=cfg.uid, gid=cfg.gid,
+                         groups=list(cfg.additional_gids), hostname=cfg.hostname or cfg.id[:12])
+    with tempfile.TemporaryDirectory(prefix="pykvm-vm-") as work:
+        run_disk = Path(work) / "run.img"
+        write_run_disk(run_disk, request)                                          # 3
+        serial_log = bytearray()
+        try:
+            reader_gone = _boot(kernel, initrd, ram, disk, run_disk, serial_log)   # 4
+        except GuestError as e:
+            raise GuestError(_with_log(str(e), serial_log)) from None
+        if reader_gone:
+            return READER_GONE
+        answer = read_exit_status(run_disk)                                        # 5
+    if answer is None:
+        raise GuestError(_with_log("the VM ended without the command's exit status", serial_log))
+    return answer
+
+
+def _with_log(message: str, serial_log: bytearray) -> str:
+    """`message`, and the end of the kernel's log when there is one (what went wrong in the guest)."""
+    log = serial_log.decode(errors="replace").strip()
+    return f"{message}; the guest kernel's log ends:\n{log[-4000:]}" if log else message
+
+
+def _boot(kernel: Path, initrd: Path, ram: int, root: Path, run_disk: Path, serial_log: bytearray) -> bool:
+    """Step 4: the machine, run to its end; the kernel's serial output goes to `serial_log`.
+    True when it was stopped because nobody reads our stdout any more."""
+    from pykvm.vm.console import write_all
+    from pykvm.vm.devices.virtio.attach import DiskSpec, VirtioConfig
+    from pykvm.vm.machine import Machine, MachineConfig
+
+    machine, reader_gone = None, False
+
+    def keep_log(data: bytes) -> None:
+        serial_log.extend(data)
+        del serial_log[:-SERIAL_LOG_BYTES]
+
+    def to_stdout(data: bytes) -> None:
+        nonlocal reader_gone
+        if reader_gone:
+            return
+        try:
+            write_all(sys.stdout.fileno(), data)
+        except BrokenPipeError:
+            reader_gone = True
+            machine.stop(READER_GONE)
+
+    virtio = VirtioConfig(disks=[DiskSpec(root, read_only=True), DiskSpec(run_disk)], console=True,
+                          console_output=to_stdout,
+                          error_console=lambda data: write_all(sys.stderr.fileno(), data))
+    config = MachineConfig(kernel=kernel, initrd=initrd, memory=ram, cmdline=vm_cmdline(),
+                           output=keep_log, virtio=virtio)
+    sys.stdout.flush()
+    with Machine(config) as machine:                  # the consoles write only once it runs
+        machine.run()
+    return reader_gone

@@ -1,0 +1,136 @@
+"""One image, two isolation levels: `pykvm container run --isolation vm` (the L1 lane, `make test-hw`).
+
+The same image runs as a container (the host's kernel) and as a VM (Debian's kernel from
+`make linux-guest`, pykvm's container-init as PID 1, the image's layers as a read-only
+ext4 disk under a tmpfs overlay).  Docker's rules for the command, environment, working
+directory and user are checked with one table against both isolations; the kernel, the
+exit status, the two output streams and the throw-away root are checked on the VM.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from linux_guest import guest_file
+
+pytestmark = [pytest.mark.linux, pytest.mark.slow]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN_TIMEOUT = 600                   # one VM boot and command, on a slow L1; a safety net, not a speed goal
+# An image whose ENTRYPOINT prints what Docker's rules decided: Env, WorkingDir, User, argv.
+SHOW_IMAGE = """FROM busybox
+ENV GREETING=hello
+WORKDIR /app
+USER nobody
+ENTRYPOINT ["/bin/sh", "-c", "echo \\"$GREETING $(pwd) $(id -u) $0 $*\\"", "first"]
+CMD ["default"]
+"""
+
+
+def pykvm(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pykvm", *args], capture_output=True, text=True,
+                          env=env, timeout=RUN_TIMEOUT, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A private image store holding `busybox` and `show`, and a private state root."""
+    guest_file("initramfs.cpio", "initramfs")
+    top = tmp_path_factory.mktemp("isolation")
+    env = {**os.environ, "PYKVM_STORE": str(top / "store"), "PYKVM_STATE_ROOT": str(top / "state")}
+    subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "guests", "containers")], check=True)
+    built = pykvm("container", "build", "-q", "-t", "busybox",
+                  os.path.join(ROOT, "guests", "containers", "busybox"), env=env)
+    assert built.returncode == 0, built.stderr
+    show = top / "show"
+    show.mkdir()
+    (show / "Dockerfile").write_text(SHOW_IMAGE)
+    built = pykvm("container", "build", "-q", "-t", "show", str(show), env=env)
+    assert built.returncode == 0, built.stderr
+    return env
+
+
+def run(env: dict, isolation: str, *args: str) -> subprocess.CompletedProcess:
+    return pykvm("container", "run", "--rm", "--network", "none", "--isolation", isolation, *args, env=env)
+
+
+def host_boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+def test_the_vm_has_its_own_kernel_and_keeps_the_streams_apart(env):
+    """The kernel is another one: another boot (boot_id, new at each kernel boot, random(4)),
+    Debian's from `make linux-guest` (its release; the lane's L1 may run the very same
+    package, so the release alone cannot tell them apart), and the guest's RAM."""
+    guest_release = guest_file("release", "kernel").read_text().strip()
+    result = run(env, "vm", "--hostname", "box", "--memory", "200M", "busybox", "sh", "-c",
+                 "uname -r; cat /proc/sys/kernel/random/boot_id; echo to-stderr >&2; hostname; "
+                 "echo $HOME; grep MemTotal /proc/meminfo")
+    assert result.returncode == 0, result.stderr
+    release, boot_id, hostname, home, memtotal = result.stdout.splitlines()
+    assert (release, hostname, home) == (guest_release, "box", "/root")
+    assert boot_id != host_boot_id()
+    assert 100 << 10 < int(memtotal.split()[1]) <= 200 << 10, memtotal
+    assert result.stderr == "to-stderr\n", "the kernel's log or stdout leaked into stderr"
+    container = run(env, "container", "busybox", "cat", "/proc/sys/kernel/random/boot_id")
+    assert (container.returncode, container.stdout) == (0, host_boot_id() + "\n"), container.stderr
+
+
+@pytest.mark.parametrize("status", [1, 42])
+def test_exit_status_propagates(env, status):
+    result = run(env, "vm", "busybox", "sh", "-c", f"exit {status}")
+    assert (result.returncode, result.stdout) == (status, ""), result.stderr
+
+
+def test_the_guest_kernel_s_oom_kill_is_137(env):
+    """--memory is the guest's RAM: `tail /dev/zero` (no newline ever, so its last line grows
+    without end) is killed by the guest kernel's OOM killer (SIGKILL): 128 + 9 comes back,
+    as from a container's cgroup limit."""
+    result = run(env, "vm", "--memory", "96M", "busybox", "tail", "/dev/zero")
+    assert (result.returncode, result.stdout) == (137, ""), result.stderr
+
+
+def test_a_reader_that_goes_away_stops_the_vm(env):
+    """`pykvm container run --isolation vm busybox yes | head -1`: the VM is stopped, pykvm
+    exits with 128 + SIGPIPE and says nothing (as a shell pipeline's writer would)."""
+    argv = [sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+            "--isolation", "vm", "busybox", "yes"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT) as vm:
+        assert vm.stdout.readline() == b"y\n"
+        vm.stdout.close()
+        status = vm.wait(timeout=RUN_TIMEOUT)
+        stderr = vm.stderr.read().decode()
+    assert (status, stderr) == (141, "")
+
+
+def test_a_missing_image_is_one_line(env):
+    result = run(env, "vm", "no-such-image", "true")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "no-such-image" in result.stderr, result.stderr
+
+
+# options -> what SHOW_IMAGE prints: "$GREETING $(pwd) $(id -u) $0 $*"
+DOCKER_RULES = [
+    ([], "hello /app 65534 first default"),                                 # the image's config
+    (["-e", "GREETING=bye", "-w", "/tmp", "-u", "0", "show", "x", "y z"],     # options and arguments win
+     "bye /tmp 0 first x y z"),
+    (["--entrypoint", "/bin/echo", "show", "plain", "args"], "plain args"),  # CMD dropped too
+]
+
+
+@pytest.mark.parametrize("isolation", ["container", "vm"])
+@pytest.mark.parametrize("options, expected", DOCKER_RULES)
+def test_docker_rules_are_the_same_under_both_isolations(env, isolation, options, expected):
+    result = run(env, isolation, *(options or ["show"]))
+    assert (result.returncode, result.stdout, result.stderr) == (0, expected + "\n", "")
+
+
+def test_what_the_command_writes_to_root_is_gone_on_the_next_run(env):
+    script = "test ! -e /written || exit 3; echo data > /written && cat /written"
+    for attempt in ("first", "second"):
+        result = run(env, "vm", "busybox", "sh", "-c", script)
+        assert (result.returncode, result.stdout) == (0, "data\n"), f"{attempt} run: {result.stderr}"

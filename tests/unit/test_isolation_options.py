@@ -1,0 +1,51 @@
+"""`pykvm container run --isolation vm`: what is refused, and what a missing guest says.
+
+The VM itself boots only where Linux can (tests/linux/test_isolation_vm.py, the L1 lane);
+these checks run before any image is read or any VM is built, so they run everywhere.
+"""
+from __future__ import annotations
+
+import pytest
+from clitools import one_error_line, pykvm
+
+from pykvm.commands.container.isolation import REFUSED, linux_guest, vm_cmdline
+from pykvm.errors import ConfigError
+
+
+@pytest.mark.parametrize("options, refused", [
+    (["--network", "host"], "--network host"),
+    (["--network", "bridge"], "--network bridge"),
+    (["-p", "8080:80"], "--publish"),
+    (["--pids-limit", "5"], "--pids-limit"),
+    (["--cpus", "2"], "--cpus"),
+    (["--cap-add", "NET_ADMIN"], "--cap-add"),
+    (["--security-opt", "seccomp=unconfined"], "--security-opt"),
+    (["--read-only"], "--read-only"),
+    (["-d"], "--detach"),
+    (["-t"], "--tty"),
+    (["--init"], "--init"),
+])
+def test_options_without_meaning_in_a_vm_are_one_line(options, refused):
+    line = one_error_line(pykvm("container", "run", "--isolation", "vm", *options, "no-such-image", "true"))
+    assert line == f"pykvm: error: {refused} has no meaning with --isolation vm: {REFUSED[refused]}"
+
+
+def test_network_none_is_accepted():
+    """--network none is the one network a VM has; it is accepted (and fails later, on the image)."""
+    result = pykvm("container", "run", "--isolation", "vm", "--network", "none", "no-such-image", "true")
+    assert "has no meaning" not in result.stderr.decode()
+
+
+def test_a_missing_guest_names_the_make_target(tmp_path):
+    with pytest.raises(ConfigError, match=r"vmlinuz is missing\): run `make linux-guest`"):
+        linux_guest(tmp_path)
+    (tmp_path / "vmlinuz").write_bytes(b"")
+    (tmp_path / "initramfs.cpio").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"has no /bin/container-init .*run `make linux-guest` again"):
+        linux_guest(tmp_path)
+
+
+def test_the_kernel_runs_our_init_quietly():
+    words = vm_cmdline().split()
+    assert "rdinit=/bin/container-init" in words and "quiet" in words
+    assert "console=ttyS0" in words and not any(w.startswith("earlyprintk") for w in words)
