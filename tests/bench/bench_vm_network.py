@@ -54,18 +54,22 @@ LINUX_IP = f"ip={GUEST}::{HOST}:255.255.255.0::eth0:off"    # the recipe's /init
 LINUX_READY = f"pykvm-guest: eth0 {GUEST}/24 via {HOST}"    # what /init says once it is set
 PROMPT = "guest# "
 TCP_PORT = 5001
+NC_IDLE = 5                         # busybox nc -w: close this long after its input ended
 MIB = 1 << 20
-# The host's end of the TCP test, run in the namespace: accept one connection, read to its
-# end, print the bytes and the seconds from accept to the last byte.
+# The host's end of the TCP test, run in the namespace: accept one connection, read until
+# the expected bytes are in (or the sender closes), print the bytes and the seconds from
+# accept to the last byte.  Not "until end of file": busybox nc keeps its connection open
+# after its input ends (until -w's idle time), and that wait is not the network's.
 RECEIVER = """
 import socket, sys, time
-server = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+port, timeout, expected = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+server = socket.create_server(("0.0.0.0", port))
 print("listening", flush=True)
-server.settimeout(float(sys.argv[2]))
+server.settimeout(timeout)
 conn, _ = server.accept()
-conn.settimeout(float(sys.argv[2]))
+conn.settimeout(timeout)
 start, total = time.monotonic(), 0
-while chunk := conn.recv(1 << 16):
+while total < expected and (chunk := conn.recv(1 << 16)):
     total += len(chunk)
 print(total, time.monotonic() - start, flush=True)
 """
@@ -117,13 +121,13 @@ def guest_to_host(netns: str, vm: SerialSession, mbytes: int, at: int) -> float:
     """The guest sends `mbytes` MiB of zeros with busybox nc; the host's receiver counts
     and times them.  MiB/s."""
     receiver = subprocess.Popen(in_netns(netns, [sys.executable, "-c", RECEIVER, str(TCP_PORT),
-                                                 str(BOOT_SILENCE)]),
+                                                 str(BOOT_SILENCE), str(mbytes * MIB)]),
                                 stdout=subprocess.PIPE, text=True)
     try:
         if receiver.stdout.readline() != "listening\n":
             raise SystemExit("the host's TCP receiver did not start")
         vm.send(f"dd if=/dev/zero bs=65536 count={mbytes * MIB // 65536} 2>/dev/null | "
-                f"nc {HOST} {TCP_PORT}; echo sent-$?")
+                f"nc -w {NC_IDLE} {HOST} {TCP_PORT}; echo sent-$?")
         out, _ = receiver.communicate(timeout=BOOT_SILENCE + 60)
     finally:
         receiver.kill()
