@@ -22,7 +22,7 @@ Two guests (--guest tiny,linux, the default, runs both):
          it in the L1 lane:  python tests/hw/lane.py --bench vm_network
 
     sudo .venv/bin/python tests/bench/bench_vm_network.py [--guest tiny,linux] [--runs 5]
-                                                           [--count 50] [--mbytes 64]
+                                                           [--count 50] [--mbytes 8]
 """
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ LINUX_IP = f"ip={GUEST}::{HOST}:255.255.255.0::eth0:off"    # the recipe's /init
 LINUX_READY = f"pykvm-guest: eth0 {GUEST}/24 via {HOST}"    # what /init says once it is set
 PROMPT = "guest# "
 TCP_PORT = 5001
+SECONDS_PER_MIB = 30                # the slowest transfer waited for: 34 KiB/s (nested TCG)
 NC_IDLE = 5                         # busybox nc -w: close this long after its input ended
 MIB = 1 << 20
 # The host's end of the TCP test, run in the namespace: accept one connection, read until
@@ -128,7 +129,7 @@ def guest_to_host(netns: str, vm: SerialSession, mbytes: int, at: int) -> float:
             raise SystemExit("the host's TCP receiver did not start")
         vm.send(f"dd if=/dev/zero bs=65536 count={mbytes * MIB // 65536} 2>/dev/null | "
                 f"nc -w {NC_IDLE} {HOST} {TCP_PORT}; echo sent-$?")
-        out, _ = receiver.communicate(timeout=BOOT_SILENCE + 60)
+        out, _ = receiver.communicate(timeout=BOOT_SILENCE + mbytes * SECONDS_PER_MIB)
     finally:
         receiver.kill()
         receiver.wait()
@@ -206,7 +207,7 @@ def main() -> None:
     parser.add_argument("--guest", default="tiny,linux", help="tiny, linux or both (comma)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--count", type=int, default=50, help="echo requests per run")
-    parser.add_argument("--mbytes", type=int, default=64, help="MiB the Linux guest sends per run")
+    parser.add_argument("--mbytes", type=int, default=8, help="MiB the Linux guest sends per run")
     parser.add_argument("--mem", default="256M", help="the Linux guest's memory")
     parser.add_argument("--kernel", type=Path, default=CACHE / "vmlinuz")
     parser.add_argument("--initrd", type=Path, default=CACHE / "initramfs.cpio")
