@@ -743,8 +743,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--boot-timeout", type=float, default=180)
     parser.add_argument("--stage-timeout", type=float, default=120,
                         help="module load, mounts, power off (default: 120 s each)")
-    parser.add_argument("--tests-timeout", type=float, default=2700,
-                        help="the whole test run in one L1 (default: 2700 s; a hang is caught "
+    parser.add_argument("--tests-timeout", type=float, default=3600,
+                        help="the whole test run in one L1 (default: 3600 s; a hang is caught "
                              "sooner by the heartbeat)")
     parser.add_argument("--heartbeat-timeout", type=float, default=60,
                         help="fail when L1 stops beating on ttyS1 this long (default: 60 s)")
