@@ -90,9 +90,10 @@ def vm_cmdline() -> str:
     return f"{CMDLINE_WORDS} rdinit={INIT}"
 
 
-def run_in_vm(image: str, cfg, memory: str | None) -> int:
+def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path]) -> int:
     """Run the RunConfig `cfg` made from `image` (its command, env, cwd, user, hostname) in a
-    VM with `memory` of RAM; returns the command's exit status."""
+    VM with `memory` of RAM, booting `guest` (linux_guest()'s kernel and initramfs); returns
+    the command's exit status."""
     from pykvm.container.image.rootdisk import root_disk
     from pykvm.container.image.store import ImageStore
     from pykvm.sizes import format_size, host_memory, parse_size
@@ -101,7 +102,7 @@ def run_in_vm(image: str, cfg, memory: str | None) -> int:
     ram = parse_size(memory or DEFAULT_MEMORY, what="--memory", default_unit="M")
     if ram > host_memory():
         raise ConfigError(f"--memory {memory}: more than this host's {format_size(host_memory())} of RAM")
-    kernel, initrd = linux_guest()
+    kernel, initrd = guest
     store = ImageStore()
     disk = root_disk(store, store.get(image))                                      # 2
     request = RunRequest(args=cfg.args, env=cfg.env, cwd=cfg.cwd, uid=cfg.uid, gid=cfg.gid,

@@ -104,7 +104,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
             "--cap-add": bool(cap_add), "--cap-drop": bool(cap_drop), "--security-opt": bool(security_opt),
             "--read-only": read_only, "--rootfs": rootfs is not None, "--detach": detach,
             "--name": name is not None, "--interactive": interactive, "--tty": tty, "--init": use_init})
-        linux_guest()
+        guest = linux_guest()
     cfg_caps = None
     if cap_add or cap_drop:                  # checked before anything is created
         from pykvm.container.runtime import capabilities as caps
@@ -145,7 +145,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
                   capabilities=cfg_caps or cfg.capabilities, init=use_init)
     if isolation == "vm":
         from pykvm.commands.container.isolation import run_in_vm
-        sys.exit(run_in_vm(args[0], cfg, memory))
+        sys.exit(run_in_vm(args[0], cfg, memory, guest))
     cfg = replace(cfg, **_security_options(security_opt, cfg.capabilities.get("bounding", [])))
     container = launch(cfg, DETACHED if detach else FOREGROUND)
     if detach:

@@ -517,7 +517,6 @@ class ImageStore:
         is kept even when no tag reaches it any more (`rmi --force`).  A root disk a
         running VM has open stays readable to it after the unlink.
         """
-
         with self.locked():
             live, live_diff_ids = self.referenced()
             live_diff_ids |= {f"sha256:{os.path.basename(d)}" for s in _containers() for d in s.layers
