@@ -721,6 +721,18 @@ def run_direct(args: argparse.Namespace, pytest_args: list[str]) -> int:
     return status
 
 
+def stale_linux_guest() -> str | None:
+    """Which source of guests/linux is newer than the built guest in .cache/linux, if any.
+    lane.py runs the tests on the guest it finds; `make test-hw` builds it first, a direct
+    run of lane.py does not."""
+    built = ROOT / ".cache" / "linux" / "initramfs.cpio"
+    if not built.exists():
+        return None                                  # the linux tests skip, saying why
+    sources = [p for p in (ROOT / "guests" / "linux").iterdir() if p.is_file()]
+    newer = [p.name for p in sources if p.stat().st_mtime > built.stat().st_mtime]
+    return ", ".join(sorted(newer)) or None
+
+
 def progress(stage: str, message: str) -> None:
     print(f"lane: [{time.strftime('%H:%M:%S')}] {stage}: {message}", flush=True)
 
@@ -806,6 +818,9 @@ def main(argv: list[str] | None = None) -> int:
             if (status := run_instead_of_tests(args, pytest_args)) is not None:
                 return status
             return run_tests(args.markers, args.junit, pytest_args, args.test_log)
+    if newer := stale_linux_guest():
+        progress("warning", f"guests/linux/{{{newer}}} changed after .cache/linux was built: "
+                 "run `make linux-guest` first (or `make test-hw`), or its tests see the old guest")
     try:
         if args.kvm_unit_tests and kvm_unit_tests.suite_dir() is None:
             print(f"lane: kvm-unit-tests: skipped: no built suite (set {kvm_unit_tests.ENV_DIR}, "

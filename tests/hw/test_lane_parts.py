@@ -66,6 +66,22 @@ def test_init_script_loads_modules_in_order_and_mounts_shares():
         script.index("tests-done status=$?")
 
 
+def test_a_linux_guest_older_than_its_sources_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(lane, "ROOT", tmp_path)
+    sources, built = tmp_path / "guests" / "linux", tmp_path / ".cache" / "linux" / "initramfs.cpio"
+    sources.mkdir(parents=True)
+    (sources / "init").write_text("#!/bin/sh\n")
+    (sources / "container-init.c").write_text("int main(void) { return 0; }\n")
+    assert lane.stale_linux_guest() is None                  # not built: its tests skip
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"")
+    os.utime(sources / "init", (1000, 1000))
+    os.utime(sources / "container-init.c", (1000, 1000))
+    assert lane.stale_linux_guest() is None
+    os.utime(sources / "container-init.c", (time.time() + 60,) * 2)
+    assert lane.stale_linux_guest() == "container-init.c"
+
+
 def test_junit_summary_counts(tmp_path):
     junit = tmp_path / "junit.xml"
     junit.write_text('<testsuites><testsuite name="pytest" tests="5" failures="1" errors="0" '
