@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -346,7 +347,7 @@ def test_config_from_image_orders_layers_top_first(tmp_path):
 def test_state_root_override(monkeypatch, tmp_path):
     from pykvm.container.runtime.state import state_root
     monkeypatch.setenv("PYKVM_STATE_ROOT", str(tmp_path))
-    assert state_root() == tmp_path
+    assert state_root() == str(tmp_path)
     monkeypatch.delenv("PYKVM_STATE_ROOT")
     assert str(state_root()).startswith("/run/pykvm" if os.geteuid() == 0 else "/")
 
@@ -457,7 +458,7 @@ def test_state_remove_deletes_the_directory_but_follows_no_symlink(tmp_path, wit
     outside = tmp_path / "host"
     outside.mkdir()
     (outside / "precious").write_text("keep me")
-    state_dir = store.create(ContainerState(id="c1", name="c1"))
+    state_dir = Path(store.create(ContainerState(id="c1", name="c1")))
     (state_dir / "exit.json").write_text("{}")
     (state_dir / "escape").symlink_to(outside)
     if with_layer:
