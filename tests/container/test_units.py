@@ -598,3 +598,22 @@ def test_resolve_user_takes_gid_and_groups_as_docker(tmp_path):
     assert resolve_user("1234", str(tmp_path)) == (1234, 0, [])          # not in passwd: gid 0
     with pytest.raises(ConfigError, match="0-2147483647"):
         resolve_user("4294967295", str(tmp_path))
+
+
+def test_the_launcher_learns_inits_pid_when_ready_comes_first(tmp_path):
+    """On a busy machine init may have made its root and said {"ready"} before the monitor
+    gets the CPU back to send {"pid"}: the launcher must still wait for the PID, which an
+    engine's --pid-file and `start` (state.json's pid) need."""
+    from pykvm.container.runtime.launcher import CREATED, Container
+    from pykvm.container.runtime.process import EventPipe
+    from pykvm.container.runtime.state import StateStore
+    store = StateStore(tmp_path / "state")
+    container = Container(RunConfig(args=["true"], rootfs=str(tmp_path)), CREATED, store)
+    store.create(container.state)
+    pipe = EventPipe()
+    pipe.send(ready=1)                     # init, first
+    pipe.send(pid=os.getpid())             # the monitor, late (any live process stands in for init)
+    pipe.launcher_side()
+    container._follow_setup(pipe)
+    assert container.init_pid == os.getpid()
+    assert store.load(container.id).pid == os.getpid()
