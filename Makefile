@@ -35,7 +35,8 @@ help:
 deps:
 	bash .ci/packages
 
-# --- the Python side: a venv with pykvm installed editable (compiles the cffi bindings)
+# --- the Python side: a venv with pykvm installed editable (compiles the cffi bindings;
+# pyproject.toml says why the editable install is a plain .pth line)
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py pykvm/vm/kvm/_build.py pykvm/container/runtime/_build.py \

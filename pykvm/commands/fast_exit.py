@@ -23,13 +23,16 @@ def exit_now(code) -> None:
     """
     import atexit
     import os
-    import threading
 
     if code is not None and not isinstance(code, int):      # sys.exit("message")
         print(code, file=sys.stderr)
         code = 1
     code = (code or 0) & EXIT_STATUS_MASK   # debug-exit's (V << 1) | 1 can be 33 bits wide
-    if threading.active_count() > 1 or sys.getprofile() or sys.gettrace():
+    # Only the threading module starts threads that exit waits for; not imported, none
+    # were started (and importing it to ask would cost each pykvm-runc call ~1 ms).
+    threading = sys.modules.get("threading")
+    threads = threading.active_count() if threading else 1
+    if threads > 1 or sys.getprofile() or sys.gettrace():
         sys.exit(code)      # threads to wait for; or `python -m cProfile/pdb ...`, which write
                             # their results after the module returns: the normal exit
     atexit._run_exitfuncs()

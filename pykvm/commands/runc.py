@@ -235,7 +235,7 @@ def _one_id(positional: list[str], command: str) -> str:
 def _load(store, cid: str):
     """The container by its exact id (runc has no names or prefixes)."""
     from pykvm.container.runtime.state import ID_RE
-    if not ID_RE.match(cid) or not (store.dir(cid) / "state.json").is_file():
+    if not ID_RE.match(cid) or not store.has(cid):
         raise RuncError(NO_SUCH_CONTAINER)
     return store.load(cid)
 
@@ -262,7 +262,7 @@ def cmd_create(store, opts: dict, positional: list[str]) -> int:
     cid = _one_id(positional, "create")
     from pykvm.container.runtime.lifecycle import oci_create
     from pykvm.errors import ConfigError
-    if (store.dir(cid) / "state.json").is_file():
+    if store.has(cid):
         raise RuncError("container with given ID already exists")
     try:
         container = oci_create(cid, opts.get("bundle", "."), store,

@@ -60,9 +60,9 @@ jobs; `tests/bench/profile_container_launch.py 30` prints the same table):
       Goal (b) gives 15 ms to imports *and* launch: click's import alone is 19.5 ms and the
       launch 13 ms, so (b) cannot be met while the CLI parses with click.  Before this work
       the CLI added +84 ms (+102 ms without .pyc files, as this benchmark used to run).
-  The venv's editable-install finder (site.py imports pathlib for it) costs `python -c pass`
-  ~12 ms; a plain .pth install makes `python -c pass` 12 ms faster but not the CLI (which
-  imports pathlib anyway), so it would widen (b), not close it.
+  The venv's editable install is a plain .pth line (pyproject.toml's package-dir); the import
+  finder it was before cost `python -c pass` ~12 ms (site.py imported pathlib for it), but
+  not the CLI, which imports pathlib anyway: it widened (b) without closing it.
 """
 from __future__ import annotations
 

@@ -21,34 +21,41 @@ Fair play:
     each.  pykvm's modules are byte-compiled first (PYTHONDONTWRITEBYTECODE may be set, and
     an installed package has its .pyc files).
 
-Measured 2026-12-02 on this 2-core machine at load average 5.5-8 (other jobs), 20
-interleaved runs (min / median / max), with a fifth row added by hand: pykvm-runc as it
-was before its calls imported only what they use and skipped the interpreter's teardown:
+Measured 2026-12-02 on this 2-core machine at load average 7-9 (other jobs), 20
+interleaved runs each (min / median / max, ms).  This benchmark:
 
-    runc                   458 /  767 / 2055 ms
-    pykvm-runc             667 / 1106 / 1804 ms     1.44x runc: goal <= 1.2x NOT met
-    pykvm-runc, before     917 / 1207 / 2392 ms     1.58x runc
-    crun                   521 /  709 /  978 ms     0.92x runc
+    runc                   478 / 1175 / 2815
+    pykvm-runc             855 / 1488 / 2923     1.27x runc: goal <= 1.2x NOT met
+    crun                   538 /  904 / 2064     0.77x runc
+    python -c pass          16 /   43 /  198
 
-At that load the wall clock mostly measures the scheduler: two more such runs gave 1.41x
-against 1.43x before, and 1.61x against 1.53x.  CPU time is steadier.  An engine-like
-driver (create, start, waitpid, delete --force on Podman's config.json, 20 interleaved
-runs, load 6.2) gives per call CPU ms (user+sys, median) / wall ms (median):
+and, minutes later, the same Podman runs through a logging wrapper around each runtime,
+with a fourth row by hand: pykvm-runc as it was before its calls left out dataclasses,
+pathlib, threading and the editable install's import finder (a second venv):
+
+    runc                   659 / 1018 / 1808
+    pykvm-runc             886 / 1332 / 2949     1.31x runc
+    pykvm-runc, before    1172 / 1473 / 3407     1.45x runc
+    crun                   609 /  881 / 1757     0.87x runc
+
+At that load each runnable process gets about a quarter of a CPU, so a call's wall clock
+is about four times its CPU time, and the rows differ by the runtime's CPU.  Per call under
+Podman, wall ms / CPU ms (user+sys, in the 10 ms steps of /usr/bin/time), medians:
 
                   create        start         delete
-    runc          15 /  61       5 /  15       6 /  11
-    pykvm-runc    60 / 153      43 / 104      46 /  95
-    before        82 / 213      57 / 138      68 / 159
+    runc          76 / 10       20 /  0       16 /  0
+    pykvm-runc   214 / 60       78 / 20      118 / 30
+    before       276 / 65      162 / 40      146 / 45
 
-What a pykvm-runc call still costs, CPU ms (python -X importtime, medians of 9 runs):
-Python's own start ~8; site.py ~13, of which the editable install's import finder pulls
-pathlib, re and importlib.util (pykvm needs pathlib and re anyway: a plain .pth install
-measured no faster per call); dataclasses ~8, 6 of them its import of inspect (every call:
-state.py, hooks.py, cgroups.py and namespaces.py hold dataclasses); pykvm's modules 3-5
-for `start` and `delete`, ~20 for `create`, whose launch (monitor, init: ~1200 syscalls
-for Podman's mounts, masked and read-only paths) adds 10-15.  So ~30 ms per call before
-any work, three calls per container, against runc's 5-15 ms of CPU per call: Python's
-start and the imports of a readable runtime are the floor, and 1.2x is out of reach for them.
+What a pykvm-runc call still costs before it does any work, CPU ms (python -X importtime,
+minimum of 9 runs at that load): Python's own start ~8 and site.py ~3.5 (~15 while the
+editable install was an import finder, which imported pathlib and importlib.util); json,
+with the re and enum it imports, ~9: every call reads state.json.  `start` and `state` are
+at that floor.  `delete` adds pathlib (~5, cgroups.py works on Path) and the cffi binding
+(~1).  `create` adds dataclasses (~10 to import, inspect included, and ~4 to build
+RunConfig, Mount and DeviceNode), pathlib, pykvm's runtime modules and the launch.  So
+~25 ms of each call is Python's start and json, three calls per container, against runc's
+5-15 ms of CPU per call: 1.2x is not met at this load.
 """
 from __future__ import annotations
 

@@ -149,10 +149,10 @@ def test_a_container_being_created_by_a_live_launcher_is_left_alone(tmp_path):
 
 def test_a_state_directory_without_state_json_is_removed(tmp_path):
     store = StateStore(tmp_path / "state")
-    (store.ensure() / "half").mkdir()                          # a launcher killed after mkdir
+    (Path(store.ensure()) / "half").mkdir()                          # a launcher killed after mkdir
     (found,) = check_containers(store, repair=True)
     assert found.line() == "container half: has no readable state.json: removed"
-    assert not (store.root / "half").exists()
+    assert not (Path(store.root) / "half").exists()
 
 
 @pytest.mark.root

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -346,7 +347,7 @@ def test_config_from_image_orders_layers_top_first(tmp_path):
 def test_state_root_override(monkeypatch, tmp_path):
     from pykvm.container.runtime.state import state_root
     monkeypatch.setenv("PYKVM_STATE_ROOT", str(tmp_path))
-    assert state_root() == tmp_path
+    assert state_root() == str(tmp_path)
     monkeypatch.delenv("PYKVM_STATE_ROOT")
     assert str(state_root()).startswith("/run/pykvm" if os.geteuid() == 0 else "/")
 
@@ -457,7 +458,7 @@ def test_state_remove_deletes_the_directory_but_follows_no_symlink(tmp_path, wit
     outside = tmp_path / "host"
     outside.mkdir()
     (outside / "precious").write_text("keep me")
-    state_dir = store.create(ContainerState(id="c1", name="c1"))
+    state_dir = Path(store.create(ContainerState(id="c1", name="c1")))
     (state_dir / "exit.json").write_text("{}")
     (state_dir / "escape").symlink_to(outside)
     if with_layer:
@@ -597,3 +598,22 @@ def test_resolve_user_takes_gid_and_groups_as_docker(tmp_path):
     assert resolve_user("1234", str(tmp_path)) == (1234, 0, [])          # not in passwd: gid 0
     with pytest.raises(ConfigError, match="0-2147483647"):
         resolve_user("4294967295", str(tmp_path))
+
+
+def test_the_launcher_learns_inits_pid_when_ready_comes_first(tmp_path):
+    """On a busy machine init may have made its root and said {"ready"} before the monitor
+    gets the CPU back to send {"pid"}: the launcher must still wait for the PID, which an
+    engine's --pid-file and `start` (state.json's pid) need."""
+    from pykvm.container.runtime.launcher import CREATED, Container
+    from pykvm.container.runtime.process import EventPipe
+    from pykvm.container.runtime.state import StateStore
+    store = StateStore(tmp_path / "state")
+    container = Container(RunConfig(args=["true"], rootfs=str(tmp_path)), CREATED, store)
+    store.create(container.state)
+    pipe = EventPipe()
+    pipe.send(ready=1)                     # init, first
+    pipe.send(pid=os.getpid())             # the monitor, late (any live process stands in for init)
+    pipe.launcher_side()
+    container._follow_setup(pipe)
+    assert container.init_pid == os.getpid()
+    assert store.load(container.id).pid == os.getpid()

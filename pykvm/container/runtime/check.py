@@ -55,10 +55,11 @@ class Finding:
 
 def check_containers(store: StateStore, repair: bool = False) -> list[Finding]:
     """Every state directory: readable, and looked after by a launcher or monitor or stopped cleanly."""
-    if not store.root.is_dir():
+    root = Path(store.root)
+    if not root.is_dir():
         return []
     findings = []
-    for path in sorted(store.root.iterdir()):
+    for path in sorted(root.iterdir()):
         try:
             state = store.load(path.name)
         except (ContainerError, ValueError, TypeError):
@@ -146,7 +147,8 @@ def check_cgroups(store: StateStore, repair: bool = False) -> list[Finding]:
     probe = open_cgroup("probe") if not os.environ.get(STATE_ROOT_ENV) else None
     if probe is None:
         return []
-    known = {p.name for p in store.root.iterdir()} if store.root.is_dir() else set()
+    root = Path(store.root)
+    known = {p.name for p in root.iterdir()} if root.is_dir() else set()
     findings = []
     for parent in sorted({d.parent for d in probe.dirs()}):
         if not parent.is_dir():

@@ -15,13 +15,16 @@ hook is {path, args, env, timeout}; it gets the container's state JSON
 A failing prestart, createRuntime, createContainer or startContainer hook stops
 the container with one line naming it; a failing poststart or poststop hook is a
 warning (the spec: "the runtime MUST log a warning").
+
+`oci start` and `oci delete` (each a pykvm-runc call of its own) read the hooks back from
+state.json, so Hook is a plain class: dataclasses' import of inspect would cost each
+call ~8 ms.
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
-from dataclasses import asdict, dataclass, field
 
 from pykvm.errors import ConfigError, ContainerError
 
@@ -31,14 +34,22 @@ KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "post
 STDERR_SHOWN = 200                # bytes of a failing hook's stderr quoted in the error
 
 
-@dataclass(frozen=True)
 class Hook:
     """One hook: config.md "path" (absolute), "args" (execv's argv), "env", "timeout" (s)."""
 
-    path: str
-    args: list[str] = field(default_factory=list)
-    env: list[str] = field(default_factory=list)
-    timeout: int | None = None
+    def __init__(self, path: str, args: list[str] | None = None, env: list[str] | None = None,
+                 timeout: int | None = None):
+        self.path = path
+        self.args = list(args or [])
+        self.env = list(env or [])
+        self.timeout = timeout
+
+    def to_json(self) -> dict:
+        """As state.json keeps it (Hook(**data) reads it back)."""
+        return {"path": self.path, "args": self.args, "env": self.env, "timeout": self.timeout}
+
+    def __repr__(self) -> str:
+        return f"Hook({self.path!r}, args={self.args!r}, env={self.env!r}, timeout={self.timeout!r})"
 
 
 def parse_hooks(value) -> dict[str, list[Hook]]:
@@ -69,16 +80,16 @@ def _hook(entry, where: str) -> Hook:
         raise ConfigError(f"config.json: {where}.env entries must be NAME=VALUE")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
         raise ConfigError(f"config.json: {where}.timeout must be a positive number of seconds")
-    return Hook(path, list(args or []), list(env or []), timeout)
+    return Hook(path, args, env, timeout)
 
 
 def hooks_from_json(data: dict) -> dict[str, list[Hook]]:
-    """The hooks as state.json keeps them (`asdict`), for `oci start` and `oci delete`."""
+    """The hooks as state.json keeps them (hooks_to_json), for `oci start` and `oci delete`."""
     return {kind: [Hook(**h) for h in entries] for kind, entries in (data or {}).items()}
 
 
 def hooks_to_json(hooks: dict[str, list[Hook]]) -> dict:
-    return {kind: [asdict(h) for h in entries] for kind, entries in hooks.items()}
+    return {kind: [h.to_json() for h in entries] for kind, entries in hooks.items()}
 
 
 def run_hooks(hooks: dict[str, list[Hook]], kinds: tuple[str, ...], state: dict) -> None:

@@ -334,31 +334,41 @@ class Container:
             self.tty_inside = None
 
     def _follow_setup(self, pipe: EventPipe) -> None:
-        """Serve the children's requests until the command is exec'd (EOF) or ready."""
+        """Serve the children's requests until the command is exec'd (EOF), or init is
+        ready and its PID known.
+
+        The monitor and init write to the pipe independently: on a busy machine the monitor
+        may get the CPU back only after init has asked for its hooks or its veth, or made its
+        whole root and said {"ready"}.  So those wait for the monitor's {"pid"}: stopping at
+        {"ready"} without it would leave init's PID unknown (0 in state.json and in an
+        engine's --pid-file), and `start` would call the waiting container stopped."""
         error = None
-        network_asked = False          # init asks for its veth; the monitor's {"pid"} may come after
+        hooks_asked = network_asked = ready = False
         try:
-            while (event := pipe.receive()) is not None:
+            while not (ready and self.init_pid) and (event := pipe.receive()) is not None:
                 if "user" in event:
                     ns.write_id_maps(self.monitor_pid, self.cfg.uid_mappings, self.cfg.gid_mappings)
                     pipe.ack()
                 elif "pid" in event:
                     self._adopt_init(event["pid"])
                 elif "hooks" in event:                   # init's mounts are made: runtime-side hooks
+                    hooks_asked = True
+                elif "network" in event:
+                    network_asked = True
+                elif "ready" in event:
+                    ready = True
+                elif "error" in event:
+                    error = event
+                    break
+                if hooks_asked and self.init_pid:
+                    hooks_asked = False
                     run_hooks(self.cfg.hooks, ("prestart", "createRuntime"),
                               oci_state_json(self.state, "creating", self.init_pid))
                     pipe.ack()
-                elif "network" in event:
-                    network_asked = True
                 if network_asked and self.init_pid:
                     network_asked = False
                     self._connect_network()
                     pipe.ack()
-                elif "ready" in event:
-                    break
-                elif "error" in event:
-                    error = event
-                    break
         finally:
             os.close(pipe.events_r)
             os.close(pipe.ack_w)

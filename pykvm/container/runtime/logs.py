@@ -74,7 +74,7 @@ def copy_log(store: StateStore, state: ContainerState, out: int, lines: int | No
              follow: bool = False) -> None:
     """Write the log (its last `lines` lines) to fd `out`; with `follow`, go on until the
     container has stopped and its log has no more to say."""
-    path = store.dir(state.id) / LOG_NAME
+    path = os.path.join(store.dir(state.id), LOG_NAME)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -93,7 +93,7 @@ def default_mode() -> str:
 
 def network_dir() -> Path:
     """Beside the containers' directory: /run/pykvm/network for root (or under PYKVM_STATE_ROOT)."""
-    return state_root().parent / "network"
+    return Path(state_root()).parent / "network"
 
 
 def veth_name(cid: str) -> str:

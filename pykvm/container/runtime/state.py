@@ -11,6 +11,10 @@
 The OCI runtime spec's state (runtime.md "State") is computed from these:
 status is "created" while exec.fifo exists, "stopped" once exit.json exists
 or the init process is gone, else "running".
+
+Every `pykvm-runc` call (an engine makes three per container: create, start, delete)
+reads this module, so it imports neither dataclasses (which imports inspect: ~8 ms) nor
+pathlib (~4 ms): ContainerState is a plain class and paths are strings (os.path).
 """
 from __future__ import annotations
 
@@ -18,8 +22,6 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from pykvm.errors import ConfigError, ContainerError
 
@@ -33,19 +35,19 @@ OCI_VERSION = "1.0.2"                       # runtime-spec version whose state J
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-def state_root() -> Path:
+def state_root() -> str:
     """/run/pykvm/containers for root; a private per-user directory for everyone else.
 
     $PYKVM_STATE_ROOT overrides both (tests use it to keep to themselves).
     """
     if os.environ.get(STATE_ROOT_ENV):
-        return Path(os.environ[STATE_ROOT_ENV])
+        return os.environ[STATE_ROOT_ENV]
     if os.geteuid() == 0:
-        return Path("/run/pykvm/containers")
+        return "/run/pykvm/containers"
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
     if runtime_dir and os.access(runtime_dir, os.W_OK):
-        return Path(runtime_dir) / "pykvm" / "containers"
-    return Path(f"/tmp/pykvm-{os.getuid()}") / "containers"
+        return os.path.join(runtime_dir, "pykvm", "containers")
+    return f"/tmp/pykvm-{os.getuid()}/containers"
 
 
 def new_id() -> str:
@@ -53,31 +55,50 @@ def new_id() -> str:
     return os.urandom(6).hex()          # not `secrets`: its hashlib import costs ~20 ms of CLI startup
 
 
-@dataclass
 class ContainerState:
-    """What the launcher records about a container (state.json)."""
+    """What the launcher records about a container (state.json): one attribute per key."""
 
-    id: str
-    name: str
-    bundle: str = ""
-    rootfs: str = ""
-    pid: int = 0                   # host PID of the container's init (PID 1 inside)
-    pid_start: int = 0             # its start time (/proc/PID/stat field 22): guards against PID reuse
-    monitor_pid: int = 0
-    launcher_pid: int = 0          # the process that launched it, and its start time: while it lives
-    launcher_start: int = 0        # and init's PID is not yet known, the container is being created
-    command: list[str] = field(default_factory=list)
-    created: float = 0.0
-    cgroup: dict = field(default_factory=dict)      # {"version": "v1", "paths": {...}} or {}
-    pid_namespace: list[int] = field(default_factory=list)   # [dev, inode] of init's: what is "ours" to kill
-    auto_remove: bool = False
-    detached: bool = False
-    annotations: dict = field(default_factory=dict)
-    image: str = ""                # the image ID it was made from (`rmi` refuses to remove it)
-    layers: list[str] = field(default_factory=list)   # its overlay's lower dirs (`gc` keeps them)
-    process: dict = field(default_factory=dict)   # env, cwd, user, capabilities ... (`exec` starts from them)
-    hooks: dict = field(default_factory=dict)     # config.json's hooks (`oci start` and `delete` run some)
-    network: str = ""              # "bridge": it holds an address and ports until removed (network.py)
+    def __init__(self, id: str, name: str,
+                 bundle: str = "",
+                 rootfs: str = "",
+                 pid: int = 0,                  # host PID of the container's init (PID 1 inside)
+                 pid_start: int = 0,            # its start time (/proc/PID/stat field 22): guards against PID reuse
+                 monitor_pid: int = 0,
+                 launcher_pid: int = 0,         # the process that launched it, and its start time: while it lives
+                 launcher_start: int = 0,       # and init's PID is not yet known, the container is being created
+                 command: list[str] | None = None,
+                 created: float = 0.0,
+                 cgroup: dict | None = None,    # {"version": "v1", "dirs": [...], "named": bool} or {}
+                 pid_namespace: list[int] | None = None,  # [dev, inode] of init's: what is "ours" to kill
+                 auto_remove: bool = False,
+                 detached: bool = False,
+                 annotations: dict | None = None,
+                 image: str = "",               # the image ID it was made from (`rmi` refuses to remove it)
+                 layers: list[str] | None = None,   # its overlay's lower dirs (`gc` keeps them)
+                 process: dict | None = None,   # env, cwd, user, capabilities ... (`exec` starts from them)
+                 hooks: dict | None = None,     # config.json's hooks (`oci start` and `delete` run some)
+                 network: str = ""):            # "bridge": it holds an address and ports until removed (network.py)
+        self.id, self.name, self.bundle, self.rootfs = id, name, bundle, rootfs
+        self.pid, self.pid_start, self.monitor_pid = pid, pid_start, monitor_pid
+        self.launcher_pid, self.launcher_start = launcher_pid, launcher_start
+        self.command = command or []
+        self.created = created
+        self.cgroup = cgroup or {}
+        self.pid_namespace = pid_namespace or []
+        self.auto_remove, self.detached = auto_remove, detached
+        self.annotations = annotations or {}
+        self.image = image
+        self.layers = layers or []
+        self.process = process or {}
+        self.hooks = hooks or {}
+        self.network = network
+
+    def to_json(self) -> dict:
+        """state.json's object: every attribute (ContainerState(**data) reads it back)."""
+        return dict(vars(self))
+
+    def __repr__(self) -> str:
+        return f"ContainerState(id={self.id!r}, name={self.name!r}, pid={self.pid})"
 
 
 def oci_state_json(state: ContainerState, status: str, pid: int | None) -> dict:
@@ -93,21 +114,25 @@ def oci_state_json(state: ContainerState, status: str, pid: int | None) -> dict:
 class StateStore:
     """The directory of container state directories."""
 
-    def __init__(self, root: Path | None = None):
-        self.root = Path(root) if root else state_root()
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = os.fspath(root) if root else state_root()
 
-    def ensure(self) -> Path:
+    def ensure(self) -> str:
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
         except OSError as e:
             raise ContainerError(f"cannot create the state directory {self.root}: {e.strerror} "
                                  f"(choose another with PYKVM_STATE_ROOT)") from None
         return self.root
 
-    def dir(self, cid: str) -> Path:
-        return self.root / cid
+    def dir(self, cid: str) -> str:
+        return os.path.join(self.root, cid)
 
-    def create(self, state: ContainerState) -> Path:
+    def has(self, cid: str) -> bool:
+        """Is there a container with exactly this id (its state.json)?"""
+        return os.path.isfile(os.path.join(self.dir(cid), "state.json"))
+
+    def create(self, state: ContainerState) -> str:
         """Make the state directory; an id or name already in use is a ConfigError."""
         if not ID_RE.match(state.id):
             raise ConfigError(f"bad container id {state.id!r}: use letters, digits, _ . - (max 128)")
@@ -119,27 +144,27 @@ class StateStore:
                 raise ConfigError(f"container name or id {state.name!r} is already in use "
                                   f"(by {other.id}); remove it with `pykvm container rm {other.id}`")
         try:
-            self.dir(state.id).mkdir(mode=0o711)
+            os.mkdir(self.dir(state.id), 0o711)
         except FileExistsError:
             raise ConfigError(f"container {state.id!r} already exists") from None
         self.save(state)
         return self.dir(state.id)
 
     def save(self, state: ContainerState) -> None:
-        _write_json(self.dir(state.id) / "state.json", asdict(state))
+        _write_json(os.path.join(self.dir(state.id), "state.json"), state.to_json())
 
     def load(self, cid: str) -> ContainerState:
         try:
-            data = json.loads((self.dir(cid) / "state.json").read_text())
+            data = _read_json(os.path.join(self.dir(cid), "state.json"))
         except FileNotFoundError:
             raise ContainerError(f"no such container: {cid}") from None
         return ContainerState(**data)
 
     def list(self) -> list[ContainerState]:
-        if not self.root.is_dir():
+        if not os.path.isdir(self.root):
             return []
         out = []
-        for d in sorted(self.root.iterdir()):
+        for d in sorted(os.scandir(self.root), key=lambda entry: entry.name):
             if not d.is_dir():                  # not a container's: an engine's pid file, say
                 continue
             try:
@@ -153,7 +178,7 @@ class StateStore:
         match every container)."""
         if not ref:
             raise ContainerError("no such container: '' (give an id, a name or an id prefix)")
-        if ID_RE.match(ref) and (self.dir(ref) / "state.json").is_file():
+        if ID_RE.match(ref) and self.has(ref):
             return self.load(ref)           # an exact id: no need to read every container's state
         states = self.list()
         for s in states:
@@ -169,19 +194,19 @@ class StateStore:
     def exit_info(self, cid: str) -> dict | None:
         """exit.json, written by the monitor: {"exit_code", "oom_killed", "finished"} or None."""
         try:
-            return json.loads((self.dir(cid) / "exit.json").read_text())
+            return _read_json(os.path.join(self.dir(cid), "exit.json"))
         except (FileNotFoundError, ValueError):
             return None
 
     def record_exit(self, cid: str, exit_code: int, oom_killed: bool) -> None:
-        _write_json(self.dir(cid) / "exit.json",
+        _write_json(os.path.join(self.dir(cid), "exit.json"),
                     {"exit_code": exit_code, "oom_killed": oom_killed, "finished": time.time()})
 
     def status(self, state: ContainerState) -> str:
         """OCI status: created, running or stopped (runtime.md "State")."""
         if self.exit_info(state.id) is not None or not pid_alive(state.pid, state.pid_start):
             return "stopped"
-        if (self.dir(state.id) / "exec.fifo").exists():
+        if os.path.exists(os.path.join(self.dir(state.id), "exec.fifo")):
             return "created"
         return "running"
 
@@ -207,7 +232,7 @@ class StateStore:
         for entry in entries:           # only files: state.json, exit.json, container.log ...
             _unlink_quietly(entry.path)
         try:
-            path.rmdir()
+            os.rmdir(path)
         except OSError:
             pass
 
@@ -253,8 +278,15 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _read_json(path: str):
+    with open(path) as f:
+        return json.loads(f.read())
+
+
+def _write_json(path: str, data: dict) -> None:
     """Write atomically: readers see the old file or the new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=1))
     os.replace(tmp, path)
