@@ -90,10 +90,13 @@ class SerialSession:
             if len(self.output) > seen:
                 deadline, seen = time.monotonic() + timeout, len(self.output)
             left = deadline - time.monotonic()
-            if left <= 0 or (not self._pump(min(left, 0.5)) and self.proc.poll() is not None):
+            ended = left > 0 and not self._pump(min(left, 0.5)) and self.proc.poll() is not None
+            if left <= 0 or ended:
+                why = (f"it exited with status {self.proc.returncode}" if ended
+                       else f"nothing new for {timeout} s")
                 tail = self.output[-2000:].decode(errors="replace")
                 raise AssertionError(f"{needle!r} not seen on the console of {' '.join(self.argv[:3])}... "
-                                     f"(nothing new for {timeout} s); last output:\n{tail}")
+                                     f"({why}); last output:\n{tail}")
         return at + len(needle)
 
     def send(self, line: str) -> None:
