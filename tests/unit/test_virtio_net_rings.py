@@ -47,7 +47,6 @@ class LinuxRing:
     """The driver's side of one split queue, kept as virtio_ring.c keeps it."""
 
     def __init__(self, driver: ToyDriver, index: int):
-        self.driver, self.index = driver, index
         self.size = driver.sizes[index]
         self.desc, self.avail, self.used = driver.rings(index)
         self.memory = driver.memory
