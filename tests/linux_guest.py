@@ -99,6 +99,17 @@ class SerialSession:
                                      f"({why}); last output:\n{tail}")
         return at + len(needle)
 
+    def drain(self, seconds: float) -> None:
+        """Read what the console has written meanwhile, for at most `seconds` (a guest that
+        goes on printing is not waited for)."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            before = len(self.output)
+            if not self._pump(0.2) or len(self.output) == before:
+                return
+
     def send(self, line: str) -> None:
         import os
 

@@ -19,10 +19,16 @@ Two guests (--guest tiny,linux, the default, runs both):
          where a listener counts the bytes and times them from accept to end of stream.
          Goals: round trip <= 1.5x QEMU's, throughput >= 0.67x QEMU's.  Stock Linux
          cannot finish booting on PVM: there this part prints "not measured" and why; run
-         it in the L1 lane:  python tests/hw/lane.py --bench vm_network
+         it in the L1 lane:  python tests/hw/lane.py --bench vm_network [-- --guest linux]
+
+Every boot's whole console (the guest's kernel messages and the VMM's own stderr, from the
+first line) is kept in --logs, one file per boot: GUEST-VMM-RUN.log.  A boot that fails
+(a transfer that stops, a guest that does not answer) is named with its VMM and its log,
+and the other boots go on; the summary counts the failed ones.
 
     sudo .venv/bin/python tests/bench/bench_vm_network.py [--guest tiny,linux] [--runs 5]
                                                            [--count 50] [--mbytes 8]
+                                                           [--logs .cache/bench/vm_network]
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+LOGS = HERE.parents[1] / ".cache" / "bench" / "vm_network"   # every boot's console, by default
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm"), str(HERE)]
 import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
 import bench_linux_boot  # noqa: E402  (the Linux guest's VMM command lines)
@@ -55,25 +62,35 @@ LINUX_READY = f"pykvm-guest: eth0 {GUEST}/24 via {HOST}"    # what /init says on
 PROMPT = "guest# "
 TCP_PORT = 5001
 SECONDS_PER_MIB = 30                # the slowest transfer waited for: 34 KiB/s (nested TCG)
+STALL = 60                          # seconds without a byte before the receiver gives up
 NC_IDLE = 5                         # busybox nc -w: close this long after its input ended
 MIB = 1 << 20
 # The host's end of the TCP test, run in the namespace: accept one connection, read until
 # the expected bytes are in (or the sender closes), print the bytes and the seconds from
 # accept to the last byte.  Not "until end of file": busybox nc keeps its connection open
-# after its input ends (until -w's idle time), and that wait is not the network's.
+# after its input ends (until -w's idle time), and that wait is not the network's.  A
+# stream that stops (no byte for `stall` seconds) ends the count early: the caller sees
+# fewer bytes than it expected, not a timeout.
 RECEIVER = """
 import socket, sys, time
-port, timeout, expected = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+port, timeout, expected, stall = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 server = socket.create_server(("0.0.0.0", port))
 print("listening", flush=True)
 server.settimeout(timeout)
 conn, _ = server.accept()
-conn.settimeout(timeout)
+conn.settimeout(stall)
 start, total = time.monotonic(), 0
-while total < expected and (chunk := conn.recv(1 << 16)):
-    total += len(chunk)
+try:
+    while total < expected and (chunk := conn.recv(1 << 16)):
+        total += len(chunk)
+except TimeoutError:
+    pass
 print(total, time.monotonic() - start, flush=True)
 """
+
+
+class RunFailed(Exception):
+    """One boot did not give its figures: why, in a line (the console log says the rest)."""
 
 
 def in_ns(netns: str, *argv: str, **kw) -> subprocess.CompletedProcess:
@@ -81,13 +98,14 @@ def in_ns(netns: str, *argv: str, **kw) -> subprocess.CompletedProcess:
                           timeout=300, **kw)
 
 
-def ping_median(netns: str, vmm: str, count: int) -> float:
+def ping_median(netns: str, count: int) -> float:
     """`count` echo requests from the host, each as soon as the last answer came: the
     median round trip in ms."""
     r = in_ns(netns, "/bin/busybox", "ping", "-A", "-c", str(count), "-w", "120", GUEST)
     times = [float(t) for t in RTT.findall(r.stdout)]
     if len(times) < count:
-        raise SystemExit(f"{vmm}: {len(times)} of {count} answers:\n{r.stdout}{r.stderr}")
+        raise RunFailed(f"{len(times)} of {count} answers to the host's pings:\n"
+                        f"{r.stdout}{r.stderr}")
     return statistics.median(times)
 
 
@@ -95,26 +113,40 @@ def in_netns(netns: str, argv: list[str]) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
 
 
-def tiny_run(netns: str, vmm_argv: list[str], args) -> dict[str, float]:
-    """Boot tiny, wait for its own ping to the host, then time the host's pings."""
+@contextmanager
+def console(netns: str, vmm_argv: list[str], log: Path):
+    """The VMM on a serial console in `netns`; its whole console is written to `log` at the
+    end, however the boot ends.  A broken expectation is a RunFailed."""
     with SerialSession(in_netns(netns, vmm_argv)) as vm:
+        try:
+            yield vm
+        except AssertionError as e:
+            raise RunFailed(str(e).splitlines()[0]) from None
+        finally:
+            vm.drain(seconds=5)            # what the guest printed since the last expect()
+            log.write_bytes(vm.output)
+
+
+def tiny_run(netns: str, vmm_argv: list[str], args, log: Path) -> dict[str, float]:
+    """Boot tiny, wait for its own ping to the host, then time the host's pings."""
+    with console(netns, vmm_argv, log) as vm:
         vm.expect("1 packets transmitted, 1 received", BOOT_SILENCE)
-        rtt = ping_median(netns, vmm_argv[0], args.count)
+        rtt = ping_median(netns, args.count)
         vm.send("poweroff")
         vm.wait(BOOT_SILENCE)
     return {"round trip (ms)": rtt}
 
 
-def linux_run(netns: str, vmm_argv: list[str], args) -> dict[str, float]:
+def linux_run(netns: str, vmm_argv: list[str], args, log: Path) -> dict[str, float]:
     """Boot Linux to its prompt, time the host's pings, then a TCP stream VM -> host."""
-    with SerialSession(in_netns(netns, vmm_argv)) as vm:
+    with console(netns, vmm_argv, log) as vm:
         at = vm.expect(LINUX_READY, timeout=300)
         at = vm.expect(PROMPT, timeout=60, start=at)
-        rtt = ping_median(netns, vmm_argv[0], args.count)
+        rtt = ping_median(netns, args.count)
         mib_per_s = guest_to_host(netns, vm, args.mbytes, at)
         vm.send("poweroff -f")
-        if vm.wait(timeout=120) != 0:
-            raise SystemExit(f"{vmm_argv[0]}: {vm.output[-500:].decode(errors='replace')}")
+        if (status := vm.wait(timeout=120)) != 0:
+            raise RunFailed(f"the VMM exited with status {status} after poweroff")
     return {"round trip (ms)": rtt, "TCP VM->host (MiB/s)": mib_per_s}
 
 
@@ -122,21 +154,25 @@ def guest_to_host(netns: str, vm: SerialSession, mbytes: int, at: int) -> float:
     """The guest sends `mbytes` MiB of zeros with busybox nc; the host's receiver counts
     and times them.  MiB/s."""
     receiver = subprocess.Popen(in_netns(netns, [sys.executable, "-c", RECEIVER, str(TCP_PORT),
-                                                 str(BOOT_SILENCE), str(mbytes * MIB)]),
+                                                 str(BOOT_SILENCE), str(mbytes * MIB), str(STALL)]),
                                 stdout=subprocess.PIPE, text=True)
     try:
         if receiver.stdout.readline() != "listening\n":
-            raise SystemExit("the host's TCP receiver did not start")
+            raise RunFailed("the host's TCP receiver did not start")
         vm.send(f"dd if=/dev/zero bs=65536 count={mbytes * MIB // 65536} 2>/dev/null | "
                 f"nc -w {NC_IDLE} {HOST} {TCP_PORT}; echo sent-$?")
         out, _ = receiver.communicate(timeout=BOOT_SILENCE + mbytes * SECONDS_PER_MIB)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"{mbytes} MiB did not arrive within "
+                        f"{BOOT_SILENCE + mbytes * SECONDS_PER_MIB} s") from None
     finally:
         receiver.kill()
         receiver.wait()
+    total, seconds = out.split() if out else ("no", "0")
+    if total != str(mbytes * MIB):
+        raise RunFailed(f"the host received {total} bytes of {mbytes * MIB} "
+                        f"(the stream stopped for {STALL} s or never came)")
     vm.expect("sent-0", timeout=60, start=at)
-    total, seconds = out.split()
-    if int(total) != mbytes * MIB:
-        raise SystemExit(f"the host received {total} bytes of {mbytes * MIB}")
     return mbytes / float(seconds)
 
 
@@ -175,24 +211,40 @@ def linux_problem(args) -> str | None:
 GUESTS = {"tiny": (tiny_vmms, tiny_run), "linux": (linux_vmms, linux_run)}
 
 
-def measure(netns: str, vmms: dict[str, list[str]], run, args) -> dict[str, list[dict]]:
-    """A warm-up boot per VMM, then --runs boots each, interleaved so both see the same noise."""
-    for argv in vmms.values():
-        run(netns, argv, args)
-    results: dict[str, list[dict]] = {name: [] for name in vmms}
-    for _ in range(args.runs):
+def measure(netns: str, guest: str, vmms: dict[str, list[str]], run, args) -> dict[str, list]:
+    """A warm-up boot per VMM, then --runs boots each, interleaved so both see the same noise.
+
+    Each VMM's list holds a run's figures, or the RunFailed of a boot that gave none."""
+    results: dict[str, list] = {name: [] for name in vmms}
+    for number in ["warm-up", *range(1, args.runs + 1)]:
         for name, argv in vmms.items():
-            results[name].append(run(netns, argv, args))
+            log = args.logs / f"{guest}-{name.split()[0]}-{number}.log"
+            try:
+                figures = run(netns, argv, args, log)
+            except RunFailed as e:
+                print(f"{guest}, {name}, run {number}: failed: {e}\n  its console: {log}",
+                      flush=True)
+                figures = e
+            if number != "warm-up":
+                results[name].append(figures)
     return results
 
 
-def report(guest: str, results: dict[str, list[dict]], args) -> None:
+def report(guest: str, results: dict[str, list], args) -> None:
     print(f"\n{guest} over a tap: {args.runs} runs each (a run's round trip: the median of "
-          f"{args.count} pings)")
+          f"{args.count} pings); consoles in {args.logs}")
+    for name, runs in results.items():
+        if failed := sum(isinstance(r, RunFailed) for r in runs):
+            print(f"  {name}: {failed} of {len(runs)} runs failed (above: which, and why)")
+    measured = {name: [r for r in runs if not isinstance(r, RunFailed)]
+                for name, runs in results.items()}
+    if not all(measured.values()):
+        print("  not compared: a VMM has no run that gave its figures")
+        return
     print(f"{'':<42} {'min':>9} {'median':>9} {'max':>9}")
-    for metric in results["pykvm boot"][0]:
+    for metric in measured["pykvm boot"][0]:
         medians = {}
-        for name, runs in results.items():
+        for name, runs in measured.items():
             values = [r[metric] for r in runs]
             medians[name] = statistics.median(values)
             print(f"  {name + ' ' + metric:<40} {min(values):9.3f} {medians[name]:9.3f} "
@@ -202,7 +254,7 @@ def report(guest: str, results: dict[str, list[dict]], args) -> None:
         print(f"  median ratio pykvm / qemu, {metric}: {ratio:.2f}x (goal {goal}x)")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--guest", default="tiny,linux", help="tiny, linux or both (comma)")
     parser.add_argument("--runs", type=int, default=5)
@@ -211,6 +263,8 @@ def main() -> None:
     parser.add_argument("--mem", default="256M", help="the Linux guest's memory")
     parser.add_argument("--kernel", type=Path, default=CACHE / "vmlinuz")
     parser.add_argument("--initrd", type=Path, default=CACHE / "initramfs.cpio")
+    parser.add_argument("--logs", type=Path, default=LOGS,
+                        help="where each boot's whole console is kept (GUEST-VMM-RUN.log)")
     args = parser.parse_args()
     guests = [g for g in args.guest.split(",") if g]
     if unknown := set(guests) - set(GUESTS):
@@ -219,15 +273,19 @@ def main() -> None:
         raise SystemExit("needs root: it makes a network namespace and a tap device")
     if problem := tinyvm.vmm_problem("qemu"):
         raise SystemExit(problem)
+    failed = 0
     for guest in guests:
         if guest == "linux" and (problem := linux_problem(args)):
             print(f"\nlinux over a tap: not measured: {problem}")
             continue
         make_vmms, run = GUESTS[guest]
         vmms = make_vmms(args)
+        args.logs.mkdir(parents=True, exist_ok=True)
         with tap_namespace() as netns:
-            results = measure(netns, vmms, run, args)
+            results = measure(netns, guest, vmms, run, args)
         report(guest, results, args)
+        failed += any(isinstance(r, RunFailed) for runs in results.values() for r in runs)
+    return 1 if failed else 0
 
 
 @contextmanager
@@ -245,4 +303,4 @@ def tap_namespace():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,7 +20,9 @@ Each stage has a timeout; a failure names the stage and keeps the serial log
 (.cache/hw/serial.log).  Usage:
 
     python tests/hw/lane.py [--force-l1] [--boot-timeout S] ... [-- PYTEST_ARGS]
-    python tests/hw/lane.py --bench NAME     (tests/bench/run.py NAME in L1, no tests)
+    python tests/hw/lane.py --bench NAME [-- ARGS]
+                                             (tests/bench/run.py NAME -- ARGS in L1, no
+                                             tests: ARGS go to the benchmark script)
     python tests/hw/lane.py --kvm-unit-tests [-- ARGS]
                                              (tests/kvm_unit_tests.py ARGS in L1: the whole
                                              suite under L1's QEMU and pykvm, side by side)
@@ -267,16 +269,18 @@ def run_kvm_unit_tests(runner_args: list[str]) -> int:
 def run_instead_of_tests(args: argparse.Namespace, extra_args: list[str]) -> int | None:
     """--bench or --kvm-unit-tests: their status; None when the lane runs the tests."""
     if args.bench:
-        return run_bench(args.bench)
+        return run_bench(args.bench, extra_args)
     if args.kvm_unit_tests:
         return run_kvm_unit_tests(extra_args)
     return None
 
 
-def run_bench(name: str) -> int:
-    """`make bench` for the scripts whose name contains `name`: pykvm and its peer, side by side."""
+def run_bench(name: str, script_args: list[str]) -> int:
+    """`make bench` for the scripts whose name contains `name`, each given `script_args`:
+    pykvm and its peer, side by side."""
     os.chdir(ROOT)
-    return subprocess.call([sys.executable, str(ROOT / "tests" / "bench" / "run.py"), name])
+    return subprocess.call([sys.executable, str(ROOT / "tests" / "bench" / "run.py"), name,
+                            "--", *script_args])
 
 
 def alternatives() -> dict[str, str]:
@@ -763,7 +767,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bench", metavar="NAME",
                         help="run the benchmarks tests/bench/run.py NAME selects instead of the "
-                             "tests (e.g. linux_boot: pykvm vs QEMU, both inside the same L1)")
+                             "tests, with the words after -- as their arguments (e.g. "
+                             "linux_boot: pykvm vs QEMU, both inside the same L1)")
     parser.add_argument("--kvm-unit-tests", action="store_true",
                         help="run the whole kvm-unit-tests suite (tests/kvm_unit_tests.py, with "
                              "the words after -- as its arguments) instead of the tests; "

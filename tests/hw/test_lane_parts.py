@@ -427,6 +427,15 @@ def test_the_kvm_unit_tests_mode_passes_the_words_after_the_dashes_to_the_runner
     assert lane.run_instead_of_tests(plain, []) is None
 
 
+def test_the_bench_mode_passes_the_words_after_the_dashes_to_the_script(monkeypatch):
+    args, rest = lane.parse_args(["--bench", "vm_network", "--", "--guest", "linux", "--runs", "10"])
+    calls = []
+    monkeypatch.setattr(lane.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    assert lane.run_instead_of_tests(args, rest) == 0
+    assert calls[0][1].endswith("run.py")
+    assert calls[0][2:] == ["vm_network", "--", "--guest", "linux", "--runs", "10"]
+
+
 def test_the_kvm_unit_tests_mode_skips_with_its_reason_without_the_suite(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KVM_UNIT_TESTS_DIR", str(tmp_path / "absent"))
     assert lane.main(["--kvm-unit-tests"]) == 0

@@ -17,6 +17,15 @@ avail.ring[avail.idx % N] and bumps avail.idx.  The device takes it, does the
 work, writes {head, bytes written} into used.ring[used.idx % N] and bumps
 used.idx.  Both indexes run freely modulo 2^16.
 
+The guest's CPU reads the used ring while the device writes it, so every
+index the device publishes (used.idx, avail_event) is one aligned 16-bit
+store through a typed view of guest memory (`memoryview.cast("H")`), never
+struct.pack_into: pack_into first fills its destination with zeros and then
+writes the value (CPython's s_pack_internal), and a driver that reads used.idx
+in between sees 0, takes that for "the device has used every entry up to
+here" and reads entries the device never wrote.  Linux then finds a head it
+does not have out ("output.0:id 2 is not a head!") and stops the queue for good.
+
 Every value here was written by the guest, so nothing is trusted: the ring
 areas are checked against guest memory once when the queue is set up, every
 descriptor's buffer is checked with GuestMemory.contains (address + length,
@@ -29,6 +38,7 @@ DEVICE_NEEDS_RESET (2.1.2) instead of stopping the VMM.
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass, field
 
 from pykvm.errors import PyKvmError
@@ -47,11 +57,14 @@ VIRTQ_DESC_F_INDIRECT = 4              # the buffer is a table of descriptors (2
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1         # the driver asks for no interrupt (without EVENT_IDX)
 # 2.7.8 The Virtqueue Used Ring
 USED_ELEM = struct.Struct("<II")       # id (head index), len (bytes written into the chain)
-U16 = struct.Struct("<H")
 
 MAX_QUEUE_SIZE = 32768                 # 2.7: Queue Size is at most 32768, a power of 2
 DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN = 16, 2, 4   # 2.7 table "Virtqueue Part Alignment"
 RING_HEADER = 4                        # flags + idx, in front of either ring
+# Where the u16 fields are, counted in u16 words of either ring (2.7.6, 2.7.8, 2.7.10):
+RING_FLAGS, RING_IDX, AVAIL_RING = 0, 1, 2   # avail.ring[i] is word 2 + i
+# The typed views below use the host's byte order; virtio 1.x rings are little-endian (2.4).
+assert sys.byteorder == "little", "pykvm's virtqueues assume a little-endian host (x86)"
 
 
 class VirtqueueError(PyKvmError):
@@ -102,13 +115,17 @@ class SplitQueue:
         self._desc = _ring_view(memory, "descriptor table", desc, desc_bytes, DESC_ALIGN)
         self._avail = _ring_view(memory, "available ring", avail, avail_bytes, AVAIL_ALIGN)
         self._used = _ring_view(memory, "used ring", used, used_bytes, USED_ALIGN)
+        self._avail16 = self._avail.cast("H")   # the same bytes as u16 words: single loads
+        self._used16 = self._used.cast("H")     # and single stores of each index
+        self._used_event = AVAIL_RING + size                        # word after avail.ring
+        self._avail_event = (RING_HEADER + USED_ELEM.size * size) // 2   # word after used.ring
         self.last_avail = 0          # the next available-ring slot the device reads
         self.used_idx = 0            # the next used-ring slot the device writes
         self._signalled = 0          # used_idx when the driver was last considered for an interrupt
 
     # --- the available ring: requests in
     def avail_idx(self) -> int:
-        return U16.unpack_from(self._avail, 2)[0]
+        return self._avail16[RING_IDX]
 
     def has_available(self) -> bool:
         return self.avail_idx() != self.last_avail
@@ -122,8 +139,7 @@ class SplitQueue:
         if pending > self.size:
             raise VirtqueueError(f"avail.idx {avail_idx} is {pending} ahead of the device: "
                                  f"more than the queue's {self.size} entries")
-        slot = RING_HEADER + 2 * (self.last_avail % self.size)
-        head = U16.unpack_from(self._avail, slot)[0]
+        head = self._avail16[AVAIL_RING + self.last_avail % self.size]
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return self.read_chain(head)
 
@@ -178,9 +194,10 @@ class SplitQueue:
     def push(self, head: int, written: int) -> None:
         """Return chain `head` to the driver, saying `written` bytes were written into it (2.7.8)."""
         slot = RING_HEADER + USED_ELEM.size * (self.used_idx % self.size)
-        USED_ELEM.pack_into(self._used, slot, head, written)
+        self._used[slot:slot + USED_ELEM.size] = USED_ELEM.pack(head, written)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        U16.pack_into(self._used, 2, self.used_idx)      # after the element: x86 keeps store order
+        # After the element (x86 keeps store order), in one store: the driver may read it now.
+        self._used16[RING_IDX] = self.used_idx
 
     def needs_interrupt(self) -> bool:
         """Does the driver want an interrupt for what was pushed since the last call?  (2.7.7, 2.7.10)"""
@@ -189,9 +206,8 @@ class SplitQueue:
         if old == new:
             return False
         if self.event_idx:
-            used_event = U16.unpack_from(self._avail, RING_HEADER + 2 * self.size)[0]
-            return vring_need_event(used_event, new, old)
-        return not U16.unpack_from(self._avail, 0)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+            return vring_need_event(self._avail16[self._used_event], new, old)
+        return not self._avail16[RING_FLAGS] & VIRTQ_AVAIL_F_NO_INTERRUPT
 
     def want_notifications(self) -> bool:
         """With EVENT_IDX, ask for a kick at the next request (avail_event, 2.7.10).
@@ -199,7 +215,7 @@ class SplitQueue:
         True if requests arrived meanwhile (the device must look again before
         it sleeps, or it would wait for a kick the driver will not send)."""
         if self.event_idx:
-            U16.pack_into(self._used, RING_HEADER + USED_ELEM.size * self.size, self.last_avail)
+            self._used16[self._avail_event] = self.last_avail
         return self.has_available()
 
     def rewind(self, count: int) -> None:
@@ -214,7 +230,7 @@ class SplitQueue:
         driver kicks at every buffer anyway).  True if buffers arrived meanwhile: look again."""
         seen = self.avail_idx()
         if self.event_idx:
-            U16.pack_into(self._used, RING_HEADER + USED_ELEM.size * self.size, seen)
+            self._used16[self._avail_event] = seen
         return self.avail_idx() != seen
 
     # --- snapshots: the device's side of the rings (the rings themselves are guest memory)
@@ -234,7 +250,7 @@ class SplitQueue:
 
     def release(self) -> None:
         """Give back the views of guest memory (at reset, and before guest memory is unmapped)."""
-        for view in (self._desc, self._avail, self._used):
+        for view in (self._avail16, self._used16, self._desc, self._avail, self._used):
             view.release()
 
 
