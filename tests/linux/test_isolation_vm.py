@@ -8,6 +8,7 @@ exit status, the two output streams and the throw-away root are checked on the V
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -134,3 +135,34 @@ def test_what_the_command_writes_to_root_is_gone_on_the_next_run(env):
     for attempt in ("first", "second"):
         result = run(env, "vm", "busybox", "sh", "-c", script)
         assert (result.returncode, result.stdout) == (0, "data\n"), f"{attempt} run: {result.stderr}"
+
+
+def test_compare_runs_the_same_image_both_ways(env):
+    """`pykvm compare --guest image`: the busybox image as a VM and as a container, every row
+    of the table filled for both from what each side printed."""
+    result = pykvm("compare", "--json", "--runs", "1", "--guest", "image", "--image", "busybox",
+                   "--mem", "160M", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    vm, box = report["vm"], report["container"]
+    assert "--isolation vm --memory 160M busybox sh -c" in vm["command"], vm["command"]
+    assert vm["command"].replace(" --isolation vm --memory 160M", "").split(" sh -c")[0] == \
+        box["command"].split(" sh -c")[0]
+    assert (vm["name"], box["name"]) == ("busybox", "busybox")
+    # kernel seen: another boot for the VM, this very one for the container
+    assert vm["os"]["same_as_host"] is False and box["os"]["same_as_host"] is True
+    assert vm["os"]["kernel"] == "Linux " + guest_file("release", "kernel").read_text().strip()
+    # image and memory size: the VM loads kernel, initrd and the image's root disk
+    assert set(vm["size"]["parts"]) == {"kernel", "initrd", "root disk"}
+    assert vm["size"]["memory_given_bytes"] == 160 << 20
+    assert 100 << 20 < vm["size"]["memory_seen_bytes"] <= 160 << 20, vm["size"]
+    assert box["size"]["memory_seen_bytes"] == report["host"]["memory_bytes"]
+    # isolation evidence: the guest's hypervisor, and the container's own namespaces
+    assert vm["isolation"]["boundary"]["hypervisor"] == "KVM", vm["isolation"]["boundary"]
+    assert box["isolation"]["boundary"]["namespaces_own"], box["isolation"]["boundary"]
+    assert "lo" in vm["isolation"]["interfaces"]["inside"], vm["isolation"]["interfaces"]
+    assert "eth0" not in vm["isolation"]["interfaces"]["inside"], "the VM was given no network card"
+    # startup and resources, measured on both
+    for side in (vm, box):
+        assert 0 < side["startup"]["first_line_s"]["median"] <= side["startup"]["exit_s"]["median"]
+        assert side["resources"]["peak_rss_bytes"]["median"] > 0
