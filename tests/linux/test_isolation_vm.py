@@ -95,6 +95,13 @@ def test_the_guest_kernel_s_oom_kill_is_137(env):
     assert (result.returncode, result.stdout) == (137, ""), result.stderr
 
 
+def test_cpus_is_how_many_processors_the_guest_kernel_sees(env):
+    """--cpus 2: two vCPUs in the MADT, both brought up by the guest kernel (nproc counts the
+    online ones, sched_getaffinity(2))."""
+    result = run(env, "vm", "--cpus", "2", "busybox", "sh", "-c", "nproc; grep -c ^processor /proc/cpuinfo")
+    assert (result.returncode, result.stdout) == (0, "2\n2\n"), result.stderr
+
+
 def test_a_reader_that_goes_away_stops_the_vm(env):
     """`pykvm container run --isolation vm busybox yes | head -1`: the VM is stopped, pykvm
     exits with 128 + SIGPIPE and says nothing (as a shell pipeline's writer would)."""

@@ -17,7 +17,6 @@ from pykvm.errors import ConfigError
     (["--network", "bridge"], "--network bridge"),
     (["-p", "8080:80"], "--publish"),
     (["--pids-limit", "5"], "--pids-limit"),
-    (["--cpus", "2"], "--cpus"),
     (["--cap-add", "NET_ADMIN"], "--cap-add"),
     (["--security-opt", "seccomp=unconfined"], "--security-opt"),
     (["--read-only"], "--read-only"),
@@ -28,6 +27,13 @@ from pykvm.errors import ConfigError
 def test_options_without_meaning_in_a_vm_are_one_line(options, refused):
     line = one_error_line(pykvm("container", "run", "--isolation", "vm", *options, "no-such-image", "true"))
     assert line == f"pykvm: error: {refused} has no meaning with --isolation vm: {REFUSED[refused]}"
+
+
+@pytest.mark.parametrize("cpus", ["0.5", "0", "65", "two"])
+def test_cpus_in_a_vm_is_a_whole_number_of_vcpus(cpus):
+    """A container's --cpus 0.5 is half of one CPU's time; a VM's kernel sees whole processors."""
+    line = one_error_line(pykvm("container", "run", "--isolation", "vm", "--cpus", cpus, "no-such-image", "true"))
+    assert line == f"pykvm: error: --cpus {cpus}: with --isolation vm it is a whole number of vCPUs, 1 to 64"
 
 
 def test_network_none_is_accepted():

@@ -10,7 +10,7 @@ Docker's rules: ENTRYPOINT/CMD and the arguments, Env then -e, WorkingDir or -w,
     2. root disk    the image's layers as a read-only ext4 disk, cached per image
                     (pykvm.container.image.rootdisk)
     3. run disk     the resolved command as a request for container-init (pykvm.vm.rundisk)
-    4. the machine  both disks, hvc0 -> our stdout, hvc1 -> our stderr, the kernel's
+    4. the machine  --cpus vCPUs, both disks, hvc0 -> our stdout, hvc1 -> our stderr, the kernel's
                     serial log kept aside (shown only if no exit status comes back)
     5. the answer   container-init's exit status, read from the run disk; pykvm exits with it
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from pykvm.errors import ConfigError, GuestError
 
-__all__ = ["run_in_vm", "refuse_container_options", "linux_guest", "vm_cmdline", "DEFAULT_MEMORY",
-           "REFUSED"]
+__all__ = ["run_in_vm", "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus",
+           "DEFAULT_MEMORY", "REFUSED"]
 
 DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
 INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
@@ -47,7 +47,6 @@ REFUSED = {
     "--network bridge": "no network card is given to the VM yet; use --network none",
     "--publish": "no network card is given to the VM yet",
     "--pids-limit": "the VM's kernel has its own process table; limit it with --memory",
-    "--cpus": "one vCPU for now",
     "--cap-add": "the command runs as the guest kernel's root or -u user, capabilities are not set",
     "--cap-drop": "the command runs as the guest kernel's root or -u user, capabilities are not set",
     "--security-opt": "no seccomp profile is loaded in the guest",
@@ -66,6 +65,20 @@ def refuse_container_options(given: dict[str, bool]) -> None:
     for option, reason in REFUSED.items():
         if given.get(option):
             raise ConfigError(f"{option} has no meaning with --isolation vm: {reason}")
+
+
+def parse_vcpus(text: str | None) -> int:
+    """--cpus with --isolation vm: how many vCPUs, a whole number (1 without the option).
+    A container's --cpus is a share of the host's CPU time (0.5 is half of one); a VM's kernel
+    sees whole processors (the MADT lists each), so a fraction is refused.  The upper bound is
+    the machine's (check_cpus: pykvm's and this KVM's limits)."""
+    from pykvm.vm.machine import MAX_CPUS
+
+    if text is None:
+        return 1
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CPUS:
+        raise ConfigError(f"--cpus {text}: with --isolation vm it is a whole number of vCPUs, 1 to {MAX_CPUS}")
+    return int(text)
 
 
 def linux_guest(cache: Path | None = None) -> tuple[Path, Path]:
@@ -90,10 +103,10 @@ def vm_cmdline() -> str:
     return f"{CMDLINE_WORDS} rdinit={INIT}"
 
 
-def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path]) -> int:
+def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path], cpus: int = 1) -> int:
     """Run the RunConfig `cfg` made from `image` (its command, env, cwd, user, hostname) in a
-    VM with `memory` of RAM, booting `guest` (linux_guest()'s kernel and initramfs); returns
-    the command's exit status."""
+    VM with `memory` of RAM and `cpus` vCPUs, booting `guest` (linux_guest()'s kernel and
+    initramfs); returns the command's exit status."""
     from pykvm.container.image.rootdisk import root_disk
     from pykvm.container.image.store import ImageStore
     from pykvm.sizes import format_size, host_memory, parse_size
@@ -112,7 +125,7 @@ def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path]) -> 
         write_run_disk(run_disk, request)                                          # 3
         serial_log = bytearray()
         try:
-            reader_gone = _boot(kernel, initrd, ram, disk, run_disk, serial_log)   # 4
+            reader_gone = _boot(kernel, initrd, ram, cpus, disk, run_disk, serial_log)   # 4
         except GuestError as e:
             raise GuestError(_with_log(str(e), serial_log)) from None
         if reader_gone:
@@ -129,7 +142,8 @@ def _with_log(message: str, serial_log: bytearray) -> str:
     return f"{message}; the guest kernel's log ends:\n{log[-4000:]}" if log else message
 
 
-def _boot(kernel: Path, initrd: Path, ram: int, root: Path, run_disk: Path, serial_log: bytearray) -> bool:
+def _boot(kernel: Path, initrd: Path, ram: int, cpus: int, root: Path, run_disk: Path,
+          serial_log: bytearray) -> bool:
     """Step 4: the machine, run to its end; the kernel's serial output goes to `serial_log`.
     True when it was stopped because nobody reads our stdout any more."""
     from pykvm.vm.console import write_all
@@ -155,7 +169,7 @@ def _boot(kernel: Path, initrd: Path, ram: int, root: Path, run_disk: Path, seri
     virtio = VirtioConfig(disks=[DiskSpec(root, read_only=True), DiskSpec(run_disk)], console=True,
                           console_output=to_stdout,
                           error_console=lambda data: write_all(sys.stderr.fileno(), data))
-    config = MachineConfig(kernel=kernel, initrd=initrd, memory=ram, cmdline=vm_cmdline(),
+    config = MachineConfig(kernel=kernel, initrd=initrd, memory=ram, cpus=cpus, cmdline=vm_cmdline(),
                            output=keep_log, virtio=virtio)
     sys.stdout.flush()
     with Machine(config) as machine:                  # the consoles write only once it runs
