@@ -8,8 +8,11 @@ exit status, the two output streams and the throw-away root are checked on the V
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
 
@@ -100,6 +103,55 @@ def test_cpus_is_how_many_processors_the_guest_kernel_sees(env):
     online ones, sched_getaffinity(2))."""
     result = run(env, "vm", "--cpus", "2", "busybox", "sh", "-c", "nproc; grep -c ^processor /proc/cpuinfo")
     assert (result.returncode, result.stdout) == (0, "2\n2\n"), result.stderr
+
+
+def test_i_pipes_stdin_to_the_command_byte_for_byte_and_ends_it(env):
+    """-i: every byte value (NUL, ^C, ^D, \\r included) reaches the command, and our end of
+    input is its end of file: md5sum prints only after it."""
+    data = bytes(range(256)) * 64 + b"no newline at the end\r"
+    result = subprocess.run([sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+                             "--isolation", "vm", "-i", "busybox", "md5sum"], input=data, capture_output=True,
+                            env=env, timeout=RUN_TIMEOUT, cwd=ROOT)
+    assert (result.returncode, result.stdout.decode()) == (0, hashlib.md5(data).hexdigest() + "  -\n"), \
+        result.stderr.decode()
+
+
+def test_without_i_stdin_is_empty(env):
+    result = subprocess.run([sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+                             "--isolation", "vm", "busybox", "wc", "-c"], input=b"not sent",
+                            capture_output=True, env=env, timeout=RUN_TIMEOUT, cwd=ROOT)
+    assert (result.returncode, result.stdout.split()) == (0, [b"0"]), result.stderr.decode()
+
+
+def test_it_gives_the_command_a_terminal(env):
+    """-it: the command's stdin, stdout and stderr are hvc0, a terminal in cooked mode: what we
+    type is echoed and arrives as a line (\\r -> \\n), and its exit status comes back."""
+    primary, secondary = pty.openpty()
+    argv = [sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+            "--isolation", "vm", "-it", "busybox", "sh", "-c",
+            "tty; [ -t 2 ] && echo stderr-too; read line; echo got:$line; exit 3"]
+    with subprocess.Popen(argv, stdin=secondary, stdout=secondary, stderr=secondary, env=env, cwd=ROOT) as vm:
+        os.close(secondary)
+        seen = read_until(primary, b"stderr-too")
+        os.write(primary, b"typed\r")
+        seen += read_until(primary, b"got:typed")
+        status = vm.wait(timeout=RUN_TIMEOUT)
+    os.close(primary)
+    assert b"/dev/hvc0" in seen and seen.count(b"typed") == 2, seen    # echoed by the guest's tty, then read
+    assert status == 3, seen
+
+
+def read_until(fd: int, wanted: bytes) -> bytes:
+    """What the terminal shows, up to `wanted`; bounded by RUN_TIMEOUT of silence."""
+    seen = b""
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], RUN_TIMEOUT)
+        assert ready, f"nothing for {RUN_TIMEOUT} s; saw {seen!r}"
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:                 # EIO: every process with the terminal open has gone
+            raise AssertionError(f"the terminal closed before {wanted!r}; saw {seen!r}") from None
+    return seen
 
 
 def test_a_reader_that_goes_away_stops_the_vm(env):

@@ -21,7 +21,6 @@ from pykvm.errors import ConfigError
     (["--security-opt", "seccomp=unconfined"], "--security-opt"),
     (["--read-only"], "--read-only"),
     (["-d"], "--detach"),
-    (["-t"], "--tty"),
     (["--init"], "--init"),
 ])
 def test_options_without_meaning_in_a_vm_are_one_line(options, refused):
@@ -34,6 +33,12 @@ def test_cpus_in_a_vm_is_a_whole_number_of_vcpus(cpus):
     """A container's --cpus 0.5 is half of one CPU's time; a VM's kernel sees whole processors."""
     line = one_error_line(pykvm("container", "run", "--isolation", "vm", "--cpus", cpus, "no-such-image", "true"))
     assert line == f"pykvm: error: --cpus {cpus}: with --isolation vm it is a whole number of vCPUs, 1 to 64"
+
+
+def test_it_without_a_terminal_is_one_line():
+    """-it gives the command a terminal to type into; with stdin a pipe there is none (Docker's rule)."""
+    line = one_error_line(pykvm("container", "run", "--isolation", "vm", "-it", "no-such-image", "sh"))
+    assert line == "pykvm: error: -it: the input is not a terminal; use -i alone to pipe it into the command"
 
 
 def test_network_none_is_accepted():

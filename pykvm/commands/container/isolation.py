@@ -11,7 +11,9 @@ Docker's rules: ENTRYPOINT/CMD and the arguments, Env then -e, WorkingDir or -w,
                     (pykvm.container.image.rootdisk)
     3. run disk     the resolved command as a request for container-init (pykvm.vm.rundisk)
     4. the machine  --cpus vCPUs, both disks, hvc0 -> our stdout, hvc1 -> our stderr, the kernel's
-                    serial log kept aside (shown only if no exit status comes back)
+                    serial log kept aside (shown only if no exit status comes back); with -i,
+                    our stdin -> hvc2 (pykvm.vm.stdin_pipe), or with -it our terminal <-> hvc0,
+                    the command's terminal
     5. the answer   container-init's exit status, read from the run disk; pykvm exits with it
 
 When whoever reads our stdout goes away (`... | head -1`), the VM is stopped and pykvm
@@ -22,20 +24,24 @@ What the VM does not have (yet), the options that ask for it are refused in one 
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from pykvm.errors import ConfigError, GuestError
 
 __all__ = ["run_in_vm", "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus",
-           "DEFAULT_MEMORY", "REFUSED"]
+           "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "REFUSED"]
 
 DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
 INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
 SERIAL_LOG_BYTES = 64 << 10         # the kernel log kept for an error message, at most
 READER_GONE = 128 + signal.SIGPIPE  # our exit status when stdout's reader closed its end
+QUIT = 128 + signal.SIGINT          # ... and when Ctrl-A x quit -it's terminal, as a shell's ^C
 # Linux's command line: the serial console for the kernel's log, quiet (each byte on a UART is
 # a VM exit), a panic resets at once (pykvm reports it), and our init instead of the shell /init.
 CMDLINE_WORDS = ("console=ttyS0 quiet reboot=k,panic_warm panic=-1 pci=off 8250.nr_uarts=1 "
@@ -54,8 +60,6 @@ REFUSED = {
     "--rootfs": "a VM boots an image's root disk; give an IMAGE",
     "--detach": "not yet: a VM runs in the foreground",
     "--name": "not yet: a VM run keeps no state to name",
-    "--interactive": "not yet: the command's stdin is /dev/null",
-    "--tty": "not yet: the command's stdin is /dev/null",
     "--init": "container-init is always PID 1 in the VM",
 }
 
@@ -103,9 +107,17 @@ def vm_cmdline() -> str:
     return f"{CMDLINE_WORDS} rdinit={INIT}"
 
 
+def stdin_mode(interactive: bool, tty: bool) -> str:
+    """-i/-t -> the run disk's stdin: "tty" (the command's terminal is hvc0), "pipe" (our stdin
+    reaches it through hvc2 and a pipe) or "null".  -it needs a terminal to give (Docker's rule)."""
+    if tty and interactive and not os.isatty(0):
+        raise ConfigError("-it: the input is not a terminal; use -i alone to pipe it into the command")
+    return "tty" if tty else "pipe" if interactive else "null"
+
+
 def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path], cpus: int = 1) -> int:
-    """Run the RunConfig `cfg` made from `image` (its command, env, cwd, user, hostname) in a
-    VM with `memory` of RAM and `cpus` vCPUs, booting `guest` (linux_guest()'s kernel and
+    """Run the RunConfig `cfg` made from `image` (its command, env, cwd, user, hostname; -i, -t)
+    in a VM with `memory` of RAM and `cpus` vCPUs, booting `guest` (linux_guest()'s kernel and
     initramfs); returns the command's exit status."""
     from pykvm.container.image.rootdisk import root_disk
     from pykvm.container.image.store import ImageStore
@@ -115,25 +127,40 @@ def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path], cpu
     ram = parse_size(memory or DEFAULT_MEMORY, what="--memory", default_unit="M")
     if ram > host_memory():
         raise ConfigError(f"--memory {memory}: more than this host's {format_size(host_memory())} of RAM")
-    kernel, initrd = guest
+    stdin = stdin_mode(cfg.interactive, cfg.tty)
     store = ImageStore()
     disk = root_disk(store, store.get(image))                                      # 2
     request = RunRequest(args=cfg.args, env=cfg.env, cwd=cfg.cwd, uid=cfg.uid, gid=cfg.gid,
-                         groups=list(cfg.additional_gids), hostname=cfg.hostname or cfg.id[:12])
+                         groups=list(cfg.additional_gids), hostname=cfg.hostname or cfg.id[:12],
+                         stdin=stdin)
     with tempfile.TemporaryDirectory(prefix="pykvm-vm-") as work:
         run_disk = Path(work) / "run.img"
         write_run_disk(run_disk, request)                                          # 3
         serial_log = bytearray()
+        vm = VmSpec(guest, ram, cpus, disk, run_disk, stdin, attach_input=cfg.interactive)
         try:
-            reader_gone = _boot(kernel, initrd, ram, cpus, disk, run_disk, serial_log)   # 4
+            stopped = _boot(vm, serial_log)                                        # 4
         except GuestError as e:
             raise GuestError(_with_log(str(e), serial_log)) from None
-        if reader_gone:
-            return READER_GONE
+        if stopped is not None:
+            return stopped
         answer = read_exit_status(run_disk)                                        # 5
     if answer is None:
         raise GuestError(_with_log("the VM ended without the command's exit status", serial_log))
     return answer
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Step 4's machine: what it boots, its size, its disks, and where the command's stdin comes from."""
+
+    guest: tuple[Path, Path]        # kernel, initramfs
+    ram: int
+    cpus: int
+    root_disk: Path
+    run_disk: Path
+    stdin: str                      # the run disk's: "null", "pipe" or "tty"
+    attach_input: bool              # -i: our stdin goes in (to hvc2 for "pipe", to hvc0 for "tty")
 
 
 def _with_log(message: str, serial_log: bytearray) -> str:
@@ -142,36 +169,61 @@ def _with_log(message: str, serial_log: bytearray) -> str:
     return f"{message}; the guest kernel's log ends:\n{log[-4000:]}" if log else message
 
 
-def _boot(kernel: Path, initrd: Path, ram: int, cpus: int, root: Path, run_disk: Path,
-          serial_log: bytearray) -> bool:
+def _boot(vm: VmSpec, serial_log: bytearray) -> int | None:
     """Step 4: the machine, run to its end; the kernel's serial output goes to `serial_log`.
-    True when it was stopped because nobody reads our stdout any more."""
+    Returns the exit status when pykvm stopped the VM itself: READER_GONE when nobody reads
+    our stdout any more, QUIT after Ctrl-A x at -it's terminal; else None."""
     from pykvm.vm.console import write_all
     from pykvm.vm.devices.virtio.attach import DiskSpec, VirtioConfig
     from pykvm.vm.machine import Machine, MachineConfig
+    from pykvm.vm.stdin_pipe import StdinPipe
 
-    machine, reader_gone = None, False
+    machine, stopped = None, None
+
+    def stop(status: int) -> None:
+        nonlocal stopped
+        if stopped is None:
+            stopped = status
+            machine.stop(status)
 
     def keep_log(data: bytes) -> None:
         serial_log.extend(data)
         del serial_log[:-SERIAL_LOG_BYTES]
 
     def to_stdout(data: bytes) -> None:
-        nonlocal reader_gone
-        if reader_gone:
+        if stopped == READER_GONE:
             return
         try:
             write_all(sys.stdout.fileno(), data)
         except BrokenPipeError:
-            reader_gone = True
-            machine.stop(READER_GONE)
+            stop(READER_GONE)
 
-    virtio = VirtioConfig(disks=[DiskSpec(root, read_only=True), DiskSpec(run_disk)], console=True,
+    pipe = StdinPipe() if vm.stdin == "pipe" else None
+    virtio = VirtioConfig(disks=[DiskSpec(vm.root_disk, read_only=True), DiskSpec(vm.run_disk)], console=True,
                           console_output=to_stdout,
-                          error_console=lambda data: write_all(sys.stderr.fileno(), data))
-    config = MachineConfig(kernel=kernel, initrd=initrd, memory=ram, cpus=cpus, cmdline=vm_cmdline(),
+                          error_console=lambda data: write_all(sys.stderr.fileno(), data),
+                          input_console=pipe.guest_output if pipe else None)
+    kernel, initrd = vm.guest
+    config = MachineConfig(kernel=kernel, initrd=initrd, memory=vm.ram, cpus=vm.cpus, cmdline=vm_cmdline(),
                            output=keep_log, virtio=virtio)
     sys.stdout.flush()
-    with Machine(config) as machine:                  # the consoles write only once it runs
+    with Machine(config) as machine, _input(vm, machine, pipe, stop):   # the consoles work once it runs
         machine.run()
-    return reader_gone
+    return stopped
+
+
+@contextlib.contextmanager
+def _input(vm: VmSpec, machine, pipe, stop):
+    """Step 4's input, while the machine runs: -i's pipe to hvc2, or -it's terminal (raw, as
+    `pykvm boot`'s; Ctrl-A x quits) to hvc0, or none."""
+    from pykvm.vm.console import Console
+
+    if pipe is not None:
+        with pipe:
+            pipe.start(machine.virtio.input_console)
+            yield
+    elif vm.stdin == "tty" and vm.attach_input:
+        with Console(machine.virtio.console, on_quit=lambda: stop(QUIT)):
+            yield
+    else:
+        yield

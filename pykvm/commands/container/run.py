@@ -97,14 +97,16 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
 
     args = list(args)
     if isolation == "vm":                    # before anything is resolved or built
-        from pykvm.commands.container.isolation import linux_guest, parse_vcpus, refuse_container_options
+        from pykvm.commands.container.isolation import (linux_guest, parse_vcpus, refuse_container_options,
+                                                        stdin_mode)
         refuse_container_options({
             "--network host": network == "host", "--network bridge": network == "bridge",
             "--publish": bool(publish), "--pids-limit": pids_limit is not None,
             "--cap-add": bool(cap_add), "--cap-drop": bool(cap_drop), "--security-opt": bool(security_opt),
             "--read-only": read_only, "--rootfs": rootfs is not None, "--detach": detach,
-            "--name": name is not None, "--interactive": interactive, "--tty": tty, "--init": use_init})
+            "--name": name is not None, "--init": use_init})
         vcpus = parse_vcpus(cpus)
+        stdin_mode(interactive, tty)         # -it without a terminal to give: refused here
         guest = linux_guest()
     cfg_caps = None
     if cap_add or cap_drop:                  # checked before anything is created
