@@ -12,10 +12,12 @@
  *      writes, overlayfs of both at /newroot (gone when the VM ends); /proc, /sys, /dev in it
  *   5. set the hostname
  *   6. fork: the child takes its stdin (the request's "stdin" field: /dev/null; or, for -i, a
- *      pipe that a relay process fills from hvc2; or, for -t, hvc0 as its terminal), hvc0 as
+ *      pipe that the relay fills from hvc2; or, for -t, hvc0 as its terminal), hvc0 as
  *      stdout and hvc1 as stderr (raw, so no \n -> \r\n; with -t both are the terminal, in
  *      a terminal's usual cooked mode), chroots into /newroot, chdirs, sets HOME if unset
  *      (runc's rule), drops to the user, execs the command
+ *  6b. fork the relay: pykvm's channel on hvc2 becomes the command's stdin (-i) and the
+ *      signals pykvm passes on (stop, kill, a Ctrl-C)
  *   7. reap every process until the command itself ends (PID 1 inherits orphans)
  *   8. wait until both consoles have sent their output, write "exit=N\n" to the run disk's
  *      answer part, and power off; pykvm reads the answer and exits with N
@@ -26,13 +28,15 @@
  * Static, so it needs nothing from the initramfs or the image.
  *
  * On the host, `container-init --print FILE` reads a run disk image and prints what it would
- * run, one line per field, and `container-init --unescape` copies stdin to stdout as the -i
- * relay copies hvc2 to the command: how tests/unit/test_rundisk.py checks both ends agree.
+ * run, one line per field, and `container-init --unescape` copies stdin to stdout as the relay
+ * copies hvc2 to the command (a signal message printed to stderr): how tests/unit/test_rundisk.py
+ * checks both ends agree.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,12 +61,14 @@
 #define NEW_ROOT       "/newroot"
 #define STDOUT_CONSOLE "/dev/hvc0"
 #define STDERR_CONSOLE "/dev/hvc1"
-#define STDIN_CONSOLE  "/dev/hvc2"     /* -i without -t: the caller's stdin, escaped (below) */
-/* pykvm/vm/rundisk.py: on STDIN_CONSOLE, ESCAPE ESCAPE is one ESCAPE byte of input and
- * ESCAPE END_OF_INPUT is the end of the caller's stdin; READY is what the relay writes back
- * once the console is raw, the moment pykvm starts sending (so no byte is read cooked). */
+#define CHANNEL_CONSOLE "/dev/hvc2"    /* pykvm -> the command: stdin (-i) and signals */
+/* pykvm/vm/rundisk.py: on CHANNEL_CONSOLE, ESCAPE ESCAPE is one ESCAPE byte of input,
+ * ESCAPE END_OF_INPUT the end of the caller's stdin, ESCAPE SIGNAL N "send signal N to the
+ * command"; READY is what the relay writes back once the console is raw, the moment pykvm
+ * starts sending (so no byte is read cooked). */
 #define STDIN_ESCAPE   '\0'
 #define STDIN_END      'E'
+#define STDIN_SIGNAL   'S'
 #define STDIN_READY    "R"
 
 enum stdin_mode { STDIN_NULL, STDIN_PIPE, STDIN_TTY };
@@ -302,14 +308,16 @@ static void terminal_as_stdio(void)
         close(fd);
 }
 
-/* `stdin_pipe`: the read end of the -i relay's pipe, or -1 */
-static void run_command(struct request *req, int stdin_pipe)
+/* `stdin_pipe`: the relay's pipe with -i (both ends; the command keeps the read end), else -1s */
+static void run_command(struct request *req, int stdin_pipe[2])
 {
     setsid();                          /* a new session: -t's terminal becomes its own */
+    if (stdin_pipe[1] >= 0)
+        close(stdin_pipe[1]);
     if (req->stdin_mode == STDIN_TTY) {
         terminal_as_stdio();
     } else {
-        stdin_from("/dev/null", req->stdin_mode == STDIN_PIPE ? stdin_pipe : -1);
+        stdin_from("/dev/null", stdin_pipe[0]);
         console_as(STDOUT_CONSOLE, 1);
         console_as(STDERR_CONSOLE, 2);
     }
@@ -330,27 +338,40 @@ static void run_command(struct request *req, int stdin_pipe)
     exit(status);
 }
 
-/* -i: copy the caller's stdin from hvc2 into the command's pipe, undoing pykvm's escapes;
- * at the end marker, close the pipe (the command reads end of file) and exit.  A separate
- * process, so PID 1 only waits; it dies of SIGPIPE if the command closes its stdin first. */
-static void write_all_or_exit(int fd, const unsigned char *data, size_t length)
+/* 6b. the relay: hvc2 is pykvm's channel to the command.  It copies the caller's stdin (-i)
+ * into the command's pipe, undoing pykvm's escapes, and closes the pipe at the end marker
+ * (the command reads end of file); a signal message becomes kill(2) of the command (`pykvm
+ * container stop` and `kill`, a Ctrl-C on pykvm in the foreground).  A process of its own,
+ * so PID 1 only waits; it lives until the VM powers off. */
+static int write_all(int fd, const unsigned char *data, size_t length)
 {
     while (length > 0) {
         ssize_t put = write(fd, data, length);
         if (put < 0 && errno == EINTR)
             continue;
         if (put <= 0)
-            _exit(0);                  /* the command is gone: nobody to copy to */
+            return -1;                 /* the command closed its stdin, or is gone */
         data += put;
         length -= (size_t)put;
     }
+    return 0;
 }
 
-/* Copy `from` to `to` up to the end marker (or `from`'s end), undoing pykvm's escapes. */
-static void copy_unescaped(int from, int to)
+/* A signal message's number: kill the command, or (on the host, `command` 0) say so. */
+static void deliver_signal(pid_t command, unsigned char number)
+{
+    if (command > 0)
+        kill(command, number);
+    else
+        fprintf(stderr, "signal %d\n", number);
+}
+
+/* Copy `from` to `to` (-1: nowhere) up to `from`'s end, undoing pykvm's escapes; the end
+ * marker closes `to`, a signal message goes to `command`. */
+static void copy_unescaped(int from, int to, pid_t command)
 {
     unsigned char in[4096], out[4096];
-    int escaped = 0;
+    enum { PLAIN, ESCAPED, SIGNAL_NUMBER } state = PLAIN;
     for (;;) {
         ssize_t got = read(from, in, sizeof in);
         if (got < 0 && errno == EINTR)
@@ -359,49 +380,53 @@ static void copy_unescaped(int from, int to)
             return;
         size_t length = 0;
         for (ssize_t i = 0; i < got; i++) {
-            if (!escaped && in[i] == STDIN_ESCAPE) {
-                escaped = 1;
-                continue;
+            if (state == SIGNAL_NUMBER) {
+                deliver_signal(command, in[i]);
+                state = PLAIN;
+            } else if (state == PLAIN && in[i] == STDIN_ESCAPE) {
+                state = ESCAPED;
+            } else if (state == ESCAPED && in[i] == STDIN_END) {
+                if (to >= 0 && write_all(to, out, length) == 0)
+                    close(to);
+                to = -1;                       /* the rest of stdin, if any, goes nowhere */
+                length = 0;
+                state = PLAIN;
+            } else if (state == ESCAPED && in[i] == STDIN_SIGNAL) {
+                state = SIGNAL_NUMBER;
+            } else {
+                out[length++] = in[i];         /* a plain byte, or the second of two ESCAPEs */
+                state = PLAIN;
             }
-            if (escaped && in[i] == STDIN_END) {
-                write_all_or_exit(to, out, length);
-                return;
-            }
-            escaped = 0;
-            out[length++] = in[i];
         }
-        write_all_or_exit(to, out, length);
+        if (to >= 0 && write_all(to, out, length) != 0) {
+            close(to);                         /* the command will not read more: drop the rest */
+            to = -1;
+        }
     }
 }
 
-static void relay_stdin(int pipe_write)
+static void relay(int pipe_write, pid_t command)
 {
     struct termios raw;
-    int fd = open(STDIN_CONSOLE, O_RDWR | O_NOCTTY);
+    int fd = open(CHANNEL_CONSOLE, O_RDWR | O_NOCTTY);
     if (fd < 0 || tcgetattr(fd, &raw) != 0)
-        die("cannot open", STDIN_CONSOLE);
+        die("cannot open", CHANNEL_CONSOLE);
     cfmakeraw(&raw);                   /* every byte as sent: no echo, no \r -> \n, no ^C */
     if (tcsetattr(fd, TCSANOW, &raw) != 0 || write(fd, STDIN_READY, 1) != 1)
-        die("cannot ready", STDIN_CONSOLE);
-    copy_unescaped(fd, pipe_write);
-    _exit(0);                          /* the pipe closes: the command reads end of file */
+        die("cannot ready", CHANNEL_CONSOLE);
+    copy_unescaped(fd, pipe_write, command);
+    _exit(0);
 }
 
-/* Start the relay; returns the pipe's read end, for the command's stdin. */
-static int start_stdin_relay(void)
+static void start_relay(int pipe_write, pid_t command)
 {
-    int ends[2];
-    if (wait_for_device(STDIN_CONSOLE) != 0 || pipe(ends) != 0)
-        die("no stdin console", STDIN_CONSOLE);
-    pid_t relay = fork();
-    if (relay < 0)
+    pid_t pid = fork();
+    if (pid < 0)
         die("fork", NULL);
-    if (relay == 0) {
-        close(ends[0]);
-        relay_stdin(ends[1]);
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_IGN);      /* a command that stops reading is a write error, not death */
+        relay(pipe_write, command);
     }
-    close(ends[1]);
-    return ends[0];
 }
 
 /* --- 7.: PID 1 reaps everything; returns the command's status, shell-style */
@@ -464,8 +489,8 @@ int main(int argc, char **argv)
         print_request(&req);
         return 0;
     }
-    if (argc == 2 && strcmp(argv[1], "--unescape") == 0) {   /* the host-side check of -i's relay */
-        copy_unescaped(0, 1);
+    if (argc == 2 && strcmp(argv[1], "--unescape") == 0) {   /* the host-side check of the relay */
+        copy_unescaped(0, 1, 0);
         return 0;
     }
     if (getpid() != 1) {
@@ -502,14 +527,20 @@ int main(int argc, char **argv)
         die("cannot set the hostname", req.hostname);
     if (wait_for_device(STDOUT_CONSOLE) != 0 || wait_for_device(STDERR_CONSOLE) != 0)
         die("no virtio consoles", STDOUT_CONSOLE);
-    int stdin_pipe = req.stdin_mode == STDIN_PIPE ? start_stdin_relay() : -1;
+    int stdin_pipe[2] = {-1, -1};
+    if (wait_for_device(CHANNEL_CONSOLE) != 0)
+        die("no virtio console", CHANNEL_CONSOLE);
+    if (req.stdin_mode == STDIN_PIPE && pipe(stdin_pipe) != 0)
+        die("pipe", NULL);
     pid_t command = fork();                                                     /* 6 */
     if (command < 0)
         die("fork", NULL);
     if (command == 0)
         run_command(&req, stdin_pipe);
-    if (stdin_pipe >= 0)
-        close(stdin_pipe);
+    start_relay(stdin_pipe[1], command);                                        /* 6b */
+    for (int i = 0; i < 2; i++)
+        if (stdin_pipe[i] >= 0)
+            close(stdin_pipe[i]);
     int status = wait_for_command(command);                                     /* 7 */
     drain_console(STDOUT_CONSOLE);                                              /* 8 */
     drain_console(STDERR_CONSOLE);

@@ -18,11 +18,13 @@ root filesystem (read-only) and this one, a small raw disk in two fixed parts:
     offset 64 KiB     ANSWER (4 KiB): written by the init when the command has ended
         "exit=N\\n"                       N = 0-255: exit code, or 128 + signal number
 
-With stdin=pipe, a third console, hvc2, carries the caller's stdin.  The init's relay puts
-it in raw mode and then writes READY ("R") on it; pykvm sends nothing before that, so no
-byte meets the console's cooked mode (echo, \\r -> \\n).  Then every byte comes as it is,
-except that ESCAPE (NUL) is sent twice, and END_OF_INPUT (ESCAPE, then "E") marks the end
-of the caller's stdin: the relay closes the command's pipe, and the command reads end of file.
+A third console, hvc2, is pykvm's channel to the command: the caller's stdin with
+stdin=pipe, and signals.  The init's relay puts it in raw mode and then writes READY ("R")
+on it; pykvm sends nothing before that, so no byte meets the console's cooked mode (echo,
+\\r -> \\n).  Then every byte of stdin comes as it is, except that ESCAPE (NUL) is sent
+twice; END_OF_INPUT (ESCAPE, then "E") marks the end of the caller's stdin (the relay
+closes the command's pipe, and the command reads end of file); ESCAPE "S" N asks the relay
+to send signal N (one byte) to the command.
 
 A NUL-separated list carries any argument byte for byte (spaces, quotes, newlines;
 only NUL itself cannot occur in an argv string, so it cannot occur here either) and
@@ -42,7 +44,7 @@ from pathlib import Path
 from pykvm.errors import ConfigError
 
 __all__ = ["RunRequest", "write_run_disk", "read_exit_status", "encode_request", "escape_stdin",
-           "STDIN_MODES", "STDIN_READY", "END_OF_INPUT", "MAGIC", "REQUEST_SIZE", "ANSWER_OFFSET", "ANSWER_SIZE", "DISK_SIZE"]
+           "signal_message", "STDIN_MODES", "STDIN_READY", "END_OF_INPUT", "MAGIC", "REQUEST_SIZE", "ANSWER_OFFSET", "ANSWER_SIZE", "DISK_SIZE"]
 
 MAGIC = b"pykvm-run 1"
 REQUEST_SIZE = 64 << 10             # the request must fit here, terminator included
@@ -56,6 +58,7 @@ MAX_GROUPS = 64                     # supplementary groups (container-init.c)
 STDIN_MODES = ("null", "pipe", "tty")
 ESCAPE = b"\0"                      # on hvc2: ESCAPE ESCAPE is one NUL byte of input ...
 END_OF_INPUT = ESCAPE + b"E"        # ... and this is the end of it
+SIGNAL = ESCAPE + b"S"              # then one byte: the signal to send the command
 STDIN_READY = b"R"                  # the init's relay, on hvc2: raw mode is set, send
 
 
@@ -118,6 +121,13 @@ def encode_request(request: RunRequest) -> bytes:
 def escape_stdin(data: bytes) -> bytes:
     """Caller's stdin bytes as sent on hvc2 with stdin=pipe: each ESCAPE doubled."""
     return data.replace(ESCAPE, ESCAPE + ESCAPE)
+
+
+def signal_message(signo: int) -> bytes:
+    """The bytes on hvc2 that make the guest's relay send signal `signo` to the command."""
+    if not 0 < signo < 256:
+        raise ConfigError(f"signal {signo} cannot be sent to the guest (1-255)")
+    return SIGNAL + bytes([signo])
 
 
 def write_run_disk(path: Path, request: RunRequest) -> None:

@@ -13,8 +13,10 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -152,6 +154,63 @@ def read_until(fd: int, wanted: bytes) -> bytes:
         except OSError:                 # EIO: every process with the terminal open has gone
             raise AssertionError(f"the terminal closed before {wanted!r}; saw {seen!r}") from None
     return seen
+
+
+def wait_for_log(env: dict, cid: str, wanted: str) -> str:
+    """`container logs CID` once it holds `wanted`; bounded by RUN_TIMEOUT."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        logs = pykvm("container", "logs", cid, env=env)
+        if wanted in logs.stdout or time.monotonic() > deadline:
+            return logs.stdout
+        time.sleep(0.5)
+
+
+def ps_row(env: dict, cid: str) -> str:
+    listing = pykvm("container", "ps", "-a", env=env).stdout
+    return next((line for line in listing.splitlines() if line.startswith(cid)), f"{cid} not in:\n{listing}")
+
+
+def test_detached_vm_has_logs_ps_and_stops_with_sigterm_to_its_command(env):
+    """-d: the id at once; `ps` says vm and running; `logs` has the output; `stop` is SIGTERM
+    to the command in the guest (passed on by pykvm), so it exits 128 + 15."""
+    started = pykvm("container", "run", "-d", "--network", "none", "--isolation", "vm", "--name", "vm-d",
+                    "busybox", "sh", "-c", "echo started; echo to-stderr >&2; exec sleep 1000", env=env)
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip()
+    assert "started\nto-stderr\n" in wait_for_log(env, cid, "to-stderr"), "the log lacks the output"
+    row = ps_row(env, cid).split()
+    assert row[1:3] == ["vm-d", "running"] and row[3] == "vm", row
+    stopped = pykvm("container", "stop", "-t", "120", "vm-d", env=env)
+    assert (stopped.returncode, stopped.stdout) == (0, cid + "\n"), stopped.stderr
+    assert "exited (143)" in ps_row(env, cid)
+    assert pykvm("container", "rm", cid, env=env).returncode == 0
+    assert cid not in pykvm("container", "ps", "-a", "-q", env=env).stdout
+
+
+def test_kill_passes_a_signal_on_and_stop_forces_a_command_that_ignores_sigterm(env):
+    script = 'trap "echo got-usr1" USR1; trap "" TERM; echo ready; while :; do sleep 1; done'
+    started = pykvm("container", "run", "-d", "--rm", "--network", "none", "--isolation", "vm",
+                    "busybox", "sh", "-c", script, env=env)
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip()
+    wait_for_log(env, cid, "ready")
+    assert pykvm("container", "kill", "-s", "USR1", cid, env=env).returncode == 0
+    assert "got-usr1" in wait_for_log(env, cid, "got-usr1")
+    stopped = pykvm("container", "stop", "-t", "5", cid, env=env)    # TERM ignored: then SIGKILL
+    assert stopped.returncode == 0, stopped.stderr
+    assert "running" not in ps_row(env, cid)
+
+
+def test_ctrl_c_in_the_foreground_reaches_the_command(env):
+    argv = [sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+            "--isolation", "vm", "busybox", "sh", "-c", "echo ready; exec sleep 1000"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT) as vm:
+        assert vm.stdout.readline() == b"ready\n"
+        vm.send_signal(signal.SIGINT)
+        status = vm.wait(timeout=RUN_TIMEOUT)
+        stderr = vm.stderr.read().decode()
+    assert (status, stderr) == (128 + signal.SIGINT, "")
 
 
 def test_a_reader_that_goes_away_stops_the_vm(env):

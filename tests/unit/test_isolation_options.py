@@ -20,7 +20,9 @@ from pykvm.errors import ConfigError
     (["--cap-add", "NET_ADMIN"], "--cap-add"),
     (["--security-opt", "seccomp=unconfined"], "--security-opt"),
     (["--read-only"], "--read-only"),
-    (["-d"], "--detach"),
+    (["-d", "-i"], "--detach -i/-t"),
+    (["-d", "-t"], "--detach -i/-t"),
+    (["--name", "box"], "--name"),
     (["--init"], "--init"),
 ])
 def test_options_without_meaning_in_a_vm_are_one_line(options, refused):

@@ -14,7 +14,8 @@ import pytest
 
 from pykvm.errors import ConfigError
 from pykvm.vm.rundisk import (ANSWER_OFFSET, DISK_SIZE, END_OF_INPUT, REQUEST_SIZE, RunRequest,
-                              encode_request, escape_stdin, read_exit_status, write_run_disk)
+                              encode_request, escape_stdin, read_exit_status, signal_message,
+                              write_run_disk)
 
 INIT_SOURCE = Path(__file__).resolve().parents[2] / "guests" / "linux" / "container-init.c"
 
@@ -97,6 +98,15 @@ def test_the_guest_relay_gets_back_exactly_the_stdin_pykvm_sent(container_init, 
     sent = escape_stdin(data) + END_OF_INPUT + b"after the end"
     proc = subprocess.run([str(container_init), "--unescape"], input=sent, capture_output=True)
     assert (proc.returncode, proc.stdout) == (0, data), proc.stderr
+
+
+def test_the_guest_relay_takes_signals_anywhere_even_after_the_end_of_stdin(container_init):
+    """A signal message between two bytes of stdin (even between a NUL's two escapes' worth of
+    data) and one after the end of input: each reaches the relay whole; the data is unchanged."""
+    sent = (escape_stdin(b"a\0") + signal_message(15) + escape_stdin(b"\0b") + END_OF_INPUT +
+            signal_message(9))
+    proc = subprocess.run([str(container_init), "--unescape"], input=sent, capture_output=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"a\0\0b", b"signal 15\nsignal 9\n")
 
 
 @pytest.mark.parametrize("request_, message", [

@@ -11,13 +11,15 @@ Docker's rules: ENTRYPOINT/CMD and the arguments, Env then -e, WorkingDir or -w,
                     (pykvm.container.image.rootdisk)
     3. run disk     the resolved command as a request for container-init (pykvm.vm.rundisk)
     4. the machine  --cpus vCPUs, both disks, hvc0 -> our stdout, hvc1 -> our stderr, the kernel's
-                    serial log kept aside (shown only if no exit status comes back); with -i,
-                    our stdin -> hvc2 (pykvm.vm.stdin_pipe), or with -it our terminal <-> hvc0,
-                    the command's terminal
+                    serial log kept aside (shown only if no exit status comes back); hvc2 <- our
+                    stdin with -i, and the signals we pass on (pykvm.vm.command_channel); with
+                    -it our terminal <-> hvc0, the command's terminal
     5. the answer   container-init's exit status, read from the run disk; pykvm exits with it
 
 When whoever reads our stdout goes away (`... | head -1`), the VM is stopped and pykvm
 exits with 141, 128 + SIGPIPE, what a shell reports for a writer whose reader left.
+With -d (run_detached) all of this runs in a background pykvm process that `ps`, `logs`,
+`stop`, `kill` and `rm` treat as a container's process.
 
 What the VM does not have (yet), the options that ask for it are refused in one line
 (REFUSED): a VM has its own network stack, process table and kernel.
@@ -29,12 +31,15 @@ import os
 import signal
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-from pykvm.errors import ConfigError, GuestError
+from pykvm.errors import ConfigError, GuestError, PyKvmError
 
-__all__ = ["run_in_vm", "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus",
+__all__ = ["run_in_vm", "run_detached", "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus",
            "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "REFUSED"]
 
 DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
@@ -42,6 +47,9 @@ INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
 SERIAL_LOG_BYTES = 64 << 10         # the kernel log kept for an error message, at most
 READER_GONE = 128 + signal.SIGPIPE  # our exit status when stdout's reader closed its end
 QUIT = 128 + signal.SIGINT          # ... and when Ctrl-A x quit -it's terminal, as a shell's ^C
+# Signals to pykvm that the command in the guest gets instead (SIGKILL cannot be caught: it
+# ends pykvm, and with it the VM, at once: `stop`'s last resort).
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # Linux's command line: the serial console for the kernel's log, quiet (each byte on a UART is
 # a VM exit), a panic resets at once (pykvm reports it), and our init instead of the shell /init.
 CMDLINE_WORDS = ("console=ttyS0 quiet reboot=k,panic_warm panic=-1 pci=off 8250.nr_uarts=1 "
@@ -58,8 +66,8 @@ REFUSED = {
     "--security-opt": "no seccomp profile is loaded in the guest",
     "--read-only": "the image disk is read-only already; the writable layer is a tmpfs in the guest",
     "--rootfs": "a VM boots an image's root disk; give an IMAGE",
-    "--detach": "not yet: a VM runs in the foreground",
-    "--name": "not yet: a VM run keeps no state to name",
+    "--name": "a VM in the foreground keeps no state to name; with -d it does",
+    "--detach -i/-t": "a detached VM has no terminal or stdin to attach; give -d alone",
     "--init": "container-init is always PID 1 in the VM",
 }
 
@@ -115,18 +123,25 @@ def stdin_mode(interactive: bool, tty: bool) -> str:
     return "tty" if tty else "pipe" if interactive else "null"
 
 
+def guest_ram(memory: str | None) -> int:
+    """--memory with --isolation vm: the guest's RAM in bytes (DEFAULT_MEMORY without it)."""
+    from pykvm.sizes import format_size, host_memory, parse_size
+
+    ram = parse_size(memory or DEFAULT_MEMORY, what="--memory", default_unit="M")
+    if ram > host_memory():
+        raise ConfigError(f"--memory {memory}: more than this host's {format_size(host_memory())} of RAM")
+    return ram
+
+
 def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path], cpus: int = 1) -> int:
     """Run the RunConfig `cfg` made from `image` (its command, env, cwd, user, hostname; -i, -t)
     in a VM with `memory` of RAM and `cpus` vCPUs, booting `guest` (linux_guest()'s kernel and
     initramfs); returns the command's exit status."""
     from pykvm.container.image.rootdisk import root_disk
     from pykvm.container.image.store import ImageStore
-    from pykvm.sizes import format_size, host_memory, parse_size
     from pykvm.vm.rundisk import RunRequest, read_exit_status, write_run_disk
 
-    ram = parse_size(memory or DEFAULT_MEMORY, what="--memory", default_unit="M")
-    if ram > host_memory():
-        raise ConfigError(f"--memory {memory}: more than this host's {format_size(host_memory())} of RAM")
+    ram = guest_ram(memory)
     stdin = stdin_mode(cfg.interactive, cfg.tty)
     store = ImageStore()
     disk = root_disk(store, store.get(image))                                      # 2
@@ -173,10 +188,10 @@ def _boot(vm: VmSpec, serial_log: bytearray) -> int | None:
     """Step 4: the machine, run to its end; the kernel's serial output goes to `serial_log`.
     Returns the exit status when pykvm stopped the VM itself: READER_GONE when nobody reads
     our stdout any more, QUIT after Ctrl-A x at -it's terminal; else None."""
+    from pykvm.vm.command_channel import CommandChannel
     from pykvm.vm.console import write_all
     from pykvm.vm.devices.virtio.attach import DiskSpec, VirtioConfig
     from pykvm.vm.machine import Machine, MachineConfig
-    from pykvm.vm.stdin_pipe import StdinPipe
 
     machine, stopped = None, None
 
@@ -198,32 +213,100 @@ def _boot(vm: VmSpec, serial_log: bytearray) -> int | None:
         except BrokenPipeError:
             stop(READER_GONE)
 
-    pipe = StdinPipe() if vm.stdin == "pipe" else None
+    channel = CommandChannel(0 if vm.stdin == "pipe" else None)
     virtio = VirtioConfig(disks=[DiskSpec(vm.root_disk, read_only=True), DiskSpec(vm.run_disk)], console=True,
                           console_output=to_stdout,
                           error_console=lambda data: write_all(sys.stderr.fileno(), data),
-                          input_console=pipe.guest_output if pipe else None)
+                          input_console=channel.guest_output)
     kernel, initrd = vm.guest
     config = MachineConfig(kernel=kernel, initrd=initrd, memory=vm.ram, cpus=vm.cpus, cmdline=vm_cmdline(),
                            output=keep_log, virtio=virtio)
     sys.stdout.flush()
-    with Machine(config) as machine, _input(vm, machine, pipe, stop):   # the consoles work once it runs
+    with Machine(config) as machine, channel, _terminal(vm, machine, stop), _signals_to(channel, vm):
+        channel.start(machine.virtio.input_console)     # the consoles work once the machine runs
         machine.run()
     return stopped
 
 
 @contextlib.contextmanager
-def _input(vm: VmSpec, machine, pipe, stop):
-    """Step 4's input, while the machine runs: -i's pipe to hvc2, or -it's terminal (raw, as
-    `pykvm boot`'s; Ctrl-A x quits) to hvc0, or none."""
+def _terminal(vm: VmSpec, machine, stop):
+    """With -it, our terminal is the command's while the machine runs: raw, as `pykvm boot`'s,
+    its keys to hvc0; Ctrl-A x quits."""
     from pykvm.vm.console import Console
 
-    if pipe is not None:
-        with pipe:
-            pipe.start(machine.virtio.input_console)
-            yield
-    elif vm.stdin == "tty" and vm.attach_input:
+    if vm.stdin == "tty" and vm.attach_input:
         with Console(machine.virtio.console, on_quit=lambda: stop(QUIT)):
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def _signals_to(channel, vm: VmSpec):
+    """FORWARDED signals to pykvm go to the command in the guest, as `docker run` passes them
+    on: `container stop` (SIGTERM to a detached VM's pykvm), `kill -s`, a Ctrl-C.  Not with -it
+    (the terminal is raw: a Ctrl-C is a key for the guest's terminal), nor off the main thread."""
+    if (vm.stdin == "tty" and vm.attach_input) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signo: signal.signal(signo, lambda signo, frame: channel.send_signal(signo))
+                for signo in FORWARDED}
+    try:
+        yield
+    finally:
+        for signo, handler in previous.items():
+            signal.signal(signo, handler)
+
+
+def run_detached(image: str, cfg, memory: str | None, guest: tuple[Path, Path], cpus: int = 1) -> str:
+    """-d: run_in_vm in a pykvm process of its own, in the background; returns the container id.
+
+    The state directory is a container's (pykvm.container.runtime.state), with the pykvm process
+    as its pid, so `ps`, `logs`, `stop`, `kill` and `rm` find it as they find a container:
+    its output goes to container.log, its exit status to exit.json, and a signal to it is
+    passed on to the command in the guest (_signals_to), SIGKILL alone ends the VM at once."""
+    from pykvm.container.runtime.logs import LOG_NAME
+    from pykvm.container.runtime.state import ContainerState, StateStore, process_start_time
+
+    guest_ram(memory)                   # bad input: one line here, not in the log
+    store = StateStore()
+    state = ContainerState(id=cfg.id, name=cfg.name or cfg.id, command=list(cfg.args), created=time.time(),
+                           auto_remove=cfg.remove, detached=True, isolation="vm")
+    store.create(state)
+    log = os.open(store.dir(state.id) / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    saved_r, saved_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(saved_w)
+        _background(image, cfg, memory, guest, cpus, store, log, saved_r)
+    os.close(saved_r)
+    os.close(log)
+    state.pid, state.pid_start = pid, process_start_time(pid)
+    store.save(state)
+    os.close(saved_w)                   # now the background process may run (and remove the state)
+    return state.id
+
+
+def _background(image, cfg, memory, guest, cpus, store, log: int, saved: int) -> NoReturn:
+    """The -d child: a session of its own, stdin /dev/null, stdout and stderr to the log;
+    once the parent has saved the state (`saved` reads end of file), run the VM and record
+    how it ended."""
+    status = 125                        # Docker's "the run itself failed"
+    try:
+        os.setsid()
+        os.read(saved, 1)
+        null = os.open(os.devnull, os.O_RDONLY)
+        for fd, target in ((null, 0), (log, 1), (log, 2)):
+            os.dup2(fd, target)
+        status = run_in_vm(image, cfg, memory, guest, cpus)
+    except PyKvmError as e:
+        os.write(2, f"pykvm: error: {e}\n".encode())
+    except BaseException as e:          # the log is the only place anyone will see it
+        os.write(2, f"pykvm: error: {type(e).__name__}: {e}\n".encode())
+    finally:
+        store.record_exit(cfg.id, status, False)
+        if cfg.remove:
+            store.remove(cfg.id)
+        os._exit(0)

@@ -103,8 +103,9 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
             "--network host": network == "host", "--network bridge": network == "bridge",
             "--publish": bool(publish), "--pids-limit": pids_limit is not None,
             "--cap-add": bool(cap_add), "--cap-drop": bool(cap_drop), "--security-opt": bool(security_opt),
-            "--read-only": read_only, "--rootfs": rootfs is not None, "--detach": detach,
-            "--name": name is not None, "--init": use_init})
+            "--read-only": read_only, "--rootfs": rootfs is not None,
+            "--name": name is not None and not detach, "--detach -i/-t": detach and (interactive or tty),
+            "--init": use_init})
         vcpus = parse_vcpus(cpus)
         stdin_mode(interactive, tty)         # -it without a terminal to give: refused here
         guest = linux_guest()
@@ -147,7 +148,10 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
                   network="bridge" if network == "bridge" else "", publish=ports,
                   capabilities=cfg_caps or cfg.capabilities, init=use_init)
     if isolation == "vm":
-        from pykvm.commands.container.isolation import run_in_vm
+        from pykvm.commands.container.isolation import run_detached, run_in_vm
+        if detach:
+            click.echo(run_detached(args[0], cfg, memory, guest, vcpus))
+            return
         sys.exit(run_in_vm(args[0], cfg, memory, guest, vcpus))
     cfg = replace(cfg, **_security_options(security_opt, cfg.capabilities.get("bounding", [])))
     container = launch(cfg, DETACHED if detach else FOREGROUND)
@@ -227,10 +231,10 @@ def ps_cmd(show_all, quiet):
         for s in rows:
             click.echo(s.id)
         return
-    click.echo(f"{'CONTAINER ID':<14}{'NAME':<20}{'STATUS':<16}{'PID':>8}  COMMAND")
+    click.echo(f"{'CONTAINER ID':<14}{'NAME':<20}{'STATUS':<16}{'ISOLATION':<11}{'PID':>8}  COMMAND")
     for s in rows:
         age = time.strftime("%H:%M:%S", time.localtime(s.created))
-        click.echo(f"{s.id:<14}{s.name[:19]:<20}{_status_line(store, s):<16}{s.pid:>8}  "
+        click.echo(f"{s.id:<14}{s.name[:19]:<20}{_status_line(store, s):<16}{s.isolation:<11}{s.pid:>8}  "
                    f"{' '.join(s.command)[:40]}  (created {age})")
 
 

@@ -78,6 +78,7 @@ class ContainerState:
     process: dict = field(default_factory=dict)   # env, cwd, user, capabilities ... (`exec` starts from them)
     hooks: dict = field(default_factory=dict)     # config.json's hooks (`oci start` and `delete` run some)
     network: str = ""              # "bridge": it holds an address and ports until removed (network.py)
+    isolation: str = "container"   # "vm": `run -d --isolation vm`; pid is the pykvm process running the VM
 
 
 def oci_state_json(state: ContainerState, status: str, pid: int | None) -> dict:

@@ -1,5 +1,6 @@
-"""-i with --isolation vm, the host's half (pykvm/vm/stdin_pipe.py): our stdin into a virtio
-console's host queue, escaped, with its end marked, and only after the guest said READY.
+"""--isolation vm, the host's half of hvc2 (pykvm/vm/command_channel.py): our stdin (-i) into
+a virtio console's host queue, escaped, with its end marked, and signals for the command;
+only after the guest said READY.
 
 The console is the real device, not yet set up by a driver: what the guest would be handed
 stays in its host queue, which get_state() shows (the guest's half: tests/unit/test_rundisk.py).
@@ -11,9 +12,10 @@ import time
 
 import pytest
 
+from pykvm.errors import ConfigError
+from pykvm.vm.command_channel import CommandChannel
 from pykvm.vm.devices.virtio.console import VirtioConsole
-from pykvm.vm.rundisk import END_OF_INPUT, STDIN_READY, escape_stdin
-from pykvm.vm.stdin_pipe import StdinPipe
+from pykvm.vm.rundisk import END_OF_INPUT, STDIN_READY, escape_stdin, signal_message
 
 WAIT_S = 30.0       # a bound on waiting for the reader thread on a loaded machine
 
@@ -39,7 +41,7 @@ def stdin_with(data: bytes) -> int:
 def test_stdin_is_sent_escaped_after_ready_then_its_end():
     console = VirtioConsole(out=lambda data: None)
     fd = stdin_with(b"a\0b\n")
-    with StdinPipe(fd) as pipe:
+    with CommandChannel(fd) as pipe:
         pipe.start(console)
         pipe.guest_output(STDIN_READY)
         assert wait_for_queue(console, escape_stdin(b"a\0b\n") + END_OF_INPUT) == b"a\0\0b\n" + END_OF_INPUT
@@ -49,7 +51,7 @@ def test_stdin_is_sent_escaped_after_ready_then_its_end():
 def test_nothing_is_sent_without_ready_and_close_stops_the_waiting_reader():
     console = VirtioConsole(out=lambda data: None)
     fd = stdin_with(b"typed early")
-    pipe = StdinPipe(fd)
+    pipe = CommandChannel(fd)
     pipe.start(console)
     pipe.guest_output(b"kernel noise, not the word")
     pipe.close()
@@ -62,7 +64,23 @@ def test_a_closed_stdin_is_an_immediate_end():
     closed = 999                        # not open, as fd 0 after `<&-`
     with pytest.raises(OSError):
         os.fstat(closed)
-    with StdinPipe(closed) as pipe:
+    with CommandChannel(closed) as pipe:
         pipe.start(console)
         pipe.guest_output(STDIN_READY)
         assert wait_for_queue(console, END_OF_INPUT) == END_OF_INPUT
+
+
+def test_signals_are_sent_whole_between_stdin_s_bytes_and_without_stdin():
+    console = VirtioConsole(out=lambda data: None)
+    with CommandChannel(None) as channel:
+        channel.start(console)
+        channel.send_signal(15)                 # before READY: kept until the guest can hear it
+        assert queued(console) == b""
+        channel.guest_output(STDIN_READY)
+        channel.send_signal(2)
+        assert wait_for_queue(console, b"\0S\x0f\0S\x02") == signal_message(15) + signal_message(2)
+
+
+def test_a_signal_number_that_does_not_fit_a_byte_is_refused():
+    with CommandChannel(None) as channel, pytest.raises(ConfigError, match="signal 300"):
+        channel.send_signal(300)
