@@ -156,12 +156,12 @@ def read_until(fd: int, wanted: bytes) -> bytes:
     return seen
 
 
-def wait_for_log(env: dict, cid: str, wanted: str) -> str:
-    """`container logs CID` once it holds `wanted`; bounded by RUN_TIMEOUT."""
+def wait_for_log(env: dict, cid: str, *wanted: str) -> str:
+    """`container logs CID` once it holds every one of `wanted`; bounded by RUN_TIMEOUT."""
     deadline = time.monotonic() + RUN_TIMEOUT
     while True:
         logs = pykvm("container", "logs", cid, env=env)
-        if wanted in logs.stdout or time.monotonic() > deadline:
+        if all(w in logs.stdout for w in wanted) or time.monotonic() > deadline:
             return logs.stdout
         time.sleep(0.5)
 
@@ -178,7 +178,7 @@ def test_detached_vm_has_logs_ps_and_stops_with_sigterm_to_its_command(env):
                     "busybox", "sh", "-c", "echo started; echo to-stderr >&2; exec sleep 1000", env=env)
     assert started.returncode == 0, started.stderr
     cid = started.stdout.strip()
-    log = wait_for_log(env, cid, "to-stderr")       # two consoles, one log: in either order
+    log = wait_for_log(env, cid, "started", "to-stderr")    # two consoles, one log: either order
     assert sorted(log.splitlines()) == ["started", "to-stderr"], log
     row = ps_row(env, cid).split()
     assert row[1:3] == ["vm-d", "running"] and row[3] == "vm", row
