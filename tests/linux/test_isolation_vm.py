@@ -190,14 +190,14 @@ def test_detached_vm_has_logs_ps_and_stops_with_sigterm_to_its_command(env):
 
 
 def test_kill_passes_a_signal_on_and_stop_forces_a_command_that_ignores_sigterm(env):
-    script = 'trap "echo got-usr1" USR1; trap "" TERM; echo ready; while :; do sleep 1; done'
+    script = 'trap "echo got-hup" HUP; trap "" TERM; echo ready; while :; do sleep 1; done'
     started = pykvm("container", "run", "-d", "--rm", "--network", "none", "--isolation", "vm",
                     "busybox", "sh", "-c", script, env=env)
     assert started.returncode == 0, started.stderr
     cid = started.stdout.strip()
     wait_for_log(env, cid, "ready")
-    assert pykvm("container", "kill", "-s", "USR1", cid, env=env).returncode == 0
-    assert "got-usr1" in wait_for_log(env, cid, "got-usr1")
+    assert pykvm("container", "kill", "-s", "HUP", cid, env=env).returncode == 0
+    assert "got-hup" in wait_for_log(env, cid, "got-hup")
     stopped = pykvm("container", "stop", "-t", "5", cid, env=env)    # TERM ignored: then SIGKILL
     assert stopped.returncode == 0, stopped.stderr
     assert "running" not in ps_row(env, cid)

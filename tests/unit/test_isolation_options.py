@@ -5,6 +5,8 @@ these checks run before any image is read or any VM is built, so they run everyw
 """
 from __future__ import annotations
 
+import signal
+
 import pytest
 from clitools import one_error_line, pykvm
 
@@ -62,3 +64,11 @@ def test_the_kernel_runs_our_init_quietly():
     words = vm_cmdline().split()
     assert "rdinit=/bin/container-init" in words and "quiet" in words
     assert "console=ttyS0" in words and not any(w.startswith("earlyprintk") for w in words)
+
+
+def test_pykvm_s_own_signals_are_not_passed_on_to_the_command():
+    """SIGUSR1 kicks pykvm's vCPU threads out of KVM_RUN: passed on, it would reach the command."""
+    from pykvm.commands.container.isolation import FORWARDED
+    from pykvm.vm.machine import KICK_SIGNAL
+
+    assert KICK_SIGNAL not in FORWARDED and signal.SIGTERM in FORWARDED and signal.SIGKILL not in FORWARDED

@@ -40,7 +40,7 @@ from typing import NoReturn
 from pykvm.errors import ConfigError, GuestError, PyKvmError
 
 __all__ = ["run_in_vm", "run_detached", "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus",
-           "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "REFUSED"]
+           "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "FORWARDED", "REFUSED"]
 
 DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
 INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
@@ -48,8 +48,9 @@ SERIAL_LOG_BYTES = 64 << 10         # the kernel log kept for an error message, 
 READER_GONE = 128 + signal.SIGPIPE  # our exit status when stdout's reader closed its end
 QUIT = 128 + signal.SIGINT          # ... and when Ctrl-A x quit -it's terminal, as a shell's ^C
 # Signals to pykvm that the command in the guest gets instead (SIGKILL cannot be caught: it
-# ends pykvm, and with it the VM, at once: `stop`'s last resort).
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# ends pykvm, and with it the VM, at once: `stop`'s last resort).  Not SIGUSR1: pykvm's own
+# vCPU threads are kicked out of KVM_RUN with it (machine.KICK_SIGNAL).
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2)
 # Linux's command line: the serial console for the kernel's log, quiet (each byte on a UART is
 # a VM exit), a panic resets at once (pykvm reports it), and our init instead of the shell /init.
 CMDLINE_WORDS = ("console=ttyS0 quiet reboot=k,panic_warm panic=-1 pci=off 8250.nr_uarts=1 "
