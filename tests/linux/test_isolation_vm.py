@@ -8,6 +8,7 @@ exit status, the two output streams and the throw-away root are checked on the V
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -175,6 +176,16 @@ def command_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if not line.startswith("pykvm: ")]
 
 
+@contextlib.contextmanager
+def removed_at_the_end(env: dict, cid: str):
+    """`rm -f` the detached VM however the test ends: one left running slows every later
+    VM of the lane (its guest's timer ticks cost the TCG-emulated L1 dearly)."""
+    try:
+        yield
+    finally:
+        pykvm("container", "rm", "-f", cid, env=env)
+
+
 def ps_row(env: dict, cid: str) -> str:
     listing = pykvm("container", "ps", "-a", env=env).stdout
     return next((line for line in listing.splitlines() if line.startswith(cid)), f"{cid} not in:\n{listing}")
@@ -187,15 +198,16 @@ def test_detached_vm_has_logs_ps_and_stops_with_sigterm_to_its_command(env):
                     "busybox", "sh", "-c", "echo started; echo to-stderr >&2; exec sleep 1000", env=env)
     assert started.returncode == 0, started.stderr
     cid = started.stdout.strip()
-    log = wait_for_log(env, cid, "started", "to-stderr")    # two consoles, one log: either order
-    assert sorted(command_lines(log)) == ["started", "to-stderr"], log
-    row = ps_row(env, cid).split()
-    assert row[1:3] == ["vm-d", "running"] and row[3] == "vm", row
-    stopped = pykvm("container", "stop", "-t", "120", "vm-d", env=env)
-    assert (stopped.returncode, stopped.stdout) == (0, cid + "\n"), stopped.stderr
-    assert "exited (143)" in ps_row(env, cid)
-    assert pykvm("container", "rm", cid, env=env).returncode == 0
-    assert cid not in pykvm("container", "ps", "-a", "-q", env=env).stdout
+    with removed_at_the_end(env, cid):
+        log = wait_for_log(env, cid, "started", "to-stderr")    # two consoles, one log: either order
+        assert sorted(command_lines(log)) == ["started", "to-stderr"], log
+        row = ps_row(env, cid).split()
+        assert row[1:3] == ["vm-d", "running"] and row[3] == "vm", row
+        stopped = pykvm("container", "stop", "-t", "120", "vm-d", env=env)
+        assert (stopped.returncode, stopped.stdout) == (0, cid + "\n"), stopped.stderr
+        assert "exited (143)" in ps_row(env, cid)
+        assert pykvm("container", "rm", cid, env=env).returncode == 0
+        assert cid not in pykvm("container", "ps", "-a", "-q", env=env).stdout
 
 
 def test_kill_passes_a_signal_on_and_stop_forces_a_command_that_ignores_sigterm(env):
@@ -204,12 +216,13 @@ def test_kill_passes_a_signal_on_and_stop_forces_a_command_that_ignores_sigterm(
                     "busybox", "sh", "-c", script, env=env)
     assert started.returncode == 0, started.stderr
     cid = started.stdout.strip()
-    wait_for_log(env, cid, "ready")
-    assert pykvm("container", "kill", "-s", "HUP", cid, env=env).returncode == 0
-    assert "got-hup" in wait_for_log(env, cid, "got-hup")
-    stopped = pykvm("container", "stop", "-t", "5", cid, env=env)    # TERM ignored: then SIGKILL
-    assert stopped.returncode == 0, stopped.stderr
-    assert "running" not in ps_row(env, cid)
+    with removed_at_the_end(env, cid):
+        wait_for_log(env, cid, "ready")
+        assert pykvm("container", "kill", "-s", "HUP", cid, env=env).returncode == 0
+        assert "got-hup" in wait_for_log(env, cid, "got-hup")
+        stopped = pykvm("container", "stop", "-t", "5", cid, env=env)    # TERM ignored: then SIGKILL
+        assert stopped.returncode == 0, stopped.stderr
+        assert "running" not in ps_row(env, cid)
 
 
 def test_ctrl_c_in_the_foreground_reaches_the_command(env):
