@@ -5,6 +5,7 @@ these checks run before any image is read or any VM is built, so they run everyw
 """
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -72,3 +73,16 @@ def test_pykvm_s_own_signals_are_not_passed_on_to_the_command():
     from pykvm.vm.machine import KICK_SIGNAL
 
     assert KICK_SIGNAL not in FORWARDED and signal.SIGTERM in FORWARDED and signal.SIGKILL not in FORWARDED
+
+
+def test_exec_into_a_detached_vm_is_refused(tmp_path):
+    """A detached VM's recorded process is pykvm on the host (this test's own process stands in
+    for it): exec must not join its namespaces, which are the host's."""
+    from pykvm.container.runtime.state import ContainerState, StateStore, process_start_time
+
+    pid = os.getpid()
+    StateStore(tmp_path).create(ContainerState(id="0123456789ab", name="in-a-vm", pid=pid,
+                                               pid_start=process_start_time(pid), detached=True,
+                                               isolation="vm"))
+    line = one_error_line(pykvm("container", "exec", "in-a-vm", "true", env={"PYKVM_STATE_ROOT": str(tmp_path)}))
+    assert line.startswith("pykvm: error: container 0123456789ab runs in a VM (--isolation vm)"), line
