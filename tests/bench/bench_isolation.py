@@ -25,9 +25,10 @@ against the same call when the disk is cached.  Benchmarks report; they never fa
 Then where a VM run's time goes, with the cached disk.  The command reads, from the guest
 kernel's own /proc, when PID 1 (container-init) started and when it started itself
 (/proc/PID/stat field 22, starttime, in clock ticks since the guest's boot, proc(5)):
-  pykvm, before the kernel   launch -> the command's first line, less the guest's clock at
+  before the guest's clock   launch -> the command's first line, less the guest's clock at
                              the command's start: Python, the image and disk lookup, building
-                             the machine, and the kernel's first moments before its clock runs
+                             the machine, loading kernel and initramfs, and the kernel's start
+                             before its clock runs (the bzImage decompressing itself)
   kernel boot                guest clock when container-init starts
   init                       container-init start -> the command's start: modules, mounts,
                              the overlay root, the consoles, fork and exec
@@ -39,6 +40,15 @@ Measured 2026-12-02 in the L1 lane (QEMU TCG: absolute times mean nothing there,
     container peak RSS      23.7 / 23.7 / 23.9 MiB    vm peak RSS      150.9 / 152.8 / 152.9 MiB
     ratio vm/container: first output 3.21x, exit 3.20x, peak RSS 6.45x
     root disk built 0.45 / 0.56 / 0.78 s, cached 0.000 / 0.001 / 0.008 s
+Again on 2026-12-02, with three other lanes sharing the host's 2 cores (so every time is
+about 3x the one above; the ratios hold), 5 runs each:
+    container first output   7.23 / 9.61 / 11.02 s    vm first output  20.58 / 27.09 / 29.20 s
+    container peak RSS      23.5 / 23.6 / 23.7 MiB    vm peak RSS      148.2 / 152.1 / 153.1 MiB
+    ratio vm/container: first output 2.82x, exit 2.83x, peak RSS 6.46x
+    root disk built 1.20 / 1.91 / 2.79 s, cached 0.001 / 0.001 / 0.015 s
+  where a VM run's time went (the phases' medians need not add up to the total's):
+    before the guest's clock 12.99 / 18.37 / 22.32 s   kernel boot  1.47 / 1.92 / 2.16 s
+    init                      4.56 /  8.14 /  9.65 s   command, power-off, exit 0.36 / 0.57 / 1.81 s
 The VM's RSS is mostly guest RAM the guest touched: the kernel, the initramfs unpacked into
 its rootfs, the modules, the page cache of the root disk.
 """
@@ -121,13 +131,13 @@ def starttime_s(stat_line: str) -> float:
 
 def vm_breakdown(argv: list[str], env: dict, runs: int) -> dict[str, list[float]]:
     """The phases of `runs` VM runs of WHERE_THE_TIME_GOES (see the module's docstring)."""
-    phases: dict[str, list[float]] = {"pykvm, before the kernel": [], "kernel boot": [], "init": [],
+    phases: dict[str, list[float]] = {"before the guest's clock": [], "kernel boot": [], "init": [],
                                       "command, power-off, exit": []}
     for _ in range(runs):
         sample = run_once([*argv, "sh", "-c", WHERE_THE_TIME_GOES], env=env, timeout=600)
         init_line, command_line = [line for line in sample.lines if line][:2]
         init_start, command_start = starttime_s(init_line), starttime_s(command_line)
-        phases["pykvm, before the kernel"].append(sample.first_line_s - command_start)
+        phases["before the guest's clock"].append(sample.first_line_s - command_start)
         phases["kernel boot"].append(init_start)
         phases["init"].append(command_start - init_start)
         phases["command, power-off, exit"].append(sample.exit_s - sample.first_line_s)
