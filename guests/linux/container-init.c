@@ -11,9 +11,13 @@
  *   4. build the root: the ext4 disk read-only at /lower, a tmpfs at /rw for what the command
  *      writes, overlayfs of both at /newroot (gone when the VM ends); /proc, /sys, /dev in it
  *   5. set the hostname
- *   6. fork: the child takes /dev/null as stdin, hvc0 as stdout and hvc1 as stderr (raw, so
- *      no \n -> \r\n), chroots into /newroot, chdirs, sets HOME if unset (runc's rule),
- *      drops to the user, execs the command
+ *   6. fork: the child takes its stdin (the request's "stdin" field: /dev/null; or, for -i, a
+ *      pipe that the relay fills from hvc2; or, for -t, hvc0 as its terminal), hvc0 as
+ *      stdout and hvc1 as stderr (raw, so no \n -> \r\n; with -t both are the terminal, in
+ *      a terminal's usual cooked mode), chroots into /newroot, chdirs, sets HOME if unset
+ *      (runc's rule), drops to the user, execs the command
+ *  6b. fork the relay: pykvm's channel on hvc2 becomes the command's stdin (-i) and the
+ *      signals pykvm passes on (stop, kill, a Ctrl-C)
  *   7. reap every process until the command itself ends (PID 1 inherits orphans)
  *   8. wait until both consoles have sent their output, write "exit=N\n" to the run disk's
  *      answer part, and power off; pykvm reads the answer and exits with N
@@ -24,16 +28,20 @@
  * Static, so it needs nothing from the initramfs or the image.
  *
  * On the host, `container-init --print FILE` reads a run disk image and prints what it would
- * run, one line per field: how tests/unit/test_rundisk.py checks that both ends agree.
+ * run, one line per field, and `container-init --unescape` copies stdin to stdout as the relay
+ * copies hvc2 to the command (a signal message printed to stderr): how tests/unit/test_rundisk.py
+ * checks both ends agree.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -53,6 +61,17 @@
 #define NEW_ROOT       "/newroot"
 #define STDOUT_CONSOLE "/dev/hvc0"
 #define STDERR_CONSOLE "/dev/hvc1"
+#define CHANNEL_CONSOLE "/dev/hvc2"    /* pykvm -> the command: stdin (-i) and signals */
+/* pykvm/vm/rundisk.py: on CHANNEL_CONSOLE, ESCAPE ESCAPE is one ESCAPE byte of input,
+ * ESCAPE END_OF_INPUT the end of the caller's stdin, ESCAPE SIGNAL N "send signal N to the
+ * command"; READY is what the relay writes back once the console is raw, the moment pykvm
+ * starts sending (so no byte is read cooked). */
+#define STDIN_ESCAPE   '\0'
+#define STDIN_END      'E'
+#define STDIN_SIGNAL   'S'
+#define STDIN_READY    "R"
+
+enum stdin_mode { STDIN_NULL, STDIN_PIPE, STDIN_TTY };
 #define DEVICE_WAIT_MS 5000            /* for /dev/vd* and /dev/hvc* after the modules load */
 
 struct request {
@@ -64,6 +83,7 @@ struct request {
     gid_t gid;
     gid_t groups[MAX_GROUPS];
     int ngroups;
+    enum stdin_mode stdin_mode;
 };
 
 static char request_bytes[REQUEST_SIZE + 1];   /* +1: always NUL-terminated */
@@ -149,6 +169,19 @@ static void parse_groups(struct request *req, char *list)
     }
 }
 
+static enum stdin_mode parse_stdin_mode(const char *value)
+{
+    if (strcmp(value, "null") == 0)
+        return STDIN_NULL;
+    if (strcmp(value, "pipe") == 0)
+        return STDIN_PIPE;
+    if (strcmp(value, "tty") == 0)
+        return STDIN_TTY;
+    errno = EINVAL;
+    die("bad stdin in the run disk (null, pipe or tty)", value);
+    return STDIN_NULL;                 /* not reached */
+}
+
 /* The records "key=value\0", after the magic, up to the empty record (rundisk.py's grammar). */
 static void parse_request(char *data, size_t size, struct request *req)
 {
@@ -183,6 +216,8 @@ static void parse_request(char *data, size_t size, struct request *req)
             req->gid = (gid_t)parse_number(value, "gid");
         else if (strcmp(record, "groups") == 0)
             parse_groups(req, value);
+        else if (strcmp(record, "stdin") == 0)
+            req->stdin_mode = parse_stdin_mode(value);
         else {
             errno = EINVAL;
             die("unknown (or one too many) run disk field", record);
@@ -250,16 +285,42 @@ static void set_home(struct request *req)
         req->env[req->nenv++] = home;
 }
 
-static void run_command(struct request *req)
+static void stdin_from(const char *path, int fd)
 {
-    int null = open("/dev/null", O_RDONLY);
-    if (null < 0 || dup2(null, 0) < 0)
-        die("cannot open", "/dev/null");
-    console_as(STDOUT_CONSOLE, 1);
-    console_as(STDERR_CONSOLE, 2);
-    if (null > 2)
-        close(null);
-    setsid();
+    int opened = fd >= 0 ? fd : open(path, O_RDONLY);
+    if (opened < 0 || dup2(opened, 0) < 0)
+        die("cannot open", path);
+    if (opened > 2)
+        close(opened);
+}
+
+/* -t: hvc0 becomes the session's controlling terminal and stdin, stdout and stderr, left in
+ * the cooked mode a terminal starts in (echo, line editing, ^C -> SIGINT), as `docker run -t`. */
+static void terminal_as_stdio(void)
+{
+    int fd = open(STDOUT_CONSOLE, O_RDWR);
+    if (fd < 0 || ioctl(fd, TIOCSCTTY, 0) != 0)
+        die("cannot take as the terminal", STDOUT_CONSOLE);
+    for (int target = 0; target < 3; target++)
+        if (dup2(fd, target) < 0)
+            die("dup2", STDOUT_CONSOLE);
+    if (fd > 2)
+        close(fd);
+}
+
+/* `stdin_pipe`: the relay's pipe with -i (both ends; the command keeps the read end), else -1s */
+static void run_command(struct request *req, int stdin_pipe[2])
+{
+    setsid();                          /* a new session: -t's terminal becomes its own */
+    if (stdin_pipe[1] >= 0)
+        close(stdin_pipe[1]);
+    if (req->stdin_mode == STDIN_TTY) {
+        terminal_as_stdio();
+    } else {
+        stdin_from("/dev/null", stdin_pipe[0]);
+        console_as(STDOUT_CONSOLE, 1);
+        console_as(STDERR_CONSOLE, 2);
+    }
     if (chroot(NEW_ROOT) != 0 || chdir("/") != 0)
         die("cannot chroot to", NEW_ROOT);
     /* Docker makes a missing WorkingDir; one level is enough for the common case, the
@@ -275,6 +336,97 @@ static void run_command(struct request *req)
     int status = errno == ENOENT ? 127 : 126;          /* Docker's and the shell's codes */
     fprintf(stderr, "container-init: cannot run %s: %s\n", req->args[0], strerror(errno));
     exit(status);
+}
+
+/* 6b. the relay: hvc2 is pykvm's channel to the command.  It copies the caller's stdin (-i)
+ * into the command's pipe, undoing pykvm's escapes, and closes the pipe at the end marker
+ * (the command reads end of file); a signal message becomes kill(2) of the command (`pykvm
+ * container stop` and `kill`, a Ctrl-C on pykvm in the foreground).  A process of its own,
+ * so PID 1 only waits; it lives until the VM powers off. */
+static int write_all(int fd, const unsigned char *data, size_t length)
+{
+    while (length > 0) {
+        ssize_t put = write(fd, data, length);
+        if (put < 0 && errno == EINTR)
+            continue;
+        if (put <= 0)
+            return -1;                 /* the command closed its stdin, or is gone */
+        data += put;
+        length -= (size_t)put;
+    }
+    return 0;
+}
+
+/* A signal message's number: kill the command, or (on the host, `command` 0) say so. */
+static void deliver_signal(pid_t command, unsigned char number)
+{
+    if (command > 0)
+        kill(command, number);
+    else
+        fprintf(stderr, "signal %d\n", number);
+}
+
+/* Copy `from` to `to` (-1: nowhere) up to `from`'s end, undoing pykvm's escapes; the end
+ * marker closes `to`, a signal message goes to `command`. */
+static void copy_unescaped(int from, int to, pid_t command)
+{
+    unsigned char in[4096], out[4096];
+    enum { PLAIN, ESCAPED, SIGNAL_NUMBER } state = PLAIN;
+    for (;;) {
+        ssize_t got = read(from, in, sizeof in);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return;
+        size_t length = 0;
+        for (ssize_t i = 0; i < got; i++) {
+            if (state == SIGNAL_NUMBER) {
+                deliver_signal(command, in[i]);
+                state = PLAIN;
+            } else if (state == PLAIN && in[i] == STDIN_ESCAPE) {
+                state = ESCAPED;
+            } else if (state == ESCAPED && in[i] == STDIN_END) {
+                if (to >= 0 && write_all(to, out, length) == 0)
+                    close(to);
+                to = -1;                       /* the rest of stdin, if any, goes nowhere */
+                length = 0;
+                state = PLAIN;
+            } else if (state == ESCAPED && in[i] == STDIN_SIGNAL) {
+                state = SIGNAL_NUMBER;
+            } else {
+                out[length++] = in[i];         /* a plain byte, or the second of two ESCAPEs */
+                state = PLAIN;
+            }
+        }
+        if (to >= 0 && write_all(to, out, length) != 0) {
+            close(to);                         /* the command will not read more: drop the rest */
+            to = -1;
+        }
+    }
+}
+
+static void relay(int pipe_write, pid_t command)
+{
+    struct termios raw;
+    int fd = open(CHANNEL_CONSOLE, O_RDWR | O_NOCTTY);
+    if (fd < 0 || tcgetattr(fd, &raw) != 0)
+        die("cannot open", CHANNEL_CONSOLE);
+    cfmakeraw(&raw);                   /* every byte as sent: no echo, no \r -> \n, no ^C */
+    if (tcsetattr(fd, TCSANOW, &raw) != 0 || write(fd, STDIN_READY, 1) != 1)
+        die("cannot ready", CHANNEL_CONSOLE);
+    copy_unescaped(fd, pipe_write, command);
+    _exit(0);
+}
+
+static void start_relay(int pipe_write, pid_t command)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork", NULL);
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_IGN);      /* a command that stops reading is a write error, not death */
+        relay(pipe_write, command);
+    }
 }
 
 /* --- 7.: PID 1 reaps everything; returns the command's status, shell-style */
@@ -321,7 +473,8 @@ static void print_request(struct request *req)
     printf("cwd %s\nuid %u\ngid %u\ngroups", req->cwd, (unsigned)req->uid, (unsigned)req->gid);
     for (int i = 0; i < req->ngroups; i++)
         printf(" %u", (unsigned)req->groups[i]);
-    printf("\nhostname %s\n", req->hostname);
+    printf("\nhostname %s\nstdin %s\n", req->hostname,
+           req->stdin_mode == STDIN_PIPE ? "pipe" : req->stdin_mode == STDIN_TTY ? "tty" : "null");
 }
 
 int main(int argc, char **argv)
@@ -336,8 +489,13 @@ int main(int argc, char **argv)
         print_request(&req);
         return 0;
     }
+    if (argc == 2 && strcmp(argv[1], "--unescape") == 0) {   /* the host-side check of the relay */
+        copy_unescaped(0, 1, 0);
+        return 0;
+    }
     if (getpid() != 1) {
-        fprintf(stderr, "usage: container-init --print RUN_DISK (as PID 1 it runs the request)\n");
+        fprintf(stderr, "usage: container-init --print RUN_DISK | --unescape "
+                        "(as PID 1 it runs the request)\n");
         return 2;
     }
     mount_or_die("proc", "/proc", "proc", 0, NULL);                            /* 1 */
@@ -369,11 +527,20 @@ int main(int argc, char **argv)
         die("cannot set the hostname", req.hostname);
     if (wait_for_device(STDOUT_CONSOLE) != 0 || wait_for_device(STDERR_CONSOLE) != 0)
         die("no virtio consoles", STDOUT_CONSOLE);
+    int stdin_pipe[2] = {-1, -1};
+    if (wait_for_device(CHANNEL_CONSOLE) != 0)
+        die("no virtio console", CHANNEL_CONSOLE);
+    if (req.stdin_mode == STDIN_PIPE && pipe(stdin_pipe) != 0)
+        die("pipe", NULL);
     pid_t command = fork();                                                     /* 6 */
     if (command < 0)
         die("fork", NULL);
     if (command == 0)
-        run_command(&req);
+        run_command(&req, stdin_pipe);
+    start_relay(stdin_pipe[1], command);                                        /* 6b */
+    for (int i = 0; i < 2; i++)
+        if (stdin_pipe[i] >= 0)
+            close(stdin_pipe[i]);
     int status = wait_for_command(command);                                     /* 7 */
     drain_console(STDOUT_CONSOLE);                                              /* 8 */
     drain_console(STDERR_CONSOLE);

@@ -16,10 +16,11 @@ __all__ = ["compare"]
 @click.command()
 @click.option("--runs", "-n", default="5", show_default=True, metavar="N",
               help="How many times to run each side.")
-@click.option("--guest", default="tiny", show_default=True, metavar="tiny|linux",
-              help="The VM's guest: the tiny teaching kernel, or a Linux guest (needs hardware KVM).")
-@click.option("--image", default="busybox", show_default=True, metavar="hello|busybox",
-              help="The container's image (a bundled one is built if missing).")
+@click.option("--guest", default="tiny", show_default=True, metavar="tiny|linux|image",
+              help="The VM's guest: the tiny teaching kernel, a Linux guest, or the --image itself "
+                   "run by Linux (`container run --isolation vm`); linux and image need hardware KVM.")
+@click.option("--image", default="busybox", show_default=True, metavar="hello|busybox|IMAGE",
+              help="The container's image (a bundled one is built if missing); with --guest image, the VM's too.")
 @click.option("--mem", default="128M", show_default=True, metavar="SIZE", help="The VM's RAM, as for `pykvm boot --mem`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown (for course material).")

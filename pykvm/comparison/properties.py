@@ -104,7 +104,8 @@ def vm_size(files: dict[str, Path], memory_given: int, workload: Workload, lines
     parts = {name: path.stat().st_size for name, path in files.items() if path is not None}
     return {"bytes": sum(parts.values()), "parts": parts, "memory_given_bytes": memory_given,
             "memory_seen_bytes": memory_seen(_sections(workload, lines)),
-            "how": "stat(2) of the kernel (and initrd) the VMM loads; the memory given is --mem; "
+            "how": "stat(2) of the files the VMM loads (kernel; initrd; --guest image: the image's "
+                   "root disk, its apparent size); the memory given is --mem; "
                    "the memory seen is the guest's own report (tiny `info`, Linux /proc/meminfo)"}
 
 

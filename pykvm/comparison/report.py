@@ -2,7 +2,8 @@
 
     1. check the options (a bad one fails before anything runs)
     2. read the host's facts
-    3. find the guest's files and the image's layers (building a bundled image if it is missing)
+    3. find the guest's files and the image's layers (building a bundled image if it is missing);
+       with --guest image, the VM boots the image itself: Linux, and the image's root disk
     4. run VM, container and the baseline (`pykvm --version`) in turn, N rounds, interleaved
        so a slow moment of the machine falls on both sides alike
     5. one function per property turns the runs into the report
@@ -19,9 +20,9 @@ from pykvm.comparison.measure import run_once
 from pykvm.errors import ConfigError, ContainerError, PyKvmError
 
 __all__ = ["GUEST_CHOICES", "PLOT_FORMATS", "REPORT_VERSION", "check_options", "compare",
-           "vm_workload", "prepare_image"]
+           "vm_workload", "image_vm_workload", "linux_files", "prepare_image"]
 
-GUEST_CHOICES = ("tiny", "linux")
+GUEST_CHOICES = ("tiny", "linux", "image")   # image: the --image, run with --isolation vm
 PLOT_FORMATS = (".svg", ".png")   # PNG: the SVG rasterized by rsvg-convert (plot.py)
 REPORT_VERSION = 1                  # bumped when a field of the --json output changes meaning
 RUN_TIMEOUT_S = 120.0               # per run, of silence: a booting guest prints as it goes
@@ -46,15 +47,22 @@ def check_options(runs: int, guest: str, plot: str | None) -> None:
             raise ConfigError(f"--plot {plot}: folder {folder} does not exist")
 
 
-def vm_workload(guest: str, memory: str) -> tuple[wl.Workload, dict[str, Path]]:
-    """The VM side and the files it boots; a Linux guest only where one can boot."""
+def linux_files(guest: str) -> dict[str, Path]:
+    """The Linux guest's kernel and initramfs, where one can boot; else ConfigError saying why."""
     from pykvm.vm.guests import find_guest, hardware_kvm_problem
 
+    if problem := hardware_kvm_problem():
+        raise ConfigError(f"--guest {guest}: {problem}; here, use --guest tiny")
+    bundled = find_guest("linux")
+    return {"kernel": bundled.kernel, "initrd": bundled.initrd}
+
+
+def vm_workload(guest: str, memory: str) -> tuple[wl.Workload, dict[str, Path]]:
+    """The VM side and the files it boots (tiny or linux; --guest image is image_vm_workload's)."""
+    from pykvm.vm.guests import find_guest
+
     if guest == "linux":
-        if problem := hardware_kvm_problem():
-            raise ConfigError(f"--guest linux: {problem}; here, use --guest tiny")
-        bundled = find_guest("linux")
-        return wl.linux_vm(memory), {"kernel": bundled.kernel, "initrd": bundled.initrd}
+        return wl.linux_vm(memory), linux_files(guest)
     bundled = find_guest(guest)
     return wl.tiny_vm(memory), {"kernel": bundled.kernel}
 
@@ -97,6 +105,19 @@ def container_workload(name: str, image, layer_dirs: list[str]) -> wl.Workload:
     return wl.plain_container(name)
 
 
+def image_vm_workload(image, box: wl.Workload, memory: str, files: dict[str, Path], log=None):
+    """--guest image: the container's workload `box` under --isolation vm, and the files that VM
+    boots: Linux's (`files`) and the image's root disk, built now if it is not cached yet (so the
+    runs measure a cached start, as the container's do with unpacked layers)."""
+    from pykvm.container.image.rootdisk import disk_path, root_disk
+    from pykvm.container.image.store import ImageStore
+
+    store = ImageStore()
+    if log and not disk_path(store, image.id).exists():
+        log(f"building the root disk of {box.name}")
+    return wl.image_vm(box, memory), {**files, "root disk": root_disk(store, image)}
+
+
 def _has_shell(layer_dirs: list[str]) -> bool:
     return any(os.path.lexists(os.path.join(d, "bin", "sh")) for d in layer_dirs)
 
@@ -108,9 +129,14 @@ def compare(runs: int, guest: str, image: str, memory: str = "128M", log=None) -
     check_options(runs, guest, None)
     memory_bytes = parse_size(memory, what="--mem", default_unit="M")
     host = prop.host_facts()
-    vm, vm_files = vm_workload(guest, memory)
+    if guest == "image":
+        linux = linux_files(guest)              # refused before any image is built
+    else:
+        vm, vm_files = vm_workload(guest, memory)
     image_obj, layers = prepare_image(image, log)
     box = container_workload(image, image_obj, layers)
+    if guest == "image":
+        vm, vm_files = image_vm_workload(image_obj, box, memory, linux, log)
     baseline = wl.baseline()
     samples = _run_rounds([vm, box, baseline], runs, log)
     return {

@@ -8,6 +8,8 @@ output splits into sections the properties module reads.
     VM, tiny guest     pykvm boot tiny --cmdline "run=echo ...;echo @@kernel;info;..."
                        (tiny's shell runs the commands on its command line, guests/tiny/shell.c)
     VM, Linux guest    pykvm boot linux; the SCRIPT is typed into its console shell
+    VM, the image      pykvm container run --rm --network none --isolation vm --memory M IMAGE ...
+                       (--guest image: the container's very command, under its own kernel)
     container          pykvm container run --rm --network none busybox sh -c SCRIPT
                        (an image without /bin/sh runs the command its label PROBE_LABEL
                        names, as hello does: `/hello --probe`; or else just its own command)
@@ -18,10 +20,10 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["MARKER", "PROBES", "Workload", "Unobserved", "tiny_vm", "linux_vm", "shell_container",
-           "probe_container", "plain_container", "baseline", "split_sections", "display_command",
+           "probe_container", "plain_container", "image_vm", "baseline", "split_sections", "display_command",
            "pykvm_argv", "PROBE_LABEL"]
 
 MARKER = "pykvm-compare: hello"      # the workload's first line, the same on every side
@@ -149,6 +151,20 @@ def plain_container(image: str) -> Workload:
                                "namespaces")}
     return Workload("container", image, pykvm_argv(*CONTAINER_RUN, image),
                     unobserved=unobserved, marker=None)
+
+
+def image_vm(box: Workload, memory: str) -> Workload:
+    """The container side's workload `box`, run with `--isolation vm --memory MEMORY` instead: the
+    same image and command, under a Linux kernel of its own.  A shell image also looks for the
+    hypervisor its kernel found (its boot log, as linux_vm's); the kernel's log stays on the serial
+    port, apart from the command's output."""
+    run = len(pykvm_argv(*CONTAINER_RUN))
+    assert box.argv[:run] == pykvm_argv(*CONTAINER_RUN), box.argv
+    rest = box.argv[run:]
+    if rest[1:3] == ["sh", "-c"]:
+        rest = [rest[0], "sh", "-c", _script(LINUX_PROBES, "; ")]
+    return replace(box, side="vm", argv=pykvm_argv(*CONTAINER_RUN, "--isolation", "vm", "--memory", memory, *rest),
+                   unobserved={**box.unobserved, "namespaces": TINY_UNOBSERVED["namespaces"]})
 
 
 def baseline() -> Workload:

@@ -11,9 +11,20 @@ root filesystem (read-only) and this one, a small raw disk in two fixed parts:
         "uid=1000\\0" "gid=1000\\0"        the user and group, numbers (resolved on the host)
         "groups=10,20\\0"                 the supplementary groups ("" for none)
         "hostname=NAME\\0"                the guest's hostname
+        "stdin=null\\0"                   the command's stdin: null (/dev/null), pipe (-i: the
+                                        caller's stdin through hvc2, below) or tty (-t: hvc0
+                                        is the command's terminal)
         "\\0"                             an empty record: the end
     offset 64 KiB     ANSWER (4 KiB): written by the init when the command has ended
         "exit=N\\n"                       N = 0-255: exit code, or 128 + signal number
+
+A third console, hvc2, is pykvm's channel to the command: the caller's stdin with
+stdin=pipe, and signals.  The init's relay puts it in raw mode and then writes READY ("R")
+on it; pykvm sends nothing before that, so no byte meets the console's cooked mode (echo,
+\\r -> \\n).  Then every byte of stdin comes as it is, except that ESCAPE (NUL) is sent
+twice; END_OF_INPUT (ESCAPE, then "E") marks the end of the caller's stdin (the relay
+closes the command's pipe, and the command reads end of file); ESCAPE "S" N asks the relay
+to send signal N (one byte) to the command.
 
 A NUL-separated list carries any argument byte for byte (spaces, quotes, newlines;
 only NUL itself cannot occur in an argv string, so it cannot occur here either) and
@@ -32,8 +43,8 @@ from pathlib import Path
 
 from pykvm.errors import ConfigError
 
-__all__ = ["RunRequest", "write_run_disk", "read_exit_status", "encode_request",
-           "MAGIC", "REQUEST_SIZE", "ANSWER_OFFSET", "ANSWER_SIZE", "DISK_SIZE"]
+__all__ = ["RunRequest", "write_run_disk", "read_exit_status", "encode_request", "escape_stdin",
+           "signal_message", "STDIN_MODES", "STDIN_READY", "END_OF_INPUT", "MAGIC", "REQUEST_SIZE", "ANSWER_OFFSET", "ANSWER_SIZE", "DISK_SIZE"]
 
 MAGIC = b"pykvm-run 1"
 REQUEST_SIZE = 64 << 10             # the request must fit here, terminator included
@@ -44,6 +55,11 @@ MAX_ID = 2**32 - 2                  # uid/gid: (uid_t)-1 means "unchanged" to se
 HOSTNAME_MAX = 64                   # HOST_NAME_MAX on Linux
 MAX_STRINGS = 4096                  # arguments, and environment entries, each (container-init.c)
 MAX_GROUPS = 64                     # supplementary groups (container-init.c)
+STDIN_MODES = ("null", "pipe", "tty")
+ESCAPE = b"\0"                      # on hvc2: ESCAPE ESCAPE is one NUL byte of input ...
+END_OF_INPUT = ESCAPE + b"E"        # ... and this is the end of it
+SIGNAL = ESCAPE + b"S"              # then one byte: the signal to send the command
+STDIN_READY = b"R"                  # the init's relay, on hvc2: raw mode is set, send
 
 
 @dataclass
@@ -57,6 +73,7 @@ class RunRequest:
     gid: int = 0
     groups: list[int] = field(default_factory=list)
     hostname: str = "pykvm"
+    stdin: str = "null"             # one of STDIN_MODES
 
 
 def _check(request: RunRequest) -> None:
@@ -75,6 +92,8 @@ def _check(request: RunRequest) -> None:
         raise ConfigError(f"{len(request.groups)} supplementary groups: the guest's init takes at most {MAX_GROUPS}")
     if not request.cwd.startswith("/"):
         raise ConfigError(f"working directory {request.cwd!r} is not absolute")
+    if request.stdin not in STDIN_MODES:
+        raise ConfigError(f"stdin {request.stdin!r}: one of {', '.join(STDIN_MODES)}")
     if not 0 < len(request.hostname) <= HOSTNAME_MAX:
         raise ConfigError(f"hostname {request.hostname!r}: 1 to {HOSTNAME_MAX} characters")
     for name, value in [("uid", request.uid), ("gid", request.gid)] + [("group", g) for g in request.groups]:
@@ -91,12 +110,24 @@ def encode_request(request: RunRequest) -> bytes:
     records += [f"cwd={request.cwd}".encode(), f"uid={request.uid}".encode(),
                 f"gid={request.gid}".encode(),
                 ("groups=" + ",".join(str(g) for g in request.groups)).encode(),
-                f"hostname={request.hostname}".encode(), b""]
+                f"hostname={request.hostname}".encode(), f"stdin={request.stdin}".encode(), b""]
     data = b"\0".join(records) + b"\0"
     if len(data) > REQUEST_SIZE:
         raise ConfigError(f"command and environment take {len(data)} bytes; the VM's run disk "
                           f"holds {REQUEST_SIZE}")
     return data
+
+
+def escape_stdin(data: bytes) -> bytes:
+    """Caller's stdin bytes as sent on hvc2 with stdin=pipe: each ESCAPE doubled."""
+    return data.replace(ESCAPE, ESCAPE + ESCAPE)
+
+
+def signal_message(signo: int) -> bytes:
+    """The bytes on hvc2 that make the guest's relay send signal `signo` to the command."""
+    if not 0 < signo < 256:
+        raise ConfigError(f"signal {signo} cannot be sent to the guest (1-255)")
+    return SIGNAL + bytes([signo])
 
 
 def write_run_disk(path: Path, request: RunRequest) -> None:

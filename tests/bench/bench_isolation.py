@@ -22,12 +22,33 @@ printed as min / median / max, and the ratio vm / container of the medians.  The
 path's own first step, outside any run: the image's root disk built (flatten + mkfs.ext4)
 against the same call when the disk is cached.  Benchmarks report; they never fail on a number.
 
+Then where a VM run's time goes, with the cached disk.  The command reads, from the guest
+kernel's own /proc, when PID 1 (container-init) started and when it started itself
+(/proc/PID/stat field 22, starttime, in clock ticks since the guest's boot, proc(5)):
+  before the guest's clock   launch -> the command's first line, less the guest's clock at
+                             the command's start: Python, the image and disk lookup, building
+                             the machine, loading kernel and initramfs, and the kernel's start
+                             before its clock runs (the bzImage decompressing itself)
+  kernel boot                guest clock when container-init starts
+  init                       container-init start -> the command's start: modules, mounts,
+                             the overlay root, the consoles, fork and exec
+  command, power-off, exit   first line -> wait4(2) returns pykvm's status
+
 Measured 2026-12-02 in the L1 lane (QEMU TCG: absolute times mean nothing there, ratios do),
 5 runs each, min / median / max:
     container first output   2.51 / 2.75 / 2.99 s     vm first output   8.35 / 8.82 / 9.10 s
     container peak RSS      23.7 / 23.7 / 23.9 MiB    vm peak RSS      150.9 / 152.8 / 152.9 MiB
     ratio vm/container: first output 3.21x, exit 3.20x, peak RSS 6.45x
     root disk built 0.45 / 0.56 / 0.78 s, cached 0.000 / 0.001 / 0.008 s
+Again on 2026-12-02, with three other lanes sharing the host's 2 cores (so every time is
+about 3x the one above; the ratios hold), 5 runs each:
+    container first output   7.23 / 9.61 / 11.02 s    vm first output  20.58 / 27.09 / 29.20 s
+    container peak RSS      23.5 / 23.6 / 23.7 MiB    vm peak RSS      148.2 / 152.1 / 153.1 MiB
+    ratio vm/container: first output 2.82x, exit 2.83x, peak RSS 6.46x
+    root disk built 1.20 / 1.91 / 2.79 s, cached 0.001 / 0.001 / 0.015 s
+  where a VM run's time went (the phases' medians need not add up to the total's):
+    before the guest's clock 12.99 / 18.37 / 22.32 s   kernel boot  1.47 / 1.92 / 2.16 s
+    init                      4.56 /  8.14 /  9.65 s   command, power-off, exit 0.36 / 0.57 / 1.81 s
 The VM's RSS is mostly guest RAM the guest touched: the kernel, the initramfs unpacked into
 its rootfs, the modules, the page cache of the root disk.
 """
@@ -51,6 +72,10 @@ from tiers import kvm_flavour  # noqa: E402
 from pykvm.comparison.measure import run_once  # noqa: E402
 
 MIB = 1 << 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")      # /proc's unit for starttime (USER_HZ, 100 on Linux)
+STARTTIME_FIELD = 22                        # proc(5): /proc/PID/stat, counted from 1
+# busybox sh: read's builtin reads /proc without a fork, so $$ is the command itself.
+WHERE_THE_TIME_GOES = 'read -r init < /proc/1/stat; read -r me < /proc/$$/stat; echo "$init"; echo "$me"'
 
 
 def can_measure() -> bool:
@@ -97,6 +122,28 @@ def root_disk_times(store_dir: str, runs: int) -> tuple[list[float], list[float]
     return built, cached
 
 
+def starttime_s(stat_line: str) -> float:
+    """Seconds after the kernel's boot at which the process started, from its /proc/PID/stat
+    line (fields after the command name, which sits in parentheses and may hold spaces)."""
+    after_name = stat_line.rsplit(")", 1)[1].split()
+    return int(after_name[STARTTIME_FIELD - 3]) / CLOCK_TICKS     # fields 1 and 2 were before
+
+
+def vm_breakdown(argv: list[str], env: dict, runs: int) -> dict[str, list[float]]:
+    """The phases of `runs` VM runs of WHERE_THE_TIME_GOES (see the module's docstring)."""
+    phases: dict[str, list[float]] = {"before the guest's clock": [], "kernel boot": [], "init": [],
+                                      "command, power-off, exit": []}
+    for _ in range(runs):
+        sample = run_once([*argv, "sh", "-c", WHERE_THE_TIME_GOES], env=env, timeout=600)
+        init_line, command_line = [line for line in sample.lines if line][:2]
+        init_start, command_start = starttime_s(init_line), starttime_s(command_line)
+        phases["before the guest's clock"].append(sample.first_line_s - command_start)
+        phases["kernel boot"].append(init_start)
+        phases["init"].append(command_start - init_start)
+        phases["command, power-off, exit"].append(sample.exit_s - sample.first_line_s)
+    return phases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -131,6 +178,10 @@ def main() -> None:
         built, cached = root_disk_times(env["PYKVM_STORE"], args.runs)
         print(summary("root disk, built", built, "s"))
         print(summary("root disk, cached", cached, "s"))
+        print(f"\nwhere a VM run's time goes (root disk cached; {CLOCK_TICKS} ticks/s in the guest's /proc)")
+        vm_base = sides["vm"][:-2]                  # without "echo hello"
+        for phase, values in vm_breakdown(vm_base, env, args.runs).items():
+            print(summary(phase, values, "s"))
 
 
 if __name__ == "__main__":

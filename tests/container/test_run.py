@@ -276,6 +276,8 @@ def test_detached_logs_stop_rm(pykvm, busybox_rootfs, state_root):
     assert r.returncode == 0 and re.fullmatch(r"[0-9a-f]{12}", cid), r.stderr
     ps = pykvm("container", "ps").stdout
     assert cid in ps and "web" in ps and "running" in ps, ps
+    header, row = ps.splitlines()
+    assert row.split()[1:4] == ["web", "running", "container"] and "ISOLATION" in header.split(), ps
     wait_for(lambda: "hello-log" in pykvm("container", "logs", "web").stdout)
     assert pykvm("container", "stop", "-t", "5", "web").stdout.strip() == cid
     assert "exited (0)" in pykvm("container", "ps", "-a").stdout

@@ -287,9 +287,13 @@ def test_a_failing_run_is_one_line_naming_the_side(store):
 
 
 @pytest.mark.skipif(not Path("/sys/module/kvm_pvm").exists(), reason="only PVM refuses a Linux guest")
-def test_linux_guest_on_pvm_says_why_not():
-    line = one_error_line(pykvm("compare", "--guest", "linux"))
-    assert "PVM" in line and "--guest tiny" in line, line
+@pytest.mark.parametrize("guest", ["linux", "image"])
+def test_linux_guest_on_pvm_says_why_not(guest, tmp_path):
+    """Refused before anything is built: the private store stays empty."""
+    store = {"PYKVM_STORE": str(tmp_path / "store"), "PYKVM_STATE_ROOT": str(tmp_path / "state")}
+    line = one_error_line(pykvm("compare", "--guest", guest, env=store))
+    assert "PVM" in line and f"--guest {guest}" in line and "--guest tiny" in line, line
+    assert not (tmp_path / "store").exists()
 
 
 @pytest.mark.linux

@@ -8,9 +8,16 @@ exit status, the two output streams and the throw-away root are checked on the V
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -94,6 +101,141 @@ def test_the_guest_kernel_s_oom_kill_is_137(env):
     assert (result.returncode, result.stdout) == (137, ""), result.stderr
 
 
+def test_cpus_is_how_many_processors_the_guest_kernel_sees(env):
+    """--cpus 2: two vCPUs in the MADT, both brought up by the guest kernel (nproc counts the
+    online ones, sched_getaffinity(2))."""
+    result = run(env, "vm", "--cpus", "2", "busybox", "sh", "-c", "nproc; grep -c ^processor /proc/cpuinfo")
+    assert (result.returncode, result.stdout) == (0, "2\n2\n"), result.stderr
+
+
+def test_i_pipes_stdin_to_the_command_byte_for_byte_and_ends_it(env):
+    """-i: every byte value (NUL, ^C, ^D, \\r included) reaches the command, and our end of
+    input is its end of file: md5sum prints only after it."""
+    data = bytes(range(256)) * 64 + b"no newline at the end\r"
+    result = subprocess.run([sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+                             "--isolation", "vm", "-i", "busybox", "md5sum"], input=data, capture_output=True,
+                            env=env, timeout=RUN_TIMEOUT, cwd=ROOT)
+    assert (result.returncode, result.stdout.decode()) == (0, hashlib.md5(data).hexdigest() + "  -\n"), \
+        result.stderr.decode()
+
+
+def test_without_i_stdin_is_empty(env):
+    result = subprocess.run([sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+                             "--isolation", "vm", "busybox", "wc", "-c"], input=b"not sent",
+                            capture_output=True, env=env, timeout=RUN_TIMEOUT, cwd=ROOT)
+    assert (result.returncode, result.stdout.split()) == (0, [b"0"]), result.stderr.decode()
+
+
+def test_it_gives_the_command_a_terminal(env):
+    """-it: the command's stdin, stdout and stderr are hvc0, a terminal in cooked mode: what we
+    type is echoed and arrives as a line (\\r -> \\n), and its exit status comes back."""
+    primary, secondary = pty.openpty()
+    argv = [sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+            "--isolation", "vm", "-it", "busybox", "sh", "-c",
+            "tty; [ -t 2 ] && echo stderr-too; read line; echo got:$line; exit 3"]
+    with subprocess.Popen(argv, stdin=secondary, stdout=secondary, stderr=secondary, env=env, cwd=ROOT) as vm:
+        os.close(secondary)
+        seen = read_until(primary, b"stderr-too")
+        os.write(primary, b"typed\r")
+        seen += read_until(primary, b"got:typed")
+        status = vm.wait(timeout=RUN_TIMEOUT)
+    os.close(primary)
+    assert b"/dev/hvc0" in seen and seen.count(b"typed") == 2, seen    # echoed by the guest's tty, then read
+    assert status == 3, seen
+
+
+def read_until(fd: int, wanted: bytes) -> bytes:
+    """What the terminal shows, up to `wanted`; bounded by RUN_TIMEOUT of silence."""
+    seen = b""
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], RUN_TIMEOUT)
+        assert ready, f"nothing for {RUN_TIMEOUT} s; saw {seen!r}"
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:                 # EIO: every process with the terminal open has gone
+            raise AssertionError(f"the terminal closed before {wanted!r}; saw {seen!r}") from None
+    return seen
+
+
+LOG_POLL_S = 2.0        # between `container logs` runs: each is a Python start, heavy on a TCG L1
+
+
+def wait_for_log(env: dict, cid: str, *wanted: str) -> str:
+    """`container logs CID` once it holds every one of `wanted`; bounded by RUN_TIMEOUT."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        logs = pykvm("container", "logs", cid, env=env)
+        if all(w in logs.stdout for w in wanted) or time.monotonic() > deadline:
+            return logs.stdout
+        time.sleep(LOG_POLL_S)
+
+
+def command_lines(log: str) -> list[str]:
+    """The command's lines of a detached VM's log, without pykvm's own (its watchdog's notes
+    on a slow guest, "pykvm: no VM exit for 5 s ...", go to the same stderr)."""
+    return [line for line in log.splitlines() if not line.startswith("pykvm: ")]
+
+
+@contextlib.contextmanager
+def removed_at_the_end(env: dict, cid: str):
+    """`rm -f` the detached VM however the test ends: one left running slows every later
+    VM of the lane (its guest's timer ticks cost the TCG-emulated L1 dearly)."""
+    try:
+        yield
+    finally:
+        pykvm("container", "rm", "-f", cid, env=env)
+
+
+def ps_row(env: dict, cid: str) -> str:
+    listing = pykvm("container", "ps", "-a", env=env).stdout
+    return next((line for line in listing.splitlines() if line.startswith(cid)), f"{cid} not in:\n{listing}")
+
+
+def test_detached_vm_has_logs_ps_and_stops_with_sigterm_to_its_command(env):
+    """-d: the id at once; `ps` says vm and running; `logs` has the output; `stop` is SIGTERM
+    to the command in the guest (passed on by pykvm), so it exits 128 + 15."""
+    started = pykvm("container", "run", "-d", "--network", "none", "--isolation", "vm", "--name", "vm-d",
+                    "busybox", "sh", "-c", "echo started; echo to-stderr >&2; exec sleep 1000", env=env)
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip()
+    with removed_at_the_end(env, cid):
+        log = wait_for_log(env, cid, "started", "to-stderr")    # two consoles, one log: either order
+        assert sorted(command_lines(log)) == ["started", "to-stderr"], log
+        row = ps_row(env, cid).split()
+        assert row[1:3] == ["vm-d", "running"] and row[3] == "vm", row
+        stopped = pykvm("container", "stop", "-t", "120", "vm-d", env=env)
+        assert (stopped.returncode, stopped.stdout) == (0, cid + "\n"), stopped.stderr
+        assert "exited (143)" in ps_row(env, cid)
+        assert pykvm("container", "rm", cid, env=env).returncode == 0
+        assert cid not in pykvm("container", "ps", "-a", "-q", env=env).stdout
+
+
+def test_kill_passes_a_signal_on_and_stop_forces_a_command_that_ignores_sigterm(env):
+    script = 'trap "echo got-hup" HUP; trap "" TERM; echo ready; while :; do sleep 1; done'
+    started = pykvm("container", "run", "-d", "--rm", "--network", "none", "--isolation", "vm",
+                    "busybox", "sh", "-c", script, env=env)
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip()
+    with removed_at_the_end(env, cid):
+        wait_for_log(env, cid, "ready")
+        assert pykvm("container", "kill", "-s", "HUP", cid, env=env).returncode == 0
+        assert "got-hup" in wait_for_log(env, cid, "got-hup")
+        stopped = pykvm("container", "stop", "-t", "5", cid, env=env)    # TERM ignored: then SIGKILL
+        assert stopped.returncode == 0, stopped.stderr
+        assert "running" not in ps_row(env, cid)
+
+
+def test_ctrl_c_in_the_foreground_reaches_the_command(env):
+    argv = [sys.executable, "-m", "pykvm", "container", "run", "--rm", "--network", "none",
+            "--isolation", "vm", "busybox", "sh", "-c", "echo ready; exec sleep 1000"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT) as vm:
+        assert vm.stdout.readline() == b"ready\n"
+        vm.send_signal(signal.SIGINT)
+        status = vm.wait(timeout=RUN_TIMEOUT)
+        stderr = vm.stderr.read().decode()
+    assert (status, stderr) == (128 + signal.SIGINT, "")
+
+
 def test_a_reader_that_goes_away_stops_the_vm(env):
     """`pykvm container run --isolation vm busybox yes | head -1`: the VM is stopped, pykvm
     exits with 128 + SIGPIPE and says nothing (as a shell pipeline's writer would)."""
@@ -134,3 +276,34 @@ def test_what_the_command_writes_to_root_is_gone_on_the_next_run(env):
     for attempt in ("first", "second"):
         result = run(env, "vm", "busybox", "sh", "-c", script)
         assert (result.returncode, result.stdout) == (0, "data\n"), f"{attempt} run: {result.stderr}"
+
+
+def test_compare_runs_the_same_image_both_ways(env):
+    """`pykvm compare --guest image`: the busybox image as a VM and as a container, every row
+    of the table filled for both from what each side printed."""
+    result = pykvm("compare", "--json", "--runs", "1", "--guest", "image", "--image", "busybox",
+                   "--mem", "160M", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    vm, box = report["vm"], report["container"]
+    assert "--isolation vm --memory 160M busybox sh -c" in vm["command"], vm["command"]
+    assert vm["command"].replace(" --isolation vm --memory 160M", "").split(" sh -c")[0] == \
+        box["command"].split(" sh -c")[0]
+    assert (vm["name"], box["name"]) == ("busybox", "busybox")
+    # kernel seen: another boot for the VM, this very one for the container
+    assert vm["os"]["same_as_host"] is False and box["os"]["same_as_host"] is True
+    assert vm["os"]["kernel"] == "Linux " + guest_file("release", "kernel").read_text().strip()
+    # image and memory size: the VM loads kernel, initrd and the image's root disk
+    assert set(vm["size"]["parts"]) == {"kernel", "initrd", "root disk"}
+    assert vm["size"]["memory_given_bytes"] == 160 << 20
+    assert 100 << 20 < vm["size"]["memory_seen_bytes"] <= 160 << 20, vm["size"]
+    assert box["size"]["memory_seen_bytes"] == report["host"]["memory_bytes"]
+    # isolation evidence: the guest's hypervisor, and the container's own namespaces
+    assert vm["isolation"]["boundary"]["hypervisor"] == "KVM", vm["isolation"]["boundary"]
+    assert box["isolation"]["boundary"]["namespaces_own"], box["isolation"]["boundary"]
+    assert "lo" in vm["isolation"]["interfaces"]["inside"], vm["isolation"]["interfaces"]
+    assert "eth0" not in vm["isolation"]["interfaces"]["inside"], "the VM was given no network card"
+    # startup and resources, measured on both
+    for side in (vm, box):
+        assert 0 < side["startup"]["first_line_s"]["median"] <= side["startup"]["exit_s"]["median"]
+        assert side["resources"]["peak_rss_bytes"]["median"] > 0

@@ -104,3 +104,23 @@ def test_plot_axis_is_round(value, axis):
 def test_bad_options(runs, guest, plot):
     with pytest.raises(ConfigError):
         check_options(runs, guest, plot)
+
+
+@pytest.mark.parametrize("box", [wl.shell_container("busybox"), wl.probe_container("hello", ["/hello", "--probe"])])
+def test_image_vm_runs_the_container_s_command_with_vm_isolation(box):
+    """--guest image: the VM side is the very `container run` line, plus --isolation vm and its RAM."""
+    vm = wl.image_vm(box, "192M")
+    words = wl.display_command(vm.argv).split()
+    assert words[:8] == ["pykvm", "container", "run", "--rm", "--network", "none", "--isolation", "vm"], words
+    assert words[8:10] == ["--memory", "192M"], words
+    run = len(wl.pykvm_argv(*wl.CONTAINER_RUN))
+    command, vm_command = box.argv[run:], vm.argv[run + 4:]
+    assert vm_command[:-1] == command[:-1], "the same image and program (a shell's script may grow)"
+    assert vm.side == "vm" and vm.name == box.name and vm.marker == box.marker
+    assert vm.unobserved["namespaces"].structural, "a VM's namespaces are its own kernel's, not the host's"
+    assert set(box.unobserved) <= set(vm.unobserved)
+
+
+def test_image_vm_looks_for_the_hypervisor_too():
+    script = wl.image_vm(wl.shell_container("busybox"), "128M").argv[-1]
+    assert script == wl._script(wl.LINUX_PROBES, "; ") and "@@hypervisor" in script

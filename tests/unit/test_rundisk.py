@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from pykvm.errors import ConfigError
-from pykvm.vm.rundisk import (ANSWER_OFFSET, DISK_SIZE, REQUEST_SIZE, RunRequest, encode_request,
-                              read_exit_status, write_run_disk)
+from pykvm.vm.rundisk import (ANSWER_OFFSET, DISK_SIZE, END_OF_INPUT, REQUEST_SIZE, RunRequest,
+                              encode_request, escape_stdin, read_exit_status, signal_message,
+                              write_run_disk)
 
 INIT_SOURCE = Path(__file__).resolve().parents[2] / "guests" / "linux" / "container-init.c"
 
@@ -36,7 +37,8 @@ def guest_reads(container_init: Path, disk: Path) -> subprocess.CompletedProcess
 def test_the_guest_init_reads_exactly_what_pykvm_wrote(container_init, tmp_path):
     request = RunRequest(args=["/bin/sh", "-c", "echo 'a  b' \"$X\"\nexit 3", ""],
                          env=["PATH=/usr/bin:/bin", "X=with spaces=and equals", "EMPTY="],
-                         cwd="/srv/app", uid=1000, gid=100, groups=[10, 4294967294], hostname="box-1")
+                         cwd="/srv/app", uid=1000, gid=100, groups=[10, 4294967294], hostname="box-1",
+                         stdin="pipe")
     disk = tmp_path / "run.img"
     write_run_disk(disk, request)
     assert disk.stat().st_size == DISK_SIZE
@@ -44,7 +46,7 @@ def test_the_guest_init_reads_exactly_what_pykvm_wrote(container_init, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ("arg /bin/sh\narg -c\narg echo 'a  b' \"$X\"\nexit 3\narg \n"
                            "env PATH=/usr/bin:/bin\nenv X=with spaces=and equals\nenv EMPTY=\n"
-                           "cwd /srv/app\nuid 1000\ngid 100\ngroups 10 4294967294\nhostname box-1\n")
+                           "cwd /srv/app\nuid 1000\ngid 100\ngroups 10 4294967294\nhostname box-1\nstdin pipe\n")
 
 
 def test_the_most_the_guest_init_takes(container_init, tmp_path):
@@ -61,7 +63,7 @@ def test_no_groups_and_defaults(container_init, tmp_path):
     disk = tmp_path / "run.img"
     write_run_disk(disk, RunRequest(args=["true"]))
     assert guest_reads(container_init, disk).stdout == \
-        "arg true\ncwd /\nuid 0\ngid 0\ngroups\nhostname pykvm\n"
+        "arg true\ncwd /\nuid 0\ngid 0\ngroups\nhostname pykvm\nstdin null\n"
 
 
 def test_the_guest_init_refuses_a_disk_without_the_magic(container_init, tmp_path):
@@ -80,6 +82,33 @@ def test_the_guest_init_refuses_a_bad_number(container_init, tmp_path):
     assert proc.returncode == 125 and "bad number in the run disk's field uid" in proc.stderr
 
 
+def test_the_guest_init_refuses_an_unknown_stdin(container_init, tmp_path):
+    disk = tmp_path / "run.img"
+    write_run_disk(disk, RunRequest(args=["true"], stdin="tty"))
+    disk.write_bytes(disk.read_bytes().replace(b"stdin=tty\0", b"stdin=tt\0\0"))
+    proc = guest_reads(container_init, disk)
+    assert proc.returncode == 125 and "bad stdin in the run disk" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("data", [b"", b"line\n", bytes(range(256)) * 40, b"\0", b"\0E", b"E\0\0E"])
+def test_the_guest_relay_gets_back_exactly_the_stdin_pykvm_sent(container_init, data):
+    """-i: what pykvm sends on hvc2 (escape_stdin, then END_OF_INPUT), unescaped by the guest
+    init's own code; nothing after the end marker gets through (40 reads of 4 KiB cross the
+    relay's buffer with escapes in it)."""
+    sent = escape_stdin(data) + END_OF_INPUT + b"after the end"
+    proc = subprocess.run([str(container_init), "--unescape"], input=sent, capture_output=True)
+    assert (proc.returncode, proc.stdout) == (0, data), proc.stderr
+
+
+def test_the_guest_relay_takes_signals_anywhere_even_after_the_end_of_stdin(container_init):
+    """A signal message between two bytes of stdin (even between a NUL's two escapes' worth of
+    data) and one after the end of input: each reaches the relay whole; the data is unchanged."""
+    sent = (escape_stdin(b"a\0") + signal_message(15) + escape_stdin(b"\0b") + END_OF_INPUT +
+            signal_message(9))
+    proc = subprocess.run([str(container_init), "--unescape"], input=sent, capture_output=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"a\0\0b", b"signal 15\nsignal 9\n")
+
+
 @pytest.mark.parametrize("request_, message", [
     (RunRequest(args=[]), "no command to run"),
     (RunRequest(args=[""]), "no command to run"),
@@ -92,6 +121,7 @@ def test_the_guest_init_refuses_a_bad_number(container_init, tmp_path):
     (RunRequest(args=["x" * REQUEST_SIZE]), "holds 65536"),
     (RunRequest(args=["a"] * 4097), "at most 4096 of each"),
     (RunRequest(args=["true"], groups=list(range(65))), "at most 64"),
+    (RunRequest(args=["true"], stdin="file"), "stdin 'file': one of null, pipe, tty"),
 ])
 def test_bad_requests_are_one_config_error(request_, message):
     with pytest.raises(ConfigError, match=message):

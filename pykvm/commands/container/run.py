@@ -57,7 +57,7 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
 @click.option("-u", "--user", metavar="UID[:GID]", help="User (and group) to run as.")
 @click.option("--memory", "-m", metavar="SIZE", help="Memory limit, e.g. 64M (OOM kill -> exit 137).")
 @click.option("--pids-limit", type=int, metavar="N", help="Maximum number of processes.")
-@click.option("--cpus", metavar="N", help="CPU quota in CPUs, e.g. 0.5.")
+@click.option("--cpus", metavar="N", help="CPU quota in CPUs, e.g. 0.5 (--isolation vm: whole vCPUs).")
 @click.option("--network", type=click.Choice(["bridge", "none", "host"]), default=None,
               help="bridge: an address on pykvm's bridge (default for root); none: only lo "
                    "(default rootless, or $PYKVM_NETWORK); host: the host's network.")
@@ -97,13 +97,17 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
 
     args = list(args)
     if isolation == "vm":                    # before anything is resolved or built
-        from pykvm.commands.container.isolation import linux_guest, refuse_container_options
+        from pykvm.commands.container.isolation import (linux_guest, parse_vcpus, refuse_container_options,
+                                                        stdin_mode)
         refuse_container_options({
             "--network host": network == "host", "--network bridge": network == "bridge",
-            "--publish": bool(publish), "--pids-limit": pids_limit is not None, "--cpus": cpus is not None,
+            "--publish": bool(publish), "--pids-limit": pids_limit is not None,
             "--cap-add": bool(cap_add), "--cap-drop": bool(cap_drop), "--security-opt": bool(security_opt),
-            "--read-only": read_only, "--rootfs": rootfs is not None, "--detach": detach,
-            "--name": name is not None, "--interactive": interactive, "--tty": tty, "--init": use_init})
+            "--read-only": read_only, "--rootfs": rootfs is not None,
+            "--name": name is not None and not detach, "--detach -i/-t": detach and (interactive or tty),
+            "--init": use_init})
+        vcpus = parse_vcpus(cpus)
+        stdin_mode(interactive, tty)         # -it without a terminal to give: refused here
         guest = linux_guest()
     cfg_caps = None
     if cap_add or cap_drop:                  # checked before anything is created
@@ -122,7 +126,7 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
     if pids_limit is not None and pids_limit <= 0:
         raise ConfigError(f"bad --pids-limit {pids_limit}: must be at least 1")
     limits = Limits(memory=parse_size(memory) if memory and isolation == "container" else None, pids=pids_limit,
-                    cpu_quota=parse_cpus(cpus) if cpus else None)
+                    cpu_quota=parse_cpus(cpus) if cpus and isolation == "container" else None)
     from pykvm.container.runtime.network import default_mode
     from pykvm.container.runtime.nftables import parse_publish
     network = network or ("none" if isolation == "vm" else default_mode())
@@ -144,8 +148,11 @@ def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pid
                   network="bridge" if network == "bridge" else "", publish=ports,
                   capabilities=cfg_caps or cfg.capabilities, init=use_init)
     if isolation == "vm":
-        from pykvm.commands.container.isolation import run_in_vm
-        sys.exit(run_in_vm(args[0], cfg, memory, guest))
+        from pykvm.commands.container.isolation import run_detached, run_in_vm
+        if detach:
+            click.echo(run_detached(args[0], cfg, memory, guest, vcpus))
+            return
+        sys.exit(run_in_vm(args[0], cfg, memory, guest, vcpus))
     cfg = replace(cfg, **_security_options(security_opt, cfg.capabilities.get("bounding", [])))
     container = launch(cfg, DETACHED if detach else FOREGROUND)
     if detach:
@@ -224,10 +231,10 @@ def ps_cmd(show_all, quiet):
         for s in rows:
             click.echo(s.id)
         return
-    click.echo(f"{'CONTAINER ID':<14}{'NAME':<20}{'STATUS':<16}{'PID':>8}  COMMAND")
+    click.echo(f"{'CONTAINER ID':<14}{'NAME':<20}{'STATUS':<16}{'ISOLATION':<11}{'PID':>8}  COMMAND")
     for s in rows:
         age = time.strftime("%H:%M:%S", time.localtime(s.created))
-        click.echo(f"{s.id:<14}{s.name[:19]:<20}{_status_line(store, s):<16}{s.pid:>8}  "
+        click.echo(f"{s.id:<14}{s.name[:19]:<20}{_status_line(store, s):<16}{s.isolation:<11}{s.pid:>8}  "
                    f"{' '.join(s.command)[:40]}  (created {age})")
 
 

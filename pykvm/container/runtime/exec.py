@@ -55,9 +55,17 @@ from pykvm.container.runtime.users import ExecUser, resolve_user
 from pykvm.container.runtime.validate import validate
 from pykvm.errors import ConfigError, ContainerError, SyscallError
 
-__all__ = ["exec_config", "exec_in", "exec_process_spec", "exec_program", "LAUNCHER_GONE"]
+__all__ = ["exec_config", "exec_in", "check_not_a_vm", "exec_process_spec", "exec_program", "LAUNCHER_GONE"]
 
 LAUNCHER_GONE = signal.SIGRTMIN   # the joiner's PR_SET_PDEATHSIG: not one init forwards
+
+
+def check_not_a_vm(state) -> None:
+    """A `run -d --isolation vm` container's pid is the pykvm process on the host: joining its
+    namespaces would run the command on the host, not in the guest.  Refused."""
+    if state.isolation == "vm":
+        raise ContainerError(f"container {state.id} runs in a VM (--isolation vm): exec cannot "
+                             "enter it (its process is pykvm, on the host; the command runs in the guest)")
 
 
 def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = None,
@@ -68,6 +76,7 @@ def exec_config(state, args: list[str], env: list[str] = (), cwd: str | None = N
     -w and -u replace the container's; a user name is looked up in the
     container's /etc/passwd (through /proc/<init>/root: the root init sees).
     """
+    check_not_a_vm(state)
     if not args:
         raise ConfigError("give the command to run in the container")
     p = state.process
@@ -114,6 +123,7 @@ def exec_process_spec(state, process: dict) -> RunConfig:
     config.json's `process` is (bundle.py) and checked whole, for the running `state`."""
     from pykvm.container.runtime.bundle import config_from_spec
     from pykvm.container.runtime.state import OCI_VERSION
+    check_not_a_vm(state)
     spec = {"ociVersion": OCI_VERSION, "process": process, "root": {"path": state.rootfs or "/"}}
     cfg = replace(config_from_spec(spec, state.bundle or "/"), id=state.id, namespaces={},
                   new_keyring=state.process.get("new_keyring", True))

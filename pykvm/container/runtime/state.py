@@ -77,7 +77,8 @@ class ContainerState:
                  layers: list[str] | None = None,   # its overlay's lower dirs (`gc` keeps them)
                  process: dict | None = None,   # env, cwd, user, capabilities ... (`exec` starts from them)
                  hooks: dict | None = None,     # config.json's hooks (`oci start` and `delete` run some)
-                 network: str = ""):            # "bridge": it holds an address and ports until removed (network.py)
+                 network: str = "",             # "bridge": it holds an address and ports until removed (network.py)
+                 isolation: str = "container"): # "vm": `run -d --isolation vm`; pid is the pykvm process running the VM
         self.id, self.name, self.bundle, self.rootfs = id, name, bundle, rootfs
         self.pid, self.pid_start, self.monitor_pid = pid, pid_start, monitor_pid
         self.launcher_pid, self.launcher_start = launcher_pid, launcher_start
@@ -92,6 +93,7 @@ class ContainerState:
         self.process = process or {}
         self.hooks = hooks or {}
         self.network = network
+        self.isolation = isolation
 
     def to_json(self) -> dict:
         """state.json's object: every attribute (ContainerState(**data) reads it back)."""

@@ -11,7 +11,7 @@
 
 Slots come from pykvm.vm.layout (VIRTIO_MMIO_BASE + n * VIRTIO_MMIO_SIZE,
 IRQ VIRTIO_MMIO_IRQS[n]): disks first, in command-line order, then the
-console (and a second one, hvc1, when asked for), then the entropy device, then the
+console (and a second one, hvc1, and a third, hvc2, when asked for), then the entropy device, then the
 network card.  The guest learns them from
 `virtio_mmio.device=4K@0xd0000000:5` on its command line (Linux's
 virtio_mmio.c with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, Firecracker's way;
@@ -76,11 +76,12 @@ class VirtioConfig:
     # Where console output goes when not with the serial port's (the machine's output):
     console_output: Callable[[bytes], None] | None = None      # hvc0's
     error_console: Callable[[bytes], None] | None = None       # a second console, hvc1, and its output
+    input_console: Callable[[bytes], None] | None = None       # a third, hvc2, for input; its output
 
     @property
     def count(self) -> int:
-        return len(self.disks) + self.console + (self.error_console is not None) + self.rng + \
-            (self.net is not None)
+        return len(self.disks) + self.console + (self.error_console is not None) + \
+            (self.input_console is not None) + self.rng + (self.net is not None)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class VirtioDevices:
                               "virtio-mmio slots")
         self.config = config
         self.console: VirtioConsole | None = None
+        self.input_console: VirtioConsole | None = None
         self.slots: list[VirtioSlot] = []
         self.transports: list[VirtioMmio] = []
         self.notifiers: list = []
@@ -133,6 +135,9 @@ class VirtioDevices:
             yield self.console
         if config.error_console is not None:
             yield VirtioConsole(out=config.error_console)
+        if config.input_console is not None:
+            self.input_console = VirtioConsole(out=config.input_console)
+            yield self.input_console
         if config.rng:
             yield Rng()
         if config.net is not None:
