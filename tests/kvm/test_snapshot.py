@@ -139,6 +139,24 @@ def test_a_clone_copies_only_the_pages_its_guest_writes(snapshot):
     assert not written & {address // 4096 for address in text}, sorted(map(hex, written))
 
 
+def test_a_restore_writes_nothing_into_guest_ram(snapshot):
+    """A restore gives the state to KVM by ioctls and to pykvm's devices, none of it to guest
+    RAM: with the VM built and no vCPU run yet, no page of the memory.bin mapping is a copy."""
+    from hostmem import named_mappings, written_guest_pages
+    from pykvm.commands.restore import restore_config
+    from pykvm.vm.kvm import Kvm
+    from pykvm.vm.machine import Machine
+    from pykvm.vm.snapshot import Snapshot, check_restore
+
+    saved = Snapshot.open(snapshot["dir"])
+    with Kvm() as kvm:
+        check_restore(saved, kvm)
+    ram = str((snapshot["dir"] / "memory.bin").resolve())
+    with Machine(restore_config(saved, output=lambda data: None)):
+        assert sum(m.size_kib for m in named_mappings(os.getpid(), ram)) * 1024 == saved.memory_size
+        assert written_guest_pages(os.getpid(), ram) == []
+
+
 def test_show_describes_every_part(snapshot):
     result = pykvm("snapshot", "show", str(snapshot["dir"]))
     text = result.stdout.decode()
