@@ -225,7 +225,6 @@ def report(guest: Guest, runs: int, clones: int) -> None:
         print(f"{'':<16} {'VMs':>4} {'PSS':>8} {'guest PSS':>10} {'guest RSS':>10} "
               f"{'shared: min':>12} {'median':>7} {'max':>5}")
         ram_names = {"pykvm restore": str((snapshot / "memory.bin").resolve()), "pykvm boot": ZERO_FILE}
-        written: list[list[int]] = []
         for name, (argv, restored) in sides.items():
             m = memory_of(argv, guest, restored, clones, ram_names[name])
             if not m["guest_found"]:
@@ -238,15 +237,19 @@ def report(guest: Guest, runs: int, clones: int) -> None:
                       f"{100 * statistics.median(shared):6.0f}% {100 * max(shared):4.0f}%", flush=True)
             if m["fewer"]:
                 print(f"{'':<16} ({m['fewer']})")
-            written = m.get("written", written)
+            if m.get("written"):        # at once: twenty cold boots after them may not all come up
+                print_written(m["written"])
         print("(goal: clones share >= 80% of their resident guest pages)")
-        if written:
-            counts = [len(pages) for pages in written]
-            print(f"pages a clone has its own copy of (it wrote them since the restore): min {min(counts)}, "
-                  f"median {statistics.median(counts):g}, max {max(counts)}")
-            listed = " ".join(hex(page) for page in written[0][:LISTED_PAGES])
-            more = f" ... ({len(written[0])} in all)" if len(written[0]) > LISTED_PAGES else ""
-            print(f"one clone's own copies, by guest page number: {listed}{more}")
+
+
+def print_written(written: list[list[int]]) -> None:
+    """How many pages each clone has its own copy of, and the first clone's, by number."""
+    counts = [len(pages) for pages in written]
+    print(f"{'':<16} pages a clone has its own copy of (it wrote them since the restore): min {min(counts)}, "
+          f"median {statistics.median(counts):g}, max {max(counts)}")
+    listed = " ".join(hex(page) for page in written[0][:LISTED_PAGES])
+    more = f" ... ({len(written[0])} in all)" if len(written[0]) > LISTED_PAGES else ""
+    print(f"{'':<16} one clone's own copies, by guest page number: {listed}{more}", flush=True)
 
 
 def main() -> None:
