@@ -7,8 +7,11 @@
 
 RSS counts every resident page a process maps; PSS (proportional set size)
 counts a page shared by k processes as 1/k in each, so PSS summed over
-processes is what they cost the host together.  A VMM's guest RAM is one
-mapping of exactly the guest's size, which the benchmarks find by size.
+processes is what they cost the host together.  pykvm's guest RAM is found by
+the name its mappings carry: /dev/zero for a booted guest (pykvm.vm.memory's
+ZERO_FILE), the snapshot's memory.bin for a restored one.  Not by size: an
+anonymous mapping can merge with a neighbouring one, and then none has the
+guest's size.  Another VMM's anonymous guest RAM is found by size (mapping_of_size).
 
 Used by tests/bench/ (bench_snapshot.py, bench_vmm_memory.py, bench_density.py,
 bench_container_memory.py) and tests/kvm/test_snapshot.py.
@@ -19,8 +22,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KIB", "Mapping", "smaps", "guest_mapping", "written_guest_pages", "rollup", "pss_kib",
-           "process_tree", "threads"]
+__all__ = ["KIB", "Mapping", "smaps", "named_mappings", "guest_ram", "mapping_of_size",
+           "written_guest_pages", "rollup", "pss_kib", "process_tree", "threads"]
 
 KIB = 1024
 PAGE = 4096
@@ -30,9 +33,12 @@ PAGEMAP_FILE = 1 << 61              # ... and is a file's page (or shared anonym
 
 @dataclass
 class Mapping:
-    """One block of /proc/PID/smaps: a mapping's size, its file or [name] ("" if anonymous), its kB fields."""
+    """One block of /proc/PID/smaps: where a mapping starts, its size, the offset into its
+    file, its file or [name] ("" if anonymous), and its kB fields."""
 
+    start: int
     size_kib: int
+    offset: int
     name: str
     fields: dict[str, int] = field(default_factory=dict)
 
@@ -51,40 +57,47 @@ def smaps(pid: int) -> list[Mapping]:
         parts = line.split()
         if "-" in parts[0] and not parts[0].endswith(":"):      # "start-end perms offset dev inode [name]"
             start, end = (int(x, 16) for x in parts[0].split("-"))
-            found.append(Mapping((end - start) // KIB, " ".join(parts[5:])))
+            found.append(Mapping(start, (end - start) // KIB, int(parts[2], 16), " ".join(parts[5:])))
         elif found and (kib := _kib_field(parts)):
             found[-1].fields[kib[0]] = kib[1]
     return found
 
 
-def guest_mapping(pid: int, size_kib: int) -> dict[str, int]:
-    """The smaps fields (kB) of the mapping that is guest RAM: the one of exactly the guest's size."""
+def named_mappings(pid: int, name: str) -> list[Mapping]:
+    """`pid`'s mappings of the file `name` (a path as /proc/PID/maps shows it)."""
+    return [mapping for mapping in smaps(pid) if mapping.name == name]
+
+
+def guest_ram(pid: int, name: str) -> dict[str, int]:
+    """The smaps fields (kB) of a pykvm's guest RAM, summed over its regions: the mappings
+    named `name` (ZERO_FILE for a booted guest, memory.bin's path for a restored one);
+    {} if it has none."""
     fields: dict[str, int] = {}
-    for mapping in smaps(pid):
-        if mapping.size_kib == size_kib:
-            for name, kib in mapping.fields.items():
-                fields[name] = fields.get(name, 0) + kib
+    for mapping in named_mappings(pid, name):
+        for key, kib in mapping.fields.items():
+            fields[key] = fields.get(key, 0) + kib
     return fields
 
 
-def _mapping_start(pid: int, size_kib: int) -> int:
-    """The address of `pid`'s mapping of exactly `size_kib` (guest RAM, as guest_mapping finds it)."""
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        start, end = (int(x, 16) for x in line.split()[0].split("-"))
-        if (end - start) // KIB == size_kib:
-            return start
-    raise AssertionError(f"no mapping of {size_kib} kB in /proc/{pid}/maps")
+def mapping_of_size(pid: int, size_kib: int) -> list[Mapping]:
+    """`pid`'s anonymous mappings of exactly `size_kib`: a VMM's guest RAM where it has no name
+    (QEMU's), unless it merged with a neighbour."""
+    return [mapping for mapping in smaps(pid) if mapping.size_kib == size_kib and not mapping.name]
 
 
-def written_guest_pages(pid: int, size_kib: int) -> list[int]:
-    """The guest page numbers whose page in `pid` is its own anonymous copy: in a mapping of a
-    file made MAP_PRIVATE (a restored guest's RAM), the pages copied on a write."""
-    start = _mapping_start(pid, size_kib)
-    pages = size_kib * KIB // PAGE
+def written_guest_pages(pid: int, name: str) -> list[int]:
+    """The pages of the file `name` whose page in `pid` is its own anonymous copy: in a mapping
+    of a file made MAP_PRIVATE (a restored guest's RAM, memory.bin), the pages copied on a
+    write.  Numbered by their place in the file: for RAM below the MMIO gap, guest page numbers."""
+    written = []
     with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
-        pagemap.seek(start // PAGE * 8)
-        entries = struct.unpack(f"<{pages}Q", pagemap.read(pages * 8))
-    return [page for page, entry in enumerate(entries) if entry & PAGEMAP_PRESENT and not entry & PAGEMAP_FILE]
+        for mapping in named_mappings(pid, name):
+            pages = mapping.size_kib * KIB // PAGE
+            pagemap.seek(mapping.start // PAGE * 8)
+            entries = struct.unpack(f"<{pages}Q", pagemap.read(pages * 8))
+            written += [mapping.offset // PAGE + page for page, entry in enumerate(entries)
+                        if entry & PAGEMAP_PRESENT and not entry & PAGEMAP_FILE]
+    return sorted(written)
 
 
 def rollup(pid: int) -> dict[str, int]:

@@ -5,6 +5,15 @@ process; KVM_SET_USER_MEMORY_REGION tells KVM which of our bytes are which
 guest-physical addresses.  Below 4 GiB, RAM stops at MMIO_GAP_START so that
 device windows have room; what does not fit continues at 4 GiB.
 
+The anonymous memory is mapped MAP_PRIVATE from /dev/zero (ZERO_FILE), the way
+Unix gave out zeroed memory before MAP_ANONYMOUS: the kernel makes such a
+mapping anonymous memory all the same (a zeroed page on first touch), but
+/proc/PID/maps names it /dev/zero.  So a tool tells guest RAM from the
+interpreter's own memory by name, and the mapping never merges with a
+neighbouring anonymous one (a mapping of a file merges only with the same
+file at the next offset).  A restored guest's RAM is named by its snapshot's
+memory.bin instead.
+
 Every access pykvm makes on the guest's behalf goes through read(), write() or
 view(), which check that the whole range lies inside one region: a guest
 cannot make pykvm touch memory that is not its own.
@@ -12,16 +21,18 @@ cannot make pykvm touch memory that is not its own.
 from __future__ import annotations
 
 import mmap
+import os
 from dataclasses import dataclass
 
 from pykvm.vm import layout
 from pykvm.errors import ConfigError, GuestMemoryError
 from pykvm.sizes import format_size
 
-__all__ = ["GuestMemory", "MemoryRegion", "MIN_MEMORY"]
+__all__ = ["GuestMemory", "MemoryRegion", "MIN_MEMORY", "ZERO_FILE"]
 
 MIN_MEMORY = 2 << 20         # 2 MiB: the low megabyte plus room for a kernel at 1 MiB
 PAGE_SIZE = 4096
+ZERO_FILE = "/dev/zero"       # what guest RAM is mapped from, and is named by in /proc/PID/maps
 
 
 @dataclass
@@ -66,7 +77,7 @@ class GuestMemory:
     def _add_region(self, guest_addr: int, size: int) -> None:
         if self._backing_fd is None:
             # Anonymous memory is allocated on first touch: untouched guest pages cost nothing.
-            buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            buffer = _zeroed_memory(size)
         else:
             # MAP_PRIVATE: reads share the file's page cache with every other VM mapping it;
             # the first write to a page copies it for this VM alone (copy-on-write).
@@ -142,3 +153,16 @@ class GuestMemory:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _zeroed_memory(size: int) -> mmap.mmap:
+    """`size` bytes of anonymous memory, named ZERO_FILE in /proc/PID/maps (the module's
+    docstring says why); plain MAP_ANONYMOUS where there is no /dev/zero to open."""
+    try:
+        fd = os.open(ZERO_FILE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE)
+    finally:
+        os.close(fd)            # the mapping keeps what it needs

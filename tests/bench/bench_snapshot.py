@@ -12,23 +12,30 @@ For each guest (tiny, then Linux where it boots: hardware-style KVM, or the L1 l
    count": the counter sleeps 200 ms between lines, and a restored one may be anywhere in
    that sleep.
 2. Host memory of N VMs side by side: N clones restored from one snapshot vs N cold
-   boots, all running at once, each having answered `echo ready`.  PSS (proportional set
-   size, /proc/PID/smaps_rollup: a page shared by k processes counts 1/k in each) of the
-   whole processes, and of the guest-RAM mapping alone, with the share of resident guest
-   pages that are shared (goal: clones share >= 80% of their guest pages), and which guest
-   pages a clone has its own copy of (/proc/PID/pagemap): the pages its guest wrote.
+   boots, all running at once, each having answered `echo ready`.  They are started
+   `--batch` at a time, each batch once the one before has answered (twenty Linux boots at
+   once under TCG would take most of an hour, and a Linux cold boot in the L1 lane is where
+   L1 has died); the memory is read once all are up.  A batch is started only while the
+   host's MemAvailable holds it (an estimate from the VMs already up): the table says how
+   many ran.  PSS (proportional set size, /proc/PID/smaps_rollup: a page shared by k
+   processes counts 1/k in each) of the whole processes, and of guest RAM alone (the
+   mappings named /dev/zero for a cold boot, the snapshot's memory.bin for a clone:
+   pykvm.vm.memory), with the share of each VM's resident guest pages that are shared
+   (min/median/max over the VMs; goal: clones share >= 80% of their guest pages), and which
+   guest pages a clone has its own copy of (/proc/PID/pagemap): the pages its guest wrote.
 
 pykvm's bytecode is compiled first (compileall, as a first run or an install does): where
 PYTHONDONTWRITEBYTECODE is set, every pykvm process would otherwise compile its modules
 again, and both sides would mostly measure the compiler.
 
-    .venv/bin/python tests/bench/bench_snapshot.py [--runs 5] [--clones 20] [--linux-clones 4]
-                                                   [--guest tiny,linux]
+    .venv/bin/python tests/bench/bench_snapshot.py [--runs 5] [--clones 20] [--linux-clones 20]
+                                                   [--batch N] [--guest tiny,linux]
 
 Linux on a PVM or KVM-less machine, in the L1 lane (Linux only there, unless --guest says
-otherwise: under TCG a tiny boot and a restore are both seconds of Python start-up):
+otherwise: under TCG a tiny boot and a restore are both seconds of Python start-up), in an
+L1 with room for twenty Linux guests:
 
-    python tests/hw/lane.py --bench snapshot
+    python tests/hw/lane.py --bench snapshot --memory 6144
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,13 +54,16 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm"), str(HERE)]
 from clitools import ROOT  # noqa: E402
 from livevm import LiveVm  # noqa: E402  (tests/kvm/livevm.py: a pykvm process driven by its console)
 import tinyvm  # noqa: E402
-from hostmem import KIB, guest_mapping, pss_kib, written_guest_pages  # noqa: E402  (tests/hostmem.py: /proc/PID/smaps)
+from hostmem import KIB, guest_ram, pss_kib, rollup, written_guest_pages  # noqa: E402  (tests/hostmem.py: /proc/PID/smaps)
+from pykvm.vm.memory import ZERO_FILE  # noqa: E402  (a booted guest's RAM is mapped from it, and named by it)
 from tiers import nested_under_tcg  # noqa: E402
 
 TINY_CMDLINE = "run=run counter &"
 LINUX_MEM_MIB = 256
 READY = r"^ready\r?$"
 LISTED_PAGES = 40            # a clone's own pages are listed by number up to this many
+HOST_RESERVE_KIB = 256 * KIB  # MemAvailable left alone when deciding whether a batch fits
+PROCESS_KIB = 64 * KIB       # a pykvm process beside its guest RAM, until one is measured
 
 
 @dataclass
@@ -65,12 +75,13 @@ class Guest:
     boot: list[str]                 # pykvm boot's arguments, without --snapshot-dir
     prompt: str | None              # a cold boot is typed at once this shows (None: at spawn)
     timeout: float                  # seconds for one boot or restore to answer
+    batch: int                      # VMs started at once for the memory figures
 
 
 def tiny_guest() -> Guest:
     tinyvm.build_tiny()
     return Guest("tiny", tinyvm.MEM_MIB, ["boot", "--kernel", str(tinyvm.TINY_ELF), "--mem",
-                                          f"{tinyvm.MEM_MIB}M", "--cmdline", TINY_CMDLINE], None, 300)
+                                          f"{tinyvm.MEM_MIB}M", "--cmdline", TINY_CMDLINE], None, 300, 20)
 
 
 def linux_guest() -> Guest | str:
@@ -83,7 +94,7 @@ def linux_guest() -> Guest | str:
     kernel, initrd = files
     return Guest("linux", LINUX_MEM_MIB, ["boot", "--kernel", str(kernel), "--initrd", str(initrd),
                                           "--mem", f"{LINUX_MEM_MIB}M", "--cmdline", CMDLINES["ttyS0"]],
-                 PROMPT, 900)
+                 PROMPT, 900, 4)
 
 
 def answer(vm: LiveVm, guest: Guest, restored: bool) -> None:
@@ -113,22 +124,54 @@ def measure(args: list[str], guest: Guest, restored: bool, runs: int) -> list[fl
     return [time_to_answer(args, guest, restored) for _ in range(runs)]
 
 
-def memory_of(args: list[str], guest: Guest, restored: bool, count: int) -> dict[str, float]:
-    """Start `count` VMs at once, wait until each answers, then read their memory."""
-    vms = [LiveVm(*args) for _ in range(count)]
+def mem_available_kib() -> int:
+    """/proc/meminfo's MemAvailable: what can still be given out without swapping."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    raise AssertionError("no MemAvailable in /proc/meminfo")
+
+
+def start_answering(args: list[str], guest: Guest, restored: bool, count: int) -> tuple[list[LiveVm], str]:
+    """Up to `count` VMs, `guest.batch` at a time, each batch started once the one before
+    has answered; a batch only while MemAvailable holds it.  The VMs, and why fewer ("")."""
+    vms: list[LiveVm] = []
     try:
+        while len(vms) < count:
+            batch = min(guest.batch, count - len(vms))
+            each = max((rollup(vm.proc.pid)["Rss"] for vm in vms),
+                       default=guest.mem_mib * KIB + PROCESS_KIB)
+            available = mem_available_kib() - HOST_RESERVE_KIB
+            if available < batch * each:
+                return vms, (f"{len(vms)} of {count}: {available // KIB} MiB available would not hold "
+                             f"{batch} more at {each // KIB} MiB each")
+            started = [LiveVm(*args) for _ in range(batch)]
+            vms += started
+            for vm in started:
+                answer(vm, guest, restored)
+    except BaseException:
         for vm in vms:
-            answer(vm, guest, restored)
+            vm.quit()
+        raise
+    return vms, ""
+
+
+def memory_of(args: list[str], guest: Guest, restored: bool, count: int, ram_name: str) -> dict:
+    """Start `count` VMs (start_answering), then read their memory; guest RAM is the mappings
+    named `ram_name`."""
+    vms, fewer = start_answering(args, guest, restored, count)
+    try:
         pids = [vm.proc.pid for vm in vms]
-        maps = [guest_mapping(pid, guest.mem_mib * KIB) for pid in pids]
-        figures = {"pss": sum(pss_kib(pid) for pid in pids), "guest_found": all(maps)}
+        rams = [guest_ram(pid, ram_name) for pid in pids]
+        figures = {"vms": len(vms), "fewer": fewer, "pss": sum(pss_kib(pid) for pid in pids),
+                   "guest_found": bool(rams) and all(rams)}
         if figures["guest_found"]:
-            rss = sum(m.get("Rss", 0) for m in maps)
-            private = sum(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for m in maps)
-            figures.update(guest_pss=sum(m.get("Pss", 0) for m in maps), guest_rss=rss,
-                           guest_shared=1 - private / rss if rss else 0.0)
+            rss = [ram.get("Rss", 0) for ram in rams]
+            private = [ram.get("Private_Clean", 0) + ram.get("Private_Dirty", 0) for ram in rams]
+            figures.update(guest_pss=sum(ram.get("Pss", 0) for ram in rams), guest_rss=sum(rss),
+                           shared=[1 - p / r if r else 0.0 for p, r in zip(private, rss)])
         if restored:                # the file's pages and the clone's own copies tell apart
-            figures["written"] = written_guest_pages(pids[0], guest.mem_mib * KIB)
+            figures["written"] = [written_guest_pages(pid, ram_name) for pid in pids]
         return figures
     finally:
         for vm in vms:
@@ -177,32 +220,47 @@ def report(guest: Guest, runs: int, clones: int) -> None:
         print(f"of a restore, its checks (in this process, medians of 3): the parts and the host CPU "
               f"{parts:.3f} s, memory.bin's hash ({pages} non-zero pages, {pages * 4 / 1024:.1f} MiB) {memory:.3f} s")
 
-        print(f"\n{clones} VMs at once, {guest.mem_mib} MiB guests: host memory, MiB")
-        print(f"{'':<16} {'PSS':>8} {'guest PSS':>10} {'guest RSS':>10} {'guest shared':>13}")
-        written = []
+        print(f"\n{clones} VMs at once, {guest.mem_mib} MiB guests, started {guest.batch} at a time: "
+              "host memory, MiB; guest pages shared, per VM")
+        print(f"{'':<16} {'VMs':>4} {'PSS':>8} {'guest PSS':>10} {'guest RSS':>10} "
+              f"{'shared: min':>12} {'median':>7} {'max':>5}")
+        ram_names = {"pykvm restore": str((snapshot / "memory.bin").resolve()), "pykvm boot": ZERO_FILE}
         for name, (argv, restored) in sides.items():
-            m = memory_of(argv, guest, restored, clones)
+            m = memory_of(argv, guest, restored, clones, ram_names[name])
             if not m["guest_found"]:
-                # An anonymous mapping (a cold boot's RAM) can merge with a neighbouring one of the
-                # same flags, and then no mapping has the guest's size: say so, print no guesses.
-                print(f"{name:<16} {m['pss'] / KIB:8.1f}  (guest RAM merged with another mapping: "
-                      "not told apart)", flush=True)
-                continue
-            print(f"{name:<16} {m['pss'] / KIB:8.1f} {m['guest_pss'] / KIB:10.2f} {m['guest_rss'] / KIB:10.2f} "
-                  f"{100 * m['guest_shared']:12.0f}%", flush=True)
-            written = m.get("written", written)
+                print(f"{name:<16} {m['vms']:>4} {m['pss'] / KIB:8.1f}  (no mapping named {ram_names[name]}: "
+                      "guest RAM not found)", flush=True)
+            else:
+                shared = m["shared"]
+                print(f"{name:<16} {m['vms']:>4} {m['pss'] / KIB:8.1f} {m['guest_pss'] / KIB:10.2f} "
+                      f"{m['guest_rss'] / KIB:10.2f} {100 * min(shared):11.0f}% "
+                      f"{100 * statistics.median(shared):6.0f}% {100 * max(shared):4.0f}%", flush=True)
+            if m["fewer"]:
+                print(f"{'':<16} ({m['fewer']})")
+            if m.get("written"):        # at once: twenty cold boots after them may not all come up
+                print_written(m["written"])
         print("(goal: clones share >= 80% of their resident guest pages)")
-        listed = " ".join(hex(page) for page in written[:LISTED_PAGES])
-        more = f" ... ({len(written)} in all)" if len(written) > LISTED_PAGES else ""
-        print(f"one clone's own copies (pages it wrote since the restore), by guest page number: {listed}{more}")
+
+
+def print_written(written: list[list[int]]) -> None:
+    """How many pages each clone has its own copy of, and the first clone's, by number."""
+    counts = [len(pages) for pages in written]
+    print(f"{'':<16} pages a clone has its own copy of (it wrote them since the restore): min {min(counts)}, "
+          f"median {statistics.median(counts):g}, max {max(counts)}")
+    listed = " ".join(hex(page) for page in written[0][:LISTED_PAGES])
+    more = f" ... ({len(written[0])} in all)" if len(written[0]) > LISTED_PAGES else ""
+    print(f"{'':<16} one clone's own copies, by guest page number: {listed}{more}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--clones", type=int, default=20, help="tiny VMs at once")
-    parser.add_argument("--linux-clones", type=int, default=4,
-                        help="Linux VMs at once (each cold boot holds what it touched of its 256 MiB)")
+    parser.add_argument("--linux-clones", type=int, default=20,
+                        help="Linux VMs at once (each cold boot holds what it touched of its 256 MiB; "
+                             "fewer where the host's memory would not hold them)")
+    parser.add_argument("--batch", type=int, help="VMs started at a time for the memory figures "
+                        "(default: tiny 20, Linux 4)")
     parser.add_argument("--guest", help="tiny, linux or both (comma); default both, and only linux "
                         "in the L1 lane, where tiny's milliseconds drown in TCG's Python start-up")
     args = parser.parse_args()
@@ -211,15 +269,18 @@ def main() -> None:
     if unknown := set(guests) - {"tiny", "linux"}:
         raise SystemExit(f"--guest {','.join(sorted(unknown))}: choose from tiny, linux")
     compileall.compile_dir(ROOT / "pykvm", quiet=1)
+    if args.batch is not None and args.batch < 1:
+        raise SystemExit("--batch: at least 1")
     if "tiny" in guests:
-        report(tiny_guest(), args.runs, args.clones)
+        tiny = tiny_guest()
+        report(replace(tiny, batch=args.batch or tiny.batch), args.runs, args.clones)
     if "linux" in guests:
         linux = linux_guest()
         if isinstance(linux, str):
             print(f"\nlinux: not measured: {linux}; run it in the L1 lane: "
-                  "python tests/hw/lane.py --bench snapshot")
+                  "python tests/hw/lane.py --bench snapshot --memory 6144")
         else:
-            report(linux, args.runs, args.linux_clones)
+            report(replace(linux, batch=args.batch or linux.batch), args.runs, args.linux_clones)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 Each run boots guests/tiny (cmdline "run=info") under each VMM with the same
 memory size, waits until the guest idles at its shell prompt, and reads the
 VMM's /proc/PID/smaps: the process's RSS, the RSS of its guest-RAM mapping
-(the anonymous mapping of exactly the guest's size: the guest memory touched
-so far), and the difference, the VMM's own overhead; the same for PSS (shared
+(the guest memory touched so far: pykvm's is the mapping named /dev/zero,
+QEMU's the anonymous mapping of exactly the guest's size), and the difference, the VMM's own overhead; the same for PSS (shared
 library pages split among the processes that map them).  The VMM is the
 process the user starts, so pykvm's figures include the Python interpreter;
 any child processes would be counted too (the table says how many processes
@@ -30,8 +30,9 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "kvm")]
 import tinyvm  # noqa: E402  (tests/kvm/tinyvm.py: the VMM command lines)
-from hostmem import KIB, process_tree, rollup, smaps, threads  # noqa: E402  (tests/hostmem.py)
+from hostmem import KIB, guest_ram, mapping_of_size, process_tree, rollup, threads  # noqa: E402  (tests/hostmem.py)
 from vmmfleet import Vmm, kill_all, tiny_idle, wait_all  # noqa: E402  (tests/bench/vmmfleet.py)
+from pykvm.vm.memory import ZERO_FILE  # noqa: E402  (what pykvm maps guest RAM from, and names it by)
 
 TINY_CMDLINE = "run=info"
 IDLE_S = 120                # spawn to the guest's idle prompt
@@ -52,18 +53,25 @@ class Guest:
     poweroff: bytes
 
 
-def footprint(pid: int, mem_kib: int) -> dict[str, float]:
+def guest_ram_of(pid: int, mem_kib: int, vmm: str) -> dict[str, int]:
+    """The smaps fields (kB) of a VMM's guest RAM: pykvm's by its name, QEMU's by its size."""
+    if vmm.startswith("pykvm"):
+        return guest_ram(pid, ZERO_FILE)
+    ram = mapping_of_size(pid, mem_kib)
+    return max(ram, key=lambda m: m.fields.get("Rss", 0)).fields if ram else {}   # the largest
+
+
+def footprint(pid: int, mem_kib: int, vmm: str) -> dict[str, float]:
     """The memory figures (kB) of a VMM process and its descendants, and its thread count."""
     tree = process_tree(pid)
     rollups = [rollup(p) for p in tree]
-    ram = [m for m in smaps(pid) if m.size_kib == mem_kib and not m.name]
-    if not ram:
-        raise SystemExit(f"pid {pid} has no anonymous mapping of the guest's {mem_kib} kB")
-    guest = max(ram, key=lambda m: m.fields.get("Rss", 0))    # QEMU: the largest of that size
+    guest = guest_ram_of(pid, mem_kib, vmm)
+    if not guest:
+        raise SystemExit(f"{vmm} (pid {pid}): no mapping that is the guest's RAM of {mem_kib} kB")
     rss = sum(r["Rss"] for r in rollups)
     pss = sum(r["Pss"] for r in rollups)
-    return {"RSS": rss, "guest RAM RSS": guest.fields["Rss"], "overhead RSS": rss - guest.fields["Rss"],
-            "PSS": pss, "overhead PSS": pss - guest.fields["Pss"],
+    return {"RSS": rss, "guest RAM RSS": guest["Rss"], "overhead RSS": rss - guest["Rss"],
+            "PSS": pss, "overhead PSS": pss - guest["Pss"],
             "processes": len(tree), "threads": sum(threads(p) for p in tree)}
 
 
@@ -74,7 +82,7 @@ def measure_once(guest: Guest, vmm: str) -> dict[str, float]:
         if wait_all([vm], guest.idle, time.monotonic() + IDLE_S):
             raise SystemExit(f"{vmm}: the guest did not reach its idle prompt "
                              f"(exit {vm.proc.poll()}): {vm.tail()}")
-        figures = footprint(vm.pid, guest.mem_kib)
+        figures = footprint(vm.pid, guest.mem_kib, vmm)
         vm.send(guest.poweroff)
         wait_all([vm], lambda v: v.ended is not None, time.monotonic() + EXIT_S)
         if vm.proc.poll() != guest.statuses[vmm]:

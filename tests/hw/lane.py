@@ -63,7 +63,7 @@ LANE_MARKERS = "linux or (kvm and not slow)"
 DEFAULT_CACHE = ROOT / ".cache" / "hw"
 QEMU = "qemu-system-x86_64"
 L1_CPU = "EPYC,+svm,+npt"           # TCG implements SVM with nested paging
-L1_MEM_MIB = 2048                   # guest RAM; shared memfd, as vhost-user needs
+L1_MEM_MIB = 2048                   # guest RAM (--memory); shared memfd, as vhost-user needs
 L1_MODULES = ["virtio_pci", "virtiofs", "kvm_amd",   # the shares and /dev/kvm
               "overlay",        # container images, for `pykvm compare` beside a VM
               "tun", "bridge", "veth",                # VM networking: a tap on pykvm's bridge
@@ -437,8 +437,8 @@ def l1_modules(kernel: lane_kernel.Kernel) -> dict[str, bytes]:
 def qemu_command(kernel: lane_kernel.Kernel, initrd: Path, sockets: list[Path],
                  args: argparse.Namespace) -> list[str]:
     command = [QEMU, "-accel", "tcg", "-cpu", args.cpu, "-smp", str(args.smp),
-               "-m", f"{L1_MEM_MIB}M", "-nodefaults", "-display", "none", "-no-reboot",
-               "-object", f"memory-backend-memfd,id=mem,size={L1_MEM_MIB}M,share=on",
+               "-m", f"{args.memory}M", "-nodefaults", "-display", "none", "-no-reboot",
+               "-object", f"memory-backend-memfd,id=mem,size={args.memory}M,share=on",
                "-numa", "node,memdev=mem",
                "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
                "-append", L1_CMDLINE, "-serial", "stdio",              # COM1: console
@@ -756,6 +756,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help=f"pytest -m expression of the tests to run (default: {LANE_MARKERS})")
     parser.add_argument("--cpu", default=L1_CPU, help=f"QEMU CPU model (default: {L1_CPU})")
     parser.add_argument("--smp", type=int, default=2, help="L1 vCPUs (default: 2)")
+    parser.add_argument("--memory", type=int, default=L1_MEM_MIB, metavar="MIB",
+                        help=f"L1's RAM in MiB (default: {L1_MEM_MIB}; bench_snapshot's twenty Linux "
+                             "guests at once want 6144)")
     parser.add_argument("--boot-timeout", type=float, default=180)
     parser.add_argument("--stage-timeout", type=float, default=120,
                         help="module load, mounts, power off (default: 120 s each)")
