@@ -180,8 +180,8 @@ def wait_for_log(env: dict, cid: str, *wanted: str) -> str:
 
 
 def command_lines(log: str) -> list[str]:
-    """The command's lines of a detached VM's log, without pykvm's own (its watchdog's notes
-    on a slow guest, "pykvm: no VM exit for 5 s ...", go to the same stderr)."""
+    """The command's lines of a detached VM's log, without pykvm's own notes ("pykvm: ...",
+    which go to the same stderr)."""
     return [line for line in log.splitlines() if not line.startswith("pykvm: ")]
 
 
