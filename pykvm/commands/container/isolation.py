@@ -291,7 +291,7 @@ def run_detached(image: str, cfg, memory: str | None, guest: tuple[Path, Path], 
     state = ContainerState(id=cfg.id, name=cfg.name or cfg.id, command=list(cfg.args), created=time.time(),
                            auto_remove=cfg.remove, detached=True, isolation="vm")
     store.create(state)
-    log = os.open(store.dir(state.id) / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    log = os.open(os.path.join(store.dir(state.id), LOG_NAME), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     saved_r, saved_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
