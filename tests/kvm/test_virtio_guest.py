@@ -2,7 +2,8 @@
 
 The guest (32-bit PVH, paging off, interrupts off) brings the device up by
 3.1.1, writes sector 1 with a VIRTIO_BLK_T_OUT request, then sends
-VIRTIO_BLK_T_FLUSH, polling the used ring after each kick.  It prints the two
+VIRTIO_BLK_T_FLUSH, polling the used ring after each kick (for a while measured by the TSC:
+the device's worker thread may be slow to get a CPU on a loaded host).  It prints the two
 status bytes and InterruptStatus as digits ("S<out><flush>I<isr>") and powers
 off, or, for the data-safety test, prints "F" and spins until it is killed.
 """
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.kvm
 
 SECTOR = 1
 FILL = ord("V")
+WAIT_TSC_HIGH = 16           # the guest's wait for each answer: 16 * 2^32 cycles, about 20-30 s
 
 GUEST = """
     .set BASE, {base:#x}
@@ -78,17 +80,23 @@ GUEST = """
     movw $0, AVAIL+4              # ring[0] = chain 0
     movw $1, AVAIL+2              # idx = 1
     movl $0, BASE+0x50            # QueueNotify: the kick
-    mov $3000000, %ecx
+    rdtsc                         # wait for the answer at most WAIT_TSC_HIGH * 2^32 TSC cycles:
+    lea {wait}(%edx), %ebx        # a time, not a count of loops (the worker thread may be slow to run)
 1:  cmpw $1, USED+2
     je 2f
-    loop 1b
+    rdtsc
+    cmp %ebx, %edx
+    jb 1b
 2:  movw $3, AVAIL+6              # ring[1] = chain 3
     movw $2, AVAIL+2
     movl $0, BASE+0x50
-    mov $3000000, %ecx
+    rdtsc
+    lea {wait}(%edx), %ebx
 3:  cmpw $2, USED+2
     je 4f
-    loop 3b
+    rdtsc
+    cmp %ebx, %edx
+    jb 3b
 4:  mov $0x3f8, %dx
     mov $'S', %al
     out %al, %dx
@@ -127,7 +135,8 @@ def guests(tmp_path_factory):
     base = tmp_path_factory.mktemp("virtio-guest")
     made = {}
     for name, end in (("poweroff", POWEROFF), ("spin", SPIN)):
-        source = GUEST.format(base=layout.VIRTIO_MMIO_BASE, sector=SECTOR, fill=FILL, end=end)
+        source = GUEST.format(base=layout.VIRTIO_MMIO_BASE, sector=SECTOR, fill=FILL, end=end,
+                              wait=WAIT_TSC_HIGH)
         made[name] = pvh_elf(source, base / f"{name}.elf") or base / f"{name}.elf"
     return made
 
