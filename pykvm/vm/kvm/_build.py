@@ -48,6 +48,16 @@ static int ioctl_int(int fd, unsigned long request, unsigned long arg)
     return ioctl(fd, request, arg);
 }
 
+/* A full memory barrier (x86: mfence).  A virtio device that stores an
+ * index the driver reads and then loads one the driver stores needs it
+ * between the two: without it the CPU may do the load first (x86 lets a
+ * load pass an earlier store to another address), and the device and the
+ * driver can each miss the other's update (virtio 1.2, 2.7.10). */
+static void full_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
 /* KVM_RUN, never retried here: EINTR (a signal, or immediate_exit) goes back
  * to the run loop, which then decides whether the VM stops. */
 static int kvm_run(int vcpu_fd)
@@ -577,6 +587,7 @@ struct boot_params {
 int ioctl_ptr(int fd, unsigned long request, void *arg);
 int ioctl_int(int fd, unsigned long request, unsigned long arg);
 int kvm_run(int vcpu_fd);
+void full_fence(void);
 """
 
 ffibuilder.cdef(CDEF)

@@ -26,6 +26,16 @@ in between sees 0, takes that for "the device has used every entry up to
 here" and reads entries the device never wrote.  Linux then finds a head it
 does not have out ("output.0:id 2 is not a head!") and stops the queue for good.
 
+A store then a load of another index is the one order x86 does not keep:
+the device's load may happen before its store is seen.  Where the device
+publishes an index and then reads one the driver publishes (avail_event then
+avail.idx, before it sleeps; used.idx then used_event, before it decides on
+an interrupt), a full barrier (`full_fence`, mfence) stands between them, as
+in QEMU's virtio.c and Firecracker's queue.rs; the driver has its own
+(Linux's virtio_mb).  Without it both sides can miss the other's update: the
+device sleeps waiting for a kick the driver thought unneeded, and a driver
+that waits by polling (Linux's virtio-console output does) spins for good.
+
 Every value here was written by the guest, so nothing is trusted: the ring
 areas are checked against guest memory once when the queue is set up, every
 descriptor's buffer is checked with GuestMemory.contains (address + length,
@@ -42,6 +52,7 @@ import sys
 from dataclasses import dataclass, field
 
 from pykvm.errors import PyKvmError
+from pykvm.vm.kvm.bindings import lib
 
 __all__ = ["SplitQueue", "DescriptorChain", "VirtqueueError", "MAX_QUEUE_SIZE",
            "VIRTQ_DESC_F_NEXT", "VIRTQ_DESC_F_WRITE", "VIRTQ_DESC_F_INDIRECT",
@@ -205,6 +216,7 @@ class SplitQueue:
         self._signalled = new
         if old == new:
             return False
+        lib.full_fence()            # used.idx (stored by push) is seen before used_event is read
         if self.event_idx:
             return vring_need_event(self._avail16[self._used_event], new, old)
         return not self._avail16[RING_FLAGS] & VIRTQ_AVAIL_F_NO_INTERRUPT
@@ -216,6 +228,7 @@ class SplitQueue:
         it sleeps, or it would wait for a kick the driver will not send)."""
         if self.event_idx:
             self._used16[self._avail_event] = self.last_avail
+            lib.full_fence()        # avail_event is seen before avail.idx is read again
         return self.has_available()
 
     def rewind(self, count: int) -> None:
@@ -231,6 +244,7 @@ class SplitQueue:
         seen = self.avail_idx()
         if self.event_idx:
             self._used16[self._avail_event] = seen
+            lib.full_fence()
         return self.avail_idx() != seen
 
     # --- snapshots: the device's side of the rings (the rings themselves are guest memory)
