@@ -77,7 +77,7 @@ VIRTIOFSD = [Path("/usr/lib/qemu/virtiofsd"),        # C, shipped with QEMU <= 7
 HEARTBEAT_POLL = 2.0                # seconds between looks at the heartbeat file
 SERIAL_LOG = "serial.log"           # these four in the cache directory (.cache/hw)
 TEST_LOG = "tests.log"              # TestLog: each test's start and outcome, from L1
-HUNG_REGISTERS = "registers.hung.txt"   # QEMU's `info registers -a` when L1 hung
+HUNG_REGISTERS = "registers.hung.txt"   # QEMU's `info registers -a`, `info lapic`, `info pic` when L1 hung
 L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
 LD_SO_CACHE = Path("/etc/ld.so.cache")
 PROTOCOLS = Path("/etc/protocols")   # netbase: "tcp" for 6 in `nft list` (the docs show names)
@@ -536,6 +536,32 @@ class Heartbeat:
                             f"(no heartbeat on ttyS1 for {self.limit:.0f} s)")
 
 
+NMI_WAKE_S = 20                        # how long a hung L1 is watched after an NMI
+
+
+def lapic_summary(info_lapic: str) -> str:
+    """The lines of QEMU's `info lapic` that say whether a timer interrupt can still come:
+    the timer's LVT entry and counts, what is in service and requested, the priorities."""
+    keep = ("LVTT", "Timer", "ISR", "IRR", "APR")
+    lines = [" ".join(words) for words in map(str.split, info_lapic.splitlines())
+             if words and words[0] in keep]
+    return "; ".join(lines) or info_lapic.strip()[:200]
+
+
+def nmi_wakes(monitor: Path, heartbeat: Heartbeat, wait: float = NMI_WAKE_S) -> str:
+    """An experiment on a hung L1: inject an NMI into every vCPU (HMP `nmi`) and watch the
+    heartbeat.  If L1 beats again, its CPUs were halted waiting for an interrupt that never
+    came (a lost timer interrupt), not stuck in a loop; the answer goes into the lane's report."""
+    before = heartbeat.path.stat().st_size
+    reply = qemu_monitor(monitor, "nmi").strip()
+    start = time.monotonic()
+    while time.monotonic() - start < wait:
+        if heartbeat.path.stat().st_size != before:
+            return f"an NMI woke L1: its heartbeat went on within {time.monotonic() - start:.0f} s"
+        time.sleep(0.5)
+    return f"an NMI did not wake L1 (no heartbeat for {wait:.0f} s after it){': ' + reply if reply else ''}"
+
+
 def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict,
            heartbeat: Heartbeat | None = None) -> None:
     """Read the console until `stage` ends; raise LaneError naming it if it does not."""
@@ -621,10 +647,18 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
                 dump = cache / HUNG_REGISTERS
                 first = qemu_monitor(monitor, "info registers -a")
                 time.sleep(2)                 # a second look: does anything still move?
-                dump.write_text(f"{first}\n--- 2 s later ---\n"
-                                f"{qemu_monitor(monitor, 'info registers -a')}")
+                second = qemu_monitor(monitor, "info registers -a")
+                apics = {cpu: qemu_monitor(monitor, f"info lapic {cpu}") for cpu in range(args.smp)}
+                ioapic = qemu_monitor(monitor, "info pic")
+                woke = nmi_wakes(monitor, heartbeat)
+                dump.write_text(f"{first}\n--- 2 s later ---\n{second}\n"
+                                + "".join(f"--- info lapic {cpu} ---\n{text}" for cpu, text in apics.items())
+                                + f"--- info pic ---\n{ioapic}\n--- then an NMI ---\n{woke}\n")
                 raise L1Hung(f"{where}"
-                             f"\n  L1's vCPU registers: {dump}"
+                             f"\n  {woke}"
+                             + "".join(f"\n  L1 CPU {cpu}'s LAPIC: {lapic_summary(text)}"
+                                       for cpu, text in apics.items()) +
+                             f"\n  L1's vCPU registers, LAPICs and IOAPIC: {dump}"
                              f"\n  serial log: {serial_log}; its last lines:\n{tail}") from None
             raise LaneError(f"{e}\n  serial log: {serial_log}; its last lines:\n{tail}") from None
     status = int(result.get("status", 1))
@@ -650,7 +684,8 @@ def run_l1_retrying_a_hang(args: argparse.Namespace, pytest_args: list[str],
     fresh L1 that runs only the tests the hung one did not finish (TestLog),
     the one it hung in included.  An L1 that dies while it runs the tests (QEMU
     exits: L1 crashed or reset itself, as once at the first Linux test) is
-    treated the same way.  Any other failure, and a fifth hang, fail the lane.  The status is non-zero if a test failed in any of the L1s.
+    treated the same way.  Any other failure, and a fifth hang, fail the lane.  The status
+    is non-zero if a test failed in any of the L1s.
     """
     run = run or run_l1
     test_log = args.cache / TEST_LOG

@@ -6,6 +6,7 @@ format; the stage tracker reads a real child process's output.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -440,3 +441,31 @@ def test_the_kvm_unit_tests_mode_skips_with_its_reason_without_the_suite(tmp_pat
     monkeypatch.setenv("KVM_UNIT_TESTS_DIR", str(tmp_path / "absent"))
     assert lane.main(["--kvm-unit-tests"]) == 0
     assert "kvm-unit-tests: skipped: no built suite" in capsys.readouterr().out
+
+
+@pytest.fixture
+def idle_qemu(tmp_path):
+    """A real QEMU (TCG, no guest at all: its CPUs sit in reset) with an HMP monitor socket."""
+    qemu = lane.QEMU
+    if not shutil.which(qemu):
+        pytest.skip(f"{qemu} is not installed")
+    monitor = tmp_path / "monitor.sock"
+    proc = subprocess.Popen([qemu, "-accel", "tcg", "-smp", "2", "-display", "none", "-S",
+                             "-serial", "none", "-nodefaults", "-monitor", f"unix:{monitor},server=on,wait=off"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not monitor.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield monitor
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_hung_l1_report_names_each_lapic_timer_and_what_an_nmi_did(idle_qemu, tmp_path):
+    summary = lane.lapic_summary(lane.qemu_monitor(idle_qemu, "info lapic 1"))
+    assert summary.startswith("LVTT ") and "; Timer " in summary and "; ISR " in summary, summary
+    heartbeat = lane.Heartbeat(tmp_path / "heartbeat", 60)
+    # A stopped QEMU (-S) writes no heartbeat: the NMI is injected and nothing beats.
+    assert lane.nmi_wakes(idle_qemu, heartbeat, wait=1) == "an NMI did not wake L1 (no heartbeat for 1 s after it)"
