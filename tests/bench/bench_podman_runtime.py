@@ -1,6 +1,10 @@
 """Benchmark: `podman run --rm busybox true` with pykvm-runc, runc and crun as the runtime.
 
-    python tests/bench/bench_podman_runtime.py [RUNS]      (root; default 20 runs)
+    python tests/bench/bench_podman_runtime.py [RUNS] [NAME=PROGRAM ...]    (root; default 20 runs)
+
+NAME=PROGRAM adds a row: another runtime program, such as the pykvm-runc of another
+checkout's venv, so that two versions are compared in one interleaved run (its .pyc files
+are not written here: `python -m compileall -q ITS_CHECKOUT/pykvm` first).
 
 Rows, each min / median / max over RUNS runs, wall clock, milliseconds: the whole
 `podman run --rm` (Podman's own work, conmon, and the runtime's create, start and delete),
@@ -120,6 +124,9 @@ def report(times: dict[str, list[float]]) -> None:
     for name, ms in times.items():
         med[name] = statistics.median(ms)
         print(f"{name:<16}{min(ms):9.1f}{med[name]:9.1f}{max(ms):9.1f}")
+    for name in med.keys() - {"runc", "pykvm-runc", "crun", PYTHON_ROW}:
+        if "runc" in med:
+            print(f"{name} / runc   {med[name] / med['runc']:5.2f}x")
     if "runc" in med and "pykvm-runc" in med:
         ratio = med["pykvm-runc"] / med["runc"]
         print(f"pykvm-runc / runc   {ratio:5.2f}x   goal <= {GOAL_RATIO}x  "
@@ -132,10 +139,12 @@ def report(times: dict[str, list[float]]) -> None:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    extra_rows = dict(arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg)    # NAME=PROGRAM
+    numbers = [arg for arg in sys.argv[1:] if "=" not in arg]
+    runs = int(numbers[0]) if numbers else 20
     if os.geteuid() != 0 or not shutil.which("podman"):
         sys.exit("needs root and Podman (Debian packages podman, conmon)")
-    rows = runtimes()
+    rows = runtimes() | extra_rows
     byte_compile_pykvm()          # pykvm-runc with its .pyc files, as an installed package has them
     with tempfile.TemporaryDirectory(prefix="pykvm-bench-podman-") as tmp:
         tmp = Path(tmp)
