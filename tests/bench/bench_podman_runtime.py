@@ -51,13 +51,31 @@ Podman, wall ms / CPU ms (user+sys, in the 10 ms steps of /usr/bin/time), median
     pykvm-runc   214 / 60       78 / 20      118 / 30
     before       276 / 65      162 / 40      146 / 45
 
+Measured 2026-12-03 at load average 2-4, 20 interleaved runs, with a row for the build
+before cgroups.py left pathlib (`pykvm-runc-before=OTHER_CHECKOUT/.venv/bin/pykvm-runc`):
+
+    runc                   233 /  266 /  319
+    pykvm-runc             295 /  361 /  414     1.36x runc: goal <= 1.2x NOT met
+    pykvm-runc-before      295 /  346 /  444     1.30x runc
+    crun                   211 /  250 /  377     0.94x runc
+    python -c pass          11 /   13 /   18
+
+At this load Podman's own part shrinks more than Python's starts, and the ratio is worse
+than at load 8.  The two pykvm-runc rows differ by less than 20 runs resolve: the cut is
+~4 ms of CPU in `create` and in `delete` (min of 21 runs, each call's modules imported).
+The gap to runc, ~95 ms, is per call under Podman (wall ms, median of 8 at this load):
+create 65 against runc's 20, start 20 against 0-5, delete 20 against 0-5; of it ~38 ms is
+three Python starts, ~20-25 three imports of json (with re and enum), ~13 create's
+dataclasses, and the rest pykvm's own modules and create's launch (its two forks, ~15 ms).
+
 What a pykvm-runc call still costs before it does any work, CPU ms (python -X importtime,
 minimum of 9 runs at that load): Python's own start ~8 and site.py ~3.5 (~15 while the
 editable install was an import finder, which imported pathlib and importlib.util); json,
 with the re and enum it imports, ~9: every call reads state.json.  `start` and `state` are
-at that floor.  `delete` adds pathlib (~5, cgroups.py works on Path) and the cffi binding
-(~1).  `create` adds dataclasses (~10 to import, inspect included, and ~4 to build
-RunConfig, Mount and DeviceNode), pathlib, pykvm's runtime modules and the launch.  So
+at that floor.  `delete` adds the cffi binding (~1; and added pathlib, ~5, while
+cgroups.py worked on Path).  `create` adds dataclasses (~10 to import, inspect included,
+and ~4 to build RunConfig, Mount and DeviceNode), pykvm's runtime modules and the launch
+(and added pathlib).  So
 ~25 ms of each call is Python's start and json, three calls per container, against runc's
 5-15 ms of CPU per call: 1.2x is not met at this load.
 """
