@@ -60,9 +60,21 @@ before cgroups.py left pathlib (`pykvm-runc-before=OTHER_CHECKOUT/.venv/bin/pykv
     crun                   211 /  250 /  377     0.94x runc
     python -c pass          11 /   13 /   18
 
-At this load Podman's own part shrinks more than Python's starts, and the ratio is worse
-than at load 8.  The two pykvm-runc rows differ by less than 20 runs resolve: the cut is
+and, minutes later, at load average 5-7:
+
+    runc                   564 /  987 / 1835
+    pykvm-runc             636 / 1303 / 1990     1.32x runc: goal <= 1.2x NOT met
+    pykvm-runc-before      834 / 1180 / 2128     1.19x runc
+    crun                   494 /  926 / 1789     0.94x runc
+    python -c pass          12 /   25 /  110
+
+At low load Podman's own part shrinks more than Python's starts, and the ratio is worse
+than at load 8.  The two pykvm-runc rows differ by less than 20 runs resolve (here
+`before` came out ahead both times, by 4% and 10%, at the same minimum once): the cut is
 ~4 ms of CPU in `create` and in `delete` (min of 21 runs, each call's modules imported).
+Under Podman at load 5, 12 interleaved runs, CPU ms per call (bash's `times` in a logging
+wrapper), median: create 70.5 before -> 62.5, delete 39 -> 35, and start, whose code did
+not change, 28.5 -> 33.5: the noise is as large as the cut.
 The gap to runc, ~95 ms, is per call under Podman (wall ms, median of 8 at this load):
 create 65 against runc's 20, start 20 against 0-5, delete 20 against 0-5; of it ~38 ms is
 three Python starts, ~20-25 three imports of json (with re and enum), ~13 create's
