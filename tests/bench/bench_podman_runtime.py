@@ -1,6 +1,10 @@
 """Benchmark: `podman run --rm busybox true` with pykvm-runc, runc and crun as the runtime.
 
-    python tests/bench/bench_podman_runtime.py [RUNS]      (root; default 20 runs)
+    python tests/bench/bench_podman_runtime.py [RUNS] [NAME=PROGRAM ...]    (root; default 20 runs)
+
+NAME=PROGRAM adds a row: another runtime program, such as the pykvm-runc of another
+checkout's venv, so that two versions are compared in one interleaved run (its .pyc files
+are not written here: `python -m compileall -q ITS_CHECKOUT/pykvm` first).
 
 Rows, each min / median / max over RUNS runs, wall clock, milliseconds: the whole
 `podman run --rm` (Podman's own work, conmon, and the runtime's create, start and delete),
@@ -47,13 +51,43 @@ Podman, wall ms / CPU ms (user+sys, in the 10 ms steps of /usr/bin/time), median
     pykvm-runc   214 / 60       78 / 20      118 / 30
     before       276 / 65      162 / 40      146 / 45
 
+Measured 2026-12-03 at load average 2-4, 20 interleaved runs, with a row for the build
+before cgroups.py left pathlib (`pykvm-runc-before=OTHER_CHECKOUT/.venv/bin/pykvm-runc`):
+
+    runc                   233 /  266 /  319
+    pykvm-runc             295 /  361 /  414     1.36x runc: goal <= 1.2x NOT met
+    pykvm-runc-before      295 /  346 /  444     1.30x runc
+    crun                   211 /  250 /  377     0.94x runc
+    python -c pass          11 /   13 /   18
+
+and, minutes later, at load average 5-7:
+
+    runc                   564 /  987 / 1835
+    pykvm-runc             636 / 1303 / 1990     1.32x runc: goal <= 1.2x NOT met
+    pykvm-runc-before      834 / 1180 / 2128     1.19x runc
+    crun                   494 /  926 / 1789     0.94x runc
+    python -c pass          12 /   25 /  110
+
+At low load Podman's own part shrinks more than Python's starts, and the ratio is worse
+than at load 8.  The two pykvm-runc rows differ by less than 20 runs resolve (here
+`before` came out ahead both times, by 4% and 10%, at the same minimum once): the cut is
+~4 ms of CPU in `create` and in `delete` (min of 21 runs, each call's modules imported).
+Under Podman at load 5, 12 interleaved runs, CPU ms per call (bash's `times` in a logging
+wrapper), median: create 70.5 before -> 62.5, delete 39 -> 35, and start, whose code did
+not change, 28.5 -> 33.5: the noise is as large as the cut.
+The gap to runc, ~95 ms, is per call under Podman (wall ms, median of 8 at this load):
+create 65 against runc's 20, start 20 against 0-5, delete 20 against 0-5; of it ~38 ms is
+three Python starts, ~20-25 three imports of json (with re and enum), ~13 create's
+dataclasses, and the rest pykvm's own modules and create's launch (its two forks, ~15 ms).
+
 What a pykvm-runc call still costs before it does any work, CPU ms (python -X importtime,
 minimum of 9 runs at that load): Python's own start ~8 and site.py ~3.5 (~15 while the
 editable install was an import finder, which imported pathlib and importlib.util); json,
 with the re and enum it imports, ~9: every call reads state.json.  `start` and `state` are
-at that floor.  `delete` adds pathlib (~5, cgroups.py works on Path) and the cffi binding
-(~1).  `create` adds dataclasses (~10 to import, inspect included, and ~4 to build
-RunConfig, Mount and DeviceNode), pathlib, pykvm's runtime modules and the launch.  So
+at that floor.  `delete` adds the cffi binding (~1; and added pathlib, ~5, while
+cgroups.py worked on Path).  `create` adds dataclasses (~10 to import, inspect included,
+and ~4 to build RunConfig, Mount and DeviceNode), pykvm's runtime modules and the launch
+(and added pathlib).  So
 ~25 ms of each call is Python's start and json, three calls per container, against runc's
 5-15 ms of CPU per call: 1.2x is not met at this load.
 """
@@ -120,6 +154,9 @@ def report(times: dict[str, list[float]]) -> None:
     for name, ms in times.items():
         med[name] = statistics.median(ms)
         print(f"{name:<16}{min(ms):9.1f}{med[name]:9.1f}{max(ms):9.1f}")
+    for name in med.keys() - {"runc", "pykvm-runc", "crun", PYTHON_ROW}:
+        if "runc" in med:
+            print(f"{name} / runc   {med[name] / med['runc']:5.2f}x")
     if "runc" in med and "pykvm-runc" in med:
         ratio = med["pykvm-runc"] / med["runc"]
         print(f"pykvm-runc / runc   {ratio:5.2f}x   goal <= {GOAL_RATIO}x  "
@@ -132,10 +169,12 @@ def report(times: dict[str, list[float]]) -> None:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    extra_rows = dict(arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg)    # NAME=PROGRAM
+    numbers = [arg for arg in sys.argv[1:] if "=" not in arg]
+    runs = int(numbers[0]) if numbers else 20
     if os.geteuid() != 0 or not shutil.which("podman"):
         sys.exit("needs root and Podman (Debian packages podman, conmon)")
-    rows = runtimes()
+    rows = runtimes() | extra_rows
     byte_compile_pykvm()          # pykvm-runc with its .pyc files, as an installed package has them
     with tempfile.TemporaryDirectory(prefix="pykvm-bench-podman-") as tmp:
         tmp = Path(tmp)

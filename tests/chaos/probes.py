@@ -121,9 +121,9 @@ class PrivateCgroup:
         own = own_cgroups()
         version = detect(CGROUP_ROOT)
         if version == "v2":
-            self.dirs = [CGROUP_ROOT / own.get("", "/").strip("/") / name]
+            self.dirs = [Path(CGROUP_ROOT) / own.get("", "/").strip("/") / name]
         else:
-            self.dirs = [CGROUP_ROOT / h / _own_in(own, h).strip("/") / name for h in v1_hierarchies()]
+            self.dirs = [Path(CGROUP_ROOT) / h / _own_in(own, h).strip("/") / name for h in v1_hierarchies()]
         for d in self.dirs:
             d.mkdir(exist_ok=True)
             for name in ("cpuset.cpus", "cpuset.mems"):     # v1 cpuset: empty until copied from above

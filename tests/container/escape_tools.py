@@ -59,7 +59,7 @@ def build_static(source: str, directory: Path, name: str) -> Path:
 def cgroup2_root() -> Path:
     """A real cgroup2 hierarchy: /sys/fs/cgroup on a pure-v2 host (most users'), the empty
     one at /sys/fs/cgroup/unified on a hybrid host (this project's machines)."""
-    for root in (cgroups.CGROUP_ROOT, cgroups.CGROUP_ROOT / "unified"):
+    for root in (Path(cgroups.CGROUP_ROOT), Path(cgroups.CGROUP_ROOT) / "unified"):
         if cgroups.detect(root) == "v2":
             return root
     pytest.skip("no cgroup2 hierarchy mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified")

@@ -24,7 +24,7 @@ def mountinfo() -> list[str]:
 
 def our_cgroup_dirs(cid: str) -> list[Path]:
     cg = cgroups.open_cgroup(cid)
-    return [d for d in cg.dirs() if d.exists()]
+    return [Path(d) for d in cg.dirs() if os.path.exists(d)]
 
 
 def test_oom_kill_is_reported_as_137(pykvm, busybox_rootfs, state_root):
@@ -153,7 +153,7 @@ def _join_as_nobody(cg) -> int:
         try:
             os.setresuid(65534, 65534, 65534)
             try:
-                os.close(os.open(cg.dirs()[0] / cg.JOIN_FILE, os.O_WRONLY))
+                os.close(os.open(os.path.join(cg.dirs()[0], cg.JOIN_FILE), os.O_WRONLY))
                 os._exit(2)                           # nobody must not be able to open it
             except PermissionError:
                 pass
@@ -190,6 +190,6 @@ def test_a_child_joins_through_files_its_launcher_opened(version):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         cg.destroy()
-        for d in cg.dirs():
+        for d in map(Path, cg.dirs()):
             if d.parent.name == "pykvm-test" and d.parent.exists():
                 d.parent.rmdir()

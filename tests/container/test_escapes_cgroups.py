@@ -54,7 +54,8 @@ def unique() -> str:
 
 def cgroup_dirs(name: str) -> list[Path]:
     """/sys/fs/cgroup/<name> (v2) and /sys/fs/cgroup/*/<name> (v1 hierarchies) that exist."""
-    return [d for d in [cgroups.CGROUP_ROOT / name, *cgroups.CGROUP_ROOT.glob(f"*/{name}")] if d.is_dir()]
+    root = Path(cgroups.CGROUP_ROOT)
+    return [d for d in [root / name, *root.glob(f"*/{name}")] if d.is_dir()]
 
 
 @pytest.fixture
@@ -125,7 +126,7 @@ def test_a_foreign_cgroup_is_refused_and_left_as_it_was(pykvm, runc_bundle, uniq
         if v2:
             dirs = {cgroup2_root() / unique: FOREIGN_FILES_V2}
         else:
-            dirs = {cgroups.CGROUP_ROOT / h / unique: names for h, names in FOREIGN_FILES.items()}
+            dirs = {Path(cgroups.CGROUP_ROOT) / h / unique: names for h, names in FOREIGN_FILES.items()}
         for d in dirs:
             d.mkdir()
             (d / "cgroup.procs").write_text(f"{host.pid}\n")

@@ -119,7 +119,7 @@ def test_open_cgroup_nests_under_own_cgroup(tmp_path):
     assert sorted(map(str, v1.dirs())) == sorted(str(tmp_path / p) for p in
                                                   ("memory/session/x/pykvm/c9", "pids/pykvm/c9", "cpu/pykvm/c9"))
     v2 = cgroups.open_cgroup("c9", root=tmp_path, version="v2", proc_self_cgroup=str(proc))
-    assert v2.dirs() == [tmp_path / "user.slice/me/pykvm/c9"]
+    assert v2.dirs() == [str(tmp_path / "user.slice/me/pykvm/c9")]
 
 
 @pytest.mark.parametrize("text,value", [("64M", 64 << 20), ("1g", 1 << 30), ("512k", 512 << 10),
@@ -542,9 +542,9 @@ def test_cgroups_path_may_not_be_our_own_cgroup_or_above(tmp_path):
         with pytest.raises(ConfigError, match="own cgroup or one above it"):
             cgroups.open_cgroup("c", path, root=tmp_path, version="v1", proc_self_cgroup=str(proc))
     v1 = cgroups.open_cgroup("c", "/session/y", root=tmp_path, version="v1", proc_self_cgroup=str(proc))
-    assert v1.dirs() == [tmp_path / "memory/session/y"]
+    assert v1.dirs() == [str(tmp_path / "memory/session/y")]
     rel = cgroups.open_cgroup("c", "mine", root=tmp_path, version="v2", proc_self_cgroup=str(proc))
-    assert rel.dirs() == [tmp_path / "user.slice/me/mine"]          # relative: below our own (runc)
+    assert rel.dirs() == [str(tmp_path / "user.slice/me/mine")]          # relative: below our own (runc)
 
 
 def test_device_rules_in_writing_order():

@@ -122,20 +122,24 @@ def test_starts_without_click(tmp_path):
     assert r.stdout.strip() == "['pykvm.container.runtime.state']", r.stdout
 
 
-def test_start_and_delete_import_no_dataclasses_and_start_no_pathlib(tmp_path):
-    """Each call pays its imports: dataclasses (it imports inspect) costs ~8 ms, pathlib ~4.
-    `state` and `start` import neither; `delete`'s modules (lifecycle, cgroups, namespaces)
-    no dataclasses (cgroups.py still works on pathlib).  Counted from what the interpreter
-    had before (site.py may have imported pathlib for an editable install's finder)."""
+def test_only_create_imports_dataclasses_and_no_call_imports_pathlib(tmp_path):
+    """Each call pays its imports: dataclasses (it imports inspect) costs ~8 ms, pathlib
+    (with urllib.parse) ~4.  `state`, `start` and `delete`'s modules (lifecycle, cgroups,
+    namespaces) import neither; `create`'s (bundle, launcher) no pathlib, and dataclasses
+    for RunConfig.  Counted from what the interpreter had before (site.py may have imported
+    pathlib for an editable install's finder)."""
     code = ("import json, sys\nbefore = set(sys.modules)\nfrom pykvm.commands.runc import main\n"
             f"try:\n    main(['--root', {str(tmp_path)!r}, 'state', 'nope'])\nexcept SystemExit:\n    pass\n"
             "import pykvm.container.runtime.lifecycle\nstart = set(sys.modules) - before\n"
             "import pykvm.container.runtime.cgroups, pykvm.container.runtime.namespaces\n"
             "delete = set(sys.modules) - before\n"
-            "print(json.dumps({name: sorted(new & {'dataclasses', 'inspect', 'pathlib'}) "
-            "for name, new in (('start', start), ('delete', delete))}))")
+            "import pykvm.container.runtime.bundle, pykvm.container.runtime.launcher\n"
+            "create = set(sys.modules) - before\n"
+            "print(json.dumps({name: sorted(new & {'dataclasses', 'inspect', 'pathlib', 'urllib.parse'}) "
+            "for name, new in (('start', start), ('delete', delete), ('create', create))}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert json.loads(r.stdout) == {"start": [], "delete": ["pathlib"]}, r.stdout + r.stderr
+    assert json.loads(r.stdout) == {"start": [], "delete": [], "create": ["dataclasses", "inspect"]}, \
+        r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("value, message", [

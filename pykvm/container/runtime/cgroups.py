@@ -47,7 +47,7 @@ import os
 import signal
 import time
 from collections import namedtuple
-from pathlib import Path
+from os.path import join as path_join
 
 from pykvm.errors import ConfigError, ContainerError
 
@@ -55,7 +55,7 @@ __all__ = ["CGROUP_ROOT", "Limits", "DeviceRule", "DEFAULT_DEVICES", "Cgroup", "
            "detect", "open_cgroup", "check_path", "v1_hierarchies", "join", "close_all", "parse_size",
            "parse_cpus", "own_cgroup", "own_cgroups", "cpu_weight", "MAX_LIMIT"]
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_ROOT = "/sys/fs/cgroup"
 CPU_PERIOD_US = 100_000          # CFS period: 100 ms, the kernel's and Docker's default
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 V1_KNOWN = frozenset({"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
@@ -67,8 +67,9 @@ KILL_PAUSE = 0.002               # seconds between rounds
 FREEZE_TIMEOUT = 5.0             # seconds a freeze (or thaw) may take before it is an error
 
 
-# Plain classes and named tuples here, not dataclasses: `pykvm-runc delete` imports this
-# module, and dataclasses' import of inspect would cost each call ~8 ms.
+# Plain classes and named tuples here, not dataclasses, and paths as strings (os.path), not
+# pathlib: `pykvm-runc create` and `delete` import this module, and each import is paid at
+# every call: dataclasses' (it imports inspect) ~8 ms, pathlib's (with urllib.parse) ~4 ms.
 
 class DeviceRule(namedtuple("DeviceRule", "allow type major minor access", defaults=("a", None, None, "rwm"))):
     """One device cgroup rule: config-linux.md "Allowed Device Cgroup", cgroup-v1/devices.rst.
@@ -156,11 +157,11 @@ def parse_cpus(text: str) -> int:
     return int(cpus * CPU_PERIOD_US)
 
 
-def detect(root: Path = CGROUP_ROOT) -> str | None:
+def detect(root: str = CGROUP_ROOT) -> str | None:
     """'v2' (unified), 'v1' (per controller, including hybrid) or None (no cgroupfs)."""
-    if (root / "cgroup.controllers").exists():
+    if os.path.exists(path_join(root, "cgroup.controllers")):
         return "v2"
-    if (root / "memory").is_dir() or (root / "pids").is_dir():
+    if os.path.isdir(path_join(root, "memory")) or os.path.isdir(path_join(root, "pids")):
         return "v1"
     return None
 
@@ -173,7 +174,9 @@ def own_cgroup(controller: str | None, proc_self_cgroup: str = "/proc/self/cgrou
 def own_cgroups(proc_self_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
     """Every line of /proc/self/cgroup at once: v1 controller -> path, "" -> the v2 path."""
     found: dict[str, str] = {}
-    for line in Path(proc_self_cgroup).read_text().splitlines():
+    with open(proc_self_cgroup) as f:
+        lines = f.read().splitlines()
+    for line in lines:
         _, names, path = line.split(":", 2)
         for name in names.split(","):               # "cpu,cpuacct"; "" for cgroup v2
             found.setdefault(name, path)
@@ -185,9 +188,9 @@ class Cgroup:
 
     version = "?"
 
-    def __init__(self, name: str, root: Path = CGROUP_ROOT):
+    def __init__(self, name: str, root: str = CGROUP_ROOT):
         self.name = name.strip("/")
-        self.root = Path(root)
+        self.root = os.fspath(root)
 
     def create(self, limits: Limits) -> None:
         raise NotImplementedError
@@ -195,7 +198,8 @@ class Cgroup:
     def add(self, pid: int) -> None:
         """Move a process (0 = the caller) into this cgroup."""
         for d in self.dirs():
-            (d / "cgroup.procs").write_text(f"{pid}\n")
+            with open(path_join(d, "cgroup.procs"), "w") as f:
+                f.write(f"{pid}\n")
 
     # The file a process writes "0" to in order to move itself here (see join_files).
     JOIN_FILE = "cgroup.procs"
@@ -214,14 +218,15 @@ class Cgroup:
         permissions using the credentials from file open"), so init may already
         be in a user namespace that could not open it.
         """
-        return [os.open(d / self.JOIN_FILE, os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs()]
+        return [os.open(path_join(d, self.JOIN_FILE), os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs()]
 
     def pids(self) -> list[int]:
         """The processes in this cgroup."""
         found = set()
         for d in self.dirs():
             try:
-                found |= {int(p) for p in (d / "cgroup.procs").read_text().split()}
+                with open(path_join(d, "cgroup.procs")) as f:
+                    found |= {int(p) for p in f.read().split()}
             except FileNotFoundError:
                 pass
         return sorted(found)
@@ -253,7 +258,7 @@ class Cgroup:
             _rmdir_retry(d, mine)
 
     def exists(self) -> bool:
-        return any(d.is_dir() for d in self.dirs())
+        return any(os.path.isdir(d) for d in self.dirs())
 
     # --- pause and resume: the freezer (cgroup-v1/freezer-subsystem.rst; cgroup-v2.rst
     # "cgroup.freeze").  v1 passes through FREEZING while tasks are caught, v2 says
@@ -278,16 +283,16 @@ class Cgroup:
             return False
         if self.version == "v1":
             return _read(target).strip() == "FROZEN"
-        return _keyed(target.with_name("cgroup.events"), "frozen") == 1
+        return _keyed(path_join(os.path.dirname(target), "cgroup.events"), "frozen") == 1
 
-    def _freezer_file(self) -> Path | None:
+    def _freezer_file(self) -> str | None:
         name = "freezer.state" if self.version == "v1" else "cgroup.freeze"
         for d in self.dirs():
-            if (d / name).is_file():
-                return d / name
+            if os.path.isfile(path_join(d, name)):
+                return path_join(d, name)
         return None
 
-    def dirs(self) -> list[Path]:
+    def dirs(self) -> list[str]:
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -299,10 +304,10 @@ class Cgroup:
         return _RecordedCgroup(version, dirs)
 
     @staticmethod
-    def reopen(version: str, dirs: list[str], root: Path = CGROUP_ROOT) -> Cgroup:
+    def reopen(version: str, dirs: list[str], root: str = CGROUP_ROOT) -> Cgroup:
         """The cgroup as the launcher made it, from the directories state.json recorded (under
         `root`): its limits can be set again (`update`)."""
-        parts = [Path(d).relative_to(root).parts for d in dirs]
+        parts = [os.path.relpath(d, root).split("/") for d in dirs]
         if version == "v2":
             return CgroupV2("/".join(parts[0]), root)
         return CgroupV1({p[0]: "/".join(p[1:]) for p in parts}, root)
@@ -313,13 +318,13 @@ class CgroupV2(Cgroup):
 
     version = "v2"
 
-    def dirs(self) -> list[Path]:
-        return [self.root / self.name]
+    def dirs(self) -> list[str]:
+        return [path_join(self.root, self.name)]
 
     def create(self, limits: Limits) -> None:
-        path = self.root / self.name
-        self._enable_controllers(path.parent, limits.wanted())
-        path.mkdir(parents=True, exist_ok=True)
+        path = path_join(self.root, self.name)
+        self._enable_controllers(os.path.dirname(path), limits.wanted())
+        os.makedirs(path, exist_ok=True)
         # Rootless: no bpf(2) for us, and no device the user cannot open anyway.  A tree that
         # is not cgroupfs (the unit tests' stand-in) has nothing to attach a program to.
         if os.geteuid() == 0 and _filesystem(path) == "cgroup2":
@@ -329,38 +334,41 @@ class CgroupV2(Cgroup):
 
     def set_limits(self, limits: Limits) -> None:
         """Memory, pids and CPU (at create, and for `update`); a None limit is left as it is."""
-        path = self.root / self.name
+        path = path_join(self.root, self.name)
         if limits.memory is not None:
-            _write(path / "memory.max", limits.memory)
-            if (path / "memory.swap.max").exists() or limits.memory_swap is not None:
-                _write(path / "memory.swap.max", _v2_swap(limits))
+            _write(path_join(path, "memory.max"), limits.memory)
+            if os.path.exists(path_join(path, "memory.swap.max")) or limits.memory_swap is not None:
+                _write(path_join(path, "memory.swap.max"), _v2_swap(limits))
         if limits.pids is not None:
-            _write(path / "pids.max", limits.pids)
+            _write(path_join(path, "pids.max"), limits.pids)
         if limits.cpu_quota is not None:
-            _write(path / "cpu.max", f"{limits.cpu_quota} {limits.cpu_period}")
+            _write(path_join(path, "cpu.max"), f"{limits.cpu_quota} {limits.cpu_period}")
         if limits.cpu_shares is not None:
-            _write(path / "cpu.weight", cpu_weight(limits.cpu_shares))
+            _write(path_join(path, "cpu.weight"), cpu_weight(limits.cpu_shares))
         for name, value in (("cpuset.cpus", limits.cpu_cpus), ("cpuset.mems", limits.cpu_mems)):
             if value is not None:
-                _write(path / name, value)
+                _write(path_join(path, name), value)
 
-    def _enable_controllers(self, parent: Path, wanted: list[str]) -> None:
+    def _enable_controllers(self, parent: str, wanted: list[str]) -> None:
         """cgroup-v2.rst "Top-down constraint": each ancestor must enable a controller for its children."""
         if not wanted:
             return
-        chain = [parent, *parent.parents]
-        chain = [p for p in chain if p == self.root or self.root in p.parents][::-1]
+        chain = [self.root]                   # the root, then each directory below it down to `parent`
+        below = os.path.relpath(parent, self.root)
+        if below != ".":
+            for part in below.split("/"):
+                chain.append(path_join(chain[-1], part))
         for d in chain:
-            d.mkdir(exist_ok=True)
-            available = _read(d / "cgroup.controllers").split()
+            os.makedirs(d, exist_ok=True)
+            available = _read(path_join(d, "cgroup.controllers")).split()
             missing = [c for c in wanted if c not in available]
             if missing:
                 raise ContainerError(f"cgroup v2 controller(s) {', '.join(missing)} not available "
                                      f"in {d} (not delegated?): cannot apply the limits")
-            _write(d / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+            _write(path_join(d, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
 
     def oom_kills(self) -> int:
-        return _keyed(self.root / self.name / "memory.events", "oom_kill")
+        return _keyed(path_join(self.root, self.name, "memory.events"), "oom_kill")
 
     # No cgroup.kill here: it would kill a container sharing the cgroup too.  A container
     # with its own PID namespace dies whole with its PID 1 (pid_namespaces(7)).
@@ -375,17 +383,17 @@ class CgroupV1(Cgroup):
 
     version = "v1"
 
-    def __init__(self, paths: dict[str, str], root: Path = CGROUP_ROOT):
+    def __init__(self, paths: dict[str, str], root: str = CGROUP_ROOT):
         super().__init__(paths.get("memory") or next(iter(paths.values()), ""), root)
-        self.paths = {c: p.strip("/") for c, p in paths.items() if (self.root / c).is_dir()}
+        self.paths = {c: p.strip("/") for c, p in paths.items() if os.path.isdir(path_join(self.root, c))}
 
-    def dirs(self) -> list[Path]:
-        return [self.root / c / p for c, p in self.paths.items()]
+    def dirs(self) -> list[str]:
+        return [path_join(self.root, c, p) for c, p in self.paths.items()]
 
-    def dir(self, controller: str) -> Path:
+    def dir(self, controller: str) -> str:
         """The cgroup's directory in the hierarchy holding `controller` ("cpu" in "cpu,cpuacct")."""
         hierarchy = next(h for h in self.paths if controller in h.split(","))
-        return self.root / hierarchy / self.paths[hierarchy]
+        return path_join(self.root, hierarchy, self.paths[hierarchy])
 
     def has(self, controller: str) -> bool:
         return any(controller in h.split(",") for h in self.paths)
@@ -396,11 +404,11 @@ class CgroupV1(Cgroup):
             raise ContainerError(f"cgroup v1 controller(s) {', '.join(missing)} not mounted under {self.root}")
         for hierarchy, d in zip(self.paths, self.dirs()):
             if "cpuset" in hierarchy.split(","):
-                _make_cpuset(self.root / hierarchy, self.paths[hierarchy])
-            d.mkdir(parents=True, exist_ok=True)
+                _make_cpuset(path_join(self.root, hierarchy), self.paths[hierarchy])
+            os.makedirs(d, exist_ok=True)
         if self.has("devices"):
             for rule in limits.device_rules():
-                _write(self.dir("devices") / ("devices.allow" if rule.allow else "devices.deny"), rule.line())
+                _write(path_join(self.dir("devices"), "devices.allow" if rule.allow else "devices.deny"), rule.line())
         self.set_limits(limits)
 
     def set_limits(self, limits: Limits) -> None:
@@ -408,24 +416,24 @@ class CgroupV1(Cgroup):
         if limits.memory is not None:
             self._set_memory(limits.memory, limits.memory_swap)
         if limits.pids is not None:
-            _write(self.dir("pids") / "pids.max", limits.pids)
+            _write(path_join(self.dir("pids"), "pids.max"), limits.pids)
         if limits.cpu_quota is not None:
-            _write(self.dir("cpu") / "cpu.cfs_period_us", limits.cpu_period)
-            _write(self.dir("cpu") / "cpu.cfs_quota_us", limits.cpu_quota)
+            _write(path_join(self.dir("cpu"), "cpu.cfs_period_us"), limits.cpu_period)
+            _write(path_join(self.dir("cpu"), "cpu.cfs_quota_us"), limits.cpu_quota)
         if limits.cpu_shares is not None:
-            _write(self.dir("cpu") / "cpu.shares", limits.cpu_shares)
+            _write(path_join(self.dir("cpu"), "cpu.shares"), limits.cpu_shares)
         for name, value in (("cpuset.cpus", limits.cpu_cpus), ("cpuset.mems", limits.cpu_mems)):
             if value is not None:
-                _write(self.dir("cpuset") / name, value)
+                _write(path_join(self.dir("cpuset"), name), value)
 
     def _set_memory(self, limit: int, swap: int | None) -> None:
         """memory.limit_in_bytes, and memory+swap: the config's, else the memory limit (no
         swapping past it).  The kernel keeps memsw >= limit at every step (cgroup-v1/
         memory.rst 2.4): a limit above the present memsw goes after memsw, others before."""
         mem = self.dir("memory")
-        memsw = mem / "memory.memsw.limit_in_bytes"
-        files = [(mem / "memory.limit_in_bytes", limit)]
-        if memsw.exists() or swap is not None:
+        memsw = path_join(mem, "memory.memsw.limit_in_bytes")
+        files = [(path_join(mem, "memory.limit_in_bytes"), limit)]
+        if os.path.exists(memsw) or swap is not None:
             files.append((memsw, swap or limit))
             if limit > int(_read(memsw) or 0):
                 files.reverse()
@@ -440,7 +448,7 @@ class CgroupV1(Cgroup):
     def oom_kills(self) -> int:
         if not self.has("memory"):
             return 0
-        return _keyed(self.dir("memory") / "memory.oom_control", "oom_kill")
+        return _keyed(path_join(self.dir("memory"), "memory.oom_control"), "oom_kill")
 
 
 def cpu_weight(shares: int) -> int:
@@ -458,31 +466,31 @@ def _v2_swap(limits: Limits) -> int | str:
     return limits.memory_swap - limits.memory
 
 
-def _make_cpuset(hierarchy: Path, path: str) -> None:
+def _make_cpuset(hierarchy: str, path: str) -> None:
     """Make each missing cpuset directory down to `path`, copying its parent's cpus and mems:
     a new cpuset starts with none, and no task may join it then (cgroup-v1/cpusets.rst)."""
     here = hierarchy
-    for part in Path(path).parts:
-        parent, here = here, here / part
-        if here.is_dir():
+    for part in path.strip("/").split("/"):
+        parent, here = here, path_join(here, part)
+        if os.path.isdir(here):
             continue
-        here.mkdir()
+        os.mkdir(here)
         for name in ("cpuset.cpus", "cpuset.mems"):
-            if (parent / name).exists() and not _read(here / name).strip():
-                _write(here / name, _read(parent / name).strip())
+            if os.path.exists(path_join(parent, name)) and not _read(path_join(here, name)).strip():
+                _write(path_join(here, name), _read(path_join(parent, name)).strip())
 
 
 class _RecordedCgroup(Cgroup):
     """A cgroup rebuilt from the directories state.json recorded (for `rm` / `oci delete`)."""
 
     def __init__(self, version: str, dirs: list[str]):
-        super().__init__(dirs[0] if dirs else "", Path("/"))
+        super().__init__(dirs[0] if dirs else "", "/")
         self.version = version
-        self._dirs = [Path(d) for d in dirs]
+        self._dirs = [os.fspath(d) for d in dirs]
         if version == "v1":
             self.JOIN_FILE = CgroupV1.JOIN_FILE     # `exec` joins through `tasks`, as init does
 
-    def dirs(self) -> list[Path]:
+    def dirs(self) -> list[str]:
         return self._dirs
 
 
@@ -500,7 +508,7 @@ def close_all(fds: list[int]) -> None:
         os.close(fd)
 
 
-def open_cgroup(container_id: str, path: str | None = None, root: Path = CGROUP_ROOT,
+def open_cgroup(container_id: str, path: str | None = None, root: str = CGROUP_ROOT,
                 version: str | None = None, proc_self_cgroup: str = "/proc/self/cgroup") -> Cgroup | None:
     """The cgroup for a container: at `path` (OCI cgroupsPath) or `<own cgroup>/pykvm/<id>`.
 
@@ -547,14 +555,14 @@ def check_path(path: str) -> str:
     return path
 
 
-def v1_hierarchies(root: Path = CGROUP_ROOT) -> list[str]:
+def v1_hierarchies(root: str = CGROUP_ROOT) -> list[str]:
     """The directories under `root` that are v1 hierarchies ("memory", "cpu,cpuacct",
     "systemd" ...); links such as cpu -> cpu,cpuacct are left out, as is cgroup2's "unified"."""
     try:
         names = sorted(os.listdir(root))
     except OSError:
         return []
-    return [n for n in names if (root / n).is_dir() and not (root / n).is_symlink()
+    return [n for n in names if os.path.isdir(path_join(root, n)) and not os.path.islink(path_join(root, n))
             and (n == V1_NAMED or set(n.split(",")) <= V1_KNOWN)]
 
 
@@ -569,7 +577,7 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
-def _filesystem(path: Path) -> str:
+def _filesystem(path: str) -> str:
     """The type of the filesystem `path` is on: its deepest mount point in /proc/self/mountinfo."""
     best, kind = "", ""
     with open("/proc/self/mountinfo") as f:
@@ -581,21 +589,23 @@ def _filesystem(path: Path) -> str:
     return kind
 
 
-def _write(path: Path, value) -> None:
+def _write(path: str, value) -> None:
     try:
-        path.write_text(f"{value}\n")
+        with open(path, "w") as f:
+            f.write(f"{value}\n")
     except OSError as e:
         raise ContainerError(f"cannot write {value} to {path}: {e.strerror}") from None
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     try:
-        return path.read_text()
+        with open(path) as f:
+            return f.read()
     except OSError:
         return ""
 
 
-def _keyed(path: Path, key: str) -> int:
+def _keyed(path: str, key: str) -> int:
     """The value of `key N` in a flat keyed file (memory.events, memory.oom_control)."""
     for line in _read(path).splitlines():
         name, _, value = line.partition(" ")
@@ -604,7 +614,7 @@ def _keyed(path: Path, key: str) -> int:
     return 0
 
 
-def _rmdir_retry(path: Path, mine=lambda pid: True, tries: int = 1000) -> None:
+def _rmdir_retry(path: str, mine=lambda pid: True, tries: int = 1000) -> None:
     """rmdir a cgroup; EBUSY while its last tasks are still exiting, so retry briefly.
 
     EBUSY with a live process or a child cgroup in it means the cgroup is shared (another
@@ -612,7 +622,7 @@ def _rmdir_retry(path: Path, mine=lambda pid: True, tries: int = 1000) -> None:
     """
     for _ in range(tries):
         try:
-            path.rmdir()
+            os.rmdir(path)
             return
         except FileNotFoundError:
             return
@@ -625,16 +635,18 @@ def _rmdir_retry(path: Path, mine=lambda pid: True, tries: int = 1000) -> None:
     raise ContainerError(f"cannot remove cgroup {path}: still busy")
 
 
-def _in_use(path: Path, mine) -> bool:
+def _in_use(path: str, mine) -> bool:
     """A live (not zombie) process not `mine`, or a child cgroup, in the cgroup at `path`."""
-    if any(p.is_dir() for p in path.iterdir()):
+    if any(entry.is_dir() for entry in os.scandir(path)):
         return True
-    for pid in _read(path / "cgroup.procs").split():
+    for pid in _read(path_join(path, "cgroup.procs")).split():
         if mine(int(pid)):
             continue                                # ours, still exiting: wait for it
         try:
-            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
-                return True
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
         except OSError:
-            pass
+            continue
+        if stat.rpartition(")")[2].split()[0] != "Z":
+            return True
     return False

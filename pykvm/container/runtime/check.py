@@ -150,7 +150,7 @@ def check_cgroups(store: StateStore, repair: bool = False) -> list[Finding]:
     root = Path(store.root)
     known = {p.name for p in root.iterdir()} if root.is_dir() else set()
     findings = []
-    for parent in sorted({d.parent for d in probe.dirs()}):
+    for parent in sorted({Path(d).parent for d in probe.dirs()}):
         if not parent.is_dir():
             continue
         for cgroup in sorted(p for p in parent.iterdir() if p.is_dir() and p.name not in known):
