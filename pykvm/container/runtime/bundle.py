@@ -85,7 +85,7 @@ UNSUPPORTED = {
     ("linux", "memoryPolicy"): "pykvm sets no NUMA memory policy",
     ("process", "scheduler"): "pykvm sets no scheduling policy",
     ("process", "execCPUAffinity"): "pykvm sets no CPU affinity",
-    ("vm",): "pykvm runs bundles as containers, not as virtual machines",
+    ("vm",): "pykvm picks the VM's kernel itself (the org.pykvm.isolation annotation or --isolation vm)",
 }
 IO_CLASSES = {"IOPRIO_CLASS_RT": lib.IOPRIO_CLASS_RT, "IOPRIO_CLASS_BE": lib.IOPRIO_CLASS_BE,
               "IOPRIO_CLASS_IDLE": lib.IOPRIO_CLASS_IDLE}     # config.md "ioPriority"
