@@ -16,6 +16,10 @@ Docker's rules: ENTRYPOINT/CMD and the arguments, Env then -e, WorkingDir or -w,
                     -it our terminal <-> hvc0, the command's terminal
     5. the answer   container-init's exit status, read from the run disk; pykvm exits with it
 
+Steps 3 to 5 are boot_root_disk, which an OCI bundle's run takes too (oci_vm.py: `oci create
+|run --isolation vm`, the bundle's directory as the root disk), and -d's background process
+is start_background, which `oci create` takes, waiting for `oci start` first.
+
 When whoever reads our stdout goes away (`... | head -1`), the VM is stopped and pykvm
 exits with 141, 128 + SIGPIPE, what a shell reports for a writer whose reader left.
 With -d (run_detached) all of this runs in a background pykvm process that `ps`, `logs`,
@@ -40,8 +44,8 @@ from typing import NoReturn
 
 from pykvm.errors import ConfigError, GuestError, PyKvmError
 
-__all__ = ["run_in_vm", "boot_root_disk", "run_detached", "start_background", "check_ram", "run_request", "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus",
-           "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "FORWARDED", "REFUSED"]
+__all__ = ["run_in_vm", "boot_root_disk", "run_request", "run_detached", "start_background", "check_ram",
+           "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus", "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "FORWARDED", "REFUSED"]
 
 DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
 INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
