@@ -11,6 +11,10 @@ command line (runc 1.1's `runc --help`, and what the engines send it).
            [--preserve-fds N] ID
       ps [--format table|json] ID | pause ID | resume ID | list | features | --version
 
+A bundle whose config.json has the annotation "org.pykvm.isolation": "vm" (`podman run
+--annotation org.pykvm.isolation=vm ...` writes it) runs in a Linux VM instead, with the same
+operations and state (pykvm/commands/container/oci_vm.py).
+
 What an engine relies on besides the operations themselves:
   - `create` writes the container process's host PID to --pid-file and exits; that process
     is then the child of the engine's subreaper (conmon and containerd-shim call
@@ -260,19 +264,25 @@ def _cgroup(state):
 def cmd_create(store, opts: dict, positional: list[str]) -> int:
     """runtime.md "create": set up, write --pid-file, leave the process to the caller."""
     cid = _one_id(positional, "create")
+    from pykvm.container.runtime.bundle import bundle_isolation
     from pykvm.container.runtime.lifecycle import oci_create
     from pykvm.errors import ConfigError
     if store.has(cid):
         raise RuncError("container with given ID already exists")
+    bundle = opts.get("bundle", ".")
     try:
-        container = oci_create(cid, opts.get("bundle", "."), store,
-                               console_socket=opts.get("console-socket"),
-                               new_keyring=not opts.get("no-new-keyring"), hand_over=True,
-                               preserve_fds=opts.get("preserve-fds", 0), no_pivot=bool(opts.get("no-pivot")))
+        if bundle_isolation(bundle) == "vm":
+            from pykvm.commands.container.oci_vm import oci_create_vm
+            pid = oci_create_vm(cid, bundle, store).pid
+        else:
+            pid = oci_create(cid, bundle, store, console_socket=opts.get("console-socket"),
+                             new_keyring=not opts.get("no-new-keyring"), hand_over=True,
+                             preserve_fds=opts.get("preserve-fds", 0),
+                             no_pivot=bool(opts.get("no-pivot"))).init_pid
     except ConfigError as e:
         raise RuncError(str(e)) from None
     if opts.get("pid-file"):
-        write_pid_file(opts["pid-file"], container.init_pid)
+        write_pid_file(opts["pid-file"], pid)
     return 0
 
 
@@ -504,6 +514,10 @@ def cmd_run(store, opts: dict, positional: list[str]) -> int:
     cid = _one_id(positional, "run")
     if opts.get("detach"):
         raise RuncError("run --detach is not supported by pykvm-runc: use create, then start")
+    from pykvm.container.runtime.bundle import bundle_isolation
+    if bundle_isolation(opts.get("bundle", ".")) == "vm":
+        from pykvm.commands.container.oci_vm import oci_run_vm
+        return oci_run_vm(cid, opts.get("bundle", "."), store)
     from pykvm.container.runtime.lifecycle import oci_run
     return oci_run(cid, opts.get("bundle", "."), store, new_keyring=not opts.get("no-new-keyring"),
                    preserve_fds=opts.get("preserve-fds", 0), no_pivot=bool(opts.get("no-pivot"))).exit_code

@@ -587,3 +587,23 @@ def paused(root: Path, name: str) -> bool:
     r = subprocess.run([PYKVM_RUNC, "--root", root, "state", name], capture_output=True, text=True,
                        timeout=30)
     return json.loads(r.stdout)["status"] == "paused"
+
+
+def test_podman_annotation_reaches_pykvm_runc(podman):
+    """`--annotation org.pykvm.isolation=...` is how an engine chooses VM isolation: Podman
+    writes it into config.json, and pykvm-runc reads it there (a bad value: its one line)."""
+    r = podman("run", "--rm", "--annotation", "org.pykvm.isolation=qemu", *RUN_OPTS, IMAGE, "true")
+    assert r.returncode != 0
+    assert "annotations['org.pykvm.isolation'] is 'qemu': it must be one of container, vm" in r.stderr, r.stderr
+
+
+def test_podman_vm_annotation_gets_to_the_boot(podman):
+    """With `=vm`, Podman's config.json passes the VM checks (no terminal, no hooks) and
+    pykvm-runc goes on to the guest; where Linux cannot boot, that is where it stops, in its
+    one line (tests/linux/test_oci_vm.py boots it in the L1 lane)."""
+    from pykvm.vm.guests import hardware_kvm_problem
+    if not hardware_kvm_problem():
+        pytest.skip("this KVM boots Linux: the boot itself is tests/linux/test_oci_vm.py's (the L1 lane)")
+    r = podman("run", "--rm", "--annotation", "org.pykvm.isolation=vm", *RUN_OPTS, IMAGE, "uname", "-r")
+    assert r.returncode != 0
+    assert "--isolation vm boots Linux, but" in r.stderr or "--isolation vm needs the Linux guest" in r.stderr, r.stderr

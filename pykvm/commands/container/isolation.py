@@ -16,6 +16,10 @@ Docker's rules: ENTRYPOINT/CMD and the arguments, Env then -e, WorkingDir or -w,
                     -it our terminal <-> hvc0, the command's terminal
     5. the answer   container-init's exit status, read from the run disk; pykvm exits with it
 
+Steps 3 to 5 are boot_root_disk, which an OCI bundle's run takes too (oci_vm.py: `oci create
+|run --isolation vm`, the bundle's directory as the root disk), and -d's background process
+is start_background, which `oci create` takes, waiting for `oci start` first.
+
 When whoever reads our stdout goes away (`... | head -1`), the VM is stopped and pykvm
 exits with 141, 128 + SIGPIPE, what a shell reports for a writer whose reader left.
 With -d (run_detached) all of this runs in a background pykvm process that `ps`, `logs`,
@@ -40,8 +44,8 @@ from typing import NoReturn
 
 from pykvm.errors import ConfigError, GuestError, PyKvmError
 
-__all__ = ["run_in_vm", "run_detached", "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus",
-           "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "FORWARDED", "REFUSED"]
+__all__ = ["run_in_vm", "boot_root_disk", "run_request", "run_detached", "start_background", "check_ram",
+           "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus", "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "FORWARDED", "REFUSED"]
 
 DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
 INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
@@ -127,11 +131,17 @@ def stdin_mode(interactive: bool, tty: bool) -> str:
 
 def guest_ram(memory: str | None) -> int:
     """--memory with --isolation vm: the guest's RAM in bytes (DEFAULT_MEMORY without it)."""
-    from pykvm.sizes import format_size, host_memory, parse_size
+    from pykvm.sizes import parse_size
 
-    ram = parse_size(memory or DEFAULT_MEMORY, what="--memory", default_unit="M")
+    return check_ram(parse_size(memory or DEFAULT_MEMORY, what="--memory", default_unit="M"), f"--memory {memory}")
+
+
+def check_ram(ram: int, what: str) -> int:
+    """`ram` bytes of guest RAM, if this host has that much; else a ConfigError naming `what`."""
+    from pykvm.sizes import format_size, host_memory
+
     if ram > host_memory():
-        raise ConfigError(f"--memory {memory}: more than this host's {format_size(host_memory())} of RAM")
+        raise ConfigError(f"{what}: more than this host's {format_size(host_memory())} of RAM")
     return ram
 
 
@@ -141,15 +151,21 @@ def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path], cpu
     initramfs); returns the command's exit status."""
     from pykvm.container.image.rootdisk import root_disk
     from pykvm.container.image.store import ImageStore
-    from pykvm.vm.rundisk import RunRequest, read_exit_status, write_run_disk
 
     ram = guest_ram(memory)
-    stdin = stdin_mode(cfg.interactive, cfg.tty)
     store = ImageStore()
     disk = root_disk(store, store.get(image))                                      # 2
-    request = RunRequest(args=cfg.args, env=cfg.env, cwd=cfg.cwd, uid=cfg.uid, gid=cfg.gid,
-                         groups=list(cfg.additional_gids), hostname=cfg.hostname or cfg.id[:12],
-                         stdin=stdin)
+    return boot_root_disk(disk, cfg, ram, guest, cpus)
+
+
+def boot_root_disk(disk: Path, cfg, ram: int, guest: tuple[Path, Path], cpus: int = 1) -> int:
+    """Steps 3 to 5, for an image's disk (run_in_vm) and a bundle's (oci_vm.py) alike: boot
+    `guest` with `disk` as the read-only root and `cfg`'s process (args, env, cwd, user,
+    hostname; -i, -t) as container-init's request; returns the command's exit status."""
+    from pykvm.vm.rundisk import read_exit_status, write_run_disk
+
+    request = run_request(cfg)
+    stdin = request.stdin
     with tempfile.TemporaryDirectory(prefix="pykvm-vm-") as work:
         run_disk = Path(work) / "run.img"
         write_run_disk(run_disk, request)                                          # 3
@@ -165,6 +181,16 @@ def run_in_vm(image: str, cfg, memory: str | None, guest: tuple[Path, Path], cpu
     if answer is None:
         raise GuestError(_with_log("the VM ended without the command's exit status", serial_log))
     return answer
+
+
+def run_request(cfg):
+    """Step 3's request (pykvm.vm.rundisk.RunRequest) for the RunConfig `cfg`: its command, env,
+    cwd, user and groups, hostname (else the id's first 12 digits, as Docker's), stdin mode."""
+    from pykvm.vm.rundisk import RunRequest
+
+    return RunRequest(args=cfg.args, env=cfg.env, cwd=cfg.cwd, uid=cfg.uid, gid=cfg.gid,
+                      groups=list(cfg.additional_gids), hostname=cfg.hostname or cfg.id[:12],
+                      stdin=stdin_mode(cfg.interactive, cfg.tty))
 
 
 @dataclass(frozen=True)
@@ -284,7 +310,7 @@ def run_detached(image: str, cfg, memory: str | None, guest: tuple[Path, Path], 
     its output goes to container.log, its exit status to exit.json, and a signal to it is
     passed on to the command in the guest (_signals_to), SIGKILL alone ends the VM at once."""
     from pykvm.container.runtime.logs import LOG_NAME
-    from pykvm.container.runtime.state import ContainerState, StateStore, process_start_time
+    from pykvm.container.runtime.state import ContainerState, StateStore
 
     guest_ram(memory)                   # bad input: one line here, not in the log
     store = StateStore()
@@ -292,39 +318,60 @@ def run_detached(image: str, cfg, memory: str | None, guest: tuple[Path, Path], 
                            auto_remove=cfg.remove, detached=True, isolation="vm")
     store.create(state)
     log = os.open(os.path.join(store.dir(state.id), LOG_NAME), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    start_background(store, state, lambda: run_in_vm(image, cfg, memory, guest, cpus), output=log)
+    return state.id
+
+
+def start_background(store, state, work, output: int | None = None, exec_fifo: str | None = None) -> None:
+    """Fork the pykvm process that runs `work()` (a VM, to its exit status) in the background,
+    record it as the pid of `state` (saved in `store`) and return.
+
+    `output`: a file descriptor for its stdout and stderr (it is closed here; stdin becomes
+    /dev/null), or None to keep ours, as runc's `create` leaves the container the caller's.
+    `exec_fifo`: wait, before `work()`, until `oci start` opens this FIFO for reading (runc's
+    trick, as a container's init waits: until then the status is "created").  Afterwards
+    the exit status goes to exit.json, and the process exits with it (as a container's
+    process does: an engine's conmon waits for it)."""
+    from pykvm.container.runtime.state import process_start_time
+
     saved_r, saved_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         os.close(saved_w)
-        _background(image, cfg, memory, guest, cpus, store, log, saved_r)
+        _background(store, state, work, output, exec_fifo, saved_r)
     os.close(saved_r)
-    os.close(log)
+    if output is not None:
+        os.close(output)
     state.pid, state.pid_start = pid, process_start_time(pid)
     store.save(state)
     os.close(saved_w)                   # now the background process may run (and remove the state)
-    return state.id
 
 
-def _background(image, cfg, memory, guest, cpus, store, log: int, saved: int) -> NoReturn:
-    """The -d child: a session of its own, stdin /dev/null, stdout and stderr to the log;
-    once the parent has saved the state (`saved` reads end of file), run the VM and record
-    how it ended."""
+def _background(store, state, work, output: int | None, exec_fifo: str | None, saved: int) -> NoReturn:
+    """The child of start_background: a session of its own; once the parent has saved the
+    state (`saved` reads end of file) and `oci start` came (with `exec_fifo`), run the VM and
+    record how it ended."""
     status = 125                        # Docker's "the run itself failed"
     try:
         os.setsid()
         os.read(saved, 1)
-        null = os.open(os.devnull, os.O_RDONLY)
-        for fd, target in ((null, 0), (log, 1), (log, 2)):
-            os.dup2(fd, target)
-        status = run_in_vm(image, cfg, memory, guest, cpus)
+        if output is not None:
+            null = os.open(os.devnull, os.O_RDONLY)
+            for fd, target in ((null, 0), (output, 1), (output, 2)):
+                os.dup2(fd, target)
+        if exec_fifo is not None:
+            fifo = os.open(exec_fifo, os.O_WRONLY | os.O_CLOEXEC)    # blocks until `start` opens it
+            os.write(fifo, b"0")                                     # "0": go on (lifecycle.oci_start)
+            os.close(fifo)
+        status = work()
     except PyKvmError as e:
         os.write(2, f"pykvm: error: {e}\n".encode())
     except BaseException as e:          # the log is the only place anyone will see it
         os.write(2, f"pykvm: error: {type(e).__name__}: {e}\n".encode())
     finally:
-        store.record_exit(cfg.id, status, False)
-        if cfg.remove:
-            store.remove(cfg.id)
-        os._exit(0)
+        store.record_exit(state.id, status, False)
+        if state.auto_remove:
+            store.remove(state.id)
+        os._exit(status)

@@ -27,6 +27,12 @@ _bundle_option = click.option("-b", "--bundle", default=".", show_default=True,
                               help="Bundle directory (config.json + rootfs).")
 
 
+_isolation_option = click.option(
+    "--isolation", metavar="container|vm",
+    help="Run the bundle as a container (the host's kernel) or in a Linux VM; without it, config.json's "
+         "org.pykvm.isolation annotation decides, else container.")
+
+
 _keyring_option = click.option("--no-new-keyring", is_flag=True,
                                help="Keep the caller's session keyring instead of a new one (as runc).")
 
@@ -36,9 +42,15 @@ _keyring_option = click.option("--no-new-keyring", is_flag=True,
 @click.option("--console-socket", type=click.Path(dir_okay=False), metavar="PATH",
               help="With process.terminal: send the pty master to this unix socket (as runc).")
 @_keyring_option
+@_isolation_option
 @click.argument("container_id")
-def oci_create_cmd(bundle, console_socket, no_new_keyring, container_id):
+def oci_create_cmd(bundle, console_socket, no_new_keyring, isolation, container_id):
     """Create a container from a bundle; it waits for `start`."""
+    from pykvm.container.runtime.bundle import bundle_isolation
+    if bundle_isolation(bundle, isolation) == "vm":
+        from pykvm.commands.container.oci_vm import oci_create_vm
+        oci_create_vm(container_id, bundle)
+        return
     from pykvm.container.runtime.lifecycle import oci_create
     oci_create(container_id, bundle, console_socket=console_socket, new_keyring=not no_new_keyring)
 
@@ -82,9 +94,14 @@ def oci_delete_cmd(force, container_id):
 @oci_cmd.command("run")
 @_bundle_option
 @_keyring_option
+@_isolation_option
 @click.argument("container_id")
 @click.pass_context
-def oci_run_cmd(ctx, bundle, no_new_keyring, container_id):
+def oci_run_cmd(ctx, bundle, no_new_keyring, isolation, container_id):
     """Create, start and wait for a container, then delete it (like `runc run`)."""
+    from pykvm.container.runtime.bundle import bundle_isolation
+    if bundle_isolation(bundle, isolation) == "vm":
+        from pykvm.commands.container.oci_vm import oci_run_vm
+        sys.exit(oci_run_vm(container_id, bundle))
     from pykvm.container.runtime.lifecycle import oci_run
     sys.exit(oci_run(container_id, bundle, new_keyring=not no_new_keyring).exit_code)

@@ -46,8 +46,15 @@ TYPE_CHECKING = False              # typing.TYPE_CHECKING, without importing typ
 if TYPE_CHECKING:
     from pykvm.container.runtime.seccomp import Profile
 
-__all__ = ["load_bundle", "config_from_spec", "limits_from_resources"]
+__all__ = ["load_bundle", "config_from_spec", "limits_from_resources", "bundle_isolation",
+           "check_isolation", "ISOLATION_ANNOTATION"]
 
+# How to run a bundle: "container" (namespaces and cgroups on the host's kernel) or "vm" (a
+# Linux VM: pykvm.commands.container.oci_vm).  Chosen by `oci create|run --isolation`, else by
+# this annotation in config.json (Podman: `--annotation org.pykvm.isolation=vm`), as Kata
+# Containers and gVisor read theirs.
+ISOLATION_ANNOTATION = "org.pykvm.isolation"
+ISOLATIONS = ("container", "vm")
 UNLIMITED = -1                    # config-linux.md: a memory (and cpu.quota) value of -1 means no limit
 DEVICE_TYPES = ("a", "c", "b")    # config-linux.md "Allowed Device Cgroup": all, char, block
 # Fields whose whole point is a security or lifecycle guarantee that pykvm does not
@@ -78,7 +85,7 @@ UNSUPPORTED = {
     ("linux", "memoryPolicy"): "pykvm sets no NUMA memory policy",
     ("process", "scheduler"): "pykvm sets no scheduling policy",
     ("process", "execCPUAffinity"): "pykvm sets no CPU affinity",
-    ("vm",): "pykvm runs bundles as containers, not as virtual machines",
+    ("vm",): "pykvm picks the VM's kernel itself (the org.pykvm.isolation annotation or --isolation vm)",
 }
 IO_CLASSES = {"IOPRIO_CLASS_RT": lib.IOPRIO_CLASS_RT, "IOPRIO_CLASS_BE": lib.IOPRIO_CLASS_BE,
               "IOPRIO_CLASS_IDLE": lib.IOPRIO_CLASS_IDLE}     # config.md "ioPriority"
@@ -103,6 +110,31 @@ def load_bundle(bundle: str) -> RunConfig:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
     return config_from_spec(spec, os.path.abspath(bundle))
+
+
+def bundle_isolation(bundle: str, flag: str | None = None) -> str:
+    """"container" or "vm": the --isolation `flag` when given, else config.json's
+    ISOLATION_ANNOTATION, else "container".  A config.json that cannot be read counts as
+    "container" here: load_bundle then says what is wrong with it."""
+    if flag is not None:
+        return check_isolation(flag, "--isolation")
+    try:
+        with open(os.path.join(bundle, "config.json")) as f:
+            spec = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return "container"
+    annotations = spec.get("annotations") if isinstance(spec, dict) else None
+    value = annotations.get(ISOLATION_ANNOTATION) if isinstance(annotations, dict) else None
+    if value is None:
+        return "container"
+    return check_isolation(value, f"config.json: annotations[{ISOLATION_ANNOTATION!r}]")
+
+
+def check_isolation(value, what: str) -> str:
+    """`value` if it is one of ISOLATIONS, else a ConfigError naming `what`."""
+    if value not in ISOLATIONS:
+        raise ConfigError(f"{what} is {value!r}: it must be one of {', '.join(ISOLATIONS)}")
+    return value
 
 
 def config_from_spec(spec: dict, bundle: str) -> RunConfig:
