@@ -31,18 +31,16 @@ With --runs N each VMM boots N times and each count is the median of the N.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
-from bench_linux_boot import CMDLINES, PROMPT, can_measure, pykvm_cmd, qemu_cmd  # noqa: E402
-from linux_guest import CACHE, SerialSession  # noqa: E402
+from bench_linux_boot import CMDLINES, PROMPT, can_measure, parse_arguments, pykvm_cmd, qemu_cmd  # noqa: E402
+from linux_guest import SerialSession  # noqa: E402
 
 TRACING = Path("/sys/kernel/tracing")
 DEBUGFS = Path("/sys/kernel/debug")
@@ -55,7 +53,6 @@ HISTOGRAMS = {
     "kvm_mmio": ("gpa", "type"),
     "kvm_inj_virq": ("irq",),
 }
-ISA_VMX = 1                       # kvm_exit's isa field: 1 VMX, 2 SVM (arch/x86/kvm/trace.h)
 # What the guest is asked at the prompt, after the counts are read.  The end marker is
 # typed with quotes in it, so the echo of the typed line does not match it.
 GUEST_QUESTIONS = ("echo; grep -m1 ^flags /proc/cpuinfo; "
@@ -112,9 +109,12 @@ def stop_counting() -> None:
 
 
 def read_histogram(event: str) -> dict[tuple[int, ...], int]:
+    return parse_histogram((TRACING / "events" / "kvm" / event / "hist").read_text())
+
+
+def parse_histogram(text: str) -> dict[tuple[int, ...], int]:
     """{(key values...): hits} from a hist trigger's output, lines such as
     `{ port:         64, rw:          1 } hitcount:        120`."""
-    text = (TRACING / "events" / "kvm" / event / "hist").read_text()
     counts = {}
     for keys, hits in re.findall(r"\{(.*?)\}\s*hitcount:\s*(\d+)", text):
         values = tuple(int(part.split(":")[1]) for part in keys.split(","))
@@ -123,12 +123,14 @@ def read_histogram(event: str) -> dict[tuple[int, ...], int]:
 
 
 def exit_reason_names() -> dict[tuple[int, int], str]:
+    return parse_exit_reason_names((TRACING / "events" / "kvm" / "kvm_exit" / "format").read_text())
+
+
+def parse_exit_reason_names(fmt: str) -> dict[tuple[int, int], str]:
     """{(isa, code): name} from kvm_exit's print format, which lists VMX's names first,
     then SVM's: `__print_symbolic(..., { 0x078, "hlt" }, ...)`."""
-    fmt = (TRACING / "events" / "kvm" / "kvm_exit" / "format").read_text()
-    lists = fmt.split("__print_symbolic")[1:3]
     names = {}
-    for isa, text in zip((1, 2), lists):
+    for isa, text in zip((1, 2), fmt.split("__print_symbolic")[1:3]):
         for code, name in re.findall(r'\{\s*(0x[0-9a-fA-F]+|\d+)\s*,\s*"(\w+)"\s*\}', text):
             names[(isa, int(code, 0))] = name
     return names
@@ -213,16 +215,8 @@ def print_side_by_side(title: str, ours: dict, theirs: dict, only: tuple[str, ..
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1, help="boots per VMM (counts: medians)")
-    parser.add_argument("--mem", default="256M")
-    parser.add_argument("--console", default="virtio,ttyS0", help="ttyS0, virtio or both (comma)")
-    parser.add_argument("--kernel", type=Path, default=CACHE / "vmlinuz")
-    parser.add_argument("--initrd", type=Path, default=CACHE / "initramfs.cpio")
-    args = parser.parse_args()
-    consoles = [c for c in args.console.split(",") if c]
-    if unknown := set(consoles) - set(CMDLINES):
-        raise SystemExit(f"--console {','.join(sorted(unknown))}: choose from {', '.join(CMDLINES)}")
+    args, consoles = parse_arguments(__doc__.splitlines()[0], runs=1,
+                                     runs_help="boots per VMM (counts: medians)", consoles="virtio,ttyS0")
     if not can_measure(args.kernel, args.initrd, "linux_boot_exits"):
         return
     mount_once(TRACING, "tracefs")
@@ -239,8 +233,11 @@ def main() -> None:
         print(f"\n=== console {console}: {CMDLINES[console]!r}; counts at the prompt, "
               f"median of {args.runs} boot(s) each")
         for table in counts["pykvm"]:
-            only = STATS_SHOWN if table.startswith("KVM statistics") else ()
-            print_side_by_side(table, counts["pykvm"][table], counts["qemu"][table], only)
+            if table.startswith("KVM statistics"):
+                print_side_by_side(table, counts["pykvm"][table], counts["qemu"][table],
+                                   only=STATS_SHOWN, limit=len(STATS_SHOWN))
+            else:
+                print_side_by_side(table, counts["pykvm"][table], counts["qemu"][table])
         ours, theirs = flags(answers["pykvm"]), flags(answers["qemu"])
         print(f"\nCPU flags only pykvm's guest has: {' '.join(sorted(ours - theirs)) or '-'}")
         print(f"CPU flags only QEMU's guest has:  {' '.join(sorted(theirs - ours)) or '-'}")
