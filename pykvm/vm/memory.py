@@ -21,7 +21,7 @@ page as large as the host's page behind it, but a 2 MiB guest page only where
 the guest address and our address agree modulo 2 MiB (KVM's memslot check,
 Documentation/virt/kvm/x86/mmu.rst, "large pages").  Otherwise each 4 KiB page
 the guest touches first costs a nested page fault exit: about 29,000 of them in
-a Linux boot to its shell, against some 400 with 2 MiB pages.  Where the kernel
+a Linux boot to its shell, against some 60 with 2 MiB pages.  Where the kernel
 places a large mapping on such a boundary itself, the alignment changes
 nothing; older kernels (Linux 6.1) place it on any page.
 
