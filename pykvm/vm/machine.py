@@ -55,6 +55,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pykvm.vm.arch.x86 import cpuid
 from pykvm.vm.arch.x86.boot_state import Entry
 from pykvm.vm.arch.x86.vcpu import configure_vcpu
 from pykvm.vm import layout
@@ -213,7 +214,7 @@ class Machine:
 
     def _configure_vcpus(self, entry: Entry, firmware: bool) -> None:
         """Every vCPU through the one place that configures a vCPU (arch/x86/vcpu.py)."""
-        supported = self.kvm.supported_cpuid()
+        supported = cpuid.supported_by(self.kvm)
         for vcpu in self.vcpus:
             configure_vcpu(vcpu, self.memory, entry, cpus=len(self.vcpus),
                            supported_cpuid=supported, firmware=firmware)

@@ -156,17 +156,25 @@ def summary(name: str, values: list[float]) -> str:
             f"max {max(values):7.3f}  s")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+def parse_arguments(description: str, runs: int, runs_help: str = "",
+                    consoles: str = "ttyS0,virtio") -> tuple[argparse.Namespace, list[str]]:
+    """The options of the Linux boot benchmarks (this one and bench_linux_boot_exits.py),
+    and the consoles asked for, checked."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=runs, help=runs_help or None)
     parser.add_argument("--mem", default="256M")
-    parser.add_argument("--console", default="ttyS0,virtio", help="ttyS0, virtio or both (comma)")
+    parser.add_argument("--console", default=consoles, help="ttyS0, virtio or both (comma)")
     parser.add_argument("--kernel", type=Path, default=CACHE / "vmlinuz")
     parser.add_argument("--initrd", type=Path, default=CACHE / "initramfs.cpio")
     args = parser.parse_args()
-    consoles = [c for c in args.console.split(",") if c]
-    if unknown := set(consoles) - set(CMDLINES):
+    chosen = [c for c in args.console.split(",") if c]
+    if unknown := set(chosen) - set(CMDLINES):
         raise SystemExit(f"--console {','.join(sorted(unknown))}: choose from {', '.join(CMDLINES)}")
+    return args, chosen
+
+
+def main() -> None:
+    args, consoles = parse_arguments(__doc__.splitlines()[0], runs=5)
     if not can_measure(args.kernel, args.initrd, "linux_boot"):
         return
     sides = {"pykvm": (pykvm_cmd, pykvm_exits), "qemu-microvm": (qemu_cmd, qemu_exits)}

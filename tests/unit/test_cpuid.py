@@ -84,3 +84,20 @@ def test_amd_core_count_and_apic_id():
 def test_other_leaves_pass_through():
     extra = CpuidEntry(0x7, 0, SIGNIFICANT_INDEX, 0, 0x219c07ab, 0, 0)
     assert extra in cpuid.guest_cpuid(HOST + [extra], 0, 2)
+
+
+# KVM_GET_SUPPORTED_CPUID's leaf 1 as an older kernel reports it (Linux 6.1 on an AMD EPYC, the lane's L1):
+# ECX[24], the TSC-deadline timer, clear, although the in-kernel LAPIC has it.
+OLDER_KVM_LEAF_1 = CpuidEntry(0x1, 0, 0, 0xa10f11, 0x00_10_0800, 0x80202000, 0x178bfbff)
+
+
+def test_the_tsc_deadline_timer_is_offered_when_kvm_has_it():
+    offered = leaf(cpuid.with_tsc_deadline([OLDER_KVM_LEAF_1], available=True), 0x1)
+    assert offered.ecx == OLDER_KVM_LEAF_1.ecx | (1 << 24), hex(offered.ecx)
+    guest = leaf(cpuid.guest_cpuid([offered], 0, 1), 0x1)
+    assert guest.ecx & (1 << 24), hex(guest.ecx)                 # normalization keeps it
+
+
+def test_the_tsc_deadline_timer_is_not_invented_without_the_capability():
+    offered = leaf(cpuid.with_tsc_deadline([OLDER_KVM_LEAF_1], available=False), 0x1)
+    assert not offered.ecx & (1 << 24), hex(offered.ecx)

@@ -39,3 +39,23 @@ def test_guest_ram_is_anonymous_memory_zeroed_on_first_touch():
         entry = pagemap_entry(address)
         assert entry & PAGEMAP_PRESENT and not entry & PAGEMAP_FILE, hex(entry)   # this process's own page
         assert memory.read(0x3000, 7) == b"written"
+
+
+def vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping starting at `address`, from /proc/self/smaps (proc(5))."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    for i, line in enumerate(lines):
+        if "-" in line.split()[0] and int(line.split("-")[0], 16) == address:
+            flags = next(ln for ln in lines[i + 1:] if ln.startswith("VmFlags:"))
+            return flags.split()[1:]
+    raise AssertionError(f"no mapping starts at {address:#x}")
+
+
+def test_fresh_guest_ram_starts_on_2_mib_and_asks_for_huge_pages():
+    """KVM maps 2 MiB guest pages only where our address and the guest's agree modulo 2 MiB,
+    and the host backs them with huge pages where the mapping asks (MADV_HUGEPAGE: "hg")."""
+    with GuestMemory(layout.MMIO_GAP_START + (8 << 20)) as memory:
+        for region in memory.regions:
+            address = region.host_address()
+            assert (address - region.guest_addr) % (2 << 20) == 0, hex(address)
+            assert "hg" in vm_flags(address), vm_flags(address)

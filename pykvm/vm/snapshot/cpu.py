@@ -47,7 +47,7 @@ def offered_cpuid(kvm, cpus: int = 1) -> list[CpuidEntry]:
     for a VM of more than one vCPU, whatever the host."""
     with kvm.create_vm() as vm:
         vcpu = vm.create_vcpu(0)
-        vcpu.set_cpuid(cpuid.guest_cpuid(kvm.supported_cpuid(), vcpu.id, cpus))
+        vcpu.set_cpuid(cpuid.guest_cpuid(cpuid.supported_by(kvm), vcpu.id, cpus))
         return entries_from_bytes(vcpu.get_cpuid())
 
 

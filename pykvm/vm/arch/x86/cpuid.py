@@ -22,10 +22,21 @@ APIC id = vCPU index (Intel SDM Vol. 2A, CPUID; AMD APM Vol. 3, appendix E):
   ECX[7:0] NC (cores - 1) and ECX[15:12] ApicIdSize; 0x8000001D (AMD's
   leaf 4) EAX[25:14], cache sharing as for leaf 4; 0x8000001E: the extended
   APIC id and one thread per core.
+
+One feature is KVM's, not the CPU's, so KVM_GET_SUPPORTED_CPUID of older
+kernels leaves it out: the TSC-deadline mode of the local APIC timer
+(CPUID.1:ECX[24]; Intel SDM Vol. 3A, 11.5.4.1 "TSC-Deadline Mode").  KVM's
+in-kernel LAPIC has it and says so with KVM_CAP_TSC_DEADLINE_TIMER; QEMU sets
+the bit when it has both the in-kernel irqchip and that capability
+(target/i386/kvm/kvm.c, kvm_arch_get_supported_cpuid), Firecracker always
+(docs/cpu_templates/cpuid-normalization.md).  supported_by(kvm) adds it.
+Without it Linux runs its timer in one-shot mode, an x2APIC initial-count
+write per tick, and first calibrates that timer against the PIT: hundreds of
+PIT interrupts, each several exits, in every boot.
 """
 from __future__ import annotations
 
-__all__ = ["guest_cpuid", "HYPERVISOR_LEAF"]
+__all__ = ["guest_cpuid", "supported_by", "with_tsc_deadline", "HYPERVISOR_LEAF"]
 
 HYPERVISOR_LEAF = 0x40000000   # hypervisor vendor leaf: EBX,ECX,EDX = signature
 LEAF_FEATURES = 0x1            # version and feature information
@@ -38,6 +49,7 @@ LEAF_AMD_CACHE_PARAMS = 0x8000001D  # AMD: cache topology, leaf 4's layout witho
 LEAF_EXT_APIC_ID = 0x8000001E  # AMD: extended APIC id, compute unit / core id
 
 FEATURE_ECX_HYPERVISOR = 1 << 31   # CPUID.1:ECX[31], set by hypervisors
+FEATURE_ECX_TSC_DEADLINE = 1 << 24  # CPUID.1:ECX[24], the LAPIC timer's TSC-deadline mode
 FEATURE_EDX_HTT = 1 << 28          # CPUID.1:EDX[28], EBX[23:16] is valid (more than one logical CPU)
 EBX_APIC_ID_SHIFT = 24             # CPUID.1:EBX[31:24] initial APIC id
 EBX_LOGICAL_COUNT_SHIFT = 16       # CPUID.1:EBX[23:16] logical processors per package
@@ -58,6 +70,22 @@ AMD_CMP_LEGACY = 1 << 1            # CPUID.80000001H:ECX[1]: core multi-processi
 AMD_NC_MASK = 0xFF                 # CPUID.80000008H:ECX[7:0]: number of cores - 1
 AMD_APIC_ID_SIZE_SHIFT = 12        # CPUID.80000008H:ECX[15:12]: APIC id bits for the core
 AMD_ECX_KEEP = ~0xF0FF & 0xFFFFFFFF
+
+
+def supported_by(kvm):
+    """The CPUID KVM can offer a guest: KVM_GET_SUPPORTED_CPUID, plus the TSC-deadline timer
+    when KVM_CAP_TSC_DEADLINE_TIMER says the in-kernel LAPIC has it (pykvm always uses
+    the in-kernel irqchip)."""
+    return with_tsc_deadline(kvm.supported_cpuid(),
+                             kvm.check_extension("KVM_CAP_TSC_DEADLINE_TIMER") > 0)
+
+
+def with_tsc_deadline(supported, available: bool):
+    """`supported` with CPUID.1:ECX[24] set when `available` (the module docstring says why)."""
+    if not available:
+        return list(supported)
+    return [e._replace(ecx=e.ecx | FEATURE_ECX_TSC_DEADLINE) if e.function == LEAF_FEATURES else e
+            for e in supported]
 
 
 def guest_cpuid(supported, vcpu_id: int, cpus: int = 1):

@@ -35,7 +35,7 @@ def configure_vcpu(vcpu, memory, entry: Entry, *, cpus: int, supported_cpuid,
                    firmware: bool = True) -> None:
     """Steps 1-4 of the module docstring for `vcpu` (its APIC id is vcpu.id) of a `cpus`-vCPU VM.
 
-    `supported_cpuid`: Kvm.supported_cpuid(), read once for every vCPU.
+    `supported_cpuid`: cpuid.supported_by(kvm), read once for every vCPU.
     `firmware`: whether the kernel expects what a PC firmware leaves (steps 2 and 3).
     """
     vcpu.set_cpuid(cpuid.guest_cpuid(supported_cpuid, vcpu.id, cpus))         # 1
