@@ -155,3 +155,12 @@ def test_the_map_in_docs_names_every_package():
     assert missing == [], f"docs/layout.md does not show {missing}"
     stale = [name for name in set(re.findall(r"\b(\w+\.py)\b", tree)) if not list(PACKAGE.rglob(name))]
     assert stale == [], f"docs/layout.md names files that do not exist: {stale}"
+
+
+def test_every_test_file_has_a_name_of_its_own():
+    """The test folders are not packages, so pytest imports each test file by its bare name:
+    two files called the same in two folders stop the whole run at collection."""
+    by_name: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        by_name.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in by_name.items() if len(paths) > 1} == {}
