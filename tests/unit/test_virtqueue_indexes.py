@@ -38,8 +38,8 @@ class SharedGuestMemory(GuestMemory):
     """Guest RAM mapped MAP_SHARED: a forked child sees the parent's stores as they happen."""
 
     def _add_region(self, guest_addr: int, size: int) -> None:
-        buffer = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-        self.regions.append(MemoryRegion(len(self.regions), guest_addr, size, buffer))
+        mapping = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self.regions.append(MemoryRegion(len(self.regions), guest_addr, size, memoryview(mapping), mapping))
 
 
 def watch(memory: GuestMemory, report: int) -> None:
