@@ -729,7 +729,10 @@ def _boot_l1s_until_one_finishes(args: argparse.Namespace, pytest_args: list[str
                 if (args.cache / name).exists():
                     (args.cache / name).replace(args.cache / kept_name)
             done = finished_tests(read_test_log(test_log))
-            print(f"lane: warning: {str(e).splitlines()[0]}\n"
+            first, *rest = str(e).splitlines()
+            evidence = [line.strip() for line in rest if line.startswith(("  an NMI", "  L1 CPU"))]
+            print(f"lane: warning: {first}\n"
+                  + "".join(f"lane: {line}\n" for line in evidence) +
                   f"lane: the hung L1's log is {args.cache / f'serial.hung-{attempt}.log'}; "
                   f"booting a fresh L1 for the tests after the {len(done)} that finished "
                   f"(attempt {attempt + 1} of {L1_ATTEMPTS})", file=sys.stderr, flush=True)

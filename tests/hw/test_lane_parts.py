@@ -161,7 +161,10 @@ def _hung_l1(cache: Path, lines: str, serial: str):
         log.write(lines)
     (cache / lane.SERIAL_LOG).write_text(serial)
     (cache / lane.HUNG_REGISTERS).write_text("RIP=...")
-    return L1Hung("stage 'tests' failed: L1 stopped responding (no heartbeat)")
+    return L1Hung("stage 'tests' failed: L1 stopped responding (no heartbeat)"
+                  "\n  an NMI did not wake L1 (no heartbeat for 20 s after it)"
+                  "\n  L1 CPU 0's LAPIC: LVTT 0x000000ec; IRR 236 251"
+                  "\n  L1's vCPU registers, LAPICs and IOAPIC: registers.hung.txt")
 
 
 def test_a_hung_l1_is_followed_by_a_fresh_one_for_the_unfinished_tests(tmp_path, capsys):
@@ -189,6 +192,9 @@ def test_a_hung_l1_is_followed_by_a_fresh_one_for_the_unfinished_tests(tmp_path,
     assert (tmp_path / "registers.hung-1.txt").read_text() == "RIP=..."
     out, err = capsys.readouterr()
     assert "booting a fresh L1 for the tests after the 1 that finished (attempt 2 of 5)" in err
+    # what the hung L1 showed, on the lines CI's log keeps
+    assert "lane: an NMI did not wake L1 (no heartbeat for 20 s after it)\n" in err
+    assert "lane: L1 CPU 0's LAPIC: LVTT 0x000000ec; IRR 236 251\n" in err
     assert "lane: over 2 L1 boots: 2 passed, 0 failed, 1 skipped; status 0" in out
 
 
