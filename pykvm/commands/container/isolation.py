@@ -45,7 +45,8 @@ from typing import NoReturn
 from pykvm.errors import ConfigError, GuestError, PyKvmError
 
 __all__ = ["run_in_vm", "boot_root_disk", "run_request", "run_detached", "start_background", "check_ram",
-           "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus", "stdin_mode", "VmSpec", "DEFAULT_MEMORY", "FORWARDED", "REFUSED"]
+           "refuse_container_options", "linux_guest", "vm_cmdline", "parse_vcpus", "stdin_mode", "VmSpec",
+           "DEFAULT_MEMORY", "FORWARDED", "REFUSED"]
 
 DEFAULT_MEMORY = "256M"             # guest RAM without --memory: kernel, initramfs, tmpfs and the command
 INIT = "/bin/container-init"        # in the initramfs (guests/linux/Makefile)
@@ -317,7 +318,8 @@ def run_detached(image: str, cfg, memory: str | None, guest: tuple[Path, Path], 
     state = ContainerState(id=cfg.id, name=cfg.name or cfg.id, command=list(cfg.args), created=time.time(),
                            auto_remove=cfg.remove, detached=True, isolation="vm")
     store.create(state)
-    log = os.open(os.path.join(store.dir(state.id), LOG_NAME), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    log = os.open(os.path.join(store.dir(state.id), LOG_NAME),
+                  os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     start_background(store, state, lambda: run_in_vm(image, cfg, memory, guest, cpus), output=log)
     return state.id
 

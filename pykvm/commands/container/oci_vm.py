@@ -116,11 +116,10 @@ def oci_create_vm(cid: str, bundle: str, store=None, guest=None):
     store = store or StateStore()
     state = _new_state(cfg, store)
     directory = store.dir(cid)
+    fifo, disk = os.path.join(directory, "exec.fifo"), os.path.join(directory, ROOT_DISK)
     try:
-        os.mkfifo(os.path.join(directory, "exec.fifo"), 0o600)
-        disk = os.path.join(directory, ROOT_DISK)
-        start_background(store, state, lambda: boot_root_disk(disk, cfg, ram, guest, cpus),
-                         exec_fifo=os.path.join(directory, "exec.fifo"))
+        os.mkfifo(fifo, 0o600)
+        start_background(store, state, lambda: boot_root_disk(disk, cfg, ram, guest, cpus), exec_fifo=fifo)
     except BaseException:
         store.remove(cid)
         raise
