@@ -136,6 +136,39 @@ def test_indirect_request(driver, image):
     assert driver.memory.read(DATA, 512) == image.read_bytes()[512:1024]
 
 
+def test_indirect_table_as_long_as_the_queue(driver, image):
+    """A table of the queue's size (8 here: header, 6 data buffers, status) is allowed
+    (2.7.5.3.1); Linux sends one for a request of seg_max segments.  The descriptor that
+    points to the table is not counted as one of the chain's."""
+    driver.memory.write(HEADER, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 4))
+    driver.memory.write(STATUS, bytes([STATUS_SENTINEL]))
+    driver.descriptor(0, 0, HEADER, 16, NEXT, 1, table=INDIRECT)
+    pieces = [DATA + 0x400 * i for i in range(6)]                # 512 bytes each, 512 apart
+    for i, address in enumerate(pieces, start=1):
+        driver.descriptor(0, i, address, 512, WRITE | NEXT, i + 1, table=INDIRECT)
+    driver.descriptor(0, 7, STATUS, 1, WRITE, table=INDIRECT)
+    driver.descriptor(0, 0, INDIRECT, 8 * 16, VIRTQ_DESC_F_INDIRECT)
+    submit(driver)
+    assert driver.status == LIVE and status_byte(driver) == VIRTIO_BLK_S_OK
+    sectors = image.read_bytes()[4 * 512:10 * 512]
+    assert [driver.memory.read(a, 512) for a in pieces] == [sectors[i:i + 512] for i in range(0, 3072, 512)]
+    assert driver.used(0) == [(0, 3073)]
+
+
+def test_adjacent_buffers_are_one_stream(driver, image):
+    """Three data descriptors end to end and the status byte right after them: the device
+    may treat them as one buffer (they are joined), and the status is still the last byte."""
+    driver.memory.write(HEADER, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 5))
+    for i in range(3):
+        driver.descriptor(0, i + 1, DATA + 512 * i, 512, WRITE | NEXT, i + 2)
+    driver.descriptor(0, 0, HEADER, 16, NEXT, 1)
+    driver.descriptor(0, 4, DATA + 1536, 1, WRITE)
+    submit(driver)
+    assert driver.memory.read(DATA, 1536) == image.read_bytes()[5 * 512:8 * 512]
+    assert driver.memory.read(DATA + 1536, 1)[0] == VIRTIO_BLK_S_OK
+    assert driver.used(0) == [(0, 1537)]
+
+
 def test_many_requests_wrap_the_ring(driver, image):
     for n in range(20):                                           # queue of 8: indexes wrap
         request(driver, VIRTIO_BLK_T_IN, sector=n, data_len=512)

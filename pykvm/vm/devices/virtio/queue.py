@@ -57,7 +57,7 @@ from pykvm.vm.kvm.bindings import lib
 __all__ = ["SplitQueue", "DescriptorChain", "VirtqueueError", "MAX_QUEUE_SIZE",
            "VIRTQ_DESC_F_NEXT", "VIRTQ_DESC_F_WRITE", "VIRTQ_DESC_F_INDIRECT",
            "VIRTQ_AVAIL_F_NO_INTERRUPT", "DESC", "vring_need_event", "ring_sizes", "slice_buffers",
-           "read_buffers", "write_buffers"]
+           "last_byte", "read_buffers", "write_buffers"]
 
 # 2.7.5 The Virtqueue Descriptor Table
 DESC = struct.Struct("<QIHH")          # addr, len, flags, next: 16 bytes
@@ -157,24 +157,28 @@ class SplitQueue:
     def read_chain(self, head: int) -> DescriptorChain:
         """Follow the chain from descriptor `head`, checking every step (2.7.5, 2.7.5.3).
 
-        2.7.5.3.1: a chain, indirect descriptors included, is at most the
-        queue's size long; counting steps against that bound catches loops."""
+        2.7.5.3.1: a chain is at most the queue's size long, and so is an
+        indirect table; counting the steps through each table against its
+        number of entries catches loops.  (The descriptor that points to an
+        indirect table is not one of the chain's buffers: a table of the
+        queue's size is allowed, and Linux's virtio-blk sends one when a
+        request has seg_max segments.)"""
         chain = DescriptorChain(head)
-        table, entries, index = self._desc, self.size, head
-        for _ in range(self.size):
+        table, entries, index, steps = self._desc, self.size, head, 0
+        while steps < entries:
             if index >= entries:
                 raise VirtqueueError(f"descriptor index {index} outside a table of {entries}")
             address, length, flags, next_index = DESC.unpack_from(table, DESC.size * index)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 table = self._indirect_table(address, length, flags, nested=table is not self._desc)
-                entries, index = len(table) // DESC.size, 0
+                entries, index, steps = len(table) // DESC.size, 0, 0
                 continue
             self._add_buffer(chain, address, length, bool(flags & VIRTQ_DESC_F_WRITE))
             if not flags & VIRTQ_DESC_F_NEXT:
                 return chain
-            index = next_index
-        raise VirtqueueError(f"descriptor chain from {head} is longer than the queue "
-                             f"({self.size} entries): a loop, or a chain too long")
+            index, steps = next_index, steps + 1
+        raise VirtqueueError(f"descriptor chain from {head} is longer than its table "
+                             f"({entries} entries): a loop, or a chain too long")
 
     def _indirect_table(self, address: int, length: int, flags: int, nested: bool) -> bytes:
         """A copy of the indirect table a descriptor points to, after the checks of 2.7.5.3.1."""
@@ -192,14 +196,25 @@ class SplitQueue:
         return self.memory.read(address, length)
 
     def _add_buffer(self, chain: DescriptorChain, address: int, length: int, writable: bool) -> None:
-        if length and not self.memory.contains(address, length):
+        """Add a descriptor's buffer to the chain.  A buffer that starts where the previous one
+        ends joins it: a device sees one stream either way (2.7.4.2), and Linux's pages are
+        often adjacent, so a 1 MiB request of 256 pages can be a few pieces, not 256."""
+        region = self.memory.region_of(address, length)
+        if region is None and length:
             raise VirtqueueError(f"buffer at {address:#x} (+{length:#x}) is outside guest memory")
         if writable:
-            chain.writable.append((address, length))
+            buffers = chain.writable
         elif chain.writable:
             raise VirtqueueError("device-readable descriptor after a device-writable one")
         else:
-            chain.readable.append((address, length))
+            buffers = chain.readable
+        if buffers and length:
+            last_address, last_length = buffers[-1]
+            # Joined only inside one region of RAM (never across the MMIO gap).
+            if last_address + last_length == address and last_address >= region.guest_addr:
+                buffers[-1] = (last_address, last_length + length)
+                return
+        buffers.append((address, length))
 
     # --- the used ring: answers out
     def push(self, head: int, written: int) -> None:
@@ -273,13 +288,24 @@ def slice_buffers(buffers: list[tuple[int, int]], start: int, length: int) -> li
     one stream: 2.7.4.2 lets the driver split a request across descriptors any way it likes."""
     pieces, position, end = [], 0, start + length
     for address, size in buffers:
-        lo, hi = max(start, position), min(end, position + size)
-        if lo < hi:
-            pieces.append((address + lo - position, hi - lo))
-        position += size
-        if position >= end:
-            break
+        following = position + size              # the stream position after this buffer
+        if following > start:                    # it holds bytes at or after `start`
+            lo = start - position if start > position else 0
+            hi = end - position if end < following else size
+            if lo < hi:
+                pieces.append((address + lo, hi - lo))
+            if following >= end:
+                break
+        position = following
     return pieces
+
+
+def last_byte(buffers: list[tuple[int, int]]) -> int:
+    """The guest address of the last byte of a chain's buffers (they hold at least one)."""
+    for address, size in reversed(buffers):
+        if size:
+            return address + size - 1
+    raise ValueError("no bytes in the buffers")
 
 
 def read_buffers(memory, buffers: list[tuple[int, int]], start: int, length: int) -> bytes:
