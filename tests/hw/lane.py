@@ -35,6 +35,7 @@ import os
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -853,8 +854,15 @@ def hold_kvm_static_keys() -> ExitStack:
     return held
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a CI job's timeout, `kill`) ends the lane as an exception does, so its
+    `with` blocks stop L1's QEMU and the virtiofsd daemons instead of leaving them running."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parse_args(sys.argv[1:] if argv is None else argv)
+    exit_on_sigterm()
     if args.inside:                                  # we are /init's command in L1
         print(f"{lane_initramfs.PROGRESS} kvm={kvm_flavour()}", flush=True)
         os.environ[NESTED_TCG_ENV] = "1"             # tests that TCG cannot take ask (tiers.py)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -475,3 +477,22 @@ def test_a_hung_l1_report_names_each_lapic_timer_and_what_an_nmi_did(idle_qemu, 
     heartbeat = lane.Heartbeat(tmp_path / "heartbeat", 60)
     # A stopped QEMU (-S) writes no heartbeat: the NMI is injected and nothing beats.
     assert lane.nmi_wakes(idle_qemu, heartbeat, wait=1) == "an NMI did not wake L1 (no heartbeat for 1 s after it)"
+
+
+def test_sigterm_runs_the_lanes_cleanup(tmp_path):
+    """After exit_on_sigterm, a SIGTERM unwinds like an exception: `finally` (and so each
+    `with` that stops QEMU or virtiofsd) runs, and the status says which signal."""
+    marker = tmp_path / "cleaned-up"
+    program = ("import sys, time; sys.path[:0] = sys.argv[1:3]; import lane; lane.exit_on_sigterm()\n"
+               "try:\n    print('ready', flush=True); time.sleep(60)\n"
+               f"finally:\n    open({str(marker)!r}, 'w').close()\n")
+    here = Path(lane.__file__).parent
+    proc = subprocess.Popen([sys.executable, "-c", program, str(here), str(here.parent)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert marker.exists()
