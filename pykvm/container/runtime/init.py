@@ -94,13 +94,28 @@ def run_init(container: Container, pipe: EventPipe, stdio: dict) -> int:
     prctl(lib.PR_SET_NAME, _c_string(INIT_NAME))
     _set_command_line(INIT_NAME)
     set_oom_score_adj(OOM_SCORE_INIT)                    # the OOM killer picks the command, not us
+    # The command starts only once init holds no more than it will: it waits for the end of
+    # this pipe, which init closes last.  Without the wait, a command that looks at PID 1
+    # at once (/proc/1/status) could find it still privileged.
+    held_r, held_w = os.pipe()
     child = fork_command(cfg)
     if child == 0:
-        child_main(lambda: exec_command(cfg, pipe, stdio), pipe)
+        os.close(held_w)
+        child_main(lambda: _when_closed(held_r, lambda: exec_command(cfg, pipe, stdio)), pipe)
+    os.close(held_r)
     detach_stdio()                                       # init keeps no host fd (CVE-2024-21626)
-    close_other_fds(set())
+    close_other_fds({held_w})
     become_container_process(cfg)                        # ... nor any host privilege (tini's way)
+    os.close(held_w)                                     # now the command may run
     return reap(child)
+
+
+def _when_closed(fd: int, then):
+    """Read the pipe `fd` until every write end is closed (end of file), then call `then`."""
+    while os.read(fd, 1):
+        pass
+    os.close(fd)
+    return then()
 
 
 def enter_namespaces(container: Container, kinds: tuple[str, ...]) -> None:
