@@ -58,10 +58,6 @@ class MemoryRegion:
     buffer: memoryview
     mapping: mmap.mmap
 
-    @property
-    def end(self) -> int:
-        return self.guest_addr + self.size
-
     def host_address(self) -> int:
         """Where this region starts in our own address space (for KVM)."""
         from pykvm.vm.kvm.bindings import ffi
