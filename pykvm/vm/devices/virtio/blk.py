@@ -149,7 +149,7 @@ class Block(VirtioDevice):
         if data_out:
             raise RequestError(VIRTIO_BLK_S_IOERR, "a read with device-readable data buffers")
         offset = self._check_range(sector, data_in)
-        self._transfer(os.preadv, chain.writable, data_in, offset)
+        self._transfer(os.preadv, slice_buffers(chain.writable, 0, data_in), data_in, offset)
         return data_in
 
     def _write(self, chain: DescriptorChain, sector: int, data_out: int, data_in: int) -> int:
@@ -163,8 +163,9 @@ class Block(VirtioDevice):
         return 0
 
     def _transfer(self, call, pieces: list[tuple[int, int]], length: int, offset: int) -> None:
-        """preadv/pwritev between the image at `offset` and the guest's pages, zero-copy."""
-        views = [self._memory.view(address, size) for address, size in slice_buffers(pieces, 0, length)]
+        """preadv/pwritev of `length` bytes between the image at `offset` and the guest's
+        `pieces` (slice_buffers' output: exactly those bytes), zero-copy."""
+        views = [self._memory.view(address, size) for address, size in pieces]
         try:
             done = call(self.fd, views, offset) if views else 0
         except OSError as e:
