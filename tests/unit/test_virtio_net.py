@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -315,3 +316,39 @@ def test_the_reader_ends_when_the_wire_is_cut():
     net._reader.join(timeout=10)
     assert not net._reader.is_alive()
     net.close()
+
+
+def test_a_reset_waits_for_the_frame_being_delivered(driver, wire):
+    """The VMM's teardown resets the transport while the reader thread may be filling a
+    receive buffer: the reset must wait for that frame, not release the queue under it."""
+    net = driver.device
+    entered, go = threading.Event(), threading.Event()
+    deliver = net._deliver
+
+    def slow_deliver(queue, data):
+        entered.set()
+        go.wait(timeout=10)
+        return deliver(queue, data)
+
+    net._deliver = slow_deliver
+    errors = []
+    threading.excepthook, old_hook = (lambda args: errors.append(args.exc_value)), threading.excepthook
+    try:
+        lend(driver, 0, 2048)
+        net.start()
+        wire[1].send(frame(60))
+        assert entered.wait(timeout=10), "the reader thread never delivered the frame"
+        resetter = threading.Thread(target=driver.transport.reset)
+        resetter.start()
+        resetter.join(timeout=0.3)
+        reset_waited = resetter.is_alive()
+        go.set()
+        resetter.join(timeout=10)
+        wire[1].send(frame(61))                          # after the reset: dropped, not fatal
+        wait_for(lambda: net.rx_dropped == 1 or not net._reader.is_alive(), timeout=10)
+        assert net._reader.is_alive(), f"the reader thread died: {errors}"
+    finally:
+        go.set()
+        threading.excepthook = old_hook
+    assert errors == []
+    assert reset_waited, "the reset released the queue while a frame was being written into it"

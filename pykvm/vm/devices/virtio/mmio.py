@@ -284,7 +284,7 @@ class VirtioMmio(BusDevice):
     # --- the status state machine (2.1, 3.1.1)
     def _write_status(self, value: int) -> None:
         if value == 0:
-            self.reset()
+            self._reset()
             return
         value &= 0xFF
         new = value & ~self.status
@@ -306,7 +306,13 @@ class VirtioMmio(BusDevice):
         return accepted & ~self.offered_features == 0
 
     def reset(self) -> None:
-        """Writing 0 to Status (4.2.3.1): forget the driver, its features and its queues."""
+        """Forget the driver, its features and its queues, as the guest's reset does.  Waits
+        for a request in flight: a worker or reader thread may be inside the device."""
+        with self.lock:
+            self._reset()
+
+    def _reset(self) -> None:
+        """Writing 0 to Status (4.2.3.1), with `lock` held."""
         for index in range(len(self.queues)):
             self._release_queue(index)
         self.device.reset()
@@ -354,7 +360,7 @@ class VirtioMmio(BusDevice):
         the same indexes, and a live device is activated.  kick_all() afterwards serves what
         the driver made available while the snapshot was taken."""
         with self.lock:
-            self.reset()
+            self._reset()
             saved_queues = state["queues"]
             if len(saved_queues) != len(self.registers):
                 raise ValueError(f"{len(saved_queues)} queues where {self.device.name} has "
