@@ -145,6 +145,18 @@ class GuestMemory:
         region, offset = self._locate(address, length, "access")
         return region.buffer[offset:offset + length]
 
+    def views(self, pieces: list[tuple[int, int]]) -> list[memoryview]:
+        """view() of each (address, length) piece, for one preadv/pwritev over a request's
+        buffers.  A virtio-blk request has up to 254 of them, nearly always in one region:
+        the region is looked up again only when a piece is not inside the last one."""
+        views, base, end, buffer = [], 0, -1, None
+        for address, length in pieces:
+            if not (base <= address and 0 <= length and address + length <= end):
+                region, _ = self._locate(address, length, "access")
+                base, end, buffer = region.guest_addr, region.guest_addr + region.size, region.buffer
+            views.append(buffer[address - base:address - base + length])
+        return views
+
     def read_cstring(self, address: int, limit: int) -> bytes:
         """A NUL-terminated string of at most `limit` bytes, without the NUL."""
         region, offset = self._locate(address, 1, "read")

@@ -165,7 +165,7 @@ class Block(VirtioDevice):
     def _transfer(self, call, pieces: list[tuple[int, int]], length: int, offset: int) -> None:
         """preadv/pwritev of `length` bytes between the image at `offset` and the guest's
         `pieces` (slice_buffers' output: exactly those bytes), zero-copy."""
-        views = [self._memory.view(address, size) for address, size in pieces]
+        views = self._memory.views(pieces)
         try:
             done = call(self.fd, views, offset) if views else 0
         except OSError as e:

@@ -38,9 +38,9 @@ that waits by polling (Linux's virtio-console output does) spins for good.
 
 Every value here was written by the guest, so nothing is trusted: the ring
 areas are checked against guest memory once when the queue is set up, every
-descriptor's buffer is checked with GuestMemory.contains (address + length,
-in Python integers: no wrap-around), a chain is at most N descriptors long,
-indirect ones included (so a loop is caught on its (N+1)th step), and an
+descriptor's buffer is checked to lie inside one RAM region (address +
+length, in Python integers: no wrap-around), a chain takes at most as many
+steps through a table as the table has entries (so a loop is caught), and an
 indirect table (2.7.5.3) never holds another indirect descriptor.  A broken
 chain raises VirtqueueError; the transport then marks the device
 DEVICE_NEEDS_RESET (2.1.2) instead of stopping the VMM.
@@ -49,7 +49,10 @@ from __future__ import annotations
 
 import struct
 import sys
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import itemgetter
 
 from pykvm.errors import PyKvmError
 from pykvm.vm.kvm.bindings import lib
@@ -102,11 +105,11 @@ class DescriptorChain:
 
     @property
     def readable_length(self) -> int:
-        return sum(length for _, length in self.readable)
+        return sum(map(itemgetter(1), self.readable))
 
     @property
     def writable_length(self) -> int:
-        return sum(length for _, length in self.writable)
+        return sum(map(itemgetter(1), self.writable))
 
 
 class SplitQueue:
@@ -162,26 +165,54 @@ class SplitQueue:
         number of entries catches loops.  (The descriptor that points to an
         indirect table is not one of the chain's buffers: a table of the
         queue's size is allowed, and Linux's virtio-blk sends one when a
-        request has seg_max segments.)"""
+        request has seg_max segments.)
+
+        Each buffer must lie in guest RAM, device-readable ones first
+        (2.7.4.2).  A buffer that starts where the previous one ends joins
+        it: a device sees one stream either way, and Linux's pages are often
+        adjacent, so a 1 MiB request of 256 pages can be a few pieces, not
+        256.  This loop runs for every descriptor of every request, so it
+        keeps the RAM region of the last buffer at hand ([low, high)) and
+        looks one up only when a buffer is not in it."""
         chain = DescriptorChain(head)
-        table, entries, index, steps = self._desc, self.size, head, 0
+        buffers = chain.readable
+        table, entries, index, steps = None, self.size, head, 0
+        low = high = 0
         while steps < entries:
             if index >= entries:
                 raise VirtqueueError(f"descriptor index {index} outside a table of {entries}")
-            address, length, flags, next_index = DESC.unpack_from(table, DESC.size * index)
+            if table is None:       # the queue's own table, in guest memory: read entry by entry
+                address, length, flags, next_index = DESC.unpack_from(self._desc, DESC.size * index)
+            else:                   # an indirect table, copied and unpacked at once
+                address, length, flags, next_index = table[index]
             if flags & VIRTQ_DESC_F_INDIRECT:
-                table = self._indirect_table(address, length, flags, nested=table is not self._desc)
-                entries, index, steps = len(table) // DESC.size, 0, 0
+                table = self._indirect_table(address, length, flags, nested=table is not None)
+                entries, index, steps = len(table), 0, 0
                 continue
-            self._add_buffer(chain, address, length, bool(flags & VIRTQ_DESC_F_WRITE))
+            if not (low <= address and address + length <= high):    # another region, or none
+                region = self.memory.region_of(address, length)
+                if region is not None:
+                    low, high = region.guest_addr, region.guest_addr + region.size
+                elif length:
+                    raise VirtqueueError(f"buffer at {address:#x} (+{length:#x}) is outside guest memory")
+            if flags & VIRTQ_DESC_F_WRITE:
+                buffers = chain.writable
+            elif chain.writable:
+                raise VirtqueueError("device-readable descriptor after a device-writable one")
+            last_address, last_length = buffers[-1] if buffers else (-1, 0)
+            if length and last_address >= low and last_address + last_length == address:
+                buffers[-1] = (last_address, last_length + length)      # joined, inside one region
+            else:
+                buffers.append((address, length))
             if not flags & VIRTQ_DESC_F_NEXT:
                 return chain
             index, steps = next_index, steps + 1
         raise VirtqueueError(f"descriptor chain from {head} is longer than its table "
                              f"({entries} entries): a loop, or a chain too long")
 
-    def _indirect_table(self, address: int, length: int, flags: int, nested: bool) -> bytes:
-        """A copy of the indirect table a descriptor points to, after the checks of 2.7.5.3.1."""
+    def _indirect_table(self, address: int, length: int, flags: int, nested: bool) -> list[tuple]:
+        """The entries of the indirect table a descriptor points to, unpacked from a copy (the
+        driver cannot change them under us), after the checks of 2.7.5.3.1."""
         if not self.indirect:
             raise VirtqueueError("indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not negotiated")
         if nested:
@@ -193,28 +224,7 @@ class SplitQueue:
                                  f"1 to {self.size} descriptors")
         if not self.memory.contains(address, length):
             raise VirtqueueError(f"indirect table at {address:#x} (+{length:#x}) is outside guest memory")
-        return self.memory.read(address, length)
-
-    def _add_buffer(self, chain: DescriptorChain, address: int, length: int, writable: bool) -> None:
-        """Add a descriptor's buffer to the chain.  A buffer that starts where the previous one
-        ends joins it: a device sees one stream either way (2.7.4.2), and Linux's pages are
-        often adjacent, so a 1 MiB request of 256 pages can be a few pieces, not 256."""
-        region = self.memory.region_of(address, length)
-        if region is None and length:
-            raise VirtqueueError(f"buffer at {address:#x} (+{length:#x}) is outside guest memory")
-        if writable:
-            buffers = chain.writable
-        elif chain.writable:
-            raise VirtqueueError("device-readable descriptor after a device-writable one")
-        else:
-            buffers = chain.readable
-        if buffers and length:
-            last_address, last_length = buffers[-1]
-            # Joined only inside one region of RAM (never across the MMIO gap).
-            if last_address + last_length == address and last_address >= region.guest_addr:
-                buffers[-1] = (last_address, last_length + length)
-                return
-        buffers.append((address, length))
+        return list(DESC.iter_unpack(self.memory.read(address, length)))
 
     # --- the used ring: answers out
     def push(self, head: int, written: int) -> None:
@@ -285,18 +295,25 @@ class SplitQueue:
 
 def slice_buffers(buffers: list[tuple[int, int]], start: int, length: int) -> list[tuple[int, int]]:
     """The (address, length) pieces of bytes [start, start+length) of a chain's buffers, seen as
-    one stream: 2.7.4.2 lets the driver split a request across descriptors any way it likes."""
-    pieces, position, end = [], 0, start + length
-    for address, size in buffers:
-        following = position + size              # the stream position after this buffer
-        if following > start:                    # it holds bytes at or after `start`
-            lo = start - position if start > position else 0
-            hi = end - position if end < following else size
-            if lo < hi:
-                pieces.append((address + lo, hi - lo))
-            if following >= end:
-                break
-        position = following
+    one stream: 2.7.4.2 lets the driver split a request across descriptors any way it likes.
+
+    The stream position after each buffer (a running sum) is sorted, so the first and the
+    last buffer of the slice are found by binary search, and the buffers between them are
+    taken whole: a 1 MiB read of 256 pages is one list slice, not 256 steps of Python."""
+    ends = list(accumulate(map(itemgetter(1), buffers)))   # the stream position after each
+    end = min(start + length, ends[-1]) if ends else 0
+    if start >= end:
+        return []
+    first = bisect_right(ends, start)             # the buffer holding byte `start`
+    last = bisect_left(ends, end)                 # ... and the one holding byte end-1
+    pieces = buffers[first:last + 1]
+    if len(pieces) > 2 and not all(map(itemgetter(1), pieces)):
+        pieces = [pieces[0], *(piece for piece in pieces[1:-1] if piece[1]), pieces[-1]]
+    address, size = pieces[-1]                    # cut the last piece at `end` ...
+    pieces[-1] = (address, size - (ends[last] - end))
+    address, size = pieces[0]                     # ... and the first at `start`
+    skip = start - (ends[first] - buffers[first][1])
+    pieces[0] = (address + skip, size - skip)
     return pieces
 
 
