@@ -65,6 +65,7 @@ DEFAULT_CACHE = ROOT / ".cache" / "hw"
 QEMU = "qemu-system-x86_64"
 L1_CPU = "EPYC,+svm,+npt"           # TCG implements SVM with nested paging
 L1_MEM_MIB = 2048                   # guest RAM (--memory); shared memfd, as vhost-user needs
+KUT_L1_MEM_MIB = 4096               # ... for --kvm-unit-tests: asyncpf's guest alone has 2 GiB
 L1_MODULES = ["virtio_pci", "virtiofs", "kvm_amd",   # the shares and /dev/kvm
               "overlay",        # container images, for `pykvm compare` beside a VM
               "tun", "bridge", "veth",                # VM networking: a tap on pykvm's bridge
@@ -795,9 +796,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help=f"pytest -m expression of the tests to run (default: {LANE_MARKERS})")
     parser.add_argument("--cpu", default=L1_CPU, help=f"QEMU CPU model (default: {L1_CPU})")
     parser.add_argument("--smp", type=int, default=2, help="L1 vCPUs (default: 2)")
-    parser.add_argument("--memory", type=int, default=L1_MEM_MIB, metavar="MIB",
-                        help=f"L1's RAM in MiB (default: {L1_MEM_MIB}; bench_snapshot's twenty Linux "
-                             "guests at once want 6144)")
+    parser.add_argument("--memory", type=int, metavar="MIB",
+                        help=f"L1's RAM in MiB (default: {L1_MEM_MIB}, {KUT_L1_MEM_MIB} with "
+                             "--kvm-unit-tests; bench_snapshot's twenty Linux guests at once want 6144)")
     parser.add_argument("--boot-timeout", type=float, default=180)
     parser.add_argument("--stage-timeout", type=float, default=120,
                         help="module load, mounts, power off (default: 120 s each)")
@@ -820,6 +821,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--test-log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.cache = args.cache.resolve()
+    if args.memory is None:
+        args.memory = KUT_L1_MEM_MIB if args.kvm_unit_tests else L1_MEM_MIB
     return args, pytest_args
 
 

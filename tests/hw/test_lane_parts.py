@@ -436,6 +436,13 @@ def test_the_kvm_unit_tests_mode_passes_the_words_after_the_dashes_to_the_runner
     assert lane.run_instead_of_tests(plain, []) is None
 
 
+def test_l1_has_room_for_the_largest_kvm_unit_tests_guest_unless_told_otherwise():
+    """asyncpf boots a 2 GiB guest: in an L1 of 2 GiB neither VMM can give it that."""
+    assert lane.parse_args(["--kvm-unit-tests"])[0].memory > 2048 + 1024
+    assert lane.parse_args([])[0].memory == lane.L1_MEM_MIB
+    assert lane.parse_args(["--kvm-unit-tests", "--memory", "3000"])[0].memory == 3000
+
+
 def test_the_bench_mode_passes_the_words_after_the_dashes_to_the_script(monkeypatch):
     args, rest = lane.parse_args(["--bench", "vm_network", "--", "--guest", "linux", "--runs", "10"])
     calls = []
