@@ -43,6 +43,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,21 +275,31 @@ def result_of(status: int | None, stderr: str = "") -> str:
     return STATUS.get(status, f"ERROR {status}")
 
 
-def run(command: list[str], timeout_s: float) -> Outcome:
-    """Boot one test; its console and result.  A test past its time is killed (TIMEOUT)."""
+def run(command: list[str], timeout_s: float, log_path: Path | None = None) -> Outcome:
+    """Boot one test; its console and result.  A test past its time is killed (TIMEOUT).
+
+    The console goes to `log_path` (after the command line) as the test prints it, so a
+    test that takes its VMM, or the whole machine, down with it still leaves its last
+    lines there; the VMM's stderr follows when it ends."""
     start = time.monotonic()
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-        status = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        out, err = proc.communicate()
-        status = None
+    with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as console:
+        console.write(shlex.join(command).encode() + b"\n")
+        console.flush()
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=console,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=timeout_s)
+            status = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            _, err = proc.communicate()
+            status = None
+        console.write(err)
+        console.seek(0)
+        log = console.read().decode("utf-8", "replace")
     stderr = err.decode("utf-8", "replace")
     result = result_of(status, stderr)
-    return Outcome(result, time.monotonic() - start, out.decode("utf-8", "replace") + stderr,
+    return Outcome(result, time.monotonic() - start, log,
                    first_error(stderr) if result.startswith("ERROR") else "")
 
 
@@ -299,10 +310,8 @@ def run_plan(p: Plan, vmms: list[str], timeout_s: float, logs: Path | None) -> d
             outcomes[vmm] = Outcome(f"SKIP ({QEMU} not installed)", 0, "")
             continue
         command = qemu_command(p) if vmm == "qemu" else pykvm_command(p)
-        outcomes[vmm] = run(command, time_limit(p, timeout_s))
-        if logs:
-            (logs / f"{p.config.name}.{vmm}.log").write_text(
-                shlex.join(command) + "\n" + outcomes[vmm].log)
+        outcomes[vmm] = run(command, time_limit(p, timeout_s),
+                            logs / f"{p.config.name}.{vmm}.log" if logs else None)
     return outcomes
 
 

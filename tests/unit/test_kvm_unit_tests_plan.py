@@ -160,3 +160,15 @@ def test_an_error_line_says_why():
     ours = kut.Outcome("ERROR", 1, "", kut.first_error("pykvm: error: VM stopped: KVM internal error\n"))
     line = kut.report_line(p, {"qemu": qemu, "pykvm": ours})
     assert line.endswith("qemu: error: failed to set MSR 0x10a; pykvm: VM stopped: KVM internal error")
+
+
+def test_the_console_is_in_the_log_while_the_test_still_runs(tmp_path):
+    """A test that takes the machine down with it leaves what it printed: the log is
+    written as the console prints, not when the VMM ends.  (The command copies its own
+    log while it runs.)"""
+    log, copy = tmp_path / "t.qemu.log", tmp_path / "copy"
+    outcome = kut.run(["sh", "-c", f"echo console-line; cp {log} {copy}; echo oops >&2; exit 3"], 30, log)
+    assert "console-line" in copy.read_text()
+    assert copy.read_text().startswith("sh -c ")                      # the command comes first
+    assert log.read_text().endswith("console-line\noops\n")            # then stderr, at the end
+    assert outcome.result == "FAIL" and outcome.log == log.read_text()
