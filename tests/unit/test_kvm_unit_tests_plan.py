@@ -109,6 +109,15 @@ def test_a_cpu_count_is_passed_on_once_pykvm_has_an_option_for_it(tmp_path):
     assert kut.qemu_command(p)[kut.qemu_command(p).index("-smp") + 1] == "3"
 
 
+def test_a_test_that_aborts_the_lanes_outer_qemu_is_skipped_there_alone(tmp_path, monkeypatch):
+    (tmp_path / "emulator.flat").write_bytes(b"")
+    config = kut.Config("emulator", "emulator.flat")
+    monkeypatch.delenv(kut.NESTED_TCG_ENV, raising=False)
+    assert kut.plan(config, tmp_path).skip == ""                       # on the host's KVM: it runs
+    monkeypatch.setenv(kut.NESTED_TCG_ENV, "1")                         # in L1, under the lane's TCG
+    assert "aborts the lane's outer QEMU" in kut.plan(config, tmp_path).skip
+
+
 def test_machine_pit_off_becomes_no_pit(plans):
     p = plans["no_pit"]
     assert p.skip == "" and "--no-pit" in kut.pykvm_command(p)
