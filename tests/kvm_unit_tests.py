@@ -69,6 +69,7 @@ MACHINE_OPTIONS = {"pit=off": "--no-pit"}  # QEMU's -machine VALUE -> pykvm boot
 SUBSET = ("setjmp", "idt_test", "s3", "vmexit_cpuid")
 
 PYKVM_ERROR = "pykvm: error:"
+KILL_WAIT_S = 30               # for a killed VMM to go; one stuck in the kernel is left behind
 REASON_CHARS = 90              # how much of a VMM's error line the report shows
 # isa-debug-exit statuses: (code << 1) | 1
 STATUS = {1: "PASS", 3: "FAIL", 77: "SKIP"}
@@ -302,7 +303,11 @@ def run(command: list[str], timeout_s: float, log_path: Path | None = None) -> O
             status = proc.returncode
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-            _, err = proc.communicate()
+            try:
+                _, err = proc.communicate(timeout=KILL_WAIT_S)
+            except subprocess.TimeoutExpired:   # its KVM_RUN never returns, or a child escaped
+                err = (f"\nkvm_unit_tests: {command[0]} still running {KILL_WAIT_S} s after SIGKILL "
+                       f"(pid {proc.pid}); left behind\n").encode()
             status = None
         console.write(err)
         console.seek(0)

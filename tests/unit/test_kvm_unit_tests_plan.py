@@ -1,6 +1,8 @@
 """The kvm-unit-tests runner's translation of unittests.cfg (tests/kvm_unit_tests.py).  No KVM."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import kvm_unit_tests as kut      # tests/ is on sys.path (conftest.py)
@@ -181,3 +183,13 @@ def test_the_console_is_in_the_log_while_the_test_still_runs(tmp_path):
     assert copy.read_text().startswith("sh -c ")                      # the command comes first
     assert log.read_text().endswith("console-line\noops\n")            # then stderr, at the end
     assert outcome.result == "FAIL" and outcome.log == log.read_text()
+
+
+def test_a_vmm_that_does_not_go_after_sigkill_is_left_behind(tmp_path, monkeypatch):
+    """A VMM whose KVM_RUN never returns cannot die; the run goes on to the next test.
+    (Here a child that left the process group keeps the output pipe open instead.)"""
+    monkeypatch.setattr(kut, "KILL_WAIT_S", 1)
+    escaped = tmp_path / "escaped.pid"
+    outcome = kut.run(["sh", "-c", f"setsid sleep 30 & echo $! > {escaped}; sleep 30"], 0.5, tmp_path / "t.log")
+    os.kill(int(escaped.read_text()), 9)
+    assert outcome.result == "TIMEOUT" and "still running 1 s after SIGKILL" in outcome.log
