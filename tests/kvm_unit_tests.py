@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiers import NESTED_TCG_ENV, nested_under_tcg
+from tiers import nested_under_tcg
 
 __all__ = ["suite_dir", "Config", "Plan", "read_configs", "plan", "run", "result_of", "main",
            "time_limit", "SUBSET", "DEFAULT_TIMEOUT_S", "SUITE_DEFAULT_TIMEOUT_S", "MEM_MIB"]

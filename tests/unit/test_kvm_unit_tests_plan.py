@@ -6,6 +6,7 @@ import os
 import pytest
 
 import kvm_unit_tests as kut      # tests/ is on sys.path (conftest.py)
+from tiers import NESTED_TCG_ENV
 
 CFG = """
 # a comment
@@ -114,9 +115,9 @@ def test_a_cpu_count_is_passed_on_once_pykvm_has_an_option_for_it(tmp_path):
 def test_a_test_that_aborts_the_lanes_outer_qemu_is_skipped_there_alone(tmp_path, monkeypatch):
     (tmp_path / "emulator.flat").write_bytes(b"")
     config = kut.Config("emulator", "emulator.flat")
-    monkeypatch.delenv(kut.NESTED_TCG_ENV, raising=False)
+    monkeypatch.delenv(NESTED_TCG_ENV, raising=False)
     assert kut.plan(config, tmp_path).skip == ""                       # on the host's KVM: it runs
-    monkeypatch.setenv(kut.NESTED_TCG_ENV, "1")                         # in L1, under the lane's TCG
+    monkeypatch.setenv(NESTED_TCG_ENV, "1")                         # in L1, under the lane's TCG
     assert "aborts the lane's outer QEMU" in kut.plan(config, tmp_path).skip
 
 
