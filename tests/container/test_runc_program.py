@@ -348,3 +348,41 @@ def test_no_pivot_takes_the_hosts_proc_and_sysfs_away(tmp_path):
         left = f.read()
     assert os.waitpid(pid, 0)[1] == 0, left
     assert json.loads(left) == [str(root / "proc")]
+
+
+# What an engine's `start` and `delete` calls must not import: each is a Python start of
+# its own, three per container, and these cost ~4-9 ms apiece (json with re, enum, and
+# the dataclasses and pathlib the runtime's hot path was written without).
+HEAVY = {"json", "re", "enum", "signal", "dataclasses", "inspect", "pathlib", "subprocess"}
+CALL_REPORTING_IMPORTS = (
+    "import sys\nbefore = set(sys.modules)\nfrom pykvm.commands.runc import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    status = e.code\n"
+    f"print(status, sorted((set(sys.modules) - before) & set({sorted(HEAVY)!r})))")
+
+
+def test_start_and_delete_of_a_real_container_import_nothing_heavy(runc_bundle, tmp_path):
+    """The calls themselves on a real container, not a list of modules: an import that
+    some code path of `start` or `delete` still reaches shows up here."""
+    set_process(runc_bundle, ["true"])
+    root = tmp_path / "state"
+    log = tmp_path / "create.log"              # not a pipe: the container's process inherits it
+    with open(log, "w") as err:
+        create = subprocess.run([PYKVM_RUNC, "--root", root, "create", "--bundle", runc_bundle, "imports"],
+                                stdin=subprocess.DEVNULL, stdout=err, stderr=err, timeout=60)
+    assert create.returncode == 0, log.read_text()
+
+    def call(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-c", CALL_REPORTING_IMPORTS, "--root", str(root), *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert call("start", "imports") == "0 []"
+    wait_for(lambda: '"stopped"' in runtime_state(root, "imports"), timeout=10)
+    assert call("delete", "imports") == "0 []"
+    assert not (root / "imports").exists()
+
+
+def runtime_state(root: Path, cid: str) -> str:
+    return subprocess.run([PYKVM_RUNC, "--root", root, "state", cid], capture_output=True, text=True,
+                          timeout=30).stdout

@@ -119,7 +119,7 @@ def test_starts_without_click(tmp_path):
             f"try:\n    main(['--root', {str(tmp_path)!r}, 'state', 'nope'])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in sys.modules if m == 'click' or m.startswith('pykvm.container.runtime.')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.stdout.strip() == "['pykvm.container.runtime.state']", r.stdout
+    assert r.stdout.strip() == "['pykvm.container.runtime.jsonload', 'pykvm.container.runtime.state']", r.stdout
 
 
 def test_only_create_imports_dataclasses_and_no_call_imports_pathlib(tmp_path):

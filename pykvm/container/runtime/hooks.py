@@ -18,13 +18,12 @@ warning (the spec: "the runtime MUST log a warning").
 
 `oci start` and `oci delete` (each a pykvm-runc call of its own) read the hooks back from
 state.json, so Hook is a plain class: dataclasses' import of inspect would cost each
-call ~8 ms.
+call ~8 ms.  For the same reason `json` and `signal` (which import `re` and `enum`) are
+imported only where a hook is run.
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
 
 from pykvm.errors import ConfigError, ContainerError
 
@@ -97,6 +96,7 @@ def run_hooks(hooks: dict[str, list[Hook]], kinds: tuple[str, ...], state: dict)
     ContainerError naming the first that fails or outlives its timeout."""
     for kind in kinds:
         for i, hook in enumerate(hooks.get(kind, [])):
+            import json
             _run_one(hook, f"hooks.{kind}[{i}]", json.dumps(state, separators=(",", ":")).encode())
 
 
@@ -119,4 +119,5 @@ def _run_one(hook: Hook, where: str, stdin: bytes) -> None:
 
 def _unblock_signals() -> None:
     """A hook run by the container's init must not inherit init's blocked signals."""
+    import signal                   # already loaded: subprocess imports it
     signal.pthread_sigmask(signal.SIG_SETMASK, [])

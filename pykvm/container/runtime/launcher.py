@@ -59,11 +59,10 @@ from pykvm.container.runtime.cgroups import Cgroup, close_all, open_cgroup
 from pykvm.container.runtime.config import RunConfig, process_defaults
 from pykvm.container.runtime.hooks import hooks_to_json, run_hooks
 from pykvm.container.runtime.monitor import run_monitor
-from pykvm.container.runtime.namespaces import owned_by
 from pykvm.container.runtime.process import (CREATED, DETACHED, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND,
                                              EXIT_SETUP_FAILED, FOREGROUND, EventPipe,
                                              SignalForwarder, child_main, exit_code, waitpid_retry)
-from pykvm.container.runtime.state import (ContainerState, StateStore, new_id, oci_state_json,
+from pykvm.container.runtime.state import (ContainerState, StateStore, new_id, oci_state_json, owned_by,
                                            process_start_time)
 from pykvm.errors import ConfigError, ContainerError, PyKvmError
 

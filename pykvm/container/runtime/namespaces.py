@@ -28,7 +28,7 @@ from pykvm.errors import ConfigError
 
 __all__ = ["CLONE_FLAGS", "ORDER", "PROC_NAMES", "IdMap", "flags_for", "unshare", "setns", "open_other",
            "write_id_maps", "loopback_up", "check_hostname", "HOST_NAME_MAX", "namespace_id",
-           "in_pid_namespace", "owned_by", "in_user_namespace",
+           "in_user_namespace",
            "setgroups_denied"]
 
 # OCI namespace type -> clone(2) flag (runtime-spec config-linux.md "Namespaces").
@@ -145,19 +145,6 @@ def namespace_id(pid: int, kind: str = "pid") -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def in_pid_namespace(pid: int, ident: tuple[int, int]) -> bool:
-    """Is process `pid` in the PID namespace `ident`, or about to put its children there
-    (`pid_for_children`: an `exec` that has joined it with setns(2))?"""
-    for name in ("pid", "pid_for_children"):
-        try:
-            st = os.stat(f"/proc/{pid}/ns/{name}")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == tuple(ident):
-            return True
-    return False
-
-
 def in_user_namespace() -> bool:
     """Is this process in a user namespace other than the host's?  The initial one maps
     all 2^32 ids onto themselves (user_namespaces(7) "The initial user namespace"), the
@@ -213,12 +200,3 @@ def loopback_up() -> None:
     finally:
         os.close(sock)
 
-
-def owned_by(pid_namespace, named: bool):
-    """Which processes in a container's cgroup are the container's: those in its PID
-    namespace.  When that is unknown (rootless: init's /proc/PID/ns is closed to us),
-    everything in a cgroup pykvm made for this container alone, nothing in one a
-    config named (cgroupsPath), where others may be."""
-    if not pid_namespace:
-        return lambda pid: not named
-    return lambda pid: in_pid_namespace(pid, tuple(pid_namespace))

@@ -7,6 +7,8 @@
         exec.fifo      only between `oci create` and `oci start` (runc's trick)
         container.log  stdout+stderr of a detached container (`pykvm container logs`)
         upper/ work/ rootfs/   the overlay's writable layer and mount point (image runs)
+    <root>/.cache/seccomp/               compiled seccomp filters (seccomp_cache.py); a name
+                                         that starts with "." is never a container's id
 
 The OCI runtime spec's state (runtime.md "State") is computed from these:
 status is "created" while exec.fifo exists, "stopped" once exit.json exists
@@ -14,25 +16,34 @@ or the init process is gone, else "running".
 
 Every `pykvm-runc` call (an engine makes three per container: create, start, delete)
 reads this module, so it imports neither dataclasses (which imports inspect: ~8 ms) nor
-pathlib (~4 ms): ContainerState is a plain class and paths are strings (os.path).
+pathlib (~4 ms): ContainerState is a plain class and paths are strings (os.path).  Nor does
+it import `json` or `re` (~9 ms together, with the `enum` that `re` imports): state.json is
+read by jsonload.py, and json is imported only to write it.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 
+from pykvm.container.runtime.jsonload import loads as json_loads
 from pykvm.errors import ConfigError, ContainerError
 
 __all__ = ["ContainerState", "StateStore", "state_root", "new_id", "OCI_VERSION", "STATE_ROOT_ENV",
-           "oci_state_json",
+           "oci_state_json", "valid_id",
            "stat_fields",
-           "stat_field", "process_start_time", "pid_alive"]
+           "stat_field", "process_start_time", "pid_alive", "in_pid_namespace", "owned_by"]
 
 STATE_ROOT_ENV = "PYKVM_STATE_ROOT"         # overrides state_root() (tests keep to themselves)
 OCI_VERSION = "1.0.2"                       # runtime-spec version whose state JSON we emit
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ID_FIRST_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+ID_CHARS = ID_FIRST_CHARS | frozenset("_.-")
+ID_MAX = 128
+
+
+def valid_id(text: str) -> bool:
+    """A container id or name as runc accepts one: ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$,
+    checked without the `re` module (see the module's docstring)."""
+    return 0 < len(text) <= ID_MAX and text[0] in ID_FIRST_CHARS and ID_CHARS.issuperset(text)
 
 
 def state_root() -> str:
@@ -130,15 +141,19 @@ class StateStore:
     def dir(self, cid: str) -> str:
         return os.path.join(self.root, cid)
 
+    def cache_dir(self, kind: str) -> str:
+        """<root>/.cache/<kind>: what the runtime keeps between containers (not a container)."""
+        return os.path.join(self.root, ".cache", kind)
+
     def has(self, cid: str) -> bool:
         """Is there a container with exactly this id (its state.json)?"""
         return os.path.isfile(os.path.join(self.dir(cid), "state.json"))
 
     def create(self, state: ContainerState) -> str:
         """Make the state directory; an id or name already in use is a ConfigError."""
-        if not ID_RE.match(state.id):
+        if not valid_id(state.id):
             raise ConfigError(f"bad container id {state.id!r}: use letters, digits, _ . - (max 128)")
-        if not ID_RE.match(state.name):
+        if not valid_id(state.name):
             raise ConfigError(f"bad container name {state.name!r}: use letters, digits, _ . - (max 128)")
         self.ensure()
         for other in self.list():
@@ -160,14 +175,22 @@ class StateStore:
             data = _read_json(os.path.join(self.dir(cid), "state.json"))
         except FileNotFoundError:
             raise ContainerError(f"no such container: {cid}") from None
-        return ContainerState(**data)
+        except ValueError as e:
+            raise ContainerError(f"container {cid}: its state.json is damaged ({e})") from None
+        if not isinstance(data, dict):
+            raise ContainerError(f"container {cid}: its state.json is damaged (not an object)")
+        try:
+            return ContainerState(**data)
+        except TypeError:
+            raise ContainerError(f"container {cid}: its state.json has keys this pykvm does not know "
+                                 f"(written by another version?)") from None
 
     def list(self) -> list[ContainerState]:
         if not os.path.isdir(self.root):
             return []
         out = []
         for d in sorted(os.scandir(self.root), key=lambda entry: entry.name):
-            if not d.is_dir():                  # not a container's: an engine's pid file, say
+            if not d.is_dir() or d.name.startswith("."):   # an engine's pid file, the .cache
                 continue
             try:
                 out.append(self.load(d.name))
@@ -180,7 +203,7 @@ class StateStore:
         match every container)."""
         if not ref:
             raise ContainerError("no such container: '' (give an id, a name or an id prefix)")
-        if ID_RE.match(ref) and self.has(ref):
+        if valid_id(ref) and self.has(ref):
             return self.load(ref)           # an exact id: no need to read every container's state
         states = self.list()
         for s in states:
@@ -273,6 +296,29 @@ def pid_alive(pid: int, start_time: int = 0) -> bool:
     return not start_time or int(stat_field(fields, 22)) == start_time
 
 
+def in_pid_namespace(pid: int, ident: tuple[int, int]) -> bool:
+    """Is process `pid` in the PID namespace `ident`, or about to put its children there
+    (`pid_for_children`: an `exec` that has joined it with setns(2))?"""
+    for name in ("pid", "pid_for_children"):
+        try:
+            st = os.stat(f"/proc/{pid}/ns/{name}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == tuple(ident):
+            return True
+    return False
+
+
+def owned_by(pid_namespace, named: bool):
+    """Which processes in a container's cgroup are the container's: those in its PID
+    namespace.  When that is unknown (rootless: init's /proc/PID/ns is closed to us),
+    everything in a cgroup pykvm made for this container alone, nothing in one a
+    config named (cgroupsPath), where others may be."""
+    if not pid_namespace:
+        return lambda pid: not named
+    return lambda pid: in_pid_namespace(pid, tuple(pid_namespace))
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -282,13 +328,14 @@ def _unlink_quietly(path: str) -> None:
 
 def _read_json(path: str):
     with open(path) as f:
-        return json.loads(f.read())
+        return json_loads(f.read())
 
 
 def _write_json(path: str, data: dict) -> None:
     """Write atomically: readers see the old file or the new one, never half of it."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    import json                     # only writers pay for it (see the module's docstring)
     with open(tmp, "w") as f:
         f.write(json.dumps(data, indent=1))
     os.replace(tmp, path)
