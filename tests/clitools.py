@@ -109,3 +109,9 @@ def on_a_terminal(kernel, *args: str):
             proc.kill()
         os.close(master)
         os.close(slave)
+
+
+def containers_in(state_root: Path) -> list[str]:
+    """The container directories under a state root: every entry but the runtime's own
+    .cache (compiled seccomp filters, kept between containers)."""
+    return sorted(p.name for p in state_root.iterdir() if p.name != ".cache") if state_root.is_dir() else []

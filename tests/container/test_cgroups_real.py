@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clitools import containers_in
 from escape_tools import cgroup2_root
 
 from pykvm.container.runtime import cgroups
@@ -34,7 +35,7 @@ def test_oom_kill_is_reported_as_137(pykvm, busybox_rootfs, state_root):
     assert r.returncode == 137, (r.returncode, r.stdout, r.stderr)
     assert "survived" not in r.stdout
     assert "killed by the OOM killer (memory limit 16M)" in r.stderr
-    assert list(state_root.iterdir()) == []
+    assert containers_in(state_root) == []
 
 
 def test_within_memory_limit_runs(pykvm, busybox_rootfs):
@@ -79,7 +80,7 @@ def test_cleanup_after_exit(pykvm, busybox_rootfs, state_root, how):
     r = pykvm("container", "run", "--rm", "--name", f"c-{how}", "--memory", "32M",
               "--rootfs", busybox_rootfs, *cmd)
     assert r.returncode == {"normal": 0, "error": 9, "not-found": 127}[how]
-    assert list(state_root.iterdir()) == []
+    assert containers_in(state_root) == []
     assert mountinfo() == before
     leftovers = [p for p in Path("/sys/fs/cgroup/memory").rglob("c-*") if "pykvm" in str(p)]
     assert leftovers == []
@@ -116,7 +117,7 @@ def test_cleanup_after_kill_9_of_the_launcher(busybox_rootfs, state_root):
     dirs = [Path(d) for d in state["cgroup"]["dirs"]]
     proc.kill()
     proc.wait()
-    while Path(f"/proc/{state['pid']}").exists() or list(state_root.iterdir()) or \
+    while Path(f"/proc/{state['pid']}").exists() or containers_in(state_root) or \
             any(d.exists() for d in dirs):
         assert time.monotonic() < deadline + 10, "container, state or cgroup outlived the launcher"
         time.sleep(0.02)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from clitools import wait_for
+from clitools import containers_in, wait_for
 
 pytestmark = [pytest.mark.root]
 
@@ -121,7 +121,7 @@ def test_two_containers_publishing_one_host_port_is_one_clear_error(kvm, fresh_r
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"pykvm: error: host port 8080/tcp is already published by "
                                f"container first ({first})"), r.stderr
-    assert [d.name for d in state_root.iterdir()] == [first], "the second left no container"
+    assert containers_in(state_root) == [first], "the second left no container"
     assert [r["name"] for r in leases(state_root).values()] == ["first"]
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clitools import containers_in
 
 from pykvm.container.image.check import check_store
 from pykvm.container.image.store import ImageStore
@@ -127,6 +128,16 @@ def test_a_container_whose_monitor_was_killed_is_marked_stopped_with_an_unknown_
     assert check_containers(store) == []
 
 
+def test_the_runtimes_cache_is_not_a_broken_container(tmp_path):
+    """<root>/.cache (compiled seccomp filters) has no state.json, and is no container's."""
+    store = StateStore(tmp_path / "state")
+    entry = tmp_path / "state" / ".cache" / "seccomp" / "0badf00d"
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(b"kept")
+    assert check_containers(store) == check_containers(store, repair=True) == []
+    assert entry.read_bytes() == b"kept"
+
+
 def test_a_stopped_oci_container_keeps_its_cgroup_until_delete_a_run_one_does_not(tmp_path):
     """The first chaos run showed it: the check called an `oci create`d container's cgroup
     left over, when removing it is `oci delete`'s job (runtime.md)."""
@@ -198,7 +209,7 @@ def test_kill_9_of_a_foreground_runs_process_group_is_found_and_repaired(stores,
         assert proc.stdout.readline() == b"up\n"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        (cid,) = os.listdir(state_root)
+        (cid,) = containers_in(state_root)
         status, lines = check(env)
         assert lines[0] == (f"container {cid}: its exit status was never recorded (its monitor was killed); "
                             "its cgroup is left; it was run with --rm but is still here"), lines
@@ -207,7 +218,7 @@ def test_kill_9_of_a_foreground_runs_process_group_is_found_and_repaired(stores,
         assert status == 0 and lines[0].endswith(": removed (it was run with --rm)"), lines
         assert check(env) == (0, ["no problems found"])
         assert cgroup.containers() == [] and cgroup.processes() == []
-        assert os.listdir(state_root) == []
+        assert containers_in(state_root) == []
     finally:
         for pid in cgroup.processes():
             os.kill(pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+from clitools import containers_in
 
 from ptyrun import lines, run_on_pty, set_size
 
@@ -249,7 +250,7 @@ def test_oci_create_terminal_needs_a_console_socket(pykvm, tty_bundle, state_roo
     assert r.stderr.strip().splitlines() == [
         "pykvm: error: process.terminal is true: `oci create` needs --console-socket PATH, "
         "a unix socket to send the terminal's master to (as runc)"]
-    assert list(state_root.iterdir()) == []
+    assert containers_in(state_root) == []
 
 
 def test_oci_create_console_socket_without_terminal(pykvm, tty_bundle, state_root, tmp_path):
@@ -263,7 +264,7 @@ def test_oci_create_console_socket_without_terminal(pykvm, tty_bundle, state_roo
                   tmp_path / "c.sock", "no-tty")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "only used with a terminal" in r.stderr
-    assert list(state_root.iterdir()) == []
+    assert containers_in(state_root) == []
 
 
 def test_oci_create_console_socket_nobody_listens(pykvm, tty_bundle, state_root, tmp_path):

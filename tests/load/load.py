@@ -101,7 +101,7 @@ class Pykvm(Runtime):
 
     def state_dirs(self):
         state = self.workdir / "state"
-        return os.listdir(state) if state.is_dir() else []
+        return [n for n in os.listdir(state) if n != ".cache"] if state.is_dir() else []
 
 
 class Runc(Runtime):
@@ -125,7 +125,7 @@ class Runc(Runtime):
 
     def state_dirs(self):
         state = self.workdir / "state"
-        return os.listdir(state) if state.is_dir() else []
+        return [n for n in os.listdir(state) if n != ".cache"] if state.is_dir() else []
 
 
 class PssSampler(threading.Thread):

@@ -84,6 +84,8 @@ enum scmp_filter_attr {
 typedef void *scmp_filter_ctx;
 #define __NR_SCMP_ERROR ...
 
+struct scmp_version { unsigned int major; unsigned int minor; unsigned int micro; };
+const struct scmp_version *seccomp_version(void);   /* the library loaded, not the header */
 unsigned int seccomp_api_get(void);
 scmp_filter_ctx seccomp_init(uint32_t def_action);
 void seccomp_release(scmp_filter_ctx ctx);

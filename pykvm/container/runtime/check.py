@@ -60,6 +60,8 @@ def check_containers(store: StateStore, repair: bool = False) -> list[Finding]:
         return []
     findings = []
     for path in sorted(root.iterdir()):
+        if path.name.startswith("."):          # the runtime's .cache: no container's id starts so
+            continue
         try:
             state = store.load(path.name)
         except (ContainerError, ValueError, TypeError):

@@ -103,8 +103,9 @@ class Container:
         self.store = store or StateStore()
         self.warn = warn or (lambda msg: print(f"pykvm: warning: {msg}", file=sys.stderr))
         if self.cfg.seccomp is not None and self.cfg.seccomp_filter is None:     # compiled once, here
-            from pykvm.container.runtime.seccomp import compile_filter
-            self.cfg = replace(self.cfg, seccomp_filter=compile_filter(self.cfg.seccomp, self.warn))
+            from pykvm.container.runtime.seccomp_cache import cached_compile
+            self.cfg = replace(self.cfg, seccomp_filter=cached_compile(
+                self.cfg.seccomp, self.store.cache_dir("seccomp"), self.warn))
         self.id = self.cfg.id or new_id()
         self.state = ContainerState(
             id=self.id, name=self.cfg.name or self.id, bundle=self.cfg.bundle,

@@ -23,6 +23,8 @@ socketcall and ipc multiplexers) in the launcher, once, into a Filter: the BPF p
 behind runc's ENOSYS stub (_enosys_stub), and the flags.  The container's command loads it with seccomp(2) right before execve
 (command.py), as runc's standard_init does; `exec` loads the same Filter, kept in
 state.json.  Unknown syscall names are skipped with a warning, as runc skips them.
+The launcher keeps each compiled program for the next container with the same profile
+(seccomp_cache.py), as crun does.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from pykvm.errors import ConfigError
 
 __all__ = ["Condition", "Rule", "Profile", "Filter", "parse_profile", "compile_filter",
-           "export_pfc", "disassemble", "ACTIONS", "OPERATORS", "FLAGS"]
+           "export_pfc", "disassemble", "libseccomp", "kernel_flags", "ACTIONS", "OPERATORS", "FLAGS"]
 
 ACTIONS = ("SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
            "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY")
@@ -202,7 +204,7 @@ def compile_filter(profile: Profile, warn=None) -> Filter:
     if len(program) // SOCK_FILTER.size > MAX_INSNS:
         raise ConfigError(f"the seccomp profile compiles to {len(program) // SOCK_FILTER.size} BPF "
                           f"instructions; the kernel takes at most {MAX_INSNS}")
-    return Filter(program, _kernel_flags(profile.flags))
+    return Filter(program, kernel_flags(profile.flags))
 
 
 def export_pfc(profile: Profile) -> str:
@@ -212,7 +214,7 @@ def export_pfc(profile: Profile) -> str:
 
 def _export(profile: Profile, form: str, warn) -> bytes:
     """Build the filter in libseccomp and write it out as `form` (bpf or pfc)."""
-    lib = _libseccomp().lib
+    lib = libseccomp().lib
     ctx = _new_context(profile)
     try:
         default = _action_value(profile.default_action, profile.default_errno_ret)
@@ -263,7 +265,7 @@ def _enosys_stub(profile: Profile) -> bytes:
     last = _last_syscalls(profile)
     if not last:
         return b""
-    lib = _libseccomp().lib
+    lib = libseccomp().lib
     x86_64, i386 = lib.SCMP_ARCH_X86_64 & 0xFFFFFFFF, lib.SCMP_ARCH_X86 & 0xFFFFFFFF
     program = [(BPF_LD_W_ABS, "", "", 4)]
     sections = []
@@ -307,7 +309,7 @@ def _assemble(pc: int, insn: tuple, labels: dict) -> bytes:
 def _last_syscalls(profile: Profile) -> dict[str, int]:
     """runc's findLastSyscalls: for each x86 ABI the profile lists, the highest number of a
     call it names (x32's with X32_SYSCALL_BIT set, as the kernel sees them)."""
-    lib = _libseccomp().lib
+    lib = libseccomp().lib
     abis = {"SCMP_ARCH_X86_64": "amd64", "SCMP_ARCH_X32": "x32", "SCMP_ARCH_X86": "i386"}
     last = {}
     for arch in profile.architectures:
@@ -320,7 +322,7 @@ def _last_syscalls(profile: Profile) -> dict[str, int]:
     return last
 
 
-def _libseccomp():
+def libseccomp():
     """libseccomp's cffi module (_seccomp_build.py), imported when a profile is compiled:
     loading the library costs ~1.5 ms that a container without a profile need not pay,
     nor `exec`, which loads a program compiled before."""
@@ -331,7 +333,7 @@ def _libseccomp():
 def _new_context(profile: Profile):
     """seccomp_init(default action) and the extra architectures.  libseccomp must not set
     no_new_privs itself: command.py decides that (process.noNewPrivileges), as runc does."""
-    c = _libseccomp()
+    c = libseccomp()
     ffi, lib = c.ffi, c.lib
     ctx = lib.seccomp_init(_action_value(profile.default_action, profile.default_errno_ret))
     if ctx == ffi.NULL:
@@ -353,7 +355,7 @@ def _add_rule(ctx, name: str, rule: Rule, default: int, warn) -> None:
     unknown name is skipped (this kernel and libseccomp do not have it); conditions on
     the same argument twice become one rule each (libseccomp ANDs the conditions of a
     rule, and cannot AND two on one argument), else all go in one rule."""
-    c = _libseccomp()
+    c = libseccomp()
     ffi, lib = c.ffi, c.lib
     action = _action_value(rule.action, rule.errno_ret)
     if action == default:
@@ -376,7 +378,7 @@ def _add_rule(ctx, name: str, rule: Rule, default: int, warn) -> None:
 
 def _action_value(action: str, errno_ret: int | None) -> int:
     """runc's getAction: KILL is KILL_THREAD; ERRNO and TRACE default to EPERM."""
-    lib = _libseccomp().lib
+    lib = libseccomp().lib
     if action == "SCMP_ACT_ERRNO":
         return lib.act_errno(errno.EPERM if errno_ret is None else errno_ret)
     if action == "SCMP_ACT_TRACE":
@@ -386,7 +388,7 @@ def _action_value(action: str, errno_ret: int | None) -> int:
     return getattr(lib, action)
 
 
-def _kernel_flags(flags: tuple[str, ...]) -> int:
+def kernel_flags(flags: tuple[str, ...]) -> int:
     """seccomp(2)'s flags.  TSYNC means nothing here: the command is single-threaded (runc
     ignores it too)."""
     from pykvm.container.runtime.syscalls import lib
