@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from clitools import wait_for
+from clitools import containers_in, wait_for
 from engine_fixtures import podman_config
 from fd_passing import pipe_holding, run_with_fds
 from image_fixtures import bundled_context, run_pykvm
@@ -120,7 +120,7 @@ def podman(podman_env, tmp_path) -> Podman:
 def test_podman_run_echo(podman, tmp_path):
     r = podman("run", "--rm", *RUN_OPTS, IMAGE, "echo", "hi")
     assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
-    assert not any((tmp_path / "state").iterdir()), "delete left the container's state"
+    assert containers_in(tmp_path / "state") == [], "delete left the container's state"
 
 
 def test_podman_passes_the_exit_status_through(podman):
@@ -545,7 +545,7 @@ def test_containerd_run_echo_and_exit_status(containerd):
     assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
     r = containerd.run("--rm", IMAGE.removeprefix("localhost/"), "status-test", "sh", "-c", "exit 9")
     assert r.returncode == 9, r.stderr
-    assert not any(containerd.runc_root.joinpath(containerd.namespace).iterdir())
+    assert containers_in(containerd.runc_root.joinpath(containerd.namespace)) == []
 
 
 def test_containerd_exec_pause_kill(containerd):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from clitools import containers_in
 
 from pykvm.container.image.runconfig import run_build_step
 from pykvm.container.runtime.config import RunConfig
@@ -53,4 +54,4 @@ def test_run_build_step_writes_into_the_rootfs(fresh_rootfs, state_root, capfd):
     assert (fresh_rootfs / "tmp" / "artifact").read_text() == "built\n"
     assert capfd.readouterr().out == "1000\n"
     assert run_build_step(str(fresh_rootfs), ["sh", "-c", "exit 4"]) == 4
-    assert os.listdir(state_root) == []
+    assert containers_in(state_root) == []

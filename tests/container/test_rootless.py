@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from clitools import containers_in
 from rootless_fixtures import (NOBODY, nobody_interpreter, nobody_pythonpath, public_dir,  # noqa: F401  (fixtures)
                                rootless_problem)
 
@@ -72,7 +73,7 @@ def test_rootless_run_maps_root_to_the_caller(as_nobody, rootless_rootfs):
     assert uid_map_and_rest[1] == "lo"
     assert uid_map_and_rest[2] == "1", "root inside cannot write the host's root-owned files"
     assert (as_nobody.home / "pykvm" / "containers").is_dir()
-    assert list((as_nobody.home / "pykvm" / "containers").iterdir()) == []
+    assert containers_in(as_nobody.home / "pykvm" / "containers") == []
 
 
 def test_rootless_says_which_limits_it_cannot_apply(as_nobody, rootless_rootfs):

@@ -8,7 +8,7 @@ import os
 import re
 
 import pytest
-from clitools import wait_for
+from clitools import containers_in, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -72,7 +72,7 @@ def test_bad_hostname_is_one_line_before_anything_starts(pykvm, busybox_rootfs, 
     r = sh(pykvm, busybox_rootfs, "hostname", "--hostname", name)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("pykvm: error: ") and why in r.stderr, r.stderr
-    assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
+    assert containers_in(state_root) == [], "no container was created"
 
 
 @pytest.mark.parametrize("var", ["=x", "=", "A\0B=1"])
@@ -86,7 +86,7 @@ def test_bad_environment_variable_is_a_usage_error(pykvm, busybox_rootfs, state_
     r = sh(pykvm, busybox_rootfs, "env", "-e", var)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"pykvm: error: bad environment variable {var!r}: "), r.stderr
-    assert not state_root.exists() or not any(state_root.iterdir()), "no container was created"
+    assert containers_in(state_root) == [], "no container was created"
 
 
 def test_early_init_failure_is_init_s_own_message(busybox_rootfs, state_root):
@@ -99,7 +99,7 @@ def test_early_init_failure_is_init_s_own_message(busybox_rootfs, state_root):
         namespaces = dict(RunConfig(args=["true"]).namespaces, uts="/proc/self/ns/net")
         with pytest.raises(ContainerError, match=r"^setns failed: EINVAL.*/proc/self/ns/net"):
             run_container(RunConfig(args=["true"], rootfs=str(busybox_rootfs), namespaces=namespaces))
-    assert not any(state_root.iterdir()), "nothing left behind"
+    assert containers_in(state_root) == [], "nothing left behind"
 
 
 def test_only_loopback_and_it_is_up(pykvm, busybox_rootfs):
@@ -224,7 +224,7 @@ def test_command_not_found_is_127_with_a_message(pykvm, busybox_rootfs, state_ro
     assert r.returncode == 127
     assert r.stderr.strip() == ("pykvm: error: no-such-command: command not found in the container "
                                 "(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)")
-    assert list(state_root.iterdir()) == []
+    assert containers_in(state_root) == []
 
 
 def test_stdin_interactive(pykvm, busybox_rootfs):
@@ -284,7 +284,7 @@ def test_detached_logs_stop_rm(pykvm, busybox_rootfs, state_root):
     assert pykvm("container", "logs", cid).stdout == "hello-log\nbye\n"
     assert pykvm("container", "rm", "web").returncode == 0
     assert pykvm("container", "ps", "-a", "-q").stdout == ""
-    assert list(state_root.iterdir()) == []
+    assert containers_in(state_root) == []
 
 
 @pytest.mark.parametrize("init,status", [([], "exited (137)"), (["--init"], "exited (143)")])
@@ -306,7 +306,7 @@ def test_kill_and_rm_force(pykvm, busybox_rootfs, state_root):
     wait_for(lambda: "exited (137)" in pykvm("container", "ps", "-a").stdout)
     cid2 = pykvm("container", "run", "-d", "--rootfs", busybox_rootfs, "sleep", "1000").stdout.strip()
     assert pykvm("container", "rm", "-f", cid, cid2).returncode == 0
-    assert list(state_root.iterdir()) == []
+    assert containers_in(state_root) == []
 
 
 def test_name_in_use(pykvm, busybox_rootfs):
