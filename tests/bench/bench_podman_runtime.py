@@ -18,78 +18,34 @@ Fair play:
     crun refuses this machine's hybrid cgroups (v1 controllers plus an empty cgroup2) and
     accepts plain v1; runc and pykvm-runc use v1 either way, and the namespace costs every
     row the same `unshare` and `umount`.
-  * Every row asks for no seccomp filter (pykvm-runc refuses linux.seccomp where it cannot
-    apply it) and for the same --ulimit values (the host's hard RLIMIT_NOFILE is below
-    Podman's default).
+  * Every row gets Podman's default seccomp profile, as a plain `podman run` does (each
+    runtime compiles it with libseccomp; pykvm-runc and crun keep the compiled program for
+    the next container, runc compiles it every time), and the same --ulimit values (the
+    host's hard RLIMIT_NOFILE is below Podman's default).
   * Rows are interleaved, the starting row rotating every round, after two untimed runs of
     each.  pykvm's modules are byte-compiled first (PYTHONDONTWRITEBYTECODE may be set, and
     an installed package has its .pyc files).
 
-Measured 2026-12-02 on this 2-core machine at load average 7-9 (other jobs), 20
-interleaved runs each (min / median / max, ms).  This benchmark:
+Measured 2026-12-03 on this 2-core machine, the hardware lane running beside it (load
+average 2-3), 20 interleaved runs each (min / median / max, ms), in two runs minutes apart.
+`before` is the build before start and delete left out json, re and signal and before
+compiled seccomp filters were kept (another checkout, through a shell wrapper that calls
+its main(); `after` is this build through the same wrapper):
 
-    runc                   478 / 1175 / 2815
-    pykvm-runc             855 / 1488 / 2923     1.27x runc: goal <= 1.2x NOT met
-    crun                   538 /  904 / 2064     0.77x runc
-    python -c pass          16 /   43 /  198
+    runc                   263 /  349 /  425        409 /  487 /  752
+    pykvm-runc             330 /  397 /  563        426 /  529 /  632
+    crun                   247 /  303 /  460        351 /  415 /  559
+    python -c pass          16 /   18 /   26         11 /   17 /   26
+    before                 329 /  456 /  583        487 /  582 /  692
+    after                                           441 /  531 /  619
+    pykvm-runc / runc      1.14x: goal <= 1.2x met  1.09x: met
+    before / runc          1.31x                    1.19x
 
-and, minutes later, the same Podman runs through a logging wrapper around each runtime,
-with a fourth row by hand: pykvm-runc as it was before its calls left out dataclasses,
-pathlib, threading and the editable install's import finder (a second venv):
-
-    runc                   659 / 1018 / 1808
-    pykvm-runc             886 / 1332 / 2949     1.31x runc
-    pykvm-runc, before    1172 / 1473 / 3407     1.45x runc
-    crun                   609 /  881 / 1757     0.87x runc
-
-At that load each runnable process gets about a quarter of a CPU, so a call's wall clock
-is about four times its CPU time, and the rows differ by the runtime's CPU.  Per call under
-Podman, wall ms / CPU ms (user+sys, in the 10 ms steps of /usr/bin/time), medians:
-
-                  create        start         delete
-    runc          76 / 10       20 /  0       16 /  0
-    pykvm-runc   214 / 60       78 / 20      118 / 30
-    before       276 / 65      162 / 40      146 / 45
-
-Measured 2026-12-03 at load average 2-4, 20 interleaved runs, with a row for the build
-before cgroups.py left pathlib (`pykvm-runc-before=OTHER_CHECKOUT/.venv/bin/pykvm-runc`):
-
-    runc                   233 /  266 /  319
-    pykvm-runc             295 /  361 /  414     1.36x runc: goal <= 1.2x NOT met
-    pykvm-runc-before      295 /  346 /  444     1.30x runc
-    crun                   211 /  250 /  377     0.94x runc
-    python -c pass          11 /   13 /   18
-
-and, minutes later, at load average 5-7:
-
-    runc                   564 /  987 / 1835
-    pykvm-runc             636 / 1303 / 1990     1.32x runc: goal <= 1.2x NOT met
-    pykvm-runc-before      834 / 1180 / 2128     1.19x runc
-    crun                   494 /  926 / 1789     0.94x runc
-    python -c pass          12 /   25 /  110
-
-At low load Podman's own part shrinks more than Python's starts, and the ratio is worse
-than at load 8.  The two pykvm-runc rows differ by less than 20 runs resolve (here
-`before` came out ahead both times, by 4% and 10%, at the same minimum once): the cut is
-~4 ms of CPU in `create` and in `delete` (min of 21 runs, each call's modules imported).
-Under Podman at load 5, 12 interleaved runs, CPU ms per call (bash's `times` in a logging
-wrapper), median: create 70.5 before -> 62.5, delete 39 -> 35, and start, whose code did
-not change, 28.5 -> 33.5: the noise is as large as the cut.
-The gap to runc, ~95 ms, is per call under Podman (wall ms, median of 8 at this load):
-create 65 against runc's 20, start 20 against 0-5, delete 20 against 0-5; of it ~38 ms is
-three Python starts, ~20-25 three imports of json (with re and enum), ~13 create's
-dataclasses, and the rest pykvm's own modules and create's launch (its two forks, ~15 ms).
-
-What a pykvm-runc call still costs before it does any work, CPU ms (python -X importtime,
-minimum of 9 runs at that load): Python's own start ~8 and site.py ~3.5 (~15 while the
-editable install was an import finder, which imported pathlib and importlib.util); json,
-with the re and enum it imports, ~9: every call reads state.json.  `start` and `state` are
-at that floor.  `delete` adds the cffi binding (~1; and added pathlib, ~5, while
-cgroups.py worked on Path).  `create` adds dataclasses (~10 to import, inspect included,
-and ~4 to build RunConfig, Mount and DeviceNode), pykvm's runtime modules and the launch
-(and added pathlib).  So
-~25 ms of each call is Python's start and json, three calls per container, against runc's
-5-15 ms of CPU per call: 1.2x is not met at this load.
+Each call by hand on the same machine, idle (wall ms, 5 runs; runc's under Podman through
+a logging wrapper): create 89-95 -> 76-86 with Podman's profile (64-69 without one),
+start 28-30 -> 17-23, delete 29-33 -> 21-25; runc's create ~47, start ~11, delete ~9.
+What is left is three Python starts (~16 ms each, `python -c pass`), and in `create` the
+json, re, dataclasses and inspect it imports (~20 ms together) and the launch.
 """
 from __future__ import annotations
 
@@ -104,8 +60,7 @@ from pathlib import Path
 WARMUP = 2
 GOAL_RATIO = 1.2              # pykvm-runc / runc
 IMAGE = "localhost/busybox:bench"
-RUN_OPTS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-            "--security-opt", "seccomp=unconfined"]
+RUN_OPTS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "container"))
 from engine_fixtures import podman_config  # noqa: E402  (tests/container/engine_fixtures.py)
