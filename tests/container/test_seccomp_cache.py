@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from dataclasses import replace
 
 import pytest
 
@@ -78,6 +79,28 @@ def test_an_unwritable_cache_only_costs_a_compilation(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert cached_compile(SMALL, str(blocker / "seccomp")) == compile_filter(SMALL)
+
+
+def test_a_cache_that_cannot_be_refreshed_still_serves_its_entry(tmp_path, monkeypatch):
+    """A hit touches the entry (eviction keeps what is used); on a read-only mount that
+    fails, and the entry is used all the same."""
+    first = cached_compile(SMALL, str(tmp_path))
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(seccomp_cache.os, "utime", read_only)
+    monkeypatch.setattr(seccomp_cache.seccomp, "compile_filter", lambda *a: pytest.fail("compiled again"))
+    assert cached_compile(SMALL, str(tmp_path)) == first
+
+
+def test_no_warning_is_kept_for_a_profile_that_asks_for_none(tmp_path):
+    quiet = parse_profile({"defaultAction": "SCMP_ACT_ALLOW",
+                           "syscalls": [{"names": ["no_such_call"], "action": "SCMP_ACT_ERRNO"}]})
+    quiet = replace(quiet, warn_unknown=False)
+    said = []
+    cached_compile(quiet, str(tmp_path), said.append)
+    cached_compile(quiet, str(tmp_path), said.append)
+    assert said == []
 
 
 def test_the_directories_are_private(tmp_path):

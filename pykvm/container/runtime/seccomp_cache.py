@@ -45,7 +45,7 @@ def cached_compile(profile: Profile, directory: str, warn=None) -> Filter:
     else:
         warnings, program = found
         compiled = Filter(program, seccomp.kernel_flags(profile.flags))
-    if warn is not None and profile.warn_unknown:
+    if warn is not None:             # none were kept for a profile with warn_unknown off
         for message in warnings:
             warn(message)
     return compiled
@@ -81,7 +81,10 @@ def _read(path: str, key: bytes) -> tuple[list[str], bytes] | None:
     insns, odd = divmod(len(program), SOCK_FILTER.size)
     if odd or not 0 < insns <= MAX_INSNS:
         return None
-    os.utime(path)                   # recently used: eviction keeps it
+    try:
+        os.utime(path)               # recently used: eviction keeps it
+    except OSError:                  # a read-only cache still serves its entries
+        pass
     return [w for w in warnings.decode().split("\n") if w], program
 
 
