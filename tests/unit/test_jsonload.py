@@ -62,3 +62,15 @@ def test_imports_neither_json_nor_re():
             "loads('{\"a\": [1]}')\nprint(sorted((set(sys.modules) - before) & {'json', 're', 'enum'}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_refusals_in_a_process_that_never_imported_json():
+    """The C scanner raises its errors through json.decoder, which it does not import
+    itself: the refusals must hold where only jsonload was imported."""
+    texts = ["", "{", "{} x", "[1,2", "\"a\x01\"", "{'a': 1}"]
+    code = ("import sys\nfrom pykvm.container.runtime.jsonload import loads\n"
+            f"for text in {texts!r}:\n"
+            "    try:\n        loads(text)\n        print('accepted', repr(text))\n"
+            "    except ValueError:\n        print('refused')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split("\n")[:-1] == ["refused"] * len(texts), r.stdout + r.stderr

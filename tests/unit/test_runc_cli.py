@@ -154,3 +154,13 @@ def test_a_bad_preserve_fds_is_refused_before_anything_is_made(tmp_path, value, 
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert json.dumps(message)[1:-1] in r.stderr, r.stderr
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("command", ["state", "start", "delete", "kill"])
+def test_a_damaged_state_json_is_one_line(tmp_path, command):
+    """What a crash or a full disk can leave: one error entry and status 1, no traceback."""
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "state.json").write_text('{"id": "c1", "pid": ')
+    r = runtime("--root", tmp_path, command, "c1")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "container c1: its state.json is damaged" in r.stderr, r.stderr

@@ -5,8 +5,8 @@ little else.  `import json` costs those calls ~9 ms of their ~30: json.decoder i
 for its pure-Python fallback, and `re` imports `enum`, `functools` and `collections`.  Yet
 the parsing itself is done in C: json.loads hands the text to the scanner of CPython's
 `_json` module, built from the decoder's settings.  This module builds that scanner itself,
-with json.JSONDecoder's defaults, and so gives the same values and the same errors for
-about the cost of importing `_json`.
+with json.JSONDecoder's defaults, and so gives the same values for about the cost of
+importing `_json`; a text that is not JSON is handed to json.loads, for json's own error.
 
     loads('{"pid": 42, "hooks": {}}')  ->  {'pid': 42, 'hooks': {}}
 
@@ -49,6 +49,12 @@ def loads(text: str):
         value, end = _scan(text, start)
     except StopIteration as e:                   # no value begins at e.value
         raise ValueError(f"Expecting value: char {e.value}") from None
+    except SystemError:
+        # The scanner reports a syntax error with json.decoder's JSONDecodeError, which
+        # CPython 3.11 looks up in sys.modules only: with json not imported, that lookup
+        # fails and the call returns no exception.  An error is rare: let json say it.
+        import json
+        return json.loads(text)
     if text[end:].strip(WHITESPACE):
         raise ValueError(f"Extra data: char {end}")
     return value
