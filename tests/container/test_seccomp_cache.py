@@ -53,7 +53,7 @@ def test_the_key_names_the_compiler_and_the_kernel():
     assert repr(SMALL) in key
 
 
-@pytest.mark.parametrize("damage", ["truncated", "foreign key", "odd length", "empty", "symlink"])
+@pytest.mark.parametrize("damage", ["truncated", "foreign key", "odd length", "empty", "symlink", "warnings"])
 def test_a_bad_entry_is_recompiled_and_replaced(tmp_path, damage):
     good = cached_compile(DOCKER, str(tmp_path))
     path = entry(tmp_path, DOCKER)
@@ -66,6 +66,9 @@ def test_a_bad_entry_is_recompiled_and_replaced(tmp_path, damage):
         path.write_bytes(data + b"\x01")
     elif damage == "empty":
         path.write_bytes(b"")
+    elif damage == "warnings":             # the key intact, bytes that are no text after it
+        key, _, rest = data.partition(b"\0")
+        path.write_bytes(key + b"\0\xff\xfe" + rest)
     else:                                  # a link planted in the cache is not followed
         target = tmp_path / "elsewhere"
         target.write_bytes(data)

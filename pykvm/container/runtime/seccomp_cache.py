@@ -82,10 +82,14 @@ def _read(path: str, key: bytes) -> tuple[list[str], bytes] | None:
     if odd or not 0 < insns <= MAX_INSNS:
         return None
     try:
+        messages = [w for w in warnings.decode().split("\n") if w]
+    except UnicodeDecodeError:
+        return None
+    try:
         os.utime(path)               # recently used: eviction keeps it
     except OSError:                  # a read-only cache still serves its entries
         pass
-    return [w for w in warnings.decode().split("\n") if w], program
+    return messages, program
 
 
 def _write(directory: str, path: str, key: bytes, warnings: list[str], program: bytes) -> None:
