@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from pykvm.commands.fast_exit import exit_now
+from pykvm.commands.fast_exit import error_line, exit_now
 from pykvm.commands.lazy import LazyGroup
 
 __all__ = ["main", "cli"]
@@ -22,7 +22,7 @@ __all__ = ["main", "cli"]
 LAZY_COMMANDS = {
     "boot": "pykvm.commands.boot:boot",
     "check": "pykvm.commands.check:check",
-    "container": "pykvm.commands.container:container",
+    "container": "pykvm.commands.container.group:container",
     "compare": "pykvm.commands.compare:compare",
     "initramfs": "pykvm.commands.initramfs:initramfs",
     "restore": "pykvm.commands.restore:restore",
@@ -55,17 +55,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(argv: list[str] | None) -> None:
     """Run the CLI once: click parses, the command runs, errors become one line."""
-    from pykvm.errors import PyKvmError
-
     try:
         # standalone_mode=False lets us format errors ourselves; click then returns the
         # code of a ctx.exit(code) instead of exiting, so we exit with it.
         code = cli.main(args=argv, prog_name="pykvm", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except PyKvmError as e:
-        click.echo(f"pykvm: error: {e}", err=True)
-        sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("pykvm: aborted", err=True)
         sys.exit(130)
@@ -79,19 +74,16 @@ def _run(argv: list[str] | None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("pykvm: interrupted", err=True)
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(141)
-    except OSError as e:
-        import errno
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):   # anything else is a bug: its traceback shows where
+    except (Exception, KeyboardInterrupt) as e:
+        # PyKvmError, Ctrl-C, a closed pipe, a full disk: one line; anything else is a bug
+        # and its traceback shows where.
+        ending = error_line(e)
+        if ending is None:
             raise
-        where = e.filename2 or e.filename
-        click.echo("pykvm: error: no space left on device" + (f" writing {where}" if where else "")
-                   + ": free some space and try again (what was half-written is not kept)", err=True)
-        sys.exit(1)
+        line, code = ending
+        if line:
+            click.echo(line, err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

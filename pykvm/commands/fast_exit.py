@@ -1,4 +1,5 @@
-"""How pykvm's programs end (`pykvm`, `pykvm-runc`): at once, without tearing the interpreter down.
+"""How pykvm's programs end (`pykvm`, `pykvm-runc`): at once, without tearing the interpreter down;
+and the one line an error that is not a bug ends the `pykvm` CLI with.
 
 At exit CPython frees every module and collects the garbage: 5-9 ms for the `pykvm` CLI
 (click brings ~100 modules), 3-7 ms for `pykvm-runc`, which an engine runs three times or
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["exit_now", "EXIT_STATUS_MASK"]
+__all__ = ["exit_now", "EXIT_STATUS_MASK", "error_line"]
 
 # A process's exit status is 8 bits (wait(2)): larger statuses end as their low byte, as in C.
 EXIT_STATUS_MASK = 0xFF
@@ -42,3 +43,27 @@ def exit_now(code) -> None:
         except (OSError, ValueError):                      # a closed pipe: nothing to save
             pass
     os._exit(code)
+
+
+def error_line(error: BaseException) -> tuple[str, int] | None:
+    """The line (without its newline) and exit status the `pykvm` CLI ends with after
+    `error`, or None for a bug, whose traceback shows where it is.
+
+    Shared by click's path (cli.py) and the one that parses without click
+    (commands/container/running.py), so the two end alike.
+    """
+    import errno
+
+    from pykvm.errors import PyKvmError
+
+    if isinstance(error, PyKvmError):
+        return f"pykvm: error: {error}", error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return "pykvm: interrupted", 130
+    if isinstance(error, BrokenPipeError):
+        return "", 141
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = error.filename2 or error.filename
+        return ("pykvm: error: no space left on device" + (f" writing {where}" if where else "")
+                + ": free some space and try again (what was half-written is not kept)", 1)
+    return None
