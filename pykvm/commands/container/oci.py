@@ -3,7 +3,7 @@
 The OCI runtime spec's operations on a bundle (runtime-spec runtime.md
 "Operations").  A module of its own, apart from run.py's Docker-style
 commands, so that `oci run` (what the launch benchmark times) makes click build
-only these few commands.  Imported lazily by pykvm/commands/container/__init__.py.
+only these few commands.  Imported lazily by pykvm/commands/container/group.py.
 """
 from __future__ import annotations
 
