@@ -1,7 +1,7 @@
 """`pykvm container run | ps | logs | stop | kill | rm`: the run side of the CLI.
 
 Docker's habits for the everyday commands; runc's for `oci` live in oci.py.
-Imported lazily by pykvm/commands/container/__init__.py.
+Imported lazily by pykvm/commands/container/group.py; the `run` command's work is in running.py.
 """
 from __future__ import annotations
 
@@ -25,25 +25,6 @@ def parse_signal(text: str) -> int:
     if isinstance(getattr(signal.Signals, name, None), signal.Signals):
         return int(signal.Signals[name])
     raise ConfigError(f"unknown signal {text!r} (use a name like TERM or KILL, or a number)")
-
-
-def _parse_env(items: tuple[str, ...]) -> list[str]:
-    """-e K=V sets; -e K copies K from our own environment (Docker's rule)."""
-    import os
-    out = []
-    for item in items:
-        if "=" in item:
-            out.append(item)
-        elif item in os.environ:
-            out.append(f"{item}={os.environ[item]}")
-    return out
-
-
-def _image_config(image: str, args: list[str], entrypoint: str | None = None):
-    """The IMAGE path: ask the image store for layers and config."""
-    from pykvm.container.image.runconfig import config_from_image
-    from pykvm.container.image.store import resolve_for_run
-    return config_from_image(resolve_for_run(image), args, entrypoint)
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False,
@@ -81,113 +62,12 @@ def _image_config(image: str, args: list[str], entrypoint: str | None = None):
               help="container: namespaces and cgroups on this host's kernel; vm: the image's root "
                    "disk booted by its own Linux kernel (make linux-guest), --memory is its RAM.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.pass_context
-def run_cmd(ctx, remove, detach, name, hostname, env, workdir, user, memory, pids_limit, cpus,
-            network, publish, read_only, cap_add, cap_drop, interactive, tty, entrypoint, security_opt,
-            use_init, rootfs, isolation, args):
+def run_cmd(**params):
     """Run a command in a new container: IMAGE [CMD...] or --rootfs DIR CMD..."""
-    from dataclasses import replace
-
-    from pykvm.container.runtime.cgroups import Limits, parse_cpus, parse_size
-    from pykvm.container.runtime.config import DEFAULT_PATH, RunConfig, default_caps, merge_env
-    from pykvm.container.runtime.launcher import DETACHED, FOREGROUND, launch
-    from pykvm.container.runtime.state import new_id
-    from pykvm.container.runtime.users import ExecUser, resolve_user
-    from pykvm.errors import ConfigError
-
-    args = list(args)
-    if isolation == "vm":                    # before anything is resolved or built
-        from pykvm.commands.container.isolation import (linux_guest, parse_vcpus, refuse_container_options,
-                                                        stdin_mode)
-        refuse_container_options({
-            "--network host": network == "host", "--network bridge": network == "bridge",
-            "--publish": bool(publish), "--pids-limit": pids_limit is not None,
-            "--cap-add": bool(cap_add), "--cap-drop": bool(cap_drop), "--security-opt": bool(security_opt),
-            "--read-only": read_only, "--rootfs": rootfs is not None,
-            "--name": name is not None and not detach, "--detach -i/-t": detach and (interactive or tty),
-            "--init": use_init})
-        vcpus = parse_vcpus(cpus)
-        stdin_mode(interactive, tty)         # -it without a terminal to give: refused here
-        guest = linux_guest()
-    cfg_caps = None
-    if cap_add or cap_drop:                  # checked before anything is created
-        from pykvm.container.runtime import capabilities as caps
-        cfg_caps = default_caps(caps.adjust(caps.DEFAULT_CAPS, cap_add, cap_drop))
-    if hostname is not None:
-        from pykvm.container.runtime.namespaces import check_hostname
-        check_hostname(hostname)
-    if rootfs:
-        from pykvm.container.image.runconfig import command_line
-        cfg = RunConfig(args=command_line([], [], args, entrypoint), rootfs=rootfs)
-    elif args:
-        cfg = _image_config(args[0], args[1:], entrypoint)
-    else:
-        raise ConfigError("give an IMAGE or --rootfs DIR, then the command to run")
-    if pids_limit is not None and pids_limit <= 0:
-        raise ConfigError(f"bad --pids-limit {pids_limit}: must be at least 1")
-    limits = Limits(memory=parse_size(memory) if memory and isolation == "container" else None, pids=pids_limit,
-                    cpu_quota=parse_cpus(cpus) if cpus and isolation == "container" else None)
-    from pykvm.container.runtime.network import default_mode
-    from pykvm.container.runtime.nftables import parse_publish
-    network = network or ("none" if isolation == "vm" else default_mode())
-    ports = [parse_publish(spec) for spec in publish]
-    namespaces = dict(cfg.namespaces)
-    if network == "host":
-        namespaces.pop("network", None)
-    who = resolve_user(user, rootfs or cfg.lower_dirs) if user else \
-        ExecUser(cfg.uid, cfg.gid, cfg.additional_gids)
-    cid = new_id()
-    # Docker's order: its own PATH, HOSTNAME (and TERM), then the image's Env, then -e.
-    # HOME comes from the runtime (runc's rule): the user's home in the container's /etc/passwd.
-    daemon_env = [DEFAULT_PATH, f"HOSTNAME={hostname or cid[:12]}"] + (["TERM=xterm"] if tty else [])
-    cfg = replace(cfg, id=cid, remove=remove, name=name, hostname=hostname,
-                  env=merge_env(merge_env(daemon_env, cfg.env), _parse_env(env)),
-                  cwd=workdir or cfg.cwd, uid=who.uid, gid=who.gid, additional_gids=who.groups,
-                  limits=limits, namespaces=namespaces,
-                  readonly=read_only, interactive=interactive, tty=tty, etc_files=True,
-                  network="bridge" if network == "bridge" else "", publish=ports,
-                  capabilities=cfg_caps or cfg.capabilities, init=use_init)
-    if isolation == "vm":
-        from pykvm.commands.container.isolation import run_detached, run_in_vm
-        if detach:
-            click.echo(run_detached(args[0], cfg, memory, guest, vcpus))
-            return
-        sys.exit(run_in_vm(args[0], cfg, memory, guest, vcpus))
-    cfg = replace(cfg, **_security_options(security_opt, cfg.capabilities.get("bounding", [])))
-    container = launch(cfg, DETACHED if detach else FOREGROUND)
-    if detach:
-        click.echo(container.id)
-        return
-    result = container.wait()
-    if result.oom_killed:
-        click.echo(f"pykvm: container {result.id} was killed by the OOM killer "
-                   f"(memory limit {memory})", err=True)
-    sys.exit(result.exit_code)
-
-
-def _security_options(options: tuple[str, ...], bounding: list[str]) -> dict:
-    """--security-opt, Docker's spellings (KEY=VALUE or KEY:VALUE) -> RunConfig fields:
-    seccomp (Docker's default profile for this bounding set, unless unconfined or FILE)
-    and no_new_privileges."""
-    from dataclasses import replace
-
-    from pykvm.container.runtime.docker_seccomp import load_profile_file, oci_profile
-    from pykvm.container.runtime.seccomp import parse_profile
-    from pykvm.errors import ConfigError
-    profile = replace(parse_profile(oci_profile(bounding), "the default seccomp profile"), warn_unknown=False)
-    no_new_privileges = True
-    for option in options:
-        key, _, value = option.partition("=" if "=" in option else ":")
-        if key == "seccomp" and value == "unconfined":
-            profile = None
-        elif key == "seccomp" and value:
-            profile = parse_profile(load_profile_file(value, bounding), f"{value}: seccomp")
-        elif key == "no-new-privileges" and value in ("", "true", "false"):
-            no_new_privileges = value != "false"
-        else:
-            raise ConfigError(f"--security-opt {option}: want seccomp=unconfined, seccomp=FILE or "
-                              f"no-new-privileges[=true|false] (pykvm applies no AppArmor or SELinux)")
-    return {"seccomp": profile, "no_new_privileges": no_new_privileges}
+    # The work is in running.py, without click: `pykvm container run` is parsed there
+    # first, and reaches this function only when click has to look at the command line.
+    from pykvm.commands.container.running import run_container
+    run_container(**params)
 
 
 @click.command("exec", context_settings={"allow_interspersed_args": False})
@@ -201,11 +81,12 @@ def _security_options(options: tuple[str, ...], bounding: list[str]) -> dict:
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED, metavar="COMMAND...")
 def exec_cmd(detach, interactive, tty, env, workdir, user, container, args):
     """Run a command in a running container (its namespaces, cgroups and settings)."""
+    from pykvm.commands.container.running import parse_env
     from pykvm.container.runtime.exec import exec_config, exec_in
     from pykvm.container.runtime.state import StateStore
     store = StateStore()
     state = store.resolve(container)
-    cfg = exec_config(state, list(args), _parse_env(env), workdir, user, tty, interactive)
+    cfg = exec_config(state, list(args), parse_env(env), workdir, user, tty, interactive)
     sys.exit(exec_in(state.id, cfg, store, detach))
 
 
