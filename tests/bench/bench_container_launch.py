@@ -7,10 +7,15 @@ Rows, each min / median / max over RUNS launches, wall clock, milliseconds:
   pykvm in-process      pykvm.container.runtime.lifecycle.oci_run(): library call to exit, same bundle
   pykvm CLI (-m)        `python -m pykvm container oci run`: Python startup + imports + launch
   pykvm CLI (script)    the same through the `pykvm` console script
+  pykvm run --rm        `pykvm container run --rm --network none --rootfs ROOTFS true`, Docker's
+                        way on the bundle's rootfs (its default seccomp profile, hostname, /etc
+                        files, no network but lo as the bundle's), parsed without click
+                        (pykvm/commands/container/running.py)
   python -c pass        Python's own startup (same interpreter), the floor under any Python CLI
 and the ratios set as goals:
   (a) in-process / runc           goal <= 0.5
   (b) CLI - python -c pass        goal <= +15 ms
+  (c) run --rm / runc             goal <= 1.5
 
 Fair play:
   * One bundle for everyone (`runc spec`, terminal off, args ["true"]), on one page cache
@@ -80,6 +85,7 @@ from pathlib import Path
 WARMUP = 2                    # untimed launches per row before the timed rounds
 GOAL_RATIO = 0.5              # (a) in-process / runc
 GOAL_CLI_EXTRA_MS = 15.0      # (b) CLI - python -c pass
+GOAL_RUN_RATIO = 1.5          # (c) `pykvm container run --rm` / runc
 
 
 def make_bundle(where: Path) -> Path:
@@ -125,6 +131,8 @@ def launchers(tmp: Path, bundle: Path) -> dict:
     if script.exists():
         rows["pykvm CLI (script)"] = command([str(script), "container", "oci", "run",
                                               "-b", str(bundle), "s{i}"], env)
+        rows["pykvm run --rm"] = command([str(script), "container", "run", "--rm", "--network", "none",
+                                          "--rootfs", str(bundle / "rootfs"), "true"], env)
     rows["python -c pass"] = command([sys.executable, "-c", "pass"])
     return rows
 
@@ -159,6 +167,10 @@ def report(times: dict[str, list[float]]) -> None:
             print(f"(b) {name[6:]:<10} - python  {extra:+6.1f} ms  goal <= +{GOAL_CLI_EXTRA_MS:.0f} ms  "
                   f"{'met' if extra <= GOAL_CLI_EXTRA_MS else 'NOT met'}")
     print(f"    CLI (-m) / runc        {med['pykvm CLI (-m)'] / med['runc run']:6.2f}x")
+    if "pykvm run --rm" in med:
+        ratio = med["pykvm run --rm"] / med["runc run"]
+        print(f"(c) run --rm / runc        {ratio:6.2f}x    goal <= {GOAL_RUN_RATIO}x  "
+              f"{'met' if ratio <= GOAL_RUN_RATIO else 'NOT met'}")
 
 
 def main() -> None:
