@@ -1,166 +1,65 @@
-"""`pykvm container run`, without click: what the command does, and a parser that lets the
-everyday command line skip click's import.
+"""`pykvm container run`, without click: what the command does, and the table that lets
+the everyday command line skip click's import.
 
 The command is declared in run.py with click's decorators, which are what `--help` shows
-and what a student reads.  Importing click costs ~25 ms here, as much as the rest of a
-`pykvm container run --rm ... true` (Python's start ~9 ms, the launch ~13 ms) and more than
-all of `runc run` (~25 ms).  So `pykvm` (pykvm/__main__.py) hands `container run ...` to
-main() below first: parse() reads the command line with the table OPTIONS, a mirror of
-run.py's declarations, and run_container() runs it.  Anything parse() is not sure of
-(--help, an unknown option, a missing or bad value) it leaves to click, which says
-what is wrong in its words: the quick path never decides an error, so the two paths
-cannot disagree about one.  tests/unit/test_run_argv.py checks that OPTIONS declares
-exactly what run.py does and that both parse every command line of a corpus alike.
-
-This is a speed path kept beside the readable one: run.py is the command's definition.
+and what a student reads.  Importing click costs as much as the rest of a
+`pykvm container run --rm ... true` (pykvm/commands/quickparse.py), so `pykvm`
+(pykvm/__main__.py) hands `container run ...` to main() below first: quickparse reads the
+command line with OPTIONS, a mirror of run.py's declarations, and run_container() runs
+it; what quickparse is not sure of goes to click.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-__all__ = ["OPTIONS", "DEFAULTS", "parse", "run_container", "parse_env", "main"]
+from pykvm.commands import quickparse as q
 
-# What an option's value is: FLAG takes none; TEXT one string; MANY one string per
-# use, gathered in a tuple; INT an integer; a tuple of strings is click.Choice's list;
-# DIRECTORY is click.Path(file_okay=False).
-FLAG, TEXT, MANY, INT, DIRECTORY = "flag", "text", "many", "int", "directory"
+__all__ = ["OPTIONS", "DEFAULTS", "ARGUMENTS", "parse", "run_container", "parse_env", "main"]
 
-# Each spelling -> (parameter, kind): run.py's @click.option lines, in their order.
+# Each spelling -> (parameter, kind, multiple): run.py's @click.option lines, in their order.
 OPTIONS = {
-    "--rm": ("remove", FLAG),
-    "-d": ("detach", FLAG), "--detach": ("detach", FLAG),
-    "--name": ("name", TEXT),
-    "--hostname": ("hostname", TEXT),
-    "-e": ("env", MANY), "--env": ("env", MANY),
-    "-w": ("workdir", TEXT), "--workdir": ("workdir", TEXT),
-    "-u": ("user", TEXT), "--user": ("user", TEXT),
-    "--memory": ("memory", TEXT), "-m": ("memory", TEXT),
-    "--pids-limit": ("pids_limit", INT),
-    "--cpus": ("cpus", TEXT),
-    "--network": ("network", ("bridge", "none", "host")),
-    "-p": ("publish", MANY), "--publish": ("publish", MANY),
-    "--read-only": ("read_only", FLAG),
-    "--cap-add": ("cap_add", MANY),
-    "--cap-drop": ("cap_drop", MANY),
-    "-i": ("interactive", FLAG), "--interactive": ("interactive", FLAG),
-    "-t": ("tty", FLAG), "--tty": ("tty", FLAG),
-    "--entrypoint": ("entrypoint", TEXT),
-    "--security-opt": ("security_opt", MANY),
-    "--init": ("use_init", FLAG),
-    "--rootfs": ("rootfs", DIRECTORY),
-    "--isolation": ("isolation", ("container", "vm")),
+    "--rm": ("remove", q.FLAG, False),
+    "-d": ("detach", q.FLAG, False), "--detach": ("detach", q.FLAG, False),
+    "--name": ("name", q.TEXT, False),
+    "--hostname": ("hostname", q.TEXT, False),
+    "-e": ("env", q.TEXT, True), "--env": ("env", q.TEXT, True),
+    "-w": ("workdir", q.TEXT, False), "--workdir": ("workdir", q.TEXT, False),
+    "-u": ("user", q.TEXT, False), "--user": ("user", q.TEXT, False),
+    "--memory": ("memory", q.TEXT, False), "-m": ("memory", q.TEXT, False),
+    "--pids-limit": ("pids_limit", q.INT, False),
+    "--cpus": ("cpus", q.TEXT, False),
+    "--network": ("network", q.choice("bridge", "none", "host"), False),
+    "-p": ("publish", q.TEXT, True), "--publish": ("publish", q.TEXT, True),
+    "--read-only": ("read_only", q.FLAG, False),
+    "--cap-add": ("cap_add", q.TEXT, True),
+    "--cap-drop": ("cap_drop", q.TEXT, True),
+    "-i": ("interactive", q.FLAG, False), "--interactive": ("interactive", q.FLAG, False),
+    "-t": ("tty", q.FLAG, False), "--tty": ("tty", q.FLAG, False),
+    "--entrypoint": ("entrypoint", q.TEXT, False),
+    "--security-opt": ("security_opt", q.TEXT, True),
+    "--init": ("use_init", q.FLAG, False),
+    "--rootfs": ("rootfs", q.path(file_okay=False), False),
+    "--isolation": ("isolation", q.choice("container", "vm"), False),
 }
+ARGUMENTS = ("args", -1)          # IMAGE [CMD...], or CMD... with --rootfs
 # A parameter's value when its option is not given (click's defaults).
-DEFAULTS = {param: (False if kind == FLAG else () if kind == MANY else None)
-            for param, kind in OPTIONS.values()} | {"isolation": "container", "args": ()}
+DEFAULTS = {param: (False if kind == q.FLAG else () if multiple else None)
+            for param, kind, multiple in OPTIONS.values()} | {"isolation": "container", "args": ()}
 
 
 def parse(argv: list[str]) -> dict | None:
-    """`container run`'s arguments -> run_container()'s keywords, as click would parse them;
-    None for anything click should look at itself.
-
-    click's rules for this command: options come before the first argument (the image,
-    or the command with --rootfs), and everything from there on is the command's; `--`
-    ends the options too.  `--opt VALUE` and `--opt=VALUE`; short flags group (`-it`), and
-    a short option that takes a value takes the rest of its group or the next argument
-    (`-eK=V`, `-e K=V`, `-ite K=V`).  A value is taken as it is, even one that starts
-    with "-" (`--name -x`).
-    """
-    params = dict(DEFAULTS)
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--":
-            break
-        if not arg.startswith("-") or arg == "-":
-            args.insert(0, arg)
-            break
-        if arg.startswith("--"):
-            name, has_value, value = arg.partition("=")
-            if name not in OPTIONS:
-                return None
-            param, kind = OPTIONS[name]
-            if kind == FLAG:
-                if has_value:
-                    return None                 # click: "does not take a value"
-                params[param] = True
-                continue
-            if not has_value:
-                if not args:
-                    return None                 # click: "requires an argument"
-                value = args.pop(0)
-            if not _store(params, param, kind, value):
-                return None
-            continue
-        letters = arg[1:]
-        while letters:
-            name, letters = "-" + letters[0], letters[1:]
-            if name not in OPTIONS:
-                return None
-            param, kind = OPTIONS[name]
-            if kind == FLAG:
-                params[param] = True
-                continue
-            if letters:
-                value, letters = letters, ""
-            elif args:
-                value = args.pop(0)
-            else:
-                return None
-            if not _store(params, param, kind, value):
-                return None
-    params["args"] = tuple(args)
-    return params
-
-
-def _store(params: dict, param: str, kind, value: str) -> bool:
-    """Put one option's value in params, converted as click would; False if click would
-    refuse it (click then says why)."""
-    if kind == MANY:
-        params[param] += (value,)
-    elif kind == INT:
-        try:
-            params[param] = int(value)
-        except ValueError:
-            return False
-    elif isinstance(kind, tuple):
-        if value not in kind:
-            return False
-        params[param] = value
-    elif kind == DIRECTORY:
-        # click.Path(file_okay=False) refuses an existing file and an unreadable path.
-        if os.path.exists(value) and not (os.path.isdir(value) and os.access(value, os.R_OK)):
-            return False
-        params[param] = value
-    else:
-        params[param] = value
-    return True
+    """`container run`'s arguments -> run_container()'s keywords; None: ask click.
+    Options come before the image (click's allow_interspersed_args=False): what follows
+    it is the container's command."""
+    return q.parse(argv, OPTIONS, DEFAULTS, ARGUMENTS, interspersed=False)
 
 
 def main(argv: list[str]) -> None:
     """`pykvm container run ARGV...` without click, or return: click is needed."""
-    from pykvm.commands.fast_exit import error_line, exit_now
-
     params = parse(argv)
-    if params is None:
-        return
-    try:
-        run_container(**params)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    except KeyboardInterrupt:
-        print("pykvm: aborted", file=sys.stderr)          # click's path says so (cli.py)
-        code = 130
-    except Exception as e:
-        ending = error_line(e)
-        if ending is None:
-            raise                   # a bug: its traceback shows where
-        line, code = ending
-        if line:
-            print(line, file=sys.stderr)
-    exit_now(code)
+    if params is not None:
+        q.run(run_container, params)
 
 
 def parse_env(items: tuple[str, ...]) -> list[str]:
