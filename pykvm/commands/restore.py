@@ -23,7 +23,7 @@ def restore(directory, mem, snapshot_dir, stall_timeout):
     as they were when the snapshot was taken).  Guest memory is mapped
     copy-on-write from the snapshot: many VMs restored from one snapshot share its pages.  Ctrl-A x quits; Ctrl-A s snapshots again.
     """
-    from pykvm.commands.boot import run_machine
+    from pykvm.commands.booting import run_machine
     from pykvm.sizes import parse_size
     from pykvm.vm.kvm import Kvm
     from pykvm.vm.snapshot import Snapshot, check_restore, check_target

@@ -71,7 +71,7 @@ def test_parse_disk(text, spec):
 def test_console_virtio_puts_a_linux_console_on_hvc0(tmp_path):
     from fake_bzimage import make_bzimage
     from pykvm.vm.boot.bzimage import DEFAULT_CMDLINE
-    from pykvm.commands.boot import _is_bzimage, linux_hvc0_cmdline
+    from pykvm.commands.booting import _is_bzimage, linux_hvc0_cmdline
 
     bzimage, elf = tmp_path / "vmlinuz", tmp_path / "kernel.elf"
     bzimage.write_bytes(make_bzimage())
@@ -98,7 +98,7 @@ def test_bad_net_option(option, message):
 def test_bridge_mode_gives_the_guest_its_address_and_a_mac_made_from_it():
     from types import SimpleNamespace
 
-    from pykvm.commands.boot import ip_argument, mac_for_address
+    from pykvm.commands.booting import ip_argument, mac_for_address
 
     lease = SimpleNamespace(address="10.213.4.7", netmask="255.255.0.0",
                             network=SimpleNamespace(gateway="10.213.0.1"))

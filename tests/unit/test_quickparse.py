@@ -1,10 +1,11 @@
-"""`pykvm container run` parsed without click (commands/container/running.py) is parsed as
-click parses it (commands/container/run.py), or left to click.
+"""Command lines read without click (pykvm/commands/quickparse.py) are read as click reads
+them, or left to click: `pykvm boot` (commands/booting.py mirrors commands/boot.py) and
+`pykvm container run` (commands/container/running.py mirrors commands/container/run.py).
 
-running.OPTIONS mirrors run.py's @click.option lines; if one changes alone, the first test
-says which spelling differs.  The corpus and the random command lines then check the
-parsing rules themselves: whatever parse() accepts, click accepts with the same values,
-and whatever click refuses, parse() leaves to it.
+Each table must declare exactly what its click command does; if one changes alone, the
+first test says which spelling differs.  The corpora and the random command lines then
+check the parsing rules themselves: whatever quickparse accepts, click accepts with the
+same values, and whatever click refuses, quickparse leaves to it.
 """
 from __future__ import annotations
 
@@ -12,54 +13,78 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
 
+from pykvm.commands import booting, quickparse as q
+from pykvm.commands.boot import boot
 from pykvm.commands.container import running
 from pykvm.commands.container.run import run_cmd
 
+COMMANDS = {"boot": (boot, booting), "container run": (run_cmd, running)}
+
 
 def click_kind(option: click.Option):
-    """What running.OPTIONS calls this click option's kind of value."""
+    """What quickparse calls this click option's kind of value."""
     if option.is_flag:
-        return running.FLAG
-    if option.multiple:
-        return running.MANY
-    if isinstance(option.type, click.Choice):
-        return tuple(option.type.choices)
-    if isinstance(option.type, click.Path):
-        assert not option.type.file_okay and not option.type.exists   # what DIRECTORY checks
-        return running.DIRECTORY
-    if option.type is click.INT:
-        return running.INT
-    assert option.type is click.STRING, option
-    return running.TEXT
+        return q.FLAG
+    if option._flag_needs_value:               # is_flag=False with a flag_value: `--gdb [PORT]`
+        return q.OPTIONAL_VALUE
+    kind = option.type
+    if isinstance(kind, click.Choice):
+        return q.choice(*kind.choices)
+    if isinstance(kind, click.Path):
+        assert not (kind.exists or kind.writable or kind.executable or kind.allow_dash or kind.resolve_path)
+        return q.path(kind.file_okay, kind.dir_okay, kind.type or str)     # kind.type: its path_type
+    if isinstance(kind, click.FloatRange):
+        assert (kind.min, kind.min_open, kind.max) == (0, True, None)
+        return q.POSITIVE_FLOAT
+    if kind is click.INT:
+        return q.INT
+    assert kind is click.STRING, option
+    return q.TEXT
 
 
-def click_params(argv: list[str]) -> dict | None:
-    """click's parameters for `container run ARGV`, or None where click refuses it."""
+def click_params(command: click.Command, argv: list[str]) -> dict | None:
+    """click's parameters for ARGV, or None where click refuses it."""
     try:
-        with run_cmd.make_context("run", list(argv)) as ctx:
+        with command.make_context(command.name, list(argv)) as ctx:
             return dict(ctx.params)
     except (click.UsageError, click.exceptions.Exit):   # a bad command line, or --help
         return None
 
 
-def test_the_table_declares_what_run_py_declares():
-    declared = {}
-    for param in run_cmd.params:
+def assert_alike(command: click.Command, module, argv: list[str]) -> None:
+    quick, slow = module.parse(argv), click_params(command, argv)
+    if quick is not None:
+        assert quick == slow, argv
+    if slow is None:
+        assert quick is None, argv
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_table_declares_what_the_click_command_declares(name):
+    command, module = COMMANDS[name]
+    declared, arguments = {}, []
+    for param in command.params:
         if isinstance(param, click.Option):
             for spelling in param.opts + param.secondary_opts:
-                declared[spelling] = (param.name, click_kind(param))
-    assert running.OPTIONS == declared
-    assert running.DEFAULTS == {**click_params(["image"]), "args": ()}
+                declared[spelling] = (param.name, click_kind(param), param.multiple)
+        else:
+            arguments.append((param.name, param.nargs))
+    assert module.OPTIONS == declared
+    assert [module.ARGUMENTS] == arguments
+    assert module.DEFAULTS == click_params(command, [])
 
 
-def test_run_container_takes_the_commands_parameters():
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_function_takes_the_commands_parameters(name):
     import inspect
-    names = list(inspect.signature(running.run_container).parameters)
-    assert names == [p.name for p in run_cmd.params]
+    command, module = COMMANDS[name]
+    function = module.run_container if module is running else module.boot_machine
+    assert sorted(inspect.signature(function).parameters) == sorted(p.name for p in command.params)
 
 
 CORPUS = [
@@ -83,44 +108,67 @@ CORPUS = [
 
 
 @pytest.mark.parametrize("argv", CORPUS, ids=" ".join)
-def test_a_command_line_is_parsed_as_click_parses_it_or_left_to_click(argv):
-    quick = running.parse(argv)
-    if quick is not None:
-        assert quick == click_params(argv)
-    if click_params(argv) is None:
-        assert quick is None
+def test_a_run_command_line_is_parsed_as_click_parses_it_or_left_to_click(argv):
+    assert_alike(run_cmd, running, argv)
+
+
+BOOT_CORPUS = [
+    [], ["tiny"], ["tiny", "linux"], ["--cmdline", "run=info;poweroff"], ["tiny", "-c", "x", "--mem", "64M"],
+    ["-m64M", "tiny"], ["-c", "-x"], ["--mem"], ["--cpus", "2", "tiny"], ["--cpus", "two"], ["--cpus=0"],
+    ["--stall-timeout", "2.5"], ["--stall-timeout", "0"], ["--stall-timeout", "-1"], ["--stall-timeout", "x"],
+    ["--stall-timeout", "inf"], ["--gdb"], ["--gdb", "1234"], ["--gdb=:1234"], ["--gdb", "tiny"], ["--gdb-wait"],
+    ["--format", "raw", "--kernel", "k.bin"], ["--format", "elf"], ["--device", "pc-testdev", "--device",
+    "pc-testdev"], ["--device", "pit"], ["--disk", "a.img", "--disk", "b.img,ro", "--rng"],
+    ["--console", "virtio"], ["--console", "hvc"], ["--virtio-notify", "exit"], ["--net", "bridge"],
+    ["--no-pit", "--trace", "--exit-summary"], ["--trace=1"], ["-k"], ["-kvmlinux", "--initrd", "i.cpio"],
+    ["--module", "m.bin,arg", "--module", "n"], ["--", "tiny"], ["--", "-c"], ["tiny", "--", "x"], ["-"],
+    ["--help"], ["-h"], ["tiny", "--help"], ["--nope"], ["-x"], ["-ck"], ["-kc"], ["--snapshot-dir", "/tmp"],
+    ["--kernel", "/tmp"], ["--initrd=/nonexistent/x"], ["-c", ""], ["--cmdline="],
+]
+
+
+@pytest.mark.parametrize("argv", BOOT_CORPUS, ids=" ".join)
+def test_a_boot_command_line_is_parsed_as_click_parses_it_or_left_to_click(argv):
+    assert_alike(boot, booting, argv)
+
+
+def test_path_options_refuse_what_click_refuses(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for where in (tmp_path, a_file, tmp_path / "missing"):
+        assert_alike(run_cmd, running, ["--rootfs", str(where), "true"])
+        assert_alike(boot, booting, ["--kernel", str(where)])
+        assert_alike(boot, booting, ["--snapshot-dir", str(where)])
+    assert running.parse(["--rootfs", str(a_file), "true"]) is None
+    assert booting.parse(["--kernel", str(tmp_path)]) is None
+    assert booting.parse(["--kernel", str(a_file)])["kernel"] == Path(a_file)
 
 
 def test_the_everyday_command_lines_skip_click():
     for argv in (["--rm", "busybox", "true"], ["-it", "--rm", "-e", "A=1", "busybox", "sh"],
                  ["-d", "--name", "web", "-p", "8080:80", "nginx"], ["--rootfs", "/", "true"]):
         assert running.parse(argv) is not None, argv
+    for argv in ([], ["tiny"], ["--cmdline", "run=info;poweroff"], ["linux", "--disk", "a.img", "--mem", "256M"],
+                 ["--gdb=:1234", "--gdb-wait", "tiny"], ["--kernel", "/nonexistent/bzImage", "-c", "console=ttyS0"]):
+        assert booting.parse(argv) is not None, argv
 
 
-def test_rootfs_must_not_be_a_file_or_unreadable_as_click_says(tmp_path):
-    a_file = tmp_path / "file"
-    a_file.write_text("")
-    for where in (tmp_path, a_file, tmp_path / "missing"):
-        argv = ["--rootfs", str(where), "true"]
-        quick, slow = running.parse(argv), click_params(argv)
-        assert quick == slow or (quick is None and slow is None), where
-    assert running.parse(["--rootfs", str(a_file), "true"]) is None
-
-
-TOKENS = sorted(running.OPTIONS) + ["--", "-", "img", "sh", "A=1", "10", "none", "vm", "-it", "-dit",
+RUN_TOKENS = sorted(running.OPTIONS) + ["--", "-", "img", "sh", "A=1", "10", "none", "vm", "-it", "-dit",
                                     "-ite", "-eX=1", "--name=n", "--rm=1", "--network=host", "-x",
                                     "--pids-limit=0", "--help", "=", ""]
 
 
-def test_random_command_lines_are_parsed_alike():
+BOOT_TOKENS = sorted(booting.OPTIONS) + ["--", "-", "tiny", "linux", "64M", "2", "0", "-1", "1.5", "raw",
+                                          "pc-testdev", "virtio", "exit", "-c", "-kx", "-m8M", "--gdb=:1", "=",
+                                          "--cpus=3", "--console=hvc", "--help", ""]
+
+
+@pytest.mark.parametrize("name, tokens", [("container run", RUN_TOKENS), ("boot", BOOT_TOKENS)])
+def test_random_command_lines_are_parsed_alike(name, tokens):
+    command, module = COMMANDS[name]
     rng = random.Random(20261203)
     for _ in range(1500):
-        argv = [rng.choice(TOKENS) for _ in range(rng.randint(0, 7))]
-        quick, slow = running.parse(argv), click_params(argv)
-        if quick is not None:
-            assert quick == slow, argv
-        if slow is None:
-            assert quick is None, argv
+        assert_alike(command, module, [rng.choice(tokens) for _ in range(rng.randint(0, 7))])
 
 
 def test_container_run_does_not_import_click(tmp_path):
