@@ -56,7 +56,8 @@ def instrument(log_fd: int) -> None:
         setattr(owner, attr, _timed(getattr(owner, attr), name, log_fd))
     for module in (init, command):
         close_others = module.close_other_fds
-        module.close_other_fds = lambda keep, close_others=close_others: close_others({*keep, log_fd})
+        module.close_other_fds = lambda keep, *args, close_others=close_others, **kwargs: \
+            close_others({*keep, log_fd}, *args, **kwargs)
 
 
 def _timed(fn, name: str, log_fd: int):
