@@ -51,6 +51,7 @@ class SerialSession:
         self._tty_raw(slave)
         self.master = master
         self.output = b""
+        self.first_output: float | None = None      # time.monotonic() when the first byte was read
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
                                      start_new_session=True, close_fds=True,
                                      preexec_fn=_die_with_parent)
@@ -74,6 +75,10 @@ class SerialSession:
             chunk = os.read(self.master, 65536)
         except OSError:          # EIO: every writer is gone
             return False
+        if chunk and self.first_output is None:
+            import time
+
+            self.first_output = time.monotonic()
         self.output += chunk
         return bool(chunk)
 
