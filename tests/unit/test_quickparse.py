@@ -171,15 +171,38 @@ def test_random_command_lines_are_parsed_alike(name, tokens):
         assert_alike(command, module, [rng.choice(tokens) for _ in range(rng.randint(0, 7))])
 
 
+WITHOUT_CLICK = ("import atexit, sys\n"
+                 "atexit.register(lambda: sys.stderr.write(f\"click imported: {'click' in sys.modules}\\n\"))\n"
+                 "sys.argv = ['pykvm'] + sys.argv[1:]\n"
+                 "from pykvm.__main__ import run\n"
+                 "run()\n")
+
+
+def pykvm_reporting_click(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`pykvm ARGV` (the console script's entry), saying at exit whether click was imported."""
+    return subprocess.run([sys.executable, "-c", WITHOUT_CLICK, *argv], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
 def test_container_run_does_not_import_click(tmp_path):
     """The quick path end to end, up to an error the command itself reports (no IMAGE)."""
-    code = ("import atexit, sys\n"
-            "atexit.register(lambda: sys.stderr.write(f\"click imported: {'click' in sys.modules}\\n\"))\n"
-            "sys.argv = ['pykvm', 'container', 'run', '--rm']\n"
-            "from pykvm.__main__ import run\n"
-            "run()\n")
-    env = {**os.environ, "PYKVM_STATE_ROOT": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    done = pykvm_reporting_click("container", "run", "--rm", env={**os.environ, "PYKVM_STATE_ROOT": str(tmp_path)})
     assert done.returncode == 2, done
     assert done.stderr.splitlines() == [
         "pykvm: error: give an IMAGE or --rootfs DIR, then the command to run", "click imported: False"]
+
+
+def test_boot_does_not_import_click():
+    """Up to an error boot_machine() reports before any KVM work: more RAM than the host has."""
+    done = pykvm_reporting_click("boot", "--mem", "1000000G")
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines()[-1] == "click imported: False", done.stderr
+    assert done.stderr.startswith("pykvm: error: --mem 1000000G: more than this host's"), done.stderr
+
+
+def test_what_the_quick_path_leaves_to_click_is_said_by_click():
+    done = pykvm_reporting_click("boot", "--cpus", "two")
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines() == [
+        "pykvm: error: Invalid value for '--cpus': 'two' is not a valid integer. (see `pykvm boot --help`)",
+        "click imported: True"]
