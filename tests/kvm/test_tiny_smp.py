@@ -78,11 +78,23 @@ def test_ps_shows_the_cpu_of_each_program(vmm):
     assert all(name == "busy" and cpu in ("0", "1") for _, _, cpu, name in busy), ps
 
 
+# The host decides when each vCPU thread runs.  With both of its cores busy elsewhere
+# (seen once, QEMU's threads beside the L1 lane), the two threads can be given a CPU in
+# turn for the whole of a `busy` pair and lose most of their timer ticks meanwhile, so one
+# session may sample no tick with both programs running.  Two CPUs that never run two
+# programs at once find none in any session.
+SESSIONS_FOR_TOGETHER = 3
+
+
 def test_two_programs_run_at_the_same_time_on_two_cpus(vmm):
     run = session(vmm, 2)
     rows = cpu_rows(output_of(run, "cpus", 1))
     assert rows[1]["user"] > 0, rows                                 # the AP ran user code
-    assert sum(r["together"] for r in rows.values()) > 0, rows
+    tries = [rows]
+    while sum(r["together"] for r in rows.values()) == 0 and len(tries) < SESSIONS_FOR_TOGETHER:
+        rows = cpu_rows(output_of(boot(vmm, "run=" + SESSION, cpus=2), "cpus", 1))
+        tries.append(rows)
+    assert sum(r["together"] for r in rows.values()) > 0, tries
     rounds = [line for line in run.lines if line.startswith("busy ")]
     assert len(rounds) == 4 * 4, rounds
     cpus_seen = {line.rsplit(" ", 1)[1] for line in rounds}
