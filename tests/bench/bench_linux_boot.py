@@ -28,7 +28,9 @@ Per run, from the VMM's start:
   prompt      the shell's prompt
   poweroff    the VMM process has exited after `poweroff -f` typed at the shell
 Printed as min / median / max over the runs, and the ratio pykvm / QEMU of the
-medians (goals: <= 1.0x on ttyS0, <= 0.8x on virtio).  Then VM exits per boot,
+medians (goals: <= 1.0x on ttyS0, <= 0.8x on virtio).  Before the boots, what pykvm's
+own start costs on this machine, each the median of 3 fresh interpreters: Python's
+start (`python -c pass`), and that plus the imports of `pykvm boot` and the machine.  Then VM exits per boot,
 as KVM counts them (KVM_GET_STATS_FD, "exits": also those KVM handles itself):
 one more run each, pykvm with --exit-summary (the summary --trace ends with, by
 reason and with KVM's count, without --trace's line per exit, which would be
@@ -180,10 +182,29 @@ def parse_arguments(description: str, runs: int, runs_help: str = "",
     return args, chosen
 
 
+START_STAGES = {"python -c pass": "pass",
+                "+ imports of pykvm boot": "import pykvm.commands.booting, pykvm.vm.machine"}
+
+
+def pykvm_start() -> None:
+    """How long pykvm's start takes here before it touches KVM: the interpreter, then the
+    imports (under nested TCG both are many times the host's)."""
+    import subprocess
+
+    for name, code in START_STAGES.items():
+        times = []
+        for _ in range(3):
+            start = time.monotonic()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            times.append(time.monotonic() - start)
+        print(f"pykvm's start: {name:<26} median {statistics.median(times):7.3f} s")
+
+
 def main() -> None:
     args, consoles = parse_arguments(__doc__.splitlines()[0], runs=5)
     if not can_measure(args.kernel, args.initrd, "linux_boot"):
         return
+    pykvm_start()
     sides = {"pykvm": (pykvm_cmd, pykvm_exits), "qemu-microvm": (qemu_cmd, qemu_exits)}
     files = (args.kernel, args.initrd, args.mem)
     for console in consoles:
