@@ -38,6 +38,7 @@ TINY_CMDLINE = "run=info"
 IDLE_S = 120                # spawn to the guest's idle prompt
 EXIT_S = 60                 # "poweroff" to the VMM's exit
 LINUX_MEM = "256M"
+CURSOR_QUERY = b"\x1b[6n"      # ECMA-48 DSR 6, "report the cursor position"
 FIGURES = ("RSS", "guest RAM RSS", "overhead RSS", "PSS", "overhead PSS")
 
 
@@ -136,7 +137,10 @@ def linux_guest() -> Guest | str:
 
     def idle(vm: Vmm) -> bool:
         marker = vm.console.find(MARKER.encode())
-        return marker >= 0 and vm.console.rstrip().endswith(PROMPT.rstrip().encode())
+        # busybox ash follows its prompt with ESC [6n (a terminal's cursor-position query):
+        # on a pipe nobody answers, and the prompt is the last thing before it.
+        tail = bytes(vm.console).rstrip().removesuffix(CURSOR_QUERY).rstrip()
+        return marker >= 0 and tail.endswith(PROMPT.rstrip().encode())
 
     mib = int(LINUX_MEM.rstrip("M"))
     return Guest("linux", mib * KIB,
