@@ -50,10 +50,8 @@ OPTIONS = {
 }
 ARGUMENTS = ("guest", 1)          # a bundled guest's name, optional
 # A parameter's value when its option is not given (click's defaults).
-DEFAULTS = {param: (False if kind == q.FLAG else () if multiple else None)
-            for param, kind, multiple in OPTIONS.values()} | \
-    {"mem": "128M", "kernel_format": "auto", "cpus": 1, "console": "serial", "virtio_notify": "eventfd",
-     "guest": None}
+DEFAULTS = q.defaults(OPTIONS, mem="128M", kernel_format="auto", cpus=1, console="serial",
+                      virtio_notify="eventfd", guest=None)
 
 
 def parse(argv: list[str]) -> dict | None:
@@ -271,7 +269,7 @@ def print_exit_summary(counts_by_vcpu, virtio_lines=(), kvm_by_vcpu=()) -> None:
         kvm = kvm_by_vcpu[vcpu_id] if vcpu_id < len(kvm_by_vcpu) else {}
         if "exits" in kvm:
             print(f"KVM counted {kvm['exits']} exits in all (KVM_GET_STATS_FD): "
-                       f"mmio_exits {kvm.get('mmio_exits', 0)}, io_exits {kvm.get('io_exits', 0)}, "
-                       f"halt_exits {kvm.get('halt_exits', 0)}", file=sys.stderr)
+                  f"mmio_exits {kvm.get('mmio_exits', 0)}, io_exits {kvm.get('io_exits', 0)}, "
+                  f"halt_exits {kvm.get('halt_exits', 0)}", file=sys.stderr)
     for line in virtio_lines:
         print(f"  {line}", file=sys.stderr)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["FLAG", "TEXT", "INT", "POSITIVE_FLOAT", "OPTIONAL_VALUE", "choice", "path", "parse", "run"]
+__all__ = ["FLAG", "TEXT", "INT", "POSITIVE_FLOAT", "OPTIONAL_VALUE", "choice", "path", "defaults", "parse",
+           "run"]
 
 # An option's kind of value.  FLAG takes none; TEXT a string; INT an integer (click.INT);
 # POSITIVE_FLOAT a float > 0 (click.FloatRange(min=0, min_open=True)); OPTIONAL_VALUE
@@ -36,6 +37,14 @@ def choice(*values: str) -> tuple:
 def path(file_okay: bool = True, dir_okay: bool = True, path_type=str) -> tuple:
     """click.Path(file_okay=, dir_okay=, path_type=) with exists=False."""
     return ("path", file_okay, dir_okay, path_type)
+
+
+def defaults(options: dict, **given) -> dict:
+    """Every parameter's value when its option is not given, as click's: False for a flag,
+    () for a repeatable option, None otherwise; `given` names the options declared with a
+    default of their own, and the positional parameter."""
+    return {param: (False if kind == FLAG else () if multiple else None)
+            for param, kind, multiple in options.values()} | given
 
 
 def parse(argv: list[str], options: dict, defaults: dict, arguments: tuple[str, int],

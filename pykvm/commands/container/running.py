@@ -44,8 +44,7 @@ OPTIONS = {
 }
 ARGUMENTS = ("args", -1)          # IMAGE [CMD...], or CMD... with --rootfs
 # A parameter's value when its option is not given (click's defaults).
-DEFAULTS = {param: (False if kind == q.FLAG else () if multiple else None)
-            for param, kind, multiple in OPTIONS.values()} | {"isolation": "container", "args": ()}
+DEFAULTS = q.defaults(OPTIONS, isolation="container", args=())
 
 
 def parse(argv: list[str]) -> dict | None:
