@@ -80,7 +80,11 @@ HEARTBEAT_POLL = 2.0                # seconds between looks at the heartbeat fil
 SERIAL_LOG = "serial.log"           # these four in the cache directory (.cache/hw)
 TEST_LOG = "tests.log"              # TestLog: each test's start and outcome, from L1
 HUNG_REGISTERS = "registers.hung.txt"   # QEMU's `info registers -a`, `info lapic`, `info pic` when L1 hung
-L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off"
+# nohz=off highres=off: L1's LAPIC timers tick periodically, so QEMU's LAPIC raises each
+# vCPU's interrupt request afresh every tick (4 ms) and a request bit lost to a race in
+# QEMU 7.2's TCG (helper_vmrun's unlocked write of interrupt_request) costs one tick, not the
+# whole run; with one-shot timers a lost bit left a halted vCPU waiting for ever.
+L1_CMDLINE = "console=ttyS0 rdinit=/init panic=-1 mitigations=off nohz=off highres=off"
 LD_SO_CACHE = Path("/etc/ld.so.cache")
 PROTOCOLS = Path("/etc/protocols")   # netbase: "tcp" for 6 in `nft list` (the docs show names)
 ETC_FILES = {"passwd": b"root:x:0:0:root:/root:/bin/sh\n", "group": b"root:x:0:\n"}
@@ -538,7 +542,8 @@ class Heartbeat:
                             f"(no heartbeat on ttyS1 for {self.limit:.0f} s)")
 
 
-NMI_WAKE_S = 20                        # how long a hung L1 is watched after an NMI
+WAKE_WAIT_S = 20                       # how long a hung L1 is watched after each experiment
+WAKE_PREFIX = "wake-up test: "         # the lines of a hang's report that say what each did
 
 
 def lapic_summary(info_lapic: str) -> str:
@@ -550,18 +555,43 @@ def lapic_summary(info_lapic: str) -> str:
     return "; ".join(lines) or info_lapic.strip()[:200]
 
 
-def nmi_wakes(monitor: Path, heartbeat: Heartbeat, wait: float = NMI_WAKE_S) -> str:
-    """An experiment on a hung L1: inject an NMI into every vCPU (HMP `nmi`) and watch the
-    heartbeat.  If L1 beats again, its CPUs were halted waiting for an interrupt that never
-    came (a lost timer interrupt), not stuck in a loop; the answer goes into the lane's report."""
-    before = heartbeat.path.stat().st_size
-    reply = qemu_monitor(monitor, "nmi").strip()
-    start = time.monotonic()
+def beats_again(heartbeat: Heartbeat, wait: float) -> float | None:
+    """Seconds until the heartbeat grows, or None if it stays still for `wait` seconds."""
+    before, start = heartbeat.path.stat().st_size, time.monotonic()
     while time.monotonic() - start < wait:
         if heartbeat.path.stat().st_size != before:
-            return f"an NMI woke L1: its heartbeat went on within {time.monotonic() - start:.0f} s"
+            return time.monotonic() - start
         time.sleep(0.5)
-    return f"an NMI did not wake L1 (no heartbeat for {wait:.0f} s after it){': ' + reply if reply else ''}"
+    return None
+
+
+def wake_experiments(monitor: Path, heartbeat: Heartbeat, wait: float = WAKE_WAIT_S) -> list[str]:
+    """Experiments on a hung L1, each watched on the heartbeat, until one wakes it; a line each.
+
+    1. An NMI (HMP `nmi`, through each LAPIC's LINT1, which Linux leaves unmasked on CPU 0
+       alone).  A halted CPU 0 that can take interrupts takes it.
+    2. A key press (HMP `sendkey`): IRQ 1, which /init routes to CPU 0.  A newly arriving
+       interrupt makes QEMU's LAPIC raise CPU 0's interrupt request again.  If L1 beats
+       then, CPU 0 could take interrupts all along and had only lost the request for those
+       already waiting in its IRR: a lost wake-up.
+    3. `stop`, then `cont`: QEMU waits for every vCPU thread to acknowledge the pause.  No
+       answer means a thread is not running its loop at all.  If all answer and neither the
+       NMI nor the key woke L1, CPU 0 refuses every interrupt: SVM's global interrupt flag
+       (GIF) is clear, or NMIs are blocked as if one were in service.
+    """
+    lines = []
+    for what, command in (("an NMI", "nmi"), ("a key press (IRQ 1, to CPU 0)", "sendkey shift")):
+        reply = qemu_monitor(monitor, command).strip()
+        seconds = beats_again(heartbeat, wait)
+        if seconds is not None:
+            return lines + [f"{what} woke L1: its heartbeat went on within {seconds:.0f} s"]
+        lines.append(f"{what} did not wake L1 (no heartbeat for {wait:.0f} s after it)"
+                     + (f": {reply}" if reply else ""))
+    stopped = qemu_monitor(monitor, "stop").strip()
+    if stopped.startswith("(no answer"):
+        return lines + ["QEMU's `stop` got no answer in 10 s: a vCPU thread is not running its loop"]
+    qemu_monitor(monitor, "cont")
+    return lines + ["every vCPU thread acknowledged `stop` and `cont`: they run, and refuse interrupts"]
 
 
 def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict,
@@ -591,8 +621,9 @@ def follow(console: SerialConsole, stage: Stage, echo: bool, result: dict,
         event, _, detail = line[len(prefix):].partition(" ")
         if event == "failed":
             raise LaneError(f"stage '{stage.name}' failed in L1: {detail}")
-        if event.startswith("kvm="):
-            result["kvm"] = event.removeprefix("kvm=")
+        if event.startswith(("kvm=", "tick=")):
+            key, _, value = event.partition("=")
+            result[key] = value
         if event == stage.event:
             result.update(kv.split("=", 1) for kv in detail.split() if "=" in kv)
             stage.seconds = time.monotonic() - start
@@ -652,12 +683,12 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
                 second = qemu_monitor(monitor, "info registers -a")
                 apics = {cpu: qemu_monitor(monitor, f"info lapic {cpu}") for cpu in range(args.smp)}
                 ioapic = qemu_monitor(monitor, "info pic")
-                woke = nmi_wakes(monitor, heartbeat)
+                woke = wake_experiments(monitor, heartbeat)
                 dump.write_text(f"{first}\n--- 2 s later ---\n{second}\n"
                                 + "".join(f"--- info lapic {cpu} ---\n{text}" for cpu, text in apics.items())
-                                + f"--- info pic ---\n{ioapic}\n--- then an NMI ---\n{woke}\n")
+                                + f"--- info pic ---\n{ioapic}\n--- wake-up tests ---\n" + "\n".join(woke) + "\n")
                 raise L1Hung(f"{where}"
-                             f"\n  {woke}"
+                             + "".join(f"\n  {WAKE_PREFIX}{line}" for line in woke)
                              + "".join(f"\n  L1 CPU {cpu}'s LAPIC: {lapic_summary(text)}"
                                        for cpu, text in apics.items()) +
                              f"\n  L1's vCPU registers, LAPICs and IOAPIC: {dump}"
@@ -667,7 +698,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     instead = (f"bench {args.bench}" if args.bench else
                "kvm-unit-tests" if args.kvm_unit_tests else None)
     print(f"lane: kvm={result.get('kvm', '?')} in L1 (qemu TCG -cpu {args.cpu}, "
-          f"kernel {kernel.version}): {instead or junit_summary(junit)}; "
+          f"kernel {kernel.version}, tick {result.get('tick', '?')}): {instead or junit_summary(junit)}; "
           f"{'status' if instead else 'pytest status'} {status}")
     return status
 
@@ -732,7 +763,7 @@ def _boot_l1s_until_one_finishes(args: argparse.Namespace, pytest_args: list[str
                     (args.cache / name).replace(args.cache / kept_name)
             done = finished_tests(read_test_log(test_log))
             first, *rest = str(e).splitlines()
-            evidence = [line.strip() for line in rest if line.startswith(("  an NMI", "  L1 CPU"))]
+            evidence = [line.strip() for line in rest if line.startswith(("  " + WAKE_PREFIX, "  L1 CPU"))]
             print(f"lane: warning: {first}\n"
                   + "".join(f"lane: {line}\n" for line in evidence) +
                   f"lane: the hung L1's log is {args.cache / f'serial.hung-{attempt}.log'}; "

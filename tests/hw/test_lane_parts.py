@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def _hung_l1(cache: Path, lines: str, serial: str):
     (cache / lane.SERIAL_LOG).write_text(serial)
     (cache / lane.HUNG_REGISTERS).write_text("RIP=...")
     return L1Hung("stage 'tests' failed: L1 stopped responding (no heartbeat)"
-                  "\n  an NMI did not wake L1 (no heartbeat for 20 s after it)"
+                  "\n  wake-up test: an NMI did not wake L1 (no heartbeat for 20 s after it)"
                   "\n  L1 CPU 0's LAPIC: LVTT 0x000000ec; IRR 236 251"
                   "\n  L1's vCPU registers, LAPICs and IOAPIC: registers.hung.txt")
 
@@ -195,7 +196,7 @@ def test_a_hung_l1_is_followed_by_a_fresh_one_for_the_unfinished_tests(tmp_path,
     out, err = capsys.readouterr()
     assert "booting a fresh L1 for the tests after the 1 that finished (attempt 2 of 5)" in err
     # what the hung L1 showed, on the lines CI's log keeps
-    assert "lane: an NMI did not wake L1 (no heartbeat for 20 s after it)\n" in err
+    assert "lane: wake-up test: an NMI did not wake L1 (no heartbeat for 20 s after it)\n" in err
     assert "lane: L1 CPU 0's LAPIC: LVTT 0x000000ec; IRR 236 251\n" in err
     assert "lane: over 2 L1 boots: 2 passed, 0 failed, 1 skipped; status 0" in out
 
@@ -478,12 +479,44 @@ def idle_qemu(tmp_path):
         proc.wait()
 
 
-def test_a_hung_l1_report_names_each_lapic_timer_and_what_an_nmi_did(idle_qemu, tmp_path):
+def test_a_hung_l1_report_names_each_lapic_timer_and_what_each_wake_up_test_did(idle_qemu, tmp_path):
     summary = lane.lapic_summary(lane.qemu_monitor(idle_qemu, "info lapic 1"))
     assert summary.startswith("LVTT ") and "; Timer " in summary and "; ISR " in summary, summary
     heartbeat = lane.Heartbeat(tmp_path / "heartbeat", 60)
-    # A stopped QEMU (-S) writes no heartbeat: the NMI is injected and nothing beats.
-    assert lane.nmi_wakes(idle_qemu, heartbeat, wait=1) == "an NMI did not wake L1 (no heartbeat for 1 s after it)"
+    # A stopped QEMU (-S) writes no heartbeat: the NMI and the key press go in and nothing
+    # beats; then its vCPU threads, waiting in their loops, answer `stop` and `cont`.
+    assert lane.wake_experiments(idle_qemu, heartbeat, wait=1) == [
+        "an NMI did not wake L1 (no heartbeat for 1 s after it)",
+        "a key press (IRQ 1, to CPU 0) did not wake L1 (no heartbeat for 1 s after it)",
+        "every vCPU thread acknowledged `stop` and `cont`: they run, and refuse interrupts"]
+
+
+def test_a_wake_up_test_that_brings_the_heartbeat_back_ends_the_experiments(idle_qemu, tmp_path):
+    heartbeat = lane.Heartbeat(tmp_path / "heartbeat", 60)
+    beat = threading.Timer(0.5, lambda: heartbeat.path.write_bytes(b"."))
+    beat.start()
+    try:
+        lines = lane.wake_experiments(idle_qemu, heartbeat, wait=5)
+    finally:
+        beat.cancel()
+    assert len(lines) == 1 and lines[0].startswith("an NMI woke L1: its heartbeat went on within "), lines
+
+
+def test_the_l1_command_line_asks_for_the_periodic_tick_that_init_reports():
+    """A lost interrupt request costs one tick only where the LAPIC timer is periodic; /init
+    reports each CPU's tick mode from /proc/timer_list, which the lane prints."""
+    assert {"nohz=off", "highres=off"} <= set(lane.L1_CMDLINE.split())
+    script = lane_initramfs.init_script([], [], "/work", "true")
+    program = script.split("tick=$(awk '", 1)[1].split("' /proc/timer_list", 1)[0]
+    timer_list = ("Tick Device: mode:     1\nBroadcast device\nClock Event Device: hpet\n"
+                  " mode:           1\n"
+                  "Tick Device: mode:     0\nPer CPU device: 0\nClock Event Device: lapic\n"
+                  " max_delta_ns:   1\n mode:           2\n"
+                  "Tick Device: mode:     1\nPer CPU device: 1\nClock Event Device: lapic\n"
+                  " mode:           3\n")
+    awk = [str(lane.BUSYBOX), "awk"] if lane.BUSYBOX.exists() else ["awk"]   # L1 runs busybox's
+    out = subprocess.run([*awk, program], input=timer_list, capture_output=True, text=True, check=True)
+    assert out.stdout == "periodic,oneshot"
 
 
 def test_sigterm_runs_the_lanes_cleanup(tmp_path):
