@@ -710,9 +710,10 @@ def run_l1_retrying_a_hang(args: argparse.Namespace, pytest_args: list[str],
                            run=None) -> int:
     """run_l1, and after a hang a fresh L1 for the tests that had not finished.
 
-    Nested SVM under TCG sometimes freezes the whole L1 (4 times in about 35
-    minutes of lane tests here, at different tests; the register dumps show L1's
-    own kernel spinning with interrupts off): that is the emulator failing, not a test, so
+    Nested SVM under TCG sometimes freezes the whole L1, at different tests (L1's
+    vCPUs spinning in an int3 that was patched away, before hold_kvm_static_keys;
+    later halted with a deliverable interrupt waiting, before L1_CMDLINE's periodic
+    tick; docs/contributing-test-lanes.md): that is the emulator failing, not a test, so
     the lane says so, keeps the hung run's serial log and registers, and boots a
     fresh L1 that runs only the tests the hung one did not finish (TestLog),
     the one it hung in included.  An L1 that dies while it runs the tests (QEMU
