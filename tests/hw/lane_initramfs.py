@@ -83,9 +83,6 @@ mkdir -p /run && mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount 
 echo "{progress} tick=$(awk '/^Per CPU device:/ {{cpu = 1}}
     cpu && /^ mode:/ {{printf "%s%s", s, ($2 == 2 ? "periodic" : $2 == 3 ? "oneshot" : "state-" $2)
                       s = ","; cpu = 0}}' /proc/timer_list)"
-# Keyboard interrupts (IRQ 1) go to CPU 0: when L1 hangs, the host presses a key to see
-# whether CPU 0 still takes an interrupt that newly arrives.
-echo 1 >/proc/irq/1/smp_affinity 2>/dev/null
 # Loopback, as any system has it: tests talk to servers they start on 127.0.0.1 (the gdb stub).
 ip link set lo up || fail "bringing up lo"
 # Heartbeat on COM2: the host fails the run when it stops (L1 hung).
