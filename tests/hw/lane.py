@@ -447,7 +447,7 @@ def l1_modules(kernel: lane_kernel.Kernel) -> dict[str, bytes]:
 
 def qemu_command(kernel: lane_kernel.Kernel, initrd: Path, sockets: list[Path],
                  args: argparse.Namespace) -> list[str]:
-    command = [QEMU, "-accel", "tcg", "-cpu", args.cpu, "-smp", str(args.smp),
+    command = [QEMU, "-accel", args.accel, "-cpu", args.cpu, "-smp", str(args.smp),
                "-m", f"{args.memory}M", "-nodefaults", "-display", "none", "-no-reboot",
                "-object", f"memory-backend-memfd,id=mem,size={args.memory}M,share=on",
                "-numa", "node,memdev=mem",
@@ -701,7 +701,7 @@ def run_l1(args: argparse.Namespace, pytest_args: list[str]) -> int:
     status = int(result.get("status", 1))
     instead = (f"bench {args.bench}" if args.bench else
                "kvm-unit-tests" if args.kvm_unit_tests else None)
-    print(f"lane: kvm={result.get('kvm', '?')} in L1 (qemu TCG -cpu {args.cpu}, "
+    print(f"lane: kvm={result.get('kvm', '?')} in L1 (qemu -accel {args.accel} -cpu {args.cpu}, "
           f"kernel {kernel.version}, tick {result.get('tick', '?')}): {instead or junit_summary(junit)}; "
           f"{'status' if instead else 'pytest status'} {status}")
     return status
@@ -832,6 +832,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help=f"pytest -m expression of the tests to run (default: {LANE_MARKERS})")
     parser.add_argument("--cpu", default=L1_CPU, help=f"QEMU CPU model (default: {L1_CPU})")
     parser.add_argument("--smp", type=int, default=2, help="L1 vCPUs (default: 2)")
+    parser.add_argument("--accel", default="tcg",
+                        help="QEMU -accel for L1 (default: tcg, a host thread per vCPU; "
+                             "tcg,thread=single runs them all in one)")
     parser.add_argument("--memory", type=int, metavar="MIB",
                         help=f"L1's RAM in MiB (default: {L1_MEM_MIB}, {KUT_L1_MEM_MIB} with "
                              "--kvm-unit-tests; bench_snapshot's twenty Linux guests at once want 6144)")
