@@ -7,6 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYKVM  := $(VENV)/bin/pykvm
 PYTEST_ARGS ?=
+LANE_ARGS ?=
 BOOT_ARGS ?=
 # What `make boot` builds: the VM guests, which need only gcc and binutils (the README's
 # set-up line).  `make guests` also builds the container images (busybox-static, `make deps`).
@@ -77,7 +78,7 @@ test-unit: venv
 # The `linux` tier's guest is built first (it needs apt); if it cannot be, those tests skip, saying why.
 test-hw: venv guests
 	-$(MAKE) linux-guest
-	$(PY) tests/hw/lane.py -- $(PYTEST_ARGS)
+	$(PY) tests/hw/lane.py $(LANE_ARGS) -- $(PYTEST_ARGS)
 
 # Fuzzing (docs/40-reliability.md): each bounded by count and time; FUZZ_ARGS / FUZZ_GUEST_ARGS override.
 FUZZ_ARGS ?= --runs 10000 --seed 1
