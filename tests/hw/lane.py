@@ -728,6 +728,8 @@ def run_l1_retrying_a_hang(args: argparse.Namespace, pytest_args: list[str],
     run = run or run_l1
     test_log = args.cache / TEST_LOG
     test_log.unlink(missing_ok=True)
+    for old in args.cache.glob(KALLSYMS.format(boot="*")):   # an earlier run's L1s
+        old.unlink()
     try:
         return _boot_l1s_until_one_finishes(args, pytest_args, run, test_log)
     finally:
@@ -865,6 +867,29 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, pytest_args
 
 
+KVM_MODULES = ("kvm", "kvm_amd", "kvm_intel")
+KALLSYMS = "l1-kallsyms-{boot}.txt"     # beside tests.log: L1 boot N's KVM symbols
+
+
+def save_kvm_symbols(test_log: Path, kallsyms: Path = Path("/proc/kallsyms")) -> Path:
+    """Copy the KVM modules' lines of L1's /proc/kallsyms beside `test_log`, named for the
+    L1 boot that TestLog's last "boot" line numbers.
+
+    KASLR puts the modules at new addresses every boot, so a RIP a failure reports in
+    module space (0xffffffffc...: an L1 oops, or an L2 vCPU found running at an L1
+    address) can be named only with the symbols of the L1 that printed it.  (Root reads
+    real addresses there.)"""
+    boots = [line.split("\t", 1)[1].strip() for line in
+             (test_log.read_text().splitlines() if test_log.exists() else [])
+             if line.startswith("boot\t")]
+    target = test_log.with_name(KALLSYMS.format(boot=boots[-1] if boots else 1))
+    tags = tuple(f"\t[{name}]" for name in KVM_MODULES)
+    with open(kallsyms, encoding="ascii", errors="replace") as source:
+        lines = [line for line in source if line.rstrip("\n").endswith(tags)]
+    target.write_text("".join(lines))
+    return target
+
+
 def hold_kvm_static_keys() -> ExitStack:
     """VMs that L1's KVM keeps for the whole run, so no test's VM flips a static key in L1.
 
@@ -910,6 +935,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[NESTED_TCG_ENV] = "1"             # tests that TCG cannot take ask (tiers.py)
         if args.kvm_unit_tests_dir:                  # shared at the host's path
             os.environ[kvm_unit_tests.ENV_DIR] = str(args.kvm_unit_tests_dir)
+        if args.test_log:
+            save_kvm_symbols(args.test_log)
         with hold_kvm_static_keys():
             if (status := run_instead_of_tests(args, pytest_args)) is not None:
                 return status

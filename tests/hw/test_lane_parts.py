@@ -535,3 +535,19 @@ def test_sigterm_runs_the_lanes_cleanup(tmp_path):
     finally:
         proc.kill()
     assert marker.exists()
+
+
+def test_l1_keeps_its_kvm_symbols_named_for_the_boot_that_the_test_log_numbers(tmp_path):
+    """A RIP in module space is named only with the symbols of the L1 that printed it."""
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("ffffffffad000000 T _text\n"
+                        "ffffffffc05d1000 t svm_vcpu_run\t[kvm_amd]\n"
+                        "ffffffffc0400000 T kvm_vcpu_ioctl\t[kvm]\n"
+                        "ffffffffc0100000 t virtio_fs_probe\t[virtiofs]\n")
+    log = tmp_path / lane.TEST_LOG
+    lane.append_test_log(log, "boot", "1")
+    lane.append_test_log(log, "boot", "3")
+    saved = lane.save_kvm_symbols(log, kallsyms)
+    assert saved == tmp_path / "l1-kallsyms-3.txt"
+    assert saved.read_text() == ("ffffffffc05d1000 t svm_vcpu_run\t[kvm_amd]\n"
+                                 "ffffffffc0400000 T kvm_vcpu_ioctl\t[kvm]\n")
