@@ -728,8 +728,9 @@ def run_l1_retrying_a_hang(args: argparse.Namespace, pytest_args: list[str],
     run = run or run_l1
     test_log = args.cache / TEST_LOG
     test_log.unlink(missing_ok=True)
-    for old in args.cache.glob(KALLSYMS.format(boot="*")):   # an earlier run's L1s
-        old.unlink()
+    for pattern in (KALLSYMS.format(boot="*"), "serial.failed-*.log"):   # an earlier run's L1s
+        for old in args.cache.glob(pattern):
+            old.unlink()
     try:
         return _boot_l1s_until_one_finishes(args, pytest_args, run, test_log)
     finally:
@@ -754,8 +755,12 @@ def _boot_l1s_until_one_finishes(args: argparse.Namespace, pytest_args: list[str
             retried = True
             for nodeid in failed:
                 append_test_log(test_log, "retry", nodeid)
+            # Its serial log ends with L1's dmesg, where KVM reports what it saw of the guest.
+            kept = args.cache / f"serial.failed-{attempt}.log"
+            if (args.cache / SERIAL_LOG).exists():
+                (args.cache / SERIAL_LOG).replace(kept)
             print(f"lane: warning: {len(failed)} test(s) failed in L1 boot {attempt}: "
-                  f"{', '.join(failed)}; running them once more in a fresh L1 "
+                  f"{', '.join(failed)}; its log is {kept}; running them once more in a fresh L1 "
                   f"(attempt {attempt + 1} of {L1_ATTEMPTS})", file=sys.stderr, flush=True)
         except L1Hung as e:
             for nodeid, outcome in read_test_log(test_log).items():

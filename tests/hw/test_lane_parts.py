@@ -399,6 +399,7 @@ def test_a_test_that_fails_once_gets_one_fresh_l1_and_passes_the_lane_if_it_pass
     def fails_then_passes(args, pytest_args):
         log = tmp_path / lane.TEST_LOG
         runs.append(sorted(lane.finished_tests(lane.read_test_log(log))))   # what TestLog leaves out
+        (tmp_path / lane.SERIAL_LOG).write_text(f"console of L1 boot {len(runs)}\n")
         outcome = "failed" if len(runs) == 1 else "passed"
         for nodeid in (["a::one", "a::two"] if len(runs) == 1 else ["a::one"]):
             lane.append_test_log(log, "start", nodeid)
@@ -409,6 +410,9 @@ def test_a_test_that_fails_once_gets_one_fresh_l1_and_passes_the_lane_if_it_pass
     assert runs == [[], ["a::two"]], "the fresh L1 runs only the test that failed"
     assert "running them once more in a fresh L1" in capsys.readouterr().err
     assert lane.read_test_log(tmp_path / lane.TEST_LOG) == {"a::one": "passed", "a::two": "passed"}
+    # The failing L1's console (its dmesg at the end) is kept; the next one has serial.log.
+    assert (tmp_path / "serial.failed-1.log").read_text() == "console of L1 boot 1\n"
+    assert (tmp_path / lane.SERIAL_LOG).read_text() == "console of L1 boot 2\n"
 
 
 def _suite(tmp_path) -> Path:
