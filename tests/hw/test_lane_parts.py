@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import pytest
 import lane_initramfs
 import lane_kernel
 import lane
+import lane_vmcb
 from lane_error import L1Died, LaneError
 
 
@@ -339,13 +341,13 @@ def test_every_l1s_failure_reports_are_kept_and_printed_at_the_end(tmp_path, cap
     assert (tmp_path / "junit.hung-1.xml").read_text() == "<first/>"
     assert (tmp_path / "junit.xml").read_text() == "<second/>"
     reports = lane.failure_reports(tmp_path / lane.TEST_LOG)
-    # ... and the tests that failed get one more L1 (boot 3), where a::three fails again
+    # ... and the tests that failed get two more L1s (boots 3 and 4), where a::three fails again
     assert [(r.boot, r.nodeid) for r in reports] == [(1, "a::one"), (1, "a::two"), (2, "a::three[x\ty]"),
-                                                      (3, "a::three[x\ty]")]
+                                                      (3, "a::three[x\ty]"), (4, "a::three[x\ty]")]
     assert reports[0].text == "call: AssertionError: first L1\n  line 2"
     out = capsys.readouterr().out
-    summary = out.index("lane: over 3 L1 boots: 1 passed, 2 failed, 0 skipped; status 1")
-    assert out.index("lane: 4 failure report(s) of this run") > summary, out
+    summary = out.index("lane: over 4 L1 boots: 1 passed, 2 failed, 0 skipped; status 1")
+    assert out.index("lane: 5 failure report(s) of this run") > summary, out
     assert "---- L1 boot 1: a::one ----\ncall: AssertionError: first L1\n  line 2\n" in out
     assert "---- L1 boot 1: a::two ----\nL1 hung while this test ran" in out
     assert "---- L1 boot 2: a::three[x\ty] ----\nsetup: OSError: second L1\n" in out
@@ -555,3 +557,68 @@ def test_l1_keeps_its_kvm_symbols_named_for_the_boot_that_the_test_log_numbers(t
     assert saved == tmp_path / "l1-kallsyms-3.txt"
     assert saved.read_text() == ("ffffffffc05d1000 t svm_vcpu_run\t[kvm_amd]\n"
                                  "ffffffffc0400000 T kvm_vcpu_ioctl\t[kvm]\n")
+
+
+def _vmcb_page(*, control: dict[int, tuple[str, int]], save: dict[int, tuple[str, int]]) -> bytearray:
+    page = bytearray(lane_vmcb.PAGE)
+    for offset, (fmt, value) in {**control, **save}.items():
+        struct.pack_into(fmt, page, offset, value)
+    return page
+
+
+def test_a_hung_l1s_ram_is_searched_for_vmcbs_and_an_l1_rip_in_a_guest_vmcb_is_named(tmp_path):
+    """The pages a VMRUN reads and writes, found by their layout (APM vol. 2, appendix B)."""
+    v = lane_vmcb
+    kernel_state = {v.EFER: ("<Q", 0x1D01), v.CS_SELECTOR: ("<H", 0x10), v.RSP: ("<Q", 0xFFFFB0E2C0A3FE00)}
+    guest = _vmcb_page(control={v.INTERCEPT_VEC4: ("<I", 1), v.ASID: ("<I", 3), v.NP_ENABLE: ("<Q", 1),
+                                v.EXIT_CODE: ("<Q", 0x7B), v.IOPM_BASE: ("<Q", 0x2C000000),
+                                v.MSRPM_BASE: ("<Q", 0x2C004000)},
+                       save={**kernel_state, v.RIP: ("<Q", 0xFFFFFFFFC05EDDCC), v.CR3: ("<Q", 0x76C30000)})
+    host = _vmcb_page(control={}, save={**kernel_state, v.RIP: ("<Q", 0xFFFFFFFFC05EDD00),
+                                        v.CR3: ("<Q", 0x5A000000)})
+    lookalike = _vmcb_page(control={v.ASID: ("<I", 1)}, save={v.EFER: ("<Q", 0x1000), v.RIP: ("<Q", 0x1000)})
+    data = _vmcb_page(control={v.INTERCEPT_VEC4: ("<I", 1), v.ASID: ("<I", 29), v.NP_ENABLE: ("<Q", 1),
+                               v.EXIT_CODE: ("<Q", 0x41ED0011), v.IOPM_BASE: ("<Q", 0x1000),
+                               v.MSRPM_BASE: ("<Q", 0x2000)}, save={v.EFER: ("<Q", 0x1000)})
+    ram = bytes(lane_vmcb.PAGE) + guest + lookalike + host + data
+    symbols = tmp_path / "l1-kallsyms-1.txt"
+    symbols.write_text("ffffffffc05edd00 t __svm_vcpu_run\t[kvm_amd]\n"
+                       "ffffffffc0400000 T kvm_vcpu_ioctl\t[kvm]\n")
+    lines = lane_vmcb.scan(ram, lane_vmcb.kvm_symbols(symbols))
+    assert lines == [
+        "guest VMCB at 0x1000: asid 3, exit code 0x7b, cs 0x10 cpl 0, rip 0xffffffffc05eddcc "
+        "(__svm_vcpu_run+0xcc [kvm_amd]), rsp 0xffffb0e2c0a3fe00, cr3 0x76c30000"
+        "  <- L1's KVM code in a guest's saved state",
+        "host save at 0x3000: asid 0, exit code 0x0, cs 0x10 cpl 0, rip 0xffffffffc05edd00 "
+        "(__svm_vcpu_run+0x0 [kvm_amd]), rsp 0xffffb0e2c0a3fe00, cr3 0x5a000000"]
+    assert lane_vmcb.scan(ram) == [line.replace(" (__svm_vcpu_run+0xcc [kvm_amd])", "")
+                                   .replace("  <- L1's KVM code in a guest's saved state", "")
+                                   .replace(" (__svm_vcpu_run+0x0 [kvm_amd])", "") for line in lines]
+
+
+def test_reading_the_ram_of_a_process_without_a_memfd_is_one_line_not_an_exception():
+    assert lane.vmcbs_in_ram(os.getpid(), Path("/nonexistent")) == [
+        f"no RAM memfd among QEMU {os.getpid()}'s files"]
+    assert lane.vmcbs_in_ram(2 ** 22 + 1, Path("/nonexistent"))[0].startswith("could not read L1's RAM: ")
+
+
+@pytest.mark.parametrize("failures, status", [(2, 0), (3, 1)])
+def test_a_failing_test_gets_two_fresh_l1s_and_fails_the_lane_only_if_it_fails_in_all_three(
+        tmp_path, capsys, failures, status):
+    import argparse
+
+    args = argparse.Namespace(cache=tmp_path)
+    runs = []
+
+    def fails(args, pytest_args):
+        runs.append(1)
+        log = tmp_path / lane.TEST_LOG
+        lane.append_test_log(log, "start", "a::flaky")
+        lane.append_test_log(log, "failed" if len(runs) <= failures else "passed", "a::flaky")
+        return 1 if len(runs) <= failures else 0
+
+    assert lane.run_l1_retrying_a_hang(args, [], run=fails) == status
+    assert len(runs) == min(failures + 1, 1 + lane.FAILED_TEST_RETRIES)
+    err = capsys.readouterr().err
+    assert "(retry 1 of 2, attempt 2 of 5)" in err and "(retry 2 of 2, attempt 3 of 5)" in err
+    assert lane.read_test_log(tmp_path / lane.TEST_LOG) == {"a::flaky": "passed" if status == 0 else "failed"}
