@@ -155,11 +155,23 @@ class ConsoleOutput:
 
     def _flush_bursts(self) -> None:
         """The flusher thread: FLUSH_SECONDS after a burst's first byte, write the burst."""
+        leave_signals_to_the_main_thread()
         while not self._closed:
             self._burst.wait()
             time.sleep(FLUSH_SECONDS)
             self._burst.clear()
             self.flush()
+
+
+def leave_signals_to_the_main_thread() -> None:
+    """Block SIGNALS in the calling (helper) thread.
+
+    The kernel may hand a signal sent to the process to any thread that does
+    not block it, and Python runs its handlers in the main thread only: a
+    SIGTERM taken by a helper thread waits until the main thread next runs
+    Python (after its sleep, or after KVM_RUN returns), so a VM could ignore it
+    for minutes.  Blocked here, the signal goes to the main thread and wakes it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
 
 class EscapeDecoder:
@@ -339,6 +351,7 @@ class Console:
 
     def _read_loop(self) -> None:
         """Read stdin until EOF, Ctrl-A x or close()."""
+        leave_signals_to_the_main_thread()
         poller = select.poll()
         poller.register(self._stdin_fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)

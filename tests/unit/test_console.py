@@ -341,3 +341,23 @@ def test_output_waits_out_eagain_on_a_nonblocking_fd():
     assert bytes(got) == data
     os.close(r)
     os.close(w)
+
+
+def _blocked_signals(thread: threading.Thread) -> int:
+    """The thread's blocked-signal mask, from /proc (SigBlk, hex)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+
+
+def test_the_console_threads_leave_termination_signals_to_the_main_thread(pty, uart):
+    """A signal the kernel gave a helper thread would wait for the main thread to run Python
+    again: the console's reader and flusher block them, so the main thread gets them."""
+    master, slave = pty
+    wanted = sum(1 << (s - 1) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT))
+    with Console(uart, lambda: None, stdin_fd=slave, stdout_fd=master) as console:
+        reader = console._thread
+        deadline = time.monotonic() + 10
+        while _blocked_signals(reader) & wanted != wanted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _blocked_signals(reader) & wanted == wanted
+    assert _blocked_signals(threading.main_thread()) & wanted == 0
