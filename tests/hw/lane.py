@@ -593,13 +593,12 @@ def wake_experiments(monitor: Path, heartbeat: Heartbeat, wait: float = WAKE_WAI
     (L1_CMDLINE), so QEMU raises CPU 0's interrupt request anew every tick by itself, and
     `info lapic` shows whether the timer's vector waits in IRR all the same.
     """
-    lines = []
     reply = qemu_monitor(monitor, "nmi").strip()
     seconds = beats_again(heartbeat, wait)
     if seconds is not None:
         return [f"an NMI woke L1: its heartbeat went on within {seconds:.0f} s"]
-    lines.append(f"an NMI did not wake L1 (no heartbeat for {wait:.0f} s after it)"
-                 + (f": {reply}" if reply else ""))
+    lines = [f"an NMI did not wake L1 (no heartbeat for {wait:.0f} s after it)"
+             + (f": {reply}" if reply else "")]
     stopped = qemu_monitor(monitor, "stop").strip()
     if stopped.startswith("(no answer"):
         return lines + ["QEMU's `stop` got no answer in 10 s: a vCPU thread is not running its loop"]
@@ -895,8 +894,7 @@ KALLSYMS = "l1-kallsyms-{boot}.txt"     # beside tests.log: L1 boot N's KVM symb
 
 def current_boot(test_log: Path) -> str:
     """The number of the L1 boot TestLog's last "boot" line names ("1" before any)."""
-    boots = [line.split("\t", 1)[1].strip() for line in
-             (test_log.read_text().splitlines() if test_log.exists() else [])
+    boots = [line.split("\t", 1)[1].strip() for line in _log_lines(test_log)
              if line.startswith("boot\t")]
     return boots[-1] if boots else "1"
 

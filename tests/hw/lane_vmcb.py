@@ -10,7 +10,9 @@ When L1 hangs, QEMU still holds its RAM (a shared memfd: -object
 memory-backend-memfd).  lane.py reads it through /proc/PID/fd and lists:
 
     guest VMCB   a page with the VMRUN intercept set (required for VMRUN),
-                 an ASID, nested paging on and EFER.SVME in its save area
+                 an ASID, nested paging on, page-aligned I/O and MSR
+                 permission maps, an exit code SVM defines (or -1), and
+                 EFER.SVME in its save area
     host save    a page whose control area is empty and whose save area
                  holds a 64-bit kernel's state with EFER.SVME (L1 at a VMRUN)
 
