@@ -2,10 +2,7 @@
 the region's size, at the address KVM is given, whose pages a write makes this process's own."""
 import struct
 
-import pytest
-
 from hostmem import PAGE, PAGEMAP_FILE, PAGEMAP_PRESENT
-from pykvm.errors import GuestMemoryError
 from pykvm.vm import layout
 from pykvm.vm.memory import ZERO_FILE, GuestMemory
 
@@ -62,23 +59,3 @@ def test_fresh_guest_ram_starts_on_2_mib_and_asks_for_huge_pages():
             address = region.host_address()
             assert (address - region.guest_addr) % (2 << 20) == 0, hex(address)
             assert "hg" in vm_flags(address), vm_flags(address)
-
-
-def test_views_of_pieces_in_both_regions_are_checked_one_by_one():
-    """views() looks a region up only when a piece leaves the last one: pieces on both sides
-    of the MMIO gap still land in the right region, and one in the gap is refused."""
-    with GuestMemory(layout.MMIO_GAP_START + (8 << 20)) as memory:
-        high = layout.MMIO_GAP_END
-        memory.write(0x1000, b"low")
-        memory.write(high + 0x2000, b"high")
-        views = memory.views([(0x1000, 3), (high + 0x2000, 4), (0x1001, 2)])
-        assert [bytes(v) for v in views] == [b"low", b"high", b"ow"]
-        views[1][:] = b"HIGH"                                         # writable, in place
-        assert memory.read(high + 0x2000, 4) == b"HIGH"
-        for v in views:
-            v.release()
-        for pieces in ([(0x1000, 3), (layout.MMIO_GAP_START - 2, 4)],   # runs into the gap
-                       [(high + 0x2000, 4), (high - 1, 1)],             # the gap's last byte
-                       [(0x1000, -1)]):
-            with pytest.raises(GuestMemoryError):
-                memory.views(pieces)

@@ -17,7 +17,7 @@ the sectors against the image's end, writes against read-only.  A bad one is
 answered VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP; only a chain with no
 room for the status byte cannot be answered, and makes the device need a
 reset.  Data moves with preadv/pwritev straight between the image and the
-guest's pages; VIRTIO_BLK_T_FLUSH is fdatasync(2), so once the guest saw
+guest's pages (GuestMemory.rw_vectored); VIRTIO_BLK_T_FLUSH is fdatasync(2), so once the guest saw
 its flush complete, the data survives pykvm being killed.
 """
 from __future__ import annotations
@@ -149,7 +149,7 @@ class Block(VirtioDevice):
         if data_out:
             raise RequestError(VIRTIO_BLK_S_IOERR, "a read with device-readable data buffers")
         offset = self._check_range(sector, data_in)
-        self._transfer(os.preadv, slice_buffers(chain.writable, 0, data_in), data_in, offset)
+        self._transfer(slice_buffers(chain.writable, 0, data_in), data_in, offset, write=False)
         return data_in
 
     def _write(self, chain: DescriptorChain, sector: int, data_out: int, data_in: int) -> int:
@@ -159,20 +159,16 @@ class Block(VirtioDevice):
             raise RequestError(VIRTIO_BLK_S_IOERR, "write to a read-only disk")
         offset = self._check_range(sector, data_out)
         pieces = slice_buffers(chain.readable, REQUEST_HEADER.size, data_out)
-        self._transfer(os.pwritev, pieces, data_out, offset)
+        self._transfer(pieces, data_out, offset, write=True)
         return 0
 
-    def _transfer(self, call, pieces: list[tuple[int, int]], length: int, offset: int) -> None:
+    def _transfer(self, pieces: list[tuple[int, int]], length: int, offset: int, write: bool) -> None:
         """preadv/pwritev of `length` bytes between the image at `offset` and the guest's
-        `pieces` (slice_buffers' output: exactly those bytes), zero-copy."""
-        views = self._memory.views(pieces)
+        `pieces` (slice_buffers' output: exactly those bytes), zero-copy, in one C call."""
         try:
-            done = call(self.fd, views, offset) if views else 0
+            done = self._memory.rw_vectored(self.fd, pieces, offset, write) if pieces else 0
         except OSError as e:
             raise RequestError(VIRTIO_BLK_S_IOERR, f"{self.path}: {e.strerror}") from None
-        finally:
-            for view in views:
-                view.release()
         if done != length:
             raise RequestError(VIRTIO_BLK_S_IOERR, f"{self.path}: short transfer ({done} of {length})")
 
