@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 from dataclasses import dataclass
-from itertools import chain
 
 from pykvm.vm import layout
 from pykvm.errors import ConfigError, GuestMemoryError
@@ -163,18 +161,18 @@ class GuestMemory:
             self._c_regions = table
         return self._c_regions
 
-    def rw_vectored(self, fd: int, pieces: list[tuple[int, int]], offset: int,
+    def rw_vectored(self, fd: int, pieces: bytes, offset: int, skip: int, length: int,
                     write: bool = False) -> int:
-        """preadv(2) (or pwritev) between file `fd` at `offset` and the guest's (address,
-        length) `pieces`, zero-copy, as one stream: what os.preadv over views(pieces) does,
-        in one C call (chain.c's guest_rw_vectored) with no memoryview per piece.  Each
-        piece is checked to be guest RAM.  The bytes moved; OSError if the call failed."""
+        """preadv(2) (or pwritev) between file `fd` at `offset` and `length` bytes of the
+        guest's `pieces` (chain.c's struct virtq_piece[]: DescriptorChain.packed_buffers)
+        seen as one stream, from byte `skip` of it on: zero-copy, in one C call
+        (chain.c's guest_rw_vectored), with no Python per piece.  Each piece is checked
+        to be guest RAM.  The bytes moved; OSError if the call failed."""
         from pykvm.vm.kvm.bindings import ffi, lib
 
-        packed = struct.pack(f"<{2 * len(pieces)}Q", *chain.from_iterable(pieces))
         done = lib.guest_rw_vectored(self.c_regions(), len(self.regions), fd, offset,
-                                     ffi.from_buffer("struct virtq_piece[]", packed),
-                                     len(pieces), int(write))
+                                     ffi.from_buffer("struct virtq_piece[]", pieces),
+                                     len(pieces) // 16, skip, length, int(write))
         if done < 0:
             raise OSError(-done, os.strerror(-done))
         return done

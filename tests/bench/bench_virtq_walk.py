@@ -70,7 +70,9 @@ def measure(driver: ToyDriver, requests: int) -> dict[str, float]:
     device, memory = driver.device, driver.memory
     queue = device.queues[0]
     chain = queue.read_chain(0)
-    pieces = slice_buffers(chain.writable, 0, chain.writable_length - 1)
+    length = chain.writable_length - 1                  # the data, not the status byte
+    pieces = slice_buffers(chain.writable, 0, length)
+    packed = chain.packed_buffers(writable=True)
 
     def python_data():
         views = [memory.view(address, length) for address, length in pieces]
@@ -89,7 +91,7 @@ def measure(driver: ToyDriver, requests: int) -> dict[str, float]:
         "walk, Python": per_request(lambda: queue.read_chain(0), requests),
         "walk, C": per_request(lambda: queue.read_chain_in_c(0), requests),
         "data, Python": per_request(python_data, requests),
-        "data, C": per_request(lambda: memory.rw_vectored(device.fd, pieces, 0), requests),
+        "data, C": per_request(lambda: memory.rw_vectored(device.fd, packed, 0, 0, length), requests),
         "request, Python walk": per_request(request(False), requests),
         "request, C walk": per_request(request(True), requests),
     }

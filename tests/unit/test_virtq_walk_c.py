@@ -21,7 +21,8 @@ import pytest
 
 from pykvm.vm import layout
 from pykvm.vm.devices.virtio.queue import (DESC, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
-                                          VIRTQ_DESC_F_WRITE, SplitQueue, VirtqueueError)
+                                          VIRTQ_DESC_F_WRITE, DescriptorChain, SplitQueue,
+                                          VirtqueueError)
 from pykvm.vm.memory import GuestMemory
 
 SIZE = 16
@@ -187,6 +188,10 @@ def test_pop_walks_in_c_unless_told_not_to(memory, queue, monkeypatch):
 
 
 # --- GuestMemory.rw_vectored: the C preadv/pwritev
+def packed(pieces) -> bytes:
+    return DescriptorChain(0, pieces).packed_buffers(writable=False)
+
+
 @pytest.fixture
 def image(tmp_path):
     path = tmp_path / "disk.img"
@@ -199,10 +204,25 @@ def image(tmp_path):
 def test_rw_vectored_reads_into_pieces_in_both_regions(memory, image):
     path, fd = image
     pieces = [(PAGES[3] + 7, 100), (layout.MMIO_GAP_END + 0x100, 5000), (PAGES[0], 1)]
-    assert memory.rw_vectored(fd, pieces, 4096) == 5101
+    assert memory.rw_vectored(fd, packed(pieces), 4096, 0, 5101) == 5101
     data = path.read_bytes()[4096:4096 + 5101]
     got = b"".join(memory.read(address, length) for address, length in pieces)
     assert got == data
+
+
+@pytest.mark.parametrize("skip,length", [(0, 10), (16, 600), (100, 5000), (99, 1), (5100, 1),
+                                         (0, 0), (2000, 3101)])
+def test_rw_vectored_moves_a_slice_of_the_stream(memory, image, skip, length):
+    """Bytes [skip, skip+length) of the pieces' stream are read, the pieces around them are
+    not touched: what slice_buffers cuts in Python."""
+    path, fd = image
+    pieces = [(PAGES[3] + 7, 100), (PAGES[5], 0), (layout.MMIO_GAP_END + 0x100, 5000), (PAGES[0], 1)]
+    for address, size in pieces:
+        memory.write(address, b"\xee" * size)
+    assert memory.rw_vectored(fd, packed(pieces), 0, skip, length) == length
+    stream = b"".join(memory.read(address, size) for address, size in pieces)
+    expected = b"\xee" * skip + path.read_bytes()[:length] + b"\xee" * (5101 - skip - length)
+    assert stream == expected
 
 
 def test_rw_vectored_writes_and_reads_more_pieces_than_one_call_takes(memory, image):
@@ -211,13 +231,15 @@ def test_rw_vectored_writes_and_reads_more_pieces_than_one_call_takes(memory, im
     payload = random.Random(3).randbytes(16 * 3000)
     for i, (address, _) in enumerate(pieces):
         memory.write(address, payload[16 * i:16 * i + 16])
-    assert memory.rw_vectored(fd, pieces, 512, write=True) == len(payload)
-    assert path.read_bytes()[512:512 + len(payload)] == payload
+    assert memory.rw_vectored(fd, packed(pieces), 512, 8, len(payload) - 8, write=True) == len(payload) - 8
+    assert path.read_bytes()[512:512 + len(payload) - 8] == payload[8:]
 
 
-def test_rw_vectored_stops_short_at_the_end_of_the_file(memory, image):
+def test_rw_vectored_stops_short_at_the_end_of_the_file_or_of_the_pieces(memory, image):
     _, fd = image
-    assert memory.rw_vectored(fd, [(PAGES[0], 4096), (PAGES[2], 4096)], (1 << 20) - 100) == 100
+    pieces = packed([(PAGES[0], 4096), (PAGES[2], 4096)])
+    assert memory.rw_vectored(fd, pieces, (1 << 20) - 100, 0, 8192) == 100
+    assert memory.rw_vectored(fd, pieces, 0, 4000, 8192) == 4192
 
 
 @pytest.mark.parametrize("piece", [(LOW_END - 10, 11), (LOW_END, 1), (HIGH_END - 1, 2),
@@ -226,12 +248,22 @@ def test_rw_vectored_refuses_a_piece_outside_guest_ram(memory, image, piece):
     _, fd = image
     before = memory.read(PAGES[0], 64)
     with pytest.raises(OSError) as e:
-        memory.rw_vectored(fd, [(PAGES[0], 64), piece], 0)
+        memory.rw_vectored(fd, packed([(PAGES[0], 64), piece]), 0, 0, 64 + piece[1])
     assert e.value.errno == 14                                      # EFAULT, nothing read
     assert memory.read(PAGES[0], 64) == before
 
 
 def test_rw_vectored_reports_the_files_error(memory):
     with pytest.raises(OSError) as e:
-        memory.rw_vectored(-1, [(PAGES[0], 16)], 0)
+        memory.rw_vectored(-1, packed([(PAGES[0], 16)]), 0, 0, 16)
     assert e.value.errno == 9                                       # EBADF
+
+
+def test_the_c_walks_packed_buffers_are_the_chains_buffers(memory, queue):
+    memory.write(TABLE, DESC.pack(PAGES[0], 16, NEXT, 1) + DESC.pack(PAGES[1], 16, NEXT | WRITE, 2)
+                 + DESC.pack(PAGES[4], 1, WRITE, 0))
+    from_c = queue.read_chain_in_c(0)
+    from_python = queue.read_chain(0)
+    assert from_python.packed is None and from_c.packed is not None
+    for writable in (False, True):
+        assert from_c.packed_buffers(writable) == from_python.packed_buffers(writable)

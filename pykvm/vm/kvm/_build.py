@@ -604,7 +604,8 @@ int virtq_read_chain(const struct guest_ram *ram, int regions,
                      int indirect_allowed, struct virtq_piece *pieces, unsigned max_pieces,
                      unsigned *readable);
 long long guest_rw_vectored(const struct guest_ram *ram, int regions, int fd, long long offset,
-                            const struct virtq_piece *pieces, unsigned count, int write);
+                            const struct virtq_piece *pieces, unsigned count,
+                            unsigned long long skip, unsigned long long length, int write);
 """
 
 ffibuilder.cdef(CDEF)

@@ -28,8 +28,7 @@ import struct
 from pathlib import Path
 
 from pykvm.vm.devices.virtio.device import VirtioDevice, VirtioDeviceError
-from pykvm.vm.devices.virtio.queue import (DescriptorChain, last_byte, read_buffers, slice_buffers,
-                                          write_buffers)
+from pykvm.vm.devices.virtio.queue import DescriptorChain, last_byte, read_buffers, write_buffers
 from pykvm.errors import ConfigError, PyKvmError
 
 __all__ = ["Block", "SECTOR_SIZE", "VIRTIO_BLK_T_IN", "VIRTIO_BLK_T_OUT", "VIRTIO_BLK_T_FLUSH",
@@ -149,7 +148,7 @@ class Block(VirtioDevice):
         if data_out:
             raise RequestError(VIRTIO_BLK_S_IOERR, "a read with device-readable data buffers")
         offset = self._check_range(sector, data_in)
-        self._transfer(slice_buffers(chain.writable, 0, data_in), data_in, offset, write=False)
+        self._transfer(chain.packed_buffers(writable=True), 0, data_in, offset, write=False)
         return data_in
 
     def _write(self, chain: DescriptorChain, sector: int, data_out: int, data_in: int) -> int:
@@ -158,15 +157,16 @@ class Block(VirtioDevice):
         if self.read_only:
             raise RequestError(VIRTIO_BLK_S_IOERR, "write to a read-only disk")
         offset = self._check_range(sector, data_out)
-        pieces = slice_buffers(chain.readable, REQUEST_HEADER.size, data_out)
-        self._transfer(pieces, data_out, offset, write=True)
+        self._transfer(chain.packed_buffers(writable=False), REQUEST_HEADER.size, data_out, offset,
+                       write=True)
         return 0
 
-    def _transfer(self, pieces: list[tuple[int, int]], length: int, offset: int, write: bool) -> None:
-        """preadv/pwritev of `length` bytes between the image at `offset` and the guest's
-        `pieces` (slice_buffers' output: exactly those bytes), zero-copy, in one C call."""
+    def _transfer(self, pieces: bytes, skip: int, length: int, offset: int, write: bool) -> None:
+        """preadv/pwritev of `length` bytes between the image at `offset` and the chain's
+        buffers `pieces` (one kind, packed) from byte `skip` of them on: zero-copy, in one
+        C call, with no Python per buffer (a 1 MiB read has up to 254)."""
         try:
-            done = self._memory.rw_vectored(self.fd, pieces, offset, write) if pieces else 0
+            done = self._memory.rw_vectored(self.fd, pieces, offset, skip, length, write) if length else 0
         except OSError as e:
             raise RequestError(VIRTIO_BLK_S_IOERR, f"{self.path}: {e.strerror}") from None
         if done != length:

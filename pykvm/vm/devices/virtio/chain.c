@@ -140,26 +140,44 @@ int virtq_read_chain(const struct guest_ram *ram, int regions,
 }
 
 /* preadv(2) (`write` 0) or pwritev(2) (`write` 1) between the file `fd` at
- * `offset` and the guest's `pieces`, seen as one stream.  Each piece is
- * checked to lie in guest RAM again (they come from Python, not from this
- * walk).  Returns the bytes moved, fewer on a short transfer, or -errno. */
+ * `offset` and `length` bytes of the guest's `pieces` seen as one stream,
+ * from byte `skip` of it on (a virtio-blk write's data follows its 16-byte
+ * header).  Each piece used is checked to lie in guest RAM again (they come
+ * from Python, not from this walk).  Returns the bytes moved, fewer on a
+ * short transfer or when the pieces hold fewer, or -errno. */
 long long guest_rw_vectored(const struct guest_ram *ram, int regions, int fd, long long offset,
-                            const struct virtq_piece *pieces, unsigned count, int write)
+                            const struct virtq_piece *pieces, unsigned count,
+                            unsigned long long skip, unsigned long long length, int write)
 {
     struct iovec iov[IOV_BATCH];
     long long done = 0;
 
-    while (count > 0) {
-        unsigned batch = count < IOV_BATCH ? count : IOV_BATCH;
+    while (count > 0 && length > 0) {
+        unsigned batch = 0, used = 0;
         size_t wanted = 0;
-        for (unsigned i = 0; i < batch; i++) {
-            const struct guest_ram *r = ram_holding(ram, regions, pieces[i].addr, pieces[i].len);
+        for (; used < count && batch < IOV_BATCH && length > wanted; used++) {
+            uint64_t addr = pieces[used].addr, len = pieces[used].len;
+            if (skip >= len) {             /* wholly before the part to move */
+                skip -= len;
+                continue;
+            }
+            addr += skip;
+            len -= skip;
+            skip = 0;
+            if (len > length - wanted)
+                len = length - wanted;     /* the last piece, cut at the end */
+            const struct guest_ram *r = ram_holding(ram, regions, addr, len);
             if (r == NULL)
                 return -EFAULT;
-            iov[i].iov_base = r->host + (pieces[i].addr - r->guest_addr);
-            iov[i].iov_len = pieces[i].len;
-            wanted += pieces[i].len;
+            iov[batch].iov_base = r->host + (addr - r->guest_addr);
+            iov[batch].iov_len = len;
+            wanted += len;
+            batch++;
         }
+        pieces += used;
+        count -= used;
+        if (batch == 0)
+            continue;                      /* only skipped pieces so far */
         ssize_t n;
         do {
             n = write ? pwritev(fd, iov, (int)batch, offset + done)
@@ -168,10 +186,9 @@ long long guest_rw_vectored(const struct guest_ram *ram, int regions, int fd, lo
         if (n < 0)
             return -errno;
         done += n;
+        length -= (size_t)n;
         if ((size_t)n < wanted)
             break;                         /* short: the caller sees fewer bytes than asked */
-        pieces += batch;
-        count -= batch;
     }
     return done;
 }

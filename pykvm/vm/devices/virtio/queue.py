@@ -57,7 +57,7 @@ import struct
 import sys
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, chain
 from operator import itemgetter
 
 from pykvm.errors import PyKvmError
@@ -109,6 +109,9 @@ class DescriptorChain:
     head: int
     readable: list[tuple[int, int]] = field(default_factory=list)   # (guest address, length)
     writable: list[tuple[int, int]] = field(default_factory=list)
+    # The same buffers as chain.c's struct virtq_piece[], readable ones first: the C walk's
+    # own output, or packed on first use (packed_buffers).
+    packed: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def readable_length(self) -> int:
@@ -117,6 +120,14 @@ class DescriptorChain:
     @property
     def writable_length(self) -> int:
         return sum(map(itemgetter(1), self.writable))
+
+    def packed_buffers(self, writable: bool) -> bytes:
+        """One kind's buffers as struct virtq_piece[], for GuestMemory.rw_vectored."""
+        if self.packed is None:
+            pieces = self.readable + self.writable
+            self.packed = struct.pack(f"<{2 * len(pieces)}Q", *chain.from_iterable(pieces))
+        cut = PIECE.size * len(self.readable)
+        return self.packed[cut:] if writable else self.packed[:cut]
 
 
 class SplitQueue:
@@ -182,9 +193,10 @@ class SplitQueue:
                                      self._c_readable)
         if count < 0:
             return None
-        pieces = list(PIECE.iter_unpack(ffi.buffer(self._c_pieces, PIECE.size * count)))
+        packed = ffi.buffer(self._c_pieces, PIECE.size * count)[:]
+        pieces = list(PIECE.iter_unpack(packed))
         readable = self._c_readable[0]
-        return DescriptorChain(head, pieces[:readable], pieces[readable:])
+        return DescriptorChain(head, pieces[:readable], pieces[readable:], packed)
 
     def read_chain(self, head: int) -> DescriptorChain:
         """Follow the chain from descriptor `head`, checking every step (2.7.5, 2.7.5.3).
