@@ -599,10 +599,12 @@ void full_fence(void);
 struct guest_ram { uint64_t guest_addr; uint64_t size; unsigned char *host; };
 struct virtq_piece { uint64_t addr; uint64_t len; };
 struct virtq_desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
+struct virtq_chain_info { unsigned readable; uint64_t readable_length; uint64_t writable_length;
+                          uint64_t last_writable_byte; };
 int virtq_read_chain(const struct guest_ram *ram, int regions,
                      const struct virtq_desc *table, unsigned size, unsigned head,
                      int indirect_allowed, struct virtq_piece *pieces, unsigned max_pieces,
-                     unsigned *readable);
+                     struct virtq_chain_info *info);
 long long guest_rw_vectored(const struct guest_ram *ram, int regions, int fd, long long offset,
                             const struct virtq_piece *pieces, unsigned count,
                             unsigned long long skip, unsigned long long length, int write);

@@ -28,7 +28,7 @@ import struct
 from pathlib import Path
 
 from pykvm.vm.devices.virtio.device import VirtioDevice, VirtioDeviceError
-from pykvm.vm.devices.virtio.queue import DescriptorChain, last_byte, read_buffers, write_buffers
+from pykvm.vm.devices.virtio.queue import DescriptorChain, read_buffers, write_buffers
 from pykvm.errors import ConfigError, PyKvmError
 
 __all__ = ["Block", "SECTOR_SIZE", "VIRTIO_BLK_T_IN", "VIRTIO_BLK_T_OUT", "VIRTIO_BLK_T_FLUSH",
@@ -110,7 +110,7 @@ class Block(VirtioDevice):
             written, status = 0, e.status
         # The status is the stream's last byte (5.2.6): found from the end, not by walking
         # a 1 MiB read's 256 pages from the start.
-        self._memory.write(last_byte(chain.writable), bytes([status]))
+        self._memory.write(chain.last_writable_byte(), bytes([status]))
         return written + STATUS_BYTES
 
     @property

@@ -41,6 +41,14 @@ struct virtq_piece {
     uint64_t len;
 };
 
+/* What virtq_read_chain says of a chain besides its pieces. */
+struct virtq_chain_info {
+    unsigned readable;                 /* how many of the pieces are device-readable */
+    uint64_t readable_length;          /* the bytes of each kind */
+    uint64_t writable_length;
+    uint64_t last_writable_byte;       /* its guest address (valid if writable_length > 0) */
+};
+
 /* 2.7.5: one entry of a descriptor table, little-endian (as x86 is). */
 struct virtq_desc {
     uint64_t addr;
@@ -71,15 +79,16 @@ static const struct guest_ram *ram_holding(const struct guest_ram *ram, int regi
  * entries).  Its buffers go to `pieces` (room for `max_pieces`),
  * device-readable ones first; a buffer that starts where the previous one of
  * its kind ends, in the same region, is joined to it.  Returns how many
- * pieces, with *readable set to how many of them are device-readable; or a
- * negative number if the chain breaks a rule. */
+ * pieces, with `info` filled in; or a negative number if the chain breaks a
+ * rule. */
 int virtq_read_chain(const struct guest_ram *ram, int regions,
                      const struct virtq_desc *table, unsigned size, unsigned head,
                      int indirect_allowed, struct virtq_piece *pieces, unsigned max_pieces,
-                     unsigned *readable)
+                     struct virtq_chain_info *info)
 {
     unsigned entries = size, index = head, steps = 0, count = 0, readable_count = 0;
     int in_indirect_table = 0, seen_writable = 0;
+    uint64_t lengths[2] = {0, 0}, last_writable_byte = 0;
     uint64_t low = 0, high = 0;            /* the RAM region of the last buffer */
 
     while (steps < entries) {
@@ -115,6 +124,9 @@ int virtq_read_chain(const struct guest_ram *ram, int regions,
             seen_writable = 1;
         else if (seen_writable)
             return -6;                     /* device-readable after device-writable */
+        lengths[seen_writable] += d.len;
+        if (seen_writable && d.len)
+            last_writable_byte = d.addr + d.len - 1;
         /* the last piece of this buffer's kind, if there is one */
         unsigned first_of_kind = seen_writable ? readable_count : 0;
         struct virtq_piece *last = count > first_of_kind ? &pieces[count - 1] : NULL;
@@ -130,7 +142,10 @@ int virtq_read_chain(const struct guest_ram *ram, int regions,
                 readable_count++;
         }
         if (!(d.flags & VIRTQ_DESC_F_NEXT)) {
-            *readable = readable_count;
+            info->readable = readable_count;
+            info->readable_length = lengths[0];
+            info->writable_length = lengths[1];
+            info->last_writable_byte = last_writable_byte;
             return (int)count;
         }
         index = d.next;

@@ -57,13 +57,14 @@ import struct
 import sys
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import accumulate, chain
 from operator import itemgetter
 
 from pykvm.errors import PyKvmError
 from pykvm.vm.kvm.bindings import ffi, lib
 
-__all__ = ["SplitQueue", "DescriptorChain", "VirtqueueError", "MAX_QUEUE_SIZE",
+__all__ = ["SplitQueue", "DescriptorChain", "PackedChain", "VirtqueueError", "MAX_QUEUE_SIZE",
            "VIRTQ_DESC_F_NEXT", "VIRTQ_DESC_F_WRITE", "VIRTQ_DESC_F_INDIRECT",
            "VIRTQ_AVAIL_F_NO_INTERRUPT", "DESC", "vring_need_event", "ring_sizes", "slice_buffers",
            "last_byte", "read_buffers", "write_buffers"]
@@ -121,6 +122,10 @@ class DescriptorChain:
     def writable_length(self) -> int:
         return sum(map(itemgetter(1), self.writable))
 
+    def last_writable_byte(self) -> int:
+        """The guest address of the device-writable stream's last byte (there is one)."""
+        return last_byte(self.writable)
+
     def packed_buffers(self, writable: bool) -> bytes:
         """One kind's buffers as struct virtq_piece[], for GuestMemory.rw_vectored."""
         if self.packed is None:
@@ -128,6 +133,47 @@ class DescriptorChain:
             self.packed = struct.pack(f"<{2 * len(pieces)}Q", *chain.from_iterable(pieces))
         cut = PIECE.size * len(self.readable)
         return self.packed[cut:] if writable else self.packed[:cut]
+
+    def buffers(self) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
+        """(head, readable, writable): what two walks of one chain must agree on."""
+        return self.head, self.readable, self.writable
+
+
+class PackedChain(DescriptorChain):
+    """A chain as the C walk left it: its buffers packed (readable ones first), the lengths
+    and the last writable byte worked out in C.  The (address, length) lists are made
+    only when a device asks for them; virtio-blk's reads and writes never do, so a 1 MiB
+    read's 254 buffers never become 254 tuples."""
+
+    def __init__(self, head: int, packed: bytes, info):
+        self.head, self.packed = head, packed
+        self._cut = PIECE.size * info.readable
+        self._readable_length, self._writable_length = info.readable_length, info.writable_length
+        self._last_writable_byte = info.last_writable_byte
+
+    @cached_property
+    def readable(self) -> list[tuple[int, int]]:
+        return list(PIECE.iter_unpack(self.packed[:self._cut]))
+
+    @cached_property
+    def writable(self) -> list[tuple[int, int]]:
+        return list(PIECE.iter_unpack(self.packed[self._cut:]))
+
+    @property
+    def readable_length(self) -> int:
+        return self._readable_length
+
+    @property
+    def writable_length(self) -> int:
+        return self._writable_length
+
+    def last_writable_byte(self) -> int:
+        if not self._writable_length:
+            raise ValueError("no bytes in the buffers")
+        return self._last_writable_byte
+
+    def packed_buffers(self, writable: bool) -> bytes:
+        return self.packed[self._cut:] if writable else self.packed[:self._cut]
 
 
 class SplitQueue:
@@ -157,7 +203,7 @@ class SplitQueue:
         # `size` steps in the queue's table, then `size` in an indirect one).
         self._c_table = ffi.from_buffer("struct virtq_desc[]", self._desc)
         self._c_pieces = ffi.new("struct virtq_piece[]", 2 * size)
-        self._c_readable = ffi.new("unsigned *")
+        self._c_info = ffi.new("struct virtq_chain_info *")
         self.last_avail = 0          # the next available-ring slot the device reads
         self.used_idx = 0            # the next used-ring slot the device writes
         self._signalled = 0          # used_idx when the driver was last considered for an interrupt
@@ -183,20 +229,16 @@ class SplitQueue:
         chain = self.read_chain_in_c(head) if self.walk_in_c else None
         return chain if chain is not None else self.read_chain(head)
 
-    def read_chain_in_c(self, head: int) -> DescriptorChain | None:
+    def read_chain_in_c(self, head: int) -> PackedChain | None:
         """read_chain(head), walked by chain.c's virtq_read_chain: the same checks and the
         same joined buffers, with no Python per descriptor.  None if the chain breaks a
         rule (read_chain then says which)."""
         regions = self.memory.c_regions()
         count = lib.virtq_read_chain(regions, len(regions), self._c_table, self.size, head,
-                                     self.indirect, self._c_pieces, 2 * self.size,
-                                     self._c_readable)
+                                     self.indirect, self._c_pieces, 2 * self.size, self._c_info)
         if count < 0:
             return None
-        packed = ffi.buffer(self._c_pieces, PIECE.size * count)[:]
-        pieces = list(PIECE.iter_unpack(packed))
-        readable = self._c_readable[0]
-        return DescriptorChain(head, pieces[:readable], pieces[readable:], packed)
+        return PackedChain(head, ffi.buffer(self._c_pieces, PIECE.size * count)[:], self._c_info)
 
     def read_chain(self, head: int) -> DescriptorChain:
         """Follow the chain from descriptor `head`, checking every step (2.7.5, 2.7.5.3).
