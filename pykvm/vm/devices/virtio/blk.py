@@ -28,7 +28,7 @@ import struct
 from pathlib import Path
 
 from pykvm.vm.devices.virtio.device import VirtioDevice, VirtioDeviceError
-from pykvm.vm.devices.virtio.queue import DescriptorChain, read_buffers, write_buffers
+from pykvm.vm.devices.virtio.queue import DescriptorChain, write_buffers
 from pykvm.errors import ConfigError, PyKvmError
 
 __all__ = ["Block", "SECTOR_SIZE", "VIRTIO_BLK_T_IN", "VIRTIO_BLK_T_OUT", "VIRTIO_BLK_T_FLUSH",
@@ -121,8 +121,7 @@ class Block(VirtioDevice):
         """The request's work; the bytes of data written into the chain.  RequestError if refused."""
         if chain.readable_length < REQUEST_HEADER.size:
             raise RequestError(VIRTIO_BLK_S_IOERR, "request header shorter than 16 bytes")
-        kind, _, sector = REQUEST_HEADER.unpack(read_buffers(self._memory, chain.readable, 0,
-                                                             REQUEST_HEADER.size))
+        kind, _, sector = REQUEST_HEADER.unpack(chain.read_readable(self._memory, REQUEST_HEADER.size))
         data_out = chain.readable_length - REQUEST_HEADER.size
         if kind == VIRTIO_BLK_T_IN:
             return self._read(chain, sector, data_out, data_in)

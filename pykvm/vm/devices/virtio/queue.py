@@ -126,6 +126,10 @@ class DescriptorChain:
         """The guest address of the device-writable stream's last byte (there is one)."""
         return last_byte(self.writable)
 
+    def read_readable(self, memory, length: int) -> bytes:
+        """The first `length` bytes of the device-readable stream (a request's header)."""
+        return read_buffers(memory, self.readable, 0, length)
+
     def packed_buffers(self, writable: bool) -> bytes:
         """One kind's buffers as struct virtq_piece[], for GuestMemory.rw_vectored."""
         if self.packed is None:
@@ -166,6 +170,13 @@ class PackedChain(DescriptorChain):
     @property
     def writable_length(self) -> int:
         return self._writable_length
+
+    def read_readable(self, memory, length: int) -> bytes:
+        if self._cut:                   # the first buffer nearly always holds the whole header
+            address, size = PIECE.unpack_from(self.packed)
+            if size >= length:
+                return memory.read(address, length)
+        return super().read_readable(memory, length)
 
     def last_writable_byte(self) -> int:
         if not self._writable_length:
