@@ -1,6 +1,7 @@
 """Limits enforced by real cgroups, and nothing left behind afterwards (marker `root`)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -142,6 +143,40 @@ def test_v2_backend_on_a_real_cgroup2_hierarchy():
         child.kill()
         child.wait()
         for d in (root / "pykvm-test" / "c1", root / "pykvm-test"):
+            if d.exists():
+                d.rmdir()
+
+
+def test_a_cgroup_removed_between_open_and_read_has_no_processes(monkeypatch):
+    """The race `container rm -f` lost to the container's own launcher: the launcher removed
+    the cgroup after pids() opened its cgroup.procs and before it read it, and the kernel
+    answered the read with ENODEV (kernfs: the file's node is gone).  That is an empty
+    cgroup, not an error; destroy() then has nothing left to do."""
+    root = cgroup2_root()
+    cg = CgroupV2("pykvm-test/gone", root)
+    cg.create(Limits())
+    removed = []
+
+    def open_then_remove(path, *args, **kwargs):
+        f = open(path, *args, **kwargs)
+        if os.path.basename(path) == "cgroup.procs":
+            os.rmdir(os.path.dirname(path))         # the launcher's cleanup, at the worst moment
+            removed.append(path)
+        return f
+
+    try:
+        monkeypatch.setattr(cgroups, "open", open_then_remove, raising=False)
+        with pytest.raises(OSError) as e:           # what the kernel does, seen directly
+            with cgroups.open(os.path.join(cg.dirs()[0], "cgroup.procs")) as f:
+                f.read()
+        assert e.value.errno == errno.ENODEV
+        CgroupV2("pykvm-test/gone", root).create(Limits())
+        assert cg.pids() == [] and len(removed) == 2
+        monkeypatch.undo()
+        cg.destroy()
+        assert not (root / "pykvm-test" / "gone").exists()
+    finally:
+        for d in (root / "pykvm-test" / "gone", root / "pykvm-test"):
             if d.exists():
                 d.rmdir()
 

@@ -220,14 +220,17 @@ class Cgroup:
         return [os.open(path_join(d, self.JOIN_FILE), os.O_WRONLY | os.O_CLOEXEC) for d in self.dirs()]
 
     def pids(self) -> list[int]:
-        """The processes in this cgroup."""
+        """The processes in this cgroup: none in a directory that is gone.  A cgroup removed
+        between our open and our read (its last process exited and the container's own
+        launcher removed it meanwhile) answers the read with ENODEV: gone as well."""
         found = set()
         for d in self.dirs():
             try:
                 with open(path_join(d, "cgroup.procs")) as f:
                     found |= {int(p) for p in f.read().split()}
-            except FileNotFoundError:
-                pass
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENODEV):
+                    raise ContainerError(f"cannot list the processes of cgroup {d}: {e.strerror}") from None
         return sorted(found)
 
     def oom_kills(self) -> int:
@@ -637,8 +640,11 @@ def _rmdir_retry(path: str, mine=lambda pid: True, tries: int = 1000) -> None:
 
 def _in_use(path: str, mine) -> bool:
     """A live (not zombie) process not `mine`, or a child cgroup, in the cgroup at `path`."""
-    if any(entry.is_dir() for entry in os.scandir(path)):
-        return True
+    try:
+        if any(entry.is_dir() for entry in os.scandir(path)):
+            return True
+    except FileNotFoundError:                       # removed meanwhile: nobody in it
+        return False
     for pid in _read(path_join(path, "cgroup.procs")).split():
         if mine(int(pid)):
             continue                                # ours, still exiting: wait for it
