@@ -30,7 +30,7 @@ TABLE, AVAIL, USED = 0x10000, 0x20000, 0x30000
 HIGH_RAM = 8 << 20                     # RAM above 4 GiB: two regions, with the hole between
 LOW_END = layout.MMIO_GAP_START        # where the first region ends
 HIGH_END = layout.MMIO_GAP_END + HIGH_RAM
-INDIRECT_TABLES = [0x40000, 0x41000, LOW_END - 2 * DESC.size, layout.MMIO_GAP_END + 0x8000]
+INDIRECT_TABLES = [0x40000, 0x41003, LOW_END - 2 * DESC.size, layout.MMIO_GAP_END + 0x8000]
 PAGES = [0x100000 + 0x1000 * i for i in range(8)]       # adjacent pages: buffers that join
 NEXT, WRITE, INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
 

@@ -86,6 +86,8 @@ int virtq_read_chain(const struct guest_ram *ram, int regions,
                      int indirect_allowed, struct virtq_piece *pieces, unsigned max_pieces,
                      struct virtq_chain_info *info)
 {
+    /* Bytes, not structs: the driver may place an indirect table at any address. */
+    const unsigned char *entry0 = (const unsigned char *)table;
     unsigned entries = size, index = head, steps = 0, count = 0, readable_count = 0;
     int in_indirect_table = 0, seen_writable = 0;
     uint64_t lengths[2] = {0, 0}, last_writable_byte = 0;
@@ -95,7 +97,7 @@ int virtq_read_chain(const struct guest_ram *ram, int regions,
         struct virtq_desc d;
         if (index >= entries)
             return -1;                     /* index outside the table */
-        memcpy(&d, &table[index], sizeof d);
+        memcpy(&d, entry0 + (size_t)index * sizeof d, sizeof d);
         if (d.flags & VIRTQ_DESC_F_INDIRECT) {
             const struct guest_ram *r;
             if (!indirect_allowed || in_indirect_table || d.flags & VIRTQ_DESC_F_NEXT)
@@ -105,7 +107,7 @@ int virtq_read_chain(const struct guest_ram *ram, int regions,
             r = ram_holding(ram, regions, d.addr, d.len);
             if (r == NULL)
                 return -4;                 /* the table is outside guest RAM */
-            table = (const struct virtq_desc *)(r->host + (d.addr - r->guest_addr));
+            entry0 = r->host + (d.addr - r->guest_addr);
             entries = d.len / sizeof d;
             index = steps = 0;
             in_indirect_table = 1;
