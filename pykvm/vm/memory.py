@@ -170,9 +170,9 @@ class GuestMemory:
         to be guest RAM.  The bytes moved; OSError if the call failed."""
         from pykvm.vm.kvm.bindings import ffi, lib
 
+        c_pieces = ffi.from_buffer("struct virtq_piece[]", pieces)
         done = lib.guest_rw_vectored(self.c_regions(), len(self.regions), fd, offset,
-                                     ffi.from_buffer("struct virtq_piece[]", pieces),
-                                     len(pieces) // 16, skip, length, int(write))
+                                     c_pieces, len(c_pieces), skip, length, int(write))
         if done < 0:
             raise OSError(-done, os.strerror(-done))
         return done

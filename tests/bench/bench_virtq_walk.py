@@ -102,6 +102,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--requests", type=int, default=1000, help="requests per run and figure")
     args = parser.parse_args()
+    if args.runs < 1 or args.requests < 1:
+        parser.error("--runs and --requests must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "disk.img"
         image.write_bytes(os.urandom(IMAGE))

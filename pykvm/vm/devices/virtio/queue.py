@@ -246,7 +246,7 @@ class SplitQueue:
         rule (read_chain then says which)."""
         regions = self.memory.c_regions()
         count = lib.virtq_read_chain(regions, len(regions), self._c_table, self.size, head,
-                                     self.indirect, self._c_pieces, 2 * self.size, self._c_info)
+                                     self.indirect, self._c_pieces, len(self._c_pieces), self._c_info)
         if count < 0:
             return None
         return PackedChain(head, ffi.buffer(self._c_pieces, PIECE.size * count)[:], self._c_info)
