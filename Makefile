@@ -40,7 +40,7 @@ deps:
 # pyproject.toml says why the editable install is a plain .pth line)
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py pykvm/vm/kvm/_build.py pykvm/vm/devices/virtio/chain.c \
+$(VENV)/.installed: pyproject.toml setup.py pykvm/vm/kvm/_build.py pykvm/vm/kvm/answered.c pykvm/vm/devices/virtio/chain.c \
 		pykvm/container/runtime/_build.py \
 		pykvm/container/runtime/_seccomp_build.py
 	$(PYTHON) -m venv $(VENV)

@@ -239,10 +239,16 @@ def run_machine(config) -> int:
                 finally:
                     if config.trace or config.exit_summary:
                         print_exit_summary(machine.exit_counts_by_vcpu, machine.virtio.summary(),
-                                           [kvm_counters(vcpu) for vcpu in machine.vcpus])
+                                           [kvm_counters(vcpu) for vcpu in machine.vcpus],
+                                           [answered_in_c(vcpu) for vcpu in machine.vcpus])
     finally:
         signal.signal(SNAPSHOT_SIGNAL, previous)
     return status
+
+
+def answered_in_c(vcpu) -> tuple[int, int]:
+    """The MMIO reads and writes `vcpu` answered in C (counted in the summary's MMIO lines)."""
+    return vcpu.answered_counts.reads, vcpu.answered_counts.writes
 
 
 def kvm_counters(vcpu) -> dict[str, int]:
@@ -255,17 +261,22 @@ def kvm_counters(vcpu) -> dict[str, int]:
         return {}
 
 
-def print_exit_summary(counts_by_vcpu, virtio_lines=(), kvm_by_vcpu=()) -> None:
+def print_exit_summary(counts_by_vcpu, virtio_lines=(), kvm_by_vcpu=(), answered_by_vcpu=()) -> None:
     """The summary of --trace and --exit-summary: for each vCPU, exits by reason, most
-    frequent first (like kvm_stat), and KVM's own count, which includes the exits KVM handled
-    without returning to pykvm (an ioeventfd write, ...); then the virtio devices' kicks, by
-    MMIO exit and by ioeventfd."""
+    frequent first (like kvm_stat), of those how many were answered in C (Vcpu.answer_in_c:
+    virtio's InterruptStatus and InterruptACK), and KVM's own count, which includes the exits
+    KVM handled without returning to pykvm (an ioeventfd write, ...); then the virtio devices'
+    kicks, by MMIO exit and by ioeventfd."""
     for vcpu_id, counts in enumerate(counts_by_vcpu):
         total = sum(counts.values())
         where = f"vCPU {vcpu_id}: " if len(counts_by_vcpu) > 1 else ""
         print(f"pykvm: {where}{total} VM exits", file=sys.stderr)
         for reason, n in counts.most_common():
             print(f"  {reason:<16} {n:>10}  {100 * n / max(total, 1):5.1f}%", file=sys.stderr)
+        reads, writes = answered_by_vcpu[vcpu_id] if vcpu_id < len(answered_by_vcpu) else (0, 0)
+        if reads or writes:
+            print(f"  of these, answered in C without Python: MMIO_READ {reads}, "
+                  f"MMIO_WRITE {writes} (virtio InterruptStatus/InterruptACK)", file=sys.stderr)
         kvm = kvm_by_vcpu[vcpu_id] if vcpu_id < len(kvm_by_vcpu) else {}
         if "exits" in kvm:
             print(f"KVM counted {kvm['exits']} exits in all (KVM_GET_STATS_FD): "

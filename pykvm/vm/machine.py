@@ -165,6 +165,9 @@ class Machine:
         self.vcpu = self.vcpus[0]                                          # the bootstrap processor
         self.exit_counts_by_vcpu = [Counter() for _ in self.vcpus]
         self._add_devices()                                                # 6
+        if not config.trace:                  # --trace shows every exit: all of them in Python
+            for vcpu in self.vcpus:
+                vcpu.answer_in_c(self.virtio.answered_registers())
         if config.restore is None:
             kernel = self._read_kernel()                                   # 7
             firmware = self._leave_firmware_state(kernel)                  # 8
@@ -440,7 +443,9 @@ class Machine:
         """The body of vCPU `vcpu`'s host thread: its run loop, registered for kicks."""
         with self._lock:
             self._threads[vcpu.id] = threading.get_ident()
-        watchdog = Watchdog(lambda: self._kick(vcpu), self.config.stall_timeout)
+        watchdog = Watchdog(lambda: self._kick(vcpu), self.config.stall_timeout,
+                            answered=vcpu.answered_counts)
+        answered_before = (vcpu.answered_counts.reads, vcpu.answered_counts.writes)
         self.watchdogs[vcpu.id] = watchdog
         try:
             if self.gdb is not None:
@@ -451,6 +456,11 @@ class Machine:
             self._fail(error)
         finally:
             watchdog.stop()
+            if self.config.exit_summary:         # the exits answered in C, by their reason
+                answered = vcpu.answered_counts
+                counts = {"MMIO_READ": answered.reads - answered_before[0],
+                          "MMIO_WRITE": answered.writes - answered_before[1]}
+                self.exit_counts_by_vcpu[vcpu.id].update({k: n for k, n in counts.items() if n})
             with self._lock:
                 del self._threads[vcpu.id]
             self._finished[vcpu.id].set()

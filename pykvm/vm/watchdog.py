@@ -72,10 +72,14 @@ class Watchdog:
     Interrupted exit; `kick` makes the vCPU's KVM_RUN return (immediate_exit
     and a signal: Machine._kick).  `stall_timeout`, if set, is how many
     seconds a running vCPU may go without exits before look() says stop.
+    `answered`, the vCPU's `answered_counts`, adds the exits answered in C
+    (Vcpu.answer_in_c), which never reach the run loop.
     """
 
-    def __init__(self, kick: Callable[[], None], stall_timeout: float | None = None):
+    def __init__(self, kick: Callable[[], None], stall_timeout: float | None = None,
+                 answered=None):
         self.exits = 0                   # incremented by the run loop, once per exit
+        self._answered = answered
         self.looks = 0                   # how often the vCPU was looked at
         self._kick = kick
         self._stall_timeout = stall_timeout
@@ -115,7 +119,10 @@ class Watchdog:
                 self._kick()
 
     def _progress(self) -> int:
-        return self.exits - self._interrupts
+        progress = self.exits - self._interrupts
+        if self._answered is not None:
+            progress += self._answered.reads + self._answered.writes
+        return progress
 
     # --- the vCPU thread ----------------------------------------------------------
     def look(self, vcpu, memory) -> str | None:

@@ -115,3 +115,53 @@ def test_triple_fault_is_a_shutdown_exit():
     """, bits=32) as (vm, vcpu, mem):
         exit = vcpu.run()
         assert isinstance(exit, Shutdown), exit
+
+
+def test_registers_answered_in_c_never_reach_python():
+    # answer_in_c: a load at 0x300000 reads the word, a store at 0x300004 clears the bits it
+    # writes; both re-enter the guest at once.  Other MMIO still exits, as before.
+    from pykvm.vm.kvm.bindings import ffi, lib
+
+    with bare_vm("""
+        movl 0x300000, %eax         # answered: the word, 0b0111
+        movl %eax, 0x300100         # reported to us
+        movl $0b0101, 0x300004      # answered: clears bits 0 and 2
+        movl 0x300000, %eax         # answered: 0b0010
+        movl %eax, 0x300100
+        movw 0x300000, %ax          # two bytes wide: not answered, comes to us
+        movl 0x300004, %eax         # a load where only stores are answered: comes to us
+        hlt
+    """, bits=32) as (vm, vcpu, mem):
+        word = ffi.new("uint32_t *", 0b0111)
+        vcpu.answer_in_c([(0x300000, lib.ANSWER_READ, word),
+                          (0x300004, lib.ANSWER_WRITE_CLEARS, word)])
+        first = vcpu.run()
+        assert isinstance(first, MmioWrite) and (first.address, first.data) == (0x300100, 0b0111), first
+        second = vcpu.run()
+        assert isinstance(second, MmioWrite) and second.data == 0b0010, second
+        assert word[0] == 0b0010
+        narrow = vcpu.run()
+        assert isinstance(narrow, MmioRead) and (narrow.address, narrow.size) == (0x300000, 2), narrow
+        narrow.reply(0)
+        wrong_way = vcpu.run()
+        assert isinstance(wrong_way, MmioRead) and wrong_way.address == 0x300004, wrong_way
+        wrong_way.reply(0)
+        assert isinstance(vcpu.run(), Hlt)
+        assert (vcpu.answered_counts.reads, vcpu.answered_counts.writes) == (2, 1)
+
+
+def test_answer_in_c_with_no_registers_is_plain_kvm_run():
+    from pykvm.vm.kvm.bindings import ffi, lib
+
+    with bare_vm("""
+        movl 0x300000, %eax
+        hlt
+    """, bits=32) as (vm, vcpu, mem):
+        word = ffi.new("uint32_t *", 1)
+        vcpu.answer_in_c([(0x300000, lib.ANSWER_READ, word)])
+        vcpu.answer_in_c([])
+        read = vcpu.run()
+        assert isinstance(read, MmioRead) and read.address == 0x300000, read
+        read.reply(0)
+        assert isinstance(vcpu.run(), Hlt)
+        assert vcpu.answered_counts.reads == 0

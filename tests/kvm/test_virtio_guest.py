@@ -171,6 +171,20 @@ def test_guest_writes_a_sector_the_host_reads_back(guests, image, notify):
         assert "kicks: 2 by MMIO exit, 0 by ioeventfd" in err, err[-500:]
 
 
+def test_interrupt_status_and_ack_are_answered_in_c_unless_traced(guests, image):
+    # The same guest: its InterruptStatus read (I1) and InterruptACK write never reach the
+    # Python run loop; --exit-summary still counts them, and says which were answered in C.
+    result = pykvm("boot", "--kernel", str(guests["poweroff"]), "--disk", str(image), "--exit-summary")
+    err = result.stderr.decode()
+    assert result.returncode == 0, err[-2000:]
+    assert b"S00I1\n" in result.stdout, result.stdout
+    assert "answered in C without Python: MMIO_READ 1, MMIO_WRITE 1" in err, err[-800:]
+    plain = pykvm("boot", "--kernel", str(guests["poweroff"]), "--disk", str(image),
+                  "--virtio-notify", "exit", "--exit-summary")
+    assert b"S00I1\n" in plain.stdout, plain.stdout
+    assert "answered in C" not in plain.stderr.decode(), plain.stderr.decode()[-800:]
+
+
 def test_read_only_disk_refuses_the_write(guests, image):
     result = pykvm("boot", "--kernel", str(guests["poweroff"]), "--disk", f"{image},ro")
     assert result.returncode == 0, result.stderr

@@ -19,6 +19,8 @@ ffibuilder = FFI()
 HERE = Path(__file__).resolve().parent
 # The C half of the virtqueue (its own file, so it reads as C): see its comment.
 VIRTQ_CHAIN_C = HERE.parent / "devices" / "virtio" / "chain.c"
+# KVM_RUN that answers a few registers (InterruptStatus, InterruptACK) in C: see its comment.
+ANSWERED_C = HERE / "answered.c"
 
 # --- C side: the real headers, plus tiny helpers ---------------------------
 #
@@ -595,6 +597,19 @@ int ioctl_int(int fd, unsigned long request, unsigned long arg);
 int kvm_run(int vcpu_fd);
 void full_fence(void);
 
+/* --- kvm/answered.c -------------------------------------------------------- */
+#define ANSWER_READ ...
+#define ANSWER_WRITE_CLEARS ...
+struct answered_register { uint64_t address; uint32_t kind; uint32_t *word; };
+struct answered_counts { uint64_t reads; uint64_t writes; };
+int kvm_run_answering(int vcpu_fd, struct kvm_run *run,
+                      const struct answered_register *registers, int count,
+                      struct answered_counts *counts);
+uint32_t answered_word_or(uint32_t *word, uint32_t bits);
+uint32_t answered_word_clear(uint32_t *word, uint32_t bits);
+void answered_word_store(uint32_t *word, uint32_t value);
+uint32_t answered_word_load(uint32_t *word);
+
 /* --- devices/virtio/chain.c ------------------------------------------------ */
 struct guest_ram { uint64_t guest_addr; uint64_t size; unsigned char *host; };
 struct virtq_piece { uint64_t addr; uint64_t len; };
@@ -611,7 +626,7 @@ long long guest_rw_vectored(const struct guest_ram *ram, int regions, int fd, lo
 """
 
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("pykvm.vm.kvm._kvm_cffi", SOURCE + VIRTQ_CHAIN_C.read_text())
+ffibuilder.set_source("pykvm.vm.kvm._kvm_cffi", SOURCE + ANSWERED_C.read_text() + VIRTQ_CHAIN_C.read_text())
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

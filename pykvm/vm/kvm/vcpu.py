@@ -84,6 +84,7 @@ INTERRUPTED = exits.Interrupted()
 IRQ_WINDOW_OPEN = exits.IrqWindowOpen()
 
 _kvm_run = lib.kvm_run
+_kvm_run_answering = lib.kvm_run_answering
 EXIT_IO = lib.KVM_EXIT_IO
 EXIT_IO_OUT = lib.KVM_EXIT_IO_OUT
 EXIT_MMIO = lib.KVM_EXIT_MMIO
@@ -99,6 +100,9 @@ class Vcpu(FdObject):
         size = vm.kvm.vcpu_mmap_size()
         self._run_map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._run = memoryview(self._run_map)
+        self._enter = lambda: _kvm_run(fd)          # answer_in_c() may replace it
+        self._answered = None
+        self.answered_counts = ffi.new("struct answered_counts *")
         self._decoders = {
             lib.KVM_EXIT_HLT: lambda: HLT,
             lib.KVM_EXIT_SHUTDOWN: lambda: SHUTDOWN,
@@ -120,7 +124,7 @@ class Vcpu(FdObject):
         Only the reply() of IoIn and MmioRead writes into kvm_run, and counts
         until the next run().
         """
-        if _kvm_run(self.fd) < 0:
+        if self._enter() < 0:
             err = ffi.errno
             if err in (errno.EINTR, errno.EAGAIN):
                 return INTERRUPTED
@@ -145,6 +149,26 @@ class Vcpu(FdObject):
         if decode is None:
             return exits.Unknown(reason, U64.unpack_from(run, RUN_HW)[0])
         return decode()
+
+    def answer_in_c(self, registers: list[tuple[int, int, object]]) -> None:
+        """From now on, run() answers these registers in C and never returns for them.
+
+        Each is (guest physical address, lib.ANSWER_READ or lib.ANSWER_WRITE_CLEARS,
+        a `uint32_t *`): an aligned 4-byte load there reads the word; a store clears the
+        bits it writes (answered.c says why).  `answered_counts` adds them up.  An empty
+        list goes back to plain KVM_RUN."""
+        fd = self.fd                      # (no `self` in the lambdas: no cycle keeps the vCPU)
+        if not registers:
+            self._enter, self._answered = (lambda: _kvm_run(fd)), None
+            return
+        table = ffi.new("struct answered_register[]", len(registers))
+        for entry, (address, kind, word) in zip(table, registers):
+            entry.address, entry.kind, entry.word = address, kind, word
+        buffer = ffi.from_buffer(self._run_map)
+        run = ffi.cast("struct kvm_run *", buffer)
+        self._answered = (table, registers, buffer)       # kept alive while C uses them
+        count, counts = len(table), self.answered_counts
+        self._enter = lambda: _kvm_run_answering(fd, run, table, count, counts)
 
     def _internal_error(self) -> exits.InternalError:
         suberror, ndata = TWO_U32.unpack_from(self._run, RUN_INTERNAL)
@@ -360,6 +384,10 @@ class Vcpu(FdObject):
         self._ioctl("KVM_SET_MP_STATE", state)
 
     def close(self) -> None:
+        self._enter = lambda: _kvm_run(-1)             # EBADF, even if the fd's number is reused
+        if getattr(self, "_answered", None) is not None:
+            ffi.release(self._answered[2])          # answer_in_c()'s view of kvm_run
+            self._answered = None
         if getattr(self, "_run", None) is not None:
             self._run.release()
             self._run = None

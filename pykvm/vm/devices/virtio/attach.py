@@ -170,6 +170,14 @@ class VirtioDevices:
             notifier.start(transport, slot.base)
             slot.device.start()
 
+    def answered_registers(self) -> list[tuple[int, int, object]]:
+        """Every transport's InterruptStatus and InterruptACK, for Vcpu.answer_in_c(); none on
+        the plain path (--virtio-notify exit), where every access is an exit to Python."""
+        if self.config.notify != "eventfd":
+            return []
+        return [register for slot, transport in zip(self.slots, self.transports)
+                for register in transport.answered_registers(slot.base)]
+
     def _notifier(self, machine, gsi: int, trace):
         if self.config.notify == "exit":
             return ExitNotifier(machine.vm, gsi)

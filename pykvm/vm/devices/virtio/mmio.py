@@ -22,11 +22,13 @@ The transport knows no device: it speaks for any VirtioDevice (device.py).
 The vCPU thread calls read()/write() for register accesses; a kick either
 arrives here too (the plain path: a QueueNotify write is an MMIO exit) or
 bypasses the vCPU through an ioeventfd to a worker thread (notify.py), which
-calls kick().  Two locks keep the threads apart: `lock` for the device, its
-queues and registers, held while the device works on a request; and a small
-one for InterruptStatus alone, so that a driver which saw its answer in the
-used ring and acknowledges the interrupt (InterruptACK) never waits for the
-worker to finish.
+calls kick().  `lock` keeps the threads apart: it guards the device, its
+queues and registers, and is held while the device works on a request.
+InterruptStatus is not under it: the word lives in C memory and changes only
+by atomic operations (pykvm/vm/kvm/answered.c), so a driver which saw its
+answer in the used ring and acknowledges the interrupt (InterruptACK) never
+waits for the worker to finish.  The same word lets the vCPU answer those two
+registers in C, without an exit to Python at all (answered_registers()).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pykvm.vm.devices.bus import BusDevice
+from pykvm.vm.kvm.bindings import ffi, lib
 from pykvm.vm.devices.virtio.device import (TRANSPORT_FEATURES, VIRTIO_F_INDIRECT_DESC,
                                          VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, VirtioDevice,
                                          VirtioDeviceError)
@@ -131,7 +134,7 @@ class VirtioMmio(BusDevice):
     def __init__(self, device: VirtioDevice, memory, interrupt: Callable[[], None]):
         self.device, self.memory, self._raise_interrupt = device, memory, interrupt
         self.lock = threading.Lock()             # the device, its queues, the registers
-        self._interrupt_lock = threading.Lock()  # interrupt_status alone (never waits for `lock`)
+        self._interrupt_word = ffi.new("uint32_t *")   # InterruptStatus: atomic, never locked
         self.exit_kicks = 0            # QueueNotify writes that came as MMIO exits (plain path)
         self._logged: set[tuple[str, int, int]] = set()
         self.resets_needed = 0         # times the guest broke the device (logged up to a limit)
@@ -141,11 +144,24 @@ class VirtioMmio(BusDevice):
         self.status = 0
         self.device_features_sel = self.driver_features_sel = 0
         self.driver_features = 0
-        with self._interrupt_lock:
-            self.interrupt_status = 0
+        self.interrupt_status = 0
         self.queue_sel = 0
         self.registers = [QueueRegisters(n) for n in self.device.queue_sizes]
         self.queues: list[SplitQueue | None] = [None] * len(self.registers)
+
+    @property
+    def interrupt_status(self) -> int:
+        return lib.answered_word_load(self._interrupt_word)
+
+    @interrupt_status.setter
+    def interrupt_status(self, value: int) -> None:
+        lib.answered_word_store(self._interrupt_word, value)
+
+    def answered_registers(self, base: int) -> list[tuple[int, int, object]]:
+        """InterruptStatus and InterruptACK, for Vcpu.answer_in_c(): the two registers every
+        interrupt costs the driver, answered from the same word read() and write() use."""
+        return [(base + INTERRUPT_STATUS, lib.ANSWER_READ, self._interrupt_word),
+                (base + INTERRUPT_ACK, lib.ANSWER_WRITE_CLEARS, self._interrupt_word)]
 
     @property
     def offered_features(self) -> int:
@@ -154,8 +170,7 @@ class VirtioMmio(BusDevice):
     # --- the vCPU's accesses
     def read(self, offset: int, size: int) -> int:
         if offset == INTERRUPT_STATUS and size == 4:
-            with self._interrupt_lock:   # not `lock`: the worker may be busy with a request
-                return self.interrupt_status
+            return self.interrupt_status     # not under `lock`: the worker may be busy
         with self.lock:
             if offset >= CONFIG:
                 return self.device.read_config(offset - CONFIG, size)
@@ -390,8 +405,8 @@ class VirtioMmio(BusDevice):
         InterruptStatus is set before the interrupt is raised, so every edge
         the driver takes finds its reason there (4.2.3.4).  The driver may
         see its answer in the used ring before that: its InterruptStatus read
-        and InterruptACK write take only the small interrupt lock, so they
-        do not wait for the rest of this call."""
+        and InterruptACK write are atomic operations on a word outside
+        `lock`, so they do not wait for the rest of this call."""
         with self.lock:
             if self._process(index):
                 self._raise_interrupt()
@@ -411,13 +426,11 @@ class VirtioMmio(BusDevice):
         return True
 
     def _set_interrupt(self, bits: int) -> None:
-        with self._interrupt_lock:
-            self.interrupt_status |= bits
+        lib.answered_word_or(self._interrupt_word, bits)
 
     def _clear_interrupt(self, bits: int) -> None:
         """InterruptACK (4.2.2): the driver handled these reasons."""
-        with self._interrupt_lock:
-            self.interrupt_status &= ~bits
+        lib.answered_word_clear(self._interrupt_word, bits & 0xFFFFFFFF)
 
     def kick_all(self) -> None:
         """Look at every queue: an ioeventfd without datamatch does not say which one."""
