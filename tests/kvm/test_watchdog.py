@@ -7,6 +7,7 @@ has a deadline: a guest the watchdog misses fails with DEADLINE_STATUS.
 import logging
 import re
 import threading
+import time
 
 import pytest
 
@@ -99,3 +100,26 @@ def test_spinning_guest_is_reported_while_it_runs(tmp_path, caplog):
         assert machine.run() == 0
     reports = [r.getMessage() for r in caplog.records]
     assert reports and re.match(r"pykvm: no VM exit for \d+ s; vCPU 0 runs in real mode", reports[0]), reports
+
+
+def test_exits_answered_in_c_count_as_progress():
+    """A vCPU whose exits are all answered in C (Vcpu.answer_in_c) never reaches the run loop,
+    yet it is not silent: the watchdog counts those exits and does not kick it."""
+    from pykvm.vm.kvm.bindings import ffi
+    from pykvm.vm import watchdog as wd
+
+    for answering in (True, False):
+        counts = ffi.new("struct answered_counts *")
+        kicked = threading.Event()
+        dog = wd.Watchdog(kicked.set, answered=counts)
+        dog.start()
+        try:
+            deadline = time.monotonic() + 2 * wd.LOOK_AFTER + wd.PERIOD   # a look is due by then
+            while time.monotonic() < deadline and not kicked.is_set():
+                if answering:
+                    counts.reads += 1
+                    counts.writes += 1
+                time.sleep(wd.PERIOD / 5)
+        finally:
+            dog.stop()
+        assert kicked.is_set() is not answering, f"answering={answering}"
