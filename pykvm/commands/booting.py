@@ -240,15 +240,11 @@ def run_machine(config) -> int:
                     if config.trace or config.exit_summary:
                         print_exit_summary(machine.exit_counts_by_vcpu, machine.virtio.summary(),
                                            [kvm_counters(vcpu) for vcpu in machine.vcpus],
-                                           [answered_in_c(vcpu) for vcpu in machine.vcpus])
+                                           [machine.answered_by_vcpu.get(vcpu.id, (0, 0))
+                                            for vcpu in machine.vcpus])
     finally:
         signal.signal(SNAPSHOT_SIGNAL, previous)
     return status
-
-
-def answered_in_c(vcpu) -> tuple[int, int]:
-    """The MMIO reads and writes `vcpu` answered in C (counted in the summary's MMIO lines)."""
-    return vcpu.answered_counts.reads, vcpu.answered_counts.writes
 
 
 def kvm_counters(vcpu) -> dict[str, int]:

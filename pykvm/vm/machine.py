@@ -127,6 +127,7 @@ class Machine:
         self.config = config
         self.exit_status: int | None = None
         self.exit_counts_by_vcpu: list[Counter[str]] = []
+        self.answered_by_vcpu: dict[int, tuple[int, int]] = {}   # this run's (reads, writes) in C
         self._error: BaseException | None = None
         self._lock = threading.Lock()          # guards exit_status, _error and _threads
         self._threads: dict[int, int] = {}     # vCPU id -> its running thread's ident
@@ -456,10 +457,11 @@ class Machine:
             self._fail(error)
         finally:
             watchdog.stop()
+            answered = vcpu.answered_counts
+            reads, writes = answered.reads - answered_before[0], answered.writes - answered_before[1]
+            self.answered_by_vcpu[vcpu.id] = (reads, writes)
             if self.config.exit_summary:         # the exits answered in C, by their reason
-                answered = vcpu.answered_counts
-                counts = {"MMIO_READ": answered.reads - answered_before[0],
-                          "MMIO_WRITE": answered.writes - answered_before[1]}
+                counts = {"MMIO_READ": reads, "MMIO_WRITE": writes}
                 self.exit_counts_by_vcpu[vcpu.id].update({k: n for k, n in counts.items() if n})
             with self._lock:
                 del self._threads[vcpu.id]

@@ -1,5 +1,6 @@
-"""The transport's two locks under threads: InterruptStatus / InterruptACK (virtio 1.2, 4.2.2)
-never wait for a request the device is working on, and no update of InterruptStatus is lost.
+"""The transport under threads: InterruptStatus / InterruptACK (virtio 1.2, 4.2.2), a word
+changed only atomically, never wait for a request the device is working on (whose lock the
+worker holds), and no update of InterruptStatus is lost.
 
 On the eventfd path a worker thread runs the device while the vCPU thread reads and
 writes registers; these tests play both parts with plain threads and a toy driver.

@@ -122,7 +122,7 @@ class Vcpu(FdObject):
         Each call returns a new exit (a small object; a `rep outs` keeps its
         bytes as a copy), so an exit kept by a caller never changes under it.
         Only the reply() of IoIn and MmioRead writes into kvm_run, and counts
-        until the next run().
+        until the next run() (and, inside run(), the registers answer_in_c() answers).
         """
         if self._enter() < 0:
             err = ffi.errno
@@ -156,8 +156,14 @@ class Vcpu(FdObject):
         Each is (guest physical address, lib.ANSWER_READ or lib.ANSWER_WRITE_CLEARS,
         a `uint32_t *`): an aligned 4-byte load there reads the word; a store clears the
         bits it writes (answered.c says why).  `answered_counts` adds them up.  An empty
-        list goes back to plain KVM_RUN."""
-        fd = self.fd                      # (no `self` in the lambdas: no cycle keeps the vCPU)
+        list goes back to plain KVM_RUN.
+
+        Two things follow: while the guest makes only answered exits, run() does not
+        return, so a Python signal handler waits for the next exit or kick (pykvm runs
+        vCPUs on their own threads; a kick sets immediate_exit); and C reads kvm_run with
+        no Python check in between, so close() must wait until no thread is in run()
+        (Machine.run waits for every vCPU thread before the machine closes)."""
+        fd = self.fd                      # (the lambdas hold no `self`)
         if not registers:
             self._enter, self._answered = (lambda: _kvm_run(fd)), None
             return
@@ -166,7 +172,8 @@ class Vcpu(FdObject):
             entry.address, entry.kind, entry.word = address, kind, word
         buffer = ffi.from_buffer(self._run_map)
         run = ffi.cast("struct kvm_run *", buffer)
-        self._answered = (table, registers, buffer)       # kept alive while C uses them
+        words = tuple(word for _, _, word in registers)   # the caller's list may change
+        self._answered = (table, words, buffer)           # kept alive while C uses them
         count, counts = len(table), self.answered_counts
         self._enter = lambda: _kvm_run_answering(fd, run, table, count, counts)
 
