@@ -167,8 +167,9 @@ class Machine:
         self.exit_counts_by_vcpu = [Counter() for _ in self.vcpus]
         self._add_devices()                                                # 6
         if not config.trace:                  # --trace shows every exit: all of them in Python
+            answered = self.virtio.answered_registers()
             for vcpu in self.vcpus:
-                vcpu.answer_in_c(self.virtio.answered_registers())
+                vcpu.answer_in_c(answered)
         if config.restore is None:
             kernel = self._read_kernel()                                   # 7
             firmware = self._leave_firmware_state(kernel)                  # 8

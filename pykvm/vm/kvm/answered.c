@@ -20,7 +20,7 @@
  * atomic: answered_word_or / answered_word_clear are what Python calls.
  *
  * Compiled into pykvm.vm.kvm._kvm_cffi by pykvm/vm/kvm/_build.py; uses the
- * <linux/kvm.h> that _build.py includes before it.
+ * <linux/kvm.h> that _build.py includes before it, and its kvm_run().
  */
 #include <stdint.h>
 #include <string.h>
@@ -58,7 +58,7 @@ static int kvm_run_answering(int vcpu_fd, struct kvm_run *run,
                              struct answered_counts *counts)
 {
     for (;;) {
-        int result = ioctl(vcpu_fd, KVM_RUN, 0);
+        int result = kvm_run(vcpu_fd);     /* _build.py's wrapper: no retry on EINTR */
         if (result < 0 || run->exit_reason != KVM_EXIT_MMIO || run->mmio.len != 4)
             return result;
         int kind = run->mmio.is_write ? ANSWER_WRITE_CLEARS : ANSWER_READ;
